@@ -1,0 +1,41 @@
+# imagine-bot: two commands for a new user, `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint bench run sandbox clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+## demo: one real /imagine end to end on the embedded sandbox gateway (no keys, no network)
+demo: $(STAMP)
+	IMAGINE_DB_PATH=$${IMAGINE_DB_PATH:-./demo.db} $(BIN)/imagine-bot --sandbox imagine "a lighthouse at dusk --ar 16:9" </dev/null
+
+## test: lint and the whole suite
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check . || true
+
+## bench: print measured figures (see benchmarks/)
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks
+
+run: $(STAMP)
+	$(BIN)/imagine-bot run
+
+sandbox: $(STAMP)
+	$(BIN)/imagine-bot sandbox --port 8787
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache out demo.db*

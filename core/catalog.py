@@ -1,0 +1,81 @@
+"""The model catalog: what each gateway model costs and which inputs it takes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+
+from .errors import ConfigError
+
+#: ModKie's playground lists these three; kie accepts the wider set (gateway contract).
+MODKIE_ASPECT_RATIOS = ("1:1", "16:9", "9:16")
+KIE_ASPECT_RATIOS = ("1:1", "4:3", "3:4", "16:9", "9:16", "2:3", "3:2", "21:9")
+
+
+@dataclass(frozen=True, slots=True)
+class InputSpec:
+    """One choice input of a model (``aspect_ratio``, ``quality``)."""
+
+    name: str
+    choices: tuple[str, ...]
+    default: str
+    #: chat flags that set it, without the dashes: ``("ar", "aspect")``
+    flags: tuple[str, ...]
+    help: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    id: str
+    label: str
+    cost: int
+    max_prompt_chars: int
+    inputs: tuple[InputSpec, ...]
+    #: fixed input fields sent with every job (the gateway fills in no defaults)
+    fixed: dict[str, object] = field(default_factory=dict)
+
+    def input(self, name: str) -> InputSpec:
+        for spec in self.inputs:
+            if spec.name == name:
+                return spec
+        raise KeyError(name)
+
+    def defaults(self) -> dict[str, str]:
+        return {spec.name: spec.default for spec in self.inputs}
+
+    def with_aspect_ratios(self, ratios: Iterable[str]) -> ModelSpec:
+        ratios = tuple(ratios)
+        unknown = [r for r in ratios if r not in KIE_ASPECT_RATIOS]
+        if unknown:
+            raise ConfigError("MODKIE_ASPECT_RATIOS", f"unknown ratio {unknown[0]!r}; known: {', '.join(KIE_ASPECT_RATIOS)}")
+        ar = self.input("aspect_ratio")
+        default = ar.default if ar.default in ratios else ratios[0]
+        new_inputs = tuple(replace(s, choices=ratios, default=default) if s.name == "aspect_ratio" else s
+                           for s in self.inputs)
+        return replace(self, inputs=new_inputs)
+
+
+SEEDREAM_45 = ModelSpec(
+    id="seedream/4.5-text-to-image",
+    label="Seedream 4.5",
+    cost=18,
+    max_prompt_chars=3000,
+    inputs=(
+        InputSpec("aspect_ratio", MODKIE_ASPECT_RATIOS, "1:1", ("ar", "aspect", "aspect-ratio"),
+                  "shape of the image"),
+        InputSpec("quality", ("basic", "high"), "basic", ("quality", "q"), "basic is about 2K, high about 4K"),
+    ),
+    fixed={"nsfw_checker": False},
+)
+
+CATALOG: dict[str, ModelSpec] = {SEEDREAM_45.id: SEEDREAM_45}
+
+
+def get_model(model_id: str, aspect_ratios: Iterable[str] = ()) -> ModelSpec:
+    """The catalog entry for ``model_id``, with the aspect-ratio set widened if configured."""
+    try:
+        spec = CATALOG[model_id]
+    except KeyError:
+        raise ConfigError("MODKIE_MODEL", f"unknown model {model_id!r}; known: {', '.join(CATALOG)}") from None
+    ratios = tuple(aspect_ratios)
+    return spec.with_aspect_ratios(ratios) if ratios else spec

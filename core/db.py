@@ -1,0 +1,150 @@
+"""SQLite through sqlite-utils: opening, numbered migrations, and short IMMEDIATE transactions.
+
+One database file holds accounts, the append-only credit ledger and jobs. WAL mode lets readers run
+beside the one writer; every change is one short ``BEGIN IMMEDIATE`` transaction (``transaction``).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import sqlite_utils
+
+Migration = Callable[[sqlite_utils.Database], None]
+MIGRATIONS: list[tuple[str, Migration]] = []
+
+
+def migration(fn: Migration) -> Migration:
+    MIGRATIONS.append((fn.__name__, fn))
+    return fn
+
+
+@migration
+def m001_accounts_ledger(db: sqlite_utils.Database) -> None:
+    db.execute(
+        """
+        CREATE TABLE accounts (
+            account TEXT PRIMARY KEY,          -- UserRef.key: slack:T:U, discord:U, terminal:U
+            platform TEXT NOT NULL,
+            workspace TEXT NOT NULL,
+            user TEXT NOT NULL,
+            balance INTEGER NOT NULL DEFAULT 0, -- credits owned (captures already taken off)
+            held INTEGER NOT NULL DEFAULT 0,    -- credits reserved by jobs in flight
+            allowance INTEGER,                  -- per-user override of CREDITS_ALLOWANCE (NULL: default)
+            period_start TEXT,                  -- start of the allowance period last refilled
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            CHECK (held >= 0),
+            CHECK (balance >= held)             -- never spend what is not there
+        )
+        """
+    )
+    db.execute(
+        """
+        CREATE TABLE ledger (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            ts TEXT NOT NULL,
+            account TEXT NOT NULL REFERENCES accounts(account),
+            kind TEXT NOT NULL CHECK (kind IN ('grant','refill','reserve','capture','release','adjust')),
+            delta_balance INTEGER NOT NULL DEFAULT 0,
+            delta_held INTEGER NOT NULL DEFAULT 0,
+            balance_after INTEGER NOT NULL,
+            held_after INTEGER NOT NULL,
+            job_id TEXT,
+            actor TEXT,
+            note TEXT
+        )
+        """
+    )
+    db.execute("CREATE INDEX ledger_account ON ledger(account, id)")
+    # a job is reserved, captured and released at most once each: the ledger itself forbids double charges
+    db.execute("CREATE UNIQUE INDEX ledger_job_kind ON ledger(job_id, kind) WHERE job_id IS NOT NULL")
+
+
+@migration
+def m002_jobs(db: sqlite_utils.Database) -> None:
+    db.execute(
+        """
+        CREATE TABLE jobs (
+            id TEXT PRIMARY KEY,
+            account TEXT NOT NULL,
+            platform TEXT NOT NULL,
+            reply TEXT NOT NULL,              -- JSON: platform-neutral reply address (ReplyTo)
+            prompt TEXT NOT NULL,
+            params TEXT NOT NULL,             -- JSON: model inputs (aspect_ratio, quality, ...)
+            model TEXT NOT NULL,
+            cost INTEGER NOT NULL,
+            state TEXT NOT NULL,
+            task_id TEXT,
+            result_urls TEXT,                 -- JSON list
+            files TEXT,                       -- JSON list of downloaded file paths
+            error_code TEXT,
+            error_message TEXT,
+            dedupe_key TEXT UNIQUE,           -- a platform's request id: a redelivered request makes no 2nd job
+            parent_id TEXT,                   -- the job this one rerolls
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            submitted_at TEXT,
+            finished_at TEXT
+        )
+        """
+    )
+    db.execute("CREATE INDEX jobs_state ON jobs(state)")
+    db.execute("CREATE INDEX jobs_account ON jobs(account, created_at)")
+    db.execute("CREATE INDEX jobs_task ON jobs(task_id)")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def iso(ts: datetime) -> str:
+    return ts.astimezone(UTC).isoformat(timespec="milliseconds")
+
+
+def open_db(path: Path | str) -> sqlite_utils.Database:
+    """Open (creating if needed) and migrate the database. ``":memory:"`` works for tests."""
+    if str(path) != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(str(path), isolation_level=None, timeout=30, check_same_thread=False)
+    conn.execute("PRAGMA busy_timeout = 30000")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute("PRAGMA foreign_keys = ON")
+    db = sqlite_utils.Database(conn)
+    migrate(db)
+    return db
+
+
+def migrate(db: sqlite_utils.Database) -> None:
+    with transaction(db):
+        db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
+        done = {row[0] for row in db.execute("SELECT name FROM _migrations").fetchall()}
+        for name, fn in MIGRATIONS:
+            if name not in done:
+                fn(db)
+                db.execute("INSERT INTO _migrations VALUES (?, ?)", [name, iso(utcnow())])
+
+
+@contextmanager
+def transaction(db: sqlite_utils.Database) -> Iterator[sqlite3.Connection]:
+    """One short write transaction, taken with BEGIN IMMEDIATE so writers queue instead of deadlocking.
+
+    Nested use joins the outer transaction.
+    """
+    conn = db.conn
+    if conn.in_transaction:
+        yield conn
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    else:
+        conn.execute("COMMIT")

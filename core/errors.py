@@ -1,0 +1,207 @@
+"""One error hierarchy for imagine-bot.
+
+Every error carries two texts: ``user_message``, plain words fit for a chat channel, and
+``admin_message``, the detail for logs and admins. Front ends show ``user_message`` and nothing else;
+neither text ever contains the API key or a platform token.
+
+    ImagineError
+    ├── ConfigError                 a setting is missing or wrong (fails at start, one line)
+    ├── UserInputError              a malformed flag, unknown value, empty or refused prompt
+    ├── PermissionDenied            an admin command from a non-admin
+    ├── InsufficientCredits         the balance does not cover the job
+    ├── TooManyActiveJobs           the per-user limit of jobs in flight
+    ├── NotFound                    an unknown job or account
+    ├── DeliveryError               the chat platform refused the result (bot not in channel, ...)
+    ├── JobInterrupted              a restart hit a moment whose outcome cannot be known
+    └── GatewayError                anything from the image gateway
+        ├── GatewayAuthError        401: bad or missing key
+        ├── GatewayOutOfCredits     402 / 433: the gateway account or key is out of credits
+        ├── GatewayInvalidInput     400 / 422: the gateway refused the input
+        ├── GatewayRateLimited      429: rate limited (carries retry_after)
+        ├── GatewayMaintenance      455: maintenance
+        ├── GatewayServerError      5xx: server error
+        ├── GatewayFeatureDisabled  505: feature disabled for this account or model
+        ├── GenerationFailed        501 or a ``fail`` state
+        ├── GatewayTimeout          408, a hung request, or the job ran past JOB_TIMEOUT_S
+        ├── UnknownTask             404 / "recordInfo is null" past the grace period
+        ├── GatewayProtocolError    an answer we cannot read (bad JSON, bad resultJson)
+        └── DownloadError           a result URL that fails, is too large or is not an image
+"""
+
+from __future__ import annotations
+
+
+class ImagineError(Exception):
+    """Root of every error imagine-bot raises on purpose."""
+
+    #: short machine-readable cause, stored on failed job rows
+    code: str = "error"
+    #: default plain-words text for chat users
+    default_user_message: str = "Something went wrong. Nothing was charged."
+    #: can the same operation be tried again later with a chance of success?
+    retryable: bool = False
+
+    def __init__(self, admin_message: str | None = None, *, user_message: str | None = None) -> None:
+        self.user_message = user_message or self.default_user_message
+        self.admin_message = admin_message or self.user_message
+        super().__init__(self.admin_message)
+
+
+class ConfigError(ImagineError):
+    code = "config"
+    default_user_message = "The image bot is not configured correctly. An admin has been told."
+
+    def __init__(self, setting: str, problem: str) -> None:
+        self.setting = setting
+        super().__init__(f"{setting}: {problem}")
+
+
+class UserInputError(ImagineError):
+    """Bad input from a chat user. ``user_message`` says what is valid."""
+
+    code = "invalid_input"
+
+    def __init__(self, user_message: str) -> None:
+        super().__init__(user_message, user_message=user_message)
+
+
+class PermissionDenied(ImagineError):
+    code = "permission_denied"
+    default_user_message = "Sorry, only image-bot admins can do that. Nothing was changed."
+
+
+class NotFound(ImagineError):
+    code = "not_found"
+    default_user_message = "I could not find that."
+
+
+class InsufficientCredits(ImagineError):
+    code = "insufficient_credits"
+
+    def __init__(self, *, balance: int, cost: int, next_refill: str | None) -> None:
+        self.balance = balance
+        self.cost = cost
+        self.next_refill = next_refill
+        refill = f" Your allowance refills {next_refill}." if next_refill else ""
+        msg = (
+            f"Not enough credits: this image costs {cost} and you have {balance}.{refill}"
+            " An admin can grant you more. Nothing was charged."
+        )
+        super().__init__(msg, user_message=msg)
+
+
+class TooManyActiveJobs(ImagineError):
+    code = "too_many_active_jobs"
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        msg = (
+            f"You already have {limit} image{'s' if limit != 1 else ''} in progress. "
+            "Please wait for one to finish. Nothing was charged."
+        )
+        super().__init__(msg, user_message=msg)
+
+
+class DeliveryError(ImagineError):
+    code = "delivery_failed"
+    default_user_message = "I made the image but could not post it here. Your credits were refunded."
+
+
+class JobInterrupted(ImagineError):
+    code = "interrupted"
+    default_user_message = (
+        "The bot restarted while sending your request to the image service, so I cannot tell whether it "
+        "started. Your credits were refunded; please try again."
+    )
+
+
+class GatewayError(ImagineError):
+    code = "gateway_error"
+    default_user_message = "The image service had a problem. Your credits were refunded; please try again."
+
+    def __init__(
+        self,
+        admin_message: str | None = None,
+        *,
+        user_message: str | None = None,
+        status: int | None = None,
+        gateway_code: int | None = None,
+    ) -> None:
+        self.status = status
+        self.gateway_code = gateway_code
+        super().__init__(admin_message, user_message=user_message)
+
+
+class GatewayAuthError(GatewayError):
+    code = "gateway_auth"
+    default_user_message = "The image service is not configured. An admin has been told; nothing was charged."
+
+
+class GatewayOutOfCredits(GatewayError):
+    code = "gateway_out_of_credits"
+    default_user_message = (
+        "The team's image budget is used up for now. An admin has been told; nothing was charged."
+    )
+
+
+class GatewayInvalidInput(GatewayError):
+    code = "gateway_invalid_input"
+    default_user_message = "The image service refused this request. Try rewording the prompt; nothing was charged."
+
+
+class GatewayRateLimited(GatewayError):
+    code = "gateway_rate_limited"
+    retryable = True
+    default_user_message = "The image service is busy right now. Please try again in a minute; nothing was charged."
+
+    def __init__(self, admin_message: str | None = None, *, retry_after: float | None = None, **kw: object) -> None:
+        self.retry_after = retry_after
+        super().__init__(admin_message, **kw)  # type: ignore[arg-type]
+
+
+class GatewayMaintenance(GatewayError):
+    code = "gateway_maintenance"
+    retryable = True
+    default_user_message = (
+        "The image service is down for maintenance. Please try again later; nothing was charged."
+    )
+
+
+class GatewayServerError(GatewayError):
+    code = "gateway_server_error"
+    retryable = True
+
+
+class GatewayFeatureDisabled(GatewayError):
+    code = "gateway_feature_disabled"
+    default_user_message = (
+        "This model is not enabled on the image service account. An admin has been told; nothing was charged."
+    )
+
+
+class GenerationFailed(GatewayError):
+    code = "generation_failed"
+    default_user_message = (
+        "The image service could not make this image. Your credits were refunded; try rewording the prompt."
+    )
+
+
+class GatewayTimeout(GatewayError):
+    code = "timed_out"
+    retryable = True
+    default_user_message = "The image took too long and was cancelled. Your credits were refunded."
+
+
+class UnknownTask(GatewayError):
+    code = "unknown_task"
+    default_user_message = "The image service lost track of this image. Your credits were refunded."
+
+
+class GatewayProtocolError(GatewayError):
+    code = "gateway_protocol"
+    default_user_message = "The image service sent an answer I could not read. Your credits were refunded."
+
+
+class DownloadError(GatewayError):
+    code = "download_failed"
+    default_user_message = "The image was made but I could not fetch it. Your credits were refunded."

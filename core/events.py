@@ -1,0 +1,74 @@
+"""Job events: what the core tells the front end that owns a job.
+
+A front end turns each event into platform messages (opsdroid-style dispatch by type). ``Delivered`` is
+special: the front end must post the images before returning, and raise ``DeliveryError`` (or any
+exception) when it cannot; the core captures the credits only after it returns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ImagineError
+from .jobs import Job
+
+
+@dataclass(frozen=True, slots=True)
+class ImageFile:
+    """One downloaded result, spooled on disk until delivered."""
+
+    path: Path
+    content_type: str
+    size: int
+
+    @property
+    def filename(self) -> str:
+        return self.path.name
+
+    def read_bytes(self) -> bytes:
+        return self.path.read_bytes()
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """Credits reserved, job recorded."""
+
+    job: Job
+
+
+@dataclass(frozen=True, slots=True)
+class Queued:
+    """Waiting for a free slot or for the gateway rate limit; ``position`` is 1-based."""
+
+    job: Job
+    position: int
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """The gateway is working: ``stage`` is ``submitted``, ``waiting`` or ``generating``."""
+
+    job: Job
+    stage: str
+    elapsed_s: float
+    percent: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """The images are ready: post them. ``balance`` is what the requester will have left."""
+
+    job: Job
+    images: tuple[ImageFile, ...]
+    balance: int
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    job: Job
+    error: ImagineError
+    refunded: bool
+
+
+JobEvent = Accepted | Queued | Progress | Delivered | Failed

@@ -1,0 +1,251 @@
+"""Jobs: the typed job record and its SQLite store.
+
+Every job is one row: who asked, where to reply (platform-neutral), prompt, params, the gateway task id,
+state, timestamps, result URLs, files, error and cost. The state machine::
+
+    queued -> submitting -> running -> delivering -> delivered
+        \\__________\\____________\\___________\\----> failed
+
+``queued``: credits reserved, waiting for a slot. ``submitting``: createTask may be on the wire.
+``running``: the gateway has a task id. ``delivering``: images downloaded to the spool, handed to the
+front end. ``delivered`` and ``failed`` are final.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from .db import iso, transaction, utcnow
+from .identity import UserRef
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    SUBMITTING = "submitting"
+    RUNNING = "running"
+    DELIVERING = "delivering"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+    @property
+    def final(self) -> bool:
+        return self in (JobState.DELIVERED, JobState.FAILED)
+
+
+ACTIVE_STATES = (JobState.QUEUED, JobState.SUBMITTING, JobState.RUNNING, JobState.DELIVERING)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyTo:
+    """Where a job's messages go, in the owning front end's own terms.
+
+    ``channel`` is the chat channel; ``data`` is the front end's private state (Slack message ts,
+    Discord interaction token, ...), persisted with the job so that it survives a restart.
+    """
+
+    platform: str
+    channel: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps({"platform": self.platform, "channel": self.channel, "data": self.data})
+
+    @classmethod
+    def from_json(cls, raw: str) -> ReplyTo:
+        obj = json.loads(raw)
+        return cls(obj["platform"], obj["channel"], obj.get("data") or {})
+
+
+@dataclass(frozen=True, slots=True)
+class JobRequest:
+    """What a front end asks the core for: one validated ``/imagine``."""
+
+    requester: UserRef
+    reply: ReplyTo
+    prompt: str
+    params: dict[str, Any]
+    #: a platform request id (Slack trigger id, Discord interaction id): a redelivery makes no new job
+    dedupe_key: str | None = None
+    parent_id: str | None = None
+    #: extra gateway inputs decided by the front end (Discord: nsfw_checker for non-NSFW channels)
+    extra_input: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    id: str
+    requester: UserRef
+    reply: ReplyTo
+    prompt: str
+    params: dict[str, Any]
+    model: str
+    cost: int
+    state: JobState
+    created_at: datetime
+    updated_at: datetime
+    task_id: str | None = None
+    result_urls: tuple[str, ...] = ()
+    files: tuple[Path, ...] = ()
+    error_code: str | None = None
+    error_message: str | None = None
+    dedupe_key: str | None = None
+    parent_id: str | None = None
+    submitted_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    @property
+    def platform(self) -> str:
+        return self.reply.platform
+
+    @property
+    def elapsed_s(self) -> float:
+        end = self.finished_at or utcnow()
+        return max(0.0, (end - self.created_at).total_seconds())
+
+
+def new_job_id() -> str:
+    return "j" + secrets.token_hex(6)
+
+
+def _dt(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def _row_to_job(row: dict[str, Any]) -> Job:
+    return Job(
+        id=row["id"],
+        requester=UserRef.parse(row["account"]),
+        reply=ReplyTo.from_json(row["reply"]),
+        prompt=row["prompt"],
+        params=json.loads(row["params"]),
+        model=row["model"],
+        cost=row["cost"],
+        state=JobState(row["state"]),
+        created_at=datetime.fromisoformat(row["created_at"]),
+        updated_at=datetime.fromisoformat(row["updated_at"]),
+        task_id=row["task_id"],
+        result_urls=tuple(json.loads(row["result_urls"] or "[]")),
+        files=tuple(Path(p) for p in json.loads(row["files"] or "[]")),
+        error_code=row["error_code"],
+        error_message=row["error_message"],
+        dedupe_key=row["dedupe_key"],
+        parent_id=row["parent_id"],
+        submitted_at=_dt(row["submitted_at"]),
+        finished_at=_dt(row["finished_at"]),
+    )
+
+
+class JobStore:
+    """Job rows. Every write is one short transaction; the caller may wrap several in ``transaction``."""
+
+    def __init__(self, db: sqlite_utils.Database) -> None:
+        self.db = db
+
+    def insert(self, request: JobRequest, *, model: str, cost: int, job_id: str | None = None) -> Job:
+        now = iso(utcnow())
+        row = {
+            "id": job_id or new_job_id(),
+            "account": request.requester.key,
+            "platform": request.reply.platform,
+            "reply": request.reply.to_json(),
+            "prompt": request.prompt,
+            "params": json.dumps({**request.params, **request.extra_input}),
+            "model": model,
+            "cost": cost,
+            "state": JobState.QUEUED.value,
+            "dedupe_key": request.dedupe_key,
+            "parent_id": request.parent_id,
+            "created_at": now,
+            "updated_at": now,
+        }
+        with transaction(self.db):
+            self.db["jobs"].insert(row)
+        return self.get(row["id"])
+
+    def get(self, job_id: str) -> Job:
+        rows = list(self.db.query("SELECT * FROM jobs WHERE id = ?", [job_id]))
+        if not rows:
+            from .errors import NotFound
+
+            raise NotFound(f"no job {job_id}", user_message="I could not find that image job.")
+        return _row_to_job(rows[0])
+
+    def find(self, job_id: str) -> Job | None:
+        rows = list(self.db.query("SELECT * FROM jobs WHERE id = ?", [job_id]))
+        return _row_to_job(rows[0]) if rows else None
+
+    def by_dedupe_key(self, key: str) -> Job | None:
+        rows = list(self.db.query("SELECT * FROM jobs WHERE dedupe_key = ?", [key]))
+        return _row_to_job(rows[0]) if rows else None
+
+    def by_task_id(self, task_id: str) -> Job | None:
+        rows = list(self.db.query("SELECT * FROM jobs WHERE task_id = ?", [task_id]))
+        return _row_to_job(rows[0]) if rows else None
+
+    def update(self, job_id: str, **fields: Any) -> Job:
+        """Set columns (enums, lists, datetimes and ReplyTo converted) and bump ``updated_at``."""
+        values: dict[str, Any] = {}
+        for key, value in fields.items():
+            if isinstance(value, JobState):
+                value = value.value
+            elif isinstance(value, ReplyTo):
+                value = value.to_json()
+            elif isinstance(value, datetime):
+                value = iso(value)
+            elif key in ("result_urls", "files"):
+                value = json.dumps([str(v) for v in value])
+            values[key] = value
+        values["updated_at"] = iso(utcnow())
+        cols = ", ".join(f"{k} = ?" for k in values)
+        with transaction(self.db):
+            self.db.execute(f"UPDATE jobs SET {cols} WHERE id = ?", [*values.values(), job_id])
+        return self.get(job_id)
+
+    def set_reply_data(self, job_id: str, **data: Any) -> Job:
+        """Merge front-end state into the job's reply address (persisted for restarts)."""
+        with transaction(self.db):
+            job = self.get(job_id)
+            reply = replace(job.reply, data={**job.reply.data, **data})
+            self.db.execute("UPDATE jobs SET reply = ? WHERE id = ?", [reply.to_json(), job_id])
+        return self.get(job_id)
+
+    def active(self, account: str | None = None) -> list[Job]:
+        states = [s.value for s in ACTIVE_STATES]
+        marks = ",".join("?" * len(states))
+        sql = f"SELECT * FROM jobs WHERE state IN ({marks})"
+        args: list[Any] = list(states)
+        if account is not None:
+            sql += " AND account = ?"
+            args.append(account)
+        return [_row_to_job(r) for r in self.db.query(sql + " ORDER BY created_at", args)]
+
+    def count_active(self, account: str) -> int:
+        states = [s.value for s in ACTIVE_STATES]
+        marks = ",".join("?" * len(states))
+        row = self.db.execute(
+            f"SELECT COUNT(*) FROM jobs WHERE account = ? AND state IN ({marks})", [account, *states]
+        ).fetchone()
+        return int(row[0])
+
+    def recent(self, account: str | None = None, *, limit: int = 20,
+               states: Iterable[JobState] | None = None) -> list[Job]:
+        sql, args = "SELECT * FROM jobs WHERE 1=1", []
+        if account is not None:
+            sql += " AND account = ?"
+            args.append(account)
+        if states is not None:
+            vals = [s.value for s in states]
+            sql += f" AND state IN ({','.join('?' * len(vals))})"
+            args.extend(vals)
+        sql += " ORDER BY created_at DESC LIMIT ?"
+        args.append(limit)
+        return [_row_to_job(r) for r in self.db.query(sql, args)]

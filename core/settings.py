@@ -1,0 +1,141 @@
+"""Settings: one typed object read from the environment and ``.env``.
+
+Every name here is documented in ``.env.example`` and the README. A missing or wrong setting fails at
+start with one line naming the setting (``ConfigError``), never a traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from typing_extensions import Annotated
+
+from .errors import ConfigError
+
+SANDBOX = "sandbox"
+
+CsvList = Annotated[list[str], NoDecode]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=True
+    )
+
+    # --- the image gateway
+    MODKIE_API_KEY: SecretStr | None = None
+    MODKIE_BASE_URL: str = "https://modkie.com"
+    MODKIE_MODEL: str = "seedream/4.5-text-to-image"
+    MODKIE_ASPECT_RATIOS: CsvList = Field(default_factory=list)
+    MODKIE_WEBHOOK_SECRET: SecretStr | None = None
+    MAX_DOWNLOAD_MB: float = Field(default=25, gt=0)
+
+    # --- storage
+    IMAGINE_DB_PATH: Path = Path("./imagine-bot.db")
+
+    # --- the one web server (callbacks, /healthz, Slack HTTP mode)
+    HTTP_HOST: str = "0.0.0.0"
+    HTTP_PORT: int = Field(default=3000, ge=0, le=65535)
+    PUBLIC_URL: str | None = None
+
+    # --- credits and limits
+    CREDITS_ALLOWANCE: int = Field(default=180, ge=0)
+    CREDITS_PERIOD: Literal["day", "week", "month", "never"] = "month"
+    MAX_ACTIVE_JOBS_PER_USER: int = Field(default=2, ge=1)
+    MAX_ACTIVE_JOBS: int = Field(default=32, ge=1)
+    CREATE_RATE_PER_10S: int = Field(default=18, ge=1)
+    POLL_INTERVAL_S: float = Field(default=2.0, gt=0)
+    POLL_MAX_INTERVAL_S: float = Field(default=15.0, gt=0)
+    JOB_TIMEOUT_S: float = Field(default=600.0, gt=0)
+
+    # --- people and moderation
+    ADMINS: CsvList = Field(default_factory=list)
+    BANNED_WORDS: CsvList = Field(default_factory=list)
+
+    # --- Slack
+    SLACK_BOT_TOKEN: SecretStr | None = None
+    SLACK_APP_TOKEN: SecretStr | None = None
+    SLACK_SIGNING_SECRET: SecretStr | None = None
+    SLACK_API_URL: str = "https://slack.com/api/"
+
+    # --- Discord
+    DISCORD_TOKEN: SecretStr | None = None
+    DISCORD_API_BASE: str = "https://discord.com/api/v10"
+    DISCORD_GATEWAY_URL: str | None = None
+    DISCORD_GUILD_IDS: CsvList = Field(default_factory=list)
+    DISCORD_ALLOW_DMS: bool = False
+
+    LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("ADMINS", "BANNED_WORDS", "MODKIE_ASPECT_RATIOS", "DISCORD_GUILD_IDS", mode="before")
+    @classmethod
+    def _split_csv(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("ADMINS")
+    @classmethod
+    def _check_admins(cls, value: list[str]) -> list[str]:
+        for admin in value:
+            parts = admin.split(":")
+            ok = (parts[0] == "slack" and len(parts) == 3 and all(parts)) or (
+                parts[0] in ("discord", "terminal") and len(parts) == 2 and parts[1]
+            )
+            if not ok:
+                raise ValueError(f"{admin!r} is not slack:TEAM:USER or discord:USER")
+        return value
+
+    @field_validator("MODKIE_BASE_URL", "SLACK_API_URL", "DISCORD_API_BASE")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        if value != SANDBOX and not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value
+
+    @field_validator("PUBLIC_URL")
+    @classmethod
+    def _check_public_url(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    # --- derived
+    @property
+    def sandbox(self) -> bool:
+        return self.MODKIE_BASE_URL == SANDBOX
+
+    @property
+    def callback_url(self) -> str | None:
+        return f"{self.PUBLIC_URL}/callbacks/modkie" if self.PUBLIC_URL else None
+
+    @property
+    def max_download_bytes(self) -> int:
+        return int(self.MAX_DOWNLOAD_MB * 1024 * 1024)
+
+    @property
+    def spool_dir(self) -> Path:
+        """Where downloaded images wait for delivery (beside the database)."""
+        return self.IMAGINE_DB_PATH.parent / (self.IMAGINE_DB_PATH.stem + "-files")
+
+    def secrets(self) -> list[str]:
+        """Every secret value, for log redaction."""
+        values = [self.MODKIE_API_KEY, self.MODKIE_WEBHOOK_SECRET, self.SLACK_BOT_TOKEN, self.SLACK_APP_TOKEN,
+                  self.SLACK_SIGNING_SECRET, self.DISCORD_TOKEN]
+        return [v.get_secret_value() for v in values if v is not None and v.get_secret_value()]
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings, turning any validation problem into one ``ConfigError`` naming the setting."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        name = ".".join(str(p) for p in err.get("loc", ())) or "settings"
+        msg = err.get("msg", "invalid value")
+        raise ConfigError(name, msg) from None
