@@ -1,0 +1,119 @@
+"""Many processes, one account: the ledger never hands out more than the balance, nor charges twice.
+
+Four processes (spawned, so nothing is shared but the database file) each open their own connection
+and start together on a barrier. 50 reservations of 18 race for a balance of 180: exactly 10 win.
+Then every process tries to capture 6 of the winners and release the other 4: each job is settled
+exactly once.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import random
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from core.db import open_db
+from core.errors import InsufficientCredits
+from core.identity import UserRef
+from core.ledger import Ledger
+
+WHO = UserRef("slack", "T1", "URACE")
+COST = 18
+PROCESSES = 4
+TIMEOUT_S = 30
+
+
+def _ledger(path: str) -> Ledger:
+    return Ledger(open_db(path), allowance=10 * COST, period="never")
+
+
+def _reserve_worker(ledger: Ledger, start: Callable[[], None], job_ids: list[str]) -> tuple[list[str], int]:
+    won, refused = [], 0
+    start()
+    for job_id in job_ids:
+        try:
+            ledger.reserve(WHO, job_id, COST)
+            won.append(job_id)
+        except InsufficientCredits:
+            refused += 1
+    return won, refused
+
+
+def _settle_worker(
+    ledger: Ledger, start: Callable[[], None], capture: list[str], release: list[str]
+) -> list[tuple[str, str]]:
+    moves = [("capture", j) for j in capture] + [("release", j) for j in release]
+    random.shuffle(moves)
+    start()
+    return [(kind, job_id) for kind, job_id in moves if getattr(ledger, kind)(job_id)]
+
+
+def _child(path: str, target: Callable[..., Any], args: tuple[Any, ...], barrier: Any, results: Any) -> None:
+    """In a spawned process: open the database, run ``target``, report its result or its traceback."""
+    try:
+        ledger = _ledger(path)
+        try:
+            value = target(ledger, lambda: barrier.wait(TIMEOUT_S), *args)
+        finally:
+            ledger.db.conn.close()
+        results.put(("ok", value))
+    except BaseException:
+        barrier.abort()  # let the others stop waiting
+        results.put(("error", traceback.format_exc()))
+
+
+def _run(path: str, target: Callable[..., Any], args_per_process: list[tuple[Any, ...]]) -> list[Any]:
+    """Run ``target`` in one spawned process per argument tuple, all started at once; their results."""
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(len(args_per_process))
+    results = ctx.Queue()
+    procs = [ctx.Process(target=_child, args=(path, target, args, barrier, results))
+             for args in args_per_process]
+    for p in procs:
+        p.start()
+    try:
+        out = [results.get(timeout=TIMEOUT_S) for _ in procs]
+    finally:
+        for p in procs:
+            p.join(TIMEOUT_S)
+    errors = [detail for status, detail in out if status == "error"]
+    assert not errors, errors[0]
+    return [value for _, value in out]
+
+
+def _check_books(ledger: Ledger) -> None:
+    assert ledger.verify() == []
+    rows = ledger.db.execute("SELECT balance_after, held_after FROM ledger WHERE account = ?", [WHO.key])
+    assert all(balance - held >= 0 and held >= 0 for balance, held in rows.fetchall())
+
+
+@pytest.mark.slow
+def test_concurrent_reservations_never_overspend(tmp_path: Path) -> None:
+    path = str(tmp_path / "race.db")
+    ledger = _ledger(path)
+    assert ledger.balance(WHO).balance == 180  # open the account before the race
+
+    jobs = [f"job{i:02}" for i in range(50)]
+    results = _run(path, _reserve_worker, [(jobs[i::PROCESSES],) for i in range(PROCESSES)])
+    won = sorted(j for w, _ in results for j in w)
+    assert len(won) == 10
+    assert sum(refused for _, refused in results) == 40
+    b = ledger.balance(WHO)
+    assert (b.balance, b.held, b.available) == (180, 180, 0)
+    _check_books(ledger)
+
+    capture, release = won[:6], won[6:]
+    results = _run(path, _settle_worker, [(capture, release)] * PROCESSES)
+    done = sorted(move for r in results for move in r)
+    assert done == sorted([("capture", j) for j in capture] + [("release", j) for j in release])
+    b = ledger.balance(WHO)
+    assert (b.balance, b.held, b.available) == (180 - 6 * COST, 0, 72)
+    kinds = ledger.db.execute("SELECT kind, COUNT(*) FROM ledger GROUP BY kind ORDER BY kind").fetchall()
+    assert kinds == [("capture", 6), ("refill", 1), ("release", 4), ("reserve", 10)]
+    _check_books(ledger)
+    ledger.db.conn.close()
