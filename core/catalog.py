@@ -47,7 +47,8 @@ class ModelSpec:
         ratios = tuple(ratios)
         unknown = [r for r in ratios if r not in KIE_ASPECT_RATIOS]
         if unknown:
-            raise ConfigError("MODKIE_ASPECT_RATIOS", f"unknown ratio {unknown[0]!r}; known: {', '.join(KIE_ASPECT_RATIOS)}")
+            known = ", ".join(KIE_ASPECT_RATIOS)
+            raise ConfigError("MODKIE_ASPECT_RATIOS", f"unknown ratio {unknown[0]!r}; known: {known}")
         ar = self.input("aspect_ratio")
         default = ar.default if ar.default in ratios else ratios[0]
         new_inputs = tuple(replace(s, choices=ratios, default=default) if s.name == "aspect_ratio" else s

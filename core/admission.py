@@ -1,0 +1,107 @@
+"""Admission: a fair FIFO queue in front of the gateway.
+
+A job may send ``createTask`` when it is at the head of the queue, fewer than ``max_active`` jobs are
+at the gateway (the global cap), and the token bucket has a token (the client-side rate limit that
+keeps a burst of users from tripping the gateway's ~20 createTask per 10 s). Waiting jobs learn their
+place whenever it changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+PositionCallback = Callable[[int], Awaitable[None]]
+
+
+class TokenBucket:
+    def __init__(self, rate: int, per: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.capacity = float(rate)
+        self.tokens = float(rate)
+        self.fill_per_s = rate / per
+        self.clock = clock
+        self.stamp = clock()
+
+    def _refill(self) -> None:
+        now = self.clock()
+        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.fill_per_s)
+        self.stamp = now
+
+    def wait_time(self) -> float:
+        """Seconds until a token is available (0 when one is)."""
+        self._refill()
+        return 0.0 if self.tokens >= 1 else (1 - self.tokens) / self.fill_per_s
+
+    def take(self) -> None:
+        self._refill()
+        self.tokens -= 1
+
+
+class Admission:
+    def __init__(self, max_active: int, rate: int, per: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_active = max_active
+        self.bucket = TokenBucket(rate, per, clock)
+        self.active: set[str] = set()
+        self._waiting: list[str] = []
+        self._changed = asyncio.Event()
+
+    def position(self, job_id: str) -> int | None:
+        try:
+            return self._waiting.index(job_id) + 1
+        except ValueError:
+            return None
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    def _admissible(self, job_id: str) -> float | None:
+        """None when the job can't go yet for lack of place or slot; else seconds to wait for a token."""
+        if not self._waiting or self._waiting[0] != job_id or len(self.active) >= self.max_active:
+            return None
+        return self.bucket.wait_time()
+
+    async def enter(self, job_id: str, on_position: PositionCallback | None = None) -> None:
+        """Wait for the job's turn; report its place (1-based) each time it changes."""
+        self._waiting.append(job_id)
+        last: int | None = None
+        try:
+            while True:
+                changed = self._changed  # taken before the check, so no wake-up is lost
+                wait = self._admissible(job_id)
+                if wait == 0.0:
+                    self.bucket.take()
+                    self._waiting.pop(0)
+                    self.active.add(job_id)
+                    self._wake()
+                    return
+                place = self.position(job_id)
+                if on_position and place is not None and place != last:
+                    last = place
+                    await on_position(place)
+                    continue
+                try:
+                    await asyncio.wait_for(changed.wait(), timeout=wait)
+                except TimeoutError:
+                    pass
+        except BaseException:
+            if job_id in self._waiting:
+                self._waiting.remove(job_id)
+                self._wake()
+            raise
+
+    def hold(self, job_id: str) -> None:
+        """Take a slot at once (a job resumed after a restart is already at the gateway)."""
+        self.active.add(job_id)
+
+    def leave(self, job_id: str) -> None:
+        if job_id in self.active:
+            self.active.discard(job_id)
+            self._wake()
+
+    def _wake(self) -> None:
+        """Wake every waiter: set the current event and start a new one."""
+        self._changed.set()
+        self._changed = asyncio.Event()
