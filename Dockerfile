@@ -1,0 +1,26 @@
+# imagine-bot: a small, non-root image that runs `imagine-bot run`.
+# Build: docker build -t imagine-bot .   Run: docker run --env-file .env -p 3000:3000 -v imagine-data:/data imagine-bot
+
+FROM python:3.11-slim AS build
+WORKDIR /src
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+COPY pyproject.toml README.md ./
+COPY core ./core
+COPY bots ./bots
+RUN python -m venv /opt/venv && /opt/venv/bin/pip install --no-compile .
+
+FROM python:3.11-slim
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    IMAGINE_DB_PATH=/data/imagine-bot.db \
+    HTTP_HOST=0.0.0.0 \
+    HTTP_PORT=3000
+RUN useradd --create-home --uid 10001 imagine && mkdir /data && chown imagine /data
+COPY --from=build /opt/venv /opt/venv
+USER imagine
+WORKDIR /home/imagine
+VOLUME ["/data"]
+EXPOSE 3000
+HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
+  CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('HTTP_PORT', '3000'), timeout=4)"]
+CMD ["imagine-bot", "run"]

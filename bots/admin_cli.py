@@ -1,0 +1,135 @@
+"""Admin commands on the database, for whoever runs the bot: ``imagine-bot credits ...`` and ``jobs ...``.
+
+Users are named by their key (``slack:TEAM:USER``, ``discord:USER``, ``terminal:USER``); a bare name
+means a terminal user. These need no gateway key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from core.db import open_db, utcnow
+from core.errors import UserInputError
+from core.identity import UserRef
+from core.jobs import JobState, JobStore
+from core.ledger import Ledger, describe_refill
+from core.settings import Settings
+
+
+def _user(raw: str) -> UserRef:
+    try:
+        return UserRef.parse(raw) if ":" in raw else UserRef("terminal", "local", raw)
+    except ValueError as exc:
+        raise UserInputError(str(exc)) from None
+
+
+def _ledger(settings: Settings) -> Ledger:
+    return Ledger(open_db(settings.IMAGINE_DB_PATH), allowance=settings.CREDITS_ALLOWANCE,
+                  period=settings.CREDITS_PERIOD)
+
+
+def _actor() -> str:
+    from .cli import local_user
+
+    return f"cli:{local_user()}"
+
+
+def credits_cmd(args: argparse.Namespace, settings: Settings) -> int:
+    console = Console()
+    ledger = _ledger(settings)
+    if args.action == "show":
+        balances = [ledger.balance(_user(args.user))] if args.user else ledger.accounts()
+        table = Table("account", "available", "held", "balance", "allowance", "next refill")
+        for b in balances:
+            table.add_row(b.account, str(b.available), str(b.held), str(b.balance),
+                          f"{b.allowance}/{b.period}", describe_refill(b.next_refill, utcnow()) or "never")
+        console.print(table)
+    elif args.action == "grant":
+        b = ledger.grant(_user(args.user), args.amount, actor=_actor(), note=args.note)
+        console.print(f"{b.account}: {b.available} available ({b.balance} balance, {b.held} held)")
+    elif args.action == "allowance":
+        value = None if args.amount == "default" else int(args.amount)
+        b = ledger.set_allowance(_user(args.user), value, actor=_actor())
+        console.print(f"{b.account}: allowance {b.allowance} per {b.period}")
+    elif args.action == "history":
+        table = Table("when", "account", "kind", "Δ balance", "Δ held", "balance", "job", "by", "note")
+        for e in ledger.history(_user(args.user) if args.user else None, limit=args.limit):
+            table.add_row(f"{e.ts:%Y-%m-%d %H:%M:%S}", e.account, e.kind, f"{e.delta_balance:+d}",
+                          f"{e.delta_held:+d}", str(e.balance_after), e.job_id or "", e.actor or "", e.note or "")
+        console.print(table)
+    elif args.action == "report":
+        text = ledger.report_csv()
+        if args.out:
+            args.out.write_text(text)
+            console.print(f"wrote {args.out}")
+        else:
+            sys.stdout.write(text)
+    elif args.action == "verify":
+        drift = ledger.verify()
+        for line in drift:
+            console.print(line, style="red")
+        console.print("ledger and balances agree" if not drift else f"{len(drift)} account(s) drifted")
+        return 1 if drift else 0
+    return 0
+
+
+def jobs_cmd(args: argparse.Namespace, settings: Settings) -> int:
+    console = Console()
+    store = JobStore(open_db(settings.IMAGINE_DB_PATH))
+    if args.action == "show":
+        job = store.get(args.job_id)
+        fields: dict[str, Any] = {
+            "id": job.id, "account": job.requester.key, "state": job.state.value, "prompt": job.prompt,
+            "params": job.params, "model": job.model, "cost": job.cost, "task_id": job.task_id,
+            "created_at": job.created_at.isoformat(), "finished_at": job.finished_at and job.finished_at.isoformat(),
+            "error_code": job.error_code, "error_message": job.error_message, "result_urls": list(job.result_urls),
+            "reply": {"platform": job.reply.platform, "channel": job.reply.channel},
+        }
+        console.print_json(json.dumps(fields))
+        return 0
+    states = [JobState(args.state)] if args.state else None
+    table = Table("id", "created", "account", "state", "cost", "prompt", "error")
+    for job in store.recent(_user(args.user).key if args.user else None, limit=args.limit, states=states):
+        table.add_row(job.id, f"{job.created_at:%Y-%m-%d %H:%M}", job.requester.key, job.state.value,
+                      str(job.cost), job.prompt[:50], job.error_code or "")
+    console.print(table)
+    return 0
+
+
+def add_admin_parsers(sub: Any) -> None:
+    from pathlib import Path
+
+    p = sub.add_parser("credits", help="balances, grants, allowances, history and the usage report")
+    actions = p.add_subparsers(dest="action", required=True)
+    a = actions.add_parser("show", help="one user's balance, or every account")
+    a.add_argument("user", nargs="?")
+    a = actions.add_parser("grant", help="grant credits (negative to revoke)")
+    a.add_argument("user")
+    a.add_argument("amount", type=int)
+    a.add_argument("--note")
+    a = actions.add_parser("allowance", help="set a user's allowance per period, or 'default'")
+    a.add_argument("user")
+    a.add_argument("amount")
+    a = actions.add_parser("history", help="the audit trail, newest first")
+    a.add_argument("user", nargs="?")
+    a.add_argument("--limit", type=int, default=50)
+    a = actions.add_parser("report", help="usage report as CSV")
+    a.add_argument("--out", type=Path)
+    actions.add_parser("verify", help="check every balance against its ledger")
+    p.set_defaults(func=credits_cmd)
+
+    p = sub.add_parser("jobs", help="list and inspect jobs")
+    actions = p.add_subparsers(dest="action", required=True)
+    a = actions.add_parser("list")
+    a.add_argument("--user")
+    a.add_argument("--state", choices=[s.value for s in JobState])
+    a.add_argument("--limit", type=int, default=30)
+    a = actions.add_parser("show")
+    a.add_argument("job_id")
+    p.set_defaults(func=jobs_cmd)

@@ -1,0 +1,113 @@
+"""``imagine-bot``: the command line.
+
+    imagine-bot [--sandbox] [--db PATH] imagine "a lighthouse at dusk --ar 16:9"
+    imagine-bot chat                          a terminal chat: /imagine, /credits, /help
+    imagine-bot run [--only slack|discord]    the bots, the callback server and /healthz
+    imagine-bot sandbox [--port 8787]         the sandbox gateway alone
+    imagine-bot credits show|grant|allowance|history|report ...
+    imagine-bot jobs list|show ...
+    imagine-bot discord sync|invite-url
+
+Configuration comes from the environment and ``.env`` (see ``.env.example``). A bad setting ends the
+command with one line naming it, exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from core.errors import ConfigError, ImagineError
+from core.logs import setup_logging
+from core.settings import SANDBOX, Settings, load_settings
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, object] = {}
+    if args.sandbox:
+        overrides["MODKIE_BASE_URL"] = SANDBOX
+    if args.db:
+        overrides["IMAGINE_DB_PATH"] = args.db
+    return load_settings(**overrides)
+
+
+def local_user() -> str:
+    try:
+        return os.environ.get("IMAGINE_USER") or getpass.getuser()
+    except Exception:  # no passwd entry in some containers
+        return "local"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="imagine-bot", description="Text-to-image from chat, with credits.")
+    parser.add_argument("--sandbox", action="store_true",
+                        help="use the embedded sandbox gateway (no key, no network, no credits spent)")
+    parser.add_argument("--db", type=Path, help="SQLite database path (default: IMAGINE_DB_PATH)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("imagine", help="make one image in the terminal")
+    p.add_argument("text", nargs="+", help='prompt with optional flags, e.g. "a fox --ar 16:9 --quality high"')
+    p.add_argument("--out", type=Path, default=Path("out"), help="folder for the images (default ./out)")
+
+    sub.add_parser("chat", help="a terminal chat front end: /imagine, /credits, /help")
+
+    p = sub.add_parser("run", help="run the chat bots with the callback server and /healthz")
+    p.add_argument("--only", choices=["slack", "discord"], action="append", help="run only this front end")
+
+    p = sub.add_parser("sandbox", help="serve the sandbox gateway alone")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8787)
+    p.add_argument("--delay-scale", type=float, default=1.0, help="multiply the state delays")
+
+    from .admin_cli import add_admin_parsers
+
+    add_admin_parsers(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = _settings(args)
+        setup_logging("DEBUG" if args.verbose else ("WARNING" if args.command in ("imagine", "chat", "credits", "jobs")
+                                                    else settings.LOG_LEVEL), settings.secrets())
+        return int(args.func(args, settings) or 0) if hasattr(args, "func") else _run_async(args, settings)
+    except ConfigError as error:
+        print(f"imagine-bot: configuration error: {error.admin_message}", file=sys.stderr)
+        return 2
+    except ImagineError as error:
+        print(f"imagine-bot: {error.user_message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _run_async(args: argparse.Namespace, settings: Settings) -> int:
+    from . import terminal
+
+    if args.command == "imagine":
+        return asyncio.run(terminal.imagine_once(settings, " ".join(args.text), args.out, local_user()))
+    if args.command == "chat":
+        return asyncio.run(terminal.chat(settings, local_user()))
+    if args.command == "sandbox":
+        from core.sandbox import serve_forever
+
+        print(f"sandbox gateway on http://{args.host}:{args.port} (Ctrl-C to stop)", flush=True)
+        asyncio.run(serve_forever(args.host, args.port, delay_scale=args.delay_scale))
+        return 0
+    if args.command == "run":
+        from .run import run
+
+        return asyncio.run(run(settings, only=args.only))
+    raise SystemExit(f"unknown command {args.command}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""``imagine-bot run``: one asyncio process with the core, every configured front end, and one web server.
+
+Each front end is a ``Service`` built from the core, the settings and the web app (to add its routes
+before the server starts). SIGTERM or SIGINT: stop taking commands, leave in-flight jobs persisted for
+the next start to resume, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+from typing import Protocol
+
+from aiohttp import web
+
+from core.app import ImagineCore
+from core.errors import ConfigError
+from core.settings import Settings
+from core.web import build_web_app, start_web
+
+log = logging.getLogger(__name__)
+
+
+class Service(Protocol):
+    """A running front end: it registers its ``FrontEnd`` with the core when built."""
+
+    name: str
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+ServiceFactory = Callable[[ImagineCore, Settings, web.Application], Service]
+
+
+def configured_services(settings: Settings, only: list[str] | None) -> dict[str, ServiceFactory]:
+    """The front ends whose credentials are set (limited by ``--only``)."""
+    wanted = set(only or ("slack", "discord"))
+    factories: dict[str, ServiceFactory] = {}
+    if "slack" in wanted and settings.SLACK_BOT_TOKEN:
+        from .slack import SlackService
+
+        factories["slack"] = SlackService
+    if "discord" in wanted and settings.DISCORD_TOKEN:
+        from .discord import DiscordService
+
+        factories["discord"] = DiscordService
+    if not factories:
+        names = " or ".join(f"{n.upper()}_{'BOT_TOKEN' if n == 'slack' else 'TOKEN'}" for n in sorted(wanted))
+        raise ConfigError(names.split(" or ")[0], f"no front end is configured: set {names} (see README)")
+    return factories
+
+
+async def run(settings: Settings, *, only: list[str] | None = None,
+              stop: asyncio.Event | None = None, ready: Callable[[int], None] | None = None) -> int:
+    factories = configured_services(settings, only)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):  # not the main thread (tests) or not POSIX
+            pass
+    async with ImagineCore.open(settings) as core:
+        web_app = build_web_app(core)
+        services = [factory(core, settings, web_app) for factory in factories.values()]
+        runner, port = await start_web(web_app, settings.HTTP_HOST, settings.HTTP_PORT)
+        log.info("web server on %s:%d (/healthz, /callbacks/modkie)", settings.HTTP_HOST, port)
+        try:
+            for service in services:
+                await service.start()
+                log.info("%s front end started", service.name)
+            resumed = await core.start()
+            log.info("imagine-bot running: %s; %d job(s) resumed", ", ".join(factories), resumed)
+            if ready is not None:
+                ready(port)
+            await stop.wait()
+            log.info("stopping: no new commands; jobs in flight stay saved and resume at the next start")
+        finally:
+            await core.orchestrator.stop()
+            for service in reversed(services):
+                try:
+                    await service.stop()
+                except Exception:
+                    log.exception("stopping %s", service.name)
+            await runner.cleanup()
+    return 0

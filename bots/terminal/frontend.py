@@ -1,0 +1,82 @@
+"""The terminal front end: the same job events as Slack and Discord, shown in a terminal.
+
+It proves the core is platform-free, serves ``imagine-bot imagine`` and ``imagine-bot chat``, and is the
+recording front end tests and benchmarks use (``events`` keeps every event it was given).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
+
+from core import messages
+from core.events import Accepted, Delivered, Failed, JobEvent, Queued
+from core.events import Progress as ProgressEvent
+
+
+class TerminalFrontEnd:
+    platform = "terminal"
+
+    def __init__(self, out_dir: Path, console: Console | None = None, *, bar: bool = True) -> None:
+        self.out_dir = out_dir
+        self.console = console or Console()
+        self.events: list[JobEvent] = []
+        self.saved: dict[str, list[Path]] = {}
+        self._bar = bar and self.console.is_terminal
+        self._progress: Progress | None = None
+        self._bars: dict[str, TaskID] = {}
+
+    # a rich progress bar when attached to a terminal, plain lines otherwise (CI, pipes)
+    def __enter__(self) -> TerminalFrontEnd:
+        if self._bar:
+            self._progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                                      TimeElapsedColumn(), console=self.console, transient=True)
+            self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def _status(self, job_id: str, text: str, percent: int | None = None) -> None:
+        if self._progress is None:
+            self.console.print(f"[dim]{job_id}[/dim] {text}", highlight=False)
+            return
+        if job_id not in self._bars:
+            self._bars[job_id] = self._progress.add_task(text, total=100)
+        self._progress.update(self._bars[job_id], description=text,
+                              completed=percent if percent is not None else None)
+
+    async def publish(self, event: JobEvent) -> None:
+        self.events.append(event)
+        job = event.job
+        match event:
+            case Accepted():
+                self._status(job.id, messages.accepted(job))
+            case Queued(position=position):
+                self._status(job.id, messages.queued(job, position))
+            case ProgressEvent(stage=stage, elapsed_s=elapsed_s, percent=percent):
+                self._status(job.id, messages.progress(job, stage, elapsed_s, percent), percent)
+            case Delivered(images=images, balance=balance):
+                self.out_dir.mkdir(parents=True, exist_ok=True)
+                paths = []
+                for image in images:
+                    target = self.out_dir / image.filename
+                    shutil.copyfile(image.path, target)
+                    paths.append(target.resolve())
+                self.saved[job.id] = paths
+                if self._progress is not None and job.id in self._bars:
+                    self._progress.update(self._bars[job.id], completed=100, visible=False)
+                self.console.print(messages.delivered(job, balance), highlight=False, markup=False)
+                for path in paths:
+                    self.console.print(f"saved {path}", highlight=False, markup=False)
+            case Failed(error=error, refunded=refunded):
+                if self._progress is not None and job.id in self._bars:
+                    self._progress.update(self._bars[job.id], visible=False)
+                self.console.print(messages.failed(job, error, refunded), style="red", highlight=False,
+                                   markup=False)
+            case _:
+                raise TypeError(f"unknown job event {type(event).__name__}")

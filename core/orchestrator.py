@@ -1,0 +1,358 @@
+"""The job orchestrator: submit -> reserve -> createTask -> track -> download -> deliver -> capture.
+
+Every step is persisted before the next begins, so a restart resumes each job from its row:
+
+- ``queued``: credits reserved; the job waits for admission (global cap + rate limit) and is resent.
+- ``submitting``: createTask may have reached the gateway. Resending could double-spend, so a job found
+  here after a restart is failed with ``JobInterrupted`` and refunded.
+- ``running``: the gateway task id is known; tracking resumes (callback or polling).
+- ``delivering``: images are in the spool (or are fetched again); delivery is retried.
+
+Money: ``reserve`` with the job insert, ``capture`` with the ``delivered`` state, ``release`` with the
+``failed`` state, each in one transaction. The ledger refuses a second capture or release of a job, so
+no path charges twice, and a job that never delivered is never charged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import mimetypes
+import shutil
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import sqlite_utils
+
+from .admission import Admission
+from .catalog import ModelSpec
+from .db import transaction, utcnow
+from .errors import (
+    DeliveryError,
+    GatewayError,
+    GatewayMaintenance,
+    GatewayRateLimited,
+    GatewayServerError,
+    GatewayTimeout,
+    ImagineError,
+    JobInterrupted,
+    TooManyActiveJobs,
+    UnknownTask,
+)
+from .events import Accepted, Delivered, Failed, ImageFile, JobEvent, Progress, Queued
+from .frontend import FrontEnd
+from .gateway import GatewayClient, TaskRecord, TaskStage
+from .jobs import Job, JobRequest, JobState, JobStore
+from .ledger import Ledger
+from .parsing import check_banned
+
+log = logging.getLogger(__name__)
+
+#: a new task may be unknown to recordInfo for a while (gateway contract: about 90 s)
+UNKNOWN_TASK_GRACE_S = 90.0
+#: with callbacks configured, polling is only the fallback: first look after this long
+CALLBACK_FALLBACK_FIRST_S = 20.0
+
+
+class Orchestrator:
+    def __init__(
+        self,
+        *,
+        db: sqlite_utils.Database,
+        jobs: JobStore,
+        ledger: Ledger,
+        gateway: GatewayClient,
+        model: ModelSpec,
+        spool: Path,
+        max_active_per_user: int,
+        max_active: int,
+        create_rate_per_10s: int,
+        poll_interval_s: float,
+        poll_max_interval_s: float,
+        job_timeout_s: float,
+        callback_url: str | None = None,
+        banned_words: tuple[str, ...] = (),
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.db = db
+        self.jobs = jobs
+        self.ledger = ledger
+        self.gateway = gateway
+        self.model = model
+        self.spool = spool
+        self.max_active_per_user = max_active_per_user
+        self.poll_interval_s = poll_interval_s
+        self.poll_max_interval_s = poll_max_interval_s
+        self.job_timeout_s = job_timeout_s
+        self.callback_url = callback_url
+        self.banned_words = banned_words
+        self.monotonic = monotonic
+        self.admission = Admission(max_active, create_rate_per_10s)
+        self.frontends: dict[str, FrontEnd] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._wakeups: dict[str, asyncio.Event] = {}
+        self._accepting = True
+
+    # ------------------------------------------------------------------ front ends
+    def register(self, frontend: FrontEnd) -> None:
+        self.frontends[frontend.platform] = frontend
+
+    async def _publish(self, event: JobEvent) -> None:
+        frontend = self.frontends.get(event.job.platform)
+        if frontend is None:
+            log.warning("no front end for %s to publish %s of job %s", event.job.platform,
+                        type(event).__name__, event.job.id)
+            return
+        if isinstance(event, Delivered):
+            await frontend.publish(event)  # errors mean "not delivered": the caller refunds
+            return
+        try:
+            await frontend.publish(event)
+        except Exception:
+            log.exception("front end %s failed on %s of job %s", event.job.platform,
+                          type(event).__name__, event.job.id)
+
+    # ------------------------------------------------------------------ submitting
+    async def submit(self, request: JobRequest) -> Job:
+        """Reserve credits, record the job and start it. Raises a user-facing ``ImagineError``."""
+        if not self._accepting:
+            raise ImagineError("shutting down", user_message="The bot is restarting; please try again in a moment.")
+        if request.dedupe_key:
+            existing = self.jobs.by_dedupe_key(request.dedupe_key)
+            if existing is not None:
+                log.info("redelivered request %s: job %s already exists", request.dedupe_key, existing.id)
+                return existing
+        check_banned(request.prompt, self.banned_words)
+        from .jobs import new_job_id
+
+        job_id = new_job_id()
+        try:
+            with transaction(self.db):
+                if self.jobs.count_active(request.requester.key) >= self.max_active_per_user:
+                    raise TooManyActiveJobs(self.max_active_per_user)
+                self.ledger.reserve(request.requester, job_id, self.model.cost)
+                job = self.jobs.insert(request, model=self.model.id, cost=self.model.cost, job_id=job_id)
+        except sqlite3.IntegrityError:
+            # the same request arrived twice at once: the other delivery made the job
+            existing = self.jobs.by_dedupe_key(request.dedupe_key or "")
+            if existing is None:
+                raise
+            return existing
+        log.info("job %s accepted for %s (%s)", job.id, job.requester.key, job.params)
+        await self._publish(Accepted(job))
+        self._start(job)
+        return job
+
+    def _start(self, job: Job) -> None:
+        task = asyncio.create_task(self._run(job.id), name=f"job-{job.id}")
+        self._tasks[job.id] = task
+        task.add_done_callback(lambda _t, jid=job.id: self._tasks.pop(jid, None))
+
+    # ------------------------------------------------------------------ lifecycle
+    async def resume(self) -> int:
+        """Pick up every job left in flight by a previous process (for registered front ends)."""
+        resumed = 0
+        for job in self.jobs.active():
+            if job.id in self._tasks or job.platform not in self.frontends:
+                continue
+            if job.state in (JobState.RUNNING, JobState.DELIVERING):
+                self.admission.hold(job.id)
+            log.info("resuming job %s in state %s", job.id, job.state)
+            self._start(job)
+            resumed += 1
+        return resumed
+
+    async def stop(self) -> None:
+        """Stop taking jobs and cancel the workers; rows stay as they are, to be resumed."""
+        self._accepting = False
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def wait_idle(self) -> None:
+        """Wait until no job is in flight (tests, the CLI)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks.values()), return_exceptions=True)
+
+    async def cancel(self, job_id: str, error: ImagineError) -> None:
+        """Stop a job that cannot go on (its front end cannot post in the channel, ...): refund and report."""
+        task = self._tasks.get(job_id)
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        job = self.jobs.find(job_id)
+        if job is not None and not job.state.final:
+            self.admission.leave(job_id)
+            await self._fail(job_id, error)
+
+    def notify(self, task_id: str) -> bool:
+        """A gateway callback named this task: look at it now instead of at the next poll."""
+        event = self._wakeups.get(task_id)
+        if event is None:
+            return False
+        event.set()
+        return True
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    # ------------------------------------------------------------------ one job
+    async def _run(self, job_id: str) -> None:
+        job = self.jobs.get(job_id)
+        try:
+            if job.state is JobState.QUEUED:
+                job = await self._admit_and_create(job)
+            elif job.state is JobState.SUBMITTING:
+                raise JobInterrupted(f"job {job.id} was mid-createTask when the process stopped")
+            if job.state is JobState.RUNNING:
+                record = await self._track(job)
+                job = await self._download(job, record)
+            if job.state is JobState.DELIVERING:
+                await self._deliver(job)
+        except asyncio.CancelledError:
+            raise
+        except ImagineError as error:
+            await self._fail(job_id, error)
+        except Exception as exc:  # a bug: still refund and tell the user
+            log.exception("job %s crashed", job_id)
+            await self._fail(job_id, ImagineError(f"internal error: {type(exc).__name__}: {exc}"))
+        finally:
+            self.admission.leave(job_id)
+
+    async def _admit_and_create(self, job: Job) -> Job:
+        async def on_position(place: int) -> None:
+            await self._publish(Queued(job, place))
+
+        deadline = self.monotonic() + self.job_timeout_s
+        while True:
+            await self.admission.enter(job.id, on_position)
+            job = self.jobs.update(job.id, state=JobState.SUBMITTING)
+            try:
+                task_id = await self.gateway.create_task(
+                    self.model.id, {"prompt": job.prompt, **self.model.fixed, **job.params}, self.callback_url
+                )
+            except (GatewayRateLimited, GatewayMaintenance) as error:
+                # not accepted by the gateway: safe to keep the job queued and try again later
+                self.admission.leave(job.id)
+                job = self.jobs.update(job.id, state=JobState.QUEUED)
+                if self.monotonic() + _retry_after(error) > deadline:
+                    raise
+                log.warning("job %s: createTask refused (%s); retrying in %.1fs", job.id, error.code,
+                            _retry_after(error))
+                await self._publish(Queued(job, 1))
+                await asyncio.sleep(_retry_after(error))
+                continue
+            job = self.jobs.update(job.id, state=JobState.RUNNING, task_id=task_id, submitted_at=utcnow())
+            log.info("job %s submitted as task %s", job.id, task_id)
+            await self._publish(Progress(job, "submitted", job.elapsed_s))
+            return job
+
+    def _next_interval(self, age_s: float) -> float:
+        """Poll politely (gateway contract): fast at first, slower as the job ages, capped."""
+        base = self.poll_interval_s
+        if age_s < 30:
+            interval = base
+        elif age_s < 120:
+            interval = max(base, 5.0)
+        else:
+            interval = max(base, 15.0)
+        return min(interval, self.poll_max_interval_s)
+
+    async def _track(self, job: Job) -> TaskRecord:
+        assert job.task_id is not None
+        wake = self._wakeups.setdefault(job.task_id, asyncio.Event())
+        submitted = job.submitted_at or job.created_at
+        last_stage: str | None = None
+        # with callbacks, the first look is the fallback, well after the callback should have come;
+        # a job resumed after a restart is looked at at once (its callback may have been missed)
+        fresh = (utcnow() - submitted).total_seconds() < 1.0
+        wait = CALLBACK_FALLBACK_FIRST_S if (self.callback_url and fresh) else 0.0
+        try:
+            while True:
+                age = (utcnow() - submitted).total_seconds()
+                if age > self.job_timeout_s:
+                    raise GatewayTimeout(f"task {job.task_id} still not done after {age:.0f}s")
+                if wait > 0:
+                    try:
+                        await asyncio.wait_for(wake.wait(), timeout=min(wait, self.job_timeout_s - age))
+                    except TimeoutError:
+                        pass
+                    wake.clear()
+                wait = self._next_interval(age)
+                try:
+                    record = await self.gateway.record_info(job.task_id)
+                except UnknownTask:
+                    if (utcnow() - submitted).total_seconds() < UNKNOWN_TASK_GRACE_S:
+                        continue
+                    raise
+                except (GatewayServerError, GatewayMaintenance, GatewayRateLimited) as error:
+                    log.warning("job %s: recordInfo trouble (%s), will look again", job.id, error.code)
+                    continue
+                if record.stage is TaskStage.SUCCESS:
+                    return record
+                if record.stage is TaskStage.FAIL:
+                    raise self.gateway.failure(record)
+                stage = record.stage.value
+                if stage != last_stage or record.progress is not None:
+                    last_stage = stage
+                    await self._publish(Progress(job, stage, job.elapsed_s, record.progress))
+        finally:
+            self._wakeups.pop(job.task_id, None)
+
+    async def _download(self, job: Job, record: TaskRecord) -> Job:
+        if not record.result_urls:
+            from .errors import GatewayProtocolError
+
+            raise GatewayProtocolError(f"task {job.task_id} succeeded without result URLs")
+        folder = self.spool / job.id
+        folder.mkdir(parents=True, exist_ok=True)
+        files: list[Path] = []
+        for n, url in enumerate(record.result_urls):
+            result = await self.gateway.download(url)
+            ext = mimetypes.guess_extension(result.content_type.split(";")[0].strip()) or ".png"
+            path = folder / f"{job.id}-{n}{ext}"
+            path.write_bytes(result.content)
+            files.append(path)
+        return self.jobs.update(job.id, state=JobState.DELIVERING, result_urls=list(record.result_urls),
+                                files=files)
+
+    async def _deliver(self, job: Job) -> None:
+        if not job.files or not all(p.exists() for p in job.files):
+            if not job.task_id:
+                raise DeliveryError(f"job {job.id} has neither files nor a task id")
+            record = await self.gateway.record_info(job.task_id)  # files lost: fetch them again
+            job = await self._download(job, record)
+        images = tuple(ImageFile(p, mimetypes.guess_type(p.name)[0] or "image/png", p.stat().st_size)
+                       for p in job.files)
+        balance = self.ledger.balance(job.requester).available
+        try:
+            await self._publish(Delivered(job, images, balance))
+        except ImagineError:
+            raise
+        except Exception as exc:
+            raise DeliveryError(f"front end {job.platform} could not deliver: {type(exc).__name__}: {exc}") from exc
+        with transaction(self.db):
+            self.ledger.capture(job.id)
+            self.jobs.update(job.id, state=JobState.DELIVERED, finished_at=utcnow())
+        log.info("job %s delivered and charged %d", job.id, job.cost)
+        shutil.rmtree(self.spool / job.id, ignore_errors=True)
+
+    async def _fail(self, job_id: str, error: ImagineError) -> None:
+        level = logging.ERROR if error.code in ("gateway_auth", "gateway_out_of_credits",
+                                                "gateway_feature_disabled", "error") else logging.WARNING
+        log.log(level, "job %s failed: %s (%s)", job_id, error.admin_message, error.code)
+        with transaction(self.db):
+            refunded = self.ledger.release(job_id)
+            job = self.jobs.update(job_id, state=JobState.FAILED, error_code=error.code,
+                                   error_message=error.admin_message[:1000], finished_at=utcnow())
+        shutil.rmtree(self.spool / job_id, ignore_errors=True)
+        await self._publish(Failed(job, error, refunded))
+
+
+def _retry_after(error: GatewayError) -> float:
+    value = getattr(error, "retry_after", None)
+    return float(value) if value else 5.0

@@ -1,0 +1,71 @@
+"""The one web server: ``/healthz``, ``/callbacks/modkie`` (gateway callbacks) and, when a front end adds
+them, its own routes (Slack's ``/slack/events`` in HTTP mode).
+
+A callback is only a hint: it wakes the job's tracker, which confirms with recordInfo before anything is
+delivered or charged. It is answered at once, signed or not, so the gateway never waits on us.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+
+from . import __version__
+from .app import ImagineCore
+from .errors import GatewayProtocolError, PermissionDenied
+from .gateway import parse_callback
+
+log = logging.getLogger(__name__)
+
+CORE_KEY: web.AppKey[ImagineCore] = web.AppKey("core", ImagineCore)
+
+
+def build_web_app(core: ImagineCore) -> web.Application:
+    app = web.Application(client_max_size=1024 * 1024)
+    app[CORE_KEY] = core
+    app.router.add_get("/healthz", healthz)
+    app.router.add_post("/callbacks/modkie", modkie_callback)
+    return app
+
+
+async def healthz(request: web.Request) -> web.Response:
+    core = request.app[CORE_KEY]
+    try:
+        core.db.execute("SELECT 1").fetchone()
+    except Exception as exc:  # the database is the one thing we cannot work without
+        return web.json_response({"ok": False, "error": type(exc).__name__}, status=503)
+    return web.json_response({
+        "ok": True,
+        "version": __version__,
+        "jobs_in_flight": core.orchestrator.in_flight,
+        "frontends": sorted(core.orchestrator.frontends),
+    })
+
+
+async def modkie_callback(request: web.Request) -> web.Response:
+    core = request.app[CORE_KEY]
+    secret = core.settings.MODKIE_WEBHOOK_SECRET
+    body = await request.read()
+    try:
+        task_id = parse_callback(body, request.headers, secret.get_secret_value() if secret else None)
+    except PermissionDenied:
+        log.warning("gateway callback with a bad or missing signature refused")
+        return web.json_response({"ok": False, "error": "bad signature"}, status=401)
+    except GatewayProtocolError as exc:
+        log.warning("unreadable gateway callback: %s", exc.admin_message)
+        return web.json_response({"ok": False, "error": "unreadable"}, status=400)
+    woke = core.orchestrator.notify(task_id)
+    log.info("gateway callback for task %s (%s)", task_id, "tracked" if woke else "not tracked here")
+    return web.json_response({"ok": True})
+
+
+async def start_web(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
+    """Start serving; returns the runner (to clean up) and the bound port (port 0 picks one)."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    server = site._server  # aiohttp exposes the bound socket only here
+    bound = server.sockets[0].getsockname()[1] if server and server.sockets else port  # type: ignore[union-attr]
+    return runner, bound

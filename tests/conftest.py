@@ -1,0 +1,66 @@
+"""Shared fixtures: a real sandbox gateway on 127.0.0.1, settings pointing at it, and a running core.
+
+Every outside service is a real local server; nothing here touches the internet.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from core.app import ImagineCore
+from core.sandbox import SandboxGateway
+from core.settings import Settings, load_settings
+
+TEST_API_KEY = "mk-test-secret-key-0123456789"
+FAST_DELAYS = {"waiting": 0.02, "queuing": 0.02, "generating": 0.05}
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No developer .env or exported setting leaks into a test."""
+    for name in list(os.environ):
+        if name.startswith(("MODKIE_", "SLACK_", "DISCORD_", "CREDITS_", "IMAGINE_", "HTTP_", "MAX_",
+                            "POLL_", "JOB_", "PUBLIC_URL", "ADMINS", "BANNED_WORDS")):
+            monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+async def sandbox() -> AsyncIterator[SandboxGateway]:
+    gateway = SandboxGateway(delays=dict(FAST_DELAYS), image_scale=0.125)
+    await gateway.start()
+    try:
+        yield gateway
+    finally:
+        await gateway.stop()
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, sandbox: SandboxGateway) -> Callable[..., Settings]:
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "_env_file": None,
+            "MODKIE_BASE_URL": sandbox.base_url,
+            "MODKIE_API_KEY": TEST_API_KEY,
+            "IMAGINE_DB_PATH": tmp_path / "imagine.db",
+            "POLL_INTERVAL_S": 0.02,
+            "POLL_MAX_INTERVAL_S": 0.05,
+            "JOB_TIMEOUT_S": 20,
+            "HTTP_HOST": "127.0.0.1",
+            "HTTP_PORT": 0,
+        }
+        values.update(overrides)
+        return load_settings(**values)
+
+    return make
+
+
+@pytest.fixture
+async def core(make_settings: Callable[..., Settings]) -> AsyncIterator[ImagineCore]:
+    async with ImagineCore.open(make_settings()) as opened:
+        yield opened
