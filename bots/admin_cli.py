@@ -22,6 +22,11 @@ from core.ledger import Ledger, describe_refill
 from core.settings import Settings
 
 
+def _console() -> Console:
+    """Tables at full width when piped (rich would cut them at 80 columns)."""
+    return Console(width=None if sys.stdout.isatty() else 200, soft_wrap=True)
+
+
 def _user(raw: str) -> UserRef:
     try:
         return UserRef.parse(raw) if ":" in raw else UserRef("terminal", "local", raw)
@@ -41,7 +46,7 @@ def _actor() -> str:
 
 
 def credits_cmd(args: argparse.Namespace, settings: Settings) -> int:
-    console = Console()
+    console = _console()
     ledger = _ledger(settings)
     if args.action == "show":
         balances = [ledger.balance(_user(args.user))] if args.user else ledger.accounts()
@@ -80,7 +85,7 @@ def credits_cmd(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def jobs_cmd(args: argparse.Namespace, settings: Settings) -> int:
-    console = Console()
+    console = _console()
     store = JobStore(open_db(settings.IMAGINE_DB_PATH))
     if args.action == "show":
         job = store.get(args.job_id)

@@ -52,7 +52,7 @@ async def test_kill_mid_job_then_restart_delivers_each_job_once(tmp_path):
 
         jobs = store.recent(limit=100)
         assert len(jobs) == 12
-        deliveries = Counter(Path(db + ".deliveries").read_text().split())
+        deliveries = Counter((await asyncio.to_thread(Path(db + ".deliveries").read_text)).split())
         for job in jobs:
             if job.state is JobState.DELIVERED:
                 assert deliveries[job.id] == 1, job

@@ -30,7 +30,7 @@ def _resolve(raw: str) -> UserRef | None:
 
 async def imagine_once(settings: Settings, text: str, out_dir: Path, user: str) -> int:
     """One ``/imagine`` from the terminal: progress, the saved image paths and the credits left."""
-    console = Console()
+    console = Console(soft_wrap=True)
     me = UserRef("terminal", "local", user)
     async with ImagineCore.open(settings) as core:
         frontend = TerminalFrontEnd(out_dir, console)
@@ -54,7 +54,7 @@ async def imagine_once(settings: Settings, text: str, out_dir: Path, user: str) 
 
 async def chat(settings: Settings, user: str) -> int:
     """A terminal chat front end reading lines from stdin: the same commands as the bots."""
-    console = Console()
+    console = Console(soft_wrap=True)
     me = UserRef("terminal", "local", user)
     async with ImagineCore.open(settings) as core:
         frontend = TerminalFrontEnd(Path("out"), console, bar=False)

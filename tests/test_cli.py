@@ -1,0 +1,109 @@
+"""The command line as a new user meets it: the real console script in subprocesses, admin commands in-process."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from bots.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = Path(sys.executable).parent / "imagine-bot"
+
+
+def cli(*args: str, stdin: str | None = None, env: dict[str, str] | None = None,
+        cwd: Path) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("MODKIE_", "SLACK_", "DISCORD_", "CREDITS_"))}
+    return subprocess.run([str(SCRIPT), *args], input=stdin or "", capture_output=True, text=True, timeout=120,
+                          cwd=cwd, env={**clean, **(env or {})})
+
+
+def test_imagine_in_the_sandbox_makes_a_real_png(tmp_path):
+    result = cli("--sandbox", "imagine", "a lighthouse at dusk --ar 9:16", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    saved = [line.split(" ", 1)[1] for line in result.stdout.splitlines() if line.startswith("saved ")]
+    assert len(saved) == 1 and Path(saved[0]).parent == tmp_path / "out"
+    with Image.open(saved[0]) as img:
+        assert img.format == "PNG" and img.height > img.width
+    assert "You have 162 credits" in result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_flag_is_explained_and_nothing_charged(tmp_path):
+    result = cli("--sandbox", "imagine", "a cat --ar 5:4", env={"IMAGINE_USER": "dave"}, cwd=tmp_path)
+    assert result.returncode == 1
+    assert "is not a valid aspect ratio" in result.stdout and "16:9" in result.stdout
+    show = cli("credits", "history", "dave", cwd=tmp_path)
+    assert show.returncode == 0 and "reserve" not in show.stdout, show.stdout
+
+
+def test_no_key_outside_the_sandbox_says_how_in_one_line(tmp_path):
+    result = cli("imagine", "a cat", cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "MODKIE_API_KEY" in lines[0] and "--sandbox" in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("CREDITS_PERIOD", "yearly"), ("HTTP_PORT", "99999"), ("ADMINS", "bob"), ("MODKIE_MODEL", "nope/1"),
+     ("MODKIE_ASPECT_RATIOS", "5:4"), ("MODKIE_BASE_URL", "ftp://x")],
+)
+def test_bad_setting_fails_at_start_naming_it(tmp_path, name, value):
+    result = cli("--sandbox" if name != "MODKIE_BASE_URL" else "-v", "imagine", "a cat", env={name: value},
+                 cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and name in result.stderr, result.stderr
+
+
+def test_settings_come_from_dotenv(tmp_path):
+    (tmp_path / ".env").write_text("MODKIE_BASE_URL=sandbox\nCREDITS_ALLOWANCE=50\n")
+    result = cli("imagine", "a cat", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "You have 32 credits" in result.stdout
+
+
+def test_chat_transcript(tmp_path):
+    script = "/help\n/credits\n/imagine a cat --ar 5:4\n/imagine a cat --ar 16:9\nhello\n/quit\n"
+    result = cli("--sandbox", "chat", stdin=script, env={"IMAGINE_USER": "carol"}, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "as terminal:carol" in out
+    assert "/imagine <prompt>" in out
+    assert "You have 180 credits" in out
+    assert "is not a valid aspect ratio" in out
+    assert "saved " in out and "162 left" in out
+    assert "Commands:" in out
+
+
+def test_run_without_front_ends_says_what_to_set(tmp_path):
+    result = cli("--sandbox", "run", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "SLACK_BOT_TOKEN" in result.stderr and "DISCORD_TOKEN" in result.stderr
+
+
+def test_admin_credits_commands(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("IMAGINE_USER", "ops")
+    db = str(tmp_path / "admin.db")
+    assert main(["--db", db, "credits", "grant", "discord:42", "90", "--note", "welcome"]) == 0
+    assert "discord:42: 270 available" in capsys.readouterr().out
+    assert main(["--db", db, "credits", "allowance", "slack:T1:U1", "360"]) == 0
+    assert main(["--db", db, "credits", "history", "discord:42"]) == 0
+    out = capsys.readouterr().out
+    assert "grant" in out and "cli:ops" in out and "welcome" in out
+    assert main(["--db", db, "credits", "report"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert {r["account"] for r in rows} == {"discord:42", "slack:T1:U1"}
+    assert main(["--db", db, "credits", "verify"]) == 0
+    assert main(["--db", db, "credits", "grant", "discord:42", "-1000"]) == 1
+    assert "at most" in capsys.readouterr().err
+    assert main(["--db", db, "jobs", "list"]) == 0
+    assert main(["--db", db, "jobs", "show", "jnope"]) == 1

@@ -1,0 +1,95 @@
+"""The shared text commands (help, credits, admin) as a chat transcript through the terminal front end."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from core.commands import dispatch
+from core.identity import UserRef
+from core.jobs import JobState, ReplyTo
+
+ADMIN = UserRef("terminal", "local", "root")
+ALICE = UserRef("terminal", "local", "alice")
+REPLY = ReplyTo("terminal", "chat")
+
+
+def resolve(raw: str) -> UserRef | None:
+    raw = raw.lstrip("@")
+    return UserRef("terminal", "local", raw) if raw.isidentifier() else None
+
+
+async def say(core, who, text, **kw):
+    return await dispatch(core, who, text, REPLY, resolve_user=resolve, **kw)
+
+
+async def test_help_and_credits(core):
+    reply = await say(core, ALICE, "help")
+    assert "/imagine <prompt>" in reply.text and "18 credits" in reply.text and reply.ephemeral
+    assert "admin grant" not in reply.text
+    reply = await say(core, ALICE, "credits")
+    assert "You have 180 credits" in reply.text and "refills" in reply.text
+    assert (await say(core, ALICE, "")).text == (await say(core, ALICE, "help")).text
+
+
+async def test_a_prompt_that_starts_with_help_is_a_prompt(core):
+    from bots.terminal import TerminalFrontEnd
+
+    core.register(TerminalFrontEnd(core.settings.spool_dir / "out", bar=False))
+    reply = await say(core, ALICE, "help me draw a cat")
+    assert reply.job is not None and reply.job.prompt == "help me draw a cat"
+    await core.orchestrator.wait_idle()
+
+
+async def test_admin_commands_refused_for_non_admins(core):
+    before = core.ledger.balance(ALICE)
+    for text in ("admin grant @alice 90", "admin allowance @alice 999", "admin report", "admin history @alice"):
+        reply = await say(core, ALICE, text)
+        assert "only image-bot admins" in reply.text.lower(), text
+        assert reply.attachment is None
+    after = core.ledger.balance(ALICE)
+    assert (after.balance, after.allowance) == (before.balance, before.allowance)
+    assert [e.kind for e in core.ledger.history(ALICE)] == ["refill"]
+
+
+async def test_admin_commands_for_admins(make_settings):
+    from core.app import ImagineCore
+
+    async with ImagineCore.open(make_settings(ADMINS="terminal:root")) as core:
+        reply = await say(core, ADMIN, "admin grant @alice 90 launch week")
+        assert reply.text == "Granted 90 credits to @alice; they now have 270."
+        reply = await say(core, ADMIN, "admin grant @alice -20")
+        assert "Revoked 20 credits from @alice" in reply.text
+        reply = await say(core, ADMIN, "admin allowance @alice 360")
+        assert "360 credits a month" in reply.text
+        reply = await say(core, ADMIN, "admin history @alice")
+        assert "grant" in reply.text and "by terminal:root" in reply.text
+        reply = await say(core, ADMIN, "admin report")
+        assert reply.attachment is not None
+        rows = list(csv.DictReader(io.StringIO(reply.attachment[1].decode())))
+        alice = next(r for r in rows if r["account"] == ALICE.key)
+        assert int(alice["granted"]) == 70
+        # mistakes get usage, not a crash
+        assert "Usage" in (await say(core, ADMIN, "admin grant @alice")).text
+        assert "whole number" in (await say(core, ADMIN, "admin grant @alice lots")).text
+        assert "don't know who" in (await say(core, ADMIN, "admin grant <#C123> 5")).text
+        # a platform admin (Discord's Manage Server) is an admin too
+        reply = await say(core, ALICE, "admin grant @bob 5", platform_admin=True)
+        assert reply.text.startswith("Granted 5 credits")
+        assert core.ledger.verify() == []
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.lists(st.one_of(st.sampled_from(["admin", "grant", "allowance", "report", "history", "show",
+                                                "@alice", "@bob", "-5", "90", "default", "1e9", "'; DROP TABLE"]),
+                               st.text(max_size=12)), max_size=6).map(" ".join))
+async def test_hostile_admin_text_never_crashes_or_charges(core, text):
+    reply = await say(core, ALICE, "admin " + text)  # not an admin: refused, or taken as a prompt
+    assert reply.text
+    await core.orchestrator.wait_idle()
+    assert core.ledger.verify() == []
+    delivered = core.jobs.recent(ALICE.key, limit=1000, states=[JobState.DELIVERED])
+    assert core.ledger.balance(ALICE).balance == 180 - 18 * len(delivered)  # charged only for delivered jobs
