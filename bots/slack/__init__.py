@@ -1,0 +1,5 @@
+"""The Slack front end: ``/imagine``, Reroll / Delete buttons and the App Home tab (see docs/slack.md)."""
+
+from .service import SlackService
+
+__all__ = ["SlackService"]

@@ -1,0 +1,202 @@
+"""Bolt listeners: translate a Slack request in, call the core, translate the answer out.
+
+Every listener acks first (Bolt then answers Slack at once; with ``process_before_response=False`` the
+rest runs in the background) and keeps no state of its own: the buttons are handled by action id and
+carry the job id in their value, so they keep working across restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Awaitable
+from typing import Any
+
+from slack_bolt.app.async_app import AsyncApp
+
+from core import messages
+from core.app import ImagineCore
+from core.commands import CommandReply, dispatch
+from core.errors import ImagineError
+from core.identity import UserRef
+from core.jobs import Job, ReplyTo
+
+from . import blocks
+from .frontend import SlackError, SlackFrontEnd, respond_ephemeral, slack_error_code
+from .mentions import command_text, escape, escape_keep_user_mentions, user_resolver
+
+log = logging.getLogger(__name__)
+
+#: Slack errors that mean "already gone" when deleting
+GONE = frozenset({"file_not_found", "file_deleted", "message_not_found"})
+#: the CSV report is shown inline when it cannot be sent as a file, up to this many characters
+INLINE_REPORT_CHARS = 2500
+
+
+def _team_of(body: dict[str, Any]) -> str:
+    team = body.get("team") or {}
+    return str(body.get("team_id") or team.get("id") or (body.get("user") or {}).get("team_id") or "")
+
+
+class SlackHandlers:
+    def __init__(self, core: ImagineCore, frontend: SlackFrontEnd) -> None:
+        self.core = core
+        self.frontend = frontend
+        self.client = frontend.client
+        self._running: set[asyncio.Task[Any]] = set()
+
+    def register(self, app: AsyncApp) -> None:
+        app.command(re.compile(r"^/"))(self.on_command)  # /imagine, whatever the workspace named it
+        app.action(blocks.ACTION_REROLL)(self.on_reroll)
+        app.action(blocks.ACTION_DELETE)(self.on_delete)
+        app.event("app_home_opened")(self.on_home_opened)
+
+    async def stop(self) -> None:
+        """Cancel listeners still running (a job already submitted stays in the database)."""
+        tasks = list(self._running)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def wait_idle(self) -> None:
+        """Wait until no listener is running (tests)."""
+        while self._running:
+            await asyncio.gather(*list(self._running), return_exceptions=True)
+
+    async def _guarded(self, what: str, work: Awaitable[None]) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._running.add(task)
+        try:
+            await work
+        except Exception:
+            log.exception("slack %s failed", what)
+        finally:
+            if task is not None:
+                self._running.discard(task)
+
+    # ------------------------------------------------------------------ Bolt listeners
+    async def on_command(self, ack: Any, body: dict[str, Any]) -> None:
+        await ack()
+        await self._guarded("slash command", self.slash_command(body))
+
+    async def on_reroll(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
+        await ack()
+        await self._guarded("reroll", self.reroll(body, str(action.get("value", ""))))
+
+    async def on_delete(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
+        await ack()
+        await self._guarded("delete", self.delete(body, str(action.get("value", ""))))
+
+    async def on_home_opened(self, body: dict[str, Any], event: dict[str, Any]) -> None:
+        if event.get("tab", "home") != "home":
+            return
+        await self._guarded("app home", self.publish_home(UserRef("slack", _team_of(body), event["user"])))
+
+    # ------------------------------------------------------------------ the work
+    async def slash_command(self, body: dict[str, Any]) -> None:
+        team, user, channel = _team_of(body), body["user_id"], body["channel_id"]
+        response_url = body.get("response_url")
+        reply = ReplyTo("slack", channel, data={"response_url": response_url} if response_url else {})
+        trigger = body.get("trigger_id")
+        result = await dispatch(
+            self.core, UserRef("slack", team, user), command_text(body.get("text") or ""), reply,
+            resolve_user=user_resolver(team), dedupe_key=f"slack:{team}:{trigger}" if trigger else None,
+            command=body.get("command") or "/imagine",
+        )
+        if result.job is not None:
+            await self._after_submit(result.job)  # the progress message is the answer
+        elif result.attachment is not None:
+            await self._send_privately(user, channel, response_url, result)
+        else:
+            await self._reply(user, channel, response_url, result.text)
+
+    async def reroll(self, body: dict[str, Any], job_id: str) -> None:
+        team, user = _team_of(body), body["user"]["id"]
+        channel = str((body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id"))
+        response_url = body.get("response_url")
+        reply = ReplyTo("slack", channel, data={"response_url": response_url} if response_url else {})
+        trigger = body.get("trigger_id")
+        try:
+            job = await self.core.reroll(UserRef("slack", team, user), job_id, reply,
+                                         dedupe_key=f"slack:{team}:{trigger}" if trigger else None)
+        except ImagineError as error:
+            await self._reply(user, channel, response_url, error.user_message)
+            return
+        await self._after_submit(job)
+
+    async def delete(self, body: dict[str, Any], job_id: str) -> None:
+        team, user = _team_of(body), body["user"]["id"]
+        channel = str((body.get("channel") or {}).get("id") or "")
+        response_url = body.get("response_url")
+        try:
+            job = self.core.check_delete(UserRef("slack", team, user), job_id)
+        except ImagineError as error:
+            await self._reply(user, channel, response_url, error.user_message)
+            return
+        data = job.reply.data
+        problems: list[str] = []
+        for file_id in data.get("file_ids") or []:
+            problems += await self._quietly(self.client.files_delete(file=file_id))
+        if data.get("progress_ts"):
+            problems += await self._quietly(self.client.chat_delete(channel=data["progress_channel"],
+                                                                    ts=data["progress_ts"]))
+        log.info("job %s deleted by %s%s", job.id, user, f" with problems {problems}" if problems else "")
+        text = messages.deleted() if not problems else (
+            f"I could not delete everything: Slack said `{', '.join(problems)}`.")
+        await self._reply(user, channel, response_url, text)
+
+    async def publish_home(self, who: UserRef) -> None:
+        info = self.core.credits(who)
+        recent = self.core.recent_images(who, limit=5)
+        view = blocks.home(
+            messages.credits(info.balance, len(info.active), self.core.now()),
+            messages.help_text(self.core.model, admin=self.core.is_admin(who)),
+            [(job.prompt, job.created_at) for job in recent],
+        )
+        await self.client.views_publish(user_id=who.user, view=view)
+
+    # ------------------------------------------------------------------ helpers
+    async def _after_submit(self, job: Job) -> None:
+        """A job whose progress message could not be posted (bot not in the channel) is cancelled at once:
+        the core releases the credits and the Failed event tells the user through the response_url."""
+        code = self.frontend.post_failure(job.id)
+        if code is not None:
+            await self.core.orchestrator.cancel(job.id, self.frontend.channel_failure(code))
+
+    async def _reply(self, user: str, channel: str, response_url: str | None, text: str) -> None:
+        """A private answer: through the response_url when there is one, else chat.postEphemeral."""
+        if response_url and await respond_ephemeral(self.frontend.session, response_url, text):
+            return
+        try:
+            await self.client.chat_postEphemeral(channel=channel, user=user, text=escape_keep_user_mentions(text))
+        except SlackError as exc:
+            log.warning("could not answer %s privately: %s", user, slack_error_code(exc))
+
+    async def _send_privately(self, user: str, channel: str, response_url: str | None, reply: CommandReply) -> None:
+        """A file for the requester only (the admin report): uploaded to their direct message with the bot,
+        or shown inline in the private answer when that fails."""
+        assert reply.attachment is not None
+        filename, content = reply.attachment
+        try:
+            opened = await self.client.conversations_open(users=user)
+            await self.client.files_upload_v2(channel=opened["channel"]["id"], content=content, filename=filename,
+                                              title=filename, initial_comment=escape(reply.text))
+            text = f"{reply.text} The CSV is in your direct messages with me."
+        except SlackError as exc:
+            log.warning("could not send %s to %s: %s; showing it inline", filename, user, slack_error_code(exc))
+            shown = content.decode("utf-8", "replace")
+            if len(shown) > INLINE_REPORT_CHARS:
+                shown = shown[:INLINE_REPORT_CHARS] + "\n…"
+            text = f"{reply.text}\n```\n{shown}\n```"
+        await self._reply(user, channel, response_url, text)
+
+    @staticmethod
+    async def _quietly(call: Awaitable[Any]) -> list[str]:
+        try:
+            await call
+        except SlackError as exc:
+            code = slack_error_code(exc)
+            return [] if code in GONE else [code]
+        return []

@@ -1,0 +1,288 @@
+"""A fake Slack Web API: a real aiohttp server on 127.0.0.1 that records every call and answers like Slack.
+
+Point ``AsyncWebClient(base_url=fake.api_url)`` (or ``SLACK_API_URL``) at it. It serves:
+
+- ``/api/<method>``: ``auth.test``, ``chat.postMessage``, ``chat.update``, ``chat.postEphemeral``,
+  ``chat.delete``, ``views.publish``, ``conversations.open``, ``files.getUploadURLExternal``,
+  ``files.completeUploadExternal``, ``files.delete``, ``apps.connections.open``. Params are read from the
+  query string, a form or a JSON body, like Slack. A wrong bot token answers ``invalid_auth``.
+- ``/upload/<file_id>``: the upload URL handed out by files.getUploadURLExternal (stores the raw bytes).
+- ``/response/<id>``: a response_url (records the JSON posted to it); ``fake.response_url(id)`` makes one.
+- ``/socket``: a Socket Mode websocket (``apps.connections.open`` hands out its URL); ``send_envelope``
+  pushes a request to the connected app and returns its ack.
+
+``fake.fail("chat.postMessage", "not_in_channel")`` makes the next call of that method answer
+``{"ok": false, "error": "not_in_channel"}``. ``await fake.wait_for(method, count=n)`` waits (on a
+condition, not a sleep) until the method has been called ``n`` times.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import time
+import uuid
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+
+@dataclass
+class Call:
+    method: str
+    params: dict[str, Any]
+    at: float = field(default_factory=time.monotonic)
+    token: str | None = None
+
+
+@dataclass
+class Message:
+    channel: str
+    ts: str
+    text: str
+    blocks: list[dict[str, Any]] | None
+    thread_ts: str | None = None
+    deleted: bool = False
+    history: list[str] = field(default_factory=list)
+
+
+class FakeSlackAPI:
+    def __init__(self, *, bot_token: str = "xoxb-test-token", app_token: str = "xapp-test-token",
+                 team_id: str = "T0001", bot_user_id: str = "UBOT", bot_name: str = "imagine") -> None:
+        self.bot_token = bot_token
+        self.app_token = app_token
+        self.team_id = team_id
+        self.bot_user_id = bot_user_id
+        self.bot_name = bot_name
+        self.calls: list[Call] = []
+        self.messages: dict[str, Message] = {}
+        self.uploads: dict[str, bytes] = {}
+        self.files: dict[str, dict[str, Any]] = {}
+        self.responses: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        self._failures: dict[str, deque[str]] = defaultdict(deque)
+        self._changed = asyncio.Condition()
+        self._ts = itertools.count(1)
+        self._file_ids = itertools.count(1)
+        self._sockets: list[web.WebSocketResponse] = []
+        self._acks: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._runner: web.AppRunner | None = None
+        self.base_url = ""
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> str:
+        app = web.Application()
+        app.router.add_route("*", "/api/{method}", self._api)
+        app.router.add_post("/upload/{file_id}", self._upload)
+        app.router.add_post("/response/{rid}", self._response)
+        app.router.add_get("/socket", self._socket)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.base_url = f"http://127.0.0.1:{port}"
+        return self.api_url
+
+    async def stop(self) -> None:
+        for ws in list(self._sockets):
+            await ws.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def __aenter__(self) -> FakeSlackAPI:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    @property
+    def api_url(self) -> str:
+        return f"{self.base_url}/api/"
+
+    def response_url(self, rid: str | None = None) -> str:
+        return f"{self.base_url}/response/{rid or uuid.uuid4().hex[:12]}"
+
+    # ------------------------------------------------------------------ test helpers
+    def fail(self, method: str, error: str, times: int = 1) -> None:
+        """The next ``times`` calls of ``method`` answer ``{"ok": false, "error": error}``."""
+        self._failures[method].extend([error] * times)
+
+    def calls_to(self, method: str) -> list[Call]:
+        return [c for c in self.calls if c.method == method]
+
+    async def wait_for(self, method: str, *, count: int = 1, timeout: float = 10.0) -> Call:  # noqa: ASYNC109
+        """The ``count``-th call of ``method`` (waiting for it)."""
+        async with self._changed:
+            await asyncio.wait_for(self._changed.wait_for(lambda: len(self.calls_to(method)) >= count), timeout)
+        return self.calls_to(method)[count - 1]
+
+    async def wait_response(self, url: str, *, count: int = 1,
+                            timeout: float = 10.0) -> dict[str, Any]:  # noqa: ASYNC109
+        rid = url.rsplit("/", 1)[-1]
+        async with self._changed:
+            await asyncio.wait_for(self._changed.wait_for(lambda: len(self.responses[rid]) >= count), timeout)
+        return self.responses[rid][count - 1]
+
+    def responses_to(self, url: str) -> list[dict[str, Any]]:
+        return list(self.responses[url.rsplit("/", 1)[-1]])
+
+    async def _record(self, call: Call) -> None:
+        async with self._changed:
+            self.calls.append(call)
+            self._changed.notify_all()
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    # ------------------------------------------------------------------ the Web API
+    async def _params(self, request: web.Request) -> dict[str, Any]:
+        params: dict[str, Any] = dict(request.query)
+        if request.method == "POST" and request.can_read_body:
+            if request.content_type == "application/json":
+                params.update(await request.json())
+            else:
+                params.update(dict(await request.post()))
+        return params
+
+    async def _api(self, request: web.Request) -> web.Response:
+        method = request.match_info["method"]
+        params = await self._params(request)
+        auth = request.headers.get("Authorization", "")
+        token = auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else params.get("token")
+        await self._record(Call(method, params, token=token))
+        expected = self.app_token if method == "apps.connections.open" else self.bot_token
+        if token != expected:
+            return web.json_response({"ok": False, "error": "invalid_auth"})
+        if self._failures[method]:
+            return web.json_response({"ok": False, "error": self._failures[method].popleft()})
+        handler = getattr(self, "_" + method.replace(".", "_"), None)
+        if handler is None:
+            return web.json_response({"ok": False, "error": "unknown_method"})
+        return web.json_response(handler(params))
+
+    def _next_ts(self) -> str:
+        return f"{1_700_000_000 + next(self._ts)}.{next(self._ts):06d}"
+
+    @staticmethod
+    def _blocks(params: dict[str, Any]) -> list[dict[str, Any]] | None:
+        raw = params.get("blocks")
+        return json.loads(raw) if isinstance(raw, str) else raw
+
+    def _auth_test(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {"ok": True, "url": "https://fake.slack.com/", "team": "Fake Team", "user": self.bot_name,
+                "team_id": self.team_id, "user_id": self.bot_user_id, "bot_id": "B0001",
+                "is_enterprise_install": False}
+
+    def _chat_postMessage(self, params: dict[str, Any]) -> dict[str, Any]:
+        channel, ts = params["channel"], self._next_ts()
+        message = Message(channel, ts, params.get("text", ""), self._blocks(params), params.get("thread_ts"))
+        message.history.append(message.text)
+        self.messages[ts] = message
+        return {"ok": True, "channel": channel, "ts": ts,
+                "message": {"type": "message", "user": self.bot_user_id, "bot_id": "B0001", "ts": ts,
+                            "text": message.text, "blocks": message.blocks or []}}
+
+    def _chat_update(self, params: dict[str, Any]) -> dict[str, Any]:
+        message = self.messages.get(params.get("ts", ""))
+        if message is None or message.deleted or message.channel != params.get("channel"):
+            return {"ok": False, "error": "message_not_found"}
+        message.text, message.blocks = params.get("text", ""), self._blocks(params)
+        message.history.append(message.text)
+        return {"ok": True, "channel": message.channel, "ts": message.ts, "text": message.text,
+                "message": {"text": message.text, "blocks": message.blocks or []}}
+
+    def _chat_delete(self, params: dict[str, Any]) -> dict[str, Any]:
+        message = self.messages.get(params.get("ts", ""))
+        if message is None or message.deleted:
+            return {"ok": False, "error": "message_not_found"}
+        message.deleted = True
+        return {"ok": True, "channel": message.channel, "ts": message.ts}
+
+    def _chat_postEphemeral(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {"ok": True, "message_ts": self._next_ts()}
+
+    def _views_publish(self, params: dict[str, Any]) -> dict[str, Any]:
+        view = params["view"]
+        view = json.loads(view) if isinstance(view, str) else view
+        return {"ok": True, "view": {"id": "V0001", "team_id": self.team_id, "type": view.get("type"),
+                                     "blocks": view.get("blocks", [])}}
+
+    def _conversations_open(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {"ok": True, "channel": {"id": "D" + str(params.get("users", "")).lstrip("UW")}}
+
+    def _files_getUploadURLExternal(self, params: dict[str, Any]) -> dict[str, Any]:
+        file_id = f"F{next(self._file_ids):07d}"
+        self.files[file_id] = {"id": file_id, "name": params.get("filename"), "length": int(params["length"])}
+        return {"ok": True, "upload_url": f"{self.base_url}/upload/{file_id}", "file_id": file_id}
+
+    def _files_completeUploadExternal(self, params: dict[str, Any]) -> dict[str, Any]:
+        files = json.loads(params["files"])
+        for item in files:
+            if item["id"] not in self.uploads:
+                return {"ok": False, "error": "file_not_found"}
+            self.files[item["id"]].update(title=item.get("title"), channel=params.get("channel_id"),
+                                          thread_ts=params.get("thread_ts"),
+                                          initial_comment=params.get("initial_comment"))
+        return {"ok": True, "files": [{"id": f["id"], "title": f.get("title")} for f in files]}
+
+    def _files_delete(self, params: dict[str, Any]) -> dict[str, Any]:
+        record = self.files.get(params.get("file", ""))
+        if record is None or record.get("deleted"):
+            return {"ok": False, "error": "file_not_found"}
+        record["deleted"] = True
+        return {"ok": True}
+
+    def _apps_connections_open(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {"ok": True, "url": f"ws://{self.base_url.removeprefix('http://')}/socket"}
+
+    # ------------------------------------------------------------------ uploads and response URLs
+    async def _upload(self, request: web.Request) -> web.Response:
+        file_id = request.match_info["file_id"]
+        if file_id not in self.files:
+            return web.Response(status=404, text="unknown upload")
+        self.uploads[file_id] = await request.read()
+        await self._notify()
+        return web.Response(text=f"OK - {len(self.uploads[file_id])}")
+
+    async def _response(self, request: web.Request) -> web.Response:
+        self.responses[request.match_info["rid"]].append(await request.json())
+        await self._notify()
+        return web.Response(text="ok")
+
+    # ------------------------------------------------------------------ Socket Mode
+    async def _socket(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        self._sockets.append(ws)
+        await self._notify()
+        await ws.send_json({"type": "hello", "num_connections": 1,
+                            "connection_info": {"app_id": "A0001"}, "debug_info": {"host": "fake"}})
+        try:
+            async for msg in ws:
+                if msg.type is WSMsgType.TEXT:
+                    data = json.loads(msg.data)
+                    future = self._acks.pop(data.get("envelope_id", ""), None)
+                    if future is not None and not future.done():
+                        future.set_result(data)
+        finally:
+            self._sockets.remove(ws)
+        return ws
+
+    async def wait_socket(self, timeout: float = 10.0) -> None:  # noqa: ASYNC109
+        async with self._changed:
+            await asyncio.wait_for(self._changed.wait_for(lambda: bool(self._sockets)), timeout)
+
+    async def send_envelope(self, kind: str, payload: dict[str, Any], *,
+                            timeout: float = 5.0) -> dict[str, Any]:  # noqa: ASYNC109
+        """Push a Socket Mode request (``slash_commands``, ``interactive``, ``events_api``); returns the ack."""
+        envelope_id = str(uuid.uuid4())
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._acks[envelope_id] = future
+        await self._sockets[-1].send_json({"envelope_id": envelope_id, "type": kind, "payload": payload,
+                                           "accepts_response_payload": kind != "events_api"})
+        return await asyncio.wait_for(future, timeout)

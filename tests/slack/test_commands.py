@@ -1,0 +1,164 @@
+"""Signatures, admin commands, bad input, buttons across a restart, and the App Home tab."""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+import urllib.parse
+
+from bots.slack.blocks import ACTION_DELETE, ACTION_REROLL
+from core.identity import UserRef
+from core.jobs import JobState
+
+from .conftest import ADMIN, TEAM, SlackHarness, sign
+
+U1, U2, U3 = (UserRef("slack", TEAM, u) for u in ("U1", "U2", "U3"))
+
+
+async def test_forged_or_stale_signatures_are_refused_and_make_no_job(slack: SlackHarness):
+    form = urllib.parse.urlencode({"team_id": TEAM, "user_id": "U1", "channel_id": "C1", "command": "/imagine",
+                                   "text": "a forged cat", "trigger_id": "t.forged",
+                                   "response_url": slack.fake.response_url()})
+    forged = await slack.post(form, "application/x-www-form-urlencoded",
+                              signature=sign(form, int(time.time()), secret="not-the-secret"))
+    stale_ts = int(time.time()) - 6 * 60
+    stale = await slack.post(form, "application/x-www-form-urlencoded", timestamp=stale_ts,
+                             signature=sign(form, stale_ts))
+    assert (forged.status_code, stale.status_code) == (401, 401)
+    await slack.settle()
+    assert slack.core.jobs.recent() == []
+    assert not slack.fake.calls_to("chat.postMessage")
+
+
+async def test_invalid_flag_is_a_private_error_listing_valid_values_and_charges_nothing(slack: SlackHarness):
+    response, response_url = await slack.slash("a cat --ar 5:4")
+    assert response.status_code == 200
+    answer = await slack.fake.wait_response(response_url)
+    assert answer["response_type"] == "ephemeral"
+    assert "5:4" in answer["text"] and "1:1, 16:9, 9:16" in answer["text"]
+    await slack.settle()
+    assert slack.core.jobs.recent() == [] and not slack.fake.calls_to("chat.postMessage")
+    assert slack.core.ledger.balance(U1).held == 0
+
+
+async def test_empty_balance_is_a_private_error(slack_settings, fake_slack):
+    async with SlackHarness.open(slack_settings(CREDITS_ALLOWANCE=10), fake_slack) as slack:
+        _, response_url = await slack.slash("a cat")
+        answer = await slack.fake.wait_response(response_url)
+        assert "Not enough credits" in answer["text"] and answer["response_type"] == "ephemeral"
+        await slack.settle()
+        assert slack.core.jobs.recent() == [] and not slack.fake.calls_to("chat.postMessage")
+
+
+async def test_help_and_credits_are_private(slack: SlackHarness):
+    _, help_url = await slack.slash("help")
+    _, credits_url = await slack.slash("credits")
+    help_answer = await slack.fake.wait_response(help_url)
+    credits_answer = await slack.fake.wait_response(credits_url)
+    assert "/imagine &lt;prompt&gt;" in help_answer["text"]  # escaped, so Slack shows it as typed
+    assert "You have 180 credits" in credits_answer["text"]
+    assert {help_answer["response_type"], credits_answer["response_type"]} == {"ephemeral"}
+
+
+async def test_admin_commands_refuse_non_admins_and_work_for_admins(slack: SlackHarness):
+    _, refused_url = await slack.slash("admin grant <@U3|carol> 90", user="U2")
+    refused = await slack.fake.wait_response(refused_url)
+    assert "only image-bot admins" in refused["text"] and "Nothing was changed" in refused["text"]
+    await slack.settle()
+    assert slack.core.ledger.balance(U3).available == 180
+
+    _, granted_url = await slack.slash("admin grant <@U3|carol> 90", user=ADMIN)
+    granted = await slack.fake.wait_response(granted_url)
+    assert granted["text"] == "Granted 90 credits to <@U3>; they now have 270."
+    _, allowance_url = await slack.slash("admin allowance <@U3> 360", user=ADMIN)
+    assert "360" in (await slack.fake.wait_response(allowance_url))["text"]
+    await slack.settle()
+    balance = slack.core.ledger.balance(U3)
+    assert (balance.available, balance.allowance) == (360, 360)  # a raise is added at once, up to 360
+
+    # the report goes to the admin's direct message as a CSV file, never to the channel
+    _, report_url = await slack.slash("admin report", user=ADMIN)
+    answer = await slack.fake.wait_response(report_url)
+    assert answer["response_type"] == "ephemeral" and "direct messages" in answer["text"]
+    [opened] = slack.fake.calls_to("conversations.open")
+    assert opened.params["users"] == ADMIN
+    [complete] = slack.fake.calls_to("files.completeUploadExternal")
+    assert complete.params["channel_id"] == "DADMIN"
+    [file_id] = [f["id"] for f in slack.fake.files.values()]
+    rows = list(csv.reader(io.StringIO(slack.fake.uploads[file_id].decode())))
+    assert any(f"slack:{TEAM}:U3" in row for row in rows)
+    assert not slack.fake.calls_to("chat.postMessage")
+
+
+async def test_admin_report_falls_back_to_an_inline_csv(slack: SlackHarness):
+    slack.fake.fail("conversations.open", "missing_scope")
+    _, url = await slack.slash("admin report", user=ADMIN)
+    answer = await slack.fake.wait_response(url)
+    assert "```" in answer["text"] and "account" in answer["text"]
+
+
+async def test_buttons_work_after_a_restart(slack_settings, fake_slack):
+    settings = slack_settings()
+    async with SlackHarness.open(settings, fake_slack) as slack:
+        await slack.slash("a lighthouse at dusk --ar 16:9 --quality high")
+        await slack.settle()
+        [job] = slack.core.jobs.recent()
+        assert job.state is JobState.DELIVERED
+
+    # a new process: new core, new service, same database; the buttons only carry the job id
+    async with SlackHarness.open(settings, fake_slack) as slack:
+        _, reroll_url = await slack.press(ACTION_REROLL, job.id, user="U2")
+        await slack.settle()
+        assert slack.fake.responses_to(reroll_url) == []
+        reroll = slack.core.jobs.recent(limit=1)[0]
+        assert reroll.parent_id == job.id and reroll.requester == U2
+        assert (reroll.prompt, reroll.params) == (job.prompt, job.params)
+        assert reroll.state is JobState.DELIVERED
+        assert slack.core.ledger.balance(U2).balance == 180 - 18  # charged to whoever pressed
+        assert slack.core.ledger.balance(U1).balance == 180 - 18  # the first job only
+        assert slack.fake.calls_to("chat.postMessage")[-1].params["text"].startswith("<@U2> Got it:")
+
+        _, refused_url = await slack.press(ACTION_DELETE, job.id, user="U3")
+        refused = await slack.fake.wait_response(refused_url)
+        assert "Only the person who asked" in refused["text"]
+        assert not slack.fake.calls_to("files.delete") and not slack.fake.calls_to("chat.delete")
+
+        _, deleted_url = await slack.press(ACTION_DELETE, job.id, user="U1")
+        deleted = await slack.fake.wait_response(deleted_url)
+        assert deleted["text"] == "Deleted."
+        [file_id] = job.reply.data["file_ids"]
+        assert [c.params["file"] for c in slack.fake.calls_to("files.delete")] == [file_id]
+        [chat_delete] = slack.fake.calls_to("chat.delete")
+        assert (chat_delete.params["channel"], chat_delete.params["ts"]) == ("C1", job.reply.data["progress_ts"])
+        assert slack.fake.messages[job.reply.data["progress_ts"]].deleted
+
+
+async def test_an_admin_may_delete_anyones_image(slack: SlackHarness):
+    await slack.slash("a small boat")
+    await slack.settle()
+    [job] = slack.core.jobs.recent()
+    _, url = await slack.press(ACTION_DELETE, job.id, user=ADMIN)
+    assert (await slack.fake.wait_response(url))["text"] == "Deleted."
+
+
+async def test_reroll_of_an_unknown_job_is_a_polite_private_answer(slack: SlackHarness):
+    _, url = await slack.press(ACTION_REROLL, "jnotajob")
+    answer = await slack.fake.wait_response(url)
+    assert answer["response_type"] == "ephemeral" and answer["replace_original"] is False
+    assert "could not find" in answer["text"]
+
+
+async def test_app_home_shows_balance_help_and_recent_images(slack: SlackHarness):
+    await slack.slash("a lighthouse at dusk")
+    await slack.settle()
+    response = await slack.event({"type": "app_home_opened", "user": "U1", "channel": "D1", "tab": "home",
+                                  "event_ts": f"{time.time():.6f}"})
+    assert response.status_code == 200
+    call = await slack.fake.wait_for("views.publish")
+    assert call.params["user_id"] == "U1"
+    view = call.params["view"]
+    text = " ".join(b["text"]["text"] for b in view["blocks"] if b.get("type") == "section")
+    assert view["type"] == "home"
+    assert "You have 162 credits" in text and "/imagine &lt;prompt&gt;" in text
+    assert "`a lighthouse at dusk`" in text and "<!date^" in text

@@ -1,0 +1,130 @@
+"""/imagine end to end: signed Slack requests in, the fake Slack Web API and the ledger checked out."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import time
+
+from PIL import Image
+
+from bots.slack.blocks import ACTION_DELETE, ACTION_REROLL
+from bots.slack.mentions import escape
+from core import messages
+from core.identity import UserRef
+from core.jobs import JobState
+
+from .conftest import TEAM, SlackHarness
+
+U1 = UserRef("slack", TEAM, "U1")
+
+
+async def test_ack_is_immediate_then_progress_is_edited_in_place_then_images_land_in_the_thread(
+        slack: SlackHarness, sandbox):
+    sandbox.delays.update(waiting=0.2, queuing=0.2, generating=2.5)
+    fake = slack.fake
+    started = time.monotonic()
+    response, _ = await slack.slash("a lighthouse at dusk --ar 16:9")
+    ack_s = time.monotonic() - started
+
+    assert response.status_code == 200
+    assert ack_s < 1.0
+    [job] = slack.core.jobs.recent()
+    assert not slack.core.jobs.get(job.id).state.final  # the answer came before the job was done
+
+    await slack.settle()
+    job = slack.core.jobs.get(job.id)
+    assert job.state is JobState.DELIVERED
+
+    # one progress message naming the requester, edited in place, ending in the done text
+    [post] = fake.calls_to("chat.postMessage")
+    assert post.params["channel"] == "C1"
+    assert post.params["text"] == f"<@U1> {escape(messages.accepted(job))}"
+    assert post.params["unfurl_links"] is False
+    progress_ts = job.reply.data["progress_ts"]
+    updates = fake.calls_to("chat.update")
+    assert all(u.params["ts"] == progress_ts and u.params["channel"] == "C1" for u in updates)
+    texts = [u.params["text"] for u in updates]
+    assert all(t.startswith("<@U1> ") for t in texts)
+    assert any("Working on it: generating" in t for t in texts), texts
+    balance = 180 - 18
+    assert texts[-1] == f"<@U1> {escape(messages.delivered(job, balance))}"
+    # throttled: about one edit a second at most (the final edit is never held back)
+    moments = [post.at] + [u.at for u in updates]
+    gaps = [b - a for a, b in itertools.pairwise(moments)][:-1]
+    assert gaps and min(gaps) >= 0.9, gaps
+    # the final message carries the buttons, keyed by action id with the job id as value
+    buttons = updates[-1].params["blocks"][1]["elements"]
+    assert [(b["action_id"], b["value"]) for b in buttons] == [(ACTION_REROLL, job.id), (ACTION_DELETE, job.id)]
+
+    # the image went to the upload URL as a real PNG and was shared in the progress message's thread
+    complete = await fake.wait_for("files.completeUploadExternal")
+    assert complete.params["channel_id"] == "C1"
+    assert complete.params["thread_ts"] == progress_ts
+    caption = complete.params["initial_comment"]
+    assert "18 credits" in caption and f"{balance} left" in caption and caption.startswith("<@U1> ")
+    [file_id] = job.reply.data["file_ids"]
+    with Image.open(io.BytesIO(fake.uploads[file_id])) as image:
+        assert image.format == "PNG"
+        image.verify()
+
+    # charged once
+    account = slack.core.ledger.balance(U1)
+    assert (account.balance, account.held) == (balance, 0)
+    assert slack.core.ledger.verify() == []
+
+
+async def test_gateway_failure_edits_the_progress_message_and_charges_nothing(slack: SlackHarness):
+    await slack.slash("a broken dream sandbox:fail")
+    await slack.settle()
+    [job] = slack.core.jobs.recent()
+    assert job.state is JobState.FAILED
+    last = slack.fake.calls_to("chat.update")[-1]
+    assert last.params["ts"] == job.reply.data["progress_ts"]
+    assert "Could not make" in last.params["text"] and "refunded" in last.params["text"]
+    assert not slack.fake.calls_to("files.completeUploadExternal")
+    account = slack.core.ledger.balance(U1)
+    assert (account.balance, account.held) == (180, 0)
+
+
+async def test_not_in_channel_tells_the_user_to_invite_the_bot_and_releases_the_credits(slack: SlackHarness):
+    slack.fake.fail("chat.postMessage", "not_in_channel")
+    response, response_url = await slack.slash("a quiet harbour")
+    assert response.status_code == 200
+    answer = await slack.fake.wait_response(response_url)
+    await slack.settle()
+
+    assert answer["response_type"] == "ephemeral"
+    assert "/invite @imagine" in answer["text"]
+    [job] = slack.core.jobs.recent()
+    assert job.state is JobState.FAILED and job.error_code == "delivery_failed"
+    account = slack.core.ledger.balance(U1)
+    assert (account.balance, account.held) == (180, 0)
+    assert not slack.fake.calls_to("chat.update")
+    assert slack.core.ledger.verify() == []
+
+
+async def test_a_retried_delivery_makes_no_second_job(slack: SlackHarness):
+    first, _ = await slack.slash("a red kite", trigger_id="trigger.same")
+    again, _ = await slack.slash("a red kite", trigger_id="trigger.same", headers={
+        "X-Slack-Retry-Num": "1", "X-Slack-Retry-Reason": "http_timeout"})
+    assert (first.status_code, again.status_code) == (200, 200)
+    # the retry's listener runs in the background too: wait for both to finish
+    await slack.settle()
+    assert len(slack.core.jobs.recent()) == 1
+    assert len(slack.fake.calls_to("chat.postMessage")) == 1
+    account = slack.core.ledger.balance(U1)
+    assert (account.balance, account.held) == (180 - 18, 0)
+
+
+async def test_prompts_are_echoed_without_pinging_anyone(slack: SlackHarness):
+    # Slack sends typed angle brackets and ampersands as entities, and @channel as <!channel>
+    await slack.slash("&lt;!here&gt; <!channel> salt &amp; pepper <@U9|bob>")
+    await slack.settle()
+    [job] = slack.core.jobs.recent()
+    assert job.prompt == "<!here> @channel salt & pepper @bob"
+    sent = [c.params["text"] for c in slack.fake.calls if "text" in c.params]
+    sent += [c.params["initial_comment"] for c in slack.fake.calls_to("files.completeUploadExternal")]
+    for text in sent:
+        assert "<!" not in text and "<@U9" not in text
+    assert "&lt;!here&gt; @channel salt &amp; pepper @bob" in sent[0]

@@ -1,0 +1,134 @@
+"""SlackService wiring: configuration errors, HTTP mode versus Socket Mode, delivery failures."""
+
+from __future__ import annotations
+
+import pytest
+
+from bots.slack import SlackService
+from bots.slack.service import EVENTS_PATH, close_socket_handler
+from core.app import ImagineCore
+from core.errors import ConfigError
+from core.identity import UserRef
+from core.jobs import JobState
+from core.web import build_web_app
+
+from .conftest import APP_TOKEN, TEAM, SlackHarness
+
+U1 = UserRef("slack", TEAM, "U1")
+
+
+def listener_names(service: SlackService) -> list[str]:
+    return sorted(listener.ack_function.__name__ for listener in service.app._async_listeners)
+
+
+def routes(web_app) -> set[str]:
+    return {resource.canonical for resource in web_app.router.resources()}
+
+
+async def test_without_signing_secret_or_app_token_it_fails_naming_the_setting(slack_settings):
+    settings = slack_settings(SLACK_SIGNING_SECRET=None)
+    async with ImagineCore.open(settings) as core:
+        with pytest.raises(ConfigError) as caught:
+            SlackService(core, settings, build_web_app(core))
+    assert caught.value.setting == "SLACK_SIGNING_SECRET"
+    assert "SLACK_APP_TOKEN" in str(caught.value)
+
+
+@pytest.mark.parametrize(("setting", "value"), [("SLACK_BOT_TOKEN", "xoxp-user-token"),
+                                                ("SLACK_APP_TOKEN", "xoxb-not-an-app-token")])
+async def test_wrong_kinds_of_token_fail_naming_the_setting(slack_settings, setting, value):
+    settings = slack_settings(**{setting: value})
+    async with ImagineCore.open(settings) as core:
+        with pytest.raises(ConfigError) as caught:
+            SlackService(core, settings, build_web_app(core))
+    assert caught.value.setting == setting
+
+
+async def test_a_revoked_bot_token_fails_at_start(slack_settings, fake_slack):
+    settings = slack_settings()
+    fake_slack.fail("auth.test", "token_revoked")
+    async with ImagineCore.open(settings) as core:
+        service = SlackService(core, settings, build_web_app(core))
+        try:
+            with pytest.raises(ConfigError) as caught:
+                await service.start()
+        finally:
+            await service.stop()
+    assert caught.value.setting == "SLACK_BOT_TOKEN"
+
+
+async def test_socket_mode_is_picked_with_an_app_token_and_registers_the_same_handlers(slack_settings):
+    http_settings = slack_settings()
+    socket_settings = slack_settings(SLACK_APP_TOKEN=APP_TOKEN, SLACK_SIGNING_SECRET=None)
+    async with ImagineCore.open(http_settings) as core:
+        http_app, socket_app = build_web_app(core), build_web_app(core)
+        http_service = SlackService(core, http_settings, http_app)
+        socket_service = SlackService(core, socket_settings, socket_app)
+        try:
+            assert (http_service.mode, socket_service.mode) == ("http", "socket")
+            assert EVENTS_PATH in routes(http_app) and EVENTS_PATH not in routes(socket_app)
+            assert listener_names(socket_service) == listener_names(http_service) == sorted(
+                ["on_command", "on_reroll", "on_delete", "on_home_opened"])
+            handler = socket_service.socket_handler()  # built, not connected
+            try:
+                assert handler.app is socket_service.app and handler.app_token == APP_TOKEN
+                assert handler.client.web_client is socket_service.client
+            finally:
+                await close_socket_handler(handler)
+            assert core.orchestrator.frontends["slack"] is socket_service.frontend
+        finally:
+            await http_service.stop()
+            await socket_service.stop()
+
+
+async def test_socket_mode_end_to_end_against_the_fake(slack_settings, fake_slack):
+    settings = slack_settings(SLACK_APP_TOKEN=APP_TOKEN, SLACK_SIGNING_SECRET=None)
+    async with ImagineCore.open(settings) as core:
+        service = SlackService(core, settings, build_web_app(core), tick_s=0)
+        try:
+            await service.start()
+            await fake_slack.wait_socket()
+            [opened] = fake_slack.calls_to("apps.connections.open")
+            assert opened.token == APP_TOKEN
+            ack = await fake_slack.send_envelope("slash_commands", {
+                "team_id": TEAM, "channel_id": "C1", "user_id": "U1", "command": "/imagine",
+                "text": "a lighthouse at dusk", "trigger_id": "t.socket", "api_app_id": "A0001",
+                "response_url": fake_slack.response_url()})
+            assert "envelope_id" in ack
+            await fake_slack.wait_for("files.completeUploadExternal")
+            await service.handlers.wait_idle()
+            await core.orchestrator.wait_idle()
+            [job] = core.jobs.recent()
+            assert job.state is JobState.DELIVERED
+            assert core.ledger.balance(U1).balance == 180 - 18
+        finally:
+            await core.orchestrator.stop()
+            await service.stop()
+
+
+async def test_an_upload_refused_for_the_channel_refunds_and_says_how_to_fix_it(slack: SlackHarness):
+    slack.fake.fail("files.getUploadURLExternal", "not_in_channel")
+    await slack.slash("a lighthouse at dusk")
+    await slack.settle()
+    [job] = slack.core.jobs.recent()
+    assert job.state is JobState.FAILED and job.error_code == "delivery_failed"
+    last = slack.fake.calls_to("chat.update")[-1].params["text"]
+    assert "/invite @imagine" in last and "Could not make" in last
+    account = slack.core.ledger.balance(U1)
+    assert (account.balance, account.held) == (180, 0)
+
+
+async def test_any_other_upload_error_refunds_with_the_core_wording(slack: SlackHarness):
+    slack.fake.fail("files.completeUploadExternal", "internal_error")
+    await slack.slash("a lighthouse at dusk")
+    await slack.settle()
+    [job] = slack.core.jobs.recent()
+    assert job.state is JobState.FAILED
+    assert "could not post it here" in slack.fake.calls_to("chat.update")[-1].params["text"]
+    assert slack.core.ledger.balance(U1).balance == 180
+
+
+async def test_healthz_lists_the_slack_front_end(slack: SlackHarness):
+    url = slack.events_url.replace(EVENTS_PATH, "/healthz")
+    body = (await slack.http.get(url)).json()
+    assert body["ok"] and "slack" in body["frontends"]
