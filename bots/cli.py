@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8787)
     p.add_argument("--delay-scale", type=float, default=1.0, help="multiply the state delays")
+    p.add_argument("--dialect", choices=["kie", "modkie"], default="kie", help="answer in kie's or ModKie's shape")
 
     from .admin_cli import add_admin_parsers
 
@@ -97,10 +98,10 @@ def _run_async(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "chat":
         return asyncio.run(terminal.chat(settings, local_user()))
     if args.command == "sandbox":
-        from core.sandbox import serve_forever
+        from core.sandbox.server import DEFAULT_DELAYS, serve_forever
 
-        print(f"sandbox gateway on http://{args.host}:{args.port} (Ctrl-C to stop)", flush=True)
-        asyncio.run(serve_forever(args.host, args.port, delay_scale=args.delay_scale))
+        delays = {state: seconds * args.delay_scale for state, seconds in DEFAULT_DELAYS.items()}
+        asyncio.run(serve_forever(args.host, args.port, delays=delays, dialect=args.dialect))
         return 0
     if args.command == "run":
         from .run import run

@@ -107,3 +107,28 @@ def test_admin_credits_commands(tmp_path, capsys, monkeypatch):
     assert "at most" in capsys.readouterr().err
     assert main(["--db", db, "jobs", "list"]) == 0
     assert main(["--db", db, "jobs", "show", "jnope"]) == 1
+
+
+def test_sandbox_command_serves_the_gateway_contract(tmp_path):
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen([str(SCRIPT), "sandbox", "--port", str(port), "--delay-scale", "0.01"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        assert "listening on" in proc.stdout.readline()
+        import httpx
+
+        base = f"http://127.0.0.1:{port}"
+        created = httpx.post(base + "/api/v1/jobs/createTask", headers={"Authorization": "Bearer x"},
+                             json={"model": "seedream/4.5-text-to-image",
+                                   "input": {"prompt": "hi", "aspect_ratio": "1:1", "quality": "basic"}}).json()
+        assert created["code"] == 200 and created["data"]["taskId"]
+        bad = httpx.post(base + "/api/v1/jobs/createTask", headers={"Authorization": "Bearer x"},
+                         json={"model": "seedream/4.5-text-to-image", "input": {"prompt": "hi"}}).json()
+        assert bad["code"] == 422 and "aspect_ratio" in bad["msg"]
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)
