@@ -94,7 +94,8 @@ class ImagineCore:
                                       headers={"User-Agent": f"imagine-bot/{__version__}"})
                 )
             gateway = GatewayClient(http, base_url=base_url, api_key=api_key,
-                                    max_download_bytes=settings.max_download_bytes)
+                                    max_download_bytes=settings.max_download_bytes,
+                                    request_timeout=settings.MODKIE_TIMEOUT_S)
             model = get_model(settings.MODKIE_MODEL, settings.MODKIE_ASPECT_RATIOS)
             db = open_db(settings.IMAGINE_DB_PATH)
             stack.callback(db.conn.close)

@@ -31,6 +31,7 @@ class Settings(BaseSettings):
     MODKIE_ASPECT_RATIOS: CsvList = Field(default_factory=list)
     MODKIE_WEBHOOK_SECRET: SecretStr | None = None
     MAX_DOWNLOAD_MB: float = Field(default=25, gt=0)
+    MODKIE_TIMEOUT_S: float = Field(default=30.0, gt=0)
 
     # --- storage
     IMAGINE_DB_PATH: Path = Path("./imagine-bot.db")
