@@ -1,6 +1,10 @@
-"""A bot process for the crash tests: ``python -m tests.crash_worker DB GATEWAY_URL submit N`` submits N
-jobs and runs until killed; ``... resume`` resumes what is left, delivers and exits. Deliveries are
-appended to ``DB.deliveries`` (one job id a line) so the test can count them."""
+"""A bot process for the crash tests.
+
+``python -m tests.crash_worker DB GATEWAY_URL submit N`` submits N jobs and keeps running them until
+killed; ``... resume`` resumes what is left, delivers and exits. The "channel" is the file
+``DB.deliveries`` (one job id a line). Like the Slack front end, this front end is idempotent per job: it
+does not post a job it already posted, which closes the window between posting and the charge.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +13,13 @@ import sys
 from pathlib import Path
 
 from core.app import ImagineCore
-from core.events import Delivered, JobEvent
+from core.events import Delivered, Failed, JobEvent
 from core.identity import UserRef
 from core.jobs import ReplyTo
 from core.settings import load_settings
 
 
-class FileRecorder:
+class FileChannel:
     platform = "terminal"
 
     def __init__(self, path: Path) -> None:
@@ -23,16 +27,23 @@ class FileRecorder:
 
     async def publish(self, event: JobEvent) -> None:
         if isinstance(event, Delivered):
-            with self.path.open("a") as fh:
-                fh.write(event.job.id + "\n")
+            await asyncio.sleep(0.05)  # an upload takes a moment: a kill may land in the middle
+            posted = self.path.read_text().split() if self.path.exists() else []
+            if event.job.id not in posted:
+                with self.path.open("a") as fh:
+                    fh.write(event.job.id + "\n")
+        elif isinstance(event, Failed):
+            with self.path.with_suffix(".failures").open("a") as fh:
+                fh.write(f"{event.job.id} {event.error.code} {event.refunded}\n")
 
 
 async def main(db: str, gateway: str, mode: str, count: int) -> None:
     settings = load_settings(_env_file=None, MODKIE_BASE_URL=gateway, MODKIE_API_KEY="crash-test-key",
                              IMAGINE_DB_PATH=db, POLL_INTERVAL_S=0.05, POLL_MAX_INTERVAL_S=0.1, JOB_TIMEOUT_S=60,
-                             MAX_ACTIVE_JOBS_PER_USER=100, CREDITS_ALLOWANCE=10_000)
+                             MAX_ACTIVE_JOBS_PER_USER=100, MAX_ACTIVE_JOBS=8, CREATE_RATE_PER_10S=1000,
+                             CREDITS_ALLOWANCE=10_000)
     async with ImagineCore.open(settings) as core:
-        core.register(FileRecorder(Path(db + ".deliveries")))
+        core.register(FileChannel(Path(db + ".deliveries")))
         await core.start()
         if mode == "submit":
             for n in range(count):
