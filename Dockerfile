@@ -15,9 +15,9 @@ ENV PATH=/opt/venv/bin:$PATH \
     IMAGINE_DB_PATH=/data/imagine-bot.db \
     HTTP_HOST=0.0.0.0 \
     HTTP_PORT=3000
-RUN useradd --create-home --uid 10001 imagine && mkdir /data && chown imagine /data
+RUN useradd --create-home --no-log-init --uid 10001 imagine && mkdir /data && chown 10001 /data
 COPY --from=build /opt/venv /opt/venv
-USER imagine
+USER 10001
 WORKDIR /home/imagine
 VOLUME ["/data"]
 EXPOSE 3000
