@@ -1,0 +1,55 @@
+"""The Reroll and Delete buttons under every image.
+
+They are discord.py ``DynamicItem`` buttons: the job id is in the ``custom_id``
+(``imagine:reroll:j0123abcd``), and the client registers the classes at start
+(``client.add_dynamic_items``), so a button pressed on a message posted by an earlier process still
+works. The work is done by the client's handlers.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import discord
+
+REROLL_TEMPLATE = r"imagine:reroll:(?P<job_id>j[0-9a-f]+)"
+DELETE_TEMPLATE = r"imagine:delete:(?P<job_id>j[0-9a-f]+)"
+
+
+class RerollButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=REROLL_TEMPLATE):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(discord.ui.Button(label="Reroll", style=discord.ButtonStyle.primary, emoji="\N{GAME DIE}",
+                                           custom_id=f"imagine:reroll:{job_id}"))
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any],
+                             match: re.Match[str], /) -> RerollButton:
+        return cls(match["job_id"])
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        await interaction.client.handlers.reroll(interaction, self.job_id)  # type: ignore[attr-defined]
+
+
+class DeleteButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=DELETE_TEMPLATE):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(discord.ui.Button(label="Delete", style=discord.ButtonStyle.secondary,
+                                           emoji="\N{WASTEBASKET}", custom_id=f"imagine:delete:{job_id}"))
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any],
+                             match: re.Match[str], /) -> DeleteButton:
+        return cls(match["job_id"])
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        await interaction.client.handlers.delete(interaction, self.job_id)  # type: ignore[attr-defined]
+
+
+def result_view(job_id: str) -> discord.ui.View:
+    """The buttons for one delivered job (needs a running event loop, as every discord.py view)."""
+    view = discord.ui.View(timeout=None)
+    view.add_item(RerollButton(job_id))
+    view.add_item(DeleteButton(job_id))
+    return view

@@ -1,0 +1,172 @@
+"""What each slash command and button does: translate the interaction, call the core, answer.
+
+Visibility is decided before the 3-second acknowledgement, because Discord cannot turn a public
+"thinking" response into a private one: everything that can be refused cheaply (the prompt and its
+flags, banned words, the balance, the jobs in flight) is checked first and refused privately
+(ephemeral); only then is the interaction deferred publicly and the job submitted. If the core still
+refuses (a race with another job), the public placeholder is deleted and the reason sent privately.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import discord
+
+from core import commands, messages
+from core.app import ImagineCore
+from core.errors import ImagineError
+from core.identity import UserRef
+from core.jobs import Job, ReplyTo
+
+from . import wording
+from .hook import ReplyData
+
+log = logging.getLogger(__name__)
+
+NO_MENTIONS = discord.AllowedMentions.none()
+
+
+def user_ref(user: discord.abc.Snowflake) -> UserRef:
+    """One account per Discord user, whatever the server."""
+    return UserRef("discord", "-", str(user.id))
+
+
+def manages_server(interaction: discord.Interaction) -> bool:
+    """Members with Manage Server are image-bot admins in that server."""
+    return interaction.guild_id is not None and interaction.permissions.manage_guild
+
+
+def channel_is_nsfw(interaction: discord.Interaction) -> bool:
+    is_nsfw = getattr(interaction.channel, "is_nsfw", None)
+    return bool(callable(is_nsfw) and is_nsfw())
+
+
+async def reply_private(interaction: discord.Interaction, text: str, *, file: discord.File | None = None) -> None:
+    """An answer only the user who asked sees."""
+    extra: dict[str, Any] = {"file": file} if file is not None else {}
+    if interaction.response.is_done():
+        await interaction.followup.send(text, ephemeral=True, allowed_mentions=NO_MENTIONS, **extra)
+    else:
+        await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS, **extra)
+
+
+class Handlers:
+    def __init__(self, core: ImagineCore) -> None:
+        self.core = core
+
+    # ------------------------------------------------------------------ jobs
+    async def imagine(self, interaction: discord.Interaction, prompt: str, aspect_ratio: str | None,
+                      quality: str | None) -> None:
+        who = user_ref(interaction.user)
+        # explicit options are defaults: a flag typed in the prompt (--ar 16:9) wins over them
+        defaults = {name: value for name, value in (("aspect_ratio", aspect_ratio), ("quality", quality)) if value}
+        try:
+            self.core.parse(prompt, defaults)
+            self._check_can_start(who)
+        except ImagineError as error:
+            await reply_private(interaction, error.user_message)
+            return
+        extra = {"nsfw_checker": not channel_is_nsfw(interaction)}
+        await self._start_job(interaction, lambda reply: self.core.imagine(
+            who, reply, prompt, dedupe_key=f"discord:{interaction.id}", defaults=defaults, extra_input=extra))
+
+    async def reroll(self, interaction: discord.Interaction, job_id: str) -> None:
+        who = user_ref(interaction.user)
+        try:
+            self.core.jobs.get(job_id)
+            self._check_can_start(who)
+        except ImagineError as error:
+            await reply_private(interaction, error.user_message)
+            return
+        extra = {"nsfw_checker": not channel_is_nsfw(interaction)}
+        await self._start_job(interaction, lambda reply: self.core.reroll(
+            who, job_id, reply, dedupe_key=f"discord:{interaction.id}", extra_input=extra))
+
+    async def delete(self, interaction: discord.Interaction, job_id: str) -> None:
+        try:
+            self.core.check_delete(user_ref(interaction.user), job_id, platform_admin=manages_server(interaction))
+        except ImagineError as error:
+            await reply_private(interaction, error.user_message)
+            return
+        await interaction.response.defer()  # a component's "original" is the message it is on
+        try:
+            await interaction.delete_original_response()
+        except discord.HTTPException as error:
+            log.warning("could not delete the message of job %s: %s", job_id, error)
+            await reply_private(interaction, ImagineError().user_message)
+            return
+        await reply_private(interaction, messages.deleted())
+
+    def _check_can_start(self, who: UserRef) -> None:
+        """The refusals the core would make, checked before the public acknowledgement."""
+        self.core.check_can_submit(who)
+
+    async def _start_job(self, interaction: discord.Interaction,
+                         submit: Callable[[ReplyTo], Awaitable[Job]]) -> None:
+        await interaction.response.defer(thinking=True)
+        reply = ReplyTo("discord", str(interaction.channel_id), ReplyData.from_interaction(interaction).to_dict())
+        try:
+            await submit(reply)  # the core publishes Accepted: the front end edits the placeholder
+        except ImagineError as error:
+            await self._withdraw(interaction, error.user_message)
+        except Exception:
+            log.exception("could not start a job for interaction %s", interaction.id)
+            await self._withdraw(interaction, ImagineError().user_message)
+
+    async def _withdraw(self, interaction: discord.Interaction, text: str) -> None:
+        """Refused after the public defer: remove the placeholder, tell only the requester."""
+        try:
+            await interaction.delete_original_response()
+            await interaction.followup.send(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
+        except discord.HTTPException as error:
+            log.warning("could not tell %s why their job was refused: %s", interaction.user.id, error)
+
+    # ------------------------------------------------------------------ information
+    async def credits(self, interaction: discord.Interaction) -> None:
+        info = self.core.credits(user_ref(interaction.user))
+        await reply_private(interaction, messages.credits(info.balance, len(info.active), self.core.now()))
+
+    async def help(self, interaction: discord.Interaction) -> None:
+        admin = self.core.is_admin(user_ref(interaction.user), platform_admin=manages_server(interaction))
+        # the core's help without its last line, which names the text commands; Discord's come instead
+        lines = messages.help_text(self.core.model, command="/imagine").splitlines()[:-1]
+        lines.append(wording.COMMANDS)
+        if admin:
+            lines.append(wording.ADMIN_COMMANDS)
+        await reply_private(interaction, "\n".join(lines))
+
+    # ------------------------------------------------------------------ admins
+    async def admin_grant(self, interaction: discord.Interaction, user: discord.abc.User, amount: int,
+                          note: str | None) -> None:
+        try:
+            balance = self.core.admin_grant(user_ref(interaction.user), user_ref(user), amount,
+                                            platform_admin=manages_server(interaction), note=note)
+            text = messages.granted(user.mention, amount, balance)
+        except ImagineError as error:
+            text = error.user_message
+        await reply_private(interaction, text)
+
+    async def admin_allowance(self, interaction: discord.Interaction, user: discord.abc.User,
+                              amount: int | None) -> None:
+        try:
+            balance = self.core.admin_allowance(user_ref(interaction.user), user_ref(user), amount,
+                                                platform_admin=manages_server(interaction))
+            text = messages.allowance_set(user.mention, balance)
+        except ImagineError as error:
+            text = error.user_message
+        await reply_private(interaction, text)
+
+    async def admin_report(self, interaction: discord.Interaction) -> None:
+        who = user_ref(interaction.user)
+        reply = ReplyTo("discord", str(interaction.channel_id))
+        answer = await commands.dispatch(self.core, who, "admin report", reply, resolve_user=lambda _raw: None,
+                                         platform_admin=manages_server(interaction))
+        file = None
+        if answer.attachment is not None:
+            name, content = answer.attachment
+            file = discord.File(io.BytesIO(content), filename=name)
+        await reply_private(interaction, answer.text, file=file)

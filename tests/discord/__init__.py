@@ -1,0 +1,2 @@
+# importing bots.discord first keeps discord.py's audioop DeprecationWarning out of the test run
+import bots.discord  # noqa: F401

@@ -1,0 +1,579 @@
+"""A fake Discord: the REST API and the gateway websocket, on a real aiohttp server on 127.0.0.1.
+
+It answers the calls discord.py makes the way Discord does (``Content-Type`` exactly
+``application/json``, which is all discord.py parses), records every call, and lets a test inject
+failures. Point discord.py at it::
+
+    discord.http.Route.BASE = fake.api_base
+    DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(fake.gateway_url)
+
+Routes (under ``/api/v10``)::
+
+    GET    /users/@me                                     the bot user (checks "Authorization: Bot <token>")
+    GET    /oauth2/applications/@me                       the application
+    GET    /gateway, /gateway/bot                         the fake websocket URL
+    GET|PUT /applications/{app}/commands                  global commands (PUT: bulk overwrite, ids given)
+    GET|PUT /applications/{app}/guilds/{guild}/commands   guild commands
+    POST   /interactions/{id}/{token}/callback            the 3-second response (with or without ?with_response)
+    PATCH  /webhooks/{app}/{token}/messages/{id|@original}  edit (JSON, or multipart payload_json + files[n])
+    DELETE /webhooks/{app}/{token}/messages/{id|@original}
+    POST   /webhooks/{app}/{token}                        followups
+    POST   /channels/{id}/messages                        channel messages (JSON or multipart)
+    DELETE /channels/{id}/messages/{id}
+
+The gateway (``/gateway-ws``): HELLO (op 10), IDENTIFY (op 2) is recorded, READY is sent, heartbeats are
+acknowledged, and ``await fake.dispatch(event, data)`` sends a dispatch (``INTERACTION_CREATE`` ...).
+
+Synchronisation is by events: ``await fake.wait_for(...)`` returns once matching calls have been
+recorded (past ones count), never by sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import re
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+DISCORD_EPOCH_MS = 1420070400000
+EPHEMERAL = 1 << 6
+LOADING = 1 << 7
+
+
+def snowflake(at: float | None = None) -> int:
+    """A Discord id made at ``at`` (epoch seconds, default now)."""
+    ms = int((time.time() if at is None else at) * 1000)
+    return ((ms - DISCORD_EPOCH_MS) << 22) | secrets.randbits(22)
+
+
+@dataclass(frozen=True, slots=True)
+class UploadedFile:
+    field: str
+    filename: str
+    content_type: str
+    data: bytes
+
+
+@dataclass(slots=True)
+class Call:
+    """One request the fake received. ``json`` is the JSON body or the multipart ``payload_json``."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    json: Any
+    files: list[UploadedFile]
+    at: float
+    status: int = 0
+    response: Any = None
+
+    @property
+    def content(self) -> str | None:
+        return self.json.get("content") if isinstance(self.json, dict) else None
+
+
+@dataclass(slots=True)
+class _Failure:
+    method: str
+    pattern: re.Pattern[str]
+    status: int
+    body: dict[str, Any]
+    times: int | None
+
+
+@dataclass(slots=True)
+class _Interaction:
+    id: str
+    token: str
+    channel_id: str
+    #: the message a component interaction belongs to (its "@original" before a new response)
+    message_id: str | None = None
+    responded: bool = False
+    original_id: str | None = None
+    #: deferred with type 5 and not edited yet: Discord turns the first followup into an edit of it
+    fresh_defer: bool = False
+
+
+def _json_response(data: Any, status: int = 200) -> web.Response:
+    # discord.py only parses a body whose Content-Type is exactly application/json
+    return web.Response(status=status, body=json.dumps(data).encode(), headers={"Content-Type": "application/json"})
+
+
+def invalid_webhook_token() -> dict[str, Any]:
+    return {"message": "Invalid Webhook Token", "code": 50027}
+
+
+class FakeDiscord:
+    def __init__(self, *, token: str = "fake-bot-token", app_id: int | None = None,
+                 bot_id: int | None = None) -> None:
+        self.token = token
+        self.app_id = str(app_id or snowflake())
+        self.bot_id = str(bot_id or self.app_id)
+        self.calls: list[Call] = []
+        self.commands: dict[str | None, list[dict[str, Any]]] = {}
+        self.messages: dict[str, dict[str, Any]] = {}
+        self.files: dict[str, list[UploadedFile]] = {}
+        self.deleted: list[str] = []
+        self.interactions: dict[str, _Interaction] = {}
+        self.expired_tokens: set[str] = set()
+        self.identify: dict[str, Any] | None = None
+        self._failures: list[_Failure] = []
+        self._changed = asyncio.Event()
+        self._runner: web.AppRunner | None = None
+        self._port = 0
+        self._ws: web.WebSocketResponse | None = None
+        self._ws_closed = asyncio.Event()
+        self._seq = itertools.count(1)
+        self._routes: list[tuple[str, re.Pattern[str], Callable[..., Any]]] = [
+            ("GET", re.compile(r"/users/@me"), self._me),
+            ("GET", re.compile(r"/oauth2/applications/@me"), self._application),
+            ("GET", re.compile(r"/gateway(?:/bot)?"), self._gateway_info),
+            ("GET", re.compile(r"/applications/(?P<app>\d+)(?:/guilds/(?P<guild>\d+))?/commands"), self._get_commands),
+            ("PUT", re.compile(r"/applications/(?P<app>\d+)(?:/guilds/(?P<guild>\d+))?/commands"), self._put_commands),
+            ("POST", re.compile(r"/interactions/(?P<id>\d+)/(?P<token>[^/]+)/callback"), self._callback),
+            ("PATCH", re.compile(r"/webhooks/(?P<app>\d+)/(?P<token>[^/]+)/messages/(?P<msg>@original|\d+)"),
+             self._edit_webhook_message),
+            ("DELETE", re.compile(r"/webhooks/(?P<app>\d+)/(?P<token>[^/]+)/messages/(?P<msg>@original|\d+)"),
+             self._delete_webhook_message),
+            ("POST", re.compile(r"/webhooks/(?P<app>\d+)/(?P<token>[^/]+)"), self._followup),
+            ("POST", re.compile(r"/channels/(?P<channel>\d+)/messages"), self._channel_message),
+            ("DELETE", re.compile(r"/channels/(?P<channel>\d+)/messages/(?P<msg>\d+)"), self._delete_channel_message),
+        ]
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> FakeDiscord:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_get("/gateway-ws", self._gateway_ws)
+        app.router.add_route("*", "/api/v10/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        server = site._server
+        assert server is not None and server.sockets  # type: ignore[union-attr]
+        self._port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return self
+
+    async def close(self) -> None:
+        if self._ws is not None and not self._ws.closed:
+            await self._ws.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> FakeDiscord:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._port}"
+
+    @property
+    def api_base(self) -> str:
+        return f"{self.url}/api/v10"
+
+    @property
+    def gateway_url(self) -> str:
+        return f"ws://127.0.0.1:{self._port}/gateway-ws"
+
+    # ------------------------------------------------------------------ test controls
+    def expire_token(self, token: str) -> None:
+        """Interaction webhooks with this token answer 401 Invalid Webhook Token (the 15 minutes are over)."""
+        self.expired_tokens.add(token)
+
+    def fail(self, method: str, pattern: str, status: int, body: dict[str, Any] | None = None,
+             *, times: int | None = 1) -> None:
+        """Answer the next ``times`` calls (``None``: every call) matching ``method`` and the path regex."""
+        self._failures.append(_Failure(method, re.compile(pattern), status,
+                                       body or {"message": "injected failure", "code": 0}, times))
+
+    def register_interaction(self, payload: dict[str, Any]) -> None:
+        """Remember an interaction sent to the bot, as Discord does, so its webhook knows its messages."""
+        message = payload.get("message") or {}
+        channel = payload.get("channel") or {}
+        channel_id = str(channel.get("id") or payload.get("channel_id"))
+        self.interactions[payload["token"]] = _Interaction(
+            id=str(payload["id"]), token=payload["token"], channel_id=channel_id,
+            message_id=str(message["id"]) if message.get("id") else None,
+        )
+
+    def add_message(self, channel_id: str, message: dict[str, Any]) -> dict[str, Any]:
+        """Seed a message (one posted by an earlier process, say)."""
+        message = {**message, "channel_id": str(channel_id)}
+        self.messages[str(message["id"])] = message
+        return message
+
+    def find(self, method: str | None = None, path: str | None = None,
+             where: Callable[[Call], bool] | None = None) -> list[Call]:
+        return [c for c in self.calls if _matches(c, method, path, where)]
+
+    async def wait_for(self, method: str | None = None, path: str | None = None, *, count: int = 1,
+                       where: Callable[[Call], bool] | None = None, within: float = 10.0) -> list[Call]:
+        """Wait until ``count`` calls match (those already recorded count too); returns them."""
+
+        async def wait() -> list[Call]:
+            while True:
+                changed = self._changed
+                found = self.find(method, path, where)
+                if len(found) >= count:
+                    return found
+                await changed.wait()
+
+        try:
+            return await asyncio.wait_for(wait(), within)
+        except TimeoutError:
+            seen = "\n  ".join(f"{c.method} {c.path} -> {c.status}" for c in self.calls)
+            raise AssertionError(f"timed out waiting for {count} x {method} {path}; calls:\n  {seen}") from None
+
+    def _record(self, call: Call) -> None:
+        self.calls.append(call)
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    # ------------------------------------------------------------------ dispatch
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        path = "/" + request.match_info["tail"]
+        payload, files = await _read_body(request)
+        call = Call(request.method, path, dict(request.query), payload, files, time.monotonic())
+        try:
+            response = await self._route(request, call, path)
+        except _Answer as answer:
+            response = _json_response(answer.body, answer.status)
+        call.status = response.status
+        if isinstance(response, web.Response) and response.body:
+            try:
+                call.response = json.loads(response.body)  # type: ignore[arg-type]
+            except (TypeError, ValueError):
+                call.response = None
+        self._record(call)
+        return response
+
+    async def _route(self, request: web.Request, call: Call, path: str) -> web.Response:
+        for failure in self._failures:
+            if failure.method == call.method and failure.pattern.search(path) and failure.times != 0:
+                if failure.times is not None:
+                    failure.times -= 1
+                return _json_response(failure.body, failure.status)
+        for method, pattern, handler in self._routes:
+            match = pattern.fullmatch(path)
+            if match and method == request.method:
+                return await handler(request, call, **match.groupdict())
+        return _json_response({"message": "404: Not Found", "code": 0}, 404)
+
+    def _check_bot_auth(self, request: web.Request) -> None:
+        if request.headers.get("Authorization") != f"Bot {self.token}":
+            raise _Answer(401, {"message": "401: Unauthorized", "code": 0})
+
+    def _check_token(self, token: str) -> None:
+        if token in self.expired_tokens:
+            raise _Answer(401, invalid_webhook_token())
+
+    # ------------------------------------------------------------------ REST handlers
+    def bot_user(self) -> dict[str, Any]:
+        return {"id": self.bot_id, "username": "imagine", "discriminator": "0", "global_name": None,
+                "avatar": None, "bot": True, "flags": 0}
+
+    async def _me(self, request: web.Request, call: Call) -> web.Response:
+        self._check_bot_auth(request)
+        return _json_response(self.bot_user())
+
+    async def _application(self, request: web.Request, call: Call) -> web.Response:
+        self._check_bot_auth(request)
+        return _json_response({
+            "id": self.app_id, "name": "imagine", "icon": None, "description": "", "bot_public": True,
+            "bot_require_code_grant": False, "verify_key": "0" * 64, "flags": 0,
+            "owner": {"id": "1", "username": "owner", "discriminator": "0", "avatar": None},
+            "team": None, "summary": "", "interactions_endpoint_url": None,
+        })
+
+    async def _gateway_info(self, request: web.Request, call: Call) -> web.Response:
+        return _json_response({"url": self.gateway_url, "shards": 1, "session_start_limit": {
+            "total": 1000, "remaining": 999, "reset_after": 0, "max_concurrency": 1}})
+
+    async def _get_commands(self, request: web.Request, call: Call, app: str, guild: str | None) -> web.Response:
+        self._check_bot_auth(request)
+        return _json_response(self.commands.get(guild, []))
+
+    async def _put_commands(self, request: web.Request, call: Call, app: str, guild: str | None) -> web.Response:
+        self._check_bot_auth(request)
+        stored = []
+        for cmd in call.json or []:
+            stored.append({"type": 1, "default_member_permissions": None, "nsfw": False, **cmd,
+                           "id": str(snowflake()), "application_id": app, "version": str(snowflake()),
+                           **({"guild_id": guild} if guild else {})})
+        self.commands[guild] = stored
+        return _json_response(stored)
+
+    async def _callback(self, request: web.Request, call: Call, id: str, token: str) -> web.Response:
+        self._check_token(token)
+        interaction = self.interactions.get(token)
+        if interaction is None:
+            raise _Answer(404, {"message": "Unknown interaction", "code": 10062})
+        if interaction.responded:
+            raise _Answer(400, {"message": "Interaction has already been acknowledged.", "code": 40060})
+        interaction.responded = True
+        body = call.json or {}
+        kind = body.get("type")
+        data = body.get("data") or {}
+        message = None
+        if kind in (4, 5):  # a new message: the response (type 5 shows "thinking")
+            flags = (data.get("flags") or 0) | (LOADING if kind == 5 else 0)
+            message = self._new_message(interaction.channel_id, data if kind == 4 else {}, call.files,
+                                        webhook=True, flags=flags)
+            interaction.original_id = message["id"]
+            interaction.fresh_defer = kind == 5
+        elif kind in (6, 7):  # deferred update / update: the original is the component's message
+            interaction.original_id = interaction.message_id
+            if kind == 7 and interaction.message_id in self.messages:
+                message = self._update_message(interaction.message_id, data, call.files)
+        if "with_response" not in request.query or request.query["with_response"] in ("0", "false"):
+            return web.Response(status=204)
+        return _json_response({
+            "interaction": {"id": id, "type": 2, "response_message_id": interaction.original_id,
+                            "response_message_loading": kind == 5,
+                            "response_message_ephemeral": bool((data.get("flags") or 0) & EPHEMERAL)},
+            "resource": {"type": kind, **({"message": message} if message and kind in (4, 7) else {})},
+        })
+
+    def _original(self, token: str, msg: str) -> str:
+        self._check_token(token)
+        if msg != "@original":
+            return msg
+        interaction = self.interactions.get(token)
+        if interaction is None or interaction.original_id is None:
+            raise _Answer(404, {"message": "Unknown Webhook", "code": 10015})
+        return interaction.original_id
+
+    async def _edit_webhook_message(self, request: web.Request, call: Call, app: str, token: str,
+                                    msg: str) -> web.Response:
+        message_id = self._original(token, msg)
+        if token in self.interactions:
+            self.interactions[token].fresh_defer = False
+        if message_id not in self.messages:
+            raise _Answer(404, {"message": "Unknown Message", "code": 10008})
+        return _json_response(self._update_message(message_id, call.json or {}, call.files))
+
+    async def _delete_webhook_message(self, request: web.Request, call: Call, app: str, token: str,
+                                      msg: str) -> web.Response:
+        message_id = self._original(token, msg)
+        if self.messages.pop(message_id, None) is None:
+            raise _Answer(404, {"message": "Unknown Message", "code": 10008})
+        self.deleted.append(message_id)
+        return web.Response(status=204)
+
+    async def _followup(self, request: web.Request, call: Call, app: str, token: str) -> web.Response:
+        self._check_token(token)
+        interaction = self.interactions.get(token)
+        if interaction is None or not interaction.responded:
+            raise _Answer(404, {"message": "Unknown Webhook", "code": 10015})
+        body = call.json or {}
+        if interaction.fresh_defer and interaction.original_id in self.messages:
+            # documented (deprecated) behaviour: the first followup after a deferred response edits the
+            # loading message, and its ephemeral flag is ignored
+            interaction.fresh_defer = False
+            return _json_response(self._update_message(interaction.original_id, body, call.files))
+        interaction.fresh_defer = False
+        message = self._new_message(interaction.channel_id, body, call.files, webhook=True,
+                                    flags=body.get("flags") or 0)
+        return _json_response(message)
+
+    async def _channel_message(self, request: web.Request, call: Call, channel: str) -> web.Response:
+        self._check_bot_auth(request)
+        return _json_response(self._new_message(channel, call.json or {}, call.files))
+
+    async def _delete_channel_message(self, request: web.Request, call: Call, channel: str,
+                                      msg: str) -> web.Response:
+        self._check_bot_auth(request)
+        if self.messages.pop(msg, None) is None:
+            raise _Answer(404, {"message": "Unknown Message", "code": 10008})
+        self.deleted.append(msg)
+        return web.Response(status=204)
+
+    # ------------------------------------------------------------------ messages
+    def _attachments(self, message_id: str, payload: dict[str, Any], files: list[UploadedFile],
+                     keep: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        kept_ids = {str(a.get("id")) for a in payload.get("attachments", [])}
+        result = [a for a in keep if a["id"] in kept_ids]
+        stored = [f for f, a in zip(self.files.get(message_id, []), keep, strict=False) if a["id"] in kept_ids]
+        for upload in files:
+            att_id = str(snowflake())
+            result.append({"id": att_id, "filename": upload.filename, "size": len(upload.data),
+                           "url": f"{self.url}/attachments/{message_id}/{att_id}/{upload.filename}",
+                           "proxy_url": f"{self.url}/attachments/{message_id}/{att_id}/{upload.filename}",
+                           "content_type": upload.content_type})
+            stored.append(upload)
+        self.files[message_id] = stored
+        return result
+
+    def _new_message(self, channel_id: str, payload: dict[str, Any], files: list[UploadedFile], *,
+                     webhook: bool = False, flags: int = 0) -> dict[str, Any]:
+        message_id = str(snowflake())
+        message = {
+            "id": message_id, "channel_id": str(channel_id), "type": 20 if webhook else 0,
+            "content": payload.get("content") or "", "author": self.bot_user(),
+            "attachments": self._attachments(message_id, {"attachments": []}, files, []),
+            "embeds": payload.get("embeds") or [], "components": payload.get("components") or [],
+            "mentions": [], "mention_roles": [], "mention_everyone": False, "pinned": False, "tts": False,
+            "timestamp": datetime.now(UTC).isoformat(), "edited_timestamp": None, "flags": flags,
+            **({"webhook_id": self.app_id, "application_id": self.app_id} if webhook else {}),
+        }
+        self.messages[message_id] = message
+        return message
+
+    def _update_message(self, message_id: str, payload: dict[str, Any], files: list[UploadedFile]) -> dict[str, Any]:
+        message = self.messages[message_id]
+        for key in ("content", "embeds", "components"):
+            if key in payload:
+                message[key] = payload[key] if payload[key] is not None else ([] if key != "content" else "")
+        if "attachments" in payload or files:
+            message["attachments"] = self._attachments(message_id, payload if "attachments" in payload
+                                                       else {"attachments": message["attachments"]}, files,
+                                                       message["attachments"])
+        message["flags"] = message.get("flags", 0) & ~LOADING
+        message["edited_timestamp"] = datetime.now(UTC).isoformat()
+        return message
+
+    # ------------------------------------------------------------------ the gateway
+    async def _gateway_ws(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        self._ws = ws
+        self._ws_closed.clear()
+        await ws.send_json({"op": 10, "d": {"heartbeat_interval": 45000}, "s": None, "t": None})
+        try:
+            async for msg in ws:
+                if msg.type is not WSMsgType.TEXT:
+                    continue
+                data = json.loads(msg.data)
+                if data.get("op") == 1:
+                    await ws.send_json({"op": 11, "d": None, "s": None, "t": None})
+                elif data.get("op") == 2:
+                    self.identify = data["d"]
+                    self._record(Call("GATEWAY", "IDENTIFY", {}, data["d"], [], time.monotonic()))
+                    await self._send_dispatch("READY", {
+                        "v": 10, "user": self.bot_user(), "guilds": [], "session_id": secrets.token_hex(8),
+                        "resume_gateway_url": self.gateway_url, "shard": [0, 1],
+                        "application": {"id": self.app_id, "flags": 0},
+                    })
+        finally:
+            self._ws = None
+            self._ws_closed.set()
+        return ws
+
+    async def _send_dispatch(self, event: str, data: dict[str, Any]) -> None:
+        assert self._ws is not None, "no gateway connection"
+        await self._ws.send_json({"op": 0, "t": event, "s": next(self._seq), "d": data})
+
+    async def dispatch(self, event: str, data: dict[str, Any]) -> None:
+        """Send a gateway dispatch to the connected bot (``INTERACTION_CREATE`` registers the interaction)."""
+        if event == "INTERACTION_CREATE":
+            self.register_interaction(data)
+        await self._send_dispatch(event, data)
+
+    async def wait_gateway_closed(self, within: float = 10.0) -> None:
+        await asyncio.wait_for(self._ws_closed.wait(), within)
+
+
+class _Answer(Exception):
+    """Control flow: answer the request with this status and body."""
+
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
+        super().__init__(status)
+        self.status = status
+        self.body = body
+
+
+def _matches(call: Call, method: str | None, path: str | None, where: Callable[[Call], bool] | None) -> bool:
+    return ((method is None or call.method == method) and (path is None or re.search(path, call.path) is not None)
+            and (where is None or where(call)))
+
+
+async def _read_body(request: web.Request) -> tuple[Any, list[UploadedFile]]:
+    if not request.can_read_body:
+        return None, []
+    content_type = request.headers.get("Content-Type", "")
+    if content_type.startswith("multipart/"):
+        payload: Any = None
+        files: list[UploadedFile] = []
+        reader = await request.multipart()
+        async for part in reader:
+            name = part.name or ""  # type: ignore[union-attr]
+            data = await part.read()  # type: ignore[union-attr]
+            if name == "payload_json":
+                payload = json.loads(data)
+            else:
+                files.append(UploadedFile(name, part.filename or name,  # type: ignore[union-attr]
+                                          part.headers.get("Content-Type", ""), bytes(data)))
+        return payload, files
+    raw = await request.read()
+    if not raw:
+        return None, []
+    try:
+        return json.loads(raw), []
+    except ValueError:
+        return raw.decode(errors="replace"), []
+
+
+@dataclass
+class InteractionFactory:
+    """Raw interaction payloads as Discord sends them (type 2 application command, type 3 component)."""
+
+    app_id: str
+    guild_id: str | None = field(default_factory=lambda: str(snowflake()))
+    channel_id: str = field(default_factory=lambda: str(snowflake()))
+    nsfw: bool = False
+    attachment_size_limit: int = 10 * 1024 * 1024
+
+    def _base(self, kind: int, data: dict[str, Any], user_id: str, *, permissions: int = 0,
+              created: float | None = None, message: dict[str, Any] | None = None,
+              size_limit: int | None = None) -> dict[str, Any]:
+        user = {"id": user_id, "username": f"user{user_id[-4:]}", "discriminator": "0", "global_name": None,
+                "avatar": None}
+        payload: dict[str, Any] = {
+            "id": str(snowflake(created)), "application_id": self.app_id, "type": kind, "data": data,
+            "token": "itok-" + secrets.token_urlsafe(24), "version": 1,
+            "app_permissions": str(0x1_0000_0000 | 117760), "entitlements": [],
+            "authorizing_integration_owners": {"0": self.guild_id} if self.guild_id else {"1": user_id},
+            "attachment_size_limit": size_limit or self.attachment_size_limit,
+            "locale": "en-US", "channel_id": self.channel_id,
+        }
+        if self.guild_id:
+            payload.update({
+                "guild_id": self.guild_id, "guild_locale": "en-US", "context": 0,
+                "guild": {"id": self.guild_id, "locale": "en-US", "features": []},
+                "channel": {"id": self.channel_id, "type": 0, "guild_id": self.guild_id, "name": "art",
+                            "nsfw": self.nsfw, "position": 0, "permission_overwrites": [], "flags": 0,
+                            "parent_id": None, "rate_limit_per_user": 0, "topic": None, "last_message_id": None},
+                "member": {"user": user, "roles": [], "joined_at": "2024-01-01T00:00:00+00:00", "deaf": False,
+                           "mute": False, "flags": 0, "permissions": str(permissions), "nick": None,
+                           "avatar": None, "pending": False},
+            })
+        else:
+            payload.update({"context": 1, "user": user,
+                            "channel": {"id": self.channel_id, "type": 1, "recipients": [user], "flags": 0,
+                                        "last_message_id": None}})
+        if message is not None:
+            payload["message"] = message
+        return payload
+
+    def command(self, name: str, user_id: str, options: list[dict[str, Any]] | None = None, *,
+                resolved: dict[str, Any] | None = None, **kw: Any) -> dict[str, Any]:
+        data: dict[str, Any] = {"id": str(snowflake()), "name": name, "type": 1, "options": options or []}
+        if resolved:
+            data["resolved"] = resolved
+        return self._base(2, data, user_id, **kw)
+
+    def component(self, custom_id: str, user_id: str, message: dict[str, Any], **kw: Any) -> dict[str, Any]:
+        data = {"custom_id": custom_id, "component_type": 2}
+        return self._base(3, data, user_id, message=message, **kw)
