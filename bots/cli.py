@@ -69,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .admin_cli import add_admin_parsers
 
     add_admin_parsers(sub)
+
+    from .discord.cli import add_discord_parsers
+
+    add_discord_parsers(sub)
     return parser
 
 
@@ -77,8 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = _settings(args)
-        setup_logging("DEBUG" if args.verbose else ("WARNING" if args.command in ("imagine", "chat", "credits", "jobs")
-                                                    else settings.LOG_LEVEL), settings.secrets())
+        quiet = args.command in ("imagine", "chat", "credits", "jobs", "discord")  # their output is for people
+        setup_logging("DEBUG" if args.verbose else ("WARNING" if quiet else settings.LOG_LEVEL), settings.secrets())
         return int(args.func(args, settings) or 0) if hasattr(args, "func") else _run_async(args, settings)
     except ConfigError as error:
         print(f"imagine-bot: configuration error: {error.admin_message}", file=sys.stderr)

@@ -128,15 +128,23 @@ class ImagineCore:
         ))
 
     async def reroll(self, requester: UserRef, job_id: str, reply: ReplyTo, *,
-                     dedupe_key: str | None = None) -> Job:
-        """The same prompt and parameters again, charged again, for whoever pressed the button."""
+                     dedupe_key: str | None = None, extra_input: dict[str, Any] | None = None) -> Job:
+        """The same prompt and parameters again, charged again, for whoever pressed the button.
+
+        ``extra_input`` replaces the original's front-end inputs (the channel may differ: nsfw_checker).
+        """
         original = self.jobs.get(job_id)
         params = {k: v for k, v in original.params.items() if k in {s.name for s in self.model.inputs}}
         extra = {k: v for k, v in original.params.items() if k not in params}
+        extra.update(extra_input or {})
         return await self.orchestrator.submit(JobRequest(
             requester=requester, reply=reply, prompt=original.prompt, params=params,
             dedupe_key=dedupe_key, parent_id=original.id, extra_input=extra,
         ))
+
+    def check_can_submit(self, requester: UserRef) -> None:
+        """Raise the refusal an ``imagine`` by this user would meet (job limit, balance), changing nothing."""
+        self.orchestrator.precheck(requester)
 
     def credits(self, requester: UserRef) -> CreditsInfo:
         return CreditsInfo(self.ledger.balance(requester), self.jobs.active(requester.key))

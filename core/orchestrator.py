@@ -37,6 +37,7 @@ from .errors import (
     GatewayServerError,
     GatewayTimeout,
     ImagineError,
+    InsufficientCredits,
     JobInterrupted,
     TooManyActiveJobs,
     UnknownTask,
@@ -44,8 +45,9 @@ from .errors import (
 from .events import Accepted, Delivered, Failed, ImageFile, JobEvent, Progress, Queued
 from .frontend import FrontEnd
 from .gateway import GatewayClient, TaskRecord, TaskStage
+from .identity import UserRef
 from .jobs import Job, JobRequest, JobState, JobStore
-from .ledger import Ledger
+from .ledger import Ledger, describe_refill
 from .parsing import check_banned
 
 log = logging.getLogger(__name__)
@@ -115,6 +117,19 @@ class Orchestrator:
                           type(event).__name__, event.job.id)
 
     # ------------------------------------------------------------------ submitting
+    def precheck(self, requester: UserRef) -> None:
+        """Raise the refusal ``submit`` would make for this user (job limit, balance), reserving nothing.
+
+        For front ends that must decide before they acknowledge (Discord: private or public reply);
+        ``submit`` still enforces both atomically.
+        """
+        if self.jobs.count_active(requester.key) >= self.max_active_per_user:
+            raise TooManyActiveJobs(self.max_active_per_user)
+        balance = self.ledger.balance(requester)
+        if balance.available < self.model.cost:
+            raise InsufficientCredits(balance=balance.available, cost=self.model.cost,
+                                      next_refill=describe_refill(balance.next_refill, utcnow()))
+
     async def submit(self, request: JobRequest) -> Job:
         """Reserve credits, record the job and start it. Raises a user-facing ``ImagineError``."""
         if not self._accepting:
