@@ -21,6 +21,7 @@ demo: $(STAMP)
 ## test: lint and the whole suite
 test: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/hadolint Dockerfile
 	$(BIN)/python -m pytest -q
 

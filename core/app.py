@@ -15,6 +15,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -189,5 +190,6 @@ class ImagineCore:
         self._require_admin(actor, platform_admin)
         return self.ledger.report_csv()
 
-    def now(self):
+    def now(self) -> datetime:
+        """The current time (UTC), for messages that mention times."""
         return utcnow()

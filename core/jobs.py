@@ -152,7 +152,7 @@ class JobStore:
 
     def insert(self, request: JobRequest, *, model: str, cost: int, job_id: str | None = None) -> Job:
         now = iso(utcnow())
-        row = {
+        row: dict[str, Any] = {
             "id": job_id or new_job_id(),
             "account": request.requester.key,
             "platform": request.reply.platform,
@@ -168,7 +168,7 @@ class JobStore:
             "updated_at": now,
         }
         with transaction(self.db):
-            self.db["jobs"].insert(row)
+            self.db.table("jobs").insert(row)
         return self.get(row["id"])
 
     def get(self, job_id: str) -> Job:
@@ -238,7 +238,7 @@ class JobStore:
 
     def recent(self, account: str | None = None, *, limit: int = 20,
                states: Iterable[JobState] | None = None) -> list[Job]:
-        sql, args = "SELECT * FROM jobs WHERE 1=1", []
+        sql, args = "SELECT * FROM jobs WHERE 1=1", list[Any]()
         if account is not None:
             sql += " AND account = ?"
             args.append(account)

@@ -164,7 +164,10 @@ class Orchestrator:
     def _start(self, job: Job) -> None:
         task = asyncio.create_task(self._run(job.id), name=f"job-{job.id}")
         self._tasks[job.id] = task
-        task.add_done_callback(lambda _t, jid=job.id: self._tasks.pop(jid, None))
+        def forget(_: asyncio.Task[None], job_id: str = job.id) -> None:
+            self._tasks.pop(job_id, None)
+
+        task.add_done_callback(forget)
 
     # ------------------------------------------------------------------ lifecycle
     async def resume(self) -> int:

@@ -66,6 +66,5 @@ async def start_web(app: web.Application, host: str, port: int) -> tuple[web.App
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
-    server = site._server  # aiohttp exposes the bound socket only here
-    bound = server.sockets[0].getsockname()[1] if server and server.sockets else port  # type: ignore[union-attr]
-    return runner, bound
+    bound = runner.addresses[0][1] if runner.addresses else port
+    return runner, int(bound)
