@@ -80,14 +80,24 @@ def credits(balance: Balance, active: int, now: datetime) -> str:
     return " ".join(lines)
 
 
-def help_text(model: ModelSpec, *, command: str = "/imagine", admin: bool = False) -> str:
+def help_text(model: ModelSpec, *, command: str = "/imagine", admin: bool = False, slash: bool = False) -> str:
+    """How to use the bot. ``slash``: the platform has separate app commands (Discord) instead of the
+    ``/imagine credits`` / ``/imagine admin ...`` text subcommands (Slack, terminal)."""
     lines = [
         f"{command} <prompt> makes an image with {model.label} for {model.cost} credits,"
         " charged only when the image arrives.",
         usage(model).replace("/imagine", command),
         f"Example: {command} a lighthouse at dusk --ar 16:9 --quality high",
-        f"{command} credits shows your balance; {command} help shows this.",
     ]
+    if slash:
+        lines.append("The aspect_ratio and quality options work too (a flag typed in the prompt wins). "
+                     "/credits shows your balance; /help shows this. Every image has Reroll and Delete buttons.")
+        if admin:
+            lines.append("Admins: /imagine-admin grant @user 90 (negative to revoke) · "
+                         "/imagine-admin allowance @user 360 (leave credits empty for the default) · "
+                         "/imagine-admin report")
+        return "\n".join(lines)
+    lines.append(f"{command} credits shows your balance; {command} help shows this.")
     if admin:
         lines.append(
             f"Admins: {command} admin grant @user 90 (negative to revoke) · "

@@ -22,7 +22,6 @@ from core.errors import ImagineError
 from core.identity import UserRef
 from core.jobs import Job, ReplyTo
 
-from . import wording
 from .hook import ReplyData
 
 log = logging.getLogger(__name__)
@@ -132,12 +131,7 @@ class Handlers:
 
     async def help(self, interaction: discord.Interaction) -> None:
         admin = self.core.is_admin(user_ref(interaction.user), platform_admin=manages_server(interaction))
-        # the core's help without its last line, which names the text commands; Discord's come instead
-        lines = messages.help_text(self.core.model, command="/imagine").splitlines()[:-1]
-        lines.append(wording.COMMANDS)
-        if admin:
-            lines.append(wording.ADMIN_COMMANDS)
-        await reply_private(interaction, "\n".join(lines))
+        await reply_private(interaction, messages.help_text(self.core.model, admin=admin, slash=True))
 
     # ------------------------------------------------------------------ admins
     async def admin_grant(self, interaction: discord.Interaction, user: discord.abc.User, amount: int,

@@ -12,12 +12,3 @@ def too_large(filename: str, size: int, limit: int, url: str | None) -> str:
     mib = f"{size / 1024 / 1024:.1f} MB"
     where = f" Download it here (the link expires): {url}" if url else ""
     return f"`{filename}` ({mib}) is larger than this channel allows ({limit / 1024 / 1024:.0f} MB).{where}"
-
-COMMANDS = (
-    "The aspect_ratio and quality options work too (a flag typed in the prompt wins). "
-    "/credits shows your balance; /help shows this. Every image has Reroll and Delete buttons."
-)
-ADMIN_COMMANDS = (
-    "Admins (ADMINS, or Manage Server here): /imagine-admin grant @user 90 (negative to revoke) · "
-    "/imagine-admin allowance @user 360 (leave credits empty for the default) · /imagine-admin report"
-)
