@@ -76,9 +76,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+GLOBAL_FLAGS = ("--sandbox", "-v", "--verbose")
+
+
+def hoist_global_options(argv: Sequence[str]) -> list[str]:
+    """Let ``--sandbox``, ``--db PATH`` and ``-v`` stand anywhere: ``imagine-bot run --only slack --sandbox``."""
+    front: list[str] = []
+    rest: list[str] = []
+    items = iter(argv)
+    for arg in items:
+        if arg == "--":
+            rest.append(arg)
+            rest.extend(items)
+            break
+        if arg in GLOBAL_FLAGS or arg.startswith("--db="):
+            front.append(arg)
+        elif arg == "--db":
+            front.extend([arg, next(items, "")])
+        else:
+            rest.append(arg)
+    return front + rest
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(hoist_global_options(sys.argv[1:] if argv is None else argv))
     try:
         settings = _settings(args)
         quiet = args.command in ("imagine", "chat", "credits", "jobs", "discord")  # their output is for people

@@ -132,3 +132,11 @@ def test_sandbox_command_serves_the_gateway_contract(tmp_path):
     finally:
         proc.terminate()
         proc.communicate(timeout=10)
+
+
+def test_global_options_may_stand_after_the_command():
+    from bots.cli import hoist_global_options
+
+    assert hoist_global_options(["run", "--only", "slack", "--sandbox"]) == ["--sandbox", "run", "--only", "slack"]
+    assert hoist_global_options(["credits", "show", "--db", "x.db", "-v"]) == ["--db", "x.db", "-v", "credits", "show"]
+    assert hoist_global_options(["imagine", "--", "--sandbox"]) == ["imagine", "--", "--sandbox"]
