@@ -38,6 +38,33 @@ class TokenBucket:
         self.tokens -= 1
 
 
+class RateLimiter:
+    """Spaces calls evenly at ``rate`` per second, allowing a burst of ``burst`` (GCRA).
+
+    Shared by every job's polling, so a thousand jobs in flight still ask the gateway no more than
+    ``rate`` times a second (recordInfo allows about 10/s per key); each job's own interval simply
+    stretches. Callers are served in the order they ask.
+    """
+
+    def __init__(self, rate: float, burst: int = 1, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = 1.0 / rate
+        self.burst = max(1, burst)
+        self.clock = clock
+        self._tat = float("-inf")  # theoretical arrival time of the next call
+
+    def reserve(self) -> float:
+        """Take the next slot; returns how long to wait for it."""
+        now = self.clock()
+        tat = max(self._tat, now)
+        self._tat = tat + self.interval
+        return max(0.0, tat - now - (self.burst - 1) * self.interval)
+
+    async def acquire(self) -> None:
+        wait = self.reserve()
+        if wait > 0:
+            await asyncio.sleep(wait)
+
+
 class Admission:
     def __init__(self, max_active: int, rate: int, per: float = 10.0,
                  clock: Callable[[], float] = time.monotonic) -> None:

@@ -65,6 +65,7 @@ class ImagineCore:
             create_rate_per_10s=settings.CREATE_RATE_PER_10S,
             poll_interval_s=settings.POLL_INTERVAL_S,
             poll_max_interval_s=settings.POLL_MAX_INTERVAL_S,
+            poll_rate_per_s=settings.POLL_RATE_PER_S,
             job_timeout_s=settings.JOB_TIMEOUT_S,
             callback_url=settings.callback_url,
             banned_words=tuple(settings.BANNED_WORDS),
@@ -91,7 +92,9 @@ class ImagineCore:
             if http is None:
                 http = await stack.enter_async_context(
                     httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0),
-                                      limits=httpx.Limits(max_connections=100),
+                                      # keep every pooled connection alive: httpcore compares the *total*
+                                      # with max_keepalive (encode/httpcore#1035) and would churn them
+                                      limits=httpx.Limits(max_connections=100, max_keepalive_connections=100),
                                       headers={"User-Agent": f"imagine-bot/{__version__}"})
                 )
             gateway = GatewayClient(http, base_url=base_url, api_key=api_key,

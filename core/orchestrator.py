@@ -26,7 +26,7 @@ from pathlib import Path
 
 import sqlite_utils
 
-from .admission import Admission
+from .admission import Admission, RateLimiter
 from .catalog import ModelSpec
 from .db import transaction, utcnow
 from .errors import (
@@ -54,8 +54,9 @@ log = logging.getLogger(__name__)
 
 #: a new task may be unknown to recordInfo for a while (gateway contract: about 90 s)
 UNKNOWN_TASK_GRACE_S = 90.0
-#: with callbacks configured, polling is only the fallback: first look after this long
-CALLBACK_FALLBACK_FIRST_S = 20.0
+#: with callbacks configured, polling is only the fallback: first look after this long, then this often
+CALLBACK_FALLBACK_FIRST_S = 45.0
+CALLBACK_FALLBACK_EVERY_S = 30.0
 
 
 class Orchestrator:
@@ -74,6 +75,7 @@ class Orchestrator:
         poll_interval_s: float,
         poll_max_interval_s: float,
         job_timeout_s: float,
+        poll_rate_per_s: float = 8.0,
         callback_url: str | None = None,
         banned_words: tuple[str, ...] = (),
         monotonic: Callable[[], float] = time.monotonic,
@@ -92,6 +94,7 @@ class Orchestrator:
         self.banned_words = banned_words
         self.monotonic = monotonic
         self.admission = Admission(max_active, create_rate_per_10s)
+        self.poll_limiter = RateLimiter(poll_rate_per_s, burst=max(1, int(poll_rate_per_s)))
         self.frontends: dict[str, FrontEnd] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._wakeups: dict[str, asyncio.Event] = {}
@@ -301,7 +304,9 @@ class Orchestrator:
                     except TimeoutError:
                         pass
                     wake.clear()
-                wait = self._next_interval(age)
+                wait = CALLBACK_FALLBACK_EVERY_S if self.callback_url else self._next_interval(age)
+                if not wake.is_set():  # a callback's confirmation goes first; polls share the key's rate
+                    await self.poll_limiter.acquire()
                 try:
                     record = await self.gateway.record_info(job.task_id)
                 except UnknownTask:

@@ -49,6 +49,7 @@ class Settings(BaseSettings):
     CREATE_RATE_PER_10S: int = Field(default=18, ge=1)
     POLL_INTERVAL_S: float = Field(default=2.0, gt=0)
     POLL_MAX_INTERVAL_S: float = Field(default=15.0, gt=0)
+    POLL_RATE_PER_S: float = Field(default=8.0, gt=0)
     JOB_TIMEOUT_S: float = Field(default=600.0, gt=0)
 
     # --- people and moderation

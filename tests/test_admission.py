@@ -80,3 +80,15 @@ async def test_rate_limit_holds_the_head_of_the_queue():
     assert admitted == ["a", "b"]  # the burst; c and d wait for tokens
     await asyncio.wait_for(asyncio.gather(*tasks), timeout=5)
     assert admitted == ["a", "b", "c", "d"]
+
+
+def test_rate_limiter_spaces_calls_after_a_burst():
+    from core.admission import RateLimiter
+
+    now = [100.0]
+    limiter = RateLimiter(rate=4, burst=2, clock=lambda: now[0])
+    waits = [limiter.reserve() for _ in range(6)]
+    assert waits[:2] == [0.0, 0.0]  # the burst
+    assert waits[2:] == [0.25, 0.5, 0.75, 1.0]  # then one every 1/rate seconds, in order
+    now[0] += 10  # idle time does not bank more than the burst
+    assert [limiter.reserve() for _ in range(3)] == [0.0, 0.0, 0.25]

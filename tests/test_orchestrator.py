@@ -205,3 +205,18 @@ async def test_job_caught_mid_submit_is_refunded_not_resent(make_settings, tmp_p
         assert "restarted" in fe.events[-1].error.user_message
         assert sandbox.requests["createTask"] == sent_before
         assert core.ledger.balance(ALICE).available == 180
+
+
+async def test_polling_shares_one_rate_across_all_jobs(make_settings, tmp_path, sandbox):
+    import time
+
+    async with ImagineCore.open(make_settings(POLL_RATE_PER_S=10, MAX_ACTIVE_JOBS_PER_USER=20)) as core:
+        core.register(recorder(tmp_path))
+        started = time.monotonic()
+        for n in range(12):
+            await core.imagine(UserRef("terminal", "local", f"u{n}"), REPLY, f"image {n} sandbox:slow")
+        await core.orchestrator.wait_idle()
+        elapsed = time.monotonic() - started
+        assert all(j.state is JobState.DELIVERED for j in core.jobs.recent(limit=20))
+    # each job alone would poll every 0.02-0.05 s; together they may not pass 10/s (+ the burst of 10)
+    assert sandbox.requests["recordInfo"] <= 10 * elapsed + 10 + 1
