@@ -1,0 +1,124 @@
+"""Completion -> delivered overhead: from the moment the gateway's task is done to the moment the image is
+handed to the front end, minus the download of the image itself.
+
+The sandbox gateway (its own process) knows when each task ends: its creation time plus the time it
+spends in each state (the generating time is stretched by a random factor per task, so that completions
+fall at every phase of the pollers). The recording front end notes the wall clock when ``Delivered``
+arrives; the result download is timed by wrapping the gateway client's ``download`` (same process), and
+subtracted. Both processes read the same system clock.
+
+- with callbacks: the orchestrator's ``callback_url`` is the core web app's ``/callbacks/modkie``; the
+  sandbox POSTs there when the task ends, which wakes the job's tracker (one recordInfo to confirm).
+- with polling: no callback URL; default adaptive polling (``POLL_INTERVAL_S=2``), so the overhead is
+  dominated by the poll interval (on average half of it).
+
+Jobs arrive one every 100 ms; the admission limits are raised for this run (``MAX_ACTIVE_JOBS``,
+``CREATE_RATE_PER_10S``) so that admission does not delay them (it does not affect this figure anyway).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .common import (
+    HOST,
+    REPLY,
+    Helper,
+    Recorder,
+    bench_settings,
+    fig,
+    ms,
+    sandbox_process,
+    say,
+    summary,
+    task_of_url,
+    timed_downloads,
+    user,
+)
+
+GOAL_MS = 100.0
+DELAYS = {"waiting": 0.2, "queuing": 0.2, "generating": 4.0}
+JITTER = 0.5  # generating: 2 to 6 s
+SPACING_S = 0.1
+
+
+async def one_mode(mode: str, n: int, workdir: Path, base_url: str, sandbox: Helper) -> dict[str, Any]:
+    from core.app import ImagineCore
+    from core.web import build_web_app, start_web
+
+    await sandbox.ask({"op": "reset"})
+    settings = bench_settings(workdir, base_url, MAX_ACTIVE_JOBS=max(32, n), CREATE_RATE_PER_10S=max(18, 4 * n))
+    async with ImagineCore.open(settings) as core:
+        took = timed_downloads(core.gateway)
+        recorder = Recorder()
+        core.register(recorder)
+        await core.start()
+        runner = None
+        if mode == "callbacks":
+            runner, port = await start_web(build_web_app(core), HOST, 0)
+            core.orchestrator.callback_url = f"http://{HOST}:{port}/callbacks/modkie"
+        try:
+            for i in range(n):
+                await core.imagine(user(i, mode[:4]), REPLY, f"{mode} job {i}")
+                await asyncio.sleep(SPACING_S)
+            finished = await recorder.wait(n, timeout=60)
+        finally:
+            if runner is not None:
+                await runner.cleanup()
+        sent = dict(core.gateway.requests_sent)
+    stats = await sandbox.ask({"op": "stats"})
+    done_at: dict[str, float] = stats["done_at"]
+    download_s = {task_of_url(url): seconds for url, seconds in took.items()}
+    raw, net, downloads = [], [], []
+    for job_id, seen in recorder.delivered.items():
+        task_id = recorder.task_of[job_id]
+        overhead = seen.wall - done_at[task_id]
+        raw.append(overhead)
+        net.append(overhead - download_s.get(task_id, 0.0))
+        downloads.append(download_s.get(task_id, 0.0))
+    delivered = len(recorder.delivered)
+    return {
+        "n": n,
+        "finished_in_time": finished,
+        "delivered": delivered,
+        "failed": dict(recorder.failed),
+        "overhead_ms": summary(net, 1000),
+        "overhead_with_download_ms": summary(raw, 1000),
+        "download_ms": summary(downloads, 1000),
+        "client_requests": sent,
+        "sandbox_requests": stats["requests"],
+        "api_requests_per_job": (sent.get("createTask", 0) + sent.get("recordInfo", 0)) / max(1, delivered),
+    }
+
+
+async def main(quick: bool) -> dict[str, Any]:
+    n = 10 if quick else 40
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="imagine-bench-") as tmp:
+        async with sandbox_process(delays=DELAYS, jitter=JITTER, image_scale=0.125) as (base_url, sandbox):
+            for mode in ("callbacks", "polling"):
+                say(f"{mode}: {n} jobs, one every {SPACING_S * 1000:.0f} ms, generating 2-6 s each")
+                results[mode] = await one_mode(mode, n, Path(tmp) / mode, base_url, sandbox)
+    cb, poll = results["callbacks"]["overhead_ms"], results["polling"]["overhead_ms"]
+    figures = [
+        fig("completion -> delivered overhead, callbacks: p50 / p99", f"{ms(cb['p50'])} / {ms(cb['p99'])}",
+            f"p99 < {GOAL_MS:.0f} ms", cb.get("p99", 1e9) < GOAL_MS and results["callbacks"]["delivered"] == n,
+            **cb),
+        fig("completion -> delivered overhead, polling every 2 s: p50 / p99", f"{ms(poll['p50'])} / {ms(poll['p99'])}",
+            "(bounded by the poll interval)", None, **poll),
+        fig("gateway API requests per job, callbacks, jobs of 2-6 s (createTask + recordInfo)",
+            f"{results['callbacks']['api_requests_per_job']:.2f}", "<= 2",
+            results["callbacks"]["api_requests_per_job"] <= 2.0 and results["callbacks"]["delivered"] == n,
+            per_job=results["callbacks"]["api_requests_per_job"]),
+        fig("download of the image (subtracted above), callbacks: p50",
+            ms(results["callbacks"]["download_ms"].get("p50", float("nan"))), "", None,
+            **results["callbacks"]["download_ms"]),
+    ]
+    return {"figures": figures, "details": results}
+
+
+def run(quick: bool) -> dict[str, Any]:
+    return asyncio.run(main(quick))
