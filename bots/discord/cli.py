@@ -69,6 +69,7 @@ async def sync(settings: Settings) -> int:
 
     from .client import ImagineClient, sync_commands
 
+    _token(settings)  # say what is missing before starting anything
     model = get_model(settings.MODKIE_MODEL, settings.MODKIE_ASPECT_RATIOS)
     client = ImagineClient(settings, model)
     try:
@@ -90,7 +91,8 @@ def invite(client_id: str | int) -> str:
 
 async def invite_url(settings: Settings, client_id: str | None = None) -> int:
     if client_id is None:
-        import discord
+        _token(settings)
+        from .client import discord
 
         client = discord.Client(intents=discord.Intents.none())
         try:

@@ -35,6 +35,10 @@ from .handlers import Handlers, reply_private
 
 log = logging.getLogger(__name__)
 
+# the bot never joins voice: don't warn at every start that the voice libraries are missing
+discord.VoiceClient.warn_nacl = False
+discord.VoiceClient.warn_dave = False
+
 
 def configure_endpoints(settings: Settings) -> None:
     """Point discord.py at ``DISCORD_API_BASE`` and ``DISCORD_GATEWAY_URL`` (proxies, tests).
