@@ -81,8 +81,10 @@ class ImagineCore:
             if settings.sandbox:
                 from .sandbox import SandboxGateway
 
-                sandbox = SandboxGateway()
+                sandbox = SandboxGateway(delays={"waiting": 0.4, "queuing": 0.4, "generating": 2.0})
                 base_url = await sandbox.start()
+                # the gateway is in-process: poll it often enough to show every stage
+                settings = settings.model_copy(update={"POLL_INTERVAL_S": min(settings.POLL_INTERVAL_S, 0.4)})
                 stack.push_async_callback(sandbox.stop)
                 api_key = api_key or "sandbox"
                 log.info("sandbox gateway running at %s (no credits are spent)", base_url)
