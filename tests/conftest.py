@@ -6,7 +6,7 @@ Every outside service is a real local server; nothing here touches the internet.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from core.sandbox import SandboxGateway
 from core.settings import Settings, load_settings
 
 TEST_API_KEY = "mk-test-secret-key-0123456789"
-FAST_DELAYS = {"waiting": 0.02, "queuing": 0.02, "generating": 0.05}
+FAST_DELAYS = {"waiting": 0.02, "queuing": 0.02, "generating": 0.04}
 
 
 @pytest.fixture(autouse=True)
@@ -31,13 +31,24 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 @pytest.fixture
-async def sandbox() -> AsyncIterator[SandboxGateway]:
-    gateway = SandboxGateway(delays=dict(FAST_DELAYS), image_scale=0.125)
-    await gateway.start()
-    try:
-        yield gateway
-    finally:
+async def make_sandbox() -> AsyncIterator[Callable[..., Awaitable[SandboxGateway]]]:
+    """Start sandbox gateways (fast delays, small images unless told otherwise); all stopped at the end."""
+    started: list[SandboxGateway] = []
+
+    async def make(**kwargs: Any) -> SandboxGateway:
+        gateway = SandboxGateway(**{"delays": dict(FAST_DELAYS), "image_scale": 0.125, **kwargs})
+        await gateway.start()
+        started.append(gateway)
+        return gateway
+
+    yield make
+    for gateway in started:
         await gateway.stop()
+
+
+@pytest.fixture
+async def sandbox(make_sandbox: Callable[..., Awaitable[SandboxGateway]]) -> SandboxGateway:
+    return await make_sandbox()
 
 
 @pytest.fixture

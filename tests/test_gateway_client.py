@@ -77,19 +77,13 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
 
 
 @pytest.fixture
-async def make_gateway() -> AsyncIterator[Callable[..., Awaitable[SandboxGateway]]]:
-    started: list[SandboxGateway] = []
+def make_gateway(make_sandbox: Callable[..., Awaitable[SandboxGateway]]) -> Callable[..., Awaitable[SandboxGateway]]:
+    """Sandbox gateways that insist on the test key."""
 
-    async def make(**kwargs: Any) -> SandboxGateway:
-        kwargs = {"delays": dict(DELAYS), "image_scale": SCALE, "api_key": KEY, **kwargs}
-        gateway = SandboxGateway(**kwargs)
-        await gateway.start()
-        started.append(gateway)
-        return gateway
+    def make(**kwargs: Any) -> Awaitable[SandboxGateway]:
+        return make_sandbox(**{"delays": dict(DELAYS), "image_scale": SCALE, "api_key": KEY, **kwargs})
 
-    yield make
-    for gateway in started:
-        await gateway.stop()
+    return make
 
 
 @pytest.fixture

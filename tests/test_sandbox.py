@@ -18,9 +18,10 @@ from PIL import Image
 from core.catalog import KIE_ASPECT_RATIOS
 from core.gateway import parse_callback
 from core.sandbox import SandboxGateway, image_size, render_png, stage_at
+from tests.conftest import FAST_DELAYS
 
 MODEL = "seedream/4.5-text-to-image"
-DELAYS = {"waiting": 0.02, "queuing": 0.02, "generating": 0.04}
+DELAYS = FAST_DELAYS
 SECRET = "whsec-sandbox"
 Receiver = tuple[str, "asyncio.Queue[tuple[dict[str, str], bytes]]"]
 
@@ -31,21 +32,6 @@ def job(prompt: str = "a quiet harbour at dawn", **extra: Any) -> dict[str, Any]
     if "callBackUrl" in extra:
         body["callBackUrl"] = extra["callBackUrl"]
     return body
-
-
-@pytest.fixture
-async def make_sandbox() -> AsyncIterator[Callable[..., Awaitable[SandboxGateway]]]:
-    started: list[SandboxGateway] = []
-
-    async def make(**kwargs: Any) -> SandboxGateway:
-        gateway = SandboxGateway(**{"delays": dict(DELAYS), "image_scale": 0.125, **kwargs})
-        await gateway.start()
-        started.append(gateway)
-        return gateway
-
-    yield make
-    for gateway in started:
-        await gateway.stop()
 
 
 @pytest.fixture
