@@ -25,6 +25,7 @@ from typing import Any
 import sqlite_utils
 
 from .db import iso, transaction, utcnow
+from .errors import NotFound
 from .identity import UserRef
 
 
@@ -174,8 +175,6 @@ class JobStore:
     def get(self, job_id: str) -> Job:
         rows = list(self.db.query("SELECT * FROM jobs WHERE id = ?", [job_id]))
         if not rows:
-            from .errors import NotFound
-
             raise NotFound(f"no job {job_id}", user_message="I could not find that image job.")
         return _row_to_job(rows[0])
 

@@ -33,6 +33,7 @@ from .errors import (
     DeliveryError,
     GatewayError,
     GatewayMaintenance,
+    GatewayProtocolError,
     GatewayRateLimited,
     GatewayServerError,
     GatewayTimeout,
@@ -46,7 +47,7 @@ from .events import Accepted, Delivered, Failed, ImageFile, JobEvent, Progress, 
 from .frontend import FrontEnd
 from .gateway import GatewayClient, TaskRecord, TaskStage
 from .identity import UserRef
-from .jobs import Job, JobRequest, JobState, JobStore
+from .jobs import Job, JobRequest, JobState, JobStore, new_job_id
 from .ledger import Ledger, describe_refill
 from .parsing import check_banned
 
@@ -143,8 +144,6 @@ class Orchestrator:
                 log.info("redelivered request %s: job %s already exists", request.dedupe_key, existing.id)
                 return existing
         check_banned(request.prompt, self.banned_words)
-        from .jobs import new_job_id
-
         job_id = new_job_id()
         try:
             with transaction(self.db):
@@ -329,8 +328,6 @@ class Orchestrator:
 
     async def _download(self, job: Job, record: TaskRecord) -> Job:
         if not record.result_urls:
-            from .errors import GatewayProtocolError
-
             raise GatewayProtocolError(f"task {job.task_id} succeeded without result URLs")
         folder = self.spool / job.id
         folder.mkdir(parents=True, exist_ok=True)
