@@ -166,6 +166,7 @@ class Orchestrator:
     def _start(self, job: Job) -> None:
         task = asyncio.create_task(self._run(job.id), name=f"job-{job.id}")
         self._tasks[job.id] = task
+
         def forget(_: asyncio.Task[None], job_id: str = job.id) -> None:
             self._tasks.pop(job_id, None)
 
