@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 
 PositionCallback = Callable[[int], Awaitable[None]]
@@ -39,30 +40,46 @@ class TokenBucket:
 
 
 class RateLimiter:
-    """Spaces calls evenly at ``rate`` per second, allowing a burst of ``burst`` (GCRA).
+    """At most ``rate`` calls a second (after a burst of ``burst``), shared by every job's recordInfo.
 
-    Shared by every job's polling, so a thousand jobs in flight still ask the gateway no more than
-    ``rate`` times a second (recordInfo allows about 10/s per key); each job's own interval simply
-    stretches. Callers are served in the order they ask.
+    So a thousand jobs in flight still ask the gateway no more than ``rate`` times a second (recordInfo
+    allows about 10/s per key); each job is simply polled less often. Callers wait in two FIFO lines:
+    ``urgent`` ones (confirming a callback: the image is ready) go before routine polls.
     """
 
     def __init__(self, rate: float, burst: int = 1, clock: Callable[[], float] = time.monotonic) -> None:
-        self.interval = 1.0 / rate
-        self.burst = max(1, burst)
-        self.clock = clock
-        self._tat = float("-inf")  # theoretical arrival time of the next call
+        burst = max(1, burst)
+        self.bucket = TokenBucket(burst, burst / rate, clock)
+        self._lines: tuple[deque[asyncio.Future[None]], deque[asyncio.Future[None]]] = (deque(), deque())
+        self._timer: asyncio.TimerHandle | None = None
 
-    def reserve(self) -> float:
-        """Take the next slot; returns how long to wait for it."""
-        now = self.clock()
-        tat = max(self._tat, now)
-        self._tat = tat + self.interval
-        return max(0.0, tat - now - (self.burst - 1) * self.interval)
+    @property
+    def waiting(self) -> int:
+        return sum(not f.done() for line in self._lines for f in line)
 
-    async def acquire(self) -> None:
-        wait = self.reserve()
-        if wait > 0:
-            await asyncio.sleep(wait)
+    async def acquire(self, *, urgent: bool = False) -> None:
+        if not self.waiting and self.bucket.wait_time() == 0.0:
+            self.bucket.take()
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._lines[0 if urgent else 1].append(future)
+        self._schedule()
+        await future  # a cancelled waiter is skipped when its turn comes
+
+    def _schedule(self) -> None:
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.bucket.wait_time(), self._release)
+
+    def _release(self) -> None:
+        self._timer = None
+        for line in self._lines:
+            while line and self.bucket.wait_time() == 0.0:
+                future = line.popleft()
+                if not future.done():
+                    self.bucket.take()
+                    future.set_result(None)
+        if self.waiting:
+            self._schedule()
 
 
 class Admission:

@@ -303,10 +303,11 @@ class Orchestrator:
                         await asyncio.wait_for(wake.wait(), timeout=min(wait, self.job_timeout_s - age))
                     except TimeoutError:
                         pass
-                    wake.clear()
+                called_back = wake.is_set()
+                wake.clear()
                 wait = CALLBACK_FALLBACK_EVERY_S if self.callback_url else self._next_interval(age)
-                if not wake.is_set():  # a callback's confirmation goes first; polls share the key's rate
-                    await self.poll_limiter.acquire()
+                # every recordInfo shares the key's rate; confirming a callback goes before routine polls
+                await self.poll_limiter.acquire(urgent=called_back)
                 try:
                     record = await self.gateway.record_info(job.task_id)
                 except UnknownTask:

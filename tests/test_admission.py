@@ -82,13 +82,27 @@ async def test_rate_limit_holds_the_head_of_the_queue():
     assert admitted == ["a", "b", "c", "d"]
 
 
-def test_rate_limiter_spaces_calls_after_a_burst():
+async def test_rate_limiter_serves_urgent_callers_first_within_the_rate():
+    import time
+
     from core.admission import RateLimiter
 
-    now = [100.0]
-    limiter = RateLimiter(rate=4, burst=2, clock=lambda: now[0])
-    waits = [limiter.reserve() for _ in range(6)]
-    assert waits[:2] == [0.0, 0.0]  # the burst
-    assert waits[2:] == [0.25, 0.5, 0.75, 1.0]  # then one every 1/rate seconds, in order
-    now[0] += 10  # idle time does not bank more than the burst
-    assert [limiter.reserve() for _ in range(3)] == [0.0, 0.0, 0.25]
+    limiter = RateLimiter(rate=50, burst=2)
+    order: list[str] = []
+
+    async def call(name: str, urgent: bool = False) -> None:
+        await limiter.acquire(urgent=urgent)
+        order.append(name)
+
+    started = time.monotonic()
+    tasks = [asyncio.create_task(call(f"poll{n}")) for n in range(4)]
+    await asyncio.sleep(0)
+    tasks += [asyncio.create_task(call(f"confirm{n}", urgent=True)) for n in range(2)]
+    cancelled = asyncio.create_task(call("gone"))
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    await asyncio.gather(*tasks)
+    elapsed = time.monotonic() - started
+    assert order == ["poll0", "poll1", "confirm0", "confirm1", "poll2", "poll3"]  # the burst, then urgent first
+    assert elapsed >= 4 / 50 * 0.9  # four calls past the burst, 50 a second
+    assert limiter.waiting == 0
