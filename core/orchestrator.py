@@ -95,7 +95,8 @@ class Orchestrator:
         self.banned_words = banned_words
         self.monotonic = monotonic
         self.admission = Admission(max_active, create_rate_per_10s)
-        self.poll_limiter = RateLimiter(poll_rate_per_s, burst=max(1, int(poll_rate_per_s)))
+        # a burst of 2 on top of 8/s keeps every second within the gateway's ~10 recordInfo/s
+        self.poll_limiter = RateLimiter(poll_rate_per_s, burst=2)
         self.frontends: dict[str, FrontEnd] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._wakeups: dict[str, asyncio.Event] = {}
