@@ -303,32 +303,71 @@ class _JitteredTasks(dict):  # type: ignore[type-arg]
         super().__setitem__(key, task)
 
 
+class _TimedRequests(Counter[str]):
+    """The sandbox's request counter (its middleware does ``requests[endpoint] += 1`` as each request
+    arrives), also noting when (``time.monotonic()``) each recordInfo request arrived."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.recordinfo_at: list[float] = []
+
+    def __setitem__(self, key: str, value: int) -> None:
+        if key == "recordInfo":
+            self.recordinfo_at.append(time.monotonic())
+        super().__setitem__(key, value)
+
+    def clear(self) -> None:
+        super().clear()
+        self.recordinfo_at.clear()
+
+
+def busiest_second(times: Iterable[float]) -> int:
+    """The most events in any sliding window of 1 s, [t, t + 1)."""
+    data = sorted(times)
+    best, lo = 0, 0
+    for hi, t in enumerate(data):
+        while data[lo] <= t - 1.0:
+            lo += 1
+        best = max(best, hi - lo + 1)
+    return best
+
+
+def per_second(times: Iterable[float]) -> list[int]:
+    """Events in each fixed 1-s window, counted from the first event."""
+    data = sorted(times)
+    if not data:
+        return []
+    counts = [0] * (int(data[-1] - data[0]) + 1)
+    for t in data:
+        counts[int(t - data[0])] += 1
+    return counts
+
+
 async def sandbox_helper(conn: multiprocessing.connection.Connection, *, delays: dict[str, float],
                          image_scale: float, latency: float, jitter: float, seed: int) -> None:
-    """The sandbox gateway in a helper process. Replies to ``stats`` with its request counts, a per-second
-    timeline of recordInfo requests, and when (wall clock) each task reached its end state."""
+    """The sandbox gateway in a helper process. Replies to ``stats`` with its request counts, the arrival
+    rate of recordInfo requests (from each request's arrival time), and when (wall clock) each task reached
+    its end state; ``delays`` changes the delays of the tasks created from then on (e.g. after a warm-up)."""
     from core.sandbox import SandboxGateway
 
     gateway = SandboxGateway(delays=delays, image_scale=image_scale, latency=latency, api_key=API_KEY)
     gateway.tasks = _JitteredTasks(jitter, seed)
+    requests = _TimedRequests()
+    gateway.requests = requests
     base_url = await gateway.start(HOST, 0)
-    timeline: list[int] = []  # recordInfo requests seen in each second since start
-
-    async def sample() -> None:
-        last = 0
-        while True:
-            await asyncio.sleep(1.0)
-            now = gateway.requests["recordInfo"]
-            timeline.append(now - last)
-            last = now
-
-    sampler = asyncio.create_task(sample())
     conn.send({"base_url": base_url, "pid": os.getpid()})
 
     def stats() -> dict[str, Any]:
         loop_now, wall_now = asyncio.get_running_loop().time(), time.time()
         done = {tid: wall_now - (loop_now - task.created) + task.duration for tid, task in gateway.tasks.items()}
-        return {"requests": dict(gateway.requests), "done_at": done, "recordinfo_per_s": list(timeline),
+        arrivals = requests.recordinfo_at
+        span = arrivals[-1] - arrivals[0] if len(arrivals) > 1 else 0.0
+        return {"requests": dict(gateway.requests), "done_at": done,
+                "recordinfo": {"count": len(arrivals), "span_s": span,
+                               "mean_per_s": (len(arrivals) - 1) / span if span > 0 else 0.0,
+                               "busiest_second": busiest_second(arrivals),
+                               "busiest_fixed_second": max(per_second(arrivals), default=0),
+                               "per_second": per_second(arrivals)},
                 "peak_rss_mb": peak_rss_mb(), "cpu_s": cpu_seconds()}
 
     try:
@@ -340,14 +379,14 @@ async def sandbox_helper(conn: multiprocessing.connection.Connection, *, delays:
                 conn.send(stats())
             elif message.get("op") == "reset":
                 gateway.requests.clear()
-                timeline.clear()
+                conn.send({"ok": True})
+            elif message.get("op") == "delays":
+                gateway.delays = {**gateway.delays, **message["delays"]}
                 conn.send({"ok": True})
             elif message.get("op") == "stop":
                 conn.send(stats())
                 break
     finally:
-        sampler.cancel()
-        await asyncio.gather(sampler, return_exceptions=True)
         await gateway.stop()
 
 
@@ -365,13 +404,16 @@ async def sandbox_process(*, delays: dict[str, float], image_scale: float = 0.12
 
 
 async def drain(core: Any, timeout: float = 60.0) -> bool:  # noqa: ASYNC109
-    """After a measurement: lift the admission limits so every job left finishes, and wait for them, so
-    that nothing is cut off in the middle of a gateway request at shutdown. False if they did not finish."""
-    from core.admission import TokenBucket
+    """After a measurement: lift the admission limits and the shared recordInfo rate so every job left
+    finishes soon, and wait for them, so that nothing is cut off in the middle of a gateway request at
+    shutdown. False if they did not finish. (Only for clean-up: no figure is measured while draining; a
+    poll already waiting for its slot keeps it, later polls take the new, unbounded limiter.)"""
+    from core.admission import RateLimiter, TokenBucket
 
     admission = core.orchestrator.admission
     admission.max_active = 1_000_000
     admission.bucket = TokenBucket(1_000_000, 1.0)
+    core.orchestrator.poll_limiter = RateLimiter(1_000_000.0, burst=1_000_000)
     try:
         await asyncio.wait_for(core.orchestrator.wait_idle(), timeout)
     except TimeoutError:

@@ -5,13 +5,15 @@ queuing 0.3 s, generating 2.4 s) serves three designs in turn:
 
 - naive: a loop over the commands: createTask, then ``sleep 5 s; recordInfo`` until done, download, next;
 - ours with callbacks: the real orchestrator, the gateway calling back ``/callbacks/modkie``;
-- ours with polling: the real orchestrator with its default adaptive polling (2 s at first).
+- ours with polling: the real orchestrator with its default polling (2 s a job at first; all jobs share
+  ``POLL_RATE_PER_S``, 8 recordInfo/s, which 3 jobs at 2 s, 1.5/s, never reach).
 
 Both use the same gateway client (``core.gateway.GatewayClient``). Latency = from the moment the N commands
 arrive to the moment each image is in hand (the naive loop saves it; ours hands it to the front end).
 The naive loop needs at least 5 s per job whatever the gateway does, so its throughput is at most 12
 jobs a minute; ours is bounded by ``CREATE_RATE_PER_10S`` (18 per 10 s by default: 108 a minute) and
-``MAX_ACTIVE_JOBS`` (32 at once).
+``MAX_ACTIVE_JOBS`` (32 at once), and when polling also by ``POLL_RATE_PER_S`` (8 recordInfo/s, at least one
+a job: at most 480 jobs a minute, well above the 108 created).
 """
 
 from __future__ import annotations
