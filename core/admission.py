@@ -29,10 +29,11 @@ class TokenBucket:
         self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.fill_per_s)
         self.stamp = now
 
-    def wait_time(self) -> float:
-        """Seconds until a token is available (0 when one is)."""
+    def wait_time(self, keep: float = 0.0) -> float:
+        """Seconds until a token can be taken leaving ``keep`` tokens in the bucket (0 when it can now)."""
         self._refill()
-        return 0.0 if self.tokens >= 1 else (1 - self.tokens) / self.fill_per_s
+        need = 1.0 + keep
+        return 0.0 if self.tokens >= need else (need - self.tokens) / self.fill_per_s
 
     def take(self) -> None:
         self._refill()
@@ -40,44 +41,63 @@ class TokenBucket:
 
 
 class RateLimiter:
-    """At most ``rate`` calls a second (after a burst of ``burst``), shared by every job's recordInfo.
+    """A shared budget of ``rate`` calls a second for every job's recordInfo.
 
-    So a thousand jobs in flight still ask the gateway no more than ``rate`` times a second (recordInfo
-    allows about 10/s per key); each job is simply polled less often. Callers wait in two FIFO lines:
-    ``urgent`` ones (confirming a callback: the image is ready) go before routine polls.
+    So a thousand jobs in flight still ask the gateway no more than ``rate`` times a second on average
+    (recordInfo allows about 10/s per key); each job is simply polled less often. Callers wait in two
+    FIFO lines. ``urgent`` callers (confirming a callback: an image is ready) go first and may use the
+    whole bucket (``urgent_burst``), so a cluster of finished jobs is confirmed at once; routine polls
+    leave that reserve alone and get at most ``burst`` in a row.
     """
 
-    def __init__(self, rate: float, burst: int = 1, clock: Callable[[], float] = time.monotonic) -> None:
-        burst = max(1, burst)
-        self.bucket = TokenBucket(burst, burst / rate, clock)
+    def __init__(self, rate: float, burst: int = 1, urgent_burst: int | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.burst = max(1, burst)
+        capacity = max(self.burst, urgent_burst or self.burst)
+        self.bucket = TokenBucket(capacity, capacity / rate, clock)
+        self._keep = (0.0, float(capacity - self.burst))  # tokens each line leaves: urgent, routine
         self._lines: tuple[deque[asyncio.Future[None]], deque[asyncio.Future[None]]] = (deque(), deque())
         self._timer: asyncio.TimerHandle | None = None
 
+    def _waiting_in(self, line: int) -> int:
+        return sum(not f.done() for f in self._lines[line])
+
     @property
     def waiting(self) -> int:
-        return sum(not f.done() for line in self._lines for f in line)
+        return self._waiting_in(0) + self._waiting_in(1)
 
     async def acquire(self, *, urgent: bool = False) -> None:
-        if not self.waiting and self.bucket.wait_time() == 0.0:
+        line = 0 if urgent else 1
+        ahead = self._waiting_in(0) + (self._waiting_in(1) if line else 0)  # an urgent caller passes polls
+        if not ahead and self.bucket.wait_time(self._keep[line]) == 0.0:
             self.bucket.take()
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._lines[0 if urgent else 1].append(future)
+        self._lines[line].append(future)
         self._schedule()
         await future  # a cancelled waiter is skipped when its turn comes
 
     def _schedule(self) -> None:
-        if self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self.bucket.wait_time(), self._release)
+        """Wake at the first moment a waiting caller can go (sooner if an urgent one just came)."""
+        loop = asyncio.get_running_loop()
+        waits = [self.bucket.wait_time(keep) for n, keep in enumerate(self._keep) if self._waiting_in(n)]
+        when = loop.time() + min(waits, default=0.0)
+        if self._timer is not None:
+            if self._timer.when() <= when:
+                return
+            self._timer.cancel()
+        self._timer = loop.call_at(when, self._release)
 
     def _release(self) -> None:
         self._timer = None
-        for line in self._lines:
-            while line and self.bucket.wait_time() == 0.0:
+        for keep, line in zip(self._keep, self._lines, strict=True):
+            while line and self.bucket.wait_time(keep) == 0.0:
                 future = line.popleft()
                 if not future.done():
                     self.bucket.take()
                     future.set_result(None)
+            if line is self._lines[0] and self._waiting_in(0):
+                break  # routine polls never pass a confirmation that is still waiting
         if self.waiting:
             self._schedule()
 

@@ -95,8 +95,9 @@ class Orchestrator:
         self.banned_words = banned_words
         self.monotonic = monotonic
         self.admission = Admission(max_active, create_rate_per_10s)
-        # a burst of 2 on top of 8/s keeps every second within the gateway's ~10 recordInfo/s
-        self.poll_limiter = RateLimiter(poll_rate_per_s, burst=2)
+        # routine polls: a burst of 2 on top of the rate keeps their busiest second within the gateway's
+        # ~10 recordInfo/s; callback confirmations may use a second's worth at once
+        self.poll_limiter = RateLimiter(poll_rate_per_s, burst=2, urgent_burst=max(2, int(poll_rate_per_s)))
         self.frontends: dict[str, FrontEnd] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._wakeups: dict[str, asyncio.Event] = {}

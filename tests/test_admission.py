@@ -106,3 +106,17 @@ async def test_rate_limiter_serves_urgent_callers_first_within_the_rate():
     assert order == ["poll0", "poll1", "confirm0", "confirm1", "poll2", "poll3"]  # the burst, then urgent first
     assert elapsed >= 4 / 50 * 0.9  # four calls past the burst, 50 a second
     assert limiter.waiting == 0
+
+
+async def test_confirmations_may_use_the_reserve_that_routine_polls_leave():
+    from core.admission import RateLimiter
+
+    limiter = RateLimiter(rate=5, burst=2, urgent_burst=5)
+    routine = [asyncio.create_task(limiter.acquire()) for _ in range(3)]
+    await asyncio.sleep(0.01)
+    assert sum(t.done() for t in routine) == 2  # routine polls: a burst of 2 only
+    urgent = [asyncio.create_task(limiter.acquire(urgent=True)) for _ in range(3)]
+    await asyncio.sleep(0.01)
+    assert all(t.done() for t in urgent)  # confirmations: the rest of the bucket at once
+    assert not routine[2].done()
+    await asyncio.wait_for(routine[2], timeout=2)
