@@ -444,3 +444,19 @@ def timed_downloads(gateway: Any) -> dict[str, float]:
 def task_of_url(url: str) -> str:
     """The sandbox's result URLs are ``{base}/files/{task_id}/{n}.png``."""
     return url.rstrip("/").split("/")[-2]
+
+
+@contextlib.asynccontextmanager
+async def callbacks_served(core: Any, enabled: bool) -> AsyncIterator[None]:
+    """With ``enabled``: serve the core's web app on ``HOST`` and have jobs ask the gateway to call back there."""
+    if not enabled:
+        yield
+        return
+    from core.web import build_web_app, start_web
+
+    runner, port = await start_web(build_web_app(core), HOST, 0)
+    core.orchestrator.callback_url = f"http://{HOST}:{port}/callbacks/modkie"
+    try:
+        yield
+    finally:
+        await runner.cleanup()

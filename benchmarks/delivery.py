@@ -31,11 +31,11 @@ from typing import Any
 from core.settings import Settings
 
 from .common import (
-    HOST,
     REPLY,
     Helper,
     Recorder,
     bench_settings,
+    callbacks_served,
     fig,
     ms,
     sandbox_process,
@@ -56,7 +56,6 @@ POLL_RATE_PER_S: float = Settings.model_fields["POLL_RATE_PER_S"].default
 
 async def one_mode(mode: str, n: int, workdir: Path, base_url: str, sandbox: Helper) -> dict[str, Any]:
     from core.app import ImagineCore
-    from core.web import build_web_app, start_web
 
     await sandbox.ask({"op": "reset"})
     peak_in_flight = 0
@@ -66,19 +65,12 @@ async def one_mode(mode: str, n: int, workdir: Path, base_url: str, sandbox: Hel
         recorder = Recorder()
         core.register(recorder)
         await core.start()
-        runner = None
-        if mode == "callbacks":
-            runner, port = await start_web(build_web_app(core), HOST, 0)
-            core.orchestrator.callback_url = f"http://{HOST}:{port}/callbacks/modkie"
-        try:
+        async with callbacks_served(core, mode == "callbacks"):
             for i in range(n):
                 await core.imagine(user(i, mode[:4]), REPLY, f"{mode} job {i}")
                 peak_in_flight = max(peak_in_flight, core.orchestrator.in_flight)
                 await asyncio.sleep(SPACING_S)
             finished = await recorder.wait(n, timeout=60)
-        finally:
-            if runner is not None:
-                await runner.cleanup()
         sent = dict(core.gateway.requests_sent)
     stats = await sandbox.ask({"op": "stats"})
     done_at: dict[str, float] = stats["done_at"]

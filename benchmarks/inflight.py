@@ -55,13 +55,13 @@ from core.orchestrator import CALLBACK_FALLBACK_EVERY_S, CALLBACK_FALLBACK_FIRST
 from core.settings import Settings
 
 from .common import (
-    HOST,
     REPLY,
     Helper,
     LoopLag,
     Recorder,
     bench_settings,
     busiest_second,
+    callbacks_served,
     cpu_seconds,
     fig,
     ms,
@@ -124,7 +124,6 @@ def tracking_deadline_s(n: int, delays: dict[str, float]) -> float:
 
 async def one_mode(mode: str, n: int, delays: dict[str, float], workdir: Path) -> dict[str, Any]:
     from core.app import ImagineCore
-    from core.web import build_web_app, start_web
 
     async with sandbox_process(delays=WARM_DELAYS, jitter=JITTER, image_scale=0.05) as (base_url, sandbox):
         settings = bench_settings(workdir, base_url, MAX_ACTIVE_JOBS=n, CREATE_RATE_PER_10S=10 * n)
@@ -135,11 +134,7 @@ async def one_mode(mode: str, n: int, delays: dict[str, float], workdir: Path) -
             recorder = Recorder()
             core.register(recorder)
             await core.start()
-            runner = None
-            if mode == "callbacks":
-                runner, port = await start_web(build_web_app(core), HOST, 0)
-                core.orchestrator.callback_url = f"http://{HOST}:{port}/callbacks/modkie"
-            try:
+            async with callbacks_served(core, mode == "callbacks"):
                 await core.imagine(user(0, "warm"), REPLY, "warm up")  # first connection, first statements
                 await recorder.wait(1, timeout=60)
                 await sandbox.ask({"op": "delays", "delays": delays})
@@ -169,9 +164,6 @@ async def one_mode(mode: str, n: int, delays: dict[str, float], workdir: Path) -
                 cpu = cpu_seconds() - cpu_before
                 lags = await lag.stop()
                 rss_after = rss_mb()
-            finally:
-                if runner is not None:
-                    await runner.cleanup()
             sent = dict(core.gateway.requests_sent)
         stats = await sandbox.ask({"op": "stats"})
 

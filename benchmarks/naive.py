@@ -26,10 +26,10 @@ from typing import Any
 
 from .common import (
     API_KEY,
-    HOST,
     REPLY,
     Recorder,
     bench_settings,
+    callbacks_served,
     fig,
     sandbox_process,
     say,
@@ -70,24 +70,16 @@ async def naive(n: int, base_url: str, out: Path) -> list[float]:
 
 async def ours(n: int, base_url: str, workdir: Path, *, callbacks: bool) -> list[float]:
     from core.app import ImagineCore
-    from core.web import build_web_app, start_web
 
     async with ImagineCore.open(bench_settings(workdir, base_url)) as core:  # default limits and polling
         recorder = Recorder()
         core.register(recorder)
         await core.start()
-        runner = None
-        if callbacks:
-            runner, port = await start_web(build_web_app(core), HOST, 0)
-            core.orchestrator.callback_url = f"http://{HOST}:{port}/callbacks/modkie"
-        try:
+        async with callbacks_served(core, callbacks):
             t0 = time.perf_counter()
             for i in range(n):
                 await core.imagine(user(i), REPLY, f"our job {i}")
             await recorder.wait(n, timeout=60)
-        finally:
-            if runner is not None:
-                await runner.cleanup()
     return [seen.mono - t0 for seen in recorder.delivered.values()]
 
 
