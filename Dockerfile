@@ -5,6 +5,7 @@ FROM python:3.11-slim AS build
 WORKDIR /src
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 COPY pyproject.toml README.md ./
+COPY imagine_bot ./imagine_bot
 COPY core ./core
 COPY bots ./bots
 RUN python -m venv /opt/venv && /opt/venv/bin/pip install --no-compile .

@@ -52,7 +52,7 @@ DELAYS = {"waiting": 0.3, "queuing": 0.3, "generating": 1.0}
 
 
 async def core_burst(n: int, workdir: Path) -> dict[str, Any]:
-    from core.app import ImagineCore
+    from imagine_bot.core.app import ImagineCore
 
     async with sandbox_process(delays=DELAYS) as (base_url, _sandbox):
         async with ImagineCore.open(bench_settings(workdir, base_url)) as core:
@@ -167,9 +167,9 @@ async def _burst(http: Any, fake: Any, url: str, n: int, prefix: str) -> dict[st
 
 
 async def slack_burst(n: int, workdir: Path) -> dict[str, Any]:
-    from bots.slack import SlackService
-    from core.app import ImagineCore
-    from core.web import build_web_app, start_web
+    from imagine_bot.bots.slack import SlackService
+    from imagine_bot.core.app import ImagineCore
+    from imagine_bot.core.web import build_web_app, start_web
 
     slack = Helper("benchmarks.ack:slack_helper")
     try:

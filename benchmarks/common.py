@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.events import Accepted, Delivered, Failed, JobEvent, Progress, Queued
-from core.identity import UserRef
-from core.jobs import ReplyTo
-from core.settings import Settings, load_settings
+from imagine_bot.core.events import Accepted, Delivered, Failed, JobEvent, Progress, Queued
+from imagine_bot.core.identity import UserRef
+from imagine_bot.core.jobs import ReplyTo
+from imagine_bot.core.settings import Settings, load_settings
 
 HOST = "127.0.0.1"
 API_KEY = "bench-sandbox-key-0123456789"
@@ -348,7 +348,7 @@ async def sandbox_helper(conn: multiprocessing.connection.Connection, *, delays:
     """The sandbox gateway in a helper process. Replies to ``stats`` with its request counts, the arrival
     rate of recordInfo requests (from each request's arrival time), and when (wall clock) each task reached
     its end state; ``delays`` changes the delays of the tasks created from then on (e.g. after a warm-up)."""
-    from core.sandbox import SandboxGateway
+    from imagine_bot.core.sandbox import SandboxGateway
 
     gateway = SandboxGateway(delays=delays, image_scale=image_scale, latency=latency, api_key=API_KEY)
     gateway.tasks = _JitteredTasks(jitter, seed)
@@ -408,7 +408,7 @@ async def drain(core: Any, timeout: float = 60.0) -> bool:  # noqa: ASYNC109
     finishes soon, and wait for them, so that nothing is cut off in the middle of a gateway request at
     shutdown. False if they did not finish. (Only for clean-up: no figure is measured while draining; a
     poll already waiting for its slot keeps it, later polls take the new, unbounded limiter.)"""
-    from core.admission import RateLimiter, TokenBucket
+    from imagine_bot.core.admission import RateLimiter, TokenBucket
 
     admission = core.orchestrator.admission
     admission.max_active = 1_000_000
@@ -452,7 +452,7 @@ async def callbacks_served(core: Any, enabled: bool) -> AsyncIterator[None]:
     if not enabled:
         yield
         return
-    from core.web import build_web_app, start_web
+    from imagine_bot.core.web import build_web_app, start_web
 
     runner, port = await start_web(build_web_app(core), HOST, 0)
     core.orchestrator.callback_url = f"http://{HOST}:{port}/callbacks/modkie"

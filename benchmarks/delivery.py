@@ -28,7 +28,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from core.settings import Settings
+from imagine_bot.core.settings import Settings
 
 from .common import (
     REPLY,
@@ -55,7 +55,7 @@ POLL_RATE_PER_S: float = Settings.model_fields["POLL_RATE_PER_S"].default
 
 
 async def one_mode(mode: str, n: int, workdir: Path, base_url: str, sandbox: Helper) -> dict[str, Any]:
-    from core.app import ImagineCore
+    from imagine_bot.core.app import ImagineCore
 
     await sandbox.ask({"op": "reset"})
     peak_in_flight = 0

@@ -51,8 +51,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from core.orchestrator import CALLBACK_FALLBACK_EVERY_S, CALLBACK_FALLBACK_FIRST_S
-from core.settings import Settings
+from imagine_bot.core.orchestrator import CALLBACK_FALLBACK_EVERY_S, CALLBACK_FALLBACK_FIRST_S
+from imagine_bot.core.settings import Settings
 
 from .common import (
     REPLY,
@@ -123,7 +123,7 @@ def tracking_deadline_s(n: int, delays: dict[str, float]) -> float:
 
 
 async def one_mode(mode: str, n: int, delays: dict[str, float], workdir: Path) -> dict[str, Any]:
-    from core.app import ImagineCore
+    from imagine_bot.core.app import ImagineCore
 
     async with sandbox_process(delays=WARM_DELAYS, jitter=JITTER, image_scale=0.05) as (base_url, sandbox):
         settings = bench_settings(workdir, base_url, MAX_ACTIVE_JOBS=n, CREATE_RATE_PER_10S=10 * n)

@@ -44,8 +44,8 @@ NAIVE_POLL_S = 5.0
 async def naive(n: int, base_url: str, out: Path) -> list[float]:
     import httpx
 
-    from core.catalog import get_model
-    from core.gateway import GatewayClient, TaskStage
+    from imagine_bot.core.catalog import get_model
+    from imagine_bot.core.gateway import GatewayClient, TaskStage
 
     model = get_model("seedream/4.5-text-to-image", [])
     await asyncio.to_thread(out.mkdir, parents=True, exist_ok=True)
@@ -69,7 +69,7 @@ async def naive(n: int, base_url: str, out: Path) -> list[float]:
 
 
 async def ours(n: int, base_url: str, workdir: Path, *, callbacks: bool) -> list[float]:
-    from core.app import ImagineCore
+    from imagine_bot.core.app import ImagineCore
 
     async with ImagineCore.open(bench_settings(workdir, base_url)) as core:  # default limits and polling
         recorder = Recorder()

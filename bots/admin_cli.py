@@ -14,12 +14,12 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from core.db import open_db, utcnow
-from core.errors import UserInputError
-from core.identity import UserRef
-from core.jobs import JobState, JobStore
-from core.ledger import Ledger, describe_refill
-from core.settings import Settings
+from imagine_bot.core.db import open_db, utcnow
+from imagine_bot.core.errors import UserInputError
+from imagine_bot.core.identity import UserRef
+from imagine_bot.core.jobs import JobState, JobStore
+from imagine_bot.core.ledger import Ledger, describe_refill
+from imagine_bot.core.settings import Settings
 
 
 def _console() -> Console:

@@ -22,9 +22,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from core.errors import ConfigError, ImagineError
-from core.logs import setup_logging
-from core.settings import SANDBOX, Settings, load_settings
+from imagine_bot.core.errors import ConfigError, ImagineError
+from imagine_bot.core.logs import setup_logging
+from imagine_bot.core.settings import SANDBOX, Settings, load_settings
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -124,7 +124,7 @@ def _run_async(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "chat":
         return asyncio.run(terminal.chat(settings, local_user()))
     if args.command == "sandbox":
-        from core.sandbox.server import DEFAULT_DELAYS, serve_forever
+        from imagine_bot.core.sandbox.server import DEFAULT_DELAYS, serve_forever
 
         delays = {state: seconds * args.delay_scale for state, seconds in DEFAULT_DELAYS.items()}
         asyncio.run(serve_forever(args.host, args.port, delays=delays, dialect=args.dialect))

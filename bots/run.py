@@ -15,10 +15,10 @@ from typing import Protocol
 
 from aiohttp import web
 
-from core.app import ImagineCore
-from core.errors import ConfigError
-from core.settings import Settings
-from core.web import build_web_app, start_web
+from imagine_bot.core.app import ImagineCore
+from imagine_bot.core.errors import ConfigError
+from imagine_bot.core.settings import Settings
+from imagine_bot.core.web import build_web_app, start_web
 
 log = logging.getLogger(__name__)
 

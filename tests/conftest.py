@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from core.app import ImagineCore
-from core.sandbox import SandboxGateway
-from core.settings import Settings, load_settings
+from imagine_bot.core.app import ImagineCore
+from imagine_bot.core.sandbox import SandboxGateway
+from imagine_bot.core.settings import Settings, load_settings
 
 TEST_API_KEY = "mk-test-secret-key-0123456789"
 FAST_DELAYS = {"waiting": 0.02, "queuing": 0.02, "generating": 0.04}

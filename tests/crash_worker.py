@@ -12,11 +12,11 @@ import asyncio
 import sys
 from pathlib import Path
 
-from core.app import ImagineCore
-from core.events import Delivered, Failed, JobEvent
-from core.identity import UserRef
-from core.jobs import ReplyTo
-from core.settings import load_settings
+from imagine_bot.core.app import ImagineCore
+from imagine_bot.core.events import Delivered, Failed, JobEvent
+from imagine_bot.core.identity import UserRef
+from imagine_bot.core.jobs import ReplyTo
+from imagine_bot.core.settings import load_settings
 
 
 class FileChannel:

@@ -10,8 +10,8 @@ import json
 
 import pytest
 
-from core.errors import GatewayProtocolError, PermissionDenied
-from core.gateway import parse_callback, sign_kie, sign_modkie
+from imagine_bot.core.errors import GatewayProtocolError, PermissionDenied
+from imagine_bot.core.gateway import parse_callback, sign_kie, sign_modkie
 
 SECRET = "whsec-test-4242"
 TASK = "task_seedream_17651662387161234"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from bots.cli import main
+from imagine_bot.bots.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = Path(sys.executable).parent / "imagine-bot"
@@ -135,7 +135,7 @@ def test_sandbox_command_serves_the_gateway_contract(tmp_path):
 
 
 def test_global_options_may_stand_after_the_command():
-    from bots.cli import hoist_global_options
+    from imagine_bot.bots.cli import hoist_global_options
 
     assert hoist_global_options(["run", "--only", "slack", "--sandbox"]) == ["--sandbox", "run", "--only", "slack"]
     assert hoist_global_options(["credits", "show", "--db", "x.db", "-v"]) == ["--db", "x.db", "-v", "credits", "show"]

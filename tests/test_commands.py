@@ -8,9 +8,9 @@ import io
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core.commands import dispatch
-from core.identity import UserRef
-from core.jobs import JobState, ReplyTo
+from imagine_bot.core.commands import dispatch
+from imagine_bot.core.identity import UserRef
+from imagine_bot.core.jobs import JobState, ReplyTo
 
 ADMIN = UserRef("terminal", "local", "root")
 ALICE = UserRef("terminal", "local", "alice")
@@ -36,7 +36,7 @@ async def test_help_and_credits(core):
 
 
 async def test_a_prompt_that_starts_with_help_is_a_prompt(core):
-    from bots.terminal import TerminalFrontEnd
+    from imagine_bot.bots.terminal import TerminalFrontEnd
 
     core.register(TerminalFrontEnd(core.settings.spool_dir / "out", bar=False))
     reply = await say(core, ALICE, "help me draw a cat")
@@ -56,7 +56,7 @@ async def test_admin_commands_refused_for_non_admins(core):
 
 
 async def test_admin_commands_for_admins(make_settings):
-    from core.app import ImagineCore
+    from imagine_bot.core.app import ImagineCore
 
     async with ImagineCore.open(make_settings(ADMINS="terminal:root")) as core:
         reply = await say(core, ADMIN, "admin grant @alice 90 launch week")

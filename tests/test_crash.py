@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from core.db import open_db
-from core.jobs import JobState, JobStore
-from core.ledger import Ledger
-from core.sandbox import SandboxGateway
+from imagine_bot.core.db import open_db
+from imagine_bot.core.jobs import JobState, JobStore
+from imagine_bot.core.ledger import Ledger
+from imagine_bot.core.sandbox import SandboxGateway
 
 ROOT = Path(__file__).resolve().parents[1]
 JOBS = 32

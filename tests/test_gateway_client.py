@@ -16,8 +16,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from core import __version__
-from core.errors import (
+from imagine_bot.core import __version__
+from imagine_bot.core.errors import (
     DownloadError,
     GatewayAuthError,
     GatewayError,
@@ -32,8 +32,8 @@ from core.errors import (
     GenerationFailed,
     UnknownTask,
 )
-from core.gateway import GatewayClient, TaskRecord, TaskStage
-from core.sandbox import SandboxGateway, image_size
+from imagine_bot.core.gateway import GatewayClient, TaskRecord, TaskStage
+from imagine_bot.core.sandbox import SandboxGateway, image_size
 
 KEY = "mk-live-SECRET-do-not-leak-0123456789"
 MODEL = "seedream/4.5-text-to-image"
@@ -525,7 +525,7 @@ async def test_modkie_dialect_oddities(caplog: pytest.LogCaptureFixture) -> None
     ok = await client.record_info("t-ok")
     assert ok == TaskRecord("t-ok", TaskStage.SUCCESS, "completed", ("https://cdn.example.com/1.png",),
                             None, None, 100, 18, 82)
-    with caplog.at_level(logging.WARNING, logger="core.gateway"):
+    with caplog.at_level(logging.WARNING, logger="imagine_bot.core.gateway"):
         odd = await client.record_info("t-odd")
         await client.record_info("t-odd")
     assert (odd.stage, odd.state, odd.progress, odd.result_urls) == (TaskStage.GENERATING, "rendering", 42, ())

@@ -9,11 +9,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rich.console import Console
 
-from bots.terminal import TerminalFrontEnd
-from core import messages
-from core.errors import ImagineError
-from core.identity import UserRef
-from core.jobs import JobState, ReplyTo
+from imagine_bot.bots.terminal import TerminalFrontEnd
+from imagine_bot.core import messages
+from imagine_bot.core.errors import ImagineError
+from imagine_bot.core.identity import UserRef
+from imagine_bot.core.jobs import JobState, ReplyTo
 
 ALICE = UserRef("terminal", "local", "alice")
 NASTY = ["'; DROP TABLE jobs; --", "Robert'); DELETE FROM ledger;--", "<!channel>", "@everyone", "@here",

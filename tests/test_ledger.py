@@ -14,10 +14,10 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from core.db import open_db, transaction
-from core.errors import ConfigError, InsufficientCredits, NotFound, UserInputError
-from core.identity import UserRef
-from core.ledger import PERIODS, Ledger, describe_refill
+from imagine_bot.core.db import open_db, transaction
+from imagine_bot.core.errors import ConfigError, InsufficientCredits, NotFound, UserInputError
+from imagine_bot.core.identity import UserRef
+from imagine_bot.core.ledger import PERIODS, Ledger, describe_refill
 
 ALICE = UserRef("slack", "T1", "UALICE")
 BOB = UserRef("discord", "-", "4242")

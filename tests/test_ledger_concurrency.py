@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
-from core.db import open_db
-from core.errors import InsufficientCredits
-from core.identity import UserRef
-from core.ledger import Ledger
+from imagine_bot.core.db import open_db
+from imagine_bot.core.errors import InsufficientCredits
+from imagine_bot.core.identity import UserRef
+from imagine_bot.core.ledger import Ledger
 
 WHO = UserRef("slack", "T1", "URACE")
 COST = 18

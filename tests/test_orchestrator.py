@@ -10,13 +10,13 @@ import pytest
 from PIL import Image
 from rich.console import Console
 
-from bots.terminal import TerminalFrontEnd
-from core.app import ImagineCore
-from core.errors import DeliveryError, InsufficientCredits, TooManyActiveJobs
-from core.events import Accepted, Delivered, Failed, Progress, Queued
-from core.identity import UserRef
-from core.jobs import JobState, ReplyTo
-from core.web import build_web_app, start_web
+from imagine_bot.bots.terminal import TerminalFrontEnd
+from imagine_bot.core.app import ImagineCore
+from imagine_bot.core.errors import DeliveryError, InsufficientCredits, TooManyActiveJobs
+from imagine_bot.core.events import Accepted, Delivered, Failed, Progress, Queued
+from imagine_bot.core.identity import UserRef
+from imagine_bot.core.jobs import JobState, ReplyTo
+from imagine_bot.core.web import build_web_app, start_web
 
 ALICE = UserRef("terminal", "local", "alice")
 BOB = UserRef("terminal", "local", "bob")

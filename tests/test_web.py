@@ -10,8 +10,8 @@ import time
 
 import httpx
 
-from core.app import ImagineCore
-from core.web import build_web_app, start_web
+from imagine_bot.core.app import ImagineCore
+from imagine_bot.core.web import build_web_app, start_web
 
 
 async def serve(core: ImagineCore):

@@ -15,8 +15,8 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
-from core.errors import ConfigError
-from core.settings import Settings
+from imagine_bot.core.errors import ConfigError
+from imagine_bot.core.settings import Settings
 
 if TYPE_CHECKING:
     import discord
@@ -65,7 +65,7 @@ async def _login(client: discord.Client, settings: Settings) -> None:
 
 
 async def sync(settings: Settings) -> int:
-    from core.catalog import get_model
+    from imagine_bot.core.catalog import get_model
 
     from .client import ImagineClient, sync_commands
 

@@ -24,10 +24,10 @@ import yarl
 from discord import app_commands
 from discord.gateway import DiscordWebSocket
 
-from core.app import ImagineCore
-from core.catalog import ModelSpec
-from core.errors import ConfigError, ImagineError
-from core.settings import Settings
+from imagine_bot.core.app import ImagineCore
+from imagine_bot.core.catalog import ModelSpec
+from imagine_bot.core.errors import ConfigError, ImagineError
+from imagine_bot.core.settings import Settings
 
 from . import wording
 from .buttons import DeleteButton, RerollButton

@@ -24,11 +24,11 @@ from typing import Any
 
 import discord
 
-from core import messages
-from core.app import ImagineCore
-from core.errors import DeliveryError
-from core.events import Accepted, Delivered, Failed, JobEvent, Progress, Queued
-from core.jobs import Job
+from imagine_bot.core import messages
+from imagine_bot.core.app import ImagineCore
+from imagine_bot.core.errors import DeliveryError
+from imagine_bot.core.events import Accepted, Delivered, Failed, JobEvent, Progress, Queued
+from imagine_bot.core.jobs import Job
 
 from . import images, wording
 from .buttons import result_view

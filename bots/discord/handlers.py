@@ -16,11 +16,11 @@ from typing import Any
 
 import discord
 
-from core import commands, messages
-from core.app import ImagineCore
-from core.errors import ImagineError
-from core.identity import UserRef
-from core.jobs import Job, ReplyTo
+from imagine_bot.core import commands, messages
+from imagine_bot.core.app import ImagineCore
+from imagine_bot.core.errors import ImagineError
+from imagine_bot.core.identity import UserRef
+from imagine_bot.core.jobs import Job, ReplyTo
 
 from .hook import ReplyData
 

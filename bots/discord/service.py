@@ -15,9 +15,9 @@ from typing import Any
 import discord
 from aiohttp import web
 
-from core.app import ImagineCore
-from core.errors import ConfigError
-from core.settings import Settings
+from imagine_bot.core.app import ImagineCore
+from imagine_bot.core.errors import ConfigError
+from imagine_bot.core.settings import Settings
 
 from .client import ImagineClient, configure_endpoints, sync_commands
 from .frontend import DiscordFrontEnd

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from core.messages import quote_prompt
+from imagine_bot.core.messages import quote_prompt
 
 from .mentions import escape, mention
 

@@ -27,11 +27,11 @@ from slack_sdk.errors import SlackApiError, SlackRequestError
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
-from core import messages
-from core.app import ImagineCore
-from core.errors import DeliveryError
-from core.events import Accepted, Delivered, Failed, ImageFile, JobEvent, Progress, Queued
-from core.jobs import Job
+from imagine_bot.core import messages
+from imagine_bot.core.app import ImagineCore
+from imagine_bot.core.errors import DeliveryError
+from imagine_bot.core.events import Accepted, Delivered, Failed, ImageFile, JobEvent, Progress, Queued
+from imagine_bot.core.jobs import Job
 
 from . import blocks
 from .mentions import escape_keep_user_mentions

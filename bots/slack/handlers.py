@@ -15,12 +15,12 @@ from typing import Any
 
 from slack_bolt.app.async_app import AsyncApp
 
-from core import messages
-from core.app import ImagineCore
-from core.commands import CommandReply, dispatch
-from core.errors import ImagineError
-from core.identity import UserRef
-from core.jobs import Job, ReplyTo
+from imagine_bot.core import messages
+from imagine_bot.core.app import ImagineCore
+from imagine_bot.core.commands import CommandReply, dispatch
+from imagine_bot.core.errors import ImagineError
+from imagine_bot.core.identity import UserRef
+from imagine_bot.core.jobs import Job, ReplyTo
 
 from . import blocks
 from .frontend import SlackError, SlackFrontEnd, respond_ephemeral, slack_error_code

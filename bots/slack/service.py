@@ -26,9 +26,9 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 )
 from slack_sdk.web.async_client import AsyncWebClient
 
-from core.app import ImagineCore
-from core.errors import ConfigError
-from core.settings import Settings
+from imagine_bot.core.app import ImagineCore
+from imagine_bot.core.errors import ConfigError
+from imagine_bot.core.settings import Settings
 
 from .frontend import SlackError, SlackFrontEnd, slack_error_code
 from .handlers import SlackHandlers

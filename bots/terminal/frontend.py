@@ -12,9 +12,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
-from core import messages
-from core.events import Accepted, Delivered, Failed, JobEvent, Queued
-from core.events import Progress as ProgressEvent
+from imagine_bot.core import messages
+from imagine_bot.core.events import Accepted, Delivered, Failed, JobEvent, Queued
+from imagine_bot.core.events import Progress as ProgressEvent
 
 
 class TerminalFrontEnd:

@@ -8,14 +8,14 @@ from pathlib import Path
 
 from rich.console import Console
 
-from core import messages
-from core.app import ImagineCore
-from core.commands import dispatch
-from core.errors import ImagineError
-from core.events import Delivered
-from core.identity import UserRef
-from core.jobs import ReplyTo
-from core.settings import Settings
+from imagine_bot.core import messages
+from imagine_bot.core.app import ImagineCore
+from imagine_bot.core.commands import dispatch
+from imagine_bot.core.errors import ImagineError
+from imagine_bot.core.events import Delivered
+from imagine_bot.core.identity import UserRef
+from imagine_bot.core.jobs import ReplyTo
+from imagine_bot.core.settings import Settings
 
 from .frontend import TerminalFrontEnd
 

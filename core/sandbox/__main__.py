@@ -1,4 +1,4 @@
-"""``python -m core.sandbox --port 8787``: serve the sandbox gateway standalone."""
+"""``python -m imagine_bot.core.sandbox --port 8787``: serve the sandbox gateway standalone."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from .server import DEFAULT_DELAYS, serve_forever
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m core.sandbox", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m imagine_bot.core.sandbox", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8787, help="port to bind (default 8787; 0 picks one)")
     parser.add_argument("--delay-scale", type=float, default=1.0,

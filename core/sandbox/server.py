@@ -435,7 +435,7 @@ def _envelope(code: int, msg: str, data: Any = None, *, status: int = 200,
 
 
 async def serve_forever(host: str = "127.0.0.1", port: int = 8787, **kwargs: Any) -> None:
-    """Run a sandbox gateway until cancelled (``imagine-bot sandbox``, ``python -m core.sandbox``)."""
+    """Run a sandbox gateway until cancelled (``imagine-bot sandbox``, ``python -m imagine_bot.core.sandbox``)."""
     gateway = SandboxGateway(**kwargs)
     base_url = await gateway.start(host, port)
     log.info("sandbox gateway listening on %s (no credits are spent)", base_url)

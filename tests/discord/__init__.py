@@ -1,2 +1,2 @@
 # importing bots.discord first keeps discord.py's audioop DeprecationWarning out of the test run
-import bots.discord  # noqa: F401
+import imagine_bot.bots.discord  # noqa: F401

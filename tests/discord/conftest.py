@@ -15,10 +15,10 @@ import discord
 import pytest
 from discord.gateway import DiscordWebSocket
 
-from bots.discord import DiscordService
-from core.app import ImagineCore
-from core.identity import UserRef
-from core.settings import Settings
+from imagine_bot.bots.discord import DiscordService
+from imagine_bot.core.app import ImagineCore
+from imagine_bot.core.identity import UserRef
+from imagine_bot.core.settings import Settings
 from tests.fakes.discord_api import Call, FakeDiscord, InteractionFactory
 
 #: status edits at most this often in tests (1 s in production), so throttling is visible but quick

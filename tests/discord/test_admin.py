@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 
-from core import messages
+from imagine_bot.core import messages
 
 from .conftest import ALICE, BOB, discord_user
 

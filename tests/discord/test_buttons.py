@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from core import messages
-from core.jobs import JobState
+from imagine_bot.core import messages
+from imagine_bot.core.jobs import JobState
 
 from .conftest import ALICE, BOB, CAROL, discord_user
 

@@ -6,8 +6,8 @@ import io
 
 from PIL import Image
 
-from core.jobs import JobState
-from core.sandbox import render_png
+from imagine_bot.core.jobs import JobState
+from imagine_bot.core.sandbox import render_png
 from tests.fakes.discord_api import invalid_webhook_token
 
 from .conftest import ALICE, discord_user, old_interaction_time

@@ -8,8 +8,8 @@ import asyncio
 import discord
 import pytest
 
-from bots.discord import DiscordService
-from bots.discord.cli import (
+from imagine_bot.bots.discord import DiscordService
+from imagine_bot.bots.discord.cli import (
     INVITE_PERMISSIONS,
     SCOPES,
     add_discord_parsers,
@@ -18,9 +18,9 @@ from bots.discord.cli import (
     invite_url,
     sync,
 )
-from bots.run import run
-from core.app import ImagineCore
-from core.errors import ConfigError
+from imagine_bot.bots.run import run
+from imagine_bot.core.app import ImagineCore
+from imagine_bot.core.errors import ConfigError
 from tests.fakes.discord_api import InteractionFactory
 
 from .conftest import ALICE

@@ -7,9 +7,9 @@ import io
 import time
 import urllib.parse
 
-from bots.slack.blocks import ACTION_DELETE, ACTION_REROLL
-from core.identity import UserRef
-from core.jobs import JobState
+from imagine_bot.bots.slack.blocks import ACTION_DELETE, ACTION_REROLL
+from imagine_bot.core.identity import UserRef
+from imagine_bot.core.jobs import JobState
 
 from .conftest import ADMIN, TEAM, SlackHarness, sign
 

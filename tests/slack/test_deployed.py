@@ -15,9 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from core.db import open_db
-from core.jobs import JobState, JobStore
-from core.sandbox import SandboxGateway
+from imagine_bot.core.db import open_db
+from imagine_bot.core.jobs import JobState, JobStore
+from imagine_bot.core.sandbox import SandboxGateway
 from tests.fakes.slack_api import FakeSlackAPI
 from tests.slack.conftest import BOT_TOKEN, SIGNING_SECRET, TEAM, sign
 

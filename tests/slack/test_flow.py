@@ -8,11 +8,11 @@ import time
 
 from PIL import Image
 
-from bots.slack.blocks import ACTION_DELETE, ACTION_REROLL
-from bots.slack.mentions import escape
-from core import messages
-from core.identity import UserRef
-from core.jobs import JobState
+from imagine_bot.bots.slack.blocks import ACTION_DELETE, ACTION_REROLL
+from imagine_bot.bots.slack.mentions import escape
+from imagine_bot.core import messages
+from imagine_bot.core.identity import UserRef
+from imagine_bot.core.jobs import JobState
 
 from .conftest import TEAM, SlackHarness
 

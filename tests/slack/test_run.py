@@ -9,7 +9,7 @@ import urllib.parse
 
 import httpx
 
-from bots.run import run
+from imagine_bot.bots.run import run
 
 from .conftest import TEAM, sign
 
@@ -40,7 +40,7 @@ async def test_run_serves_slack_events_on_the_one_web_server_and_stops_cleanly(s
 
 
 def test_the_manifest_is_package_data_with_the_command_scopes_and_event():
-    text = importlib.resources.files("bots.slack").joinpath("manifest.yml").read_text()
+    text = importlib.resources.files("imagine_bot.bots.slack").joinpath("manifest.yml").read_text()
     for needle in ("command: /imagine", "usage_hint:", "should_escape: true", "home_tab_enabled: true",
                    "socket_mode_enabled: true", "- app_home_opened", "- commands", "- chat:write",
                    "- files:write", "- im:write"):

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from bots.slack import SlackService
-from bots.slack.service import EVENTS_PATH, close_socket_handler
-from core.app import ImagineCore
-from core.errors import ConfigError
-from core.identity import UserRef
-from core.jobs import JobState
-from core.web import build_web_app
+from imagine_bot.bots.slack import SlackService
+from imagine_bot.bots.slack.service import EVENTS_PATH, close_socket_handler
+from imagine_bot.core.app import ImagineCore
+from imagine_bot.core.errors import ConfigError
+from imagine_bot.core.identity import UserRef
+from imagine_bot.core.jobs import JobState
+from imagine_bot.core.web import build_web_app
 
 from .conftest import APP_TOKEN, TEAM, SlackHarness
 

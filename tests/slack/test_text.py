@@ -9,9 +9,9 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bots.slack import blocks
-from bots.slack.frontend import SlackFrontEnd
-from bots.slack.mentions import (
+from imagine_bot.bots.slack import blocks
+from imagine_bot.bots.slack.frontend import SlackFrontEnd
+from imagine_bot.bots.slack.mentions import (
     command_text,
     escape,
     escape_keep_user_mentions,
@@ -19,11 +19,11 @@ from bots.slack.mentions import (
     unescape,
     user_resolver,
 )
-from core.db import utcnow
-from core.errors import GenerationFailed
-from core.events import Accepted, Failed, Progress
-from core.identity import UserRef
-from core.jobs import Job, JobState, ReplyTo
+from imagine_bot.core.db import utcnow
+from imagine_bot.core.errors import GenerationFailed
+from imagine_bot.core.events import Accepted, Failed, Progress
+from imagine_bot.core.identity import UserRef
+from imagine_bot.core.jobs import Job, JobState, ReplyTo
 
 
 @given(st.text())
