@@ -120,6 +120,14 @@ class ImagineCore:
             log.info("resumed %d job(s) left in flight", count)
         return count
 
+    def record_receipt(self, job_id: str, **ids: Any) -> Job:
+        """Front ends: note what the platform returned for a delivery (message id, file ids), at once.
+
+        Merged into the job's receipt in one short transaction and handed back as ``Delivered.receipt``
+        if the job is delivered again (after a crash or a takeover): see ``FrontEnd``.
+        """
+        return self.jobs.record_receipt(job_id, **ids)
+
     # ------------------------------------------------------------------ users
     def parse(self, text: str, defaults: dict[str, str] | None = None) -> ParsedPrompt:
         return parse_imagine(text, self.model, banned_words=self.settings.BANNED_WORDS, defaults=defaults)

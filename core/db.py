@@ -98,6 +98,13 @@ def m002_jobs(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX jobs_task ON jobs(task_id)")
 
 
+@migration
+def m010_job_receipt(db: sqlite_utils.Database) -> None:
+    # JSON: what the front end recorded as soon as the platform accepted the post (message id, file ids),
+    # handed back with a repeated ``Delivered`` so that a retry finishes the post instead of posting again
+    db.execute("ALTER TABLE jobs ADD COLUMN receipt TEXT")
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 

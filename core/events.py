@@ -2,13 +2,15 @@
 
 A front end turns each event into platform messages (opsdroid-style dispatch by type). ``Delivered`` is
 special: the front end must post the images before returning, and raise ``DeliveryError`` (or any
-exception) when it cannot; the core captures the credits only after it returns.
+exception) when it cannot; the core captures the credits only after it returns. It may be handed more
+than once for one job (see ``Delivered.receipt`` and ``FrontEnd``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .errors import ImagineError
 from .jobs import Job
@@ -57,11 +59,17 @@ class Progress:
 
 @dataclass(frozen=True, slots=True)
 class Delivered:
-    """The images are ready: post them. ``balance`` is what the requester will have left."""
+    """The images are ready: post them. ``balance`` is what the requester will have left.
+
+    ``receipt`` is what an earlier attempt recorded with ``ImagineCore.record_receipt`` (empty on the first
+    attempt). The same job may be handed again after a crash or a takeover by another process: when the
+    receipt shows the post was made, finish or repair it, never post again.
+    """
 
     job: Job
     images: tuple[ImageFile, ...]
     balance: int
+    receipt: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,15 @@ class FrontEnd(Protocol):
     platform messages; it is awaited in order for each job. For ``Delivered`` it must post the images
     before it returns and raise when it cannot (the core then refunds and reports the failure). Errors
     raised for other events are logged and do not change the job.
+
+    Delivery is at-least-once, so posting must be idempotent. ``Delivered`` may be handed again for the
+    same job: after a crash between the post and the charge, or when another process takes the job over
+    once this one's lease expired. Therefore a front end:
+
+    - records a receipt with ``ImagineCore.record_receipt(job_id, **ids)`` AS SOON AS the platform returns
+      a message id or file ids (before any further call), so that a crash right after the post is known;
+    - when ``event.receipt`` shows the post was already made, must not post again: it finishes or repairs
+      what is missing (the final edit, the buttons) and returns normally, so the core captures the credits.
     """
 
     platform: str

@@ -102,6 +102,8 @@ class Job:
     parent_id: str | None = None
     submitted_at: datetime | None = None
     finished_at: datetime | None = None
+    #: what the front end recorded when the platform accepted the delivery (empty: nothing posted yet)
+    receipt: dict[str, Any] = field(default_factory=dict)
 
     @property
     def platform(self) -> str:
@@ -142,6 +144,7 @@ def _row_to_job(row: dict[str, Any]) -> Job:
         parent_id=row["parent_id"],
         submitted_at=_dt(row["submitted_at"]),
         finished_at=_dt(row["finished_at"]),
+        receipt=json.loads(row.get("receipt") or "{}"),
     )
 
 
@@ -215,6 +218,16 @@ class JobStore:
             job = self.get(job_id)
             reply = replace(job.reply, data={**job.reply.data, **data})
             self.db.execute("UPDATE jobs SET reply = ? WHERE id = ?", [reply.to_json(), job_id])
+        return self.get(job_id)
+
+    def record_receipt(self, job_id: str, **ids: Any) -> Job:
+        """Merge delivery ids (message id, file ids, ...) into the job's receipt, in one short transaction."""
+        with transaction(self.db):
+            row = self.db.execute("SELECT receipt FROM jobs WHERE id = ?", [job_id]).fetchone()
+            if row is None:
+                raise NotFound(f"no job {job_id}", user_message="I could not find that image job.")
+            receipt = {**json.loads(row[0] or "{}"), **ids}
+            self.db.execute("UPDATE jobs SET receipt = ? WHERE id = ?", [json.dumps(receipt), job_id])
         return self.get(job_id)
 
     def active(self, account: str | None = None) -> list[Job]:

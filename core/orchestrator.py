@@ -355,7 +355,7 @@ class Orchestrator:
                        for p in job.files)
         balance = self.ledger.balance(job.requester).available
         try:
-            await self._publish(Delivered(job, images, balance))
+            await self._publish(Delivered(job, images, balance, dict(job.receipt)))
         except ImagineError:
             raise
         except Exception as exc:

@@ -2,8 +2,9 @@
 
 ``python -m tests.crash_worker DB GATEWAY_URL submit N`` submits N jobs and keeps running them until
 killed; ``... resume`` resumes what is left, delivers and exits. The "channel" is the file
-``DB.deliveries`` (one job id a line). Like the Slack front end, this front end is idempotent per job: it
-does not post a job it already posted, which closes the window between posting and the charge.
+``DB.deliveries`` (one job id a line). It keeps the ``FrontEnd`` contract the way a chat front end must:
+right after a post it records a receipt with the core, and a ``Delivered`` handed again with that receipt
+(after a crash between post and charge, or a takeover by another process) is not posted again.
 """
 
 from __future__ import annotations
@@ -22,16 +23,19 @@ from imagine_bot.core.settings import load_settings
 class FileChannel:
     platform = "terminal"
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, core: ImagineCore) -> None:
         self.path = path
+        self.core = core
 
     async def publish(self, event: JobEvent) -> None:
         if isinstance(event, Delivered):
+            if event.receipt.get("line"):
+                return  # posted by an earlier attempt: finish without posting again
             await asyncio.sleep(0.05)  # an upload takes a moment: a kill may land in the middle
-            posted = self.path.read_text().split() if self.path.exists() else []
-            if event.job.id not in posted:
-                with self.path.open("a") as fh:
-                    fh.write(event.job.id + "\n")
+            with self.path.open("a") as fh:
+                fh.write(event.job.id + "\n")
+                line = fh.tell()
+            self.core.record_receipt(event.job.id, line=line)
         elif isinstance(event, Failed):
             with self.path.with_suffix(".failures").open("a") as fh:
                 fh.write(f"{event.job.id} {event.error.code} {event.refunded}\n")
@@ -43,7 +47,7 @@ async def main(db: str, gateway: str, mode: str, count: int) -> None:
                              MAX_ACTIVE_JOBS_PER_USER=100, MAX_ACTIVE_JOBS=8, CREATE_RATE_PER_10S=1000,
                              CREDITS_ALLOWANCE=10_000)
     async with ImagineCore.open(settings) as core:
-        core.register(FileChannel(Path(db + ".deliveries")))
+        core.register(FileChannel(Path(db + ".deliveries"), core))
         await core.start()
         if mode == "submit":
             for n in range(count):

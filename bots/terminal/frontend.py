@@ -2,12 +2,16 @@
 
 It proves the core is platform-free, serves ``imagine-bot imagine`` and ``imagine-bot chat``, and is the
 recording front end tests and benchmarks use (``events`` keeps every event it was given).
+
+Delivery is idempotent (the ``FrontEnd`` contract): once the images are saved, the paths are recorded as
+the job's receipt; a ``Delivered`` handed again with that receipt saves nothing twice.
 """
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
@@ -16,12 +20,17 @@ from imagine_bot.core import messages
 from imagine_bot.core.events import Accepted, Delivered, Failed, JobEvent, Queued
 from imagine_bot.core.events import Progress as ProgressEvent
 
+if TYPE_CHECKING:
+    from imagine_bot.core.app import ImagineCore
+
 
 class TerminalFrontEnd:
     platform = "terminal"
 
-    def __init__(self, out_dir: Path, console: Console | None = None, *, bar: bool = True) -> None:
+    def __init__(self, out_dir: Path, console: Console | None = None, *, bar: bool = True,
+                 core: ImagineCore | None = None) -> None:
         self.out_dir = out_dir
+        self.core = core  # where receipts are recorded (None: a bare recorder, as in some tests)
         self.console = console or Console()
         self.events: list[JobEvent] = []
         self.saved: dict[str, list[Path]] = {}
@@ -60,13 +69,18 @@ class TerminalFrontEnd:
                 self._status(job.id, messages.queued(job, position))
             case ProgressEvent(stage=stage, elapsed_s=elapsed_s, percent=percent):
                 self._status(job.id, messages.progress(job, stage, elapsed_s, percent), percent)
-            case Delivered(images=images, balance=balance):
+            case Delivered(images=images, balance=balance, receipt=receipt):
+                if receipt.get("saved"):  # an earlier attempt saved them: never twice
+                    self.saved[job.id] = [Path(p) for p in receipt["saved"]]
+                    return
                 self.out_dir.mkdir(parents=True, exist_ok=True)
                 paths = []
                 for image in images:
                     target = self.out_dir / image.filename
                     shutil.copyfile(image.path, target)
                     paths.append(target.resolve())
+                if self.core is not None:
+                    self.core.record_receipt(job.id, saved=[str(p) for p in paths])
                 self.saved[job.id] = paths
                 if self._progress is not None and job.id in self._bars:
                     self._progress.update(self._bars[job.id], completed=100, visible=False)

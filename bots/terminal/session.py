@@ -33,7 +33,7 @@ async def imagine_once(settings: Settings, text: str, out_dir: Path, user: str) 
     console = Console(soft_wrap=True)
     me = UserRef("terminal", "local", user)
     async with ImagineCore.open(settings) as core:
-        frontend = TerminalFrontEnd(out_dir, console)
+        frontend = TerminalFrontEnd(out_dir, console, core=core)
         core.register(frontend)
         await core.start()
         if settings.sandbox:
@@ -57,7 +57,7 @@ async def chat(settings: Settings, user: str) -> int:
     console = Console(soft_wrap=True)
     me = UserRef("terminal", "local", user)
     async with ImagineCore.open(settings) as core:
-        frontend = TerminalFrontEnd(Path("out"), console, bar=False)
+        frontend = TerminalFrontEnd(Path("out"), console, bar=False, core=core)
         core.register(frontend)
         await core.start()
         console.print(f"imagine-bot chat as {me.key}. Try: /imagine a lighthouse at dusk --ar 16:9 "
