@@ -61,6 +61,7 @@ class Settings(BaseSettings):
     SLACK_APP_TOKEN: SecretStr | None = None
     SLACK_SIGNING_SECRET: SecretStr | None = None
     SLACK_API_URL: str = "https://slack.com/api/"
+    SLACK_RESULT_IN_THREAD: bool = False
 
     # --- Discord
     DISCORD_TOKEN: SecretStr | None = None

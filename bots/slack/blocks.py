@@ -6,6 +6,8 @@ and the buttons. Every core text is escaped here, since it may echo a prompt.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -18,6 +20,12 @@ ACTION_REROLL = "imagine_reroll"
 ACTION_DELETE = "imagine_delete"
 
 Payload = dict[str, Any]
+
+#: Slack's limits: an image's alt text, the blocks in one view
+ALT_TEXT_MAX = 2000
+MAX_VIEW_BLOCKS = 100
+#: the prompt in an alt text is cut to this many characters, so that escaped it fits ALT_TEXT_MAX
+ALT_PROMPT_CHARS = ALT_TEXT_MAX // len("&amp;")
 
 
 def _section(mrkdwn: str) -> Payload:
@@ -35,46 +43,69 @@ def status(user_id: str, text: str) -> Payload:
     return {"text": body, "blocks": [_section(body)]}
 
 
-def delivered(user_id: str, caption: str, job_id: str) -> Payload:
-    """The progress message once the images are in its thread: the caption and the two buttons."""
-    body = f"{mention(user_id)} {escape(caption)}"
+def image(file_id: str, prompt: str) -> Payload:
+    """A file uploaded to Slack shown as a picture (``slack_file``), described by its prompt. The same JSON
+    is an image block (full width, in a message) and an image element (a thumbnail: a section's
+    ``accessory``)."""
+    alt_text = escape(quote_prompt(prompt, ALT_PROMPT_CHARS)) or "image"
+    return {"type": "image", "slack_file": {"id": file_id}, "alt_text": alt_text}
+
+
+def result_actions(job_id: str) -> Payload:
+    """The buttons under a result. The one place that lists them: add a button here and every result has it."""
     confirm = {
         "title": {"type": "plain_text", "text": "Delete this image?"},
         "text": {"type": "mrkdwn", "text": "The image and this message are removed for everyone."},
         "confirm": {"type": "plain_text", "text": "Delete"},
         "deny": {"type": "plain_text", "text": "Keep"},
     }
-    return {
-        "text": body,
-        "blocks": [
-            _section(body),
-            {"type": "actions", "block_id": f"imagine_job_{job_id}", "elements": [
-                _button("Reroll", ACTION_REROLL, job_id),
-                _button("Delete", ACTION_DELETE, job_id, style="danger", confirm=confirm),
-            ]},
-        ],
-    }
+    return {"type": "actions", "block_id": f"imagine_job_{job_id}", "elements": [
+        _button("Reroll", ACTION_REROLL, job_id),
+        _button("Delete", ACTION_DELETE, job_id, style="danger", confirm=confirm),
+    ]}
 
 
-def home(credits_text: str, help_text: str, recent: list[tuple[str, datetime]]) -> Payload:
-    """The App Home tab: balance, how to use the bot, the user's last images (prompt and date)."""
-    if recent:
-        lines = [f"• `{escape(quote_prompt(prompt, 120))}` · {slack_date(when)}" for prompt, when in recent]
-        recent_text = "\n".join(lines)
-    else:
-        recent_text = "No images yet."
-    return {
-        "type": "home",
-        "blocks": [
-            {"type": "header", "text": {"type": "plain_text", "text": "imagine"}},
-            _section(escape(credits_text)),
-            {"type": "divider"},
-            _section(escape(help_text)),
-            {"type": "divider"},
-            {"type": "header", "text": {"type": "plain_text", "text": "Your recent images"}},
-            _section(recent_text),
-        ],
-    }
+def delivered(user_id: str, caption: str, job_id: str, *, file_ids: Sequence[str] = (),
+              prompt: str = "") -> Payload:
+    """The result message: the caption, the images inline (when ``file_ids`` are given; without them the
+    images are in the thread) and the buttons."""
+    body = f"{mention(user_id)} {escape(caption)}"
+    images = [image(file_id, prompt) for file_id in file_ids]
+    return {"text": body, "blocks": [_section(body), *images, result_actions(job_id)]}
+
+
+@dataclass(frozen=True, slots=True)
+class HomeImage:
+    """One of the user's recent images, for the App Home tab."""
+
+    prompt: str
+    created_at: datetime
+    cost: int
+    file_id: str | None
+
+
+def home(credits_text: str, help_text: str, recent: Sequence[HomeImage], *, thumbnails: bool = True) -> Payload:
+    """The App Home tab: balance, how to use the bot, the user's last images (thumbnail, prompt, cost, date).
+
+    ``thumbnails=False`` leaves the pictures out (Slack refused them: a deleted file, an older workspace).
+    The view stays under Slack's 100-block limit whatever ``recent`` holds."""
+    head: list[Payload] = [
+        {"type": "header", "text": {"type": "plain_text", "text": "imagine"}},
+        _section(escape(credits_text)),
+        {"type": "divider"},
+        _section(escape(help_text)),
+        {"type": "divider"},
+        {"type": "header", "text": {"type": "plain_text", "text": "Your recent images"}},
+    ]
+    rows: list[Payload] = []
+    for item in recent[: MAX_VIEW_BLOCKS - len(head)]:
+        credits = "credit" if item.cost == 1 else "credits"
+        row = _section(f"`{escape(quote_prompt(item.prompt, 120))}`\n{item.cost} {credits} · "
+                       f"{slack_date(item.created_at)}")
+        if thumbnails and item.file_id:
+            row["accessory"] = image(item.file_id, item.prompt)
+        rows.append(row)
+    return {"type": "home", "blocks": head + (rows or [_section("No images yet.")])}
 
 
 def slack_date(when: datetime) -> str:

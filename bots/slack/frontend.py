@@ -5,7 +5,11 @@ One progress message per job, posted in the channel and edited in place as the j
     Accepted  -> chat.postMessage   "@requester Got it: ..."        (ts stored in ReplyTo.data)
     Queued    -> chat.update        "@requester Queued: place 2 ..." (throttled)
     Progress  -> chat.update        "@requester Working on it: generating (12s)." (throttled, ticking)
-    Delivered -> files_upload_v2 into the message's thread, then chat.update with Reroll / Delete
+    Delivered -> files_upload_v2 into the message's thread (shares the file in the channel), then
+                 chat.update into the result: caption, the image inline (Block Kit slack_file), Reroll /
+                 Delete; the caption and buttons alone if Slack refuses the image block (see ``inline``).
+                 With ``result_in_thread`` (SLACK_RESULT_IN_THREAD) the caption goes with the upload in the
+                 thread and the message keeps only the caption and buttons.
     Failed    -> chat.update        "@requester Could not make ...", or the slash command's response_url
 
 Edits are throttled to one per ``min_edit_interval`` per job: a newer text replaces a waiting one, and the
@@ -23,7 +27,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-from slack_sdk.errors import SlackApiError, SlackRequestError
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
@@ -33,7 +36,8 @@ from imagine_bot.core.errors import DeliveryError
 from imagine_bot.core.events import Accepted, Delivered, Failed, ImageFile, JobEvent, Progress, Queued
 from imagine_bot.core.jobs import Job
 
-from . import blocks
+from . import blocks, inline
+from .errors import SlackError, slack_error_code
 from .mentions import escape_keep_user_mentions
 
 log = logging.getLogger(__name__)
@@ -41,14 +45,6 @@ log = logging.getLogger(__name__)
 #: chat.postMessage / files errors that mean "the bot cannot post in this conversation"
 CHANNEL_ERRORS = frozenset({"not_in_channel", "channel_not_found", "is_archived", "restricted_action",
                             "cannot_dm_bot", "not_allowed_token_type"})
-
-SlackError = (SlackApiError, SlackRequestError, aiohttp.ClientError, TimeoutError)
-
-
-def slack_error_code(exc: BaseException) -> str:
-    if isinstance(exc, SlackApiError):
-        return str(exc.response.get("error", "unknown_error"))
-    return type(exc).__name__
 
 
 def invite_advice(bot_name: str) -> str:
@@ -97,8 +93,11 @@ class SlackFrontEnd:
 
     def __init__(self, core: ImagineCore, client: AsyncWebClient, session: aiohttp.ClientSession, *,
                  min_edit_interval: float = 1.0, tick_s: float = 10.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, result_in_thread: bool = False,
+                 inline_waits: tuple[float, ...] = inline.WAITS) -> None:
         self.core = core
+        self.result_in_thread = result_in_thread
+        self.inline_waits = inline_waits
         self.client = client
         self.session = session
         self.min_edit_interval = min_edit_interval
@@ -218,15 +217,21 @@ class SlackFrontEnd:
             if live.flusher is asyncio.current_task():
                 live.flusher = None
 
-    async def _final(self, job: Job, payload: dict[str, Any]) -> _Live | None:
-        """The last edit of a job: never dropped or delayed; pending edits and the ticker are cancelled."""
+    async def _finish(self, job: Job) -> _Live | None:
+        """The progress message, for its last edit: pending edits and the ticker are cancelled."""
         live = self._live_for(job)
         if live is None:
             return None
         await live.stop_background()
         self._live.pop(job.id, None)
         live.last_edit = self.clock()
-        await self._update(live, payload)
+        return live
+
+    async def _final(self, job: Job, payload: dict[str, Any]) -> _Live | None:
+        """The last edit of a job: never dropped or delayed."""
+        live = await self._finish(job)
+        if live is not None:
+            await self._update(live, payload)
         return live
 
     def _start_ticker(self, job: Job, stage: str, elapsed_s: float, percent: int | None) -> None:
@@ -255,21 +260,23 @@ class SlackFrontEnd:
 
     # ------------------------------------------------------------------ the end of a job
     async def _deliver(self, event: Delivered, images: tuple[ImageFile, ...], balance: int) -> None:
-        """Upload into the progress message's thread before returning; raise ``DeliveryError`` if we cannot."""
+        """Upload into the progress message's thread before returning; raise ``DeliveryError`` if we cannot.
+        Then turn the progress message into the result (the image inline, or caption and buttons only)."""
         job = event.job
         caption = messages.delivered(job, balance)
         data = self._data(job)
+        file_ids: list[str] = list(data.get("file_ids") or [])
         try:
             live = self._live_for(job) or await self._post(job, blocks.status(job.requester.user,
                                                                               messages.accepted(job)))
-            if not data.get("file_ids"):  # not uploaded by a previous process that stopped right after
+            if not file_ids:  # not uploaded by a previous process that stopped right after
                 uploads = [{"file": await asyncio.to_thread(image.read_bytes), "filename": image.filename,
                             "title": messages.quote_prompt(job.prompt, 80),
                             "alt_txt": messages.quote_prompt(job.prompt, 1000)} for image in images]
+                comment = ({"initial_comment": blocks.status(job.requester.user, caption)["text"]}
+                           if self.result_in_thread else {})  # inline, the caption is on the result itself
                 response = await self.client.files_upload_v2(
-                    file_uploads=uploads, channel=live.channel, thread_ts=live.ts,
-                    initial_comment=blocks.status(job.requester.user, caption)["text"],
-                )
+                    file_uploads=uploads, channel=live.channel, thread_ts=live.ts, **comment)
                 file_ids = [str(f["id"]) for f in response.get("files") or []]
                 self.core.jobs.set_reply_data(job.id, file_ids=file_ids, thread_ts=live.ts)
         except SlackError as exc:
@@ -278,8 +285,15 @@ class SlackFrontEnd:
             if code in CHANNEL_ERRORS:
                 raise self.channel_failure(code) from exc
             raise DeliveryError(f"Slack upload failed: {code}") from exc
+        in_thread = blocks.delivered(job.requester.user, caption, job.id)
         try:
-            await self._final(job, blocks.delivered(job.requester.user, caption, job.id))
+            if self.result_in_thread or not file_ids:
+                await self._final(job, in_thread)
+            elif (live := await self._finish(job)) is not None:
+                shown = blocks.delivered(job.requester.user, caption, job.id, file_ids=file_ids, prompt=job.prompt)
+                async with live.lock:
+                    await inline.show_result(self.client, live.channel, live.ts, file_ids, shown, in_thread,
+                                             self.inline_waits)
         except SlackError as exc:  # the images are posted; only the buttons are missing
             log.warning("job %s: final edit failed: %s", job.id, slack_error_code(exc))
 

@@ -14,6 +14,7 @@ from collections.abc import Awaitable
 from typing import Any
 
 from slack_bolt.app.async_app import AsyncApp
+from slack_sdk.errors import SlackApiError
 
 from imagine_bot.core import messages
 from imagine_bot.core.app import ImagineCore
@@ -32,6 +33,13 @@ log = logging.getLogger(__name__)
 GONE = frozenset({"file_not_found", "file_deleted", "message_not_found"})
 #: the CSV report is shown inline when it cannot be sent as a file, up to this many characters
 INLINE_REPORT_CHARS = 2500
+#: how many of the user's images the App Home tab shows
+HOME_IMAGES = 10
+
+
+def first_file(job: Job) -> str | None:
+    """The job's first uploaded Slack file, if any."""
+    return next(iter(job.reply.data.get("file_ids") or []), None)
 
 
 def _team_of(body: dict[str, Any]) -> str:
@@ -142,20 +150,27 @@ class SlackHandlers:
         if data.get("progress_ts"):
             problems += await self._quietly(self.client.chat_delete(channel=data["progress_channel"],
                                                                     ts=data["progress_ts"]))
+        self.core.jobs.set_reply_data(job.id, deleted=True)  # the App Home tab no longer shows it
         log.info("job %s deleted by %s%s", job.id, user, f" with problems {problems}" if problems else "")
         text = messages.deleted() if not problems else (
             f"I could not delete everything: Slack said `{', '.join(problems)}`.")
         await self._reply(user, channel, response_url, text)
 
     async def publish_home(self, who: UserRef) -> None:
+        """The App Home tab, with thumbnails of the user's last images; without them if Slack refuses one."""
         info = self.core.credits(who)
-        recent = self.core.recent_images(who, limit=5)
-        view = blocks.home(
-            messages.credits(info.balance, len(info.active), self.core.now()),
-            messages.help_text(self.core.model, admin=self.core.is_admin(who)),
-            [(job.prompt, job.created_at) for job in recent],
-        )
-        await self.client.views_publish(user_id=who.user, view=view)
+        jobs = [job for job in self.core.recent_images(who, limit=HOME_IMAGES * 2)
+                if not job.reply.data.get("deleted")][:HOME_IMAGES]
+        recent = [blocks.HomeImage(job.prompt, job.created_at, job.cost, first_file(job)) for job in jobs]
+        texts = (messages.credits(info.balance, len(info.active), self.core.now()),
+                 messages.help_text(self.core.model, admin=self.core.is_admin(who)))
+        try:
+            await self.client.views_publish(user_id=who.user, view=blocks.home(*texts, recent))
+        except SlackApiError as exc:
+            if slack_error_code(exc) != "invalid_blocks":
+                raise
+            log.info("App Home thumbnails refused for %s: %s", who.key, exc.response.get("errors"))
+            await self.client.views_publish(user_id=who.user, view=blocks.home(*texts, recent, thumbnails=False))
 
     # ------------------------------------------------------------------ helpers
     async def _after_submit(self, job: Job) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Literal
+from typing import Any, Literal
 
 import aiohttp
 from aiohttp import web
@@ -49,7 +49,7 @@ class SlackService:
     name = "slack"
 
     def __init__(self, core: ImagineCore, settings: Settings, web_app: web.Application | None = None, *,
-                 min_edit_interval: float = 1.0, tick_s: float = 10.0) -> None:
+                 min_edit_interval: float = 1.0, tick_s: float = 10.0, **frontend_kw: Any) -> None:
         bot_token = _secret(settings.SLACK_BOT_TOKEN)
         app_token = _secret(settings.SLACK_APP_TOKEN)
         signing_secret = _secret(settings.SLACK_SIGNING_SECRET)
@@ -79,7 +79,8 @@ class SlackService:
             retry_handlers=[AsyncConnectionErrorRetryHandler(), AsyncRateLimitErrorRetryHandler(max_retry_count=1)],
         )
         self.frontend = SlackFrontEnd(core, self.client, self.session, min_edit_interval=min_edit_interval,
-                                      tick_s=tick_s)
+                                      tick_s=tick_s, result_in_thread=settings.SLACK_RESULT_IN_THREAD,
+                                      **frontend_kw)
         self.app = AsyncApp(
             name="imagine-bot", client=self.client, signing_secret=signing_secret,
             process_before_response=False,  # ack first; the listener's work goes on in the background

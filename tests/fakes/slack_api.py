@@ -4,8 +4,15 @@ Point ``AsyncWebClient(base_url=fake.api_url)`` (or ``SLACK_API_URL``) at it. It
 
 - ``/api/<method>``: ``auth.test``, ``chat.postMessage``, ``chat.update``, ``chat.postEphemeral``,
   ``chat.delete``, ``views.publish``, ``conversations.open``, ``files.getUploadURLExternal``,
-  ``files.completeUploadExternal``, ``files.delete``, ``apps.connections.open``. Params are read from the
-  query string, a form or a JSON body, like Slack. A wrong bot token answers ``invalid_auth``.
+  ``files.completeUploadExternal``, ``files.info``, ``files.delete``, ``apps.connections.open``. Params
+  are read from the query string, a form or a JSON body, like Slack. A wrong bot token answers
+  ``invalid_auth``.
+- Blocks (``chat.postMessage``, ``chat.update``, ``views.publish``) are checked with slack_sdk's own Block
+  Kit models, and every ``slack_file`` must name a file that exists, is not deleted and (in messages) is
+  shared in that channel; otherwise the call answers ``invalid_blocks`` with Slack's ``errors`` list.
+  ``fake.refuse_image_blocks = True`` refuses every ``slack_file`` image (an older workspace);
+  ``fake.processing_looks = n`` keeps each file uploaded afterwards "not yet processed" for its first ``n``
+  looks (a ``files.info`` call or a message showing it): unshared in ``files.info`` and refused in blocks.
 - ``/upload/<file_id>``: the upload URL handed out by files.getUploadURLExternal (stores the raw bytes).
 - ``/response/<id>``: a response_url (records the JSON posted to it); ``fake.response_url(id)`` makes one.
 - ``/socket``: a Socket Mode websocket (``apps.connections.open`` hands out its URL); ``send_envelope``
@@ -28,6 +35,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import WSMsgType, web
+from slack_sdk.errors import SlackObjectFormationError
+from slack_sdk.models.blocks import Block
 
 
 @dataclass
@@ -63,6 +72,9 @@ class FakeSlackAPI:
         self.files: dict[str, dict[str, Any]] = {}
         self.responses: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self._failures: dict[str, deque[str]] = defaultdict(deque)
+        #: Block Kit behaviour (see the module docstring)
+        self.refuse_image_blocks = False
+        self.processing_looks = 0
         self._changed = asyncio.Condition()
         self._ts = itertools.count(1)
         self._file_ids = itertools.count(1)
@@ -163,7 +175,53 @@ class FakeSlackAPI:
         handler = getattr(self, "_" + method.replace(".", "_"), None)
         if handler is None:
             return web.json_response({"ok": False, "error": "unknown_method"})
+        if method in ("chat.postMessage", "chat.update", "views.publish"):
+            errors = self._block_errors(params, method)
+            if errors:
+                return web.json_response({"ok": False, "error": "invalid_blocks", "errors": errors,
+                                          "response_metadata": {"messages": [f"[ERROR] {e}" for e in errors]}})
         return web.json_response(handler(params))
+
+    # ------------------------------------------------------------------ Block Kit checks
+    def _block_errors(self, params: dict[str, Any], method: str) -> list[str]:
+        if method == "views.publish":
+            view = params["view"]
+            raw = (json.loads(view) if isinstance(view, str) else view).get("blocks") or []
+            channel = None
+        else:
+            raw, channel = self._blocks(params) or [], params.get("channel")
+        errors: list[str] = []
+        for i, block in enumerate(raw):
+            try:
+                parsed = Block.parse(block)
+                if parsed is None:
+                    raise SlackObjectFormationError(f"unknown block type {block.get('type')!r}")
+                parsed.validate_json()
+            except (SlackObjectFormationError, TypeError) as exc:
+                errors.append(f"{exc} [json-pointer:/blocks/{i}]")
+                continue
+            for pointer, file_id in _slack_files(block, f"/blocks/{i}"):
+                if not self._file_shows(file_id, channel):
+                    errors.append(f"invalid slack file [json-pointer:{pointer}/slack_file]")
+        return errors
+
+    def _file_shows(self, file_id: str, channel: str | None) -> bool:
+        """Whether Slack would show this file in a block in ``channel`` (any channel for a view)."""
+        record = self.files.get(file_id)
+        if self.refuse_image_blocks or record is None or record.get("deleted"):
+            return False
+        if not self._processed(record):
+            return False
+        shared = record.get("channels") or []
+        return bool(shared) if channel is None else channel in shared
+
+    @staticmethod
+    def _processed(record: dict[str, Any]) -> bool:
+        """One look at a file: it stays "not yet processed" until its looks are spent."""
+        if record.get("unprocessed", 0) > 0:
+            record["unprocessed"] -= 1
+            return False
+        return True
 
     def _next_ts(self) -> str:
         return f"{1_700_000_000 + next(self._ts)}.{next(self._ts):06d}"
@@ -225,10 +283,28 @@ class FakeSlackAPI:
         for item in files:
             if item["id"] not in self.uploads:
                 return {"ok": False, "error": "file_not_found"}
-            self.files[item["id"]].update(title=item.get("title"), channel=params.get("channel_id"),
+            channel = params.get("channel_id")
+            self.files[item["id"]].update(title=item.get("title"), channel=channel,
+                                          channels=[channel] if channel else [],
                                           thread_ts=params.get("thread_ts"),
-                                          initial_comment=params.get("initial_comment"))
-        return {"ok": True, "files": [{"id": f["id"], "title": f.get("title")} for f in files]}
+                                          initial_comment=params.get("initial_comment"),
+                                          unprocessed=self.processing_looks)
+        # like Slack, the answer comes before the file is processed: no shares in it yet
+        return {"ok": True, "files": [{"id": f["id"], "title": f.get("title"), "shares": {}} for f in files]}
+
+    def _files_info(self, params: dict[str, Any]) -> dict[str, Any]:
+        record = self.files.get(params.get("file", ""))
+        if record is None or record.get("deleted"):
+            return {"ok": False, "error": "file_not_found"}
+        shares: dict[str, Any] = {}
+        if self._processed(record) and record.get("channel"):
+            kind = "private" if str(record["channel"]).startswith(("G", "D")) else "public"
+            shares[kind] = {record["channel"]: [{"ts": self._next_ts(), "thread_ts": record.get("thread_ts"),
+                                                 "channel_name": "general"}]}
+        return {"ok": True, "file": {"id": record["id"], "name": record.get("name"), "title": record.get("title"),
+                                     "mimetype": "image/png", "shares": shares,
+                                     "channels": list(shares.get("public", {})),
+                                     "groups": list(shares.get("private", {}))}}
 
     def _files_delete(self, params: dict[str, Any]) -> dict[str, Any]:
         record = self.files.get(params.get("file", ""))
@@ -286,3 +362,17 @@ class FakeSlackAPI:
         await self._sockets[-1].send_json({"envelope_id": envelope_id, "type": kind, "payload": payload,
                                            "accepts_response_payload": kind != "events_api"})
         return await asyncio.wait_for(future, timeout)
+
+
+def _slack_files(node: Any, pointer: str) -> list[tuple[str, str]]:
+    """Every ``slack_file`` id in a block, with its JSON pointer."""
+    found: list[tuple[str, str]] = []
+    if isinstance(node, dict):
+        if isinstance(node.get("slack_file"), dict):
+            found.append((pointer, str(node["slack_file"].get("id", ""))))
+        for key, value in node.items():
+            found += _slack_files(value, f"{pointer}/{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            found += _slack_files(value, f"{pointer}/{i}")
+    return found

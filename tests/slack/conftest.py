@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
+from slack_sdk.models.blocks import Block
 
 from imagine_bot.bots.slack import SlackService
 from imagine_bot.core.app import ImagineCore
@@ -53,6 +54,7 @@ class SlackHarness:
     @asynccontextmanager
     async def open(cls, settings: Settings, fake: FakeSlackAPI, **service_kw: Any) -> AsyncIterator[SlackHarness]:
         service_kw.setdefault("tick_s", 0)
+        service_kw.setdefault("inline_waits", (0.02, 0.05, 0.1, 0.1))  # the image block's short retries
         async with AsyncExitStack() as stack:
             core = await stack.enter_async_context(ImagineCore.open(settings))
             web_app = build_web_app(core)
@@ -123,6 +125,19 @@ class SlackHarness:
             "authorizations": [{"team_id": TEAM, "user_id": "UBOT", "is_bot": True}],
         })
         return await self.post(body, "application/json")
+
+
+def valid_blocks(blocks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each block checked with slack_sdk's own Block Kit models (raises if Slack would refuse it)."""
+    for block in blocks:
+        parsed = Block.parse(block)
+        assert parsed is not None, block
+        parsed.validate_json()
+    return blocks
+
+
+def of_type(blocks: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [b for b in blocks if b.get("type") == kind]
 
 
 @pytest.fixture

@@ -14,12 +14,12 @@ from imagine_bot.core import messages
 from imagine_bot.core.identity import UserRef
 from imagine_bot.core.jobs import JobState
 
-from .conftest import TEAM, SlackHarness
+from .conftest import TEAM, SlackHarness, of_type, valid_blocks
 
 U1 = UserRef("slack", TEAM, "U1")
 
 
-async def test_ack_is_immediate_then_progress_is_edited_in_place_then_images_land_in_the_thread(
+async def test_ack_is_immediate_then_progress_is_edited_in_place_then_the_image_shows_in_the_message(
         slack: SlackHarness, sandbox):
     sandbox.delays.update(waiting=0.2, queuing=0.2, generating=2.5)
     fake = slack.fake
@@ -53,17 +53,24 @@ async def test_ack_is_immediate_then_progress_is_edited_in_place_then_images_lan
     moments = [post.at] + [u.at for u in updates]
     gaps = [b - a for a, b in itertools.pairwise(moments)][:-1]
     assert gaps and min(gaps) >= 0.9, gaps
-    # the final message carries the buttons, keyed by action id with the job id as value
-    buttons = updates[-1].params["blocks"][1]["elements"]
+    # the final message is the result: caption, the uploaded image inline, the buttons (valid Block Kit)
+    final = valid_blocks(updates[-1].params["blocks"])
+    assert [b["type"] for b in final] == ["section", "image", "actions"]
+    [file_id] = job.reply.data["file_ids"]
+    assert final[1]["slack_file"] == {"id": file_id}
+    assert final[1]["alt_text"] == "a lighthouse at dusk"  # the prompt, for screen readers
+    buttons = final[2]["elements"]
     assert [(b["action_id"], b["value"]) for b in buttons] == [(ACTION_REROLL, job.id), (ACTION_DELETE, job.id)]
+    assert fake.messages[progress_ts].blocks == final  # Slack took it (the fake checks the file is shared)
 
-    # the image went to the upload URL as a real PNG and was shared in the progress message's thread
+    # the image went to the upload URL as a real PNG and was shared in the channel through the message's
+    # thread, with no caption of its own (the caption is on the result)
     complete = await fake.wait_for("files.completeUploadExternal")
     assert complete.params["channel_id"] == "C1"
     assert complete.params["thread_ts"] == progress_ts
-    caption = complete.params["initial_comment"]
+    assert "initial_comment" not in complete.params
+    caption = final[0]["text"]["text"]
     assert "18 credits" in caption and f"{balance} left" in caption and caption.startswith("<@U1> ")
-    [file_id] = job.reply.data["file_ids"]
     with Image.open(io.BytesIO(fake.uploads[file_id])) as image:
         assert image.format == "PNG"
         image.verify()
@@ -124,7 +131,7 @@ async def test_prompts_are_echoed_without_pinging_anyone(slack: SlackHarness):
     [job] = slack.core.jobs.recent()
     assert job.prompt == "<!here> @channel salt & pepper @bob"
     sent = [c.params["text"] for c in slack.fake.calls if "text" in c.params]
-    sent += [c.params["initial_comment"] for c in slack.fake.calls_to("files.completeUploadExternal")]
+    sent += [b["alt_text"] for c in slack.fake.calls_to("chat.update") for b in of_type(c.params["blocks"], "image")]
     for text in sent:
         assert "<!" not in text and "<@U9" not in text
     assert "&lt;!here&gt; @channel salt &amp; pepper @bob" in sent[0]

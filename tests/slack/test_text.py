@@ -8,6 +8,7 @@ from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
+from slack_sdk.models.blocks import Block
 
 from imagine_bot.bots.slack import blocks
 from imagine_bot.bots.slack.frontend import SlackFrontEnd
@@ -59,9 +60,22 @@ def test_user_resolver_reads_escaped_mentions_and_ids():
 def test_delivered_layout_has_the_buttons_and_escapes_the_caption():
     payload = blocks.delivered("U1", "`<!channel>` · 18 credits", "j1")
     assert payload["text"] == "<@U1> `&lt;!channel&gt;` · 18 credits"
+    assert [b["type"] for b in payload["blocks"]] == ["section", "actions"]
     actions = payload["blocks"][1]["elements"]
     assert [(a["action_id"], a["value"]) for a in actions] == [("imagine_reroll", "j1"), ("imagine_delete", "j1")]
     assert actions[1]["style"] == "danger" and "confirm" in actions[1]
+
+
+def test_inline_layout_shows_each_file_between_the_caption_and_the_buttons():
+    payload = blocks.delivered("U1", "`a fox` · 18 credits", "j1", file_ids=["F0000001", "F0000002"],
+                               prompt="<!here> & a fox " * 500)
+    assert [b["type"] for b in payload["blocks"]] == ["section", "image", "image", "actions"]
+    assert [b["slack_file"] for b in payload["blocks"][1:3]] == [{"id": "F0000001"}, {"id": "F0000002"}]
+    alt = payload["blocks"][1]["alt_text"]
+    assert alt.startswith("&lt;!here&gt; &amp; a fox") and len(alt) <= blocks.ALT_TEXT_MAX
+    assert payload["blocks"][3] == blocks.result_actions("j1")
+    for block in payload["blocks"]:
+        Block.parse(block).validate_json()  # type: ignore[union-attr]
 
 
 # ---------------------------------------------------------------------- the throttle, with a stub client
