@@ -19,6 +19,7 @@ from imagine_bot.core.app import ImagineCore
 from imagine_bot.core.errors import ConfigError
 from imagine_bot.core.settings import Settings
 from imagine_bot.core.web import build_web_app, start_web
+from imagine_bot.core.webhooks import register_account_webhook
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,8 @@ async def run(settings: Settings, *, only: list[str] | None = None,
             for service in services:
                 await service.start()
                 log.info("%s front end started", service.name)
+            webhook = await register_account_webhook(core.gateway, settings)
+            core.orchestrator.account_webhook = webhook.registered
             resumed = await core.start()
             log.info("imagine-bot running: %s; %d job(s) resumed", ", ".join(factories), resumed)
             if ready is not None:

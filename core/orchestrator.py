@@ -101,6 +101,11 @@ class Orchestrator:
         self.frontends: dict[str, FrontEnd] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._wakeups: dict[str, asyncio.Event] = {}
+        #: final answers from verified account webhooks, for the trackers they woke (no recordInfo needed)
+        self._finals: dict[str, TaskRecord] = {}
+        #: the gateway sends a signed account webhook for every task (registered at start): createTask then
+        #: carries no per-task callBackUrl, whose unsigned callback would cost a confirming recordInfo
+        self.account_webhook = False
         self._accepting = True
 
     # ------------------------------------------------------------------ front ends
@@ -212,11 +217,17 @@ class Orchestrator:
             self.admission.leave(job_id)
             await self._fail(job_id, error)
 
-    def notify(self, task_id: str) -> bool:
-        """A gateway callback named this task: look at it now instead of at the next poll."""
+    def notify(self, task_id: str, final: TaskRecord | None = None) -> bool:
+        """A gateway callback named this task: look at it now instead of at the next poll.
+
+        ``final`` is the task's final answer from a verified account webhook (``read_callback``): the
+        tracker acts on it as on a recordInfo answer, without asking the gateway again.
+        """
         event = self._wakeups.get(task_id)
         if event is None:
             return False
+        if final is not None and final.task_id == task_id:
+            self._finals[task_id] = final
         event.set()
         return True
 
@@ -257,7 +268,8 @@ class Orchestrator:
             job = self.jobs.update(job.id, state=JobState.SUBMITTING)
             try:
                 task_id = await self.gateway.create_task(
-                    self.model.id, {"prompt": job.prompt, **self.model.fixed, **job.params}, self.callback_url
+                    self.model.id, {"prompt": job.prompt, **self.model.fixed, **job.params},
+                    None if self.account_webhook else self.callback_url,
                 )
             except (GatewayRateLimited, GatewayMaintenance) as error:
                 # not accepted by the gateway: safe to keep the job queued and try again later
@@ -308,10 +320,14 @@ class Orchestrator:
                 called_back = wake.is_set()
                 wake.clear()
                 wait = CALLBACK_FALLBACK_EVERY_S if self.callback_url else self._next_interval(age)
-                # every recordInfo shares the key's rate; confirming a callback goes before routine polls
-                await self.poll_limiter.acquire(urgent=called_back)
+                final = self._finals.pop(job.task_id, None)
                 try:
-                    record = await self.gateway.record_info(job.task_id)
+                    if final is not None:  # a verified account webhook: as good as recordInfo
+                        record = final
+                    else:
+                        # every recordInfo shares the key's rate; confirming a callback goes before routine polls
+                        await self.poll_limiter.acquire(urgent=called_back)
+                        record = await self.gateway.record_info(job.task_id)
                 except UnknownTask:
                     if (utcnow() - submitted).total_seconds() < UNKNOWN_TASK_GRACE_S:
                         continue
@@ -329,6 +345,7 @@ class Orchestrator:
                     await self._publish(Progress(job, stage, job.elapsed_s, record.progress))
         finally:
             self._wakeups.pop(job.task_id, None)
+            self._finals.pop(job.task_id, None)
 
     async def _download(self, job: Job, record: TaskRecord) -> Job:
         if not record.result_urls:

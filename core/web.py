@@ -1,8 +1,10 @@
 """The one web server: ``/healthz``, ``/callbacks/modkie`` (gateway callbacks) and, when a front end adds
 them, its own routes (Slack's ``/slack/events`` in HTTP mode).
 
-A callback is only a hint: it wakes the job's tracker, which confirms with recordInfo before anything is
-delivered or charged. It is answered at once, signed or not, so the gateway never waits on us.
+A callback wakes the job's tracker. Most callbacks are hints, confirmed with recordInfo before anything
+is delivered or charged; a ModKie account webhook signed over its whole body with a final state carries
+the answer itself and is acted on directly (``read_callback``). It is answered at once, so the gateway
+never waits on us.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from aiohttp import web
 from . import __version__
 from .app import ImagineCore
 from .errors import GatewayProtocolError, PermissionDenied
-from .gateway import parse_callback
+from .gateway import read_callback
 
 log = logging.getLogger(__name__)
 
@@ -48,15 +50,17 @@ async def modkie_callback(request: web.Request) -> web.Response:
     secret = core.settings.MODKIE_WEBHOOK_SECRET
     body = await request.read()
     try:
-        task_id = parse_callback(body, request.headers, secret.get_secret_value() if secret else None)
+        callback = read_callback(body, request.headers, secret.get_secret_value() if secret else None)
     except PermissionDenied:
         log.warning("gateway callback with a bad or missing signature refused")
         return web.json_response({"ok": False, "error": "bad signature"}, status=401)
     except GatewayProtocolError as exc:
         log.warning("unreadable gateway callback: %s", exc.admin_message)
         return web.json_response({"ok": False, "error": "unreadable"}, status=400)
-    woke = core.orchestrator.notify(task_id)
-    log.info("gateway callback for task %s (%s)", task_id, "tracked" if woke else "not tracked here")
+    woke = core.orchestrator.notify(callback.task_id, callback.final)
+    log.info("gateway callback for task %s (%s, %s)", callback.task_id,
+             f"signed final {callback.final.stage.value}" if callback.final else "a hint",
+             "tracked" if woke else "not tracked here")
     return web.json_response({"ok": True})
 
 

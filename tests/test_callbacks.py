@@ -11,7 +11,7 @@ import json
 import pytest
 
 from imagine_bot.core.errors import GatewayProtocolError, PermissionDenied
-from imagine_bot.core.gateway import parse_callback, sign_kie, sign_modkie
+from imagine_bot.core.gateway import TaskStage, parse_callback, read_callback, sign_kie, sign_modkie
 
 SECRET = "whsec-test-4242"
 TASK = "task_seedream_17651662387161234"
@@ -109,3 +109,58 @@ def test_signature_is_ignored_without_a_secret() -> None:
 def test_garbage_is_refused(body: bytes, secret: str | None) -> None:
     with pytest.raises(GatewayProtocolError):
         parse_callback(body, {}, secret)
+
+
+# ---------------------------------------------------------------------- what may be trusted (read_callback)
+URL = "https://x.example/1.png"
+
+
+def account(state: str, result: object = None, **extra: object) -> bytes:
+    return json.dumps({"event": "task.completed", "taskId": TASK, "state": state, "result": result,
+                       "failMsg": None, "creditsCharged": 18, **extra}).encode()
+
+
+@pytest.mark.parametrize("result", [{"resultUrls": [URL]}, json.dumps({"resultUrls": [URL]}), [URL]])
+@pytest.mark.parametrize("encoding", ["hex", "base64"])
+def test_a_signed_final_success_carries_its_answer(result: object, encoding: str) -> None:
+    body = account("success", result)
+    callback = read_callback(body, modkie_headers(body, encoding), SECRET)
+    assert callback.task_id == TASK and callback.final is not None
+    assert callback.final.stage is TaskStage.SUCCESS and callback.final.result_urls == (URL,)
+    assert callback.final.consume_credits == 18
+
+
+def test_a_signed_final_failure_carries_its_answer() -> None:
+    body = account("fail", failMsg="nsfw content", failCode="400")
+    final = read_callback(body, modkie_headers(body, "hex"), SECRET).final
+    assert final is not None and final.stage is TaskStage.FAIL
+    assert (final.fail_msg, final.fail_code, final.result_urls) == ("nsfw content", "400", ())
+
+
+def test_a_signed_envelope_under_data_is_trusted_too() -> None:
+    body = json.dumps({"code": 200, "data": {"task_id": TASK, "state": "completed",
+                                             "resultJson": {"resultUrls": [URL]}}}).encode()
+    final = read_callback(body, modkie_headers(body, "hex"), SECRET).final
+    assert final is not None and final.result_urls == (URL,)
+
+
+@pytest.mark.parametrize("body", [
+    account("processing"), account("pending"), account("mystery"), account("success"),  # not final / no URLs
+    account("success", {"resultUrls": []}), account("success", "not json"), account("success", [1, 2]),
+    account("success", {"resultUrls": "x"}),
+    json.dumps({"taskId": TASK, "result": [URL]}).encode(),  # no state
+    json.dumps({"taskId": TASK, "state": 1}).encode(),
+])
+def test_signed_but_not_a_final_answer_is_a_hint(body: bytes) -> None:
+    callback = read_callback(body, modkie_headers(body, "hex"), SECRET)
+    assert callback.task_id == TASK and callback.final is None
+
+
+def test_only_the_whole_body_signature_is_trusted() -> None:
+    body = account("success", [URL])
+    # kie signs taskId.timestamp only: the body could say anything
+    assert read_callback(body, kie_headers(), SECRET).final is None
+    # no secret configured: nothing is verified, so nothing is trusted
+    assert read_callback(body, modkie_headers(body, "hex"), None).final is None
+    with pytest.raises(PermissionDenied):
+        read_callback(body, modkie_headers(body, "hex", secret="other-secret"), SECRET)

@@ -1,6 +1,7 @@
 """The image gateway: an async client for the ModKie / kie.ai jobs API and the callback reader."""
 
-from .callbacks import parse_callback, sign_kie, sign_modkie
+from .callbacks import Callback, parse_callback, read_callback, sign_kie, sign_modkie
 from .client import Download, GatewayClient, TaskRecord, TaskStage
 
-__all__ = ["Download", "GatewayClient", "TaskRecord", "TaskStage", "parse_callback", "sign_kie", "sign_modkie"]
+__all__ = ["Callback", "Download", "GatewayClient", "TaskRecord", "TaskStage", "parse_callback", "read_callback",
+           "sign_kie", "sign_modkie"]

@@ -64,6 +64,7 @@ CREATE_TASK = "createTask"
 RECORD_INFO = "recordInfo"
 DOWNLOAD = "download"
 CREDIT = "credit"
+WEBHOOKS = "webhooks"
 
 
 class TaskStage(StrEnum):
@@ -226,6 +227,20 @@ class GatewayClient:
             return self._parse_record(task_id, data)
 
         return await self._retrying(RECORD_INFO, once)
+
+    @_keyless
+    async def register_webhook(self, url: str, secret: str) -> None:
+        """Register the account webhook (ModKie ``POST /api/gateway/webhooks``): one URL per account, so
+        registering the same URL again changes nothing. An accepted answer without ``data`` is fine."""
+
+        async def once() -> None:
+            try:
+                await self._call(WEBHOOKS, "POST", "/api/gateway/webhooks", json={"url": url, "secret": secret})
+            except GatewayProtocolError as error:
+                if error.gateway_code is None or not 200 <= error.gateway_code < 300:
+                    raise
+
+        await self._retrying(WEBHOOKS, once)
 
     @_keyless
     async def credit(self) -> int:

@@ -13,6 +13,11 @@ in an HTTP 200 body, like the gateway):
   The ``modkie`` dialect says ``pending``/``processing`` and sends ``resultJson`` as an object; ``kie``
   sends it as a JSON string. Credits are charged only on success (``consumeCredits``/``remainedCredits``).
 - ``GET /api/v1/chat/credit``, ``GET /api/v1/models`` (with ``creditCost``), ``GET /healthz``.
+- ``POST /api/gateway/webhooks {"url", "secret"}``: registers the account webhook (one per account;
+  registering again replaces it; ``GET`` shows the URL, never the secret). From then on every task that
+  ends is also POSTed there in the ModKie shape (``{"event": "task.completed", "taskId", "state",
+  "result": {"resultUrls": [...]}, ...}``), signed over the raw body with ``X-ModKie-Signature:
+  sha256=<hex>`` when a secret was given.
 - ``GET /files/{taskId}/{n}.png``: the result images, rendered once on first download (in a thread).
 
 When ``api_key`` is set, ``/api/`` requests without ``Authorization: Bearer <api_key>`` get HTTP 401.
@@ -28,7 +33,8 @@ Magic words, for staging by hand (anywhere in the prompt):
 Faults for tests: ``inject(endpoint, ...)`` queues one fault for the next ``times`` calls of an endpoint:
 a raw HTTP status, an envelope ``code`` in a 200 body, a raw ``body``, extra ``headers``, a ``hang`` (sleep
 that long before answering) or, for recordInfo, a reported ``state``. For the ``callback`` endpoint the
-fault changes the outgoing callback (``body``, ``code``, ``state``, ``hang`` before sending).
+fault changes the outgoing callback (``body``, ``code``, ``state``, ``hang`` before sending); for the
+``webhook`` endpoint, the outgoing account webhook (``body``, ``state``, ``hang``).
 """
 
 from __future__ import annotations
@@ -47,7 +53,7 @@ import aiohttp
 from aiohttp import web
 
 from ..catalog import KIE_ASPECT_RATIOS, SEEDREAM_45
-from ..gateway.callbacks import KIE_SIGNATURE, KIE_TIMESTAMP, sign_kie
+from ..gateway.callbacks import KIE_SIGNATURE, KIE_TIMESTAMP, MODKIE_SIGNATURE, sign_kie, sign_modkie
 from .render import render_png
 
 log = logging.getLogger(__name__)
@@ -55,7 +61,8 @@ log = logging.getLogger(__name__)
 DEFAULT_DELAYS = {"waiting": 0.3, "queuing": 0.3, "generating": 1.0}
 WALK = ("waiting", "queuing", "generating")
 MODKIE_STATES = {"waiting": "pending", "queuing": "pending", "generating": "processing"}
-ENDPOINTS = frozenset({"createTask", "recordInfo", "download", "callback", "credit", "models"})
+ENDPOINTS = frozenset({"createTask", "recordInfo", "download", "callback", "webhook", "webhooks", "credit",
+                       "models"})
 QUALITIES = ("basic", "high")
 FAIL_MESSAGE = "sandbox: generation failed on request"
 INJECTED_FAIL_MESSAGE = "sandbox: injected failure"
@@ -143,6 +150,8 @@ class SandboxGateway:
         self._stopping = asyncio.Event()
         self._base_url: str | None = None
         self._random = random.Random()
+        #: the registered account webhook: (url, secret or None)
+        self.account_webhook: tuple[str, str | None] | None = None
 
     def __repr__(self) -> str:
         return f"SandboxGateway(base_url={self._base_url!r}, dialect={self.dialect!r})"
@@ -161,6 +170,8 @@ class SandboxGateway:
         app.router.add_get("/api/v1/jobs/recordInfo", self._record_info, name="recordInfo")
         app.router.add_get("/api/v1/chat/credit", self._credit, name="credit")
         app.router.add_get("/api/v1/models", self._models, name="models")
+        app.router.add_post("/api/gateway/webhooks", self._register_webhook, name="webhooks")
+        app.router.add_get("/api/gateway/webhooks", self._show_webhook, name="webhookInfo")
         app.router.add_get("/files/{task_id}/{n:\\d+}.png", self._file, name="download")
         app.router.add_get("/healthz", self._healthz, name="healthz")
         self._stopping.clear()
@@ -286,8 +297,8 @@ class SandboxGateway:
             fails="sandbox:fail" in prompt,
         )
         self.tasks[task.task_id] = task
-        if task.callback_url:
-            self._schedule(self._callback(task))
+        if task.callback_url or self.account_webhook:
+            self._schedule(self._at_end(task))
         return _envelope(200, "success", {"taskId": task.task_id})
 
     async def _record_info(self, request: web.Request) -> web.Response:
@@ -295,6 +306,25 @@ class SandboxGateway:
         if task is None:
             return _envelope(422, "recordInfo is null")
         return _envelope(200, "success", self._record(task, self._forced_states.get(id(request))))
+
+    async def _register_webhook(self, request: web.Request) -> web.Response:
+        try:
+            payload = await request.json()
+        except ValueError:
+            return _envelope(400, "request body is not JSON")
+        url = payload.get("url") if isinstance(payload, dict) else None
+        secret = payload.get("secret") if isinstance(payload, dict) else None
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            return _envelope(422, "url must be an http(s) URL")
+        if secret is not None and not isinstance(secret, str):
+            return _envelope(422, "secret must be a string")
+        self.account_webhook = (url, secret or None)
+        return _envelope(200, "success", {"url": url, "signed": bool(secret)})
+
+    async def _show_webhook(self, request: web.Request) -> web.Response:
+        if self.account_webhook is None:
+            return _envelope(200, "success", {"url": None, "signed": False})
+        return _envelope(200, "success", {"url": self.account_webhook[0], "signed": bool(self.account_webhook[1])})
 
     async def _credit(self, request: web.Request) -> web.Response:
         for task in self.tasks.values():
@@ -374,11 +404,48 @@ class SandboxGateway:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _callback(self, task: SandboxTask) -> None:
-        """POST the recordInfo envelope to the task's callBackUrl once it has ended."""
-        assert task.callback_url is not None
+    async def _at_end(self, task: SandboxTask) -> None:
+        """Once the task has ended: its per-task callback, then the account webhook (whichever apply)."""
         loop = asyncio.get_running_loop()
         await asyncio.sleep(max(0.0, task.created + task.duration - loop.time()))
+        if task.callback_url:
+            await self._callback(task)
+        if self.account_webhook:
+            await self._webhook(task, *self.account_webhook)
+
+    async def _webhook(self, task: SandboxTask, url: str, secret: str | None) -> None:
+        """POST the ModKie account webhook for an ended task, signed over the raw body when there is a secret."""
+        fault = self._take_fault("webhook")
+        if fault is not None and fault.hang:
+            await self._hang(fault.hang)
+        self.requests["webhook"] += 1
+        data = self._record(task, fault.state if fault else None)
+        ok = data["state"] in SUCCESS_STATES
+        result = data["resultJson"]
+        payload = {
+            "event": "task.completed", "taskId": task.task_id, "state": data["state"], "provider": "seedream",
+            "capability": "image", "model": task.model,
+            "result": (json.loads(result) if isinstance(result, str) else result) if ok else None,
+            "failMsg": data["failMsg"] or None, "creditsCharged": data.get("consumeCredits", 0),
+            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        body = fault.body if fault is not None and fault.body is not None else json.dumps(payload).encode()
+        headers = {"Content-Type": "application/json", **(fault.headers if fault else {})}
+        if secret:
+            headers[MODKIE_SIGNATURE] = sign_modkie(secret, body)
+        await self._post(url, body, headers, task.task_id, "account webhook")
+
+    async def _post(self, url: str, body: bytes, headers: dict[str, str], task_id: str, what: str) -> None:
+        assert self._session is not None
+        try:
+            async with self._session.post(url, data=body, headers=headers) as response:
+                log.debug("sandbox %s for %s -> HTTP %d", what, task_id, response.status)
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            log.info("sandbox %s for %s to %s failed: %s", what, task_id, url, type(exc).__name__)
+
+    async def _callback(self, task: SandboxTask) -> None:
+        """POST the recordInfo envelope to the task's callBackUrl (it has ended)."""
+        assert task.callback_url is not None
         fault = self._take_fault("callback")
         if fault is not None and fault.hang:
             await self._hang(fault.hang)
@@ -394,13 +461,7 @@ class SandboxGateway:
             timestamp = str(int(time.time()))
             headers[KIE_TIMESTAMP] = timestamp
             headers[KIE_SIGNATURE] = sign_kie(self.webhook_secret, task.task_id, timestamp)
-        assert self._session is not None
-        try:
-            async with self._session.post(task.callback_url, data=body, headers=headers) as response:
-                log.debug("sandbox callback for %s -> HTTP %d", task.task_id, response.status)
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            log.info("sandbox callback for %s to %s failed: %s", task.task_id, task.callback_url,
-                     type(exc).__name__)
+        await self._post(task.callback_url, body, headers, task.task_id, "callback")
 
 
 def _validate(payload: Any) -> str | None:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import logging
+import socket
 
 import discord
 import pytest
@@ -118,18 +121,50 @@ def test_cli_invite_url_with_client_id_needs_no_network(capsys, make_settings):
     assert invite("424242") == discord.utils.oauth_url(424242, permissions=expected, scopes=SCOPES)
 
 
-async def test_imagine_bot_run_only_discord(fake, discord_settings):
-    settings = discord_settings()
+@contextlib.asynccontextmanager
+async def running(settings, *, within: float = 20):
+    """``imagine-bot run --only discord`` in the background, until the block ends (then it must exit 0)."""
     stop, started = asyncio.Event(), asyncio.Event()
     runner = asyncio.create_task(run(settings, only=["discord"], stop=stop, ready=lambda _port: started.set()))
     try:
-        await asyncio.wait_for(started.wait(), 20)
-        payload = InteractionFactory(fake.app_id).command(
-            "imagine", ALICE, [{"name": "prompt", "type": 3, "value": "a harbour at night"}])
-        await fake.dispatch("INTERACTION_CREATE", payload)
-        await fake.wait_for("PATCH", rf"/webhooks/\d+/{payload['token']}/messages/@original",
-                            where=lambda c: bool(c.files))
+        await asyncio.wait_for(started.wait(), within)
+        yield
     finally:
         stop.set()
         assert await asyncio.wait_for(runner, 20) == 0
+
+
+async def imagine_and_wait(fake, prompt: str) -> None:
+    payload = InteractionFactory(fake.app_id).command("imagine", ALICE,
+                                                      [{"name": "prompt", "type": 3, "value": prompt}])
+    await fake.dispatch("INTERACTION_CREATE", payload)
+    await fake.wait_for("PATCH", rf"/webhooks/\d+/{payload['token']}/messages/@original", where=lambda c: bool(c.files))
+
+
+async def test_imagine_bot_run_only_discord(fake, discord_settings):
+    async with running(discord_settings()):
+        await imagine_and_wait(fake, "a harbour at night")
     await fake.wait_gateway_closed()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def test_imagine_bot_run_registers_the_account_webhook(fake, discord_settings, sandbox, caplog):
+    port = free_port()
+    settings = discord_settings(PUBLIC_URL=f"http://127.0.0.1:{port}", HTTP_PORT=port,
+                                MODKIE_WEBHOOK_SECRET="whsec-run-test")
+    caplog.set_level(logging.INFO, logger="imagine_bot.core.webhooks")
+    async with running(settings):
+        assert sandbox.account_webhook == (f"http://127.0.0.1:{port}/callbacks/modkie", "whsec-run-test")
+        assert "registered" in caplog.text and "whsec-run-test" not in caplog.text
+        await imagine_and_wait(fake, "a signed harbour")
+    # delivered on the signed account webhook alone: no recordInfo at all
+    assert sandbox.requests["webhook"] == 1 and sandbox.requests["recordInfo"] == 0
+    # a refused registration is a warning: the bot starts all the same
+    sandbox.inject("webhooks", status=500, times=10)
+    async with running(settings, within=30):
+        assert "refused the account webhook" in caplog.text
