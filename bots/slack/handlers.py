@@ -145,11 +145,11 @@ class SlackHandlers:
             return
         data = job.reply.data
         problems: list[str] = []
-        for file_id in data.get("file_ids") or []:
-            problems += await self._quietly(self.client.files_delete(file=file_id))
-        if data.get("progress_ts"):
+        if data.get("progress_ts"):  # the message first, so that nobody sees it with a deleted image
             problems += await self._quietly(self.client.chat_delete(channel=data["progress_channel"],
                                                                     ts=data["progress_ts"]))
+        for file_id in data.get("file_ids") or []:  # the file: its reply in the thread and the image itself
+            problems += await self._quietly(self.client.files_delete(file=file_id))
         self.core.jobs.set_reply_data(job.id, deleted=True)  # the App Home tab no longer shows it
         log.info("job %s deleted by %s%s", job.id, user, f" with problems {problems}" if problems else "")
         text = messages.deleted() if not problems else (

@@ -16,6 +16,7 @@ from slack_sdk.models.views import View
 from imagine_bot.bots.slack import blocks
 from imagine_bot.bots.slack.blocks import ACTION_DELETE, ACTION_REROLL
 from imagine_bot.core.db import utcnow
+from imagine_bot.core.events import Delivered
 from imagine_bot.core.identity import UserRef
 from imagine_bot.core.jobs import Job, JobState
 
@@ -90,6 +91,20 @@ async def test_a_file_never_processed_in_time_falls_back_to_the_thread(slack: Sl
     assert_charged_once(slack)
 
 
+async def test_a_repeated_delivery_shows_the_image_without_uploading_it_again(slack: SlackHarness):
+    """A crash between the upload and the final edit: Delivered comes again; the file is not uploaded twice."""
+    job = await one_image(slack)
+    ts, [file_id] = job.reply.data["progress_ts"], job.reply.data["file_ids"]
+    await slack.service.client.chat_update(channel="C1", ts=ts, text="Working on it", blocks=[])  # as it was
+    uploads = len(slack.fake.calls_to("files.completeUploadExternal"))
+
+    await slack.service.frontend.publish(Delivered(slack.core.jobs.get(job.id), (), 162))
+    assert len(slack.fake.calls_to("files.completeUploadExternal")) == uploads == 1
+    shown = valid_blocks(slack.fake.messages[ts].blocks or [])
+    assert of_type(shown, "image")[0]["slack_file"] == {"id": file_id}
+    assert len(slack.fake.calls_to("chat.postMessage")) == 1  # no second message either
+
+
 async def test_result_in_thread_keeps_the_quiet_layout(slack_settings, fake_slack):
     async with SlackHarness.open(slack_settings(SLACK_RESULT_IN_THREAD=True), fake_slack) as slack:
         job = await one_image(slack)
@@ -113,6 +128,9 @@ async def test_delete_removes_the_message_and_the_file(slack: SlackHarness):
     assert (await slack.fake.wait_response(url))["text"] == "Deleted."
     assert slack.fake.messages[ts].deleted
     assert slack.fake.files[file_id]["deleted"]
+    # the message goes first: nobody sees it with a broken image
+    assert [c.method for c in slack.fake.calls if c.method in ("chat.delete", "files.delete")] == [
+        "chat.delete", "files.delete"]
     with pytest.raises(SlackApiError) as gone:
         await slack.service.client.files_info(file=file_id)
     assert gone.value.response["error"] == "file_not_found"
