@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .errors import ConfigError
@@ -69,6 +69,10 @@ class Settings(BaseSettings):
     DISCORD_GATEWAY_URL: str | None = None
     DISCORD_GUILD_IDS: CsvList = Field(default_factory=list)
     DISCORD_ALLOW_DMS: bool = False
+    #: None: as many shards as Discord recommends, all in this process (``GET /gateway/bot``)
+    DISCORD_SHARD_COUNT: int | None = Field(default=None, ge=1)
+    #: the shards this process runs (the others run elsewhere); empty: all of DISCORD_SHARD_COUNT
+    DISCORD_SHARD_IDS: CsvList = Field(default_factory=list)
 
     LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -80,7 +84,8 @@ class Settings(BaseSettings):
             return {k: v for k, v in data.items() if not (isinstance(v, str) and v.strip() == "")}
         return data
 
-    @field_validator("ADMINS", "BANNED_WORDS", "MODKIE_ASPECT_RATIOS", "DISCORD_GUILD_IDS", mode="before")
+    @field_validator("ADMINS", "BANNED_WORDS", "MODKIE_ASPECT_RATIOS", "DISCORD_GUILD_IDS", "DISCORD_SHARD_IDS",
+                     mode="before")
     @classmethod
     def _split_csv(cls, value: object) -> object:
         if isinstance(value, str):
@@ -97,6 +102,21 @@ class Settings(BaseSettings):
             )
             if not ok:
                 raise ValueError(f"{admin!r} is not slack:TEAM:USER or discord:USER")
+        return value
+
+    @field_validator("DISCORD_SHARD_IDS")
+    @classmethod
+    def _check_shard_ids(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        count = info.data.get("DISCORD_SHARD_COUNT")
+        if not value:
+            return value
+        if count is None:
+            raise ValueError("needs DISCORD_SHARD_COUNT too (the number of shards over all processes)")
+        for shard in value:
+            if not shard.isdigit():
+                raise ValueError(f"{shard!r} is not a shard number (0, 1, ...)")
+            if int(shard) >= count:
+                raise ValueError(f"shard {shard} is not below DISCORD_SHARD_COUNT ({count}); shards count from 0")
         return value
 
     @field_validator("MODKIE_BASE_URL", "SLACK_API_URL", "DISCORD_API_BASE")
@@ -119,6 +139,10 @@ class Settings(BaseSettings):
     @property
     def sandbox(self) -> bool:
         return self.MODKIE_BASE_URL == SANDBOX
+
+    @property
+    def discord_shard_ids(self) -> list[int] | None:
+        return [int(s) for s in self.DISCORD_SHARD_IDS] or None
 
     @property
     def callback_url(self) -> str | None:

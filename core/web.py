@@ -10,6 +10,8 @@ never waits on us.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from aiohttp import web
 
@@ -21,11 +23,20 @@ from .gateway import read_callback
 log = logging.getLogger(__name__)
 
 CORE_KEY: web.AppKey[ImagineCore] = web.AppKey("core", ImagineCore)
+#: what front ends add to ``/healthz`` (Discord: its shards), by name
+StatusFn = Callable[[], Mapping[str, Any]]
+STATUS_KEY: web.AppKey[dict[str, StatusFn]] = web.AppKey("status", dict)
+
+
+def add_status(app: web.Application, name: str, status: StatusFn) -> None:
+    """Show ``status()`` under ``name`` in ``/healthz`` (a front end's own state, such as Discord shards)."""
+    app[STATUS_KEY][name] = status
 
 
 def build_web_app(core: ImagineCore) -> web.Application:
     app = web.Application(client_max_size=1024 * 1024)
     app[CORE_KEY] = core
+    app[STATUS_KEY] = {}
     app.router.add_get("/healthz", healthz)
     app.router.add_post("/callbacks/modkie", modkie_callback)
     return app
@@ -42,6 +53,7 @@ async def healthz(request: web.Request) -> web.Response:
         "version": __version__,
         "jobs_in_flight": core.orchestrator.in_flight,
         "frontends": sorted(core.orchestrator.frontends),
+        **{name: dict(status()) for name, status in request.app[STATUS_KEY].items()},
     })
 
 

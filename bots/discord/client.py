@@ -11,12 +11,17 @@ Commands (choices come from the model catalog)::
 
 Slash commands need no privileged intent: only ``guilds`` is asked for (to know channels and their
 NSFW flag). Messages never ping anyone by default (``AllowedMentions.none()``).
+
+The client is sharded (``discord.AutoShardedClient``): Discord refuses a bot in more than 2,500 servers
+on one connection. By default it asks Discord how many shards to run (``GET /gateway/bot``) and runs them
+all; ``DISCORD_SHARD_COUNT`` and ``DISCORD_SHARD_IDS`` split them over processes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from typing import Any
 
 import discord
@@ -74,7 +79,7 @@ class ImagineTree(app_commands.CommandTree["ImagineClient"]):
             pass
 
 
-class ImagineClient(discord.Client):
+class ImagineClient(discord.AutoShardedClient):
     """The bot. ``core`` is None for the command line (``discord sync``), which never runs handlers."""
 
     def __init__(self, settings: Settings, model: ModelSpec, core: ImagineCore | None = None,
@@ -82,6 +87,8 @@ class ImagineClient(discord.Client):
         bad = [g for g in settings.DISCORD_GUILD_IDS if not g.isdigit()]
         if bad:
             raise ConfigError("DISCORD_GUILD_IDS", f"{bad[0]!r} is not a server ID (copy it with Developer Mode on)")
+        options.setdefault("shard_count", settings.DISCORD_SHARD_COUNT)
+        options.setdefault("shard_ids", settings.discord_shard_ids)
         super().__init__(intents=intents(), allowed_mentions=discord.AllowedMentions.none(), **options)
         self.settings = settings
         self.core = core
@@ -98,9 +105,23 @@ class ImagineClient(discord.Client):
     async def setup_hook(self) -> None:
         self.add_dynamic_items(RerollButton, DeleteButton)
 
+    async def on_shard_ready(self, shard_id: int) -> None:
+        log.info("Discord shard %d of %s ready", shard_id, self.shard_count)
+
     async def on_ready(self) -> None:
-        log.info("connected to Discord as %s (application %s)", self.user, self.application_id)
+        log.info("connected to Discord as %s (application %s), shards %s of %s", self.user, self.application_id,
+                 sorted(self.shards), self.shard_count)
         self.ready_event.set()
+
+    def shard_status(self) -> dict[str, Any]:
+        """For ``/healthz``: each shard this process runs, connected or not, and its heartbeat latency."""
+        shards = []
+        for shard_id, info in sorted(self.shards.items()):
+            latency = info.latency
+            shards.append({"id": shard_id, "connected": not info.is_closed(),
+                           "latency_ms": round(latency * 1000, 1) if math.isfinite(latency) else None})
+        return {"ready": self.is_ready(), "shard_count": self.shard_count,
+                "shard_ids": list(self.shard_ids or range(self.shard_count or 0)), "shards": shards}
 
 
 def _handlers(interaction: discord.Interaction) -> Handlers:

@@ -18,6 +18,7 @@ from aiohttp import web
 from imagine_bot.core.app import ImagineCore
 from imagine_bot.core.errors import ConfigError
 from imagine_bot.core.settings import Settings
+from imagine_bot.core.web import add_status
 
 from .client import ImagineClient, configure_endpoints, sync_commands
 from .frontend import DiscordFrontEnd
@@ -40,6 +41,8 @@ class DiscordService:
         self.client = ImagineClient(settings, core.model, core=core, **client_options)
         self.frontend = DiscordFrontEnd(self.client, core, edit_interval=edit_interval)
         core.register(self.frontend)
+        if web_app is not None:
+            add_status(web_app, "discord", self.client.shard_status)
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:

@@ -21,8 +21,12 @@ Routes (under ``/api/v10``)::
     POST   /channels/{id}/messages                        channel messages (JSON or multipart)
     DELETE /channels/{id}/messages/{id}
 
-The gateway (``/gateway-ws``): HELLO (op 10), IDENTIFY (op 2) is recorded, READY is sent, heartbeats are
-acknowledged, and ``await fake.dispatch(event, data)`` sends a dispatch (``INTERACTION_CREATE`` ...).
+The gateway (``/gateway-ws``), sharded like Discord's: ``GET /gateway/bot`` recommends ``shards`` (a
+constructor argument, default 1). Each connection gets HELLO (op 10); its IDENTIFY (op 2) is recorded
+with the ``shard: [id, count]`` it names (none: shard 0 of 1), and READY names that shard and lists, as
+unavailable, the guilds the shard owns (``guilds``: ``(guild_id >> 22) % count == id``), each followed by
+a GUILD_CREATE. Heartbeats are acknowledged. ``await fake.dispatch(event, data)`` sends a dispatch on the
+shard that owns ``data["guild_id"]`` (DMs: shard 0), as Discord routes them; ``shard=`` picks one.
 
 Synchronisation is by events: ``await fake.wait_for(...)`` returns once matching calls have been
 recorded (past ones count), never by sleeping.
@@ -113,7 +117,7 @@ def invalid_webhook_token() -> dict[str, Any]:
 
 class FakeDiscord:
     def __init__(self, *, token: str = "fake-bot-token", app_id: int | None = None,
-                 bot_id: int | None = None) -> None:
+                 bot_id: int | None = None, shards: int = 1, guilds: tuple[str, ...] = ()) -> None:
         self.token = token
         self.app_id = str(app_id or snowflake())
         self.bot_id = str(bot_id or self.app_id)
@@ -125,12 +129,20 @@ class FakeDiscord:
         self.interactions: dict[str, _Interaction] = {}
         self.expired_tokens: set[str] = set()
         self.identify: dict[str, Any] | None = None
+        #: the recommended shard count (``GET /gateway/bot``) and the guilds the bot is in
+        self.shards = shards
+        self.guilds = tuple(str(g) for g in guilds)
+        #: shard id -> its IDENTIFY payload; shard id -> its open connection; (event, shard) sent
+        self.identifies: dict[int, dict[str, Any]] = {}
+        self.dispatched: list[tuple[str, int]] = []
+        self._shard_count = 1
         self._failures: list[_Failure] = []
         self._changed = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self._port = 0
-        self._ws: web.WebSocketResponse | None = None
+        self._sockets: dict[int, web.WebSocketResponse] = {}
         self._ws_closed = asyncio.Event()
+        self._ws_closed.set()
         self._seq = itertools.count(1)
         self._routes: list[tuple[str, re.Pattern[str], Callable[..., Any]]] = [
             ("GET", re.compile(r"/users/@me"), self._me),
@@ -163,8 +175,9 @@ class FakeDiscord:
         return self
 
     async def close(self) -> None:
-        if self._ws is not None and not self._ws.closed:
-            await self._ws.close()
+        for ws in list(self._sockets.values()):
+            if not ws.closed:
+                await ws.close()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -298,7 +311,7 @@ class FakeDiscord:
         })
 
     async def _gateway_info(self, request: web.Request, call: Call) -> web.Response:
-        return _json_response({"url": self.gateway_url, "shards": 1, "session_start_limit": {
+        return _json_response({"url": self.gateway_url, "shards": self.shards, "session_start_limit": {
             "total": 1000, "remaining": 999, "reset_after": 0, "max_concurrency": 1}})
 
     async def _get_commands(self, request: web.Request, call: Call, app: str, guild: str | None) -> web.Response:
@@ -445,10 +458,14 @@ class FakeDiscord:
         return message
 
     # ------------------------------------------------------------------ the gateway
+    def shard_of(self, guild_id: str | int | None) -> int:
+        """The shard Discord routes a guild's events to: ``(guild_id >> 22) % shard_count``; DMs: 0."""
+        return 0 if guild_id is None else (int(guild_id) >> 22) % self._shard_count
+
     async def _gateway_ws(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse()
         await ws.prepare(request)
-        self._ws = ws
+        shard_id: int | None = None
         self._ws_closed.clear()
         await ws.send_json({"op": 10, "d": {"heartbeat_interval": 45000}, "s": None, "t": None})
         try:
@@ -459,30 +476,67 @@ class FakeDiscord:
                 if data.get("op") == 1:
                     await ws.send_json({"op": 11, "d": None, "s": None, "t": None})
                 elif data.get("op") == 2:
+                    shard_id, count = data["d"].get("shard") or [0, 1]
+                    self._shard_count = count
+                    self._sockets[shard_id] = ws
                     self.identify = data["d"]
-                    self._record(Call("GATEWAY", "IDENTIFY", {}, data["d"], [], time.monotonic()))
+                    self.identifies[shard_id] = data["d"]
+                    self._record(Call("GATEWAY", "IDENTIFY", {"shard": str(shard_id)}, data["d"], [],
+                                      time.monotonic()))
+                    owned = [g for g in self.guilds if self.shard_of(g) == shard_id]
                     await self._send_dispatch("READY", {
-                        "v": 10, "user": self.bot_user(), "guilds": [], "session_id": secrets.token_hex(8),
-                        "resume_gateway_url": self.gateway_url, "shard": [0, 1],
+                        "v": 10, "user": self.bot_user(), "session_id": secrets.token_hex(8),
+                        "guilds": [{"id": g, "unavailable": True} for g in owned],
+                        "resume_gateway_url": self.gateway_url, "shard": [shard_id, count],
                         "application": {"id": self.app_id, "flags": 0},
-                    })
+                    }, shard=shard_id)
+                    for guild in owned:
+                        await self._send_dispatch("GUILD_CREATE", _guild(guild), shard=shard_id)
         finally:
-            self._ws = None
-            self._ws_closed.set()
+            if shard_id is not None and self._sockets.get(shard_id) is ws:
+                del self._sockets[shard_id]
+            if not self._sockets:
+                self._ws_closed.set()
         return ws
 
-    async def _send_dispatch(self, event: str, data: dict[str, Any]) -> None:
-        assert self._ws is not None, "no gateway connection"
-        await self._ws.send_json({"op": 0, "t": event, "s": next(self._seq), "d": data})
+    async def _send_dispatch(self, event: str, data: dict[str, Any], *, shard: int) -> None:
+        ws = self._sockets.get(shard)
+        assert ws is not None, f"no gateway connection for shard {shard}"
+        self.dispatched.append((event, shard))
+        await ws.send_json({"op": 0, "t": event, "s": next(self._seq), "d": data})
 
-    async def dispatch(self, event: str, data: dict[str, Any]) -> None:
-        """Send a gateway dispatch to the connected bot (``INTERACTION_CREATE`` registers the interaction)."""
+    async def dispatch(self, event: str, data: dict[str, Any], *, shard: int | None = None) -> int:
+        """Send a gateway dispatch to the connected bot on the shard that owns its guild (or ``shard``);
+        returns the shard. ``INTERACTION_CREATE`` registers the interaction."""
         if event == "INTERACTION_CREATE":
             self.register_interaction(data)
-        await self._send_dispatch(event, data)
+        shard = self.shard_of(data.get("guild_id")) if shard is None else shard
+        await self._send_dispatch(event, data, shard=shard)
+        return shard
+
+    async def wait_identified(self, count: int, within: float = 10.0) -> None:
+        """Wait until ``count`` shards have sent IDENTIFY."""
+        await self.wait_for("GATEWAY", "IDENTIFY", count=count, within=within)
 
     async def wait_gateway_closed(self, within: float = 10.0) -> None:
+        """Wait until every shard's connection has closed."""
         await asyncio.wait_for(self._ws_closed.wait(), within)
+
+
+def _guild(guild_id: str) -> dict[str, Any]:
+    """A GUILD_CREATE payload for a small server with one text channel."""
+    return {
+        "id": guild_id, "name": f"server {guild_id[-4:]}", "icon": None, "owner_id": "1", "features": [],
+        "roles": [{"id": guild_id, "name": "@everyone", "permissions": "0", "position": 0, "color": 0,
+                   "hoist": False, "managed": False, "mentionable": False, "flags": 0}],
+        "emojis": [], "stickers": [], "member_count": 2, "members": [], "voice_states": [], "presences": [],
+        "channels": [{"id": str(int(guild_id) + 1), "type": 0, "name": "art", "position": 0, "nsfw": False,
+                      "permission_overwrites": [], "parent_id": None, "flags": 0}],
+        "threads": [], "large": False, "unavailable": False, "joined_at": "2024-01-01T00:00:00+00:00",
+        "verification_level": 0, "default_message_notifications": 0, "explicit_content_filter": 0,
+        "mfa_level": 0, "premium_tier": 0, "preferred_locale": "en-US", "nsfw_level": 0,
+        "system_channel_flags": 0, "stage_instances": [], "guild_scheduled_events": [],
+    }
 
 
 class _Answer(Exception):
