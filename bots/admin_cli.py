@@ -1,7 +1,9 @@
-"""Admin commands on the database, for whoever runs the bot: ``imagine-bot credits ...`` and ``jobs ...``.
+"""Operator commands on the database, for whoever runs the bot: ``imagine-bot credits ...``, ``budget ...``
+and ``jobs ...``. Whoever can run these is an operator (they own the database and the gateway key).
 
 Users are named by their key (``slack:TEAM:USER``, ``discord:USER``, ``terminal:USER``); a bare name
-means a terminal user. These need no gateway key.
+means a terminal user. Budget scopes: ``discord:SERVER_ID``, ``slack:TEAM_ID``, either with ``#CHANNEL``,
+or ``global`` (the ``SPEND_CAP``). These need no gateway key.
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from imagine_bot.core import messages
+from imagine_bot.core.authority import parse_scope
+from imagine_bot.core.budgets import Budgets, spend_csv
 from imagine_bot.core.db import open_db, utcnow
 from imagine_bot.core.errors import UserInputError
 from imagine_bot.core.identity import UserRef
@@ -35,8 +40,23 @@ def _user(raw: str) -> UserRef:
 
 
 def _ledger(settings: Settings) -> Ledger:
-    return Ledger(open_db(settings.IMAGINE_DB_PATH), allowance=settings.CREDITS_ALLOWANCE,
-                  period=settings.CREDITS_PERIOD)
+    """The ledger with the budgets over it (as the bot runs it), so ``verify`` checks both."""
+    ledger = Ledger(open_db(settings.IMAGINE_DB_PATH), allowance=settings.CREDITS_ALLOWANCE,
+                    period=settings.CREDITS_PERIOD)
+    ledger.budgets = _budgets(settings, ledger)
+    return ledger
+
+
+def _budgets(settings: Settings, ledger: Ledger) -> Budgets:
+    return Budgets(ledger.db, default_amount=settings.DEFAULT_SCOPE_BUDGET, period=settings.SCOPE_BUDGET_PERIOD,
+                   cap=settings.SPEND_CAP, cap_period=settings.SPEND_CAP_PERIOD)
+
+
+def _scope(raw: str) -> str:
+    try:
+        return parse_scope(raw)
+    except ValueError as exc:
+        raise UserInputError(str(exc)) from None
 
 
 def _actor() -> str:
@@ -84,6 +104,41 @@ def credits_cmd(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def budget_cmd(args: argparse.Namespace, settings: Settings) -> int:
+    console = _console()
+    ledger = _ledger(settings)
+    budgets = ledger.budgets
+    assert budgets is not None
+    if args.action == "set":
+        raw = args.amount.lower()
+        amount = None if raw in ("default", "unlimited") else int(raw)
+        status = budgets.set_amount(_scope(args.scope), amount, actor=_actor(), period=args.period,
+                                    unlimited=raw == "unlimited")
+        console.print(messages.budget_line(status).replace("`", ""), highlight=False)
+    elif args.action == "show":
+        shown = [budgets.status(_scope(args.scope))] if args.scope else budgets.all()
+        table = Table("scope", "budget", "period", "spent", "reserved", "left", "member cap", "resets")
+        for b in shown:
+            table.add_row(b.scope, ("unlimited" if b.amount is None else str(b.amount)) + (" (default)" if b.default
+                                                                                           else ""),
+                          b.period, str(b.spent), str(b.held), "-" if b.remaining is None else str(b.remaining),
+                          "-" if b.member_cap is None else str(b.member_cap),
+                          describe_refill(b.next_reset, utcnow()) or "never")
+        console.print(table)
+    elif args.action == "report":
+        scope = _scope(args.scope)
+        status = budgets.status(scope)
+        rows = budgets.spend_rows(scope, status.period_start)
+        text = spend_csv(rows)
+        if args.out:
+            args.out.write_text(text)
+            console.print(messages.scope_summary(status, rows), highlight=False)
+            console.print(f"wrote {args.out}")
+        else:
+            sys.stdout.write(text)
+    return 0
+
+
 def jobs_cmd(args: argparse.Namespace, settings: Settings) -> int:
     console = _console()
     store = JobStore(open_db(settings.IMAGINE_DB_PATH))
@@ -128,6 +183,19 @@ def add_admin_parsers(sub: Any) -> None:
     a.add_argument("--out", type=Path)
     actions.add_parser("verify", help="check every balance against its ledger")
     p.set_defaults(func=credits_cmd)
+
+    p = sub.add_parser("budget", help="budgets per Discord server, Slack workspace or channel (operators)")
+    actions = p.add_subparsers(dest="action", required=True)
+    a = actions.add_parser("set", help="set a scope's budget per period: a number, 'default' or 'unlimited'")
+    a.add_argument("scope", help="discord:SERVER_ID, slack:TEAM_ID, either with #CHANNEL")
+    a.add_argument("amount")
+    a.add_argument("--period", choices=["day", "week", "month", "never"])
+    a = actions.add_parser("show", help="one scope's budget, or every budget")
+    a.add_argument("scope", nargs="?")
+    a = actions.add_parser("report", help="a scope's spend this period per user and channel, as CSV")
+    a.add_argument("scope")
+    a.add_argument("--out", type=Path)
+    p.set_defaults(func=budget_cmd)
 
     p = sub.add_parser("jobs", help="list and inspect jobs")
     actions = p.add_subparsers(dest="action", required=True)

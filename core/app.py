@@ -21,10 +21,12 @@ from typing import Any
 import httpx
 import sqlite_utils
 
-from . import __version__
+from . import __version__, messages
+from .authority import GLOBAL, Actor, scope_noun
+from .budgets import Budgets, BudgetStatus, spend_csv
 from .catalog import ModelSpec, get_model
 from .db import open_db, utcnow
-from .errors import ConfigError, NotFound, PermissionDenied, UserInputError
+from .errors import ConfigError, NotAllowedHere, NotFound, PermissionDenied, UserInputError
 from .frontend import FrontEnd
 from .gateway import GatewayClient
 from .identity import UserRef
@@ -32,6 +34,7 @@ from .jobs import Job, JobRequest, JobState, JobStore, ReplyTo
 from .ledger import Balance, Ledger
 from .orchestrator import Orchestrator
 from .parsing import ParsedPrompt, parse_imagine
+from .places import Places
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -41,6 +44,21 @@ log = logging.getLogger(__name__)
 class CreditsInfo:
     balance: Balance
     active: list[Job]
+    #: the budget of the server or workspace asked from (None in DMs and the terminal)
+    budget: BudgetStatus | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ScopeReport:
+    """Spend in one scope this period: a chat summary and the CSV behind it."""
+
+    summary: str
+    csv: str
+    filename: str
+
+
+NOT_OPERATOR = "Only the bot's operators can do that (credits, allowances, budgets, other places' reports)."
+NOT_HERE = "You can only manage the server or workspace you are an admin of."
 
 
 class ImagineCore:
@@ -53,6 +71,10 @@ class ImagineCore:
         self.jobs = JobStore(db)
         self.ledger = Ledger(db, allowance=settings.CREDITS_ALLOWANCE, period=settings.CREDITS_PERIOD)
         self.admins = frozenset(settings.ADMINS)
+        self.budgets = Budgets(db, default_amount=settings.DEFAULT_SCOPE_BUDGET, period=settings.SCOPE_BUDGET_PERIOD,
+                               cap=settings.SPEND_CAP, cap_period=settings.SPEND_CAP_PERIOD)
+        self.ledger.budgets = self.budgets
+        self.places = Places(db)
         self.orchestrator = Orchestrator(
             db=db,
             jobs=self.jobs,
@@ -132,77 +154,227 @@ class ImagineCore:
     def parse(self, text: str, defaults: dict[str, str] | None = None) -> ParsedPrompt:
         return parse_imagine(text, self.model, banned_words=self.settings.BANNED_WORDS, defaults=defaults)
 
-    async def imagine(self, requester: UserRef, reply: ReplyTo, text: str, *, dedupe_key: str | None = None,
+    def place_defaults(self, who: UserRef | Actor) -> dict[str, str]:
+        """The aspect ratio and quality a community admin chose for the place (flags still win)."""
+        actor = Actor.of(who)
+        return self.places.prefs(actor.place).defaults if actor.place else {}
+
+    async def imagine(self, requester: UserRef | Actor, reply: ReplyTo, text: str, *, dedupe_key: str | None = None,
                       defaults: dict[str, str] | None = None, extra_input: dict[str, Any] | None = None) -> Job:
-        """Parse chat text and submit the job. Raises ``ImagineError`` with a message for the user."""
-        parsed = self.parse(text, defaults)
+        """Parse chat text and submit the job. Raises ``ImagineError`` with a message for the user.
+
+        ``requester`` is best an ``Actor`` (its place and channel decide the budgets and the place's rules);
+        a bare Slack ``UserRef`` acts in its workspace and the reply's channel."""
+        actor = Actor.of(requester, reply.channel)
+        self.check_place(actor)
+        parsed = self.parse(text, {**self.place_defaults(actor), **(defaults or {})})
         return await self.orchestrator.submit(JobRequest(
-            requester=requester, reply=reply, prompt=parsed.prompt, params=parsed.params,
-            dedupe_key=dedupe_key, extra_input=extra_input or {},
+            requester=actor.user, reply=reply, prompt=parsed.prompt, params=parsed.params,
+            dedupe_key=dedupe_key, extra_input=self._inputs(actor, extra_input), scopes=self.scopes(actor),
         ))
 
-    async def reroll(self, requester: UserRef, job_id: str, reply: ReplyTo, *,
+    async def reroll(self, requester: UserRef | Actor, job_id: str, reply: ReplyTo, *,
                      dedupe_key: str | None = None, extra_input: dict[str, Any] | None = None) -> Job:
-        """The same prompt and parameters again, charged again, for whoever pressed the button.
+        """The same prompt and parameters again, charged again, for whoever pressed the button (and against
+        the budgets of the place where it was pressed).
 
         ``extra_input`` replaces the original's front-end inputs (the channel may differ: nsfw_checker).
         """
+        actor = Actor.of(requester, reply.channel)
+        self.check_place(actor)
         original = self.jobs.get(job_id)
         params = {k: v for k, v in original.params.items() if k in {s.name for s in self.model.inputs}}
         extra = {k: v for k, v in original.params.items() if k not in params}
         extra.update(extra_input or {})
         return await self.orchestrator.submit(JobRequest(
-            requester=requester, reply=reply, prompt=original.prompt, params=params,
-            dedupe_key=dedupe_key, parent_id=original.id, extra_input=extra,
+            requester=actor.user, reply=reply, prompt=original.prompt, params=params,
+            dedupe_key=dedupe_key, parent_id=original.id, extra_input=self._inputs(actor, extra),
+            scopes=self.scopes(actor),
         ))
 
-    def check_can_submit(self, requester: UserRef) -> None:
-        """Raise the refusal an ``imagine`` by this user would meet (job limit, balance), changing nothing."""
-        self.orchestrator.precheck(requester)
+    def _inputs(self, actor: Actor, extra: dict[str, Any] | None) -> dict[str, Any]:
+        """Front-end inputs, with ``nsfw_checker`` decided here: ``MODKIE_NSFW_CHECKER`` (on by default),
+        which a front end may only tighten, except in a Discord channel marked NSFW when the operator set
+        ``DISCORD_NSFW_CHANNELS_UNFILTERED``."""
+        inputs = dict(extra or {})
+        asked = inputs.get("nsfw_checker")
+        unfiltered = (asked is False and actor.nsfw_channel and actor.user.platform == "discord"
+                      and self.settings.DISCORD_NSFW_CHANNELS_UNFILTERED)
+        inputs["nsfw_checker"] = False if unfiltered else bool(self.settings.MODKIE_NSFW_CHECKER or asked)
+        return inputs
 
-    def credits(self, requester: UserRef) -> CreditsInfo:
-        return CreditsInfo(self.ledger.balance(requester), self.jobs.active(requester.key))
+    def scopes(self, actor: Actor) -> tuple[str, ...]:
+        """The budgets over a job asked by ``actor``: its place and that channel (if it has a budget)."""
+        if actor.place is None:
+            return ()
+        return (actor.place, actor.channel_scope) if actor.channel_scope else (actor.place,)
 
-    def is_admin(self, who: UserRef, *, platform_admin: bool = False) -> bool:
-        """Admins are listed in ``ADMINS``; a front end may also vouch (Discord's Manage Server)."""
-        return platform_admin or who.key in self.admins
+    def check_place(self, actor: Actor) -> None:
+        """The place's own refusals, before any charge: not an allowed server or workspace, banned there,
+        a channel the bot does not answer in, or paused submissions."""
+        if actor.place is not None:
+            platform, _, place_id = actor.place.partition(":")
+            allowed = {"discord": self.settings.DISCORD_ALLOWED_GUILDS,
+                       "slack": self.settings.SLACK_ALLOWED_TEAMS}.get(platform) or []
+            if allowed and place_id not in allowed:
+                raise NotAllowedHere(f"{actor.key} in {actor.place}, which is not allowed",
+                                     user_message=f"This image bot is not enabled for this {scope_noun(actor.place)}.")
+            if self.places.is_banned(actor.place, actor.key):
+                raise NotAllowedHere(f"{actor.key} is banned in {actor.place}", user_message=(
+                    f"A {scope_noun(actor.place)} admin has turned the image bot off for you here."))
+            channels = self.places.prefs(actor.place).channels
+            if channels and actor.channel not in channels:
+                where = ", ".join(f"<#{c}>" for c in channels)
+                raise NotAllowedHere(f"{actor.key} asked in channel {actor.channel}", user_message=(
+                    f"In this {scope_noun(actor.place)} I make images only in {where}."))
+        account = getattr(self, "account", None)
+        if account is not None:
+            account.check()
 
-    def check_delete(self, who: UserRef, job_id: str, *, platform_admin: bool = False) -> Job:
-        """The job, if ``who`` may delete its images (the requester or an admin)."""
+    def check_can_submit(self, requester: UserRef | Actor) -> None:
+        """Raise the refusal an ``imagine`` by this user would meet (place, job limit, balance, budgets),
+        changing nothing."""
+        actor = Actor.of(requester)
+        self.check_place(actor)
+        self.orchestrator.precheck(actor.user)
+        self.budgets.check(self.scopes(actor), actor.key, self.model.cost)
+
+    def credits(self, requester: UserRef | Actor) -> CreditsInfo:
+        actor = Actor.of(requester)
+        budget = self.budgets.status(actor.place) if actor.place else None
+        return CreditsInfo(self.ledger.balance(actor.user), self.jobs.active(actor.key), budget)
+
+    # ------------------------------------------------------------------ who may do what
+    def is_operator(self, who: UserRef | Actor) -> bool:
+        """Operators are listed in ``ADMINS`` (and run the command line): only they mint credits."""
+        return Actor.of(who).key in self.admins
+
+    def is_admin(self, who: UserRef | Actor) -> bool:
+        """An operator, or a community admin of the place they act in."""
+        actor = Actor.of(who)
+        return self.is_operator(actor) or (actor.community_admin and actor.place is not None)
+
+    def _require_operator(self, actor: Actor, what: str) -> None:
+        if not self.is_operator(actor):
+            raise PermissionDenied(f"{actor.key} (not an operator) tried {what}",
+                                   user_message=f"{NOT_OPERATOR} Nothing was changed.")
+
+    def _require_manager(self, actor: Actor, what: str, scope: str | None = None) -> str:
+        """The place ``actor`` may manage for ``what``: ``scope`` (operators: any) or their own place."""
+        scope = scope or actor.place
+        if self.is_operator(actor) and scope is not None:
+            return scope
+        if not (actor.community_admin and actor.place):
+            raise PermissionDenied(f"{actor.key} tried {what} without rights in {actor.place}")
+        if scope is None or (scope != actor.place and not scope.startswith(actor.place + "#")):
+            raise PermissionDenied(f"{actor.key} (admin of {actor.place}) tried {what} in {scope}",
+                                   user_message=f"{NOT_HERE} Nothing was changed.")
+        return scope
+
+    def check_delete(self, who: UserRef | Actor, job_id: str) -> Job:
+        """The job, if ``who`` may delete its images: the requester, an operator, or a community admin of
+        the place the job was made in."""
+        actor = Actor.of(who)
         job = self.jobs.find(job_id)
         if job is None:
             raise NotFound(f"no job {job_id}", user_message="That image is no longer known to me.")
-        if job.requester != who and not self.is_admin(who, platform_admin=platform_admin):
-            raise PermissionDenied(f"{who.key} may not delete job {job_id}",
+        made_in = self.budgets.job_scopes(job_id)
+        community = actor.community_admin and actor.place is not None and actor.place in made_in
+        if job.requester != actor.user and not self.is_operator(actor) and not community:
+            raise PermissionDenied(f"{actor.key} may not delete job {job_id}",
                                    user_message="Only the person who asked for this image, or an admin, can delete it.")
         return job
 
     def recent_images(self, who: UserRef, limit: int = 5) -> list[Job]:
         return self.jobs.recent(who.key, limit=limit, states=(JobState.DELIVERED,))
 
-    # ------------------------------------------------------------------ admins
-    def _require_admin(self, actor: UserRef, platform_admin: bool) -> None:
-        if not self.is_admin(actor, platform_admin=platform_admin):
-            raise PermissionDenied(f"{actor.key} is not an admin")
-
-    def admin_grant(self, actor: UserRef, target: UserRef, amount: int, *, platform_admin: bool = False,
-                    note: str | None = None) -> Balance:
-        self._require_admin(actor, platform_admin)
+    # ------------------------------------------------------------------ operators
+    def admin_grant(self, actor: UserRef | Actor, target: UserRef, amount: int, *, note: str | None = None) -> Balance:
+        self._require_operator(Actor.of(actor), "grant")
         if amount == 0:
             raise UserInputError("Grant a number of credits other than 0 (negative to revoke).")
-        return self.ledger.grant(target, amount, actor=actor.key, note=note)
+        return self.ledger.grant(target, amount, actor=Actor.of(actor).key, note=note)
 
-    def admin_allowance(self, actor: UserRef, target: UserRef, allowance: int | None, *,
-                        platform_admin: bool = False) -> Balance:
-        self._require_admin(actor, platform_admin)
+    def admin_allowance(self, actor: UserRef | Actor, target: UserRef, allowance: int | None) -> Balance:
+        self._require_operator(Actor.of(actor), "allowance")
         if allowance is not None and allowance < 0:
             raise UserInputError("An allowance cannot be negative.")
-        return self.ledger.set_allowance(target, allowance, actor=actor.key)
+        return self.ledger.set_allowance(target, allowance, actor=Actor.of(actor).key)
 
-    def admin_report(self, actor: UserRef, *, platform_admin: bool = False) -> str:
-        self._require_admin(actor, platform_admin)
+    def admin_history_allowed(self, actor: UserRef | Actor) -> None:
+        self._require_operator(Actor.of(actor), "history")
+
+    def admin_report(self, actor: UserRef | Actor) -> str:
+        """Every account on every platform, as CSV: operators only."""
+        self._require_operator(Actor.of(actor), "the full report")
         return self.ledger.report_csv()
+
+    def admin_budget_set(self, actor: UserRef | Actor, scope: str, amount: int | None, *, period: str | None = None,
+                         unlimited: bool = False) -> BudgetStatus:
+        self._require_operator(Actor.of(actor), f"budget set {scope}")
+        return self.budgets.set_amount(scope, amount, actor=Actor.of(actor).key, period=period, unlimited=unlimited)
+
+    # ------------------------------------------------------------------ community admins (and operators)
+    def admin_budget_show(self, actor: UserRef | Actor, scope: str | None = None) -> list[BudgetStatus]:
+        """The budget of ``scope`` (default: the actor's place) and its channels' budgets; an operator
+        asking from nowhere in particular sees every budget."""
+        who = Actor.of(actor)
+        if scope is None and who.place is None:
+            self._require_operator(who, "budget show")
+            return self.budgets.all()
+        place = self._require_manager(who, "budget show", scope)
+        shown = [self.budgets.status(place)]
+        if "#" not in place:
+            shown += [b for b in self.budgets.all() if b.scope.startswith(place + "#")]
+        return shown
+
+    def admin_scope_report(self, actor: UserRef | Actor, scope: str | None = None) -> ScopeReport:
+        """Spend this period in a place (per member and per channel): its community admins and operators."""
+        who = Actor.of(actor)
+        place = GLOBAL if scope == GLOBAL else self._require_manager(who, "report", scope)
+        if place == GLOBAL:
+            self._require_operator(who, "report global")
+        return self.scope_report(place)
+
+    def scope_report(self, scope: str) -> ScopeReport:
+        """Plain core function (CLI, dashboards): spend in ``scope`` this period, per account and channel."""
+        status = self.budgets.status(scope)
+        rows = self.budgets.spend_rows(scope, status.period_start)
+        return ScopeReport(messages.scope_summary(status, rows), spend_csv(rows),
+                           f"imagine-usage-{scope.replace(':', '-').replace('#', '-')}-{utcnow():%Y%m%d}.csv")
+
+    def admin_ban(self, actor: UserRef | Actor, target: UserRef, *, ban: bool = True) -> bool:
+        who = Actor.of(actor)
+        place = self._require_manager(who, "ban" if ban else "unban")
+        if ban and target == who.user:
+            raise UserInputError("You cannot ban yourself.")
+        done = self.places.ban(place, target.key, actor=who.key) if ban else self.places.unban(place, target.key)
+        log.info("%s %s %s in %s", who.key, "banned" if ban else "unbanned", target.key, place)
+        return done
+
+    def admin_channels(self, actor: UserRef | Actor, channels: tuple[str, ...]) -> tuple[str, ...]:
+        """The channels the bot answers in at the actor's place (empty: all)."""
+        who = Actor.of(actor)
+        place = self._require_manager(who, "channels")
+        return self.places.set_channels(place, channels, actor=who.key).channels
+
+    def admin_defaults(self, actor: UserRef | Actor, defaults: dict[str, str | None]) -> dict[str, str]:
+        who = Actor.of(actor)
+        place = self._require_manager(who, "defaults")
+        for name, value in defaults.items():
+            spec = next((s for s in self.model.inputs if s.name == name), None)
+            if spec is None or (value is not None and value not in spec.choices):
+                valid = ", ".join(spec.choices) if spec else "aspect_ratio, quality"
+                raise UserInputError(f"`{value}` is not a valid {name.replace('_', ' ')}: use one of {valid}.")
+        return self.places.set_defaults(place, defaults, actor=who.key).defaults
+
+    def admin_member_cap(self, actor: UserRef | Actor, cap: int | None) -> BudgetStatus:
+        """At most ``cap`` credits of the place's budget per member per period (None: no cap). Lowers only."""
+        who = Actor.of(actor)
+        place = self._require_manager(who, "member cap")
+        return self.budgets.set_member_cap(place, cap, actor=who.key)
 
     def now(self) -> datetime:
         """The current time (UTC), for messages that mention times."""
         return utcnow()
+

@@ -6,6 +6,7 @@ beside the one writer; every change is one short ``BEGIN IMMEDIATE`` transaction
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -105,6 +106,55 @@ def m010_job_receipt(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE jobs ADD COLUMN receipt TEXT")
 
 
+@migration
+def m030_budgets_and_places(db: sqlite_utils.Database) -> None:
+    """Budgets per scope with their own append-only ledger (core/budgets.py); bans and preferences per
+    server or workspace (core/places.py); the gateway account's last known state (core/account.py)."""
+    db.execute(
+        """
+        CREATE TABLE budgets (
+            scope TEXT PRIMARY KEY,            -- global, discord:GUILD, slack:TEAM, ...#CHANNEL
+            amount INTEGER,                    -- credits per period; NULL: the default; -1: unlimited
+            period TEXT NOT NULL,
+            period_start TEXT,
+            spent INTEGER NOT NULL DEFAULT 0,  -- captured this period
+            held INTEGER NOT NULL DEFAULT 0,   -- reserved by jobs in flight
+            member_cap INTEGER,                -- most one member may spend of it per period (community admins)
+            updated_at TEXT NOT NULL,
+            CHECK (held >= 0),
+            CHECK (spent >= 0)
+        )
+        """
+    )
+    db.execute(
+        """
+        CREATE TABLE budget_ledger (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            ts TEXT NOT NULL,
+            scope TEXT NOT NULL REFERENCES budgets(scope),
+            kind TEXT NOT NULL CHECK (kind IN ('reserve','capture','release','reset','set')),
+            delta_spent INTEGER NOT NULL DEFAULT 0,
+            delta_held INTEGER NOT NULL DEFAULT 0,
+            spent_after INTEGER NOT NULL,
+            held_after INTEGER NOT NULL,
+            job_id TEXT,
+            account TEXT,
+            channel TEXT,
+            actor TEXT,
+            note TEXT
+        )
+        """
+    )
+    db.execute("CREATE UNIQUE INDEX budget_ledger_job ON budget_ledger(job_id, scope, kind) WHERE job_id IS NOT NULL")
+    db.execute("CREATE INDEX budget_ledger_scope ON budget_ledger(scope, account, ts)")
+    db.execute("CREATE TABLE place_bans (place TEXT NOT NULL, account TEXT NOT NULL, actor TEXT, ts TEXT NOT NULL,"
+               " PRIMARY KEY (place, account))")
+    db.execute("CREATE TABLE place_prefs (place TEXT PRIMARY KEY, channels TEXT, aspect_ratio TEXT, quality TEXT,"
+               " updated_by TEXT, updated_at TEXT NOT NULL)")
+    db.execute("CREATE TABLE gateway_account (id INTEGER PRIMARY KEY CHECK (id = 1), balance INTEGER,"
+               " checked_at TEXT, paused TEXT, paused_since TEXT, detail TEXT)")
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -117,6 +167,9 @@ def open_db(path: Path | str) -> sqlite_utils.Database:
     """Open (creating if needed) and migrate the database. ``":memory:"`` works for tests."""
     if str(path) != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
+        # balances and the audit trail are nobody else's business: create the file owner-only
+        # (SQLite gives its -wal and -shm files the database file's mode)
+        os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
     conn = sqlite3.connect(str(path), isolation_level=None, timeout=30, check_same_thread=False)
     conn.execute("PRAGMA busy_timeout = 30000")
     conn.execute("PRAGMA journal_mode = WAL")

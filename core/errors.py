@@ -9,6 +9,9 @@ neither text ever contains the API key or a platform token.
     ├── UserInputError              a malformed flag, unknown value, empty or refused prompt
     ├── PermissionDenied            an admin command from a non-admin
     ├── InsufficientCredits         the balance does not cover the job
+    ├── BudgetExhausted             a server, workspace, channel or the global budget does not cover it
+    ├── NotAllowedHere              banned in this server, a channel the bot does not answer in, ...
+    ├── GatewayPaused               new jobs wait: the gateway account is out of credits (or refused the key)
     ├── TooManyActiveJobs           the per-user limit of jobs in flight
     ├── NotFound                    an unknown job or account
     ├── DeliveryError               the chat platform refused the result (bot not in channel, ...)
@@ -88,6 +91,39 @@ class InsufficientCredits(ImagineError):
             " An admin can grant you more. Nothing was charged."
         )
         super().__init__(msg, user_message=msg)
+
+
+class BudgetExhausted(ImagineError):
+    """A budget above the user (``core.budgets``) cannot cover the job. Names the limit that stopped it."""
+
+    code = "budget_exhausted"
+
+    def __init__(self, *, scope: str, noun: str, remaining: int, cost: int, period: str, refill: str,
+                 member_cap: int | None = None) -> None:
+        self.scope = scope
+        self.remaining = remaining
+        self.cost = cost
+        when = f" {period}" if period else ""
+        if member_cap is not None:
+            msg = (f"You have used your share of this {noun}'s image budget{when} ({member_cap} credits a member);"
+                   f" {refill}. Nothing was charged.")
+        else:
+            left = f" ({remaining} credits left, an image costs {cost})" if remaining else ""
+            msg = f"This {noun}'s image budget{when} is used up{left}; {refill}. Nothing was charged."
+        super().__init__(f"{scope}: {msg}", user_message=msg)
+
+
+class NotAllowedHere(ImagineError):
+    code = "not_allowed_here"
+    default_user_message = "The image bot is not available to you here."
+
+
+class GatewayPaused(ImagineError):
+    code = "gateway_paused"
+    default_user_message = (
+        "Image making is paused: the image service account needs attention. The operators have been told;"
+        " please try again later. Nothing was charged."
+    )
 
 
 class TooManyActiveJobs(ImagineError):

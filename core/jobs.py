@@ -79,6 +79,8 @@ class JobRequest:
     parent_id: str | None = None
     #: extra gateway inputs decided by the front end (Discord: nsfw_checker for non-NSFW channels)
     extra_input: dict[str, Any] = field(default_factory=dict)
+    #: the budgets over the job besides the global cap (``core.budgets``): its server or workspace, a channel
+    scopes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

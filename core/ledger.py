@@ -53,13 +53,16 @@ import io
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlite_utils
 
 from .db import iso, transaction, utcnow
 from .errors import ConfigError, InsufficientCredits, NotFound, UserInputError
 from .identity import UserRef
+
+if TYPE_CHECKING:
+    from .budgets import Budgets
 
 PERIODS = ("day", "week", "month", "never")
 ADJECTIVES = {"day": "daily", "week": "weekly", "month": "monthly"}
@@ -193,6 +196,8 @@ class Ledger:
         self.allowance = allowance
         self.period = period
         self.clock = clock
+        #: budgets above the user, moved in the same transactions (None: user balances only)
+        self.budgets: Budgets | None = None
 
     # --- reading and writing rows (always inside a transaction)
 
@@ -288,8 +293,10 @@ class Ledger:
         with transaction(self.db):
             return self._balance(self._touch(who, self._now()))
 
-    def reserve(self, who: UserRef, job_id: str, cost: int) -> Balance:
-        """Hold ``cost`` credits for ``job_id``; raises ``InsufficientCredits`` when available < cost.
+    def reserve(self, who: UserRef, job_id: str, cost: int, *, scopes: tuple[str, ...] = (),
+                channel: str | None = None) -> Balance:
+        """Hold ``cost`` credits for ``job_id``; raises ``InsufficientCredits`` when available < cost,
+        and ``BudgetExhausted`` when a budget over the user (``scopes``, and the global cap) cannot cover it.
 
         Reserving a job that was already reserved changes nothing and returns the current balance.
         """
@@ -305,6 +312,8 @@ class Ledger:
                 nxt = self._balance(acct).next_refill
                 raise InsufficientCredits(balance=available, cost=cost, next_refill=describe_refill(nxt, now))
             self._write(who.key, now, "reserve", delta_held=cost, job_id=job_id)
+            if self.budgets is not None:
+                self.budgets.reserve(scopes, job_id, who.key, channel, cost)
             return self._balance(self._must_load(who.key))
 
     def capture(self, job_id: str) -> bool:
@@ -335,6 +344,8 @@ class Ledger:
             self._refill(self._must_load(key), now)
             self._write(key, now, kind, delta_balance=-cost if kind == "capture" else 0, delta_held=-cost,
                         job_id=job_id)
+            if self.budgets is not None:
+                self.budgets.settle(job_id, kind)
             return True
 
     def grant(self, who: UserRef, amount: int, *, actor: str, note: str | None = None) -> Balance:
@@ -448,6 +459,8 @@ class Ledger:
             """
         ).fetchall()
         problems = []
+        if self.budgets is not None:
+            problems += self.budgets.verify()
         for key, balance, held, sum_balance, sum_held in rows:
             if balance != sum_balance or held != sum_held:
                 problems.append(

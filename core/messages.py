@@ -8,7 +8,10 @@ Prompts are echoed through ``quote_prompt``; front ends still disable mentions o
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
+from .authority import scope_noun
+from .budgets import BudgetStatus, period_name, refill_words
 from .catalog import ModelSpec
 from .errors import ImagineError
 from .jobs import Job
@@ -68,7 +71,7 @@ def failed(job: Job, error: ImagineError, refunded: bool) -> str:
     return f"Could not make `{quote_prompt(job.prompt, 120)}`: {text}"
 
 
-def credits(balance: Balance, active: int, now: datetime) -> str:
+def credits(balance: Balance, active: int, now: datetime, budget: BudgetStatus | None = None) -> str:
     refill = describe_refill(balance.next_refill, now)
     lines = [f"You have {balance.available} credits"
              + (f" ({balance.held} reserved for images in progress)" if balance.held else "") + "."]
@@ -77,7 +80,59 @@ def credits(balance: Balance, active: int, now: datetime) -> str:
     else:
         lines.append("Your allowance does not refill; an admin can grant more.")
     lines.append(f"Images in progress: {active}.")
+    if budget is not None and budget.remaining is not None:
+        lines.append(budget_left(budget))
     return " ".join(lines)
+
+
+def budget_left(budget: BudgetStatus) -> str:
+    """``This server has 864 of 900 image credits left for November.``"""
+    when = period_name(budget.period, budget.period_start)
+    if budget.remaining is None:
+        return f"This {scope_noun(budget.scope)}'s image budget is unlimited."
+    return (f"This {scope_noun(budget.scope)} has {budget.remaining} of {budget.amount} image credits left"
+            + (f" {when}" if when else "") + ".")
+
+
+def budget_line(budget: BudgetStatus) -> str:
+    """One budget for admins: scope, amount, spent, held, member cap, next reset."""
+    amount = "unlimited" if budget.amount is None else f"{budget.amount}"
+    default = " (default)" if budget.default else ""
+    cap = f", at most {budget.member_cap} per member" if budget.member_cap is not None else ""
+    refill = refill_words(budget.period, budget.next_reset).replace("it refills", "resets")
+    return (f"`{budget.scope}`: {amount}{default} per {budget.period}, {budget.spent} spent, {budget.held} reserved"
+            f"{cap}; {refill}.")
+
+
+def scope_summary(budget: BudgetStatus, rows: list[dict[str, Any]]) -> str:
+    """A place's spend this period for its admins: totals, then per member and per channel."""
+    noun = scope_noun(budget.scope)
+    when = period_name(budget.period, budget.period_start) or "so far"
+    of = f" of {budget.amount}" if budget.amount is not None else ""
+    total = sum(int(r["credits_spent"]) for r in rows)
+    lines = [f"This {noun} spent {total}{of} credits {when}."]
+    if not rows:
+        return lines[0]
+    members: dict[str, list[int]] = {}
+    channels: dict[str, int] = {}
+    for row in rows:
+        spent = members.setdefault(str(row["account"]), [0, 0])
+        spent[0] += int(row["credits_spent"])
+        spent[1] += int(row["images"])
+        if row["channel"]:
+            channels[str(row["channel"])] = channels.get(str(row["channel"]), 0) + int(row["credits_spent"])
+    lines.append("By member: " + ", ".join(
+        f"{mention(account)} {spent} ({images} image{'s' if images != 1 else ''})"
+        for account, (spent, images) in sorted(members.items(), key=lambda kv: -kv[1][0])))
+    if channels:
+        ranked = sorted(channels.items(), key=lambda kv: -kv[1])
+        lines.append("By channel: " + ", ".join(f"<#{c}> {n}" for c, n in ranked))
+    return "\n".join(lines)
+
+
+def mention(account: str) -> str:
+    """``<@USER>`` for an account key (Slack and Discord both show it as the user)."""
+    return f"<@{account.rsplit(':', 1)[-1]}>"
 
 
 def help_text(model: ModelSpec, *, command: str = "/imagine", admin: bool = False, slash: bool = False) -> str:
@@ -93,15 +148,17 @@ def help_text(model: ModelSpec, *, command: str = "/imagine", admin: bool = Fals
         lines.append("The aspect_ratio and quality options work too (a flag typed in the prompt wins). "
                      "/credits shows your balance; /help shows this. Every image has Reroll and Delete buttons.")
         if admin:
-            lines.append("Admins: /imagine-admin grant @user 90 (negative to revoke) · "
-                         "/imagine-admin allowance @user 360 (leave credits empty for the default) · "
-                         "/imagine-admin report")
+            lines.append("Server admins: /imagine-admin ban|unban @user · channels · defaults · member-cap · "
+                         "budget · report. Operators also: /imagine-admin grant @user 90 (negative to revoke) · "
+                         "allowance @user 360 · budget with credits")
         return "\n".join(lines)
     lines.append(f"{command} credits shows your balance; {command} help shows this.")
     if admin:
         lines.append(
-            f"Admins: {command} admin grant @user 90 (negative to revoke) · "
-            f"{command} admin allowance @user 360 (or `default`) · {command} admin report"
+            f"Workspace admins: {command} admin ban|unban @user · admin channels here|all · "
+            f"admin defaults --ar 16:9 --quality high · admin member-cap 90|none · admin budget · admin report. "
+            f"Operators also: {command} admin grant @user 90 (negative to revoke) · "
+            f"admin allowance @user 360 (or `default`) · admin budget set here 900 --period month · admin report all"
         )
     return "\n".join(lines)
 

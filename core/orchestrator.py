@@ -156,7 +156,8 @@ class Orchestrator:
             with transaction(self.db):
                 if self.jobs.count_active(request.requester.key) >= self.max_active_per_user:
                     raise TooManyActiveJobs(self.max_active_per_user)
-                self.ledger.reserve(request.requester, job_id, self.model.cost)
+                self.ledger.reserve(request.requester, job_id, self.model.cost, scopes=request.scopes,
+                                    channel=request.reply.channel)
                 job = self.jobs.insert(request, model=self.model.id, cost=self.model.cost, job_id=job_id)
         except sqlite3.IntegrityError:
             # the same request arrived twice at once: the other delivery made the job

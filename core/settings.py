@@ -6,8 +6,10 @@ start with one line naming the setting (``ConfigError``), never a traceback.
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -17,6 +19,16 @@ from .errors import ConfigError
 SANDBOX = "sandbox"
 
 CsvList = Annotated[list[str], NoDecode]
+
+
+def is_loopback_host(host: str) -> bool:
+    """``localhost``, 127.0.0.0/8 or ::1."""
+    if host.lower().rstrip(".") in ("localhost", "localhost.localdomain") or host.lower().endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class Settings(BaseSettings):
@@ -30,6 +42,8 @@ class Settings(BaseSettings):
     MODKIE_MODEL: str = "seedream/4.5-text-to-image"
     MODKIE_ASPECT_RATIOS: CsvList = Field(default_factory=list)
     MODKIE_WEBHOOK_SECRET: SecretStr | None = None
+    MODKIE_NSFW_CHECKER: bool = True
+    GATEWAY_BALANCE_CHECK_S: float = Field(default=300.0, gt=0)
     MAX_DOWNLOAD_MB: float = Field(default=25, gt=0)
     MODKIE_TIMEOUT_S: float = Field(default=30.0, gt=0)
 
@@ -52,6 +66,12 @@ class Settings(BaseSettings):
     POLL_RATE_PER_S: float = Field(default=8.0, gt=0)
     JOB_TIMEOUT_S: float = Field(default=600.0, gt=0)
 
+    # --- budgets above the user (core/budgets.py)
+    DEFAULT_SCOPE_BUDGET: int | None = Field(default=None, ge=0)
+    SCOPE_BUDGET_PERIOD: Literal["day", "week", "month", "never"] = "month"
+    SPEND_CAP: int | None = Field(default=None, ge=0)
+    SPEND_CAP_PERIOD: Literal["day", "week", "month"] = "month"
+
     # --- people and moderation
     ADMINS: CsvList = Field(default_factory=list)
     BANNED_WORDS: CsvList = Field(default_factory=list)
@@ -62,6 +82,7 @@ class Settings(BaseSettings):
     SLACK_SIGNING_SECRET: SecretStr | None = None
     SLACK_API_URL: str = "https://slack.com/api/"
     SLACK_RESULT_IN_THREAD: bool = False
+    SLACK_ALLOWED_TEAMS: CsvList = Field(default_factory=list)
 
     # --- Discord
     DISCORD_TOKEN: SecretStr | None = None
@@ -73,6 +94,8 @@ class Settings(BaseSettings):
     DISCORD_SHARD_COUNT: int | None = Field(default=None, ge=1)
     #: the shards this process runs (the others run elsewhere); empty: all of DISCORD_SHARD_COUNT
     DISCORD_SHARD_IDS: CsvList = Field(default_factory=list)
+    DISCORD_ALLOWED_GUILDS: CsvList = Field(default_factory=list)
+    DISCORD_NSFW_CHANNELS_UNFILTERED: bool = False
 
     LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -85,7 +108,7 @@ class Settings(BaseSettings):
         return data
 
     @field_validator("ADMINS", "BANNED_WORDS", "MODKIE_ASPECT_RATIOS", "DISCORD_GUILD_IDS", "DISCORD_SHARD_IDS",
-                     mode="before")
+                     "DISCORD_ALLOWED_GUILDS", "SLACK_ALLOWED_TEAMS", mode="before")
     @classmethod
     def _split_csv(cls, value: object) -> object:
         if isinstance(value, str):
@@ -124,6 +147,15 @@ class Settings(BaseSettings):
     def _check_url(cls, value: str) -> str:
         if value != SANDBOX and not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
+        return value
+
+    @field_validator("MODKIE_BASE_URL")
+    @classmethod
+    def _no_key_in_clear(cls, value: str) -> str:
+        """The API key travels in every request: plain http only to this machine (the sandbox, tests)."""
+        if value.startswith("http://") and not is_loopback_host(urlsplit(value).hostname or ""):
+            raise ValueError("plain http:// would send the API key in clear: use https://, or http:// only "
+                             "to 127.0.0.1 or localhost")
         return value
 
     @field_validator("PUBLIC_URL")

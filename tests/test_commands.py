@@ -8,6 +8,7 @@ import io
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from imagine_bot.core.authority import Actor
 from imagine_bot.core.commands import dispatch
 from imagine_bot.core.identity import UserRef
 from imagine_bot.core.jobs import JobState, ReplyTo
@@ -76,9 +77,11 @@ async def test_admin_commands_for_admins(make_settings):
         assert "Usage" in (await say(core, ADMIN, "admin grant @alice")).text
         assert "whole number" in (await say(core, ADMIN, "admin grant @alice lots")).text
         assert "don't know who" in (await say(core, ADMIN, "admin grant <#C123> 5")).text
-        # a platform admin (Discord's Manage Server) is an admin too
-        reply = await say(core, ALICE, "admin grant @bob 5", platform_admin=True)
-        assert reply.text.startswith("Granted 5 credits")
+        # a community admin (Discord's Manage Server, a Slack workspace admin) never mints
+        server_admin = Actor(ALICE, place="discord:42", channel="C1", community_admin=True)
+        reply = await say(core, server_admin, "admin grant @bob 5")
+        assert reply.text.startswith("Only the bot's operators can do that") and "Nothing was changed" in reply.text
+        assert core.ledger.history(UserRef("terminal", "local", "bob")) == []
         assert core.ledger.verify() == []
 
 

@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 
 from imagine_bot.core.db import open_db
-from imagine_bot.core.errors import InsufficientCredits
+from imagine_bot.core.budgets import Budgets
+from imagine_bot.core.errors import BudgetExhausted, InsufficientCredits
 from imagine_bot.core.identity import UserRef
 from imagine_bot.core.ledger import Ledger
 
@@ -116,4 +117,59 @@ def test_concurrent_reservations_never_overspend(tmp_path: Path) -> None:
     kinds = ledger.db.execute("SELECT kind, COUNT(*) FROM ledger GROUP BY kind ORDER BY kind").fetchall()
     assert kinds == [("capture", 6), ("refill", 1), ("release", 4), ("reserve", 10)]
     _check_books(ledger)
+    ledger.db.conn.close()
+
+
+# ---------------------------------------------------------------------- budgets over many users
+GUILD = "discord:900"
+
+
+def _with_budgets(ledger: Ledger) -> Ledger:
+    ledger.budgets = Budgets(ledger.db, default_amount=None)
+    return ledger
+
+
+def _budget_worker(ledger: Ledger, start: Callable[[], None], jobs: list[tuple[str, str]]) -> tuple[list[str], int]:
+    _with_budgets(ledger)
+    won, refused = [], 0
+    start()
+    for user, job_id in jobs:
+        try:
+            ledger.reserve(UserRef("discord", "-", user), job_id, COST, scopes=(GUILD,), channel="555")
+            won.append(job_id)
+        except BudgetExhausted:
+            refused += 1
+    return won, refused
+
+
+def _capture_worker(ledger: Ledger, start: Callable[[], None], jobs: list[str]) -> list[str]:
+    _with_budgets(ledger)
+    start()
+    return [job_id for job_id in jobs if ledger.capture(job_id)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("budget", [36, 360])
+def test_a_server_budget_holds_against_50_jobs_from_4_processes(tmp_path: Path, budget: int) -> None:
+    path = str(tmp_path / "budget-race.db")
+    ledger = _with_budgets(_ledger(path))
+    assert ledger.budgets is not None
+    ledger.budgets.set_amount(GUILD, budget, actor="cli:test", period="month")
+
+    # 50 jobs of 18 from 25 different users (each could afford them), spread over 4 processes
+    jobs = [(f"{100 + i % 25}", f"job{i:02}") for i in range(50)]
+    results = _run(path, _budget_worker, [(jobs[i::PROCESSES],) for i in range(PROCESSES)])
+    won = sorted(j for w, _ in results for j in w)
+    assert len(won) == budget // COST
+    assert sum(refused for _, refused in results) == 50 - budget // COST
+    status = ledger.budgets.status(GUILD)
+    assert (status.held, status.spent) == (budget // COST * COST, 0)
+
+    results = _run(path, _capture_worker, [(won,)] * PROCESSES)
+    assert sorted(j for r in results for j in r) == won  # each captured once, whichever process got it
+    status = ledger.budgets.status(GUILD)
+    assert (status.held, status.spent, status.remaining) == (0, budget // COST * COST, budget % COST)
+    charged = ledger.db.execute("SELECT -SUM(delta_balance) FROM ledger WHERE kind = 'capture'").fetchone()[0]
+    assert charged == status.spent  # users paid exactly what the server's budget counts, nobody for a refusal
+    assert ledger.verify() == []
     ledger.db.conn.close()

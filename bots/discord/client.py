@@ -5,9 +5,15 @@ Commands (choices come from the model catalog)::
     /imagine prompt:<text> [aspect_ratio:<choice>] [quality:<choice>]
     /credits
     /help
-    /imagine-admin grant user:<user> credits:<n> [note:<text>]
-    /imagine-admin allowance user:<user> [credits:<n>]     empty: back to the default
-    /imagine-admin report
+    /imagine-admin grant user:<user> credits:<n> [note:<text>]     operators only
+    /imagine-admin allowance user:<user> [credits:<n>]             operators only; empty: the default
+    /imagine-admin budget [credits:<n> period:<p> scope:<s>]       show; operators set
+    /imagine-admin report [scope:<s>|all]                          this server's spend (CSV)
+    /imagine-admin ban|unban user:<user>                           this server only
+    /imagine-admin channels [which:here|all] · defaults · member-cap
+
+The admin group is guild-only and hidden from members without Manage Server (``default_permissions``);
+that only hides it: the core decides, and Manage Server never lets anyone mint credits.
 
 Slash commands need no privileged intent: only ``guilds`` is asked for (to know channels and their
 NSFW flag). Messages never ping anyone by default (``AllowedMentions.none()``).
@@ -66,6 +72,9 @@ class ImagineTree(app_commands.CommandTree["ImagineClient"]):
         if interaction.guild_id is None and not self.client.settings.DISCORD_ALLOW_DMS:
             await reply_private(interaction, wording.DMS_REFUSED)
             return False
+        if interaction.guild_id is not None and not self.client.guild_allowed(interaction.guild_id):
+            await reply_private(interaction, wording.SERVER_REFUSED)
+            return False
         return True
 
     async def on_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError, /) -> None:
@@ -111,6 +120,8 @@ class ImagineClient(discord.AutoShardedClient):
     async def on_ready(self) -> None:
         log.info("connected to Discord as %s (application %s), shards %s of %s", self.user, self.application_id,
                  sorted(self.shards), self.shard_count)
+        for guild in list(self.guilds):
+            await self.leave_if_not_allowed(guild)
         self.ready_event.set()
 
     def shard_status(self) -> dict[str, Any]:
@@ -122,6 +133,33 @@ class ImagineClient(discord.AutoShardedClient):
                            "latency_ms": round(latency * 1000, 1) if math.isfinite(latency) else None})
         return {"ready": self.is_ready(), "shard_count": self.shard_count,
                 "shard_ids": list(self.shard_ids or range(self.shard_count or 0)), "shards": shards}
+
+    async def on_guild_join(self, guild: discord.Guild) -> None:
+        await self.leave_if_not_allowed(guild)
+
+    def guild_allowed(self, guild_id: int) -> bool:
+        """``DISCORD_ALLOWED_GUILDS``: an empty list allows every server."""
+        allowed = self.settings.DISCORD_ALLOWED_GUILDS
+        return not allowed or str(guild_id) in allowed
+
+    async def leave_if_not_allowed(self, guild: discord.Guild) -> bool:
+        """Leave a server that is not in ``DISCORD_ALLOWED_GUILDS``, saying why (in its system channel, if
+        the bot may post there) and in the log. True if it left."""
+        if self.guild_allowed(guild.id):
+            return False
+        log.warning("leaving Discord server %s (%s): it is not in DISCORD_ALLOWED_GUILDS", guild.name, guild.id)
+        channel = guild.system_channel
+        if channel is not None:
+            try:
+                await channel.send(wording.SERVER_LEAVING)
+            except discord.HTTPException as error:
+                log.info("could not say goodbye in %s: %s", guild.id, error)
+        try:
+            await guild.leave()
+        except discord.HTTPException as error:
+            log.error("could not leave Discord server %s: %s", guild.id, error)
+            return False
+        return True
 
 
 def _handlers(interaction: discord.Interaction) -> Handlers:
@@ -156,23 +194,70 @@ def build_commands(model: ModelSpec) -> list[app_commands.Command[Any, ..., Any]
     async def help_(interaction: discord.Interaction) -> None:
         await _handlers(interaction).help(interaction)
 
-    admin = app_commands.Group(name="imagine-admin", description="Image bot admins: credits and usage")
+    # hidden from members without Manage Server and outside servers; the core's check is what protects
+    admin = app_commands.Group(name="imagine-admin", description="Image bot admins: this server, and operators",
+                               guild_only=True, default_permissions=discord.Permissions(manage_guild=True))
 
-    @admin.command(name="grant", description="Grant credits to someone (negative to revoke)")
+    @admin.command(name="grant", description="Operators: grant credits to someone (negative to revoke)")
     @app_commands.describe(user="who gets them", credits="how many (negative to revoke)", note="why, for the log")
     async def grant(interaction: discord.Interaction, user: discord.User, credits: int,
                     note: str | None = None) -> None:
-        await _handlers(interaction).admin_grant(interaction, user, credits, note)
+        await _handlers(interaction).admin(interaction, f"admin grant <@{user.id}> {credits} {note or ''}", user)
 
-    @admin.command(name="allowance", description="Set someone's allowance per period")
+    @admin.command(name="allowance", description="Operators: set someone's allowance per period")
     @app_commands.describe(user="whose allowance", credits="credits per period; leave empty for the default")
     async def allowance(interaction: discord.Interaction, user: discord.User,
                         credits: app_commands.Range[int, 0, 1_000_000] | None = None) -> None:
-        await _handlers(interaction).admin_allowance(interaction, user, credits)
+        value = "default" if credits is None else str(credits)
+        await _handlers(interaction).admin(interaction, f"admin allowance <@{user.id}> {value}", user)
 
-    @admin.command(name="report", description="Usage report as CSV")
-    async def report(interaction: discord.Interaction) -> None:
-        await _handlers(interaction).admin_report(interaction)
+    @admin.command(name="report", description="This server's spend per member and channel (CSV)")
+    @app_commands.describe(scope="operators: another scope (discord:ID, slack:TEAM) or 'all' for every account")
+    async def report(interaction: discord.Interaction, scope: str | None = None) -> None:
+        await _handlers(interaction).admin(interaction, f"admin report {scope or ''}")
+
+    @admin.command(name="budget", description="This server's image budget; operators may set it")
+    @app_commands.describe(credits="operators: the budget per period (empty: just show it)",
+                           period="how often it resets", scope="operators: another scope (default: this server)")
+    @app_commands.choices(period=[app_commands.Choice(name=p, value=p) for p in ("day", "week", "month", "never")])
+    async def budget(interaction: discord.Interaction, credits: app_commands.Range[int, 0, 100_000_000] | None = None,
+                     period: str | None = None, scope: str | None = None) -> None:
+        if credits is None:
+            text = f"admin budget {scope or ''}"
+        else:
+            text = f"admin budget set {scope or 'here'} {credits}" + (f" --period {period}" if period else "")
+        await _handlers(interaction).admin(interaction, text)
+
+    @admin.command(name="ban", description="Turn the image bot off for a member in this server")
+    async def ban(interaction: discord.Interaction, user: discord.User) -> None:
+        await _handlers(interaction).admin(interaction, f"admin ban <@{user.id}>", user)
+
+    @admin.command(name="unban", description="Turn the image bot back on for a member in this server")
+    async def unban(interaction: discord.Interaction, user: discord.User) -> None:
+        await _handlers(interaction).admin(interaction, f"admin unban <@{user.id}>", user)
+
+    @admin.command(name="channels", description="The channels the bot answers in, in this server")
+    @app_commands.choices(which=[app_commands.Choice(name="only this channel", value="here"),
+                                 app_commands.Choice(name="every channel", value="all")])
+    async def channels(interaction: discord.Interaction, which: str | None = None) -> None:
+        await _handlers(interaction).admin(interaction, f"admin channels {which or ''}")
+
+    @admin.command(name="defaults", description="Default aspect ratio and quality in this server")
+    @app_commands.choices(
+        aspect_ratio=[app_commands.Choice(name=c, value=c) for c in ratio.choices],
+        quality=[app_commands.Choice(name=c, value=c) for c in quality.choices],
+    )
+    async def defaults(interaction: discord.Interaction, aspect_ratio: str | None = None,
+                       quality: str | None = None, reset: bool = False) -> None:
+        flags = "reset" if reset else " ".join(f"--{k} {v}" for k, v in (("ar", aspect_ratio), ("quality", quality))
+                                               if v)
+        await _handlers(interaction).admin(interaction, f"admin defaults {flags}")
+
+    @admin.command(name="member-cap", description="Most one member may spend of this server's budget per period")
+    @app_commands.describe(credits="credits per member per period; empty: no cap")
+    async def member_cap(interaction: discord.Interaction,
+                         credits: app_commands.Range[int, 0, 100_000_000] | None = None) -> None:
+        await _handlers(interaction).admin(interaction, f"admin member-cap {'none' if credits is None else credits}")
 
     return [imagine, credits_, help_, admin]
 

@@ -18,6 +18,7 @@ import discord
 
 from imagine_bot.core import commands, messages
 from imagine_bot.core.app import ImagineCore
+from imagine_bot.core.authority import Actor, place_key
 from imagine_bot.core.errors import ImagineError
 from imagine_bot.core.identity import UserRef
 from imagine_bot.core.jobs import Job, ReplyTo
@@ -35,8 +36,17 @@ def user_ref(user: discord.abc.Snowflake) -> UserRef:
 
 
 def manages_server(interaction: discord.Interaction) -> bool:
-    """Members with Manage Server are image-bot admins in that server."""
+    """Discord's word that the member has Manage Server *in this server* (a community admin there)."""
     return interaction.guild_id is not None and interaction.permissions.manage_guild
+
+
+def actor_of(interaction: discord.Interaction) -> Actor:
+    """Who acts where: the server (None in DMs), the channel, and the platform facts we vouch for.
+    The core decides what they may do; Manage Server never makes anyone an operator."""
+    guild = interaction.guild_id
+    return Actor(user_ref(interaction.user), place=place_key("discord", str(guild)) if guild else None,
+                 channel=str(interaction.channel_id) if interaction.channel_id else None,
+                 community_admin=manages_server(interaction), nsfw_channel=channel_is_nsfw(interaction))
 
 
 def channel_is_nsfw(interaction: discord.Interaction) -> bool:
@@ -60,7 +70,7 @@ class Handlers:
     # ------------------------------------------------------------------ jobs
     async def imagine(self, interaction: discord.Interaction, prompt: str, aspect_ratio: str | None,
                       quality: str | None) -> None:
-        who = user_ref(interaction.user)
+        who = actor_of(interaction)
         # explicit options are defaults: a flag typed in the prompt (--ar 16:9) wins over them
         defaults = {name: value for name, value in (("aspect_ratio", aspect_ratio), ("quality", quality)) if value}
         try:
@@ -74,7 +84,7 @@ class Handlers:
             who, reply, prompt, dedupe_key=f"discord:{interaction.id}", defaults=defaults, extra_input=extra))
 
     async def reroll(self, interaction: discord.Interaction, job_id: str) -> None:
-        who = user_ref(interaction.user)
+        who = actor_of(interaction)
         try:
             self.core.jobs.get(job_id)
             self._check_can_start(who)
@@ -87,7 +97,7 @@ class Handlers:
 
     async def delete(self, interaction: discord.Interaction, job_id: str) -> None:
         try:
-            self.core.check_delete(user_ref(interaction.user), job_id, platform_admin=manages_server(interaction))
+            self.core.check_delete(actor_of(interaction), job_id)
         except ImagineError as error:
             await reply_private(interaction, error.user_message)
             return
@@ -100,7 +110,7 @@ class Handlers:
             return
         await reply_private(interaction, messages.deleted())
 
-    def _check_can_start(self, who: UserRef) -> None:
+    def _check_can_start(self, who: Actor) -> None:
         """The refusals the core would make, checked before the public acknowledgement."""
         self.core.check_can_submit(who)
 
@@ -126,39 +136,21 @@ class Handlers:
 
     # ------------------------------------------------------------------ information
     async def credits(self, interaction: discord.Interaction) -> None:
-        info = self.core.credits(user_ref(interaction.user))
-        await reply_private(interaction, messages.credits(info.balance, len(info.active), self.core.now()))
+        info = self.core.credits(actor_of(interaction))
+        await reply_private(interaction, messages.credits(info.balance, len(info.active), self.core.now(), info.budget))
 
     async def help(self, interaction: discord.Interaction) -> None:
-        admin = self.core.is_admin(user_ref(interaction.user), platform_admin=manages_server(interaction))
+        admin = self.core.is_admin(actor_of(interaction))
         await reply_private(interaction, messages.help_text(self.core.model, admin=admin, slash=True))
 
     # ------------------------------------------------------------------ admins
-    async def admin_grant(self, interaction: discord.Interaction, user: discord.abc.User, amount: int,
-                          note: str | None) -> None:
-        try:
-            balance = self.core.admin_grant(user_ref(interaction.user), user_ref(user), amount,
-                                            platform_admin=manages_server(interaction), note=note)
-            text = messages.granted(user.mention, amount, balance)
-        except ImagineError as error:
-            text = error.user_message
-        await reply_private(interaction, text)
-
-    async def admin_allowance(self, interaction: discord.Interaction, user: discord.abc.User,
-                              amount: int | None) -> None:
-        try:
-            balance = self.core.admin_allowance(user_ref(interaction.user), user_ref(user), amount,
-                                                platform_admin=manages_server(interaction))
-            text = messages.allowance_set(user.mention, balance)
-        except ImagineError as error:
-            text = error.user_message
-        await reply_private(interaction, text)
-
-    async def admin_report(self, interaction: discord.Interaction) -> None:
-        who = user_ref(interaction.user)
-        reply = ReplyTo("discord", str(interaction.channel_id))
-        answer = await commands.dispatch(self.core, who, "admin report", reply, resolve_user=lambda _raw: None,
-                                         platform_admin=manages_server(interaction))
+    async def admin(self, interaction: discord.Interaction, text: str, *users: discord.abc.User) -> None:
+        """An ``/imagine-admin`` subcommand, as the core's text command (one set of rules for every front
+        end); users are passed as mentions. The answer, and any CSV, only the admin sees."""
+        known = {f"<@{u.id}>": user_ref(u) for u in users}
+        answer = await commands.dispatch(self.core, actor_of(interaction), text,
+                                         ReplyTo("discord", str(interaction.channel_id)),
+                                         resolve_user=lambda raw: known.get(raw.replace("<@!", "<@")))
         file = None
         if answer.attachment is not None:
             name, content = answer.attachment

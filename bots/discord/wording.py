@@ -6,6 +6,8 @@ Kept in one place so that they can move into ``core.messages`` if another front 
 from __future__ import annotations
 
 DMS_REFUSED = "I only make images in server channels. Use /imagine in a server where I am installed."
+SERVER_REFUSED = "This image bot is not enabled for this server."
+SERVER_LEAVING = "This image bot is not enabled for this server, so it is leaving. Ask the bot's operator to allow it."
 
 
 def too_large(filename: str, size: int, limit: int, url: str | None) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from collections.abc import Awaitable
 from typing import Any
 
@@ -18,6 +19,7 @@ from slack_sdk.errors import SlackApiError
 
 from imagine_bot.core import messages
 from imagine_bot.core.app import ImagineCore
+from imagine_bot.core.authority import Actor, place_key
 from imagine_bot.core.commands import CommandReply, dispatch
 from imagine_bot.core.errors import ImagineError
 from imagine_bot.core.identity import UserRef
@@ -35,6 +37,9 @@ GONE = frozenset({"file_not_found", "file_deleted", "message_not_found"})
 INLINE_REPORT_CHARS = 2500
 #: how many of the user's images the App Home tab shows
 HOME_IMAGES = 10
+#: how long a users.info answer (workspace admin or owner?) is trusted
+ADMIN_CACHE_S = 300.0
+NOT_ALLOWED = "This image bot is not enabled for this workspace."
 
 
 def first_file(job: Job) -> str | None:
@@ -53,6 +58,7 @@ class SlackHandlers:
         self.frontend = frontend
         self.client = frontend.client
         self._running: set[asyncio.Task[Any]] = set()
+        self._admins: dict[tuple[str, str], tuple[float, bool]] = {}
 
     def register(self, app: AsyncApp) -> None:
         app.command(re.compile(r"^/"))(self.on_command)  # /imagine, whatever the workspace named it
@@ -102,14 +108,52 @@ class SlackHandlers:
             return
         await self._guarded("app home", self.publish_home(UserRef("slack", _team_of(body), event["user"])))
 
+    # ------------------------------------------------------------------ who acts where
+    def allowed(self, team: str) -> bool:
+        """``SLACK_ALLOWED_TEAMS``: an empty list allows every workspace."""
+        allowed = self.core.settings.SLACK_ALLOWED_TEAMS
+        if allowed and team not in allowed:
+            log.warning("slack: refused a request from workspace %s (not in SLACK_ALLOWED_TEAMS)", team)
+            return False
+        return True
+
+    async def workspace_admin(self, team: str, user: str) -> bool:
+        """Slack's word (``users.info``: is_admin or is_owner, in this team) that ``user`` administers the
+        workspace; cached for ``ADMIN_CACHE_S``. Any doubt (an error, another team) means no."""
+        cached = self._admins.get((team, user))
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
+        try:
+            answer = await self.client.users_info(user=user)
+        except SlackError as exc:
+            log.warning("slack: users.info for %s failed (%s); not treating them as a workspace admin",
+                        user, slack_error_code(exc))
+            return False
+        info = answer.get("user") or {}
+        admin = bool(info.get("is_admin") or info.get("is_owner") or info.get("is_primary_owner")) and (
+            info.get("team_id") in (None, team)) and not info.get("deleted")
+        self._admins[(team, user)] = (time.monotonic() + ADMIN_CACHE_S, admin)
+        return admin
+
+    async def actor(self, team: str, user: str, channel: str | None, *, check_admin: bool) -> Actor:
+        admin = await self.workspace_admin(team, user) if check_admin else False
+        return Actor(UserRef("slack", team, user), place=place_key("slack", team), channel=channel,
+                     community_admin=admin)
+
     # ------------------------------------------------------------------ the work
     async def slash_command(self, body: dict[str, Any]) -> None:
         team, user, channel = _team_of(body), body["user_id"], body["channel_id"]
         response_url = body.get("response_url")
+        if not self.allowed(team):
+            await self._reply(user, channel, response_url, NOT_ALLOWED)
+            return
         reply = ReplyTo("slack", channel, data={"response_url": response_url} if response_url else {})
         trigger = body.get("trigger_id")
+        text = command_text(body.get("text") or "")
+        first = text.split()[0].lower() if text.split() else ""
+        actor = await self.actor(team, user, channel, check_admin=first in ("admin", "help", ""))
         result = await dispatch(
-            self.core, UserRef("slack", team, user), command_text(body.get("text") or ""), reply,
+            self.core, actor, text, reply,
             resolve_user=user_resolver(team), dedupe_key=f"slack:{team}:{trigger}" if trigger else None,
             command=body.get("command") or "/imagine",
         )
@@ -124,10 +168,13 @@ class SlackHandlers:
         team, user = _team_of(body), body["user"]["id"]
         channel = str((body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id"))
         response_url = body.get("response_url")
+        if not self.allowed(team):
+            await self._reply(user, channel, response_url, NOT_ALLOWED)
+            return
         reply = ReplyTo("slack", channel, data={"response_url": response_url} if response_url else {})
         trigger = body.get("trigger_id")
         try:
-            job = await self.core.reroll(UserRef("slack", team, user), job_id, reply,
+            job = await self.core.reroll(await self.actor(team, user, channel, check_admin=False), job_id, reply,
                                          dedupe_key=f"slack:{team}:{trigger}" if trigger else None)
         except ImagineError as error:
             await self._reply(user, channel, response_url, error.user_message)
@@ -139,7 +186,7 @@ class SlackHandlers:
         channel = str((body.get("channel") or {}).get("id") or "")
         response_url = body.get("response_url")
         try:
-            job = self.core.check_delete(UserRef("slack", team, user), job_id)
+            job = self.core.check_delete(await self.actor(team, user, channel, check_admin=True), job_id)
         except ImagineError as error:
             await self._reply(user, channel, response_url, error.user_message)
             return

@@ -79,8 +79,7 @@ async def chat(settings: Settings, user: str) -> int:
                 console.print("Commands: /imagine <prompt> [--ar 16:9] [--quality high], /credits, /help, /quit",
                               highlight=False)
                 continue
-            reply = await dispatch(core, me, rest, ReplyTo("terminal", "chat"), resolve_user=_resolve,
-                                   platform_admin=False)
+            reply = await dispatch(core, me, rest, ReplyTo("terminal", "chat"), resolve_user=_resolve)
             if reply.job is None:
                 console.print(reply.text, highlight=False, markup=False)
             if reply.attachment:

@@ -69,8 +69,8 @@ async def test_reroll_without_credits_is_refused_privately(open_bot, sandbox):
         await bot.idle()
         job = bot.core.jobs.recent(discord_user(ALICE).key, limit=1)[0]
         message = dict(bot.fake.messages[job.reply.data["message_id"]])
-        bot.core.admin_allowance(discord_user(ALICE), discord_user(BOB), 0, platform_admin=True)
-        bot.core.admin_grant(discord_user(ALICE), discord_user(BOB), -180, platform_admin=True)
+        bot.core.ledger.set_allowance(discord_user(BOB), 0, actor="test")
+        bot.core.ledger.grant(discord_user(BOB), -180, actor="test")
         pressed = bot.press(f"imagine:reroll:{job.id}", BOB, message)
         callback = await bot.callback(pressed)
         assert callback.json["type"] == 4 and callback.json["data"]["flags"] & 64

@@ -93,9 +93,14 @@ async def test_status_edits_are_throttled_and_in_order_and_the_final_edit_is_nev
     assert final.files and final.json["components"]
 
 
-@pytest.mark.parametrize("nsfw", [False, True])
-async def test_flag_in_the_prompt_wins_and_nsfw_checker_follows_the_channel(open_bot, sandbox, nsfw):
-    async with open_bot(nsfw=nsfw) as bot:
+@pytest.mark.parametrize(("nsfw", "unfiltered", "checker"), [
+    (False, False, True), (True, False, True),  # MODKIE_NSFW_CHECKER is on: a channel's flag alone changes nothing
+    (True, True, False),  # ... unless the operator lets NSFW-marked channels go unfiltered
+    (False, True, True),  # ... and only those
+])
+async def test_flag_in_the_prompt_wins_and_nsfw_checker_follows_the_operator(open_bot, sandbox, nsfw, unfiltered,
+                                                                               checker):
+    async with open_bot(nsfw=nsfw, DISCORD_NSFW_CHANNELS_UNFILTERED=unfiltered) as bot:
         sent = bot.imagine(ALICE, "a fox in snow --ar 9:16", aspect_ratio="16:9", quality="high")
         await bot.final_edit(sent)
         await bot.idle()
@@ -103,7 +108,7 @@ async def test_flag_in_the_prompt_wins_and_nsfw_checker_follows_the_channel(open
     sent_input = sandbox.tasks[job.task_id].input
     assert sent_input["aspect_ratio"] == "9:16"  # the flag typed in the prompt
     assert sent_input["quality"] == "high"  # the option
-    assert sent_input["nsfw_checker"] is (not nsfw)
+    assert sent_input["nsfw_checker"] is checker
 
 
 async def test_invalid_aspect_ratio_is_refused_privately_and_nothing_is_charged(open_bot, sandbox):

@@ -4,7 +4,8 @@ Point ``AsyncWebClient(base_url=fake.api_url)`` (or ``SLACK_API_URL``) at it. It
 
 - ``/api/<method>``: ``auth.test``, ``chat.postMessage``, ``chat.update``, ``chat.postEphemeral``,
   ``chat.delete``, ``views.publish``, ``conversations.open``, ``files.getUploadURLExternal``,
-  ``files.completeUploadExternal``, ``files.info``, ``files.delete``, ``apps.connections.open``. Params
+  ``files.completeUploadExternal``, ``files.info``, ``files.delete``, ``apps.connections.open``, ``users.info`` (workspace admins and
+  owners are the ids in ``fake.workspace_admins`` / ``fake.workspace_owners``). Params
   are read from the query string, a form or a JSON body, like Slack. A wrong bot token answers
   ``invalid_auth``.
 - Blocks (``chat.postMessage``, ``chat.update``, ``views.publish``) are checked with slack_sdk's own Block
@@ -70,6 +71,8 @@ class FakeSlackAPI:
         self.messages: dict[str, Message] = {}
         self.uploads: dict[str, bytes] = {}
         self.files: dict[str, dict[str, Any]] = {}
+        self.workspace_admins: set[str] = set()
+        self.workspace_owners: set[str] = set()
         self.responses: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self._failures: dict[str, deque[str]] = defaultdict(deque)
         #: Block Kit behaviour (see the module docstring)
@@ -269,6 +272,15 @@ class FakeSlackAPI:
         view = json.loads(view) if isinstance(view, str) else view
         return {"ok": True, "view": {"id": "V0001", "team_id": self.team_id, "type": view.get("type"),
                                      "blocks": view.get("blocks", [])}}
+
+    def _users_info(self, params: dict[str, Any]) -> dict[str, Any]:
+        user = str(params.get("user", ""))
+        if not user:
+            return {"ok": False, "error": "user_not_found"}
+        owner = user in self.workspace_owners
+        return {"ok": True, "user": {"id": user, "team_id": self.team_id, "name": user.lower(), "deleted": False,
+                                     "is_admin": owner or user in self.workspace_admins, "is_owner": owner,
+                                     "is_primary_owner": False, "is_bot": False}}
 
     def _conversations_open(self, params: dict[str, Any]) -> dict[str, Any]:
         return {"ok": True, "channel": {"id": "D" + str(params.get("users", "")).lstrip("UW")}}

@@ -77,8 +77,8 @@ async def test_admin_commands_refuse_non_admins_and_work_for_admins(slack: Slack
     balance = slack.core.ledger.balance(U3)
     assert (balance.available, balance.allowance) == (360, 360)  # a raise is added at once, up to 360
 
-    # the report goes to the admin's direct message as a CSV file, never to the channel
-    _, report_url = await slack.slash("admin report", user=ADMIN)
+    # the report of every account goes to the operator's direct message as a CSV file, never to the channel
+    _, report_url = await slack.slash("admin report all", user=ADMIN)
     answer = await slack.fake.wait_response(report_url)
     assert answer["response_type"] == "ephemeral" and "direct messages" in answer["text"]
     [opened] = slack.fake.calls_to("conversations.open")
@@ -89,6 +89,36 @@ async def test_admin_commands_refuse_non_admins_and_work_for_admins(slack: Slack
     rows = list(csv.reader(io.StringIO(slack.fake.uploads[file_id].decode())))
     assert any(f"slack:{TEAM}:U3" in row for row in rows)
     assert not slack.fake.calls_to("chat.postMessage")
+
+
+async def test_a_workspace_admin_never_mints_and_sees_only_this_workspace(slack: SlackHarness):
+    """Slack workspace admins and owners (users.info) are community admins: this workspace only, no minting."""
+    slack.fake.workspace_admins.add("U2")
+    for text in ("admin grant <@U2> 1000000", "admin allowance <@U3> 99999", "admin budget set here 100000",
+                 "admin report all", "admin report slack:T0002", "admin report discord:123", "admin history <@U3>"):
+        _, url = await slack.slash(text, user="U2")
+        answer = await slack.fake.wait_response(url)
+        assert answer["response_type"] == "ephemeral", text
+        assert "Nothing was changed" in answer["text"], (text, answer["text"])
+    await slack.settle()
+    assert slack.core.ledger.history(U2) == [] and slack.core.ledger.history(U3) == []
+    assert not slack.fake.calls_to("files.completeUploadExternal")
+    assert slack.core.budgets.status(f"slack:{TEAM}").amount is None
+
+    # their own workspace: ban, and its report (through users.info, asked once and cached)
+    _, url = await slack.slash("admin ban <@U3|carol>", user="U2")
+    assert (await slack.fake.wait_response(url))["text"] == "<@U3> can no longer use the image bot here."
+    _, url = await slack.slash("a cat", user="U3")
+    assert "turned the image bot off for you" in (await slack.fake.wait_response(url))["text"]
+    _, url = await slack.slash("admin report", user="U2")
+    assert (await slack.fake.wait_response(url))["text"].startswith("This workspace spent 0 credits for ")
+    await slack.settle()
+    assert slack.core.jobs.recent() == []
+    assert len([c for c in slack.fake.calls_to("users.info") if c.params["user"] == "U2"]) == 1
+
+    # an ordinary member is refused, and users.info is what decides
+    _, url = await slack.slash("admin ban <@U2>", user="U4")
+    assert "only image-bot admins" in (await slack.fake.wait_response(url))["text"]
 
 
 async def test_admin_report_falls_back_to_an_inline_csv(slack: SlackHarness):
