@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from imagine_bot.core.db import open_db
 from imagine_bot.core.budgets import Budgets
+from imagine_bot.core.db import open_db
 from imagine_bot.core.errors import BudgetExhausted, InsufficientCredits
 from imagine_bot.core.identity import UserRef
 from imagine_bot.core.ledger import Ledger

@@ -4,8 +4,9 @@ Point ``AsyncWebClient(base_url=fake.api_url)`` (or ``SLACK_API_URL``) at it. It
 
 - ``/api/<method>``: ``auth.test``, ``chat.postMessage``, ``chat.update``, ``chat.postEphemeral``,
   ``chat.delete``, ``views.publish``, ``conversations.open``, ``files.getUploadURLExternal``,
-  ``files.completeUploadExternal``, ``files.info``, ``files.delete``, ``apps.connections.open``, ``users.info`` (workspace admins and
-  owners are the ids in ``fake.workspace_admins`` / ``fake.workspace_owners``). Params
+  ``files.completeUploadExternal``, ``files.info``, ``files.delete``, ``apps.connections.open``,
+  ``users.info`` (workspace admins and owners are the ids in ``fake.workspace_admins`` /
+  ``fake.workspace_owners``). Params
   are read from the query string, a form or a JSON body, like Slack. A wrong bot token answers
   ``invalid_auth``.
 - Blocks (``chat.postMessage``, ``chat.update``, ``views.publish``) are checked with slack_sdk's own Block
