@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Protocol, runtime_checkable
 
 from .events import JobEvent
+from .identity import UserRef
 
 
 @runtime_checkable
@@ -29,3 +30,13 @@ class FrontEnd(Protocol):
     platform: str
 
     async def publish(self, event: JobEvent) -> None: ...
+
+
+@runtime_checkable
+class OperatorNotifier(Protocol):
+    """A front end that can reach operators privately (a DM). The core's ``Alerts`` hands it the operators
+    on its platform (from ``ADMINS``) and the text; it must not raise (log instead)."""
+
+    platform: str
+
+    async def notify_operators(self, operators: list[UserRef], text: str) -> None: ...

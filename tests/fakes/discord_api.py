@@ -20,6 +20,8 @@ Routes (under ``/api/v10``)::
     POST   /webhooks/{app}/{token}                        followups
     POST   /channels/{id}/messages                        channel messages (JSON or multipart)
     DELETE /channels/{id}/messages/{id}
+    POST   /users/@me/channels                            open a DM (``dm_channels`` maps user -> channel)
+    DELETE /users/@me/guilds/{guild}                      leave a server (``left_guilds``)
 
 The gateway (``/gateway-ws``), sharded like Discord's: ``GET /gateway/bot`` recommends ``shards`` (a
 constructor argument, default 1). Each connection gets HELLO (op 10); its IDENTIFY (op 2) is recorded
@@ -158,7 +160,12 @@ class FakeDiscord:
             ("POST", re.compile(r"/webhooks/(?P<app>\d+)/(?P<token>[^/]+)"), self._followup),
             ("POST", re.compile(r"/channels/(?P<channel>\d+)/messages"), self._channel_message),
             ("DELETE", re.compile(r"/channels/(?P<channel>\d+)/messages/(?P<msg>\d+)"), self._delete_channel_message),
+            ("POST", re.compile(r"/users/@me/channels"), self._open_dm),
+            ("DELETE", re.compile(r"/users/@me/guilds/(?P<guild>\d+)"), self._leave_guild),
         ]
+        #: user id -> the DM channel id opened with them
+        self.dm_channels: dict[str, str] = {}
+        self.left_guilds: list[str] = []
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> FakeDiscord:
@@ -404,6 +411,20 @@ class FakeDiscord:
     async def _channel_message(self, request: web.Request, call: Call, channel: str) -> web.Response:
         self._check_bot_auth(request)
         return _json_response(self._new_message(channel, call.json or {}, call.files))
+
+    async def _open_dm(self, request: web.Request, call: Call) -> web.Response:
+        self._check_bot_auth(request)
+        user = str((call.json or {}).get("recipient_id"))
+        channel = self.dm_channels.setdefault(user, str(snowflake()))
+        recipient = {"id": user, "username": f"user{user[-4:]}", "discriminator": "0", "avatar": None,
+                     "global_name": None}
+        return _json_response({"id": channel, "type": 1, "recipients": [recipient], "last_message_id": None,
+                               "flags": 0})
+
+    async def _leave_guild(self, request: web.Request, call: Call, guild: str) -> web.Response:
+        self._check_bot_auth(request)
+        self.left_guilds.append(guild)
+        return web.Response(status=204)
 
     async def _delete_channel_message(self, request: web.Request, call: Call, channel: str,
                                       msg: str) -> web.Response:
