@@ -7,6 +7,7 @@
     imagine-bot credits show|grant|allowance|history|report ...
     imagine-bot jobs list|show ...
     imagine-bot discord sync|invite-url
+    imagine-bot doctor                        check the install against the real services
 
 Configuration comes from the environment and ``.env`` (see ``.env.example``). A bad setting ends the
 command with one line naming it, exit status 2.
@@ -57,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("chat", help="a terminal chat front end: /imagine, /credits, /help")
 
+    sub.add_parser("doctor", help="check settings, database, gateway, Slack, Discord and PUBLIC_URL")
+
     p = sub.add_parser("run", help="run the chat bots with the callback server and /healthz")
     p.add_argument("--only", choices=["slack", "discord"], action="append", help="run only this front end")
 
@@ -101,6 +104,8 @@ def hoist_global_options(argv: Sequence[str]) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(hoist_global_options(sys.argv[1:] if argv is None else argv))
+    if args.command == "doctor":
+        return _doctor(args)
     try:
         settings = _settings(args)
         quiet = args.command in ("imagine", "chat", "credits", "jobs", "discord")  # their output is for people
@@ -114,6 +119,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from imagine_bot.core.doctor import exit_code, render
+
+    from .doctor import run_checks, settings_failed
+
+    try:
+        settings = _settings(args)
+    except ConfigError as error:
+        checks = settings_failed(error)
+    else:
+        setup_logging("DEBUG" if args.verbose else "ERROR", settings.secrets())
+        checks = asyncio.run(run_checks(settings))
+    print(render(checks))
+    return exit_code(checks)
 
 
 def _run_async(args: argparse.Namespace, settings: Settings) -> int:

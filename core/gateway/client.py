@@ -65,6 +65,7 @@ RECORD_INFO = "recordInfo"
 DOWNLOAD = "download"
 CREDIT = "credit"
 WEBHOOKS = "webhooks"
+MODELS = "models"
 
 
 class TaskStage(StrEnum):
@@ -254,6 +255,29 @@ class GatewayClient:
             return value
 
         return await self._retrying(CREDIT, once)
+
+    @_keyless
+    async def models(self) -> dict[str, int | None]:
+        """The gateway's model list: model id -> credit cost (None when not given). The shape is not
+        published: a list of objects (``model`` or ``id``, ``creditCost``) or of ids, maybe under ``models``."""
+
+        async def once() -> dict[str, int | None]:
+            data = await self._call(MODELS, "GET", "/api/v1/models")
+            if isinstance(data, dict):
+                data = data.get("models") or data.get("list") or []
+            if not isinstance(data, list):
+                raise GatewayProtocolError(f"models answered with a non-list: {_short(data)}", status=200)
+            found: dict[str, int | None] = {}
+            for item in data:
+                if isinstance(item, str):
+                    found[item] = None
+                elif isinstance(item, dict):
+                    ident = item.get("model") or item.get("id") or item.get("name")
+                    if isinstance(ident, str):
+                        found[ident] = _as_int(item.get("creditCost"))
+            return found
+
+        return await self._retrying(MODELS, once)
 
     @_keyless
     async def download(self, url: str) -> Download:

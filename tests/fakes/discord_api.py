@@ -11,6 +11,7 @@ Routes (under ``/api/v10``)::
 
     GET    /users/@me                                     the bot user (checks "Authorization: Bot <token>")
     GET    /oauth2/applications/@me                       the application
+    GET    /users/@me/guilds                              the servers the bot is in (``guilds``, ``guild_details``)
     GET    /gateway, /gateway/bot                         the fake websocket URL
     GET|PUT /applications/{app}/commands                  global commands (PUT: bulk overwrite, ids given)
     GET|PUT /applications/{app}/guilds/{guild}/commands   guild commands
@@ -138,6 +139,9 @@ class FakeDiscord:
         self.identifies: dict[int, dict[str, Any]] = {}
         self.dispatched: list[tuple[str, int]] = []
         self._shard_count = 1
+        #: name and permissions (the bot's, in that server) of each guild, for ``GET /users/@me/guilds``;
+        #: a guild not described here is "server <id>" with every permission the bot asks for
+        self.guild_details: dict[str, dict[str, Any]] = {}
         self._failures: list[_Failure] = []
         self._changed = asyncio.Event()
         self._runner: web.AppRunner | None = None
@@ -148,6 +152,7 @@ class FakeDiscord:
         self._seq = itertools.count(1)
         self._routes: list[tuple[str, re.Pattern[str], Callable[..., Any]]] = [
             ("GET", re.compile(r"/users/@me"), self._me),
+            ("GET", re.compile(r"/users/@me/guilds"), self._my_guilds),
             ("GET", re.compile(r"/oauth2/applications/@me"), self._application),
             ("GET", re.compile(r"/gateway(?:/bot)?"), self._gateway_info),
             ("GET", re.compile(r"/applications/(?P<app>\d+)(?:/guilds/(?P<guild>\d+))?/commands"), self._get_commands),
@@ -307,6 +312,17 @@ class FakeDiscord:
     async def _me(self, request: web.Request, call: Call) -> web.Response:
         self._check_bot_auth(request)
         return _json_response(self.bot_user())
+
+    async def _my_guilds(self, request: web.Request, call: Call) -> web.Response:
+        self._check_bot_auth(request)
+        everything = (1 << 10) | (1 << 11) | (1 << 14) | (1 << 15) | (1 << 16)
+        answer = []
+        for guild in self.guilds:
+            details = self.guild_details.get(guild, {})
+            answer.append({"id": guild, "name": details.get("name", f"server {guild}"), "icon": None,
+                           "owner": False, "features": [],
+                           "permissions": str(details.get("permissions", everything))})
+        return _json_response(answer)
 
     async def _application(self, request: web.Request, call: Call) -> web.Response:
         self._check_bot_auth(request)

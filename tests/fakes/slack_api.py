@@ -62,12 +62,15 @@ class Message:
 
 class FakeSlackAPI:
     def __init__(self, *, bot_token: str = "xoxb-test-token", app_token: str = "xapp-test-token",
-                 team_id: str = "T0001", bot_user_id: str = "UBOT", bot_name: str = "imagine") -> None:
+                 team_id: str = "T0001", bot_user_id: str = "UBOT", bot_name: str = "imagine",
+                 scopes: tuple[str, ...] = ("commands", "chat:write", "files:write", "im:write")) -> None:
         self.bot_token = bot_token
         self.app_token = app_token
         self.team_id = team_id
         self.bot_user_id = bot_user_id
         self.bot_name = bot_name
+        #: the bot token's scopes, sent back as ``x-oauth-scopes`` on every answer (as Slack does)
+        self.scopes = list(scopes)
         self.calls: list[Call] = []
         self.messages: dict[str, Message] = {}
         self.uploads: dict[str, bytes] = {}
@@ -184,7 +187,8 @@ class FakeSlackAPI:
             if errors:
                 return web.json_response({"ok": False, "error": "invalid_blocks", "errors": errors,
                                           "response_metadata": {"messages": [f"[ERROR] {e}" for e in errors]}})
-        return web.json_response(handler(params))
+        scopes = {"x-oauth-scopes": ",".join(self.scopes)} if token == self.bot_token else {}
+        return web.json_response(handler(params), headers=scopes)
 
     # ------------------------------------------------------------------ Block Kit checks
     def _block_errors(self, params: dict[str, Any], method: str) -> list[str]:
