@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -22,6 +23,16 @@ from tests.fakes.discord_api import FakeDiscord
 from tests.fakes.slack_api import FakeSlackAPI
 
 ALL = 0x400 | 0x800 | 0x4000 | 0x8000 | 0x10000
+
+
+@pytest.fixture(autouse=True)
+def _keep_logging():
+    """``main()`` sets up logging on the root logger (to the captured stderr): put it back afterwards."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture
