@@ -14,6 +14,7 @@ import pytest
 from imagine_bot.bots.cli import main
 from imagine_bot.bots.discord.doctor import expected_commands
 from imagine_bot.bots.doctor import run_checks
+from imagine_bot.bots.slack.doctor import manifest_scopes
 from imagine_bot.core.app import ImagineCore
 from imagine_bot.core.doctor import Check, Status, exit_code, render
 from imagine_bot.core.settings import Settings
@@ -38,6 +39,7 @@ def _keep_logging():
 @pytest.fixture
 async def fakes() -> AsyncIterator[tuple[FakeSlackAPI, FakeDiscord]]:
     async with FakeSlackAPI() as slack, FakeDiscord() as discord:
+        slack.scopes = manifest_scopes()  # installed from the manifest, as the README says
         discord.guilds = ("900000000000000001",)
         discord.guild_details["900000000000000001"] = {"name": "Art Club", "permissions": ALL}
         yield slack, discord
@@ -181,7 +183,8 @@ async def test_slack_token_refused(install):
 
 async def test_slack_missing_scope_is_named(install, fakes):
     slack, _ = fakes
-    slack.scopes = ["commands", "chat:write", "im:write"]
+    assert "files:write" in slack.scopes
+    slack.scopes = [s for s in slack.scopes if s != "files:write"]
     check = only_failure(await run_checks(install()), "Slack scopes")
     assert check.detail == "the token lacks files:write" and "reinstall" in check.fix
 
