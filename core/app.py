@@ -32,6 +32,7 @@ from .gateway import GatewayClient
 from .identity import UserRef
 from .jobs import Job, JobRequest, JobState, JobStore, ReplyTo
 from .ledger import Balance, Ledger
+from .metrics import Metrics
 from .orchestrator import Orchestrator
 from .parsing import ParsedPrompt, parse_imagine
 from .places import Places
@@ -63,8 +64,9 @@ NOT_HERE = "You can only manage the server or workspace you are an admin of."
 
 class ImagineCore:
     def __init__(self, settings: Settings, *, db: sqlite_utils.Database, gateway: GatewayClient,
-                 model: ModelSpec) -> None:
+                 model: ModelSpec, metrics: Metrics | None = None) -> None:
         self.settings = settings
+        self.metrics = metrics or Metrics()
         self.db = db
         self.model = model
         self.gateway = gateway
@@ -91,6 +93,7 @@ class ImagineCore:
             job_timeout_s=settings.JOB_TIMEOUT_S,
             callback_url=settings.callback_url,
             banned_words=tuple(settings.BANNED_WORDS),
+            metrics=self.metrics,
         )
 
     @classmethod
@@ -121,13 +124,15 @@ class ImagineCore:
                                       limits=httpx.Limits(max_connections=100, max_keepalive_connections=100),
                                       headers={"User-Agent": f"imagine-bot/{__version__}"})
                 )
+            metrics = Metrics()
             gateway = GatewayClient(http, base_url=base_url, api_key=api_key,
                                     max_download_bytes=settings.max_download_bytes,
-                                    request_timeout=settings.MODKIE_TIMEOUT_S)
+                                    request_timeout=settings.MODKIE_TIMEOUT_S,
+                                    on_request=metrics.gateway_request, on_balance=metrics.balance)
             model = get_model(settings.MODKIE_MODEL, settings.MODKIE_ASPECT_RATIOS)
             db = open_db(settings.IMAGINE_DB_PATH)
             stack.callback(db.conn.close)
-            core = cls(settings, db=db, gateway=gateway, model=model)
+            core = cls(settings, db=db, gateway=gateway, model=model, metrics=metrics)
             stack.push_async_callback(core.orchestrator.stop)
             yield core
 

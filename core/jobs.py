@@ -112,9 +112,26 @@ class Job:
         return self.reply.platform
 
     @property
+    def scope(self) -> str:
+        """The community the job belongs to: ``slack:TEAM``, ``discord:GUILD`` (``discord:dm`` outside a
+        server) or the platform alone. Same as ``SCOPE_SQL``."""
+        if self.platform == "slack":
+            return f"slack:{self.requester.workspace}"
+        if self.platform == "discord":
+            return f"discord:{self.reply.data.get('guild_id') or 'dm'}"
+        return self.platform
+
+    @property
     def elapsed_s(self) -> float:
         end = self.finished_at or utcnow()
         return max(0.0, (end - self.created_at).total_seconds())
+
+
+#: ``Job.scope`` in SQL, over a ``jobs`` row
+SCOPE_SQL = """CASE jobs.platform
+    WHEN 'slack' THEN 'slack:' || substr(jobs.account, 7, instr(substr(jobs.account, 7), ':') - 1)
+    WHEN 'discord' THEN 'discord:' || coalesce(json_extract(jobs.reply, '$.data.guild_id'), 'dm')
+    ELSE jobs.platform END"""
 
 
 def new_job_id() -> str:

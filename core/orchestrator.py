@@ -49,6 +49,7 @@ from .gateway import GatewayClient, TaskRecord, TaskStage
 from .identity import UserRef
 from .jobs import Job, JobRequest, JobState, JobStore, new_job_id
 from .ledger import Ledger, describe_refill
+from .metrics import Metrics
 from .parsing import check_banned
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,7 @@ class Orchestrator:
         callback_url: str | None = None,
         banned_words: tuple[str, ...] = (),
         monotonic: Callable[[], float] = time.monotonic,
+        metrics: Metrics | None = None,
     ) -> None:
         self.db = db
         self.jobs = jobs
@@ -94,6 +96,8 @@ class Orchestrator:
         self.callback_url = callback_url
         self.banned_words = banned_words
         self.monotonic = monotonic
+        self.metrics = metrics or Metrics()
+        self.metrics.watch(lambda: self.in_flight, lambda: self.admission.waiting)
         self.admission = Admission(max_active, create_rate_per_10s)
         # routine polls: a burst of 2 on top of the rate keeps their busiest second within the gateway's
         # ~10 recordInfo/s; callback confirmations may use a second's worth at once
@@ -239,6 +243,7 @@ class Orchestrator:
     # ------------------------------------------------------------------ one job
     async def _run(self, job_id: str) -> None:
         job = self.jobs.get(job_id)
+        gateway_done: float | None = None  # when the gateway said success (for the delivery overhead)
         try:
             if job.state is JobState.QUEUED:
                 job = await self._admit_and_create(job)
@@ -246,9 +251,10 @@ class Orchestrator:
                 raise JobInterrupted(f"job {job.id} was mid-createTask when the process stopped")
             if job.state is JobState.RUNNING:
                 record = await self._track(job)
+                gateway_done = time.monotonic()
                 job = await self._download(job, record)
             if job.state is JobState.DELIVERING:
-                await self._deliver(job)
+                await self._deliver(job, gateway_done)
         except asyncio.CancelledError:
             raise
         except ImagineError as error:
@@ -363,7 +369,7 @@ class Orchestrator:
         return self.jobs.update(job.id, state=JobState.DELIVERING, result_urls=list(record.result_urls),
                                 files=files)
 
-    async def _deliver(self, job: Job) -> None:
+    async def _deliver(self, job: Job, gateway_done: float | None = None) -> None:
         if not job.files or not all(p.exists() for p in job.files):
             if not job.task_id:
                 raise DeliveryError(f"job {job.id} has neither files nor a task id")
@@ -380,8 +386,10 @@ class Orchestrator:
             raise DeliveryError(f"front end {job.platform} could not deliver: {type(exc).__name__}: {exc}") from exc
         with transaction(self.db):
             self.ledger.capture(job.id)
-            self.jobs.update(job.id, state=JobState.DELIVERED, finished_at=utcnow())
+            job = self.jobs.update(job.id, state=JobState.DELIVERED, finished_at=utcnow())
         log.info("job %s delivered and charged %d", job.id, job.cost)
+        self.metrics.delivered(job.platform, job.scope, job.cost, job.elapsed_s,
+                               None if gateway_done is None else time.monotonic() - gateway_done)
         shutil.rmtree(self.spool / job.id, ignore_errors=True)
 
     async def _fail(self, job_id: str, error: ImagineError) -> None:
@@ -393,6 +401,7 @@ class Orchestrator:
             job = self.jobs.update(job_id, state=JobState.FAILED, error_code=error.code,
                                    error_message=error.admin_message[:1000], finished_at=utcnow())
         shutil.rmtree(self.spool / job_id, ignore_errors=True)
+        self.metrics.failed(job.platform)
         await self._publish(Failed(job, error, refunded))
 
 

@@ -54,6 +54,7 @@ class Settings(BaseSettings):
     HTTP_HOST: str = "0.0.0.0"
     HTTP_PORT: int = Field(default=3000, ge=0, le=65535)
     PUBLIC_URL: str | None = None
+    METRICS_TOKEN: SecretStr | None = None
 
     # --- credits and limits
     CREDITS_ALLOWANCE: int = Field(default=180, ge=0)
@@ -192,7 +193,7 @@ class Settings(BaseSettings):
     def secrets(self) -> list[str]:
         """Every secret value, for log redaction."""
         values = [self.MODKIE_API_KEY, self.MODKIE_WEBHOOK_SECRET, self.SLACK_BOT_TOKEN, self.SLACK_APP_TOKEN,
-                  self.SLACK_SIGNING_SECRET, self.DISCORD_TOKEN]
+                  self.SLACK_SIGNING_SECRET, self.DISCORD_TOKEN, self.METRICS_TOKEN]
         return [v.get_secret_value() for v in values if v is not None and v.get_secret_value()]
 
 

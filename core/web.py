@@ -1,5 +1,6 @@
-"""The one web server: ``/healthz``, ``/callbacks/modkie`` (gateway callbacks) and, when a front end adds
-them, its own routes (Slack's ``/slack/events`` in HTTP mode).
+"""The one web server: ``/healthz``, ``/metrics`` (Prometheus; a bearer token when ``METRICS_TOKEN`` is
+set), ``/callbacks/modkie`` (gateway callbacks) and, when a front end adds them, its own routes (Slack's
+``/slack/events`` in HTTP mode).
 
 A callback wakes the job's tracker. Most callbacks are hints, confirmed with recordInfo before anything
 is delivered or charged; a ModKie account webhook signed over its whole body with a final state carries
@@ -9,6 +10,7 @@ never waits on us.
 
 from __future__ import annotations
 
+import hmac
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -38,6 +40,7 @@ def build_web_app(core: ImagineCore) -> web.Application:
     app[CORE_KEY] = core
     app[STATUS_KEY] = {}
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
     app.router.add_post("/callbacks/modkie", modkie_callback)
     return app
 
@@ -55,6 +58,20 @@ async def healthz(request: web.Request) -> web.Response:
         "frontends": sorted(core.orchestrator.frontends),
         **{name: dict(status()) for name, status in request.app[STATUS_KEY].items()},
     })
+
+
+async def metrics(request: web.Request) -> web.Response:
+    core = request.app[CORE_KEY]
+    token = core.settings.METRICS_TOKEN
+    if token is not None:
+        given = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token.get_secret_value()}".encode()):
+            return web.Response(status=401, text="a bearer token is required (METRICS_TOKEN)\n",
+                                headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
+    body, content_type = core.metrics.render()
+    response = web.Response(body=body)
+    response.headers["Content-Type"] = content_type
+    return response
 
 
 async def modkie_callback(request: web.Request) -> web.Response:

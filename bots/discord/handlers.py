@@ -117,6 +117,8 @@ class Handlers:
     async def _start_job(self, interaction: discord.Interaction,
                          submit: Callable[[ReplyTo], Awaitable[Job]]) -> None:
         await interaction.response.defer(thinking=True)
+        # from Discord creating the interaction to our answer (Discord allows 3 s)
+        self.core.metrics.ack("discord", (discord.utils.utcnow() - interaction.created_at).total_seconds())
         reply = ReplyTo("discord", str(interaction.channel_id), ReplyData.from_interaction(interaction).to_dict())
         try:
             await submit(reply)  # the core publishes Accepted: the front end edits the placeholder

@@ -92,7 +92,9 @@ class SlackHandlers:
 
     # ------------------------------------------------------------------ Bolt listeners
     async def on_command(self, ack: Any, body: dict[str, Any]) -> None:
+        started = time.perf_counter()
         await ack()
+        self.core.metrics.ack("slack", time.perf_counter() - started)
         await self._guarded("slash command", self.slash_command(body))
 
     async def on_reroll(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:

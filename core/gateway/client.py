@@ -167,6 +167,8 @@ class GatewayClient:
         request_timeout: float = 30.0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         capability: str | None = "image",
+        on_request: Callable[[str, str], None] | None = None,
+        on_balance: Callable[[int], None] | None = None,
     ) -> None:
         self._http = http
         self.base_url = base_url.rstrip("/")
@@ -182,6 +184,14 @@ class GatewayClient:
         self._origin = _origin(httpx.URL(self.base_url))
         self._unknown_states: set[str] = set()
         self._random = random.Random()
+        #: told of every answer (endpoint, code: HTTP status, envelope code of a 200, or "transport")
+        self._on_request = on_request
+        #: told of every balance read
+        self._on_balance = on_balance
+
+    def _observe(self, endpoint: str, code: str) -> None:
+        if self._on_request is not None:
+            self._on_request(endpoint, code)
 
     def __repr__(self) -> str:
         return f"GatewayClient(base_url={self.base_url!r})"
@@ -252,6 +262,8 @@ class GatewayClient:
             value = _as_int(data)
             if value is None:
                 raise GatewayProtocolError(f"credit answered with a non-number: {_short(data)}", status=200)
+            if self._on_balance is not None:
+                self._on_balance(value)
             return value
 
         return await self._retrying(CREDIT, once)
@@ -314,9 +326,17 @@ class GatewayClient:
             response = await self._http.request(method, self.base_url + path, headers=self._headers(),
                                                 timeout=self._timeout, **kwargs)
         except httpx.HTTPError as exc:
+            self._observe(endpoint, "transport")
             raise _transport_error(endpoint, exc) from exc
         log.debug("%s -> HTTP %d", endpoint, response.status_code)
-        return self._unwrap(endpoint, response)
+        try:
+            data = self._unwrap(endpoint, response)
+        except GatewayError as error:
+            status = error.status
+            self._observe(endpoint, str(status if status and status != 200 else error.gateway_code or status))
+            raise
+        self._observe(endpoint, "200")
+        return data
 
     def _unwrap(self, endpoint: str, response: httpx.Response) -> Any:
         status = response.status_code
@@ -432,6 +452,7 @@ class GatewayClient:
     async def _download_once(self, url: httpx.URL, own_origin: bool) -> Download:
         self.requests_sent[DOWNLOAD] += 1
         host = url.host
+        status: int | None = None
         try:
             async with self._http.stream("GET", url, headers=self._headers(auth=own_origin),
                                          timeout=self._timeout, follow_redirects=True) as response:
@@ -450,7 +471,11 @@ class GatewayClient:
                 content = await self._read_capped(response, host)
                 content_type = response.headers.get("Content-Type", "")
         except httpx.HTTPError as exc:
+            self._observe(DOWNLOAD, "transport")
             raise _transport_error(DOWNLOAD, exc) from exc
+        finally:
+            if status is not None:
+                self._observe(DOWNLOAD, str(status))
         return Download(content, _image_type(content_type, content, host))
 
     async def _read_capped(self, response: httpx.Response, host: str) -> bytes:
