@@ -1,6 +1,7 @@
 """``imagine-bot``: the command line.
 
     imagine-bot [--sandbox] [--db PATH] imagine "a lighthouse at dusk --ar 16:9"
+    imagine-bot imagine "make it winter" --image photo.png [--image URL ...]   an edit of images
     imagine-bot chat                          a terminal chat: /imagine, /credits, /help
     imagine-bot run [--only slack|discord]    the bots, the callback server and /healthz
     imagine-bot sandbox [--port 8787]         the sandbox gateway alone
@@ -55,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("imagine", help="make one image in the terminal")
     p.add_argument("text", nargs="+", help='prompt with optional flags, e.g. "a fox --ar 16:9 --quality high"')
     p.add_argument("--out", type=Path, default=Path("out"), help="folder for the images (default ./out)")
+    p.add_argument("--image", action="append", default=[], metavar="PATH_OR_URL",
+                   help="a reference image to edit (repeatable, up to 14): a local file or an https URL")
 
     sub.add_parser("chat", help="a terminal chat front end: /imagine, /credits, /help")
 
@@ -141,7 +144,8 @@ def _run_async(args: argparse.Namespace, settings: Settings) -> int:
     from . import terminal
 
     if args.command == "imagine":
-        return asyncio.run(terminal.imagine_once(settings, " ".join(args.text), args.out, local_user()))
+        return asyncio.run(terminal.imagine_once(settings, " ".join(args.text), args.out, local_user(),
+                                                 images=args.image))
     if args.command == "chat":
         return asyncio.run(terminal.chat(settings, local_user()))
     if args.command == "sandbox":

@@ -69,6 +69,8 @@ async def run(settings: Settings, *, only: list[str] | None = None,
         web_app = build_web_app(core)
         services = [factory(core, settings, web_app) for factory in factories.values()]
         runner, port = await start_web(web_app, settings.HTTP_HOST, settings.HTTP_PORT)
+        if settings.sandbox and not settings.PUBLIC_URL:  # the in-process sandbox fetches /refs/ locally
+            core.serve_refs_at(f"http://127.0.0.1:{port}")
         log.info("web server on %s:%d (/healthz, /callbacks/modkie)", settings.HTTP_HOST, port)
         try:
             for service in services:

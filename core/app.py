@@ -11,8 +11,9 @@ Front ends call the user operations below; they never touch the ledger or the jo
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -24,7 +25,7 @@ import sqlite_utils
 from . import __version__, messages
 from .authority import GLOBAL, Actor, scope_noun
 from .budgets import Budgets, BudgetStatus, spend_csv
-from .catalog import ModelSpec, get_model
+from .catalog import ModelSpec, edit_model, get_model
 from .db import open_db, utcnow
 from .errors import ConfigError, NotAllowedHere, NotFound, PermissionDenied, UserInputError
 from .frontend import FrontEnd
@@ -36,9 +37,15 @@ from .metrics import Metrics
 from .orchestrator import Orchestrator
 from .parsing import ParsedPrompt, parse_imagine
 from .places import Places
+from .prices import Prices
+from .references import Reference, ReferenceChecker
+from .refs import RefStore, load_secret
 from .settings import Settings
 
 log = logging.getLogger(__name__)
+
+#: how often kept references and results past REFS_KEEP_DAYS are removed
+CLEANUP_EVERY_S = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,12 +71,19 @@ NOT_HERE = "You can only manage the server or workspace you are an admin of."
 
 class ImagineCore:
     def __init__(self, settings: Settings, *, db: sqlite_utils.Database, gateway: GatewayClient,
-                 model: ModelSpec, metrics: Metrics | None = None) -> None:
+                 model: ModelSpec, http: httpx.AsyncClient, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
         self.db = db
         self.model = model
+        #: the model for jobs with reference images (Vary, Remix, attachments)
+        self.edit_model = edit_model(model)
         self.gateway = gateway
+        self.prices = Prices(gateway)
+        self.refs = RefStore(settings.refs_dir, settings.spool_dir, load_secret(db), base_url=settings.PUBLIC_URL,
+                             keep_days=settings.REFS_KEEP_DAYS)
+        self.references = ReferenceChecker(self.refs, http)
+        self._cleanup: asyncio.Task[None] | None = None
         self.jobs = JobStore(db)
         self.ledger = Ledger(db, allowance=settings.CREDITS_ALLOWANCE, period=settings.CREDITS_PERIOD)
         self.admins = frozenset(settings.ADMINS)
@@ -94,6 +108,7 @@ class ImagineCore:
             callback_url=settings.callback_url,
             banned_words=tuple(settings.BANNED_WORDS),
             metrics=self.metrics,
+            resolve_refs=self.refs.resolve,
         )
 
     @classmethod
@@ -132,7 +147,8 @@ class ImagineCore:
             model = get_model(settings.MODKIE_MODEL, settings.MODKIE_ASPECT_RATIOS)
             db = open_db(settings.IMAGINE_DB_PATH)
             stack.callback(db.conn.close)
-            core = cls(settings, db=db, gateway=gateway, model=model, metrics=metrics)
+            core = cls(settings, db=db, gateway=gateway, model=model, http=http, metrics=metrics)
+            stack.push_async_callback(core.close)
             stack.push_async_callback(core.orchestrator.stop)
             yield core
 
@@ -141,7 +157,11 @@ class ImagineCore:
         self.orchestrator.register(frontend)
 
     async def start(self) -> int:
-        """Resume in-flight jobs of the registered front ends; returns how many."""
+        """Resume in-flight jobs of the registered front ends; returns how many. Also reads the gateway's
+        prices and starts the hourly cleanup of kept references."""
+        await self.prices.refresh()
+        if self._cleanup is None:
+            self._cleanup = asyncio.create_task(self._cleanup_loop(), name="refs-cleanup")
         count = await self.orchestrator.resume()
         if count:
             log.info("resumed %d job(s) left in flight", count)
@@ -155,6 +175,35 @@ class ImagineCore:
         """
         return self.jobs.record_receipt(job_id, **ids)
 
+    async def close(self) -> None:
+        if self._cleanup is not None:
+            self._cleanup.cancel()
+            await asyncio.gather(self._cleanup, return_exceptions=True)
+            self._cleanup = None
+        await self.prices.close()
+
+    async def _cleanup_loop(self) -> None:
+        while True:
+            active = frozenset(job.id for job in self.jobs.active())
+            try:
+                await asyncio.to_thread(self.refs.cleanup, active)
+            except OSError:
+                log.exception("refs cleanup failed")
+            await asyncio.sleep(CLEANUP_EVERY_S)
+
+    def serve_refs_at(self, base_url: str) -> None:
+        """Where ``/refs/`` is reachable for the gateway, when not ``PUBLIC_URL`` (the embedded sandbox)."""
+        self.refs.base_url = base_url.rstrip("/")
+
+    # ------------------------------------------------------------------ prices
+    def cost_of(self, model: ModelSpec) -> int:
+        return self.prices.cost(model)
+
+    def _priced(self, model: ModelSpec) -> dict[str, Any]:
+        """The model, price and (when it differs) the text-to-image price of a new job."""
+        cost, text_cost = self.cost_of(model), self.cost_of(self.model)
+        return {"model": model.id, "cost": cost, "text_cost": text_cost if model.edits and cost != text_cost else None}
+
     # ------------------------------------------------------------------ users
     def parse(self, text: str, defaults: dict[str, str] | None = None) -> ParsedPrompt:
         return parse_imagine(text, self.model, banned_words=self.settings.BANNED_WORDS, defaults=defaults)
@@ -165,18 +214,71 @@ class ImagineCore:
         return self.places.prefs(actor.place).defaults if actor.place else {}
 
     async def imagine(self, requester: UserRef | Actor, reply: ReplyTo, text: str, *, dedupe_key: str | None = None,
-                      defaults: dict[str, str] | None = None, extra_input: dict[str, Any] | None = None) -> Job:
+                      defaults: dict[str, str] | None = None, extra_input: dict[str, Any] | None = None,
+                      references: Sequence[Reference] = (), parent_id: str | None = None) -> Job:
         """Parse chat text and submit the job. Raises ``ImagineError`` with a message for the user.
 
         ``requester`` is best an ``Actor`` (its place and channel decide the budgets and the place's rules);
-        a bare Slack ``UserRef`` acts in its workspace and the reply's channel."""
+        a bare Slack ``UserRef`` acts in its workspace and the reply's channel.
+
+        With ``references`` the job is an edit on ``edit_model``: every reference is checked (count, type,
+        size) before anything is reserved."""
         actor = Actor.of(requester, reply.channel)
+        if dedupe_key and (existing := self.jobs.by_dedupe_key(dedupe_key)) is not None:
+            return existing  # a redelivered request: no second check, no second job
         self.check_place(actor)
         parsed = self.parse(text, {**self.place_defaults(actor), **(defaults or {})})
+        model = self.edit_model if references else self.model
+        priced = self._priced(model)
+        image_urls: list[str] = []
+        if references:
+            self.orchestrator.precheck(actor.user, priced["cost"])  # cheap refusals before any fetching
+            self.budgets.check(self.scopes(actor), actor.key, priced["cost"])
+            image_urls = await self.references.prepare(model, references)
         return await self.orchestrator.submit(JobRequest(
             requester=actor.user, reply=reply, prompt=parsed.prompt, params=parsed.params,
             dedupe_key=dedupe_key, extra_input=self._inputs(actor, extra_input), scopes=self.scopes(actor),
+            parent_id=parent_id, image_urls=tuple(image_urls), **priced,
         ))
+
+    def result_reference(self, who: UserRef | Actor, job_id: str) -> tuple[Job, Reference]:
+        """A delivered job's first image as a reference, if ``who`` may use it (the requester, an operator
+        or a community admin of the place it was made in) and it is still kept (``REFS_KEEP_DAYS``)."""
+        actor = Actor.of(who)
+        job = self.jobs.find(job_id)
+        if job is None:
+            raise NotFound(f"no job {job_id}", user_message="That image is no longer known to me.")
+        community = actor.community_admin and actor.place is not None and actor.place in self.budgets.job_scopes(job_id)
+        if job.requester != actor.user and not self.is_operator(actor) and not community:
+            raise PermissionDenied(f"{actor.key} may not vary job {job_id}", user_message=(
+                "Only the person who asked for this image, or an admin, can vary or remix it. Nothing was charged."))
+        key = self.refs.result_key(job.id)
+        if job.state is not JobState.DELIVERED or self.refs.path(key) is None:
+            raise NotFound(f"job {job_id} has no kept result", user_message=(
+                f"This image is no longer kept (results are kept for {self.settings.REFS_KEEP_DAYS:g} days), "
+                "so it cannot be varied or remixed. Nothing was charged."))
+        return job, Reference(name="the image", key=key)
+
+    def check_can_vary(self, who: UserRef | Actor, job_id: str) -> Job:
+        """The refusals Vary or Remix would meet (permission, kept result, place, job limit, balance, budgets),
+        changing nothing; returns the original job."""
+        job, _ = self.result_reference(who, job_id)
+        self.check_can_submit(who, edit=True)
+        return job
+
+    async def vary(self, requester: UserRef | Actor, job_id: str, reply: ReplyTo, *, prompt: str | None = None,
+                   defaults: dict[str, str] | None = None, dedupe_key: str | None = None,
+                   extra_input: dict[str, Any] | None = None) -> Job:
+        """Vary (same prompt) or Remix (``prompt`` given) a delivered job: an edit with its image as the
+        reference, a new paid job for whoever pressed (the requester or an admin)."""
+        original, reference = self.result_reference(requester, job_id)
+        params = {k: v for k, v in original.params.items() if k in {s.name for s in self.model.inputs}}
+        extra = {k: v for k, v in original.params.items() if k not in params}
+        extra.update(extra_input or {})
+        text = original.prompt if prompt is None else prompt
+        return await self.imagine(requester, reply, text, dedupe_key=dedupe_key,
+                                  defaults={**params, **(defaults or {})}, extra_input=extra,
+                                  references=[reference], parent_id=original.id)
 
     async def reroll(self, requester: UserRef | Actor, job_id: str, reply: ReplyTo, *,
                      dedupe_key: str | None = None, extra_input: dict[str, Any] | None = None) -> Job:
@@ -191,10 +293,11 @@ class ImagineCore:
         params = {k: v for k, v in original.params.items() if k in {s.name for s in self.model.inputs}}
         extra = {k: v for k, v in original.params.items() if k not in params}
         extra.update(extra_input or {})
+        model = self.edit_model if original.image_urls else self.model
         return await self.orchestrator.submit(JobRequest(
             requester=actor.user, reply=reply, prompt=original.prompt, params=params,
             dedupe_key=dedupe_key, parent_id=original.id, extra_input=self._inputs(actor, extra),
-            scopes=self.scopes(actor),
+            scopes=self.scopes(actor), image_urls=original.image_urls, **self._priced(model),
         ))
 
     def _inputs(self, actor: Actor, extra: dict[str, Any] | None) -> dict[str, Any]:
@@ -236,13 +339,14 @@ class ImagineCore:
         if account is not None:
             account.check()
 
-    def check_can_submit(self, requester: UserRef | Actor) -> None:
-        """Raise the refusal an ``imagine`` by this user would meet (place, job limit, balance, budgets),
-        changing nothing."""
+    def check_can_submit(self, requester: UserRef | Actor, *, edit: bool = False) -> None:
+        """Raise the refusal an ``imagine`` (an edit, with ``edit``) by this user would meet (place, job limit,
+        balance, budgets), changing nothing."""
         actor = Actor.of(requester)
+        cost = self.cost_of(self.edit_model if edit else self.model)
         self.check_place(actor)
-        self.orchestrator.precheck(actor.user)
-        self.budgets.check(self.scopes(actor), actor.key, self.model.cost)
+        self.orchestrator.precheck(actor.user, cost)
+        self.budgets.check(self.scopes(actor), actor.key, cost)
 
     def credits(self, requester: UserRef | Actor) -> CreditsInfo:
         actor = Actor.of(requester)

@@ -33,6 +33,12 @@ class ModelSpec:
     inputs: tuple[InputSpec, ...]
     #: fixed input fields sent with every job (the gateway fills in no defaults)
     fixed: dict[str, object] = field(default_factory=dict)
+    #: how many reference images (``image_urls``) it takes: 0 for text-to-image, (1, 14) for an edit
+    references: tuple[int, int] = (0, 0)
+
+    @property
+    def edits(self) -> bool:
+        return self.references[1] > 0
 
     def input(self, name: str) -> InputSpec:
         for spec in self.inputs:
@@ -69,7 +75,16 @@ SEEDREAM_45 = ModelSpec(
     fixed={"nsfw_checker": False},
 )
 
-CATALOG: dict[str, ModelSpec] = {SEEDREAM_45.id: SEEDREAM_45}
+#: the same inputs plus ``image_urls``: 1 to 14 public URLs of jpeg, png or webp images, <= 10 MB each
+SEEDREAM_45_EDIT = replace(SEEDREAM_45, id="seedream/4.5-edit", label="Seedream 4.5 Edit", references=(1, 14))
+
+#: what a reference image may be (gateway contract)
+REFERENCE_TYPES = ("image/jpeg", "image/png", "image/webp")
+REFERENCE_MAX_BYTES = 10 * 1024 * 1024
+
+CATALOG: dict[str, ModelSpec] = {spec.id: spec for spec in (SEEDREAM_45, SEEDREAM_45_EDIT)}
+#: the model that edits images for each text-to-image model
+EDIT_MODELS: dict[str, str] = {SEEDREAM_45.id: SEEDREAM_45_EDIT.id}
 
 
 def get_model(model_id: str, aspect_ratios: Iterable[str] = ()) -> ModelSpec:
@@ -80,3 +95,11 @@ def get_model(model_id: str, aspect_ratios: Iterable[str] = ()) -> ModelSpec:
         raise ConfigError("MODKIE_MODEL", f"unknown model {model_id!r}; known: {', '.join(CATALOG)}") from None
     ratios = tuple(aspect_ratios)
     return spec.with_aspect_ratios(ratios) if ratios else spec
+
+
+def edit_model(text_model: ModelSpec) -> ModelSpec:
+    """The edit model that goes with ``text_model``, with the same choices (aspect ratios) as it."""
+    if text_model.edits:
+        return text_model
+    spec = CATALOG[EDIT_MODELS.get(text_model.id, SEEDREAM_45_EDIT.id)]
+    return replace(spec, inputs=text_model.inputs)

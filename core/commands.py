@@ -1,6 +1,7 @@
 """The text commands behind ``/imagine``, shared by every front end that takes free text.
 
     /imagine <prompt> [--ar 16:9] [--quality high]     make an image
+    /imagine <prompt> --image <url> [--image <url>]     edit images (the edit model)
     /imagine help | credits                             help, your balance (and this place's budget)
 
 Operators (``ADMINS``) only, never community admins::
@@ -38,8 +39,19 @@ from .errors import ImagineError, PermissionDenied, UserInputError
 from .identity import UserRef
 from .jobs import Job, ReplyTo
 from .ledger import PERIODS
+from .parsing import take_images
+from .references import Reference
 
 ResolveUser = Callable[[str], UserRef | None]
+#: turns what followed ``--image`` into a reference (front ends that know local files pass their own)
+ResolveImage = Callable[[str], Reference]
+
+
+def url_reference(raw: str) -> Reference:
+    """``--image`` in chat takes a public http(s) URL."""
+    if not raw.lower().startswith(("http://", "https://")):
+        raise UserInputError(f"`--image` takes the URL of an image (https://...), not `{raw[:60]}`.")
+    return Reference(name=raw, url=raw)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +80,7 @@ Handler = Callable[[ImagineCore, Actor, list[str], ResolveUser], CommandReply]
 
 async def dispatch(core: ImagineCore, requester: UserRef | Actor, text: str, reply: ReplyTo, *,
                    resolve_user: ResolveUser, dedupe_key: str | None = None,
-                   command: str = "/imagine") -> CommandReply:
+                   command: str = "/imagine", resolve_image: ResolveImage = url_reference) -> CommandReply:
     actor = Actor.of(requester, reply.channel)
     if actor.channel is None:
         actor = Actor(actor.user, actor.place, reply.channel, actor.community_admin, actor.nsfw_channel)
@@ -84,7 +96,9 @@ async def dispatch(core: ImagineCore, requester: UserRef | Actor, text: str, rep
             if not core.is_admin(actor):
                 raise PermissionDenied(f"{actor.key} tried admin {words[1]}")
             return _ADMIN[words[1].lower()](core, actor, words[2:], resolve_user)
-        job = await core.imagine(actor, reply, text, dedupe_key=dedupe_key)
+        text, images = take_images(text)
+        references = [resolve_image(raw) for raw in images]
+        job = await core.imagine(actor, reply, text, dedupe_key=dedupe_key, references=references)
         return CommandReply(messages.accepted(job), job=job)
     except ImagineError as error:
         return CommandReply(error.user_message)

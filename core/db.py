@@ -155,6 +155,16 @@ def m030_budgets_and_places(db: sqlite_utils.Database) -> None:
                " checked_at TEXT, paused TEXT, paused_since TEXT, detail TEXT)")
 
 
+@migration
+def m040_edit_references(db: sqlite_utils.Database) -> None:
+    # an edit job's reference images (JSON list: public URLs or ref:<key>), and the text-to-image price
+    # when it differed (said in the reply)
+    db.execute("ALTER TABLE jobs ADD COLUMN image_urls TEXT")
+    db.execute("ALTER TABLE jobs ADD COLUMN text_cost INTEGER")
+    # secrets this install makes for itself (the /refs/ signing key), shared by every process on the file
+    db.execute("CREATE TABLE IF NOT EXISTS app_secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 

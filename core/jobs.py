@@ -81,6 +81,13 @@ class JobRequest:
     extra_input: dict[str, Any] = field(default_factory=dict)
     #: the budgets over the job besides the global cap (``core.budgets``): its server or workspace, a channel
     scopes: tuple[str, ...] = ()
+    #: the gateway model and its price (None: the configured text-to-image model at its price)
+    model: str | None = None
+    cost: int | None = None
+    #: reference images for an edit: public URLs, or ``ref:<key>`` for images we serve (``core.refs``)
+    image_urls: tuple[str, ...] = ()
+    #: what a text-to-image job costs now, when this job's price differs (said in the reply)
+    text_cost: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +113,8 @@ class Job:
     finished_at: datetime | None = None
     #: what the front end recorded when the platform accepted the delivery (empty: nothing posted yet)
     receipt: dict[str, Any] = field(default_factory=dict)
+    image_urls: tuple[str, ...] = ()
+    text_cost: int | None = None
 
     @property
     def platform(self) -> str:
@@ -164,6 +173,8 @@ def _row_to_job(row: dict[str, Any]) -> Job:
         submitted_at=_dt(row["submitted_at"]),
         finished_at=_dt(row["finished_at"]),
         receipt=json.loads(row.get("receipt") or "{}"),
+        image_urls=tuple(json.loads(row.get("image_urls") or "[]")),
+        text_cost=row.get("text_cost"),
     )
 
 
@@ -187,6 +198,8 @@ class JobStore:
             "state": JobState.QUEUED.value,
             "dedupe_key": request.dedupe_key,
             "parent_id": request.parent_id,
+            "image_urls": json.dumps(list(request.image_urls)) if request.image_urls else None,
+            "text_cost": request.text_cost,
             "created_at": now,
             "updated_at": now,
         }

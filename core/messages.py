@@ -42,7 +42,62 @@ def elapsed(seconds: float) -> str:
 
 
 def accepted(job: Job) -> str:
-    return f"Got it: `{quote_prompt(job.prompt, 120)}` ({describe_params(job.params)}). {job.cost} credits reserved."
+    what = describe_params(job.params)
+    if job.image_urls:
+        count = len(job.image_urls)
+        what = f"an edit of {count} reference image{'s' if count != 1 else ''}, {what}"
+    price = ""
+    if job.text_cost is not None and job.text_cost != job.cost:
+        price = f" (an edit costs {job.cost} credits; text-to-image costs {job.text_cost})"
+    return f"Got it: `{quote_prompt(job.prompt, 120)}` ({what}). {job.cost} credits reserved{price}."
+
+
+# ---------------------------------------------------------------------- reference images
+def _mb(size: int) -> str:
+    return f"{size / 1024 / 1024:.1f} MB"
+
+
+def reference_count(count: int, low: int, high: int) -> str:
+    return (f"You gave {count} reference image{'s' if count != 1 else ''}; an edit takes {low} to {high}. "
+            "Nothing was charged.")
+
+
+def reference_not_image(name: str, head: bytes) -> str:
+    kind = "not an image"
+    if head.startswith((b"GIF87a", b"GIF89a")):
+        kind = "a GIF"
+    elif head and all(32 <= b < 127 or b in b"\r\n\t" for b in head[:256]):
+        kind = "text"
+    return f"`{quote_prompt(name, 80)}` is {kind}, not a JPEG, PNG or WebP image."
+
+
+def reference_too_large(name: str, size: int, limit: int, *, shrinkable: bool) -> str:
+    why = ("and I could not make it smaller" if shrinkable else
+           "and I can only shrink images when this bot's PUBLIC_URL is set")
+    return f"`{quote_prompt(name, 80)}` is {_mb(size)}; the limit is {_mb(limit)}, {why}."
+
+
+def reference_unreachable(name: str, why: str) -> str:
+    return f"I could not fetch `{quote_prompt(name, 80)}` ({why})."
+
+
+def reference_gone() -> str:
+    return ("That image is no longer kept (results are kept for a limited time), so it cannot be used "
+            "again. Nothing was charged.")
+
+
+def references_refused(problems: list[str]) -> str:
+    return "I can't use " + ("this image: " if len(problems) == 1 else "these images: ") + " ".join(
+        problems) + " Nothing was charged."
+
+
+def no_images_to_remix() -> str:
+    return "That message has no image I can remix (JPEG, PNG or WebP). Nothing was charged."
+
+
+def refs_need_public_url() -> str:
+    return ("This image must be served from the bot's own web server for the image service to fetch it, "
+            "and PUBLIC_URL is not set. An admin must set PUBLIC_URL (see the README). Nothing was charged.")
 
 
 def queued(job: Job, position: int) -> str:

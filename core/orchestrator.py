@@ -27,7 +27,7 @@ from pathlib import Path
 import sqlite_utils
 
 from .admission import Admission, RateLimiter
-from .catalog import ModelSpec
+from .catalog import CATALOG, ModelSpec
 from .db import transaction, utcnow
 from .errors import (
     DeliveryError,
@@ -82,6 +82,7 @@ class Orchestrator:
         banned_words: tuple[str, ...] = (),
         monotonic: Callable[[], float] = time.monotonic,
         metrics: Metrics | None = None,
+        resolve_refs: Callable[[list[str]], list[str]] | None = None,
     ) -> None:
         self.db = db
         self.jobs = jobs
@@ -98,6 +99,8 @@ class Orchestrator:
         self.monotonic = monotonic
         self.metrics = metrics or Metrics()
         self.metrics.watch(lambda: self.in_flight, lambda: self.admission.waiting)
+        #: turns a job's stored references (``ref:<key>``) into URLs the gateway can fetch (``RefStore``)
+        self.resolve_refs = resolve_refs or (lambda urls: list(urls))
         self.admission = Admission(max_active, create_rate_per_10s)
         # routine polls: a burst of 2 on top of the rate keeps their busiest second within the gateway's
         # ~10 recordInfo/s; callback confirmations may use a second's worth at once
@@ -132,7 +135,7 @@ class Orchestrator:
                           type(event).__name__, event.job.id)
 
     # ------------------------------------------------------------------ submitting
-    def precheck(self, requester: UserRef) -> None:
+    def precheck(self, requester: UserRef, cost: int | None = None) -> None:
         """Raise the refusal ``submit`` would make for this user (job limit, balance), reserving nothing.
 
         For front ends that must decide before they acknowledge (Discord: private or public reply);
@@ -140,9 +143,10 @@ class Orchestrator:
         """
         if self.jobs.count_active(requester.key) >= self.max_active_per_user:
             raise TooManyActiveJobs(self.max_active_per_user)
+        cost = self.model.cost if cost is None else cost
         balance = self.ledger.balance(requester)
-        if balance.available < self.model.cost:
-            raise InsufficientCredits(balance=balance.available, cost=self.model.cost,
+        if balance.available < cost:
+            raise InsufficientCredits(balance=balance.available, cost=cost,
                                       next_refill=describe_refill(balance.next_refill, utcnow()))
 
     async def submit(self, request: JobRequest) -> Job:
@@ -156,13 +160,15 @@ class Orchestrator:
                 return existing
         check_banned(request.prompt, self.banned_words)
         job_id = new_job_id()
+        model = request.model or self.model.id
+        cost = self.model.cost if request.cost is None else request.cost
         try:
             with transaction(self.db):
                 if self.jobs.count_active(request.requester.key) >= self.max_active_per_user:
                     raise TooManyActiveJobs(self.max_active_per_user)
-                self.ledger.reserve(request.requester, job_id, self.model.cost, scopes=request.scopes,
+                self.ledger.reserve(request.requester, job_id, cost, scopes=request.scopes,
                                     channel=request.reply.channel)
-                job = self.jobs.insert(request, model=self.model.id, cost=self.model.cost, job_id=job_id)
+                job = self.jobs.insert(request, model=model, cost=cost, job_id=job_id)
         except sqlite3.IntegrityError:
             # the same request arrived twice at once: the other delivery made the job
             existing = self.jobs.by_dedupe_key(request.dedupe_key or "")
@@ -272,12 +278,14 @@ class Orchestrator:
         deadline = self.monotonic() + self.job_timeout_s
         while True:
             await self.admission.enter(job.id, on_position)
+            spec = CATALOG.get(job.model, self.model)
+            inputs = {"prompt": job.prompt, **spec.fixed, **job.params}
+            if job.image_urls:  # stored references are signed now: the gateway gets a fresh hour
+                inputs["image_urls"] = self.resolve_refs(list(job.image_urls))
             job = self.jobs.update(job.id, state=JobState.SUBMITTING)
             try:
                 task_id = await self.gateway.create_task(
-                    self.model.id, {"prompt": job.prompt, **self.model.fixed, **job.params},
-                    None if self.account_webhook else self.callback_url,
-                )
+                    job.model, inputs, None if self.account_webhook else self.callback_url)
             except (GatewayRateLimited, GatewayMaintenance) as error:
                 # not accepted by the gateway: safe to keep the job queued and try again later
                 self.admission.leave(job.id)
@@ -390,7 +398,7 @@ class Orchestrator:
         log.info("job %s delivered and charged %d", job.id, job.cost)
         self.metrics.delivered(job.platform, job.scope, job.cost, job.elapsed_s,
                                None if gateway_done is None else time.monotonic() - gateway_done)
-        shutil.rmtree(self.spool / job.id, ignore_errors=True)
+        # the images stay in the spool for the Vary and Remix buttons (``RefStore.cleanup`` ends them)
 
     async def _fail(self, job_id: str, error: ImagineError) -> None:
         level = logging.ERROR if error.code in ("gateway_auth", "gateway_out_of_credits",

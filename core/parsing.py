@@ -19,6 +19,7 @@ from .errors import UserInputError
 
 _DASHES = re.compile(r"(?<!\S)[\u2014\u2013\u2012\u2015\u2212]{1,2}(?=[A-Za-z])")
 _FLAG = re.compile(r"^--([A-Za-z][\w-]*)(?:=(.*))?$", re.DOTALL)
+_IMAGE_FLAG = re.compile(r"(?<!\S)--(?:image|img)(?:=|\s+)(\S+)", re.IGNORECASE)
 _RATIO_SEP = re.compile(r"^\s*(\d+)\s*[:x×/]\s*(\d+)\s*$", re.IGNORECASE)
 
 
@@ -111,6 +112,15 @@ def parse_imagine(text: str, model: ModelSpec, *, banned_words: Iterable[str] = 
         )
     check_banned(prompt, banned_words)
     return ParsedPrompt(prompt, {**model.defaults(), **(defaults or {}), **params})
+
+
+def take_images(text: str) -> tuple[str, list[str]]:
+    """Split ``--image <url or path>`` (repeatable, also ``--image=...``) out of chat text, in order."""
+    cleaned = _clean(text)
+    images = [m.group(1).strip("<>\"'`") for m in _IMAGE_FLAG.finditer(cleaned)]
+    if not images:
+        return text, []
+    return _IMAGE_FLAG.sub(" ", cleaned).strip(), images
 
 
 def check_banned(prompt: str, banned_words: Iterable[str]) -> None:

@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     HTTP_PORT: int = Field(default=3000, ge=0, le=65535)
     PUBLIC_URL: str | None = None
     METRICS_TOKEN: SecretStr | None = None
+    #: days the bot keeps reference images and its results (the Vary and Remix buttons work that long)
+    REFS_KEEP_DAYS: float = Field(default=7.0, gt=0)
 
     # --- credits and limits
     CREDITS_ALLOWANCE: int = Field(default=180, ge=0)
@@ -184,6 +186,11 @@ class Settings(BaseSettings):
     @property
     def max_download_bytes(self) -> int:
         return int(self.MAX_DOWNLOAD_MB * 1024 * 1024)
+
+    @property
+    def refs_dir(self) -> Path:
+        """Where reference images served at ``/refs/`` are kept (beside the database)."""
+        return self.IMAGINE_DB_PATH.parent / (self.IMAGINE_DB_PATH.stem + "-refs")
 
     @property
     def spool_dir(self) -> Path:

@@ -1,5 +1,6 @@
 """The one web server: ``/healthz``, ``/metrics`` (Prometheus; a bearer token when ``METRICS_TOKEN`` is
-set), ``/callbacks/modkie`` (gateway callbacks) and, when a front end adds them, its own routes (Slack's
+set), ``/callbacks/modkie`` (gateway callbacks), ``/refs/<token>`` (reference images for the gateway, see
+``core.refs``) and, when a front end adds them, its own routes (Slack's
 ``/slack/events`` in HTTP mode).
 
 A callback wakes the job's tracker. Most callbacks are hints, confirmed with recordInfo before anything
@@ -21,6 +22,7 @@ from . import __version__
 from .app import ImagineCore
 from .errors import GatewayProtocolError, PermissionDenied
 from .gateway import read_callback
+from .refs import RefRefused
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +44,23 @@ def build_web_app(core: ImagineCore) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_post("/callbacks/modkie", modkie_callback)
+    app.router.add_get("/refs/{token}", serve_ref)
     return app
+
+
+async def serve_ref(request: web.Request) -> web.StreamResponse:
+    """A reference image for the gateway: only with a valid, unexpired signed token; nothing else."""
+    core = request.app[CORE_KEY]
+    try:
+        ref = core.refs.open(request.match_info["token"])
+    except RefRefused as refused:
+        log.info("refs: refused a request (%s)", refused.admin_message)
+        return web.Response(status=refused.status, text=f"{refused.status}: {refused.admin_message}\n")
+    log.info("refs: serving %s to %s", ref.path.name, request.remote)
+    return web.FileResponse(ref.path, headers={
+        "Content-Type": ref.content_type, "Cache-Control": "private, max-age=300",
+        "X-Content-Type-Options": "nosniff", "Content-Disposition": "inline",
+    })
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -140,3 +140,18 @@ def test_global_options_may_stand_after_the_command():
     assert hoist_global_options(["run", "--only", "slack", "--sandbox"]) == ["--sandbox", "run", "--only", "slack"]
     assert hoist_global_options(["credits", "show", "--db", "x.db", "-v"]) == ["--db", "x.db", "-v", "credits", "show"]
     assert hoist_global_options(["imagine", "--", "--sandbox"]) == ["imagine", "--", "--sandbox"]
+
+
+def test_sandbox_edit_of_the_demo_output_works_from_the_command_line(tmp_path):
+    first = cli("--sandbox", "imagine", "a lighthouse at dusk --ar 16:9", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    made = next(line.split(" ", 1)[1] for line in first.stdout.splitlines() if line.startswith("saved "))
+    relative = Path(made).relative_to(tmp_path)  # as the README shows it: out/<job>-0.png
+    edit = cli("--sandbox", "imagine", "as a watercolour", "--image", str(relative), cwd=tmp_path)
+    assert edit.returncode == 0, edit.stdout + edit.stderr
+    assert "an edit of 1 reference image" in edit.stdout
+    saved = next(line.split(" ", 1)[1] for line in edit.stdout.splitlines() if line.startswith("saved "))
+    with Image.open(made) as before, Image.open(saved) as after:
+        assert after.size == (1024, 1024) and before.size != after.size
+    missing = cli("--sandbox", "imagine", "as a watercolour", "--image", "out/nope.png", cwd=tmp_path)
+    assert missing.returncode == 1 and "I cannot read the image `out/nope.png`" in missing.stdout

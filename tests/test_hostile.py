@@ -40,7 +40,8 @@ async def test_hostile_prompts(core, tmp_path, words):
         shown = messages.delivered(row, 0)
         assert "\n" not in messages.quote_prompt(row.prompt) and "`" not in messages.quote_prompt(row.prompt)
         assert len(shown) < 600
-    assert {"_migrations", "accounts", "ledger", "jobs", "budgets", "budget_ledger"} <= set(core.jobs.db.table_names())
+    assert {"_migrations", "accounts", "ledger", "jobs", "budgets", "budget_ledger",
+            "app_secrets"} <= set(core.jobs.db.table_names())
     delivered = core.jobs.recent(ALICE.key, limit=1000, states=[JobState.DELIVERED])
     assert core.ledger.balance(ALICE).balance == 180 - 18 * len(delivered)
     assert core.ledger.verify() == []

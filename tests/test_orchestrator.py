@@ -55,11 +55,11 @@ async def test_happy_path_charges_once_and_delivers_a_real_png(core, tmp_path, s
     assert (balance.balance, balance.held) == (180 - 18, 0)
     assert core.ledger.verify() == []
     assert [e.kind for e in core.ledger.history(ALICE)][:2] == ["capture", "reserve"]
-    # the gateway saw every input field, defaults included, and the spool was cleaned up
+    # the gateway saw every input field, defaults included; the image stays in the spool for Vary and Remix
     task = sandbox.tasks[job.task_id]
     sent = task["input"] if isinstance(task, dict) else task.input
     assert sent["aspect_ratio"] == "16:9" and sent["quality"] == "basic" and "nsfw_checker" in sent
-    assert not (core.settings.spool_dir / job.id).exists()
+    assert [p.name for p in (core.settings.spool_dir / job.id).iterdir()] == [f"{job.id}-0.png"]
 
 
 async def test_gateway_failure_refunds_and_says_why(core, tmp_path):

@@ -182,7 +182,9 @@ async def test_api_key(http: httpx.AsyncClient, make_sandbox: Callable[..., Awai
 
 async def test_models_and_credit(http: httpx.AsyncClient, sb: SandboxGateway) -> None:
     models = (await http.get(f"{sb.base_url}/api/v1/models")).json()
-    assert models["data"] == [{"model": MODEL, "name": "Seedream 4.5", "capability": "image", "creditCost": 18}]
+    assert models["data"] == [{"model": MODEL, "name": "Seedream 4.5", "capability": "image", "creditCost": 18},
+                              {"model": "seedream/4.5-edit", "name": "Seedream 4.5 Edit", "capability": "image",
+                               "creditCost": 18}]
 
 
 async def test_latency_is_added(http: httpx.AsyncClient,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from rich.console import Console
@@ -11,11 +13,13 @@ from rich.console import Console
 from imagine_bot.core import messages
 from imagine_bot.core.app import ImagineCore
 from imagine_bot.core.commands import dispatch
-from imagine_bot.core.errors import ImagineError
+from imagine_bot.core.errors import ImagineError, UserInputError
 from imagine_bot.core.events import Delivered
 from imagine_bot.core.identity import UserRef
 from imagine_bot.core.jobs import ReplyTo
+from imagine_bot.core.references import Reference
 from imagine_bot.core.settings import Settings
+from imagine_bot.core.web import build_web_app, start_web
 
 from .frontend import TerminalFrontEnd
 
@@ -28,11 +32,43 @@ def _resolve(raw: str) -> UserRef | None:
         return None
 
 
-async def imagine_once(settings: Settings, text: str, out_dir: Path, user: str) -> int:
-    """One ``/imagine`` from the terminal: progress, the saved image paths and the credits left."""
+def local_reference(raw: str) -> Reference:
+    """``--image``: an http(s) URL as it is, anything else a local file read now."""
+    if raw.lower().startswith(("http://", "https://")):
+        return Reference(name=raw, url=raw)
+    path = Path(raw).expanduser()
+    try:
+        return Reference(name=path.name, data=path.read_bytes())
+    except OSError as error:
+        raise UserInputError(f"I cannot read the image `{raw}`: {error.strerror or error}.") from None
+
+
+@asynccontextmanager
+async def serving_refs(core: ImagineCore, settings: Settings) -> AsyncIterator[None]:
+    """Serve ``/refs/`` while the session runs, so the gateway can fetch local images: on loopback for the
+    embedded sandbox, on ``HTTP_HOST:HTTP_PORT`` behind ``PUBLIC_URL`` otherwise (without it, an edit of
+    a local image is refused with a plain answer)."""
+    if not settings.sandbox and not settings.PUBLIC_URL:
+        yield
+        return
+    host, port = ("127.0.0.1", 0) if settings.sandbox else (settings.HTTP_HOST, settings.HTTP_PORT)
+    runner, bound = await start_web(build_web_app(core), host, port)
+    if settings.sandbox and not settings.PUBLIC_URL:
+        core.serve_refs_at(f"http://127.0.0.1:{bound}")
+    try:
+        yield
+    finally:
+        await runner.cleanup()
+
+
+async def imagine_once(settings: Settings, text: str, out_dir: Path, user: str,
+                       images: Sequence[str] = ()) -> int:
+    """One ``/imagine`` from the terminal: progress, the saved image paths and the credits left.
+
+    ``images`` (``--image``, paths or URLs) make it an edit of those images."""
     console = Console(soft_wrap=True)
     me = UserRef("terminal", "local", user)
-    async with ImagineCore.open(settings) as core:
+    async with ImagineCore.open(settings) as core, serving_refs(core, settings):
         frontend = TerminalFrontEnd(out_dir, console, core=core)
         core.register(frontend)
         await core.start()
@@ -41,7 +77,8 @@ async def imagine_once(settings: Settings, text: str, out_dir: Path, user: str) 
                           style="dim")
         with frontend:
             try:
-                job = await core.imagine(me, ReplyTo("terminal", "cli"), text)
+                references = [local_reference(raw) for raw in images]
+                job = await core.imagine(me, ReplyTo("terminal", "cli"), text, references=references)
             except ImagineError as error:
                 console.print(error.user_message, style="red", markup=False, highlight=False)
                 return 1
@@ -56,12 +93,12 @@ async def chat(settings: Settings, user: str) -> int:
     """A terminal chat front end reading lines from stdin: the same commands as the bots."""
     console = Console(soft_wrap=True)
     me = UserRef("terminal", "local", user)
-    async with ImagineCore.open(settings) as core:
+    async with ImagineCore.open(settings) as core, serving_refs(core, settings):
         frontend = TerminalFrontEnd(Path("out"), console, bar=False, core=core)
         core.register(frontend)
         await core.start()
         console.print(f"imagine-bot chat as {me.key}. Try: /imagine a lighthouse at dusk --ar 16:9 "
-                      "· /credits · /help · /quit", highlight=False)
+                      "· /imagine make it winter --image out/<file>.png · /credits · /help · /quit", highlight=False)
         loop = asyncio.get_running_loop()
         while True:
             line = await loop.run_in_executor(None, sys.stdin.readline)
@@ -79,7 +116,8 @@ async def chat(settings: Settings, user: str) -> int:
                 console.print("Commands: /imagine <prompt> [--ar 16:9] [--quality high], /credits, /help, /quit",
                               highlight=False)
                 continue
-            reply = await dispatch(core, me, rest, ReplyTo("terminal", "chat"), resolve_user=_resolve)
+            reply = await dispatch(core, me, rest, ReplyTo("terminal", "chat"), resolve_user=_resolve,
+                                   resolve_image=local_reference)
             if reply.job is None:
                 console.print(reply.text, highlight=False, markup=False)
             if reply.attachment:

@@ -292,6 +292,11 @@ class GatewayClient:
         return await self._retrying(MODELS, once)
 
     @_keyless
+    async def models_raw(self) -> Any:
+        """The gateway's model list, as sent (its shape is not published: ``core.prices`` reads it)."""
+        return await self._retrying(MODELS, lambda: self._call(MODELS, "GET", "/api/v1/models"))
+
+    @_keyless
     async def download(self, url: str) -> Download:
         """Fetch a result image: capped in size, images only, the key sent only to the gateway's origin."""
         try:

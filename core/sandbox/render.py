@@ -13,7 +13,7 @@ import io
 import random
 import textwrap
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 LONG_SIDE = {"basic": 1024, "high": 2048}
 MIN_SIDE = 64
@@ -92,3 +92,45 @@ def _caption(image: Image.Image, prompt: str) -> None:
     for n, line in enumerate(lines):
         draw.text((pad, top + pad + n * line_height), line, font=font, fill=(255, 255, 255, 235))
     image.alpha_composite(overlay)
+
+
+def render_edit_png(references: list[bytes], prompt: str, aspect_ratio: str, quality: str,
+                    scale: float = 1.0) -> bytes:
+    """The sandbox's "edit": the first reference cropped to the shape, recoloured with two colours taken
+    from the prompt (its shapes stay recognisable), the other references as thumbnails along the top, and
+    the prompt as a caption. Visibly derived from the references, deterministic per input."""
+    width, height = image_size(aspect_ratio, quality, scale)
+    rng = random.Random(hashlib.sha256(prompt.encode("utf-8")).digest())
+    dark, light = _colour(rng), _colour(rng)
+    dark = tuple(c // 3 for c in dark)  # type: ignore[assignment]
+    light = tuple(128 + c // 2 for c in light)  # type: ignore[assignment]
+    first = _open(references[0]) if references else None
+    if first is None:
+        image = _gradient(width, height, dark, light)
+    else:
+        with first:
+            fitted = ImageOps.fit(first, (width, height), Image.Resampling.LANCZOS)
+        image = ImageOps.colorize(ImageOps.grayscale(fitted), black=dark, white=light).convert("RGBA")
+    thumb = max(MIN_SIDE // 2, min(width, height) // 5)
+    for n, data in enumerate(references[1:]):
+        small = _open(data)
+        if small is None:
+            continue
+        with small:
+            tile = ImageOps.fit(small, (thumb, thumb), Image.Resampling.LANCZOS).convert("RGBA")
+        x = 4 + n * (thumb + 4)
+        if x + thumb > width:
+            break
+        image.alpha_composite(tile, (x, 4))
+    _caption(image, prompt)
+    out = io.BytesIO()
+    image.convert("RGB").save(out, format="PNG", compress_level=1)
+    return out.getvalue()
+
+
+def _open(data: bytes) -> Image.Image | None:
+    try:
+        with Image.open(io.BytesIO(data)) as opened:
+            return opened.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None

@@ -4,9 +4,15 @@ without spending credits, and tests and benchmarks have a real server to talk to
 Endpoints (same envelope ``{"code", "msg", "data"}`` as the real thing; errors are ``{"code": 422, ...}``
 in an HTTP 200 body, like the gateway):
 
-- ``POST /api/v1/jobs/createTask``: validates ``model`` (``seedream/4.5-text-to-image``), ``input.prompt``
-  (non-empty, <= 3000 characters), ``input.aspect_ratio`` (the kie set) and ``input.quality``
-  (``basic``/``high``); answers ``{"taskId": "task_seedream_<13-digit ms><4 digits>"}``.
+- ``POST /api/v1/jobs/createTask``: validates ``model`` (``seedream/4.5-text-to-image`` or
+  ``seedream/4.5-edit``), ``input.prompt`` (non-empty, <= 3000 characters), ``input.aspect_ratio`` (the kie
+  set), ``input.quality`` (``basic``/``high``) and, for the edit model, ``input.image_urls`` (1 to 14
+  http(s) URLs); answers ``{"taskId": "task_seedream_<13-digit ms><4 digits>"}``.
+- The edit model is real: the sandbox downloads every reference at once (like the gateway, with no key;
+  ``fetched`` records each URL and its HTTP status), and the task fails with a failMsg naming the first
+  reference it could not use (not fetched, not jpeg/png/webp, over 10 MB). The result is the first
+  reference, recoloured and cropped to the aspect ratio, with the others as thumbnails and the prompt as a
+  caption (``render.render_edit_png``). A task does not finish before its references are in.
 - ``GET /api/v1/jobs/recordInfo?taskId=``: an unknown id answers ``{"code": 422, "msg": "recordInfo is
   null"}``. The state is computed from the task's age on each poll (no timers): ``waiting`` -> ``queuing``
   -> ``generating`` (with ``progress`` 0-100) -> ``success``, spending ``delays[state]`` seconds in each.
@@ -52,9 +58,10 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from ..catalog import KIE_ASPECT_RATIOS, SEEDREAM_45
+from ..catalog import CATALOG, KIE_ASPECT_RATIOS, REFERENCE_MAX_BYTES, SEEDREAM_45, SEEDREAM_45_EDIT
 from ..gateway.callbacks import KIE_SIGNATURE, KIE_TIMESTAMP, MODKIE_SIGNATURE, sign_kie, sign_modkie
-from .render import render_png
+from ..imaging import sniff
+from .render import render_edit_png, render_png
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +91,12 @@ class SandboxTask:
     charged: int | None = None
     images: dict[int, bytes] = field(default_factory=dict)
     render_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    fail_msg: str = FAIL_MESSAGE
+    #: an edit's references, once downloaded (None while they are being fetched)
+    references: list[bytes] | None = None
+    edit: bool = False
+    #: set when an edit's references are in (or failed)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def duration(self) -> float:
@@ -128,6 +141,7 @@ class SandboxGateway:
         credits: int = 100000,
         cost: int = 18,
         latency: float = 0.0,
+        costs: dict[str, int] | None = None,
     ) -> None:
         if dialect not in ("kie", "modkie"):
             raise ValueError(f"dialect must be 'kie' or 'modkie', not {dialect!r}")
@@ -138,7 +152,11 @@ class SandboxGateway:
         self.webhook_secret = webhook_secret
         self.credits = credits
         self.cost = cost
+        #: credits per model (``/api/v1/models``, and what a success charges); ``cost`` for the others
+        self.costs = {spec_id: cost for spec_id in CATALOG} | (costs or {})
         self.latency = latency
+        #: every reference the edit model downloaded: (url, HTTP status or 0 when unreachable)
+        self.fetched: list[tuple[str, int]] = []
         self.requests: collections.Counter[str] = collections.Counter()
         self.tasks: dict[str, SandboxTask] = {}
         self._faults: dict[str, collections.deque[Fault]] = collections.defaultdict(collections.deque)
@@ -282,7 +300,7 @@ class SandboxGateway:
         problem = _validate(payload)
         if problem:
             return _envelope(422, problem)
-        if self.credits < self.cost:
+        if self.credits < self.costs.get(payload["model"], self.cost):
             return _envelope(402, "Credits insufficient")
         prompt: str = payload["input"]["prompt"]
         slow = 10.0 if "sandbox:slow" in prompt else 1.0
@@ -295,8 +313,11 @@ class SandboxGateway:
             created_ms=int(time.time() * 1000),
             delays={state: self.delays.get(state, 0.0) * slow for state in WALK},
             fails="sandbox:fail" in prompt,
+            edit=payload["model"] == SEEDREAM_45_EDIT.id,
         )
         self.tasks[task.task_id] = task
+        if task.edit:
+            self._schedule(self._fetch_references(task))
         if task.callback_url or self.account_webhook:
             self._schedule(self._at_end(task))
         return _envelope(200, "success", {"taskId": task.task_id})
@@ -332,9 +353,10 @@ class SandboxGateway:
         return _envelope(200, "success", self.credits)
 
     async def _models(self, request: web.Request) -> web.Response:
-        return _envelope(200, "success", [{
-            "model": SEEDREAM_45.id, "name": SEEDREAM_45.label, "capability": "image", "creditCost": self.cost,
-        }])
+        return _envelope(200, "success", [
+            {"model": spec.id, "name": spec.label, "capability": "image", "creditCost": self.costs[spec.id]}
+            for spec in CATALOG.values()
+        ])
 
     async def _file(self, request: web.Request) -> web.Response:
         task = self.tasks.get(request.match_info["task_id"])
@@ -342,7 +364,11 @@ class SandboxGateway:
         if task is None or n != 0 or self._state(task)[0] != "success":
             return _envelope(404, "file not found", status=404)
         async with task.render_lock:
-            if n not in task.images:
+            if n not in task.images and task.edit:
+                task.images[n] = await asyncio.to_thread(
+                    render_edit_png, task.references or [], task.input["prompt"], task.input["aspect_ratio"],
+                    task.input["quality"], self.image_scale)
+            elif n not in task.images:
                 task.images[n] = await asyncio.to_thread(
                     render_png, task.input["prompt"], task.input["aspect_ratio"], task.input["quality"],
                     self.image_scale)
@@ -362,8 +388,10 @@ class SandboxGateway:
         """The task's kie state now; charges the credits the first time success is seen."""
         elapsed = asyncio.get_running_loop().time() - task.created
         state, progress = stage_at(elapsed, task.delays, task.fails)
+        if task.edit and task.references is None and not task.fails and state in ("success", "fail"):
+            return "generating", 99  # still fetching the references
         if task.charged is None and state in ("success", "fail"):
-            task.charged = self.cost if state == "success" else 0
+            task.charged = self.costs.get(task.model, self.cost) if state == "success" else 0
             self.credits -= task.charged
         return state, progress
 
@@ -384,7 +412,7 @@ class SandboxGateway:
             "resultJson": (json.dumps(result) if kie else result) if state in SUCCESS_STATES else
                           ("" if kie else None),
             "failCode": "500" if state in FAIL_STATES else ("" if kie else None),
-            "failMsg": (FAIL_MESSAGE if forced_state is None else INJECTED_FAIL_MESSAGE) if state in FAIL_STATES
+            "failMsg": (task.fail_msg if forced_state is None else INJECTED_FAIL_MESSAGE) if state in FAIL_STATES
                        else ("" if kie else None),
             "createTime": task.created_ms,
             "updateTime": now_ms,
@@ -394,9 +422,42 @@ class SandboxGateway:
             data["progress"] = progress
         if done:
             data["costTime"] = int(task.duration * 1000)
-            data["consumeCredits"] = self.cost if state in SUCCESS_STATES else 0
+            data["consumeCredits"] = self.costs.get(task.model, self.cost) if state in SUCCESS_STATES else 0
             data["remainedCredits"] = self.credits
         return data
+
+    # ------------------------------------------------------------------ the edit model's references
+    async def _fetch_references(self, task: SandboxTask) -> None:
+        """Download every reference as the gateway would (no key); a bad one fails the task."""
+        try:
+            await self._fetch_all(task)
+        finally:
+            task.ready.set()
+
+    async def _fetch_all(self, task: SandboxTask) -> None:
+        assert self._session is not None
+        images: list[bytes] = []
+        for n, url in enumerate(task.input["image_urls"]):
+            problem, data = None, b""
+            try:
+                async with self._session.get(url) as response:
+                    self.fetched.append((url, response.status))
+                    if response.status != 200:
+                        problem = f"HTTP {response.status}"
+                    else:
+                        data = await response.content.read(REFERENCE_MAX_BYTES + 1)
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                self.fetched.append((url, 0))
+                problem = type(exc).__name__
+            if problem is None and len(data) > REFERENCE_MAX_BYTES:
+                problem = "larger than 10 MB"
+            elif problem is None and sniff(data[:16]) is None:
+                problem = "not a jpeg, png or webp image"
+            if problem is not None:
+                task.fails, task.fail_msg = True, f"image_urls[{n}] could not be used: {problem}"
+                break
+            images.append(data)
+        task.references = images
 
     # ------------------------------------------------------------------ callbacks
     def _schedule(self, coro: Awaitable[None]) -> None:
@@ -408,6 +469,8 @@ class SandboxGateway:
         """Once the task has ended: its per-task callback, then the account webhook (whichever apply)."""
         loop = asyncio.get_running_loop()
         await asyncio.sleep(max(0.0, task.created + task.duration - loop.time()))
+        if task.edit:
+            await task.ready.wait()
         if task.callback_url:
             await self._callback(task)
         if self.account_webhook:
@@ -468,11 +531,18 @@ def _validate(payload: Any) -> str | None:
     """What is wrong with a createTask body, in the gateway's words, or None."""
     if not isinstance(payload, dict):
         return "request body must be a JSON object"
-    if payload.get("model") != SEEDREAM_45.id:
+    if payload.get("model") not in CATALOG:
         return f"model is not supported: {payload.get('model')!r}"
     data = payload.get("input")
     if not isinstance(data, dict):
         return "input is required"
+    if payload["model"] == SEEDREAM_45_EDIT.id:
+        urls = data.get("image_urls")
+        low, high = SEEDREAM_45_EDIT.references
+        if not isinstance(urls, list) or not low <= len(urls) <= high:
+            return f"input.image_urls must be a list of {low} to {high} URLs"
+        if not all(isinstance(u, str) and u.startswith(("http://", "https://")) for u in urls):
+            return "input.image_urls must be http(s) URLs"
     prompt = data.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         return "input.prompt is required"

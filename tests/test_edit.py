@@ -1,0 +1,203 @@
+"""Edits with seedream/4.5-edit through the core: references checked before any charge, served at /refs/
+with signed expiring tokens, fetched by the sandbox gateway, priced from the gateway's model list."""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+from imagine_bot.bots.terminal import TerminalFrontEnd
+from imagine_bot.core.app import ImagineCore
+from imagine_bot.core.catalog import SEEDREAM_45_EDIT
+from imagine_bot.core.errors import UserInputError
+from imagine_bot.core.events import Delivered
+from imagine_bot.core.identity import UserRef
+from imagine_bot.core.jobs import JobState, ReplyTo
+from imagine_bot.core.prices import parse_costs
+from imagine_bot.core.references import Reference
+from imagine_bot.core.web import build_web_app, start_web
+
+ME = UserRef("terminal", "local", "ann")
+REPLY = ReplyTo("terminal", "cli")
+
+
+def png(colour: tuple[int, int, int] = (200, 30, 30), size: tuple[int, int] = (96, 64)) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", size, colour).save(out, format="PNG")
+    return out.getvalue()
+
+
+async def open_served(settings):
+    """A core with its web server on loopback serving /refs/ (as the embedded sandbox does)."""
+    ctx = ImagineCore.open(settings)
+    core = await ctx.__aenter__()
+    runner, port = await start_web(build_web_app(core), "127.0.0.1", 0)
+    core.serve_refs_at(f"http://127.0.0.1:{port}")
+    frontend = TerminalFrontEnd(Path("out"), bar=False)
+    core.register(frontend)
+    await core.start()
+
+    async def close() -> None:
+        await runner.cleanup()
+        await ctx.__aexit__(None, None, None)
+
+    return core, frontend, port, close
+
+
+async def test_an_edit_of_a_local_image_is_served_fetched_and_derived(make_settings, sandbox):
+    core, frontend, port, close = await open_served(make_settings())
+    try:
+        job = await core.imagine(ME, REPLY, "make it winter --ar 16:9", references=[Reference("a.png", data=png())])
+        await core.orchestrator.wait_idle()
+        job = core.jobs.get(job.id)
+        assert job.state is JobState.DELIVERED and job.model == SEEDREAM_45_EDIT.id
+        task = sandbox.tasks[job.task_id]
+        assert task.model == "seedream/4.5-edit"
+        (url,) = task.input["image_urls"]
+        assert url.startswith(f"http://127.0.0.1:{port}/refs/")
+        assert sandbox.fetched == [(url, 200)]
+        delivered = next(e for e in frontend.events if isinstance(e, Delivered))
+        with Image.open(delivered.images[0].path) as result:
+            assert result.width > result.height  # 16:9
+            r, g, b = result.convert("RGB").getpixel((result.width // 2, result.height // 3))
+        assert (r, g, b) != (200, 30, 30)  # recoloured, not a copy
+        assert core.ledger.balance(ME).balance == 180 - 18
+        # the result stays in the spool for Vary and Remix
+        assert delivered.images[0].path.exists()
+    finally:
+        await close()
+
+
+async def test_refs_are_signed_expiring_and_nothing_else_is_served(make_settings):
+    core, _frontend, port, close = await open_served(make_settings())
+    try:
+        key = core.refs.put(png())
+        url = core.refs.url(key)
+        async with httpx.AsyncClient() as http:
+            ok = await http.get(url)
+            assert ok.status_code == 200 and ok.headers["content-type"] == "image/png"
+            token = url.rsplit("/", 1)[1]
+            b64key, expires, sig = token.split(".")
+            forged = f"{b64key}.{int(expires) + 3600}.{sig}"
+            assert (await http.get(f"http://127.0.0.1:{port}/refs/{forged}")).status_code == 403
+            assert (await http.get(f"http://127.0.0.1:{port}/refs/{b64key}.{expires}.{'A' * 32}")).status_code == 403
+            assert (await http.get(f"http://127.0.0.1:{port}/refs/../imagine.db")).status_code in (403, 404)
+            core.refs.clock = lambda: time.time() + 3601  # an hour later
+            assert (await http.get(url)).status_code == 410
+    finally:
+        await close()
+
+
+async def test_an_expired_reference_fails_the_task_at_the_sandbox_and_refunds(make_settings, sandbox):
+    core, _frontend, _port, close = await open_served(make_settings())
+    try:
+        core.refs.ttl_s = -1  # every URL it signs is already expired when the gateway fetches it
+        job = await core.imagine(ME, REPLY, "make it winter", references=[Reference("a.png", data=png())])
+        await core.orchestrator.wait_idle()
+        job = core.jobs.get(job.id)
+        assert job.state is JobState.FAILED
+        assert [status for _url, status in sandbox.fetched] == [410]
+        assert core.ledger.balance(ME).available == 180
+    finally:
+        await close()
+
+
+@pytest.mark.parametrize("case", ["fifteen", "twelve_mb", "text"])
+async def test_bad_references_are_refused_before_any_charge(make_settings, sandbox, case, tmp_path):
+    core, _frontend, _port, close = await open_served(make_settings())
+    try:
+        if case == "fifteen":
+            refs = [Reference(f"{n}.png", data=png()) for n in range(15)]
+            expected = "You gave 15 reference images; an edit takes 1 to 14"
+        elif case == "twelve_mb":
+            # a PNG signature on 12 MB that is no image Pillow can read: too large and cannot be shrunk
+            refs = [Reference("huge.png", data=b"\x89PNG\r\n\x1a\n" + os.urandom(12 * 1024 * 1024))]
+            expected = "`huge.png` is 12.0 MB; the limit is 10.0 MB"
+        else:
+            refs = [Reference("notes.png", data=b"just some text, named like an image\n" * 10)]
+            expected = "`notes.png` is text, not a JPEG, PNG or WebP image"
+        with pytest.raises(UserInputError) as refused:
+            await core.imagine(ME, REPLY, "make it winter", references=refs)
+        assert expected in refused.value.user_message and "Nothing was charged" in refused.value.user_message
+        assert core.ledger.balance(ME).available == 180
+        assert not [e for e in core.ledger.history(ME) if e.kind == "reserve"]
+        assert sandbox.requests["createTask"] == 0 and not list(core.refs.folder.glob("*"))
+    finally:
+        await close()
+
+
+async def test_a_large_decodable_reference_is_shrunk_and_served(make_settings, sandbox):
+    core, _frontend, _port, close = await open_served(make_settings())
+    try:
+        noisy = Image.frombytes("RGB", (2100, 2100), os.urandom(2100 * 2100 * 3))
+        out = io.BytesIO()
+        noisy.save(out, format="PNG", compress_level=0)
+        assert out.tell() > 12 * 1024 * 1024
+        job = await core.imagine(ME, REPLY, "calmer", references=[Reference("noise.png", data=out.getvalue())])
+        await core.orchestrator.wait_idle()
+        assert core.jobs.get(job.id).state is JobState.DELIVERED
+        (kept,) = core.refs.folder.iterdir()
+        assert kept.stat().st_size <= 10 * 1024 * 1024
+    finally:
+        await close()
+
+
+async def test_without_public_url_a_private_image_gets_a_plain_answer(core):
+    with pytest.raises(UserInputError) as refused:
+        await core.imagine(ME, REPLY, "make it winter", references=[Reference("a.png", data=png())])
+    assert "PUBLIC_URL is not set" in refused.value.user_message and "admin" in refused.value.user_message
+    assert core.ledger.balance(ME).available == 180
+
+
+async def test_edit_prices_come_from_the_gateway_and_the_reply_says_so(make_sandbox, make_settings):
+    gateway = await make_sandbox(costs={"seedream/4.5-edit": 24})
+    core, _frontend, _port, close = await open_served(make_settings(MODKIE_BASE_URL=gateway.base_url))
+    try:
+        job = await core.imagine(ME, REPLY, "make it winter", references=[Reference("a.png", data=png())])
+        assert job.cost == 24 and job.text_cost == 18
+        from imagine_bot.core import messages
+
+        assert "24 credits reserved (an edit costs 24 credits; text-to-image costs 18)" in messages.accepted(job)
+        await core.orchestrator.wait_idle()
+        assert core.ledger.balance(ME).balance == 180 - 24
+        plain = await core.imagine(ME, REPLY, "a fox")
+        assert plain.cost == 18 and plain.text_cost is None and "text-to-image costs" not in messages.accepted(plain)
+    finally:
+        await close()
+
+
+@pytest.mark.parametrize(("data", "expected"), [
+    ([{"model": "seedream/4.5-edit", "creditCost": 24}], {"seedream/4.5-edit": 24}),
+    ({"models": [{"id": "seedream/4.5-edit", "creditCost": "6.5"}]}, {"seedream/4.5-edit": 7}),
+    ({"seedream/4.5-edit": {"creditCost": {"basic": 18, "high": 30}}}, {"seedream/4.5-edit": 30}),
+    ({"seedream/4.5-edit": 12}, {"seedream/4.5-edit": 12}),
+    ({"list": [{"name": "no cost here"}, "junk", None, {"model": "x/y", "creditCost": True}]}, {}),
+    ("nonsense", {}),
+])
+def test_model_list_prices_are_read_defensively(data, expected):
+    assert parse_costs(data) == expected
+
+
+async def test_a_silent_model_list_falls_back_to_the_catalog(make_settings, sandbox):
+    sandbox.inject("models", status=500, times=10)
+    async with ImagineCore.open(make_settings()) as core:
+        core.gateway.retries = 1
+        assert not await core.prices.refresh()
+        assert core.cost_of(core.edit_model) == SEEDREAM_45_EDIT.cost
+
+
+async def test_cleanup_removes_references_and_results_past_the_keep_days(core):
+    key = core.refs.put(png())
+    folder = core.settings.spool_dir / "jabc123"
+    folder.mkdir(parents=True)
+    (folder / "jabc123-0.png").write_bytes(png())
+    assert core.refs.cleanup() == 0
+    core.refs.clock = lambda: time.time() + 8 * 86400
+    assert core.refs.cleanup() == 2
+    assert core.refs.path(key) is None and not folder.exists()
