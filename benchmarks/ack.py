@@ -7,6 +7,12 @@
 - Slack level: 200 signed ``/imagine`` slash-command POSTs to ``/slack/events`` at once, sent by a
   separate process that also serves the fake Slack Web API; latency = burst start to HTTP response, as
   Slack would see it. The connections are opened (and kept alive) before the burst, as a proxy would.
+- Discord level: the fake Discord (REST and gateway) in a separate process sends 200 ``/imagine``
+  INTERACTION_CREATE dispatches at once over the gateway websocket to the real discord.py client
+  (``AutoShardedClient``, one shard); latency = burst start to the interaction callback (the ack) arriving
+  at the fake, both on the fake's clock.
+
+Acks per second: the burst's size over the time until its last ack.
 
 Goal: p99 < 50 ms (Slack and Discord allow 3 s).
 """
@@ -222,6 +228,82 @@ async def slack_burst(n: int, workdir: Path) -> dict[str, Any]:
     }
 
 
+# ---------------------------------------------------------------------- Discord level
+
+
+async def discord_helper(conn: multiprocessing.connection.Connection) -> None:
+    """The Discord side, in its own process: the fake REST API and gateway, which fires the burst."""
+    from tests.fakes.discord_api import FakeDiscord, InteractionFactory
+
+    async with FakeDiscord() as fake:
+        conn.send({"api_base": fake.api_base, "gateway_url": fake.gateway_url, "token": fake.token})
+        factory = InteractionFactory(fake.app_id, guild_id="999999999999999999", channel_id="555555555555555555")
+        while True:
+            message = await asyncio.to_thread(recv_or_none, conn)
+            if message is None or message.get("op") == "stop":
+                conn.send({"calls": len(fake.calls)})
+                break
+            if message["op"] == "wait_identified":
+                await fake.wait_identified(1, within=30)
+                conn.send({"ok": True})
+            elif message["op"] == "burst":
+                n, prefix = message["n"], message["prefix"]
+                payloads = [factory.command("imagine", f"{prefix}{i:014d}", [
+                    {"name": "prompt", "type": 3, "value": f"bench prompt {i} --ar 16:9"}]) for i in range(n)]
+                t0 = time.monotonic()
+                for payload in payloads:
+                    await fake.dispatch("INTERACTION_CREATE", payload)
+                sent = time.monotonic() - t0
+                acks = await fake.wait_for("POST", r"/interactions/\d+/[^/]+/callback", count=n,
+                                           where=lambda c, ids={p["id"] for p in payloads}: c.path.split("/")[2] in ids,
+                                           within=120)
+                conn.send({"latencies": [c.at - t0 for c in acks], "sent_s": sent,
+                           "statuses": sorted({c.status for c in acks})})
+
+
+async def discord_burst(n: int, workdir: Path) -> dict[str, Any]:
+    from imagine_bot.bots.discord import DiscordService
+    from imagine_bot.core.app import ImagineCore
+
+    fake = Helper("benchmarks.ack:discord_helper")
+    try:
+        info = await fake.ready()
+        async with sandbox_process(delays=DELAYS) as (base_url, _sandbox):
+            settings = bench_settings(workdir, base_url, DISCORD_TOKEN=info["token"],
+                                      DISCORD_API_BASE=info["api_base"], DISCORD_GATEWAY_URL=info["gateway_url"],
+                                      MAX_ACTIVE_JOBS_PER_USER=2)
+            async with ImagineCore.open(settings) as core:
+                service = DiscordService(core, settings, sync=False, guild_ready_timeout=0.0)
+                try:
+                    await service.start()
+                    await core.start()
+                    await fake.ask({"op": "burst", "n": 3, "prefix": "7"})  # warm-up
+                    await asyncio.wait_for(core.orchestrator.wait_idle(), 30)
+                    lag = LoopLag()
+                    lag.start()
+                    burst = await fake.ask({"op": "burst", "n": n, "prefix": "8"}, timeout=150)
+                    lags = await lag.stop()
+                    drained = await drain(core)
+                finally:
+                    await core.orchestrator.stop()
+                    await service.stop()
+    finally:
+        await fake.stop()
+    return {
+        "n": n,
+        "statuses": burst["statuses"],
+        "dispatch_s": burst["sent_s"],
+        "latency_ms": summary(burst["latencies"], 1000),
+        "all_finished_after": drained,
+        "loop_lag_ms": lags,
+    }
+
+
+def acks_per_s(n: int, latency_ms: dict[str, float]) -> float:
+    """The burst's size over the time to its last ack."""
+    return n / (latency_ms["max"] / 1000) if latency_ms.get("max") else 0.0
+
+
 # ---------------------------------------------------------------------- entry point
 
 
@@ -232,7 +314,9 @@ async def main(quick: bool) -> dict[str, Any]:
         core = await core_burst(n, Path(tmp) / "core")
         say(f"slack: {n} signed slash commands at once to /slack/events")
         slack = await slack_burst(n, Path(tmp) / "slack")
-    c, s = core["latency_ms"], slack["latency_ms"]
+        say(f"discord: {n} /imagine interactions at once over the gateway")
+        disc = await discord_burst(n, Path(tmp) / "discord")
+    c, s, d = core["latency_ms"], slack["latency_ms"], disc["latency_ms"]
     figures = [
         fig(f"ack latency, core.imagine, {n} at once: p50 / p99", f"{ms(c['p50'])} / {ms(c['p99'])}",
             f"p99 < {GOAL_MS:.0f} ms", c["p99"] < GOAL_MS and core["accepted"] == n, **c),
@@ -240,8 +324,13 @@ async def main(quick: bool) -> dict[str, Any]:
             f"{ms(core['own_call_ms']['p50'])} / {ms(core['own_call_ms']['p99'])}", "", None, **core["own_call_ms"]),
         fig(f"ack latency, Slack HTTP /slack/events, {n} at once: p50 / p99", f"{ms(s['p50'])} / {ms(s['p99'])}",
             f"p99 < {GOAL_MS:.0f} ms", s["p99"] < GOAL_MS and s["count"] == n, **s),
+        fig(f"ack latency, Discord gateway (discord.py), {n} at once: p50 / p99", f"{ms(d['p50'])} / {ms(d['p99'])}",
+            f"p99 < {GOAL_MS:.0f} ms", d["p99"] < GOAL_MS and d["count"] == n, **d),
+        fig(f"acks per second in a burst of {n}, core.imagine / Slack HTTP (Bolt) / Discord (discord.py)",
+            f"{acks_per_s(n, c):,.0f} / {acks_per_s(n, s):,.0f} / {acks_per_s(n, d):,.0f}", "", None,
+            core=acks_per_s(n, c), slack=acks_per_s(n, s), discord=acks_per_s(n, d)),
     ]
-    return {"figures": figures, "details": {"core": core, "slack": slack}}
+    return {"figures": figures, "details": {"core": core, "slack": slack, "discord": disc}}
 
 
 def run(quick: bool) -> dict[str, Any]:

@@ -446,17 +446,33 @@ def task_of_url(url: str) -> str:
     return url.rstrip("/").split("/")[-2]
 
 
+#: the account-webhook secret the benchmarks register (``callbacks_served(..., account_webhook=True)``)
+WEBHOOK_SECRET = "bench-webhook-secret-0123456789"
+
+
 @contextlib.asynccontextmanager
-async def callbacks_served(core: Any, enabled: bool) -> AsyncIterator[None]:
-    """With ``enabled``: serve the core's web app on ``HOST`` and have jobs ask the gateway to call back there."""
+async def callbacks_served(core: Any, enabled: bool, *, account_webhook: bool = False) -> AsyncIterator[None]:
+    """With ``enabled``: serve the core's web app on ``HOST`` and have jobs ask the gateway to call back there.
+
+    With ``account_webhook`` too: register that URL as the ModKie account webhook, as ``imagine-bot run``
+    does (the core's settings must carry ``MODKIE_WEBHOOK_SECRET=WEBHOOK_SECRET``), so that every task's
+    end arrives signed over its whole body and needs no recordInfo.
+    """
     if not enabled:
         yield
         return
     from imagine_bot.core.web import build_web_app, start_web
+    from imagine_bot.core.webhooks import register_account_webhook
 
     runner, port = await start_web(build_web_app(core), HOST, 0)
     core.orchestrator.callback_url = f"http://{HOST}:{port}/callbacks/modkie"
     try:
+        if account_webhook:
+            settings = core.settings.model_copy(update={"PUBLIC_URL": f"http://{HOST}:{port}"})
+            registration = await register_account_webhook(core.gateway, settings)
+            if not registration.registered:
+                raise RuntimeError(f"account webhook not registered: {registration.detail}")
+            core.orchestrator.account_webhook = True
         yield
     finally:
         await runner.cleanup()

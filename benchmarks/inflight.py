@@ -1,4 +1,5 @@
-"""1,000 jobs in flight in one process: peak memory, event-loop lag, gateway requests per job, recordInfo rate.
+"""1,000 jobs in flight in one process: peak memory, event-loop lag, gateway requests per job, recordInfo rate,
+in three modes: per-task callbacks, polling, and signed ModKie account webhooks.
 
 Each mode runs in a fresh bot process (so its peak RSS is its own), with the sandbox gateway in another
 process (its CPU and memory are not counted in the bot's figures). The sandbox keeps each task 16 to 26 s
@@ -34,6 +35,12 @@ recordInfo of every job, a callback's confirmation too, takes a token from one s
   mean <= the contract's ~10/s. The bot side's busiest second (when ``record_info`` was called) is shown
   in brackets: the limiter paces the calls; requests that then wait in the HTTP client's connection pool
   can still reach the gateway together.
+- with signed account webhooks (``webhooks``): the bot registers its ``/callbacks/modkie`` as the ModKie
+  account webhook with a secret (as ``imagine-bot run`` does with ``PUBLIC_URL`` and
+  ``MODKIE_WEBHOOK_SECRET``); createTask carries no per-task callBackUrl, and the sandbox POSTs each
+  finished task there in the ModKie shape, signed over its whole body. A final one is the answer: no
+  recordInfo at all, so the shared 8/s no longer sets the pace. Goals: 1.0 gateway request a job
+  (createTask; the download counted apart) and done -> delivered p99 < 2 s.
 - done -> delivered: as in the ``delivery`` benchmark (download included), here under the load of 1,000:
   in both modes it is dominated by the shared rate (a job waits its turn for a recordInfo token), not by
   the bot.
@@ -56,6 +63,7 @@ from imagine_bot.core.settings import Settings
 
 from .common import (
     REPLY,
+    WEBHOOK_SECRET,
     Helper,
     LoopLag,
     Recorder,
@@ -86,6 +94,11 @@ WARM_DELAYS = {"waiting": 0.1, "queuing": 0.1, "generating": 0.3}
 CONTRACT_RECORDINFO_PER_S = 10
 #: the default shared recordInfo rate (the benchmark leaves it as it is)
 POLL_RATE_PER_S: float = Settings.model_fields["POLL_RATE_PER_S"].default
+#: callbacks: per-task callbacks (hints, each confirmed with recordInfo); polling: no callbacks; webhooks:
+#: the signed ModKie account webhook (a final one is the answer: no recordInfo)
+MODES = ("callbacks", "polling", "webhooks")
+#: signed webhooks: the goal for done -> delivered p99, and for gateway requests per job (createTask only)
+WEBHOOK_DELIVERY_GOAL_MS = 2000.0
 
 
 def logged_polls(gateway: Any) -> dict[str, list[float]]:
@@ -126,7 +139,8 @@ async def one_mode(mode: str, n: int, delays: dict[str, float], workdir: Path) -
     from imagine_bot.core.app import ImagineCore
 
     async with sandbox_process(delays=WARM_DELAYS, jitter=JITTER, image_scale=0.05) as (base_url, sandbox):
-        settings = bench_settings(workdir, base_url, MAX_ACTIVE_JOBS=n, CREATE_RATE_PER_10S=10 * n)
+        secret = {"MODKIE_WEBHOOK_SECRET": WEBHOOK_SECRET} if mode == "webhooks" else {}
+        settings = bench_settings(workdir, base_url, MAX_ACTIVE_JOBS=n, CREATE_RATE_PER_10S=10 * n, **secret)
         async with ImagineCore.open(settings) as core:
             polls = logged_polls(core.gateway)
             limiter = core.orchestrator.poll_limiter
@@ -134,7 +148,7 @@ async def one_mode(mode: str, n: int, delays: dict[str, float], workdir: Path) -
             recorder = Recorder()
             core.register(recorder)
             await core.start()
-            async with callbacks_served(core, mode == "callbacks"):
+            async with callbacks_served(core, mode != "polling", account_webhook=mode == "webhooks"):
                 await core.imagine(user(0, "warm"), REPLY, "warm up")  # first connection, first statements
                 await recorder.wait(1, timeout=60)
                 await sandbox.ask({"op": "delays", "delays": delays})
@@ -230,7 +244,7 @@ async def main(quick: bool) -> dict[str, Any]:
     n = 100 if quick else 1000
     delays = {"waiting": 0.5, "queuing": 0.5, "generating": 3.0 if quick else 20.0}
     results: dict[str, Any] = {}
-    for mode in ("callbacks", "polling"):
+    for mode in MODES:
         say(f"{mode}: {n} jobs in flight, {1 + delays['generating'] * (1 - JITTER):.0f}-"
             f"{1 + delays['generating'] * (1 + JITTER):.0f} s each, in a fresh bot process")
         helper = Helper("benchmarks.inflight:mode_helper", mode=mode, n=n, delays=delays)
@@ -238,7 +252,7 @@ async def main(quick: bool) -> dict[str, Any]:
         results[mode] = await helper.stop(timeout=60 + tracking_deadline_s(n, delays))
         if results[mode] is None:
             raise RuntimeError(f"the {mode} run did not report (crashed or timed out)")
-    cb, poll = results["callbacks"], results["polling"]
+    cb, poll, wh = results["callbacks"], results["polling"], results["webhooks"]
     ok = cb["delivered"] == n and poll["delivered"] == n
     rate = poll["poll_rate_per_s"]
     round_s = n / rate  # one poll of every job at the shared rate
@@ -285,13 +299,33 @@ async def main(quick: bool) -> dict[str, Any]:
             f"{ms(poll['done_to_delivered_ms']['p50'])} / {ms(poll['done_to_delivered_ms']['p99'])}",
             f"(each job waits its turn: up to ~{n} / {rate:g} per s = {round_s:.0f} s)", None,
             **poll["done_to_delivered_ms"]),
-        fig(f"{n} jobs in flight: all delivered after (from the first submission), callbacks / polling",
-            f"{_seconds(cb['all_delivered_after_s'])} / {_seconds(poll['all_delivered_after_s'])}",
-            f"(both: at least {n} / {rate:g} per s = {round_s:.0f} s)", None,
-            callbacks_s=cb["all_delivered_after_s"], polling_s=poll["all_delivered_after_s"]),
-        fig(f"{n} jobs in flight: bot CPU time per job, callbacks / polling",
-            f"{1000 * cb['bot_cpu_s'] / n:.1f} ms / {1000 * poll['bot_cpu_s'] / n:.1f} ms", "", None,
-            callbacks_s=cb["bot_cpu_s"], polling_s=poll["bot_cpu_s"]),
+        fig(f"{n} jobs in flight, signed account webhooks: done -> delivered (download included) p50 / p99",
+            f"{ms(wh['done_to_delivered_ms']['p50'])} / {ms(wh['done_to_delivered_ms']['p99'])}",
+            f"p99 < {WEBHOOK_DELIVERY_GOAL_MS / 1000:.0f} s (the {n} tasks end within "
+            f"{wh['completions_span_s']:.0f} s)",
+            wh["delivered"] == n and wh["done_to_delivered_ms"].get("p99", 1e12) < WEBHOOK_DELIVERY_GOAL_MS,
+            completions_span_s=wh["completions_span_s"], **wh["done_to_delivered_ms"]),
+        fig(f"{n} jobs in flight, signed account webhooks: gateway API requests per job (createTask + recordInfo) "
+            "+ downloads per job",
+            f"{wh['api_requests_per_job']:.2f} + {wh['downloads_per_job']:.2f}", "1.0 (createTask only)",
+            wh["delivered"] == n and wh["api_requests_per_job"] <= 1.0, per_job=wh["api_requests_per_job"],
+            downloads_per_job=wh["downloads_per_job"], client_requests=wh["client_requests"]),
+        fig(f"{n} jobs in flight, signed account webhooks: peak RSS / event-loop lag p99",
+            f"{wh['peak_rss_mb']:.0f} MB / {ms(wh['loop_lag_ms']['p99'])}",
+            f"< {RSS_GOAL_MB:.0f} MB / < {LAG_GOAL_MS:.0f} ms",
+            wh["peak_rss_mb"] < RSS_GOAL_MB and wh["loop_lag_ms"]["p99"] < LAG_GOAL_MS,
+            peak=wh["peak_rss_mb"], **wh["loop_lag_ms"]),
+        fig(f"{n} jobs in flight: all delivered after (from the first submission), callbacks / polling / "
+            "signed webhooks",
+            f"{_seconds(cb['all_delivered_after_s'])} / {_seconds(poll['all_delivered_after_s'])} / "
+            f"{_seconds(wh['all_delivered_after_s'])}",
+            f"(callbacks, polling: at least {n} / {rate:g} per s = {round_s:.0f} s)", None,
+            callbacks_s=cb["all_delivered_after_s"], polling_s=poll["all_delivered_after_s"],
+            webhooks_s=wh["all_delivered_after_s"]),
+        fig(f"{n} jobs in flight: bot CPU time per job, callbacks / polling / signed webhooks",
+            f"{1000 * cb['bot_cpu_s'] / n:.1f} ms / {1000 * poll['bot_cpu_s'] / n:.1f} ms / "
+            f"{1000 * wh['bot_cpu_s'] / n:.1f} ms", "", None,
+            callbacks_s=cb["bot_cpu_s"], polling_s=poll["bot_cpu_s"], webhooks_s=wh["bot_cpu_s"]),
     ]
     return {"figures": figures, "details": results}
 
