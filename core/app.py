@@ -41,6 +41,7 @@ from .prices import Prices
 from .references import Reference, ReferenceChecker
 from .refs import RefStore, load_secret
 from .settings import Settings
+from .store import SqliteStore, Store
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,8 @@ class ImagineCore:
                                cap=settings.SPEND_CAP, cap_period=settings.SPEND_CAP_PERIOD)
         self.ledger.budgets = self.budgets
         self.places = Places(db)
+        #: the state seam (core/store.py): everything kept, behind one interface
+        self.store: Store = SqliteStore(db, self.ledger, self.jobs)
         self.orchestrator = Orchestrator(
             db=db,
             jobs=self.jobs,

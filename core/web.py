@@ -66,7 +66,7 @@ async def serve_ref(request: web.Request) -> web.StreamResponse:
 async def healthz(request: web.Request) -> web.Response:
     core = request.app[CORE_KEY]
     try:
-        core.db.execute("SELECT 1").fetchone()
+        core.store.ping()
     except Exception as exc:  # the database is the one thing we cannot work without
         return web.json_response({"ok": False, "error": type(exc).__name__}, status=503)
     return web.json_response({
