@@ -64,7 +64,11 @@ def machine() -> dict[str, Any]:
                                timeout=5)
         if head.returncode == 0:
             commit = head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    load = None
+    with contextlib.suppress(OSError, AttributeError):
+        load = round(os.getloadavg()[0], 1)
     return {
+        "load_1min": load,
         "cpu": cpu,
         "cores": os.cpu_count(),
         "usable_cores": usable,
@@ -151,7 +155,8 @@ def table(results: dict[str, dict[str, Any]]) -> str:
 
 
 def machine_line(info: dict[str, Any], quick: bool) -> str:
-    return (f"{info['cpu']}, {info['usable_cores']} cores, {info['memory_gib']} GiB, "
+    load = f", load {info['load_1min']} at the start" if info.get("load_1min") is not None else ""
+    return (f"{info['cpu']}, {info['usable_cores']} cores{load}, {info['memory_gib']} GiB, "
             f"{info['implementation']} {info['python']}, {info['date']}, commit {info['commit']}"
             + (" (--quick)" if quick else ""))
 

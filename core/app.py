@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 
 #: how often kept references and results past REFS_KEEP_DAYS are removed
 CLEANUP_EVERY_S = 3600.0
+#: connections to the gateway at once (the HTTP pool); the gateway client queues further requests itself
+HTTP_POOL = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,14 +141,16 @@ class ImagineCore:
                     httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0),
                                       # keep every pooled connection alive: httpcore compares the *total*
                                       # with max_keepalive (encode/httpcore#1035) and would churn them
-                                      limits=httpx.Limits(max_connections=100, max_keepalive_connections=100),
+                                      limits=httpx.Limits(max_connections=HTTP_POOL,
+                                                          max_keepalive_connections=HTTP_POOL),
                                       headers={"User-Agent": f"imagine-bot/{__version__}"})
                 )
             metrics = Metrics()
             gateway = GatewayClient(http, base_url=base_url, api_key=api_key,
                                     max_download_bytes=settings.max_download_bytes,
                                     request_timeout=settings.MODKIE_TIMEOUT_S,
-                                    on_request=metrics.gateway_request, on_balance=metrics.balance)
+                                    on_request=metrics.gateway_request, on_balance=metrics.balance,
+                                    max_in_flight=HTTP_POOL)
             model = get_model(settings.MODKIE_MODEL, settings.MODKIE_ASPECT_RATIOS)
             db = open_db(settings.IMAGINE_DB_PATH)
             stack.callback(db.conn.close)

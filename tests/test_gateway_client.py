@@ -598,3 +598,47 @@ async def _raised(awaitable: Awaitable[Any]) -> Exception:
     except Exception as exc:
         return exc
     raise AssertionError("expected an error")
+
+
+async def test_requests_beyond_max_in_flight_wait_in_the_client_not_in_the_pool():
+    """At most ``max_in_flight`` requests are at the gateway at once, calls and downloads together; the rest
+    wait their turn in the client (httpcore's own queue is quadratic), and all of them complete."""
+    from aiohttp import web
+
+    busy, most = 0, 0
+
+    @web.middleware
+    async def count(request: web.Request, handler: Any) -> web.StreamResponse:
+        nonlocal busy, most
+        busy += 1
+        most = max(most, busy)
+        try:
+            await asyncio.sleep(0.05)
+            return await handler(request)
+        finally:
+            busy -= 1
+
+    app = web.Application(middlewares=[count])
+
+    async def credit(_: web.Request) -> web.Response:
+        return web.json_response({"code": 200, "msg": "success", "data": 7})
+
+    async def png(_: web.Request) -> web.Response:
+        return web.Response(body=PNG_1PX, content_type="image/png")
+
+    app.router.add_get("/api/v1/chat/credit", credit)
+    app.router.add_get("/files/1.png", png)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        async with httpx.AsyncClient(limits=httpx.Limits(max_connections=50)) as http:
+            client = GatewayClient(http, base_url=base, api_key=KEY, max_in_flight=3)
+            results = await asyncio.gather(*(client.credit() for _ in range(10)),
+                                           *(client.download(f"{base}/files/1.png") for _ in range(10)))
+    finally:
+        await runner.cleanup()
+    assert results[:10] == [7] * 10 and all(r.content == PNG_1PX for r in results[10:])
+    assert most == 3

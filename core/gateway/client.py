@@ -169,6 +169,7 @@ class GatewayClient:
         capability: str | None = "image",
         on_request: Callable[[str, str], None] | None = None,
         on_balance: Callable[[int], None] | None = None,
+        max_in_flight: int = 100,
     ) -> None:
         self._http = http
         self.base_url = base_url.rstrip("/")
@@ -188,6 +189,10 @@ class GatewayClient:
         self._on_request = on_request
         #: told of every balance read
         self._on_balance = on_balance
+        # requests beyond the HTTP pool's size wait here, not in httpcore's pool: its queue is rescanned
+        # for every connection event (quadratic in the queue), which with ~1,000 requests queued at once
+        # (a burst of signed webhooks, each a download) held the event loop for seconds
+        self._slots = asyncio.Semaphore(max_in_flight)
 
     def _observe(self, endpoint: str, code: str) -> None:
         if self._on_request is not None:
@@ -328,8 +333,9 @@ class GatewayClient:
         """One request to the jobs API; returns the envelope's ``data`` or raises a mapped error."""
         self.requests_sent[endpoint] += 1
         try:
-            response = await self._http.request(method, self.base_url + path, headers=self._headers(),
-                                                timeout=self._timeout, **kwargs)
+            async with self._slots:
+                response = await self._http.request(method, self.base_url + path, headers=self._headers(),
+                                                    timeout=self._timeout, **kwargs)
         except httpx.HTTPError as exc:
             self._observe(endpoint, "transport")
             raise _transport_error(endpoint, exc) from exc
@@ -459,8 +465,8 @@ class GatewayClient:
         host = url.host
         status: int | None = None
         try:
-            async with self._http.stream("GET", url, headers=self._headers(auth=own_origin),
-                                         timeout=self._timeout, follow_redirects=True) as response:
+            async with self._slots, self._http.stream("GET", url, headers=self._headers(auth=own_origin),
+                                                      timeout=self._timeout, follow_redirects=True) as response:
                 status = response.status_code
                 if status == 429:
                     raise GatewayRateLimited(f"download from {host}: HTTP 429", status=status,
