@@ -1,6 +1,7 @@
 """``imagine-bot doctor``: every check of an install, in order, printed as a checklist.
 
     settings -> database, migrations, spool -> gateway key, balance, model -> Slack -> Discord -> PUBLIC_URL
+    -> the account webhook
 
 Exit status 0 only when no check failed (warnings are fine).
 """
@@ -10,7 +11,16 @@ from __future__ import annotations
 import httpx
 
 from imagine_bot.core import __version__
-from imagine_bot.core.doctor import Check, check_database, check_gateway, check_public_url, check_spool, fail, ok
+from imagine_bot.core.doctor import (
+    Check,
+    check_account_webhook,
+    check_database,
+    check_gateway,
+    check_public_url,
+    check_spool,
+    fail,
+    ok,
+)
 from imagine_bot.core.errors import ConfigError
 from imagine_bot.core.gateway import GatewayClient
 from imagine_bot.core.settings import Settings
@@ -42,4 +52,5 @@ async def run_checks(settings: Settings) -> list[Check]:
                                "set one of them (see docs/slack.md, docs/discord.md); `imagine-bot chat` "
                                "needs neither"))
         checks += await check_public_url(settings, http)
+        checks += await check_account_webhook(settings, gateway)
     return checks

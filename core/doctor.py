@@ -23,6 +23,7 @@ from .db import MIGRATIONS
 from .errors import GatewayAuthError, GatewayError, GatewayOutOfCredits
 from .gateway import GatewayClient
 from .settings import Settings
+from .webhooks import WebhookState, register_account_webhook
 
 #: below this gateway balance the doctor warns (about 20 images of 18 credits)
 LOW_BALANCE = 360
@@ -176,6 +177,24 @@ async def check_gateway(settings: Settings, gateway: GatewayClient | None) -> li
         checks.append(fail("model", f"{settings.MODKIE_MODEL} is not in the gateway's model list",
                            f"set MODKIE_MODEL to a model the gateway offers ({offered})"))
     return checks
+
+
+# ---------------------------------------------------------------------- the account webhook
+async def check_account_webhook(settings: Settings, gateway: GatewayClient | None) -> list[Check]:
+    """Register the account webhook, as ``imagine-bot run`` does at start (registering again changes nothing)."""
+    name = "account webhook"
+    if gateway is None or not settings.PUBLIC_URL:
+        return []
+    registration = await register_account_webhook(gateway, settings)
+    if registration.state is WebhookState.REGISTERED:
+        return [ok(name, f"{registration.url} registered with the gateway: signed final webhooks deliver "
+                         "with no recordInfo")]
+    if registration.state is WebhookState.NOT_CONFIGURED:
+        return [warn(name, "not registered: MODKIE_WEBHOOK_SECRET is not set",
+                     "set MODKIE_WEBHOOK_SECRET so the gateway signs each finished task and no recordInfo "
+                     "is needed to confirm it")]
+    return [warn(name, registration.detail, "check that the key may manage webhooks; until then callbacks are "
+                 "hints, each confirmed with recordInfo")]
 
 
 # ---------------------------------------------------------------------- PUBLIC_URL

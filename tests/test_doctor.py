@@ -96,11 +96,14 @@ async def test_a_healthy_install_passes(install):
     names = by_name(checks)
     for expected in ("settings", "database", "migrations", "spool", "gateway", "model", "Slack", "Slack scopes",
                      "Slack mode", "Discord", "Discord application", "Discord commands", "Discord permissions",
-                     "/healthz", "callbacks"):
+                     "/healthz", "callbacks", "account webhook"):
         assert expected in names, f"{expected} missing:\n{text}"
     assert "balance 100000 credits" in names["gateway"][0].detail
     assert "Art Club" in names["Discord permissions"][0].detail
     # an http:// PUBLIC_URL on loopback is only a warning: fine for local testing
+    # the account webhook was registered with the gateway, as `imagine-bot run` does
+    assert names["account webhook"][0].status is Status.PASS
+    assert install.gateway.account_webhook == (install().callback_url, "whsec-doctor")
     [public] = names["PUBLIC_URL"]
     assert public.status is Status.WARN and "https" in (public.fix or "")
 
@@ -225,6 +228,16 @@ async def test_unsigned_callbacks_are_a_warning(install):
     assert failures(checks) == []
     [callbacks] = by_name(checks)["callbacks"]
     assert callbacks.status is Status.WARN and "MODKIE_WEBHOOK_SECRET" in (callbacks.fix or "")
+
+
+async def test_a_refused_account_webhook_is_a_warning(install):
+    install.gateway.inject("webhooks", code=401, msg="You do not have access permissions")
+    checks = await run_checks(install())
+    assert failures(checks) == []
+    [webhook] = by_name(checks)["account webhook"]
+    assert webhook.status is Status.WARN and "refused" in webhook.detail and "recordInfo" in (webhook.fix or "")
+    [webhook] = by_name(await run_checks(install(MODKIE_WEBHOOK_SECRET="")))["account webhook"]
+    assert webhook.status is Status.WARN and "MODKIE_WEBHOOK_SECRET" in (webhook.fix or "")
 
 
 def test_render_marks_and_fix_lines():
