@@ -408,11 +408,11 @@ async def drain(core: Any, timeout: float = 60.0) -> bool:  # noqa: ASYNC109
     finishes soon, and wait for them, so that nothing is cut off in the middle of a gateway request at
     shutdown. False if they did not finish. (Only for clean-up: no figure is measured while draining; a
     poll already waiting for its slot keeps it, later polls take the new, unbounded limiter.)"""
-    from imagine_bot.core.admission import RateLimiter, TokenBucket
+    from imagine_bot.core.admission import RateLimiter, SlidingWindow
 
     admission = core.orchestrator.admission
     admission.max_active = 1_000_000
-    admission.bucket = TokenBucket(1_000_000, 1.0)
+    admission.window = SlidingWindow(1_000_000, 1.0)
     core.orchestrator.poll_limiter = RateLimiter(1_000_000.0, burst=1_000_000)
     try:
         await asyncio.wait_for(core.orchestrator.wait_idle(), timeout)

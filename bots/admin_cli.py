@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from datetime import datetime
 from typing import Any
 
 from rich.console import Console
@@ -25,6 +27,7 @@ from imagine_bot.core.identity import UserRef
 from imagine_bot.core.jobs import JobState, JobStore
 from imagine_bot.core.ledger import Ledger, describe_refill
 from imagine_bot.core.settings import Settings
+from imagine_bot.core.settle import fail_stranded
 
 
 def _console() -> Console:
@@ -139,9 +142,24 @@ def budget_cmd(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _lease(owner: str | None, until: datetime | None, now: datetime) -> str:
+    """What ``jobs list`` shows of a job's lease: who holds it and for how long, or that it is free."""
+    if owner is None or until is None:
+        return "free"
+    left = (until - now).total_seconds()
+    return f"{owner} ({left:.0f}s left)" if left > 0 else f"{owner} (expired {-left:.0f}s ago)"
+
+
 def jobs_cmd(args: argparse.Namespace, settings: Settings) -> int:
     console = _console()
-    store = JobStore(open_db(settings.IMAGINE_DB_PATH))
+    db = open_db(settings.IMAGINE_DB_PATH)
+    store = JobStore(db)
+    if args.action == "fail":
+        ledger = Ledger(db, allowance=settings.CREDITS_ALLOWANCE, period=settings.CREDITS_PERIOD)
+        job = fail_stranded(db, store, ledger, args.job_id, actor=f"{_actor()}:{os.getpid()}")
+        console.print(f"{job.id} failed and refunded {job.cost} credits to {job.requester.key}; they will be "
+                      f"told when the {job.platform} front end runs", highlight=False)
+        return 0
     if args.action == "show":
         job = store.get(args.job_id)
         fields: dict[str, Any] = {
@@ -150,13 +168,16 @@ def jobs_cmd(args: argparse.Namespace, settings: Settings) -> int:
             "created_at": job.created_at.isoformat(), "finished_at": job.finished_at and job.finished_at.isoformat(),
             "error_code": job.error_code, "error_message": job.error_message, "result_urls": list(job.result_urls),
             "reply": {"platform": job.reply.platform, "channel": job.reply.channel},
+            "owner": job.owner, "lease_until": job.lease_until and job.lease_until.isoformat(),
         }
         console.print_json(json.dumps(fields))
         return 0
     states = [JobState(args.state)] if args.state else None
-    table = Table("id", "created", "account", "state", "cost", "prompt", "error")
+    table = Table("id", "created", "account", "state", "owner (lease)", "cost", "prompt", "error")
+    now = utcnow()
     for job in store.recent(_user(args.user).key if args.user else None, limit=args.limit, states=states):
-        table.add_row(job.id, f"{job.created_at:%Y-%m-%d %H:%M}", job.requester.key, job.state.value,
+        lease = _lease(job.owner, job.lease_until, now) if not job.state.final else (job.owner or "")
+        table.add_row(job.id, f"{job.created_at:%Y-%m-%d %H:%M}", job.requester.key, job.state.value, lease,
                       str(job.cost), job.prompt[:50], job.error_code or "")
     console.print(table)
     return 0
@@ -197,12 +218,14 @@ def add_admin_parsers(sub: Any) -> None:
     a.add_argument("--out", type=Path)
     p.set_defaults(func=budget_cmd)
 
-    p = sub.add_parser("jobs", help="list and inspect jobs")
+    p = sub.add_parser("jobs", help="list, inspect and fail jobs")
     actions = p.add_subparsers(dest="action", required=True)
     a = actions.add_parser("list")
     a.add_argument("--user")
     a.add_argument("--state", choices=[s.value for s in JobState])
     a.add_argument("--limit", type=int, default=30)
     a = actions.add_parser("show")
+    a.add_argument("job_id")
+    a = actions.add_parser("fail", help="fail and refund a stranded job (its user is told when the bot runs)")
     a.add_argument("job_id")
     p.set_defaults(func=jobs_cmd)

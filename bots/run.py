@@ -1,8 +1,9 @@
 """``imagine-bot run``: one asyncio process with the core, every configured front end, and one web server.
 
 Each front end is a ``Service`` built from the core, the settings and the web app (to add its routes
-before the server starts). SIGTERM or SIGINT: stop taking commands, leave in-flight jobs persisted for
-the next start to resume, exit 0.
+before the server starts). SIGTERM or SIGINT drains: new commands get a plain "restarting" answer,
+createTask calls and deliveries in flight finish (up to ``DRAIN_S``, while the front ends and the web
+server still run), every other job is left with its lease released for the next process, exit 0.
 """
 
 from __future__ import annotations
@@ -83,7 +84,9 @@ async def run(settings: Settings, *, only: list[str] | None = None,
             if ready is not None:
                 ready(port)
             await stop.wait()
-            log.info("stopping: no new commands; jobs in flight stay saved and resume at the next start")
+            log.info("draining (up to %.0fs): no new commands; jobs in flight finish or are left for the next "
+                     "process", settings.DRAIN_S)
+            await core.orchestrator.drain(settings.DRAIN_S)
         finally:
             await core.orchestrator.stop()
             for service in reversed(services):

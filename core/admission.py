@@ -1,9 +1,11 @@
 """Admission: a fair FIFO queue in front of the gateway.
 
 A job may send ``createTask`` when it is at the head of the queue, fewer than ``max_active`` jobs are
-at the gateway (the global cap), and the token bucket has a token (the client-side rate limit that
-keeps a burst of users from tripping the gateway's ~20 createTask per 10 s). Waiting jobs learn their
-place whenever it changes.
+at the gateway (the global cap), and the sliding window allows it: at most ``rate`` admissions in ANY
+``per``-second window (``CREATE_RATE_PER_10S``, below the gateway's ~20 createTask per 10 s; a token
+bucket would let a full bucket plus its refill through in the first window). A job the gateway refused
+with 429 comes back at the head of the line (``enter(first=True)``) and nobody is admitted until the
+gateway's ``Retry-After`` has passed (``pause``). Waiting jobs learn their place whenever it changes.
 """
 
 from __future__ import annotations
@@ -38,6 +40,26 @@ class TokenBucket:
     def take(self) -> None:
         self._refill()
         self.tokens -= 1
+
+
+class SlidingWindow:
+    """At most ``rate`` events in any window of ``per`` seconds: the times of the last ``rate`` events are
+    kept, and the next may go once the oldest of them is ``per`` seconds old."""
+
+    def __init__(self, rate: int, per: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate = rate
+        self.per = per
+        self.clock = clock
+        self.stamps: deque[float] = deque(maxlen=rate)
+
+    def wait_time(self) -> float:
+        """Seconds until the next event may happen (0 when it can now)."""
+        if len(self.stamps) < self.rate:
+            return 0.0
+        return max(0.0, self.stamps[0] + self.per - self.clock())
+
+    def take(self) -> None:
+        self.stamps.append(self.clock())
 
 
 class RateLimiter:
@@ -106,7 +128,9 @@ class Admission:
     def __init__(self, max_active: int, rate: int, per: float = 10.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.max_active = max_active
-        self.bucket = TokenBucket(rate, per, clock)
+        self.window = SlidingWindow(rate, per, clock)
+        self.clock = clock
+        self._paused_until = 0.0
         self.active: set[str] = set()
         self._waiting: list[str] = []
         self._changed = asyncio.Event()
@@ -125,18 +149,26 @@ class Admission:
         """None when the job can't go yet for lack of place or slot; else seconds to wait for a token."""
         if not self._waiting or self._waiting[0] != job_id or len(self.active) >= self.max_active:
             return None
-        return self.bucket.wait_time()
+        return max(self.window.wait_time(), self._paused_until - self.clock())
 
-    async def enter(self, job_id: str, on_position: PositionCallback | None = None) -> None:
-        """Wait for the job's turn; report its place (1-based) each time it changes."""
-        self._waiting.append(job_id)
+    def pause(self, seconds: float) -> None:
+        """Admit nobody for ``seconds`` (the gateway said 429 or 455: the limit is the whole account's)."""
+        self._paused_until = max(self._paused_until, self.clock() + seconds)
+
+    async def enter(self, job_id: str, on_position: PositionCallback | None = None, *, first: bool = False) -> None:
+        """Wait for the job's turn; report its place (1-based) each time it changes. ``first``: back at the
+        head of the line (a job the gateway refused keeps its place)."""
+        if first:
+            self._waiting.insert(0, job_id)
+        else:
+            self._waiting.append(job_id)
         last: int | None = None
         try:
             while True:
                 changed = self._changed  # taken before the check, so no wake-up is lost
                 wait = self._admissible(job_id)
-                if wait == 0.0:
-                    self.bucket.take()
+                if wait is not None and wait <= 0.0:
+                    self.window.take()
                     self._waiting.pop(0)
                     self.active.add(job_id)
                     self._wake()

@@ -114,6 +114,7 @@ class ImagineCore:
             banned_words=tuple(settings.BANNED_WORDS),
             metrics=self.metrics,
             resolve_refs=self.refs.resolve,
+            lease_s=settings.JOB_LEASE_S,
         )
 
     @classmethod

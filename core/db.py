@@ -165,6 +165,17 @@ def m040_edit_references(db: sqlite_utils.Database) -> None:
     db.execute("CREATE TABLE IF NOT EXISTS app_secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
 
 
+@migration
+def m011_job_lease(db: sqlite_utils.Database) -> None:
+    # one process owns a job at a time: ``owner`` (host:pid:random) holds it until ``lease_until`` (ISO UTC),
+    # renewed while it works; another process takes a job over only once the lease has expired
+    db.execute("ALTER TABLE jobs ADD COLUMN owner TEXT")
+    db.execute("ALTER TABLE jobs ADD COLUMN lease_until TEXT")
+    # a failed job whose user was not told yet (failed by an operator, or while its platform was not running)
+    db.execute("ALTER TABLE jobs ADD COLUMN notice_pending INTEGER NOT NULL DEFAULT 0")
+    db.execute("CREATE INDEX jobs_lease ON jobs(state, lease_until)")
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 

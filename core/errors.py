@@ -16,6 +16,10 @@ neither text ever contains the API key or a platform token.
     ├── NotFound                    an unknown job or account
     ├── DeliveryError               the chat platform refused the result (bot not in channel, ...)
     ├── JobInterrupted              a restart hit a moment whose outcome cannot be known
+    ├── JobFailedByOperator         ``imagine-bot jobs fail`` or a stranded job past JOB_TIMEOUT_S
+    ├── ShuttingDown                the process is draining (SIGTERM): new commands are refused
+    ├── CaptureRefused              the ledger refused to charge a delivered job (a bug: logged loudly)
+    ├── LeaseLost                   another process owns the job now: the local worker stops quietly
     └── GatewayError                anything from the image gateway
         ├── GatewayAuthError        401: bad or missing key
         ├── GatewayOutOfCredits     402 / 433: the gateway account or key is out of credits
@@ -29,6 +33,11 @@ neither text ever contains the API key or a platform token.
         ├── UnknownTask             404 / "recordInfo is null" past the grace period
         ├── GatewayProtocolError    an answer we cannot read (bad JSON, bad resultJson)
         └── DownloadError           a result URL that fails, is too large or is not an image
+
+One predicate decides "try again later": ``is_transient(error)`` (the ``retryable`` flag). Transport
+trouble (timeouts, refused connections), 5xx, 429, 455, a 401 (a key rotation in progress) and an answer
+we cannot read are transient; a ``fail`` state, 501, an envelope 408, bad input and an unknown task are
+not. Only idempotent calls (recordInfo, downloads, balance) are repeated on it; createTask never is.
 """
 
 from __future__ import annotations
@@ -151,6 +160,33 @@ class JobInterrupted(ImagineError):
     )
 
 
+class JobFailedByOperator(ImagineError):
+    code = "failed_by_operator"
+    default_user_message = (
+        "Your image could not be finished (the bot was not running for it), so it was stopped. "
+        "Your credits were refunded; please try again."
+    )
+
+
+class ShuttingDown(ImagineError):
+    code = "restarting"
+    retryable = True
+    default_user_message = "The bot is restarting; please try again in a moment. Nothing was charged."
+
+
+class CaptureRefused(ImagineError):
+    """The ledger would not charge a job that was just delivered (already settled): never "delivered"."""
+
+    code = "capture_refused"
+
+
+class LeaseLost(ImagineError):
+    """Not a failure of the job: another process took it over (or moved it on). Never shown to users;
+    the local worker stops without touching money or telling anyone."""
+
+    code = "lease_lost"
+
+
 class GatewayError(ImagineError):
     code = "gateway_error"
     default_user_message = "The image service had a problem. Your credits were refunded; please try again."
@@ -170,6 +206,7 @@ class GatewayError(ImagineError):
 
 class GatewayAuthError(GatewayError):
     code = "gateway_auth"
+    retryable = True  # a 401 on a lookup is most often a key rotation in progress
     default_user_message = "The image service is not configured. An admin has been told; nothing was charged."
 
 
@@ -224,8 +261,12 @@ class GenerationFailed(GatewayError):
 
 class GatewayTimeout(GatewayError):
     code = "timed_out"
-    retryable = True
     default_user_message = "The image took too long and was cancelled. Your credits were refunded."
+
+    def __init__(self, admin_message: str | None = None, *, transport: bool = False, **kw: object) -> None:
+        #: a request that timed out on the wire may be tried again; an envelope 408 or JOB_TIMEOUT_S may not
+        self.retryable = transport
+        super().__init__(admin_message, **kw)  # type: ignore[arg-type]
 
 
 class UnknownTask(GatewayError):
@@ -235,9 +276,15 @@ class UnknownTask(GatewayError):
 
 class GatewayProtocolError(GatewayError):
     code = "gateway_protocol"
+    retryable = True  # a garbled answer to a lookup: ask again
     default_user_message = "The image service sent an answer I could not read. Your credits were refunded."
 
 
 class DownloadError(GatewayError):
     code = "download_failed"
     default_user_message = "The image was made but I could not fetch it. Your credits were refunded."
+
+
+def is_transient(error: BaseException) -> bool:
+    """The one answer to "may this idempotent request be tried again later?" (see the module docstring)."""
+    return isinstance(error, ImagineError) and error.retryable

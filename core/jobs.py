@@ -9,6 +9,12 @@ state, timestamps, result URLs, files, error and cost. The state machine::
 ``queued``: credits reserved, waiting for a slot. ``submitting``: createTask may be on the wire.
 ``running``: the gateway has a task id. ``delivering``: images downloaded to the spool, handed to the
 front end. ``delivered`` and ``failed`` are final.
+
+Ownership: one process works on a job at a time. ``owner`` names it (``host:pid:random``) and
+``lease_until`` says until when; the owner renews the lease while it works (``renew``), another process
+takes the job over only once the lease has expired (``claim``, a compare-and-set), and a process that
+stops releases its leases (``release_leases``). Every state change is ``transition``: a compare-and-set on
+the expected state and owner whose lost race raises ``LeaseLost`` (the local worker then stops quietly).
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from typing import Any
 import sqlite_utils
 
 from .db import iso, transaction, utcnow
-from .errors import NotFound
+from .errors import LeaseLost, NotFound
 from .identity import UserRef
 
 
@@ -111,6 +117,11 @@ class Job:
     parent_id: str | None = None
     submitted_at: datetime | None = None
     finished_at: datetime | None = None
+    #: the process working on the job (host:pid:random) and until when its lease holds
+    owner: str | None = None
+    lease_until: datetime | None = None
+    #: failed, and the requester not told yet (told when the job's front end runs)
+    notice_pending: bool = False
     #: what the front end recorded when the platform accepted the delivery (empty: nothing posted yet)
     receipt: dict[str, Any] = field(default_factory=dict)
     image_urls: tuple[str, ...] = ()
@@ -175,7 +186,14 @@ def _row_to_job(row: dict[str, Any]) -> Job:
         receipt=json.loads(row.get("receipt") or "{}"),
         image_urls=tuple(json.loads(row.get("image_urls") or "[]")),
         text_cost=row.get("text_cost"),
+        owner=row.get("owner"),
+        lease_until=_dt(row.get("lease_until")),
+        notice_pending=bool(row.get("notice_pending")),
     )
+
+
+_ACTIVE = tuple(s.value for s in ACTIVE_STATES)
+_ACTIVE_MARKS = ",".join("?" * len(_ACTIVE))
 
 
 class JobStore:
@@ -184,7 +202,10 @@ class JobStore:
     def __init__(self, db: sqlite_utils.Database) -> None:
         self.db = db
 
-    def insert(self, request: JobRequest, *, model: str, cost: int, job_id: str | None = None) -> Job:
+    def insert(self, request: JobRequest, *, model: str, cost: int, job_id: str | None = None,
+               owner: str | None = None, lease_until: datetime | None = None) -> Job:
+        """Record a new ``queued`` job (owned by ``owner`` when given). Plain SQL: joins the caller's
+        transaction (sqlite-utils' ``Table.insert`` would commit it half-way)."""
         now = iso(utcnow())
         row: dict[str, Any] = {
             "id": job_id or new_job_id(),
@@ -202,9 +223,12 @@ class JobStore:
             "text_cost": request.text_cost,
             "created_at": now,
             "updated_at": now,
+            "owner": owner,
+            "lease_until": iso(lease_until) if lease_until else None,
         }
+        cols = ", ".join(row)
         with transaction(self.db):
-            self.db.table("jobs").insert(row)
+            self.db.execute(f"INSERT INTO jobs ({cols}) VALUES ({', '.join('?' * len(row))})", list(row.values()))
         return self.get(row["id"])
 
     def get(self, job_id: str) -> Job:
@@ -225,8 +249,8 @@ class JobStore:
         rows = list(self.db.query("SELECT * FROM jobs WHERE task_id = ?", [task_id]))
         return _row_to_job(rows[0]) if rows else None
 
-    def update(self, job_id: str, **fields: Any) -> Job:
-        """Set columns (enums, lists, datetimes and ReplyTo converted) and bump ``updated_at``."""
+    @staticmethod
+    def _values(fields: dict[str, Any]) -> dict[str, Any]:
         values: dict[str, Any] = {}
         for key, value in fields.items():
             if isinstance(value, JobState):
@@ -239,10 +263,89 @@ class JobStore:
                 value = json.dumps([str(v) for v in value])
             values[key] = value
         values["updated_at"] = iso(utcnow())
+        return values
+
+    def update(self, job_id: str, **fields: Any) -> Job:
+        """Set columns (enums, lists, datetimes and ReplyTo converted) and bump ``updated_at``.
+
+        Not for state changes of a running job: those go through ``transition``.
+        """
+        values = self._values(fields)
         cols = ", ".join(f"{k} = ?" for k in values)
         with transaction(self.db):
             self.db.execute(f"UPDATE jobs SET {cols} WHERE id = ?", [*values.values(), job_id])
         return self.get(job_id)
+
+    def transition(self, job_id: str, expected: JobState, new: JobState, *, owner: str | None,
+                   **fields: Any) -> Job:
+        """Compare-and-set: move the job from ``expected`` to ``new`` only if it is still there and still
+        owned by ``owner``; otherwise raise ``LeaseLost`` and change nothing. A final state ends the lease
+        (the owner stays, as a record of who finished the job)."""
+        values = self._values({**fields, "state": new})
+        if new.final:
+            values["lease_until"] = None
+        cols = ", ".join(f"{k} = ?" for k in values)
+        sql = f"UPDATE jobs SET {cols} WHERE id = ? AND state = ?"
+        args = [*values.values(), job_id, expected.value]
+        if owner is not None:
+            sql += " AND owner = ?"
+            args.append(owner)
+        with transaction(self.db):
+            if self.db.execute(sql, args).rowcount != 1:
+                raise LeaseLost(f"job {job_id}: not {expected.value} and owned by {owner} any more")
+        return self.get(job_id)
+
+    # ------------------------------------------------------------------ leases
+    def claim(self, job_id: str, owner: str, until: datetime, *, now: datetime | None = None) -> Job | None:
+        """Take an active job that nobody holds (no owner, or an expired lease), or renew our own.
+        None when another process holds it or it is final."""
+        now = now or utcnow()
+        sql = (f"UPDATE jobs SET owner = ?, lease_until = ? WHERE id = ? AND state IN ({_ACTIVE_MARKS})"
+               " AND (owner IS NULL OR owner = ? OR lease_until IS NULL OR lease_until < ?)")
+        with transaction(self.db):
+            taken = self.db.execute(sql, [owner, iso(until), job_id, *_ACTIVE, owner, iso(now)]).rowcount == 1
+        return self.get(job_id) if taken else None
+
+    def claimable(self, *, now: datetime | None = None) -> list[Job]:
+        """Active jobs nobody holds: never owned, released, or whose owner's lease expired."""
+        sql = (f"SELECT * FROM jobs WHERE state IN ({_ACTIVE_MARKS})"
+               " AND (owner IS NULL OR lease_until IS NULL OR lease_until < ?) ORDER BY created_at")
+        return [_row_to_job(r) for r in self.db.query(sql, [*_ACTIVE, iso(now or utcnow())])]
+
+    def renew(self, owner: str, until: datetime) -> set[str]:
+        """Extend every lease ``owner`` holds on an active job; returns the ids it still holds."""
+        with transaction(self.db):
+            self.db.execute(f"UPDATE jobs SET lease_until = ? WHERE owner = ? AND state IN ({_ACTIVE_MARKS})",
+                            [iso(until), owner, *_ACTIVE])
+            rows = self.db.execute(f"SELECT id FROM jobs WHERE owner = ? AND state IN ({_ACTIVE_MARKS})",
+                                   [owner, *_ACTIVE]).fetchall()
+        return {r[0] for r in rows}
+
+    def release_leases(self, owner: str, job_ids: Iterable[str] | None = None) -> int:
+        """Give up ``owner``'s leases on active jobs (all of them, or ``job_ids``): free for the next owner."""
+        sql = f"UPDATE jobs SET owner = NULL, lease_until = NULL WHERE owner = ? AND state IN ({_ACTIVE_MARKS})"
+        args: list[Any] = [owner, *_ACTIVE]
+        if job_ids is not None:
+            ids = list(job_ids)
+            sql += f" AND id IN ({','.join('?' * len(ids))})"
+            args.extend(ids)
+        with transaction(self.db):
+            return int(self.db.execute(sql, args).rowcount)
+
+    def pending_notices(self, platforms: Iterable[str]) -> list[Job]:
+        """Failed jobs of these platforms whose requester was not told yet."""
+        names = list(platforms)
+        if not names:
+            return []
+        sql = (f"SELECT * FROM jobs WHERE notice_pending = 1 AND platform IN ({','.join('?' * len(names))})"
+               " ORDER BY created_at")
+        return [_row_to_job(r) for r in self.db.query(sql, names)]
+
+    def take_notice(self, job_id: str) -> bool:
+        """Compare-and-set: True for the one process that gets to tell the requester."""
+        with transaction(self.db):
+            return bool(self.db.execute("UPDATE jobs SET notice_pending = 0 WHERE id = ? AND notice_pending = 1",
+                                        [job_id]).rowcount == 1)
 
     def set_reply_data(self, job_id: str, **data: Any) -> Job:
         """Merge front-end state into the job's reply address (persisted for restarts)."""

@@ -10,7 +10,18 @@ Every step is persisted before the next begins, so a restart resumes each job fr
 
 Money: ``reserve`` with the job insert, ``capture`` with the ``delivered`` state, ``release`` with the
 ``failed`` state, each in one transaction. The ledger refuses a second capture or release of a job, so
-no path charges twice, and a job that never delivered is never charged.
+no path charges twice, and a job that never delivered is never charged. A refused capture is an error
+(``CaptureRefused``, logged), never "delivered".
+
+Several processes may share the database (a rolling deploy, a double start). Each job is owned by one
+process through a lease (``core.leases``): this orchestrator claims jobs nobody holds, renews its
+leases while it works, and takes over a job only once its owner's lease expired (the periodic sweep).
+Every state change is a compare-and-set on the expected state and owner (``JobStore.transition``); a
+lost race raises ``LeaseLost`` and the local worker stops without touching money.
+
+Stopping: ``drain`` (SIGTERM) refuses new jobs, stops the jobs that can be picked up anywhere (waiting,
+tracking, downloading), lets createTask calls and deliveries in flight finish up to ``DRAIN_S``, then
+``stop`` releases every lease for the next owner.
 """
 
 from __future__ import annotations
@@ -30,27 +41,33 @@ from .admission import Admission, RateLimiter
 from .catalog import CATALOG, ModelSpec
 from .db import transaction, utcnow
 from .errors import (
+    CaptureRefused,
     DeliveryError,
     GatewayError,
     GatewayMaintenance,
     GatewayProtocolError,
     GatewayRateLimited,
-    GatewayServerError,
     GatewayTimeout,
     ImagineError,
     InsufficientCredits,
+    JobFailedByOperator,
     JobInterrupted,
+    LeaseLost,
+    ShuttingDown,
     TooManyActiveJobs,
     UnknownTask,
+    is_transient,
 )
 from .events import Accepted, Delivered, Failed, ImageFile, JobEvent, Progress, Queued
 from .frontend import FrontEnd
 from .gateway import GatewayClient, TaskRecord, TaskStage
 from .identity import UserRef
 from .jobs import Job, JobRequest, JobState, JobStore, new_job_id
+from .leases import LeaseClock, new_owner_id
 from .ledger import Ledger, describe_refill
 from .metrics import Metrics
 from .parsing import check_banned
+from .settle import fail_and_refund
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +76,15 @@ UNKNOWN_TASK_GRACE_S = 90.0
 #: with callbacks configured, polling is only the fallback: first look after this long, then this often
 CALLBACK_FALLBACK_FIRST_S = 45.0
 CALLBACK_FALLBACK_EVERY_S = 30.0
+#: callbacks remembered for tasks nobody waits on yet (a fast task's callback beats its tracker)
+EARLY_CALLBACKS_KEPT = 1000
+#: job phases a drain lets finish: the outcome of a createTask in flight cannot be known if it is cut,
+#: and a delivery cut half-way may post twice
+DRAIN_FINISHES = ("submitting", "delivering")
+
+
+class _Drained(Exception):
+    """Internal: the process is draining and this job is left for the next owner at a safe point."""
 
 
 class Orchestrator:
@@ -83,6 +109,8 @@ class Orchestrator:
         monotonic: Callable[[], float] = time.monotonic,
         metrics: Metrics | None = None,
         resolve_refs: Callable[[list[str]], list[str]] | None = None,
+        lease_s: float = 30.0,
+        owner: str | None = None,
     ) -> None:
         self.db = db
         self.jobs = jobs
@@ -113,7 +141,14 @@ class Orchestrator:
         #: the gateway sends a signed account webhook for every task (registered at start): createTask then
         #: carries no per-task callBackUrl, whose unsigned callback would cost a confirming recordInfo
         self.account_webhook = False
+        self._early: dict[str, float] = {}  # task id -> when a callback came before its tracker waited
+        self._phase: dict[str, str] = {}  # job id -> waiting | submitting | tracking | downloading | delivering
         self._accepting = True
+        self._draining = False
+        self._stopped = False
+        self.owner = owner or new_owner_id()
+        self.leases = LeaseClock(lease_s)
+        self._housekeeper: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ front ends
     def register(self, frontend: FrontEnd) -> None:
@@ -152,7 +187,7 @@ class Orchestrator:
     async def submit(self, request: JobRequest) -> Job:
         """Reserve credits, record the job and start it. Raises a user-facing ``ImagineError``."""
         if not self._accepting:
-            raise ImagineError("shutting down", user_message="The bot is restarting; please try again in a moment.")
+            raise ShuttingDown("refused a new job: the process is stopping")
         if request.dedupe_key:
             existing = self.jobs.by_dedupe_key(request.dedupe_key)
             if existing is not None:
@@ -168,7 +203,8 @@ class Orchestrator:
                     raise TooManyActiveJobs(self.max_active_per_user)
                 self.ledger.reserve(request.requester, job_id, cost, scopes=request.scopes,
                                     channel=request.reply.channel)
-                job = self.jobs.insert(request, model=model, cost=cost, job_id=job_id)
+                job = self.jobs.insert(request, model=model, cost=cost, job_id=job_id,
+                                       owner=self.owner, lease_until=self.leases.until())
         except sqlite3.IntegrityError:
             # the same request arrived twice at once: the other delivery made the job
             existing = self.jobs.by_dedupe_key(request.dedupe_key or "")
@@ -182,35 +218,119 @@ class Orchestrator:
         return job
 
     def _start(self, job: Job) -> None:
+        if self._stopped:  # a submit that raced a stop: leave the job to the next owner at once
+            self.jobs.release_leases(self.owner, [job.id])
+            return
         task = asyncio.create_task(self._run(job.id), name=f"job-{job.id}")
         self._tasks[job.id] = task
 
         def forget(_: asyncio.Task[None], job_id: str = job.id) -> None:
             self._tasks.pop(job_id, None)
+            self._phase.pop(job_id, None)
 
         task.add_done_callback(forget)
 
     # ------------------------------------------------------------------ lifecycle
     async def resume(self) -> int:
-        """Pick up every job left in flight by a previous process (for registered front ends)."""
-        resumed = 0
-        for job in self.jobs.active():
-            if job.id in self._tasks or job.platform not in self.frontends:
+        """Claim every job nobody holds (left by a stopped or dead process) for the registered front ends,
+        and keep doing so: the housekeeping loop renews our leases and sweeps for expired ones."""
+        if self._stopped:
+            return 0
+        if self._housekeeper is None:
+            self._housekeeper = asyncio.create_task(self._housekeep(), name="job-leases")
+        return await self._sweep()
+
+    async def _sweep(self) -> int:
+        """Take over jobs whose lease expired; fail the stranded jobs of platforms not running here after
+        ``JOB_TIMEOUT_S``; tell users about failures they have not heard of. Returns how many jobs started."""
+        started = 0
+        now = utcnow()
+        for job in self.jobs.claimable(now=now):
+            if job.id in self._tasks or self._stopped or self._draining:
                 continue
-            if job.state in (JobState.RUNNING, JobState.DELIVERING):
+            running_here = job.platform in self.frontends
+            stranded = (now - job.created_at).total_seconds() > self.job_timeout_s
+            if not running_here and not stranded:
+                continue
+            claimed = self.jobs.claim(job.id, self.owner, self.leases.until(now), now=now)
+            if claimed is None:
+                continue  # another process was quicker
+            if not running_here:
+                error = JobFailedByOperator(f"job {job.id} stranded: no {job.platform} front end ran for it "
+                                            f"within JOB_TIMEOUT_S ({self.job_timeout_s:.0f}s)")
+                await self._fail(job.id, error, notice_pending=True)
+                continue
+            if job.owner is not None:
+                log.warning("taking over job %s (%s) from %s, whose lease expired", job.id, job.state, job.owner)
+            else:
+                log.info("resuming job %s in state %s", job.id, job.state)
+            if claimed.state in (JobState.RUNNING, JobState.DELIVERING):
                 self.admission.hold(job.id)
-            log.info("resuming job %s in state %s", job.id, job.state)
-            self._start(job)
-            resumed += 1
-        return resumed
+            self._start(claimed)
+            started += 1
+        await self._tell_pending()
+        return started
+
+    async def _tell_pending(self) -> None:
+        """Failures decided while the job's front end was not running (an operator, a stranded job)."""
+        for job in self.jobs.pending_notices(self.frontends):
+            if self.jobs.take_notice(job.id):
+                await self._publish(Failed(job, JobFailedByOperator(job.error_message), refunded=True))
+
+    async def _housekeep(self) -> None:
+        """Renew our leases every third of the lease; stop local workers whose job another process took;
+        sweep for jobs whose owner's lease expired."""
+        while True:
+            await asyncio.sleep(self.leases.renew_every_s)
+            try:
+                held = self.jobs.renew(self.owner, self.leases.until())
+                for job_id, task in list(self._tasks.items()):
+                    if job_id in held or task.done():
+                        continue
+                    row = self.jobs.find(job_id)
+                    if row is not None and not row.state.final and row.owner != self.owner:
+                        log.warning("job %s is now owned by %s: stopping the local worker", job_id, row.owner)
+                        task.cancel()
+                if not self._draining:
+                    await self._sweep()
+            except Exception:
+                log.exception("lease housekeeping failed; trying again")
+
+    async def drain(self, timeout_s: float) -> None:
+        """SIGTERM: refuse new jobs, let createTask calls and deliveries in flight finish (up to
+        ``timeout_s``), leave everything else for the next owner, then ``stop``."""
+        self._accepting = False
+        self._draining = True
+        for job_id, task in list(self._tasks.items()):
+            if self._phase.get(job_id) not in DRAIN_FINISHES:
+                task.cancel()  # waiting, tracking or downloading: safe to pick up anywhere
+        pending = [t for t in self._tasks.values() if not t.done()]
+        if pending:
+            log.info("draining: waiting up to %.0fs for %d createTask call(s) and deliveries", timeout_s,
+                     len(pending))
+            _, left = await asyncio.wait(pending, timeout=timeout_s)
+            if left:
+                log.warning("draining: %d job(s) still busy after %.0fs; stopping them", len(left), timeout_s)
+        await self.stop()
 
     async def stop(self) -> None:
-        """Stop taking jobs and cancel the workers; rows stay as they are, to be resumed."""
+        """Stop taking jobs, cancel the workers and release every lease; rows stay as they are, for the
+        next owner (this process after a restart, or another one) to pick up."""
         self._accepting = False
+        self._stopped = True
+        if self._housekeeper is not None:
+            self._housekeeper.cancel()
+            await asyncio.gather(self._housekeeper, return_exceptions=True)
         tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        try:
+            released = self.jobs.release_leases(self.owner)
+        except sqlite3.ProgrammingError:  # the database is already closed
+            return
+        if released:
+            log.info("released %d job(s) for the next owner", released)
 
     async def wait_idle(self) -> None:
         """Wait until no job is in flight (tests, the CLI)."""
@@ -223,22 +343,28 @@ class Orchestrator:
         if task is not None and task is not asyncio.current_task():
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-        job = self.jobs.find(job_id)
-        if job is not None and not job.state.final:
-            self.admission.leave(job_id)
-            await self._fail(job_id, error)
+        self.admission.leave(job_id)
+        await self._fail(job_id, error)
 
     def notify(self, task_id: str, final: TaskRecord | None = None) -> bool:
         """A gateway callback named this task: look at it now instead of at the next poll.
 
         ``final`` is the task's final answer from a verified account webhook (``read_callback``): the
         tracker acts on it as on a recordInfo answer, without asking the gateway again.
+
+        A callback for a task nobody waits on yet (a fast task whose callback beat its tracker) is
+        remembered, so the tracker looks at once; returns whether a tracker was woken now.
         """
         event = self._wakeups.get(task_id)
-        if event is None:
-            return False
         if final is not None and final.task_id == task_id:
             self._finals[task_id] = final
+        if event is None:
+            if len(self._early) >= EARLY_CALLBACKS_KEPT:
+                oldest = next(iter(self._early))
+                del self._early[oldest]
+                self._finals.pop(oldest, None)
+            self._early[task_id] = self.monotonic()
+            return False
         event.set()
         return True
 
@@ -247,6 +373,16 @@ class Orchestrator:
         return len(self._tasks)
 
     # ------------------------------------------------------------------ one job
+    def _move(self, job: Job, new: JobState, **fields: object) -> Job:
+        """Compare-and-set the job from the state we last saw to ``new``, as its owner (or ``LeaseLost``)."""
+        return self.jobs.transition(job.id, job.state, new, owner=self.owner, **fields)
+
+    def _enter(self, job: Job, phase: str) -> None:
+        """Mark the job's phase; while draining, only a delivery may still begin."""
+        if self._draining and phase != "delivering":
+            raise _Drained(phase)
+        self._phase[job.id] = phase
+
     async def _run(self, job_id: str) -> None:
         job = self.jobs.get(job_id)
         gateway_done: float | None = None  # when the gateway said success (for the delivery overhead)
@@ -254,15 +390,22 @@ class Orchestrator:
             if job.state is JobState.QUEUED:
                 job = await self._admit_and_create(job)
             elif job.state is JobState.SUBMITTING:
-                raise JobInterrupted(f"job {job.id} was mid-createTask when the process stopped")
+                raise JobInterrupted(f"job {job.id} was mid-createTask when its process stopped")
             if job.state is JobState.RUNNING:
+                self._enter(job, "tracking")
                 record = await self._track(job)
                 gateway_done = time.monotonic()
+                self._enter(job, "downloading")
                 job = await self._download(job, record)
             if job.state is JobState.DELIVERING:
+                self._enter(job, "delivering")
                 await self._deliver(job, gateway_done)
         except asyncio.CancelledError:
             raise
+        except _Drained as drained:
+            log.info("job %s left for the next owner (draining at %s)", job_id, drained)
+        except LeaseLost as lost:
+            log.info("job %s: %s; stopping here", job_id, lost.admin_message)
         except ImagineError as error:
             await self._fail(job_id, error)
         except Exception as exc:  # a bug: still refund and tell the user
@@ -276,28 +419,32 @@ class Orchestrator:
             await self._publish(Queued(job, place))
 
         deadline = self.monotonic() + self.job_timeout_s
+        refused = False
         while True:
-            await self.admission.enter(job.id, on_position)
+            self._phase[job.id] = "waiting"
+            await self.admission.enter(job.id, on_position, first=refused)
+            self._enter(job, "submitting")
             spec = CATALOG.get(job.model, self.model)
             inputs = {"prompt": job.prompt, **spec.fixed, **job.params}
             if job.image_urls:  # stored references are signed now: the gateway gets a fresh hour
                 inputs["image_urls"] = self.resolve_refs(list(job.image_urls))
-            job = self.jobs.update(job.id, state=JobState.SUBMITTING)
+            job = self._move(job, JobState.SUBMITTING)
             try:
                 task_id = await self.gateway.create_task(
                     job.model, inputs, None if self.account_webhook else self.callback_url)
             except (GatewayRateLimited, GatewayMaintenance) as error:
-                # not accepted by the gateway: safe to keep the job queued and try again later
+                # not accepted by the gateway: back to admission, at the head of the line (the job keeps
+                # its place), and nobody is admitted until the gateway's Retry-After has passed
+                job = self._move(job, JobState.QUEUED)
                 self.admission.leave(job.id)
-                job = self.jobs.update(job.id, state=JobState.QUEUED)
+                self.admission.pause(_retry_after(error))
                 if self.monotonic() + _retry_after(error) > deadline:
                     raise
-                log.warning("job %s: createTask refused (%s); retrying in %.1fs", job.id, error.code,
+                log.warning("job %s: createTask refused (%s); back in line for %.1fs", job.id, error.code,
                             _retry_after(error))
-                await self._publish(Queued(job, 1))
-                await asyncio.sleep(_retry_after(error))
+                refused = True
                 continue
-            job = self.jobs.update(job.id, state=JobState.RUNNING, task_id=task_id, submitted_at=utcnow())
+            job = self._move(job, JobState.RUNNING, task_id=task_id, submitted_at=utcnow())
             log.info("job %s submitted as task %s", job.id, task_id)
             await self._publish(Progress(job, "submitted", job.elapsed_s))
             return job
@@ -316,7 +463,10 @@ class Orchestrator:
     async def _track(self, job: Job) -> TaskRecord:
         assert job.task_id is not None
         wake = self._wakeups.setdefault(job.task_id, asyncio.Event())
+        if self._early.pop(job.task_id, None) is not None:
+            wake.set()  # its callback came before we waited: look now
         submitted = job.submitted_at or job.created_at
+        troubles = 0
         last_stage: str | None = None
         # with callbacks, the first look is the fallback, well after the callback should have come;
         # a job resumed after a restart is looked at at once (its callback may have been missed)
@@ -347,9 +497,17 @@ class Orchestrator:
                     if (utcnow() - submitted).total_seconds() < UNKNOWN_TASK_GRACE_S:
                         continue
                     raise
-                except (GatewayServerError, GatewayMaintenance, GatewayRateLimited) as error:
-                    log.warning("job %s: recordInfo trouble (%s), will look again", job.id, error.code)
+                except GatewayError as error:
+                    if not is_transient(error):
+                        raise
+                    # a blip (timeout, 5xx, 401 in a key rotation, a malformed answer): recordInfo is
+                    # idempotent, so look again with backoff until JOB_TIMEOUT_S
+                    troubles += 1
+                    wait = min(self.poll_max_interval_s, wait * 2 ** min(troubles, 5))
+                    log.warning("job %s: recordInfo trouble (%s), looking again in %.1fs", job.id, error.code,
+                                wait)
                     continue
+                troubles = 0
                 if record.stage is TaskStage.SUCCESS:
                     return record
                 if record.stage is TaskStage.FAIL:
@@ -374,8 +532,7 @@ class Orchestrator:
             path = folder / f"{job.id}-{n}{ext}"
             path.write_bytes(result.content)
             files.append(path)
-        return self.jobs.update(job.id, state=JobState.DELIVERING, result_urls=list(record.result_urls),
-                                files=files)
+        return self._move(job, JobState.DELIVERING, result_urls=list(record.result_urls), files=files)
 
     async def _deliver(self, job: Job, gateway_done: float | None = None) -> None:
         if not job.files or not all(p.exists() for p in job.files):
@@ -393,24 +550,37 @@ class Orchestrator:
         except Exception as exc:
             raise DeliveryError(f"front end {job.platform} could not deliver: {type(exc).__name__}: {exc}") from exc
         with transaction(self.db):
-            self.ledger.capture(job.id)
-            job = self.jobs.update(job.id, state=JobState.DELIVERED, finished_at=utcnow())
+            job = self._move(job, JobState.DELIVERED, finished_at=utcnow())
+            if not self.ledger.capture(job.id):  # rolls the "delivered" back: never delivered uncharged
+                raise CaptureRefused(f"job {job.id} was delivered but the ledger refused to charge it "
+                                     "(already captured or released)",
+                                     user_message="Your image was posted, but I could not settle its cost. "
+                                                  "An admin has been told.")
         log.info("job %s delivered and charged %d", job.id, job.cost)
         self.metrics.delivered(job.platform, job.scope, job.cost, job.elapsed_s,
                                None if gateway_done is None else time.monotonic() - gateway_done)
         # the images stay in the spool for the Vary and Remix buttons (``RefStore.cleanup`` ends them)
 
-    async def _fail(self, job_id: str, error: ImagineError) -> None:
-        level = logging.ERROR if error.code in ("gateway_auth", "gateway_out_of_credits",
+    async def _fail(self, job_id: str, error: ImagineError, *, notice_pending: bool = False) -> None:
+        """Fail and refund a job we own, and tell its user (or leave ``notice_pending`` for later)."""
+        current = self.jobs.find(job_id)
+        if current is None or current.state.final or current.owner != self.owner:
+            log.info("job %s: not failing it here (%s, owner %s)", job_id, current and current.state,
+                     current and current.owner)
+            return
+        level = logging.ERROR if error.code in ("gateway_auth", "gateway_out_of_credits", "capture_refused",
                                                 "gateway_feature_disabled", "error") else logging.WARNING
         log.log(level, "job %s failed: %s (%s)", job_id, error.admin_message, error.code)
-        with transaction(self.db):
-            refunded = self.ledger.release(job_id)
-            job = self.jobs.update(job_id, state=JobState.FAILED, error_code=error.code,
-                                   error_message=error.admin_message[:1000], finished_at=utcnow())
+        try:
+            job, refunded = fail_and_refund(self.db, self.jobs, self.ledger, current, error, owner=self.owner,
+                                            notice_pending=notice_pending)
+        except LeaseLost:
+            log.info("job %s was taken over before it could be failed here", job_id)
+            return
         shutil.rmtree(self.spool / job_id, ignore_errors=True)
         self.metrics.failed(job.platform)
-        await self._publish(Failed(job, error, refunded))
+        if not notice_pending:
+            await self._publish(Failed(job, error, refunded))
 
 
 def _retry_after(error: GatewayError) -> float:

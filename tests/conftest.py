@@ -5,6 +5,7 @@ Every outside service is a real local server; nothing here touches the internet.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -75,3 +76,11 @@ def make_settings(tmp_path: Path, sandbox: SandboxGateway) -> Callable[..., Sett
 async def core(make_settings: Callable[..., Settings]) -> AsyncIterator[ImagineCore]:
     async with ImagineCore.open(make_settings()) as opened:
         yield opened
+
+
+async def until(predicate: Callable[[], object], within: float = 10.0) -> None:
+    """Wait until ``predicate()`` holds: for facts that live in SQLite rows (a job's state, its owner),
+    written by code that signals nothing; fails after ``within`` seconds."""
+    async with asyncio.timeout(within):
+        while not predicate():  # noqa: ASYNC110 - a database row has no event to wait on
+            await asyncio.sleep(0.005)

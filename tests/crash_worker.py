@@ -1,7 +1,8 @@
 """A bot process for the crash tests.
 
 ``python -m tests.crash_worker DB GATEWAY_URL submit N`` submits N jobs and keeps running them until
-killed; ``... resume`` resumes what is left, delivers and exits. The "channel" is the file
+killed; ``... resume`` resumes what is left (taking over the jobs of a killed process once their lease
+expired: ``JOB_LEASE_S`` is 1 s here), delivers and exits when no job is left in flight. The "channel" is the file
 ``DB.deliveries`` (one job id a line). It keeps the ``FrontEnd`` contract the way a chat front end must:
 right after a post it records a receipt with the core, and a ``Delivered`` handed again with that receipt
 (after a crash between post and charge, or a takeover by another process) is not posted again.
@@ -45,7 +46,7 @@ async def main(db: str, gateway: str, mode: str, count: int) -> None:
     settings = load_settings(_env_file=None, MODKIE_BASE_URL=gateway, MODKIE_API_KEY="crash-test-key",
                              IMAGINE_DB_PATH=db, POLL_INTERVAL_S=0.05, POLL_MAX_INTERVAL_S=0.1, JOB_TIMEOUT_S=60,
                              MAX_ACTIVE_JOBS_PER_USER=100, MAX_ACTIVE_JOBS=8, CREATE_RATE_PER_10S=1000,
-                             CREDITS_ALLOWANCE=10_000)
+                             CREDITS_ALLOWANCE=10_000, JOB_LEASE_S=1.0)
     async with ImagineCore.open(settings) as core:
         core.register(FileChannel(Path(db + ".deliveries"), core))
         await core.start()
@@ -55,7 +56,8 @@ async def main(db: str, gateway: str, mode: str, count: int) -> None:
                                    f"crash test image {n}")
             print("submitted", flush=True)
             await asyncio.Event().wait()  # until killed
-        await core.orchestrator.wait_idle()
+        while core.jobs.active() or core.orchestrator.in_flight:  # noqa: ASYNC110 - rows in SQLite
+            await asyncio.sleep(0.1)
 
 
 if __name__ == "__main__":

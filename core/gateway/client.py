@@ -12,10 +12,11 @@ Contract points this module follows:
   ``status`` (HTTP) and ``gateway_code`` (envelope) set on the error.
 - Both dialects are read: kie (``resultJson`` a JSON string; ``waiting``/``queuing``/``generating``) and
   ModKie (``resultJson`` an object; ``pending``/``processing``). Unknown states mean "still running".
-- record_info, download and credit are idempotent, so they are retried on rate limits, maintenance,
-  5xx and transport trouble, with full-jitter exponential backoff that honours ``Retry-After``.
+- record_info, download and credit are idempotent, so they are retried on what ``errors.is_transient``
+  calls transient, with full-jitter exponential backoff that honours ``Retry-After``.
   ``create_task`` is never re-sent once a request may have reached the gateway (double submit = double
-  spend): only a 429 (not queued by the gateway) and a connection that never opened are retried.
+  spend): only a connection that never opened is retried. A 429 goes back to the caller (the
+  orchestrator's admission line, where the job keeps its place).
 - ``download`` sends the key only to the gateway's own origin, streams with a size cap and accepts only
   images (by content type, or by file signature when the type is missing or generic).
 """
@@ -53,6 +54,7 @@ from ..errors import (
     GatewayTimeout,
     GenerationFailed,
     UnknownTask,
+    is_transient,
 )
 
 log = logging.getLogger(__name__)
@@ -215,10 +217,6 @@ class GatewayClient:
             try:
                 data = await self._call(CREATE_TASK, "POST", "/api/v1/jobs/createTask", json=body)
                 break
-            except GatewayRateLimited as error:  # not queued by the gateway: safe to send again
-                attempt += 1
-                if attempt >= self.retries or not await self._backoff(CREATE_TASK, attempt, error):
-                    raise
             except _NotSent as error:  # the connection never opened: nothing reached the gateway
                 attempt += 1
                 if attempt >= self.retries:
@@ -439,7 +437,7 @@ class GatewayClient:
                 failure: GatewayError = error.error
                 cause: BaseException | None = error.__cause__
             except GatewayError as error:
-                if not _transient(error):
+                if not is_transient(error):
                     raise
                 failure, cause = error, error.__cause__
             attempt += 1
@@ -540,19 +538,12 @@ def _transport_error(endpoint: str, exc: httpx.HTTPError) -> Exception:
     detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     error: GatewayError
     if isinstance(exc, httpx.TimeoutException):
-        error = GatewayTimeout(f"{endpoint}: request timed out ({detail})")
+        error = GatewayTimeout(f"{endpoint}: request timed out ({detail})", transport=True)
     else:
         error = GatewayServerError(f"{endpoint}: transport error ({detail})")
     if isinstance(exc, _NOT_SENT):
         return _NotSent(error)
     return error
-
-
-def _transient(error: GatewayError) -> bool:
-    """Worth another try on an idempotent call? (An envelope 408 is terminal; a transport timeout is not.)"""
-    if isinstance(error, GatewayRateLimited | GatewayMaintenance | GatewayServerError):
-        return True
-    return isinstance(error, GatewayTimeout) and error.status is None and error.gateway_code is None
 
 
 def _raise_protocol(message: str) -> NoReturn:
