@@ -126,8 +126,10 @@ async def test_signed_final_failure_refunds_with_no_recordinfo(open_bot, sandbox
 
 
 async def test_a_refused_registration_is_a_warning_and_callbacks_stay_hints(open_bot, sandbox, caplog):
-    sandbox.inject("webhooks", code=401, msg="You do not have access permissions")
+    # a 401 is asked again (it may be a key rotation: errors.is_transient); one that persists is a refusal
+    sandbox.inject("webhooks", code=401, msg="You do not have access permissions", times=10)
     async with open_bot(MODKIE_WEBHOOK_SECRET=SECRET) as bot:
+        bot.core.gateway.backoff_base = 0.01
         registration = await register_account_webhook(bot.core.gateway, bot.settings)
         assert registration.state is WebhookState.FAILED and not registration.registered
         assert "refused the account webhook" in caplog.text
