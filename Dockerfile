@@ -1,19 +1,21 @@
-# imagine-bot: a small, non-root image that runs `imagine-bot run`.
-# Build: docker build -t imagine-bot .   Run: docker run --env-file .env -p 3000:3000 -v imagine-data:/data imagine-bot
+# imagine-bot: a small, non-root image that runs `imagine-bot run`. The README's "Docker" section says how
+# to build and run it; `make container-test` builds it and runs exactly those commands.
+# The base is pinned to a patch release, and the Python packages to constraints.txt, for reproducible images.
 
-FROM python:3.11-slim AS build
+FROM python:3.11.14-slim-bookworm AS build
 WORKDIR /src
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY imagine_bot ./imagine_bot
 COPY core ./core
 COPY bots ./bots
-RUN python -m venv /opt/venv && /opt/venv/bin/pip install --no-compile .
+RUN python -m venv /opt/venv && /opt/venv/bin/pip install --no-compile -c constraints.txt .
 
-FROM python:3.11-slim
+FROM python:3.11.14-slim-bookworm
+# a relative IMAGINE_DB_PATH (the default, and .env.example's) is taken under IMAGINE_DATA_DIR: the volume
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
-    IMAGINE_DB_PATH=/data/imagine-bot.db \
+    IMAGINE_DATA_DIR=/data \
     HTTP_HOST=0.0.0.0 \
     HTTP_PORT=3000
 RUN useradd --create-home --no-log-init --uid 10001 imagine && mkdir /data && chown 10001 /data

@@ -4,14 +4,17 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench run sandbox clean
+.PHONY: demo test lint bench run sandbox clean constraints container-test
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(STAMP): $(BIN)/python pyproject.toml
-	$(BIN)/pip install --quiet -e '.[dev]'
+# runtime dependencies at the versions pinned in constraints.txt (the image's); a pin that no longer fits
+# pyproject.toml is not allowed to stop the install: `make test` then re-pins it
+$(STAMP): $(BIN)/python pyproject.toml constraints.txt
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]' || \
+	  { echo "constraints.txt does not fit pyproject.toml: installing without it"; $(BIN)/pip install --quiet -e '.[dev]'; }
 	touch $(STAMP)
 
 ## demo: one real /imagine end to end on the embedded sandbox gateway (no keys, no network)
@@ -20,6 +23,7 @@ demo: $(STAMP)
 
 ## test: lint and the whole suite
 test: $(STAMP)
+	$(BIN)/python scripts/constraints.py
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/hadolint Dockerfile
@@ -32,6 +36,14 @@ lint: $(STAMP)
 ## bench: print measured figures (see benchmarks/)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
+
+## constraints: re-pin every runtime dependency at the version installed in .venv (then commit constraints.txt)
+constraints: $(STAMP)
+	$(BIN)/python scripts/constraints.py --upgrade
+
+## container-test: build the image with docker or podman, run it as the README says, check what operators rely on
+container-test:
+	$(PYTHON) scripts/container_test.py
 
 run: $(STAMP)
 	$(BIN)/imagine-bot run

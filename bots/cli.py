@@ -18,15 +18,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import getpass
+import logging
 import os
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
+from typing import Any
 
 from imagine_bot.core.errors import ConfigError, ImagineError
 from imagine_bot.core.logs import setup_logging
 from imagine_bot.core.settings import SANDBOX, Settings, load_settings
+
+log = logging.getLogger(__name__)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -140,24 +146,46 @@ def _doctor(args: argparse.Namespace) -> int:
     return exit_code(checks)
 
 
+async def until_sigterm(work: Coroutine[Any, Any, int], *, on_term: int = 0) -> int:
+    """Run ``work``; SIGTERM (``docker stop``, systemd) cancels it, so it cleans up and the command exits
+    ``on_term`` at once. Needed even in a container: PID 1 ignores a signal it has no handler for."""
+    task = asyncio.ensure_future(work)
+    terminated = asyncio.Event()
+
+    def terminate() -> None:
+        terminated.set()
+        task.cancel()
+
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError, RuntimeError):  # not POSIX, or not the main thread
+        loop.add_signal_handler(signal.SIGTERM, terminate)
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if not terminated.is_set():
+            raise
+        log.info("stopped on SIGTERM")
+        return on_term
+
+
 def _run_async(args: argparse.Namespace, settings: Settings) -> int:
     from . import terminal
 
     if args.command == "imagine":
-        return asyncio.run(terminal.imagine_once(settings, " ".join(args.text), args.out, local_user(),
-                                                 images=args.image))
+        # stopped mid-job: the job stays saved (it resumes at the next start); say it did not finish
+        return asyncio.run(until_sigterm(terminal.imagine_once(
+            settings, " ".join(args.text), args.out, local_user(), images=args.image), on_term=143))
     if args.command == "chat":
-        return asyncio.run(terminal.chat(settings, local_user()))
+        return asyncio.run(until_sigterm(terminal.chat(settings, local_user())))
     if args.command == "sandbox":
         from imagine_bot.core.sandbox.server import DEFAULT_DELAYS, serve_forever
 
         delays = {state: seconds * args.delay_scale for state, seconds in DEFAULT_DELAYS.items()}
-        asyncio.run(serve_forever(args.host, args.port, delays=delays, dialect=args.dialect))
-        return 0
+        return asyncio.run(until_sigterm(serve_forever(args.host, args.port, delays=delays, dialect=args.dialect)))
     if args.command == "run":
         from .run import run
 
-        return asyncio.run(run(settings, only=args.only))
+        return asyncio.run(run(settings, only=args.only))  # its own SIGTERM handling: a graceful stop
     raise SystemExit(f"unknown command {args.command}")
 
 

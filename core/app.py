@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -72,6 +74,10 @@ NOT_OPERATOR = "Only the bot's operators can do that (credits, allowances, budge
 NOT_HERE = "You can only manage the server or workspace you are an admin of."
 
 
+def _shown(path: Path) -> str:
+    return str(path) if str(path) == ":memory:" else os.path.abspath(path)
+
+
 class ImagineCore:
     def __init__(self, settings: Settings, *, db: sqlite_utils.Database, gateway: GatewayClient,
                  model: ModelSpec, http: httpx.AsyncClient, metrics: Metrics | None = None) -> None:
@@ -124,19 +130,24 @@ class ImagineCore:
         async with AsyncExitStack() as stack:
             base_url = settings.MODKIE_BASE_URL
             api_key = settings.MODKIE_API_KEY.get_secret_value() if settings.MODKIE_API_KEY else None
+            if not settings.sandbox and not api_key:
+                raise ConfigError("MODKIE_API_KEY", "is not set: put your ModKie key in .env, or use "
+                                  "MODKIE_BASE_URL=sandbox (or --sandbox) to try the bot without one")
+            db = open_db(settings.IMAGINE_DB_PATH)
+            stack.callback(db.conn.close)
+            log.info("database %s (images wait for delivery in %s)", _shown(settings.IMAGINE_DB_PATH),
+                     _shown(settings.spool_dir))
             if settings.sandbox:
                 from .sandbox import SandboxGateway
 
-                sandbox = SandboxGateway(delays={"waiting": 0.4, "queuing": 0.4, "generating": 2.0})
+                sandbox = SandboxGateway(delays={"waiting": 0.4, "queuing": 0.4, "generating": 2.0},
+                                         state_path=settings.sandbox_state_path)
                 base_url = await sandbox.start()
                 # the gateway is in-process: poll it often enough to show every stage
                 settings = settings.model_copy(update={"POLL_INTERVAL_S": min(settings.POLL_INTERVAL_S, 0.4)})
                 stack.push_async_callback(sandbox.stop)
                 api_key = api_key or "sandbox"
                 log.info("sandbox gateway running at %s (no credits are spent)", base_url)
-            elif not api_key:
-                raise ConfigError("MODKIE_API_KEY", "is not set: put your ModKie key in .env, or use "
-                                  "MODKIE_BASE_URL=sandbox (or --sandbox) to try the bot without one")
             if http is None:
                 http = await stack.enter_async_context(
                     httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0),
@@ -153,8 +164,6 @@ class ImagineCore:
                                     on_request=metrics.gateway_request, on_balance=metrics.balance,
                                     max_in_flight=HTTP_POOL)
             model = get_model(settings.MODKIE_MODEL, settings.MODKIE_ASPECT_RATIOS)
-            db = open_db(settings.IMAGINE_DB_PATH)
-            stack.callback(db.conn.close)
             core = cls(settings, db=db, gateway=gateway, model=model, http=http, metrics=metrics)
             stack.push_async_callback(core.close)
             stack.push_async_callback(core.orchestrator.stop)

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import sqlite_utils
 
+from .errors import DataNotWritable
+
 Migration = Callable[[sqlite_utils.Database], None]
 MIGRATIONS: list[tuple[str, Migration]] = []
 
@@ -187,18 +189,43 @@ def iso(ts: datetime) -> str:
 def open_db(path: Path | str) -> sqlite_utils.Database:
     """Open (creating if needed) and migrate the database. ``":memory:"`` works for tests."""
     if str(path) != ":memory:":
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        # balances and the audit trail are nobody else's business: create the file owner-only
-        # (SQLite gives its -wal and -shm files the database file's mode)
-        os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
-    conn = sqlite3.connect(str(path), isolation_level=None, timeout=30, check_same_thread=False)
-    conn.execute("PRAGMA busy_timeout = 30000")
-    conn.execute("PRAGMA journal_mode = WAL")
+        check_writable(Path(path))
+    try:
+        conn = sqlite3.connect(str(path), isolation_level=None, timeout=30, check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout = 30000")
+        conn.execute("PRAGMA journal_mode = WAL")
+    except sqlite3.OperationalError as exc:  # what the checks above cannot see (a read-only mount, ...)
+        if "unable to open" in str(exc) or "readonly" in str(exc):
+            raise _not_writable(Path(path), str(exc)) from None
+        raise
     conn.execute("PRAGMA synchronous = NORMAL")
     conn.execute("PRAGMA foreign_keys = ON")
     db = sqlite_utils.Database(conn)
     migrate(db)
     return db
+
+
+def check_writable(path: Path) -> None:
+    """Create the database's folder and make sure this user may write there (SQLite adds -wal and -shm
+    files beside the database), else one ``DataNotWritable`` line instead of SQLite's traceback."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _not_writable(path, (exc.strerror or type(exc).__name__).lower()) from None
+    for target in (path.parent, path):
+        if target.exists() and not os.access(target, os.W_OK):
+            raise _not_writable(path, "permission denied")
+    try:
+        # balances and the audit trail are nobody else's business: create the file owner-only
+        # (SQLite gives its -wal and -shm files the database file's mode)
+        os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+    except OSError as exc:
+        raise _not_writable(path, (exc.strerror or type(exc).__name__).lower()) from None
+
+
+def _not_writable(path: Path, reason: str) -> DataNotWritable:
+    path = Path(os.path.abspath(path))
+    return DataNotWritable(str(path), str(path.parent), reason, os.geteuid())
 
 
 def migrate(db: sqlite_utils.Database) -> None:

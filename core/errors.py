@@ -6,6 +6,7 @@ neither text ever contains the API key or a platform token.
 
     ImagineError
     ├── ConfigError                 a setting is missing or wrong (fails at start, one line)
+    │   └── DataNotWritable         the database's folder cannot be written (a root-owned /data mount)
     ├── UserInputError              a malformed flag, unknown value, empty or refused prompt
     ├── PermissionDenied            an admin command from a non-admin
     ├── InsufficientCredits         the balance does not cover the job
@@ -66,6 +67,19 @@ class ConfigError(ImagineError):
     def __init__(self, setting: str, problem: str) -> None:
         self.setting = setting
         super().__init__(f"{setting}: {problem}")
+
+
+class DataNotWritable(ConfigError):
+    """The database (or its folder) cannot be created or written by the user the bot runs as."""
+
+    def __init__(self, path: str, folder: str, reason: str, uid: int) -> None:
+        self.path = path
+        super().__init__(
+            "IMAGINE_DB_PATH",
+            f"cannot write the database {path} ({reason}). The folder {folder} must be writable by uid {uid}, "
+            f"the user the bot runs as: on the host run `sudo chown -R {uid} <the folder mounted at {folder}>`, "
+            "or set IMAGINE_DATA_DIR / IMAGINE_DB_PATH to a writable place",
+        )
 
 
 class UserInputError(ImagineError):

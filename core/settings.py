@@ -47,8 +47,9 @@ class Settings(BaseSettings):
     MAX_DOWNLOAD_MB: float = Field(default=25, gt=0)
     MODKIE_TIMEOUT_S: float = Field(default=30.0, gt=0)
 
-    # --- storage
-    IMAGINE_DB_PATH: Path = Path("./imagine-bot.db")
+    # --- storage: a relative IMAGINE_DB_PATH is taken under IMAGINE_DATA_DIR (the image sets /data)
+    IMAGINE_DATA_DIR: Path = Path(".")
+    IMAGINE_DB_PATH: Path = Path("imagine-bot.db")
 
     # --- the one web server (callbacks, /healthz, Slack HTTP mode)
     HTTP_HOST: str = "0.0.0.0"
@@ -112,6 +113,14 @@ class Settings(BaseSettings):
         if isinstance(data, dict):
             return {k: v for k, v in data.items() if not (isinstance(v, str) and v.strip() == "")}
         return data
+
+    @model_validator(mode="after")
+    def _db_under_data_dir(self) -> Settings:
+        """``IMAGINE_DB_PATH=imagine-bot.db`` means ``$IMAGINE_DATA_DIR/imagine-bot.db``: a copied ``.env``
+        never moves the database out of the container's ``/data`` volume."""
+        if str(self.IMAGINE_DB_PATH) != ":memory:" and not self.IMAGINE_DB_PATH.is_absolute():
+            self.IMAGINE_DB_PATH = self.IMAGINE_DATA_DIR / self.IMAGINE_DB_PATH
+        return self
 
     @field_validator("ADMINS", "BANNED_WORDS", "MODKIE_ASPECT_RATIOS", "DISCORD_GUILD_IDS", "DISCORD_SHARD_IDS",
                      "DISCORD_ALLOWED_GUILDS", "SLACK_ALLOWED_TEAMS", mode="before")
@@ -199,6 +208,13 @@ class Settings(BaseSettings):
     def spool_dir(self) -> Path:
         """Where downloaded images wait for delivery (beside the database)."""
         return self.IMAGINE_DB_PATH.parent / (self.IMAGINE_DB_PATH.stem + "-files")
+
+    @property
+    def sandbox_state_path(self) -> Path | None:
+        """Where the embedded sandbox keeps its tasks (beside the database), so a restart resumes them."""
+        if str(self.IMAGINE_DB_PATH) == ":memory:":
+            return None
+        return self.IMAGINE_DB_PATH.parent / (self.IMAGINE_DB_PATH.stem + "-sandbox.json")
 
     def secrets(self) -> list[str]:
         """Every secret value, for log redaction."""

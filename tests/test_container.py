@@ -1,9 +1,12 @@
-"""The container and the docs agree with the code: no Docker engine runs here, so the Dockerfile is linted
-(hadolint in `make test`) and read."""
+"""The container and the docs agree with the code: the Dockerfile is linted (hadolint in `make test`) and
+read here; `make container-test` builds and runs the image."""
 
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
+import tomllib
 from pathlib import Path
 
 from imagine_bot.core.settings import Settings
@@ -36,7 +39,8 @@ def test_image_settings_are_real_settings_and_documented():
 
 def test_every_setting_is_in_env_example_and_readme():
     for name in Settings.model_fields:
-        assert re.search(rf"^{name}=", ENV_EXAMPLE, re.M), f"{name} missing from .env.example"
+        # a setting the image sets itself is documented commented out, so `--env-file .env` keeps the image's
+        assert re.search(rf"^(# )?{name}=", ENV_EXAMPLE, re.M), f"{name} missing from .env.example"
         assert f"`{name}`" in README, f"{name} missing from the README's configuration table"
 
 
@@ -45,3 +49,46 @@ def test_env_example_holds_no_secrets():
         if re.match(r"^(MODKIE_API_KEY|MODKIE_WEBHOOK_SECRET|SLACK_BOT_TOKEN|SLACK_APP_TOKEN|SLACK_SIGNING_SECRET|"
                     r"DISCORD_TOKEN)=", line):
             assert line.endswith("="), line
+
+
+def test_dockerignore_patterns_match_at_any_depth():
+    patterns = [p.strip() for p in (ROOT / ".dockerignore").read_text().splitlines() if p.strip()]
+    for name in ("__pycache__", "*.db", "*.db-*", ".env", ".pytest_cache"):
+        assert f"**/{name}" in patterns, f"**/{name}: Docker matches a bare {name} only at the top level"
+
+
+def test_image_is_reproducible_base_pinned_and_dependencies_constrained():
+    bases = re.findall(r"^FROM (\S+)", DOCKERFILE, re.M)
+    assert bases and all(re.fullmatch(r"python:3\.11\.\d+-slim(-\w+)?(@sha256:\w+)?", b) for b in bases), bases
+    assert len(set(bases)) == 1, "build and run on the same base"
+    assert re.search(r"^COPY .*constraints\.txt", DOCKERFILE, re.M)
+    assert re.search(r"pip install [^\n]*-c constraints\.txt", DOCKERFILE)
+
+
+def constraints(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "constraints.py"), *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_every_runtime_dependency_is_pinned_for_the_image():
+    result = constraints("--check")
+    assert result.returncode == 0, result.stdout + result.stderr
+    pins = (ROOT / "constraints.txt").read_text()
+    for raw in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]:
+        name = re.split(r"[<>=!~\[; ]", raw, maxsplit=1)[0].lower().replace(".", "-").replace("_", "-")
+        assert re.search(rf"^{re.escape(name)}==\S+$", pins, re.M), f"{name} is not pinned in constraints.txt"
+
+
+def test_a_dependency_added_to_pyproject_is_reported_then_pinned(tmp_path):
+    """Someone adds a dependency: --check names it and the fix; `make test`'s run of the script pins it."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    deps = [*project["dependencies"], "pytest>=8"]  # installed here, so it can be pinned
+    (tmp_path / "pyproject.toml").write_text("[project]\ndependencies = [" + ", ".join(f'"{d}"' for d in deps)
+                                             + "]\n")
+    (tmp_path / "constraints.txt").write_text((ROOT / "constraints.txt").read_text())
+    paths = ("--pyproject", str(tmp_path / "pyproject.toml"), "--constraints", str(tmp_path / "constraints.txt"))
+    checked = constraints("--check", *paths)
+    assert checked.returncode == 1 and "pytest==" in checked.stdout and "make test" in checked.stdout
+    assert constraints(*paths).returncode == 0
+    assert re.search(r"^pytest==\S+$", (tmp_path / "constraints.txt").read_text(), re.M)
+    assert constraints("--check", *paths).returncode == 0

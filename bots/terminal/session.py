@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import sys
+import threading
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -32,15 +34,21 @@ def _resolve(raw: str) -> UserRef | None:
         return None
 
 
-def local_reference(raw: str) -> Reference:
-    """``--image``: an http(s) URL as it is, anything else a local file read now."""
-    if raw.lower().startswith(("http://", "https://")):
-        return Reference(name=raw, url=raw)
-    path = Path(raw).expanduser()
-    try:
-        return Reference(name=path.name, data=path.read_bytes())
-    except OSError as error:
-        raise UserInputError(f"I cannot read the image `{raw}`: {error.strerror or error}.") from None
+def _stdin_lines() -> asyncio.Queue[str]:
+    """Lines of stdin ("" at the end), read by a daemon thread: a blocked read never holds up a stop
+    (SIGTERM), which the event loop's own thread pool would, as it waits for its threads at exit."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[str] = asyncio.Queue()
+
+    def pump() -> None:
+        for line in itertools.chain(iter(sys.stdin.readline, ""), [""]):
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, line)
+            except RuntimeError:  # the loop has closed: the chat is over
+                return
+
+    threading.Thread(target=pump, name="stdin", daemon=True).start()
+    return queue
 
 
 @asynccontextmanager
@@ -99,9 +107,9 @@ async def chat(settings: Settings, user: str) -> int:
         await core.start()
         console.print(f"imagine-bot chat as {me.key}. Try: /imagine a lighthouse at dusk --ar 16:9 "
                       "· /imagine make it winter --image out/<file>.png · /credits · /help · /quit", highlight=False)
-        loop = asyncio.get_running_loop()
+        lines = _stdin_lines()
         while True:
-            line = await loop.run_in_executor(None, sys.stdin.readline)
+            line = await lines.get()
             if not line:
                 break
             line = line.strip()

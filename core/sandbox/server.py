@@ -26,6 +26,9 @@ in an HTTP 200 body, like the gateway):
   sha256=<hex>`` when a secret was given.
 - ``GET /files/{taskId}/{n}.png``: the result images, rendered once on first download (in a thread).
 
+With ``state_path`` the tasks are kept in that small JSON file (``state.py``) and found again by the next
+``start()``: a job in flight resumes across a restart of the bot that embeds the sandbox.
+
 When ``api_key`` is set, ``/api/`` requests without ``Authorization: Bearer <api_key>`` get HTTP 401.
 With a ``callBackUrl``, the recordInfo envelope (code 200, or 501 on failure) is POSTed there when the
 task ends, signed with the kie ``X-Webhook-*`` headers when ``webhook_secret`` is set; a receiver that is
@@ -53,6 +56,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -61,6 +65,7 @@ from aiohttp import web
 from ..catalog import CATALOG, KIE_ASPECT_RATIOS, REFERENCE_MAX_BYTES, SEEDREAM_45, SEEDREAM_45_EDIT
 from ..gateway.callbacks import KIE_SIGNATURE, KIE_TIMESTAMP, MODKIE_SIGNATURE, sign_kie, sign_modkie
 from ..imaging import sniff
+from . import state as saved_state
 from .render import render_edit_png, render_png
 
 log = logging.getLogger(__name__)
@@ -142,6 +147,7 @@ class SandboxGateway:
         cost: int = 18,
         latency: float = 0.0,
         costs: dict[str, int] | None = None,
+        state_path: Path | None = None,
     ) -> None:
         if dialect not in ("kie", "modkie"):
             raise ValueError(f"dialect must be 'kie' or 'modkie', not {dialect!r}")
@@ -170,6 +176,7 @@ class SandboxGateway:
         self._random = random.Random()
         #: the registered account webhook: (url, secret or None)
         self.account_webhook: tuple[str, str | None] | None = None
+        self.state_path = state_path
 
     def __repr__(self) -> str:
         return f"SandboxGateway(base_url={self._base_url!r}, dialect={self.dialect!r})"
@@ -201,6 +208,8 @@ class SandboxGateway:
         shown = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
         self._base_url = f"http://{shown}:{bound}"
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+        if self.state_path is not None:
+            self._restore(self.state_path)
         return self._base_url
 
     async def stop(self) -> None:
@@ -220,6 +229,33 @@ class SandboxGateway:
         """Wait until every scheduled callback has been sent (or has failed)."""
         while self._background:
             await asyncio.gather(*list(self._background), return_exceptions=True)
+
+    # ------------------------------------------------------------------ persistence
+    def _restore(self, path: Path) -> None:
+        """Take back the tasks a previous run saved, their age counted in wall-clock time."""
+        saved, credits = saved_state.load(path)
+        loop_now, now_ms = asyncio.get_running_loop().time(), int(time.time() * 1000)
+        for s in saved:
+            task = SandboxTask(task_id=s.task_id, model=s.model, input=s.input, callback_url=s.callback_url,
+                               created=loop_now - (now_ms - s.created_ms) / 1000, created_ms=s.created_ms,
+                               delays=s.delays, fails=s.fails, charged=s.charged, fail_msg=s.fail_msg,
+                               edit=s.model == SEEDREAM_45_EDIT.id)
+            self.tasks.setdefault(task.task_id, task)
+            if task.edit:  # the references are needed again to render the result
+                self._schedule(self._fetch_references(task))
+            if task.charged is None:  # not ended yet: its callback or webhook is still to come
+                self._schedule(self._at_end(task))
+        if credits is not None:
+            self.credits = credits
+        if saved:
+            log.info("sandbox: %d task(s) taken back from %s", len(saved), path)
+
+    def _save(self) -> None:
+        if self.state_path is None:
+            return
+        saved = [saved_state.SavedTask(t.task_id, t.model, t.input, t.callback_url, t.created_ms, t.delays,
+                                       t.fails, t.charged, t.fail_msg) for t in self.tasks.values()]
+        saved_state.save(self.state_path, saved, self.credits)
 
     # ------------------------------------------------------------------ faults
     def inject(self, endpoint: str, *, status: int = 200, code: int | None = None, msg: str = "",
@@ -316,6 +352,7 @@ class SandboxGateway:
             edit=payload["model"] == SEEDREAM_45_EDIT.id,
         )
         self.tasks[task.task_id] = task
+        self._save()
         if task.edit:
             self._schedule(self._fetch_references(task))
         if task.callback_url or self.account_webhook:
@@ -393,6 +430,7 @@ class SandboxGateway:
         if task.charged is None and state in ("success", "fail"):
             task.charged = self.costs.get(task.model, self.cost) if state == "success" else 0
             self.credits -= task.charged
+            self._save()
         return state, progress
 
     def _record(self, task: SandboxTask, forced_state: str | None = None) -> dict[str, Any]:
@@ -565,7 +603,7 @@ def _envelope(code: int, msg: str, data: Any = None, *, status: int = 200,
     return web.json_response({"code": code, "msg": msg, "data": data}, status=status, headers=headers)
 
 
-async def serve_forever(host: str = "127.0.0.1", port: int = 8787, **kwargs: Any) -> None:
+async def serve_forever(host: str = "127.0.0.1", port: int = 8787, **kwargs: Any) -> int:
     """Run a sandbox gateway until cancelled (``imagine-bot sandbox``, ``python -m imagine_bot.core.sandbox``)."""
     gateway = SandboxGateway(**kwargs)
     base_url = await gateway.start(host, port)
@@ -575,3 +613,4 @@ async def serve_forever(host: str = "127.0.0.1", port: int = 8787, **kwargs: Any
         await asyncio.Event().wait()
     finally:
         await gateway.stop()
+    return 0  # not reached: cancelled to stop
