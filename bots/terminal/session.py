@@ -34,6 +34,17 @@ def _resolve(raw: str) -> UserRef | None:
         return None
 
 
+def local_reference(raw: str) -> Reference:
+    """``--image``: an http(s) URL as it is, anything else a local file read now."""
+    if raw.lower().startswith(("http://", "https://")):
+        return Reference(name=raw, url=raw)
+    path = Path(raw).expanduser()
+    try:
+        return Reference(name=path.name, data=path.read_bytes())
+    except OSError as error:
+        raise UserInputError(f"I cannot read the image `{raw}`: {error.strerror or error}.") from None
+
+
 def _stdin_lines() -> asyncio.Queue[str]:
     """Lines of stdin ("" at the end), read by a daemon thread: a blocked read never holds up a stop
     (SIGTERM), which the event loop's own thread pool would, as it waits for its threads at exit."""
