@@ -183,6 +183,20 @@ def jobs_cmd(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def dashboard_link_cmd(args: argparse.Namespace, settings: Settings) -> int:
+    from imagine_bot.core.authority import parse_scope
+    from imagine_bot.core.dashboard import DashboardAuth
+
+    try:
+        scope = parse_scope(args.scope) if args.scope else None
+    except ValueError as exc:
+        raise UserInputError(str(exc)) from None
+    url = DashboardAuth(open_db(settings.IMAGINE_DB_PATH)).mint(settings.web_url, actor=_actor(), scope=scope)
+    print(url)
+    print(f"Works once, within 10 minutes; shows {scope or 'every server and workspace'}.", file=sys.stderr)
+    return 0
+
+
 def add_admin_parsers(sub: Any) -> None:
     from pathlib import Path
 
@@ -217,6 +231,10 @@ def add_admin_parsers(sub: Any) -> None:
     a.add_argument("scope")
     a.add_argument("--out", type=Path)
     p.set_defaults(func=budget_cmd)
+
+    p = sub.add_parser("dashboard-link", help="print a one-time sign-in link to the /admin dashboard")
+    p.add_argument("--scope", help="show only this server or workspace (discord:ID, slack:TEAM)")
+    p.set_defaults(func=dashboard_link_cmd)
 
     p = sub.add_parser("jobs", help="list, inspect and fail jobs")
     actions = p.add_subparsers(dest="action", required=True)

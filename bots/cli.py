@@ -9,6 +9,7 @@
     imagine-bot jobs list|show ...
     imagine-bot discord sync|invite-url
     imagine-bot doctor                        check the install against the real services
+    imagine-bot dashboard-link [--scope S]    a one-time sign-in link to the /admin dashboard
 
 Configuration comes from the environment and ``.env`` (see ``.env.example``). A bad setting ends the
 command with one line naming it, exit status 2.
@@ -117,7 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _doctor(args)
     try:
         settings = _settings(args)
-        quiet = args.command in ("imagine", "chat", "credits", "jobs", "discord")  # their output is for people
+        # their output is for people
+        quiet = args.command in ("imagine", "chat", "credits", "jobs", "discord", "dashboard-link")
         setup_logging("DEBUG" if args.verbose else ("WARNING" if quiet else settings.LOG_LEVEL), settings.secrets())
         return int(args.func(args, settings) or 0) if hasattr(args, "func") else _run_async(args, settings)
     except ConfigError as error:

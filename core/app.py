@@ -28,6 +28,7 @@ from . import __version__, messages
 from .authority import GLOBAL, Actor, scope_noun
 from .budgets import Budgets, BudgetStatus, spend_csv
 from .catalog import ModelSpec, edit_model, get_model
+from .dashboard.auth import DashboardAuth
 from .db import open_db, utcnow
 from .errors import ConfigError, NotAllowedHere, NotFound, PermissionDenied, UserInputError
 from .frontend import FrontEnd
@@ -44,6 +45,7 @@ from .references import Reference, ReferenceChecker
 from .refs import RefStore, load_secret
 from .settings import Settings
 from .store import SqliteStore, Store
+from .thumbnails import ThumbnailStore
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +85,7 @@ class ImagineCore:
                  model: ModelSpec, http: httpx.AsyncClient, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
+        self.thumbnails = ThumbnailStore(db, settings.THUMBNAIL_KEEP_DAYS)
         self.db = db
         self.model = model
         #: the model for jobs with reference images (Vary, Remix, attachments)
@@ -121,6 +124,7 @@ class ImagineCore:
             metrics=self.metrics,
             resolve_refs=self.refs.resolve,
             lease_s=settings.JOB_LEASE_S,
+            thumbnails=self.thumbnails,
         )
 
     @classmethod
@@ -499,6 +503,13 @@ class ImagineCore:
         who = Actor.of(actor)
         place = self._require_manager(who, "member cap")
         return self.budgets.set_member_cap(place, cap, actor=who.key)
+
+    def dashboard_link(self, actor: UserRef | Actor) -> tuple[str, str | None]:
+        """A one-time sign-in link to ``/admin`` and the scope it shows: everything for an operator, the
+        community admin's own server or workspace otherwise."""
+        who = Actor.of(actor)
+        scope = None if self.is_operator(who) else self._require_manager(who, "dashboard")
+        return DashboardAuth(self.db).mint(self.settings.web_url, actor=who.key, scope=scope), scope
 
     def now(self) -> datetime:
         """The current time (UTC), for messages that mention times."""

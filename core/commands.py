@@ -20,6 +20,7 @@ Community admins of this server or workspace (and operators)::
     /imagine admin member-cap <n|none>                  most one member may spend of the budget per period
     /imagine admin budget [scope]                       this place's budget
     /imagine admin report [scope]                       this place's spend per member and channel (CSV)
+    /imagine admin dashboard                            a one-time link to the /admin dashboard (this place)
 
 The core decides who may do what (``ImagineCore`` and ``core.authority``); a front end passes an ``Actor``
 with the platform facts it vouches for. User mentions are resolved by the front end's ``resolve_user``;
@@ -68,7 +69,8 @@ class CommandReply:
 ADMIN_USAGE = (
     "Admin commands: `admin ban|unban <user>`, `admin channels [here|all|#channel ...]`, "
     "`admin defaults [--ar R] [--quality Q|reset]`, `admin member-cap <credits|none>`, `admin budget`, "
-    "`admin report`; operators also `admin grant <user> <credits> [note]`, `admin allowance <user> <credits|default>`, "
+    "`admin report`, `admin dashboard`; "
+    "operators also `admin grant <user> <credits> [note]`, `admin allowance <user> <credits|default>`, "
     "`admin show|history <user>`, `admin budget set <here|scope> <credits|default|unlimited> [--period month]`, "
     "`admin report all`."
 )
@@ -264,8 +266,13 @@ def _member_cap(core: ImagineCore, actor: Actor, args: list[str], resolve: Resol
     return CommandReply("Member cap set: " + messages.budget_line(status))
 
 
+def _dashboard(core: ImagineCore, actor: Actor, args: list[str], resolve: ResolveUser) -> CommandReply:
+    url, scope = core.dashboard_link(actor)
+    return CommandReply(messages.dashboard_link(url, scope))
+
+
 _ADMIN: dict[str, Handler] = {
     "grant": _grant, "allowance": _allowance, "show": _show, "history": _history, "report": _report,
     "budget": _budget, "ban": _ban, "unban": _unban, "channels": _channels, "defaults": _defaults,
-    "member-cap": _member_cap,
+    "member-cap": _member_cap, "dashboard": _dashboard,
 }

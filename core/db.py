@@ -178,6 +178,36 @@ def m011_job_lease(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX jobs_lease ON jobs(state, lease_until)")
 
 
+@migration
+def m060_dashboard(db: sqlite_utils.Database) -> None:
+    """The /admin dashboard: one-time sign-in links (stored hashed) and a small WebP thumbnail per
+    delivered job (kept ``THUMBNAIL_KEEP_DAYS``). Its cookie key is in ``app_secrets`` (``dashboard``)."""
+    db.execute(
+        """
+        CREATE TABLE dashboard_links (
+            token_hash TEXT PRIMARY KEY,       -- sha256 of the link's token: the token itself is never stored
+            scope TEXT,                        -- NULL: everything (operators); else discord:GUILD / slack:TEAM
+            actor TEXT NOT NULL,               -- who asked for it
+            created_at TEXT NOT NULL,
+            expires_at TEXT NOT NULL,
+            used_at TEXT                       -- set once, compare-and-set: a link signs in once
+        )
+        """
+    )
+    db.execute(
+        """
+        CREATE TABLE thumbnails (
+            job_id TEXT PRIMARY KEY,
+            webp BLOB NOT NULL,
+            width INTEGER NOT NULL,
+            height INTEGER NOT NULL,
+            created_at TEXT NOT NULL
+        )
+        """
+    )
+    db.execute("CREATE INDEX thumbnails_created ON thumbnails(created_at)")
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 

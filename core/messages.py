@@ -232,3 +232,9 @@ def allowance_set(target: str, balance: Balance) -> str:
 
 def deleted() -> str:
     return "Deleted."
+
+
+def dashboard_link(url: str, scope: str | None) -> str:
+    where = "every server and workspace" if scope is None else f"`{scope}` only"
+    return (f"Your dashboard link ({where}): {url}\nIt works once, within 10 minutes, and only for you: "
+            "do not share it.")

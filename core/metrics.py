@@ -59,6 +59,11 @@ class Metrics:
     def balance(self, credits: int) -> None:
         self.gateway_balance.set(credits)
 
+    def last_balance(self) -> float:
+        """The gateway balance last read (NaN before the first read)."""
+        value = self.registry.get_sample_value("imagine_gateway_balance_credits")
+        return float("nan") if value is None else value
+
     def ack(self, platform: str, seconds: float) -> None:
         self.ack_seconds.labels(platform=platform).observe(max(0.0, seconds))
 

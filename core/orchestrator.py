@@ -68,6 +68,7 @@ from .ledger import Ledger, describe_refill
 from .metrics import Metrics
 from .parsing import check_banned
 from .settle import fail_and_refund
+from .thumbnails import ThumbnailStore
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,7 @@ class Orchestrator:
         resolve_refs: Callable[[list[str]], list[str]] | None = None,
         lease_s: float = 30.0,
         owner: str | None = None,
+        thumbnails: ThumbnailStore | None = None,
     ) -> None:
         self.db = db
         self.jobs = jobs
@@ -126,6 +128,7 @@ class Orchestrator:
         self.banned_words = banned_words
         self.monotonic = monotonic
         self.metrics = metrics or Metrics()
+        self.thumbnails = thumbnails
         self.metrics.watch(lambda: self.in_flight, lambda: self.admission.waiting)
         #: turns a job's stored references (``ref:<key>``) into URLs the gateway can fetch (``RefStore``)
         self.resolve_refs = resolve_refs or (lambda urls: list(urls))
@@ -560,6 +563,16 @@ class Orchestrator:
         self.metrics.delivered(job.platform, job.scope, job.cost, job.elapsed_s,
                                None if gateway_done is None else time.monotonic() - gateway_done)
         # the images stay in the spool for the Vary and Remix buttons (``RefStore.cleanup`` ends them)
+        await self._thumbnail(job, images)
+
+    async def _thumbnail(self, job: Job, images: tuple[ImageFile, ...]) -> None:
+        """Keep a small thumbnail for the dashboard's gallery; never a reason to touch the delivered job."""
+        if self.thumbnails is None or not images:
+            return
+        try:
+            await self.thumbnails.save(job.id, images[0].path)
+        except Exception as exc:
+            log.warning("job %s: no thumbnail (%s: %s)", job.id, type(exc).__name__, exc)
 
     async def _fail(self, job_id: str, error: ImagineError, *, notice_pending: bool = False) -> None:
         """Fail and refund a job we own, and tell its user (or leave ``notice_pending`` for later)."""

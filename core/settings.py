@@ -58,6 +58,8 @@ class Settings(BaseSettings):
     METRICS_TOKEN: SecretStr | None = None
     #: days the bot keeps reference images and its results (the Vary and Remix buttons work that long)
     REFS_KEEP_DAYS: float = Field(default=7.0, gt=0)
+    #: days a delivered job's thumbnail is kept for the dashboard's gallery (0: keep none)
+    THUMBNAIL_KEEP_DAYS: int = Field(default=30, ge=0)
 
     # --- credits and limits
     CREDITS_ALLOWANCE: int = Field(default=180, ge=0)
@@ -203,6 +205,14 @@ class Settings(BaseSettings):
     def refs_dir(self) -> Path:
         """Where reference images served at ``/refs/`` are kept (beside the database)."""
         return self.IMAGINE_DB_PATH.parent / (self.IMAGINE_DB_PATH.stem + "-refs")
+
+    @property
+    def web_url(self) -> str:
+        """Where people reach the web server: ``PUBLIC_URL``, else this machine's ``HTTP_PORT``."""
+        if self.PUBLIC_URL:
+            return self.PUBLIC_URL
+        host = "127.0.0.1" if self.HTTP_HOST in ("0.0.0.0", "", "::") else self.HTTP_HOST
+        return f"http://{host}:{self.HTTP_PORT}"
 
     @property
     def spool_dir(self) -> Path:

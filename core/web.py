@@ -1,7 +1,7 @@
 """The one web server: ``/healthz``, ``/metrics`` (Prometheus; a bearer token when ``METRICS_TOKEN`` is
 set), ``/callbacks/modkie`` (gateway callbacks), ``/refs/<token>`` (reference images for the gateway, see
-``core.refs``) and, when a front end adds them, its own routes (Slack's
-``/slack/events`` in HTTP mode).
+``core.refs``), the ``/admin`` dashboard (``core/dashboard``) and, when a front end adds them, its own routes
+(Slack's ``/slack/events`` in HTTP mode).
 
 A callback wakes the job's tracker. Most callbacks are hints, confirmed with recordInfo before anything
 is delivered or charged; a ModKie account webhook signed over its whole body with a final state carries
@@ -20,6 +20,7 @@ from aiohttp import web
 
 from . import __version__
 from .app import ImagineCore
+from .dashboard import add_dashboard
 from .errors import GatewayProtocolError, PermissionDenied
 from .gateway import read_callback
 from .refs import RefRefused
@@ -43,6 +44,7 @@ def build_web_app(core: ImagineCore) -> web.Application:
     app[STATUS_KEY] = {}
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
+    add_dashboard(app, core)
     app.router.add_post("/callbacks/modkie", modkie_callback)
     app.router.add_get("/refs/{token}", serve_ref)
     return app

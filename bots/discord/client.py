@@ -259,6 +259,10 @@ def build_commands(model: ModelSpec) -> list[app_commands.Command[Any, ..., Any]
                          credits: app_commands.Range[int, 0, 100_000_000] | None = None) -> None:
         await _handlers(interaction).admin(interaction, f"admin member-cap {'none' if credits is None else credits}")
 
+    @admin.command(name="dashboard", description="A one-time link to the web dashboard of this server")
+    async def dashboard(interaction: discord.Interaction) -> None:
+        await _handlers(interaction).admin(interaction, "admin dashboard")
+
     return [imagine, credits_, help_, admin]
 
 

@@ -1,8 +1,9 @@
-"""The Slack front end feeds the core's metrics: its acknowledgements, and the job's scope (the team)."""
+"""The Slack front end and operations: its acknowledgements and credits by workspace in the metrics, and
+the private dashboard link."""
 
 from __future__ import annotations
 
-from .conftest import TEAM, SlackHarness
+from .conftest import ADMIN, TEAM, SlackHarness
 
 
 async def test_slash_command_ack_and_credits_by_workspace(slack: SlackHarness):
@@ -15,3 +16,13 @@ async def test_slash_command_ack_and_credits_by_workspace(slack: SlackHarness):
     assert metrics.registry.get_sample_value("imagine_credits_spent_total", {"scope": f"slack:{TEAM}"}) == 18
     assert metrics.registry.get_sample_value("imagine_jobs_total",
                                              {"platform": "slack", "outcome": "delivered"}) == 1
+
+
+async def test_admin_dashboard_sends_a_private_one_time_link(slack: SlackHarness):
+    _, response_url = await slack.slash("admin dashboard", user=ADMIN)
+    answer = await slack.fake.wait_response(response_url)
+    assert answer["response_type"] == "ephemeral" and "/admin/login?t=" in answer["text"]
+    _, response_url = await slack.slash("admin dashboard", user="U1")
+    answer = await slack.fake.wait_response(response_url)
+    assert "/admin/login" not in answer["text"]
+    await slack.settle()

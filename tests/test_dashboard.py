@@ -1,0 +1,160 @@
+"""The dashboard's parts without a browser: sign-in links and cookies, the chat command and the CLI,
+thumbnails and their retention. (tests/test_dashboard_browser.py drives the pages in Chromium.)"""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+from datetime import timedelta
+
+import httpx
+from PIL import Image
+
+from imagine_bot.bots.cli import main
+from imagine_bot.core.app import ImagineCore
+from imagine_bot.core.authority import Actor
+from imagine_bot.core.commands import dispatch
+from imagine_bot.core.dashboard import DashboardAuth, Session
+from imagine_bot.core.db import iso, open_db, transaction, utcnow
+from imagine_bot.core.identity import UserRef
+from imagine_bot.core.jobs import ReplyTo
+from imagine_bot.core.web import build_web_app, start_web
+
+from .test_orchestrator import ALICE, recorder, run_one
+
+OPERATOR = UserRef("terminal", "local", "root")
+NOBODY = {"resolve_user": lambda raw: None}
+LINK = re.compile(r"(http://\S+/admin/login\?t=[\w-]+)")
+
+
+def test_links_work_once_and_only_in_time(tmp_path):
+    db = open_db(tmp_path / "d.db")
+    auth = DashboardAuth(db)
+    link = auth.mint("http://bot", actor="cli:op", scope="discord:1")
+    token = link.split("t=")[1]
+    assert len(token) >= 40 and token not in str(list(db.query("SELECT * FROM dashboard_links")))  # stored hashed
+    session = auth.redeem(token)
+    assert session is not None and session.scope == "discord:1" and session.actor == "cli:op"
+    assert auth.redeem(token) is None  # once
+    old = auth.mint("http://bot", actor="cli:op", scope=None, now=utcnow() - timedelta(minutes=10, seconds=1))
+    assert auth.redeem(old.split("t=")[1]) is None  # ten minutes
+    assert auth.redeem("not-a-token") is None
+
+
+def test_session_cookie_is_signed(tmp_path):
+    db = open_db(tmp_path / "d.db")
+    auth = DashboardAuth(db)
+    session = auth.redeem(auth.mint("http://bot", actor="discord:5", scope="discord:1").split("t=")[1])
+    cookie = auth.cookie(session)
+    assert DashboardAuth(db).session(cookie) == session  # another process (same database) agrees
+    signature = cookie.split(".")[1]
+    widened = auth.cookie(Session("discord:5", None, session.expires)).split(".")[0]
+    assert auth.session(f"{widened}.{signature}") is None  # a scope changed by hand does not verify
+    assert auth.session(cookie[:-2] + "xx") is None and auth.session(None) is None
+    assert DashboardAuth(open_db(tmp_path / "other.db")).session(cookie) is None  # another key
+
+
+async def test_the_chat_command_gives_operators_everything_and_community_admins_their_place(make_settings):
+    async with ImagineCore.open(make_settings(ADMINS="terminal:root")) as core:
+        reply = await dispatch(core, OPERATOR, "admin dashboard", ReplyTo("terminal", "chat"), **NOBODY)
+        assert reply.ephemeral and "every server and workspace" in reply.text
+        assert DashboardAuth(core.db).redeem(LINK.search(reply.text).group(1).split("t=")[1]).scope is None
+
+        admin = Actor(UserRef("discord", "-", "42"), place="discord:77", community_admin=True)
+        reply = await dispatch(core, admin, "admin dashboard", ReplyTo("discord", "c1"), **NOBODY)
+        assert "`discord:77` only" in reply.text
+        assert DashboardAuth(core.db).redeem(LINK.search(reply.text).group(1).split("t=")[1]).scope == "discord:77"
+
+        member = Actor(UserRef("discord", "-", "43"), place="discord:77")
+        reply = await dispatch(core, member, "admin dashboard", ReplyTo("discord", "c1"), **NOBODY)
+        assert not LINK.search(reply.text)
+        assert core.db.execute("SELECT COUNT(*) FROM dashboard_links").fetchone()[0] == 2
+
+
+def test_dashboard_link_on_the_command_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("IMAGINE_DB_PATH", str(tmp_path / "cli.db"))
+    monkeypatch.setenv("PUBLIC_URL", "https://imagine.example.com")
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        assert main(["dashboard-link"]) == 0
+        assert main(["dashboard-link", "--scope", "nowhere"]) == 1
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    out = capsys.readouterr()
+    link = out.out.strip().splitlines()[0]
+    assert link.startswith("https://imagine.example.com/admin/login?t=") and "10 minutes" in out.err
+    assert DashboardAuth(open_db(tmp_path / "cli.db")).redeem(link.split("t=")[1]).scope is None
+
+
+async def test_a_delivered_job_keeps_a_small_webp_thumbnail(core, tmp_path):
+    core.register(recorder(tmp_path))
+    job = await run_one(core, "a lighthouse at dusk --ar 16:9")
+    failed = await run_one(core, "a broken dream sandbox:fail")
+    thumb = core.thumbnails.get(job.id)
+    assert thumb is not None and core.thumbnails.get(failed.id) is None
+    with Image.open(io.BytesIO(thumb.webp)) as image:
+        assert image.format == "WEBP" and max(image.size) <= 320
+        assert abs(image.width / image.height - 16 / 9) < 0.05
+    assert len(thumb.webp) < 40_000
+
+
+async def test_thumbnails_are_kept_for_the_retention_only(make_settings, tmp_path):
+    async with ImagineCore.open(make_settings(THUMBNAIL_KEEP_DAYS=3)) as core:
+        core.register(recorder(tmp_path))
+        old = await run_one(core, "an old one")
+        with transaction(core.db):
+            core.db.execute("UPDATE thumbnails SET created_at = ? WHERE job_id = ?",
+                            [iso(utcnow() - timedelta(days=4)), old.id])
+        new = await run_one(core, "a new one")  # storing a thumbnail prunes the expired ones
+        assert core.thumbnails.get(old.id) is None and core.thumbnails.get(new.id) is not None
+    async with ImagineCore.open(make_settings(THUMBNAIL_KEEP_DAYS=0, IMAGINE_DB_PATH=tmp_path / "n.db")) as core:
+        core.register(recorder(tmp_path))
+        job = await run_one(core, "kept nowhere")
+        assert job.state.value == "delivered" and core.thumbnails.get(job.id) is None
+
+
+async def test_a_thumbnail_that_cannot_be_made_changes_nothing(core, tmp_path, monkeypatch):
+    core.register(recorder(tmp_path))
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("imagine_bot.core.thumbnails.make_thumbnail", broken)
+    job = await run_one(core, "a lighthouse")
+    assert job.state.value == "delivered" and core.thumbnails.get(job.id) is None
+    assert core.ledger.balance(ALICE).balance == 180 - 18
+
+
+async def test_pages_need_a_session(core):
+    runner, port = await start_web(build_web_app(core), "127.0.0.1", 0)
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+            for path in ("/admin/usage", "/admin/jobs", "/admin/gallery", "/admin/thumbs/j1.webp"):
+                answer = await http.get(path)
+                assert answer.status_code == 401 and "Please sign in" in answer.text
+            assert (await http.get("/admin/login")).status_code == 400
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}",
+                                     cookies={"imagine_dashboard": "e30.AAAA"}) as http:
+            assert (await http.get("/admin/usage")).status_code == 401
+    finally:
+        await runner.cleanup()
+
+
+async def test_link_preview_does_not_use_up_the_link(core):
+    """A chat app fetching the link for a preview (GET) must not sign anyone in or spend the link."""
+    runner, port = await start_web(build_web_app(core), "127.0.0.1", 0)
+    base = f"http://127.0.0.1:{port}"
+    link = DashboardAuth(core.db).mint(base, actor="cli:op", scope=None)
+    try:
+        async with httpx.AsyncClient() as http:
+            preview = await http.get(link)
+            assert preview.status_code == 200 and "Sign in" in preview.text and "set-cookie" not in preview.headers
+            signed = await http.post(f"{base}/admin/login", data={"t": link.split("t=")[1]})
+            assert signed.status_code == 303 and "HttpOnly" in signed.headers["set-cookie"]
+            assert "SameSite=Strict" in signed.headers["set-cookie"]
+            assert (await http.get(f"{base}/admin/usage")).status_code == 200
+    finally:
+        await runner.cleanup()

@@ -1,0 +1,248 @@
+"""The /admin dashboard in a real browser: headless Chromium (Debian's chromium + chromium-driver) driven
+by Selenium, against the real web server, core and sandbox gateway. Saves docs/dashboard.png for the README.
+
+Skipped only where no Chromium can be found (``.ci/run`` installs it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from imagine_bot.core.app import ImagineCore
+from imagine_bot.core.authority import Actor
+from imagine_bot.core.dashboard import DashboardAuth
+from imagine_bot.core.db import iso, transaction, utcnow
+from imagine_bot.core.events import Delivered, JobEvent
+from imagine_bot.core.identity import UserRef
+from imagine_bot.core.jobs import ReplyTo
+from imagine_bot.core.web import build_web_app, start_web
+
+CHROMIUM = next((p for p in (shutil.which("chromium"), shutil.which("chromium-browser"), "/usr/bin/chromium")
+                 if p and os.path.exists(p)), None)
+CHROMEDRIVER = next((p for p in (shutil.which("chromedriver"), "/usr/bin/chromedriver")
+                     if p and os.path.exists(p)), None)
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None or CHROMEDRIVER is None,
+    reason="no Chromium and chromedriver on this machine: `apt-get install -y chromium chromium-driver` "
+           "(.ci/run installs them)")
+
+SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "dashboard.png"
+ART_CLUB, PHOTO_LAB, TEAM = "900000000000000001", "900000000000000002", "T0DESIGN"
+
+
+class ChatFrontEnd:
+    """A front end standing in for Slack or Discord that "posts" each image and records the message id as
+    its delivery receipt, as the real ones do (the gallery links to that message)."""
+
+    def __init__(self, platform: str) -> None:
+        self.platform = platform
+        self.posted = 0
+
+    async def publish(self, event: JobEvent) -> None:
+        if isinstance(event, Delivered):
+            self.posted += 1
+            self.core.record_receipt(event.job.id, message_id=str(1_300_000_000_000_000_000 + self.posted),
+                                     ts=f"1764000000.{self.posted:06d}")
+
+    core: ImagineCore
+
+
+def discord_job(guild: str, channel: str, user: str) -> tuple[Actor, ReplyTo]:
+    who = UserRef("discord", "-", user)
+    reply = ReplyTo("discord", channel, {"guild_id": guild, "channel_id": channel})
+    return Actor(who, place=f"discord:{guild}", channel=channel), reply
+
+
+def slack_job(channel: str, user: str) -> tuple[Actor, ReplyTo]:
+    who = UserRef("slack", TEAM, user)
+    return Actor(who, place=f"slack:{TEAM}", channel=channel), ReplyTo("slack", channel, {})
+
+
+PROMPTS = [
+    (discord_job(ART_CLUB, "111", "501"), "a lighthouse at dusk --ar 16:9"),
+    (discord_job(ART_CLUB, "111", "502"), "a fox in the snow --ar 9:16"),
+    (discord_job(ART_CLUB, "112", "501"), "a watercolour harbour at dawn"),
+    (discord_job(ART_CLUB, "112", "503"), "an owl reading a map"),
+    (discord_job(PHOTO_LAB, "221", "601"), "a neon street in the rain --ar 16:9"),
+    (discord_job(PHOTO_LAB, "221", "602"), "a red bicycle against a blue wall"),
+    (slack_job("C0DESIGN", "U7"), "a paper-cut mountain range"),
+    (slack_job("C0DESIGN", "U8"), "a cosy reading nook, morning light"),
+    (discord_job(ART_CLUB, "111", "502"), "a broken dream sandbox:fail"),
+]
+
+
+@pytest.fixture
+async def site(make_settings) -> AsyncIterator[dict[str, Any]]:
+    """A running bot with delivered images in two Discord servers and a Slack workspace, spread over days."""
+    async with ImagineCore.open(make_settings(CREDITS_ALLOWANCE=1000)) as core:
+        for platform in ("discord", "slack"):
+            frontend = ChatFrontEnd(platform)
+            frontend.core = core
+            core.register(frontend)
+        jobs = []
+        for (actor, reply), prompt in PROMPTS:
+            jobs.append(await core.imagine(actor, reply, prompt))
+        await core.orchestrator.wait_idle()
+        with transaction(core.db):  # spread them over the last days, so the chart has a shape
+            for n, job in enumerate(jobs):
+                when = iso(utcnow() - timedelta(days=(n * 3) % 11, hours=n))
+                core.db.execute("UPDATE jobs SET created_at = ?, finished_at = ? WHERE id = ?", [when, when, job.id])
+        runner, port = await start_web(build_web_app(core), "127.0.0.1", 0)
+        core.settings = core.settings.model_copy(update={"HTTP_PORT": port, "HTTP_HOST": "127.0.0.1"})
+        try:
+            yield {"core": core, "base": f"http://127.0.0.1:{port}", "jobs": [core.jobs.get(j.id) for j in jobs]}
+        finally:
+            await runner.cleanup()
+
+
+class Browser:
+    """Selenium's blocking calls run in a worker thread, so the server on this event loop keeps serving."""
+
+    def __init__(self, driver: Any) -> None:
+        self.driver = driver
+
+    async def get(self, url: str) -> None:
+        await asyncio.to_thread(self.driver.get, url)
+
+    async def run(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.to_thread(fn, *args)
+
+    async def click(self, css: str) -> None:
+        """Click a link or button and wait for the next page (a click does not wait for navigation)."""
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        before = self.driver.current_url
+        element = await self.run(self.driver.find_element, By.CSS_SELECTOR, css)
+        await self.run(element.click)
+
+        def loaded(driver: Any) -> bool:
+            ready = driver.execute_script("return document.readyState") == "complete"
+            return bool(driver.current_url != before and ready)
+
+        await self.run(WebDriverWait(self.driver, 15).until, loaded)
+
+    async def texts(self, css: str) -> list[str]:
+        from selenium.webdriver.common.by import By
+
+        elements = await self.run(self.driver.find_elements, By.CSS_SELECTOR, css)
+        return [await self.run(lambda e=e: e.text) for e in elements]
+
+    async def script(self, js: str) -> Any:
+        return await self.run(self.driver.execute_script, js)
+
+    @property
+    def url(self) -> str:
+        return str(self.driver.current_url)
+
+
+@pytest.fixture
+async def browser(tmp_path) -> AsyncIterator[Browser]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", "--window-size=1280,1500", f"--user-data-dir={tmp_path / 'chromium'}"):
+        options.add_argument(flag)
+    driver = await asyncio.to_thread(webdriver.Chrome, options=options, service=Service(executable_path=CHROMEDRIVER))
+    try:
+        yield Browser(driver)
+    finally:
+        await asyncio.to_thread(driver.quit)
+
+
+async def sign_in(browser: Browser, link: str) -> None:
+    await browser.get(link)
+    await browser.click("#sign-in")
+
+
+async def test_sign_in_with_a_link_see_the_chart_and_thumbnails(site, browser):
+    core, base = site["core"], site["base"]
+    link = DashboardAuth(core.db).mint(base, actor="cli:operator", scope=None)
+    await sign_in(browser, link)
+    assert browser.url == f"{base}/admin/usage"
+    # the chart: one bar a day for 30 days, several of them non-empty; the totals add up
+    heights = await browser.script("return [...document.querySelectorAll('#spend-chart svg rect.bar')]"
+                                   ".map(r => r.getBBox().height)")
+    assert len(heights) == 30 and sum(h > 0 for h in heights) >= 4
+    assert (await browser.texts("#total-spent")) == [str(18 * 8)]
+    scopes = await browser.texts("#by-scope td:first-child")
+    assert scopes == [f"discord:{ART_CLUB}", f"discord:{PHOTO_LAB}", f"slack:{TEAM}"]
+    assert (await browser.texts("#gateway-balance"))[0].isdigit()
+    assert f"discord:{ART_CLUB}#111" in await browser.texts("#by-channel td:first-child")
+    # the cookie is HttpOnly: page scripts cannot read it
+    assert await browser.script("return document.cookie") == ""
+    await browser.run(browser.driver.save_screenshot, str(SCREENSHOT))
+
+    await browser.click("#nav-gallery")
+    loaded = await browser.run(browser.driver.execute_async_script, (  # each image decoded, or not
+        "const done = arguments[arguments.length - 1];"
+        "Promise.all([...document.querySelectorAll('#gallery img')]"
+        ".map(i => i.decode().then(() => i.naturalWidth > 0, () => false))).then(done);"))
+    assert loaded == [True] * 8  # every delivered image, none of the failed one
+    links = await browser.script("return [...document.querySelectorAll('#gallery a')].map(a => a.href)")
+    assert any(h.startswith(f"https://discord.com/channels/{ART_CLUB}/111/") for h in links)
+    assert any(h.startswith("https://slack.com/archives/C0DESIGN/p") for h in links)
+
+    await browser.click("#nav-jobs")
+    assert "generation_failed" in " ".join(await browser.texts("#jobs td"))
+    assert len(await browser.script("return document.querySelectorAll('#failures-chart rect.bar')")) == 1
+
+
+async def test_an_expired_or_reused_link_is_refused(site, browser):
+    core, base = site["core"], site["base"]
+    auth = DashboardAuth(core.db)
+    link = auth.mint(base, actor="cli:operator", scope=None)
+    await sign_in(browser, link)
+    assert browser.url.endswith("/admin/usage")
+    await browser.run(browser.driver.delete_all_cookies)
+
+    await sign_in(browser, link)  # the same link again
+    assert "cannot be used" in (await browser.texts("#message h1"))[0]
+    await browser.get(f"{base}/admin/usage")
+    assert (await browser.texts("#message h1")) == ["Please sign in"]
+
+    expired = auth.mint(base, actor="cli:operator", scope=None, now=utcnow() - timedelta(minutes=11))
+    await sign_in(browser, expired)
+    assert "expired" in (await browser.texts("#message p"))[0]
+    await browser.get(f"{base}/admin/gallery")
+    assert (await browser.texts("#message h1")) == ["Please sign in"]
+
+
+async def test_a_community_admin_sees_only_their_own_server(site, browser):
+    core, base = site["core"], site["base"]
+    admin = Actor(UserRef("discord", "-", "777"), place=f"discord:{ART_CLUB}", channel="111", community_admin=True)
+    link, scope = core.dashboard_link(admin)
+    assert scope == f"discord:{ART_CLUB}" and link.startswith(base)
+    await sign_in(browser, link)
+    assert await browser.texts("#by-scope td:first-child") == [f"discord:{ART_CLUB}"]
+    assert not await browser.texts("#gateway-balance")  # the operator's account is not theirs to see
+    await browser.click("#nav-gallery")
+    captions = " ".join(await browser.texts("#gallery figcaption"))
+    assert "a lighthouse at dusk" in captions and "neon street" not in captions and "paper-cut" not in captions
+
+    await browser.get(f"{base}/admin/usage?scope=discord:{PHOTO_LAB}")
+    assert (await browser.texts("#message h1")) == ["Not your server or workspace"]
+    await browser.get(f"{base}/admin/jobs?scope=slack:{TEAM}")
+    assert (await browser.texts("#message h1")) == ["Not your server or workspace"]
+
+    # another server's thumbnail is not served to this session, its own is
+    cookie = (await browser.run(browser.driver.get_cookie, "imagine_dashboard"))["value"]
+    other = next(j for j in site["jobs"] if j.reply.data.get("guild_id") == PHOTO_LAB)
+    own = next(j for j in site["jobs"] if j.reply.data.get("guild_id") == ART_CLUB)
+    async with httpx.AsyncClient(cookies={"imagine_dashboard": cookie}) as http:
+        assert (await http.get(f"{base}/admin/thumbs/{other.id}.webp")).status_code == 404
+        mine = await http.get(f"{base}/admin/thumbs/{own.id}.webp")
+        assert mine.status_code == 200 and mine.content[8:12] == b"WEBP"
