@@ -201,13 +201,16 @@ def help_text(model: ModelSpec, *, command: str = "/imagine", admin: bool = Fals
     ]
     if slash:
         lines.append("The aspect_ratio and quality options work too (a flag typed in the prompt wins). "
-                     "/credits shows your balance; /help shows this. Every image has Reroll and Delete buttons.")
+                     "Attach up to four images (image..image4) to edit them, or use Remix with imagine on a "
+                     "message with images. /credits shows your balance; /help shows this. Every image has "
+                     "Reroll, Vary, Remix and Delete buttons.")
         if admin:
             lines.append("Server admins: /imagine-admin ban|unban @user · channels · defaults · member-cap · "
                          "budget · report. Operators also: /imagine-admin grant @user 90 (negative to revoke) · "
                          "allowance @user 360 · budget with credits")
         return "\n".join(lines)
-    lines.append(f"{command} credits shows your balance; {command} help shows this.")
+    lines.append(f"Add --image <url> (up to 14) to edit images. {command} credits shows your balance; "
+                 f"{command} help shows this.")
     if admin:
         lines.append(
             f"Workspace admins: {command} admin ban|unban @user · admin channels here|all · "

@@ -1,4 +1,4 @@
-"""The Reroll and Delete buttons under every image.
+"""The Reroll, Vary, Remix and Delete buttons under every image.
 
 They are discord.py ``DynamicItem`` buttons: the job id is in the ``custom_id``
 (``imagine:reroll:j0123abcd``), and the client registers the classes at start
@@ -15,6 +15,8 @@ import discord
 
 REROLL_TEMPLATE = r"imagine:reroll:(?P<job_id>j[0-9a-f]+)"
 DELETE_TEMPLATE = r"imagine:delete:(?P<job_id>j[0-9a-f]+)"
+VARY_TEMPLATE = r"imagine:vary:(?P<job_id>j[0-9a-f]+)"
+REMIX_TEMPLATE = r"imagine:remix:(?P<job_id>j[0-9a-f]+)"
 
 
 class RerollButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=REROLL_TEMPLATE):
@@ -47,9 +49,49 @@ class DeleteButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=DELE
         await interaction.client.handlers.delete(interaction, self.job_id)  # type: ignore[attr-defined]
 
 
+class VaryButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=VARY_TEMPLATE):
+    """The same prompt again, with this image as the reference (an edit)."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(discord.ui.Button(label="Vary", style=discord.ButtonStyle.secondary, emoji="\N{SPARKLES}",
+                                           custom_id=f"imagine:vary:{job_id}"))
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any],
+                             match: re.Match[str], /) -> VaryButton:
+        return cls(match["job_id"])
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        await interaction.client.handlers.vary(interaction, self.job_id)  # type: ignore[attr-defined]
+
+
+class RemixButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=REMIX_TEMPLATE):
+    """A modal to change the prompt, with this image as the reference (an edit)."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(discord.ui.Button(label="Remix", style=discord.ButtonStyle.secondary,
+                                           emoji="\N{ARTIST PALETTE}", custom_id=f"imagine:remix:{job_id}"))
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any],
+                             match: re.Match[str], /) -> RemixButton:
+        return cls(match["job_id"])
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        await interaction.client.handlers.remix_result(interaction, self.job_id)  # type: ignore[attr-defined]
+
+
+#: every button class, registered by the client at start so old messages keep working
+DYNAMIC_ITEMS = (RerollButton, VaryButton, RemixButton, DeleteButton)
+
+
 def result_view(job_id: str) -> discord.ui.View:
     """The buttons for one delivered job (needs a running event loop, as every discord.py view)."""
     view = discord.ui.View(timeout=None)
     view.add_item(RerollButton(job_id))
+    view.add_item(VaryButton(job_id))
+    view.add_item(RemixButton(job_id))
     view.add_item(DeleteButton(job_id))
     return view

@@ -2,7 +2,8 @@
 
 Commands (choices come from the model catalog)::
 
-    /imagine prompt:<text> [aspect_ratio:<choice>] [quality:<choice>]
+    /imagine prompt:<text> [aspect_ratio:<choice>] [quality:<choice>] [image..image4:<attachment>]
+    message context menu "Remix with imagine"             an edit of the message's images (a modal asks)
     /credits
     /help
     /imagine-admin grant user:<user> credits:<n> [note:<text>]     operators only
@@ -26,6 +27,7 @@ all; ``DISCORD_SHARD_COUNT`` and ``DISCORD_SHARD_IDS`` split them over processes
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 from typing import Any
@@ -41,7 +43,7 @@ from imagine_bot.core.errors import ConfigError, ImagineError
 from imagine_bot.core.settings import Settings
 
 from . import wording
-from .buttons import DeleteButton, RerollButton
+from .buttons import DYNAMIC_ITEMS
 from .handlers import Handlers, reply_private
 
 log = logging.getLogger(__name__)
@@ -112,7 +114,7 @@ class ImagineClient(discord.AutoShardedClient):
             self.tree.copy_global_to(guild=discord.Object(int(guild_id)))
 
     async def setup_hook(self) -> None:
-        self.add_dynamic_items(RerollButton, DeleteButton)
+        self.add_dynamic_items(*DYNAMIC_ITEMS)
 
     async def on_shard_ready(self, shard_id: int) -> None:
         log.info("Discord shard %d of %s ready", shard_id, self.shard_count)
@@ -168,7 +170,11 @@ def _handlers(interaction: discord.Interaction) -> Handlers:
     return handlers
 
 
-def build_commands(model: ModelSpec) -> list[app_commands.Command[Any, ..., Any] | app_commands.Group]:
+REMIX_MENU = "Remix with imagine"
+
+
+def build_commands(model: ModelSpec) -> list[app_commands.Command[Any, ..., Any] | app_commands.Group
+                                             | app_commands.ContextMenu]:
     """The slash commands, with the aspect ratio and quality choices of ``model``."""
     ratio, quality = model.input("aspect_ratio"), model.input("quality")
 
@@ -177,14 +183,24 @@ def build_commands(model: ModelSpec) -> list[app_commands.Command[Any, ..., Any]
         prompt="What to draw. Flags work too: --ar 16:9 --quality high (a flag wins over the options)",
         aspect_ratio=f"{ratio.help or 'shape of the image'} (default {ratio.default})",
         quality=f"{quality.help or 'quality'} (default {quality.default})",
+        image="An image to edit: the job uses the edit model with your images as references",
+        image2="Another reference image", image3="Another reference image", image4="Another reference image",
     )
     @app_commands.choices(
         aspect_ratio=[app_commands.Choice(name=c, value=c) for c in ratio.choices],
         quality=[app_commands.Choice(name=c, value=c) for c in quality.choices],
     )
     async def imagine(interaction: discord.Interaction, prompt: str, aspect_ratio: str | None = None,
-                      quality: str | None = None) -> None:
-        await _handlers(interaction).imagine(interaction, prompt, aspect_ratio, quality)
+                      quality: str | None = None, image: discord.Attachment | None = None,
+                      image2: discord.Attachment | None = None, image3: discord.Attachment | None = None,
+                      image4: discord.Attachment | None = None) -> None:
+        images = [a for a in (image, image2, image3, image4) if a is not None]
+        await _handlers(interaction).imagine(interaction, prompt, aspect_ratio, quality, images)
+
+    async def remix_message(interaction: discord.Interaction, message: discord.Message) -> None:
+        await _handlers(interaction).remix_message(interaction, message)
+
+    remix_menu = app_commands.ContextMenu(name=REMIX_MENU, callback=remix_message)
 
     @app_commands.command(name="credits", description="Your image credits")
     async def credits_(interaction: discord.Interaction) -> None:
@@ -263,7 +279,7 @@ def build_commands(model: ModelSpec) -> list[app_commands.Command[Any, ..., Any]
     async def dashboard(interaction: discord.Interaction) -> None:
         await _handlers(interaction).admin(interaction, "admin dashboard")
 
-    return [imagine, credits_, help_, admin]
+    return [imagine, credits_, help_, admin, remix_menu]
 
 
 # ---------------------------------------------------------------------- command sync
@@ -275,9 +291,11 @@ def _shape(value: Any) -> Any:
     """The parts of a command payload that matter, in a form that compares (Discord adds and omits)."""
     if isinstance(value, list):
         items = [_shape(v) for v in value]
-        return sorted(items, key=repr) if all(isinstance(v, dict) for v in items) else items
+        # sorted by content, whatever order each side wrote its keys in
+        return (sorted(items, key=lambda v: json.dumps(v, sort_keys=True, default=str))
+                if all(isinstance(v, dict) for v in items) else items)
     if isinstance(value, dict):
-        return {k: _shape(v) for k, v in value.items() if k in _SHAPE_KEYS and v not in (None, False, [], {})}
+        return {k: _shape(v) for k, v in value.items() if k in _SHAPE_KEYS and v not in (None, False, [], {}, "")}
     return value
 
 

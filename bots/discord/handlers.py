@@ -19,11 +19,13 @@ import discord
 from imagine_bot.core import commands, messages
 from imagine_bot.core.app import ImagineCore
 from imagine_bot.core.authority import Actor, place_key
-from imagine_bot.core.errors import ImagineError
+from imagine_bot.core.errors import ImagineError, UserInputError
 from imagine_bot.core.identity import UserRef
 from imagine_bot.core.jobs import Job, ReplyTo
+from imagine_bot.core.references import Reference
 
 from .hook import ReplyData
+from .modals import RemixModal
 
 log = logging.getLogger(__name__)
 
@@ -63,25 +65,105 @@ async def reply_private(interaction: discord.Interaction, text: str, *, file: di
         await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS, **extra)
 
 
+def _looks_like_image(attachment: discord.Attachment) -> bool:
+    """Worth offering as a reference (the core checks the content itself before anything is charged)."""
+    declared = (attachment.content_type or "").split(";")[0].strip().lower()
+    return declared.startswith("image/") or attachment.filename.lower().endswith((".png", ".jpg", ".jpeg", ".webp"))
+
+
 class Handlers:
     def __init__(self, core: ImagineCore) -> None:
         self.core = core
 
     # ------------------------------------------------------------------ jobs
     async def imagine(self, interaction: discord.Interaction, prompt: str, aspect_ratio: str | None,
-                      quality: str | None) -> None:
+                      quality: str | None, attachments: list[discord.Attachment] | None = None) -> None:
+        """``/imagine``; with attachments, an edit of them (their public CDN URLs go to the gateway as they
+        are, after the core has checked their type and size)."""
         who = actor_of(interaction)
         # explicit options are defaults: a flag typed in the prompt (--ar 16:9) wins over them
         defaults = {name: value for name, value in (("aspect_ratio", aspect_ratio), ("quality", quality)) if value}
+        references = [Reference(name=a.filename, url=a.url) for a in attachments or []]
         try:
             self.core.parse(prompt, defaults)
-            self._check_can_start(who)
+            self.core.check_can_submit(who, edit=bool(references))
         except ImagineError as error:
             await reply_private(interaction, error.user_message)
             return
         extra = {"nsfw_checker": not channel_is_nsfw(interaction)}
         await self._start_job(interaction, lambda reply: self.core.imagine(
-            who, reply, prompt, dedupe_key=f"discord:{interaction.id}", defaults=defaults, extra_input=extra))
+            who, reply, prompt, dedupe_key=f"discord:{interaction.id}", defaults=defaults, extra_input=extra,
+            references=references))
+
+    async def remix_message(self, interaction: discord.Interaction, message: discord.Message) -> None:
+        """The message context menu: a modal for the prompt, then an edit of the message's images here."""
+        who = actor_of(interaction)
+        low, high = self.core.edit_model.references
+        references = [Reference(name=a.filename, url=a.url) for a in message.attachments
+                      if _looks_like_image(a)][:high]
+        try:
+            if len(references) < low:
+                raise UserInputError(messages.no_images_to_remix())
+            self.core.check_can_submit(who, edit=True)
+        except ImagineError as error:
+            await reply_private(interaction, error.user_message)
+            return
+
+        async def submit(modal_interaction: discord.Interaction, prompt: str, values: dict[str, str]) -> None:
+            await self._edit(modal_interaction, prompt, values, references)
+
+        await interaction.response.send_modal(RemixModal(self.core.model, submit))
+
+    async def _edit(self, interaction: discord.Interaction, prompt: str, values: dict[str, str],
+                    references: list[Reference]) -> None:
+        who = actor_of(interaction)
+        try:
+            self.core.parse(prompt, values)
+            self.core.check_can_submit(who, edit=True)
+        except ImagineError as error:
+            await reply_private(interaction, error.user_message)
+            return
+        extra = {"nsfw_checker": not channel_is_nsfw(interaction)}
+        await self._start_job(interaction, lambda reply: self.core.imagine(
+            who, reply, prompt, dedupe_key=f"discord:{interaction.id}", defaults=values, extra_input=extra,
+            references=references))
+
+    async def vary(self, interaction: discord.Interaction, job_id: str) -> None:
+        """Vary: the same prompt with this result as the reference; the requester or an admin only."""
+        who = actor_of(interaction)
+        try:
+            self.core.check_can_vary(who, job_id)
+        except ImagineError as error:
+            await reply_private(interaction, error.user_message)
+            return
+        extra = {"nsfw_checker": not channel_is_nsfw(interaction)}
+        await self._start_job(interaction, lambda reply: self.core.vary(
+            who, job_id, reply, dedupe_key=f"discord:{interaction.id}", extra_input=extra))
+
+    async def remix_result(self, interaction: discord.Interaction, job_id: str) -> None:
+        """Remix: a modal (the original prompt to change), then an edit of this result."""
+        try:
+            original = self.core.check_can_vary(actor_of(interaction), job_id)
+        except ImagineError as error:
+            await reply_private(interaction, error.user_message)
+            return
+
+        async def submit(modal_interaction: discord.Interaction, prompt: str, values: dict[str, str]) -> None:
+            who = actor_of(modal_interaction)
+            try:
+                self.core.parse(prompt, values)
+                self.core.check_can_vary(who, job_id)
+            except ImagineError as error:
+                await reply_private(modal_interaction, error.user_message)
+                return
+            extra = {"nsfw_checker": not channel_is_nsfw(modal_interaction)}
+            await self._start_job(modal_interaction, lambda reply: self.core.vary(
+                who, job_id, reply, prompt=prompt, defaults=values, dedupe_key=f"discord:{modal_interaction.id}",
+                extra_input=extra))
+
+        defaults = {k: str(v) for k, v in original.params.items() if k in ("aspect_ratio", "quality")}
+        await interaction.response.send_modal(RemixModal(self.core.model, submit, prompt=original.prompt,
+                                                         defaults=defaults))
 
     async def reroll(self, interaction: discord.Interaction, job_id: str) -> None:
         who = actor_of(interaction)

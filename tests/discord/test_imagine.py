@@ -55,7 +55,8 @@ async def test_imagine_defers_at_once_then_edits_in_the_image_with_embed_and_but
 
         # Reroll and Delete, with the job id in their custom ids
         buttons = [c for row in final.json["components"] for c in row["components"]]
-        assert [b["custom_id"] for b in buttons] == [f"imagine:reroll:{job.id}", f"imagine:delete:{job.id}"]
+        assert [b["custom_id"] for b in buttons] == [
+            f"imagine:{verb}:{job.id}" for verb in ("reroll", "vary", "remix", "delete")]
 
         # no message may ping anyone
         for call in edits:

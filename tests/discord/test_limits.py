@@ -32,7 +32,7 @@ async def test_a_job_finishing_after_the_token_expired_is_posted_in_the_channel(
     _assert_channel_post_mentions_only_the_requester(post, ALICE)
     assert post.files[0].data == sandbox.tasks[job.task_id].images[0]
     buttons = [c["custom_id"] for row in post.json["components"] for c in row["components"]]
-    assert buttons == [f"imagine:reroll:{job.id}", f"imagine:delete:{job.id}"]
+    assert buttons == [f"imagine:{verb}:{job.id}" for verb in ("reroll", "vary", "remix", "delete")]
 
 
 async def test_a_refused_token_falls_back_to_the_channel(open_bot):

@@ -43,7 +43,9 @@ async def test_start_connects_through_the_gateway_syncs_commands_and_answers(fak
             # the commands were missing: synced globally, with the catalog's choices
             (put,) = fake.find("PUT", rf"/applications/{fake.app_id}/commands$")
             names = sorted(c["name"] for c in put.json)
-            assert names == ["credits", "help", "imagine", "imagine-admin"]
+            assert names == ["Remix with imagine", "credits", "help", "imagine", "imagine-admin"]
+            menu = next(c for c in put.json if c["name"] == "Remix with imagine")
+            assert menu["type"] == 3  # a message context menu
             imagine = next(c for c in put.json if c["name"] == "imagine")
             ratio = next(o for o in imagine["options"] if o["name"] == "aspect_ratio")
             assert [c["value"] for c in ratio["choices"]] == list(core.model.input("aspect_ratio").choices)
@@ -95,9 +97,9 @@ async def test_cli_sync_to_guilds_and_invite_url_from_the_token(fake, discord_se
     assert await sync(settings) == 0
     for guild in ("123456789012345678", "223456789012345678"):
         (put,) = fake.find("PUT", rf"/applications/{fake.app_id}/guilds/{guild}/commands")
-        assert {c["name"] for c in put.json} == {"imagine", "credits", "help", "imagine-admin"}
+        assert {c["name"] for c in put.json} == {"imagine", "credits", "help", "imagine-admin", "Remix with imagine"}
     assert fake.find("PUT", rf"/applications/{fake.app_id}/commands$") == []
-    assert "synced 4 commands in server 123456789012345678" in capsys.readouterr().out
+    assert "synced 5 commands in server 123456789012345678" in capsys.readouterr().out
 
     assert await invite_url(settings) == 0
     out = capsys.readouterr().out

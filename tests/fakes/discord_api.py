@@ -21,6 +21,9 @@ Routes (under ``/api/v10``)::
     POST   /webhooks/{app}/{token}                        followups
     POST   /channels/{id}/messages                        channel messages (JSON or multipart)
     DELETE /channels/{id}/messages/{id}
+
+Outside the API, ``GET /attachments/...`` is the CDN: every uploaded file and every ``add_attachment`` is
+served there (public, like Discord's signed CDN links), so the gateway can fetch attachments as references.
     POST   /users/@me/channels                            open a DM (``dm_channels`` maps user -> channel)
     DELETE /users/@me/guilds/{guild}                      leave a server (``left_guilds``)
 
@@ -128,6 +131,8 @@ class FakeDiscord:
         self.commands: dict[str | None, list[dict[str, Any]]] = {}
         self.messages: dict[str, dict[str, Any]] = {}
         self.files: dict[str, list[UploadedFile]] = {}
+        #: what the fake CDN serves: path -> (bytes, content type)
+        self.cdn: dict[str, tuple[bytes, str]] = {}
         self.deleted: list[str] = []
         self.interactions: dict[str, _Interaction] = {}
         self.expired_tokens: set[str] = set()
@@ -177,6 +182,7 @@ class FakeDiscord:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_get("/gateway-ws", self._gateway_ws)
         app.router.add_route("*", "/api/v10/{tail:.*}", self._handle)
+        app.router.add_get("/attachments/{tail:.*}", self._cdn_file)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -232,6 +238,33 @@ class FakeDiscord:
             id=str(payload["id"]), token=payload["token"], channel_id=channel_id,
             message_id=str(message["id"]) if message.get("id") else None,
         )
+
+    def add_attachment(self, filename: str, data: bytes, content_type: str = "image/png") -> dict[str, Any]:
+        """An attachment a user uploaded (for an option or a message), served on the fake CDN."""
+        att_id = str(snowflake())
+        path = f"/attachments/{att_id}/{att_id}/{filename}"
+        self.cdn[path] = (data, content_type)
+        return {"id": att_id, "filename": filename, "size": len(data), "url": self.url + path,
+                "proxy_url": self.url + path, "content_type": content_type}
+
+    def user_message(self, channel_id: str, user_id: str, attachments: list[dict[str, Any]],
+                     content: str = "") -> dict[str, Any]:
+        """A message a user posted (with attachments), as a context menu's ``resolved.messages`` has it."""
+        return self.add_message(channel_id, {
+            "id": str(snowflake()), "type": 0, "content": content, "attachments": attachments,
+            "author": {"id": user_id, "username": f"user{user_id[-4:]}", "discriminator": "0",
+                       "global_name": None, "avatar": None},
+            "embeds": [], "components": [], "mentions": [], "mention_roles": [], "mention_everyone": False,
+            "pinned": False, "tts": False, "timestamp": datetime.now(UTC).isoformat(), "edited_timestamp": None,
+            "flags": 0,
+        })
+
+    async def _cdn_file(self, request: web.Request) -> web.Response:
+        found = self.cdn.get(request.path)
+        if found is None:
+            return web.Response(status=404, text="not found")
+        data, content_type = found
+        return web.Response(body=data, headers={"Content-Type": content_type or "application/octet-stream"})
 
     def add_message(self, channel_id: str, message: dict[str, Any]) -> dict[str, Any]:
         """Seed a message (one posted by an earlier process, say)."""
@@ -345,7 +378,8 @@ class FakeDiscord:
         self._check_bot_auth(request)
         stored = []
         for cmd in call.json or []:
-            stored.append({"type": 1, "default_member_permissions": None, "nsfw": False, **cmd,
+            # Discord answers every command with a description ("" for context menus, which send none)
+            stored.append({"type": 1, "description": "", "default_member_permissions": None, "nsfw": False, **cmd,
                            "id": str(snowflake()), "application_id": app, "version": str(snowflake()),
                            **({"guild_id": guild} if guild else {})})
         self.commands[guild] = stored
@@ -458,6 +492,7 @@ class FakeDiscord:
         stored = [f for f, a in zip(self.files.get(message_id, []), keep, strict=False) if a["id"] in kept_ids]
         for upload in files:
             att_id = str(snowflake())
+            self.cdn[f"/attachments/{message_id}/{att_id}/{upload.filename}"] = (upload.data, upload.content_type)
             result.append({"id": att_id, "filename": upload.filename, "size": len(upload.data),
                            "url": f"{self.url}/attachments/{message_id}/{att_id}/{upload.filename}",
                            "proxy_url": f"{self.url}/attachments/{message_id}/{att_id}/{upload.filename}",
@@ -664,6 +699,24 @@ class InteractionFactory:
         if resolved:
             data["resolved"] = resolved
         return self._base(2, data, user_id, **kw)
+
+    def message_command(self, name: str, user_id: str, message: dict[str, Any], **kw: Any) -> dict[str, Any]:
+        """A message context menu (application command type 3) used on ``message``."""
+        data = {"id": str(snowflake()), "name": name, "type": 3, "target_id": message["id"],
+                "resolved": {"messages": {message["id"]: message}}}
+        return self._base(2, data, user_id, **kw)
+
+    def modal_submit(self, custom_id: str, user_id: str, values: dict[str, str | list[str]],
+                     **kw: Any) -> dict[str, Any]:
+        """A submitted modal: ``values`` by component custom id (a text input's text, or a select's values),
+        each in a label (type 18), as Discord sends them."""
+        components = [
+            {"type": 18, "id": n + 1, "component": (
+                {"type": 3, "id": n + 100, "custom_id": cid, "values": value} if isinstance(value, list) else
+                {"type": 4, "id": n + 100, "custom_id": cid, "value": value})}
+            for n, (cid, value) in enumerate(values.items())
+        ]
+        return self._base(5, {"custom_id": custom_id, "components": components}, user_id, **kw)
 
     def component(self, custom_id: str, user_id: str, message: dict[str, Any], **kw: Any) -> dict[str, Any]:
         data = {"custom_id": custom_id, "component_type": 2}
