@@ -41,6 +41,11 @@ class TokenBucket:
         self._refill()
         self.tokens -= 1
 
+    def take_until(self, seconds: float) -> None:
+        """Empty the bucket so that the next token comes ``seconds`` from now at the earliest."""
+        self._refill()
+        self.tokens = min(self.tokens, 1.0 - seconds * self.fill_per_s)
+
 
 class SlidingWindow:
     """At most ``rate`` events in any window of ``per`` seconds: the times of the last ``rate`` events are
@@ -98,6 +103,12 @@ class RateLimiter:
         self._lines[line].append(future)
         self._schedule()
         await future  # a cancelled waiter is skipped when its turn comes
+
+    def pause(self, seconds: float) -> None:
+        """Let no caller through for ``seconds`` (the server answered 429 with this Retry-After)."""
+        self.bucket.take_until(seconds)
+        if self.waiting:
+            self._schedule()
 
     def _schedule(self) -> None:
         """Wake at the first moment a waiting caller can go (sooner if an urgent one just came)."""

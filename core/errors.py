@@ -16,6 +16,7 @@ neither text ever contains the API key or a platform token.
     ├── TooManyActiveJobs           the per-user limit of jobs in flight
     ├── NotFound                    an unknown job or account
     ├── DeliveryError               the chat platform refused the result (bot not in channel, ...)
+    ├── ChatRateLimited             a chat platform said 429 to a status edit (carries retry_after)
     ├── JobInterrupted              a restart hit a moment whose outcome cannot be known
     ├── JobFailedByOperator         ``imagine-bot jobs fail`` or a stranded job past JOB_TIMEOUT_S
     ├── ShuttingDown                the process is draining (SIGTERM): new commands are refused
@@ -297,6 +298,20 @@ class GatewayProtocolError(GatewayError):
 class DownloadError(GatewayError):
     code = "download_failed"
     default_user_message = "The image was made but I could not fetch it. Your credits were refunded."
+
+
+class ChatRateLimited(ImagineError):
+    """A chat platform answered 429: the outbox waits ``retry_after`` seconds before sending again.
+
+    Raised by a front end's status edit (never by a delivery, which the platform SDK retries itself).
+    """
+
+    code = "chat_rate_limited"
+    retryable = True
+
+    def __init__(self, retry_after: float, admin_message: str | None = None) -> None:
+        self.retry_after = max(0.0, retry_after)
+        super().__init__(admin_message or f"chat API rate limited; retry after {self.retry_after:.1f}s")
 
 
 def is_transient(error: BaseException) -> bool:

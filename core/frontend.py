@@ -13,9 +13,17 @@ class FrontEnd(Protocol):
     """A chat front end. The core is handed to it; it never subclasses the core.
 
     ``platform`` names the jobs it owns (``ReplyTo.platform``). ``publish`` turns a job event into
-    platform messages; it is awaited in order for each job. For ``Delivered`` it must post the images
-    before it returns and raise when it cannot (the core then refunds and reports the failure). Errors
-    raised for other events are logged and do not change the job.
+    platform messages: render the event, send it, no throttling of its own.
+
+    - ``Delivered`` is awaited by the job: post the images before returning, and raise when you cannot
+      (the core then refunds and reports the failure).
+    - Every other event (``Accepted``, ``Queued``, ``Progress``, ``Failed``) is sent by the core's outbox
+      (``core/outbox.py``) in the background: per job in order, latest wins (a status may be skipped when
+      a newer one came), ``Failed`` never dropped. Raise ``ChatRateLimited(retry_after)`` on a 429 and the
+      outbox tries again after Retry-After; other errors are logged and do not change the job.
+    - Optionally ``pace(job) -> Pace``: the budget a job's status messages share (a workspace's edit rate
+      limit), the least time between two statuses of one job, and how often to refresh a progress
+      status with nothing new. Without it statuses are not paced.
 
     Delivery is at-least-once, so posting must be idempotent. ``Delivered`` may be handed again for the
     same job: after a crash between the post and the charge, or when another process takes the job over

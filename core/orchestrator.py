@@ -33,6 +33,8 @@ import shutil
 import sqlite3
 import time
 from collections.abc import Callable
+from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import sqlite_utils
@@ -66,6 +68,7 @@ from .jobs import Job, JobRequest, JobState, JobStore, new_job_id
 from .leases import LeaseClock, new_owner_id
 from .ledger import Ledger, describe_refill
 from .metrics import Metrics
+from .outbox import UNPACED, Outbox, Refresh, Send
 from .parsing import check_banned
 from .settle import fail_and_refund
 from .thumbnails import ThumbnailStore
@@ -77,6 +80,8 @@ UNKNOWN_TASK_GRACE_S = 90.0
 #: with callbacks configured, polling is only the fallback: first look after this long, then this often
 CALLBACK_FALLBACK_FIRST_S = 45.0
 CALLBACK_FALLBACK_EVERY_S = 30.0
+#: waiters at these places hear each move; the ones further back are told their place once
+QUEUE_PLACES_SHOWN = 5
 #: callbacks remembered for tasks nobody waits on yet (a fast task's callback beats its tracker)
 EARLY_CALLBACKS_KEPT = 1000
 #: job phases a drain lets finish: the outcome of a createTask in flight cannot be known if it is cut,
@@ -137,6 +142,7 @@ class Orchestrator:
         # ~10 recordInfo/s; callback confirmations may use a second's worth at once
         self.poll_limiter = RateLimiter(poll_rate_per_s, burst=2, urgent_burst=max(2, int(poll_rate_per_s)))
         self.frontends: dict[str, FrontEnd] = {}
+        self.outbox = Outbox(monotonic)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._wakeups: dict[str, asyncio.Event] = {}
         #: final answers from verified account webhooks, for the trackers they woke (no recordInfo needed)
@@ -158,19 +164,28 @@ class Orchestrator:
         self.frontends[frontend.platform] = frontend
 
     async def _publish(self, event: JobEvent) -> None:
+        """Deliver now (awaited: errors mean "not delivered", the caller refunds); hand anything else to
+        the outbox, which sends it in the background: the job never waits on a chat API for a status."""
         frontend = self.frontends.get(event.job.platform)
         if frontend is None:
             log.warning("no front end for %s to publish %s of job %s", event.job.platform,
                         type(event).__name__, event.job.id)
             return
         if isinstance(event, Delivered):
-            await frontend.publish(event)  # errors mean "not delivered": the caller refunds
-            return
-        try:
+            self.outbox.hold(event.job.id)
             await frontend.publish(event)
-        except Exception:
-            log.exception("front end %s failed on %s of job %s", event.job.platform,
-                          type(event).__name__, event.job.id)
+            return
+        pace_of = getattr(frontend, "pace", None)
+        refresh: Refresh | None = None
+        if isinstance(event, Progress):
+            progress = event
+
+            def refresh(later_s: float) -> Send:
+                return partial(frontend.publish, replace(progress, elapsed_s=progress.elapsed_s + later_s))
+
+        self.outbox.put(event.job.id, partial(frontend.publish, event),
+                        pace=partial(pace_of, event.job) if pace_of is not None else UNPACED,
+                        final=isinstance(event, Failed), refresh=refresh)
 
     # ------------------------------------------------------------------ submitting
     def precheck(self, requester: UserRef, cost: int | None = None) -> None:
@@ -307,6 +322,7 @@ class Orchestrator:
         for job_id, task in list(self._tasks.items()):
             if self._phase.get(job_id) not in DRAIN_FINISHES:
                 task.cancel()  # waiting, tracking or downloading: safe to pick up anywhere
+        deadline = self.monotonic() + timeout_s
         pending = [t for t in self._tasks.values() if not t.done()]
         if pending:
             log.info("draining: waiting up to %.0fs for %d createTask call(s) and deliveries", timeout_s,
@@ -314,6 +330,10 @@ class Orchestrator:
             _, left = await asyncio.wait(pending, timeout=timeout_s)
             if left:
                 log.warning("draining: %d job(s) still busy after %.0fs; stopping them", len(left), timeout_s)
+        try:  # the last words of finished jobs (done or failed) in the time left; other statuses are dropped
+            await asyncio.wait_for(self.outbox.flush_finals(), max(0.0, deadline - self.monotonic()))
+        except TimeoutError:
+            log.warning("draining: %d final status message(s) not sent", self.outbox.busy)
         await self.stop()
 
     async def stop(self) -> None:
@@ -328,6 +348,7 @@ class Orchestrator:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.outbox.close()
         try:
             released = self.jobs.release_leases(self.owner)
         except sqlite3.ProgrammingError:  # the database is already closed
@@ -336,9 +357,10 @@ class Orchestrator:
             log.info("released %d job(s) for the next owner", released)
 
     async def wait_idle(self) -> None:
-        """Wait until no job is in flight (tests, the CLI)."""
-        while self._tasks:
+        """Wait until no job is in flight and no status waits in the outbox (tests, the CLI)."""
+        while self._tasks or self.outbox.busy:
             await asyncio.gather(*list(self._tasks.values()), return_exceptions=True)
+            await self.outbox.wait_idle()
 
     async def cancel(self, job_id: str, error: ImagineError) -> None:
         """Stop a job that cannot go on (its front end cannot post in the channel, ...): refund and report."""
@@ -400,6 +422,7 @@ class Orchestrator:
                 gateway_done = time.monotonic()
                 self._enter(job, "downloading")
                 job = await self._download(job, record)
+            self.admission.leave(job_id)  # the gateway's part is done: the next job may go while we post
             if job.state is JobState.DELIVERING:
                 self._enter(job, "delivering")
                 await self._deliver(job, gateway_done)
@@ -418,8 +441,13 @@ class Orchestrator:
             self.admission.leave(job_id)
 
     async def _admit_and_create(self, job: Job) -> Job:
+        told = False
+
         async def on_position(place: int) -> None:
-            await self._publish(Queued(job, place))
+            nonlocal told
+            if place <= QUEUE_PLACES_SHOWN or not told:  # the ones far back hear "queued" once
+                told = True
+                await self._publish(Queued(job, place))
 
         deadline = self.monotonic() + self.job_timeout_s
         refused = False

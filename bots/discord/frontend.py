@@ -1,13 +1,16 @@
 """The Discord front end: job events become edits of the interaction's response.
 
-- ``Accepted``, ``Queued``, ``Progress``: the placeholder is edited with the core's text, at most once
-  per ``edit_interval`` (a newer text replaces one waiting its turn; the last one is sent when due).
+- ``Accepted``, ``Queued``, ``Progress``: the placeholder is edited with the core's text. The core's
+  outbox sends these in the background, at most once per ``edit_interval`` per job (a newer text
+  replaces one waiting its turn); a 429 makes it wait Retry-After, and discord.py itself waits out a
+  token's exhausted bucket. A delivery edit goes after a status edit in flight (the same bucket), never
+  after one that merely waits.
 - ``Delivered``: the placeholder becomes the image(s), an embed (prompt, parameters, requester, cost,
   balance left) and the Reroll and Delete buttons. An image larger than the interaction's attachment
   limit is re-encoded to fit, or linked. If the interaction token is too old (15 minutes, with a
   margin) or Discord refuses the edit, the result is posted in the channel instead, mentioning the
   requester. If nothing can be posted, ``DeliveryError`` is raised and the core refunds.
-- ``Failed``: the placeholder says why (the final edit is never throttled away).
+- ``Failed``: the placeholder says why (sent by the outbox as the job's final status: never dropped).
 
 Only the requester mention of a channel fallback may ping; every other message allows no mentions.
 """
@@ -18,17 +21,17 @@ import asyncio
 import io
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import discord
 
 from imagine_bot.core import messages
 from imagine_bot.core.app import ImagineCore
-from imagine_bot.core.errors import DeliveryError
+from imagine_bot.core.errors import ChatRateLimited, DeliveryError
 from imagine_bot.core.events import Accepted, Delivered, Failed, JobEvent, Progress, Queued
 from imagine_bot.core.jobs import Job
+from imagine_bot.core.outbox import Pace
 
 from . import images, wording
 from .buttons import result_view
@@ -39,15 +42,8 @@ log = logging.getLogger(__name__)
 EMBED_COLOUR = discord.Colour.blurple()
 
 
-@dataclass(eq=False)
-class _Status:
-    """The status line of one job: what was last sent when, and what waits for its turn."""
-
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    last: float = float("-inf")
-    pending: tuple[Job, str] | None = None
-    flusher: asyncio.Task[None] | None = None
-    message_id_saved: bool = False
+#: status edits across every job: well under Discord's global 50 requests a second per bot
+EDITS_PER_S = 20.0
 
 
 class DiscordFrontEnd:
@@ -59,85 +55,52 @@ class DiscordFrontEnd:
         self.core = core
         self.edit_interval = edit_interval
         self.clock = clock
-        self._status: dict[str, _Status] = {}
+        self._saved: set[str] = set()  # jobs whose placeholder message id is recorded
+
+    def pace(self, job: Job) -> Pace:
+        """One status edit per ``edit_interval`` per job; discord.py keeps each token's bucket itself."""
+        return Pace("discord", rate_per_s=EDITS_PER_S, burst=int(EDITS_PER_S), min_interval_s=self.edit_interval)
 
     async def publish(self, event: JobEvent) -> None:
         job = event.job
         match event:
             case Accepted():
-                await self._update(job, messages.accepted(job))
+                await self._status(job, messages.accepted(job))
             case Queued(position=position):
-                await self._update(job, messages.queued(job, position))
+                await self._status(job, messages.queued(job, position))
             case Progress(stage=stage, elapsed_s=elapsed_s, percent=percent):
-                await self._update(job, messages.progress(job, stage, elapsed_s, percent))
+                await self._status(job, messages.progress(job, stage, elapsed_s, percent))
             case Delivered():
-                await self._final(job, self._deliver(event))
+                await self._deliver(event)
             case Failed(error=error, refunded=refunded):
-                await self._final(job, self._say(job, messages.failed(job, error, refunded)))
+                await self._say(job, messages.failed(job, error, refunded))
             case _:
                 raise TypeError(f"unknown job event {type(event).__name__}")
 
     async def close(self) -> None:
-        """Stop the waiting status edits (jobs stay saved; their next event edits again)."""
-        flushers = [s.flusher for s in self._status.values() if s.flusher is not None]
-        for flusher in flushers:
-            flusher.cancel()
-        await asyncio.gather(*flushers, return_exceptions=True)
-        self._status.clear()
+        """Nothing waits here: status edits live in the core's outbox."""
+        self._saved.clear()
 
     # ------------------------------------------------------------------ status edits
     def _hook(self, data: ReplyData) -> InteractionHook:
         return InteractionHook(self.client, data.application_id, data.token)
 
-    async def _update(self, job: Job, text: str) -> None:
+    async def _status(self, job: Job, text: str) -> None:
+        """One edit of the placeholder (the outbox decides when). A 429 is handed to the outbox."""
         data = ReplyData.from_dict(job.reply.data)
         if not data.token_usable(self.clock()):
             return  # the placeholder can no longer be edited; the result will go to the channel
-        status = self._status.setdefault(job.id, _Status())
-        due = status.last + self.edit_interval - time.monotonic()
-        if status.flusher is None and due <= 0 and not status.lock.locked():
-            await self._send_status(job, status, text)
-            return
-        status.pending = (job, text)
-        if status.flusher is None:
-            status.flusher = asyncio.create_task(self._flush(job.id, status), name=f"discord-status-{job.id}")
-
-    async def _flush(self, job_id: str, status: _Status) -> None:
         try:
-            while status.pending is not None:
-                await asyncio.sleep(max(0.0, status.last + self.edit_interval - time.monotonic()))
-                job, text = status.pending
-                status.pending = None
-                await self._send_status(job, status, text)
-        finally:
-            status.flusher = None
-
-    async def _send_status(self, job: Job, status: _Status, text: str) -> None:
-        async with status.lock:
-            status.last = time.monotonic()
-            data = ReplyData.from_dict(job.reply.data)
-            try:
-                message = await self._hook(data).edit_original(content=text)
-            except discord.HTTPException as error:
-                log.log(logging.INFO if token_gone(error) else logging.WARNING,
-                        "job %s: could not update the Discord message: %s", job.id, error)
-                return
-            if not status.message_id_saved and data.message_id is None and message.get("id"):
-                self.core.jobs.set_reply_data(job.id, message_id=str(message["id"]))
-            status.message_id_saved = True
-
-    async def _final(self, job: Job, action: Awaitable[None]) -> None:
-        """Run the last edit of a job after any waiting status edit is dropped."""
-        status = self._status.pop(job.id, None)
-        if status is None:
-            await action
+            message = await self._hook(data).edit_original(content=text)
+        except discord.HTTPException as error:
+            if error.status == 429:
+                raise ChatRateLimited(_retry_after(error), f"Discord: {error}") from error
+            log.log(logging.INFO if token_gone(error) else logging.WARNING,
+                    "job %s: could not update the Discord message: %s", job.id, error)
             return
-        status.pending = None
-        if status.flusher is not None:
-            status.flusher.cancel()
-            await asyncio.gather(status.flusher, return_exceptions=True)
-        async with status.lock:
-            await action
+        if job.id not in self._saved and data.message_id is None and message.get("id"):
+            self.core.jobs.set_reply_data(job.id, message_id=str(message["id"]))
+        self._saved.add(job.id)
 
     # ------------------------------------------------------------------ results
     async def _deliver(self, event: Delivered) -> None:
@@ -159,10 +122,12 @@ class DiscordFrontEnd:
                         "job %s: could not edit the interaction response (%s); posting in the channel", job.id, error)
             else:
                 self.core.jobs.set_reply_data(job.id, message_id=str(message["id"]), delivered_in="interaction")
+                self._saved.discard(job.id)
                 return
         message = await self._post_in_channel(job, data, content, embed=embed, files=_files(uploads),
                                               view=result_view(job.id))
         self.core.jobs.set_reply_data(job.id, message_id=str(message.id), delivered_in="channel")
+        self._saved.discard(job.id)
 
     def _fit(self, event: Delivered, limit: int) -> tuple[list[images.Upload], list[tuple[str, str | None]]]:
         """The uploads that fit, and a note (with the gateway URL, if any) for each image that does not."""
@@ -182,6 +147,7 @@ class DiscordFrontEnd:
 
     async def _say(self, job: Job, text: str) -> None:
         """A final text (a failure): edit the placeholder, or post in the channel when the token is gone."""
+        self._saved.discard(job.id)
         data = ReplyData.from_dict(job.reply.data)
         if data.token_usable(self.clock()):
             try:
@@ -207,6 +173,15 @@ class DiscordFrontEnd:
                 everyone=False, roles=False, replied_user=False, users=[requester]), **parts)
         except discord.HTTPException as error:
             raise DeliveryError(f"could not post job {job.id} in channel {data.channel_id}: {error}") from error
+
+
+def _retry_after(error: discord.HTTPException) -> float:
+    """Seconds Discord asked us to wait (the ``Retry-After`` header, else ``retry_after`` in the body)."""
+    header = error.response.headers.get("Retry-After") if error.response is not None else None
+    try:
+        return float(header) if header else 1.0
+    except ValueError:
+        return 1.0
 
 
 def delivered_embed(job: Job, balance: int, image_url: str | None) -> discord.Embed:

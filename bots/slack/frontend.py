@@ -3,8 +3,8 @@
 One progress message per job, posted in the channel and edited in place as the job moves::
 
     Accepted  -> chat.postMessage   "@requester Got it: ..."        (ts stored in ReplyTo.data)
-    Queued    -> chat.update        "@requester Queued: place 2 ..." (throttled)
-    Progress  -> chat.update        "@requester Working on it: generating (12s)." (throttled, ticking)
+    Queued    -> chat.update        "@requester Queued: place 2 ..."
+    Progress  -> chat.update        "@requester Working on it: generating (12s)."
     Delivered -> files_upload_v2 into the message's thread (shares the file in the channel), then
                  chat.update into the result: caption, the image inline (Block Kit slack_file), Reroll /
                  Delete; the caption and buttons alone if Slack refuses the image block (see ``inline``).
@@ -12,29 +12,33 @@ One progress message per job, posted in the channel and edited in place as the j
                  thread and the message keeps only the caption and buttons.
     Failed    -> chat.update        "@requester Could not make ...", or the slash command's response_url
 
-Edits are throttled to one per ``min_edit_interval`` per job: a newer text replaces a waiting one, and the
-final edit (done or failed) is never dropped. Everything needed after a restart (channel, message ts, the
-uploaded file ids, the slash command's response_url) lives in ``ReplyTo.data``.
+Each event is one call; when it goes out is the core's outbox's business (``core/outbox.py``): every job
+of a workspace shares its chat.update budget (``pace``), a newer status replaces a waiting one, a 429
+waits Retry-After without holding up any job, and the final edit (done or failed) is never dropped.
+Everything needed after a restart (channel, message ts, the uploaded file ids, the slash command's
+response_url) lives in ``ReplyTo.data``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import aiohttp
+from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 from imagine_bot.core import messages
 from imagine_bot.core.app import ImagineCore
-from imagine_bot.core.errors import DeliveryError
+from imagine_bot.core.errors import ChatRateLimited, DeliveryError
 from imagine_bot.core.events import Accepted, Delivered, Failed, ImageFile, JobEvent, Progress, Queued
 from imagine_bot.core.jobs import Job
+from imagine_bot.core.outbox import Pace
 
 from . import blocks, inline
 from .errors import SlackError, slack_error_code
@@ -45,6 +49,32 @@ log = logging.getLogger(__name__)
 #: chat.postMessage / files errors that mean "the bot cannot post in this conversation"
 CHANNEL_ERRORS = frozenset({"not_in_channel", "channel_not_found", "is_archived", "restricted_action",
                             "cannot_dm_bot", "not_allowed_token_type"})
+
+#: chat.update is Tier 3: about 50 a minute per workspace, with short bursts
+EDITS_PER_MIN = 50.0
+EDIT_BURST = 5
+#: chat.postMessage: about one a second per channel
+POSTS_PER_S = 1.0
+
+
+async def _status_call(call: Awaitable[Any]) -> Any:
+    """A status call: a 429 becomes ``ChatRateLimited`` (the outbox waits Retry-After; nothing sleeps here)."""
+    try:
+        return await call
+    except SlackApiError as exc:
+        if exc.response.status_code == 429:
+            raise ChatRateLimited(_retry_after(exc.response.headers), f"Slack: {slack_error_code(exc)}") from exc
+        raise
+
+
+def _retry_after(headers: Any) -> float:
+    for name, value in dict(headers or {}).items():
+        if name.lower() == "retry-after":
+            try:
+                return float(value)
+            except ValueError:
+                break
+    return 1.0
 
 
 def invite_advice(bot_name: str) -> str:
@@ -67,59 +97,62 @@ async def respond_ephemeral(session: aiohttp.ClientSession, response_url: str, t
     return True
 
 
-@dataclass(eq=False)
-class _Live:
-    """A progress message being edited: where it is, the throttle state and the background edits."""
+@dataclass(frozen=True, slots=True)
+class _Message:
+    """A job's progress message: where it is."""
 
     channel: str
     ts: str
-    last_edit: float = float("-inf")
-    pending: dict[str, Any] | None = None
-    flusher: asyncio.Task[None] | None = None
-    ticker: asyncio.Task[None] | None = None
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-
-    async def stop_background(self) -> None:
-        self.pending = None
-        tasks = [t for t in (self.flusher, self.ticker) if t is not None and t is not asyncio.current_task()]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        self.flusher = self.ticker = None
 
 
 class SlackFrontEnd:
+    """Renders job events as Slack messages; the core's outbox decides when status messages go out.
+
+    Two Web API clients share one session: ``client`` (deliveries, the handlers) lets slack_sdk retry a
+    429 after Retry-After; ``edits`` (status messages) has no rate-limit retry, so that a 429 never
+    sleeps inside a call: it becomes ``ChatRateLimited`` and the outbox waits, for the whole workspace.
+    """
+
     platform = "slack"
 
     def __init__(self, core: ImagineCore, client: AsyncWebClient, session: aiohttp.ClientSession, *,
-                 min_edit_interval: float = 1.0, tick_s: float = 10.0,
-                 clock: Callable[[], float] = time.monotonic, result_in_thread: bool = False,
-                 inline_waits: tuple[float, ...] = inline.WAITS) -> None:
+                 edits: AsyncWebClient | None = None, min_edit_interval: float = 1.0, tick_s: float = 10.0,
+                 edits_per_min: float = EDITS_PER_MIN, posts_per_s: float = POSTS_PER_S,
+                 result_in_thread: bool = False, inline_waits: tuple[float, ...] = inline.WAITS) -> None:
         self.core = core
         self.result_in_thread = result_in_thread
         self.inline_waits = inline_waits
         self.client = client
+        self.edits = edits or client
         self.session = session
         self.min_edit_interval = min_edit_interval
         self.tick_s = tick_s
-        self.clock = clock
+        self.edits_per_min = edits_per_min
+        self.posts_per_s = posts_per_s
         #: the bot's user name, for the /invite advice (set from auth.test at start)
         self.bot_name = "imagine"
-        self._live: dict[str, _Live] = {}
+        self._messages: dict[str, _Message] = {}
         self._unpostable: dict[str, str] = {}
 
     # ------------------------------------------------------------------ the FrontEnd protocol
+    def pace(self, job: Job) -> Pace:
+        """Edits share the workspace's chat.update budget (Tier 3); the first post, the channel's."""
+        team = job.requester.workspace
+        if self._message(job) is None:
+            return Pace(f"slack:{team}:post:{job.reply.channel}", rate_per_s=self.posts_per_s, burst=3,
+                        min_interval_s=self.min_edit_interval, tick_s=self.tick_s)
+        return Pace(f"slack:{team}:edit", rate_per_s=self.edits_per_min / 60, burst=EDIT_BURST,
+                    min_interval_s=self.min_edit_interval, tick_s=self.tick_s)
+
     async def publish(self, event: JobEvent) -> None:
         job = event.job
         match event:
             case Accepted():
-                await self._post_first(job, messages.accepted(job))
+                await self._show(job, messages.accepted(job))
             case Queued(position=position):
-                await self._stop_ticker(job.id)
                 await self._show(job, messages.queued(job, position))
             case Progress(stage=stage, elapsed_s=elapsed_s, percent=percent):
                 await self._show(job, messages.progress(job, stage, elapsed_s, percent))
-                self._start_ticker(job, stage, elapsed_s, percent)
             case Delivered(images=images, balance=balance):
                 await self._deliver(event, images, balance)
             case Failed(error=error, refunded=refunded):
@@ -128,18 +161,13 @@ class SlackFrontEnd:
                 raise TypeError(f"unknown job event {type(event).__name__}")
 
     # ------------------------------------------------------------------ for the handlers and the service
-    def post_failure(self, job_id: str) -> str | None:
-        """The Slack error that kept the first progress message from being posted, if any."""
-        return self._unpostable.get(job_id)
-
     def channel_failure(self, code: str) -> DeliveryError:
         return DeliveryError(f"Slack refused to post: {code}", user_message=invite_advice(self.bot_name))
 
     async def close(self) -> None:
-        """Stop every pending edit and ticker (jobs stay in the database; a restart picks them up)."""
-        lives = list(self._live.values())
-        self._live.clear()
-        await asyncio.gather(*(live.stop_background() for live in lives), return_exceptions=True)
+        """Forget the cached message addresses (jobs stay in the database; a restart picks them up)."""
+        self._messages.clear()
+        self._unpostable.clear()
 
     # ------------------------------------------------------------------ the progress message
     def _data(self, job: Job) -> dict[str, Any]:
@@ -147,128 +175,55 @@ class SlackFrontEnd:
         fresh = self.core.jobs.find(job.id)
         return (fresh or job).reply.data
 
-    def _live_for(self, job: Job) -> _Live | None:
-        live = self._live.get(job.id)
-        if live is None:
+    def _message(self, job: Job) -> _Message | None:
+        message = self._messages.get(job.id)
+        if message is None:
             data = self._data(job)
             if data.get("progress_ts"):
-                live = self._live[job.id] = _Live(data["progress_channel"], data["progress_ts"])
-        return live
+                message = self._messages[job.id] = _Message(data["progress_channel"], data["progress_ts"])
+        return message
 
-    async def _post(self, job: Job, payload: dict[str, Any]) -> _Live:
-        response = await self.client.chat_postMessage(channel=job.reply.channel, unfurl_links=False,
-                                                      unfurl_media=False, **payload)
-        live = self._live[job.id] = _Live(str(response["channel"]), str(response["ts"]), last_edit=self.clock())
-        self.core.jobs.set_reply_data(job.id, progress_channel=live.channel, progress_ts=live.ts)
-        return live
-
-    async def _post_first(self, job: Job, text: str) -> None:
-        if self._live_for(job) is not None:
-            return
-        try:
-            await self._post(job, blocks.status(job.requester.user, text))
-        except SlackError as exc:
-            code = slack_error_code(exc)
-            log.warning("job %s: cannot post the progress message in %s: %s", job.id, job.reply.channel, code)
-            if code in CHANNEL_ERRORS:
-                self._unpostable[job.id] = code
+    async def _post(self, job: Job, payload: dict[str, Any], client: AsyncWebClient | None = None) -> _Message:
+        response = await (client or self.client).chat_postMessage(
+            channel=job.reply.channel, unfurl_links=False, unfurl_media=False, **payload)
+        message = self._messages[job.id] = _Message(str(response["channel"]), str(response["ts"]))
+        self.core.jobs.set_reply_data(job.id, progress_channel=message.channel, progress_ts=message.ts)
+        return message
 
     async def _show(self, job: Job, text: str) -> None:
-        """A non-final status: edit the progress message (throttled), or post it if it is missing."""
+        """A status: edit the progress message, or post it if there is none yet (one call; the outbox paces)."""
         if job.id in self._unpostable:
             return
-        live = self._live_for(job)
-        if live is None:
-            await self._post_first(job, text)
-            return
-        await self._edit(live, blocks.status(job.requester.user, text))
-
-    async def _update(self, live: _Live, payload: dict[str, Any]) -> None:
-        async with live.lock:
-            await self.client.chat_update(channel=live.channel, ts=live.ts, **payload)
-
-    async def _edit(self, live: _Live, payload: dict[str, Any]) -> None:
-        if live.flusher is not None or self.clock() - live.last_edit < self.min_edit_interval:
-            live.pending = payload  # a newer text replaces a waiting one
-            if live.flusher is None:
-                live.flusher = asyncio.create_task(self._flush(live))
-            return
-        live.last_edit = self.clock()
+        payload = blocks.status(job.requester.user, text)
+        message = self._message(job)
         try:
-            await self._update(live, payload)
+            if message is None:
+                await _status_call(self._post(job, payload, self.edits))
+            else:
+                await _status_call(self.edits.chat_update(channel=message.channel, ts=message.ts, **payload))
         except SlackError as exc:
-            log.warning("progress edit failed: %s", slack_error_code(exc))
-
-    async def _flush(self, live: _Live) -> None:
-        try:
-            while live.pending is not None:
-                delay = live.last_edit + self.min_edit_interval - self.clock()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                payload, live.pending = live.pending, None
-                if payload is None:
-                    break
-                live.last_edit = self.clock()
-                try:
-                    await self._update(live, payload)
-                except SlackError as exc:
-                    log.warning("progress edit failed: %s", slack_error_code(exc))
-        finally:
-            if live.flusher is asyncio.current_task():
-                live.flusher = None
-
-    async def _finish(self, job: Job) -> _Live | None:
-        """The progress message, for its last edit: pending edits and the ticker are cancelled."""
-        live = self._live_for(job)
-        if live is None:
-            return None
-        await live.stop_background()
-        self._live.pop(job.id, None)
-        live.last_edit = self.clock()
-        return live
-
-    async def _final(self, job: Job, payload: dict[str, Any]) -> _Live | None:
-        """The last edit of a job: never dropped or delayed."""
-        live = await self._finish(job)
-        if live is not None:
-            await self._update(live, payload)
-        return live
-
-    def _start_ticker(self, job: Job, stage: str, elapsed_s: float, percent: int | None) -> None:
-        """Keep the elapsed time moving between gateway updates (one edit every ``tick_s``)."""
-        live = self._live.get(job.id)
-        if live is None or self.tick_s <= 0:
-            return
-        if live.ticker is not None:
-            live.ticker.cancel()
-        live.ticker = asyncio.create_task(self._tick(job, live, stage, elapsed_s, percent))
-
-    async def _tick(self, job: Job, live: _Live, stage: str, elapsed_s: float, percent: int | None) -> None:
-        started = self.clock()
-        while True:
-            await asyncio.sleep(self.tick_s)
-            elapsed = elapsed_s + self.clock() - started
-            await self._edit(live, blocks.status(job.requester.user,
-                                                 messages.progress(job, stage, elapsed, percent)))
-
-    async def _stop_ticker(self, job_id: str) -> None:
-        live = self._live.get(job_id)
-        if live is not None and live.ticker is not None:
-            live.ticker.cancel()
-            await asyncio.gather(live.ticker, return_exceptions=True)
-            live.ticker = None
+            code = slack_error_code(exc)
+            if message is not None or code not in CHANNEL_ERRORS:
+                log.warning("job %s: status message failed: %s", job.id, code)
+                return
+            log.warning("job %s: cannot post the progress message in %s: %s", job.id, job.reply.channel, code)
+            self._unpostable[job.id] = code
+            # the bot cannot post here: stop the job now (refunded; the requester hears why privately)
+            await self.core.orchestrator.cancel(job.id, self.channel_failure(code))
 
     # ------------------------------------------------------------------ the end of a job
     async def _deliver(self, event: Delivered, images: tuple[ImageFile, ...], balance: int) -> None:
         """Upload into the progress message's thread before returning; raise ``DeliveryError`` if we cannot.
-        Then turn the progress message into the result (the image inline, or caption and buttons only)."""
+
+        Turning the progress message into the result (the image inline, or caption and buttons only) is the
+        final status edit: the outbox sends it after any edit still in flight, and the job does not wait."""
         job = event.job
         caption = messages.delivered(job, balance)
         data = self._data(job)
         file_ids: list[str] = list(data.get("file_ids") or [])
         try:
-            live = self._live_for(job) or await self._post(job, blocks.status(job.requester.user,
-                                                                              messages.accepted(job)))
+            live = self._message(job) or await self._post(job, blocks.status(job.requester.user,
+                                                                             messages.accepted(job)))
             if not file_ids:  # not uploaded by a previous process that stopped right after
                 uploads = [{"file": await asyncio.to_thread(image.read_bytes), "filename": image.filename,
                             "title": messages.quote_prompt(job.prompt, 80),
@@ -281,29 +236,44 @@ class SlackFrontEnd:
                 self.core.jobs.set_reply_data(job.id, file_ids=file_ids, thread_ts=live.ts)
         except SlackError as exc:
             code = slack_error_code(exc)
-            await self._stop_ticker(job.id)
             if code in CHANNEL_ERRORS:
                 raise self.channel_failure(code) from exc
             raise DeliveryError(f"Slack upload failed: {code}") from exc
         in_thread = blocks.delivered(job.requester.user, caption, job.id)
+        if self.result_in_thread or not file_ids:
+            result = partial(self._final, job, live, in_thread)
+        else:
+            shown = blocks.delivered(job.requester.user, caption, job.id, file_ids=file_ids, prompt=job.prompt)
+            result = partial(self._show_result, job, live, file_ids, shown, in_thread)
+        self.core.orchestrator.outbox.put(job.id, result, pace=partial(self.pace, job), final=True)
+
+    async def _show_result(self, job: Job, message: _Message, file_ids: list[str], shown: dict[str, Any],
+                           in_thread: dict[str, Any]) -> None:
+        """The result edit with the image inline (sent by the outbox; a 429 is raised for it to retry)."""
         try:
-            if self.result_in_thread or not file_ids:
-                await self._final(job, in_thread)
-            elif (live := await self._finish(job)) is not None:
-                shown = blocks.delivered(job.requester.user, caption, job.id, file_ids=file_ids, prompt=job.prompt)
-                async with live.lock:
-                    await inline.show_result(self.client, live.channel, live.ts, file_ids, shown, in_thread,
-                                             self.inline_waits)
+            await _status_call(inline.show_result(self.edits, message.channel, message.ts, file_ids, shown,
+                                                  in_thread, self.inline_waits))
         except SlackError as exc:  # the images are posted; only the buttons are missing
             log.warning("job %s: final edit failed: %s", job.id, slack_error_code(exc))
+            return
+        self._messages.pop(job.id, None)
+
+    async def _final(self, job: Job, message: _Message, payload: dict[str, Any]) -> bool:
+        """The last edit of the progress message (a 429 is raised for the outbox to retry)."""
+        try:
+            await _status_call(self.edits.chat_update(channel=message.channel, ts=message.ts, **payload))
+        except SlackError as exc:
+            log.warning("job %s: final edit failed: %s", job.id, slack_error_code(exc))
+            return False
+        self._messages.pop(job.id, None)
+        return True
 
     async def _fail(self, job: Job, text: str) -> None:
+        """Sent by the outbox: edit the progress message, else answer privately through the response_url."""
         self._unpostable.pop(job.id, None)
-        try:
-            if await self._final(job, blocks.status(job.requester.user, text)) is not None:
-                return
-        except SlackError as exc:
-            log.warning("job %s: could not edit the progress message: %s", job.id, slack_error_code(exc))
+        message = self._message(job)
+        if message is not None and await self._final(job, message, blocks.status(job.requester.user, text)):
+            return
         response_url = self._data(job).get("response_url")
         if response_url:
             await respond_ephemeral(self.session, response_url, text)

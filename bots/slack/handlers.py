@@ -160,8 +160,8 @@ class SlackHandlers:
             command=body.get("command") or "/imagine",
         )
         if result.job is not None:
-            await self._after_submit(result.job)  # the progress message is the answer
-        elif result.attachment is not None:
+            return  # the progress message is the answer
+        if result.attachment is not None:
             await self._send_privately(user, channel, response_url, result)
         else:
             await self._reply(user, channel, response_url, result.text)
@@ -181,7 +181,7 @@ class SlackHandlers:
         except ImagineError as error:
             await self._reply(user, channel, response_url, error.user_message)
             return
-        await self._after_submit(job)
+        log.info("job %s: reroll of %s by %s", job.id, job_id, user)
 
     async def delete(self, body: dict[str, Any], job_id: str) -> None:
         team, user = _team_of(body), body["user"]["id"]
@@ -222,13 +222,6 @@ class SlackHandlers:
             await self.client.views_publish(user_id=who.user, view=blocks.home(*texts, recent, thumbnails=False))
 
     # ------------------------------------------------------------------ helpers
-    async def _after_submit(self, job: Job) -> None:
-        """A job whose progress message could not be posted (bot not in the channel) is cancelled at once:
-        the core releases the credits and the Failed event tells the user through the response_url."""
-        code = self.frontend.post_failure(job.id)
-        if code is not None:
-            await self.core.orchestrator.cancel(job.id, self.frontend.channel_failure(code))
-
     async def _reply(self, user: str, channel: str, response_url: str | None, text: str) -> None:
         """A private answer: through the response_url when there is one, else chat.postEphemeral."""
         if response_url and await respond_ephemeral(self.frontend.session, response_url, text):

@@ -78,9 +78,12 @@ class SlackService:
             token=bot_token, base_url=base_url, session=self.session, timeout=30,
             retry_handlers=[AsyncConnectionErrorRetryHandler(), AsyncRateLimitErrorRetryHandler(max_retry_count=1)],
         )
-        self.frontend = SlackFrontEnd(core, self.client, self.session, min_edit_interval=min_edit_interval,
-                                      tick_s=tick_s, result_in_thread=settings.SLACK_RESULT_IN_THREAD,
-                                      **frontend_kw)
+        # status edits: no rate-limit retry (it would sleep inside the call); the outbox honours Retry-After
+        self.edits = AsyncWebClient(token=bot_token, base_url=base_url, session=self.session, timeout=10,
+                                    retry_handlers=[])
+        self.frontend = SlackFrontEnd(core, self.client, self.session, edits=self.edits,
+                                      min_edit_interval=min_edit_interval, tick_s=tick_s,
+                                      result_in_thread=settings.SLACK_RESULT_IN_THREAD, **frontend_kw)
         self.app = AsyncApp(
             name="imagine-bot", client=self.client, signing_secret=signing_secret,
             process_before_response=False,  # ack first; the listener's work goes on in the background

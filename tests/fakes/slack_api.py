@@ -21,8 +21,13 @@ Point ``AsyncWebClient(base_url=fake.api_url)`` (or ``SLACK_API_URL``) at it. It
   pushes a request to the connected app and returns its ack.
 
 ``fake.fail("chat.postMessage", "not_in_channel")`` makes the next call of that method answer
-``{"ok": false, "error": "not_in_channel"}``. ``await fake.wait_for(method, count=n)`` waits (on a
-condition, not a sleep) until the method has been called ``n`` times.
+``{"ok": false, "error": "not_in_channel"}``. Rate limits and slowness, like Slack's:
+``fake.rate_limit("chat.update", retry_after=2)`` answers HTTP 429 with ``Retry-After``;
+``fake.tier("chat.update", per_minute=50)`` answers 429 past a rate per workspace (a sliding minute, the
+Retry-After saying when a call would pass); ``fake.slow("chat.update", 5)`` answers after 5 s (the edit
+is applied when the answer is sent). ``Call.done_at`` is when the answer went out.
+``await fake.wait_for(method, count=n)`` waits (on a condition, not a sleep) until the method has been
+called ``n`` times.
 """
 
 from __future__ import annotations
@@ -47,6 +52,8 @@ class Call:
     params: dict[str, Any]
     at: float = field(default_factory=time.monotonic)
     token: str | None = None
+    done_at: float | None = None
+    status: int = 200
 
 
 @dataclass
@@ -82,6 +89,11 @@ class FakeSlackAPI:
         #: Block Kit behaviour (see the module docstring)
         self.refuse_image_blocks = False
         self.processing_looks = 0
+        self._limited: dict[str, deque[float]] = defaultdict(deque)
+        self._tiers: dict[str, tuple[float, deque[float]]] = {}
+        self._limited_until: dict[str, float] = {}
+        self._delays: dict[str, float] = {}
+        self._unblock = asyncio.Event()
         self._changed = asyncio.Condition()
         self._ts = itertools.count(1)
         self._file_ids = itertools.count(1)
@@ -106,6 +118,7 @@ class FakeSlackAPI:
         return self.api_url
 
     async def stop(self) -> None:
+        self._unblock.set()  # slow answers end now
         for ws in list(self._sockets):
             await ws.close()
         if self._runner is not None:
@@ -129,6 +142,38 @@ class FakeSlackAPI:
     def fail(self, method: str, error: str, times: int = 1) -> None:
         """The next ``times`` calls of ``method`` answer ``{"ok": false, "error": error}``."""
         self._failures[method].extend([error] * times)
+
+    def rate_limit(self, method: str, retry_after: float, times: int = 1) -> None:
+        """The next ``times`` calls of ``method`` answer HTTP 429 ``ratelimited`` with this Retry-After, and
+        so does every call of it until that Retry-After has passed (as Slack does)."""
+        self._limited[method].extend([retry_after] * times)
+
+    def tier(self, method: str, per_minute: float) -> None:
+        """Answer 429 to calls of ``method`` past ``per_minute`` in any 60 s (Slack's tiers, per workspace)."""
+        self._tiers[method] = (per_minute, deque())
+
+    def slow(self, method: str, seconds: float) -> None:
+        """Answer ``method`` after ``seconds`` (0: at once again)."""
+        self._delays[method] = seconds
+
+    def _throttled(self, method: str) -> float | None:
+        """Retry-After for this call, or None when it may pass."""
+        now = time.monotonic()
+        if self._limited_until.get(method, 0.0) > now:
+            return self._limited_until[method] - now
+        if self._limited[method]:
+            retry_after = self._limited[method].popleft()
+            self._limited_until[method] = now + retry_after
+            return retry_after
+        if method not in self._tiers:
+            return None
+        per_minute, window = self._tiers[method]
+        while window and window[0] <= now - 60:
+            window.popleft()
+        if len(window) >= per_minute:
+            return max(1.0, float(int(window[0] + 60 - now) + 1))
+        window.append(now)
+        return None
 
     def calls_to(self, method: str) -> list[Call]:
         return [c for c in self.calls if c.method == method]
@@ -173,10 +218,29 @@ class FakeSlackAPI:
         params = await self._params(request)
         auth = request.headers.get("Authorization", "")
         token = auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else params.get("token")
-        await self._record(Call(method, params, token=token))
+        call = Call(method, params, token=token)
+        await self._record(call)
+        try:
+            return await self._answer(call, token)
+        finally:
+            call.done_at = time.monotonic()
+            await self._notify()
+
+    async def _answer(self, call: Call, token: str | None) -> web.Response:
+        method, params = call.method, call.params
         expected = self.app_token if method == "apps.connections.open" else self.bot_token
         if token != expected:
             return web.json_response({"ok": False, "error": "invalid_auth"})
+        retry_after = self._throttled(method)
+        if retry_after is not None:
+            call.status = 429
+            return web.json_response({"ok": False, "error": "ratelimited"}, status=429,
+                                     headers={"Retry-After": str(max(1, round(retry_after)))})
+        if self._delays.get(method):
+            try:
+                await asyncio.wait_for(self._unblock.wait(), self._delays[method])
+            except TimeoutError:
+                pass
         if self._failures[method]:
             return web.json_response({"ok": False, "error": self._failures[method].popleft()})
         handler = getattr(self, "_" + method.replace(".", "_"), None)

@@ -99,6 +99,7 @@ async def test_a_repeated_delivery_shows_the_image_without_uploading_it_again(sl
     uploads = len(slack.fake.calls_to("files.completeUploadExternal"))
 
     await slack.service.frontend.publish(Delivered(slack.core.jobs.get(job.id), (), 162))
+    await slack.settle()  # the result edit is the job's final status, sent by the outbox
     assert len(slack.fake.calls_to("files.completeUploadExternal")) == uploads == 1
     shown = valid_blocks(slack.fake.messages[ts].blocks or [])
     assert of_type(shown, "image")[0]["slack_file"] == {"id": file_id}

@@ -1,17 +1,13 @@
-"""Pure pieces: escaping, reading Slack text, resolving mentions, Block Kit layouts, the edit throttle."""
+"""Pure pieces: escaping, reading Slack text, resolving mentions, Block Kit layouts (the edit throttle is
+the core's outbox: tests/test_outbox.py, and through the fake Slack in test_rate_limits.py)."""
 
 from __future__ import annotations
-
-import asyncio
-from types import SimpleNamespace
-from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
 from slack_sdk.models.blocks import Block
 
 from imagine_bot.bots.slack import blocks
-from imagine_bot.bots.slack.frontend import SlackFrontEnd
 from imagine_bot.bots.slack.mentions import (
     command_text,
     escape,
@@ -20,11 +16,7 @@ from imagine_bot.bots.slack.mentions import (
     unescape,
     user_resolver,
 )
-from imagine_bot.core.db import utcnow
-from imagine_bot.core.errors import GenerationFailed
-from imagine_bot.core.events import Accepted, Failed, Progress
 from imagine_bot.core.identity import UserRef
-from imagine_bot.core.jobs import Job, JobState, ReplyTo
 
 
 @given(st.text())
@@ -76,75 +68,3 @@ def test_inline_layout_shows_each_file_between_the_caption_and_the_buttons():
     assert payload["blocks"][3] == blocks.result_actions("j1")
     for block in payload["blocks"]:
         Block.parse(block).validate_json()  # type: ignore[union-attr]
-
-
-# ---------------------------------------------------------------------- the throttle, with a stub client
-class StubClient:
-    def __init__(self) -> None:
-        self.posts: list[str] = []
-        self.updates: list[str] = []
-        self.changed = asyncio.Condition()
-
-    async def wait_updates(self, count: int) -> None:
-        async with self.changed:
-            await asyncio.wait_for(self.changed.wait_for(lambda: len(self.updates) >= count), 5)
-
-    async def chat_postMessage(self, **kw: Any) -> dict[str, str]:
-        self.posts.append(kw["text"])
-        return {"channel": kw["channel"], "ts": "1700000000.000001"}
-
-    async def chat_update(self, **kw: Any) -> dict[str, bool]:
-        async with self.changed:
-            self.updates.append(kw["text"])
-            self.changed.notify_all()
-        return {"ok": True}
-
-
-def stub_frontend(interval: float) -> tuple[SlackFrontEnd, StubClient]:
-    client = StubClient()
-    jobs = SimpleNamespace(find=lambda job_id: None, set_reply_data=lambda job_id, **data: None)
-    frontend = SlackFrontEnd(SimpleNamespace(jobs=jobs), client, session=None,  # type: ignore[arg-type]
-                             min_edit_interval=interval, tick_s=0)
-    return frontend, client
-
-
-def a_job() -> Job:
-    now = utcnow()
-    return Job(id="j1", requester=UserRef("slack", "T1", "U1"), reply=ReplyTo("slack", "C1"), prompt="a cat",
-               params={}, model="m", cost=18, state=JobState.RUNNING, created_at=now, updated_at=now)
-
-
-async def test_edits_wait_their_turn_and_only_the_newest_is_sent():
-    frontend, client = stub_frontend(0.2)
-    job = a_job()
-    await frontend.publish(Accepted(job))
-    for percent in (10, 20, 30):
-        await frontend.publish(Progress(job, "generating", 1.0, percent))
-    assert client.updates == []  # too soon after the post: held back
-    await client.wait_updates(1)
-    assert len(client.updates) == 1 and "30%" in client.updates[0]
-    await frontend.close()
-
-
-async def test_the_final_edit_is_never_dropped_and_replaces_a_waiting_one():
-    frontend, client = stub_frontend(5.0)
-    job = a_job()
-    await frontend.publish(Accepted(job))
-    await frontend.publish(Progress(job, "generating", 1.0, 50))
-    await frontend.publish(Failed(job, GenerationFailed(), refunded=True))
-    assert len(client.updates) == 1 and "Could not make" in client.updates[0]
-    assert client.posts and client.posts[0].startswith("<@U1> Got it:")
-    await frontend.close()
-
-
-async def test_the_elapsed_time_keeps_moving_between_gateway_updates():
-    frontend, client = stub_frontend(0.0)
-    frontend.tick_s = 0.05
-    job = a_job()
-    await frontend.publish(Accepted(job))
-    await frontend.publish(Progress(job, "generating", 61.0))
-    await client.wait_updates(3)  # three ticks with no gateway news
-    assert client.updates[0].endswith("(1m 01s).")
-    assert all("Working on it: generating" in text for text in client.updates)
-    await frontend.close()
-    assert frontend._live == {}
