@@ -49,6 +49,7 @@ async def test_jobs_fail_refunds_and_the_user_is_told_when_the_platform_runs(mak
         fe = slack_recorder(tmp_path)
         core.register(fe)
         await core.start()
+        await core.orchestrator.wait_idle()  # notices go out through the outbox
         told = [e for e in fe.events if isinstance(e, Failed)]
         assert len(told) == 1 and told[0].job.id == job_id and told[0].refunded
         assert "refunded" in told[0].error.user_message
@@ -57,6 +58,7 @@ async def test_jobs_fail_refunds_and_the_user_is_told_when_the_platform_runs(mak
         fe = slack_recorder(tmp_path)
         core.register(fe)
         await core.start()
+        await core.orchestrator.wait_idle()  # notices go out through the outbox
         assert not [e for e in fe.events if isinstance(e, Failed)]
     assert await asyncio.to_thread(main, ["--db", db, "jobs", "fail", job_id]) == 1
     assert "already failed" in capsys.readouterr().err
@@ -85,9 +87,11 @@ async def test_jobs_of_a_platform_not_running_are_failed_after_the_job_timeout(m
     async with ImagineCore.open(settings) as core:
         core.register(TerminalFrontEnd(tmp_path / "out", Console(file=io.StringIO()), bar=False))
         await core.start()
+        await core.orchestrator.wait_idle()  # notices go out through the outbox
         assert core.jobs.get(job_id).state is JobState.QUEUED  # not yet: the platform may come back
         await asyncio.sleep(0.6)
         await core.start()
+        await core.orchestrator.wait_idle()  # notices go out through the outbox
         row = core.jobs.get(job_id)
         assert (row.state, row.error_code, row.notice_pending) == (JobState.FAILED, "failed_by_operator", True)
         assert core.ledger.balance(SLACK_USER).available == 180
