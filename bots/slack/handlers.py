@@ -1,8 +1,12 @@
 """Bolt listeners: translate a Slack request in, call the core, translate the answer out.
 
-Every listener acks first (Bolt then answers Slack at once; with ``process_before_response=False`` the
-rest runs in the background) and keeps no state of its own: the buttons are handled by action id and
-carry the job id in their value, so they keep working across restarts.
+A slash command is answered in the ack itself when the answer is at hand (help, balances, refusals,
+admin commands: database work only), as Bolt's own examples do (``await ack(text)``); a job's answer is
+its progress message. Only what takes time goes on after an empty ack (with
+``process_before_response=False`` in the background): a CSV upload, or an admin check that must ask
+Slack's users.info first; those answer through the response_url. Listeners keep no state of their own:
+the buttons are handled by action id and carry the job id in their value, so they keep working across
+restarts.
 """
 
 from __future__ import annotations
@@ -93,9 +97,24 @@ class SlackHandlers:
     # ------------------------------------------------------------------ Bolt listeners
     async def on_command(self, ack: Any, body: dict[str, Any]) -> None:
         started = time.perf_counter()
-        await ack()
+        try:
+            result = await self.answer_now(body)
+        except Exception:
+            log.exception("slack slash command failed")
+            result = CommandReply(ImagineError().user_message)
+        if result is None:  # it takes a users.info call first: answer through the response_url
+            await ack()
+            self.core.metrics.ack("slack", time.perf_counter() - started)
+            await self._guarded("slash command", self.slash_command(body))
+            return
+        if result.job is not None or result.attachment is not None:
+            await ack()  # a job: its progress message is the answer; a file: uploaded next
+        else:
+            await ack(text=escape_keep_user_mentions(result.text), response_type="ephemeral")
         self.core.metrics.ack("slack", time.perf_counter() - started)
-        await self._guarded("slash command", self.slash_command(body))
+        if result.attachment is not None:
+            await self._guarded("slash command", self._send_privately(
+                body["user_id"], body["channel_id"], body.get("response_url"), result))
 
     async def on_reroll(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
         await ack()
@@ -142,8 +161,35 @@ class SlackHandlers:
         return Actor(UserRef("slack", team, user), place=place_key("slack", team), channel=channel,
                      community_admin=admin)
 
+    def admin_known(self, team: str, user: str) -> bool:
+        """Whether ``workspace_admin`` can answer without asking Slack (a fresh cached answer)."""
+        cached = self._admins.get((team, user))
+        return cached is not None and cached[0] > time.monotonic()
+
     # ------------------------------------------------------------------ the work
+    async def answer_now(self, body: dict[str, Any]) -> CommandReply | None:
+        """The answer to a slash command, for the ack: None when it needs Slack's users.info first."""
+        team, user, channel = _team_of(body), body["user_id"], body["channel_id"]
+        if not self.allowed(team):
+            return CommandReply(NOT_ALLOWED)
+        text = command_text(body.get("text") or "")
+        first = text.split()[0].lower() if text.split() else ""
+        known = self.admin_known(team, user)
+        if first == "admin" and not known:
+            return None
+        # help shows the admin part to admins Slack has already named (ADMINS always); not worth a wait
+        check_admin = first == "admin" or (first in ("help", "") and known)
+        response_url = body.get("response_url")
+        reply = ReplyTo("slack", channel, data={"response_url": response_url} if response_url else {})
+        trigger = body.get("trigger_id")
+        return await dispatch(
+            self.core, await self.actor(team, user, channel, check_admin=check_admin), text, reply,
+            resolve_user=user_resolver(team), dedupe_key=f"slack:{team}:{trigger}" if trigger else None,
+            command=body.get("command") or "/imagine",
+        )
+
     async def slash_command(self, body: dict[str, Any]) -> None:
+        """A slash command answered after the ack (through the response_url)."""
         team, user, channel = _team_of(body), body["user_id"], body["channel_id"]
         response_url = body.get("response_url")
         if not self.allowed(team):

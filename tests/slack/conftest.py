@@ -97,7 +97,18 @@ class SlackHarness:
             "response_url": response_url, "trigger_id": trigger_id or f"trigger.{next(_triggers)}",
         }
         body = urllib.parse.urlencode(form)
-        return await self.post(body, "application/x-www-form-urlencoded", **kw), response_url
+        response = await self.post(body, "application/x-www-form-urlencoded", **kw)
+        await self._note_ack(response, response_url)
+        return response, response_url
+
+    async def _note_ack(self, response: httpx.Response, response_url: str) -> None:
+        """An answer given in the ack is what the user sees, like one sent to the response_url: record it
+        with the response_url's answers (marked ``"via": "ack"``) so a test can wait for either."""
+        if response.status_code == 200 and response.content:
+            answer = response.json()
+            if answer.get("text"):
+                self.fake.responses[response_url.rsplit("/", 1)[-1]].append({**answer, "via": "ack"})
+                await self.fake._notify()
 
     async def press(self, action_id: str, value: str, *, user: str = "U1", channel: str = "C1",
                     message_ts: str = "1700000001.000002") -> tuple[httpx.Response, str]:

@@ -51,14 +51,23 @@ async def test_empty_balance_is_a_private_error(slack_settings, fake_slack):
         assert slack.core.jobs.recent() == [] and not slack.fake.calls_to("chat.postMessage")
 
 
-async def test_help_and_credits_are_private(slack: SlackHarness):
-    _, help_url = await slack.slash("help")
-    _, credits_url = await slack.slash("credits")
-    help_answer = await slack.fake.wait_response(help_url)
-    credits_answer = await slack.fake.wait_response(credits_url)
-    assert "/imagine &lt;prompt&gt;" in help_answer["text"]  # escaped, so Slack shows it as typed
-    assert "You have 180 credits" in credits_answer["text"]
-    assert {help_answer["response_type"], credits_answer["response_type"]} == {"ephemeral"}
+async def test_help_credits_and_refusals_are_answered_privately_in_the_ack(slack: SlackHarness):
+    # an admin command must ask Slack's users.info first: empty ack, answer through the response_url
+    response, url = await slack.slash("admin grant <@U3> 90", user="U2")
+    assert response.content == b""
+    assert "only image-bot admins" in (await slack.fake.wait_response(url))["text"]
+    answers = {}
+    for text in ("help", "credits", "a cat --ar 5:4", "admin grant <@U3> 90"):
+        response, url = await slack.slash(text, user="U2")
+        answers[text] = response.json()  # the answer is the ack itself, as in Bolt's examples
+        await slack.settle()
+        assert slack.fake.responses_to(url) == [{**answers[text], "via": "ack"}]  # no second request
+    assert "/imagine &lt;prompt&gt;" in answers["help"]["text"]  # escaped, so Slack shows it as typed
+    assert "You have 180 credits" in answers["credits"]["text"]
+    assert "5:4" in answers["a cat --ar 5:4"]["text"]
+    assert "only image-bot admins" in answers["admin grant <@U3> 90"]["text"]  # users.info now cached
+    assert {a["response_type"] for a in answers.values()} == {"ephemeral"}
+    assert len(slack.fake.calls_to("users.info")) == 1
 
 
 async def test_admin_commands_refuse_non_admins_and_work_for_admins(slack: SlackHarness):
