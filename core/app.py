@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 
 #: how often kept references and results past REFS_KEEP_DAYS are removed
 CLEANUP_EVERY_S = 3600.0
+#: how often the gateway balance is read for ``imagine_gateway_balance_credits``
+BALANCE_EVERY_S = 300.0
 #: connections to the gateway at once (the HTTP pool); the gateway client queues further requests itself
 HTTP_POOL = 100
 
@@ -96,6 +98,7 @@ class ImagineCore:
                              keep_days=settings.REFS_KEEP_DAYS)
         self.references = ReferenceChecker(self.refs, http)
         self._cleanup: asyncio.Task[None] | None = None
+        self._balance: asyncio.Task[None] | None = None
         self.jobs = JobStore(db)
         self.ledger = Ledger(db, allowance=settings.CREDITS_ALLOWANCE, period=settings.CREDITS_PERIOD)
         self.admins = frozenset(settings.ADMINS)
@@ -183,6 +186,9 @@ class ImagineCore:
         await self.prices.refresh()
         if self._cleanup is None:
             self._cleanup = asyncio.create_task(self._cleanup_loop(), name="refs-cleanup")
+        if self._balance is None:
+            await self.read_balance()
+            self._balance = asyncio.create_task(self._balance_loop(), name="gateway-balance")
         count = await self.orchestrator.resume()
         if count:
             log.info("resumed %d job(s) left in flight", count)
@@ -197,11 +203,26 @@ class ImagineCore:
         return self.jobs.record_receipt(job_id, **ids)
 
     async def close(self) -> None:
-        if self._cleanup is not None:
-            self._cleanup.cancel()
-            await asyncio.gather(self._cleanup, return_exceptions=True)
-            self._cleanup = None
+        for task in (self._cleanup, self._balance):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._cleanup = self._balance = None
         await self.prices.close()
+
+    async def read_balance(self) -> int | None:
+        """The gateway balance, or None when it cannot be read (the gateway client reports each read to
+        the metrics, so the gauge keeps the last value through a blip)."""
+        try:
+            return await self.gateway.credit()
+        except Exception as exc:
+            log.warning("gateway balance not read: %s", type(exc).__name__)
+            return None
+
+    async def _balance_loop(self) -> None:
+        while True:
+            await asyncio.sleep(BALANCE_EVERY_S)
+            await self.read_balance()
 
     async def _cleanup_loop(self) -> None:
         while True:

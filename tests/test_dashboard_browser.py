@@ -35,7 +35,8 @@ pytestmark = pytest.mark.skipif(
     reason="no Chromium and chromedriver on this machine: `apt-get install -y chromium chromium-driver` "
            "(.ci/run installs them)")
 
-SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "dashboard.png"
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+SCREENSHOT, GALLERY_SHOT = DOCS / "dashboard.png", DOCS / "dashboard-gallery.png"
 ART_CLUB, PHOTO_LAB, TEAM = "900000000000000001", "900000000000000002", "T0DESIGN"
 
 
@@ -192,6 +193,7 @@ async def test_sign_in_with_a_link_see_the_chart_and_thumbnails(site, browser):
         "Promise.all([...document.querySelectorAll('#gallery img')]"
         ".map(i => i.decode().then(() => i.naturalWidth > 0, () => false))).then(done);"))
     assert loaded == [True] * 8  # every delivered image, none of the failed one
+    await browser.run(browser.driver.save_screenshot, str(GALLERY_SHOT))
     links = await browser.script("return [...document.querySelectorAll('#gallery a')].map(a => a.href)")
     assert any(h.startswith(f"https://discord.com/channels/{ART_CLUB}/111/") for h in links)
     assert any(h.startswith("https://slack.com/archives/C0DESIGN/p") for h in links)

@@ -95,3 +95,12 @@ async def test_each_core_has_its_own_registry(make_settings, tmp_path):
                      outcome="delivered") == 1
         assert value(samples((await scrape(two)).text), "imagine_jobs_total", platform="terminal",
                      outcome="delivered") == 0
+
+
+async def test_the_gateway_balance_is_read_at_start(core, sandbox):
+    assert math.isnan(core.metrics.last_balance())
+    await core.start()
+    assert core.metrics.last_balance() == sandbox.credits
+    sandbox.inject("credit", status=401, times=10)
+    assert await core.read_balance() is None  # a refused read keeps the last value
+    assert core.metrics.last_balance() == sandbox.credits

@@ -50,10 +50,9 @@ class Dashboard:
         gauge = self.core.metrics.last_balance()
         if math.isnan(gauge) or time.monotonic() - self.balance_read_at > BALANCE_MAX_AGE_S:
             self.balance_read_at = time.monotonic()
-            try:
-                return float(await self.core.gateway.credit())
-            except Exception as exc:  # the page still renders; the balance shows as unknown
-                log.warning("dashboard: gateway balance not read (%s)", type(exc).__name__)
+            fresh = await self.core.read_balance()
+            if fresh is not None:
+                return float(fresh)
         return None if math.isnan(gauge) else gauge
 
 
