@@ -12,6 +12,10 @@
   requester. If nothing can be posted, ``DeliveryError`` is raised and the core refunds.
 - ``Failed``: the placeholder says why (sent by the outbox as the job's final status: never dropped).
 
+Delivery happens once: the message id is recorded as the job's receipt the moment Discord returns it,
+and a ``Delivered`` handed again with that receipt (a crash between the post and the charge) posts
+nothing.
+
 Only the requester mention of a channel fallback may ping; every other message allows no mentions.
 """
 
@@ -104,7 +108,13 @@ class DiscordFrontEnd:
 
     # ------------------------------------------------------------------ results
     async def _deliver(self, event: Delivered) -> None:
+        """Post the result, recording the receipt the moment Discord returns the message; a ``Delivered``
+        handed again with a receipt (a crash between the post and the charge) posts nothing twice."""
         job = event.job
+        if event.receipt.get("message_id"):
+            log.info("job %s: already posted as message %s (%s); not posting again", job.id,
+                     event.receipt["message_id"], event.receipt.get("delivered_in"))
+            return
         data = ReplyData.from_dict(job.reply.data)
         uploads, notes = await asyncio.to_thread(self._fit, event, data.attachment_size_limit)
         if not uploads and not any(url for _, url in notes):
@@ -121,12 +131,15 @@ class DiscordFrontEnd:
                 log.log(logging.INFO if token_gone(error) else logging.WARNING,
                         "job %s: could not edit the interaction response (%s); posting in the channel", job.id, error)
             else:
-                self.core.jobs.set_reply_data(job.id, message_id=str(message["id"]), delivered_in="interaction")
-                self._saved.discard(job.id)
+                self._posted(job, str(message["id"]), "interaction")
                 return
         message = await self._post_in_channel(job, data, content, embed=embed, files=_files(uploads),
                                               view=result_view(job.id))
-        self.core.jobs.set_reply_data(job.id, message_id=str(message.id), delivered_in="channel")
+        self._posted(job, str(message.id), "channel")
+
+    def _posted(self, job: Job, message_id: str, where: str) -> None:
+        self.core.record_receipt(job.id, message_id=message_id, delivered_in=where)  # first: see FrontEnd
+        self.core.jobs.set_reply_data(job.id, message_id=message_id, delivered_in=where)
         self._saved.discard(job.id)
 
     def _fit(self, event: Delivered, limit: int) -> tuple[list[images.Upload], list[tuple[str, str | None]]]:

@@ -220,7 +220,8 @@ class SlackFrontEnd:
         job = event.job
         caption = messages.delivered(job, balance)
         data = self._data(job)
-        file_ids: list[str] = list(data.get("file_ids") or [])
+        # a receipt: an earlier attempt uploaded them (and died before the charge): never upload twice
+        file_ids: list[str] = list(event.receipt.get("file_ids") or data.get("file_ids") or [])
         try:
             live = self._message(job) or await self._post(job, blocks.status(job.requester.user,
                                                                              messages.accepted(job)))
@@ -233,6 +234,7 @@ class SlackFrontEnd:
                 response = await self.client.files_upload_v2(
                     file_uploads=uploads, channel=live.channel, thread_ts=live.ts, **comment)
                 file_ids = [str(f["id"]) for f in response.get("files") or []]
+                self.core.record_receipt(job.id, file_ids=file_ids, channel=live.channel, ts=live.ts)  # first
                 self.core.jobs.set_reply_data(job.id, file_ids=file_ids, thread_ts=live.ts)
         except SlackError as exc:
             code = slack_error_code(exc)

@@ -67,3 +67,4 @@ async def test_a_429_on_chat_update_holds_up_no_job_and_the_workspace_waits_retr
             job = slack.core.jobs.get(job_id)
             message = fake_slack.messages[job.reply.data["progress_ts"]]
             assert "credits" in message.text and message.blocks and message.blocks[-1]["type"] == "actions"
+
