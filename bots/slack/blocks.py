@@ -18,6 +18,11 @@ from .mentions import escape, mention
 #: Buttons are handled by action id; the job id travels in the button's value (see ``handlers``).
 ACTION_REROLL = "imagine_reroll"
 ACTION_DELETE = "imagine_delete"
+ACTION_VARY = "imagine_vary"
+ACTION_REMIX = "imagine_remix"
+#: the message shortcut (manifest) and the modal it and the Remix button open
+SHORTCUT_REMIX = "remix_with_imagine"
+VIEW_REMIX = "imagine_remix_modal"
 
 Payload = dict[str, Any]
 
@@ -61,6 +66,8 @@ def result_actions(job_id: str) -> Payload:
     }
     return {"type": "actions", "block_id": f"imagine_job_{job_id}", "elements": [
         _button("Reroll", ACTION_REROLL, job_id),
+        _button("Vary", ACTION_VARY, job_id),
+        _button("Remix", ACTION_REMIX, job_id),
         _button("Delete", ACTION_DELETE, job_id, style="danger", confirm=confirm),
     ]}
 
@@ -72,6 +79,33 @@ def delivered(user_id: str, caption: str, job_id: str, *, file_ids: Sequence[str
     body = f"{mention(user_id)} {escape(caption)}"
     images = [image(file_id, prompt) for file_id in file_ids]
     return {"text": body, "blocks": [_section(body), *images, result_actions(job_id)]}
+
+
+def _select(name: str, label: str, choices: Sequence[str], chosen: str | None) -> Payload:
+    options = [{"text": {"type": "plain_text", "text": c}, "value": c} for c in choices]
+    element: Payload = {"type": "static_select", "action_id": name, "options": options}
+    if chosen in choices:
+        element["initial_option"] = options[list(choices).index(chosen)]
+    return {"type": "input", "block_id": name, "optional": True, "label": {"type": "plain_text", "text": label},
+            "element": element}
+
+
+def remix_modal(metadata: str, choices: dict[str, Sequence[str]], chosen: dict[str, str], *, prompt: str = "",
+                title: str = "Remix with imagine", max_prompt: int = 3000) -> Payload:
+    """The Remix modal: a prompt, then one select per model choice (aspect ratio, quality). ``metadata``
+    (``private_metadata``) says what to edit; the submission is handled by callback id ``VIEW_REMIX``."""
+    prompt_input: Payload = {"type": "plain_text_input", "action_id": "prompt", "multiline": True,
+                             "max_length": min(max_prompt, 3000),
+                             "placeholder": {"type": "plain_text", "text": "What to change, e.g. make it winter"}}
+    if prompt:
+        prompt_input["initial_value"] = prompt[:3000]
+    selects = [_select(name, name.replace("_", " ").capitalize(), options, chosen.get(name))
+               for name, options in choices.items()]
+    return {"type": "modal", "callback_id": VIEW_REMIX, "private_metadata": metadata,
+            "title": {"type": "plain_text", "text": title[:24]}, "submit": {"type": "plain_text", "text": "Make it"},
+            "close": {"type": "plain_text", "text": "Cancel"},
+            "blocks": [{"type": "input", "block_id": "prompt", "label": {"type": "plain_text", "text": "Prompt"},
+                        "element": prompt_input}, *selects]}
 
 
 @dataclass(frozen=True, slots=True)

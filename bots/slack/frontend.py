@@ -184,8 +184,10 @@ class SlackFrontEnd:
         return message
 
     async def _post(self, job: Job, payload: dict[str, Any], client: AsyncWebClient | None = None) -> _Message:
+        # a job asked from a message (the Remix shortcut) answers in that message's thread
+        thread = {"thread_ts": job.reply.data["in_thread_of"]} if job.reply.data.get("in_thread_of") else {}
         response = await (client or self.client).chat_postMessage(
-            channel=job.reply.channel, unfurl_links=False, unfurl_media=False, **payload)
+            channel=job.reply.channel, unfurl_links=False, unfurl_media=False, **thread, **payload)
         message = self._messages[job.id] = _Message(str(response["channel"]), str(response["ts"]))
         self.core.jobs.set_reply_data(job.id, progress_channel=message.channel, progress_ts=message.ts)
         return message
@@ -232,7 +234,8 @@ class SlackFrontEnd:
                 comment = ({"initial_comment": blocks.status(job.requester.user, caption)["text"]}
                            if self.result_in_thread else {})  # inline, the caption is on the result itself
                 response = await self.client.files_upload_v2(
-                    file_uploads=uploads, channel=live.channel, thread_ts=live.ts, **comment)
+                    file_uploads=uploads, channel=live.channel, thread_ts=data.get("in_thread_of") or live.ts,
+                    **comment)
                 file_ids = [str(f["id"]) for f in response.get("files") or []]
                 self.core.record_receipt(job.id, file_ids=file_ids, channel=live.channel, ts=live.ts)  # first
                 self.core.jobs.set_reply_data(job.id, file_ids=file_ids, thread_ts=live.ts)

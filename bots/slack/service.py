@@ -32,6 +32,7 @@ from imagine_bot.core.settings import Settings
 
 from .frontend import SlackError, SlackFrontEnd, slack_error_code
 from .handlers import SlackHandlers
+from .remix import SlackRemix
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,8 @@ class SlackService:
         )
         self.handlers = SlackHandlers(core, self.frontend)
         self.handlers.register(self.app)
+        self.remix = SlackRemix(self.handlers)
+        self.remix.register(self.app)
         core.register(self.frontend)
         if web_app is not None and self.mode == "http":
             web_app.router.add_post(EVENTS_PATH, self.handle_http)

@@ -16,6 +16,9 @@ Point ``AsyncWebClient(base_url=fake.api_url)`` (or ``SLACK_API_URL``) at it. It
   ``fake.processing_looks = n`` keeps each file uploaded afterwards "not yet processed" for its first ``n``
   looks (a ``files.info`` call or a message showing it): unshared in ``files.info`` and refused in blocks.
 - ``/upload/<file_id>``: the upload URL handed out by files.getUploadURLExternal (stores the raw bytes).
+- ``views.open`` records each modal in ``fake.views``; ``fake.add_file(...)`` shares a file whose
+  ``url_private_download`` (``/files-pri/<id>/<name>``) answers only with the bot token, like Slack (anything
+  else gets the HTML sign-in page); ``fake.file_downloads`` records each download.
 - ``/response/<id>``: a response_url (records the JSON posted to it); ``fake.response_url(id)`` makes one.
 - ``/socket``: a Socket Mode websocket (``apps.connections.open`` hands out its URL); ``send_envelope``
   pushes a request to the connected app and returns its ack.
@@ -82,6 +85,11 @@ class FakeSlackAPI:
         self.messages: dict[str, Message] = {}
         self.uploads: dict[str, bytes] = {}
         self.files: dict[str, dict[str, Any]] = {}
+        #: files users shared (``add_file``), and every download of one: (file id, Authorization header)
+        self.private_files: dict[str, bytes] = {}
+        self.file_downloads: list[tuple[str, str]] = []
+        #: modals opened with views.open
+        self.views: list[dict[str, Any]] = []
         self.workspace_admins: set[str] = set()
         self.workspace_owners: set[str] = set()
         self.responses: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -107,6 +115,7 @@ class FakeSlackAPI:
         app = web.Application()
         app.router.add_route("*", "/api/{method}", self._api)
         app.router.add_post("/upload/{file_id}", self._upload)
+        app.router.add_get("/files-pri/{file_id}/{name}", self._private_file)
         app.router.add_post("/response/{rid}", self._response)
         app.router.add_get("/socket", self._socket)
         self._runner = web.AppRunner(app, access_log=None)
@@ -335,6 +344,34 @@ class FakeSlackAPI:
 
     def _chat_postEphemeral(self, params: dict[str, Any]) -> dict[str, Any]:
         return {"ok": True, "message_ts": self._next_ts()}
+
+    def _views_open(self, params: dict[str, Any]) -> dict[str, Any]:
+        """A modal opened with a trigger id (kept in ``views``, newest last)."""
+        view = params["view"]
+        view = json.loads(view) if isinstance(view, str) else view
+        opened = {**view, "id": f"V{next(self._file_ids):07d}", "team_id": self.team_id, "hash": "h1",
+                  "trigger_id": params.get("trigger_id")}
+        self.views.append(opened)
+        return {"ok": True, "view": opened}
+
+    def add_file(self, name: str, data: bytes, mimetype: str = "image/png") -> dict[str, Any]:
+        """A file a user shared: its ``url_private_download`` needs the bot token (like Slack's)."""
+        file_id = f"F{next(self._file_ids):07d}"
+        url = f"{self.base_url}/files-pri/{file_id}/{name}"
+        self.files[file_id] = {"id": file_id, "name": name, "length": len(data), "channels": []}
+        self.private_files[file_id] = data
+        return {"id": file_id, "name": name, "title": name, "mimetype": mimetype, "filetype": name.rsplit(".", 1)[-1],
+                "size": len(data), "url_private": url, "url_private_download": url}
+
+    async def _private_file(self, request: web.Request) -> web.Response:
+        """Slack answers a request without the bot token with its HTML sign-in page, not a 401."""
+        self.file_downloads.append((request.match_info["file_id"], request.headers.get("Authorization", "")))
+        if request.headers.get("Authorization") != f"Bearer {self.bot_token}":
+            return web.Response(text="<!DOCTYPE html><html>sign in</html>", content_type="text/html")
+        data = self.private_files.get(request.match_info["file_id"])
+        if data is None:
+            return web.Response(status=404, text="file not found")
+        return web.Response(body=data, content_type="application/octet-stream")
 
     def _views_publish(self, params: dict[str, Any]) -> dict[str, Any]:
         view = params["view"]

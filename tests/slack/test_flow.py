@@ -60,7 +60,8 @@ async def test_ack_is_immediate_then_progress_is_edited_in_place_then_the_image_
     assert final[1]["slack_file"] == {"id": file_id}
     assert final[1]["alt_text"] == "a lighthouse at dusk"  # the prompt, for screen readers
     buttons = final[2]["elements"]
-    assert [(b["action_id"], b["value"]) for b in buttons] == [(ACTION_REROLL, job.id), (ACTION_DELETE, job.id)]
+    assert [(b["action_id"], b["value"]) for b in buttons] == [
+        (ACTION_REROLL, job.id), ("imagine_vary", job.id), ("imagine_remix", job.id), (ACTION_DELETE, job.id)]
     assert fake.messages[progress_ts].blocks == final  # Slack took it (the fake checks the file is shared)
 
     # the image went to the upload URL as a real PNG and was shared in the channel through the message's

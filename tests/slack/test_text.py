@@ -54,8 +54,9 @@ def test_delivered_layout_has_the_buttons_and_escapes_the_caption():
     assert payload["text"] == "<@U1> `&lt;!channel&gt;` · 18 credits"
     assert [b["type"] for b in payload["blocks"]] == ["section", "actions"]
     actions = payload["blocks"][1]["elements"]
-    assert [(a["action_id"], a["value"]) for a in actions] == [("imagine_reroll", "j1"), ("imagine_delete", "j1")]
-    assert actions[1]["style"] == "danger" and "confirm" in actions[1]
+    assert [(a["action_id"], a["value"]) for a in actions] == [
+        ("imagine_reroll", "j1"), ("imagine_vary", "j1"), ("imagine_remix", "j1"), ("imagine_delete", "j1")]
+    assert actions[3]["style"] == "danger" and "confirm" in actions[3]
 
 
 def test_inline_layout_shows_each_file_between_the_caption_and_the_buttons():
