@@ -201,3 +201,21 @@ async def test_cleanup_removes_references_and_results_past_the_keep_days(core):
     core.refs.clock = lambda: time.time() + 8 * 86400
     assert core.refs.cleanup() == 2
     assert core.refs.path(key) is None and not folder.exists()
+
+
+async def test_chat_imagine_takes_image_urls_and_refuses_anything_else(make_settings, sandbox):
+    from imagine_bot.core.commands import dispatch
+
+    core, _frontend, _port, close = await open_served(make_settings())
+    try:
+        public = core.refs.url(core.refs.put(png((10, 200, 90))))  # any public image URL will do
+        reply = await dispatch(core, ME, f"make it winter --image {public} --ar 9:16", REPLY,
+                               resolve_user=lambda raw: None)
+        assert reply.job is not None and reply.job.image_urls == (public,)  # passed on as it is
+        assert reply.job.params["aspect_ratio"] == "9:16" and "an edit of 1 reference image" in reply.text
+        await core.orchestrator.wait_idle()
+        assert core.jobs.get(reply.job.id).state is JobState.DELIVERED
+        refused = await dispatch(core, ME, "make it winter --image photo.png", REPLY, resolve_user=lambda raw: None)
+        assert refused.job is None and "`--image` takes the URL of an image" in refused.text
+    finally:
+        await close()
