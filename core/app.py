@@ -29,7 +29,7 @@ from .authority import GLOBAL, Actor, scope_noun
 from .budgets import Budgets, BudgetStatus, spend_csv
 from .catalog import ModelSpec, edit_model, get_model
 from .dashboard.auth import DashboardAuth
-from .db import open_db, utcnow
+from .db import BOT_BUSY_TIMEOUT_S, open_db, utcnow
 from .errors import ConfigError, NotAllowedHere, NotFound, PermissionDenied, UserInputError
 from .frontend import FrontEnd
 from .gateway import GatewayClient
@@ -140,7 +140,7 @@ class ImagineCore:
             if not settings.sandbox and not api_key:
                 raise ConfigError("MODKIE_API_KEY", "is not set: put your ModKie key in .env, or use "
                                   "MODKIE_BASE_URL=sandbox (or --sandbox) to try the bot without one")
-            db = open_db(settings.IMAGINE_DB_PATH)
+            db = open_db(settings.IMAGINE_DB_PATH, busy_timeout_s=BOT_BUSY_TIMEOUT_S)
             stack.callback(db.conn.close)
             log.info("database %s (images wait for delivery in %s)", _shown(settings.IMAGINE_DB_PATH),
                      _shown(settings.spool_dir))

@@ -4,6 +4,9 @@
     /imagine <prompt> --image <url> [--image <url>]     edit images (the edit model)
     /imagine help | credits                             help, your balance (and this place's budget)
 
+``admin``, ``credits``, ``balance`` and ``help`` are reserved as the first word: followed by anything this
+module does not know (``admin grnt``, ``credits please``) they get a usage answer, never a paid image.
+
 Operators (``ADMINS``) only, never community admins::
 
     /imagine admin grant <user> <n> [note]              grant (negative n revokes)
@@ -98,6 +101,8 @@ async def dispatch(core: ImagineCore, requester: UserRef | Actor, text: str, rep
             if not core.is_admin(actor):
                 raise PermissionDenied(f"{actor.key} tried admin {words[1]}")
             return _ADMIN[words[1].lower()](core, actor, words[2:], resolve_user)
+        if first in messages.COMMAND_WORDS:  # `admin grnt`, `credits please`: never a paid image
+            return CommandReply(messages.command_word_usage(words, command=command, admin=core.is_admin(actor)))
         text, images = take_images(text)
         references = [resolve_image(raw) for raw in images]
         job = await core.imagine(actor, reply, text, dedupe_key=dedupe_key, references=references)

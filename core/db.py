@@ -6,6 +6,7 @@ beside the one writer; every change is one short ``BEGIN IMMEDIATE`` transaction
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -16,6 +17,8 @@ from pathlib import Path
 import sqlite_utils
 
 from .errors import DataNotWritable
+
+log = logging.getLogger(__name__)
 
 Migration = Callable[[sqlite_utils.Database], None]
 MIGRATIONS: list[tuple[str, Migration]] = []
@@ -216,13 +219,19 @@ def iso(ts: datetime) -> str:
     return ts.astimezone(UTC).isoformat(timespec="milliseconds")
 
 
-def open_db(path: Path | str) -> sqlite_utils.Database:
+#: how long a statement waits for another process's write lock: short for the bot (its event loop must not
+#: freeze behind an admin command; every write is one short transaction), longer for the command line
+BOT_BUSY_TIMEOUT_S = 5.0
+CLI_BUSY_TIMEOUT_S = 30.0
+
+
+def open_db(path: Path | str, *, busy_timeout_s: float = CLI_BUSY_TIMEOUT_S) -> sqlite_utils.Database:
     """Open (creating if needed) and migrate the database. ``":memory:"`` works for tests."""
     if str(path) != ":memory:":
         check_writable(Path(path))
     try:
-        conn = sqlite3.connect(str(path), isolation_level=None, timeout=30, check_same_thread=False)
-        conn.execute("PRAGMA busy_timeout = 30000")
+        conn = sqlite3.connect(str(path), isolation_level=None, timeout=busy_timeout_s, check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
         conn.execute("PRAGMA journal_mode = WAL")
     except sqlite3.OperationalError as exc:  # what the checks above cannot see (a read-only mount, ...)
         if "unable to open" in str(exc) or "readonly" in str(exc):
@@ -282,7 +291,27 @@ def transaction(db: sqlite_utils.Database) -> Iterator[sqlite3.Connection]:
     try:
         yield conn
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:  # something may have ended it already: never mask the real error
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                log.exception("rollback failed (the original error follows)")
         raise
     else:
         conn.execute("COMMIT")
+
+
+@contextmanager
+def snapshot(db: sqlite_utils.Database) -> Iterator[sqlite3.Connection]:
+    """A consistent read of several tables that takes no write lock (a deferred transaction: with WAL,
+    readers never wait for the writer and never make it wait). Nested use joins the outer transaction."""
+    conn = db.conn
+    if conn.in_transaction:
+        yield conn
+        return
+    conn.execute("BEGIN")
+    try:
+        yield conn
+    finally:
+        if conn.in_transaction:
+            conn.execute("COMMIT")

@@ -57,7 +57,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlite_utils
 
-from .db import iso, transaction, utcnow
+from .db import iso, snapshot, transaction, utcnow
 from .errors import ConfigError, InsufficientCredits, NotFound, UserInputError
 from .identity import UserRef
 
@@ -76,6 +76,17 @@ REPORT_FIELDS = (
     "account", "balance", "held", "allowance",
     "granted", "refilled", "spent", "jobs_charged", "jobs_refunded",
 )
+
+
+#: the most credits one grant, revoke or allowance may move: far beyond any real use, and far below
+#: SQLite's 64-bit integers (a bigger number is refused in plain words, not an OverflowError)
+MAX_CREDITS_CHANGE = 1_000_000_000
+
+
+def _check_size(amount: int) -> None:
+    if abs(amount) > MAX_CREDITS_CHANGE:
+        raise UserInputError(f"{amount:,} credits is more than one change may move (at most "
+                             f"{MAX_CREDITS_CHANGE:,}). Nothing was changed.")
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,14 +252,18 @@ class Ledger:
             [iso(now), key, kind, delta_balance, delta_held, balance, held, job_id, actor, note],
         )
 
+    def _refill_due(self, acct: _Account, now: datetime) -> bool:
+        if self.period == "never":
+            return False
+        if acct.period_start is None:
+            return True
+        boundary = next_boundary(acct.period_start, self.period)
+        return boundary is not None and now >= boundary
+
     def _refill(self, acct: _Account, now: datetime) -> _Account:
         """Top the balance up to the allowance if a period boundary has passed since the last refill."""
-        if self.period == "never":
+        if not self._refill_due(acct, now):
             return acct
-        if acct.period_start is not None:
-            boundary = next_boundary(acct.period_start, self.period)
-            if boundary is None or now < boundary:
-                return acct
         start = period_start(now, self.period)
         assert start is not None
         self.db.execute("UPDATE accounts SET period_start = ? WHERE account = ?", [iso(start), acct.account])
@@ -289,7 +304,13 @@ class Ledger:
     # --- the API
 
     def balance(self, who: UserRef) -> Balance:
-        """The user's balance now (opens the account and applies a due refill)."""
+        """The user's balance now (opens the account and applies a due refill).
+
+        A plain read, taking no write lock, unless the account must be opened or refilled."""
+        now = self._now()
+        acct = self._load(who.key)
+        if acct is not None and not self._refill_due(acct, now):
+            return self._balance(acct)
         with transaction(self.db):
             return self._balance(self._touch(who, self._now()))
 
@@ -355,6 +376,7 @@ class Ledger:
         """
         if amount == 0:
             raise UserInputError("Grant a number of credits other than 0 (negative to take credits back).")
+        _check_size(amount)
         now = self._now()
         with transaction(self.db):
             acct = self._touch(who, now)
@@ -376,6 +398,8 @@ class Ledger:
         """
         if allowance is not None and allowance < 0:
             raise UserInputError("An allowance must be 0 or more credits.")
+        if allowance is not None:
+            _check_size(allowance)
         now = self._now()
         with transaction(self.db):
             acct = self._touch(who, now)
@@ -409,15 +433,20 @@ class Ledger:
     def accounts(self) -> list[Balance]:
         """Every account as of now (applying due refills), in key order."""
         now = self._now()
-        with transaction(self.db):
+        with snapshot(self.db):  # a read: the write lock only when a refill is due
             keys = [r[0] for r in self.db.execute("SELECT account FROM accounts ORDER BY account").fetchall()]
+            loaded = [self._must_load(key) for key in keys]
+        if not any(self._refill_due(acct, now) for acct in loaded):
+            return [self._balance(acct) for acct in loaded]
+        with transaction(self.db):
             return [self._balance(self._refill(self._must_load(key), now)) for key in keys]
 
     def report_rows(self, since: datetime | None = None) -> list[dict[str, object]]:
         """Per account: current balance, held and allowance, and the totals since ``since`` (all time
         when None) of credits granted (net of revokes), refilled and spent, and jobs charged and refunded."""
         totals: dict[str, dict[str, int]] = {}
-        with transaction(self.db):  # one snapshot for balances and totals
+        self.accounts()  # applies refills that are due (a short write, only then)
+        with snapshot(self.db):  # one consistent read of balances and totals, no write lock
             balances = self.accounts()
             rows = self.db.execute(
                 """

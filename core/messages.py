@@ -221,6 +221,25 @@ def help_text(model: ModelSpec, *, command: str = "/imagine", admin: bool = Fals
     return "\n".join(lines)
 
 
+#: words that are commands when they come first: never the start of a paid prompt
+COMMAND_WORDS = ("admin", "credits", "balance", "help")
+
+
+def command_word_usage(words: list[str], *, command: str = "/imagine", admin: bool = False) -> str:
+    """A reserved word first but not a command we know (``admin grnt``, ``credits please``): say how to
+    use it, and how to start a prompt with that word, instead of making a paid image of it."""
+    word = words[0].lower()
+    said = " ".join(words[:3])[:60]
+    if word == "admin":
+        what = (f"`{command} {said}` is not an admin command. Try `{command} help` for the list."
+                if admin else "Admin commands are for the image bot's admins.")
+    else:
+        shows = "your balance" if word in ("credits", "balance") else "the help"
+        what = f"`{command} {word}` on its own shows {shows}; it takes nothing after it."
+    return (f"{what} Nothing was made or charged. To make an image whose prompt starts with \"{word}\", "
+            f"put another word first, e.g. `{command} a {word} ...`.")
+
+
 def granted(target: str, amount: int, balance: Balance) -> str:
     verb = "Granted" if amount >= 0 else "Revoked"
     direction = "to" if amount >= 0 else "from"

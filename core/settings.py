@@ -175,6 +175,13 @@ class Settings(BaseSettings):
                              "to 127.0.0.1 or localhost")
         return value
 
+    @field_validator("IMAGINE_DB_PATH")
+    @classmethod
+    def _absolute_db_path(cls, value: Path) -> Path:
+        """Resolved once, when read: the spool beside it and every file path a job row stores then mean
+        the same place whatever the working directory of a later process or thread."""
+        return value if str(value) == ":memory:" else value.expanduser().resolve()
+
     @field_validator("PUBLIC_URL")
     @classmethod
     def _check_public_url(cls, value: str | None) -> str | None:
@@ -216,7 +223,8 @@ class Settings(BaseSettings):
 
     @property
     def spool_dir(self) -> Path:
-        """Where downloaded images wait for delivery (beside the database)."""
+        """Where downloaded images wait for delivery (beside the database), as an absolute path: job rows
+        store file paths, and another process (or this one, restarted elsewhere) must find them."""
         return self.IMAGINE_DB_PATH.parent / (self.IMAGINE_DB_PATH.stem + "-files")
 
     @property

@@ -1,10 +1,10 @@
-"""Admission: a fair FIFO queue with a global cap and a token bucket in front of createTask."""
+"""Admission: a fair FIFO queue with a global cap and a sliding-window rate limit in front of createTask."""
 
 from __future__ import annotations
 
 import asyncio
 
-from imagine_bot.core.admission import Admission, TokenBucket
+from imagine_bot.core.admission import Admission, SlidingWindow, TokenBucket
 
 
 def test_token_bucket_allows_a_burst_then_the_rate():
@@ -120,3 +120,68 @@ async def test_confirmations_may_use_the_reserve_that_routine_polls_leave():
     assert all(t.done() for t in urgent)  # confirmations: the rest of the bucket at once
     assert not routine[2].done()
     await asyncio.wait_for(routine[2], timeout=2)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def busiest_window(limiter, clock: FakeClock, *, per: float = 10.0, seconds: float = 60.0) -> int:
+    """Saturating demand (always someone waiting) for ``seconds``: the most admissions any ``per``-second
+    window saw."""
+    times: list[float] = []
+    while clock.now < seconds:
+        while limiter.wait_time() <= 0.0:
+            limiter.take()
+            times.append(clock.now)
+        clock.now = round(clock.now + 0.01, 2)
+    return max(sum(1 for t in times if start <= t < start + per) for start in times)
+
+
+def test_create_rate_holds_in_every_10_second_window():
+    clock = FakeClock()
+    assert busiest_window(SlidingWindow(18, 10.0, clock), clock) == 18
+    # what it replaced: a full bucket plus its refill let about twice the limit through the first window
+    clock = FakeClock()
+    assert busiest_window(TokenBucket(18, 10.0, clock), clock) > 30
+
+
+async def test_the_admission_itself_never_exceeds_the_window():
+    clock = FakeClock()
+    admission = Admission(max_active=1000, rate=3, per=10.0, clock=clock)
+    for n in range(9):
+        admission._waiting.append(f"j{n}")
+    admitted: list[float] = []
+    while clock.now < 40:
+        while admission._waiting and admission._admissible(admission._waiting[0]) == 0.0:
+            admission.window.take()
+            admission.active.add(admission._waiting.pop(0))
+            admitted.append(clock.now)
+        clock.now = round(clock.now + 0.1, 1)
+    assert admitted == [0.0, 0.0, 0.0, 10.0, 10.0, 10.0, 20.0, 20.0, 20.0]
+
+
+async def test_a_refused_job_goes_back_first_and_everyone_waits_for_retry_after():
+    admission = Admission(max_active=1, rate=1000)
+    order: list[str] = []
+
+    async def job(name: str, first: bool = False) -> None:
+        await admission.enter(name, first=first)
+        order.append(name)
+        admission.leave(name)
+
+    await admission.enter("a")  # a is at the gateway; b and c wait behind it
+    waiting = [asyncio.create_task(job("b")), asyncio.create_task(job("c"))]
+    await asyncio.sleep(0.01)
+    admission.leave("a")  # the gateway said 429 to a: back in line at the head, nobody goes for 0.2 s
+    admission.pause(0.2)
+    again = asyncio.create_task(job("a", first=True))
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await asyncio.wait_for(asyncio.gather(again, *waiting), 5)
+    assert order == ["a", "b", "c"]
+    assert loop.time() - started >= 0.19

@@ -36,12 +36,20 @@ async def test_help_and_credits(core):
     assert (await say(core, ALICE, "")).text == (await say(core, ALICE, "help")).text
 
 
-async def test_a_prompt_that_starts_with_help_is_a_prompt(core):
+async def test_command_words_first_are_never_a_paid_image(core, sandbox):
     from imagine_bot.bots.terminal import TerminalFrontEnd
 
     core.register(TerminalFrontEnd(core.settings.spool_dir / "out", bar=False))
-    reply = await say(core, ALICE, "help me draw a cat")
-    assert reply.job is not None and reply.job.prompt == "help me draw a cat"
+    for text in ("admin grnt @bob 100", "credits please", "balance now", "help me draw a cat", "Admin"):
+        reply = await say(core, ALICE, text)
+        assert reply.job is None, text
+        assert "Nothing was made or charged" in reply.text and "put another word first" in reply.text, text
+    assert "not an admin command" not in (await say(core, ALICE, "admin grnt @bob 100")).text  # not an admin
+    assert sandbox.requests["createTask"] == 0 and core.jobs.recent() == []
+    assert "reserve" not in [e.kind for e in core.ledger.history(ALICE)]
+    # another word first makes it a prompt
+    reply = await say(core, ALICE, "a help desk at dawn")
+    assert reply.job is not None and reply.job.prompt == "a help desk at dawn"
     await core.orchestrator.wait_idle()
 
 

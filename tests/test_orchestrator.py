@@ -17,6 +17,7 @@ from imagine_bot.core.events import Accepted, Delivered, Failed, Progress, Queue
 from imagine_bot.core.identity import UserRef
 from imagine_bot.core.jobs import JobState, ReplyTo
 from imagine_bot.core.web import build_web_app, start_web
+from tests.conftest import until
 
 ALICE = UserRef("terminal", "local", "alice")
 BOB = UserRef("terminal", "local", "bob")
@@ -220,3 +221,23 @@ async def test_polling_shares_one_rate_across_all_jobs(make_settings, tmp_path, 
         assert all(j.state is JobState.DELIVERED for j in core.jobs.recent(limit=20))
     # each job alone would poll every 0.02-0.05 s; together they may not pass 10/s (+ the burst of 10)
     assert sandbox.requests["recordInfo"] <= 10 * elapsed + 10 + 1
+
+
+async def test_a_create_task_429_goes_back_to_admission_and_the_job_keeps_its_place(make_settings, tmp_path,
+                                                                                    sandbox):
+    async with ImagineCore.open(make_settings(MAX_ACTIVE_JOBS=1)) as core:
+        core.register(recorder(tmp_path))
+        sandbox.inject("createTask", status=429, code=429, headers={"Retry-After": "2"})
+        first = await core.imagine(ALICE, REPLY, "first in line")
+        second = await core.imagine(BOB, REPLY, "second in line")
+        # refused: back in the admission line (queued, not held in submitting while the client sleeps)
+        await until(lambda: sandbox.requests["createTask"] == 1 and core.jobs.get(first.id).state is JobState.QUEUED,
+                    within=1.5)
+        assert core.jobs.get(second.id).state is JobState.QUEUED  # and nobody passed it
+        await asyncio.wait_for(core.orchestrator.wait_idle(), 20)
+        assert core.jobs.get(first.id).state is JobState.DELIVERED
+        assert core.jobs.get(second.id).state is JobState.DELIVERED
+    # the refused job was sent again first (it kept its place), and the client itself did not resend it
+    created = sorted(sandbox.tasks.values(), key=lambda t: t.created)
+    assert [t.input["prompt"] for t in created] == ["first in line", "second in line"]
+    assert sandbox.requests["createTask"] == 3
