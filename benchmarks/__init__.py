@@ -14,6 +14,7 @@ the bot's figures.
 BENCHMARKS = {
     "ack": "benchmarks.ack",
     "delivery": "benchmarks.delivery",
+    "deploy": "benchmarks.deploy",
     "inflight": "benchmarks.inflight",
     "ledger": "benchmarks.ledger",
     "naive": "benchmarks.naive",

@@ -239,6 +239,8 @@ class Orchestrator:
         if self._stopped:  # a submit that raced a stop: leave the job to the next owner at once
             self.jobs.release_leases(self.owner, [job.id])
             return
+        if job.id in self._tasks:  # already running here (a sweep picked it up first)
+            return
         task = asyncio.create_task(self._run(job.id), name=f"job-{job.id}")
         self._tasks[job.id] = task
 
@@ -302,6 +304,9 @@ class Orchestrator:
             await asyncio.sleep(self.leases.renew_every_s)
             try:
                 held = self.jobs.renew(self.owner, self.leases.until())
+                idle = held - set(self._tasks)
+                if idle:  # ours but nobody works on them here (a worker that died): free for any sweep
+                    self.jobs.release_leases(self.owner, idle)
                 for job_id, task in list(self._tasks.items()):
                     if job_id in held or task.done():
                         continue

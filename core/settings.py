@@ -120,8 +120,12 @@ class Settings(BaseSettings):
     def _db_under_data_dir(self) -> Settings:
         """``IMAGINE_DB_PATH=imagine-bot.db`` means ``$IMAGINE_DATA_DIR/imagine-bot.db``: a copied ``.env``
         never moves the database out of the container's ``/data`` volume."""
-        if str(self.IMAGINE_DB_PATH) != ":memory:" and not self.IMAGINE_DB_PATH.is_absolute():
-            self.IMAGINE_DB_PATH = self.IMAGINE_DATA_DIR / self.IMAGINE_DB_PATH
+        if str(self.IMAGINE_DB_PATH) != ":memory:":
+            if not self.IMAGINE_DB_PATH.is_absolute():
+                self.IMAGINE_DB_PATH = self.IMAGINE_DATA_DIR / self.IMAGINE_DB_PATH
+            # resolved once, when read: the spool beside it and every file path a job row stores then mean
+            # the same place whatever the working directory of a later process or thread
+            self.IMAGINE_DB_PATH = self.IMAGINE_DB_PATH.expanduser().resolve()
         return self
 
     @field_validator("ADMINS", "BANNED_WORDS", "MODKIE_ASPECT_RATIOS", "DISCORD_GUILD_IDS", "DISCORD_SHARD_IDS",
@@ -174,13 +178,6 @@ class Settings(BaseSettings):
             raise ValueError("plain http:// would send the API key in clear: use https://, or http:// only "
                              "to 127.0.0.1 or localhost")
         return value
-
-    @field_validator("IMAGINE_DB_PATH")
-    @classmethod
-    def _absolute_db_path(cls, value: Path) -> Path:
-        """Resolved once, when read: the spool beside it and every file path a job row stores then mean
-        the same place whatever the working directory of a later process or thread."""
-        return value if str(value) == ":memory:" else value.expanduser().resolve()
 
     @field_validator("PUBLIC_URL")
     @classmethod

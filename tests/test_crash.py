@@ -60,7 +60,8 @@ async def test_kill_9_at_random_points_then_restart_delivers_each_job_once(tmp_p
 
         jobs = store.recent(limit=100)
         assert len(jobs) == JOBS
-        deliveries = Counter((await asyncio.to_thread(Path(db + ".deliveries").read_text)).split())
+        posted = (await asyncio.to_thread(Path(db + ".deliveries").read_text)).splitlines()
+        deliveries = Counter(line.split()[0] for line in posted)
         failures_file = Path(db + ".failures")
         told = {}
         if failures_file.exists():

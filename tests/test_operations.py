@@ -57,7 +57,8 @@ def test_the_readme_docker_run_keeps_the_database_in_the_volume(monkeypatch):
 
 
 def test_relative_paths_are_under_the_data_dir_and_absolute_ones_stay(tmp_path):
-    assert load_settings(_env_file=None).IMAGINE_DB_PATH == Path("imagine-bot.db")  # default: the current folder
+    # default: the current folder (resolved when read, so a later chdir or thread cannot move it)
+    assert load_settings(_env_file=None).IMAGINE_DB_PATH == Path("imagine-bot.db").resolve()
     settings = load_settings(_env_file=None, IMAGINE_DATA_DIR=tmp_path, IMAGINE_DB_PATH="./bot.db")
     assert settings.IMAGINE_DB_PATH == tmp_path / "bot.db"
     absolute = load_settings(_env_file=None, IMAGINE_DATA_DIR=tmp_path, IMAGINE_DB_PATH="/srv/x.db")
