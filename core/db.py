@@ -267,7 +267,19 @@ def _not_writable(path: Path, reason: str) -> DataNotWritable:
     return DataNotWritable(str(path), str(path.parent), reason, os.geteuid())
 
 
+def _all_applied(db: sqlite_utils.Database) -> bool:
+    try:
+        done = {row[0] for row in db.execute("SELECT name FROM _migrations").fetchall()}
+    except sqlite3.OperationalError:  # a new file: no table yet
+        return False
+    return all(name in done for name, _ in MIGRATIONS)
+
+
 def migrate(db: sqlite_utils.Database) -> None:
+    """Apply the migrations this file lacks. An up-to-date file is only read: an admin command opening the
+    database beside a running bot takes no write lock."""
+    if _all_applied(db):
+        return
     with transaction(db):
         db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
         done = {row[0] for row in db.execute("SELECT name FROM _migrations").fetchall()}
