@@ -27,6 +27,7 @@ from imagine_bot.core.settings import Settings
 from imagine_bot.core.web import build_web_app, start_web
 from imagine_bot.core.webhooks import WebhookState, register_account_webhook
 
+from .conftest import TEST_API_KEY
 from .test_orchestrator import ALICE, REPLY, recorder
 
 SECRET = "whsec-trusted-4242"
@@ -100,6 +101,11 @@ async def test_signed_final_webhook_delivers_with_no_recordinfo(open_bot, sandbo
         registration = await register_account_webhook(bot.core.gateway, bot.settings)
         assert registration.state is WebhookState.REGISTERED
         assert sandbox.account_webhook == (f"{bot.base}/callbacks/modkie", SECRET)
+        async with httpx.AsyncClient() as http:  # the sandbox shows the URL, never the secret
+            shown = (await http.get(f"{sandbox.base_url}/api/gateway/webhooks",
+                                    headers={"Authorization": f"Bearer {TEST_API_KEY}"})).json()
+        assert shown["data"] == {"url": f"{bot.base}/callbacks/modkie", "signed": True}
+        assert SECRET not in json.dumps(shown)
         bot.core.orchestrator.account_webhook = registration.registered
         job = await finished(bot.core, await bot.core.imagine(ALICE, REPLY, "a trusted fox"))
         assert job.state is JobState.DELIVERED
