@@ -15,6 +15,7 @@ BENCHMARKS = {
     "ack": "benchmarks.ack",
     "delivery": "benchmarks.delivery",
     "deploy": "benchmarks.deploy",
+    "headofline": "benchmarks.headofline",
     "inflight": "benchmarks.inflight",
     "ledger": "benchmarks.ledger",
     "naive": "benchmarks.naive",
