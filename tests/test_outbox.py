@@ -160,3 +160,16 @@ async def test_hold_drops_what_waits_and_abort_cancels_the_send_in_flight():
     await outbox.wait_idle()
     assert "slow 2" in chat.started and "slow 2" not in chat.texts
     await outbox.close()
+
+
+async def test_shutting_down_sends_the_final_statuses_and_drops_the_rest():
+    outbox, chat = Outbox(), Channel()
+    pace = Pace("w1", rate_per_s=1000.0, burst=1000, min_interval_s=10.0)
+    outbox.put("j1", chat.send("j1 first"), pace=pace)
+    outbox.put("j2", chat.send("j2 first"), pace=pace)
+    await chat.wait_sent(2)
+    outbox.put("j1", chat.send("j1 progress"), pace=pace)  # waits its 10 s
+    outbox.put("j2", chat.send("j2 failed"), pace=pace, final=True)
+    await asyncio.wait_for(outbox.flush_finals(), 5)
+    assert sorted(chat.texts) == ["j1 first", "j2 failed", "j2 first"]
+    await outbox.close()
