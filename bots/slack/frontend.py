@@ -37,7 +37,7 @@ from imagine_bot.core import messages
 from imagine_bot.core.app import ImagineCore
 from imagine_bot.core.errors import ChatRateLimited, DeliveryError
 from imagine_bot.core.events import Accepted, Delivered, Failed, ImageFile, JobEvent, Progress, Queued
-from imagine_bot.core.jobs import Job
+from imagine_bot.core.jobs import Job, JobState
 from imagine_bot.core.outbox import Pace
 
 from . import blocks, inline
@@ -210,8 +210,12 @@ class SlackFrontEnd:
                 return
             log.warning("job %s: cannot post the progress message in %s: %s", job.id, job.reply.channel, code)
             self._unpostable[job.id] = code
-            # the bot cannot post here: stop the job now (refunded; the requester hears why privately)
-            await self.core.orchestrator.cancel(job.id, self.channel_failure(code))
+            # the bot cannot post here: stop the job now (refunded; the requester hears why privately),
+            # unless its createTask is on the wire (cutting it could leave a task nobody receives): then
+            # its delivery fails the same way, refunded, with the same advice
+            fresh = self.core.jobs.find(job.id)
+            if fresh is not None and fresh.state is not JobState.SUBMITTING:
+                await self.core.orchestrator.cancel(job.id, self.channel_failure(code))
 
     # ------------------------------------------------------------------ the end of a job
     async def _deliver(self, event: Delivered, images: tuple[ImageFile, ...], balance: int) -> None:
