@@ -148,6 +148,8 @@ class FakeDiscord:
         #: a guild not described here is "server <id>" with every permission the bot asks for
         self.guild_details: dict[str, dict[str, Any]] = {}
         self._failures: list[_Failure] = []
+        self._slow: list[tuple[str, re.Pattern[str], float, Callable[[Call], bool] | None]] = []
+        self._unblock = asyncio.Event()
         self._changed = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self._port = 0
@@ -193,6 +195,7 @@ class FakeDiscord:
         return self
 
     async def close(self) -> None:
+        self._unblock.set()  # slow answers end now
         for ws in list(self._sockets.values()):
             if not ws.closed:
                 await ws.close()
@@ -228,6 +231,11 @@ class FakeDiscord:
         """Answer the next ``times`` calls (``None``: every call) matching ``method`` and the path regex."""
         self._failures.append(_Failure(method, re.compile(pattern), status,
                                        body or {"message": "injected failure", "code": 0}, times))
+
+    def slow(self, method: str, pattern: str, seconds: float, where: Callable[[Call], bool] | None = None) -> None:
+        """Answer calls matching ``method``, the path regex (and ``where``) after ``seconds`` (then apply them).
+        ``Call.answered_at`` is when the answer went out."""
+        self._slow.append((method, re.compile(pattern), seconds, where))
 
     def register_interaction(self, payload: dict[str, Any]) -> None:
         """Remember an interaction sent to the bot, as Discord does, so its webhook knows its messages."""
@@ -318,6 +326,13 @@ class FakeDiscord:
         return response
 
     async def _route(self, request: web.Request, call: Call, path: str) -> web.Response:
+        for method, pattern, seconds, where in self._slow:
+            if method == call.method and pattern.search(path) and (where is None or where(call)):
+                try:
+                    await asyncio.wait_for(self._unblock.wait(), seconds)
+                except TimeoutError:
+                    pass
+                break
         for failure in self._failures:
             if failure.method == call.method and failure.pattern.search(path) and failure.times != 0:
                 if failure.times is not None:
