@@ -17,7 +17,9 @@ that pass are handed to the gateway as they are; everything else is kept in the 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import ipaddress
+import socket
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import httpx
@@ -51,11 +53,15 @@ class _Refused(Exception):
 
 class ReferenceChecker:
     def __init__(self, store: RefStore, http: httpx.AsyncClient, *, max_bytes: int = REFERENCE_MAX_BYTES,
-                 timeout_s: float = 20.0) -> None:
+                 timeout_s: float = 20.0, trusted_hosts: Iterable[str] = ()) -> None:
         self.store = store
         self.http = http
         self.max_bytes = max_bytes
         self.timeout_s = timeout_s
+        #: hosts we fetch from even when they resolve to a private address (the configured Discord, Slack
+        #: and gateway addresses, our own /refs/); any other private, loopback or link-local address is
+        #: refused, so a URL typed in chat cannot make the bot probe its own network
+        self.trusted_hosts = frozenset(h.lower() for h in trusted_hosts if h)
 
     async def prepare(self, model: ModelSpec, references: Sequence[Reference]) -> list[str]:
         """The ``image_urls`` for ``references``, or ``UserInputError`` naming every refused one."""
@@ -114,6 +120,8 @@ class ReferenceChecker:
             raise _Refused(messages.reference_unreachable(ref.name, "not a URL")) from None
         if url.scheme not in ("http", "https"):
             raise _Refused(messages.reference_unreachable(ref.name, "not an http(s) URL"))
+        if not await self._public(url):
+            raise _Refused(messages.reference_unreachable(ref.name, "not a public address"))
         chunks: list[bytes] = []
         size = 0
         try:
@@ -133,3 +141,15 @@ class ReferenceChecker:
         if sniff(data[:16]) is None:
             raise _Refused(messages.reference_not_image(ref.name, data[:512]))
         return data, True
+
+    async def _public(self, url: httpx.URL) -> bool:
+        """Whether ``url`` may be fetched: a trusted host, or one whose every address is public."""
+        host = url.host.lower()
+        if host in self.trusted_hosts or (self.store.base_url and host == httpx.URL(self.store.base_url).host):
+            return True
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(host, url.port or 443, type=socket.SOCK_STREAM)
+        except OSError:
+            return True  # unresolvable: the fetch itself fails with a plain answer
+        addresses = {ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos}
+        return all(a.is_global for a in addresses)

@@ -219,3 +219,12 @@ async def test_chat_imagine_takes_image_urls_and_refuses_anything_else(make_sett
         assert refused.job is None and "`--image` takes the URL of an image" in refused.text
     finally:
         await close()
+
+
+@pytest.mark.parametrize("url", ["http://169.254.169.254/latest/meta-data.png", "http://10.1.2.3/a.png",
+                                 "http://localhost:1/a.png"])
+async def test_a_typed_url_to_a_private_address_is_not_fetched(core, url):
+    with pytest.raises(UserInputError) as refused:
+        await core.imagine(ME, REPLY, "make it winter", references=[Reference(url, url=url)])
+    assert "not a public address" in refused.value.user_message
+    assert core.ledger.balance(ME).available == 180
