@@ -201,6 +201,14 @@ async def test_sign_in_with_a_link_see_the_chart_and_thumbnails(site, browser):
     await browser.click("#nav-jobs")
     assert "generation_failed" in " ".join(await browser.texts("#jobs td"))
     assert len(await browser.script("return document.querySelectorAll('#failures-chart rect.bar')")) == 1
+    assert len(await browser.texts("#jobs tr.job")) == 9
+    # filter: failed jobs only, then a text search
+    await browser.script("document.querySelector('#state').value = 'failed'")
+    await browser.click("#filter")
+    assert "state=failed" in browser.url
+    assert [row.split()[0] for row in await browser.texts("#jobs tr.job")] == [site["jobs"][-1].id]
+    await browser.get(f"{base}/admin/jobs?q=fox")
+    assert [t for t in await browser.texts("#jobs tr.job td:nth-child(6)")] == ["a fox in the snow"]
 
 
 async def test_an_expired_or_reused_link_is_refused(site, browser):
