@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench run sandbox clean constraints container-test
+.PHONY: demo test lint bench run sandbox clean screenshots constraints container-test
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check . || true
+
+## screenshots: the dashboard screenshots in docs/ (README), taken by its browser test in headless Chromium
+screenshots: $(STAMP)
+	IMAGINE_SCREENSHOTS=docs $(BIN)/python -m pytest -q tests/test_dashboard_browser.py -k sign_in
 
 ## bench: print measured figures (see benchmarks/)
 bench: $(STAMP)

@@ -1,5 +1,7 @@
 """The /admin dashboard in a real browser: headless Chromium (Debian's chromium + chromium-driver) driven
-by Selenium, against the real web server, core and sandbox gateway. Saves docs/dashboard.png for the README.
+by Selenium, against the real web server, core and sandbox gateway. It takes the screenshots the README
+shows: into docs/ with ``make screenshots`` (``IMAGINE_SCREENSHOTS=docs``), else into the test's temporary
+folder, so that a test run leaves the work tree as it was.
 
 Skipped only where no Chromium can be found (``.ci/run`` installs it).
 """
@@ -36,7 +38,12 @@ pytestmark = pytest.mark.skipif(
            "(.ci/run installs them)")
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
-SCREENSHOT, GALLERY_SHOT = DOCS / "dashboard.png", DOCS / "dashboard-gallery.png"
+
+
+@pytest.fixture
+def shots(tmp_path) -> Path:
+    """Where the screenshots go: docs/ for ``make screenshots``, else a temporary folder."""
+    return DOCS if os.environ.get("IMAGINE_SCREENSHOTS") == "docs" else tmp_path
 ART_CLUB, PHOTO_LAB, TEAM = "900000000000000001", "900000000000000002", "T0DESIGN"
 
 
@@ -169,7 +176,7 @@ async def sign_in(browser: Browser, link: str) -> None:
     await browser.click("#sign-in")
 
 
-async def test_sign_in_with_a_link_see_the_chart_and_thumbnails(site, browser):
+async def test_sign_in_with_a_link_see_the_chart_and_thumbnails(site, browser, shots):
     core, base = site["core"], site["base"]
     link = DashboardAuth(core.db).mint(base, actor="cli:operator", scope=None)
     await sign_in(browser, link)
@@ -185,7 +192,7 @@ async def test_sign_in_with_a_link_see_the_chart_and_thumbnails(site, browser):
     assert f"discord:{ART_CLUB}#111" in await browser.texts("#by-channel td:first-child")
     # the cookie is HttpOnly: page scripts cannot read it
     assert await browser.script("return document.cookie") == ""
-    await browser.run(browser.driver.save_screenshot, str(SCREENSHOT))
+    assert await browser.run(browser.driver.save_screenshot, str(shots / "dashboard.png"))
 
     await browser.click("#nav-gallery")
     loaded = await browser.run(browser.driver.execute_async_script, (  # each image decoded, or not
@@ -193,7 +200,7 @@ async def test_sign_in_with_a_link_see_the_chart_and_thumbnails(site, browser):
         "Promise.all([...document.querySelectorAll('#gallery img')]"
         ".map(i => i.decode().then(() => i.naturalWidth > 0, () => false))).then(done);"))
     assert loaded == [True] * 8  # every delivered image, none of the failed one
-    await browser.run(browser.driver.save_screenshot, str(GALLERY_SHOT))
+    assert await browser.run(browser.driver.save_screenshot, str(shots / "dashboard-gallery.png"))
     links = await browser.script("return [...document.querySelectorAll('#gallery a')].map(a => a.href)")
     assert any(h.startswith(f"https://discord.com/channels/{ART_CLUB}/111/") for h in links)
     assert any(h.startswith("https://slack.com/archives/C0DESIGN/p") for h in links)
