@@ -43,6 +43,7 @@ from .places import Places
 from .prices import Prices
 from .references import Reference, ReferenceChecker
 from .refs import RefStore, load_secret
+from .relay import CallbackRelay
 from .settings import Settings
 from .store import SqliteStore, Store
 from .thumbnails import ThumbnailStore
@@ -131,6 +132,8 @@ class ImagineCore:
             lease_s=settings.JOB_LEASE_S,
             thumbnails=self.thumbnails,
         )
+        #: callbacks received here for tasks tracked by another process on the same database, and back
+        self.relay = CallbackRelay(db, self.orchestrator)
 
     @classmethod
     @asynccontextmanager
@@ -191,6 +194,7 @@ class ImagineCore:
         if self._balance is None:
             await self.read_balance()
             self._balance = asyncio.create_task(self._balance_loop(), name="gateway-balance")
+        self.relay.start()
         count = await self.orchestrator.resume()
         if count:
             log.info("resumed %d job(s) left in flight", count)
@@ -205,6 +209,7 @@ class ImagineCore:
         return self.jobs.record_receipt(job_id, **ids)
 
     async def close(self) -> None:
+        await self.relay.stop()
         for task in (self._cleanup, self._balance):
             if task is not None:
                 task.cancel()

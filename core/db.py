@@ -211,6 +211,24 @@ def m060_dashboard(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX thumbnails_created ON thumbnails(created_at)")
 
 
+@migration
+def m080_callback_relay(db: sqlite_utils.Database) -> None:
+    """Gateway callbacks received by a process that does not track their task, for the one that does
+    (several processes on one database behind one load balancer; ``core/relay.py``)."""
+    db.execute(
+        """
+        CREATE TABLE callback_relay (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            task_id TEXT NOT NULL,
+            final TEXT,                       -- JSON TaskRecord of a verified final account webhook; NULL: a hint
+            origin TEXT NOT NULL,             -- the process that received it (it does not read its own rows)
+            received_at TEXT NOT NULL
+        )
+        """
+    )
+    db.execute("CREATE INDEX callback_relay_received ON callback_relay(received_at)")
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 

@@ -32,7 +32,7 @@ import mimetypes
 import shutil
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, KeysView
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -397,6 +397,11 @@ class Orchestrator:
             return False
         event.set()
         return True
+
+    @property
+    def tracking(self) -> KeysView[str]:
+        """The task ids whose trackers run in this process (a callback for another is not ours to act on)."""
+        return self._wakeups.keys()
 
     @property
     def in_flight(self) -> int:

@@ -5,8 +5,9 @@ set), ``/callbacks/modkie`` (gateway callbacks), ``/refs/<token>`` (reference im
 
 A callback wakes the job's tracker. Most callbacks are hints, confirmed with recordInfo before anything
 is delivered or charged; a ModKie account webhook signed over its whole body with a final state carries
-the answer itself and is acted on directly (``read_callback``). It is answered at once, so the gateway
-never waits on us.
+the answer itself and is acted on directly (``read_callback``). A callback for an active job tracked by
+another process (several processes on one database) is passed on through the database (``core/relay.py``).
+It is answered at once, so the gateway never waits on us.
 """
 
 from __future__ import annotations
@@ -107,6 +108,10 @@ async def modkie_callback(request: web.Request) -> web.Response:
         log.warning("unreadable gateway callback: %s", exc.admin_message)
         return web.json_response({"ok": False, "error": "unreadable"}, status=400)
     woke = core.orchestrator.notify(callback.task_id, callback.final)
+    if not woke:
+        job = core.jobs.by_task_id(callback.task_id)
+        if job is not None and not job.state.final and job.owner != core.orchestrator.owner:
+            core.relay.publish(callback.task_id, callback.final)  # its tracker runs in another process
     log.info("gateway callback for task %s (%s, %s)", callback.task_id,
              f"signed final {callback.final.stage.value}" if callback.final else "a hint",
              "tracked" if woke else "not tracked here")

@@ -220,3 +220,35 @@ async def test_a_signed_final_webhook_posted_by_hand_is_trusted_in_base64_too(op
         job = await finished(bot.core, job)
     assert job.state is JobState.DELIVERED
     assert sandbox.requests["recordInfo"] == 0 and sandbox.requests["download"] == 1
+
+
+@pytest.mark.parametrize("secret", [SECRET, None], ids=["signed final", "unsigned hint"])
+async def test_a_callback_landing_on_another_process_reaches_the_tracker(make_settings, tmp_path, sandbox, secret):
+    """Two processes on one database behind one load balancer: the gateway's webhook reaches B, the job's
+    tracker runs in A. B relays it through the database; A acts on it within about a second (not at the
+    45 s fallback): a signed final one with no recordInfo, a hint with one."""
+    overrides = {"MODKIE_WEBHOOK_SECRET": secret} if secret else {}
+    async with ImagineCore.open(make_settings(**overrides)) as a, ImagineCore.open(make_settings(**overrides)) as b:
+        runners = [await start_web(build_web_app(core), "127.0.0.1", 0) for core in (a, b)]
+        try:
+            for core in (a, b):
+                core.register(recorder(tmp_path / core.orchestrator.owner.replace(":", "-")))
+                await core.start()
+            b_url = f"http://127.0.0.1:{runners[1][1]}"
+            settings_b = b.settings.model_copy(update={"PUBLIC_URL": b_url})
+            if secret:
+                assert (await register_account_webhook(b.gateway, settings_b)).registered
+            else:  # no secret: register by hand, the sandbox then sends the webhook unsigned
+                sandbox.account_webhook = (settings_b.callback_url, None)
+            for core in (a, b):
+                core.orchestrator.callback_url = settings_b.callback_url
+                core.orchestrator.account_webhook = True
+            job = await a.imagine(ALICE, REPLY, "a relayed robin")
+            job = await finished(a, job)
+            assert job.state is JobState.DELIVERED
+            assert b.jobs.get(job.id).state is JobState.DELIVERED  # the same database
+        finally:
+            for runner, _port in runners:
+                await runner.cleanup()
+    assert sandbox.requests["webhook"] == 1
+    assert sandbox.requests["recordInfo"] == (0 if secret else 1)
