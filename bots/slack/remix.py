@@ -26,7 +26,7 @@ from imagine_bot.core.references import FETCH_CAP_BYTES, Reference
 
 from . import blocks
 from .frontend import SlackError, slack_error_code
-from .handlers import SlackHandlers, _team_of
+from .handlers import NOT_ALLOWED, SlackHandlers, _team_of
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ class SlackRemix:
         files = _image_files(message, self.core.edit_model.references[1])
         try:
             if not self.handlers.allowed(team):
-                raise UserInputError("This image bot is not enabled for this workspace.")
+                raise UserInputError(NOT_ALLOWED)
             if not files:
                 raise UserInputError(messages.no_images_to_remix())
             self.core.check_can_submit(await self.handlers.actor(team, user, channel, check_admin=False), edit=True)
