@@ -5,11 +5,14 @@
 FROM python:3.11.14-slim-bookworm AS build
 WORKDIR /src
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-COPY pyproject.toml README.md constraints.txt ./
+# the pinned dependencies first, in their own layer: a change of code alone reuses it
+COPY constraints.txt ./
+RUN python -m venv /opt/venv && /opt/venv/bin/pip install --no-compile -r constraints.txt
+COPY pyproject.toml README.md ./
 COPY imagine_bot ./imagine_bot
 COPY core ./core
 COPY bots ./bots
-RUN python -m venv /opt/venv && /opt/venv/bin/pip install --no-compile -c constraints.txt .
+RUN /opt/venv/bin/pip install --no-compile -c constraints.txt .
 
 FROM python:3.11.14-slim-bookworm
 # a relative IMAGINE_DB_PATH (the default, and .env.example's) is taken under IMAGINE_DATA_DIR: the volume
