@@ -119,6 +119,14 @@ class ImagineClient(discord.AutoShardedClient):
     async def on_shard_ready(self, shard_id: int) -> None:
         log.info("Discord shard %d of %s ready", shard_id, self.shard_count)
 
+    async def on_interaction(self, interaction: discord.Interaction) -> None:
+        """Remix modals are answered here, from their custom id (no modal object is kept: restart-proof)."""
+        data = interaction.data if isinstance(interaction.data, dict) else {}
+        custom_id = str(data.get("custom_id") or "")
+        if (interaction.type is discord.InteractionType.modal_submit and self.handlers is not None
+                and custom_id.startswith("imagine:remix-")):
+            await self.handlers.remix_submitted(interaction, custom_id)
+
     async def on_ready(self) -> None:
         log.info("connected to Discord as %s (application %s), shards %s of %s", self.user, self.application_id,
                  sorted(self.shards), self.shard_count)

@@ -25,7 +25,7 @@ from imagine_bot.core.jobs import Job, ReplyTo
 from imagine_bot.core.references import Reference
 
 from .hook import ReplyData
-from .modals import RemixModal
+from .modals import FOR_JOB, FOR_MESSAGE, for_job, for_message, read_submission, remix_modal
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,10 @@ def _looks_like_image(attachment: discord.Attachment) -> bool:
     return declared.startswith("image/") or attachment.filename.lower().endswith((".png", ".jpg", ".jpeg", ".webp"))
 
 
+def _references(message: discord.Message, limit: int) -> list[Reference]:
+    return [Reference(name=a.filename, url=a.url) for a in message.attachments if _looks_like_image(a)][:limit]
+
+
 class Handlers:
     def __init__(self, core: ImagineCore) -> None:
         self.core = core
@@ -97,36 +101,60 @@ class Handlers:
 
     async def remix_message(self, interaction: discord.Interaction, message: discord.Message) -> None:
         """The message context menu: a modal for the prompt, then an edit of the message's images here."""
-        who = actor_of(interaction)
-        low, high = self.core.edit_model.references
-        references = [Reference(name=a.filename, url=a.url) for a in message.attachments
-                      if _looks_like_image(a)][:high]
         try:
-            if len(references) < low:
+            if not _references(message, self.core.edit_model.references[1]):
                 raise UserInputError(messages.no_images_to_remix())
-            self.core.check_can_submit(who, edit=True)
+            self.core.check_can_submit(actor_of(interaction), edit=True)
         except ImagineError as error:
             await reply_private(interaction, error.user_message)
             return
+        await interaction.response.send_modal(remix_modal(self.core.model, for_message(message.channel.id, message.id)))
 
-        async def submit(modal_interaction: discord.Interaction, prompt: str, values: dict[str, str]) -> None:
-            await self._edit(modal_interaction, prompt, values, references)
+    async def remix_result(self, interaction: discord.Interaction, job_id: str) -> None:
+        """Remix: a modal (the original prompt to change), then an edit of this result."""
+        try:
+            original = self.core.check_can_vary(actor_of(interaction), job_id)
+        except ImagineError as error:
+            await reply_private(interaction, error.user_message)
+            return
+        defaults = {k: str(v) for k, v in original.params.items() if k in ("aspect_ratio", "quality")}
+        await interaction.response.send_modal(remix_modal(self.core.model, for_job(job_id), prompt=original.prompt,
+                                                          defaults=defaults))
 
-        await interaction.response.send_modal(RemixModal(self.core.model, submit))
-
-    async def _edit(self, interaction: discord.Interaction, prompt: str, values: dict[str, str],
-                    references: list[Reference]) -> None:
+    async def remix_submitted(self, interaction: discord.Interaction, custom_id: str) -> None:
+        """A Remix modal came back (from this process or an earlier one): the edit, in this channel."""
+        data = interaction.data if isinstance(interaction.data, dict) else {}
+        prompt, values = read_submission(dict(data), self.core.model)
         who = actor_of(interaction)
+        job_match, message_match = FOR_JOB.match(custom_id), FOR_MESSAGE.match(custom_id)
         try:
             self.core.parse(prompt, values)
-            self.core.check_can_submit(who, edit=True)
+            if job_match:
+                self.core.check_can_vary(who, job_match["job_id"])
+            else:
+                self.core.check_can_submit(who, edit=True)
         except ImagineError as error:
             await reply_private(interaction, error.user_message)
             return
         extra = {"nsfw_checker": not channel_is_nsfw(interaction)}
-        await self._start_job(interaction, lambda reply: self.core.imagine(
-            who, reply, prompt, dedupe_key=f"discord:{interaction.id}", defaults=values, extra_input=extra,
-            references=references))
+        dedupe = f"discord:{interaction.id}"
+        if job_match:
+            await self._start_job(interaction, lambda reply: self.core.vary(
+                who, job_match["job_id"], reply, prompt=prompt, defaults=values, dedupe_key=dedupe, extra_input=extra))
+            return
+        assert message_match is not None
+
+        async def submit(reply: ReplyTo) -> Job:
+            channel = interaction.client.get_partial_messageable(int(message_match["channel_id"]))
+            try:  # the message as it is now (its attachment links are fresh)
+                message = await channel.fetch_message(int(message_match["message_id"]))
+            except discord.HTTPException as error:
+                raise UserInputError(messages.no_images_to_remix()) from error
+            references = _references(message, self.core.edit_model.references[1])
+            return await self.core.imagine(who, reply, prompt, dedupe_key=dedupe, defaults=values, extra_input=extra,
+                                           references=references)
+
+        await self._start_job(interaction, submit)
 
     async def vary(self, interaction: discord.Interaction, job_id: str) -> None:
         """Vary: the same prompt with this result as the reference; the requester or an admin only."""
@@ -139,31 +167,6 @@ class Handlers:
         extra = {"nsfw_checker": not channel_is_nsfw(interaction)}
         await self._start_job(interaction, lambda reply: self.core.vary(
             who, job_id, reply, dedupe_key=f"discord:{interaction.id}", extra_input=extra))
-
-    async def remix_result(self, interaction: discord.Interaction, job_id: str) -> None:
-        """Remix: a modal (the original prompt to change), then an edit of this result."""
-        try:
-            original = self.core.check_can_vary(actor_of(interaction), job_id)
-        except ImagineError as error:
-            await reply_private(interaction, error.user_message)
-            return
-
-        async def submit(modal_interaction: discord.Interaction, prompt: str, values: dict[str, str]) -> None:
-            who = actor_of(modal_interaction)
-            try:
-                self.core.parse(prompt, values)
-                self.core.check_can_vary(who, job_id)
-            except ImagineError as error:
-                await reply_private(modal_interaction, error.user_message)
-                return
-            extra = {"nsfw_checker": not channel_is_nsfw(modal_interaction)}
-            await self._start_job(modal_interaction, lambda reply: self.core.vary(
-                who, job_id, reply, prompt=prompt, defaults=values, dedupe_key=f"discord:{modal_interaction.id}",
-                extra_input=extra))
-
-        defaults = {k: str(v) for k, v in original.params.items() if k in ("aspect_ratio", "quality")}
-        await interaction.response.send_modal(RemixModal(self.core.model, submit, prompt=original.prompt,
-                                                         defaults=defaults))
 
     async def reroll(self, interaction: discord.Interaction, job_id: str) -> None:
         who = actor_of(interaction)

@@ -1,47 +1,76 @@
 """The Remix modal: a prompt, an aspect ratio and a quality, for an edit of images already chosen.
 
-Opened by the message context menu **Remix with imagine** (the message's images) and by a result's
-**Remix** button (that result). What the user submits goes to ``submit``; the modal keeps no other state.
-A modal lives in this process only: one opened before a restart and submitted after it is not answered
-(Discord shows "Something went wrong" and nothing is charged).
+Opened by the message context menu **Remix with imagine** (``imagine:remix-msg:<channel>:<message>``) and by
+a result's **Remix** button (``imagine:remix-job:<job id>``). What to edit is in the modal's custom id and
+the submission is read from the interaction itself (``read_submission``), never from a modal object kept
+in memory: discord.py is handed a modal that is already stopped, so it stores nothing, and the client's
+``on_interaction`` routes every submission. A modal opened before a restart works when sent after it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import re
+from typing import Any
 
 import discord
 
 from imagine_bot.core.catalog import ModelSpec
 
-#: (interaction, prompt, {"aspect_ratio": ..., "quality": ...})
-Submit = Callable[[discord.Interaction, str, dict[str, str]], Awaitable[None]]
-
 #: Discord's limit for a text input
 TEXT_INPUT_MAX = 4000
+PROMPT_ID = "imagine:remix:prompt"
+FOR_JOB = re.compile(r"^imagine:remix-job:(?P<job_id>j[0-9a-f]+)$")
+FOR_MESSAGE = re.compile(r"^imagine:remix-msg:(?P<channel_id>\d+):(?P<message_id>\d+)$")
 
 
-class RemixModal(discord.ui.Modal):
-    def __init__(self, model: ModelSpec, submit: Submit, *, prompt: str | None = None,
-                 defaults: dict[str, str] | None = None, title: str = "Remix with imagine") -> None:
-        super().__init__(title=title, timeout=15 * 60)
-        self._submit = submit
-        chosen = {**model.defaults(), **(defaults or {})}
-        self.prompt = discord.ui.TextInput(
-            style=discord.TextStyle.paragraph, required=True, default=prompt,
-            max_length=min(model.max_prompt_chars, TEXT_INPUT_MAX), custom_id="imagine:remix:prompt",
-            placeholder="What to change, e.g. make it winter, as a watercolour")
-        self.add_item(discord.ui.Label(text="Prompt", component=self.prompt))
-        self.choices: dict[str, discord.ui.Select[RemixModal]] = {}
-        for spec in model.inputs:
-            select: discord.ui.Select[RemixModal] = discord.ui.Select(
-                custom_id=f"imagine:remix:{spec.name}", required=False, min_values=0, max_values=1,
-                options=[discord.SelectOption(label=c, value=c, default=c == chosen.get(spec.name))
-                         for c in spec.choices])
-            self.choices[spec.name] = select
-            self.add_item(discord.ui.Label(text=spec.name.replace("_", " ").capitalize(), component=select,
-                                           description=spec.help or None))
+def for_job(job_id: str) -> str:
+    return f"imagine:remix-job:{job_id}"
 
-    async def on_submit(self, interaction: discord.Interaction) -> None:  # type: ignore[override]
-        values = {name: select.values[0] for name, select in self.choices.items() if select.values}
-        await self._submit(interaction, self.prompt.value, values)
+
+def for_message(channel_id: int | str, message_id: int | str) -> str:
+    return f"imagine:remix-msg:{channel_id}:{message_id}"
+
+
+def remix_modal(model: ModelSpec, custom_id: str, *, prompt: str | None = None,
+                defaults: dict[str, str] | None = None, title: str = "Remix with imagine") -> discord.ui.Modal:
+    """The modal to send (already stopped: discord.py keeps no copy; ``on_interaction`` reads the answer)."""
+    modal = discord.ui.Modal(title=title, custom_id=custom_id, timeout=None)
+    chosen = {**model.defaults(), **(defaults or {})}
+    modal.add_item(discord.ui.Label(text="Prompt", component=discord.ui.TextInput(
+        style=discord.TextStyle.paragraph, required=True, default=prompt,
+        max_length=min(model.max_prompt_chars, TEXT_INPUT_MAX), custom_id=PROMPT_ID,
+        placeholder="What to change, e.g. make it winter, as a watercolour")))
+    for spec in model.inputs:
+        select: discord.ui.Select[Any] = discord.ui.Select(
+            custom_id=f"imagine:remix:{spec.name}", required=False, min_values=0, max_values=1,
+            options=[discord.SelectOption(label=c, value=c, default=c == chosen.get(spec.name))
+                     for c in spec.choices])
+        modal.add_item(discord.ui.Label(text=spec.name.replace("_", " ").capitalize(), component=select,
+                                        description=spec.help or None))
+    modal.stop()
+    return modal
+
+
+def _walk(components: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+    for component in components:
+        if component.get("type") == 1:
+            found += _walk(component.get("components") or [])
+        elif component.get("type") == 18 and isinstance(component.get("component"), dict):
+            found.append(component["component"])
+        else:
+            found.append(component)
+    return found
+
+
+def read_submission(data: dict[str, Any], model: ModelSpec) -> tuple[str, dict[str, str]]:
+    """The prompt and the chosen options of a submitted Remix modal (raw interaction data)."""
+    prompt, values = "", {}
+    names = {f"imagine:remix:{spec.name}": spec.name for spec in model.inputs}
+    for component in _walk(data.get("components") or []):
+        custom_id = component.get("custom_id")
+        if custom_id == PROMPT_ID:
+            prompt = str(component.get("value") or "")
+        elif custom_id in names and component.get("values"):
+            values[names[custom_id]] = str(component["values"][0])
+    return prompt, values

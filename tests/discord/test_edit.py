@@ -161,3 +161,21 @@ async def test_vary_and_remix_work_after_a_restart_for_the_requester_only(open_b
         # three paid jobs, each with its own reservation and capture
         assert bot.core.ledger.balance(discord_user(ALICE)).balance == 180 - 3 * 18
         assert bot.core.ledger.balance(discord_user(CAROL)).balance == 180
+
+
+async def test_a_remix_form_opened_before_a_restart_works_after_it(open_bot, sandbox):
+    async with open_bot() as first:
+        photo = first.fake.add_attachment("photo.png", png((90, 30, 160)))
+        message = first.fake.user_message(first.interactions.channel_id, CAROL, [photo])
+        modal = (await first.callback(first.send(first.interactions.message_command(
+            "Remix with imagine", ALICE, message)))).json["data"]
+        assert modal["custom_id"] == f"imagine:remix-msg:{first.interactions.channel_id}:{message['id']}"
+
+    async with open_bot() as bot:  # a new process: it never saw the modal
+        submitted = bot.send(bot.interactions.modal_submit(modal["custom_id"], ALICE, {
+            "imagine:remix:prompt": "in the snow", "imagine:remix:aspect_ratio": ["1:1"]}))
+        await bot.final_edit(submitted)
+        await bot.idle()
+        (job,) = bot.core.jobs.recent(discord_user(ALICE).key)
+        assert job.state is JobState.DELIVERED and job.prompt == "in the snow"
+        assert sandbox.tasks[job.task_id].input["image_urls"] == [photo["url"]]  # read from the message again

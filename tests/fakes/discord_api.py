@@ -20,7 +20,7 @@ Routes (under ``/api/v10``)::
     DELETE /webhooks/{app}/{token}/messages/{id|@original}
     POST   /webhooks/{app}/{token}                        followups
     POST   /channels/{id}/messages                        channel messages (JSON or multipart)
-    DELETE /channels/{id}/messages/{id}
+    GET|DELETE /channels/{id}/messages/{id}
 
 Outside the API, ``GET /attachments/...`` is the CDN: every uploaded file and every ``add_attachment`` is
 served there (public, like Discord's signed CDN links), so the gateway can fetch attachments as references.
@@ -172,6 +172,7 @@ class FakeDiscord:
             ("POST", re.compile(r"/webhooks/(?P<app>\d+)/(?P<token>[^/]+)"), self._followup),
             ("POST", re.compile(r"/channels/(?P<channel>\d+)/messages"), self._channel_message),
             ("DELETE", re.compile(r"/channels/(?P<channel>\d+)/messages/(?P<msg>\d+)"), self._delete_channel_message),
+            ("GET", re.compile(r"/channels/(?P<channel>\d+)/messages/(?P<msg>\d+)"), self._get_channel_message),
             ("POST", re.compile(r"/users/@me/channels"), self._open_dm),
             ("DELETE", re.compile(r"/users/@me/guilds/(?P<guild>\d+)"), self._leave_guild),
         ]
@@ -490,6 +491,13 @@ class FakeDiscord:
         self._check_bot_auth(request)
         self.left_guilds.append(guild)
         return web.Response(status=204)
+
+    async def _get_channel_message(self, request: web.Request, call: Call, channel: str, msg: str) -> web.Response:
+        self._check_bot_auth(request)
+        message = self.messages.get(msg)
+        if message is None or message.get("channel_id") != channel:
+            raise _Answer(404, {"message": "Unknown Message", "code": 10008})
+        return _json_response(message)
 
     async def _delete_channel_message(self, request: web.Request, call: Call, channel: str,
                                       msg: str) -> web.Response:
