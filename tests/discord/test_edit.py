@@ -179,3 +179,28 @@ async def test_a_remix_form_opened_before_a_restart_works_after_it(open_bot, san
         (job,) = bot.core.jobs.recent(discord_user(ALICE).key)
         assert job.state is JobState.DELIVERED and job.prompt == "in the snow"
         assert sandbox.tasks[job.task_id].input["image_urls"] == [photo["url"]]  # read from the message again
+
+
+async def test_a_12_mb_attachment_is_refused_before_any_charge(open_bot, sandbox):
+    async with open_bot() as bot:  # no PUBLIC_URL: the bot cannot serve a shrunk copy
+        big = bot.fake.add_attachment("huge.png", b"\x89PNG\r\n\x1a\n" + bytes(12 * 1024 * 1024))
+        sent = imagine_with(bot, ALICE, "make it winter", [big])
+        followup = (await bot.fake.wait_for("POST", rf"/webhooks/\d+/{sent['token']}$"))[0]
+        assert "`huge.png` is 12.0 MB; the limit is 10.0 MB" in followup.json["content"]
+        assert followup.json["flags"] & 64 and sandbox.requests["createTask"] == 0
+        assert bot.core.ledger.balance(discord_user(ALICE)).available == 180
+
+
+async def test_a_message_with_fifteen_images_is_remixed_with_the_first_fourteen(open_bot, sandbox):
+    async with open_bot() as bot:
+        photos = [bot.fake.add_attachment(f"{n}.png", png((n * 10, 0, 0))) for n in range(15)]
+        message = bot.fake.user_message(bot.interactions.channel_id, CAROL, photos)
+        modal = (await bot.callback(bot.send(bot.interactions.message_command(
+            "Remix with imagine", ALICE, message)))).json["data"]
+        submitted = bot.send(bot.interactions.modal_submit(modal["custom_id"], ALICE, {
+            "imagine:remix:prompt": "all of them"}))
+        await bot.final_edit(submitted)
+        await bot.idle()
+        (job,) = bot.core.jobs.recent(discord_user(ALICE).key)
+        # Discord's message had 15: the first 14 (the most an edit takes) are used, in order
+        assert sandbox.tasks[job.task_id].input["image_urls"] == [p["url"] for p in photos[:14]]
