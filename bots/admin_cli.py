@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from imagine_bot.core import messages
+from imagine_bot.core.account import AccountState, read_state
 from imagine_bot.core.authority import parse_scope
 from imagine_bot.core.budgets import Budgets, spend_csv
 from imagine_bot.core.db import open_db, utcnow
@@ -78,6 +79,7 @@ def credits_cmd(args: argparse.Namespace, settings: Settings) -> int:
             table.add_row(b.account, str(b.available), str(b.held), str(b.balance),
                           f"{b.allowance}/{b.period}", describe_refill(b.next_refill, utcnow()) or "never")
         console.print(table)
+        console.print(_gateway_line(read_state(ledger.db)), highlight=False)
     elif args.action == "grant":
         b = ledger.grant(_user(args.user), args.amount, actor=_actor(), note=args.note)
         console.print(f"{b.account}: {b.available} available ({b.balance} balance, {b.held} held)")
@@ -105,6 +107,21 @@ def credits_cmd(args: argparse.Namespace, settings: Settings) -> int:
         console.print("ledger and balances agree" if not drift else f"{len(drift)} account(s) drifted")
         return 1 if drift else 0
     return 0
+
+
+def _gateway_line(state: AccountState) -> str:
+    """The ModKie account as the running bot last saw it."""
+    if state.checked_at is None and not state.paused:
+        return "ModKie account: not read yet (the running bot reads it at start and every few minutes)."
+    when = ""
+    if state.checked_at is not None:
+        minutes = max(0, round((utcnow() - state.checked_at).total_seconds() / 60))
+        when = f" (read {minutes} min ago)"
+    line = f"ModKie account: {state.balance if state.balance is not None else '?'} credits{when}."
+    if state.paused:
+        line += (f" DEGRADED: new images are paused ({state.paused.replace('_', ' ')}: {state.detail});"
+                 " they resume by themselves once the balance covers an image.")
+    return line
 
 
 def budget_cmd(args: argparse.Namespace, settings: Settings) -> int:

@@ -25,13 +25,15 @@ import httpx
 import sqlite_utils
 
 from . import __version__, messages
+from .account import GatewayAccount
+from .alerts import Alerts
 from .authority import GLOBAL, Actor, scope_noun
 from .budgets import Budgets, BudgetStatus, spend_csv
 from .catalog import ModelSpec, edit_model, get_model
 from .dashboard.auth import DashboardAuth
 from .db import BOT_BUSY_TIMEOUT_S, open_db, utcnow
 from .errors import ConfigError, NotAllowedHere, NotFound, PermissionDenied, UserInputError
-from .frontend import FrontEnd
+from .frontend import FrontEnd, OperatorNotifier
 from .gateway import GatewayClient
 from .identity import UserRef
 from .jobs import Job, JobRequest, JobState, JobStore, ReplyTo
@@ -111,6 +113,9 @@ class ImagineCore:
         self.places = Places(db)
         #: the state seam (core/store.py): everything kept, behind one interface
         self.store: Store = SqliteStore(db, self.ledger, self.jobs)
+        self.alerts = Alerts(settings.ADMINS)
+        self.account = GatewayAccount(db, gateway, self.alerts, cost=model.cost,
+                                      check_every_s=settings.GATEWAY_BALANCE_CHECK_S)
         self.orchestrator = Orchestrator(
             db=db,
             jobs=self.jobs,
@@ -134,6 +139,7 @@ class ImagineCore:
         )
         #: callbacks received here for tasks tracked by another process on the same database, and back
         self.relay = CallbackRelay(db, self.orchestrator)
+        self.orchestrator.on_failure = self.account.on_error
 
     @classmethod
     @asynccontextmanager
@@ -178,12 +184,15 @@ class ImagineCore:
             model = get_model(settings.MODKIE_MODEL, settings.MODKIE_ASPECT_RATIOS)
             core = cls(settings, db=db, gateway=gateway, model=model, http=http, metrics=metrics)
             stack.push_async_callback(core.close)
+            stack.push_async_callback(core.account.stop)
             stack.push_async_callback(core.orchestrator.stop)
             yield core
 
     # ------------------------------------------------------------------ wiring
     def register(self, frontend: FrontEnd) -> None:
         self.orchestrator.register(frontend)
+        if isinstance(frontend, OperatorNotifier):
+            self.alerts.register(frontend)
 
     async def start(self) -> int:
         """Resume in-flight jobs of the registered front ends; returns how many. Also reads the gateway's
@@ -198,6 +207,7 @@ class ImagineCore:
         count = await self.orchestrator.resume()
         if count:
             log.info("resumed %d job(s) left in flight", count)
+        self.account.start()  # reads the gateway balance now and every few minutes
         return count
 
     def record_receipt(self, job_id: str, **ids: Any) -> Job:
@@ -384,9 +394,7 @@ class ImagineCore:
                 where = ", ".join(f"<#{c}>" for c in channels)
                 raise NotAllowedHere(f"{actor.key} asked in channel {actor.channel}", user_message=(
                     f"In this {scope_noun(actor.place)} I make images only in {where}."))
-        account = getattr(self, "account", None)
-        if account is not None:
-            account.check()
+        self.account.check()
 
     def check_can_submit(self, requester: UserRef | Actor, *, edit: bool = False) -> None:
         """Raise the refusal an ``imagine`` (an edit, with ``edit``) by this user would meet (place, job limit,

@@ -260,3 +260,21 @@ def dashboard_link(url: str, scope: str | None) -> str:
     where = "every server and workspace" if scope is None else f"`{scope}` only"
     return (f"Your dashboard link ({where}): {url}\nIt works once, within 10 minutes, and only for you: "
             "do not share it.")
+
+
+# ---------------------------------------------------------------------- to the operators (DMs)
+def operator_paused(detail: str) -> str:
+    return ("imagine-bot: new images are paused because the ModKie account is out of credits "
+            f"({detail}). Users are told to try later; nothing is charged. Top up the ModKie account: "
+            "the bot resumes by itself within a minute of the balance covering an image.")
+
+
+def operator_resumed(balance: int) -> str:
+    return f"imagine-bot: the ModKie account has {balance} credits again; new images are being made."
+
+
+def operator_gateway_error(code: str, detail: str) -> str:
+    what = {"gateway_auth": "refused the API key (401): check MODKIE_API_KEY",
+            "gateway_feature_disabled": "says this model is not enabled for the account (505)"}.get(code, code)
+    return (f"imagine-bot: the image service {what}. Jobs fail and are refunded until it is fixed. "
+            f"Detail: {detail[:300]}")

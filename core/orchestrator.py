@@ -152,6 +152,8 @@ class Orchestrator:
         self.account_webhook = False
         self._early: dict[str, float] = {}  # task id -> when a callback came before its tracker waited
         self._phase: dict[str, str] = {}  # job id -> waiting | submitting | tracking | downloading | delivering
+        #: told of every job failure (the gateway account pauses on 402/433, alerts on 401/505)
+        self.on_failure: Callable[[ImagineError], None] | None = None
         self._accepting = True
         self._draining = False
         self._stopped = False
@@ -630,6 +632,11 @@ class Orchestrator:
             return
         shutil.rmtree(self.spool / job_id, ignore_errors=True)
         self.metrics.failed(job.platform)
+        if self.on_failure is not None:
+            try:
+                self.on_failure(error)
+            except Exception:
+                log.exception("on_failure hook failed for job %s", job_id)
         if not notice_pending:
             await self._publish(Failed(job, error, refunded))
 

@@ -72,8 +72,12 @@ async def healthz(request: web.Request) -> web.Response:
         core.store.ping()
     except Exception as exc:  # the database is the one thing we cannot work without
         return web.json_response({"ok": False, "error": type(exc).__name__}, status=503)
+    gateway = core.account.snapshot()
     return web.json_response({
         "ok": True,
+        # degraded (not down): new jobs are paused while the gateway account cannot pay for them
+        "status": gateway["status"],
+        "gateway": gateway,
         "version": __version__,
         "jobs_in_flight": core.orchestrator.in_flight,
         "frontends": sorted(core.orchestrator.frontends),

@@ -155,3 +155,48 @@ def test_sandbox_edit_of_the_demo_output_works_from_the_command_line(tmp_path):
         assert after.size == (1024, 1024) and before.size != after.size
     missing = cli("--sandbox", "imagine", "as a watercolour", "--image", "out/nope.png", cwd=tmp_path)
     assert missing.returncode == 1 and "I cannot read the image `out/nope.png`" in missing.stdout
+
+
+def test_budget_commands_and_verify_covers_budgets(tmp_path, capsys, monkeypatch):
+    from imagine_bot.core.budgets import Budgets
+    from imagine_bot.core.db import open_db
+    from imagine_bot.core.identity import UserRef
+    from imagine_bot.core.ledger import Ledger
+
+    monkeypatch.setenv("IMAGINE_USER", "ops")
+    db = str(tmp_path / "budget.db")
+    assert main(["--db", db, "budget", "set", "discord:123456", "900", "--period", "month"]) == 0
+    assert "discord:123456: 900 per month, 0 spent" in capsys.readouterr().out
+    assert main(["--db", db, "budget", "set", "not-a-scope", "5"]) == 1
+    assert "not a scope" in capsys.readouterr().err
+
+    # two jobs in that server, one charged and one refunded, as the bot would do them
+    ledger = Ledger(open_db(db), allowance=180, period="month")
+    ledger.budgets = Budgets(ledger.db, default_amount=None)
+    for job in ("j1", "j2"):
+        ledger.reserve(UserRef("discord", "-", "42"), job, 18, scopes=("discord:123456",), channel="777")
+    ledger.capture("j1")
+    ledger.release("j2")
+
+    assert main(["--db", db, "budget", "show"]) == 0
+    out = capsys.readouterr().out
+    assert "discord:123456" in out and "882" in out and "global" in out
+    assert main(["--db", db, "budget", "report", "discord:123456"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [(r["account"], r["channel"], r["credits_spent"], r["images"]) for r in rows] == [
+        ("discord:42", "777", "18", "1")]
+    assert main(["--db", db, "credits", "verify"]) == 0
+    capsys.readouterr()
+
+    ledger.db.execute("UPDATE budgets SET spent = spent - 18 WHERE scope = 'discord:123456'")  # drift
+    assert main(["--db", db, "credits", "verify"]) == 1
+    assert "budget discord:123456: spent 0 but its rows sum to 18" in capsys.readouterr().out
+
+    assert main(["--db", db, "credits", "show"]) == 0
+    assert "ModKie account: not read yet" in capsys.readouterr().out
+    ledger.db.execute("INSERT INTO gateway_account (id, balance, checked_at, paused, detail) VALUES"
+                      " (1, 5, '2026-01-01T00:00:00+00:00', 'out_of_credits', 'HTTP 402')")
+    assert main(["--db", db, "credits", "show"]) == 0
+    out = capsys.readouterr().out
+    assert "ModKie account: 5 credits" in out and "DEGRADED: new images are paused (out of credits" in out
+    ledger.db.conn.close()

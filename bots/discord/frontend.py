@@ -34,6 +34,7 @@ from imagine_bot.core import messages
 from imagine_bot.core.app import ImagineCore
 from imagine_bot.core.errors import ChatRateLimited, DeliveryError
 from imagine_bot.core.events import Accepted, Delivered, Failed, JobEvent, Progress, Queued
+from imagine_bot.core.identity import UserRef
 from imagine_bot.core.jobs import Job
 from imagine_bot.core.outbox import Pace
 
@@ -80,6 +81,15 @@ class DiscordFrontEnd:
                 await self._say(job, messages.failed(job, error, refunded))
             case _:
                 raise TypeError(f"unknown job event {type(event).__name__}")
+
+    async def notify_operators(self, operators: list[UserRef], text: str) -> None:
+        """A direct message to each operator (``discord:USER`` in ``ADMINS``)."""
+        for operator in operators:
+            try:
+                channel = await self.client.create_dm(discord.Object(int(operator.user)))
+                await channel.send(text, allowed_mentions=discord.AllowedMentions.none())
+            except (discord.HTTPException, ValueError) as error:
+                log.warning("could not tell operator %s: %s", operator.key, error)
 
     async def close(self) -> None:
         """Nothing waits here: status edits live in the core's outbox."""

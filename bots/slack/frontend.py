@@ -37,12 +37,13 @@ from imagine_bot.core import messages
 from imagine_bot.core.app import ImagineCore
 from imagine_bot.core.errors import ChatRateLimited, DeliveryError
 from imagine_bot.core.events import Accepted, Delivered, Failed, ImageFile, JobEvent, Progress, Queued
+from imagine_bot.core.identity import UserRef
 from imagine_bot.core.jobs import Job, JobState
 from imagine_bot.core.outbox import Pace
 
 from . import blocks, inline
 from .errors import SlackError, slack_error_code
-from .mentions import escape_keep_user_mentions
+from .mentions import escape, escape_keep_user_mentions
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +160,16 @@ class SlackFrontEnd:
                 await self._fail(job, messages.failed(job, error, refunded))
             case _:
                 raise TypeError(f"unknown job event {type(event).__name__}")
+
+    # ------------------------------------------------------------------ the OperatorNotifier protocol
+    async def notify_operators(self, operators: list[UserRef], text: str) -> None:
+        """A direct message to each operator (``slack:TEAM:USER`` in ``ADMINS``) this bot can reach."""
+        for operator in operators:
+            try:
+                opened = await self.client.conversations_open(users=operator.user)
+                await self.client.chat_postMessage(channel=opened["channel"]["id"], text=escape(text))
+            except SlackError as exc:
+                log.warning("could not tell operator %s: %s", operator.key, slack_error_code(exc))
 
     # ------------------------------------------------------------------ for the handlers and the service
     def channel_failure(self, code: str) -> DeliveryError:
