@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+from collections.abc import Awaitable, Callable
 
 
 def is_loopback_host(host: str) -> bool:
@@ -36,17 +37,27 @@ def is_public_address(address: str) -> bool:
     return ip.is_global and not ip.is_multicast
 
 
-async def non_public_addresses(host: str, port: int) -> list[str]:
+Resolver = Callable[[str, int], Awaitable[list[str]]]
+
+
+async def system_resolve(host: str, port: int) -> list[str]:
+    """The addresses the system resolver gives for ``host`` (OSError when it does not resolve)."""
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return sorted({str(info[4][0]) for info in infos})
+
+
+async def non_public_addresses(host: str, port: int, resolve: Resolver = system_resolve) -> list[str]:
     """The addresses ``host`` resolves to that are not public (empty: all public). A name that does not
     resolve counts as not public."""
     name = host.strip("[]")
+    if is_loopback_host(name):
+        return [name]
     try:
         ipaddress.ip_address(name)
         addresses = [name]
     except ValueError:
         try:
-            infos = await asyncio.get_running_loop().getaddrinfo(name, port, type=socket.SOCK_STREAM)
+            addresses = await resolve(name, port)
         except OSError:
             return [f"{name} (does not resolve)"]
-        addresses = sorted({str(info[4][0]) for info in infos})
     return [a for a in addresses if not is_public_address(a)]

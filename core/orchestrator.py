@@ -87,6 +87,8 @@ EARLY_CALLBACKS_KEPT = 1000
 #: job phases a drain lets finish: the outcome of a createTask in flight cannot be known if it is cut,
 #: and a delivery cut half-way may post twice
 DRAIN_FINISHES = ("submitting", "delivering")
+#: callback hints wake a task's tracker at most this often
+URGENT_EVERY_S = 3.0
 
 
 class _Drained(Exception):
@@ -147,6 +149,9 @@ class Orchestrator:
         self._wakeups: dict[str, asyncio.Event] = {}
         #: final answers from verified account webhooks, for the trackers they woke (no recordInfo needed)
         self._finals: dict[str, TaskRecord] = {}
+        #: when each task was last woken by a callback hint (monotonic)
+        self._last_urgent: dict[str, float] = {}
+        self._deferred: dict[str, asyncio.TimerHandle] = {}
         #: the gateway sends a signed account webhook for every task (registered at start): createTask then
         #: carries no per-task callBackUrl, whose unsigned callback would cost a confirming recordInfo
         self.account_webhook = False
@@ -397,8 +402,27 @@ class Orchestrator:
                 self._finals.pop(oldest, None)
             self._early[task_id] = self.monotonic()
             return False
+        if final is None or final.task_id != task_id:
+            # a hint costs an urgent recordInfo: at most one per task every URGENT_EVERY_S, so a flood of
+            # forged callbacks cannot starve the routine polls of every other job
+            # (one arriving too soon is not dropped: it is coalesced into one wake when the interval is up)
+            now = self.monotonic()
+            wait = self._last_urgent.get(task_id, float("-inf")) + URGENT_EVERY_S - now
+            if wait > 0:
+                if task_id not in self._deferred:
+                    self._deferred[task_id] = asyncio.get_running_loop().call_later(
+                        wait, self._deferred_wake, task_id)
+                return True
+            self._last_urgent[task_id] = now
         event.set()
         return True
+
+    def _deferred_wake(self, task_id: str) -> None:
+        self._deferred.pop(task_id, None)
+        event = self._wakeups.get(task_id)
+        if event is not None:
+            self._last_urgent[task_id] = self.monotonic()
+            event.set()
 
     @property
     def tracking(self) -> KeysView[str]:
@@ -562,6 +586,10 @@ class Orchestrator:
         finally:
             self._wakeups.pop(job.task_id, None)
             self._finals.pop(job.task_id, None)
+            self._last_urgent.pop(job.task_id, None)
+            deferred = self._deferred.pop(job.task_id, None)
+            if deferred is not None:
+                deferred.cancel()
 
     async def _download(self, job: Job, record: TaskRecord) -> Job:
         if not record.result_urls:

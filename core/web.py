@@ -24,6 +24,7 @@ from .app import ImagineCore
 from .dashboard import add_dashboard
 from .errors import GatewayProtocolError, PermissionDenied
 from .gateway import read_callback
+from .gateway.callbacks import MAX_CALLBACK_BYTES
 from .refs import RefRefused
 
 log = logging.getLogger(__name__)
@@ -102,7 +103,18 @@ async def metrics(request: web.Request) -> web.Response:
 async def modkie_callback(request: web.Request) -> web.Response:
     core = request.app[CORE_KEY]
     secret = core.settings.MODKIE_WEBHOOK_SECRET
-    body = await request.read()
+    if (request.content_length or 0) > MAX_CALLBACK_BYTES:
+        log.warning("gateway callback of %s bytes refused unread", request.content_length)
+        return web.json_response({"ok": False, "error": "too large"}, status=413)
+    body = b""
+    while len(body) <= MAX_CALLBACK_BYTES:  # read no more than the limit, whatever Content-Length said
+        chunk = await request.content.read(MAX_CALLBACK_BYTES + 1 - len(body))
+        if not chunk:
+            break
+        body += chunk
+    if len(body) > MAX_CALLBACK_BYTES:
+        log.warning("gateway callback over %d bytes refused", MAX_CALLBACK_BYTES)
+        return web.json_response({"ok": False, "error": "too large"}, status=413)
     try:
         callback = read_callback(body, request.headers, secret.get_secret_value() if secret else None)
     except PermissionDenied:

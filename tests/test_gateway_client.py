@@ -110,9 +110,14 @@ def client(gateway: SandboxGateway, make_client: Callable[..., GatewayClient]) -
     return make_client(gateway.base_url)
 
 
+async def public_dns(host: str, port: int) -> list[str]:
+    """A resolver for mock transports (no network): every name is public, except ``*.internal``."""
+    return ["10.0.0.7"] if host.endswith(".internal") else ["93.184.216.34"]
+
+
 def mock_client(handler: Callable[[httpx.Request], httpx.Response], **kwargs: Any) -> GatewayClient:
     http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
-    kwargs = {"api_key": KEY, "sleep": RecordingSleep(), **kwargs}
+    kwargs = {"api_key": KEY, "sleep": RecordingSleep(), "resolve": public_dns, **kwargs}
     return GatewayClient(http, base_url="https://gw.example.com", **kwargs)
 
 
@@ -517,6 +522,52 @@ async def test_download_sends_the_key_only_to_the_gateway_origin() -> None:
         "https://cdn.example.com/files/c.png": None,
         "http://gw.example.com/files/d.png": None,
     }
+
+
+@pytest.mark.parametrize("url", [
+    "https://127.0.0.1/a.png", "http://169.254.169.254/latest/meta-data/", "https://10.1.2.3/a.png",
+    "https://[::1]/a.png", "https://images.internal/a.png", "https://cdn.example.com/redirect-to-metadata",
+    "https://cdn.example.com/redirect-to-internal", "https://cdn.example.com/redirect-to-loopback",
+])
+async def test_downloads_refuse_non_public_addresses_on_every_hop(url: str) -> None:
+    fetched: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        fetched.append(str(request.url))
+        targets = {"/redirect-to-metadata": "http://169.254.169.254/latest/", "/redirect-to-loopback":
+                   "http://localhost:8080/x.png", "/redirect-to-internal": "https://images.internal/x.png"}
+        if request.url.path in targets:
+            return httpx.Response(302, headers={"Location": targets[request.url.path]})
+        return httpx.Response(200, content=PNG_1PX, headers={"Content-Type": "image/png"})
+
+    client = mock_client(handler)
+    assert not client.allow_private_results  # gw.example.com is not local
+    with pytest.raises(DownloadError, match="non-public address"):
+        await client.download(url)
+    assert all(u.startswith("https://cdn.example.com/") for u in fetched)  # nothing inward was fetched
+
+
+async def test_redirects_are_followed_by_hand_with_the_key_only_on_the_gateway_origin() -> None:
+    seen: list[tuple[str, str | None]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append((str(request.url), request.headers.get("Authorization")))
+        if request.url.host == "gw.example.com":
+            return httpx.Response(302, headers={"Location": "https://cdn.example.com/final.png"})
+        return httpx.Response(200, content=PNG_1PX, headers={"Content-Type": "image/png"})
+
+    result = await mock_client(handler).download("https://gw.example.com/files/a.png")
+    assert result.content_type == "image/png"
+    assert seen == [("https://gw.example.com/files/a.png", f"Bearer {KEY}"),
+                    ("https://cdn.example.com/final.png", None)]
+
+
+async def test_endless_redirects_are_refused() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(302, headers={"Location": f"https://cdn.example.com/{len(request.url.path)}x"})
+
+    with pytest.raises(DownloadError, match="redirects"):
+        await mock_client(handler).download("https://cdn.example.com/a")
 
 
 # ---------------------------------------------------------------------------------------------- ModKie oddities

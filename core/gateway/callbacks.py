@@ -28,6 +28,7 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +36,10 @@ from typing import Any
 from ..errors import GatewayProtocolError, PermissionDenied
 from .client import _STATES, TaskRecord, TaskStage, _as_int, _result_urls
 
+#: what a task id may look like (gateway ids are like task_seedream_1765166238716 or 32 hex characters)
+TASK_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+#: callback bodies larger than this are refused unread (a recordInfo envelope is a few KB)
+MAX_CALLBACK_BYTES = 256 * 1024
 KIE_SIGNATURE = "X-Webhook-Signature"
 KIE_TIMESTAMP = "X-Webhook-Timestamp"
 MODKIE_SIGNATURE = "X-ModKie-Signature"
@@ -90,7 +95,11 @@ def _task_id(body: bytes) -> str:
             for key in ("taskId", "task_id"):
                 value = holder.get(key)
                 if isinstance(value, str) and value.strip():
-                    return value.strip()
+                    task_id = value.strip()
+                    if not TASK_ID.fullmatch(task_id):  # checked before it is logged or used anywhere
+                        raise GatewayProtocolError(f"callback task id is not [A-Za-z0-9_-]{{1,128}} "
+                                                   f"({len(task_id)} characters)")
+                    return task_id
     raise GatewayProtocolError("callback names no taskId")
 
 

@@ -18,7 +18,9 @@ Contract points this module follows:
   spend): only a connection that never opened is retried. A 429 goes back to the caller (the
   orchestrator's admission line, where the job keeps its place).
 - ``download`` sends the key only to the gateway's own origin, streams with a size cap and accepts only
-  images (by content type, or by file signature when the type is missing or generic).
+  images (by content type, or by file signature when the type is missing or generic). Unless the gateway
+  itself is local, it refuses non-public addresses (loopback, private, link-local, metadata) on the URL and
+  on every redirect hop, which it follows by hand.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ from ..errors import (
     UnknownTask,
     is_transient,
 )
+from ..netaddr import Resolver, is_loopback_host, non_public_addresses, system_resolve
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +133,8 @@ _SIGNATURES: tuple[tuple[bytes, str], ...] = (
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
 _SAFE_MSG_MAX = 200
+#: redirects followed by a download, each hop checked
+MAX_REDIRECTS = 5
 
 
 def _keyless(
@@ -172,6 +177,8 @@ class GatewayClient:
         on_request: Callable[[str, str], None] | None = None,
         on_balance: Callable[[int], None] | None = None,
         max_in_flight: int = 100,
+        allow_private_results: bool | None = None,
+        resolve: Resolver = system_resolve,
     ) -> None:
         self._http = http
         self.base_url = base_url.rstrip("/")
@@ -185,6 +192,10 @@ class GatewayClient:
         self.capability = capability
         self.requests_sent: collections.Counter[str] = collections.Counter()
         self._origin = _origin(httpx.URL(self.base_url))
+        #: result URLs may point at non-public addresses only when the gateway itself is local (the sandbox)
+        self.allow_private_results = (is_loopback_host(httpx.URL(self.base_url).host)
+                                      if allow_private_results is None else allow_private_results)
+        self._resolve = resolve
         self._unknown_states: set[str] = set()
         self._random = random.Random()
         #: told of every answer (endpoint, code: HTTP status, envelope code of a 200, or "transport")
@@ -459,26 +470,38 @@ class GatewayClient:
 
     # ------------------------------------------------------------------ downloads
     async def _download_once(self, url: httpx.URL, own_origin: bool) -> Download:
+        """One download, following at most ``MAX_REDIRECTS`` redirects by hand so that every hop is checked
+        (``_check_address``) and the key goes only to the gateway's own origin."""
         self.requests_sent[DOWNLOAD] += 1
         host = url.host
         status: int | None = None
         try:
-            async with self._slots, self._http.stream("GET", url, headers=self._headers(auth=own_origin),
-                                                      timeout=self._timeout, follow_redirects=True) as response:
-                status = response.status_code
-                if status == 429:
-                    raise GatewayRateLimited(f"download from {host}: HTTP 429", status=status,
-                                             retry_after=_retry_after(response.headers.get("Retry-After")))
-                if 500 <= status < 600:
-                    raise GatewayServerError(f"download from {host}: HTTP {status}", status=status)
-                if not 200 <= status < 300:
-                    raise DownloadError(f"download from {host}: HTTP {status}", status=status)
-                length = _as_int(response.headers.get("Content-Length"))
-                if length is not None and length > self.max_download_bytes:
-                    raise DownloadError(f"download from {host}: {length} bytes is over the "
-                                        f"{self.max_download_bytes}-byte cap", status=status)
-                content = await self._read_capped(response, host)
-                content_type = response.headers.get("Content-Type", "")
+            for _hop in range(MAX_REDIRECTS + 1):
+                await self._check_address(url)
+                host = url.host
+                async with self._slots, self._http.stream(
+                        "GET", url, headers=self._headers(auth=_origin(url) == self._origin), timeout=self._timeout,
+                        follow_redirects=False) as response:
+                    if response.is_redirect:
+                        url = _redirect_target(url, response)
+                        continue
+                    status = response.status_code
+                    if status == 429:
+                        raise GatewayRateLimited(f"download from {host}: HTTP 429", status=status,
+                                                 retry_after=_retry_after(response.headers.get("Retry-After")))
+                    if 500 <= status < 600:
+                        raise GatewayServerError(f"download from {host}: HTTP {status}", status=status)
+                    if not 200 <= status < 300:
+                        raise DownloadError(f"download from {host}: HTTP {status}", status=status)
+                    length = _as_int(response.headers.get("Content-Length"))
+                    if length is not None and length > self.max_download_bytes:
+                        raise DownloadError(f"download from {host}: {length} bytes is over the "
+                                            f"{self.max_download_bytes}-byte cap", status=status)
+                    content = await self._read_capped(response, host)
+                    content_type = response.headers.get("Content-Type", "")
+                    break
+            else:
+                raise DownloadError(f"download from {host}: more than {MAX_REDIRECTS} redirects")
         except httpx.HTTPError as exc:
             self._observe(DOWNLOAD, "transport")
             raise _transport_error(DOWNLOAD, exc) from exc
@@ -486,6 +509,18 @@ class GatewayClient:
             if status is not None:
                 self._observe(DOWNLOAD, str(status))
         return Download(content, _image_type(content_type, content, host))
+
+    async def _check_address(self, url: httpx.URL) -> None:
+        """Refuse a download (or redirect hop) to a non-public address: loopback, private, link-local (the
+        metadata service), ... The gateway's own origin is trusted, and everything is allowed when the
+        gateway itself is local (``allow_private_results``: the sandbox and tests)."""
+        if self.allow_private_results or _origin(url) == self._origin:
+            return
+        port = url.port or {"http": 80, "https": 443}.get(url.scheme, 443)
+        inward = await non_public_addresses(url.host, port, self._resolve)
+        if inward:
+            raise DownloadError(f"download refused: {_short(url.host, 80)} is a non-public address "
+                                f"({', '.join(inward[:3])})")
 
     async def _read_capped(self, response: httpx.Response, host: str) -> bytes:
         chunks: list[bytes] = []
@@ -596,6 +631,17 @@ def _retry_after(value: str | None) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - time.time())
+
+
+def _redirect_target(url: httpx.URL, response: httpx.Response) -> httpx.URL:
+    location = response.headers.get("Location", "")
+    try:
+        target = url.join(location)
+    except httpx.InvalidURL as exc:
+        raise DownloadError(f"download from {url.host}: redirect to a bad URL") from exc
+    if not location or target.scheme not in ("http", "https"):
+        raise DownloadError(f"download from {url.host}: redirect to {_short(location, 80)!r}, not http(s)")
+    return target
 
 
 def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
