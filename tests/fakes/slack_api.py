@@ -73,7 +73,8 @@ class Message:
 class FakeSlackAPI:
     def __init__(self, *, bot_token: str = "xoxb-test-token", app_token: str = "xapp-test-token",
                  team_id: str = "T0001", bot_user_id: str = "UBOT", bot_name: str = "imagine",
-                 scopes: tuple[str, ...] = ("commands", "chat:write", "files:write", "files:read", "im:write")) -> None:
+                 scopes: tuple[str, ...] = ("commands", "chat:write", "files:write", "files:read", "im:write",
+                                          "users:read")) -> None:
         self.bot_token = bot_token
         self.app_token = app_token
         self.team_id = team_id
