@@ -201,3 +201,14 @@ async def test_app_home_shows_balance_help_and_recent_images(slack: SlackHarness
     assert view["type"] == "home"
     assert "You have 162 credits" in text and "/imagine &lt;prompt&gt;" in text
     assert "`a lighthouse at dusk`" in text and "<!date^" in text
+
+
+async def test_a_workspace_outside_SLACK_ALLOWED_TEAMS_is_refused(slack_settings, fake_slack, caplog):
+    async with SlackHarness.open(slack_settings(SLACK_ALLOWED_TEAMS="T9999"), fake_slack) as slack:
+        _, url = await slack.slash("a cat")
+        answer = await slack.fake.wait_response(url)
+        assert answer["text"] == "This image bot is not enabled for this workspace."
+        assert answer["response_type"] == "ephemeral"
+        await slack.settle()
+        assert slack.core.jobs.recent() == [] and not slack.fake.calls_to("chat.postMessage")
+        assert f"workspace {TEAM} (not in SLACK_ALLOWED_TEAMS)" in caplog.text
