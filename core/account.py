@@ -152,16 +152,16 @@ class GatewayAccount:
         return balance
 
     async def run(self) -> None:
-        """Read the balance now and every few minutes (every 30 s at most while paused)."""
+        """Read the balance every few minutes (every 30 s at most while paused); ``refresh`` once first."""
         while True:
-            self._wake.clear()
-            await self.refresh()
             every = min(PAUSED_RECHECK_S, self.check_every_s) if self.state().paused else self.check_every_s
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=every)
                 await asyncio.sleep(min(1.0, every))  # a pause was just noted: look again shortly, not at once
             except TimeoutError:
                 pass
+            self._wake.clear()
+            await self.refresh()
 
     def start(self) -> None:
         if self._task is None:

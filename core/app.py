@@ -54,8 +54,6 @@ log = logging.getLogger(__name__)
 
 #: how often kept references and results past REFS_KEEP_DAYS are removed
 CLEANUP_EVERY_S = 3600.0
-#: how often the gateway balance is read for ``imagine_gateway_balance_credits``
-BALANCE_EVERY_S = 300.0
 #: connections to the gateway at once (the HTTP pool); the gateway client queues further requests itself
 HTTP_POOL = 100
 
@@ -103,7 +101,6 @@ class ImagineCore:
             httpx.URL(u).host for u in (settings.DISCORD_API_BASE, settings.SLACK_API_URL, gateway.base_url,
                                         settings.PUBLIC_URL or "") if u.startswith(("http://", "https://"))])
         self._cleanup: asyncio.Task[None] | None = None
-        self._balance: asyncio.Task[None] | None = None
         self.jobs = JobStore(db)
         self.ledger = Ledger(db, allowance=settings.CREDITS_ALLOWANCE, period=settings.CREDITS_PERIOD)
         self.admins = frozenset(settings.ADMINS)
@@ -200,14 +197,12 @@ class ImagineCore:
         await self.prices.refresh()
         if self._cleanup is None:
             self._cleanup = asyncio.create_task(self._cleanup_loop(), name="refs-cleanup")
-        if self._balance is None:
-            await self.read_balance()
-            self._balance = asyncio.create_task(self._balance_loop(), name="gateway-balance")
+        await self.account.refresh()  # the gateway balance: pauses new jobs if it cannot pay for one
         self.relay.start()
         count = await self.orchestrator.resume()
         if count:
             log.info("resumed %d job(s) left in flight", count)
-        self.account.start()  # reads the gateway balance now and every few minutes
+        self.account.start()  # ... and reads it again every GATEWAY_BALANCE_CHECK_S
         return count
 
     def record_receipt(self, job_id: str, **ids: Any) -> Job:
@@ -220,26 +215,16 @@ class ImagineCore:
 
     async def close(self) -> None:
         await self.relay.stop()
-        for task in (self._cleanup, self._balance):
-            if task is not None:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
-        self._cleanup = self._balance = None
+        if self._cleanup is not None:
+            self._cleanup.cancel()
+            await asyncio.gather(self._cleanup, return_exceptions=True)
+            self._cleanup = None
         await self.prices.close()
 
     async def read_balance(self) -> int | None:
-        """The gateway balance, or None when it cannot be read (the gateway client reports each read to
-        the metrics, so the gauge keeps the last value through a blip)."""
-        try:
-            return await self.gateway.credit()
-        except Exception as exc:
-            log.warning("gateway balance not read: %s", type(exc).__name__)
-            return None
-
-    async def _balance_loop(self) -> None:
-        while True:
-            await asyncio.sleep(BALANCE_EVERY_S)
-            await self.read_balance()
+        """The gateway balance now, or None when it cannot be read (``GatewayAccount.refresh``: it also
+        pauses or resumes new jobs, and the gateway client reports each read to the metrics)."""
+        return await self.account.refresh()
 
     async def _cleanup_loop(self) -> None:
         while True:
