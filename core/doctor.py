@@ -8,7 +8,6 @@ database, spool, gateway, ``PUBLIC_URL``); the Slack and Discord front ends add 
 
 from __future__ import annotations
 
-import ipaddress
 import sqlite3
 import uuid
 from collections.abc import Iterable
@@ -22,6 +21,7 @@ import httpx
 from .db import MIGRATIONS
 from .errors import GatewayAuthError, GatewayError, GatewayOutOfCredits
 from .gateway import GatewayClient
+from .netaddr import is_loopback_host
 from .settings import Settings
 from .webhooks import WebhookState, register_account_webhook
 
@@ -199,12 +199,7 @@ async def check_account_webhook(settings: Settings, gateway: GatewayClient | Non
 
 # ---------------------------------------------------------------------- PUBLIC_URL
 def _loopback(host: str) -> bool:
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return is_loopback_host(host)
 
 
 async def check_public_url(settings: Settings, http: httpx.AsyncClient) -> list[Check]:

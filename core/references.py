@@ -17,8 +17,6 @@ that pass are handed to the gateway as they are; everything else is kept in the 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
-import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -28,6 +26,7 @@ from . import messages
 from .catalog import REFERENCE_MAX_BYTES, ModelSpec
 from .errors import UserInputError
 from .imaging import shrink, sniff
+from .netaddr import is_public_address, system_resolve
 from .refs import REF_PREFIX, RefStore
 
 #: the most we read of a public reference (a larger one could not be shrunk in reasonable time anyway)
@@ -148,8 +147,7 @@ class ReferenceChecker:
         if host in self.trusted_hosts or (self.store.base_url and host == httpx.URL(self.store.base_url).host):
             return True
         try:
-            infos = await asyncio.get_running_loop().getaddrinfo(host, url.port or 443, type=socket.SOCK_STREAM)
+            addresses = await system_resolve(host, url.port or 443)
         except OSError:
             return True  # unresolvable: the fetch itself fails with a plain answer
-        addresses = {ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos}
-        return all(a.is_global for a in addresses)
+        return all(is_public_address(a) for a in addresses)
