@@ -106,24 +106,29 @@ class GatewayAccount:
             raise GatewayPaused(f"submissions paused: {state.paused} ({state.detail})")
 
     # ------------------------------------------------------------------ pausing
+    def _transition(self, set_sql: str, values: list[object], when: str) -> bool:
+        """Compare-and-set on the shared row: True only for the one process that made the change, so that
+        with several processes on one database the operators still hear once per pause."""
+        with transaction(self.db):
+            self.db.execute("INSERT OR IGNORE INTO gateway_account (id) VALUES (1)")
+            cursor = self.db.execute(f"UPDATE gateway_account SET {set_sql} WHERE id = 1 AND {when}", values)
+            return cursor.rowcount == 1
+
     def pause(self, cause: str, detail: str) -> None:
-        state = self.state()
         self.resumed.clear()
-        if state.paused != cause:
-            log.error("pausing new jobs: the gateway account is %s (%s)", cause.replace("_", " "), detail)
-            self._save(paused=cause, paused_since=iso(self.clock()), detail=detail[:500])
-        self.alerts.alert(cause, messages.operator_paused(detail), once=True)
         self._wake.set()  # recheck soon
+        if self._transition("paused = ?, paused_since = ?, detail = ?", [cause, iso(self.clock()), detail[:500]],
+                            "paused IS NULL"):
+            log.error("pausing new jobs: the gateway account is %s (%s)", cause.replace("_", " "), detail)
+            self.alerts.clear(cause)  # once per pause, however soon after the last one
+            self.alerts.alert(cause, messages.operator_paused(detail))
 
     def resume(self, balance: int) -> None:
         self.resumed.set()
-        state = self.state()
-        if state.paused:
+        if self._transition("paused = NULL, paused_since = NULL, detail = NULL", [], "paused IS NOT NULL"):
             log.warning("resuming new jobs: the gateway account has %d credits again", balance)
-            self._save(paused=None, paused_since=None, detail=None)
-            self.alerts.clear(state.paused)
-            self.alerts.alert("resumed", messages.operator_resumed(balance), once=False)
             self.alerts.clear("resumed")
+            self.alerts.alert("resumed", messages.operator_resumed(balance))
 
     def on_error(self, error: ImagineError) -> None:
         """A job met a gateway error: out of credits pauses; a bad key or a disabled model alerts (hourly)."""

@@ -192,3 +192,50 @@ async def test_nsfw_checker_defaults_on_and_front_ends_only_tighten(make_setting
         job = await core.imagine(ALICE, ReplyTo("terminal", "t"), "a lighthouse", extra_input=extra)
         await core.orchestrator.wait_idle()
         assert sandbox.tasks[core.jobs.get(job.id).task_id].input["nsfw_checker"] is sent
+
+
+# ---------------------------------------------------------------------- one pause, one word, however many processes
+class _Notebook:
+    platform = "slack"
+
+    def __init__(self) -> None:
+        self.said: list[str] = []
+
+    async def notify_operators(self, operators, text: str) -> None:
+        self.said.extend(f"{op.key}: {text}" for op in operators)
+
+
+async def test_several_processes_tell_the_operators_once_per_pause(make_settings, sandbox, tmp_path: Path):
+    from imagine_bot.core.account import GatewayAccount
+    from imagine_bot.core.alerts import Alerts
+    from imagine_bot.core.errors import GatewayOutOfCredits
+
+    settings = make_settings(ADMINS="slack:T1:UOPS")
+    async with ImagineCore.open(settings) as core:
+        notebooks = [_Notebook() for _ in range(4)]
+        accounts = []
+        for notebook in notebooks:  # four processes on one database, each with its own alerts
+            alerts = Alerts(settings.ADMINS)
+            alerts.register(notebook)
+            accounts.append(GatewayAccount(open_db(settings.IMAGINE_DB_PATH), core.gateway, alerts, cost=18,
+                                           check_every_s=300))
+        for account in accounts:
+            account.on_error(GatewayOutOfCredits("createTask: HTTP 402"))
+            account.on_error(GatewayOutOfCredits("createTask: HTTP 402"))
+        for account in accounts:
+            await account.alerts.wait_sent()
+        assert sum(len(n.said) for n in notebooks) == 1
+        assert all(a.state().paused == "out_of_credits" for a in accounts)
+
+        assert await accounts[2].refresh() == sandbox.credits  # the balance covers an image: resume, once
+        for account in accounts:
+            await account.refresh()
+            await account.alerts.wait_sent()
+        said = [line for n in notebooks for line in n.said]
+        assert len(said) == 2 and "credits again" in said[1]
+
+        accounts[3].on_error(GatewayOutOfCredits("createTask: HTTP 402"))  # a second pause is told again
+        await accounts[3].alerts.wait_sent()
+        assert sum(len(n.said) for n in notebooks) == 3
+        for account in accounts:
+            account.db.conn.close()
