@@ -6,7 +6,6 @@ path does not depend on the working directory."""
 from __future__ import annotations
 
 import sqlite3
-import time
 
 import pytest
 
@@ -50,11 +49,10 @@ def test_reads_take_no_write_lock(tmp_path):
     other = sqlite3.connect(path, isolation_level=None)
     other.execute("BEGIN IMMEDIATE")  # another process (an admin command) holds the write lock
     try:
-        started = time.monotonic()
+        # a read that asked for the write lock would raise "database is locked" after the 0.2 s busy timeout
         assert ledger.balance(ALICE).available == 190
         assert [b.account for b in ledger.accounts()] == [ALICE.key]
         assert ledger.report_rows()[0]["granted"] == 10
-        assert time.monotonic() - started < 0.2
     finally:
         other.execute("ROLLBACK")
         other.close()

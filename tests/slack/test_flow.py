@@ -28,7 +28,7 @@ async def test_ack_is_immediate_then_progress_is_edited_in_place_then_the_image_
     ack_s = time.monotonic() - started
 
     assert response.status_code == 200
-    assert ack_s < 1.0
+    assert ack_s < 3.0  # Slack's own limit for acknowledging a slash command
     [job] = slack.core.jobs.recent()
     assert not slack.core.jobs.get(job.id).state.final  # the answer came before the job was done
 
