@@ -66,6 +66,10 @@ async def run(settings: Settings, *, only: list[str] | None = None,
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, RuntimeError):  # not the main thread (tests) or not POSIX
             pass
+    if settings.MODKIE_TIMEOUT_S > settings.DRAIN_S:
+        log.warning("MODKIE_TIMEOUT_S (%.0fs) is longer than DRAIN_S (%.0fs): a createTask still in flight when a "
+                    "drain ends is refunded by the next process although the gateway may bill it; keep "
+                    "MODKIE_TIMEOUT_S at or below DRAIN_S", settings.MODKIE_TIMEOUT_S, settings.DRAIN_S)
     async with ImagineCore.open(settings) as core:
         web_app = build_web_app(core)
         services = [factory(core, settings, web_app) for factory in factories.values()]

@@ -35,7 +35,7 @@ class Settings(BaseSettings):
     MODKIE_NSFW_CHECKER: bool = True
     GATEWAY_BALANCE_CHECK_S: float = Field(default=300.0, gt=0)
     MAX_DOWNLOAD_MB: float = Field(default=25, gt=0)
-    MODKIE_TIMEOUT_S: float = Field(default=30.0, gt=0)
+    MODKIE_TIMEOUT_S: float = Field(default=15.0, gt=0)
 
     # --- storage: a relative IMAGINE_DB_PATH is taken under IMAGINE_DATA_DIR (the image sets /data)
     IMAGINE_DATA_DIR: Path = Path(".")
