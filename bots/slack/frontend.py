@@ -5,7 +5,8 @@ One progress message per job, posted in the channel and edited in place as the j
     Accepted  -> chat.postMessage   "@requester Got it: ..."        (ts stored in ReplyTo.data)
     Queued    -> chat.update        "@requester Queued: place 2 ..."
     Progress  -> chat.update        "@requester Working on it: generating (12s)."
-    Delivered -> files_upload_v2 into the message's thread (shares the file in the channel), then
+    Delivered -> files_upload_v2's three steps into the message's thread (``upload``: the file ids are in
+                 the receipt before the files are shared, so a retry never uploads twice), then
                  chat.update into the result: caption, the image inline (Block Kit slack_file), Reroll /
                  Delete; the caption and buttons alone if Slack refuses the image block (see ``inline``).
                  With ``result_in_thread`` (SLACK_RESULT_IN_THREAD) the caption goes with the upload in the
@@ -41,7 +42,7 @@ from imagine_bot.core.identity import UserRef
 from imagine_bot.core.jobs import Job, JobState
 from imagine_bot.core.outbox import Pace
 
-from . import blocks, inline
+from . import blocks, inline, upload
 from .errors import SlackError, slack_error_code
 from .mentions import escape, escape_keep_user_mentions
 
@@ -243,16 +244,8 @@ class SlackFrontEnd:
             live = self._message(job) or await self._post(job, blocks.status(job.requester.user,
                                                                              messages.accepted(job)))
             if not file_ids:  # not uploaded by a previous process that stopped right after
-                uploads = [{"file": await asyncio.to_thread(image.read_bytes), "filename": image.filename,
-                            "title": messages.quote_prompt(job.prompt, 80),
-                            "alt_txt": messages.quote_prompt(job.prompt, 1000)} for image in images]
-                comment = ({"initial_comment": blocks.status(job.requester.user, caption)["text"]}
-                           if self.result_in_thread else {})  # inline, the caption is on the result itself
-                response = await self.client.files_upload_v2(
-                    file_uploads=uploads, channel=live.channel, thread_ts=data.get("in_thread_of") or live.ts,
-                    **comment)
-                file_ids = [str(f["id"]) for f in response.get("files") or []]
-                self.core.record_receipt(job.id, file_ids=file_ids, channel=live.channel, ts=live.ts)  # first
+                file_ids = await self._upload_once(job, images, caption, live, data.get("in_thread_of") or live.ts,
+                                                   list(event.receipt.get("pending_file_ids") or []))
                 self.core.jobs.set_reply_data(job.id, file_ids=file_ids, thread_ts=live.ts)
         except SlackError as exc:
             code = slack_error_code(exc)
@@ -266,6 +259,48 @@ class SlackFrontEnd:
             shown = blocks.delivered(job.requester.user, caption, job.id, file_ids=file_ids, prompt=job.prompt)
             result = partial(self._show_result, job, live, file_ids, shown, in_thread)
         self.core.orchestrator.outbox.put(job.id, result, pace=partial(self.pace, job), final=True)
+
+    async def _upload_once(self, job: Job, images: tuple[ImageFile, ...], caption: str, live: _Message,
+                           thread_ts: str, pending: list[str]) -> list[str]:
+        """Upload the images into the thread, the file ids in the receipt before they are shared (``upload``).
+
+        ``pending``: ids an earlier attempt reserved without seeing the upload complete. Shared in the
+        channel, they are the delivery; unknown or never shared, the upload starts anew."""
+        if pending:
+            done = await upload.shared(self.client, pending, live.channel, self.inline_waits)
+            if done:
+                log.info("job %s: files %s were shared before the last attempt stopped: not uploading again",
+                         job.id, pending)
+                self.core.record_receipt(job.id, file_ids=pending)
+                return pending
+            if done is None:
+                log.warning("job %s: cannot tell whether files %s were shared (the token lacks files:read): "
+                            "uploading again, so the image may show twice; add files:read to the app", job.id,
+                            pending)
+        title = messages.quote_prompt(job.prompt, 80)
+        files = [upload.NewFile(image.filename, await asyncio.to_thread(image.read_bytes), title,
+                                messages.quote_prompt(job.prompt, 1000)) for image in images]
+        reserved = await upload.reserve(self.client, files)
+        file_ids = [r.file_id for r in reserved]
+        self.core.record_receipt(job.id, pending_file_ids=file_ids, channel=live.channel, ts=live.ts)  # first
+        for one in reserved:
+            await upload.send(self.client, self.session, one)
+        comment = ({"initial_comment": blocks.status(job.requester.user, caption)["text"]}
+                   if self.result_in_thread else {})  # inline, the caption is on the result itself
+        try:
+            await self.client.files_completeUploadExternal(
+                files=[{"id": r.file_id, "title": r.file.title} for r in reserved], channel_id=live.channel,
+                thread_ts=thread_ts, **comment)
+        except SlackError as exc:
+            if not upload.answer_lost(exc):
+                raise
+            code = slack_error_code(exc)
+            log.warning("job %s: no answer from files.completeUploadExternal (%s): asking files.info", job.id, code)
+            if not await upload.shared(self.client, file_ids, live.channel, self.inline_waits):
+                raise DeliveryError(f"Slack upload: files.completeUploadExternal failed ({code}) and files.info "
+                                    "does not show the files shared") from exc
+        self.core.record_receipt(job.id, file_ids=file_ids)
+        return file_ids
 
     async def _show_result(self, job: Job, message: _Message, file_ids: list[str], shown: dict[str, Any],
                            in_thread: dict[str, Any]) -> None:

@@ -24,7 +24,8 @@ Point ``AsyncWebClient(base_url=fake.api_url)`` (or ``SLACK_API_URL``) at it. It
   pushes a request to the connected app and returns its ack.
 
 ``fake.fail("chat.postMessage", "not_in_channel")`` makes the next call of that method answer
-``{"ok": false, "error": "not_in_channel"}``. Rate limits and slowness, like Slack's:
+``{"ok": false, "error": "not_in_channel"}``; ``fake.lose_answer("files.completeUploadExternal")`` does
+the next call but answers HTTP 500 (the work done, the answer lost). Rate limits and slowness, like Slack's:
 ``fake.rate_limit("chat.update", retry_after=2)`` answers HTTP 429 with ``Retry-After``;
 ``fake.tier("chat.update", per_minute=50)`` answers 429 past a rate per workspace (a sliding minute, the
 Retry-After saying when a call would pass); ``fake.slow("chat.update", 5)`` answers after 5 s (the edit
@@ -102,6 +103,7 @@ class FakeSlackAPI:
         self._tiers: dict[str, tuple[float, deque[float]]] = {}
         self._limited_until: dict[str, float] = {}
         self._delays: dict[str, float] = {}
+        self._lost: dict[str, int] = defaultdict(int)
         self._unblock = asyncio.Event()
         self._changed = asyncio.Condition()
         self._ts = itertools.count(1)
@@ -165,6 +167,10 @@ class FakeSlackAPI:
     def slow(self, method: str, seconds: float) -> None:
         """Answer ``method`` after ``seconds`` (0: at once again)."""
         self._delays[method] = seconds
+
+    def lose_answer(self, method: str, times: int = 1) -> None:
+        """The next ``times`` calls of ``method`` are DONE, but answer HTTP 500 (a lost or broken answer)."""
+        self._lost[method] += times
 
     def _throttled(self, method: str) -> float | None:
         """Retry-After for this call, or None when it may pass."""
@@ -262,7 +268,12 @@ class FakeSlackAPI:
                 return web.json_response({"ok": False, "error": "invalid_blocks", "errors": errors,
                                           "response_metadata": {"messages": [f"[ERROR] {e}" for e in errors]}})
         scopes = {"x-oauth-scopes": ",".join(self.scopes)} if token == self.bot_token else {}
-        return web.json_response(handler(params), headers=scopes)
+        answer = handler(params)
+        if self._lost[method]:
+            self._lost[method] -= 1
+            call.status = 500
+            return web.json_response({"ok": False, "error": "internal_error"}, status=500)
+        return web.json_response(answer, headers=scopes)
 
     # ------------------------------------------------------------------ Block Kit checks
     def _block_errors(self, params: dict[str, Any], method: str) -> list[str]:
