@@ -131,7 +131,7 @@ async def test_files_info_failing_on_a_retry_raises_and_uploads_nothing(slack: S
     slack.core.record_receipt(job.id, pending_file_ids=[earlier])
     reserves = len(slack.fake.calls_to(RESERVE))
     slack.fake.fail("files.info", "internal_error")
-    with pytest.raises(DeliveryError, match="files.info"):
+    with pytest.raises(DeliveryError, match=r"files\.info failed"):
         await slack.service.frontend.publish(Delivered(slack.core.jobs.get(job.id), (image,), 162,
                                                        dict(slack.core.jobs.get(job.id).receipt)))
     assert len(slack.fake.calls_to(RESERVE)) == reserves
