@@ -127,6 +127,7 @@ class ImagineCore:
             poll_max_interval_s=settings.POLL_MAX_INTERVAL_S,
             poll_rate_per_s=settings.POLL_RATE_PER_S,
             job_timeout_s=settings.JOB_TIMEOUT_S,
+            delivery_retry_s=settings.DELIVERY_RETRY_S,
             callback_url=settings.callback_url,
             banned_words=tuple(settings.BANNED_WORDS),
             metrics=self.metrics,

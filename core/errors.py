@@ -167,6 +167,13 @@ class DeliveryError(ImagineError):
     default_user_message = "I made the image but could not post it here. Your credits were refunded."
 
 
+class DeliveryInterrupted(DeliveryError):
+    """A chat-API blip while posting the result (5xx, rate limit, timeout, a dropped connection): the
+    orchestrator posts again, with the same receipt, for up to ``DELIVERY_RETRY_S`` before it refunds."""
+
+    retryable = True
+
+
 class JobInterrupted(ImagineError):
     code = "interrupted"
     default_user_message = (

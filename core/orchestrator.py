@@ -45,6 +45,7 @@ from .db import transaction, utcnow
 from .errors import (
     CaptureRefused,
     DeliveryError,
+    DeliveryInterrupted,
     GatewayError,
     GatewayMaintenance,
     GatewayProtocolError,
@@ -87,6 +88,8 @@ EARLY_CALLBACKS_KEPT = 1000
 #: job phases a drain lets finish: the outcome of a createTask in flight cannot be known if it is cut,
 #: and a delivery cut half-way may post twice
 DRAIN_FINISHES = ("submitting", "delivering")
+#: waits between delivery attempts after a chat-API blip (the last one repeats, up to DELIVERY_RETRY_S)
+DELIVERY_BACKOFF_S = (2.0, 4.0, 8.0, 16.0, 30.0)
 #: callback hints wake a task's tracker at most this often
 URGENT_EVERY_S = 3.0
 
@@ -120,6 +123,7 @@ class Orchestrator:
         lease_s: float = 30.0,
         owner: str | None = None,
         thumbnails: ThumbnailStore | None = None,
+        delivery_retry_s: float = 300.0,
     ) -> None:
         self.db = db
         self.jobs = jobs
@@ -131,6 +135,8 @@ class Orchestrator:
         self.poll_interval_s = poll_interval_s
         self.poll_max_interval_s = poll_max_interval_s
         self.job_timeout_s = job_timeout_s
+        self.delivery_retry_s = delivery_retry_s
+        self.delivery_backoff_s = DELIVERY_BACKOFF_S
         self.callback_url = callback_url
         self.banned_words = banned_words
         self.monotonic = monotonic
@@ -613,13 +619,7 @@ class Orchestrator:
             job = await self._download(job, record)
         images = tuple(ImageFile(p, mimetypes.guess_type(p.name)[0] or "image/png", p.stat().st_size)
                        for p in job.files)
-        balance = self.ledger.balance(job.requester).available
-        try:
-            await self._publish(Delivered(job, images, balance, dict(job.receipt)))
-        except ImagineError:
-            raise
-        except Exception as exc:
-            raise DeliveryError(f"front end {job.platform} could not deliver: {type(exc).__name__}: {exc}") from exc
+        job = await self._post_result(job, images)
         with transaction(self.db):
             job = self._move(job, JobState.DELIVERED, finished_at=utcnow())
             if not self.ledger.capture(job.id):  # rolls the "delivered" back: never delivered uncharged
@@ -632,6 +632,39 @@ class Orchestrator:
                                None if gateway_done is None else time.monotonic() - gateway_done)
         # the images stay in the spool for the Vary and Remix buttons (``RefStore.cleanup`` ends them)
         await self._thumbnail(job, images)
+
+    async def _post_result(self, job: Job, images: tuple[ImageFile, ...]) -> Job:
+        """Hand the result to the front end; on a chat-API blip (``is_transient``) hand it again, with the
+        latest receipt, after a backoff, for up to ``delivery_retry_s``. The job stays ``delivering`` (its
+        lease renewed by the housekeeper); a drain leaves a retrying delivery for the next owner."""
+        deadline = self.monotonic() + self.delivery_retry_s
+        attempt = 0
+        while True:
+            balance = self.ledger.balance(job.requester).available
+            try:
+                await self._publish(Delivered(job, images, balance, dict(job.receipt)))
+                return job
+            except ImagineError as error:
+                failure = error
+            except (TimeoutError, ConnectionError) as exc:  # transport trouble a front end did not sort out
+                failure = DeliveryInterrupted(f"front end {job.platform}: {type(exc).__name__}: {exc}")
+            except Exception as exc:
+                raise DeliveryError(f"front end {job.platform} could not deliver: {type(exc).__name__}: {exc}") from exc
+            left = deadline - self.monotonic()
+            if not is_transient(failure) or left <= 0:
+                raise failure
+            if self._draining:
+                raise _Drained("delivering (retrying)")
+            wait = min(self.delivery_backoff_s[min(attempt, len(self.delivery_backoff_s) - 1)], left)
+            attempt += 1
+            log.warning("job %s: delivery attempt %d failed (%s); trying again in %.1fs", job.id, attempt,
+                        failure.admin_message, wait)
+            self._phase[job.id] = "retrying delivery"  # not a phase a drain waits for: it cancels us
+            await asyncio.sleep(wait)
+            self._enter(job, "delivering")
+            job = self.jobs.get(job.id)  # with the receipt the last attempt recorded, if any
+            if job.state is not JobState.DELIVERING or job.owner != self.owner:
+                raise LeaseLost(f"job {job.id} is {job.state} and owned by {job.owner} now")
 
     async def _thumbnail(self, job: Job, images: tuple[ImageFile, ...]) -> None:
         """Keep a small thumbnail for the dashboard's gallery; never a reason to touch the delivered job."""

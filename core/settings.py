@@ -61,6 +61,7 @@ class Settings(BaseSettings):
     POLL_MAX_INTERVAL_S: float = Field(default=15.0, gt=0)
     POLL_RATE_PER_S: float = Field(default=8.0, gt=0)
     JOB_TIMEOUT_S: float = Field(default=600.0, gt=0)
+    DELIVERY_RETRY_S: float = Field(default=300.0, ge=0)
     # --- several processes, deploys
     DRAIN_S: float = Field(default=20.0, ge=0)
     JOB_LEASE_S: float = Field(default=30.0, gt=0)

@@ -28,11 +28,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import aiohttp
 import discord
 
 from imagine_bot.core import messages
 from imagine_bot.core.app import ImagineCore
-from imagine_bot.core.errors import ChatRateLimited, DeliveryError
+from imagine_bot.core.errors import ChatRateLimited, DeliveryError, DeliveryInterrupted
 from imagine_bot.core.events import Accepted, Delivered, Failed, JobEvent, Progress, Queued
 from imagine_bot.core.identity import UserRef
 from imagine_bot.core.jobs import Job
@@ -195,7 +196,11 @@ class DiscordFrontEnd:
             return await channel.send(text, allowed_mentions=discord.AllowedMentions(
                 everyone=False, roles=False, replied_user=False, users=[requester]), **parts)
         except discord.HTTPException as error:
-            raise DeliveryError(f"could not post job {job.id} in channel {data.channel_id}: {error}") from error
+            failure = DeliveryInterrupted if error.status >= 500 or error.status == 429 else DeliveryError
+            raise failure(f"could not post job {job.id} in channel {data.channel_id}: {error}") from error
+        except (aiohttp.ClientError, TimeoutError) as error:
+            raise DeliveryInterrupted(f"could not post job {job.id} in channel {data.channel_id}: "
+                                      f"{type(error).__name__}: {error}") from error
 
 
 def _retry_after(error: discord.HTTPException) -> float:

@@ -36,7 +36,7 @@ from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 from imagine_bot.core import messages
 from imagine_bot.core.app import ImagineCore
-from imagine_bot.core.errors import ChatRateLimited, DeliveryError
+from imagine_bot.core.errors import ChatRateLimited, DeliveryError, DeliveryInterrupted
 from imagine_bot.core.events import Accepted, Delivered, Failed, ImageFile, JobEvent, Progress, Queued
 from imagine_bot.core.identity import UserRef
 from imagine_bot.core.jobs import Job, JobState
@@ -51,6 +51,11 @@ log = logging.getLogger(__name__)
 #: chat.postMessage / files errors that mean "the bot cannot post in this conversation"
 CHANNEL_ERRORS = frozenset({"not_in_channel", "channel_not_found", "is_archived", "restricted_action",
                             "cannot_dm_bot", "not_allowed_token_type"})
+
+#: errors that will not pass by trying the same delivery again (any other failure is a blip, tried again)
+REFUSALS = frozenset({"invalid_auth", "not_authed", "account_inactive", "token_revoked", "token_expired",
+                      "missing_scope", "no_permission", "invalid_arguments", "invalid_blocks", "msg_too_long",
+                      "file_too_large", "not_allowed", "team_access_not_granted", "ekm_access_denied"})
 
 #: chat.update is Tier 3: about 50 a minute per workspace, with short bursts
 EDITS_PER_MIN = 50.0
@@ -251,7 +256,9 @@ class SlackFrontEnd:
             code = slack_error_code(exc)
             if code in CHANNEL_ERRORS:
                 raise self.channel_failure(code) from exc
-            raise DeliveryError(f"Slack upload failed: {code}") from exc
+            if code in REFUSALS:
+                raise DeliveryError(f"Slack upload failed: {code}") from exc
+            raise DeliveryInterrupted(f"Slack upload failed: {code}") from exc  # a blip: the core tries again
         in_thread = blocks.delivered(job.requester.user, caption, job.id)
         if self.result_in_thread or not file_ids:
             result = partial(self._final, job, live, in_thread)
@@ -297,7 +304,7 @@ class SlackFrontEnd:
             code = slack_error_code(exc)
             log.warning("job %s: no answer from files.completeUploadExternal (%s): asking files.info", job.id, code)
             if not await upload.shared(self.client, file_ids, live.channel, self.inline_waits):
-                raise DeliveryError(f"Slack upload: files.completeUploadExternal failed ({code}) and files.info "
+                raise DeliveryInterrupted(f"Slack upload: files.completeUploadExternal failed ({code}) and files.info "
                                     "does not show the files shared") from exc
         self.core.record_receipt(job.id, file_ids=file_ids)
         return file_ids

@@ -119,14 +119,21 @@ async def test_an_upload_refused_for_the_channel_refunds_and_says_how_to_fix_it(
     assert (account.balance, account.held) == (180, 0)
 
 
-async def test_any_other_upload_error_refunds_with_the_core_wording(slack: SlackHarness):
-    slack.fake.fail("files.completeUploadExternal", "internal_error")
+async def test_an_upload_error_that_outlasts_delivery_retry_s_refunds_with_the_core_wording(slack: SlackHarness):
+    """A blip that does not pass (Slack keeps answering internal_error) is retried until DELIVERY_RETRY_S,
+    then the job is failed and refunded in plain words."""
+    slack.core.orchestrator.delivery_retry_s = 0.3
+    slack.core.orchestrator.delivery_backoff_s = (0.05,)
+    slack.fake.fail("files.completeUploadExternal", "internal_error", times=1000)
     await slack.slash("a lighthouse at dusk")
     await slack.settle()
     [job] = slack.core.jobs.recent()
-    assert job.state is JobState.FAILED
+    assert job.state is JobState.FAILED and job.error_code == "delivery_failed"
+    assert len(slack.fake.calls_to("files.completeUploadExternal")) > 1  # tried again before giving up
     assert "could not post it here" in slack.fake.calls_to("chat.update")[-1].params["text"]
-    assert slack.core.ledger.balance(U1).balance == 180
+    account = slack.core.ledger.balance(U1)
+    assert (account.balance, account.held) == (180, 0)
+    assert slack.core.ledger.verify() == []
 
 
 async def test_healthz_lists_the_slack_front_end(slack: SlackHarness):

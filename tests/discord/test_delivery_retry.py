@@ -1,0 +1,44 @@
+"""A Discord blip while posting a finished image (a 5xx on the post) is not a failure: the core hands
+``Delivered`` again until ``DELIVERY_RETRY_S``; the image is posted once and charged once. A refusal for
+good (403: the bot may not post here) is refunded at once."""
+
+from __future__ import annotations
+
+from imagine_bot.core.jobs import JobState
+
+from .conftest import ALICE, discord_user, old_interaction_time
+
+
+async def test_a_5xx_on_the_result_post_is_retried_and_posted_and_charged_once(open_bot):
+    async with open_bot() as bot:
+        bot.core.orchestrator.delivery_backoff_s = (0.05,)
+        # 503: discord.py does not retry it itself (it does 500/502/504), so the core must
+        bot.fake.fail("POST", r"/channels/\d+/messages", 503, times=1)
+        sent = bot.imagine(ALICE, "post me after a blip", created=old_interaction_time(16))
+        channel = sent["channel"]["id"]
+        await bot.fake.wait_for("POST", rf"/channels/{channel}/messages")
+        await bot.idle()
+        job = bot.core.jobs.recent(discord_user(ALICE).key, limit=1)[0]
+        assert job.state is JobState.DELIVERED
+        assert len(bot.fake.find("POST", rf"/channels/{channel}/messages")) == 2  # the 503, then the post
+        assert [c.status for c in bot.fake.calls if c.files] == [503, 200]
+        assert [m for m, files in bot.fake.files.items() if files] == [job.receipt["message_id"]]  # one image
+        assert job.receipt["delivered_in"] == "channel"
+        kinds = sorted(e.kind for e in bot.core.ledger.history(job.requester) if e.job_id == job.id)
+        assert kinds == ["capture", "reserve"]
+        assert bot.core.ledger.verify() == []
+
+
+async def test_a_forbidden_result_post_is_refunded_at_once(open_bot):
+    async with open_bot() as bot:
+        bot.core.orchestrator.delivery_backoff_s = (0.05,)
+        bot.fake.fail("POST", r"/channels/\d+/messages", 403, {"message": "Missing Permissions", "code": 50013},
+                      times=1)
+        sent = bot.imagine(ALICE, "nowhere to post", created=old_interaction_time(16))
+        await bot.fake.wait_for("POST", rf"/channels/{sent['channel']['id']}/messages")
+        await bot.idle()
+        job = bot.core.jobs.recent(discord_user(ALICE).key, limit=1)[0]
+        assert job.state is JobState.FAILED and job.error_code == "delivery_failed"
+        account = bot.core.ledger.balance(job.requester)
+        assert account.held == 0 and account.balance == 180
+        assert bot.core.ledger.verify() == []
