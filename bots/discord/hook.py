@@ -94,11 +94,6 @@ class InteractionHook:
                 files=params.files, **self._session_kwargs(),
             )
 
-    async def delete_original(self) -> None:
-        await async_context.get().delete_original_interaction_response(
-            self.application_id, self.token, **self._session_kwargs()
-        )
-
 
 def token_gone(error: discord.HTTPException) -> bool:
     """Discord no longer accepts this interaction token or its message (expired, unknown, deleted)."""
