@@ -64,7 +64,7 @@ def _scope(raw: str) -> str:
 
 
 def _actor() -> str:
-    from .cli import local_user
+    from imagine_bot.bots.cli import local_user
 
     return f"cli:{local_user()}"
 

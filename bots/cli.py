@@ -79,11 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--delay-scale", type=float, default=1.0, help="multiply the state delays")
     p.add_argument("--dialect", choices=["kie", "modkie"], default="kie", help="answer in kie's or ModKie's shape")
 
-    from .admin_cli import add_admin_parsers
+    from imagine_bot.bots.admin_cli import add_admin_parsers
 
     add_admin_parsers(sub)
 
-    from .discord.cli import add_discord_parsers
+    from imagine_bot.bots.discord.cli import add_discord_parsers
 
     add_discord_parsers(sub)
     return parser
@@ -133,9 +133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _doctor(args: argparse.Namespace) -> int:
+    from imagine_bot.bots.doctor import run_checks, settings_failed
     from imagine_bot.core.doctor import exit_code, render
-
-    from .doctor import run_checks, settings_failed
 
     try:
         settings = _settings(args)
@@ -171,7 +170,7 @@ async def until_sigterm(work: Coroutine[Any, Any, int], *, on_term: int = 0) -> 
 
 
 def _run_async(args: argparse.Namespace, settings: Settings) -> int:
-    from . import terminal
+    from imagine_bot.bots import terminal
 
     if args.command == "imagine":
         # stopped mid-job: the job stays saved (it resumes at the next start); say it did not finish
@@ -185,7 +184,7 @@ def _run_async(args: argparse.Namespace, settings: Settings) -> int:
         delays = {state: seconds * args.delay_scale for state, seconds in DEFAULT_DELAYS.items()}
         return asyncio.run(until_sigterm(serve_forever(args.host, args.port, delays=delays, dialect=args.dialect)))
     if args.command == "run":
-        from .run import run
+        from imagine_bot.bots.run import run
 
         return asyncio.run(run(settings, only=args.only))  # its own SIGTERM handling: a graceful stop
     raise SystemExit(f"unknown command {args.command}")

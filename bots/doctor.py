@@ -41,10 +41,10 @@ async def run_checks(settings: Settings) -> list[Check]:
             http, base_url=settings.MODKIE_BASE_URL, api_key=key, retries=1,
             request_timeout=min(settings.MODKIE_TIMEOUT_S, 15.0))
         checks += await check_gateway(settings, gateway)
-        from .slack.doctor import slack_checks
+        from imagine_bot.bots.slack.doctor import slack_checks
 
         checks += await slack_checks(settings, http)
-        from .discord.doctor import discord_checks
+        from imagine_bot.bots.discord.doctor import discord_checks
 
         checks += await discord_checks(settings, http)
         if settings.SLACK_BOT_TOKEN is None and settings.DISCORD_TOKEN is None:

@@ -43,11 +43,11 @@ def configured_services(settings: Settings, only: list[str] | None) -> dict[str,
     wanted = set(only or ("slack", "discord"))
     factories: dict[str, ServiceFactory] = {}
     if "slack" in wanted and settings.SLACK_BOT_TOKEN:
-        from .slack import SlackService
+        from imagine_bot.bots.slack import SlackService
 
         factories["slack"] = SlackService
     if "discord" in wanted and settings.DISCORD_TOKEN:
-        from .discord import DiscordService
+        from imagine_bot.bots.discord import DiscordService
 
         factories["discord"] = DiscordService
     if not factories:

@@ -24,10 +24,10 @@ from datetime import datetime
 
 import sqlite_utils
 
-from . import messages
-from .alerts import Alerts
-from .db import iso, transaction, utcnow
-from .errors import (
+from imagine_bot.core import messages
+from imagine_bot.core.alerts import Alerts
+from imagine_bot.core.db import iso, transaction, utcnow
+from imagine_bot.core.errors import (
     GatewayAuthError,
     GatewayError,
     GatewayFeatureDisabled,
@@ -35,7 +35,7 @@ from .errors import (
     GatewayPaused,
     ImagineError,
 )
-from .gateway import GatewayClient
+from imagine_bot.core.gateway import GatewayClient
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 
-from .frontend import OperatorNotifier
-from .identity import UserRef
+from imagine_bot.core.frontend import OperatorNotifier
+from imagine_bot.core.identity import UserRef
 
 log = logging.getLogger(__name__)
 

@@ -24,31 +24,31 @@ from typing import Any
 import httpx
 import sqlite_utils
 
-from . import __version__, messages
-from .account import GatewayAccount
-from .alerts import Alerts
-from .authority import GLOBAL, Actor, scope_noun
-from .budgets import Budgets, BudgetStatus, spend_csv
-from .catalog import ModelSpec, edit_model, get_model
-from .dashboard.auth import DashboardAuth
-from .db import BOT_BUSY_TIMEOUT_S, open_db, utcnow
-from .errors import ConfigError, NotAllowedHere, NotFound, PermissionDenied, UserInputError
-from .frontend import FrontEnd, OperatorNotifier
-from .gateway import GatewayClient
-from .identity import UserRef
-from .jobs import Job, JobRequest, JobState, JobStore, ReplyTo
-from .ledger import Balance, Ledger
-from .metrics import Metrics
-from .orchestrator import Orchestrator
-from .parsing import ParsedPrompt, parse_imagine
-from .places import Places
-from .prices import Prices
-from .references import Reference, ReferenceChecker
-from .refs import RefStore, load_secret
-from .relay import CallbackRelay
-from .settings import Settings
-from .store import SqliteStore, Store
-from .thumbnails import ThumbnailStore
+from imagine_bot.core import __version__, messages
+from imagine_bot.core.account import GatewayAccount
+from imagine_bot.core.alerts import Alerts
+from imagine_bot.core.authority import GLOBAL, Actor, scope_noun
+from imagine_bot.core.budgets import Budgets, BudgetStatus, spend_csv
+from imagine_bot.core.catalog import ModelSpec, edit_model, get_model
+from imagine_bot.core.dashboard.auth import DashboardAuth
+from imagine_bot.core.db import BOT_BUSY_TIMEOUT_S, open_db, utcnow
+from imagine_bot.core.errors import ConfigError, NotAllowedHere, NotFound, PermissionDenied, UserInputError
+from imagine_bot.core.frontend import FrontEnd, OperatorNotifier
+from imagine_bot.core.gateway import GatewayClient
+from imagine_bot.core.identity import UserRef
+from imagine_bot.core.jobs import Job, JobRequest, JobState, JobStore, ReplyTo
+from imagine_bot.core.ledger import Balance, Ledger
+from imagine_bot.core.metrics import Metrics
+from imagine_bot.core.orchestrator import Orchestrator
+from imagine_bot.core.parsing import ParsedPrompt, parse_imagine
+from imagine_bot.core.places import Places
+from imagine_bot.core.prices import Prices
+from imagine_bot.core.references import Reference, ReferenceChecker
+from imagine_bot.core.refs import RefStore, load_secret
+from imagine_bot.core.relay import CallbackRelay
+from imagine_bot.core.settings import Settings
+from imagine_bot.core.store import SqliteStore, Store
+from imagine_bot.core.thumbnails import ThumbnailStore
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ class ImagineCore:
             log.info("database %s (images wait for delivery in %s)", _shown(settings.IMAGINE_DB_PATH),
                      _shown(settings.spool_dir))
             if settings.sandbox:
-                from .sandbox import SandboxGateway
+                from imagine_bot.core.sandbox import SandboxGateway
 
                 sandbox = SandboxGateway(delays={"waiting": 0.4, "queuing": 0.4, "generating": 2.0},
                                          state_path=settings.sandbox_state_path)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .identity import UserRef
+from imagine_bot.core.identity import UserRef
 
 GLOBAL = "global"
 

@@ -30,10 +30,10 @@ from typing import Any
 
 import sqlite_utils
 
-from .authority import GLOBAL, scope_noun
-from .db import iso, transaction, utcnow
-from .errors import BudgetExhausted, UserInputError
-from .ledger import MONTHS, PERIODS, WEEKDAYS, next_boundary, period_start
+from imagine_bot.core.authority import GLOBAL, scope_noun
+from imagine_bot.core.db import iso, transaction, utcnow
+from imagine_bot.core.errors import BudgetExhausted, UserInputError
+from imagine_bot.core.ledger import MONTHS, PERIODS, WEEKDAYS, next_boundary, period_start
 
 #: stored amount meaning "explicitly unlimited" (NULL means "the default")
 UNLIMITED = -1

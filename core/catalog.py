@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
-from .errors import ConfigError
+from imagine_bot.core.errors import ConfigError
 
 #: ModKie's playground lists these three; kie accepts the wider set (gateway contract).
 MODKIE_ASPECT_RATIOS = ("1:1", "16:9", "9:16")

@@ -36,15 +36,15 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import messages
-from .app import ImagineCore
-from .authority import Actor, parse_scope
-from .errors import ImagineError, PermissionDenied, UserInputError
-from .identity import UserRef
-from .jobs import Job, ReplyTo
-from .ledger import PERIODS
-from .parsing import take_images
-from .references import Reference
+from imagine_bot.core import messages
+from imagine_bot.core.app import ImagineCore
+from imagine_bot.core.authority import Actor, parse_scope
+from imagine_bot.core.errors import ImagineError, PermissionDenied, UserInputError
+from imagine_bot.core.identity import UserRef
+from imagine_bot.core.jobs import Job, ReplyTo
+from imagine_bot.core.ledger import PERIODS
+from imagine_bot.core.parsing import take_images
+from imagine_bot.core.references import Reference
 
 ResolveUser = Callable[[str], UserRef | None]
 #: turns what followed ``--image`` into a reference (front ends that know local files pass their own)

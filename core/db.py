@@ -16,7 +16,7 @@ from pathlib import Path
 
 import sqlite_utils
 
-from .errors import DataNotWritable
+from imagine_bot.core.errors import DataNotWritable
 
 log = logging.getLogger(__name__)
 

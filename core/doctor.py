@@ -18,12 +18,12 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from .db import MIGRATIONS
-from .errors import GatewayAuthError, GatewayError, GatewayOutOfCredits
-from .gateway import GatewayClient
-from .netaddr import is_loopback_host
-from .settings import Settings
-from .webhooks import WebhookState, register_account_webhook
+from imagine_bot.core.db import MIGRATIONS
+from imagine_bot.core.errors import GatewayAuthError, GatewayError, GatewayOutOfCredits
+from imagine_bot.core.gateway import GatewayClient
+from imagine_bot.core.netaddr import is_loopback_host
+from imagine_bot.core.settings import Settings
+from imagine_bot.core.webhooks import WebhookState, register_account_webhook
 
 #: below this gateway balance the doctor warns (about 20 images of 18 credits)
 LOW_BALANCE = 360

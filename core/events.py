@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ImagineError
-from .jobs import Job
+from imagine_bot.core.errors import ImagineError
+from imagine_bot.core.jobs import Job
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from .events import JobEvent
-from .identity import UserRef
+from imagine_bot.core.events import JobEvent
+from imagine_bot.core.identity import UserRef
 
 
 @runtime_checkable

@@ -30,9 +30,9 @@ from typing import Any
 
 import sqlite_utils
 
-from .db import iso, transaction, utcnow
-from .errors import LeaseLost, NotFound
-from .identity import UserRef
+from imagine_bot.core.db import iso, transaction, utcnow
+from imagine_bot.core.errors import LeaseLost, NotFound
+from imagine_bot.core.identity import UserRef
 
 
 class JobState(StrEnum):

@@ -15,7 +15,7 @@ import secrets
 import socket
 from datetime import datetime, timedelta
 
-from .db import utcnow
+from imagine_bot.core.db import utcnow
 
 
 def new_owner_id() -> str:

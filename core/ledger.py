@@ -57,12 +57,12 @@ from typing import TYPE_CHECKING, Any
 
 import sqlite_utils
 
-from .db import iso, snapshot, transaction, utcnow
-from .errors import ConfigError, InsufficientCredits, NotFound, UserInputError
-from .identity import UserRef
+from imagine_bot.core.db import iso, snapshot, transaction, utcnow
+from imagine_bot.core.errors import ConfigError, InsufficientCredits, NotFound, UserInputError
+from imagine_bot.core.identity import UserRef
 
 if TYPE_CHECKING:
-    from .budgets import Budgets
+    from imagine_bot.core.budgets import Budgets
 
 PERIODS = ("day", "week", "month", "never")
 ADJECTIVES = {"day": "daily", "week": "weekly", "month": "monthly"}

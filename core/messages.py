@@ -10,13 +10,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from .authority import scope_noun
-from .budgets import BudgetStatus, period_name, refill_words
-from .catalog import ModelSpec
-from .errors import ImagineError
-from .jobs import Job
-from .ledger import Balance, describe_refill
-from .parsing import usage
+from imagine_bot.core.authority import scope_noun
+from imagine_bot.core.budgets import BudgetStatus, period_name, refill_words
+from imagine_bot.core.catalog import ModelSpec
+from imagine_bot.core.errors import ImagineError
+from imagine_bot.core.jobs import Job
+from imagine_bot.core.ledger import Balance, describe_refill
+from imagine_bot.core.parsing import usage
 
 STAGE_WORDS = {
     "submitted": "sent to the image service",

@@ -39,10 +39,10 @@ from pathlib import Path
 
 import sqlite_utils
 
-from .admission import Admission, RateLimiter
-from .catalog import CATALOG, ModelSpec
-from .db import transaction, utcnow
-from .errors import (
+from imagine_bot.core.admission import Admission, RateLimiter
+from imagine_bot.core.catalog import CATALOG, ModelSpec
+from imagine_bot.core.db import transaction, utcnow
+from imagine_bot.core.errors import (
     CaptureRefused,
     DeliveryError,
     DeliveryInterrupted,
@@ -61,18 +61,18 @@ from .errors import (
     UnknownTask,
     is_transient,
 )
-from .events import Accepted, Delivered, Failed, ImageFile, JobEvent, Progress, Queued
-from .frontend import FrontEnd
-from .gateway import GatewayClient, TaskRecord, TaskStage
-from .identity import UserRef
-from .jobs import Job, JobRequest, JobState, JobStore, new_job_id
-from .leases import LeaseClock, new_owner_id
-from .ledger import Ledger, describe_refill
-from .metrics import Metrics
-from .outbox import UNPACED, Outbox, Refresh, Send
-from .parsing import check_banned
-from .settle import fail_and_refund
-from .thumbnails import ThumbnailStore
+from imagine_bot.core.events import Accepted, Delivered, Failed, ImageFile, JobEvent, Progress, Queued
+from imagine_bot.core.frontend import FrontEnd
+from imagine_bot.core.gateway import GatewayClient, TaskRecord, TaskStage
+from imagine_bot.core.identity import UserRef
+from imagine_bot.core.jobs import Job, JobRequest, JobState, JobStore, new_job_id
+from imagine_bot.core.leases import LeaseClock, new_owner_id
+from imagine_bot.core.ledger import Ledger, describe_refill
+from imagine_bot.core.metrics import Metrics
+from imagine_bot.core.outbox import UNPACED, Outbox, Refresh, Send
+from imagine_bot.core.parsing import check_banned
+from imagine_bot.core.settle import fail_and_refund
+from imagine_bot.core.thumbnails import ThumbnailStore
 
 log = logging.getLogger(__name__)
 

@@ -33,8 +33,8 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from .admission import RateLimiter
-from .errors import ChatRateLimited
+from imagine_bot.core.admission import RateLimiter
+from imagine_bot.core.errors import ChatRateLimited
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .catalog import InputSpec, ModelSpec
-from .errors import UserInputError
+from imagine_bot.core.catalog import InputSpec, ModelSpec
+from imagine_bot.core.errors import UserInputError
 
 _DASHES = re.compile(r"(?<!\S)[\u2014\u2013\u2012\u2015\u2212]{1,2}(?=[A-Za-z])")
 _FLAG = re.compile(r"^--([A-Za-z][\w-]*)(?:=(.*))?$", re.DOTALL)

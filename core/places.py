@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import sqlite_utils
 
-from .db import iso, transaction, utcnow
+from imagine_bot.core.db import iso, transaction, utcnow
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,9 +20,9 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from .catalog import ModelSpec
-from .errors import GatewayError
-from .gateway import GatewayClient
+from imagine_bot.core.catalog import ModelSpec
+from imagine_bot.core.errors import GatewayError
+from imagine_bot.core.gateway import GatewayClient
 
 log = logging.getLogger(__name__)
 

@@ -22,12 +22,12 @@ from dataclasses import dataclass
 
 import httpx
 
-from . import messages
-from .catalog import REFERENCE_MAX_BYTES, ModelSpec
-from .errors import UserInputError
-from .imaging import shrink, sniff
-from .netaddr import is_public_address, system_resolve
-from .refs import REF_PREFIX, RefStore
+from imagine_bot.core import messages
+from imagine_bot.core.catalog import REFERENCE_MAX_BYTES, ModelSpec
+from imagine_bot.core.errors import UserInputError
+from imagine_bot.core.imaging import shrink, sniff
+from imagine_bot.core.netaddr import is_public_address, system_resolve
+from imagine_bot.core.refs import REF_PREFIX, RefStore
 
 #: the most we read of a public reference (a larger one could not be shrunk in reasonable time anyway)
 FETCH_CAP_BYTES = 40 * 1024 * 1024

@@ -33,10 +33,10 @@ from pathlib import Path
 
 import sqlite_utils
 
-from . import messages
-from .db import transaction
-from .errors import ImagineError, NotFound, UserInputError
-from .imaging import sniff
+from imagine_bot.core import messages
+from imagine_bot.core.db import transaction
+from imagine_bot.core.errors import ImagineError, NotFound, UserInputError
+from imagine_bot.core.imaging import sniff
 
 log = logging.getLogger(__name__)
 

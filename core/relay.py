@@ -21,9 +21,9 @@ from datetime import timedelta
 
 import sqlite_utils
 
-from .db import iso, transaction, utcnow
-from .gateway import TaskRecord, TaskStage
-from .orchestrator import Orchestrator
+from imagine_bot.core.db import iso, transaction, utcnow
+from imagine_bot.core.gateway import TaskRecord, TaskStage
+from imagine_bot.core.orchestrator import Orchestrator
 
 log = logging.getLogger(__name__)
 

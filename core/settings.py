@@ -13,8 +13,8 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from .errors import ConfigError
-from .netaddr import is_loopback_host
+from imagine_bot.core.errors import ConfigError
+from imagine_bot.core.netaddr import is_loopback_host
 
 SANDBOX = "sandbox"
 

@@ -12,10 +12,10 @@ from datetime import timedelta
 
 import sqlite_utils
 
-from .db import iso, transaction, utcnow
-from .errors import ImagineError, JobFailedByOperator, UserInputError
-from .jobs import Job, JobState, JobStore
-from .ledger import Ledger
+from imagine_bot.core.db import iso, transaction, utcnow
+from imagine_bot.core.errors import ImagineError, JobFailedByOperator, UserInputError
+from imagine_bot.core.jobs import Job, JobState, JobStore
+from imagine_bot.core.ledger import Ledger
 
 log = logging.getLogger(__name__)
 

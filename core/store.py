@@ -23,10 +23,10 @@ from typing import Any, Protocol, runtime_checkable
 
 import sqlite_utils
 
-from .db import transaction
-from .identity import UserRef
-from .jobs import Job, JobRequest, JobState, JobStore
-from .ledger import Balance, Ledger, LedgerEntry
+from imagine_bot.core.db import transaction
+from imagine_bot.core.identity import UserRef
+from imagine_bot.core.jobs import Job, JobRequest, JobState, JobStore
+from imagine_bot.core.ledger import Balance, Ledger, LedgerEntry
 
 
 @runtime_checkable

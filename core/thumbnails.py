@@ -16,7 +16,7 @@ from pathlib import Path
 import sqlite_utils
 from PIL import Image
 
-from .db import iso, transaction, utcnow
+from imagine_bot.core.db import iso, transaction, utcnow
 
 log = logging.getLogger(__name__)
 

@@ -19,13 +19,13 @@ from typing import Any
 
 from aiohttp import web
 
-from . import __version__
-from .app import ImagineCore
-from .dashboard import add_dashboard
-from .errors import GatewayProtocolError, PermissionDenied
-from .gateway import read_callback
-from .gateway.callbacks import MAX_CALLBACK_BYTES
-from .refs import RefRefused
+from imagine_bot.core import __version__
+from imagine_bot.core.app import ImagineCore
+from imagine_bot.core.dashboard import add_dashboard
+from imagine_bot.core.errors import GatewayProtocolError, PermissionDenied
+from imagine_bot.core.gateway import read_callback
+from imagine_bot.core.gateway.callbacks import MAX_CALLBACK_BYTES
+from imagine_bot.core.refs import RefRefused
 
 log = logging.getLogger(__name__)
 

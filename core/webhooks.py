@@ -14,9 +14,9 @@ import logging
 from dataclasses import dataclass
 from enum import StrEnum
 
-from .errors import GatewayError
-from .gateway import GatewayClient
-from .settings import Settings
+from imagine_bot.core.errors import GatewayError
+from imagine_bot.core.gateway import GatewayClient
+from imagine_bot.core.settings import Settings
 
 log = logging.getLogger(__name__)
 

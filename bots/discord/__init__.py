@@ -20,19 +20,19 @@ with warnings.catch_warnings():
         pass
 
 if TYPE_CHECKING:
-    from .frontend import DiscordFrontEnd
-    from .service import DiscordService
+    from imagine_bot.bots.discord.frontend import DiscordFrontEnd
+    from imagine_bot.bots.discord.service import DiscordService
 
 __all__ = ["DiscordFrontEnd", "DiscordService"]
 
 
 def __getattr__(name: str) -> Any:
     if name == "DiscordService":
-        from .service import DiscordService
+        from imagine_bot.bots.discord.service import DiscordService
 
         return DiscordService
     if name == "DiscordFrontEnd":
-        from .frontend import DiscordFrontEnd
+        from imagine_bot.bots.discord.frontend import DiscordFrontEnd
 
         return DiscordFrontEnd
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -54,7 +54,7 @@ def _token(settings: Settings) -> str:
 async def _login(client: discord.Client, settings: Settings) -> None:
     import discord
 
-    from .client import configure_endpoints
+    from imagine_bot.bots.discord.client import configure_endpoints
 
     configure_endpoints(settings)
     try:
@@ -65,9 +65,8 @@ async def _login(client: discord.Client, settings: Settings) -> None:
 
 
 async def sync(settings: Settings) -> int:
+    from imagine_bot.bots.discord.client import ImagineClient, sync_commands
     from imagine_bot.core.catalog import get_model
-
-    from .client import ImagineClient, sync_commands
 
     _token(settings)  # say what is missing before starting anything
     model = get_model(settings.MODKIE_MODEL, settings.MODKIE_ASPECT_RATIOS)
@@ -92,7 +91,7 @@ def invite(client_id: str | int) -> str:
 async def invite_url(settings: Settings, client_id: str | None = None) -> int:
     if client_id is None:
         _token(settings)
-        from .client import discord
+        from imagine_bot.bots.discord.client import discord
 
         client = discord.Client(intents=discord.Intents.none())
         try:

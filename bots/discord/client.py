@@ -37,14 +37,13 @@ import yarl
 from discord import app_commands
 from discord.gateway import DiscordWebSocket
 
+from imagine_bot.bots.discord import wording
+from imagine_bot.bots.discord.buttons import DYNAMIC_ITEMS
+from imagine_bot.bots.discord.handlers import Handlers, reply_private
 from imagine_bot.core.app import ImagineCore
 from imagine_bot.core.catalog import ModelSpec
 from imagine_bot.core.errors import ConfigError, ImagineError
 from imagine_bot.core.settings import Settings
-
-from . import wording
-from .buttons import DYNAMIC_ITEMS
-from .handlers import Handlers, reply_private
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ def missing_permissions(permissions: int) -> list[str]:
 
 
 def expected_commands(settings: Settings) -> set[str]:
-    from .client import build_commands
+    from imagine_bot.bots.discord.client import build_commands
 
     return {c.name for c in build_commands(get_model(settings.MODKIE_MODEL, settings.MODKIE_ASPECT_RATIOS))}
 

@@ -31,6 +31,9 @@ from typing import Any
 import aiohttp
 import discord
 
+from imagine_bot.bots.discord import images, wording
+from imagine_bot.bots.discord.buttons import result_view
+from imagine_bot.bots.discord.hook import InteractionHook, ReplyData, token_gone
 from imagine_bot.core import messages
 from imagine_bot.core.app import ImagineCore
 from imagine_bot.core.errors import ChatRateLimited, DeliveryError, DeliveryInterrupted
@@ -38,10 +41,6 @@ from imagine_bot.core.events import Accepted, Delivered, Failed, JobEvent, Progr
 from imagine_bot.core.identity import UserRef
 from imagine_bot.core.jobs import Job
 from imagine_bot.core.outbox import Pace
-
-from . import images, wording
-from .buttons import result_view
-from .hook import InteractionHook, ReplyData, token_gone
 
 log = logging.getLogger(__name__)
 

@@ -15,13 +15,12 @@ from typing import Any
 import discord
 from aiohttp import web
 
+from imagine_bot.bots.discord.client import ImagineClient, configure_endpoints, sync_commands
+from imagine_bot.bots.discord.frontend import DiscordFrontEnd
 from imagine_bot.core.app import ImagineCore
 from imagine_bot.core.errors import ConfigError
 from imagine_bot.core.settings import Settings
 from imagine_bot.core.web import add_status
-
-from .client import ImagineClient, configure_endpoints, sync_commands
-from .frontend import DiscordFrontEnd
 
 log = logging.getLogger(__name__)
 

@@ -11,9 +11,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from imagine_bot.bots.slack.mentions import escape, mention
 from imagine_bot.core.messages import quote_prompt
-
-from .mentions import escape, mention
 
 #: Buttons are handled by action id; the job id travels in the button's value (see ``handlers``).
 ACTION_REROLL = "imagine_reroll"

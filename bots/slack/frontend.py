@@ -34,6 +34,9 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
+from imagine_bot.bots.slack import blocks, inline, upload
+from imagine_bot.bots.slack.errors import SlackError, slack_error_code
+from imagine_bot.bots.slack.mentions import escape, escape_keep_user_mentions
 from imagine_bot.core import messages
 from imagine_bot.core.app import ImagineCore
 from imagine_bot.core.errors import ChatRateLimited, DeliveryError, DeliveryInterrupted
@@ -41,10 +44,6 @@ from imagine_bot.core.events import Accepted, Delivered, Failed, ImageFile, JobE
 from imagine_bot.core.identity import UserRef
 from imagine_bot.core.jobs import Job, JobState
 from imagine_bot.core.outbox import Pace
-
-from . import blocks, inline, upload
-from .errors import SlackError, slack_error_code
-from .mentions import escape, escape_keep_user_mentions
 
 log = logging.getLogger(__name__)
 

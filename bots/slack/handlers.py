@@ -21,6 +21,9 @@ from typing import Any
 from slack_bolt.app.async_app import AsyncApp
 from slack_sdk.errors import SlackApiError
 
+from imagine_bot.bots.slack import blocks
+from imagine_bot.bots.slack.frontend import SlackError, SlackFrontEnd, respond_ephemeral, slack_error_code
+from imagine_bot.bots.slack.mentions import command_text, escape, escape_keep_user_mentions, user_resolver
 from imagine_bot.core import messages
 from imagine_bot.core.app import ImagineCore
 from imagine_bot.core.authority import Actor, place_key
@@ -28,10 +31,6 @@ from imagine_bot.core.commands import CommandReply, dispatch
 from imagine_bot.core.errors import ImagineError
 from imagine_bot.core.identity import UserRef
 from imagine_bot.core.jobs import Job, ReplyTo
-
-from . import blocks
-from .frontend import SlackError, SlackFrontEnd, respond_ephemeral, slack_error_code
-from .mentions import command_text, escape, escape_keep_user_mentions, user_resolver
 
 log = logging.getLogger(__name__)
 

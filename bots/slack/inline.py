@@ -22,7 +22,7 @@ from typing import Any
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from .errors import SlackError, slack_error_code
+from imagine_bot.bots.slack.errors import SlackError, slack_error_code
 
 log = logging.getLogger(__name__)
 

@@ -19,14 +19,13 @@ from typing import Any
 
 import aiohttp
 
+from imagine_bot.bots.slack import blocks
+from imagine_bot.bots.slack.frontend import SlackError, slack_error_code
+from imagine_bot.bots.slack.handlers import NOT_ALLOWED, SlackHandlers, _team_of
 from imagine_bot.core import messages
 from imagine_bot.core.errors import ImagineError, UserInputError
 from imagine_bot.core.jobs import ReplyTo
 from imagine_bot.core.references import FETCH_CAP_BYTES, Reference
-
-from . import blocks
-from .frontend import SlackError, slack_error_code
-from .handlers import NOT_ALLOWED, SlackHandlers, _team_of
 
 log = logging.getLogger(__name__)
 

@@ -26,13 +26,12 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 )
 from slack_sdk.web.async_client import AsyncWebClient
 
+from imagine_bot.bots.slack.frontend import SlackError, SlackFrontEnd, slack_error_code
+from imagine_bot.bots.slack.handlers import SlackHandlers
+from imagine_bot.bots.slack.remix import SlackRemix
 from imagine_bot.core.app import ImagineCore
 from imagine_bot.core.errors import ConfigError
 from imagine_bot.core.settings import Settings
-
-from .frontend import SlackError, SlackFrontEnd, slack_error_code
-from .handlers import SlackHandlers
-from .remix import SlackRemix
 
 log = logging.getLogger(__name__)
 

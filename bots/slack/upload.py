@@ -20,10 +20,9 @@ import aiohttp
 from slack_sdk.errors import SlackApiError, SlackRequestError
 from slack_sdk.web.async_client import AsyncWebClient
 
+from imagine_bot.bots.slack.errors import SlackError, slack_error_code
+from imagine_bot.bots.slack.inline import WAITS, shared_in
 from imagine_bot.core.errors import DeliveryError
-
-from .errors import SlackError, slack_error_code
-from .inline import WAITS, shared_in
 
 log = logging.getLogger(__name__)
 

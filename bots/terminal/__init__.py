@@ -1,6 +1,6 @@
 """The terminal front end."""
 
-from .frontend import TerminalFrontEnd
-from .session import chat, imagine_once
+from imagine_bot.bots.terminal.frontend import TerminalFrontEnd
+from imagine_bot.bots.terminal.session import chat, imagine_once
 
 __all__ = ["TerminalFrontEnd", "chat", "imagine_once"]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from imagine_bot.bots.terminal.frontend import TerminalFrontEnd
 from imagine_bot.core import messages
 from imagine_bot.core.app import ImagineCore
 from imagine_bot.core.commands import dispatch
@@ -22,8 +23,6 @@ from imagine_bot.core.jobs import ReplyTo
 from imagine_bot.core.references import Reference
 from imagine_bot.core.settings import Settings
 from imagine_bot.core.web import build_web_app, start_web
-
-from .frontend import TerminalFrontEnd
 
 
 def _resolve(raw: str) -> UserRef | None:

@@ -19,8 +19,8 @@ from datetime import datetime, timedelta
 
 import sqlite_utils
 
-from ..db import iso, transaction, utcnow
-from ..refs import _b64, _unb64, load_secret
+from imagine_bot.core.db import iso, transaction, utcnow
+from imagine_bot.core.refs import _b64, _unb64, load_secret
 
 LINK_TTL = timedelta(minutes=10)
 SESSION_TTL_S = 8 * 3600

@@ -11,8 +11,8 @@ from typing import Any
 
 import sqlite_utils
 
-from ..db import iso, utcnow
-from ..jobs import SCOPE_SQL, Job, JobStore
+from imagine_bot.core.db import iso, utcnow
+from imagine_bot.core.jobs import SCOPE_SQL, Job, JobStore
 
 
 @dataclass(frozen=True, slots=True)

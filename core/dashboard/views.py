@@ -23,13 +23,13 @@ from typing import TYPE_CHECKING, Any
 import jinja2
 from aiohttp import web
 
-from ..jobs import JobState
-from .auth import COOKIE, DashboardAuth, Session
-from .charts import bar_chart
-from .queries import Filter, Queries, message_link
+from imagine_bot.core.dashboard.auth import COOKIE, DashboardAuth, Session
+from imagine_bot.core.dashboard.charts import bar_chart
+from imagine_bot.core.dashboard.queries import Filter, Queries, message_link
+from imagine_bot.core.jobs import JobState
 
 if TYPE_CHECKING:
-    from ..app import ImagineCore
+    from imagine_bot.core.app import ImagineCore
 
 log = logging.getLogger(__name__)
 

@@ -33,8 +33,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import GatewayProtocolError, PermissionDenied
-from .client import _STATES, TaskRecord, TaskStage, _as_int, _result_urls
+from imagine_bot.core.errors import GatewayProtocolError, PermissionDenied
+from imagine_bot.core.gateway.client import _STATES, TaskRecord, TaskStage, _as_int, _result_urls
 
 #: what a task id may look like (gateway ids are like task_seedream_1765166238716 or 32 hex characters)
 TASK_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")

@@ -41,8 +41,8 @@ from typing import Any, Concatenate, NoReturn, ParamSpec, TypeVar
 
 import httpx
 
-from .. import __version__
-from ..errors import (
+from imagine_bot.core import __version__
+from imagine_bot.core.errors import (
     DownloadError,
     GatewayAuthError,
     GatewayError,
@@ -58,7 +58,7 @@ from ..errors import (
     UnknownTask,
     is_transient,
 )
-from ..netaddr import Resolver, is_loopback_host, non_public_addresses, system_resolve
+from imagine_bot.core.netaddr import Resolver, is_loopback_host, non_public_addresses, system_resolve
 
 log = logging.getLogger(__name__)
 

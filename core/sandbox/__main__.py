@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 
-from .server import DEFAULT_DELAYS, serve_forever
+from imagine_bot.core.sandbox.server import DEFAULT_DELAYS, serve_forever
 
 
 def main(argv: list[str] | None = None) -> None:
