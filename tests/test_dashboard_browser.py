@@ -3,7 +3,7 @@ by Selenium, against the real web server, core and sandbox gateway. It takes the
 shows: into docs/ with ``make screenshots`` (``IMAGINE_SCREENSHOTS=docs``), else into the test's temporary
 folder, so that a test run leaves the work tree as it was.
 
-Skipped only where no Chromium can be found (``.ci/run`` installs it).
+Skipped only where no Chromium can be found (``.ci/tools`` installs it; under ``CI=true`` the skip fails).
 """
 
 from __future__ import annotations
