@@ -13,10 +13,10 @@ from rich.console import Console
 
 from imagine_bot.bots.terminal import TerminalFrontEnd
 from imagine_bot.core.app import ImagineCore
-from imagine_bot.core.authority import Actor
+from imagine_bot.core.authority import GLOBAL, Actor
 from imagine_bot.core.budgets import Budgets
 from imagine_bot.core.db import open_db
-from imagine_bot.core.errors import BudgetExhausted, ImagineError
+from imagine_bot.core.errors import BudgetExhausted, ImagineError, UserInputError
 from imagine_bot.core.identity import UserRef
 from imagine_bot.core.jobs import JobState, ReplyTo
 from imagine_bot.core.ledger import Ledger
@@ -112,3 +112,147 @@ def test_budgets_reset_at_the_period_boundary(tmp_path: Path):
     assert (status.spent, status.held, status.remaining) == (0, 18, 18)
     assert ledger.verify() == []
     ledger.db.conn.close()
+
+
+# --- member caps: what counts, and for how long
+
+
+class Books:
+    """A ledger with budgets on a clock the test moves (a fresh ``Budgets`` is a restart with new settings)."""
+
+    def __init__(self, path: Path, now: datetime, **budget_settings) -> None:
+        self.now = now
+        self.ledger = Ledger(open_db(path), allowance=10_000, period="never", clock=lambda: self.now)
+        self.restart(**budget_settings)
+
+    def restart(self, **budget_settings) -> Budgets:
+        settings = {"default_amount": None, **budget_settings}
+        self.ledger.budgets = self.budgets = Budgets(self.ledger.db, clock=lambda: self.now, **settings)
+        return self.budgets
+
+    def job(self, user: int, job_id: str, outcome: str = "capture", scope: str = GUILD) -> None:
+        self.ledger.reserve(USERS[user], job_id, 18, scopes=(scope,))
+        if outcome == "capture":
+            self.ledger.capture(job_id)
+        elif outcome == "release":
+            self.ledger.release(job_id)
+
+
+@pytest.fixture
+def books(tmp_path: Path):
+    made = Books(tmp_path / "books.db", datetime(2026, 11, 30, 12, 0, tzinfo=UTC))
+    yield made
+    assert made.ledger.verify() == []
+    made.ledger.db.conn.close()
+
+
+async def test_a_refunded_job_gives_the_member_their_share_back(make_settings, frontend):
+    async with ImagineCore.open(make_settings()) as core:
+        core.register(frontend)
+        core.admin_member_cap(actor(4, admin=True), 36)
+        failed = await make(core, actor(0), "a broken dream sandbox:fail")
+        assert failed.state is JobState.FAILED  # refunded: it uses none of the member's 36
+        assert (await make(core, actor(0))).state is JobState.DELIVERED
+        assert (await make(core, actor(0))).state is JobState.DELIVERED
+        with pytest.raises(BudgetExhausted, match="You have used your share of this server's image budget"):
+            await make(core, actor(0))
+        assert (await make(core, actor(1))).state is JobState.DELIVERED  # a cap per member, not for all
+        assert core.ledger.balance(USERS[0]).balance == 180 - 36 and core.ledger.verify() == []
+
+
+def test_a_job_in_flight_counts_against_the_member_cap_until_it_is_settled(books):
+    books.budgets.set_member_cap(GUILD, 36, actor="discord:admin")
+    books.job(0, "j0", outcome="hold")
+    books.job(0, "j1", outcome="hold")
+    with pytest.raises(BudgetExhausted) as refused:
+        books.job(0, "j2")
+    assert refused.value.remaining == 0 and refused.value.scope == GUILD
+    books.ledger.release("j1")  # j1 failed: its share comes back
+    books.job(0, "j2")
+    books.ledger.capture("j0")  # j0 delivered: its share stays used
+    with pytest.raises(BudgetExhausted):
+        books.job(0, "j3")
+
+
+def test_a_member_cap_counts_this_period_only(books):
+    books.budgets.set_member_cap(GUILD, 36, actor="discord:admin")
+    books.job(0, "nov-1")
+    books.job(0, "nov-2")
+    with pytest.raises(BudgetExhausted, match=r"for November .*; it refills on 1 Dec"):
+        books.job(0, "nov-3")
+    books.now = datetime(2026, 12, 1, 0, 0, 1, tzinfo=UTC)
+    books.job(0, "dec-1")  # a new month: November's spend no longer counts
+    books.job(0, "dec-2")
+    with pytest.raises(BudgetExhausted, match="for December"):
+        books.job(0, "dec-3")
+    assert books.budgets.status(GUILD).spent == 36
+
+
+def test_changing_a_budgets_period_starts_a_period_of_the_new_kind(books):
+    books.budgets.set_amount(GUILD, 36, actor="discord:1")  # per month, the default period
+    books.job(0, "j0")
+    books.job(1, "j1")
+    with pytest.raises(BudgetExhausted, match="for November"):
+        books.job(2, "j2")
+    status = books.budgets.set_amount(GUILD, 36, actor="discord:1", period="day")
+    assert (status.period, status.period_start, status.next_reset) == (
+        "day", datetime(2026, 11, 30, tzinfo=UTC), datetime(2026, 12, 1, tzinfo=UTC))
+    with pytest.raises(BudgetExhausted, match="for today is used up; it refills at 00:00 UTC"):
+        books.job(2, "j2")  # today's spend stays spent
+    books.now = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
+    books.job(2, "j2")
+    books.now = datetime(2026, 12, 2, 9, 0, tzinfo=UTC)  # and again the day after: daily now
+    assert books.budgets.status(GUILD).spent == 0
+    never = books.budgets.set_amount(GUILD, 18, actor="discord:1", period="never")
+    assert (never.period, never.next_reset) == ("never", None)
+    books.job(3, "j3")
+    books.now = datetime(2027, 6, 1, tzinfo=UTC)
+    with pytest.raises(BudgetExhausted, match="it does not refill by itself"):
+        books.job(3, "j4")
+
+
+def test_changing_spend_cap_period_starts_a_period_of_the_new_kind(books):
+    books.restart(cap=36, cap_period="month")
+    books.job(0, "j0", scope="discord:1")
+    books.job(1, "j1", scope="slack:T1")  # the cap covers every place
+    with pytest.raises(BudgetExhausted, match="This bot's image budget for November is used up"):
+        books.job(2, "j2", scope="slack:T1")
+    books.restart(cap=36, cap_period="day")  # SPEND_CAP_PERIOD=day, then a restart
+    status = books.budgets.status(GLOBAL)
+    assert (status.period, status.spent, status.next_reset) == ("day", 0, datetime(2026, 12, 1, tzinfo=UTC))
+    books.job(2, "j2")
+    books.job(3, "j3")
+    with pytest.raises(BudgetExhausted, match="for today is used up"):
+        books.job(4, "j4")
+    books.now = datetime(2026, 12, 1, 0, 0, 1, tzinfo=UTC)
+    books.job(4, "j4")
+
+
+@pytest.mark.parametrize(("change", "refusal"), [
+    (lambda b: b.set_amount(GLOBAL, 100, actor="op"), "The global cap is the SPEND_CAP setting"),
+    (lambda b: b.set_amount(GUILD, -1, actor="op"), "A budget must be 0 or more credits."),
+    (lambda b: b.set_amount(GUILD, 100, actor="op", period="fortnight"),
+     "A budget period is one of day, week, month, never."),
+    (lambda b: b.set_member_cap(GUILD, -18, actor="admin"), "A member cap must be 0 or more credits."),
+])
+def test_refused_budget_changes_change_nothing(books, change, refusal):
+    books.budgets.set_amount(GUILD, 36, actor="op")
+    books.budgets.set_member_cap(GUILD, 18, actor="admin")
+    before = (books.budgets.status(GUILD), books.budgets.status(GLOBAL))
+    with pytest.raises(UserInputError) as refused:
+        change(books.budgets)
+    assert refused.value.user_message.startswith(refusal)
+    assert (books.budgets.status(GUILD), books.budgets.status(GLOBAL)) == before
+    books.job(0, "j0")  # the member cap of 18 still holds
+    with pytest.raises(BudgetExhausted, match="your share"):
+        books.job(0, "j1")
+
+
+@pytest.mark.parametrize(("setting", "kwargs"), [
+    ("SCOPE_BUDGET_PERIOD", {"period": "fortnight"}), ("SPEND_CAP_PERIOD", {"cap_period": "hourly"}),
+])
+def test_a_bad_period_setting_is_refused_naming_it(tmp_path: Path, setting, kwargs):
+    db = open_db(tmp_path / "b.db")
+    with pytest.raises(ValueError, match=f"{setting} must be one of day, week, month, never"):
+        Budgets(db, default_amount=None, **kwargs)
+    db.conn.close()
