@@ -181,6 +181,9 @@ class Orchestrator:
         the outbox, which sends it in the background: the job never waits on a chat API for a status."""
         frontend = self.frontends.get(event.job.platform)
         if frontend is None:
+            if isinstance(event, Delivered):  # nothing posted is nothing delivered: refunded, never charged
+                raise DeliveryError(f"no {event.job.platform} front end in this process to deliver job "
+                                    f"{event.job.id}")
             log.warning("no front end for %s to publish %s of job %s", event.job.platform,
                         type(event).__name__, event.job.id)
             return
