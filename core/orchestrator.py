@@ -168,6 +168,7 @@ class Orchestrator:
         self._accepting = True
         self._draining = False
         self._stopped = False
+        self._halted = False
         self.owner = owner or new_owner_id()
         self.leases = LeaseClock(lease_s)
         self._housekeeper: asyncio.Task[None] | None = None
@@ -357,6 +358,19 @@ class Orchestrator:
             log.warning("draining: %d final status message(s) not sent", self.outbox.busy)
         await self.stop()
 
+    async def halt(self) -> None:
+        """Stop at once, as a process killed with SIGKILL does: the workers, the lease renewals and the
+        sweeps end and nothing more is written. The jobs stay as they are and keep this process's leases
+        until they expire; only then may another process take them over. ``stop`` after it releases
+        nothing. For a process that must not touch the database any more, and for tests of a crash."""
+        self._halted = True
+        self._accepting = False
+        self._stopped = True
+        tasks = [t for t in (self._housekeeper, *self._tasks.values()) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     async def stop(self) -> None:
         """Stop taking jobs, cancel the workers and release every lease; rows stay as they are, for the
         next owner (this process after a restart, or another one) to pick up."""
@@ -370,6 +384,8 @@ class Orchestrator:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.outbox.close()
+        if self._halted:
+            return
         try:
             released = self.jobs.release_leases(self.owner)
         except sqlite3.ProgrammingError:  # the database is already closed
