@@ -38,13 +38,22 @@ async def test_402_pauses_tells_operators_once_and_resumes_on_refill(open_bot, s
                 # refunded) or the balance read every 0.2 s (the job is refused before anything is reserved);
                 # the createTask path alone, with no balance reads racing it: tests/slack/test_gateway_account.py
                 hit = await bot.imagine(ALICE, "hits the 402")
-                await bot.callback(hit)
+                answer = await bot.callback(hit)
                 await bot.idle()
                 jobs = bot.core.jobs.recent()
-                if len(jobs) == 2:
-                    assert jobs[0].error_code == "gateway_out_of_credits"
+                if len(jobs) == 2:  # its createTask noticed: the job failed, refunded, told in its response
+                    assert answer.json["type"] == 5
+                    assert jobs[0].error_code == "gateway_out_of_credits" and jobs[0].state.final
                     failed = await bot.final_edit(hit)
                     assert "image budget is used up for now" in failed.json["content"]
+                else:  # the balance read noticed first: refused privately, before anything was reserved
+                    assert len(jobs) == 1
+                    if answer.json["type"] == 4:  # before the answer
+                        refusal = answer.json["data"]
+                    else:  # between the public answer and the job: the placeholder goes, a private followup
+                        await bot.fake.wait_for("DELETE", rf"/webhooks/\d+/{hit['token']}/messages/@original")
+                        refusal = (await bot.fake.wait_for("POST", rf"/webhooks/\d+/{hit['token']}$"))[0].json
+                    assert refusal["flags"] & 64 and refusal["content"].startswith(PAUSED_TEXT)
                 created = len(jobs)
 
                 # while paused: refused privately before anything is reserved or sent
