@@ -40,7 +40,7 @@ from imagine_bot.core.jobs import Job, JobRequest, JobState, JobStore, ReplyTo
 from imagine_bot.core.ledger import Balance, Ledger
 from imagine_bot.core.metrics import Metrics
 from imagine_bot.core.orchestrator import Orchestrator
-from imagine_bot.core.parsing import ParsedPrompt, parse_imagine
+from imagine_bot.core.parsing import ParsedPrompt, parse_imagine, take_images
 from imagine_bot.core.places import Places
 from imagine_bot.core.prices import Prices
 from imagine_bot.core.references import Reference, ReferenceChecker
@@ -279,12 +279,18 @@ class ImagineCore:
         if references:
             self.orchestrator.precheck(actor.user, priced["cost"])  # cheap refusals before any fetching
             self.budgets.check(self.scopes(actor), actor.key, priced["cost"])
+            await self.check_reply(reply)
             image_urls = await self.references.prepare(model, references)
         return await self.orchestrator.submit(JobRequest(
             requester=actor.user, reply=reply, prompt=parsed.prompt, params=parsed.params,
             dedupe_key=dedupe_key, extra_input=self._inputs(actor, extra_input), scopes=self.scopes(actor),
             parent_id=parent_id, image_urls=tuple(image_urls), **priced,
         ))
+
+    async def check_reply(self, reply: ReplyTo) -> None:
+        """Raise ``CannotAnswerHere`` if the front end cannot post at ``reply`` (a Slack channel the bot is
+        not in). ``submit`` asks too; a front end asks early to refuse before a form or a download."""
+        await self.orchestrator.check_reply(reply)
 
     def result_reference(self, who: UserRef | Actor, job_id: str) -> tuple[Job, Reference]:
         """A delivered job's first image as a reference, if ``who`` may use it (the requester, an operator
@@ -381,6 +387,16 @@ class ImagineCore:
                 raise NotAllowedHere(f"{actor.key} asked in channel {actor.channel}", user_message=(
                     f"In this {scope_noun(actor.place)} I make images only in {where}."))
         self.account.check()
+
+    def check_imagine(self, requester: UserRef | Actor, text: str) -> None:
+        """Raise the refusal ``/imagine <text>`` would meet at once (place, prompt and flags, job limit, balance,
+        budgets), changing nothing: for a front end that answers these in its ack and takes the job itself
+        after asking its platform something (``check_reply``)."""
+        actor = Actor.of(requester)
+        prompt, images = take_images(text)
+        self.check_place(actor)
+        self.parse(prompt, self.place_defaults(actor))
+        self.check_can_submit(actor, edit=bool(images))
 
     def check_can_submit(self, requester: UserRef | Actor, *, edit: bool = False) -> None:
         """Raise the refusal an ``imagine`` (an edit, with ``edit``) by this user would meet (place, job limit,

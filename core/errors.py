@@ -12,6 +12,7 @@ neither text ever contains the API key or a platform token.
     ├── InsufficientCredits         the balance does not cover the job
     ├── BudgetExhausted             a server, workspace, channel or the global budget does not cover it
     ├── NotAllowedHere              banned in this server, a channel the bot does not answer in, ...
+    ├── CannotAnswerHere            the front end cannot post where it was asked (not in that channel, ...)
     ├── GatewayPaused               new jobs wait: the gateway account is out of credits (or refused the key)
     ├── TooManyActiveJobs           the per-user limit of jobs in flight
     ├── NotFound                    an unknown job or account
@@ -140,6 +141,15 @@ class BudgetExhausted(ImagineError):
 class NotAllowedHere(ImagineError):
     code = "not_allowed_here"
     default_user_message = "The image bot is not available to you here."
+
+
+class CannotAnswerHere(ImagineError):
+    """The front end cannot post where the command was given (the bot is not a member of that channel, the
+    channel is archived, a direct message between other people): refused before anything is reserved or
+    sent to the gateway. The front end words ``user_message`` with ``messages.cannot_answer_here``."""
+
+    code = "cannot_answer_here"
+    default_user_message = "I can't post here. Nothing was charged."
 
 
 class GatewayPaused(ImagineError):

@@ -32,7 +32,7 @@ import mimetypes
 import shutil
 import sqlite3
 import time
-from collections.abc import Callable, KeysView
+from collections.abc import Awaitable, Callable, KeysView
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -65,7 +65,7 @@ from imagine_bot.core.events import Accepted, Delivered, Failed, ImageFile, JobE
 from imagine_bot.core.frontend import FrontEnd
 from imagine_bot.core.gateway import GatewayClient, TaskRecord, TaskStage
 from imagine_bot.core.identity import UserRef
-from imagine_bot.core.jobs import Job, JobRequest, JobState, JobStore, new_job_id
+from imagine_bot.core.jobs import Job, JobRequest, JobState, JobStore, ReplyTo, new_job_id
 from imagine_bot.core.leases import LeaseClock, new_owner_id
 from imagine_bot.core.ledger import Ledger, describe_refill
 from imagine_bot.core.metrics import Metrics
@@ -215,6 +215,14 @@ class Orchestrator:
             raise InsufficientCredits(balance=balance.available, cost=cost,
                                       next_refill=describe_refill(balance.next_refill, utcnow()))
 
+    async def check_reply(self, reply: ReplyTo) -> None:
+        """Raise ``CannotAnswerHere`` when the front end of ``reply`` says it cannot post there (``FrontEnd``:
+        the optional ``check_reply``); front ends without one answer everywhere."""
+        frontend = self.frontends.get(reply.platform)
+        check: Callable[[ReplyTo], Awaitable[None]] | None = getattr(frontend, "check_reply", None)
+        if check is not None:
+            await check(reply)
+
     async def submit(self, request: JobRequest) -> Job:
         """Reserve credits, record the job and start it. Raises a user-facing ``ImagineError``."""
         if not self._accepting:
@@ -225,6 +233,9 @@ class Orchestrator:
                 log.info("redelivered request %s: job %s already exists", request.dedupe_key, existing.id)
                 return existing
         check_banned(request.prompt, self.banned_words)
+        await self.check_reply(request.reply)  # nothing is reserved or sent where the result cannot go
+        if not self._accepting:  # a drain began while the front end was asked
+            raise ShuttingDown("refused a new job: the process is stopping")
         job_id = new_job_id()
         model = request.model or self.model.id
         cost = self.model.cost if request.cost is None else request.cost

@@ -104,6 +104,7 @@ class SlackRemix:
             if not files:
                 raise UserInputError(messages.no_images_to_remix())
             self.core.check_can_submit(await self.handlers.actor(team, user, channel, check_admin=False), edit=True)
+            await self.core.check_reply(ReplyTo("slack", channel))  # before the form: can the result go there?
         except ImagineError as error:
             await self.handlers._reply(user, channel, response_url, error.user_message)
             return
@@ -118,6 +119,7 @@ class SlackRemix:
         try:
             original = self.core.check_can_vary(await self.handlers.actor(team, user, channel, check_admin=True),
                                                 job_id)
+            await self.core.check_reply(ReplyTo("slack", channel))
         except ImagineError as error:
             await self.handlers._reply(user, channel, response_url, error.user_message)
             return
