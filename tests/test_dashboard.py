@@ -11,15 +11,15 @@ from datetime import timedelta
 import httpx
 from PIL import Image
 
-from imagine_bot.bots.cli import main
+from imagine_bot.bots.cli.main import main
+from imagine_bot.core.access.authority import Actor
+from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.app import ImagineCore
-from imagine_bot.core.authority import Actor
-from imagine_bot.core.commands import dispatch
-from imagine_bot.core.dashboard import DashboardAuth, Session
-from imagine_bot.core.db import iso, open_db, transaction, utcnow
-from imagine_bot.core.identity import UserRef
-from imagine_bot.core.jobs import ReplyTo
-from imagine_bot.core.web import build_web_app, start_web
+from imagine_bot.core.chat.commands import dispatch
+from imagine_bot.core.jobs.model import ReplyTo
+from imagine_bot.core.storage.db import iso, open_db, transaction, utcnow
+from imagine_bot.core.web.dashboard import DashboardAuth, Session
+from imagine_bot.core.web.server import build_web_app, start_web
 
 from .test_orchestrator import ALICE, recorder, run_one
 
@@ -122,7 +122,7 @@ async def test_a_thumbnail_that_cannot_be_made_changes_nothing(core, tmp_path, m
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("imagine_bot.core.thumbnails.make_thumbnail", broken)
+    monkeypatch.setattr("imagine_bot.core.media.thumbnails.make_thumbnail", broken)
     job = await run_one(core, "a lighthouse")
     assert job.state.value == "delivered" and core.thumbnails.get(job.id) is None
     assert core.ledger.balance(ALICE).balance == 180 - 18

@@ -19,14 +19,14 @@ from typing import Any
 import httpx
 import pytest
 
+from imagine_bot.core.access.authority import Actor
+from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.app import ImagineCore
-from imagine_bot.core.authority import Actor
-from imagine_bot.core.dashboard import DashboardAuth
-from imagine_bot.core.db import iso, transaction, utcnow
 from imagine_bot.core.events import Delivered, JobEvent
-from imagine_bot.core.identity import UserRef
-from imagine_bot.core.jobs import ReplyTo
-from imagine_bot.core.web import build_web_app, start_web
+from imagine_bot.core.jobs.model import ReplyTo
+from imagine_bot.core.storage.db import iso, transaction, utcnow
+from imagine_bot.core.web.dashboard import DashboardAuth
+from imagine_bot.core.web.server import build_web_app, start_web
 
 CHROMIUM = next((p for p in (shutil.which("chromium"), shutil.which("chromium-browser"), "/usr/bin/chromium")
                  if p and os.path.exists(p)), None)

@@ -41,8 +41,8 @@ from imagine_bot.bots.discord import wording
 from imagine_bot.bots.discord.buttons import DYNAMIC_ITEMS
 from imagine_bot.bots.discord.handlers import Handlers, reply_private
 from imagine_bot.core.app import ImagineCore
-from imagine_bot.core.catalog import ModelSpec
 from imagine_bot.core.errors import ConfigError, ImagineError
+from imagine_bot.core.gateway.catalog import ModelSpec
 from imagine_bot.core.settings import Settings
 
 log = logging.getLogger(__name__)

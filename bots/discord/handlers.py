@@ -18,13 +18,13 @@ import discord
 
 from imagine_bot.bots.discord.hook import ReplyData
 from imagine_bot.bots.discord.modals import FOR_JOB, FOR_MESSAGE, for_job, for_message, read_submission, remix_modal
-from imagine_bot.core import commands, messages
+from imagine_bot.core.access.authority import Actor, place_key
+from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.app import ImagineCore
-from imagine_bot.core.authority import Actor, place_key
+from imagine_bot.core.chat import commands, messages
 from imagine_bot.core.errors import ImagineError, UserInputError
-from imagine_bot.core.identity import UserRef
-from imagine_bot.core.jobs import Job, ReplyTo
-from imagine_bot.core.references import Reference
+from imagine_bot.core.jobs.model import Job, ReplyTo
+from imagine_bot.core.media.references import Reference
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from imagine_bot.bots.slack.mentions import escape, mention
-from imagine_bot.core.messages import quote_prompt
+from imagine_bot.core.chat.messages import quote_prompt
 
 #: Buttons are handled by action id; the job id travels in the button's value (see ``handlers``).
 ACTION_REROLL = "imagine_reroll"

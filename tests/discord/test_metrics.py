@@ -18,7 +18,7 @@ async def test_imagine_ack_and_credits_by_server(open_bot):
 
 
 async def test_imagine_admin_dashboard_is_a_private_link_to_this_server_only(open_bot):
-    from imagine_bot.core.dashboard import DashboardAuth
+    from imagine_bot.core.web.dashboard import DashboardAuth
 
     from .test_admin import MANAGE_GUILD, _private_answer
 
