@@ -122,7 +122,7 @@ class ImagineClient(discord.AutoShardedClient):
 
     async def on_interaction(self, interaction: discord.Interaction) -> None:
         """Remix modals are answered here, from their custom id (no modal object is kept: restart-proof)."""
-        data = interaction.data if isinstance(interaction.data, dict) else {}
+        data: dict[str, Any] = dict(interaction.data) if isinstance(interaction.data, dict) else {}
         custom_id = str(data.get("custom_id") or "")
         if (interaction.type is discord.InteractionType.modal_submit and self.handlers is not None
                 and custom_id.startswith("imagine:remix-")):
@@ -174,7 +174,7 @@ class ImagineClient(discord.AutoShardedClient):
 
 
 def _handlers(interaction: discord.Interaction) -> Handlers:
-    handlers = interaction.client.handlers  # type: ignore[attr-defined]
+    handlers: Handlers | None = interaction.client.handlers  # type: ignore[attr-defined]
     assert handlers is not None, "this client has no core"
     return handlers
 
@@ -287,7 +287,7 @@ def build_commands(model: ModelSpec) -> list[app_commands.Command[Any, ..., Any]
     )
     async def defaults(interaction: discord.Interaction, aspect_ratio: str | None = None,
                        quality: str | None = None, reset: bool = False) -> None:
-        chosen = {"aspect_ratio": aspect_ratio, "quality": quality}
+        chosen: dict[str, str | None] = {"aspect_ratio": aspect_ratio, "quality": quality}
         changes = dict(admin_ops.RESET_DEFAULTS) if reset else {k: v for k, v in chosen.items() if v}
         await _handlers(interaction).admin(interaction, "defaults",
                                           lambda core, actor: admin_ops.defaults(core, actor, changes))

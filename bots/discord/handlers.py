@@ -122,7 +122,7 @@ class Handlers:
 
     async def remix_submitted(self, interaction: discord.Interaction, custom_id: str) -> None:
         """A Remix modal came back (from this process or an earlier one): the edit, in this channel."""
-        data = interaction.data if isinstance(interaction.data, dict) else {}
+        data: dict[str, Any] = dict(interaction.data) if isinstance(interaction.data, dict) else {}
         prompt, values = read_submission(dict(data), self.core.model)
         who = actor_of(interaction)
         job_match, message_match = FOR_JOB.match(custom_id), FOR_MESSAGE.match(custom_id)

@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 
 from imagine_bot.bots.slack import blocks
-from imagine_bot.bots.slack.frontend import SlackError, slack_error_code
+from imagine_bot.bots.slack.errors import SlackError, slack_error_code
 from imagine_bot.bots.slack.handlers import NOT_ALLOWED, SlackHandlers, _team_of
 from imagine_bot.core.chat import messages
 from imagine_bot.core.errors import ImagineError, UserInputError
