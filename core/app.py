@@ -27,7 +27,6 @@ import sqlite_utils
 from imagine_bot.core import __version__
 from imagine_bot.core.access.authority import GLOBAL, Actor, scope_noun
 from imagine_bot.core.access.identity import UserRef
-from imagine_bot.core.access.places import Places
 from imagine_bot.core.chat import messages
 from imagine_bot.core.chat.parsing import ParsedPrompt, parse_imagine
 from imagine_bot.core.credits.budgets import Budgets, BudgetStatus, spend_csv
@@ -42,13 +41,14 @@ from imagine_bot.core.jobs.model import Job, JobRequest, JobState, JobStore, Rep
 from imagine_bot.core.jobs.orchestrator import Orchestrator
 from imagine_bot.core.jobs.relay import CallbackRelay
 from imagine_bot.core.media.references import Reference, ReferenceChecker
-from imagine_bot.core.media.refstore import RefStore, load_secret
+from imagine_bot.core.media.refstore import RefStore
 from imagine_bot.core.media.thumbnails import ThumbnailStore
 from imagine_bot.core.ops.alerts import Alerts
 from imagine_bot.core.settings import Settings
 from imagine_bot.core.storage.base import SqliteStore, Store
 from imagine_bot.core.storage.db import BOT_BUSY_TIMEOUT_S, open_db, utcnow
-from imagine_bot.core.web.dashboard.auth import DashboardAuth
+from imagine_bot.core.storage.sqlite import SqliteStores
+from imagine_bot.core.web.dashboard.auth import dashboard_auth
 from imagine_bot.core.web.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -89,15 +89,17 @@ class ImagineCore:
                  model: ModelSpec, http: httpx.AsyncClient, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
-        self.thumbnails = ThumbnailStore(db, settings.THUMBNAIL_KEEP_DAYS)
         self.db = db
+        #: every store of this database (core/storage/): the only door to SQL
+        self.stores = SqliteStores(db)
+        self.thumbnails = ThumbnailStore(self.stores.thumbnails, settings.THUMBNAIL_KEEP_DAYS)
         self.model = model
         #: the model for jobs with reference images (Vary, Remix, attachments)
         self.edit_model = edit_model(model)
         self.gateway = gateway
         self.prices = Prices(gateway)
-        self.refs = RefStore(settings.refs_dir, settings.spool_dir, load_secret(db), base_url=settings.PUBLIC_URL,
-                             keep_days=settings.REFS_KEEP_DAYS)
+        self.refs = RefStore(settings.refs_dir, settings.spool_dir, self.stores.secret("refs"),
+                             base_url=settings.PUBLIC_URL, keep_days=settings.REFS_KEEP_DAYS)
         self.references = ReferenceChecker(self.refs, http, trusted_hosts=[
             httpx.URL(u).host for u in (settings.DISCORD_API_BASE, settings.SLACK_API_URL, gateway.base_url,
                                         settings.PUBLIC_URL or "") if u.startswith(("http://", "https://"))])
@@ -108,7 +110,8 @@ class ImagineCore:
         self.budgets = Budgets(db, default_amount=settings.DEFAULT_SCOPE_BUDGET, period=settings.SCOPE_BUDGET_PERIOD,
                                cap=settings.SPEND_CAP, cap_period=settings.SPEND_CAP_PERIOD)
         self.ledger.budgets = self.budgets
-        self.places = Places(db)
+        self.places = self.stores.places
+        self.dashboard_auth = dashboard_auth(self.stores)
         #: the state seam (core/storage/base.py): everything kept, behind one interface
         self.store: Store = SqliteStore(db, self.ledger, self.jobs)
         self.alerts = Alerts(settings.ADMINS)
@@ -137,7 +140,7 @@ class ImagineCore:
             thumbnails=self.thumbnails,
         )
         #: callbacks received here for tasks tracked by another process on the same database, and back
-        self.relay = CallbackRelay(db, self.orchestrator)
+        self.relay = CallbackRelay(self.stores.relay, self.orchestrator)
         self.orchestrator.on_failure = self.account.on_error
 
     @classmethod
@@ -532,7 +535,7 @@ class ImagineCore:
         community admin's own server or workspace otherwise."""
         who = Actor.of(actor)
         scope = None if self.is_operator(who) else self._require_manager(who, "dashboard")
-        return DashboardAuth(self.db).mint(self.settings.web_url, actor=who.key, scope=scope), scope
+        return self.dashboard_auth.mint(self.settings.web_url, actor=who.key, scope=scope), scope
 
     def now(self) -> datetime:
         """The current time (UTC), for messages that mention times."""

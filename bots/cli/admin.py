@@ -201,13 +201,15 @@ def jobs_cmd(args: argparse.Namespace, settings: Settings) -> int:
 
 def dashboard_link_cmd(args: argparse.Namespace, settings: Settings) -> int:
     from imagine_bot.core.access.authority import parse_scope
-    from imagine_bot.core.web.dashboard import DashboardAuth
+    from imagine_bot.core.storage.sqlite import SqliteStores
+    from imagine_bot.core.web.dashboard.auth import dashboard_auth
 
     try:
         scope = parse_scope(args.scope) if args.scope else None
     except ValueError as exc:
         raise UserInputError(str(exc)) from None
-    url = DashboardAuth(open_db(settings.IMAGINE_DB_PATH)).mint(settings.web_url, actor=_actor(), scope=scope)
+    auth = dashboard_auth(SqliteStores(open_db(settings.IMAGINE_DB_PATH)))
+    url = auth.mint(settings.web_url, actor=_actor(), scope=scope)
     print(url)
     print(f"Works once, within 10 minutes; shows {scope or 'every server and workspace'}.", file=sys.stderr)
     return 0

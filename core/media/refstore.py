@@ -31,12 +31,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import sqlite_utils
-
 from imagine_bot.core.chat import messages
 from imagine_bot.core.errors import ImagineError, NotFound, UserInputError
 from imagine_bot.core.media.imaging import sniff
-from imagine_bot.core.storage.db import transaction
 
 log = logging.getLogger(__name__)
 
@@ -69,14 +66,6 @@ def _b64(raw: bytes) -> str:
 
 def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-def load_secret(db: sqlite_utils.Database, name: str = "refs") -> bytes:
-    """The signing secret named ``name``, made (32 random bytes) the first time and kept in the database."""
-    with transaction(db):
-        db.execute("INSERT OR IGNORE INTO app_secrets (name, value) VALUES (?, ?)", [name, secrets.token_hex(32)])
-        row = db.execute("SELECT value FROM app_secrets WHERE name = ?", [name]).fetchone()
-    return bytes.fromhex(row[0])
 
 
 class RefStore:

@@ -24,9 +24,9 @@ import jinja2
 from aiohttp import web
 
 from imagine_bot.core.jobs.model import JobState
+from imagine_bot.core.storage.dashboard import Filter, Queries, message_link
 from imagine_bot.core.web.dashboard.auth import COOKIE, DashboardAuth, Session
 from imagine_bot.core.web.dashboard.charts import bar_chart
-from imagine_bot.core.web.dashboard.queries import Filter, Queries, message_link
 
 if TYPE_CHECKING:
     from imagine_bot.core.app import ImagineCore
@@ -62,7 +62,7 @@ DASHBOARD_KEY: web.AppKey[Dashboard] = web.AppKey("dashboard", Dashboard)
 def add_dashboard(app: web.Application, core: ImagineCore) -> None:
     env = jinja2.Environment(loader=jinja2.PackageLoader("imagine_bot.core.web.dashboard", "templates"),
                              autoescape=True, undefined=jinja2.StrictUndefined)
-    app[DASHBOARD_KEY] = Dashboard(core, DashboardAuth(core.db), Queries(core.db), env)
+    app[DASHBOARD_KEY] = Dashboard(core, core.dashboard_auth, core.stores.dashboard, env)
     app.router.add_get("/admin", home)
     app.router.add_get("/admin/", home)
     app.router.add_get("/admin/login", login_page)

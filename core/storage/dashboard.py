@@ -12,7 +12,7 @@ from typing import Any
 import sqlite_utils
 
 from imagine_bot.core.jobs.model import SCOPE_SQL, Job, JobStore
-from imagine_bot.core.storage.db import iso, utcnow
+from imagine_bot.core.storage.db import iso, transaction, utcnow
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,3 +114,30 @@ def message_link(job: Job) -> str | None:
         if ts:
             return f"https://slack.com/archives/{channel}/p{str(ts).replace('.', '')}"
     return None
+
+
+class SqliteLinkStore:
+    """One-time sign-in links (``dashboard_links``), kept as hashes only (``core.web.dashboard.auth``)."""
+
+    def __init__(self, db: sqlite_utils.Database) -> None:
+        self.db = db
+
+    def add(self, token_hash: str, *, scope: str | None, actor: str, now: datetime, expires: datetime) -> None:
+        with transaction(self.db):
+            self.db.execute("INSERT INTO dashboard_links (token_hash, scope, actor, created_at, expires_at) "
+                            "VALUES (?, ?, ?, ?, ?)", [token_hash, scope, actor, iso(now), iso(expires)])
+
+    def use(self, token_hash: str, now: datetime, *, forget_before: datetime) -> tuple[str, str | None] | None:
+        """Mark a live, unused link used, once: its (actor, scope), or None. Links expired before
+        ``forget_before`` are deleted on the way."""
+        with transaction(self.db):
+            row = self.db.execute("SELECT actor, scope FROM dashboard_links WHERE token_hash = ? AND used_at IS NULL "
+                                  "AND expires_at > ?", [token_hash, iso(now)]).fetchone()
+            if row is None:
+                return None
+            used = self.db.execute("UPDATE dashboard_links SET used_at = ? WHERE token_hash = ? AND used_at IS NULL",
+                                   [iso(now), token_hash])
+            if used.rowcount != 1:
+                return None
+            self.db.execute("DELETE FROM dashboard_links WHERE expires_at < ?", [iso(forget_before)])
+        return str(row[0]), row[1]
