@@ -15,9 +15,9 @@ import pytest
 from imagine_bot.bots.slack import frontend as slack_frontend
 from imagine_bot.bots.slack.blocks import ACTION_REROLL
 from imagine_bot.bots.slack.mentions import escape
-from imagine_bot.core import messages
-from imagine_bot.core.identity import UserRef
-from imagine_bot.core.jobs import JobState
+from imagine_bot.core.access.identity import UserRef
+from imagine_bot.core.chat import messages
+from imagine_bot.core.jobs.model import JobState
 from tests.conftest import until
 
 from .conftest import TEAM, SlackHarness, of_type
