@@ -31,10 +31,12 @@ TIMEOUT_S = 120
 
 
 def _ledger(path: str) -> Any:
+    from imagine_bot.core.budgets import Budgets
     from imagine_bot.core.db import open_db
     from imagine_bot.core.ledger import Ledger
 
-    return Ledger(open_db(path), allowance=ALLOWANCE, period="never")
+    db = open_db(path)
+    return Ledger(db, budgets=Budgets(db, default_amount=None), allowance=ALLOWANCE, period="never")
 
 
 def _users() -> list[Any]:

@@ -28,7 +28,7 @@ from imagine_bot.core import __version__, messages
 from imagine_bot.core.account import GatewayAccount
 from imagine_bot.core.alerts import Alerts
 from imagine_bot.core.authority import GLOBAL, Actor, scope_noun
-from imagine_bot.core.budgets import Budgets, BudgetStatus, spend_csv
+from imagine_bot.core.budgets import BudgetStatus, spend_csv
 from imagine_bot.core.catalog import ModelSpec, edit_model, get_model
 from imagine_bot.core.dashboard.auth import DashboardAuth
 from imagine_bot.core.db import BOT_BUSY_TIMEOUT_S, open_db, utcnow
@@ -37,7 +37,7 @@ from imagine_bot.core.frontend import FrontEnd, OperatorNotifier
 from imagine_bot.core.gateway import GatewayClient
 from imagine_bot.core.identity import UserRef
 from imagine_bot.core.jobs import Job, JobRequest, JobState, JobStore, ReplyTo
-from imagine_bot.core.ledger import Balance, Ledger
+from imagine_bot.core.ledger import Balance, build_ledger
 from imagine_bot.core.metrics import Metrics
 from imagine_bot.core.orchestrator import Orchestrator
 from imagine_bot.core.parsing import ParsedPrompt, parse_imagine
@@ -102,11 +102,9 @@ class ImagineCore:
                                         settings.PUBLIC_URL or "") if u.startswith(("http://", "https://"))])
         self._cleanup: asyncio.Task[None] | None = None
         self.jobs = JobStore(db)
-        self.ledger = Ledger(db, allowance=settings.CREDITS_ALLOWANCE, period=settings.CREDITS_PERIOD)
+        self.ledger = build_ledger(db, settings)
+        self.budgets = self.ledger.budgets
         self.admins = frozenset(settings.ADMINS)
-        self.budgets = Budgets(db, default_amount=settings.DEFAULT_SCOPE_BUDGET, period=settings.SCOPE_BUDGET_PERIOD,
-                               cap=settings.SPEND_CAP, cap_period=settings.SPEND_CAP_PERIOD)
-        self.ledger.budgets = self.budgets
         self.places = Places(db)
         #: the state seam (core/store.py): everything kept, behind one interface
         self.store: Store = SqliteStore(db, self.ledger, self.jobs)

@@ -42,8 +42,8 @@ from imagine_bot.core.authority import Actor, parse_scope
 from imagine_bot.core.errors import ImagineError, PermissionDenied, UserInputError
 from imagine_bot.core.identity import UserRef
 from imagine_bot.core.jobs import Job, ReplyTo
-from imagine_bot.core.ledger import PERIODS
 from imagine_bot.core.parsing import take_images
+from imagine_bot.core.periods import PERIODS
 from imagine_bot.core.references import Reference
 
 ResolveUser = Callable[[str], UserRef | None]

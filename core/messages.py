@@ -11,12 +11,13 @@ from datetime import datetime
 from typing import Any
 
 from imagine_bot.core.authority import scope_noun
-from imagine_bot.core.budgets import BudgetStatus, period_name, refill_words
+from imagine_bot.core.budgets import BudgetStatus
 from imagine_bot.core.catalog import ModelSpec
 from imagine_bot.core.errors import ImagineError
 from imagine_bot.core.jobs import Job
-from imagine_bot.core.ledger import Balance, describe_refill
+from imagine_bot.core.ledger import Balance
 from imagine_bot.core.parsing import usage
+from imagine_bot.core.periods import describe_refill, period_name, refill_words
 
 STAGE_WORDS = {
     "submitted": "sent to the image service",

@@ -67,10 +67,11 @@ from imagine_bot.core.gateway import GatewayClient, TaskRecord, TaskStage
 from imagine_bot.core.identity import UserRef
 from imagine_bot.core.jobs import Job, JobRequest, JobState, JobStore, new_job_id
 from imagine_bot.core.leases import LeaseClock, new_owner_id
-from imagine_bot.core.ledger import Ledger, describe_refill
+from imagine_bot.core.ledger import Ledger
 from imagine_bot.core.metrics import Metrics
 from imagine_bot.core.outbox import UNPACED, Outbox, Refresh, Send
 from imagine_bot.core.parsing import check_banned
+from imagine_bot.core.periods import describe_refill
 from imagine_bot.core.settle import fail_and_refund
 from imagine_bot.core.thumbnails import ThumbnailStore
 
