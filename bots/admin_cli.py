@@ -27,7 +27,7 @@ from imagine_bot.core.errors import UserInputError
 from imagine_bot.core.identity import UserRef
 from imagine_bot.core.jobs import JobState, JobStore
 from imagine_bot.core.ledger import Ledger, build_ledger
-from imagine_bot.core.periods import describe_refill
+from imagine_bot.core.periods import describe_refill, period_start
 from imagine_bot.core.settings import Settings
 from imagine_bot.core.settle import fail_stranded
 
@@ -88,11 +88,16 @@ def credits_cmd(args: argparse.Namespace, settings: Settings) -> int:
         console.print(table)
     elif args.action == "report":
         text = ledger.report_csv()
+        jobs = JobStore(ledger.db)
+        undelivered = messages.billed_not_delivered_line(
+            jobs.billed_not_delivered(), jobs.billed_not_delivered(since=period_start(utcnow(), "day")))
         if args.out:
             args.out.write_text(text)
             console.print(f"wrote {args.out}")
+            console.print(undelivered, highlight=False)
         else:
             sys.stdout.write(text)
+            print(undelivered, file=sys.stderr)  # stdout stays plain CSV
     elif args.action == "verify":
         drift, orphans = ledger.verify(), ledger.orphan_holds()
         for line in drift + orphans:

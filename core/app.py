@@ -110,7 +110,8 @@ class ImagineCore:
         self.store: Store = SqliteStore(db, self.ledger, self.jobs)
         self.alerts = Alerts(settings.ADMINS)
         self.account = GatewayAccount(db, gateway, self.alerts, cost=model.cost,
-                                      check_every_s=settings.GATEWAY_BALANCE_CHECK_S)
+                                      check_every_s=settings.GATEWAY_BALANCE_CHECK_S,
+                                      undelivered_alert_credits=settings.UNDELIVERED_ALERT_CREDITS)
         self.orchestrator = Orchestrator(
             db=db,
             jobs=self.jobs,
@@ -132,10 +133,12 @@ class ImagineCore:
             resolve_refs=self.refs.resolve,
             lease_s=settings.JOB_LEASE_S,
             thumbnails=self.thumbnails,
+            on_failure=self.account.on_job_failed,
         )
         #: callbacks received here for tasks tracked by another process on the same database, and back
         self.relay = CallbackRelay(db, self.orchestrator)
-        self.orchestrator.on_failure = self.account.on_error
+        # read from the job rows when scraped: every process on the database reports the same total
+        self.metrics.watch_billed(lambda: self.jobs.billed_not_delivered()[0])
 
     @classmethod
     @asynccontextmanager
@@ -197,6 +200,7 @@ class ImagineCore:
         if self._cleanup is None:
             self._cleanup = asyncio.create_task(self._cleanup_loop(), name="refs-cleanup")
         await self.account.refresh()  # the gateway balance: pauses new jobs if it cannot pay for one
+        self.account.check_undelivered()  # undelivered credits of today that nobody was told about yet
         self.relay.start()
         count = await self.orchestrator.resume()
         if count:
