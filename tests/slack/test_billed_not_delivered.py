@@ -9,12 +9,11 @@ import re
 
 import httpx
 
-from imagine_bot.bots.cli import main
+from imagine_bot.bots.cli.main import main
+from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.app import ImagineCore
-from imagine_bot.core.dashboard import DashboardAuth
-from imagine_bot.core.identity import UserRef
-from imagine_bot.core.jobs import JobState
-from imagine_bot.core.web import build_web_app, start_web
+from imagine_bot.core.jobs.model import JobState
+from imagine_bot.core.web.server import build_web_app, start_web
 from tests.test_metrics import samples, scrape, value
 
 from .conftest import ADMIN, TEAM, SlackHarness
@@ -40,7 +39,7 @@ async def _billed_then_refused(slack: SlackHarness, prompt: str) -> None:
 async def _usage_page(core: ImagineCore) -> str:
     runner, port = await start_web(build_web_app(core), "127.0.0.1", 0)
     base = f"http://127.0.0.1:{port}"
-    token = DashboardAuth(core.db).mint(base, actor="cli:op", scope=None).split("t=")[1]
+    token = core.dashboard_auth.mint(base, actor="cli:op", scope=None).split("t=")[1]
     try:
         async with httpx.AsyncClient(base_url=base) as http:
             assert (await http.post("/admin/login", data={"t": token})).status_code == 303
