@@ -277,6 +277,32 @@ def open_db(path: Path | str, *, busy_timeout_s: float = CLI_BUSY_TIMEOUT_S) -> 
     return db
 
 
+class DatabaseUnopenable(Exception):
+    """The file cannot be opened for reading and writing."""
+
+
+class DatabaseUnwritable(Exception):
+    """The file opens but is not a writable SQLite database."""
+
+
+def inspect_database(path: Path) -> set[str]:
+    """The migrations applied to the database at ``path``, after checking it can take the write lock; the
+    database is neither created nor migrated (``imagine-bot doctor``)."""
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=5)
+    except sqlite3.Error as exc:
+        raise DatabaseUnopenable(str(exc)) from exc
+    try:
+        conn.execute("BEGIN IMMEDIATE")  # takes the write lock: the file and its folder are writable
+        conn.execute("ROLLBACK")
+        has_table = conn.execute("SELECT 1 FROM sqlite_master WHERE name = '_migrations'").fetchone()
+        return {row[0] for row in conn.execute("SELECT name FROM _migrations")} if has_table else set()
+    except sqlite3.Error as exc:
+        raise DatabaseUnwritable(str(exc)) from exc
+    finally:
+        conn.close()
+
+
 def check_writable(path: Path) -> None:
     """Create the database's folder and make sure this user may write there (SQLite adds -wal and -shm
     files beside the database), else one ``DataNotWritable`` line instead of SQLite's traceback."""
