@@ -32,10 +32,11 @@ import mimetypes
 import shutil
 import sqlite3
 import time
-from collections.abc import Callable, KeysView
+from collections.abc import Awaitable, Callable, KeysView
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 import sqlite_utils
 
@@ -75,6 +76,8 @@ from imagine_bot.core.settle import fail_and_refund
 from imagine_bot.core.thumbnails import ThumbnailStore
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: a new task may be unknown to recordInfo for a while (gateway contract: about 90 s)
 UNKNOWN_TASK_GRACE_S = 90.0
@@ -604,18 +607,39 @@ class Orchestrator:
         folder.mkdir(parents=True, exist_ok=True)
         files: list[Path] = []
         for n, url in enumerate(record.result_urls):
-            result = await self.gateway.download(url)
+            result = await self._patiently(job, "download", partial(self.gateway.download, url))
             ext = mimetypes.guess_extension(result.content_type.split(";")[0].strip()) or ".png"
             path = folder / f"{job.id}-{n}{ext}"
             path.write_bytes(result.content)
             files.append(path)
         return self._move(job, JobState.DELIVERING, result_urls=list(record.result_urls), files=files)
 
+    async def _patiently(self, job: Job, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """An idempotent gateway request about a task the gateway has billed (a result download, a
+        recordInfo): a blip (``is_transient``: 5xx, 429, a timeout, a dropped connection) is tried again,
+        with backoff up to ``POLL_MAX_INTERVAL_S`` (or the error's Retry-After), for up to ``JOB_TIMEOUT_S``,
+        as the tracker does for recordInfo; result URLs stay valid for hours."""
+        deadline = self.monotonic() + self.job_timeout_s
+        troubles = 0
+        while True:
+            try:
+                return await call()
+            except GatewayError as error:
+                left = deadline - self.monotonic()
+                if not is_transient(error) or left <= 0:
+                    raise
+                troubles += 1
+                wait = min(self.poll_max_interval_s, self.poll_interval_s * 2 ** min(troubles, 6))
+                wait = min(max(wait, getattr(error, "retry_after", None) or 0.0), left)
+                log.warning("job %s: %s trouble (%s), trying again in %.1fs", job.id, what, error.admin_message, wait)
+                await asyncio.sleep(wait)
+
     async def _deliver(self, job: Job, gateway_done: float | None = None) -> None:
         if not job.files or not all(p.exists() for p in job.files):
             if not job.task_id:
                 raise DeliveryError(f"job {job.id} has neither files nor a task id")
-            record = await self.gateway.record_info(job.task_id)  # files lost: fetch them again
+            # files lost: fetch them again
+            record = await self._patiently(job, "recordInfo", partial(self.gateway.record_info, job.task_id))
             job = await self._download(job, record)
         images = tuple(ImageFile(p, mimetypes.guess_type(p.name)[0] or "image/png", p.stat().st_size)
                        for p in job.files)
