@@ -31,7 +31,7 @@ from imagine_bot.core.authority import GLOBAL, Actor, scope_noun
 from imagine_bot.core.budgets import Budgets, BudgetStatus, spend_csv
 from imagine_bot.core.catalog import ModelSpec, edit_model, get_model
 from imagine_bot.core.dashboard.auth import DashboardAuth
-from imagine_bot.core.db import BOT_BUSY_TIMEOUT_S, open_db, utcnow
+from imagine_bot.core.db import open_db, utcnow
 from imagine_bot.core.errors import ConfigError, NotAllowedHere, NotFound, PermissionDenied, UserInputError
 from imagine_bot.core.frontend import FrontEnd, OperatorNotifier
 from imagine_bot.core.gateway import GatewayClient
@@ -149,7 +149,7 @@ class ImagineCore:
             if not settings.sandbox and not api_key:
                 raise ConfigError("MODKIE_API_KEY", "is not set: put your ModKie key in .env, or use "
                                   "MODKIE_BASE_URL=sandbox (or --sandbox) to try the bot without one")
-            db = open_db(settings.IMAGINE_DB_PATH, busy_timeout_s=BOT_BUSY_TIMEOUT_S)
+            db = open_db(settings.IMAGINE_DB_PATH, busy_timeout_s=settings.DB_BUSY_TIMEOUT_S)
             stack.callback(db.conn.close)
             log.info("database %s (images wait for delivery in %s)", _shown(settings.IMAGINE_DB_PATH),
                      _shown(settings.spool_dir))

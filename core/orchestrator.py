@@ -45,6 +45,7 @@ from imagine_bot.core.catalog import CATALOG, ModelSpec
 from imagine_bot.core.db import transaction, utcnow
 from imagine_bot.core.errors import (
     CaptureRefused,
+    DatabaseBusy,
     DeliveryError,
     DeliveryInterrupted,
     GatewayError,
@@ -95,6 +96,8 @@ DRAIN_FINISHES = ("submitting", "delivering")
 DELIVERY_BACKOFF_S = (2.0, 4.0, 8.0, 16.0, 30.0)
 #: callback hints wake a task's tracker at most this often
 URGENT_EVERY_S = 3.0
+#: longest wait between two tries of saving an accepted task's id while the database is busy
+SAVE_BACKOFF_CAP_S = 2.0
 
 
 class _Drained(Exception):
@@ -477,6 +480,8 @@ class Orchestrator:
             log.info("job %s left for the next owner (draining at %s)", job_id, drained)
         except LeaseLost as lost:
             log.info("job %s: %s; stopping here", job_id, lost.admin_message)
+        except DatabaseBusy as busy:  # not the job's fault: it resumes from its row (the housekeeper frees it)
+            log.error("job %s: %s; left as it is, to resume", job_id, busy.admin_message)
         except ImagineError as error:
             await self._fail(job_id, error)
         except Exception as exc:  # a bug: still refund and tell the user
@@ -520,10 +525,29 @@ class Orchestrator:
                             _retry_after(error))
                 refused = True
                 continue
-            job = self._move(job, JobState.RUNNING, task_id=task_id, submitted_at=utcnow())
+            # in the log first: the gateway bills this task, and the row may not take its id at once
             log.info("job %s submitted as task %s", job.id, task_id)
+            job = await self._save_task_id(job, task_id)
             await self._publish(Progress(job, "submitted", job.elapsed_s))
             return job
+
+    async def _save_task_id(self, job: Job, task_id: str) -> Job:
+        """Record the task the gateway accepted (and will bill). A write lock held elsewhere past the busy
+        timeout (``DatabaseBusy``, transient) is waited out, however long: never a reason to fail the job or
+        to lose its task id. Only another owner (``LeaseLost``) or a stop ends the wait."""
+        submitted_at = utcnow()
+        troubles = 0
+        while True:
+            try:
+                return self._move(job, JobState.RUNNING, task_id=task_id, submitted_at=submitted_at)
+            except ImagineError as error:
+                if not is_transient(error):
+                    raise
+                troubles += 1
+                wait = min(SAVE_BACKOFF_CAP_S, 0.05 * 2 ** min(troubles, 6))
+                log.warning("job %s: could not save its task %s yet (%s); trying again in %.2fs", job.id, task_id,
+                            error.admin_message, wait)
+                await asyncio.sleep(wait)
 
     def _next_interval(self, age_s: float) -> float:
         """Poll politely (gateway contract): fast at first, slower as the job ages, capped."""
@@ -714,6 +738,9 @@ class Orchestrator:
                                             notice_pending=notice_pending)
         except LeaseLost:
             log.info("job %s was taken over before it could be failed here", job_id)
+            return
+        except DatabaseBusy as busy:  # nothing written: the job resumes from its row, where it was
+            log.error("job %s: could not record its failure (%s); left as it is", job_id, busy.admin_message)
             return
         shutil.rmtree(self.spool / job_id, ignore_errors=True)
         self.metrics.failed(job.platform)

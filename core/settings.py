@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     # --- storage: a relative IMAGINE_DB_PATH is taken under IMAGINE_DATA_DIR (the image sets /data)
     IMAGINE_DATA_DIR: Path = Path(".")
     IMAGINE_DB_PATH: Path = Path("imagine-bot.db")
+    #: how long one write waits for another process's write lock before it counts as busy (and is retried)
+    DB_BUSY_TIMEOUT_S: float = Field(default=5.0, gt=0)
 
     # --- the one web server (callbacks, /healthz, Slack HTTP mode)
     HTTP_HOST: str = "0.0.0.0"
