@@ -177,6 +177,7 @@ class ImagineCore:
             gateway = GatewayClient(http, base_url=base_url, api_key=api_key,
                                     max_download_bytes=settings.max_download_bytes,
                                     request_timeout=settings.MODKIE_TIMEOUT_S,
+                                    create_timeout=settings.create_task_timeout_s,
                                     on_request=metrics.gateway_request, on_balance=metrics.balance,
                                     max_in_flight=HTTP_POOL)
             model = get_model(settings.MODKIE_MODEL, settings.MODKIE_ASPECT_RATIOS)

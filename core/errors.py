@@ -40,9 +40,9 @@ neither text ever contains the API key or a platform token.
 One predicate decides "try again later": ``is_transient(error)`` (the ``retryable`` flag). Transport
 trouble (timeouts, refused connections), 5xx, 429, 455, a 401 (a key rotation in progress) and an answer
 we cannot read are transient; a ``fail`` state, 501, an envelope 408, bad input and an unknown task are
-not. Only idempotent calls (recordInfo, downloads, balance) are repeated on it; createTask never is. A
-chat-API blip while posting (``DeliveryInterrupted``) and a busy database (``DatabaseBusy``) are transient
-too.
+not. Only idempotent calls (recordInfo, downloads, balance) are repeated on it; createTask never is, unless
+its request never left (``GatewayError.unsent``: the connection never opened). A chat-API blip while posting
+(``DeliveryInterrupted``) and a busy database (``DatabaseBusy``) are transient too.
 """
 
 from __future__ import annotations
@@ -224,6 +224,8 @@ class DatabaseBusy(ImagineError):
 class GatewayError(ImagineError):
     code = "gateway_error"
     default_user_message = "The image service had a problem. Your credits were refunded; please try again."
+    #: the request never left: its connection never opened, so the gateway saw nothing (and bills nothing)
+    unsent: bool = False
 
     def __init__(
         self,

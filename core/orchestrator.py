@@ -21,7 +21,9 @@ lost race raises ``LeaseLost`` and the local worker stops without touching money
 
 Stopping: ``drain`` (SIGTERM) refuses new jobs, stops the jobs that can be picked up anywhere (waiting,
 tracking, downloading), lets createTask calls and deliveries in flight finish up to ``DRAIN_S``, then
-``stop`` releases every lease for the next owner.
+``stop`` releases every lease for the next owner. A createTask call is bounded below ``DRAIN_S`` as a
+whole, and one whose connection never opened is not tried again once the drain began: its job goes back
+to ``queued``, nothing sent, nothing charged.
 """
 
 from __future__ import annotations
@@ -173,6 +175,8 @@ class Orchestrator:
         self.on_failure: Callable[[ImagineError], None] | None = None
         self._accepting = True
         self._draining = False
+        #: set when a drain begins: a createTask that could not connect is not tried again
+        self._drain_begun = asyncio.Event()
         self._stopped = False
         self.owner = owner or new_owner_id()
         self.leases = LeaseClock(lease_s)
@@ -343,6 +347,7 @@ class Orchestrator:
         ``timeout_s``), leave everything else for the next owner, then ``stop``."""
         self._accepting = False
         self._draining = True
+        self._drain_begun.set()
         for job_id, task in list(self._tasks.items()):
             if self._phase.get(job_id) not in DRAIN_FINISHES:
                 task.cancel()  # waiting, tracking or downloading: safe to pick up anywhere
@@ -512,8 +517,16 @@ class Orchestrator:
             job = self._move(job, JobState.SUBMITTING)
             try:
                 task_id = await self.gateway.create_task(
-                    job.model, inputs, None if self.account_webhook else self.callback_url)
-            except (GatewayRateLimited, GatewayMaintenance) as error:
+                    job.model, inputs, None if self.account_webhook else self.callback_url,
+                    stop=self._drain_begun)
+            except GatewayError as error:
+                if error.unsent and self._draining:
+                    # the request never left and the process is stopping: no new attempt (a drain must not
+                    # start a createTask it may have to cut); the job is back in line for the next owner
+                    self._move(job, JobState.QUEUED)
+                    raise _Drained("submitting (createTask not sent)") from error
+                if not isinstance(error, (GatewayRateLimited, GatewayMaintenance)):
+                    raise
                 # not accepted by the gateway: back to admission, at the head of the line (the job keeps
                 # its place), and nobody is admitted until the gateway's Retry-After has passed
                 job = self._move(job, JobState.QUEUED)
