@@ -95,7 +95,7 @@ async def test_a_write_lock_held_elsewhere_while_the_task_id_is_saved_never_fail
     than the busy timeout: the task id is logged first, the save is tried again until the lock is gone, and
     the job is delivered and charged once; it is never failed, its task id never lost."""
     settings = make_settings(DB_BUSY_TIMEOUT_S=0.1)
-    caplog.set_level(logging.INFO, logger="imagine_bot.core.orchestrator")
+    caplog.set_level(logging.INFO, logger="imagine_bot.core.jobs.orchestrator")
     async with ImagineCore.open(settings) as core:
         core.register(TerminalFrontEnd(tmp_path / "out", Console(file=io.StringIO()), bar=False, core=core))
         sandbox.inject("createTask", hang=0.3)  # the gateway takes a moment to accept
