@@ -87,6 +87,12 @@ def reference_not_public(name: str) -> str:
     return reference_unreachable(name, "not a public address")
 
 
+def reference_too_many_pixels(name: str, size: tuple[int, int], limit: int) -> str:
+    width, height = size
+    return (f"`{quote_prompt(name, 80)}` is {width:,}×{height:,} pixels ({width * height / 1e6:.0f} megapixels); "
+            f"I can shrink images of up to {limit / 1e6:.0f} megapixels.")
+
+
 def reference_gone() -> str:
     return ("That image is no longer kept (results are kept for a limited time), so it cannot be used "
             "again. Nothing was charged.")

@@ -5,8 +5,9 @@ reference is checked here first, so that a bad one is refused with a plain answe
 
 - the count (1-14);
 - the type, by the first bytes of the content (never the file name or a declared type);
-- the size: a larger image is re-encoded (``imaging.shrink``) and served from our own ``/refs/`` when that
-  is possible, refused otherwise;
+- the size: a larger image is re-encoded (``imaging.shrink``, one image at a time) and served from our own
+  ``/refs/`` when that is possible, refused otherwise; one of more than ``imaging.MAX_PIXELS`` (read from
+  its header) is refused before anything is decoded;
 - the address: a URL is fetched only from a public address or a trusted origin, and redirects are followed
   by hand so that every hop is checked alike (``core/netaddr``). Every hop that fails the check gets the same
   answer, so a redirect cannot tell a user what listens inside the bot's network.
@@ -28,7 +29,7 @@ import httpx
 from imagine_bot.core import messages
 from imagine_bot.core.catalog import REFERENCE_MAX_BYTES, ModelSpec
 from imagine_bot.core.errors import UserInputError
-from imagine_bot.core.imaging import shrink, sniff
+from imagine_bot.core.imaging import MAX_PIXELS, image_size, shrink, sniff
 from imagine_bot.core.netaddr import Origin, Resolver, non_public_addresses, origin, system_resolve
 from imagine_bot.core.refs import REF_PREFIX, RefStore
 
@@ -69,6 +70,8 @@ class ReferenceChecker:
         #: trusting ``localhost`` for a local gateway must not open every other port on it.
         self.trusted_origins: frozenset[Origin] = frozenset(origin(httpx.URL(u)) for u in trusted_origins if u)
         self.resolve = resolve
+        #: shrinking decodes a whole image: one at a time, so that many large references cannot add up
+        self._shrinking = asyncio.Lock()
 
     async def prepare(self, model: ModelSpec, references: Sequence[Reference]) -> list[str]:
         """The ``image_urls`` for ``references``, or ``UserInputError`` naming every refused one."""
@@ -107,7 +110,11 @@ class ReferenceChecker:
         if len(data) > self.max_bytes:
             if self.store.base_url is None:
                 raise _Refused(messages.reference_too_large(ref.name, len(data), self.max_bytes, shrinkable=False))
-            smaller = await asyncio.to_thread(shrink, data, self.max_bytes)
+            size = await asyncio.to_thread(image_size, data)  # the header only: nothing is decoded yet
+            if size is not None and size[0] * size[1] > MAX_PIXELS:
+                raise _Refused(messages.reference_too_many_pixels(ref.name, size, MAX_PIXELS))
+            async with self._shrinking:
+                smaller = await asyncio.to_thread(shrink, data, self.max_bytes)
             if smaller is None:
                 raise _Refused(messages.reference_too_large(ref.name, len(data), self.max_bytes, shrinkable=True))
             data = smaller
