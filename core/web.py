@@ -12,7 +12,6 @@ It is answered at once, so the gateway never waits on us.
 
 from __future__ import annotations
 
-import hmac
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -25,7 +24,7 @@ from imagine_bot.core.dashboard import add_dashboard
 from imagine_bot.core.errors import GatewayProtocolError, PermissionDenied
 from imagine_bot.core.gateway import read_callback
 from imagine_bot.core.gateway.callbacks import MAX_CALLBACK_BYTES
-from imagine_bot.core.refs import RefRefused
+from imagine_bot.core.refs import RefRefused, same_secret
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +89,7 @@ async def metrics(request: web.Request) -> web.Response:
     core = request.app[CORE_KEY]
     token = core.settings.METRICS_TOKEN
     if token is not None:
-        given = request.headers.get("Authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {token.get_secret_value()}".encode()):
+        if not same_secret(request.headers.get("Authorization", ""), f"Bearer {token.get_secret_value()}"):
             return web.Response(status=401, text="a bearer token is required (METRICS_TOKEN)\n",
                                 headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
     body, content_type = core.metrics.render()

@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 import sqlite_utils
 
 from imagine_bot.core.db import iso, transaction, utcnow
-from imagine_bot.core.refs import _b64, _unb64, load_secret
+from imagine_bot.core.refs import _b64, _unb64, load_secret, same_secret
 
 LINK_TTL = timedelta(minutes=10)
 SESSION_TTL_S = 8 * 3600
@@ -40,7 +40,7 @@ class Session:
 
 
 def _hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 class DashboardAuth:
@@ -89,8 +89,9 @@ class DashboardAuth:
         if not cookie or "." not in cookie:
             return None
         payload, _, signature = cookie.partition(".")
-        expected = _b64(hmac.new(self._secret(), payload.encode(), hashlib.sha256).digest())
-        if not hmac.compare_digest(signature, expected):
+        # whatever a client sent: aiohttp hands undecodable bytes over as lone surrogates
+        expected = _b64(hmac.new(self._secret(), payload.encode("utf-8", "surrogatepass"), hashlib.sha256).digest())
+        if not same_secret(signature, expected):
             return None
         try:
             data = json.loads(_unb64(payload))
