@@ -32,6 +32,33 @@ async def test_healthz(core):
         await runner.cleanup()
 
 
+async def test_healthz_shows_the_gateway_balance_only_to_whoever_may_read_metrics(make_settings, sandbox):
+    sandbox.credits = 73_219
+    async with ImagineCore.open(make_settings(METRICS_TOKEN="scrape-me")) as core:
+        assert await core.account.refresh() == 73_219
+        runner, base = await serve(core)
+        try:
+            async with httpx.AsyncClient() as http:
+                anyone = await http.get(base + "/healthz")
+                wrong = await http.get(base + "/healthz", headers={"Authorization": "Bearer nope"})
+                scraper = await http.get(base + "/healthz", headers={"Authorization": "Bearer scrape-me"})
+        finally:
+            await runner.cleanup()
+    for answer in (anyone, wrong):
+        assert answer.status_code == 200 and answer.json()["status"] == "ok"
+        assert "balance" not in answer.json()["gateway"] and "73219" not in answer.text
+    assert scraper.json()["gateway"]["balance"] == 73_219
+    # without METRICS_TOKEN /metrics is open to the same people, and so is the figure here
+    async with ImagineCore.open(make_settings()) as core:
+        await core.account.refresh()
+        runner, base = await serve(core)
+        try:
+            async with httpx.AsyncClient() as http:
+                assert (await http.get(base + "/healthz")).json()["gateway"]["balance"] == 73_219
+        finally:
+            await runner.cleanup()
+
+
 async def _raw_status(base: str, path: bytes, headers: bytes = b"") -> int:
     """The status of a GET written byte for byte (httpx will not send bytes that are not UTF-8)."""
     host, port = base.removeprefix("http://").split(":")
