@@ -42,8 +42,8 @@ from imagine_bot.core.authority import Actor, parse_scope
 from imagine_bot.core.errors import ImagineError, PermissionDenied, UserInputError
 from imagine_bot.core.identity import UserRef
 from imagine_bot.core.jobs import Job, ReplyTo
-from imagine_bot.core.ledger import PERIODS
-from imagine_bot.core.parsing import take_images
+from imagine_bot.core.ledger import MAX_CREDITS_CHANGE, PERIODS
+from imagine_bot.core.parsing import take_images, whole_number
 from imagine_bot.core.references import Reference
 
 ResolveUser = Callable[[str], UserRef | None]
@@ -118,11 +118,9 @@ def _target(raw: str, resolve_user: ResolveUser) -> UserRef:
     return user
 
 
-def _amount(raw: str) -> int:
-    try:
-        return int(raw.replace(",", "").replace("_", ""))
-    except ValueError:
-        raise UserInputError(f"`{raw[:20]}` is not a whole number of credits.") from None
+def _amount(raw: str, *, signed: bool = False) -> int:
+    """Credits as typed: a grant may be negative (a revoke), an allowance, budget or cap may not."""
+    return whole_number(raw, "Credits", -MAX_CREDITS_CHANGE if signed else 0, MAX_CREDITS_CHANGE)
 
 
 def _need(args: list[str], count: int, usage: str) -> None:
@@ -149,7 +147,7 @@ def _scope(raw: str, actor: Actor) -> str:
 def _grant(core: ImagineCore, actor: Actor, args: list[str], resolve: ResolveUser) -> CommandReply:
     _need(args, 2, "admin grant <user> <credits> [note]")
     target = _target(args[0], resolve)
-    amount = _amount(args[1])
+    amount = _amount(args[1], signed=True)
     balance = core.admin_grant(actor, target, amount, note=" ".join(args[2:]) or None)
     return CommandReply(messages.granted(args[0], amount, balance))
 

@@ -43,6 +43,7 @@ from imagine_bot.bots.discord.handlers import Handlers, reply_private
 from imagine_bot.core.app import ImagineCore
 from imagine_bot.core.catalog import ModelSpec
 from imagine_bot.core.errors import ConfigError, ImagineError
+from imagine_bot.core.ledger import MAX_CREDITS_CHANGE
 from imagine_bot.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -223,7 +224,8 @@ def build_commands(model: ModelSpec) -> list[app_commands.Command[Any, ..., Any]
 
     @admin.command(name="grant", description="Operators: grant credits to someone (negative to revoke)")
     @app_commands.describe(user="who gets them", credits="how many (negative to revoke)", note="why, for the log")
-    async def grant(interaction: discord.Interaction, user: discord.User, credits: int,
+    async def grant(interaction: discord.Interaction, user: discord.User,
+                    credits: app_commands.Range[int, -MAX_CREDITS_CHANGE, MAX_CREDITS_CHANGE],
                     note: str | None = None) -> None:
         await _handlers(interaction).admin(interaction, f"admin grant <@{user.id}> {credits} {note or ''}", user)
 
