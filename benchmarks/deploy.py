@@ -41,10 +41,10 @@ async def _spawn(*args: str, max_active: int) -> asyncio.subprocess.Process:
 
 
 async def rolling(jobs: int, workdir: Path) -> dict[str, Any]:
-    from imagine_bot.core.db import open_db
-    from imagine_bot.core.jobs import JobState, JobStore
-    from imagine_bot.core.ledger import Ledger
+    from imagine_bot.core.credits.ledger import Ledger
+    from imagine_bot.core.jobs.model import JobState, JobStore
     from imagine_bot.core.sandbox import SandboxGateway
+    from imagine_bot.core.storage.db import open_db
 
     gateway = SandboxGateway(delays={"waiting": 0.5, "queuing": 0.5, "generating": 1.0}, image_scale=0.05)
     url = await gateway.start()
@@ -103,7 +103,7 @@ def _report_loop(db: str, stop: Any, runs: Any) -> None:
     import contextlib
     import io
 
-    from imagine_bot.bots.cli import main
+    from imagine_bot.bots.cli.main import main
 
     out = str(Path(db).with_suffix(".csv"))
     while not stop.is_set():
@@ -113,9 +113,9 @@ def _report_loop(db: str, stop: Any, runs: Any) -> None:
 
 
 def _seed(db: Path) -> None:
-    from imagine_bot.core.db import open_db
-    from imagine_bot.core.identity import UserRef
-    from imagine_bot.core.ledger import Ledger
+    from imagine_bot.core.access.identity import UserRef
+    from imagine_bot.core.credits.ledger import Ledger
+    from imagine_bot.core.storage.db import open_db
 
     ledger = Ledger(open_db(db), allowance=180, period="month")
     for n in range(REPORT_ACCOUNTS):

@@ -18,9 +18,9 @@ from aiohttp import web
 
 from imagine_bot.core.app import ImagineCore
 from imagine_bot.core.errors import ConfigError
+from imagine_bot.core.gateway.webhooks import register_account_webhook
 from imagine_bot.core.settings import Settings
-from imagine_bot.core.web import build_web_app, start_web
-from imagine_bot.core.webhooks import register_account_webhook
+from imagine_bot.core.web.server import build_web_app, start_web
 
 log = logging.getLogger(__name__)
 

@@ -24,31 +24,32 @@ from typing import Any
 import httpx
 import sqlite_utils
 
-from imagine_bot.core import __version__, messages
-from imagine_bot.core.account import GatewayAccount
-from imagine_bot.core.alerts import Alerts
-from imagine_bot.core.authority import GLOBAL, Actor, scope_noun
-from imagine_bot.core.budgets import Budgets, BudgetStatus, spend_csv
-from imagine_bot.core.catalog import ModelSpec, edit_model, get_model
-from imagine_bot.core.dashboard.auth import DashboardAuth
-from imagine_bot.core.db import BOT_BUSY_TIMEOUT_S, open_db, utcnow
+from imagine_bot.core import __version__
+from imagine_bot.core.access.authority import GLOBAL, Actor, scope_noun
+from imagine_bot.core.access.identity import UserRef
+from imagine_bot.core.chat import messages
+from imagine_bot.core.chat.parsing import ParsedPrompt, parse_imagine
+from imagine_bot.core.credits.budgets import Budgets, BudgetStatus, spend_csv
+from imagine_bot.core.credits.ledger import Balance, Ledger
+from imagine_bot.core.credits.prices import Prices
 from imagine_bot.core.errors import ConfigError, NotAllowedHere, NotFound, PermissionDenied, UserInputError
 from imagine_bot.core.frontend import FrontEnd, OperatorNotifier
 from imagine_bot.core.gateway import GatewayClient
-from imagine_bot.core.identity import UserRef
-from imagine_bot.core.jobs import Job, JobRequest, JobState, JobStore, ReplyTo
-from imagine_bot.core.ledger import Balance, Ledger
-from imagine_bot.core.metrics import Metrics
-from imagine_bot.core.orchestrator import Orchestrator
-from imagine_bot.core.parsing import ParsedPrompt, parse_imagine
-from imagine_bot.core.places import Places
-from imagine_bot.core.prices import Prices
-from imagine_bot.core.references import Reference, ReferenceChecker
-from imagine_bot.core.refs import RefStore, load_secret
-from imagine_bot.core.relay import CallbackRelay
+from imagine_bot.core.gateway.balance import GatewayAccount
+from imagine_bot.core.gateway.catalog import ModelSpec, edit_model, get_model
+from imagine_bot.core.jobs.model import Job, JobRequest, JobState, JobStore, ReplyTo
+from imagine_bot.core.jobs.orchestrator import Orchestrator
+from imagine_bot.core.jobs.relay import CallbackRelay
+from imagine_bot.core.media.references import Reference, ReferenceChecker
+from imagine_bot.core.media.refstore import RefStore
+from imagine_bot.core.media.thumbnails import ThumbnailStore
+from imagine_bot.core.ops.alerts import Alerts
 from imagine_bot.core.settings import Settings
-from imagine_bot.core.store import SqliteStore, Store
-from imagine_bot.core.thumbnails import ThumbnailStore
+from imagine_bot.core.storage.base import SqliteStore, Store
+from imagine_bot.core.storage.db import BOT_BUSY_TIMEOUT_S, open_db, utcnow
+from imagine_bot.core.storage.sqlite import SqliteStores
+from imagine_bot.core.web.dashboard.auth import dashboard_auth
+from imagine_bot.core.web.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -88,15 +89,17 @@ class ImagineCore:
                  model: ModelSpec, http: httpx.AsyncClient, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
-        self.thumbnails = ThumbnailStore(db, settings.THUMBNAIL_KEEP_DAYS)
         self.db = db
+        #: every store of this database (core/storage/): the only door to SQL
+        self.stores = SqliteStores(db)
+        self.thumbnails = ThumbnailStore(self.stores.thumbnails, settings.THUMBNAIL_KEEP_DAYS)
         self.model = model
         #: the model for jobs with reference images (Vary, Remix, attachments)
         self.edit_model = edit_model(model)
         self.gateway = gateway
         self.prices = Prices(gateway)
-        self.refs = RefStore(settings.refs_dir, settings.spool_dir, load_secret(db), base_url=settings.PUBLIC_URL,
-                             keep_days=settings.REFS_KEEP_DAYS)
+        self.refs = RefStore(settings.refs_dir, settings.spool_dir, self.stores.secret("refs"),
+                             base_url=settings.PUBLIC_URL, keep_days=settings.REFS_KEEP_DAYS)
         self.references = ReferenceChecker(self.refs, http, trusted_origins=[
             u for u in (settings.DISCORD_API_BASE, settings.SLACK_API_URL, gateway.base_url, settings.PUBLIC_URL or "")
             if u.startswith(("http://", "https://"))])
@@ -107,8 +110,9 @@ class ImagineCore:
         self.budgets = Budgets(db, default_amount=settings.DEFAULT_SCOPE_BUDGET, period=settings.SCOPE_BUDGET_PERIOD,
                                cap=settings.SPEND_CAP, cap_period=settings.SPEND_CAP_PERIOD)
         self.ledger.budgets = self.budgets
-        self.places = Places(db)
-        #: the state seam (core/store.py): everything kept, behind one interface
+        self.places = self.stores.places
+        self.dashboard_auth = dashboard_auth(self.stores)
+        #: the state seam (core/storage/base.py): everything kept, behind one interface
         self.store: Store = SqliteStore(db, self.ledger, self.jobs)
         self.alerts = Alerts(settings.ADMINS)
         self.account = GatewayAccount(db, gateway, self.alerts, cost=model.cost,
@@ -136,7 +140,7 @@ class ImagineCore:
             thumbnails=self.thumbnails,
         )
         #: callbacks received here for tasks tracked by another process on the same database, and back
-        self.relay = CallbackRelay(db, self.orchestrator)
+        self.relay = CallbackRelay(self.stores.relay, self.orchestrator)
         self.orchestrator.on_failure = self.account.on_error
 
     @classmethod
@@ -531,7 +535,7 @@ class ImagineCore:
         community admin's own server or workspace otherwise."""
         who = Actor.of(actor)
         scope = None if self.is_operator(who) else self._require_manager(who, "dashboard")
-        return DashboardAuth(self.db).mint(self.settings.web_url, actor=who.key, scope=scope), scope
+        return self.dashboard_auth.mint(self.settings.web_url, actor=who.key, scope=scope), scope
 
     def now(self) -> datetime:
         """The current time (UTC), for messages that mention times."""

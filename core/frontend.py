@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
+from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.events import JobEvent
-from imagine_bot.core.identity import UserRef
 
 
 @runtime_checkable
@@ -18,7 +18,7 @@ class FrontEnd(Protocol):
     - ``Delivered`` is awaited by the job: post the images before returning, and raise when you cannot
       (the core then refunds and reports the failure).
     - Every other event (``Accepted``, ``Queued``, ``Progress``, ``Failed``) is sent by the core's outbox
-      (``core/outbox.py``) in the background: per job in order, latest wins (a status may be skipped when
+      (``core/jobs/outbox.py``) in the background: per job in order, latest wins (a status may be skipped when
       a newer one came), ``Failed`` never dropped. Raise ``ChatRateLimited(retry_after)`` on a 429 and the
       outbox tries again after Retry-After; other errors are logged and do not change the job.
     - Optionally ``pace(job) -> Pace``: the budget a job's status messages share (a workspace's edit rate

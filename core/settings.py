@@ -14,7 +14,7 @@ from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_va
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from imagine_bot.core.errors import ConfigError
-from imagine_bot.core.netaddr import is_loopback_host
+from imagine_bot.core.media.netaddr import is_loopback_host
 
 SANDBOX = "sandbox"
 
@@ -66,7 +66,7 @@ class Settings(BaseSettings):
     DRAIN_S: float = Field(default=20.0, ge=0)
     JOB_LEASE_S: float = Field(default=30.0, gt=0)
 
-    # --- budgets above the user (core/budgets.py)
+    # --- budgets above the user (core/credits/budgets.py)
     DEFAULT_SCOPE_BUDGET: int | None = Field(default=None, ge=0, le=1_000_000_000)
     SCOPE_BUDGET_PERIOD: Literal["day", "week", "month", "never"] = "month"
     SPEND_CAP: int | None = Field(default=None, ge=0, le=1_000_000_000)

@@ -12,6 +12,7 @@ import pytest
 from rich.console import Console
 
 from imagine_bot.bots.terminal import TerminalFrontEnd
+from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.app import ImagineCore
 from imagine_bot.core.errors import (
     GatewayAuthError,
@@ -24,9 +25,8 @@ from imagine_bot.core.errors import (
     UnknownTask,
     is_transient,
 )
-from imagine_bot.core.identity import UserRef
-from imagine_bot.core.jobs import JobState, ReplyTo
-from imagine_bot.core.web import build_web_app, start_web
+from imagine_bot.core.jobs.model import JobState, ReplyTo
+from imagine_bot.core.web.server import build_web_app, start_web
 
 ALICE = UserRef("terminal", "local", "alice")
 REPLY = ReplyTo("terminal", "test")

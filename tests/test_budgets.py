@@ -12,14 +12,14 @@ import pytest
 from rich.console import Console
 
 from imagine_bot.bots.terminal import TerminalFrontEnd
+from imagine_bot.core.access.authority import Actor
+from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.app import ImagineCore
-from imagine_bot.core.authority import Actor
-from imagine_bot.core.budgets import Budgets
-from imagine_bot.core.db import open_db
+from imagine_bot.core.credits.budgets import Budgets
+from imagine_bot.core.credits.ledger import Ledger
 from imagine_bot.core.errors import BudgetExhausted, ImagineError
-from imagine_bot.core.identity import UserRef
-from imagine_bot.core.jobs import JobState, ReplyTo
-from imagine_bot.core.ledger import Ledger
+from imagine_bot.core.jobs.model import JobState, ReplyTo
+from imagine_bot.core.storage.db import open_db
 
 GUILD = "discord:900"
 USERS = [UserRef("discord", "-", str(n)) for n in range(101, 106)]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from imagine_bot.bots.cli import main
+from imagine_bot.bots.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = Path(sys.executable).parent / "imagine-bot"
@@ -136,7 +136,7 @@ def test_sandbox_command_serves_the_gateway_contract(tmp_path):
 
 
 def test_global_options_may_stand_after_the_command():
-    from imagine_bot.bots.cli import hoist_global_options
+    from imagine_bot.bots.cli.main import hoist_global_options
 
     assert hoist_global_options(["run", "--only", "slack", "--sandbox"]) == ["--sandbox", "run", "--only", "slack"]
     assert hoist_global_options(["credits", "show", "--db", "x.db", "-v"]) == ["--db", "x.db", "-v", "credits", "show"]
@@ -159,10 +159,10 @@ def test_sandbox_edit_of_the_demo_output_works_from_the_command_line(tmp_path):
 
 
 def test_budget_commands_and_verify_covers_budgets(tmp_path, capsys, monkeypatch):
-    from imagine_bot.core.budgets import Budgets
-    from imagine_bot.core.db import open_db
-    from imagine_bot.core.identity import UserRef
-    from imagine_bot.core.ledger import Ledger
+    from imagine_bot.core.access.identity import UserRef
+    from imagine_bot.core.credits.budgets import Budgets
+    from imagine_bot.core.credits.ledger import Ledger
+    from imagine_bot.core.storage.db import open_db
 
     monkeypatch.setenv("IMAGINE_USER", "ops")
     db = str(tmp_path / "budget.db")

@@ -9,10 +9,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from imagine_bot.core.authority import Actor
-from imagine_bot.core.commands import dispatch
-from imagine_bot.core.identity import UserRef
-from imagine_bot.core.jobs import JobState, ReplyTo
+from imagine_bot.core.access.authority import Actor
+from imagine_bot.core.access.identity import UserRef
+from imagine_bot.core.chat.commands import dispatch
+from imagine_bot.core.jobs.model import JobState, ReplyTo
 
 ADMIN = UserRef("terminal", "local", "root")
 ALICE = UserRef("terminal", "local", "alice")

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from imagine_bot.core.db import open_db
-from imagine_bot.core.jobs import JobState, JobStore
-from imagine_bot.core.ledger import Ledger
+from imagine_bot.core.credits.ledger import Ledger
+from imagine_bot.core.jobs.model import JobState, JobStore
 from imagine_bot.core.sandbox import SandboxGateway
+from imagine_bot.core.storage.db import open_db
 
 ROOT = Path(__file__).resolve().parents[1]
 JOBS = 32

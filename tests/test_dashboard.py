@@ -11,15 +11,16 @@ from datetime import timedelta
 import httpx
 from PIL import Image
 
-from imagine_bot.bots.cli import main
+from imagine_bot.bots.cli.main import main
+from imagine_bot.core.access.authority import Actor
+from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.app import ImagineCore
-from imagine_bot.core.authority import Actor
-from imagine_bot.core.commands import dispatch
-from imagine_bot.core.dashboard import DashboardAuth, Session
-from imagine_bot.core.db import iso, open_db, transaction, utcnow
-from imagine_bot.core.identity import UserRef
-from imagine_bot.core.jobs import ReplyTo
-from imagine_bot.core.web import build_web_app, start_web
+from imagine_bot.core.chat.commands import dispatch
+from imagine_bot.core.jobs.model import ReplyTo
+from imagine_bot.core.storage.db import iso, open_db, transaction, utcnow
+from imagine_bot.core.storage.sqlite import SqliteStores
+from imagine_bot.core.web.dashboard.auth import Session, dashboard_auth
+from imagine_bot.core.web.server import build_web_app, start_web
 
 from .test_orchestrator import ALICE, recorder, run_one
 
@@ -30,7 +31,7 @@ LINK = re.compile(r"(http://\S+/admin/login\?t=[\w-]+)")
 
 def test_links_work_once_and_only_in_time(tmp_path):
     db = open_db(tmp_path / "d.db")
-    auth = DashboardAuth(db)
+    auth = dashboard_auth(SqliteStores(db))
     link = auth.mint("http://bot", actor="cli:op", scope="discord:1")
     token = link.split("t=")[1]
     assert len(token) >= 40 and token not in str(list(db.query("SELECT * FROM dashboard_links")))  # stored hashed
@@ -44,27 +45,27 @@ def test_links_work_once_and_only_in_time(tmp_path):
 
 def test_session_cookie_is_signed(tmp_path):
     db = open_db(tmp_path / "d.db")
-    auth = DashboardAuth(db)
+    auth = dashboard_auth(SqliteStores(db))
     session = auth.redeem(auth.mint("http://bot", actor="discord:5", scope="discord:1").split("t=")[1])
     cookie = auth.cookie(session)
-    assert DashboardAuth(db).session(cookie) == session  # another process (same database) agrees
+    assert dashboard_auth(SqliteStores(db)).session(cookie) == session  # another process (same database) agrees
     signature = cookie.split(".")[1]
     widened = auth.cookie(Session("discord:5", None, session.expires)).split(".")[0]
     assert auth.session(f"{widened}.{signature}") is None  # a scope changed by hand does not verify
     assert auth.session(cookie[:-2] + "xx") is None and auth.session(None) is None
-    assert DashboardAuth(open_db(tmp_path / "other.db")).session(cookie) is None  # another key
+    assert dashboard_auth(SqliteStores(open_db(tmp_path / "other.db"))).session(cookie) is None  # another key
 
 
 async def test_the_chat_command_gives_operators_everything_and_community_admins_their_place(make_settings):
     async with ImagineCore.open(make_settings(ADMINS="terminal:root")) as core:
         reply = await dispatch(core, OPERATOR, "admin dashboard", ReplyTo("terminal", "chat"), **NOBODY)
         assert reply.ephemeral and "every server and workspace" in reply.text
-        assert DashboardAuth(core.db).redeem(LINK.search(reply.text).group(1).split("t=")[1]).scope is None
+        assert core.dashboard_auth.redeem(LINK.search(reply.text).group(1).split("t=")[1]).scope is None
 
         admin = Actor(UserRef("discord", "-", "42"), place="discord:77", community_admin=True)
         reply = await dispatch(core, admin, "admin dashboard", ReplyTo("discord", "c1"), **NOBODY)
         assert "`discord:77` only" in reply.text
-        assert DashboardAuth(core.db).redeem(LINK.search(reply.text).group(1).split("t=")[1]).scope == "discord:77"
+        assert core.dashboard_auth.redeem(LINK.search(reply.text).group(1).split("t=")[1]).scope == "discord:77"
 
         member = Actor(UserRef("discord", "-", "43"), place="discord:77")
         reply = await dispatch(core, member, "admin dashboard", ReplyTo("discord", "c1"), **NOBODY)
@@ -86,7 +87,7 @@ def test_dashboard_link_on_the_command_line(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr()
     link = out.out.strip().splitlines()[0]
     assert link.startswith("https://imagine.example.com/admin/login?t=") and "10 minutes" in out.err
-    assert DashboardAuth(open_db(tmp_path / "cli.db")).redeem(link.split("t=")[1]).scope is None
+    assert dashboard_auth(SqliteStores(open_db(tmp_path / "cli.db"))).redeem(link.split("t=")[1]).scope is None
 
 
 async def test_a_delivered_job_keeps_a_small_webp_thumbnail(core, tmp_path):
@@ -122,7 +123,7 @@ async def test_a_thumbnail_that_cannot_be_made_changes_nothing(core, tmp_path, m
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("imagine_bot.core.thumbnails.make_thumbnail", broken)
+    monkeypatch.setattr("imagine_bot.core.media.thumbnails.make_thumbnail", broken)
     job = await run_one(core, "a lighthouse")
     assert job.state.value == "delivered" and core.thumbnails.get(job.id) is None
     assert core.ledger.balance(ALICE).balance == 180 - 18
@@ -147,7 +148,7 @@ async def test_link_preview_does_not_use_up_the_link(core):
     """A chat app fetching the link for a preview (GET) must not sign anyone in or spend the link."""
     runner, port = await start_web(build_web_app(core), "127.0.0.1", 0)
     base = f"http://127.0.0.1:{port}"
-    link = DashboardAuth(core.db).mint(base, actor="cli:op", scope=None)
+    link = core.dashboard_auth.mint(base, actor="cli:op", scope=None)
     try:
         async with httpx.AsyncClient() as http:
             preview = await http.get(link)

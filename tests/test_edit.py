@@ -17,17 +17,17 @@ import pytest
 from PIL import Image
 
 from imagine_bot.bots.terminal import TerminalFrontEnd
-from imagine_bot.core import messages
+from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.app import ImagineCore
-from imagine_bot.core.catalog import SEEDREAM_45_EDIT
+from imagine_bot.core.chat import messages
+from imagine_bot.core.credits.prices import parse_costs
 from imagine_bot.core.errors import UserInputError
 from imagine_bot.core.events import Delivered
-from imagine_bot.core.identity import UserRef
-from imagine_bot.core.jobs import JobState, ReplyTo
-from imagine_bot.core.prices import parse_costs
-from imagine_bot.core.references import Reference, ReferenceChecker
-from imagine_bot.core.refs import RefStore
-from imagine_bot.core.web import build_web_app, start_web
+from imagine_bot.core.gateway.catalog import SEEDREAM_45_EDIT
+from imagine_bot.core.jobs.model import JobState, ReplyTo
+from imagine_bot.core.media.references import Reference, ReferenceChecker
+from imagine_bot.core.media.refstore import RefStore
+from imagine_bot.core.web.server import build_web_app, start_web
 
 ME = UserRef("terminal", "local", "ann")
 REPLY = ReplyTo("terminal", "cli")
@@ -184,7 +184,7 @@ async def test_a_decompression_bomb_is_refused_on_its_header(make_settings, sand
 
 
 def test_imaging_reads_sizes_from_the_header_and_never_decodes_past_the_bound():
-    from imagine_bot.core.imaging import MAX_PIXELS, image_size, shrink
+    from imagine_bot.core.media.imaging import MAX_PIXELS, image_size, shrink
 
     assert image_size(png_bomb(13300, 13300)) == (13300, 13300)
     assert image_size(png_bomb(20000, 20000)) == (20000, 20000)  # past Pillow's own hard bound, still read
@@ -198,7 +198,7 @@ def test_imaging_reads_sizes_from_the_header_and_never_decodes_past_the_bound():
 
 
 async def test_large_references_are_shrunk_one_at_a_time(tmp_path, monkeypatch):
-    from imagine_bot.core import references
+    from imagine_bot.core.media import references
 
     real_shrink = references.shrink
     lock = threading.Lock()
@@ -247,7 +247,7 @@ async def test_edit_prices_come_from_the_gateway_and_the_reply_says_so(make_sand
     try:
         job = await core.imagine(ME, REPLY, "make it winter", references=[Reference("a.png", data=png())])
         assert job.cost == 24 and job.text_cost == 18
-        from imagine_bot.core import messages
+        from imagine_bot.core.chat import messages
 
         assert "24 credits reserved (an edit costs 24 credits; text-to-image costs 18)" in messages.accepted(job)
         await core.orchestrator.wait_idle()
@@ -290,7 +290,7 @@ async def test_cleanup_removes_references_and_results_past_the_keep_days(core):
 
 
 async def test_chat_imagine_takes_image_urls_and_refuses_anything_else(make_settings, sandbox):
-    from imagine_bot.core.commands import dispatch
+    from imagine_bot.core.chat.commands import dispatch
 
     core, _frontend, _port, close = await open_served(make_settings())
     try:

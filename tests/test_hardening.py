@@ -27,19 +27,19 @@ from PIL import Image
 from rich.console import Console
 
 from imagine_bot.bots.terminal import TerminalFrontEnd
-from imagine_bot.core import messages
+from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.app import ImagineCore
-from imagine_bot.core.catalog import SEEDREAM_45_EDIT
-from imagine_bot.core.db import open_db
+from imagine_bot.core.chat import messages
 from imagine_bot.core.errors import ConfigError, DownloadError, UserInputError
 from imagine_bot.core.events import Failed, Progress
-from imagine_bot.core.identity import UserRef
-from imagine_bot.core.jobs import JobState, ReplyTo
-from imagine_bot.core.netaddr import is_public_address
-from imagine_bot.core.references import MAX_REDIRECTS, Reference, ReferenceChecker
-from imagine_bot.core.refs import RefStore
+from imagine_bot.core.gateway.catalog import SEEDREAM_45_EDIT
+from imagine_bot.core.jobs.model import JobState, ReplyTo
+from imagine_bot.core.media.netaddr import is_public_address
+from imagine_bot.core.media.references import MAX_REDIRECTS, Reference, ReferenceChecker
+from imagine_bot.core.media.refstore import RefStore
 from imagine_bot.core.settings import load_settings
-from imagine_bot.core.web import build_web_app, start_web
+from imagine_bot.core.storage.db import open_db
+from imagine_bot.core.web.server import build_web_app, start_web
 
 ALICE = UserRef("terminal", "local", "alice")
 METADATA = "http://169.254.169.254/latest/meta-data/iam/security-credentials/"
@@ -323,9 +323,9 @@ class _Notebook:
 
 
 async def test_several_processes_tell_the_operators_once_per_pause(make_settings, sandbox, tmp_path: Path):
-    from imagine_bot.core.account import GatewayAccount
-    from imagine_bot.core.alerts import Alerts
     from imagine_bot.core.errors import GatewayOutOfCredits
+    from imagine_bot.core.gateway.balance import GatewayAccount
+    from imagine_bot.core.ops.alerts import Alerts
 
     settings = make_settings(ADMINS="slack:T1:UOPS")
     async with ImagineCore.open(settings) as core:

@@ -14,10 +14,10 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from imagine_bot.core.db import open_db, transaction
+from imagine_bot.core.access.identity import UserRef
+from imagine_bot.core.credits.ledger import PERIODS, Ledger, describe_refill
 from imagine_bot.core.errors import ConfigError, InsufficientCredits, NotFound, UserInputError
-from imagine_bot.core.identity import UserRef
-from imagine_bot.core.ledger import PERIODS, Ledger, describe_refill
+from imagine_bot.core.storage.db import open_db, transaction
 
 ALICE = UserRef("slack", "T1", "UALICE")
 BOB = UserRef("discord", "-", "4242")

@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 
-from imagine_bot.core.budgets import Budgets
-from imagine_bot.core.db import open_db
+from imagine_bot.core.access.identity import UserRef
+from imagine_bot.core.credits.budgets import Budgets
+from imagine_bot.core.credits.ledger import Ledger
 from imagine_bot.core.errors import BudgetExhausted, InsufficientCredits
-from imagine_bot.core.identity import UserRef
-from imagine_bot.core.ledger import Ledger
+from imagine_bot.core.storage.db import open_db
 
 WHO = UserRef("slack", "T1", "URACE")
 COST = 18

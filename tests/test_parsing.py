@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from imagine_bot.core.catalog import SEEDREAM_45, get_model
+from imagine_bot.core.chat.parsing import parse_imagine, whole_number
 from imagine_bot.core.errors import ConfigError, NumberRefused, UserInputError
-from imagine_bot.core.parsing import parse_imagine, whole_number
+from imagine_bot.core.gateway.catalog import SEEDREAM_45, get_model
 
 MODEL = SEEDREAM_45
 

@@ -9,14 +9,14 @@ import sqlite3
 
 import pytest
 
-from imagine_bot.bots.cli import main
-from imagine_bot.core.budgets import Budgets
-from imagine_bot.core.db import open_db, transaction
+from imagine_bot.bots.cli.main import main
+from imagine_bot.core.access.identity import UserRef
+from imagine_bot.core.credits.budgets import Budgets
+from imagine_bot.core.credits.ledger import Ledger
 from imagine_bot.core.errors import UserInputError
-from imagine_bot.core.identity import UserRef
-from imagine_bot.core.jobs import JobRequest, JobStore, ReplyTo
-from imagine_bot.core.ledger import Ledger
+from imagine_bot.core.jobs.model import JobRequest, JobStore, ReplyTo
 from imagine_bot.core.settings import load_settings
+from imagine_bot.core.storage.db import open_db, transaction
 
 ALICE = UserRef("terminal", "local", "alice")
 

@@ -12,7 +12,7 @@ import time
 import httpx
 
 from imagine_bot.core.app import ImagineCore
-from imagine_bot.core.web import build_web_app, start_web
+from imagine_bot.core.web.server import build_web_app, start_web
 
 
 async def serve(core: ImagineCore):

@@ -34,13 +34,13 @@ import discord
 from imagine_bot.bots.discord import images, wording
 from imagine_bot.bots.discord.buttons import result_view
 from imagine_bot.bots.discord.hook import InteractionHook, ReplyData, token_gone
-from imagine_bot.core import messages
+from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.app import ImagineCore
+from imagine_bot.core.chat import messages
 from imagine_bot.core.errors import ChatRateLimited, DeliveryError, DeliveryInterrupted
 from imagine_bot.core.events import Accepted, Delivered, Failed, JobEvent, Progress, Queued
-from imagine_bot.core.identity import UserRef
-from imagine_bot.core.jobs import Job
-from imagine_bot.core.outbox import Pace
+from imagine_bot.core.jobs.model import Job
+from imagine_bot.core.jobs.outbox import Pace
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ One progress message per job, posted in the channel and edited in place as the j
                  thread and the message keeps only the caption and buttons.
     Failed    -> chat.update        "@requester Could not make ...", or the slash command's response_url
 
-Each event is one call; when it goes out is the core's outbox's business (``core/outbox.py``): every job
+Each event is one call; when it goes out is the core's outbox's business (``core/jobs/outbox.py``): every job
 of a workspace shares its chat.update budget (``pace``), a newer status replaces a waiting one, a 429
 waits Retry-After without holding up any job, and the final edit (done or failed) is never dropped.
 Everything needed after a restart (channel, message ts, the uploaded file ids, the slash command's
@@ -37,13 +37,13 @@ from slack_sdk.webhook.async_client import AsyncWebhookClient
 from imagine_bot.bots.slack import blocks, inline, upload
 from imagine_bot.bots.slack.errors import SlackError, slack_error_code
 from imagine_bot.bots.slack.mentions import escape, escape_keep_user_mentions
-from imagine_bot.core import messages
+from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.app import ImagineCore
+from imagine_bot.core.chat import messages
 from imagine_bot.core.errors import ChatRateLimited, DeliveryError, DeliveryInterrupted
 from imagine_bot.core.events import Accepted, Delivered, Failed, ImageFile, JobEvent, Progress, Queued
-from imagine_bot.core.identity import UserRef
-from imagine_bot.core.jobs import Job, JobState
-from imagine_bot.core.outbox import Pace
+from imagine_bot.core.jobs.model import Job, JobState
+from imagine_bot.core.jobs.outbox import Pace
 
 log = logging.getLogger(__name__)
 

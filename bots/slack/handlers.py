@@ -22,15 +22,17 @@ from slack_bolt.app.async_app import AsyncApp
 from slack_sdk.errors import SlackApiError
 
 from imagine_bot.bots.slack import blocks
-from imagine_bot.bots.slack.frontend import SlackError, SlackFrontEnd, respond_ephemeral, slack_error_code
+from imagine_bot.bots.slack.errors import SlackError, slack_error_code
+from imagine_bot.bots.slack.frontend import SlackFrontEnd, respond_ephemeral
 from imagine_bot.bots.slack.mentions import command_text, escape, escape_keep_user_mentions, user_resolver
-from imagine_bot.core import messages
+from imagine_bot.core.access.authority import Actor, place_key
+from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.app import ImagineCore
-from imagine_bot.core.authority import Actor, place_key
-from imagine_bot.core.commands import CommandReply, dispatch
+from imagine_bot.core.chat import messages
+from imagine_bot.core.chat.admin import CommandReply
+from imagine_bot.core.chat.commands import dispatch
 from imagine_bot.core.errors import ImagineError
-from imagine_bot.core.identity import UserRef
-from imagine_bot.core.jobs import Job, ReplyTo
+from imagine_bot.core.jobs.model import Job, ReplyTo
 
 log = logging.getLogger(__name__)
 

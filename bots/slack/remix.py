@@ -20,12 +20,12 @@ from typing import Any
 import aiohttp
 
 from imagine_bot.bots.slack import blocks
-from imagine_bot.bots.slack.frontend import SlackError, slack_error_code
+from imagine_bot.bots.slack.errors import SlackError, slack_error_code
 from imagine_bot.bots.slack.handlers import NOT_ALLOWED, SlackHandlers, _team_of
-from imagine_bot.core import messages
+from imagine_bot.core.chat import messages
 from imagine_bot.core.errors import ImagineError, UserInputError
-from imagine_bot.core.jobs import ReplyTo
-from imagine_bot.core.references import FETCH_CAP_BYTES, Reference
+from imagine_bot.core.jobs.model import ReplyTo
+from imagine_bot.core.media.references import FETCH_CAP_BYTES, Reference
 
 log = logging.getLogger(__name__)
 

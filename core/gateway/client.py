@@ -58,7 +58,7 @@ from imagine_bot.core.errors import (
     UnknownTask,
     is_transient,
 )
-from imagine_bot.core.netaddr import Resolver, is_loopback_host, non_public_addresses, origin, system_resolve
+from imagine_bot.core.media.netaddr import Resolver, is_loopback_host, non_public_addresses, origin, system_resolve
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ good (403: the bot may not post here) is refunded at once."""
 
 from __future__ import annotations
 
-from imagine_bot.core.jobs import JobState
+from imagine_bot.core.jobs.model import JobState
 
 from .conftest import ALICE, discord_user, old_interaction_time
 

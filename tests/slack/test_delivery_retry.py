@@ -8,8 +8,8 @@ import asyncio
 
 import pytest
 
-from imagine_bot.core.identity import UserRef
-from imagine_bot.core.jobs import JobState
+from imagine_bot.core.access.identity import UserRef
+from imagine_bot.core.jobs.model import JobState
 
 from .conftest import TEAM, SlackHarness
 

@@ -17,8 +17,8 @@ import httpx
 import yaml
 from PIL import Image
 
-from imagine_bot.core.identity import UserRef
-from imagine_bot.core.jobs import JobState
+from imagine_bot.core.access.identity import UserRef
+from imagine_bot.core.jobs.model import JobState
 
 from .conftest import TEAM, SlackHarness
 

@@ -10,9 +10,9 @@ from PIL import Image
 
 from imagine_bot.bots.slack.blocks import ACTION_DELETE, ACTION_REROLL
 from imagine_bot.bots.slack.mentions import escape
-from imagine_bot.core import messages
-from imagine_bot.core.identity import UserRef
-from imagine_bot.core.jobs import JobState
+from imagine_bot.core.access.identity import UserRef
+from imagine_bot.core.chat import messages
+from imagine_bot.core.jobs.model import JobState
 
 from .conftest import TEAM, SlackHarness, of_type, valid_blocks
 

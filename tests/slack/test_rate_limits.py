@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 
-from imagine_bot.core.jobs import JobState
+from imagine_bot.core.jobs.model import JobState
 
 from .conftest import SlackHarness
 

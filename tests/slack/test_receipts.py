@@ -9,7 +9,7 @@ import pytest
 
 from imagine_bot.core.errors import DeliveryError
 from imagine_bot.core.events import Delivered, ImageFile
-from imagine_bot.core.jobs import Job, JobState
+from imagine_bot.core.jobs.model import Job, JobState
 
 from .conftest import SlackHarness, of_type
 

@@ -6,11 +6,11 @@ import pytest
 
 from imagine_bot.bots.slack import SlackService
 from imagine_bot.bots.slack.service import EVENTS_PATH, close_socket_handler
+from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.app import ImagineCore
 from imagine_bot.core.errors import ConfigError
-from imagine_bot.core.identity import UserRef
-from imagine_bot.core.jobs import JobState
-from imagine_bot.core.web import build_web_app
+from imagine_bot.core.jobs.model import JobState
+from imagine_bot.core.web.server import build_web_app
 
 from .conftest import APP_TOKEN, TEAM, SlackHarness
 
