@@ -29,8 +29,8 @@ from imagine_bot.core.access.authority import GLOBAL, Actor, scope_noun
 from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.chat import messages
 from imagine_bot.core.chat.parsing import ParsedPrompt, parse_imagine
-from imagine_bot.core.credits.budgets import Budgets, BudgetStatus, spend_csv
-from imagine_bot.core.credits.ledger import Balance, Ledger
+from imagine_bot.core.credits.budgets import BudgetStatus, spend_csv
+from imagine_bot.core.credits.ledger import Balance, build_ledger
 from imagine_bot.core.credits.prices import Prices
 from imagine_bot.core.errors import ConfigError, NotAllowedHere, NotFound, PermissionDenied, UserInputError
 from imagine_bot.core.frontend import FrontEnd, OperatorNotifier
@@ -105,18 +105,17 @@ class ImagineCore:
             if u.startswith(("http://", "https://"))])
         self._cleanup: asyncio.Task[None] | None = None
         self.jobs = JobStore(db)
-        self.ledger = Ledger(db, allowance=settings.CREDITS_ALLOWANCE, period=settings.CREDITS_PERIOD)
+        self.ledger = build_ledger(db, settings)
+        self.budgets = self.ledger.budgets
         self.admins = frozenset(settings.ADMINS)
-        self.budgets = Budgets(db, default_amount=settings.DEFAULT_SCOPE_BUDGET, period=settings.SCOPE_BUDGET_PERIOD,
-                               cap=settings.SPEND_CAP, cap_period=settings.SPEND_CAP_PERIOD)
-        self.ledger.budgets = self.budgets
         self.places = self.stores.places
         self.dashboard_auth = dashboard_auth(self.stores)
         #: the state seam (core/storage/base.py): everything kept, behind one interface
         self.store: Store = SqliteStore(db, self.ledger, self.jobs)
         self.alerts = Alerts(settings.ADMINS)
         self.account = GatewayAccount(db, gateway, self.alerts, cost=model.cost,
-                                      check_every_s=settings.GATEWAY_BALANCE_CHECK_S)
+                                      check_every_s=settings.GATEWAY_BALANCE_CHECK_S,
+                                      undelivered_alert_credits=settings.UNDELIVERED_ALERT_CREDITS)
         self.orchestrator = Orchestrator(
             db=db,
             jobs=self.jobs,
@@ -138,10 +137,12 @@ class ImagineCore:
             resolve_refs=self.refs.resolve,
             lease_s=settings.JOB_LEASE_S,
             thumbnails=self.thumbnails,
+            on_failure=self.account.on_job_failed,
         )
         #: callbacks received here for tasks tracked by another process on the same database, and back
         self.relay = CallbackRelay(self.stores.relay, self.orchestrator)
-        self.orchestrator.on_failure = self.account.on_error
+        # read from the job rows when scraped: every process on the database reports the same total
+        self.metrics.watch_billed(lambda: self.jobs.billed_not_delivered()[0])
 
     @classmethod
     @asynccontextmanager
@@ -203,6 +204,7 @@ class ImagineCore:
         if self._cleanup is None:
             self._cleanup = asyncio.create_task(self._cleanup_loop(), name="refs-cleanup")
         await self.account.refresh()  # the gateway balance: pauses new jobs if it cannot pay for one
+        self.account.check_undelivered()  # undelivered credits of today that nobody was told about yet
         self.relay.start()
         count = await self.orchestrator.resume()
         if count:

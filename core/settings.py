@@ -34,6 +34,8 @@ class Settings(BaseSettings):
     MODKIE_WEBHOOK_SECRET: SecretStr | None = None
     MODKIE_NSFW_CHECKER: bool = True
     GATEWAY_BALANCE_CHECK_S: float = Field(default=300.0, gt=0)
+    #: operators get one DM a day once the credits billed for images never delivered reach this (0: never)
+    UNDELIVERED_ALERT_CREDITS: int = Field(default=90, ge=0)
     MAX_DOWNLOAD_MB: float = Field(default=25, gt=0)
     MODKIE_TIMEOUT_S: float = Field(default=15.0, gt=0)
 

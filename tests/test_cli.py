@@ -172,8 +172,8 @@ def test_budget_commands_and_verify_covers_budgets(tmp_path, capsys, monkeypatch
     assert "not a scope" in capsys.readouterr().err
 
     # two jobs in that server, one charged and one refunded, as the bot would do them
-    ledger = Ledger(open_db(db), allowance=180, period="month")
-    ledger.budgets = Budgets(ledger.db, default_amount=None)
+    opened = open_db(db)
+    ledger = Ledger(opened, budgets=Budgets(opened, default_amount=None), allowance=180, period="month")
     for job in ("j1", "j2"):
         ledger.reserve(UserRef("discord", "-", "42"), job, 18, scopes=("discord:123456",), channel="777")
     ledger.capture("j1")

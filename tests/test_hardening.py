@@ -356,3 +356,53 @@ async def test_several_processes_tell_the_operators_once_per_pause(make_settings
         assert sum(len(n.said) for n in notebooks) == 3
         for account in accounts:
             account.db.conn.close()
+
+
+async def test_several_processes_tell_the_operators_once_a_day_of_undelivered_credits(make_settings, tmp_path: Path):
+    from datetime import timedelta
+
+    from imagine_bot.core.gateway.balance import GatewayAccount
+    from imagine_bot.core.ops.alerts import Alerts
+    from imagine_bot.core.storage.db import iso, transaction, utcnow
+
+    from .test_orchestrator import RefusingFrontEnd
+
+    settings = make_settings(ADMINS="slack:T1:UOPS", UNDELIVERED_ALERT_CREDITS=36)
+    async with ImagineCore.open(settings) as core:
+        core.register(RefusingFrontEnd(tmp_path / "out", Console(file=io.StringIO()), bar=False))
+        for n in range(2):  # two images the gateway finished and billed, which could not be posted
+            job = await core.imagine(UserRef("terminal", "local", f"u{n}"), ReplyTo("terminal", "t"), f"lost {n}")
+            await core.orchestrator.wait_idle()
+            assert core.jobs.get(job.id).billed_at is not None
+        await core.alerts.wait_sent()  # (nobody registered to tell in this core)
+
+        now = [utcnow()]
+        notebooks = [_Notebook() for _ in range(4)]
+        accounts = []
+        for notebook in notebooks:  # four processes on one database, each with its own alerts
+            alerts = Alerts(settings.ADMINS)
+            alerts.register(notebook)
+            accounts.append(GatewayAccount(open_db(settings.IMAGINE_DB_PATH), core.gateway, alerts, cost=18,
+                                           check_every_s=300, undelivered_alert_credits=36, clock=lambda: now[0]))
+
+        async def check_all() -> int:
+            for account in accounts:
+                account.check_undelivered()
+                account.check_undelivered()
+            for account in accounts:
+                await account.alerts.wait_sent()
+            return sum(len(n.said) for n in notebooks)
+
+        assert core.db.execute("SELECT undelivered_told_day FROM gateway_account").fetchone()[0] == (
+            now[0].date().isoformat())  # the core itself claimed today when its second job failed
+        assert await check_all() == 0  # ... so no other process tells again
+
+        now[0] += timedelta(days=1)  # tomorrow: yesterday's failures do not count
+        assert await check_all() == 0
+        with transaction(core.db):  # ... two failures tomorrow do
+            core.db.execute("UPDATE jobs SET finished_at = ? WHERE billed_at IS NOT NULL", [iso(now[0])])
+        assert await check_all() == 1
+        [said] = [line for n in notebooks for line in n.said]
+        assert said.startswith("slack:T1:UOPS: ") and "36 credits for 2 images that were never delivered" in said
+        for account in accounts:
+            account.db.conn.close()

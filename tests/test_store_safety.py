@@ -23,7 +23,7 @@ ALICE = UserRef("terminal", "local", "alice")
 
 def test_a_failure_after_the_insert_rolls_back_reserve_and_insert(tmp_path):
     db = open_db(tmp_path / "t.db")
-    ledger, jobs = Ledger(db, allowance=180, period="month"), JobStore(db)
+    ledger, jobs = Ledger(db, budgets=Budgets(db, default_amount=None), allowance=180, period="month"), JobStore(db)
     request = JobRequest(requester=ALICE, reply=ReplyTo("terminal", "t"), prompt="a cat", params={})
     with pytest.raises(RuntimeError, match="after the insert"), transaction(db):
         ledger.reserve(ALICE, "j1", 18)
@@ -45,7 +45,7 @@ def test_a_rollback_never_masks_the_real_error(tmp_path):
 def test_reads_take_no_write_lock(tmp_path):
     path = tmp_path / "t.db"
     db = open_db(path, busy_timeout_s=0.2)
-    ledger = Ledger(db, allowance=180, period="month")
+    ledger = Ledger(db, budgets=Budgets(db, default_amount=None), allowance=180, period="month")
     ledger.grant(ALICE, 10, actor="test")
     other = sqlite3.connect(path, isolation_level=None)
     other.execute("BEGIN IMMEDIATE")  # another process (an admin command) holds the write lock
@@ -60,7 +60,8 @@ def test_reads_take_no_write_lock(tmp_path):
 
 
 def test_grants_beyond_reason_are_refused_in_plain_words(tmp_path, capsys):
-    ledger = Ledger(open_db(tmp_path / "t.db"), allowance=180, period="month")
+    db = open_db(tmp_path / "t.db")
+    ledger = Ledger(db, budgets=Budgets(db, default_amount=None), allowance=180, period="month")
     for amount in (10**30, -(10**30), 10**10):
         with pytest.raises(UserInputError, match="more than one change may move"):
             ledger.grant(ALICE, amount, actor="test")
@@ -75,8 +76,7 @@ def test_grants_beyond_reason_are_refused_in_plain_words(tmp_path, capsys):
 
 def test_budgets_and_member_caps_beyond_reason_are_refused_in_plain_words(tmp_path):
     """The store refuses them too, whoever calls it (the parsers in front already do)."""
-    ledger = Ledger(open_db(tmp_path / "t.db"), allowance=180, period="month")
-    budgets = Budgets(ledger.db, default_amount=None)
+    budgets = Budgets(open_db(tmp_path / "t.db"), default_amount=None)
     for amount in (10**40, 1_000_000_001, -1):
         with pytest.raises(UserInputError, match="from 0 to 1,000,000,000 credits"):
             budgets.set_amount("discord:42", amount, actor="test")

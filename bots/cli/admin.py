@@ -23,8 +23,9 @@ from imagine_bot.core.access.authority import parse_scope
 from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.chat import messages
 from imagine_bot.core.chat.parsing import whole_number
-from imagine_bot.core.credits.budgets import Budgets, spend_csv
-from imagine_bot.core.credits.ledger import MAX_CREDITS_CHANGE, Ledger, describe_refill
+from imagine_bot.core.credits.budgets import MAX_CREDITS_CHANGE, spend_csv
+from imagine_bot.core.credits.ledger import Ledger, build_ledger
+from imagine_bot.core.credits.periods import describe_refill, period_start
 from imagine_bot.core.credits.refunds import fail_stranded
 from imagine_bot.core.errors import UserInputError
 from imagine_bot.core.gateway.balance import AccountState, read_state
@@ -46,16 +47,8 @@ def _user(raw: str) -> UserRef:
 
 
 def _ledger(settings: Settings) -> Ledger:
-    """The ledger with the budgets over it (as the bot runs it), so ``verify`` checks both."""
-    ledger = Ledger(open_db(settings.IMAGINE_DB_PATH), allowance=settings.CREDITS_ALLOWANCE,
-                    period=settings.CREDITS_PERIOD)
-    ledger.budgets = _budgets(settings, ledger)
-    return ledger
-
-
-def _budgets(settings: Settings, ledger: Ledger) -> Budgets:
-    return Budgets(ledger.db, default_amount=settings.DEFAULT_SCOPE_BUDGET, period=settings.SCOPE_BUDGET_PERIOD,
-                   cap=settings.SPEND_CAP, cap_period=settings.SPEND_CAP_PERIOD)
+    """The ledger with the budgets over it, built as the bot builds them (``build_ledger``)."""
+    return build_ledger(open_db(settings.IMAGINE_DB_PATH), settings)
 
 
 #: the most rows ``--limit`` shows
@@ -108,17 +101,27 @@ def credits_cmd(args: argparse.Namespace, settings: Settings) -> int:
         console.print(table)
     elif args.action == "report":
         text = ledger.report_csv()
+        jobs = JobStore(ledger.db)
+        undelivered = messages.billed_not_delivered_line(
+            jobs.billed_not_delivered(), jobs.billed_not_delivered(since=period_start(utcnow(), "day")))
         if args.out:
             args.out.write_text(text)
             console.print(f"wrote {args.out}")
+            console.print(undelivered, highlight=False)
         else:
             sys.stdout.write(text)
+            print(undelivered, file=sys.stderr)  # stdout stays plain CSV
     elif args.action == "verify":
-        drift = ledger.verify()
-        for line in drift:
-            console.print(line, style="red")
-        console.print("ledger and balances agree" if not drift else f"{len(drift)} account(s) drifted")
-        return 1 if drift else 0
+        drift, orphans = ledger.verify(), ledger.orphan_holds()
+        for line in drift + orphans:
+            console.print(line, style="red", highlight=False)
+        if drift:
+            console.print(f"{len(drift)} account(s) drifted")
+        if orphans:
+            console.print(f"{len(orphans)} hold(s) owned by no active job")
+        if not drift and not orphans:
+            console.print("ledger and balances agree; every hold belongs to an image in progress")
+        return 1 if drift or orphans else 0
     return 0
 
 
@@ -139,9 +142,7 @@ def _gateway_line(state: AccountState) -> str:
 
 def budget_cmd(args: argparse.Namespace, settings: Settings) -> int:
     console = _console()
-    ledger = _ledger(settings)
-    budgets = ledger.budgets
-    assert budgets is not None
+    budgets = _ledger(settings).budgets
     if args.action == "set":
         raw = args.amount.lower()
         amount = None if raw in ("default", "unlimited") else _credits(raw)
@@ -185,8 +186,7 @@ def jobs_cmd(args: argparse.Namespace, settings: Settings) -> int:
     db = open_db(settings.IMAGINE_DB_PATH)
     store = JobStore(db)
     if args.action == "fail":
-        ledger = Ledger(db, allowance=settings.CREDITS_ALLOWANCE, period=settings.CREDITS_PERIOD)
-        job = fail_stranded(db, store, ledger, args.job_id, actor=f"{_actor()}:{os.getpid()}")
+        job = fail_stranded(db, store, build_ledger(db, settings), args.job_id, actor=f"{_actor()}:{os.getpid()}")
         console.print(f"{job.id} failed and refunded {job.cost} credits to {job.requester.key}; they will be "
                       f"told when the {job.platform} front end runs", highlight=False)
         return 0

@@ -43,7 +43,7 @@ from imagine_bot.bots.discord.handlers import Handlers, reply_private, user_ref
 from imagine_bot.core.access.authority import Actor
 from imagine_bot.core.app import ImagineCore
 from imagine_bot.core.chat import admin as admin_ops
-from imagine_bot.core.credits.ledger import MAX_CREDITS_CHANGE
+from imagine_bot.core.credits.budgets import MAX_CREDITS_CHANGE
 from imagine_bot.core.errors import ConfigError, ImagineError
 from imagine_bot.core.gateway.catalog import ModelSpec
 from imagine_bot.core.settings import Settings

@@ -41,7 +41,8 @@ from imagine_bot.core.app import ImagineCore
 from imagine_bot.core.chat import admin, messages
 from imagine_bot.core.chat.admin import CommandReply
 from imagine_bot.core.chat.parsing import take_images, whole_number
-from imagine_bot.core.credits.ledger import MAX_CREDITS_CHANGE, PERIODS
+from imagine_bot.core.credits.budgets import MAX_CREDITS_CHANGE
+from imagine_bot.core.credits.periods import PERIODS
 from imagine_bot.core.errors import ImagineError, PermissionDenied, UserInputError
 from imagine_bot.core.jobs.model import ReplyTo
 from imagine_bot.core.media.references import Reference

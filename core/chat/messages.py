@@ -12,8 +12,9 @@ from typing import Any
 
 from imagine_bot.core.access.authority import scope_noun
 from imagine_bot.core.chat.parsing import usage
-from imagine_bot.core.credits.budgets import BudgetStatus, period_name, refill_words
-from imagine_bot.core.credits.ledger import Balance, describe_refill
+from imagine_bot.core.credits.budgets import BudgetStatus
+from imagine_bot.core.credits.ledger import Balance
+from imagine_bot.core.credits.periods import describe_refill, period_name, refill_words
 from imagine_bot.core.errors import ImagineError
 from imagine_bot.core.gateway.catalog import ModelSpec
 from imagine_bot.core.jobs.model import Job
@@ -290,3 +291,21 @@ def operator_gateway_error(code: str, detail: str) -> str:
             "gateway_feature_disabled": "says this model is not enabled for the account (505)"}.get(code, code)
     return (f"imagine-bot: the image service {what}. Jobs fail and are refunded until it is fixed. "
             f"Detail: {detail[:300]}")
+
+
+def _images(n: int) -> str:
+    return f"{n} image{'' if n == 1 else 's'}"
+
+
+def operator_undelivered(credits: int, jobs: int, threshold: int) -> str:
+    return (f"imagine-bot: today the image service charged the ModKie account {credits} credits for "
+            f"{_images(jobs)} that were never delivered (the gateway finished them, then posting failed; "
+            f"their users were refunded). This passes UNDELIVERED_ALERT_CREDITS ({threshold}); you are told "
+            "once a day. `imagine-bot jobs list --state failed` shows why they failed; the dashboard's usage "
+            "page has the day by day reconciliation.")
+
+
+def billed_not_delivered_line(total: tuple[int, int], today: tuple[int, int]) -> str:
+    """``credits report``: what the gateway billed for images nobody received, in all and today (UTC)."""
+    return (f"Billed but not delivered: {total[0]} credits ({_images(total[1])}) in all, {today[0]} credits "
+            f"({_images(today[1])}) today: the gateway charged for them, their users were refunded.")

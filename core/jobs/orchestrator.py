@@ -41,7 +41,8 @@ import sqlite_utils
 
 from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.chat.parsing import check_banned
-from imagine_bot.core.credits.ledger import Ledger, describe_refill
+from imagine_bot.core.credits.ledger import Ledger
+from imagine_bot.core.credits.periods import describe_refill
 from imagine_bot.core.credits.refunds import fail_and_refund
 from imagine_bot.core.errors import (
     CaptureRefused,
@@ -124,6 +125,7 @@ class Orchestrator:
         owner: str | None = None,
         thumbnails: ThumbnailStore | None = None,
         delivery_retry_s: float = 300.0,
+        on_failure: Callable[[Job, ImagineError], None] | None = None,
     ) -> None:
         self.db = db
         self.jobs = jobs
@@ -163,8 +165,9 @@ class Orchestrator:
         self.account_webhook = False
         self._early: dict[str, float] = {}  # task id -> when a callback came before its tracker waited
         self._phase: dict[str, str] = {}  # job id -> waiting | submitting | tracking | downloading | delivering
-        #: told of every job failure (the gateway account pauses on 402/433, alerts on 401/505)
-        self.on_failure: Callable[[ImagineError], None] | None = None
+        #: told of every job failure, with the failed row (the gateway account pauses on 402/433, alerts on
+        #: 401/505, and counts what was billed but not delivered)
+        self.on_failure = on_failure
         self._accepting = True
         self._draining = False
         self._stopped = False
@@ -597,7 +600,17 @@ class Orchestrator:
             if deferred is not None:
                 deferred.cancel()
 
+    def _billed(self, job: Job, record: TaskRecord) -> Job:
+        """The gateway said the task succeeded: it has charged the account (``consumeCredits``, else the
+        job's price). Kept on the row at once, so that if the image then never reaches anyone the job is
+        counted as billed but not delivered, by whichever process ends it."""
+        if job.billed_at is not None or record.stage is not TaskStage.SUCCESS:
+            return job
+        cost = job.cost if record.consume_credits is None else record.consume_credits
+        return self._move(job, job.state, billed_at=utcnow(), gateway_cost=cost)
+
     async def _download(self, job: Job, record: TaskRecord) -> Job:
+        job = self._billed(job, record)
         if not record.result_urls:
             raise GatewayProtocolError(f"task {job.task_id} succeeded without result URLs")
         folder = self.spool / job.id
@@ -695,7 +708,7 @@ class Orchestrator:
         self.metrics.failed(job.platform)
         if self.on_failure is not None:
             try:
-                self.on_failure(error)
+                self.on_failure(job, error)
             except Exception:
                 log.exception("on_failure hook failed for job %s", job_id)
         if not notice_pending:

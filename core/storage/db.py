@@ -229,6 +229,21 @@ def m080_callback_relay(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX callback_relay_received ON callback_relay(received_at)")
 
 
+@migration
+def m090_billed_not_delivered(db: sqlite_utils.Database) -> None:
+    """What the gateway billed: the moment it reported a job's task succeeded (it charges the account on
+    success) and what it charged, so a job that then fails (billed, never delivered) is counted by every
+    process and after restarts; the gateway balance as read over time, for the per-day reconciliation; the
+    day the operators were last told about undelivered credits (compare-and-set: one DM a day)."""
+    db.execute("ALTER TABLE jobs ADD COLUMN billed_at TEXT")          # NULL: the gateway never said success
+    db.execute("ALTER TABLE jobs ADD COLUMN gateway_cost INTEGER")    # consumeCredits, else the job's price
+    db.execute("CREATE INDEX jobs_undelivered ON jobs(finished_at) WHERE billed_at IS NOT NULL AND state = 'failed'")
+    db.execute("CREATE TABLE gateway_balance_log (id INTEGER PRIMARY KEY AUTOINCREMENT, ts TEXT NOT NULL,"
+               " balance INTEGER NOT NULL)")
+    db.execute("CREATE INDEX gateway_balance_log_ts ON gateway_balance_log(ts)")
+    db.execute("ALTER TABLE gateway_account ADD COLUMN undelivered_told_day TEXT")
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
