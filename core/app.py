@@ -46,7 +46,7 @@ from imagine_bot.core.media.thumbnails import ThumbnailStore
 from imagine_bot.core.ops.alerts import Alerts
 from imagine_bot.core.settings import Settings
 from imagine_bot.core.storage.base import SqliteStore, Store
-from imagine_bot.core.storage.db import BOT_BUSY_TIMEOUT_S, open_db, utcnow
+from imagine_bot.core.storage.db import open_db, utcnow
 from imagine_bot.core.storage.sqlite import SqliteStores
 from imagine_bot.core.web.dashboard.auth import dashboard_auth
 from imagine_bot.core.web.metrics import Metrics
@@ -154,7 +154,7 @@ class ImagineCore:
             if not settings.sandbox and not api_key:
                 raise ConfigError("MODKIE_API_KEY", "is not set: put your ModKie key in .env, or use "
                                   "MODKIE_BASE_URL=sandbox (or --sandbox) to try the bot without one")
-            db = open_db(settings.IMAGINE_DB_PATH, busy_timeout_s=BOT_BUSY_TIMEOUT_S)
+            db = open_db(settings.IMAGINE_DB_PATH, busy_timeout_s=settings.DB_BUSY_TIMEOUT_S)
             stack.callback(db.conn.close)
             log.info("database %s (images wait for delivery in %s)", _shown(settings.IMAGINE_DB_PATH),
                      _shown(settings.spool_dir))
@@ -182,6 +182,7 @@ class ImagineCore:
             gateway = GatewayClient(http, base_url=base_url, api_key=api_key,
                                     max_download_bytes=settings.max_download_bytes,
                                     request_timeout=settings.MODKIE_TIMEOUT_S,
+                                    create_timeout=settings.create_task_timeout_s,
                                     on_request=metrics.gateway_request, on_balance=metrics.balance,
                                     max_in_flight=HTTP_POOL)
             model = get_model(settings.MODKIE_MODEL, settings.MODKIE_ASPECT_RATIOS)

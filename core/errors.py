@@ -23,6 +23,7 @@ neither text ever contains the API key or a platform token.
     ├── ShuttingDown                the process is draining (SIGTERM): new commands are refused
     ├── CaptureRefused              the ledger refused to charge a delivered job (a bug: logged loudly)
     ├── LeaseLost                   another process owns the job now: the local worker stops quietly
+    ├── DatabaseBusy                another process held the write lock past the busy timeout (try again)
     └── GatewayError                anything from the image gateway
         ├── GatewayAuthError        401: bad or missing key
         ├── GatewayOutOfCredits     402 / 433: the gateway account or key is out of credits
@@ -40,7 +41,9 @@ neither text ever contains the API key or a platform token.
 One predicate decides "try again later": ``is_transient(error)`` (the ``retryable`` flag). Transport
 trouble (timeouts, refused connections), 5xx, 429, 455, a 401 (a key rotation in progress) and an answer
 we cannot read are transient; a ``fail`` state, 501, an envelope 408, bad input and an unknown task are
-not. Only idempotent calls (recordInfo, downloads, balance) are repeated on it; createTask never is.
+not. Only idempotent calls (recordInfo, downloads, balance) are repeated on it; createTask never is, unless
+its request never left (``GatewayError.unsent``: the connection never opened). A chat-API blip while posting
+(``DeliveryInterrupted``) and a busy database (``DatabaseBusy``) are transient too.
 """
 
 from __future__ import annotations
@@ -222,9 +225,20 @@ class LeaseLost(ImagineError):
     code = "lease_lost"
 
 
+class DatabaseBusy(ImagineError):
+    """A write waited ``DB_BUSY_TIMEOUT_S`` for the write lock another process holds (an admin command, a
+    long report): nothing was written; the same write may be tried again later."""
+
+    code = "database_busy"
+    retryable = True
+    default_user_message = "The bot is very busy right now; please try again in a moment. Nothing was charged."
+
+
 class GatewayError(ImagineError):
     code = "gateway_error"
     default_user_message = "The image service had a problem. Your credits were refunded; please try again."
+    #: the request never left: its connection never opened, so the gateway saw nothing (and bills nothing)
+    unsent: bool = False
 
     def __init__(
         self,

@@ -17,6 +17,9 @@ from imagine_bot.core.errors import ConfigError
 from imagine_bot.core.media.netaddr import is_loopback_host
 
 SANDBOX = "sandbox"
+#: the share of DRAIN_S one whole createTask call may take, so that a drain never ends in the middle of one
+#: (the rest is for saving its answer and the last status messages)
+CREATE_TASK_SHARE_OF_DRAIN = 0.75
 
 CsvList = Annotated[list[str], NoDecode]
 
@@ -42,6 +45,8 @@ class Settings(BaseSettings):
     # --- storage: a relative IMAGINE_DB_PATH is taken under IMAGINE_DATA_DIR (the image sets /data)
     IMAGINE_DATA_DIR: Path = Path(".")
     IMAGINE_DB_PATH: Path = Path("imagine-bot.db")
+    #: how long one write waits for another process's write lock before it counts as busy (and is retried)
+    DB_BUSY_TIMEOUT_S: float = Field(default=5.0, gt=0)
 
     # --- the one web server (callbacks, /healthz, Slack HTTP mode)
     HTTP_HOST: str = "0.0.0.0"
@@ -193,6 +198,14 @@ class Settings(BaseSettings):
     @property
     def callback_url(self) -> str | None:
         return f"{self.PUBLIC_URL}/callbacks/modkie" if self.PUBLIC_URL else None
+
+    @property
+    def create_task_timeout_s(self) -> float:
+        """The longest one whole createTask call may take (connection retries and every phase of the request
+        included): MODKIE_TIMEOUT_S, but below DRAIN_S, so a drain always outlasts a createTask in flight."""
+        if self.DRAIN_S <= 0:  # no drain to wait for it
+            return self.MODKIE_TIMEOUT_S
+        return min(self.MODKIE_TIMEOUT_S, CREATE_TASK_SHARE_OF_DRAIN * self.DRAIN_S)
 
     @property
     def max_download_bytes(self) -> int:

@@ -21,7 +21,9 @@ lost race raises ``LeaseLost`` and the local worker stops without touching money
 
 Stopping: ``drain`` (SIGTERM) refuses new jobs, stops the jobs that can be picked up anywhere (waiting,
 tracking, downloading), lets createTask calls and deliveries in flight finish up to ``DRAIN_S``, then
-``stop`` releases every lease for the next owner.
+``stop`` releases every lease for the next owner. A createTask call is bounded below ``DRAIN_S`` as a
+whole, and one whose connection never opened is not tried again once the drain began: its job goes back
+to ``queued``, nothing sent, nothing charged.
 """
 
 from __future__ import annotations
@@ -32,10 +34,11 @@ import mimetypes
 import shutil
 import sqlite3
 import time
-from collections.abc import Callable, KeysView
+from collections.abc import Awaitable, Callable, KeysView
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 import sqlite_utils
 
@@ -46,6 +49,7 @@ from imagine_bot.core.credits.periods import describe_refill
 from imagine_bot.core.credits.refunds import fail_and_refund
 from imagine_bot.core.errors import (
     CaptureRefused,
+    DatabaseBusy,
     DeliveryError,
     DeliveryInterrupted,
     GatewayError,
@@ -77,6 +81,8 @@ from imagine_bot.core.web.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 #: a new task may be unknown to recordInfo for a while (gateway contract: about 90 s)
 UNKNOWN_TASK_GRACE_S = 90.0
 #: with callbacks configured, polling is only the fallback: first look after this long, then this often
@@ -93,6 +99,8 @@ DRAIN_FINISHES = ("submitting", "delivering")
 DELIVERY_BACKOFF_S = (2.0, 4.0, 8.0, 16.0, 30.0)
 #: callback hints wake a task's tracker at most this often
 URGENT_EVERY_S = 3.0
+#: longest wait between two tries of saving an accepted task's id while the database is busy
+SAVE_BACKOFF_CAP_S = 2.0
 
 
 class _Drained(Exception):
@@ -170,6 +178,8 @@ class Orchestrator:
         self.on_failure = on_failure
         self._accepting = True
         self._draining = False
+        #: set when a drain begins: a createTask that could not connect is not tried again
+        self._drain_begun = asyncio.Event()
         self._stopped = False
         self.owner = owner or new_owner_id()
         self.leases = LeaseClock(lease_s)
@@ -340,6 +350,7 @@ class Orchestrator:
         ``timeout_s``), leave everything else for the next owner, then ``stop``."""
         self._accepting = False
         self._draining = True
+        self._drain_begun.set()
         for job_id, task in list(self._tasks.items()):
             if self._phase.get(job_id) not in DRAIN_FINISHES:
                 task.cancel()  # waiting, tracking or downloading: safe to pick up anywhere
@@ -477,6 +488,8 @@ class Orchestrator:
             log.info("job %s left for the next owner (draining at %s)", job_id, drained)
         except LeaseLost as lost:
             log.info("job %s: %s; stopping here", job_id, lost.admin_message)
+        except DatabaseBusy as busy:  # not the job's fault: it resumes from its row (the housekeeper frees it)
+            log.error("job %s: %s; left as it is, to resume", job_id, busy.admin_message)
         except ImagineError as error:
             await self._fail(job_id, error)
         except Exception as exc:  # a bug: still refund and tell the user
@@ -507,8 +520,16 @@ class Orchestrator:
             job = self._move(job, JobState.SUBMITTING)
             try:
                 task_id = await self.gateway.create_task(
-                    job.model, inputs, None if self.account_webhook else self.callback_url)
-            except (GatewayRateLimited, GatewayMaintenance) as error:
+                    job.model, inputs, None if self.account_webhook else self.callback_url,
+                    stop=self._drain_begun)
+            except GatewayError as error:
+                if error.unsent and self._draining:
+                    # the request never left and the process is stopping: no new attempt (a drain must not
+                    # start a createTask it may have to cut); the job is back in line for the next owner
+                    self._move(job, JobState.QUEUED)
+                    raise _Drained("submitting (createTask not sent)") from error
+                if not isinstance(error, (GatewayRateLimited, GatewayMaintenance)):
+                    raise
                 # not accepted by the gateway: back to admission, at the head of the line (the job keeps
                 # its place), and nobody is admitted until the gateway's Retry-After has passed
                 job = self._move(job, JobState.QUEUED)
@@ -520,10 +541,29 @@ class Orchestrator:
                             _retry_after(error))
                 refused = True
                 continue
-            job = self._move(job, JobState.RUNNING, task_id=task_id, submitted_at=utcnow())
+            # in the log first: the gateway bills this task, and the row may not take its id at once
             log.info("job %s submitted as task %s", job.id, task_id)
+            job = await self._save_task_id(job, task_id)
             await self._publish(Progress(job, "submitted", job.elapsed_s))
             return job
+
+    async def _save_task_id(self, job: Job, task_id: str) -> Job:
+        """Record the task the gateway accepted (and will bill). A write lock held elsewhere past the busy
+        timeout (``DatabaseBusy``, transient) is waited out, however long: never a reason to fail the job or
+        to lose its task id. Only another owner (``LeaseLost``) or a stop ends the wait."""
+        submitted_at = utcnow()
+        troubles = 0
+        while True:
+            try:
+                return self._move(job, JobState.RUNNING, task_id=task_id, submitted_at=submitted_at)
+            except ImagineError as error:
+                if not is_transient(error):
+                    raise
+                troubles += 1
+                wait = min(SAVE_BACKOFF_CAP_S, 0.05 * 2 ** min(troubles, 6))
+                log.warning("job %s: could not save its task %s yet (%s); trying again in %.2fs", job.id, task_id,
+                            error.admin_message, wait)
+                await asyncio.sleep(wait)
 
     def _next_interval(self, age_s: float) -> float:
         """Poll politely (gateway contract): fast at first, slower as the job ages, capped."""
@@ -617,18 +657,39 @@ class Orchestrator:
         folder.mkdir(parents=True, exist_ok=True)
         files: list[Path] = []
         for n, url in enumerate(record.result_urls):
-            result = await self.gateway.download(url)
+            result = await self._patiently(job, "download", partial(self.gateway.download, url))
             ext = mimetypes.guess_extension(result.content_type.split(";")[0].strip()) or ".png"
             path = folder / f"{job.id}-{n}{ext}"
             path.write_bytes(result.content)
             files.append(path)
         return self._move(job, JobState.DELIVERING, result_urls=list(record.result_urls), files=files)
 
+    async def _patiently(self, job: Job, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """An idempotent gateway request about a task the gateway has billed (a result download, a
+        recordInfo): a blip (``is_transient``: 5xx, 429, a timeout, a dropped connection) is tried again,
+        with backoff up to ``POLL_MAX_INTERVAL_S`` (or the error's Retry-After), for up to ``JOB_TIMEOUT_S``,
+        as the tracker does for recordInfo; result URLs stay valid for hours."""
+        deadline = self.monotonic() + self.job_timeout_s
+        troubles = 0
+        while True:
+            try:
+                return await call()
+            except GatewayError as error:
+                left = deadline - self.monotonic()
+                if not is_transient(error) or left <= 0:
+                    raise
+                troubles += 1
+                wait = min(self.poll_max_interval_s, self.poll_interval_s * 2 ** min(troubles, 6))
+                wait = min(max(wait, getattr(error, "retry_after", None) or 0.0), left)
+                log.warning("job %s: %s trouble (%s), trying again in %.1fs", job.id, what, error.admin_message, wait)
+                await asyncio.sleep(wait)
+
     async def _deliver(self, job: Job, gateway_done: float | None = None) -> None:
         if not job.files or not all(p.exists() for p in job.files):
             if not job.task_id:
                 raise DeliveryError(f"job {job.id} has neither files nor a task id")
-            record = await self.gateway.record_info(job.task_id)  # files lost: fetch them again
+            # files lost: fetch them again
+            record = await self._patiently(job, "recordInfo", partial(self.gateway.record_info, job.task_id))
             job = await self._download(job, record)
         images = tuple(ImageFile(p, mimetypes.guess_type(p.name)[0] or "image/png", p.stat().st_size)
                        for p in job.files)
@@ -703,6 +764,9 @@ class Orchestrator:
                                             notice_pending=notice_pending)
         except LeaseLost:
             log.info("job %s was taken over before it could be failed here", job_id)
+            return
+        except DatabaseBusy as busy:  # nothing written: the job resumes from its row, where it was
+            log.error("job %s: could not record its failure (%s); left as it is", job_id, busy.admin_message)
             return
         shutil.rmtree(self.spool / job_id, ignore_errors=True)
         self.metrics.failed(job.platform)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import sqlite_utils
 
-from imagine_bot.core.errors import DataNotWritable
+from imagine_bot.core.errors import DatabaseBusy, DataNotWritable
 
 log = logging.getLogger(__name__)
 
@@ -252,9 +252,9 @@ def iso(ts: datetime) -> str:
     return ts.astimezone(UTC).isoformat(timespec="milliseconds")
 
 
-#: how long a statement waits for another process's write lock: short for the bot (its event loop must not
-#: freeze behind an admin command; every write is one short transaction), longer for the command line
-BOT_BUSY_TIMEOUT_S = 5.0
+#: how long a statement waits for another process's write lock: the bot's is short (``DB_BUSY_TIMEOUT_S``,
+#: 5 s: its event loop must not freeze behind an admin command; every write is one short transaction), the
+#: command line's longer
 CLI_BUSY_TIMEOUT_S = 30.0
 
 
@@ -352,13 +352,19 @@ def migrate(db: sqlite_utils.Database) -> None:
 def transaction(db: sqlite_utils.Database) -> Iterator[sqlite3.Connection]:
     """One short write transaction, taken with BEGIN IMMEDIATE so writers queue instead of deadlocking.
 
-    Nested use joins the outer transaction.
+    Nested use joins the outer transaction. A write lock held elsewhere past the busy timeout raises
+    ``DatabaseBusy`` (transient: nothing was written).
     """
     conn = db.conn
     if conn.in_transaction:
         yield conn
         return
-    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:
+        if getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY:
+            raise DatabaseBusy(f"the database's write lock stayed taken by another connection ({exc})") from exc
+        raise
     try:
         yield conn
     except BaseException:
