@@ -100,9 +100,9 @@ class ImagineCore:
         self.prices = Prices(gateway)
         self.refs = RefStore(settings.refs_dir, settings.spool_dir, self.stores.secret("refs"),
                              base_url=settings.PUBLIC_URL, keep_days=settings.REFS_KEEP_DAYS)
-        self.references = ReferenceChecker(self.refs, http, trusted_hosts=[
-            httpx.URL(u).host for u in (settings.DISCORD_API_BASE, settings.SLACK_API_URL, gateway.base_url,
-                                        settings.PUBLIC_URL or "") if u.startswith(("http://", "https://"))])
+        self.references = ReferenceChecker(self.refs, http, trusted_origins=[
+            u for u in (settings.DISCORD_API_BASE, settings.SLACK_API_URL, gateway.base_url, settings.PUBLIC_URL or "")
+            if u.startswith(("http://", "https://"))])
         self._cleanup: asyncio.Task[None] | None = None
         self.jobs = JobStore(db)
         self.ledger = build_ledger(db, settings)

@@ -8,6 +8,7 @@ neither text ever contains the API key or a platform token.
     ├── ConfigError                 a setting is missing or wrong (fails at start, one line)
     │   └── DataNotWritable         the database's folder cannot be written (a root-owned /data mount)
     ├── UserInputError              a malformed flag, unknown value, empty or refused prompt
+    │   └── NumberRefused           a typed number that is not a whole number in its range (or too long)
     ├── PermissionDenied            an admin command from a non-admin
     ├── InsufficientCredits         the balance does not cover the job
     ├── BudgetExhausted             a server, workspace, channel or the global budget does not cover it
@@ -94,6 +95,18 @@ class UserInputError(ImagineError):
 
     def __init__(self, user_message: str) -> None:
         super().__init__(user_message, user_message=user_message)
+
+
+class NumberRefused(UserInputError):
+    """A number a user typed (credits, a limit, a port) that is not a whole number from ``low`` to ``high``,
+    or is too long to read at all: refused in one line, before ``int()`` ever sees a huge token."""
+
+    code = "invalid_number"
+
+    def __init__(self, raw: str, label: str, low: int, high: int) -> None:
+        shown = " ".join(raw.split())
+        shown = shown if len(shown) <= 20 else shown[:20] + "…"
+        super().__init__(f"{label}: `{shown}` is not a whole number from {low:,} to {high:,}.")
 
 
 class PermissionDenied(ImagineError):

@@ -146,7 +146,7 @@ class SlackRemix:
         except ImagineError as error:
             await self.handlers._reply(user, channel, response_url, error.user_message)
             return
-        await self.handlers._after_submit(job)
+        log.info("job %s: vary of %s by %s", job.id, job_id, user)
 
     async def submit(self, body: dict[str, Any], view: dict[str, Any], meta: dict[str, Any], prompt: str,
                      chosen: dict[str, str]) -> None:
@@ -168,7 +168,7 @@ class SlackRemix:
         except ImagineError as error:
             await self.handlers._reply(user, channel, response_url, error.user_message)
             return
-        await self.handlers._after_submit(job)
+        log.info("job %s: remix%s by %s", job.id, f" of {meta['job_id']}" if meta.get("job_id") else "", user)
 
     async def _download(self, name: str, url: str) -> Reference:
         """A private Slack file, fetched with the bot token (never the user's): its bytes for the core."""

@@ -82,6 +82,18 @@ def reference_unreachable(name: str, why: str) -> str:
     return f"I could not fetch `{quote_prompt(name, 80)}` ({why})."
 
 
+def reference_not_public(name: str) -> str:
+    """The one answer for a URL, or any redirect hop of it, that is not a public address (private, loopback,
+    link-local, or a name that does not resolve): the same words whatever is there."""
+    return reference_unreachable(name, "not a public address")
+
+
+def reference_too_many_pixels(name: str, size: tuple[int, int], limit: int) -> str:
+    width, height = size
+    return (f"`{quote_prompt(name, 80)}` is {width:,}×{height:,} pixels ({width * height / 1e6:.0f} megapixels); "
+            f"I can shrink images of up to {limit / 1e6:.0f} megapixels.")
+
+
 def reference_gone() -> str:
     return ("That image is no longer kept (results are kept for a limited time), so it cannot be used "
             "again. Nothing was charged.")

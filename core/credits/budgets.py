@@ -38,6 +38,10 @@ from imagine_bot.core.storage.db import iso, transaction, utcnow
 
 #: stored amount meaning "explicitly unlimited" (NULL means "the default")
 UNLIMITED = -1
+#: the most credits any amount may be: one grant, revoke or allowance (``credits.ledger``), a budget or a
+#: member cap. Far beyond any real use, and far below SQLite's 64-bit integers (a bigger number is refused
+#: in plain words, not an OverflowError); the number parser in front (``chat.parsing.whole_number``) uses it
+MAX_CREDITS_CHANGE = 1_000_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,8 +231,8 @@ class Budgets:
         ``unlimited``: no limit). The global cap is a setting (``SPEND_CAP``), not set here."""
         if scope == GLOBAL:
             raise UserInputError("The global cap is the SPEND_CAP setting; change it there and restart.")
-        if amount is not None and amount < 0:
-            raise UserInputError("A budget must be 0 or more credits.")
+        if amount is not None and not 0 <= amount <= MAX_CREDITS_CHANGE:
+            raise UserInputError(f"A budget must be from 0 to {MAX_CREDITS_CHANGE:,} credits. Nothing was changed.")
         if period is not None and period not in PERIODS:
             raise UserInputError(f"A budget period is one of {', '.join(PERIODS)}.")
         now = self._now()
@@ -246,8 +250,9 @@ class Budgets:
 
     def set_member_cap(self, scope: str, cap: int | None, *, actor: str) -> BudgetStatus:
         """What one member may spend of the scope's budget per period (None: no cap)."""
-        if cap is not None and cap < 0:
-            raise UserInputError("A member cap must be 0 or more credits.")
+        if cap is not None and not 0 <= cap <= MAX_CREDITS_CHANGE:
+            raise UserInputError(f"A member cap must be from 0 to {MAX_CREDITS_CHANGE:,} credits. "
+                                 "Nothing was changed.")
         now = self._now()
         with transaction(self.db):
             self._touch(scope, now)

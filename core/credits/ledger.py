@@ -58,7 +58,7 @@ from typing import TYPE_CHECKING, Any
 import sqlite_utils
 
 from imagine_bot.core.access.identity import UserRef
-from imagine_bot.core.credits.budgets import Budgets
+from imagine_bot.core.credits.budgets import MAX_CREDITS_CHANGE, Budgets
 from imagine_bot.core.credits.periods import ADJECTIVES, PERIODS, describe_refill, next_boundary, period_start
 from imagine_bot.core.errors import ConfigError, InsufficientCredits, NotFound, UserInputError
 from imagine_bot.core.jobs.model import ACTIVE_STATES
@@ -76,11 +76,6 @@ REPORT_FIELDS = (
     "granted", "refilled", "spent", "jobs_charged", "jobs_refunded",
 )
 _ACTIVE = tuple(s.value for s in ACTIVE_STATES)
-
-
-#: the most credits one grant, revoke or allowance may move: far beyond any real use, and far below
-#: SQLite's 64-bit integers (a bigger number is refused in plain words, not an OverflowError)
-MAX_CREDITS_CHANGE = 1_000_000_000
 
 
 def _check_size(amount: int) -> None:
