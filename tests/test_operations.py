@@ -22,9 +22,9 @@ import pytest
 from rich.console import Console
 
 from imagine_bot.bots.terminal import TerminalFrontEnd
+from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.app import ImagineCore
-from imagine_bot.core.identity import UserRef
-from imagine_bot.core.jobs import JobState, ReplyTo
+from imagine_bot.core.jobs.model import JobState, ReplyTo
 from imagine_bot.core.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,7 +89,7 @@ def test_a_data_folder_that_cannot_be_written_is_one_line_naming_it_and_the_fix(
 NOBODY = 65534
 REFUSE_READ_ONLY = """
 import sys
-from imagine_bot.core.db import open_db
+from imagine_bot.core.storage.db import open_db
 from imagine_bot.core.errors import DataNotWritable
 try:
     open_db(sys.argv[1])

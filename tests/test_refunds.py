@@ -29,12 +29,12 @@ import pytest
 from rich.console import Console
 
 from imagine_bot.bots.terminal import TerminalFrontEnd
+from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.app import ImagineCore
-from imagine_bot.core.db import utcnow
 from imagine_bot.core.errors import DeliveryError, ImagineError
 from imagine_bot.core.events import Delivered, Failed
-from imagine_bot.core.identity import UserRef
-from imagine_bot.core.jobs import JobState, ReplyTo
+from imagine_bot.core.jobs.model import Job, JobState, ReplyTo
+from imagine_bot.core.storage.db import utcnow
 from tests.conftest import until
 
 ALICE = UserRef("terminal", "local", "alice")
@@ -220,7 +220,7 @@ async def test_cancel_stops_the_worker_refunds_once_and_fetches_nothing_more(cor
 async def test_an_on_failure_hook_that_raises_does_not_stop_the_refund_or_the_message(core, tmp_path, caplog):
     told: list[ImagineError] = []
 
-    def broken_hook(error: ImagineError) -> None:
+    def broken_hook(job: Job, error: ImagineError) -> None:
         told.append(error)
         raise RuntimeError("the alert could not be sent")
 

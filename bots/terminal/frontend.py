@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
-from imagine_bot.core import messages
+from imagine_bot.core.chat import messages
 from imagine_bot.core.events import Accepted, Delivered, Failed, JobEvent, Queued
 from imagine_bot.core.events import Progress as ProgressEvent
 
