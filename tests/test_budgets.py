@@ -315,3 +315,20 @@ def test_a_bad_period_setting_is_refused_naming_it(tmp_path: Path, setting, kwar
     with pytest.raises(ValueError, match=f"{setting} must be one of day, week, month, never"):
         Budgets(db, default_amount=None, **kwargs)
     db.conn.close()
+
+
+def test_check_raises_what_a_reservation_would_meet_and_changes_nothing(books):
+    books.budgets.set_amount(GUILD, 36, actor="op")
+    books.budgets.set_member_cap(GUILD, 18, actor="admin")
+    books.budgets.check((GUILD,), USERS[0].key, 18)  # room: no refusal
+    books.job(0, "j0", outcome="hold")
+    before = (books.budgets.status(GUILD), books.budgets.status(GLOBAL))
+    with pytest.raises(BudgetExhausted, match="your share") as refused:
+        books.budgets.check((GUILD,), USERS[0].key, 18)  # the member's share is held
+    assert (refused.value.scope, refused.value.remaining) == (GUILD, 0)
+    with pytest.raises(BudgetExhausted, match=r"\(18 credits left, an image costs 36\)"):
+        books.budgets.check((GUILD,), USERS[1].key, 36)  # the server's budget
+    books.budgets.check((GUILD,), USERS[1].key, 18)
+    assert (books.budgets.status(GUILD), books.budgets.status(GLOBAL)) == before  # nothing held by a check
+    books.job(1, "j1")  # the 18 left are still there to reserve
+    assert books.budgets.status(GUILD).remaining == 0

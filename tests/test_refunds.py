@@ -73,6 +73,7 @@ async def run_one(core: ImagineCore, text: str = "a lighthouse", who: UserRef = 
 
 def assert_refunded(core: ImagineCore, fe: Recorder, job, code: str, who: UserRef = ALICE) -> None:
     assert (job.state, job.error_code) == (JobState.FAILED, code), job.error_message
+    assert job.finished_at is not None
     balance = core.ledger.balance(who)
     assert (balance.balance, balance.held) == (180, 0)
     assert [e.kind for e in core.ledger.history(who)][:2] == ["release", "reserve"]
