@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench run sandbox clean screenshots constraints container-test
+.PHONY: demo test lint bench run sandbox clean screenshots constraints container-test mutate
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,11 @@ bench: $(STAMP)
 constraints: $(STAMP)
 	$(BIN)/python scripts/constraints.py --upgrade
 
+## mutate: mutation testing of the money code (mutmut; about an hour on 2 cores, not in CI): the share killed
+mutate: $(STAMP)
+	$(BIN)/python -c "import mutmut" 2>/dev/null || $(BIN)/pip install --quiet "mutmut==3.8.1"
+	$(BIN)/python scripts/mutate.py
+
 ## container-test: build the image with docker or podman, run it as the README says, check what operators rely on
 container-test:
 	$(PYTHON) scripts/container_test.py
@@ -57,4 +62,4 @@ sandbox: $(STAMP)
 	$(BIN)/imagine-bot sandbox --port 8787
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache out demo.db*
+	rm -rf $(VENV) .pytest_cache .ruff_cache out demo.db* mutants
