@@ -16,7 +16,7 @@ from imagine_bot.bots.terminal import TerminalFrontEnd
 from imagine_bot.core.access.authority import GLOBAL, Actor
 from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.app import ImagineCore
-from imagine_bot.core.credits.budgets import Budgets
+from imagine_bot.core.credits.budgets import MAX_CREDITS_CHANGE, Budgets
 from imagine_bot.core.credits.ledger import Ledger
 from imagine_bot.core.errors import BudgetExhausted, ImagineError, UserInputError
 from imagine_bot.core.jobs.model import JobState, ReplyTo
@@ -332,3 +332,21 @@ def test_check_raises_what_a_reservation_would_meet_and_changes_nothing(books):
     assert (books.budgets.status(GUILD), books.budgets.status(GLOBAL)) == before  # nothing held by a check
     books.job(1, "j1")  # the 18 left are still there to reserve
     assert books.budgets.status(GUILD).remaining == 0
+
+
+def test_a_budget_of_zero_stops_a_place_and_unlimited_lifts_every_limit(books):
+    stopped = books.budgets.set_amount(GUILD, 0, actor="op")  # the operator stops a place for now
+    assert (stopped.amount, stopped.remaining, stopped.default) == (0, 0, False)
+    with pytest.raises(BudgetExhausted, match="This server's image budget for November is used up"):
+        books.job(0, "j0")
+    books.restart(default_amount=18)  # DEFAULT_SCOPE_BUDGET=18 for the other places
+    lifted = books.budgets.set_amount(GUILD, None, actor="op", unlimited=True)
+    assert (lifted.amount, lifted.remaining, lifted.default) == (None, None, False)
+    for n in range(3):
+        books.job(n, f"j{n}")  # no limit here, though the default elsewhere is 18
+    back = books.budgets.set_amount(GUILD, None, actor="op")  # back to the default
+    assert (back.amount, back.default) == (18, True)
+    most = books.budgets.set_amount(GUILD, MAX_CREDITS_CHANGE, actor="op")  # the largest budget there is
+    assert most.amount == MAX_CREDITS_CHANGE
+    with pytest.raises(UserInputError):
+        books.budgets.set_amount(GUILD, MAX_CREDITS_CHANGE + 1, actor="op")

@@ -31,7 +31,8 @@ from rich.console import Console
 from imagine_bot.bots.terminal import TerminalFrontEnd
 from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.app import ImagineCore
-from imagine_bot.core.errors import DeliveryError, ImagineError
+from imagine_bot.core.credits.refunds import fail_and_refund
+from imagine_bot.core.errors import DeliveryError, ImagineError, JobFailedByOperator, LeaseLost, ShuttingDown
 from imagine_bot.core.events import Delivered, Failed
 from imagine_bot.core.jobs.model import Job, JobState, ReplyTo
 from imagine_bot.core.storage.db import utcnow
@@ -288,3 +289,59 @@ async def test_one_request_delivered_twice_at_once_to_two_processes_makes_one_jo
         assert [j.id for j in core.jobs.recent(limit=5)] == [first]
         assert [e.job_id for e in core.ledger.history(ALICE) if e.kind == "reserve"] == [first]
         assert core.ledger.balance(ALICE).held == 18 and core.ledger.verify() == []
+
+
+async def test_fail_and_refund_acts_only_for_the_jobs_owner_and_only_once(core, tmp_path, caplog):
+    core.register(Recorder(tmp_path))
+    job = await core.imagine(ALICE, REPLY, "held sandbox:slow")
+    await until(lambda: core.jobs.get(job.id).state is JobState.RUNNING)
+    await core.orchestrator.stop()  # leaves it running, free for an owner
+    core.jobs.claim(job.id, "operator:1", utcnow() + timedelta(seconds=60))
+    row = core.jobs.get(job.id)
+    error = JobFailedByOperator("failed by hand")
+    with pytest.raises(LeaseLost):  # not the owner: nothing changes
+        fail_and_refund(core.db, core.jobs, core.ledger, row, error, owner="someone-else")
+    assert core.jobs.get(job.id).state is JobState.RUNNING and core.ledger.balance(ALICE).held == 18
+    failed, refunded = fail_and_refund(core.db, core.jobs, core.ledger, row, error, owner="operator:1")
+    assert refunded and failed.state is JobState.FAILED and failed.finished_at is not None
+    assert (failed.error_code, failed.error_message, failed.notice_pending) == ("failed_by_operator", "failed by hand",
+                                                                                False)
+    assert core.ledger.balance(ALICE).held == 0
+    with pytest.raises(LeaseLost):  # a second time: the job is no longer what it was
+        fail_and_refund(core.db, core.jobs, core.ledger, row, error, owner="operator:1")
+    assert "already settled" not in caplog.text
+
+
+async def test_failing_a_job_whose_hold_was_already_settled_refunds_nothing_and_says_so(core, tmp_path, caplog):
+    core.register(Recorder(tmp_path))
+    job = await core.imagine(ALICE, REPLY, "held sandbox:slow")
+    await until(lambda: core.jobs.get(job.id).state is JobState.RUNNING)
+    await core.orchestrator.stop()
+    core.ledger.capture(job.id)  # settled behind its back
+    core.jobs.claim(job.id, "operator:1", utcnow() + timedelta(seconds=60))
+    failed, refunded = fail_and_refund(core.db, core.jobs, core.ledger, core.jobs.get(job.id),
+                                       JobFailedByOperator("late"), owner="operator:1")
+    assert failed.state is JobState.FAILED and refunded is False
+    assert core.ledger.balance(ALICE).balance == 180 - 18  # the capture stands: nothing refunded twice
+    assert f"job {job.id} failed (failed_by_operator) but its credit hold was already settled" in caplog.text
+
+
+async def test_a_halted_process_takes_nothing_more(core, tmp_path):
+    core.register(Recorder(tmp_path))
+    job = await core.imagine(ALICE, REPLY, "in flight sandbox:slow")
+    await core.orchestrator.halt()
+    assert core.orchestrator.in_flight == 0  # its workers have ended when halt returns
+    with pytest.raises(ShuttingDown):
+        await core.imagine(ALICE, REPLY, "after the crash")
+    assert await core.orchestrator.resume() == 0
+    assert core.jobs.get(job.id).owner == core.orchestrator.owner  # the lease stays until it expires
+
+
+async def test_failures_the_operator_must_see_are_logged_as_errors_others_as_warnings(core, tmp_path, caplog):
+    core.register(Recorder(tmp_path))
+    failed = await run_one(core, "a broken dream sandbox:fail")  # the gateway said no: a warning
+    core.settings.spool_dir.parent.mkdir(parents=True, exist_ok=True)
+    core.settings.spool_dir.write_text("not a folder")
+    crashed = await run_one(core)  # a bug ("error"): an error
+    levels = {r.getMessage().split(":")[0]: r.levelname for r in caplog.records if " failed: " in r.getMessage()}
+    assert levels == {f"job {failed.id} failed": "WARNING", f"job {crashed.id} failed": "ERROR"}
