@@ -350,3 +350,15 @@ def test_a_budget_of_zero_stops_a_place_and_unlimited_lifts_every_limit(books):
     assert most.amount == MAX_CREDITS_CHANGE
     with pytest.raises(UserInputError):
         books.budgets.set_amount(GUILD, MAX_CREDITS_CHANGE + 1, actor="op")
+
+
+def test_a_member_cap_on_a_budget_that_never_refills_counts_all_time(books):
+    books.budgets.set_amount(GUILD, 1000, actor="op", period="never")
+    books.budgets.set_member_cap(GUILD, 36, actor="admin")
+    books.job(0, "j0")
+    books.now = datetime(2027, 6, 1, tzinfo=UTC)  # months later: still the same budget
+    books.job(0, "j1")
+    with pytest.raises(BudgetExhausted, match="your share") as refused:
+        books.job(0, "j2")
+    assert "it does not refill by itself" in refused.value.user_message
+    books.job(1, "j3")  # another member has their own 36
