@@ -188,7 +188,7 @@ class SlackFrontEnd:
     # ------------------------------------------------------------------ the progress message
     def _data(self, job: Job) -> dict[str, Any]:
         """The job's front-end state, fresh from the database (the event's copy may predate an update)."""
-        fresh = self.core.jobs.find(job.id)
+        fresh = self.core.find_job(job.id)
         return (fresh or job).reply.data
 
     def _message(self, job: Job) -> _Message | None:
@@ -205,7 +205,7 @@ class SlackFrontEnd:
         response = await (client or self.client).chat_postMessage(
             channel=job.reply.channel, unfurl_links=False, unfurl_media=False, **thread, **payload)
         message = self._messages[job.id] = _Message(str(response["channel"]), str(response["ts"]))
-        self.core.jobs.set_reply_data(job.id, progress_channel=message.channel, progress_ts=message.ts)
+        self.core.set_reply_data(job.id, progress_channel=message.channel, progress_ts=message.ts)
         return message
 
     async def _show(self, job: Job, text: str) -> None:
@@ -229,9 +229,9 @@ class SlackFrontEnd:
             # the bot cannot post here: stop the job now (refunded; the requester hears why privately),
             # unless its createTask is on the wire (cutting it could leave a task nobody receives): then
             # its delivery fails the same way, refunded, with the same advice
-            fresh = self.core.jobs.find(job.id)
+            fresh = self.core.find_job(job.id)
             if fresh is not None and fresh.state is not JobState.SUBMITTING:
-                await self.core.orchestrator.cancel(job.id, self.channel_failure(code))
+                await self.core.cancel(job.id, self.channel_failure(code))
 
     # ------------------------------------------------------------------ the end of a job
     async def _deliver(self, event: Delivered, images: tuple[ImageFile, ...], balance: int) -> None:
@@ -250,7 +250,7 @@ class SlackFrontEnd:
             if not file_ids:  # not uploaded by a previous process that stopped right after
                 file_ids = await self._upload_once(job, images, caption, live, data.get("in_thread_of") or live.ts,
                                                    list(event.receipt.get("pending_file_ids") or []))
-                self.core.jobs.set_reply_data(job.id, file_ids=file_ids, thread_ts=live.ts)
+                self.core.set_reply_data(job.id, file_ids=file_ids, thread_ts=live.ts)
         except SlackError as exc:
             code = slack_error_code(exc)
             if code in CHANNEL_ERRORS:
@@ -264,7 +264,7 @@ class SlackFrontEnd:
         else:
             shown = blocks.delivered(job.requester.user, caption, job.id, file_ids=file_ids, prompt=job.prompt)
             result = partial(self._show_result, job, live, file_ids, shown, in_thread)
-        self.core.orchestrator.outbox.put(job.id, result, pace=partial(self.pace, job), final=True)
+        self.core.post_final(job.id, result, pace=partial(self.pace, job))
 
     async def _upload_once(self, job: Job, images: tuple[ImageFile, ...], caption: str, live: _Message,
                            thread_ts: str, pending: list[str]) -> list[str]:
