@@ -19,7 +19,7 @@ import sqlite_utils
 
 from imagine_bot.core.jobs.model import Job
 from imagine_bot.core.storage.db import iso, transaction, utcnow
-from imagine_bot.core.storage.jobs import SCOPE_SQL, SqliteJobStore
+from imagine_bot.core.storage.jobs import CHANNEL_SQL, SCOPE_SQL, SqliteJobStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +99,7 @@ class Queries:
 
     def spend_by(self, f: Filter, column: str, limit: int = 20) -> list[dict[str, Any]]:
         """Credits and images per ``scope``, ``channel`` or ``account``, most spent first."""
-        expr = {"scope": SCOPE_SQL, "channel": f"({SCOPE_SQL}) || '#' || json_extract(jobs.reply, '$.channel')",
+        expr = {"scope": SCOPE_SQL, "channel": f"({SCOPE_SQL}) || '#' || {CHANNEL_SQL}",
                 "account": "jobs.account"}[column]
         where, args = f.where(time_column="jobs.finished_at")
         return self._rows(f"SELECT {expr} AS name, SUM(jobs.cost) AS credits, COUNT(*) AS images FROM jobs "

@@ -346,7 +346,7 @@ def migrate(db: sqlite_utils.Database) -> None:
         for name, fn in MIGRATIONS:
             if name not in done:
                 fn(db)
-                db.execute("INSERT INTO _migrations VALUES (?, ?)", [name, iso(utcnow())])
+                db.execute("INSERT INTO _migrations (name, applied_at) VALUES (?, ?)", [name, iso(utcnow())])
 
 
 def _in_transaction(conn: sqlite3.Connection) -> bool:

@@ -22,11 +22,16 @@ from imagine_bot.core.jobs.model import ACTIVE_STATES, Job, JobRequest, JobState
 from imagine_bot.core.storage.db import iso, transaction, utcnow
 from imagine_bot.core.storage.errors import DuplicateRequest
 
-#: ``Job.scope`` in SQL, over a ``jobs`` row (SQLite's dialect: ``json_extract``, ``instr``)
+# The only SQL here in SQLite's own dialect (``json_extract``, ``instr``): another database's store gives its
+# own spelling of these two expressions.
+
+#: ``Job.scope`` in SQL, over a ``jobs`` row
 SCOPE_SQL = """CASE jobs.platform
     WHEN 'slack' THEN 'slack:' || substr(jobs.account, 7, instr(substr(jobs.account, 7), ':') - 1)
     WHEN 'discord' THEN 'discord:' || coalesce(json_extract(jobs.reply, '$.data.guild_id'), 'dm')
     ELSE jobs.platform END"""
+#: the job's channel, over a ``jobs`` row
+CHANNEL_SQL = "json_extract(jobs.reply, '$.channel')"
 
 
 
