@@ -27,7 +27,7 @@ from imagine_bot.core import __version__
 from imagine_bot.core.access.authority import GLOBAL, Actor, scope_noun
 from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.chat import messages
-from imagine_bot.core.chat.parsing import ParsedPrompt, parse_imagine
+from imagine_bot.core.chat.parsing import ParsedPrompt, parse_imagine, take_images
 from imagine_bot.core.credits.budgets import BudgetStatus, spend_csv
 from imagine_bot.core.credits.ledger import Balance
 from imagine_bot.core.credits.prices import Prices
@@ -108,9 +108,9 @@ class ImagineCore:
         self.prices = Prices(gateway)
         self.refs = RefStore(settings.refs_dir, settings.spool_dir, self.stores.secret("refs"),
                              base_url=settings.PUBLIC_URL, keep_days=settings.REFS_KEEP_DAYS)
-        self.references = ReferenceChecker(self.refs, http, trusted_hosts=[
-            httpx.URL(u).host for u in (settings.DISCORD_API_BASE, settings.SLACK_API_URL, gateway.base_url,
-                                        settings.PUBLIC_URL or "") if u.startswith(("http://", "https://"))])
+        self.references = ReferenceChecker(self.refs, http, trusted_origins=[
+            u for u in (settings.DISCORD_API_BASE, settings.SLACK_API_URL, gateway.base_url, settings.PUBLIC_URL or "")
+            if u.startswith(("http://", "https://"))])
         self._cleanup: asyncio.Task[None] | None = None
         self.jobs = stores.jobs
         self.ledger = stores.ledger
@@ -313,12 +313,18 @@ class ImagineCore:
         if references:
             self.orchestrator.precheck(actor.user, priced["cost"])  # cheap refusals before any fetching
             self.budgets.check(self.scopes(actor), actor.key, priced["cost"])
+            await self.check_reply(reply)
             image_urls = await self.references.prepare(model, references)
         return await self.orchestrator.submit(JobRequest(
             requester=actor.user, reply=reply, prompt=parsed.prompt, params=parsed.params,
             dedupe_key=dedupe_key, extra_input=self._inputs(actor, extra_input), scopes=self.scopes(actor),
             parent_id=parent_id, image_urls=tuple(image_urls), **priced,
         ))
+
+    async def check_reply(self, reply: ReplyTo) -> None:
+        """Raise ``CannotAnswerHere`` if the front end cannot post at ``reply`` (a Slack channel the bot is
+        not in). ``submit`` asks too; a front end asks early to refuse before a form or a download."""
+        await self.orchestrator.check_reply(reply)
 
     def result_reference(self, who: UserRef | Actor, job_id: str) -> tuple[Job, Reference]:
         """A delivered job's first image as a reference, if ``who`` may use it (the requester, an operator
@@ -415,6 +421,16 @@ class ImagineCore:
                 raise NotAllowedHere(f"{actor.key} asked in channel {actor.channel}", user_message=(
                     f"In this {scope_noun(actor.place)} I make images only in {where}."))
         self.account.check()
+
+    def check_imagine(self, requester: UserRef | Actor, text: str) -> None:
+        """Raise the refusal ``/imagine <text>`` would meet at once (place, prompt and flags, job limit, balance,
+        budgets), changing nothing: for a front end that answers these in its ack and takes the job itself
+        after asking its platform something (``check_reply``)."""
+        actor = Actor.of(requester)
+        prompt, images = take_images(text)
+        self.check_place(actor)
+        self.parse(prompt, self.place_defaults(actor))
+        self.check_can_submit(actor, edit=bool(images))
 
     def check_can_submit(self, requester: UserRef | Actor, *, edit: bool = False) -> None:
         """Raise the refusal an ``imagine`` (an edit, with ``edit``) by this user would meet (place, job limit,

@@ -8,10 +8,12 @@ neither text ever contains the API key or a platform token.
     ├── ConfigError                 a setting is missing or wrong (fails at start, one line)
     │   └── DataNotWritable         the database's folder cannot be written (a root-owned /data mount)
     ├── UserInputError              a malformed flag, unknown value, empty or refused prompt
+    │   └── NumberRefused           a typed number that is not a whole number in its range (or too long)
     ├── PermissionDenied            an admin command from a non-admin
     ├── InsufficientCredits         the balance does not cover the job
     ├── BudgetExhausted             a server, workspace, channel or the global budget does not cover it
     ├── NotAllowedHere              banned in this server, a channel the bot does not answer in, ...
+    ├── CannotAnswerHere            the front end cannot post where it was asked (not in that channel, ...)
     ├── GatewayPaused               new jobs wait: the gateway account is out of credits (or refused the key)
     ├── TooManyActiveJobs           the per-user limit of jobs in flight
     ├── NotFound                    an unknown job or account
@@ -95,6 +97,18 @@ class UserInputError(ImagineError):
         super().__init__(user_message, user_message=user_message)
 
 
+class NumberRefused(UserInputError):
+    """A number a user typed (credits, a limit, a port) that is not a whole number from ``low`` to ``high``,
+    or is too long to read at all: refused in one line, before ``int()`` ever sees a huge token."""
+
+    code = "invalid_number"
+
+    def __init__(self, raw: str, label: str, low: int, high: int) -> None:
+        shown = " ".join(raw.split())
+        shown = shown if len(shown) <= 20 else shown[:20] + "…"
+        super().__init__(f"{label}: `{shown}` is not a whole number from {low:,} to {high:,}.")
+
+
 class PermissionDenied(ImagineError):
     code = "permission_denied"
     default_user_message = "Sorry, only image-bot admins can do that. Nothing was changed."
@@ -143,6 +157,15 @@ class BudgetExhausted(ImagineError):
 class NotAllowedHere(ImagineError):
     code = "not_allowed_here"
     default_user_message = "The image bot is not available to you here."
+
+
+class CannotAnswerHere(ImagineError):
+    """The front end cannot post where the command was given (the bot is not a member of that channel, the
+    channel is archived, a direct message between other people): refused before anything is reserved or
+    sent to the gateway. The front end words ``user_message`` with ``messages.cannot_answer_here``."""
+
+    code = "cannot_answer_here"
+    default_user_message = "I can't post here. Nothing was charged."
 
 
 class GatewayPaused(ImagineError):

@@ -58,8 +58,8 @@ class Settings(BaseSettings):
     #: days a delivered job's thumbnail is kept for the dashboard's gallery (0: keep none)
     THUMBNAIL_KEEP_DAYS: int = Field(default=30, ge=0)
 
-    # --- credits and limits
-    CREDITS_ALLOWANCE: int = Field(default=180, ge=0)
+    # --- credits and limits (an amount of credits is at most 10^9, as for grants: ledger.MAX_CREDITS_CHANGE)
+    CREDITS_ALLOWANCE: int = Field(default=180, ge=0, le=1_000_000_000)
     CREDITS_PERIOD: Literal["day", "week", "month", "never"] = "month"
     MAX_ACTIVE_JOBS_PER_USER: int = Field(default=2, ge=1)
     MAX_ACTIVE_JOBS: int = Field(default=32, ge=1)
@@ -74,9 +74,9 @@ class Settings(BaseSettings):
     JOB_LEASE_S: float = Field(default=30.0, gt=0)
 
     # --- budgets above the user (core/credits/budgets.py)
-    DEFAULT_SCOPE_BUDGET: int | None = Field(default=None, ge=0)
+    DEFAULT_SCOPE_BUDGET: int | None = Field(default=None, ge=0, le=1_000_000_000)
     SCOPE_BUDGET_PERIOD: Literal["day", "week", "month", "never"] = "month"
-    SPEND_CAP: int | None = Field(default=None, ge=0)
+    SPEND_CAP: int | None = Field(default=None, ge=0, le=1_000_000_000)
     SPEND_CAP_PERIOD: Literal["day", "week", "month"] = "month"
 
     # --- people and moderation

@@ -79,7 +79,19 @@ def test_grants_beyond_reason_are_refused_in_plain_words(tmp_path, capsys):
     db = str(tmp_path / "t.db")
     assert main(["--db", db, "credits", "grant", "bob", str(10**30)]) == 1
     err = capsys.readouterr().err
-    assert "more than one change may move" in err and "Traceback" not in err
+    assert "1,000,000,000" in err and "Traceback" not in err and err.count("\n") == 1  # one plain line
+
+
+def test_budgets_and_member_caps_beyond_reason_are_refused_in_plain_words(tmp_path):
+    """The store refuses them too, whoever calls it (the parsers in front already do)."""
+    budgets = Budgets(open_db(tmp_path / "t.db"), default_amount=None)
+    for amount in (10**40, 1_000_000_001, -1):
+        with pytest.raises(UserInputError, match="from 0 to 1,000,000,000 credits"):
+            budgets.set_amount("discord:42", amount, actor="test")
+        with pytest.raises(UserInputError, match="from 0 to 1,000,000,000 credits"):
+            budgets.set_member_cap("discord:42", amount, actor="test")
+    assert budgets.set_amount("discord:42", 1_000_000_000, actor="test").amount == 1_000_000_000
+    assert budgets.set_member_cap("discord:42", 1_000_000_000, actor="test").member_cap == 1_000_000_000
 
 
 def test_the_spool_is_an_absolute_path_whatever_the_working_directory(tmp_path, monkeypatch):

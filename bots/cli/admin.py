@@ -22,7 +22,8 @@ from imagine_bot.bots.cli.common import local_user
 from imagine_bot.core.access.authority import parse_scope
 from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.chat import messages
-from imagine_bot.core.credits.budgets import spend_csv
+from imagine_bot.core.chat.parsing import whole_number
+from imagine_bot.core.credits.budgets import MAX_CREDITS_CHANGE, spend_csv
 from imagine_bot.core.credits.periods import describe_refill, period_start
 from imagine_bot.core.credits.refunds import fail_stranded
 from imagine_bot.core.errors import UserInputError
@@ -51,6 +52,19 @@ def _stores(settings: Settings) -> Stores:
     return SqliteStores.open(settings)
 
 
+#: the most rows ``--limit`` shows
+MAX_LIMIT = 100_000
+
+
+def _credits(raw: str, *, signed: bool = False) -> int:
+    """Credits as typed (numbers are read by the core's one parser: a plain line for 10^40, no traceback)."""
+    return whole_number(raw, "Credits", -MAX_CREDITS_CHANGE if signed else 0, MAX_CREDITS_CHANGE)
+
+
+def _limit(raw: str) -> int:
+    return whole_number(raw, "--limit", 1, MAX_LIMIT)
+
+
 def _scope(raw: str) -> str:
     try:
         return parse_scope(raw)
@@ -75,15 +89,15 @@ def credits_cmd(args: argparse.Namespace, settings: Settings) -> int:
         console.print(table)
         console.print(_gateway_line(stores.gateway_account.read()), highlight=False)
     elif args.action == "grant":
-        b = ledger.grant(_user(args.user), args.amount, actor=_actor(), note=args.note)
+        b = ledger.grant(_user(args.user), _credits(args.amount, signed=True), actor=_actor(), note=args.note)
         console.print(f"{b.account}: {b.available} available ({b.balance} balance, {b.held} held)")
     elif args.action == "allowance":
-        value = None if args.amount == "default" else int(args.amount)
+        value = None if args.amount == "default" else _credits(args.amount)
         b = ledger.set_allowance(_user(args.user), value, actor=_actor())
         console.print(f"{b.account}: allowance {b.allowance} per {b.period}")
     elif args.action == "history":
         table = Table("when", "account", "kind", "Δ balance", "Δ held", "balance", "job", "by", "note")
-        for e in ledger.history(_user(args.user) if args.user else None, limit=args.limit):
+        for e in ledger.history(_user(args.user) if args.user else None, limit=_limit(args.limit)):
             table.add_row(f"{e.ts:%Y-%m-%d %H:%M:%S}", e.account, e.kind, f"{e.delta_balance:+d}",
                           f"{e.delta_held:+d}", str(e.balance_after), e.job_id or "", e.actor or "", e.note or "")
         console.print(table)
@@ -133,7 +147,7 @@ def budget_cmd(args: argparse.Namespace, settings: Settings) -> int:
     budgets = _stores(settings).ledger.budgets
     if args.action == "set":
         raw = args.amount.lower()
-        amount = None if raw in ("default", "unlimited") else int(raw)
+        amount = None if raw in ("default", "unlimited") else _credits(raw)
         status = budgets.set_amount(_scope(args.scope), amount, actor=_actor(), period=args.period,
                                     unlimited=raw == "unlimited")
         console.print(messages.budget_line(status).replace("`", ""), highlight=False)
@@ -193,7 +207,7 @@ def jobs_cmd(args: argparse.Namespace, settings: Settings) -> int:
     states = [JobState(args.state)] if args.state else None
     table = Table("id", "created", "account", "state", "owner (lease)", "cost", "prompt", "error")
     now = utcnow()
-    for job in store.recent(_user(args.user).key if args.user else None, limit=args.limit, states=states):
+    for job in store.recent(_user(args.user).key if args.user else None, limit=_limit(args.limit), states=states):
         lease = _lease(job.owner, job.lease_until, now) if not job.state.final else (job.owner or "")
         table.add_row(job.id, f"{job.created_at:%Y-%m-%d %H:%M}", job.requester.key, job.state.value, lease,
                       str(job.cost), job.prompt[:50], job.error_code or "")
@@ -225,14 +239,14 @@ def add_admin_parsers(sub: Any) -> None:
     a.add_argument("user", nargs="?")
     a = actions.add_parser("grant", help="grant credits (negative to revoke)")
     a.add_argument("user")
-    a.add_argument("amount", type=int)
+    a.add_argument("amount")
     a.add_argument("--note")
     a = actions.add_parser("allowance", help="set a user's allowance per period, or 'default'")
     a.add_argument("user")
     a.add_argument("amount")
     a = actions.add_parser("history", help="the audit trail, newest first")
     a.add_argument("user", nargs="?")
-    a.add_argument("--limit", type=int, default=50)
+    a.add_argument("--limit", default="50")
     a = actions.add_parser("report", help="usage report as CSV")
     a.add_argument("--out", type=Path)
     actions.add_parser("verify", help="check every balance against its ledger")
@@ -260,7 +274,7 @@ def add_admin_parsers(sub: Any) -> None:
     a = actions.add_parser("list")
     a.add_argument("--user")
     a.add_argument("--state", choices=[s.value for s in JobState])
-    a.add_argument("--limit", type=int, default=30)
+    a.add_argument("--limit", default="30")
     a = actions.add_parser("show")
     a.add_argument("job_id")
     a = actions.add_parser("fail", help="fail and refund a stranded job (its user is told when the bot runs)")

@@ -43,6 +43,7 @@ from imagine_bot.bots.discord.handlers import Handlers, reply_private, user_ref
 from imagine_bot.core.access.authority import Actor
 from imagine_bot.core.app import ImagineCore
 from imagine_bot.core.chat import admin as admin_ops
+from imagine_bot.core.credits.budgets import MAX_CREDITS_CHANGE
 from imagine_bot.core.errors import ConfigError, ImagineError
 from imagine_bot.core.gateway.catalog import ModelSpec
 from imagine_bot.core.settings import Settings
@@ -225,7 +226,8 @@ def build_commands(model: ModelSpec) -> list[app_commands.Command[Any, ..., Any]
 
     @admin.command(name="grant", description="Operators: grant credits to someone (negative to revoke)")
     @app_commands.describe(user="who gets them", credits="how many (negative to revoke)", note="why, for the log")
-    async def grant(interaction: discord.Interaction, user: discord.User, credits: int,
+    async def grant(interaction: discord.Interaction, user: discord.User,
+                    credits: app_commands.Range[int, -MAX_CREDITS_CHANGE, MAX_CREDITS_CHANGE],
                     note: str | None = None) -> None:
         target, shown = user_ref(user), f"<@{user.id}>"
         await _handlers(interaction).admin(interaction, "grant", lambda core, actor: admin_ops.grant(

@@ -40,7 +40,8 @@ from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.app import ImagineCore
 from imagine_bot.core.chat import admin, messages
 from imagine_bot.core.chat.admin import CommandReply
-from imagine_bot.core.chat.parsing import take_images
+from imagine_bot.core.chat.parsing import take_images, whole_number
+from imagine_bot.core.credits.budgets import MAX_CREDITS_CHANGE
 from imagine_bot.core.credits.periods import PERIODS
 from imagine_bot.core.errors import ImagineError, PermissionDenied, UserInputError
 from imagine_bot.core.jobs.model import ReplyTo
@@ -107,11 +108,9 @@ def _target(raw: str, resolve_user: ResolveUser) -> UserRef:
     return user
 
 
-def _amount(raw: str) -> int:
-    try:
-        return int(raw.replace(",", "").replace("_", ""))
-    except ValueError:
-        raise UserInputError(f"`{raw[:20]}` is not a whole number of credits.") from None
+def _amount(raw: str, *, signed: bool = False) -> int:
+    """Credits as typed: a grant may be negative (a revoke), an allowance, budget or cap may not."""
+    return whole_number(raw, "Credits", -MAX_CREDITS_CHANGE if signed else 0, MAX_CREDITS_CHANGE)
 
 
 def _need(args: list[str], count: int, usage: str) -> None:
@@ -122,8 +121,8 @@ def _need(args: list[str], count: int, usage: str) -> None:
 # ---------------------------------------------------------------------- operators
 def _grant(core: ImagineCore, actor: Actor, args: list[str], resolve: ResolveUser) -> CommandReply:
     _need(args, 2, "admin grant <user> <credits> [note]")
-    return admin.grant(core, actor, _target(args[0], resolve), _amount(args[1]), " ".join(args[2:]) or None,
-                       shown=args[0])
+    return admin.grant(core, actor, _target(args[0], resolve), _amount(args[1], signed=True),
+                       " ".join(args[2:]) or None, shown=args[0])
 
 
 def _allowance(core: ImagineCore, actor: Actor, args: list[str], resolve: ResolveUser) -> CommandReply:

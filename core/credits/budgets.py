@@ -29,6 +29,10 @@ from typing import Any
 
 #: stored amount meaning "explicitly unlimited" (NULL means "the default")
 UNLIMITED = -1
+#: the most credits any amount may be: one grant, revoke or allowance (``credits.ledger``), a budget or a
+#: member cap. Far beyond any real use, and far below SQLite's 64-bit integers (a bigger number is refused
+#: in plain words, not an OverflowError); the number parser in front (``chat.parsing.whole_number``) uses it
+MAX_CREDITS_CHANGE = 1_000_000_000
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,17 +54,13 @@ import io
 from dataclasses import dataclass
 from datetime import datetime
 
+from imagine_bot.core.credits.budgets import MAX_CREDITS_CHANGE
 from imagine_bot.core.errors import UserInputError
 
 REPORT_FIELDS = (
     "account", "balance", "held", "allowance",
     "granted", "refilled", "spent", "jobs_charged", "jobs_refunded",
 )
-
-
-#: the most credits one grant, revoke or allowance may move: far beyond any real use, and far below
-#: SQLite's 64-bit integers (a bigger number is refused in plain words, not an OverflowError)
-MAX_CREDITS_CHANGE = 1_000_000_000
 
 
 def check_size(amount: int) -> None:

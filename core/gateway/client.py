@@ -60,7 +60,7 @@ from imagine_bot.core.errors import (
     UnknownTask,
     is_transient,
 )
-from imagine_bot.core.media.netaddr import Resolver, is_loopback_host, non_public_addresses, system_resolve
+from imagine_bot.core.media.netaddr import Resolver, is_loopback_host, non_public_addresses, origin, system_resolve
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +198,7 @@ class GatewayClient:
         self._sleep = sleep
         self.capability = capability
         self.requests_sent: collections.Counter[str] = collections.Counter()
-        self._origin = _origin(httpx.URL(self.base_url))
+        self._origin = origin(httpx.URL(self.base_url))
         #: result URLs may point at non-public addresses only when the gateway itself is local (the sandbox)
         self.allow_private_results = (is_loopback_host(httpx.URL(self.base_url).host)
                                       if allow_private_results is None else allow_private_results)
@@ -338,7 +338,7 @@ class GatewayClient:
             raise DownloadError(f"result URL is not a URL: {_short(url)}") from exc
         if parsed.scheme not in ("http", "https"):
             raise DownloadError(f"result URL is not http(s): {_short(url)}")
-        own_origin = _origin(parsed) == self._origin
+        own_origin = origin(parsed) == self._origin
         return await self._retrying(DOWNLOAD, lambda: self._download_once(parsed, own_origin))
 
     def failure(self, record: TaskRecord) -> GatewayError:
@@ -513,7 +513,7 @@ class GatewayClient:
                 await self._check_address(url)
                 host = url.host
                 async with self._slots, self._http.stream(
-                        "GET", url, headers=self._headers(auth=_origin(url) == self._origin), timeout=self._timeout,
+                        "GET", url, headers=self._headers(auth=origin(url) == self._origin), timeout=self._timeout,
                         follow_redirects=False) as response:
                     if response.is_redirect:
                         url = _redirect_target(url, response)
@@ -547,7 +547,7 @@ class GatewayClient:
         """Refuse a download (or redirect hop) to a non-public address: loopback, private, link-local (the
         metadata service), ... The gateway's own origin is trusted, and everything is allowed when the
         gateway itself is local (``allow_private_results``: the sandbox and tests)."""
-        if self.allow_private_results or _origin(url) == self._origin:
+        if self.allow_private_results or origin(url) == self._origin:
             return
         port = url.port or {"http": 80, "https": 443}.get(url.scheme, 443)
         inward = await non_public_addresses(url.host, port, self._resolve)
@@ -676,11 +676,6 @@ def _redirect_target(url: httpx.URL, response: httpx.Response) -> httpx.URL:
     if not location or target.scheme not in ("http", "https"):
         raise DownloadError(f"download from {url.host}: redirect to {_short(location, 80)!r}, not http(s)")
     return target
-
-
-def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
-    default = {"http": 80, "https": 443}.get(url.scheme)
-    return url.scheme, url.host.lower(), url.port or default
 
 
 def _as_int(value: Any) -> int | None:

@@ -69,7 +69,7 @@ from imagine_bot.core.gateway import GatewayClient, TaskRecord, TaskStage
 from imagine_bot.core.gateway.catalog import CATALOG, ModelSpec
 from imagine_bot.core.jobs.admission import Admission, RateLimiter
 from imagine_bot.core.jobs.leases import LeaseClock, new_owner_id
-from imagine_bot.core.jobs.model import Job, JobRequest, JobState, new_job_id
+from imagine_bot.core.jobs.model import Job, JobRequest, JobState, ReplyTo, new_job_id
 from imagine_bot.core.jobs.outbox import UNPACED, Outbox, Refresh, Send
 from imagine_bot.core.media.thumbnails import ThumbnailStore
 from imagine_bot.core.storage.base import Store
@@ -225,6 +225,14 @@ class Orchestrator:
             raise InsufficientCredits(balance=balance.available, cost=cost,
                                       next_refill=describe_refill(balance.next_refill, utcnow()))
 
+    async def check_reply(self, reply: ReplyTo) -> None:
+        """Raise ``CannotAnswerHere`` when the front end of ``reply`` says it cannot post there (``FrontEnd``:
+        the optional ``check_reply``); front ends without one answer everywhere."""
+        frontend = self.frontends.get(reply.platform)
+        check: Callable[[ReplyTo], Awaitable[None]] | None = getattr(frontend, "check_reply", None)
+        if check is not None:
+            await check(reply)
+
     async def submit(self, request: JobRequest) -> Job:
         """Reserve credits, record the job and start it. Raises a user-facing ``ImagineError``."""
         if not self._accepting:
@@ -235,6 +243,9 @@ class Orchestrator:
                 log.info("redelivered request %s: job %s already exists", request.dedupe_key, existing.id)
                 return existing
         check_banned(request.prompt, self.banned_words)
+        await self.check_reply(request.reply)  # nothing is reserved or sent where the result cannot go
+        if not self._accepting:  # a drain began while the front end was asked
+            raise ShuttingDown("refused a new job: the process is stopping")
         job_id = new_job_id()
         model = request.model or self.model.id
         cost = self.model.cost if request.cost is None else request.cost

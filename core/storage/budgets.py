@@ -13,7 +13,7 @@ from typing import Any
 import sqlite_utils
 
 from imagine_bot.core.access.authority import GLOBAL, scope_noun
-from imagine_bot.core.credits.budgets import UNLIMITED, BudgetStatus
+from imagine_bot.core.credits.budgets import MAX_CREDITS_CHANGE, UNLIMITED, BudgetStatus
 from imagine_bot.core.credits.periods import PERIODS, next_boundary, period_name, period_start, refill_words
 from imagine_bot.core.errors import BudgetExhausted, UserInputError
 from imagine_bot.core.jobs.model import ACTIVE_STATES
@@ -180,8 +180,8 @@ class SqliteBudgets:
         ``unlimited``: no limit). The global cap is a setting (``SPEND_CAP``), not set here."""
         if scope == GLOBAL:
             raise UserInputError("The global cap is the SPEND_CAP setting; change it there and restart.")
-        if amount is not None and amount < 0:
-            raise UserInputError("A budget must be 0 or more credits.")
+        if amount is not None and not 0 <= amount <= MAX_CREDITS_CHANGE:
+            raise UserInputError(f"A budget must be from 0 to {MAX_CREDITS_CHANGE:,} credits. Nothing was changed.")
         if period is not None and period not in PERIODS:
             raise UserInputError(f"A budget period is one of {', '.join(PERIODS)}.")
         now = self._now()
@@ -199,8 +199,9 @@ class SqliteBudgets:
 
     def set_member_cap(self, scope: str, cap: int | None, *, actor: str) -> BudgetStatus:
         """What one member may spend of the scope's budget per period (None: no cap)."""
-        if cap is not None and cap < 0:
-            raise UserInputError("A member cap must be 0 or more credits.")
+        if cap is not None and not 0 <= cap <= MAX_CREDITS_CHANGE:
+            raise UserInputError(f"A member cap must be from 0 to {MAX_CREDITS_CHANGE:,} credits. "
+                                 "Nothing was changed.")
         now = self._now()
         with transaction(self.db):
             self._touch(scope, now)

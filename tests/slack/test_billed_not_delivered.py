@@ -30,7 +30,9 @@ def _told(slack: SlackHarness) -> list[str]:
 
 
 async def _billed_then_refused(slack: SlackHarness, prompt: str) -> None:
-    slack.fake.fail(UPLOAD, "channel_not_found")  # the channel is gone by the time the image is ready
+    # refused for good by the time the image is ready (the app lost files:write); a channel that refuses
+    # sends the image to the requester's DM instead (test_channel_check), so that is delivered, not counted
+    slack.fake.fail(UPLOAD, "missing_scope")
     await slack.slash(prompt)
     await slack.settle()
     await slack.core.alerts.wait_sent()

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from imagine_bot.core.media.refstore import _b64, _unb64
+from imagine_bot.core.media.refstore import _b64, _unb64, same_secret
 from imagine_bot.core.storage.base import LinkStore, Stores
 from imagine_bot.core.storage.db import utcnow
 
@@ -40,7 +40,7 @@ class Session:
 
 
 def _hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 class DashboardAuth:
@@ -82,8 +82,9 @@ class DashboardAuth:
         if not cookie or "." not in cookie:
             return None
         payload, _, signature = cookie.partition(".")
-        expected = _b64(hmac.new(self._secret(), payload.encode(), hashlib.sha256).digest())
-        if not hmac.compare_digest(signature, expected):
+        # whatever a client sent: aiohttp hands undecodable bytes over as lone surrogates
+        expected = _b64(hmac.new(self._secret(), payload.encode("utf-8", "surrogatepass"), hashlib.sha256).digest())
+        if not same_secret(signature, expected):
             return None
         try:
             data = json.loads(_unb64(payload))
