@@ -153,9 +153,9 @@ class DiscordFrontEnd:
             else:
                 self._posted(job, str(message["id"]), "interaction")
                 return
-        message = await self._post_in_channel(job, data, content, embed=embed, files=_files(uploads),
-                                              view=result_view(job.id))
-        self._posted(job, str(message.id), "channel")
+        posted = await self._post_in_channel(job, data, content, embed=embed, files=_files(uploads),
+                                             view=result_view(job.id))
+        self._posted(job, str(posted.id), "channel")
 
     def _posted(self, job: Job, message_id: str, where: str) -> None:
         self.core.record_receipt(job.id, message_id=message_id, delivered_in=where)  # first: see FrontEnd

@@ -54,7 +54,7 @@ from imagine_bot.core.chat import messages
 from imagine_bot.core.errors import CannotAnswerHere, ChatRateLimited, DeliveryError, DeliveryInterrupted
 from imagine_bot.core.events import Accepted, Delivered, Failed, ImageFile, JobEvent, Progress, Queued
 from imagine_bot.core.jobs.model import Job, JobState, ReplyTo
-from imagine_bot.core.jobs.outbox import Pace
+from imagine_bot.core.jobs.outbox import Pace, Send
 
 log = logging.getLogger(__name__)
 
@@ -374,8 +374,9 @@ class SlackFrontEnd:
             raise DeliveryInterrupted(f"Slack upload failed: {code}") from exc  # a blip: the core tries again
         caption = self._caption(job, balance, moved)
         in_thread = blocks.delivered(job.requester.user, caption, job.id)
+        result: Send
         if self.result_in_thread or not file_ids:
-            result = partial(self._final, job, live, in_thread)
+            result = partial(self._final_edit, job, live, in_thread)
         else:
             shown = blocks.delivered(job.requester.user, caption, job.id, file_ids=file_ids, prompt=job.prompt)
             result = partial(self._show_result, job, live, file_ids, shown, in_thread)
@@ -460,6 +461,9 @@ class SlackFrontEnd:
             return False
         self._messages.pop(job.id, None)
         return True
+
+    async def _final_edit(self, job: Job, message: _Message, payload: dict[str, Any]) -> None:
+        await self._final(job, message, payload)
 
     async def _fail(self, job: Job, text: str) -> None:
         """Sent by the outbox: edit the progress message, else answer privately through the response_url."""
