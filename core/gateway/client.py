@@ -58,6 +58,7 @@ from imagine_bot.core.errors import (
     UnknownTask,
     is_transient,
 )
+from imagine_bot.core.logs import redactable
 from imagine_bot.core.netaddr import Resolver, is_loopback_host, non_public_addresses, system_resolve
 
 log = logging.getLogger(__name__)
@@ -394,7 +395,7 @@ class GatewayClient:
 
     def _scrub(self, text: str) -> str:
         """Remove the API key from text that came from outside (a server echoing it back)."""
-        if self._api_key and self._api_key in text:
+        if redactable(self._api_key) and self._api_key and self._api_key in text:
             text = text.replace(self._api_key, "***")
         return text
 
