@@ -267,21 +267,29 @@ class ImagineCore:
         a bare Slack ``UserRef`` acts in its workspace and the reply's channel.
 
         With ``references`` the job is an edit on ``edit_model``: every reference is checked (count, type,
-        size) before anything is reserved."""
+        size) before anything is reserved. Its aspect ratio, unless typed (``--ar``) or given in ``defaults``,
+        is the supported one nearest to the first reference's shape (rather than a place's or the model's
+        default: an edit keeps the shape of the image it edits)."""
         actor = Actor.of(requester, reply.channel)
         if dedupe_key and (existing := self.jobs.by_dedupe_key(dedupe_key)) is not None:
             return existing  # a redelivered request: no second check, no second job
         self.check_place(actor)
         parsed = self.parse(text, {**self.place_defaults(actor), **(defaults or {})})
+        params = parsed.params
         model = self.edit_model if references else self.model
         priced = self._priced(model)
         image_urls: list[str] = []
         if references:
             self.orchestrator.precheck(actor.user, priced["cost"])  # cheap refusals before any fetching
             self.budgets.check(self.scopes(actor), actor.key, priced["cost"])
-            image_urls = await self.references.prepare(model, references)
+            prepared = await self.references.prepare(model, references)
+            image_urls = prepared.image_urls
+            # no --ar typed and none chosen by the caller (Vary keeps the original's): the reference's shape
+            ratio_given = "aspect_ratio" in parsed.flagged or "aspect_ratio" in (defaults or {})
+            if not ratio_given and prepared.first_size is not None:
+                params = {**params, "aspect_ratio": model.nearest_aspect_ratio(*prepared.first_size)}
         return await self.orchestrator.submit(JobRequest(
-            requester=actor.user, reply=reply, prompt=parsed.prompt, params=parsed.params,
+            requester=actor.user, reply=reply, prompt=parsed.prompt, params=params,
             dedupe_key=dedupe_key, extra_input=self._inputs(actor, extra_input), scopes=self.scopes(actor),
             parent_id=parent_id, image_urls=tuple(image_urls), **priced,
         ))

@@ -1,6 +1,7 @@
 """Small image helpers shared by the core and the front ends (Pillow, CPU-bound: call them in a thread).
 
 - ``sniff``: the type of an image from its first bytes (jpeg, png, webp), never from a name;
+- ``dimensions``: its width and height, read from the header;
 - ``fit``: an image re-encoded to fit a byte limit (JPEG then WebP, stepping the quality down);
 - ``shrink``: ``fit`` for reference images, halving the size until it fits when quality alone is not enough.
 """
@@ -32,6 +33,16 @@ def sniff(head: bytes) -> str | None:
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "image/webp"
     return None
+
+
+def dimensions(image: bytes | Path) -> tuple[int, int] | None:
+    """(width, height) of an image, from its header alone; None when it cannot be read."""
+    try:
+        with Image.open(io.BytesIO(image) if isinstance(image, bytes) else image) as opened:
+            width, height = opened.size
+            return int(width), int(height)
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,7 @@ import httpx
 from imagine_bot.core import messages
 from imagine_bot.core.catalog import REFERENCE_MAX_BYTES, ModelSpec
 from imagine_bot.core.errors import UserInputError
-from imagine_bot.core.imaging import shrink, sniff
+from imagine_bot.core.imaging import dimensions, shrink, sniff
 from imagine_bot.core.netaddr import is_public_address, system_resolve
 from imagine_bot.core.refs import REF_PREFIX, RefStore
 
@@ -42,6 +42,15 @@ class Reference:
     data: bytes | None = None
     #: an image already in the store (one of our results)
     key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """Checked references: what goes in ``image_urls``, and the first one's (width, height) when readable
+    (an edit without ``--ar`` takes the supported aspect ratio nearest to it)."""
+
+    image_urls: list[str]
+    first_size: tuple[int, int] | None
 
 
 class _Refused(Exception):
@@ -62,8 +71,9 @@ class ReferenceChecker:
         #: refused, so a URL typed in chat cannot make the bot probe its own network
         self.trusted_hosts = frozenset(h.lower() for h in trusted_hosts if h)
 
-    async def prepare(self, model: ModelSpec, references: Sequence[Reference]) -> list[str]:
-        """The ``image_urls`` for ``references``, or ``UserInputError`` naming every refused one."""
+    async def prepare(self, model: ModelSpec, references: Sequence[Reference]) -> Prepared:
+        """The ``image_urls`` for ``references`` and the first one's size, or ``UserInputError`` naming every
+        refused one."""
         low, high = model.references
         if not low <= len(references) <= high:
             raise UserInputError(messages.reference_count(len(references), low, high))
@@ -74,21 +84,24 @@ class ReferenceChecker:
         for result in results:
             if isinstance(result, BaseException):
                 raise result
-        return [r for r in results if isinstance(r, str)]
+        checked = [r for r in results if isinstance(r, tuple)]
+        return Prepared([url for url, _ in checked], checked[0][1] if checked else None)
 
-    async def _one(self, ref: Reference) -> str:
+    async def _one(self, ref: Reference) -> tuple[str, tuple[int, int] | None]:
+        """The reference's ``image_urls`` entry and its size (width, height; None if unreadable)."""
         if ref.key is not None:
-            if self.store.path(ref.key) is None:
+            path = self.store.path(ref.key)
+            if path is None:
                 raise _Refused(messages.reference_gone())
             self._need_public_url()
-            return REF_PREFIX + ref.key
+            return REF_PREFIX + ref.key, await asyncio.to_thread(dimensions, path)
         if ref.data is not None:
-            return await self._keep(ref, ref.data)
+            return await self._keep(ref, ref.data), dimensions(ref.data)
         assert ref.url is not None
         data, complete = await self._fetch(ref)
         if complete and len(data) <= self.max_bytes:
-            return ref.url  # public and fine as it is: the gateway fetches it itself
-        return await self._keep(ref, data if complete else None)
+            return ref.url, dimensions(data)  # public and fine as it is: the gateway fetches it itself
+        return await self._keep(ref, data if complete else None), dimensions(data) if complete else None
 
     async def _keep(self, ref: Reference, data: bytes | None) -> str:
         """Store bytes (shrunk if too large) to serve them from ``/refs/``."""
