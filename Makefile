@@ -17,9 +17,10 @@ $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 	  { echo "constraints.txt does not fit pyproject.toml: installing without it"; $(BIN)/pip install --quiet -e '.[dev]'; }
 	touch $(STAMP)
 
-## demo: one real /imagine end to end on the embedded sandbox gateway (no keys, no network)
+## demo: one real /imagine end to end on the embedded sandbox gateway (no keys, no network); the image is
+## saved in out/ (and as out/latest.png), the credits in data/imagine-bot.db, which every later command uses
 demo: $(STAMP)
-	IMAGINE_DB_PATH=$${IMAGINE_DB_PATH:-./demo.db} $(BIN)/imagine-bot --sandbox imagine "a lighthouse at dusk --ar 16:9" </dev/null
+	$(BIN)/imagine-bot --sandbox imagine "a lighthouse at dusk --ar 16:9" </dev/null
 
 ## test: lint and the whole suite
 test: $(STAMP)
@@ -55,5 +56,6 @@ run: $(STAMP)
 sandbox: $(STAMP)
 	$(BIN)/imagine-bot sandbox --port 8787
 
+## clean: the venv, caches, images (out/) and everything the bot keeps (data/: the database, spool, sandbox)
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache out demo.db*
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache out data
