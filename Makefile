@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench run sandbox clean screenshots constraints container-test
+.PHONY: demo dashboard test lint bench run sandbox clean screenshots constraints container-test
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 ## saved in out/ (and as out/latest.png), the credits in data/imagine-bot.db, which every later command uses
 demo: $(STAMP)
 	$(BIN)/imagine-bot --sandbox imagine "a lighthouse at dusk --ar 16:9" </dev/null
+
+## dashboard: the /admin dashboard alone (no Slack or Discord token needed); prints a one-time sign-in link
+dashboard: $(STAMP)
+	$(BIN)/imagine-bot dashboard
 
 ## test: lint and the whole suite
 test: $(STAMP)

@@ -141,12 +141,16 @@ class ImagineCore:
 
     @classmethod
     @asynccontextmanager
-    async def open(cls, settings: Settings, *, http: httpx.AsyncClient | None = None) -> AsyncIterator[ImagineCore]:
-        """Build the core. With ``MODKIE_BASE_URL=sandbox`` the sandbox gateway runs in-process."""
+    async def open(cls, settings: Settings, *, http: httpx.AsyncClient | None = None,
+                   need_gateway: bool = True) -> AsyncIterator[ImagineCore]:
+        """Build the core. With ``MODKIE_BASE_URL=sandbox`` the sandbox gateway runs in-process.
+
+        ``need_gateway`` False (``imagine-bot dashboard``: it reads the database, makes no image) opens it
+        without a ModKie key too; ``settings.gateway_usable`` then says the gateway is not to be asked."""
         async with AsyncExitStack() as stack:
             base_url = settings.MODKIE_BASE_URL
             api_key = settings.MODKIE_API_KEY.get_secret_value() if settings.MODKIE_API_KEY else None
-            if not settings.sandbox and not api_key:
+            if not settings.gateway_usable and need_gateway:
                 raise ConfigError("MODKIE_API_KEY", "is not set: put your ModKie key in .env, or use "
                                   "MODKIE_BASE_URL=sandbox (or --sandbox) to try the bot without one")
             db = open_db(settings.IMAGINE_DB_PATH, busy_timeout_s=BOT_BUSY_TIMEOUT_S)
