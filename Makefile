@@ -38,9 +38,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check . || true
 
-## screenshots: the dashboard screenshots in docs/ (README), taken by its browser test in headless Chromium
+## screenshots: the dashboard screenshots in docs/ (a laptop's and a phone's), taken by its browser tests in
+## headless Chromium
 screenshots: $(STAMP)
-	IMAGINE_SCREENSHOTS=docs $(BIN)/python -m pytest -q tests/test_dashboard_browser.py -k sign_in
+	IMAGINE_SCREENSHOTS=docs $(BIN)/python -m pytest -q tests/test_dashboard_browser.py -k "sign_in or fits_phones_and_laptops[375]"
 
 ## bench: print measured figures (see benchmarks/)
 bench: $(STAMP)

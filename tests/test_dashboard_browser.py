@@ -1,7 +1,8 @@
 """The /admin dashboard in a real browser: headless Chromium (Debian's chromium + chromium-driver) driven
-by Selenium, against the real web server, core and sandbox gateway. It takes the screenshots the README
-shows: into docs/ with ``make screenshots`` (``IMAGINE_SCREENSHOTS=docs``), else into the test's temporary
-folder, so that a test run leaves the work tree as it was.
+by Selenium, against the real web server, core and sandbox gateway, on a laptop's screen and, emulated,
+on phones of 360 to 420 px. It takes the screenshots the docs show: into docs/ with ``make screenshots``
+(``IMAGINE_SCREENSHOTS=docs``), else into the test's temporary folder, so that a test run leaves the work
+tree as it was.
 
 Skipped only where no Chromium can be found (``.ci/run`` installs it).
 """
@@ -38,12 +39,14 @@ pytestmark = pytest.mark.skipif(
            "(.ci/run installs them)")
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
+#: read when the module is collected: the suite's autouse fixture clears every IMAGINE_* variable before a test
+TO_DOCS = os.environ.get("IMAGINE_SCREENSHOTS") == "docs"
 
 
 @pytest.fixture
 def shots(tmp_path) -> Path:
     """Where the screenshots go: docs/ for ``make screenshots``, else a temporary folder."""
-    return DOCS if os.environ.get("IMAGINE_SCREENSHOTS") == "docs" else tmp_path
+    return DOCS if TO_DOCS else tmp_path
 @pytest.fixture
 async def sandbox(make_sandbox):
     """The sandbox at half size (not the suite's eighth): thumbnails as sharp as real ones, for the screenshots."""
@@ -315,7 +318,8 @@ async def test_every_page_fits_phones_and_laptops(site, browser, shots, width):
         assert measured["header"] <= (100 if phone else 60), (page, measured)
         if not phone:  # the column uses the laptop's width instead of leaving wide empty margins
             assert measured["main"] >= 0.9 * width, (page, measured)
-        await browser.run(browser.driver.save_screenshot, str(shots / f"dashboard-{page}-{width}.png"))
+        if width == 375 and page == "usage":  # docs/dashboard-phone.png (`make screenshots`)
+            await browser.run(browser.driver.save_screenshot, str(shots / "dashboard-phone.png"))
 
     await browser.get(f"{base}/admin/jobs")
     from selenium.webdriver.common.by import By
