@@ -175,7 +175,7 @@ async def _burst(http: Any, fake: Any, url: str, n: int, prefix: str) -> dict[st
 async def slack_burst(n: int, workdir: Path) -> dict[str, Any]:
     from imagine_bot.bots.slack import SlackService
     from imagine_bot.core.app import ImagineCore
-    from imagine_bot.core.web import build_web_app, start_web
+    from imagine_bot.core.web.server import build_web_app, start_web
 
     slack = Helper("benchmarks.ack:slack_helper")
     try:

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.events import Accepted, Delivered, Failed, JobEvent, Progress, Queued
-from imagine_bot.core.identity import UserRef
-from imagine_bot.core.jobs import ReplyTo
+from imagine_bot.core.jobs.model import ReplyTo
 from imagine_bot.core.settings import Settings, load_settings
 
 HOST = "127.0.0.1"
@@ -408,7 +408,7 @@ async def drain(core: Any, timeout: float = 60.0) -> bool:  # noqa: ASYNC109
     finishes soon, and wait for them, so that nothing is cut off in the middle of a gateway request at
     shutdown. False if they did not finish. (Only for clean-up: no figure is measured while draining; a
     poll already waiting for its slot keeps it, later polls take the new, unbounded limiter.)"""
-    from imagine_bot.core.admission import RateLimiter, SlidingWindow
+    from imagine_bot.core.jobs.admission import RateLimiter, SlidingWindow
 
     admission = core.orchestrator.admission
     admission.max_active = 1_000_000
@@ -461,8 +461,8 @@ async def callbacks_served(core: Any, enabled: bool, *, account_webhook: bool = 
     if not enabled:
         yield
         return
-    from imagine_bot.core.web import build_web_app, start_web
-    from imagine_bot.core.webhooks import register_account_webhook
+    from imagine_bot.core.gateway.webhooks import register_account_webhook
+    from imagine_bot.core.web.server import build_web_app, start_web
 
     runner, port = await start_web(build_web_app(core), HOST, 0)
     core.orchestrator.callback_url = f"http://{HOST}:{port}/callbacks/modkie"

@@ -74,11 +74,11 @@ async def slack_helper(conn: multiprocessing.connection.Connection) -> None:
 
 async def main(quick: bool) -> dict[str, Any]:
     from imagine_bot.bots.slack import SlackService
+    from imagine_bot.core.access.identity import UserRef
     from imagine_bot.core.app import ImagineCore
     from imagine_bot.core.events import Delivered, JobEvent
-    from imagine_bot.core.identity import UserRef
-    from imagine_bot.core.jobs import ReplyTo
-    from imagine_bot.core.web import build_web_app
+    from imagine_bot.core.jobs.model import ReplyTo
+    from imagine_bot.core.web.server import build_web_app
 
     n = 20 if quick else 50
     delivered_at: dict[str, float] = {}

@@ -58,7 +58,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from imagine_bot.core.orchestrator import CALLBACK_FALLBACK_EVERY_S, CALLBACK_FALLBACK_FIRST_S
+from imagine_bot.core.jobs.orchestrator import CALLBACK_FALLBACK_EVERY_S, CALLBACK_FALLBACK_FIRST_S
 from imagine_bot.core.settings import Settings
 
 from .common import (

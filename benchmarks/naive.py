@@ -44,8 +44,8 @@ NAIVE_POLL_S = 5.0
 async def naive(n: int, base_url: str, out: Path) -> list[float]:
     import httpx
 
-    from imagine_bot.core.catalog import get_model
     from imagine_bot.core.gateway import GatewayClient, TaskStage
+    from imagine_bot.core.gateway.catalog import get_model
 
     model = get_model("seedream/4.5-text-to-image", [])
     await asyncio.to_thread(out.mkdir, parents=True, exist_ok=True)

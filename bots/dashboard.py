@@ -16,11 +16,10 @@ import signal
 from collections.abc import Callable
 
 from imagine_bot.core.app import ImagineCore
-from imagine_bot.core.dashboard import DashboardAuth
-from imagine_bot.core.dashboard.auth import LINK_TTL
 from imagine_bot.core.errors import ConfigError
 from imagine_bot.core.settings import Settings
-from imagine_bot.core.web import build_web_app, start_web
+from imagine_bot.core.web.dashboard.auth import LINK_TTL
+from imagine_bot.core.web.server import build_web_app, start_web
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +48,7 @@ async def serve_dashboard(settings: Settings, *, actor: str, stop: asyncio.Event
                               "prints a link to it); set HTTP_PORT to another port") from None
         try:
             base = settings.model_copy(update={"HTTP_PORT": port}).web_url
-            link = DashboardAuth(core.db).mint(base, actor=actor, scope=None)
+            link = core.dashboard_auth.mint(base, actor=actor, scope=None)
             minutes = int(LINK_TTL.total_seconds() // 60)
             say(f"Dashboard at {base}/admin (also {base}/metrics and {base}/healthz); Ctrl-C stops it.")
             say(f"Sign in with this link (it works once, within {minutes} minutes; "

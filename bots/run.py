@@ -18,9 +18,9 @@ from aiohttp import web
 
 from imagine_bot.core.app import ImagineCore
 from imagine_bot.core.errors import ConfigError
+from imagine_bot.core.gateway.webhooks import register_account_webhook
 from imagine_bot.core.settings import Settings
-from imagine_bot.core.web import build_web_app, start_web
-from imagine_bot.core.webhooks import register_account_webhook
+from imagine_bot.core.web.server import build_web_app, start_web
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +68,11 @@ async def run(settings: Settings, *, only: list[str] | None = None,
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, RuntimeError):  # not the main thread (tests) or not POSIX
             pass
-    if settings.MODKIE_TIMEOUT_S > settings.DRAIN_S:
-        log.warning("MODKIE_TIMEOUT_S (%.0fs) is longer than DRAIN_S (%.0fs): a createTask still in flight when a "
-                    "drain ends is refunded by the next process although the gateway may bill it; keep "
-                    "MODKIE_TIMEOUT_S at or below DRAIN_S", settings.MODKIE_TIMEOUT_S, settings.DRAIN_S)
+    if settings.create_task_timeout_s < settings.MODKIE_TIMEOUT_S:
+        log.warning("MODKIE_TIMEOUT_S (%.0fs) is longer than 3/4 of DRAIN_S (%.0fs): a createTask call is cut after "
+                    "%.1fs so that a drain never ends in the middle of one, and a job whose createTask is cut is "
+                    "refunded although the gateway may bill it; raise DRAIN_S or lower MODKIE_TIMEOUT_S",
+                    settings.MODKIE_TIMEOUT_S, settings.DRAIN_S, settings.create_task_timeout_s)
     async with ImagineCore.open(settings) as core:
         web_app = build_web_app(core)
         services = [factory(core, settings, web_app) for factory in factories.values()]

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from imagine_bot.core.errors import ImagineError
-from imagine_bot.core.jobs import Job
+from imagine_bot.core.jobs.model import Job
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,10 +19,10 @@ import signal
 import sys
 from pathlib import Path
 
+from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.app import ImagineCore
 from imagine_bot.core.events import Delivered, Failed, JobEvent
-from imagine_bot.core.identity import UserRef
-from imagine_bot.core.jobs import ReplyTo
+from imagine_bot.core.jobs.model import ReplyTo
 from imagine_bot.core.settings import load_settings
 
 

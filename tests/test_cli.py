@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from imagine_bot.bots.cli import main
+from imagine_bot.bots.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = Path(sys.executable).parent / "imagine-bot"
@@ -28,7 +28,7 @@ def cli(*args: str, stdin: str | None = None, env: dict[str, str] | None = None,
 def test_imagine_in_the_sandbox_makes_a_real_png(tmp_path):
     result = cli("--sandbox", "imagine", "a lighthouse at dusk --ar 9:16", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    saved = [line.split(" ", 1)[1] for line in result.stdout.splitlines() if line.startswith("saved ")]
+    saved = [line.split()[1] for line in result.stdout.splitlines() if line.startswith("saved ")]
     assert len(saved) == 1 and Path(saved[0]).parent == tmp_path / "out"
     with Image.open(saved[0]) as img:
         assert img.format == "PNG" and img.height > img.width
@@ -55,7 +55,8 @@ def test_no_key_outside_the_sandbox_says_how_in_one_line(tmp_path):
 @pytest.mark.parametrize(
     ("name", "value"),
     [("CREDITS_PERIOD", "yearly"), ("HTTP_PORT", "99999"), ("ADMINS", "bob"), ("MODKIE_MODEL", "nope/1"),
-     ("MODKIE_ASPECT_RATIOS", "5:4"), ("MODKIE_BASE_URL", "ftp://x")],
+     ("MODKIE_ASPECT_RATIOS", "5:4"), ("MODKIE_BASE_URL", "ftp://x"), ("CREDITS_ALLOWANCE", str(10**40)),
+     ("SPEND_CAP", str(10**40)), ("DEFAULT_SCOPE_BUDGET", "1000000001")],
 )
 def test_bad_setting_fails_at_start_naming_it(tmp_path, name, value):
     result = cli("--sandbox" if name != "MODKIE_BASE_URL" else "-v", "imagine", "a cat", env={name: value},
@@ -158,7 +159,7 @@ def test_sandbox_command_serves_the_gateway_contract(tmp_path):
 
 
 def test_global_options_may_stand_after_the_command():
-    from imagine_bot.bots.cli import hoist_global_options
+    from imagine_bot.bots.cli.main import hoist_global_options
 
     assert hoist_global_options(["run", "--only", "slack", "--sandbox"]) == ["--sandbox", "run", "--only", "slack"]
     assert hoist_global_options(["credits", "show", "--db", "x.db", "-v"]) == ["--db", "x.db", "-v", "credits", "show"]
@@ -166,7 +167,7 @@ def test_global_options_may_stand_after_the_command():
 
 
 def _saved(result: subprocess.CompletedProcess) -> str:
-    return next(line.split(" ", 1)[1] for line in result.stdout.splitlines() if line.startswith("saved "))
+    return next(line.split()[1] for line in result.stdout.splitlines() if line.startswith("saved "))
 
 
 def test_an_edit_of_the_last_image_keeps_its_shape_and_is_charged_in_the_same_database(tmp_path):
@@ -192,10 +193,10 @@ def test_an_edit_of_the_last_image_keeps_its_shape_and_is_charged_in_the_same_da
 
 
 def test_budget_commands_and_verify_covers_budgets(tmp_path, capsys, monkeypatch):
-    from imagine_bot.core.budgets import Budgets
-    from imagine_bot.core.db import open_db
-    from imagine_bot.core.identity import UserRef
-    from imagine_bot.core.ledger import Ledger
+    from imagine_bot.core.access.identity import UserRef
+    from imagine_bot.core.credits.budgets import Budgets
+    from imagine_bot.core.credits.ledger import Ledger
+    from imagine_bot.core.storage.db import open_db
 
     monkeypatch.setenv("IMAGINE_USER", "ops")
     db = str(tmp_path / "budget.db")
@@ -205,8 +206,8 @@ def test_budget_commands_and_verify_covers_budgets(tmp_path, capsys, monkeypatch
     assert "not a scope" in capsys.readouterr().err
 
     # two jobs in that server, one charged and one refunded, as the bot would do them
-    ledger = Ledger(open_db(db), allowance=180, period="month")
-    ledger.budgets = Budgets(ledger.db, default_amount=None)
+    opened = open_db(db)
+    ledger = Ledger(opened, budgets=Budgets(opened, default_amount=None), allowance=180, period="month")
     for job in ("j1", "j2"):
         ledger.reserve(UserRef("discord", "-", "42"), job, 18, scopes=("discord:123456",), channel="777")
     ledger.capture("j1")
@@ -234,3 +235,29 @@ def test_budget_commands_and_verify_covers_budgets(tmp_path, capsys, monkeypatch
     out = capsys.readouterr().out
     assert "ModKie account: 5 credits" in out and "DEGRADED: new images are paused (out of credits" in out
     ledger.db.conn.close()
+
+
+HUGE = str(10**40)
+
+
+@pytest.mark.parametrize("args", [
+    ["budget", "set", "discord:123456", HUGE], ["credits", "allowance", "bob", HUGE],
+    ["credits", "grant", "bob", HUGE], ["credits", "grant", "bob", "9" * 5000],
+    ["credits", "history", "--limit", HUGE], ["jobs", "list", "--limit", "9" * 5000], ["sandbox", "--port", HUGE],
+])
+def test_numbers_past_reason_get_one_plain_line(tmp_path, capsys, args):
+    assert main(["--db", str(tmp_path / "n.db"), *args]) == 1
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    assert captured.out == "" and len(lines) == 1, captured.err
+    assert lines[0].startswith("imagine-bot: ") and "is not a whole number from" in lines[0]
+
+
+def test_numbers_past_reason_on_the_real_command_line(tmp_path):
+    budget = cli("budget", "set", "discord:123456", HUGE, cwd=tmp_path)
+    assert budget.returncode == 1 and budget.stdout == ""
+    assert budget.stderr == ("imagine-bot: Credits: `10000000000000000000…` is not a whole number from 0 to "
+                             "1,000,000,000.\n")
+    ratio = cli("--sandbox", "imagine", f"a cat --ar {'1' * 5000}:1", cwd=tmp_path)
+    assert ratio.returncode == 1 and "Traceback" not in ratio.stderr, ratio.stderr
+    assert "is not a valid aspect ratio" in ratio.stdout and "16:9" in ratio.stdout

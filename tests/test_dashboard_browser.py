@@ -20,14 +20,13 @@ from typing import Any
 import httpx
 import pytest
 
+from imagine_bot.core.access.authority import Actor
+from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.app import ImagineCore
-from imagine_bot.core.authority import Actor
-from imagine_bot.core.dashboard import DashboardAuth
-from imagine_bot.core.db import iso, transaction, utcnow
 from imagine_bot.core.events import Delivered, JobEvent
-from imagine_bot.core.identity import UserRef
-from imagine_bot.core.jobs import ReplyTo
-from imagine_bot.core.web import build_web_app, start_web
+from imagine_bot.core.jobs.model import ReplyTo
+from imagine_bot.core.storage.db import iso, transaction, utcnow
+from imagine_bot.core.web.server import build_web_app, start_web
 
 CHROMIUM = next((p for p in (shutil.which("chromium"), shutil.which("chromium-browser"), "/usr/bin/chromium")
                  if p and os.path.exists(p)), None)
@@ -187,7 +186,7 @@ async def sign_in(browser: Browser, link: str) -> None:
 
 async def test_sign_in_with_a_link_see_the_chart_and_thumbnails(site, browser, shots):
     core, base = site["core"], site["base"]
-    link = DashboardAuth(core.db).mint(base, actor="cli:operator", scope=None)
+    link = core.dashboard_auth.mint(base, actor="cli:operator", scope=None)
     await sign_in(browser, link)
     assert browser.url == f"{base}/admin/usage"
     # the chart: one bar a day for 30 days, several of them non-empty; the totals add up
@@ -229,7 +228,7 @@ async def test_sign_in_with_a_link_see_the_chart_and_thumbnails(site, browser, s
 
 async def test_an_expired_or_reused_link_is_refused(site, browser):
     core, base = site["core"], site["base"]
-    auth = DashboardAuth(core.db)
+    auth = core.dashboard_auth
     link = auth.mint(base, actor="cli:operator", scope=None)
     await sign_in(browser, link)
     assert browser.url.endswith("/admin/usage")
@@ -303,7 +302,7 @@ async def test_every_page_fits_phones_and_laptops(site, browser, shots, width):
                           {"width": width, "height": 800, "deviceScaleFactor": 2, "mobile": True})
     else:
         await browser.run(browser.driver.set_window_size, width, 1000)
-    link = DashboardAuth(core.db).mint(base, actor="cli:operator-with-a-long-name", scope=None)
+    link = core.dashboard_auth.mint(base, actor="cli:operator-with-a-long-name", scope=None)
     await browser.get(link)
     measured = await layout(browser)  # the sign-in page
     assert measured["inner"] == width and measured["scroll"] <= width, measured
@@ -356,7 +355,7 @@ async def test_every_page_fits_phones_and_laptops(site, browser, shots, width):
 
 async def test_an_unknown_scope_says_so(site, browser):
     core, base = site["core"], site["base"]
-    await sign_in(browser, DashboardAuth(core.db).mint(base, actor="cli:operator", scope=None))
+    await sign_in(browser, core.dashboard_auth.mint(base, actor="cli:operator", scope=None))
     for page in ("usage", "jobs", "gallery"):
         await browser.get(f"{base}/admin/{page}?scope=slack:NOPE")
         notice = await browser.texts("#scope-notice")

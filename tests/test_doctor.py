@@ -12,14 +12,14 @@ from typing import Any
 
 import pytest
 
-from imagine_bot.bots.cli import main
+from imagine_bot.bots.cli.doctor import run_checks
+from imagine_bot.bots.cli.main import main
 from imagine_bot.bots.discord.doctor import expected_commands
-from imagine_bot.bots.doctor import run_checks
 from imagine_bot.bots.slack.doctor import manifest_scopes
 from imagine_bot.core.app import ImagineCore
-from imagine_bot.core.doctor import Check, Status, exit_code, render
+from imagine_bot.core.ops.doctor import Check, Status, exit_code, render
 from imagine_bot.core.settings import Settings, load_settings
-from imagine_bot.core.web import build_web_app, start_web
+from imagine_bot.core.web.server import build_web_app, start_web
 from tests.conftest import TEST_API_KEY
 from tests.fakes.discord_api import FakeDiscord
 from tests.fakes.slack_api import FakeSlackAPI
@@ -194,6 +194,15 @@ async def test_slack_missing_scope_is_named(install, fakes):
     assert check.detail == "the token lacks files:write" and "reinstall" in check.fix
 
 
+async def test_an_install_from_the_old_manifest_is_told_the_channel_check_scopes(install, fakes):
+    """Without them the bot cannot tell, before a job is taken, whether it may post where it was asked."""
+    slack, _ = fakes
+    read = ("channels:read", "groups:read", "im:read", "mpim:read")
+    slack.scopes = [s for s in slack.scopes if s not in read]
+    check = only_failure(await run_checks(install()), "Slack scopes")
+    assert check.detail == "the token lacks channels:read, groups:read, im:read, mpim:read"
+
+
 async def test_slack_without_a_way_in(install):
     check = only_failure(await run_checks(install(SLACK_APP_TOKEN="")), "Slack mode")
     assert "SLACK_SIGNING_SECRET" in check.fix
@@ -243,7 +252,7 @@ async def test_a_refused_account_webhook_is_a_warning(install):
 
 
 def test_render_marks_and_fix_lines():
-    from imagine_bot.core.doctor import fail, ok, warn
+    from imagine_bot.core.ops.doctor import fail, ok, warn
 
     text = render([ok("a", "fine"), warn("b", "hmm", "do b"), fail("c", "broken", "do c")])
     assert text.splitlines() == ["[ ok ] a: fine", "[warn] b: hmm", "       fix: do b", "[FAIL] c: broken",

@@ -11,10 +11,10 @@ import pytest
 from rich.console import Console
 
 from imagine_bot.bots.terminal import TerminalFrontEnd
+from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.app import ImagineCore
 from imagine_bot.core.events import Delivered, Failed
-from imagine_bot.core.identity import UserRef
-from imagine_bot.core.jobs import JobState, ReplyTo
+from imagine_bot.core.jobs.model import JobState, ReplyTo
 from tests.conftest import TEST_API_KEY
 
 ALICE = UserRef("terminal", "local", "alice")

@@ -74,7 +74,8 @@ def shell_env(home: Path) -> dict[str, str]:
 
 
 def run(command: str, cwd: Path, env: dict[str, str]) -> str:
-    result = subprocess.run(["bash", "-c", command], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(["bash", "-c", command], cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
+                            stdin=subprocess.DEVNULL)  # `chat` reads its lines from stdin: here, none
     assert result.returncode == 0, f"`{command}` failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
     return result.stdout
 
@@ -132,7 +133,7 @@ def test_the_readme_first_section_runs_as_written_in_fresh_shells(tmp_path):
     edits = [c for c in commands if "--image out/latest.png" in c]
     assert edits, "the README edits the demo's image by its stable name"
     assert "You have 144 credits" in outputs[edits[0]]  # the same database as the demo: both jobs charged
-    saved = re.findall(r"^saved (\S+)$", outputs[edits[0]], re.M)
+    saved = re.findall(r"^saved (\S+) \(also out/latest.png\)$", outputs[edits[0]], re.M)
     with Image.open(saved[-1]) as edited:
         assert edited.size == (1024, 576)  # the demo's 16:9, kept
     # everything the bot keeps is in data/, and git sees nothing new

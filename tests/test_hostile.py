@@ -10,10 +10,10 @@ from hypothesis import strategies as st
 from rich.console import Console
 
 from imagine_bot.bots.terminal import TerminalFrontEnd
-from imagine_bot.core import messages
+from imagine_bot.core.access.identity import UserRef
+from imagine_bot.core.chat import messages
 from imagine_bot.core.errors import ImagineError
-from imagine_bot.core.identity import UserRef
-from imagine_bot.core.jobs import JobState, ReplyTo
+from imagine_bot.core.jobs.model import JobState, ReplyTo
 
 ALICE = UserRef("terminal", "local", "alice")
 NASTY = ["'; DROP TABLE jobs; --", "Robert'); DELETE FROM ledger;--", "<!channel>", "@everyone", "@here",

@@ -14,12 +14,12 @@ import pytest
 from rich.console import Console
 
 from imagine_bot.bots.terminal import TerminalFrontEnd
+from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.app import ImagineCore
-from imagine_bot.core.db import utcnow
 from imagine_bot.core.errors import LeaseLost, ShuttingDown
 from imagine_bot.core.events import Delivered, Failed
-from imagine_bot.core.identity import UserRef
-from imagine_bot.core.jobs import JobState, ReplyTo
+from imagine_bot.core.jobs.model import JobState, ReplyTo
+from imagine_bot.core.storage.db import utcnow
 from tests.conftest import until
 
 REPLY = ReplyTo("terminal", "test")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from imagine_bot.core.logs import RedactSecrets, redactable
+from imagine_bot.core.ops.logs import RedactSecrets, redactable
 
 
 def test_secrets_are_redacted_from_messages_args_and_tracebacks():

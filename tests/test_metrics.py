@@ -7,10 +7,10 @@ import math
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.app import ImagineCore
-from imagine_bot.core.identity import UserRef
-from imagine_bot.core.jobs import ReplyTo
-from imagine_bot.core.web import build_web_app, start_web
+from imagine_bot.core.jobs.model import ReplyTo
+from imagine_bot.core.web.server import build_web_app, start_web
 
 from .test_orchestrator import ALICE, BOB, recorder, run_one
 

@@ -20,12 +20,12 @@ import pytest
 from rich.console import Console
 
 from imagine_bot.bots.terminal import TerminalFrontEnd
+from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.app import ImagineCore
-from imagine_bot.core.db import open_db
 from imagine_bot.core.errors import DataNotWritable
-from imagine_bot.core.identity import UserRef
-from imagine_bot.core.jobs import JobState, ReplyTo
+from imagine_bot.core.jobs.model import JobState, ReplyTo
 from imagine_bot.core.settings import load_settings
+from imagine_bot.core.storage.db import open_db
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = Path(sys.executable).parent / "imagine-bot"

@@ -11,12 +11,12 @@ from PIL import Image
 from rich.console import Console
 
 from imagine_bot.bots.terminal import TerminalFrontEnd
+from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.app import ImagineCore
 from imagine_bot.core.errors import DeliveryError, InsufficientCredits, TooManyActiveJobs
 from imagine_bot.core.events import Accepted, Delivered, Failed, Progress, Queued
-from imagine_bot.core.identity import UserRef
-from imagine_bot.core.jobs import JobState, ReplyTo
-from imagine_bot.core.web import build_web_app, start_web
+from imagine_bot.core.jobs.model import JobState, ReplyTo
+from imagine_bot.core.web.server import build_web_app, start_web
 from tests.conftest import until
 
 ALICE = UserRef("terminal", "local", "alice")

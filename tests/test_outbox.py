@@ -10,7 +10,7 @@ import asyncio
 import time
 
 from imagine_bot.core.errors import ChatRateLimited
-from imagine_bot.core.outbox import Outbox, Pace
+from imagine_bot.core.jobs.outbox import Outbox, Pace
 
 FAST = Pace("w1", rate_per_s=1000.0, burst=1000, min_interval_s=0.0)
 

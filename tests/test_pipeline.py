@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import asyncio
 
+from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.app import ImagineCore
 from imagine_bot.core.events import Delivered, Failed, JobEvent, Progress, Queued
-from imagine_bot.core.identity import UserRef
-from imagine_bot.core.jobs import JobState, ReplyTo
+from imagine_bot.core.jobs.model import JobState, ReplyTo
 
 REPLY = ReplyTo("terminal", "test")
 

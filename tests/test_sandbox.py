@@ -15,8 +15,8 @@ import pytest
 from aiohttp import web
 from PIL import Image
 
-from imagine_bot.core.catalog import KIE_ASPECT_RATIOS
 from imagine_bot.core.gateway import parse_callback
+from imagine_bot.core.gateway.catalog import KIE_ASPECT_RATIOS
 from imagine_bot.core.sandbox import SandboxGateway, image_size, render_png, stage_at
 from tests.conftest import FAST_DELAYS
 

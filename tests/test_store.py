@@ -1,13 +1,13 @@
-"""The state seam (core/store.py): today's SQLite store satisfies the interface a PostgreSQL one would
+"""The state seam (core/storage/base.py): today's SQLite store satisfies the interface a PostgreSQL one would
 implement, and its one transaction spans both the ledger and the jobs (all or nothing)."""
 
 from __future__ import annotations
 
 import pytest
 
-from imagine_bot.core.identity import UserRef
-from imagine_bot.core.jobs import JobRequest, ReplyTo
-from imagine_bot.core.store import CreditStore, JobRepository, SqliteStore, Store
+from imagine_bot.core.access.identity import UserRef
+from imagine_bot.core.jobs.model import JobRequest, ReplyTo
+from imagine_bot.core.storage.base import CreditStore, JobRepository, SqliteStore, Store
 
 ALICE = UserRef("terminal", "local", "alice")
 

@@ -9,12 +9,12 @@ import io
 
 from rich.console import Console
 
-from imagine_bot.bots.cli import main
+from imagine_bot.bots.cli.main import main
 from imagine_bot.bots.terminal import TerminalFrontEnd
+from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.app import ImagineCore
 from imagine_bot.core.events import Failed
-from imagine_bot.core.identity import UserRef
-from imagine_bot.core.jobs import JobState, ReplyTo
+from imagine_bot.core.jobs.model import JobState, ReplyTo
 
 SLACK_USER = UserRef("slack", "T1", "U1")
 

@@ -21,11 +21,11 @@ import httpx
 import pytest
 
 from imagine_bot.core.app import ImagineCore
-from imagine_bot.core.jobs import Job, JobState
+from imagine_bot.core.gateway.webhooks import WebhookState, register_account_webhook
+from imagine_bot.core.jobs.model import Job, JobState
 from imagine_bot.core.sandbox import SandboxGateway
 from imagine_bot.core.settings import Settings
-from imagine_bot.core.web import build_web_app, start_web
-from imagine_bot.core.webhooks import WebhookState, register_account_webhook
+from imagine_bot.core.web.server import build_web_app, start_web
 
 from .conftest import TEST_API_KEY
 from .test_orchestrator import ALICE, REPLY, recorder

@@ -66,7 +66,7 @@ async def _login(client: discord.Client, settings: Settings) -> None:
 
 async def sync(settings: Settings) -> int:
     from imagine_bot.bots.discord.client import ImagineClient, sync_commands
-    from imagine_bot.core.catalog import get_model
+    from imagine_bot.core.gateway.catalog import get_model
 
     _token(settings)  # say what is missing before starting anything
     model = get_model(settings.MODKIE_MODEL, settings.MODKIE_ASPECT_RATIOS)
@@ -91,7 +91,7 @@ def invite(client_id: str | int) -> str:
 async def invite_url(settings: Settings, client_id: str | None = None) -> int:
     if client_id is None:
         _token(settings)
-        from imagine_bot.bots.discord.client import discord
+        import discord
 
         client = discord.Client(intents=discord.Intents.none())
         try:

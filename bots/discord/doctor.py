@@ -7,8 +7,8 @@ from typing import Any
 
 import httpx
 
-from imagine_bot.core.catalog import get_model
-from imagine_bot.core.doctor import Check, fail, ok, warn
+from imagine_bot.core.gateway.catalog import get_model
+from imagine_bot.core.ops.doctor import Check, fail, ok, warn
 from imagine_bot.core.settings import Settings
 
 ADMINISTRATOR = 1 << 3

@@ -7,6 +7,6 @@ caller links the gateway's result URL instead (which expires). The work is ``cor
 
 from __future__ import annotations
 
-from imagine_bot.core.imaging import Upload, fit
+from imagine_bot.core.media.imaging import Upload, fit
 
 __all__ = ["Upload", "fit"]

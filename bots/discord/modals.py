@@ -14,7 +14,7 @@ from typing import Any
 
 import discord
 
-from imagine_bot.core.catalog import ModelSpec
+from imagine_bot.core.gateway.catalog import ModelSpec
 
 #: Discord's limit for a text input
 TEXT_INPUT_MAX = 4000

@@ -20,7 +20,7 @@ from imagine_bot.bots.discord.frontend import DiscordFrontEnd
 from imagine_bot.core.app import ImagineCore
 from imagine_bot.core.errors import ConfigError
 from imagine_bot.core.settings import Settings
-from imagine_bot.core.web import add_status
+from imagine_bot.core.web.server import add_status
 
 log = logging.getLogger(__name__)
 

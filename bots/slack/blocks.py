@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from imagine_bot.bots.slack.mentions import escape, mention
-from imagine_bot.core.messages import quote_prompt
+from imagine_bot.core.chat.messages import quote_prompt
 
 #: Buttons are handled by action id; the job id travels in the button's value (see ``handlers``).
 ACTION_REROLL = "imagine_reroll"
@@ -83,7 +83,7 @@ def delivered(user_id: str, caption: str, job_id: str, *, file_ids: Sequence[str
 def _select(name: str, label: str, choices: Sequence[str], chosen: str | None) -> Payload:
     options = [{"text": {"type": "plain_text", "text": c}, "value": c} for c in choices]
     element: Payload = {"type": "static_select", "action_id": name, "options": options}
-    if chosen in choices:
+    if chosen is not None and chosen in choices:
         element["initial_option"] = options[list(choices).index(chosen)]
     return {"type": "input", "block_id": name, "optional": True, "label": {"type": "plain_text", "text": label},
             "element": element}

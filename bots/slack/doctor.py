@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import yaml
 
-from imagine_bot.core.doctor import Check, fail, ok, warn
+from imagine_bot.core.ops.doctor import Check, fail, ok, warn
 from imagine_bot.core.settings import Settings
 
 REINSTALL = ("add them under OAuth & Permissions -> Bot Token Scopes (or recreate the app from "

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from imagine_bot.core.identity import UserRef
+from imagine_bot.core.access.identity import UserRef
 
 _TOKEN = re.compile(r"<([^<>]*)>")
 _USER_MENTION = re.compile(r"^<@([UW][A-Z0-9]+)(?:\|[^<>]*)?>$")

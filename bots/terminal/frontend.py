@@ -18,10 +18,10 @@ from PIL import Image
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
-from imagine_bot.core import messages
+from imagine_bot.core.chat import messages
 from imagine_bot.core.events import Accepted, Delivered, Failed, JobEvent, Queued
 from imagine_bot.core.events import Progress as ProgressEvent
-from imagine_bot.core.imaging import sniff
+from imagine_bot.core.media.imaging import sniff
 
 if TYPE_CHECKING:
     from imagine_bot.core.app import ImagineCore
@@ -108,10 +108,9 @@ class TerminalFrontEnd:
                 if self._progress is not None and job.id in self._bars:
                     self._progress.update(self._bars[job.id], completed=100, visible=False)
                 self.console.print(messages.delivered(job, balance), highlight=False, markup=False)
-                for path in paths:
-                    self.console.print(f"saved {path}", highlight=False, markup=False)
-                if paths:
-                    self.console.print(f"(the last one also as {latest})", highlight=False, markup=False)
+                for n, path in enumerate(paths, 1):
+                    also = f" (also {latest})" if n == len(paths) else ""
+                    self.console.print(f"saved {path}{also}", highlight=False, markup=False)
             case Failed(error=error, refunded=refunded):
                 if self._progress is not None and job.id in self._bars:
                     self._progress.update(self._bars[job.id], visible=False)

@@ -13,16 +13,16 @@ from pathlib import Path
 from rich.console import Console
 
 from imagine_bot.bots.terminal.frontend import TerminalFrontEnd
-from imagine_bot.core import messages
+from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.app import ImagineCore
-from imagine_bot.core.commands import dispatch
+from imagine_bot.core.chat import messages
+from imagine_bot.core.chat.commands import dispatch
 from imagine_bot.core.errors import ImagineError, UserInputError
 from imagine_bot.core.events import Delivered
-from imagine_bot.core.identity import UserRef
-from imagine_bot.core.jobs import ReplyTo
-from imagine_bot.core.references import Reference
+from imagine_bot.core.jobs.model import ReplyTo
+from imagine_bot.core.media.references import Reference
 from imagine_bot.core.settings import Settings
-from imagine_bot.core.web import build_web_app, start_web
+from imagine_bot.core.web.server import build_web_app, start_web
 
 
 def _resolve(raw: str) -> UserRef | None:

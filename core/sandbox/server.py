@@ -62,9 +62,15 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from imagine_bot.core.catalog import CATALOG, KIE_ASPECT_RATIOS, REFERENCE_MAX_BYTES, SEEDREAM_45, SEEDREAM_45_EDIT
 from imagine_bot.core.gateway.callbacks import KIE_SIGNATURE, KIE_TIMESTAMP, MODKIE_SIGNATURE, sign_kie, sign_modkie
-from imagine_bot.core.imaging import sniff
+from imagine_bot.core.gateway.catalog import (
+    CATALOG,
+    KIE_ASPECT_RATIOS,
+    REFERENCE_MAX_BYTES,
+    SEEDREAM_45,
+    SEEDREAM_45_EDIT,
+)
+from imagine_bot.core.media.imaging import sniff
 from imagine_bot.core.sandbox import state as saved_state
 from imagine_bot.core.sandbox.render import render_edit_png, render_png
 

@@ -16,8 +16,8 @@ import pytest
 from discord.gateway import DiscordWebSocket
 
 from imagine_bot.bots.discord import DiscordService
+from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.app import ImagineCore
-from imagine_bot.core.identity import UserRef
 from imagine_bot.core.settings import Settings
 from tests.fakes.discord_api import Call, FakeDiscord, InteractionFactory
 

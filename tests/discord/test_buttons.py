@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from imagine_bot.core import messages
-from imagine_bot.core.jobs import JobState
+from imagine_bot.core.chat import messages
+from imagine_bot.core.jobs.model import JobState
 
 from .conftest import ALICE, BOB, CAROL, discord_user
 

@@ -9,8 +9,8 @@ from contextlib import asynccontextmanager
 
 from PIL import Image
 
-from imagine_bot.core.jobs import JobState
-from imagine_bot.core.web import build_web_app, start_web
+from imagine_bot.core.jobs.model import JobState
+from imagine_bot.core.web.server import build_web_app, start_web
 
 from .conftest import ALICE, CAROL, Bot, discord_user
 

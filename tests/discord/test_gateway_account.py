@@ -7,7 +7,7 @@ import asyncio
 
 import httpx
 
-from imagine_bot.core.web import build_web_app, start_web
+from imagine_bot.core.web.server import build_web_app, start_web
 
 from .conftest import ALICE, BOB, CAROL, discord_user
 

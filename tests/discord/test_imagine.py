@@ -10,8 +10,8 @@ import discord
 import pytest
 from PIL import Image
 
-from imagine_bot.core import messages
-from imagine_bot.core.jobs import JobState
+from imagine_bot.core.chat import messages
+from imagine_bot.core.jobs.model import JobState
 
 from .conftest import ALICE, EDIT_INTERVAL, discord_user
 

@@ -6,7 +6,7 @@ import io
 
 from PIL import Image
 
-from imagine_bot.core.jobs import JobState
+from imagine_bot.core.jobs.model import JobState
 from imagine_bot.core.sandbox import render_png
 from tests.fakes.discord_api import invalid_webhook_token
 

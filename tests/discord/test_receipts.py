@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from imagine_bot.core.events import Delivered, ImageFile
-from imagine_bot.core.jobs import JobState
+from imagine_bot.core.jobs.model import JobState
 from imagine_bot.core.sandbox import render_png
 
 from .conftest import ALICE, discord_user, old_interaction_time

@@ -159,7 +159,7 @@ async def test_imagine_bot_run_registers_the_account_webhook(fake, discord_setti
     port = free_port()
     settings = discord_settings(PUBLIC_URL=f"http://127.0.0.1:{port}", HTTP_PORT=port,
                                 MODKIE_WEBHOOK_SECRET="whsec-run-test")
-    caplog.set_level(logging.INFO, logger="imagine_bot.core.webhooks")
+    caplog.set_level(logging.INFO, logger="imagine_bot.core.gateway.webhooks")
     async with running(settings):
         assert sandbox.account_webhook == (f"http://127.0.0.1:{port}/callbacks/modkie", "whsec-run-test")
         assert "registered" in caplog.text and "whsec-run-test" not in caplog.text

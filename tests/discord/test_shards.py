@@ -17,7 +17,7 @@ import pytest
 from imagine_bot.bots.discord import DiscordService
 from imagine_bot.core.app import ImagineCore
 from imagine_bot.core.settings import Settings
-from imagine_bot.core.web import build_web_app, start_web
+from imagine_bot.core.web.server import build_web_app, start_web
 from tests.fakes.discord_api import DISCORD_EPOCH_MS, FakeDiscord, InteractionFactory
 
 from .conftest import ALICE, BOB

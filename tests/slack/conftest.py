@@ -21,7 +21,7 @@ from slack_sdk.models.blocks import Block
 from imagine_bot.bots.slack import SlackService
 from imagine_bot.core.app import ImagineCore
 from imagine_bot.core.settings import Settings
-from imagine_bot.core.web import build_web_app, start_web
+from imagine_bot.core.web.server import build_web_app, start_web
 from tests.fakes.slack_api import FakeSlackAPI
 
 SIGNING_SECRET = "8f742231b10e8888abcd99yyyzzz85a5"

@@ -8,8 +8,8 @@ import time
 import urllib.parse
 
 from imagine_bot.bots.slack.blocks import ACTION_DELETE, ACTION_REROLL
-from imagine_bot.core.identity import UserRef
-from imagine_bot.core.jobs import JobState
+from imagine_bot.core.access.identity import UserRef
+from imagine_bot.core.jobs.model import JobState
 
 from .conftest import ADMIN, TEAM, SlackHarness, sign
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from imagine_bot.core.db import open_db
-from imagine_bot.core.jobs import JobState, JobStore
+from imagine_bot.core.jobs.model import JobState, JobStore
 from imagine_bot.core.sandbox import SandboxGateway
+from imagine_bot.core.storage.db import open_db
 from tests.fakes.slack_api import FakeSlackAPI
 from tests.slack.conftest import BOT_TOKEN, SIGNING_SECRET, TEAM, sign
 

@@ -15,10 +15,10 @@ from slack_sdk.models.views import View
 
 from imagine_bot.bots.slack import blocks
 from imagine_bot.bots.slack.blocks import ACTION_DELETE, ACTION_REROLL
-from imagine_bot.core.db import utcnow
+from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.events import Delivered
-from imagine_bot.core.identity import UserRef
-from imagine_bot.core.jobs import Job, JobState
+from imagine_bot.core.jobs.model import Job, JobState
+from imagine_bot.core.storage.db import utcnow
 
 from .conftest import TEAM, SlackHarness, of_type, valid_blocks
 

@@ -6,11 +6,11 @@ import pytest
 
 from imagine_bot.bots.slack import SlackService
 from imagine_bot.bots.slack.service import EVENTS_PATH, close_socket_handler
+from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.app import ImagineCore
 from imagine_bot.core.errors import ConfigError
-from imagine_bot.core.identity import UserRef
-from imagine_bot.core.jobs import JobState
-from imagine_bot.core.web import build_web_app
+from imagine_bot.core.jobs.model import JobState
+from imagine_bot.core.web.server import build_web_app
 
 from .conftest import APP_TOKEN, TEAM, SlackHarness
 
@@ -105,18 +105,6 @@ async def test_socket_mode_end_to_end_against_the_fake(slack_settings, fake_slac
         finally:
             await core.orchestrator.stop()
             await service.stop()
-
-
-async def test_an_upload_refused_for_the_channel_refunds_and_says_how_to_fix_it(slack: SlackHarness):
-    slack.fake.fail("files.getUploadURLExternal", "not_in_channel")
-    await slack.slash("a lighthouse at dusk")
-    await slack.settle()
-    [job] = slack.core.jobs.recent()
-    assert job.state is JobState.FAILED and job.error_code == "delivery_failed"
-    last = slack.fake.calls_to("chat.update")[-1].params["text"]
-    assert "/invite @imagine" in last and "Could not make" in last
-    account = slack.core.ledger.balance(U1)
-    assert (account.balance, account.held) == (180, 0)
 
 
 async def test_an_upload_error_that_outlasts_delivery_retry_s_refunds_with_the_core_wording(slack: SlackHarness):

@@ -16,7 +16,7 @@ from imagine_bot.bots.slack.mentions import (
     unescape,
     user_resolver,
 )
-from imagine_bot.core.identity import UserRef
+from imagine_bot.core.access.identity import UserRef
 
 
 @given(st.text())

@@ -1,0 +1,232 @@
+"""The operator's gateway account: its ModKie balance, and pausing new jobs when it cannot pay for them.
+
+The balance (``GET /api/v1/chat/credit``) is read at start and every ``GATEWAY_BALANCE_CHECK_S``. When it
+cannot cover one job, or ``createTask`` answers 402/433 (``GatewayOutOfCredits``), new submissions are
+*paused*: users get a plain message (``GatewayPaused``) and nothing is charged, the operators are told once
+by DM (``core.alerts``), ``/healthz`` says ``degraded`` and ``imagine-bot credits show`` says why. While
+paused the balance is read every ``min(30 s, GATEWAY_BALANCE_CHECK_S)``; once it covers a job again,
+submissions resume by themselves. Jobs already at the gateway go on.
+
+A 401 (the key) or 505 (the model is not enabled for the account) alerts the operators the same way, at
+most once an hour per cause; they fail the job (refunded) but do not pause.
+
+The state is kept in the ``gateway_account`` row, so every process, the command line and dashboards
+(``snapshot``) see the same thing. Every balance read is also kept in ``gateway_balance_log`` (for
+``BALANCE_LOG_DAYS``): the dashboard sets each day's drop beside what delivered jobs were charged.
+
+Billed but not delivered: a job whose task the gateway reported successful (so it charged the account)
+but which then failed is counted from the job rows (``JobStore.billed_not_delivered``). When today's
+total reaches ``UNDELIVERED_ALERT_CREDITS`` the operators get one DM (``check_undelivered``, after every
+such failure and every balance read), once a day however many processes share the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import sqlite_utils
+
+from imagine_bot.core.chat import messages
+from imagine_bot.core.credits.periods import period_start
+from imagine_bot.core.errors import (
+    GatewayAuthError,
+    GatewayError,
+    GatewayFeatureDisabled,
+    GatewayOutOfCredits,
+    GatewayPaused,
+    ImagineError,
+)
+from imagine_bot.core.gateway import GatewayClient
+from imagine_bot.core.jobs.model import Job, JobStore
+from imagine_bot.core.ops.alerts import Alerts
+from imagine_bot.core.storage.db import iso, transaction, utcnow
+
+log = logging.getLogger(__name__)
+
+OUT_OF_CREDITS = "out_of_credits"
+UNDELIVERED = "billed_not_delivered"
+PAUSED_RECHECK_S = 30.0
+#: balance readings older than this are dropped (the dashboard shows 90 days at most)
+BALANCE_LOG_DAYS = 100
+
+
+@dataclass(frozen=True, slots=True)
+class AccountState:
+    """What is known of the gateway account. ``paused``: why new jobs wait (None: they don't)."""
+
+    balance: int | None
+    checked_at: datetime | None
+    paused: str | None
+    paused_since: datetime | None
+    detail: str | None
+
+    @property
+    def status(self) -> str:
+        return "degraded" if self.paused else "ok"
+
+
+def read_state(db: sqlite_utils.Database) -> AccountState:
+    """The gateway account as last recorded by a running bot (for the CLI and dashboards)."""
+    row = db.execute("SELECT balance, checked_at, paused, paused_since, detail FROM gateway_account WHERE id = 1"
+                     ).fetchone()
+    if row is None:
+        return AccountState(None, None, None, None, None)
+    return AccountState(row[0], datetime.fromisoformat(row[1]) if row[1] else None, row[2],
+                        datetime.fromisoformat(row[3]) if row[3] else None, row[4])
+
+
+class GatewayAccount:
+    def __init__(self, db: sqlite_utils.Database, gateway: GatewayClient, alerts: Alerts, *, cost: int,
+                 check_every_s: float, undelivered_alert_credits: int = 0,
+                 clock: Callable[[], datetime] = utcnow) -> None:
+        self.db = db
+        self.gateway = gateway
+        self.alerts = alerts
+        self.cost = cost
+        self.check_every_s = check_every_s
+        #: tell the operators when today's billed-but-not-delivered credits reach this (0: never)
+        self.undelivered_alert_credits = undelivered_alert_credits
+        self.jobs = JobStore(db)
+        self.clock = clock
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        #: set while new jobs are taken (cleared while paused)
+        self.resumed = asyncio.Event()
+
+    # ------------------------------------------------------------------ state
+    def state(self) -> AccountState:
+        return read_state(self.db)
+
+    def snapshot(self) -> dict[str, object]:
+        """Plain values for ``/healthz``, metrics and dashboards."""
+        state = self.state()
+        return {"status": state.status, "balance": state.balance, "paused": state.paused,
+                "checked_at": state.checked_at and iso(state.checked_at),
+                "paused_since": state.paused_since and iso(state.paused_since)}
+
+    def _save(self, **values: object) -> None:
+        with transaction(self.db):
+            self.db.execute("INSERT OR IGNORE INTO gateway_account (id) VALUES (1)")
+            cols = ", ".join(f"{k} = ?" for k in values)
+            self.db.execute(f"UPDATE gateway_account SET {cols} WHERE id = 1", list(values.values()))
+
+    def check(self) -> None:
+        """Raise ``GatewayPaused`` while new jobs are paused."""
+        state = self.state()
+        if state.paused:
+            raise GatewayPaused(f"submissions paused: {state.paused} ({state.detail})")
+
+    # ------------------------------------------------------------------ pausing
+    def _transition(self, set_sql: str, values: list[object], when: str) -> bool:
+        """Compare-and-set on the shared row: True only for the one process that made the change, so that
+        with several processes on one database the operators still hear once per pause."""
+        with transaction(self.db):
+            self.db.execute("INSERT OR IGNORE INTO gateway_account (id) VALUES (1)")
+            cursor = self.db.execute(f"UPDATE gateway_account SET {set_sql} WHERE id = 1 AND {when}", values)
+            return cursor.rowcount == 1
+
+    def pause(self, cause: str, detail: str) -> None:
+        self.resumed.clear()
+        self._wake.set()  # recheck soon
+        if self._transition("paused = ?, paused_since = ?, detail = ?", [cause, iso(self.clock()), detail[:500]],
+                            "paused IS NULL"):
+            log.error("pausing new jobs: the gateway account is %s (%s)", cause.replace("_", " "), detail)
+            self.alerts.clear(cause)  # once per pause, however soon after the last one
+            self.alerts.alert(cause, messages.operator_paused(detail))
+
+    def resume(self, balance: int) -> None:
+        self.resumed.set()
+        if self._transition("paused = NULL, paused_since = NULL, detail = NULL", [], "paused IS NOT NULL"):
+            log.warning("resuming new jobs: the gateway account has %d credits again", balance)
+            self.alerts.clear("resumed")
+            self.alerts.alert("resumed", messages.operator_resumed(balance))
+
+    # ------------------------------------------------------------------ billed but not delivered
+    def check_undelivered(self) -> bool:
+        """Tell the operators (once a day, whichever process gets there first) when the credits the gateway
+        billed today for images nobody received reach ``undelivered_alert_credits``. True if told now."""
+        if not self.undelivered_alert_credits:
+            return False
+        now = self.clock()
+        midnight = period_start(now, "day")
+        credits, jobs = self.jobs.billed_not_delivered(since=midnight)
+        if credits < self.undelivered_alert_credits:
+            return False
+        day = now.astimezone(UTC).date().isoformat()
+        if not self._transition("undelivered_told_day = ?", [day, day],
+                                "(undelivered_told_day IS NULL OR undelivered_told_day <> ?)"):
+            return False
+        log.error("billed but not delivered today: %d credits (%d jobs), at or over UNDELIVERED_ALERT_CREDITS (%d)",
+                  credits, jobs, self.undelivered_alert_credits)
+        self.alerts.clear(UNDELIVERED)  # once a day, however soon after yesterday's
+        self.alerts.alert(UNDELIVERED, messages.operator_undelivered(credits, jobs, self.undelivered_alert_credits))
+        return True
+
+    def on_job_failed(self, job: Job, error: ImagineError) -> None:
+        """A job failed (the orchestrator's hook): gateway errors as ``on_error``; one the gateway had billed
+        adds to today's undelivered credits."""
+        self.on_error(error)
+        if job.billed_at is not None:
+            self.check_undelivered()
+
+    def on_error(self, error: ImagineError) -> None:
+        """A job met a gateway error: out of credits pauses; a bad key or a disabled model alerts (hourly)."""
+        if isinstance(error, GatewayOutOfCredits):
+            self.pause(OUT_OF_CREDITS, error.admin_message)
+        elif isinstance(error, GatewayAuthError | GatewayFeatureDisabled):
+            self.alerts.alert(error.code, messages.operator_gateway_error(error.code, error.admin_message))
+
+    # ------------------------------------------------------------------ reading the balance
+    async def refresh(self) -> int | None:
+        """Read the balance now; pause or resume on what it says. None if it could not be read."""
+        try:
+            balance = await self.gateway.credit()
+        except GatewayOutOfCredits as error:
+            self.pause(OUT_OF_CREDITS, error.admin_message)
+            return None
+        except GatewayError as error:
+            log.warning("could not read the gateway balance: %s", error.admin_message)
+            self.on_error(error)
+            return None
+        now = self.clock()
+        with transaction(self.db):
+            self._save(balance=balance, checked_at=iso(now))
+            self.db.execute("INSERT INTO gateway_balance_log (ts, balance) VALUES (?, ?)", [iso(now), balance])
+            self.db.execute("DELETE FROM gateway_balance_log WHERE ts < ?",
+                            [iso(now - timedelta(days=BALANCE_LOG_DAYS))])
+        if balance < self.cost:
+            self.pause(OUT_OF_CREDITS, f"the balance is {balance} credits, less than one image ({self.cost})")
+        else:
+            self.resume(balance)
+        return balance
+
+    async def run(self) -> None:
+        """Read the balance every few minutes (every 30 s at most while paused); ``refresh`` once first."""
+        while True:
+            every = min(PAUSED_RECHECK_S, self.check_every_s) if self.state().paused else self.check_every_s
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=every)
+                await asyncio.sleep(min(1.0, every))  # a pause was just noted: look again shortly, not at once
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            await self.refresh()
+            try:  # failures another process (or `imagine-bot jobs fail`) decided count too
+                self.check_undelivered()
+            except Exception:
+                log.exception("could not check the undelivered credits")
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self.run(), name="gateway-account")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        await self.alerts.close()

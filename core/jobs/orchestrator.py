@@ -1,0 +1,795 @@
+"""The job orchestrator: submit -> reserve -> createTask -> track -> download -> deliver -> capture.
+
+Every step is persisted before the next begins, so a restart resumes each job from its row:
+
+- ``queued``: credits reserved; the job waits for admission (global cap + rate limit) and is resent.
+- ``submitting``: createTask may have reached the gateway. Resending could double-spend, so a job found
+  here after a restart is failed with ``JobInterrupted`` and refunded.
+- ``running``: the gateway task id is known; tracking resumes (callback or polling).
+- ``delivering``: images are in the spool (or are fetched again); delivery is retried.
+
+Money: ``reserve`` with the job insert, ``capture`` with the ``delivered`` state, ``release`` with the
+``failed`` state, each in one transaction. The ledger refuses a second capture or release of a job, so
+no path charges twice, and a job that never delivered is never charged. A refused capture is an error
+(``CaptureRefused``, logged), never "delivered".
+
+Several processes may share the database (a rolling deploy, a double start). Each job is owned by one
+process through a lease (``core.leases``): this orchestrator claims jobs nobody holds, renews its
+leases while it works, and takes over a job only once its owner's lease expired (the periodic sweep).
+Every state change is a compare-and-set on the expected state and owner (``JobStore.transition``); a
+lost race raises ``LeaseLost`` and the local worker stops without touching money.
+
+Stopping: ``drain`` (SIGTERM) refuses new jobs, stops the jobs that can be picked up anywhere (waiting,
+tracking, downloading), lets createTask calls and deliveries in flight finish up to ``DRAIN_S``, then
+``stop`` releases every lease for the next owner. A createTask call is bounded below ``DRAIN_S`` as a
+whole, and one whose connection never opened is not tried again once the drain began: its job goes back
+to ``queued``, nothing sent, nothing charged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import mimetypes
+import shutil
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable, KeysView
+from dataclasses import replace
+from functools import partial
+from pathlib import Path
+from typing import TypeVar
+
+import sqlite_utils
+
+from imagine_bot.core.access.identity import UserRef
+from imagine_bot.core.chat.parsing import check_banned
+from imagine_bot.core.credits.ledger import Ledger
+from imagine_bot.core.credits.periods import describe_refill
+from imagine_bot.core.credits.refunds import fail_and_refund
+from imagine_bot.core.errors import (
+    CaptureRefused,
+    DatabaseBusy,
+    DeliveryError,
+    DeliveryInterrupted,
+    GatewayError,
+    GatewayMaintenance,
+    GatewayProtocolError,
+    GatewayRateLimited,
+    GatewayTimeout,
+    ImagineError,
+    InsufficientCredits,
+    JobFailedByOperator,
+    JobInterrupted,
+    LeaseLost,
+    ShuttingDown,
+    TooManyActiveJobs,
+    UnknownTask,
+    is_transient,
+)
+from imagine_bot.core.events import Accepted, Delivered, Failed, ImageFile, JobEvent, Progress, Queued
+from imagine_bot.core.frontend import FrontEnd
+from imagine_bot.core.gateway import GatewayClient, TaskRecord, TaskStage
+from imagine_bot.core.gateway.catalog import CATALOG, ModelSpec
+from imagine_bot.core.jobs.admission import Admission, RateLimiter
+from imagine_bot.core.jobs.leases import LeaseClock, new_owner_id
+from imagine_bot.core.jobs.model import Job, JobRequest, JobState, JobStore, ReplyTo, new_job_id
+from imagine_bot.core.jobs.outbox import UNPACED, Outbox, Refresh, Send
+from imagine_bot.core.media.thumbnails import ThumbnailStore
+from imagine_bot.core.storage.db import transaction, utcnow
+from imagine_bot.core.web.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: a new task may be unknown to recordInfo for a while (gateway contract: about 90 s)
+UNKNOWN_TASK_GRACE_S = 90.0
+#: with callbacks configured, polling is only the fallback: first look after this long, then this often
+CALLBACK_FALLBACK_FIRST_S = 45.0
+CALLBACK_FALLBACK_EVERY_S = 30.0
+#: waiters at these places hear each move; the ones further back are told their place once
+QUEUE_PLACES_SHOWN = 5
+#: callbacks remembered for tasks nobody waits on yet (a fast task's callback beats its tracker)
+EARLY_CALLBACKS_KEPT = 1000
+#: job phases a drain lets finish: the outcome of a createTask in flight cannot be known if it is cut,
+#: and a delivery cut half-way may post twice
+DRAIN_FINISHES = ("submitting", "delivering")
+#: waits between delivery attempts after a chat-API blip (the last one repeats, up to DELIVERY_RETRY_S)
+DELIVERY_BACKOFF_S = (2.0, 4.0, 8.0, 16.0, 30.0)
+#: callback hints wake a task's tracker at most this often
+URGENT_EVERY_S = 3.0
+#: longest wait between two tries of saving an accepted task's id while the database is busy
+SAVE_BACKOFF_CAP_S = 2.0
+
+
+class _Drained(Exception):
+    """Internal: the process is draining and this job is left for the next owner at a safe point."""
+
+
+class Orchestrator:
+    def __init__(
+        self,
+        *,
+        db: sqlite_utils.Database,
+        jobs: JobStore,
+        ledger: Ledger,
+        gateway: GatewayClient,
+        model: ModelSpec,
+        spool: Path,
+        max_active_per_user: int,
+        max_active: int,
+        create_rate_per_10s: int,
+        poll_interval_s: float,
+        poll_max_interval_s: float,
+        job_timeout_s: float,
+        poll_rate_per_s: float = 8.0,
+        callback_url: str | None = None,
+        banned_words: tuple[str, ...] = (),
+        monotonic: Callable[[], float] = time.monotonic,
+        metrics: Metrics | None = None,
+        resolve_refs: Callable[[list[str]], list[str]] | None = None,
+        lease_s: float = 30.0,
+        owner: str | None = None,
+        thumbnails: ThumbnailStore | None = None,
+        delivery_retry_s: float = 300.0,
+        on_failure: Callable[[Job, ImagineError], None] | None = None,
+    ) -> None:
+        self.db = db
+        self.jobs = jobs
+        self.ledger = ledger
+        self.gateway = gateway
+        self.model = model
+        self.spool = spool
+        self.max_active_per_user = max_active_per_user
+        self.poll_interval_s = poll_interval_s
+        self.poll_max_interval_s = poll_max_interval_s
+        self.job_timeout_s = job_timeout_s
+        self.delivery_retry_s = delivery_retry_s
+        self.delivery_backoff_s = DELIVERY_BACKOFF_S
+        self.callback_url = callback_url
+        self.banned_words = banned_words
+        self.monotonic = monotonic
+        self.metrics = metrics or Metrics()
+        self.thumbnails = thumbnails
+        self.metrics.watch(lambda: self.in_flight, lambda: self.admission.waiting)
+        #: turns a job's stored references (``ref:<key>``) into URLs the gateway can fetch (``RefStore``)
+        self.resolve_refs = resolve_refs or (lambda urls: list(urls))
+        self.admission = Admission(max_active, create_rate_per_10s)
+        # routine polls: a burst of 2 on top of the rate keeps their busiest second within the gateway's
+        # ~10 recordInfo/s; callback confirmations may use a second's worth at once
+        self.poll_limiter = RateLimiter(poll_rate_per_s, burst=2, urgent_burst=max(2, int(poll_rate_per_s)))
+        self.frontends: dict[str, FrontEnd] = {}
+        self.outbox = Outbox(monotonic)
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._wakeups: dict[str, asyncio.Event] = {}
+        #: final answers from verified account webhooks, for the trackers they woke (no recordInfo needed)
+        self._finals: dict[str, TaskRecord] = {}
+        #: when each task was last woken by a callback hint (monotonic)
+        self._last_urgent: dict[str, float] = {}
+        self._deferred: dict[str, asyncio.TimerHandle] = {}
+        #: the gateway sends a signed account webhook for every task (registered at start): createTask then
+        #: carries no per-task callBackUrl, whose unsigned callback would cost a confirming recordInfo
+        self.account_webhook = False
+        self._early: dict[str, float] = {}  # task id -> when a callback came before its tracker waited
+        self._phase: dict[str, str] = {}  # job id -> waiting | submitting | tracking | downloading | delivering
+        #: told of every job failure, with the failed row (the gateway account pauses on 402/433, alerts on
+        #: 401/505, and counts what was billed but not delivered)
+        self.on_failure = on_failure
+        self._accepting = True
+        self._draining = False
+        #: set when a drain begins: a createTask that could not connect is not tried again
+        self._drain_begun = asyncio.Event()
+        self._stopped = False
+        self.owner = owner or new_owner_id()
+        self.leases = LeaseClock(lease_s)
+        self._housekeeper: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ front ends
+    def register(self, frontend: FrontEnd) -> None:
+        self.frontends[frontend.platform] = frontend
+
+    async def _publish(self, event: JobEvent) -> None:
+        """Deliver now (awaited: errors mean "not delivered", the caller refunds); hand anything else to
+        the outbox, which sends it in the background: the job never waits on a chat API for a status."""
+        frontend = self.frontends.get(event.job.platform)
+        if frontend is None:
+            log.warning("no front end for %s to publish %s of job %s", event.job.platform,
+                        type(event).__name__, event.job.id)
+            return
+        if isinstance(event, Delivered):
+            self.outbox.hold(event.job.id)
+            await frontend.publish(event)
+            return
+        pace_of = getattr(frontend, "pace", None)
+        refresh: Refresh | None = None
+        if isinstance(event, Progress):
+            progress = event
+
+            def refresh(later_s: float) -> Send:
+                return partial(frontend.publish, replace(progress, elapsed_s=progress.elapsed_s + later_s))
+
+        self.outbox.put(event.job.id, partial(frontend.publish, event),
+                        pace=partial(pace_of, event.job) if pace_of is not None else UNPACED,
+                        final=isinstance(event, Failed), refresh=refresh)
+
+    # ------------------------------------------------------------------ submitting
+    def precheck(self, requester: UserRef, cost: int | None = None) -> None:
+        """Raise the refusal ``submit`` would make for this user (job limit, balance), reserving nothing.
+
+        For front ends that must decide before they acknowledge (Discord: private or public reply);
+        ``submit`` still enforces both atomically.
+        """
+        if self.jobs.count_active(requester.key) >= self.max_active_per_user:
+            raise TooManyActiveJobs(self.max_active_per_user)
+        cost = self.model.cost if cost is None else cost
+        balance = self.ledger.balance(requester)
+        if balance.available < cost:
+            raise InsufficientCredits(balance=balance.available, cost=cost,
+                                      next_refill=describe_refill(balance.next_refill, utcnow()))
+
+    async def check_reply(self, reply: ReplyTo) -> None:
+        """Raise ``CannotAnswerHere`` when the front end of ``reply`` says it cannot post there (``FrontEnd``:
+        the optional ``check_reply``); front ends without one answer everywhere."""
+        frontend = self.frontends.get(reply.platform)
+        check: Callable[[ReplyTo], Awaitable[None]] | None = getattr(frontend, "check_reply", None)
+        if check is not None:
+            await check(reply)
+
+    async def submit(self, request: JobRequest) -> Job:
+        """Reserve credits, record the job and start it. Raises a user-facing ``ImagineError``."""
+        if not self._accepting:
+            raise ShuttingDown("refused a new job: the process is stopping")
+        if request.dedupe_key:
+            existing = self.jobs.by_dedupe_key(request.dedupe_key)
+            if existing is not None:
+                log.info("redelivered request %s: job %s already exists", request.dedupe_key, existing.id)
+                return existing
+        check_banned(request.prompt, self.banned_words)
+        await self.check_reply(request.reply)  # nothing is reserved or sent where the result cannot go
+        if not self._accepting:  # a drain began while the front end was asked
+            raise ShuttingDown("refused a new job: the process is stopping")
+        job_id = new_job_id()
+        model = request.model or self.model.id
+        cost = self.model.cost if request.cost is None else request.cost
+        try:
+            with transaction(self.db):
+                if self.jobs.count_active(request.requester.key) >= self.max_active_per_user:
+                    raise TooManyActiveJobs(self.max_active_per_user)
+                self.ledger.reserve(request.requester, job_id, cost, scopes=request.scopes,
+                                    channel=request.reply.channel)
+                job = self.jobs.insert(request, model=model, cost=cost, job_id=job_id,
+                                       owner=self.owner, lease_until=self.leases.until())
+        except sqlite3.IntegrityError:
+            # the same request arrived twice at once: the other delivery made the job
+            existing = self.jobs.by_dedupe_key(request.dedupe_key or "")
+            if existing is None:
+                raise
+            return existing
+        log.info("job %s accepted for %s (%s)", job.id, job.requester.key, job.params)
+        await self._publish(Accepted(job))
+        if self.jobs.get(job.id).state is JobState.QUEUED:  # a front end may cancel on Accepted
+            self._start(job)
+        return job
+
+    def _start(self, job: Job) -> None:
+        if self._stopped:  # a submit that raced a stop: leave the job to the next owner at once
+            self.jobs.release_leases(self.owner, [job.id])
+            return
+        if job.id in self._tasks:  # already running here (a sweep picked it up first)
+            return
+        task = asyncio.create_task(self._run(job.id), name=f"job-{job.id}")
+        self._tasks[job.id] = task
+
+        def forget(_: asyncio.Task[None], job_id: str = job.id) -> None:
+            self._tasks.pop(job_id, None)
+            self._phase.pop(job_id, None)
+
+        task.add_done_callback(forget)
+
+    # ------------------------------------------------------------------ lifecycle
+    async def resume(self) -> int:
+        """Claim every job nobody holds (left by a stopped or dead process) for the registered front ends,
+        and keep doing so: the housekeeping loop renews our leases and sweeps for expired ones."""
+        if self._stopped:
+            return 0
+        if self._housekeeper is None:
+            self._housekeeper = asyncio.create_task(self._housekeep(), name="job-leases")
+        return await self._sweep()
+
+    async def _sweep(self) -> int:
+        """Take over jobs whose lease expired; fail the stranded jobs of platforms not running here after
+        ``JOB_TIMEOUT_S``; tell users about failures they have not heard of. Returns how many jobs started."""
+        started = 0
+        now = utcnow()
+        for job in self.jobs.claimable(now=now):
+            if job.id in self._tasks or self._stopped or self._draining:
+                continue
+            running_here = job.platform in self.frontends
+            stranded = (now - job.created_at).total_seconds() > self.job_timeout_s
+            if not running_here and not stranded:
+                continue
+            claimed = self.jobs.claim(job.id, self.owner, self.leases.until(now), now=now)
+            if claimed is None:
+                continue  # another process was quicker
+            if not running_here:
+                error = JobFailedByOperator(f"job {job.id} stranded: no {job.platform} front end ran for it "
+                                            f"within JOB_TIMEOUT_S ({self.job_timeout_s:.0f}s)")
+                await self._fail(job.id, error, notice_pending=True)
+                continue
+            if job.owner is not None:
+                log.warning("taking over job %s (%s) from %s, whose lease expired", job.id, job.state, job.owner)
+            else:
+                log.info("resuming job %s in state %s", job.id, job.state)
+            if claimed.state in (JobState.RUNNING, JobState.DELIVERING):
+                self.admission.hold(job.id)
+            self._start(claimed)
+            started += 1
+        await self._tell_pending()
+        return started
+
+    async def _tell_pending(self) -> None:
+        """Failures decided while the job's front end was not running (an operator, a stranded job)."""
+        for job in self.jobs.pending_notices(self.frontends):
+            if self.jobs.take_notice(job.id):
+                await self._publish(Failed(job, JobFailedByOperator(job.error_message), refunded=True))
+
+    async def _housekeep(self) -> None:
+        """Renew our leases every third of the lease; stop local workers whose job another process took;
+        sweep for jobs whose owner's lease expired."""
+        while True:
+            await asyncio.sleep(self.leases.renew_every_s)
+            try:
+                held = self.jobs.renew(self.owner, self.leases.until())
+                idle = held - set(self._tasks)
+                if idle:  # ours but nobody works on them here (a worker that died): free for any sweep
+                    self.jobs.release_leases(self.owner, idle)
+                for job_id, task in list(self._tasks.items()):
+                    if job_id in held or task.done():
+                        continue
+                    row = self.jobs.find(job_id)
+                    if row is not None and not row.state.final and row.owner != self.owner:
+                        log.warning("job %s is now owned by %s: stopping the local worker", job_id, row.owner)
+                        task.cancel()
+                if not self._draining:
+                    await self._sweep()
+            except Exception:
+                log.exception("lease housekeeping failed; trying again")
+
+    async def drain(self, timeout_s: float) -> None:
+        """SIGTERM: refuse new jobs, let createTask calls and deliveries in flight finish (up to
+        ``timeout_s``), leave everything else for the next owner, then ``stop``."""
+        self._accepting = False
+        self._draining = True
+        self._drain_begun.set()
+        for job_id, task in list(self._tasks.items()):
+            if self._phase.get(job_id) not in DRAIN_FINISHES:
+                task.cancel()  # waiting, tracking or downloading: safe to pick up anywhere
+        deadline = self.monotonic() + timeout_s
+        pending = [t for t in self._tasks.values() if not t.done()]
+        if pending:
+            log.info("draining: waiting up to %.0fs for %d createTask call(s) and deliveries", timeout_s,
+                     len(pending))
+            _, left = await asyncio.wait(pending, timeout=timeout_s)
+            if left:
+                log.warning("draining: %d job(s) still busy after %.0fs; stopping them", len(left), timeout_s)
+        try:  # the last words of finished jobs (done or failed) in the time left; other statuses are dropped
+            await asyncio.wait_for(self.outbox.flush_finals(), max(0.0, deadline - self.monotonic()))
+        except TimeoutError:
+            log.warning("draining: %d final status message(s) not sent", self.outbox.busy)
+        await self.stop()
+
+    async def stop(self) -> None:
+        """Stop taking jobs, cancel the workers and release every lease; rows stay as they are, for the
+        next owner (this process after a restart, or another one) to pick up."""
+        self._accepting = False
+        self._stopped = True
+        if self._housekeeper is not None:
+            self._housekeeper.cancel()
+            await asyncio.gather(self._housekeeper, return_exceptions=True)
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.outbox.close()
+        try:
+            released = self.jobs.release_leases(self.owner)
+        except sqlite3.ProgrammingError:  # the database is already closed
+            return
+        if released:
+            log.info("released %d job(s) for the next owner", released)
+
+    async def wait_idle(self) -> None:
+        """Wait until no job is in flight and no status waits in the outbox (tests, the CLI)."""
+        while self._tasks or self.outbox.busy:
+            await asyncio.gather(*list(self._tasks.values()), return_exceptions=True)
+            await self.outbox.wait_idle()
+
+    async def cancel(self, job_id: str, error: ImagineError) -> None:
+        """Stop a job that cannot go on (its front end cannot post in the channel, ...): refund and report."""
+        task = self._tasks.get(job_id)
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        self.admission.leave(job_id)
+        await self._fail(job_id, error)
+
+    def notify(self, task_id: str, final: TaskRecord | None = None) -> bool:
+        """A gateway callback named this task: look at it now instead of at the next poll.
+
+        ``final`` is the task's final answer from a verified account webhook (``read_callback``): the
+        tracker acts on it as on a recordInfo answer, without asking the gateway again.
+
+        A callback for a task nobody waits on yet (a fast task whose callback beat its tracker) is
+        remembered, so the tracker looks at once; returns whether a tracker was woken now.
+        """
+        event = self._wakeups.get(task_id)
+        if final is not None and final.task_id == task_id:
+            self._finals[task_id] = final
+        if event is None:
+            if len(self._early) >= EARLY_CALLBACKS_KEPT:
+                oldest = next(iter(self._early))
+                del self._early[oldest]
+                self._finals.pop(oldest, None)
+            self._early[task_id] = self.monotonic()
+            return False
+        if final is None or final.task_id != task_id:
+            # a hint costs an urgent recordInfo: at most one per task every URGENT_EVERY_S, so a flood of
+            # forged callbacks cannot starve the routine polls of every other job
+            # (one arriving too soon is not dropped: it is coalesced into one wake when the interval is up)
+            now = self.monotonic()
+            wait = self._last_urgent.get(task_id, float("-inf")) + URGENT_EVERY_S - now
+            if wait > 0:
+                if task_id not in self._deferred:
+                    self._deferred[task_id] = asyncio.get_running_loop().call_later(
+                        wait, self._deferred_wake, task_id)
+                return True
+            self._last_urgent[task_id] = now
+        event.set()
+        return True
+
+    def _deferred_wake(self, task_id: str) -> None:
+        self._deferred.pop(task_id, None)
+        event = self._wakeups.get(task_id)
+        if event is not None:
+            self._last_urgent[task_id] = self.monotonic()
+            event.set()
+
+    @property
+    def tracking(self) -> KeysView[str]:
+        """The task ids whose trackers run in this process (a callback for another is not ours to act on)."""
+        return self._wakeups.keys()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    # ------------------------------------------------------------------ one job
+    def _move(self, job: Job, new: JobState, **fields: object) -> Job:
+        """Compare-and-set the job from the state we last saw to ``new``, as its owner (or ``LeaseLost``)."""
+        return self.jobs.transition(job.id, job.state, new, owner=self.owner, **fields)
+
+    def _enter(self, job: Job, phase: str) -> None:
+        """Mark the job's phase; while draining, only a delivery may still begin."""
+        if self._draining and phase != "delivering":
+            raise _Drained(phase)
+        self._phase[job.id] = phase
+
+    async def _run(self, job_id: str) -> None:
+        job = self.jobs.get(job_id)
+        gateway_done: float | None = None  # when the gateway said success (for the delivery overhead)
+        try:
+            if job.state is JobState.QUEUED:
+                job = await self._admit_and_create(job)
+            elif job.state is JobState.SUBMITTING:
+                raise JobInterrupted(f"job {job.id} was mid-createTask when its process stopped")
+            if job.state is JobState.RUNNING:
+                self._enter(job, "tracking")
+                record = await self._track(job)
+                gateway_done = time.monotonic()
+                self._enter(job, "downloading")
+                job = await self._download(job, record)
+            self.admission.leave(job_id)  # the gateway's part is done: the next job may go while we post
+            if job.state is JobState.DELIVERING:
+                self._enter(job, "delivering")
+                await self._deliver(job, gateway_done)
+        except asyncio.CancelledError:
+            raise
+        except _Drained as drained:
+            log.info("job %s left for the next owner (draining at %s)", job_id, drained)
+        except LeaseLost as lost:
+            log.info("job %s: %s; stopping here", job_id, lost.admin_message)
+        except DatabaseBusy as busy:  # not the job's fault: it resumes from its row (the housekeeper frees it)
+            log.error("job %s: %s; left as it is, to resume", job_id, busy.admin_message)
+        except ImagineError as error:
+            await self._fail(job_id, error)
+        except Exception as exc:  # a bug: still refund and tell the user
+            log.exception("job %s crashed", job_id)
+            await self._fail(job_id, ImagineError(f"internal error: {type(exc).__name__}: {exc}"))
+        finally:
+            self.admission.leave(job_id)
+
+    async def _admit_and_create(self, job: Job) -> Job:
+        told = False
+
+        async def on_position(place: int) -> None:
+            nonlocal told
+            if place <= QUEUE_PLACES_SHOWN or not told:  # the ones far back hear "queued" once
+                told = True
+                await self._publish(Queued(job, place))
+
+        deadline = self.monotonic() + self.job_timeout_s
+        refused = False
+        while True:
+            self._phase[job.id] = "waiting"
+            await self.admission.enter(job.id, on_position, first=refused)
+            self._enter(job, "submitting")
+            spec = CATALOG.get(job.model, self.model)
+            inputs = {"prompt": job.prompt, **spec.fixed, **job.params}
+            if job.image_urls:  # stored references are signed now: the gateway gets a fresh hour
+                inputs["image_urls"] = self.resolve_refs(list(job.image_urls))
+            job = self._move(job, JobState.SUBMITTING)
+            try:
+                task_id = await self.gateway.create_task(
+                    job.model, inputs, None if self.account_webhook else self.callback_url,
+                    stop=self._drain_begun)
+            except GatewayError as error:
+                if error.unsent and self._draining:
+                    # the request never left and the process is stopping: no new attempt (a drain must not
+                    # start a createTask it may have to cut); the job is back in line for the next owner
+                    self._move(job, JobState.QUEUED)
+                    raise _Drained("submitting (createTask not sent)") from error
+                if not isinstance(error, (GatewayRateLimited, GatewayMaintenance)):
+                    raise
+                # not accepted by the gateway: back to admission, at the head of the line (the job keeps
+                # its place), and nobody is admitted until the gateway's Retry-After has passed
+                job = self._move(job, JobState.QUEUED)
+                self.admission.leave(job.id)
+                self.admission.pause(_retry_after(error))
+                if self.monotonic() + _retry_after(error) > deadline:
+                    raise
+                log.warning("job %s: createTask refused (%s); back in line for %.1fs", job.id, error.code,
+                            _retry_after(error))
+                refused = True
+                continue
+            # in the log first: the gateway bills this task, and the row may not take its id at once
+            log.info("job %s submitted as task %s", job.id, task_id)
+            job = await self._save_task_id(job, task_id)
+            await self._publish(Progress(job, "submitted", job.elapsed_s))
+            return job
+
+    async def _save_task_id(self, job: Job, task_id: str) -> Job:
+        """Record the task the gateway accepted (and will bill). A write lock held elsewhere past the busy
+        timeout (``DatabaseBusy``, transient) is waited out, however long: never a reason to fail the job or
+        to lose its task id. Only another owner (``LeaseLost``) or a stop ends the wait."""
+        submitted_at = utcnow()
+        troubles = 0
+        while True:
+            try:
+                return self._move(job, JobState.RUNNING, task_id=task_id, submitted_at=submitted_at)
+            except ImagineError as error:
+                if not is_transient(error):
+                    raise
+                troubles += 1
+                wait = min(SAVE_BACKOFF_CAP_S, 0.05 * 2 ** min(troubles, 6))
+                log.warning("job %s: could not save its task %s yet (%s); trying again in %.2fs", job.id, task_id,
+                            error.admin_message, wait)
+                await asyncio.sleep(wait)
+
+    def _next_interval(self, age_s: float) -> float:
+        """Poll politely (gateway contract): fast at first, slower as the job ages, capped."""
+        base = self.poll_interval_s
+        if age_s < 30:
+            interval = base
+        elif age_s < 120:
+            interval = max(base, 5.0)
+        else:
+            interval = max(base, 15.0)
+        return min(interval, self.poll_max_interval_s)
+
+    async def _track(self, job: Job) -> TaskRecord:
+        assert job.task_id is not None
+        wake = self._wakeups.setdefault(job.task_id, asyncio.Event())
+        if self._early.pop(job.task_id, None) is not None:
+            wake.set()  # its callback came before we waited: look now
+        submitted = job.submitted_at or job.created_at
+        troubles = 0
+        last_stage: str | None = None
+        # with callbacks, the first look is the fallback, well after the callback should have come;
+        # a job resumed after a restart is looked at at once (its callback may have been missed)
+        fresh = (utcnow() - submitted).total_seconds() < 1.0
+        wait = CALLBACK_FALLBACK_FIRST_S if (self.callback_url and fresh) else 0.0
+        try:
+            while True:
+                age = (utcnow() - submitted).total_seconds()
+                if age > self.job_timeout_s:
+                    raise GatewayTimeout(f"task {job.task_id} still not done after {age:.0f}s")
+                if wait > 0:
+                    try:
+                        await asyncio.wait_for(wake.wait(), timeout=min(wait, self.job_timeout_s - age))
+                    except TimeoutError:
+                        pass
+                called_back = wake.is_set()
+                wake.clear()
+                wait = CALLBACK_FALLBACK_EVERY_S if self.callback_url else self._next_interval(age)
+                final = self._finals.pop(job.task_id, None)
+                try:
+                    if final is not None:  # a verified account webhook: as good as recordInfo
+                        record = final
+                    else:
+                        # every recordInfo shares the key's rate; confirming a callback goes before routine polls
+                        await self.poll_limiter.acquire(urgent=called_back)
+                        record = await self.gateway.record_info(job.task_id)
+                except UnknownTask:
+                    if (utcnow() - submitted).total_seconds() < UNKNOWN_TASK_GRACE_S:
+                        continue
+                    raise
+                except GatewayError as error:
+                    if not is_transient(error):
+                        raise
+                    # a blip (timeout, 5xx, 401 in a key rotation, a malformed answer): recordInfo is
+                    # idempotent, so look again with backoff until JOB_TIMEOUT_S
+                    troubles += 1
+                    wait = min(self.poll_max_interval_s, wait * 2 ** min(troubles, 5))
+                    log.warning("job %s: recordInfo trouble (%s), looking again in %.1fs", job.id, error.code,
+                                wait)
+                    continue
+                troubles = 0
+                if record.stage is TaskStage.SUCCESS:
+                    return record
+                if record.stage is TaskStage.FAIL:
+                    raise self.gateway.failure(record)
+                stage = record.stage.value
+                if stage != last_stage or record.progress is not None:
+                    last_stage = stage
+                    await self._publish(Progress(job, stage, job.elapsed_s, record.progress))
+        finally:
+            self._wakeups.pop(job.task_id, None)
+            self._finals.pop(job.task_id, None)
+            self._last_urgent.pop(job.task_id, None)
+            deferred = self._deferred.pop(job.task_id, None)
+            if deferred is not None:
+                deferred.cancel()
+
+    def _billed(self, job: Job, record: TaskRecord) -> Job:
+        """The gateway said the task succeeded: it has charged the account (``consumeCredits``, else the
+        job's price). Kept on the row at once, so that if the image then never reaches anyone the job is
+        counted as billed but not delivered, by whichever process ends it."""
+        if job.billed_at is not None or record.stage is not TaskStage.SUCCESS:
+            return job
+        cost = job.cost if record.consume_credits is None else record.consume_credits
+        return self._move(job, job.state, billed_at=utcnow(), gateway_cost=cost)
+
+    async def _download(self, job: Job, record: TaskRecord) -> Job:
+        job = self._billed(job, record)
+        if not record.result_urls:
+            raise GatewayProtocolError(f"task {job.task_id} succeeded without result URLs")
+        folder = self.spool / job.id
+        folder.mkdir(parents=True, exist_ok=True)
+        files: list[Path] = []
+        for n, url in enumerate(record.result_urls):
+            result = await self._patiently(job, "download", partial(self.gateway.download, url))
+            ext = mimetypes.guess_extension(result.content_type.split(";")[0].strip()) or ".png"
+            path = folder / f"{job.id}-{n}{ext}"
+            path.write_bytes(result.content)
+            files.append(path)
+        return self._move(job, JobState.DELIVERING, result_urls=list(record.result_urls), files=files)
+
+    async def _patiently(self, job: Job, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """An idempotent gateway request about a task the gateway has billed (a result download, a
+        recordInfo): a blip (``is_transient``: 5xx, 429, a timeout, a dropped connection) is tried again,
+        with backoff up to ``POLL_MAX_INTERVAL_S`` (or the error's Retry-After), for up to ``JOB_TIMEOUT_S``,
+        as the tracker does for recordInfo; result URLs stay valid for hours."""
+        deadline = self.monotonic() + self.job_timeout_s
+        troubles = 0
+        while True:
+            try:
+                return await call()
+            except GatewayError as error:
+                left = deadline - self.monotonic()
+                if not is_transient(error) or left <= 0:
+                    raise
+                troubles += 1
+                wait = min(self.poll_max_interval_s, self.poll_interval_s * 2 ** min(troubles, 6))
+                wait = min(max(wait, getattr(error, "retry_after", None) or 0.0), left)
+                log.warning("job %s: %s trouble (%s), trying again in %.1fs", job.id, what, error.admin_message, wait)
+                await asyncio.sleep(wait)
+
+    async def _deliver(self, job: Job, gateway_done: float | None = None) -> None:
+        if not job.files or not all(p.exists() for p in job.files):
+            if not job.task_id:
+                raise DeliveryError(f"job {job.id} has neither files nor a task id")
+            # files lost: fetch them again
+            record = await self._patiently(job, "recordInfo", partial(self.gateway.record_info, job.task_id))
+            job = await self._download(job, record)
+        images = tuple(ImageFile(p, mimetypes.guess_type(p.name)[0] or "image/png", p.stat().st_size)
+                       for p in job.files)
+        job = await self._post_result(job, images)
+        with transaction(self.db):
+            job = self._move(job, JobState.DELIVERED, finished_at=utcnow())
+            if not self.ledger.capture(job.id):  # rolls the "delivered" back: never delivered uncharged
+                raise CaptureRefused(f"job {job.id} was delivered but the ledger refused to charge it "
+                                     "(already captured or released)",
+                                     user_message="Your image was posted, but I could not settle its cost. "
+                                                  "An admin has been told.")
+        log.info("job %s delivered and charged %d", job.id, job.cost)
+        self.metrics.delivered(job.platform, job.scope, job.cost, job.elapsed_s,
+                               None if gateway_done is None else time.monotonic() - gateway_done)
+        # the images stay in the spool for the Vary and Remix buttons (``RefStore.cleanup`` ends them)
+        await self._thumbnail(job, images)
+
+    async def _post_result(self, job: Job, images: tuple[ImageFile, ...]) -> Job:
+        """Hand the result to the front end; on a chat-API blip (``is_transient``) hand it again, with the
+        latest receipt, after a backoff, for up to ``delivery_retry_s``. The job stays ``delivering`` (its
+        lease renewed by the housekeeper); a drain leaves a retrying delivery for the next owner."""
+        deadline = self.monotonic() + self.delivery_retry_s
+        attempt = 0
+        while True:
+            balance = self.ledger.balance(job.requester).available
+            try:
+                await self._publish(Delivered(job, images, balance, dict(job.receipt)))
+                return job
+            except ImagineError as error:
+                failure = error
+            except (TimeoutError, ConnectionError) as exc:  # transport trouble a front end did not sort out
+                failure = DeliveryInterrupted(f"front end {job.platform}: {type(exc).__name__}: {exc}")
+            except Exception as exc:
+                raise DeliveryError(f"front end {job.platform} could not deliver: {type(exc).__name__}: {exc}") from exc
+            left = deadline - self.monotonic()
+            if not is_transient(failure) or left <= 0:
+                raise failure
+            if self._draining:
+                raise _Drained("delivering (retrying)")
+            wait = min(self.delivery_backoff_s[min(attempt, len(self.delivery_backoff_s) - 1)], left)
+            attempt += 1
+            log.warning("job %s: delivery attempt %d failed (%s); trying again in %.1fs", job.id, attempt,
+                        failure.admin_message, wait)
+            self._phase[job.id] = "retrying delivery"  # not a phase a drain waits for: it cancels us
+            await asyncio.sleep(wait)
+            self._enter(job, "delivering")
+            job = self.jobs.get(job.id)  # with the receipt the last attempt recorded, if any
+            if job.state is not JobState.DELIVERING or job.owner != self.owner:
+                raise LeaseLost(f"job {job.id} is {job.state} and owned by {job.owner} now")
+
+    async def _thumbnail(self, job: Job, images: tuple[ImageFile, ...]) -> None:
+        """Keep a small thumbnail for the dashboard's gallery; never a reason to touch the delivered job."""
+        if self.thumbnails is None or not images:
+            return
+        try:
+            await self.thumbnails.save(job.id, images[0].path)
+        except Exception as exc:
+            log.warning("job %s: no thumbnail (%s: %s)", job.id, type(exc).__name__, exc)
+
+    async def _fail(self, job_id: str, error: ImagineError, *, notice_pending: bool = False) -> None:
+        """Fail and refund a job we own, and tell its user (or leave ``notice_pending`` for later)."""
+        current = self.jobs.find(job_id)
+        if current is None or current.state.final or current.owner != self.owner:
+            log.info("job %s: not failing it here (%s, owner %s)", job_id, current and current.state,
+                     current and current.owner)
+            return
+        level = logging.ERROR if error.code in ("gateway_auth", "gateway_out_of_credits", "capture_refused",
+                                                "gateway_feature_disabled", "error") else logging.WARNING
+        log.log(level, "job %s failed: %s (%s)", job_id, error.admin_message, error.code)
+        try:
+            job, refunded = fail_and_refund(self.db, self.jobs, self.ledger, current, error, owner=self.owner,
+                                            notice_pending=notice_pending)
+        except LeaseLost:
+            log.info("job %s was taken over before it could be failed here", job_id)
+            return
+        except DatabaseBusy as busy:  # nothing written: the job resumes from its row, where it was
+            log.error("job %s: could not record its failure (%s); left as it is", job_id, busy.admin_message)
+            return
+        shutil.rmtree(self.spool / job_id, ignore_errors=True)
+        self.metrics.failed(job.platform)
+        if self.on_failure is not None:
+            try:
+                self.on_failure(job, error)
+            except Exception:
+                log.exception("on_failure hook failed for job %s", job_id)
+        if not notice_pending:
+            await self._publish(Failed(job, error, refunded))
+
+
+def _retry_after(error: GatewayError) -> float:
+    value = getattr(error, "retry_after", None)
+    return float(value) if value else 5.0

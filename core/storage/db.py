@@ -1,0 +1,394 @@
+"""SQLite through sqlite-utils: opening, numbered migrations, and short IMMEDIATE transactions.
+
+One database file holds accounts, the append-only credit ledger and jobs. WAL mode lets readers run
+beside the one writer; every change is one short ``BEGIN IMMEDIATE`` transaction (``transaction``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import sqlite_utils
+
+from imagine_bot.core.errors import DatabaseBusy, DataNotWritable
+
+log = logging.getLogger(__name__)
+
+Migration = Callable[[sqlite_utils.Database], None]
+MIGRATIONS: list[tuple[str, Migration]] = []
+
+
+def migration(fn: Migration) -> Migration:
+    MIGRATIONS.append((fn.__name__, fn))
+    return fn
+
+
+@migration
+def m001_accounts_ledger(db: sqlite_utils.Database) -> None:
+    db.execute(
+        """
+        CREATE TABLE accounts (
+            account TEXT PRIMARY KEY,          -- UserRef.key: slack:T:U, discord:U, terminal:U
+            platform TEXT NOT NULL,
+            workspace TEXT NOT NULL,
+            user TEXT NOT NULL,
+            balance INTEGER NOT NULL DEFAULT 0, -- credits owned (captures already taken off)
+            held INTEGER NOT NULL DEFAULT 0,    -- credits reserved by jobs in flight
+            allowance INTEGER,                  -- per-user override of CREDITS_ALLOWANCE (NULL: default)
+            period_start TEXT,                  -- start of the allowance period last refilled
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            CHECK (held >= 0),
+            CHECK (balance >= held)             -- never spend what is not there
+        )
+        """
+    )
+    db.execute(
+        """
+        CREATE TABLE ledger (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            ts TEXT NOT NULL,
+            account TEXT NOT NULL REFERENCES accounts(account),
+            kind TEXT NOT NULL CHECK (kind IN ('grant','refill','reserve','capture','release','adjust')),
+            delta_balance INTEGER NOT NULL DEFAULT 0,
+            delta_held INTEGER NOT NULL DEFAULT 0,
+            balance_after INTEGER NOT NULL,
+            held_after INTEGER NOT NULL,
+            job_id TEXT,
+            actor TEXT,
+            note TEXT
+        )
+        """
+    )
+    db.execute("CREATE INDEX ledger_account ON ledger(account, id)")
+    # a job is reserved, captured and released at most once each: the ledger itself forbids double charges
+    db.execute("CREATE UNIQUE INDEX ledger_job_kind ON ledger(job_id, kind) WHERE job_id IS NOT NULL")
+
+
+@migration
+def m002_jobs(db: sqlite_utils.Database) -> None:
+    db.execute(
+        """
+        CREATE TABLE jobs (
+            id TEXT PRIMARY KEY,
+            account TEXT NOT NULL,
+            platform TEXT NOT NULL,
+            reply TEXT NOT NULL,              -- JSON: platform-neutral reply address (ReplyTo)
+            prompt TEXT NOT NULL,
+            params TEXT NOT NULL,             -- JSON: model inputs (aspect_ratio, quality, ...)
+            model TEXT NOT NULL,
+            cost INTEGER NOT NULL,
+            state TEXT NOT NULL,
+            task_id TEXT,
+            result_urls TEXT,                 -- JSON list
+            files TEXT,                       -- JSON list of downloaded file paths
+            error_code TEXT,
+            error_message TEXT,
+            dedupe_key TEXT UNIQUE,           -- a platform's request id: a redelivered request makes no 2nd job
+            parent_id TEXT,                   -- the job this one rerolls
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            submitted_at TEXT,
+            finished_at TEXT
+        )
+        """
+    )
+    db.execute("CREATE INDEX jobs_state ON jobs(state)")
+    db.execute("CREATE INDEX jobs_account ON jobs(account, created_at)")
+    db.execute("CREATE INDEX jobs_task ON jobs(task_id)")
+
+
+@migration
+def m010_job_receipt(db: sqlite_utils.Database) -> None:
+    # JSON: what the front end recorded as soon as the platform accepted the post (message id, file ids),
+    # handed back with a repeated ``Delivered`` so that a retry finishes the post instead of posting again
+    db.execute("ALTER TABLE jobs ADD COLUMN receipt TEXT")
+
+
+@migration
+def m030_budgets_and_places(db: sqlite_utils.Database) -> None:
+    """Budgets per scope with their own append-only ledger (core/credits/budgets.py); bans and preferences per
+    server or workspace (core/access/places.py); the gateway account's last known state (core/gateway/balance.py)."""
+    db.execute(
+        """
+        CREATE TABLE budgets (
+            scope TEXT PRIMARY KEY,            -- global, discord:GUILD, slack:TEAM, ...#CHANNEL
+            amount INTEGER,                    -- credits per period; NULL: the default; -1: unlimited
+            period TEXT NOT NULL,
+            period_start TEXT,
+            spent INTEGER NOT NULL DEFAULT 0,  -- captured this period
+            held INTEGER NOT NULL DEFAULT 0,   -- reserved by jobs in flight
+            member_cap INTEGER,                -- most one member may spend of it per period (community admins)
+            updated_at TEXT NOT NULL,
+            CHECK (held >= 0),
+            CHECK (spent >= 0)
+        )
+        """
+    )
+    db.execute(
+        """
+        CREATE TABLE budget_ledger (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            ts TEXT NOT NULL,
+            scope TEXT NOT NULL REFERENCES budgets(scope),
+            kind TEXT NOT NULL CHECK (kind IN ('reserve','capture','release','reset','set')),
+            delta_spent INTEGER NOT NULL DEFAULT 0,
+            delta_held INTEGER NOT NULL DEFAULT 0,
+            spent_after INTEGER NOT NULL,
+            held_after INTEGER NOT NULL,
+            job_id TEXT,
+            account TEXT,
+            channel TEXT,
+            actor TEXT,
+            note TEXT
+        )
+        """
+    )
+    db.execute("CREATE UNIQUE INDEX budget_ledger_job ON budget_ledger(job_id, scope, kind) WHERE job_id IS NOT NULL")
+    db.execute("CREATE INDEX budget_ledger_scope ON budget_ledger(scope, account, ts)")
+    db.execute("CREATE TABLE place_bans (place TEXT NOT NULL, account TEXT NOT NULL, actor TEXT, ts TEXT NOT NULL,"
+               " PRIMARY KEY (place, account))")
+    db.execute("CREATE TABLE place_prefs (place TEXT PRIMARY KEY, channels TEXT, aspect_ratio TEXT, quality TEXT,"
+               " updated_by TEXT, updated_at TEXT NOT NULL)")
+    db.execute("CREATE TABLE gateway_account (id INTEGER PRIMARY KEY CHECK (id = 1), balance INTEGER,"
+               " checked_at TEXT, paused TEXT, paused_since TEXT, detail TEXT)")
+
+
+@migration
+def m040_edit_references(db: sqlite_utils.Database) -> None:
+    # an edit job's reference images (JSON list: public URLs or ref:<key>), and the text-to-image price
+    # when it differed (said in the reply)
+    db.execute("ALTER TABLE jobs ADD COLUMN image_urls TEXT")
+    db.execute("ALTER TABLE jobs ADD COLUMN text_cost INTEGER")
+    # secrets this install makes for itself (the /refs/ signing key), shared by every process on the file
+    db.execute("CREATE TABLE IF NOT EXISTS app_secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+
+
+@migration
+def m011_job_lease(db: sqlite_utils.Database) -> None:
+    # one process owns a job at a time: ``owner`` (host:pid:random) holds it until ``lease_until`` (ISO UTC),
+    # renewed while it works; another process takes a job over only once the lease has expired
+    db.execute("ALTER TABLE jobs ADD COLUMN owner TEXT")
+    db.execute("ALTER TABLE jobs ADD COLUMN lease_until TEXT")
+    # a failed job whose user was not told yet (failed by an operator, or while its platform was not running)
+    db.execute("ALTER TABLE jobs ADD COLUMN notice_pending INTEGER NOT NULL DEFAULT 0")
+    db.execute("CREATE INDEX jobs_lease ON jobs(state, lease_until)")
+
+
+@migration
+def m060_dashboard(db: sqlite_utils.Database) -> None:
+    """The /admin dashboard: one-time sign-in links (stored hashed) and a small WebP thumbnail per
+    delivered job (kept ``THUMBNAIL_KEEP_DAYS``). Its cookie key is in ``app_secrets`` (``dashboard``)."""
+    db.execute(
+        """
+        CREATE TABLE dashboard_links (
+            token_hash TEXT PRIMARY KEY,       -- sha256 of the link's token: the token itself is never stored
+            scope TEXT,                        -- NULL: everything (operators); else discord:GUILD / slack:TEAM
+            actor TEXT NOT NULL,               -- who asked for it
+            created_at TEXT NOT NULL,
+            expires_at TEXT NOT NULL,
+            used_at TEXT                       -- set once, compare-and-set: a link signs in once
+        )
+        """
+    )
+    db.execute(
+        """
+        CREATE TABLE thumbnails (
+            job_id TEXT PRIMARY KEY,
+            webp BLOB NOT NULL,
+            width INTEGER NOT NULL,
+            height INTEGER NOT NULL,
+            created_at TEXT NOT NULL
+        )
+        """
+    )
+    db.execute("CREATE INDEX thumbnails_created ON thumbnails(created_at)")
+
+
+@migration
+def m080_callback_relay(db: sqlite_utils.Database) -> None:
+    """Gateway callbacks received by a process that does not track their task, for the one that does
+    (several processes on one database behind one load balancer; ``core/jobs/relay.py``)."""
+    db.execute(
+        """
+        CREATE TABLE callback_relay (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            task_id TEXT NOT NULL,
+            final TEXT,                       -- JSON TaskRecord of a verified final account webhook; NULL: a hint
+            origin TEXT NOT NULL,             -- the process that received it (it does not read its own rows)
+            received_at TEXT NOT NULL
+        )
+        """
+    )
+    db.execute("CREATE INDEX callback_relay_received ON callback_relay(received_at)")
+
+
+@migration
+def m090_billed_not_delivered(db: sqlite_utils.Database) -> None:
+    """What the gateway billed: the moment it reported a job's task succeeded (it charges the account on
+    success) and what it charged, so a job that then fails (billed, never delivered) is counted by every
+    process and after restarts; the gateway balance as read over time, for the per-day reconciliation; the
+    day the operators were last told about undelivered credits (compare-and-set: one DM a day)."""
+    db.execute("ALTER TABLE jobs ADD COLUMN billed_at TEXT")          # NULL: the gateway never said success
+    db.execute("ALTER TABLE jobs ADD COLUMN gateway_cost INTEGER")    # consumeCredits, else the job's price
+    db.execute("CREATE INDEX jobs_undelivered ON jobs(finished_at) WHERE billed_at IS NOT NULL AND state = 'failed'")
+    db.execute("CREATE TABLE gateway_balance_log (id INTEGER PRIMARY KEY AUTOINCREMENT, ts TEXT NOT NULL,"
+               " balance INTEGER NOT NULL)")
+    db.execute("CREATE INDEX gateway_balance_log_ts ON gateway_balance_log(ts)")
+    db.execute("ALTER TABLE gateway_account ADD COLUMN undelivered_told_day TEXT")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def iso(ts: datetime) -> str:
+    return ts.astimezone(UTC).isoformat(timespec="milliseconds")
+
+
+#: how long a statement waits for another process's write lock: the bot's is short (``DB_BUSY_TIMEOUT_S``,
+#: 5 s: its event loop must not freeze behind an admin command; every write is one short transaction), the
+#: command line's longer
+CLI_BUSY_TIMEOUT_S = 30.0
+
+
+def open_db(path: Path | str, *, busy_timeout_s: float = CLI_BUSY_TIMEOUT_S) -> sqlite_utils.Database:
+    """Open (creating if needed) and migrate the database. ``":memory:"`` works for tests."""
+    if str(path) != ":memory:":
+        check_writable(Path(path))
+    try:
+        conn = sqlite3.connect(str(path), isolation_level=None, timeout=busy_timeout_s, check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+        conn.execute("PRAGMA journal_mode = WAL")
+    except sqlite3.OperationalError as exc:  # what the checks above cannot see (a read-only mount, ...)
+        if "unable to open" in str(exc) or "readonly" in str(exc):
+            raise _not_writable(Path(path), str(exc)) from None
+        raise
+    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute("PRAGMA foreign_keys = ON")
+    db = sqlite_utils.Database(conn)
+    migrate(db)
+    return db
+
+
+class DatabaseUnopenable(Exception):
+    """The file cannot be opened for reading and writing."""
+
+
+class DatabaseUnwritable(Exception):
+    """The file opens but is not a writable SQLite database."""
+
+
+def inspect_database(path: Path) -> set[str]:
+    """The migrations applied to the database at ``path``, after checking it can take the write lock; the
+    database is neither created nor migrated (``imagine-bot doctor``)."""
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=5)
+    except sqlite3.Error as exc:
+        raise DatabaseUnopenable(str(exc)) from exc
+    try:
+        conn.execute("BEGIN IMMEDIATE")  # takes the write lock: the file and its folder are writable
+        conn.execute("ROLLBACK")
+        has_table = conn.execute("SELECT 1 FROM sqlite_master WHERE name = '_migrations'").fetchone()
+        return {row[0] for row in conn.execute("SELECT name FROM _migrations")} if has_table else set()
+    except sqlite3.Error as exc:
+        raise DatabaseUnwritable(str(exc)) from exc
+    finally:
+        conn.close()
+
+
+def check_writable(path: Path) -> None:
+    """Create the database's folder and make sure this user may write there (SQLite adds -wal and -shm
+    files beside the database), else one ``DataNotWritable`` line instead of SQLite's traceback."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _not_writable(path, (exc.strerror or type(exc).__name__).lower()) from None
+    for target in (path.parent, path):
+        if target.exists() and not os.access(target, os.W_OK):
+            raise _not_writable(path, "permission denied")
+    try:
+        # balances and the audit trail are nobody else's business: create the file owner-only
+        # (SQLite gives its -wal and -shm files the database file's mode)
+        os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+    except OSError as exc:
+        raise _not_writable(path, (exc.strerror or type(exc).__name__).lower()) from None
+
+
+def _not_writable(path: Path, reason: str) -> DataNotWritable:
+    path = Path(os.path.abspath(path))
+    return DataNotWritable(str(path), str(path.parent), reason, os.geteuid())
+
+
+def _all_applied(db: sqlite_utils.Database) -> bool:
+    try:
+        done = {row[0] for row in db.execute("SELECT name FROM _migrations").fetchall()}
+    except sqlite3.OperationalError:  # a new file: no table yet
+        return False
+    return all(name in done for name, _ in MIGRATIONS)
+
+
+def migrate(db: sqlite_utils.Database) -> None:
+    """Apply the migrations this file lacks. An up-to-date file is only read: an admin command opening the
+    database beside a running bot takes no write lock."""
+    if _all_applied(db):
+        return
+    with transaction(db):
+        db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
+        done = {row[0] for row in db.execute("SELECT name FROM _migrations").fetchall()}
+        for name, fn in MIGRATIONS:
+            if name not in done:
+                fn(db)
+                db.execute("INSERT INTO _migrations VALUES (?, ?)", [name, iso(utcnow())])
+
+
+@contextmanager
+def transaction(db: sqlite_utils.Database) -> Iterator[sqlite3.Connection]:
+    """One short write transaction, taken with BEGIN IMMEDIATE so writers queue instead of deadlocking.
+
+    Nested use joins the outer transaction. A write lock held elsewhere past the busy timeout raises
+    ``DatabaseBusy`` (transient: nothing was written).
+    """
+    conn = db.conn
+    if conn.in_transaction:
+        yield conn
+        return
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:
+        if getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY:
+            raise DatabaseBusy(f"the database's write lock stayed taken by another connection ({exc})") from exc
+        raise
+    try:
+        yield conn
+    except BaseException:
+        if conn.in_transaction:  # something may have ended it already: never mask the real error
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                log.exception("rollback failed (the original error follows)")
+        raise
+    else:
+        conn.execute("COMMIT")
+
+
+@contextmanager
+def snapshot(db: sqlite_utils.Database) -> Iterator[sqlite3.Connection]:
+    """A consistent read of several tables that takes no write lock (a deferred transaction: with WAL,
+    readers never wait for the writer and never make it wait). Nested use joins the outer transaction."""
+    conn = db.conn
+    if conn.in_transaction:
+        yield conn
+        return
+    conn.execute("BEGIN")
+    try:
+        yield conn
+    finally:
+        if conn.in_transaction:
+            conn.execute("COMMIT")
