@@ -194,9 +194,9 @@ def test_an_edit_of_the_last_image_keeps_its_shape_and_is_charged_in_the_same_da
 
 def test_budget_commands_and_verify_covers_budgets(tmp_path, capsys, monkeypatch):
     from imagine_bot.core.access.identity import UserRef
-    from imagine_bot.core.credits.budgets import Budgets
-    from imagine_bot.core.credits.ledger import Ledger
+    from imagine_bot.core.storage.budgets import SqliteBudgets as Budgets
     from imagine_bot.core.storage.db import open_db
+    from imagine_bot.core.storage.ledger import SqliteLedger as Ledger
 
     monkeypatch.setenv("IMAGINE_USER", "ops")
     db = str(tmp_path / "budget.db")
