@@ -150,12 +150,16 @@ class ImagineCore:
 
     @classmethod
     @asynccontextmanager
-    async def open(cls, settings: Settings, *, http: httpx.AsyncClient | None = None) -> AsyncIterator[ImagineCore]:
-        """Build the core. With ``MODKIE_BASE_URL=sandbox`` the sandbox gateway runs in-process."""
+    async def open(cls, settings: Settings, *, http: httpx.AsyncClient | None = None,
+                   need_gateway: bool = True) -> AsyncIterator[ImagineCore]:
+        """Build the core. With ``MODKIE_BASE_URL=sandbox`` the sandbox gateway runs in-process.
+
+        ``need_gateway`` False (``imagine-bot dashboard``: it reads the database, makes no image) opens it
+        without a ModKie key too; ``settings.gateway_usable`` then says the gateway is not to be asked."""
         async with AsyncExitStack() as stack:
             base_url = settings.MODKIE_BASE_URL
             api_key = settings.MODKIE_API_KEY.get_secret_value() if settings.MODKIE_API_KEY else None
-            if not settings.sandbox and not api_key:
+            if not settings.gateway_usable and need_gateway:
                 raise ConfigError("MODKIE_API_KEY", "is not set: put your ModKie key in .env, or use "
                                   "MODKIE_BASE_URL=sandbox (or --sandbox) to try the bot without one")
             stores = SqliteStores.open(settings, busy_timeout_s=settings.DB_BUSY_TIMEOUT_S)
@@ -301,12 +305,15 @@ class ImagineCore:
         a bare Slack ``UserRef`` acts in its workspace and the reply's channel.
 
         With ``references`` the job is an edit on ``edit_model``: every reference is checked (count, type,
-        size) before anything is reserved."""
+        size) before anything is reserved. Its aspect ratio, unless typed (``--ar``) or given in ``defaults``,
+        is the supported one nearest to the first reference's shape (rather than a place's or the model's
+        default: an edit keeps the shape of the image it edits)."""
         actor = Actor.of(requester, reply.channel)
         if dedupe_key and (existing := self.jobs.by_dedupe_key(dedupe_key)) is not None:
             return existing  # a redelivered request: no second check, no second job
         self.check_place(actor)
         parsed = self.parse(text, {**self.place_defaults(actor), **(defaults or {})})
+        params = parsed.params
         model = self.edit_model if references else self.model
         priced = self._priced(model)
         image_urls: list[str] = []
@@ -314,9 +321,14 @@ class ImagineCore:
             self.orchestrator.precheck(actor.user, priced["cost"])  # cheap refusals before any fetching
             self.budgets.check(self.scopes(actor), actor.key, priced["cost"])
             await self.check_reply(reply)
-            image_urls = await self.references.prepare(model, references)
+            prepared = await self.references.prepare(model, references)
+            image_urls = prepared.image_urls
+            # no --ar typed and none chosen by the caller (Vary keeps the original's): the reference's shape
+            ratio_given = "aspect_ratio" in parsed.flagged or "aspect_ratio" in (defaults or {})
+            if not ratio_given and prepared.first_size is not None:
+                params = {**params, "aspect_ratio": model.nearest_aspect_ratio(*prepared.first_size)}
         return await self.orchestrator.submit(JobRequest(
-            requester=actor.user, reply=reply, prompt=parsed.prompt, params=parsed.params,
+            requester=actor.user, reply=reply, prompt=parsed.prompt, params=params,
             dedupe_key=dedupe_key, extra_input=self._inputs(actor, extra_input), scopes=self.scopes(actor),
             parent_id=parent_id, image_urls=tuple(image_urls), **priced,
         ))

@@ -129,8 +129,10 @@ class SlackRemix:
 
     async def _open(self, body: dict[str, Any], meta: dict[str, Any], *, prompt: str, chosen: dict[str, str]) -> None:
         model = self.core.model
+        # no aspect ratio preselected unless the result's: left empty, the edit keeps the image's shape
+        preset = {k: v for k, v in model.defaults().items() if k != "aspect_ratio"}
         view = blocks.remix_modal(json.dumps(meta), {s.name: s.choices for s in model.inputs},
-                                  {**model.defaults(), **chosen}, prompt=prompt, max_prompt=model.max_prompt_chars)
+                                  {**preset, **chosen}, prompt=prompt, max_prompt=model.max_prompt_chars)
         try:
             await self.client.views_open(trigger_id=body["trigger_id"], view=view)
         except SlackError as exc:

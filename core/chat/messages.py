@@ -104,6 +104,11 @@ def references_refused(problems: list[str]) -> str:
         problems) + " Nothing was charged."
 
 
+def same_shape_hint() -> str:
+    """Under a Remix form's aspect ratio, when none is preselected: an edit keeps its image's shape."""
+    return "Leave empty to keep the image's shape"
+
+
 def no_images_to_remix() -> str:
     return "That message has no image I can remix (JPEG, PNG or WebP). Nothing was charged."
 
