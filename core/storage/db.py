@@ -229,6 +229,35 @@ def m080_callback_relay(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX callback_relay_received ON callback_relay(received_at)")
 
 
+@migration
+def m090_installations(db: sqlite_utils.Database) -> None:
+    """A chat app installed by the admins of many workspaces (core/storage/installations.py): one row per
+    installer of each workspace or organisation, tokens sealed with the operator's key; and the one-time
+    states of the install flows (each consumed once, before it expires)."""
+    db.execute(
+        """
+        CREATE TABLE installations (
+            platform TEXT NOT NULL,
+            org TEXT NOT NULL DEFAULT '',        -- the organisation (Slack Enterprise Grid); '' when none
+            workspace TEXT NOT NULL DEFAULT '',  -- the workspace; '' for an organisation-wide installation
+            installer TEXT NOT NULL DEFAULT '',  -- the user who installed it; '' when unknown
+            org_wide INTEGER NOT NULL DEFAULT 0,
+            name TEXT NOT NULL DEFAULT '',       -- the workspace's (or organisation's) name, for people
+            data TEXT NOT NULL,                  -- JSON: the platform's installation record, without tokens
+            bot_token TEXT,                      -- tokens: 'enc1:' + Fernet token, or plain without a key
+            bot_refresh_token TEXT,
+            user_token TEXT,
+            user_refresh_token TEXT,
+            installed_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            PRIMARY KEY (platform, org, workspace, installer)
+        )
+        """
+    )
+    db.execute("CREATE INDEX installations_workspace ON installations(platform, workspace, installed_at)")
+    db.execute("CREATE TABLE oauth_states (state TEXT PRIMARY KEY, platform TEXT NOT NULL, expires_at TEXT NOT NULL)")
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
