@@ -693,6 +693,9 @@ class Orchestrator:
             return
         shutil.rmtree(self.spool / job_id, ignore_errors=True)
         self.metrics.failed(job.platform)
+        if current.state is JobState.DELIVERING:  # the gateway made the image: the operator paid for it
+            log.warning("job %s: the gateway billed its image but nobody received it (%s)", job_id, error.code)
+            self.metrics.undelivered(job.platform, error.code)
         if self.on_failure is not None:
             try:
                 self.on_failure(error)

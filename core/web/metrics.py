@@ -37,6 +37,9 @@ class Metrics:
             "imagine_gateway_requests",
             "Requests to the image gateway, by endpoint and answer code (HTTP status, or the envelope code "
             "of an HTTP 200; 'transport' when no answer came)", ["endpoint", "code"], registry=r)
+        self.billed_undelivered = Counter(
+            "imagine_jobs_billed_undelivered", "Jobs whose image the gateway made (and billed the operator for) "
+            "that ended without reaching anyone, by platform and cause", ["platform", "cause"], registry=r)
         self.credits_spent = Counter("imagine_credits_spent", "Credits captured for delivered images, by scope "
                                      "(slack:TEAM, discord:GUILD, ...)", ["scope"], registry=r)
         self.jobs_in_flight = Gauge("imagine_jobs_in_flight", "Jobs this process is working on", registry=r)
@@ -76,6 +79,9 @@ class Metrics:
 
     def failed(self, platform: str) -> None:
         self.jobs.labels(platform=platform, outcome="failed").inc()
+
+    def undelivered(self, platform: str, cause: str) -> None:
+        self.billed_undelivered.labels(platform=platform, cause=cause).inc()
 
     def render(self) -> tuple[bytes, str]:
         """The text exposition and its content type."""
