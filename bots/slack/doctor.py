@@ -3,12 +3,9 @@ way in (Socket Mode token or signing secret) is configured."""
 
 from __future__ import annotations
 
-from importlib import resources
-from typing import Any
-
 import httpx
-import yaml
 
+from imagine_bot.bots.slack import manifest
 from imagine_bot.core.ops.doctor import Check, fail, ok, warn
 from imagine_bot.core.settings import Settings
 
@@ -18,9 +15,7 @@ REINSTALL = ("add them under OAuth & Permissions -> Bot Token Scopes (or recreat
 
 def manifest_scopes() -> list[str]:
     """The bot scopes ``bots/slack/manifest.yml`` asks for."""
-    text = resources.files("imagine_bot.bots.slack").joinpath("manifest.yml").read_text(encoding="utf-8")
-    manifest: dict[str, Any] = yaml.safe_load(text)
-    return list(manifest["oauth_config"]["scopes"]["bot"])
+    return manifest.bot_scopes()
 
 
 async def slack_checks(settings: Settings, http: httpx.AsyncClient) -> list[Check]:

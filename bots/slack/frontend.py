@@ -17,7 +17,14 @@ Each event is one call; when it goes out is the core's outbox's business (``core
 of a workspace shares its chat.update budget (``pace``), a newer status replaces a waiting one, a 429
 waits Retry-After without holding up any job, and the final edit (done or failed) is never dropped.
 Everything needed after a restart (channel, message ts, the uploaded file ids, the slash command's
-response_url) lives in ``ReplyTo.data``.
+response_url, the workspace's Enterprise Grid organisation) lives in ``ReplyTo.data``.
+
+Every call is made with the token of the job's workspace (``workspaces``: one token, or each workspace's
+installation in distributed mode), looked up when the call is made, so a job resumed after a restart, or
+taken over by another process, finds its token in the database. A workspace that removed the app gets
+nothing more: a job still waiting for the gateway is cancelled (refunded, never sent), a later one ends at
+its delivery (``AppRemoved``, refunded; the gateway's bill for it is counted), and no status or failure is
+posted.
 """
 
 from __future__ import annotations
@@ -37,10 +44,11 @@ from slack_sdk.webhook.async_client import AsyncWebhookClient
 from imagine_bot.bots.slack import blocks, inline, upload
 from imagine_bot.bots.slack.errors import SlackError, slack_error_code
 from imagine_bot.bots.slack.mentions import escape, escape_keep_user_mentions
+from imagine_bot.bots.slack.workspaces import Clients, Workspaces
 from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.app import ImagineCore
 from imagine_bot.core.chat import messages
-from imagine_bot.core.errors import ChatRateLimited, DeliveryError, DeliveryInterrupted
+from imagine_bot.core.errors import AppRemoved, ChatRateLimited, DeliveryError, DeliveryInterrupted
 from imagine_bot.core.events import Accepted, Delivered, Failed, ImageFile, JobEvent, Progress, Queued
 from imagine_bot.core.jobs.model import Job, JobState
 from imagine_bot.core.jobs.outbox import Pace
@@ -111,25 +119,30 @@ class _Message:
     ts: str
 
 
+def enterprise_of(job: Job) -> str | None:
+    """The Enterprise Grid organisation of the job's workspace (None outside Grid)."""
+    return job.reply.data.get("enterprise_id") or None
+
+
 class SlackFrontEnd:
     """Renders job events as Slack messages; the core's outbox decides when status messages go out.
 
-    Two Web API clients share one session: ``client`` (deliveries, the handlers) lets slack_sdk retry a
-    429 after Retry-After; ``edits`` (status messages) has no rate-limit retry, so that a 429 never
-    sleeps inside a call: it becomes ``ChatRateLimited`` and the outbox waits, for the whole workspace.
+    Each workspace has two Web API clients sharing one session (``workspaces``): ``api`` (deliveries, the
+    handlers) lets slack_sdk retry a 429 after Retry-After; ``edits`` (status messages) has no rate-limit
+    retry, so that a 429 never sleeps inside a call: it becomes ``ChatRateLimited`` and the outbox waits,
+    for the whole workspace.
     """
 
     platform = "slack"
 
-    def __init__(self, core: ImagineCore, client: AsyncWebClient, session: aiohttp.ClientSession, *,
-                 edits: AsyncWebClient | None = None, min_edit_interval: float = 1.0, tick_s: float = 10.0,
+    def __init__(self, core: ImagineCore, workspaces: Workspaces, session: aiohttp.ClientSession, *,
+                 min_edit_interval: float = 1.0, tick_s: float = 10.0,
                  edits_per_min: float = EDITS_PER_MIN, posts_per_s: float = POSTS_PER_S,
                  result_in_thread: bool = False, inline_waits: tuple[float, ...] = inline.WAITS) -> None:
         self.core = core
         self.result_in_thread = result_in_thread
         self.inline_waits = inline_waits
-        self.client = client
-        self.edits = edits or client
+        self.workspaces = workspaces
         self.session = session
         self.min_edit_interval = min_edit_interval
         self.tick_s = tick_s
@@ -171,8 +184,13 @@ class SlackFrontEnd:
         """A direct message to each operator (``slack:TEAM:USER`` in ``ADMINS``) this bot can reach."""
         for operator in operators:
             try:
-                opened = await self.client.conversations_open(users=operator.user)
-                await self.client.chat_postMessage(channel=opened["channel"]["id"], text=escape(text))
+                clients = await self.workspaces.clients(operator.workspace)
+                if clients is None:
+                    log.warning("could not tell operator %s: the app is not installed in %s", operator.key,
+                                operator.workspace)
+                    continue
+                opened = await clients.api.conversations_open(users=operator.user)
+                await clients.api.chat_postMessage(channel=opened["channel"]["id"], text=escape(text))
             except SlackError as exc:
                 log.warning("could not tell operator %s: %s", operator.key, slack_error_code(exc))
 
@@ -184,6 +202,24 @@ class SlackFrontEnd:
         """Forget the cached message addresses (jobs stay in the database; a restart picks them up)."""
         self._messages.clear()
         self._unpostable.clear()
+
+    # ------------------------------------------------------------------ the workspace's token
+    async def clients(self, job: Job) -> Clients | None:
+        """The job's workspace's clients; None when the workspace removed the app."""
+        return await self.workspaces.clients(job.requester.workspace, enterprise_of(job))
+
+    async def _gone(self, job: Job) -> None:
+        """A status for a workspace that removed the app: post nothing; a job not yet sent to the gateway
+        is cancelled (refunded, never billed), any other ends at its delivery."""
+        if job.id in self._unpostable:
+            return
+        self._unpostable[job.id] = "app_removed"
+        log.warning("job %s: workspace %s removed the app: no message is posted for it", job.id,
+                    job.requester.workspace)
+        fresh = self.core.jobs.find(job.id)
+        if fresh is not None and fresh.state is JobState.QUEUED:
+            await self.core.orchestrator.cancel(job.id, AppRemoved(
+                f"slack workspace {job.requester.workspace} removed the app before the job was sent"))
 
     # ------------------------------------------------------------------ the progress message
     def _data(self, job: Job) -> dict[str, Any]:
@@ -199,10 +235,10 @@ class SlackFrontEnd:
                 message = self._messages[job.id] = _Message(data["progress_channel"], data["progress_ts"])
         return message
 
-    async def _post(self, job: Job, payload: dict[str, Any], client: AsyncWebClient | None = None) -> _Message:
+    async def _post(self, job: Job, payload: dict[str, Any], client: AsyncWebClient) -> _Message:
         # a job asked from a message (the Remix shortcut) answers in that message's thread
         thread = {"thread_ts": job.reply.data["in_thread_of"]} if job.reply.data.get("in_thread_of") else {}
-        response = await (client or self.client).chat_postMessage(
+        response = await client.chat_postMessage(
             channel=job.reply.channel, unfurl_links=False, unfurl_media=False, **thread, **payload)
         message = self._messages[job.id] = _Message(str(response["channel"]), str(response["ts"]))
         self.core.jobs.set_reply_data(job.id, progress_channel=message.channel, progress_ts=message.ts)
@@ -212,13 +248,17 @@ class SlackFrontEnd:
         """A status: edit the progress message, or post it if there is none yet (one call; the outbox paces)."""
         if job.id in self._unpostable:
             return
+        clients = await self.clients(job)
+        if clients is None:
+            await self._gone(job)
+            return
         payload = blocks.status(job.requester.user, text)
         message = self._message(job)
         try:
             if message is None:
-                await _status_call(self._post(job, payload, self.edits))
+                await _status_call(self._post(job, payload, clients.edits))
             else:
-                await _status_call(self.edits.chat_update(channel=message.channel, ts=message.ts, **payload))
+                await _status_call(clients.edits.chat_update(channel=message.channel, ts=message.ts, **payload))
         except SlackError as exc:
             code = slack_error_code(exc)
             if message is not None or code not in CHANNEL_ERRORS:
@@ -240,15 +280,20 @@ class SlackFrontEnd:
         Turning the progress message into the result (the image inline, or caption and buttons only) is the
         final status edit: the outbox sends it after any edit still in flight, and the job does not wait."""
         job = event.job
+        clients = await self.clients(job)
+        if clients is None:  # nothing is posted with a dead token
+            raise AppRemoved(f"slack workspace {job.requester.workspace} removed the app (its installation and "
+                             "token are gone)")
         caption = messages.delivered(job, balance)
         data = self._data(job)
         # a receipt: an earlier attempt uploaded them (and died before the charge): never upload twice
         file_ids: list[str] = list(event.receipt.get("file_ids") or data.get("file_ids") or [])
         try:
             live = self._message(job) or await self._post(job, blocks.status(job.requester.user,
-                                                                             messages.accepted(job)))
+                                                                             messages.accepted(job)), clients.api)
             if not file_ids:  # not uploaded by a previous process that stopped right after
-                file_ids = await self._upload_once(job, images, caption, live, data.get("in_thread_of") or live.ts,
+                file_ids = await self._upload_once(job, clients, images, caption, live,
+                                                   data.get("in_thread_of") or live.ts,
                                                    list(event.receipt.get("pending_file_ids") or []))
                 self.core.jobs.set_reply_data(job.id, file_ids=file_ids, thread_ts=live.ts)
         except SlackError as exc:
@@ -266,14 +311,15 @@ class SlackFrontEnd:
             result = partial(self._show_result, job, live, file_ids, shown, in_thread)
         self.core.orchestrator.outbox.put(job.id, result, pace=partial(self.pace, job), final=True)
 
-    async def _upload_once(self, job: Job, images: tuple[ImageFile, ...], caption: str, live: _Message,
-                           thread_ts: str, pending: list[str]) -> list[str]:
+    async def _upload_once(self, job: Job, clients: Clients, images: tuple[ImageFile, ...], caption: str,
+                           live: _Message, thread_ts: str, pending: list[str]) -> list[str]:
         """Upload the images into the thread, the file ids in the receipt before they are shared (``upload``).
 
         ``pending``: ids an earlier attempt reserved without seeing the upload complete. Shared in the
         channel, they are the delivery; unknown or never shared, the upload starts anew."""
+        client = clients.api
         if pending:
-            done = await upload.shared(self.client, pending, live.channel, self.inline_waits)
+            done = await upload.shared(client, pending, live.channel, self.inline_waits)
             if done:
                 log.info("job %s: files %s were shared before the last attempt stopped: not uploading again",
                          job.id, pending)
@@ -286,15 +332,15 @@ class SlackFrontEnd:
         title = messages.quote_prompt(job.prompt, 80)
         files = [upload.NewFile(image.filename, await asyncio.to_thread(image.read_bytes), title,
                                 messages.quote_prompt(job.prompt, 1000)) for image in images]
-        reserved = await upload.reserve(self.client, files)
+        reserved = await upload.reserve(client, files)
         file_ids = [r.file_id for r in reserved]
         self.core.record_receipt(job.id, pending_file_ids=file_ids, channel=live.channel, ts=live.ts)  # first
         for one in reserved:
-            await upload.send(self.client, self.session, one)
+            await upload.send(client, self.session, one)
         comment = ({"initial_comment": blocks.status(job.requester.user, caption)["text"]}
                    if self.result_in_thread else {})  # inline, the caption is on the result itself
         try:
-            await self.client.files_completeUploadExternal(
+            await client.files_completeUploadExternal(
                 files=[{"id": r.file_id, "title": r.file.title} for r in reserved], channel_id=live.channel,
                 thread_ts=thread_ts, **comment)
         except SlackError as exc:
@@ -302,7 +348,7 @@ class SlackFrontEnd:
                 raise
             code = slack_error_code(exc)
             log.warning("job %s: no answer from files.completeUploadExternal (%s): asking files.info", job.id, code)
-            if not await upload.shared(self.client, file_ids, live.channel, self.inline_waits):
+            if not await upload.shared(client, file_ids, live.channel, self.inline_waits):
                 raise DeliveryInterrupted(f"Slack upload: files.completeUploadExternal failed ({code}) and files.info "
                                     "does not show the files shared") from exc
         self.core.record_receipt(job.id, file_ids=file_ids)
@@ -311,8 +357,12 @@ class SlackFrontEnd:
     async def _show_result(self, job: Job, message: _Message, file_ids: list[str], shown: dict[str, Any],
                            in_thread: dict[str, Any]) -> None:
         """The result edit with the image inline (sent by the outbox; a 429 is raised for it to retry)."""
+        clients = await self.clients(job)
+        if clients is None:
+            log.warning("job %s: workspace %s removed the app before the result edit", job.id, job.requester.workspace)
+            return
         try:
-            await _status_call(inline.show_result(self.edits, message.channel, message.ts, file_ids, shown,
+            await _status_call(inline.show_result(clients.edits, message.channel, message.ts, file_ids, shown,
                                                   in_thread, self.inline_waits))
         except SlackError as exc:  # the images are posted; only the buttons are missing
             log.warning("job %s: final edit failed: %s", job.id, slack_error_code(exc))
@@ -321,8 +371,12 @@ class SlackFrontEnd:
 
     async def _final(self, job: Job, message: _Message, payload: dict[str, Any]) -> bool:
         """The last edit of the progress message (a 429 is raised for the outbox to retry)."""
+        clients = await self.clients(job)
+        if clients is None:
+            log.warning("job %s: workspace %s removed the app before the last edit", job.id, job.requester.workspace)
+            return False
         try:
-            await _status_call(self.edits.chat_update(channel=message.channel, ts=message.ts, **payload))
+            await _status_call(clients.edits.chat_update(channel=message.channel, ts=message.ts, **payload))
         except SlackError as exc:
             log.warning("job %s: final edit failed: %s", job.id, slack_error_code(exc))
             return False
@@ -330,8 +384,13 @@ class SlackFrontEnd:
         return True
 
     async def _fail(self, job: Job, text: str) -> None:
-        """Sent by the outbox: edit the progress message, else answer privately through the response_url."""
+        """Sent by the outbox: edit the progress message, else answer privately through the response_url;
+        nothing at all in a workspace that removed the app."""
         self._unpostable.pop(job.id, None)
+        if await self.clients(job) is None:
+            log.warning("job %s ended; workspace %s removed the app, so nobody is told", job.id,
+                        job.requester.workspace)
+            return
         message = self._message(job)
         if message is not None and await self._final(job, message, blocks.status(job.requester.user, text)):
             return

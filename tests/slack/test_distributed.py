@@ -1,0 +1,322 @@
+"""Distributed mode: one bot added to many workspaces with "Add to Slack", through the real Bolt stack.
+
+Installs go through ``/slack/install`` and ``/slack/oauth_redirect`` as a browser does (the state cookie
+kept), the fake Slack playing the approval page and ``oauth.v2.access``. The fake records the token of
+every call and the workspace it belongs to (``Call.team``), and answers ``token_revoked`` to a revoked one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import pytest
+
+from imagine_bot.bots.run import configured_services
+from imagine_bot.bots.slack import SlackService
+from imagine_bot.core.access.identity import UserRef
+from imagine_bot.core.app import ImagineCore
+from imagine_bot.core.errors import ConfigError
+from imagine_bot.core.jobs.model import JobState
+from imagine_bot.core.ops.logs import setup_logging
+from imagine_bot.core.storage.installations import installed_places
+from imagine_bot.core.web.server import build_web_app
+from tests.conftest import until
+
+from .conftest import ADMIN, TEAM, SlackHarness
+
+T2 = "T0002"
+#: the Web API calls that post or change something for a job
+POSTING = ("chat.postMessage", "chat.update", "files.getUploadURLExternal", "files.completeUploadExternal",
+           "files.info")
+PLEASE_INSTALL = "not installed in this workspace, or it was removed. A workspace admin can add it at http"
+
+
+def job_calls(fake: Any, *, since: float = 0.0) -> list[Any]:
+    return [c for c in fake.calls if c.method in POSTING and c.at >= since]
+
+
+def channel_of(call: Any) -> str | None:
+    return call.params.get("channel") or call.params.get("channel_id")
+
+
+def undelivered(slack: SlackHarness, cause: str) -> float:
+    return slack.core.metrics.registry.get_sample_value(
+        "imagine_jobs_billed_undelivered_total", {"platform": "slack", "cause": cause}) or 0.0
+
+
+@pytest.fixture
+def two_workspaces(fake_slack):
+    fake_slack.add_workspace(T2, "Second Team")
+    return fake_slack
+
+
+async def test_two_workspaces_install_with_add_to_slack_and_each_job_uses_its_own_token(
+        distributed_settings, two_workspaces):
+    fake = two_workspaces
+    settings, port = distributed_settings()
+    fake.redirect_urls = [f"{settings.PUBLIC_URL}/slack/oauth_redirect"]  # as registered in the manifest
+    async with SlackHarness.open(settings, fake, port=port) as slack:
+        # not installed anywhere yet: Bolt's "please install" answer, and no job
+        _, url = await slack.slash("a lighthouse at dusk", team=TEAM)
+        assert PLEASE_INSTALL in (await fake.wait_response(url))["text"]
+        assert slack.core.jobs.recent() == []
+
+        for team in (TEAM, T2):
+            page = await slack.install(team)
+            assert page.status_code == 200 and "Thank you!" in page.text
+        assert sorted(p.workspace for p in installed_places(slack.core.db, "slack")) == [TEAM, T2]
+        assert all(p.sealed for p in installed_places(slack.core.db))  # SLACK_TOKEN_KEY is set
+        [approval] = {a["scope"] for a in fake.authorizations}
+        assert set(approval.split(",")) == set(fake.scopes)
+        [token1], [token2] = fake.tokens_of(TEAM), fake.tokens_of(T2)
+
+        before = len(fake.calls)
+        await slack.slash("a lighthouse at dusk --ar 16:9", team=TEAM, user="U1", channel="C1")
+        await slack.slash("a red kite over the moor", team=T2, user="U9", channel="C2")
+        await slack.settle()
+        jobs = {job.requester.workspace: job for job in slack.core.jobs.recent()}
+        assert {t: j.state for t, j in jobs.items()} == {TEAM: JobState.DELIVERED, T2: JobState.DELIVERED}
+        calls = job_calls(fake)
+        assert {(c.method, c.token) for c in calls if channel_of(c) == "C1"} >= {
+            ("chat.postMessage", token1), ("chat.update", token1), ("files.completeUploadExternal", token1)}
+        assert {c.token for c in calls if channel_of(c) == "C1"} == {token1}
+        assert {c.token for c in calls if channel_of(c) == "C2"} == {token2}
+        assert sorted(c.team for c in fake.calls_to("files.getUploadURLExternal")) == [TEAM, T2]
+        assert all(c.token in (token1, token2) for c in fake.calls[before:]), "every call had a workspace's token"
+        # budgets, balances and reports per workspace, as in single-workspace mode
+        assert "slack:T0002" in slack.core.budgets.job_scopes(jobs[T2].id)
+        assert slack.core.ledger.balance(UserRef("slack", T2, "U9")).balance == 180 - 18
+        _, report = await slack.slash("admin report", team=TEAM, user=ADMIN)
+        answer = (await fake.wait_response(report))["text"]
+        assert answer.startswith("This workspace spent 18 credits") and "U1" in answer and "U9" not in answer
+
+
+async def test_an_install_needs_the_browser_that_began_it_and_a_state_works_once(distributed_settings, fake_slack):
+    settings, port = distributed_settings()
+    async with SlackHarness.open(settings, fake_slack, port=port) as slack:
+        other_browser = await slack.install(TEAM, keep_cookie=False)
+        assert other_browser.status_code == 400
+        assert installed_places(slack.core.db) == [] and fake_slack.tokens_of(TEAM) == []
+
+        page = await slack.http.get(f"{slack.base_url}/slack/install", params={"team": TEAM})
+        cookie = page.headers["set-cookie"].split(";")[0]
+        state = cookie.split("=", 1)[1]
+        forged = await slack.http.get(f"{settings.PUBLIC_URL}/slack/oauth_redirect",
+                                      params={"code": "code-made-up", "state": state}, headers={"Cookie": cookie})
+        assert forged.status_code == 401  # the state is spent on the forged code: it works once
+        assert installed_places(slack.core.db) == []
+
+
+async def test_app_uninstalled_forgets_the_workspace_and_nothing_more_is_sent_there(
+        distributed_settings, two_workspaces):
+    fake = two_workspaces
+    settings, port = distributed_settings()
+    async with SlackHarness.open(settings, fake, port=port) as slack:
+        await slack.install(TEAM)
+        await slack.install(T2)
+        await slack.slash("a first cat", team=T2, user="U9", channel="C2")
+        await slack.settle()
+        [token2] = fake.tokens_of(T2)
+
+        await slack.uninstall(T2)
+        assert [p.workspace for p in installed_places(slack.core.db)] == [TEAM]
+        gone = fake.calls[-1].at
+        _, url = await slack.slash("a second cat", team=T2, user="U9", channel="C2")
+        assert PLEASE_INSTALL in (await fake.wait_response(url))["text"]
+        await slack.event({"type": "app_home_opened", "user": "U9", "tab": "home"}, team=T2)
+        await slack.settle()
+        assert [j.prompt for j in slack.core.jobs.recent()] == ["a first cat"]
+        assert [c for c in fake.calls if c.at > gone and c.token == token2] == []
+        assert not fake.calls_to("views.publish")
+
+        await slack.slash("a third cat", team=TEAM)  # the other workspace is served as before
+        await slack.settle()
+        assert slack.core.jobs.recent(limit=1)[0].state is JobState.DELIVERED
+
+
+async def test_jobs_in_flight_at_an_uninstall_end_refunded_posting_nothing(
+        distributed_settings, two_workspaces, sandbox):
+    fake = two_workspaces
+    settings, port = distributed_settings(MAX_ACTIVE_JOBS=1)
+    # no status refresh meanwhile: the uninstall itself ends the queued job
+    async with SlackHarness.open(settings, fake, port=port, tick_s=3600) as slack:
+        await slack.install(T2)
+        sandbox.inject("recordInfo", state="generating", times=1_000_000)  # at the gateway until released
+        await slack.slash("a cat at the gateway", team=T2, user="U9", channel="C2")
+        await until(lambda: any(j.state is JobState.RUNNING for j in slack.core.jobs.recent()))
+        await slack.slash("a cat in the queue", team=T2, user="U8", channel="C2")
+        await until(lambda: len(slack.core.jobs.recent()) == 2)
+        running, queued = sorted(slack.core.jobs.recent(), key=lambda j: j.created_at)
+        assert slack.core.jobs.get(queued.id).state is JobState.QUEUED
+        await slack.core.orchestrator.outbox.wait_idle()  # their statuses are out: nothing more to send
+
+        fake.uninstall(T2)
+        for event in ({"type": "tokens_revoked", "tokens": {"bot": ["UBT0002"]}}, {"type": "app_uninstalled"}):
+            await slack.event(event, team=T2)
+        await until(lambda: slack.core.jobs.get(queued.id).state is JobState.FAILED)
+        gone = max(c.at for c in fake.calls)
+        sandbox.clear_faults()
+        slack.core.orchestrator.notify(str(slack.core.jobs.get(running.id).task_id))  # as its callback would
+        await slack.settle()
+
+        running, queued = slack.core.jobs.get(running.id), slack.core.jobs.get(queued.id)
+        assert (running.state, running.error_code) == (JobState.FAILED, "app_removed")
+        assert (queued.state, queued.error_code) == (JobState.FAILED, "app_removed")
+        assert sandbox.requests["createTask"] == 1  # the queued one never reached the gateway
+        assert undelivered(slack, "app_removed") == 1  # the gateway billed the running one
+        for who in ("U9", "U8"):
+            assert slack.core.ledger.balance(UserRef("slack", T2, who)).balance == 180  # refunded
+        assert [c for c in fake.calls if c.at > gone and c.team == T2] == []  # nothing posted with a dead token
+        assert not fake.calls_to("files.getUploadURLExternal")
+
+
+async def test_a_rotating_token_is_refreshed_once_before_it_expires_and_used(distributed_settings, fake_slack):
+    fake = fake_slack
+    fake.token_rotation = True
+    fake.lifetimes.append(3600)  # the installed token expires within the two hours Bolt refreshes before
+    settings, port = distributed_settings()
+    async with SlackHarness.open(settings, fake, port=port) as slack:
+        await slack.install(TEAM)
+        [installed] = fake.tokens_of(TEAM)
+        assert installed.startswith("xoxe.xoxb-")
+        # two commands at once, the refresh slow: one refresh between them (a refresh token works once)
+        fake.slow("oauth.v2.access", 0.3)
+        await asyncio.gather(slack.slash("a cat", user="U1", channel="C1"),
+                             slack.slash("a dog", user="U2", channel="C1"))
+        await slack.settle()
+        grants = [c.params.get("grant_type") for c in fake.calls_to("oauth.v2.access")]
+        assert grants.count("refresh_token") == 1
+        refreshed = fake.tokens_of(TEAM)[-1]
+        assert refreshed != installed
+        assert [j.state for j in slack.core.jobs.recent()] == [JobState.DELIVERED] * 2
+        assert {c.token for c in job_calls(fake)} == {refreshed}
+
+    async with SlackHarness.open(settings, fake, port=port) as slack:  # a restart: the new pair is stored
+        await slack.slash("a bird", user="U1", channel="C1")
+        await slack.settle()
+        assert [c.params.get("grant_type") for c in fake.calls_to("oauth.v2.access")].count("refresh_token") == 1
+        assert {c.token for c in job_calls(fake)} == {refreshed}
+
+
+async def test_two_processes_refreshing_at_once_spend_the_refresh_token_once(distributed_settings, fake_slack):
+    fake = fake_slack
+    fake.token_rotation = True
+    fake.lifetimes.append(3600)
+    settings, port = distributed_settings()
+    async with SlackHarness.open(settings, fake, port=port) as one, SlackHarness.open(settings, fake) as two:
+        await one.install(TEAM)
+        fake.slow("oauth.v2.access", 0.3)
+        await asyncio.gather(one.slash("a cat", user="U1", channel="C1"), two.slash("a dog", user="U2", channel="C1"))
+        await one.settle()
+        await two.settle()
+        refreshes = [c for c in fake.calls_to("oauth.v2.access") if c.params.get("grant_type") == "refresh_token"]
+        assert len(refreshes) == 2  # each process tried; Slack took the first, refused the spent token after
+        refreshed = fake.tokens_of(TEAM)[-1]
+        assert [j.state for j in one.core.jobs.recent()] == [JobState.DELIVERED] * 2
+        assert {c.token for c in job_calls(fake)} == {refreshed}
+
+
+async def test_an_enterprise_grid_org_wide_install_serves_each_of_its_workspaces(distributed_settings, fake_slack):
+    fake = fake_slack
+    fake.add_org("E0001", "Big Org", ["T0101", "T0102"])
+    fake.add_org("E0002", "Other Org", ["T0201"])
+    settings, port = distributed_settings()
+    async with SlackHarness.open(settings, fake, port=port) as slack:
+        page = await slack.install("E0001")
+        assert page.status_code == 200
+        [org] = installed_places(slack.core.db)
+        assert (org.org, org.workspace, org.org_wide, org.name) == ("E0001", "", True, "Big Org")
+        [org_token] = fake.tokens_of("E0001")
+
+        for team, channel in (("T0101", "C101"), ("T0102", "C102")):
+            await slack.slash(f"a lighthouse in {team}", team=team, enterprise="E0001", org_wide=True,
+                              channel=channel, user=f"U{team}")
+        _, url = await slack.slash("not here", team="T0201", enterprise="E0002", org_wide=True, channel="C201")
+        assert PLEASE_INSTALL in (await fake.wait_response(url))["text"]
+        await slack.settle()
+        jobs = {j.requester.workspace: j for j in slack.core.jobs.recent()}
+        assert set(jobs) == {"T0101", "T0102"}
+        assert all(j.state is JobState.DELIVERED for j in jobs.values())
+        assert {c.token for c in job_calls(fake)} == {org_token}
+        assert {channel_of(c) for c in fake.calls_to("chat.postMessage")} == {"C101", "C102"}
+        # budgets and reports stay per workspace
+        assert "slack:T0101" in slack.core.budgets.job_scopes(jobs["T0101"].id)
+        assert jobs["T0102"].reply.data["enterprise_id"] == "E0001"
+
+        await slack.uninstall("E0001", enterprise="E0001", org_wide=True)
+        assert installed_places(slack.core.db) == []
+
+
+async def test_installs_and_a_job_in_flight_survive_a_restart(distributed_settings, two_workspaces, sandbox):
+    fake = two_workspaces
+    settings, port = distributed_settings()
+    async with SlackHarness.open(settings, fake, port=port) as slack:
+        await slack.install(TEAM)
+        await slack.install(T2)
+        sandbox.inject("recordInfo", state="generating", times=1_000_000)
+        await slack.slash("a cat across a restart", team=T2, user="U9", channel="C2")
+        await until(lambda: any(j.state is JobState.RUNNING for j in slack.core.jobs.recent()))
+    [token1], [token2] = fake.tokens_of(TEAM), fake.tokens_of(T2)
+    before = len(fake.calls)
+
+    async with SlackHarness.open(settings, fake, port=port) as slack:  # a new process, the same database
+        [resumed] = slack.core.jobs.recent()
+        sandbox.clear_faults()
+        slack.core.orchestrator.notify(str(resumed.task_id))
+        await slack.slash("a dog after the restart", team=TEAM, user="U1", channel="C1")
+        await slack.settle()
+        assert [j.state for j in slack.core.jobs.recent()] == [JobState.DELIVERED] * 2
+        after = fake.calls[before:]
+        assert {c.token for c in after if c.method in POSTING and channel_of(c) == "C2"} == {token2}
+        assert {c.token for c in after if c.method in POSTING and channel_of(c) == "C1"} == {token1}
+        assert any(c.method == "files.completeUploadExternal" and c.token == token2 for c in after)
+
+
+async def test_no_token_or_secret_reaches_the_operators_log(distributed_settings, two_workspaces, capsys):
+    fake = two_workspaces
+    fake.token_rotation = True
+    fake.lifetimes.extend([60, 60])
+    settings, port = distributed_settings()
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    setup_logging("DEBUG", settings.secrets())  # as `imagine-bot run --verbose` does
+    try:
+        async with SlackHarness.open(settings, fake, port=port) as slack:
+            await slack.install(TEAM)
+            await slack.install(T2)
+            await slack.slash("a cat", team=T2, user="U9", channel="C2")
+            await slack.settle()
+            await slack.uninstall(T2)
+    finally:
+        root.handlers[:], _ = saved[0], root.setLevel(saved[1])
+    logged = capsys.readouterr().err
+    assert "slack: installed through Add to Slack" in logged and "refreshed the bot token" in logged
+    secrets = [*fake.grants, *(g.refresh_token for g in fake.grants.values() if g.refresh_token),
+               fake.client_secret, str(settings.SLACK_TOKEN_KEY.get_secret_value())]
+    assert len(secrets) >= 6
+    for secret in secrets:
+        assert secret not in logged, f"{secret[:10]}… is in the log"
+
+
+@pytest.mark.parametrize(("overrides", "setting"), [
+    ({"SLACK_APP_TOKEN": "xapp-1-socket"}, "SLACK_APP_TOKEN"),  # Socket Mode serves one workspace
+    ({"PUBLIC_URL": None}, "PUBLIC_URL"),
+    ({"SLACK_SIGNING_SECRET": None}, "SLACK_SIGNING_SECRET"),
+    ({"SLACK_CLIENT_SECRET": None}, "SLACK_CLIENT_SECRET"),
+    ({"SLACK_CLIENT_ID": None}, "SLACK_CLIENT_ID"),
+    ({"SLACK_BOT_TOKEN": "xoxb-one-workspace"}, "SLACK_CLIENT_ID"),  # one mode or the other
+    ({"SLACK_TOKEN_KEY": "not-a-key"}, "SLACK_TOKEN_KEY"),
+])
+async def test_distributed_mode_misconfigured_fails_naming_the_setting(distributed_settings, overrides, setting):
+    settings, _ = distributed_settings(**overrides)
+    async with ImagineCore.open(settings) as core:
+        with pytest.raises(ConfigError) as caught:
+            SlackService(core, settings, build_web_app(core))
+    assert caught.value.setting == setting
+
+
+def test_run_starts_slack_with_a_client_id_alone(distributed_settings):
+    settings, _ = distributed_settings()
+    assert list(configured_services(settings, None)) == ["slack"]
