@@ -15,6 +15,7 @@ import pytest
 
 from imagine_bot.bots.run import configured_services
 from imagine_bot.bots.slack import SlackService
+from imagine_bot.bots.slack.blocks import ACTION_DELETE, ACTION_REROLL
 from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.app import ImagineCore
 from imagine_bot.core.errors import ConfigError
@@ -25,6 +26,7 @@ from imagine_bot.core.web.server import build_web_app
 from tests.conftest import until
 
 from .conftest import ADMIN, TEAM, SlackHarness
+from .test_edit import png, shortcut, submit
 
 T2 = "T0002"
 #: the Web API calls that post or change something for a job
@@ -91,6 +93,40 @@ async def test_two_workspaces_install_with_add_to_slack_and_each_job_uses_its_ow
         _, report = await slack.slash("admin report", team=TEAM, user=ADMIN)
         answer = (await fake.wait_response(report))["text"]
         assert answer.startswith("This workspace spent 18 credits") and "U1" in answer and "U9" not in answer
+
+
+async def test_buttons_app_home_remix_and_operator_messages_use_their_workspace_token(
+        distributed_settings, two_workspaces, sandbox):
+    fake = two_workspaces
+    settings, port = distributed_settings(ADMINS=f"slack:{T2}:UOPS")
+    async with SlackHarness.open(settings, fake, port=port) as slack:
+        await slack.install(TEAM)
+        await slack.install(T2)
+        [token1], [token2] = fake.tokens_of(TEAM), fake.tokens_of(T2)
+        await slack.slash("a kite", team=T2, user="U9", channel="C2")
+        await slack.settle()
+        [job] = slack.core.jobs.recent()
+        start = len(fake.calls)
+
+        await slack.press(ACTION_REROLL, job.id, team=T2, user="U9", channel="C2")
+        await slack.event({"type": "app_home_opened", "user": "U9", "tab": "home"}, team=T2)
+        photo = fake.add_file("product.png", png((220, 120, 20)))
+        message = {"type": "message", "ts": "1700000000.000100", "user": "U7", "text": "ours", "files": [photo]}
+        await shortcut(slack, message, team=T2, user="U9", channel="C2")
+        await fake.wait_for("views.open")
+        await submit(slack, fake.views[-1], "on a beach", team=T2, user="U9")
+        await slack.settle()
+        _, deleted = await slack.press(ACTION_DELETE, job.id, team=T2, user="U9", channel="C2")
+        assert (await fake.wait_response(deleted))["text"] == "Deleted."
+        await slack.service.frontend.notify_operators([UserRef("slack", T2, "UOPS")], "the gateway is paused")
+
+        made = [c for c in fake.calls[start:] if c.method != "auth.test"]
+        assert {c.method for c in made} >= {"chat.postMessage", "views.publish", "views.open", "chat.delete",
+                                            "files.delete", "conversations.open", "files.completeUploadExternal"}
+        assert {c.token for c in made} == {token2}, "every call in T0002 with T0002's token"
+        assert fake.file_downloads == [(photo["id"], f"Bearer {token2}")]
+        assert [j.state for j in slack.core.jobs.recent()] == [JobState.DELIVERED] * 3
+        assert token1 not in {c.token for c in fake.calls[start:]}
 
 
 async def test_an_install_needs_the_browser_that_began_it_and_a_state_works_once(distributed_settings, fake_slack):
