@@ -11,15 +11,19 @@ import asyncio
 import logging
 from typing import Any
 
+import httpx
 import pytest
+from pydantic import SecretStr
 
 from imagine_bot.bots.run import configured_services
 from imagine_bot.bots.slack import SlackService
 from imagine_bot.bots.slack.blocks import ACTION_DELETE, ACTION_REROLL
+from imagine_bot.bots.slack.doctor import slack_checks
 from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.app import ImagineCore
 from imagine_bot.core.errors import ConfigError
 from imagine_bot.core.jobs.model import JobState
+from imagine_bot.core.ops.doctor import Status, render
 from imagine_bot.core.ops.logs import setup_logging
 from imagine_bot.core.storage.installations import installed_places
 from imagine_bot.core.web.server import build_web_app
@@ -356,3 +360,40 @@ async def test_distributed_mode_misconfigured_fails_naming_the_setting(distribut
 def test_run_starts_slack_with_a_client_id_alone(distributed_settings):
     settings, _ = distributed_settings()
     assert list(configured_services(settings, None)) == ["slack"]
+
+
+async def test_doctor_checks_the_app_and_lists_the_installed_workspaces(distributed_settings, two_workspaces):
+    fake = two_workspaces
+    settings, port = distributed_settings()
+    fake.redirect_urls = [f"{settings.PUBLIC_URL}/slack/oauth_redirect"]
+    async with SlackHarness.open(settings, fake, port=port) as slack, httpx.AsyncClient() as http:
+        before = await slack_checks(settings, http)
+        assert [(c.name, c.status) for c in before if c.status is not Status.PASS] == [
+            ("Slack workspaces", Status.WARN)]  # none yet: the fix names the install page
+        await slack.install(TEAM)
+        await slack.install(T2)
+
+        checks = await slack_checks(settings, http)
+        assert all(c.status is Status.PASS for c in checks), render(checks)
+        shown = {c.name: c.detail for c in checks}
+        assert "accepted by oauth.v2.access" in shown["Slack app"]
+        assert shown["Slack redirect URL"].startswith(f"{settings.PUBLIC_URL}/slack/oauth_redirect")
+        assert shown["Slack workspaces"] == "installed in 2: Second Team (T0002), Fake Team (T0001)"
+        assert "its bot token works" in shown["Slack Second Team"]
+
+        fake.uninstall(T2)  # revoked, and the app_uninstalled event never came
+        [refused] = [c for c in await slack_checks(settings, http) if c.status is Status.FAIL]
+        assert refused.name == "Slack Second Team" and "token_revoked" in refused.detail
+
+        fake.redirect_urls = ["https://elsewhere.example.com/slack/oauth_redirect"]
+        bad = {c.name: c for c in await slack_checks(settings, http) if c.status is Status.FAIL}
+        assert "Slack redirect URL" in bad and "Redirect URLs" in str(bad["Slack redirect URL"].fix)
+
+        wrong = settings.model_copy(update={"SLACK_CLIENT_SECRET": SecretStr("not-the-secret")})
+        failed = [c for c in await slack_checks(wrong, http) if c.status is Status.FAIL]
+        assert failed[0].name == "Slack app" and "SLACK_CLIENT_SECRET" in str(failed[0].fix)
+
+        keyless = settings.model_copy(update={"SLACK_TOKEN_KEY": None})
+        keyless_checks = {c.name: c for c in await slack_checks(keyless, http)}
+        assert keyless_checks["Slack tokens"].status is Status.WARN
+        assert "SLACK_TOKEN_KEY" in keyless_checks["Slack Fake Team"].detail  # sealed tokens: the key is needed
