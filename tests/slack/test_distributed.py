@@ -26,6 +26,7 @@ from imagine_bot.core.jobs.model import JobState
 from imagine_bot.core.ops.doctor import Status, render
 from imagine_bot.core.ops.logs import setup_logging
 from imagine_bot.core.storage.installations import installed_places
+from imagine_bot.core.web.dashboard import DashboardAuth
 from imagine_bot.core.web.server import build_web_app
 from tests.conftest import until
 
@@ -397,3 +398,19 @@ async def test_doctor_checks_the_app_and_lists_the_installed_workspaces(distribu
         keyless_checks = {c.name: c for c in await slack_checks(keyless, http)}
         assert keyless_checks["Slack tokens"].status is Status.WARN
         assert "SLACK_TOKEN_KEY" in keyless_checks["Slack Fake Team"].detail  # sealed tokens: the key is needed
+
+
+async def test_the_dashboard_shows_operators_where_the_app_is_installed(distributed_settings, two_workspaces):
+    fake = two_workspaces
+    settings, port = distributed_settings()
+    async with SlackHarness.open(settings, fake, port=port) as slack:
+        await slack.install(TEAM)
+        await slack.install(T2)
+        auth = DashboardAuth(slack.core.db)
+        for scope, shown in ((None, True), (f"slack:{T2}", False)):  # an operator; a workspace's admin
+            async with httpx.AsyncClient(base_url=slack.base_url) as http:
+                link = auth.mint(slack.base_url, actor="cli:op", scope=scope)
+                assert (await http.post("/admin/login", data={"t": link.split("t=")[1]})).status_code == 303
+                page = (await http.get("/admin/usage")).text
+            assert ('id="installed"' in page) is shown
+            assert ("Second Team" in page and "slack:T0001" in page and "encrypted" in page) is shown

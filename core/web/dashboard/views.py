@@ -2,7 +2,8 @@
 
     GET  /admin/login?t=TOKEN   a page with a "Sign in" button (POSTs the token: link previews cannot use it)
     POST /admin/login           redeems the one-time link, sets the session cookie, goes to /admin/usage
-    GET  /admin/usage           spend per day (chart), per scope, per channel, top users, budgets, balance
+    GET  /admin/usage           spend per day (chart), per scope, per channel, top users, budgets, balance, and
+                                (operators) the workspaces that installed the app
     GET  /admin/jobs            recent jobs (filters: days, state, platform, text), failures by cause (chart)
     GET  /admin/gallery         thumbnails of delivered images with prompt, who, where and a link to the message
     GET  /admin/thumbs/{id}.webp
@@ -24,6 +25,7 @@ import jinja2
 from aiohttp import web
 
 from imagine_bot.core.jobs.model import JobState
+from imagine_bot.core.storage.installations import installed_places
 from imagine_bot.core.web.dashboard.auth import COOKIE, DashboardAuth, Session
 from imagine_bot.core.web.dashboard.charts import bar_chart
 from imagine_bot.core.web.dashboard.queries import Filter, Queries, message_link
@@ -173,10 +175,12 @@ async def usage(request: web.Request) -> web.Response:
     budgets = [b for b in dash.core.budgets.all()
                if f.scope is None or b.scope == f.scope or b.scope.startswith(f.scope + "#")]
     balance = await dash.gateway_balance() if session.scope is None else None
+    # where the app is installed (distributed mode): operators only, no token is read
+    installed = installed_places(dash.core.db) if session.scope is None else []
     return _page(request, "usage.html", **_common(session, f, "usage"), chart=chart,
                  total=sum(v for _, v in per_day), by_scope=dash.queries.spend_by(f, "scope"),
                  by_channel=dash.queries.spend_by(f, "channel"), top_users=dash.queries.spend_by(f, "account", 10),
-                 budgets=budgets, balance=balance)
+                 budgets=budgets, balance=balance, installed=installed)
 
 
 async def jobs(request: web.Request) -> web.Response:
