@@ -252,6 +252,8 @@ class SlackService:
         elif resealed := self.installations.reseal():
             log.info("slack: sealed the tokens of %d installation(s) stored before SLACK_TOKEN_KEY was set", resealed)
         places = installed_places(self.core.db, PLATFORM)
+        if places:  # the key must open the stored tokens: fail now, naming SLACK_TOKEN_KEY, not at a request
+            self.installations.latest(org=places[0].org, workspace=places[0].workspace)
         log.info("slack: distributed mode, installed in %d workspace(s) or organisation(s); more install at %s%s",
                  len(places), self.settings.PUBLIC_URL, INSTALL_PATH)
 

@@ -13,10 +13,11 @@ from typing import Any
 
 import httpx
 import pytest
+from cryptography.fernet import Fernet
 from pydantic import SecretStr
 
 from imagine_bot.bots.run import configured_services
-from imagine_bot.bots.slack import SlackService
+from imagine_bot.bots.slack import SlackService, manifest
 from imagine_bot.bots.slack.blocks import ACTION_DELETE, ACTION_REROLL
 from imagine_bot.bots.slack.doctor import slack_checks
 from imagine_bot.core.access.identity import UserRef
@@ -414,3 +415,28 @@ async def test_the_dashboard_shows_operators_where_the_app_is_installed(distribu
                 page = (await http.get("/admin/usage")).text
             assert ('id="installed"' in page) is shown
             assert ("Second Team" in page and "slack:T0001" in page and "encrypted" in page) is shown
+
+
+async def test_a_key_that_does_not_open_the_stored_tokens_stops_the_start(distributed_settings, fake_slack):
+    settings, port = distributed_settings()
+    async with SlackHarness.open(settings, fake_slack, port=port) as slack:
+        await slack.install(TEAM)
+    other = settings.model_copy(update={"SLACK_TOKEN_KEY": SecretStr(Fernet.generate_key().decode())})
+    with pytest.raises(ConfigError) as caught:
+        async with SlackHarness.open(other, fake_slack, port=port):
+            pass
+    assert caught.value.setting == "SLACK_TOKEN_KEY"
+
+
+def test_the_distributed_manifest_redirects_rotates_deploys_org_wide_and_hears_uninstalls():
+    single, many = manifest.read(), manifest.read(manifest.DISTRIBUTED)
+    assert many["oauth_config"]["scopes"] == single["oauth_config"]["scopes"]
+    assert many["oauth_config"]["redirect_urls"] == ["https://imagine.example.com/slack/oauth_redirect"]
+    settings = many["settings"]
+    assert (settings["token_rotation_enabled"], settings["org_deploy_enabled"], settings["socket_mode_enabled"]) == (
+        True, True, False)
+    events = set(settings["event_subscriptions"]["bot_events"])
+    assert {"app_uninstalled", "tokens_revoked", "app_home_opened"} <= events
+    assert settings["event_subscriptions"]["request_url"] == "https://imagine.example.com/slack/events"
+    assert settings["interactivity"]["request_url"] == "https://imagine.example.com/slack/events"
+    assert many["features"]["slash_commands"][0]["url"] == "https://imagine.example.com/slack/events"
