@@ -39,8 +39,11 @@ from discord.gateway import DiscordWebSocket
 
 from imagine_bot.bots.discord import wording
 from imagine_bot.bots.discord.buttons import DYNAMIC_ITEMS
-from imagine_bot.bots.discord.handlers import Handlers, reply_private
+from imagine_bot.bots.discord.handlers import Handlers, reply_private, user_ref
+from imagine_bot.core.access.authority import Actor
 from imagine_bot.core.app import ImagineCore
+from imagine_bot.core.chat import admin as admin_ops
+from imagine_bot.core.credits.budgets import MAX_CREDITS_CHANGE
 from imagine_bot.core.errors import ConfigError, ImagineError
 from imagine_bot.core.gateway.catalog import ModelSpec
 from imagine_bot.core.settings import Settings
@@ -120,7 +123,7 @@ class ImagineClient(discord.AutoShardedClient):
 
     async def on_interaction(self, interaction: discord.Interaction) -> None:
         """Remix modals are answered here, from their custom id (no modal object is kept: restart-proof)."""
-        data = interaction.data if isinstance(interaction.data, dict) else {}
+        data: dict[str, Any] = dict(interaction.data) if isinstance(interaction.data, dict) else {}
         custom_id = str(data.get("custom_id") or "")
         if (interaction.type is discord.InteractionType.modal_submit and self.handlers is not None
                 and custom_id.startswith("imagine:remix-")):
@@ -172,7 +175,7 @@ class ImagineClient(discord.AutoShardedClient):
 
 
 def _handlers(interaction: discord.Interaction) -> Handlers:
-    handlers = interaction.client.handlers  # type: ignore[attr-defined]
+    handlers: Handlers | None = interaction.client.handlers  # type: ignore[attr-defined]
     assert handlers is not None, "this client has no core"
     return handlers
 
@@ -223,21 +226,26 @@ def build_commands(model: ModelSpec) -> list[app_commands.Command[Any, ..., Any]
 
     @admin.command(name="grant", description="Operators: grant credits to someone (negative to revoke)")
     @app_commands.describe(user="who gets them", credits="how many (negative to revoke)", note="why, for the log")
-    async def grant(interaction: discord.Interaction, user: discord.User, credits: int,
+    async def grant(interaction: discord.Interaction, user: discord.User,
+                    credits: app_commands.Range[int, -MAX_CREDITS_CHANGE, MAX_CREDITS_CHANGE],
                     note: str | None = None) -> None:
-        await _handlers(interaction).admin(interaction, f"admin grant <@{user.id}> {credits} {note or ''}", user)
+        target, shown = user_ref(user), f"<@{user.id}>"
+        await _handlers(interaction).admin(interaction, "grant", lambda core, actor: admin_ops.grant(
+            core, actor, target, credits, note, shown=shown))
 
     @admin.command(name="allowance", description="Operators: set someone's allowance per period")
     @app_commands.describe(user="whose allowance", credits="credits per period; leave empty for the default")
     async def allowance(interaction: discord.Interaction, user: discord.User,
                         credits: app_commands.Range[int, 0, 1_000_000] | None = None) -> None:
-        value = "default" if credits is None else str(credits)
-        await _handlers(interaction).admin(interaction, f"admin allowance <@{user.id}> {value}", user)
+        target, shown = user_ref(user), f"<@{user.id}>"
+        await _handlers(interaction).admin(interaction, "allowance", lambda core, actor: admin_ops.allowance(
+            core, actor, target, credits, shown=shown))
 
     @admin.command(name="report", description="This server's spend per member and channel (CSV)")
     @app_commands.describe(scope="operators: another scope (discord:ID, slack:TEAM) or 'all' for every account")
     async def report(interaction: discord.Interaction, scope: str | None = None) -> None:
-        await _handlers(interaction).admin(interaction, f"admin report {scope or ''}")
+        await _handlers(interaction).admin(interaction, "report",
+                                          lambda core, actor: admin_ops.report(core, actor, scope or None))
 
     @admin.command(name="budget", description="This server's image budget; operators may set it")
     @app_commands.describe(credits="operators: the budget per period (empty: just show it)",
@@ -245,25 +253,34 @@ def build_commands(model: ModelSpec) -> list[app_commands.Command[Any, ..., Any]
     @app_commands.choices(period=[app_commands.Choice(name=p, value=p) for p in ("day", "week", "month", "never")])
     async def budget(interaction: discord.Interaction, credits: app_commands.Range[int, 0, 100_000_000] | None = None,
                      period: str | None = None, scope: str | None = None) -> None:
-        if credits is None:
-            text = f"admin budget {scope or ''}"
-        else:
-            text = f"admin budget set {scope or 'here'} {credits}" + (f" --period {period}" if period else "")
-        await _handlers(interaction).admin(interaction, text)
+        def operation(core: ImagineCore, actor: Actor) -> admin_ops.CommandReply:
+            if credits is None:
+                return admin_ops.budget_show(core, actor, scope or None)
+            return admin_ops.budget_set(core, actor, scope or "here", credits, period=period)
+
+        await _handlers(interaction).admin(interaction, "budget", operation)
 
     @admin.command(name="ban", description="Turn the image bot off for a member in this server")
     async def ban(interaction: discord.Interaction, user: discord.User) -> None:
-        await _handlers(interaction).admin(interaction, f"admin ban <@{user.id}>", user)
+        target, shown = user_ref(user), f"<@{user.id}>"
+        await _handlers(interaction).admin(interaction, "ban", lambda core, actor: admin_ops.ban(
+            core, actor, target, shown=shown))
 
     @admin.command(name="unban", description="Turn the image bot back on for a member in this server")
     async def unban(interaction: discord.Interaction, user: discord.User) -> None:
-        await _handlers(interaction).admin(interaction, f"admin unban <@{user.id}>", user)
+        target, shown = user_ref(user), f"<@{user.id}>"
+        await _handlers(interaction).admin(interaction, "unban", lambda core, actor: admin_ops.ban(
+            core, actor, target, shown=shown, banned=False))
 
     @admin.command(name="channels", description="The channels the bot answers in, in this server")
     @app_commands.choices(which=[app_commands.Choice(name="only this channel", value="here"),
                                  app_commands.Choice(name="every channel", value="all")])
     async def channels(interaction: discord.Interaction, which: str | None = None) -> None:
-        await _handlers(interaction).admin(interaction, f"admin channels {which or ''}")
+        def operation(core: ImagineCore, actor: Actor) -> admin_ops.CommandReply:
+            chosen = None if which is None else admin_ops.this_channel(actor) if which == "here" else ()
+            return admin_ops.channels(core, actor, chosen)
+
+        await _handlers(interaction).admin(interaction, "channels", operation)
 
     @admin.command(name="defaults", description="Default aspect ratio and quality in this server")
     @app_commands.choices(
@@ -272,19 +289,22 @@ def build_commands(model: ModelSpec) -> list[app_commands.Command[Any, ..., Any]
     )
     async def defaults(interaction: discord.Interaction, aspect_ratio: str | None = None,
                        quality: str | None = None, reset: bool = False) -> None:
-        flags = "reset" if reset else " ".join(f"--{k} {v}" for k, v in (("ar", aspect_ratio), ("quality", quality))
-                                               if v)
-        await _handlers(interaction).admin(interaction, f"admin defaults {flags}")
+        chosen: dict[str, str | None] = {"aspect_ratio": aspect_ratio, "quality": quality}
+        changes: dict[str, str | None] = (dict(admin_ops.RESET_DEFAULTS) if reset
+                                          else {k: v for k, v in chosen.items() if v})
+        await _handlers(interaction).admin(interaction, "defaults",
+                                          lambda core, actor: admin_ops.defaults(core, actor, changes))
 
     @admin.command(name="member-cap", description="Most one member may spend of this server's budget per period")
     @app_commands.describe(credits="credits per member per period; empty: no cap")
     async def member_cap(interaction: discord.Interaction,
                          credits: app_commands.Range[int, 0, 100_000_000] | None = None) -> None:
-        await _handlers(interaction).admin(interaction, f"admin member-cap {'none' if credits is None else credits}")
+        await _handlers(interaction).admin(interaction, "member-cap",
+                                          lambda core, actor: admin_ops.member_cap(core, actor, credits))
 
     @admin.command(name="dashboard", description="A one-time link to the web dashboard of this server")
     async def dashboard(interaction: discord.Interaction) -> None:
-        await _handlers(interaction).admin(interaction, "admin dashboard")
+        await _handlers(interaction).admin(interaction, "dashboard", admin_ops.dashboard)
 
     return [imagine, credits_, help_, admin, remix_menu]
 

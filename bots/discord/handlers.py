@@ -21,7 +21,7 @@ from imagine_bot.bots.discord.modals import FOR_JOB, FOR_MESSAGE, for_job, for_m
 from imagine_bot.core.access.authority import Actor, place_key
 from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.app import ImagineCore
-from imagine_bot.core.chat import commands, messages
+from imagine_bot.core.chat import admin, messages
 from imagine_bot.core.errors import ImagineError, UserInputError
 from imagine_bot.core.jobs.model import Job, ReplyTo
 from imagine_bot.core.media.references import Reference
@@ -122,7 +122,7 @@ class Handlers:
 
     async def remix_submitted(self, interaction: discord.Interaction, custom_id: str) -> None:
         """A Remix modal came back (from this process or an earlier one): the edit, in this channel."""
-        data = interaction.data if isinstance(interaction.data, dict) else {}
+        data: dict[str, Any] = dict(interaction.data) if isinstance(interaction.data, dict) else {}
         prompt, values = read_submission(dict(data), self.core.model)
         who = actor_of(interaction)
         job_match, message_match = FOR_JOB.match(custom_id), FOR_MESSAGE.match(custom_id)
@@ -230,13 +230,11 @@ class Handlers:
         await reply_private(interaction, messages.help_text(self.core.model, admin=admin, slash=True))
 
     # ------------------------------------------------------------------ admins
-    async def admin(self, interaction: discord.Interaction, text: str, *users: discord.abc.User) -> None:
-        """An ``/imagine-admin`` subcommand, as the core's text command (one set of rules for every front
-        end); users are passed as mentions. The answer, and any CSV, only the admin sees."""
-        known = {f"<@{u.id}>": user_ref(u) for u in users}
-        answer = await commands.dispatch(self.core, actor_of(interaction), text,
-                                         ReplyTo("discord", str(interaction.channel_id)),
-                                         resolve_user=lambda raw: known.get(raw.replace("<@!", "<@")))
+    async def admin(self, interaction: discord.Interaction, what: str, operation: admin.Operation) -> None:
+        """An ``/imagine-admin`` subcommand: its typed options call the core's admin operation directly
+        (``core.chat.admin``: one set of rules and words for every front end). The answer, and any CSV,
+        only the admin sees."""
+        answer = admin.run(self.core, actor_of(interaction), operation, what=what)
         file = None
         if answer.attachment is not None:
             name, content = answer.attachment

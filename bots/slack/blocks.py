@@ -83,7 +83,7 @@ def delivered(user_id: str, caption: str, job_id: str, *, file_ids: Sequence[str
 def _select(name: str, label: str, choices: Sequence[str], chosen: str | None) -> Payload:
     options = [{"text": {"type": "plain_text", "text": c}, "value": c} for c in choices]
     element: Payload = {"type": "static_select", "action_id": name, "options": options}
-    if chosen in choices:
+    if chosen is not None and chosen in choices:
         element["initial_option"] = options[list(choices).index(chosen)]
     return {"type": "input", "block_id": name, "optional": True, "label": {"type": "plain_text", "text": label},
             "element": element}

@@ -12,11 +12,7 @@ each token tried with ``auth.test`` (read from the database without changing it;
 
 from __future__ import annotations
 
-import sqlite3
-from pathlib import Path
-
 import httpx
-import sqlite_utils
 
 from imagine_bot.bots.slack import manifest
 from imagine_bot.bots.slack.installs import PLATFORM
@@ -24,6 +20,7 @@ from imagine_bot.bots.slack.service import INSTALL_PATH, REDIRECT_PATH, check_di
 from imagine_bot.core.errors import ConfigError
 from imagine_bot.core.ops.doctor import Check, fail, ok, warn
 from imagine_bot.core.settings import Settings
+from imagine_bot.core.storage.db import read_only
 from imagine_bot.core.storage.installations import Installations, InstalledPlace, installed_places
 from imagine_bot.core.storage.secretbox import MAKE_KEY, SecretBox
 
@@ -159,26 +156,12 @@ async def _install_page(settings: Settings, http: httpx.AsyncClient) -> list[Che
                  f"start `imagine-bot run` in distributed mode and route {settings.PUBLIC_URL} to it")]
 
 
-def _read_places(path: Path) -> tuple[sqlite_utils.Database | None, list[InstalledPlace]]:
-    """The installed workspaces, read without writing (no migration, no lock)."""
-    if str(path) == ":memory:" or not path.exists():
-        return None, []
-    db = sqlite_utils.Database(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5))
-    try:
-        return db, installed_places(db, PLATFORM)
-    except sqlite3.OperationalError:  # a database from before distributed mode (no table yet)
-        db.conn.close()
-        return None, []
-
-
 async def _workspaces(settings: Settings, http: httpx.AsyncClient, box: SecretBox) -> list[Check]:
-    db, places = _read_places(settings.IMAGINE_DB_PATH)
-    if db is None or not places:
-        if db is not None:
-            db.conn.close()
-        return [warn("Slack workspaces", "not installed in any workspace yet",
-                     f"a workspace admin opens {settings.PUBLIC_URL}{INSTALL_PATH} and allows the app")]
-    try:
+    with read_only(settings.IMAGINE_DB_PATH) as db:  # no migration, no lock
+        places = installed_places(db, PLATFORM) if db is not None else []
+        if db is None or not places:
+            return [warn("Slack workspaces", "not installed in any workspace yet",
+                         f"a workspace admin opens {settings.PUBLIC_URL}{INSTALL_PATH} and allows the app")]
         shown = ", ".join(f"{p.name or '?'} ({p.org + ', whole organisation' if p.org_wide else p.workspace})"
                           for p in places)
         checks = [ok("Slack workspaces", f"installed in {len(places)}: {shown}")]
@@ -190,8 +173,6 @@ async def _workspaces(settings: Settings, http: httpx.AsyncClient, box: SecretBo
         for place in places[:TRIED]:
             checks.append(await _try_token(settings, http, installations, place))
         return checks
-    finally:
-        db.conn.close()
 
 
 async def _try_token(settings: Settings, http: httpx.AsyncClient, installations: Installations,
@@ -207,12 +188,12 @@ async def _try_token(settings: Settings, http: httpx.AsyncClient, installations:
     try:
         response = await http.post(settings.SLACK_API_URL.rstrip("/") + "/auth.test", timeout=10,
                                    headers={"Authorization": f"Bearer {row.tokens['bot_token']}"})
-        error = response.json().get("error")
+        refused = response.json().get("error")
     except (httpx.HTTPError, ValueError) as exc:
         return warn(name, f"auth.test did not answer ({type(exc).__name__})")
-    if error is None:
+    if refused is None:
         return ok(name, f"{where}: its bot token works")
-    if error == "token_expired" and row.tokens.get("bot_refresh_token"):
+    if refused == "token_expired" and row.tokens.get("bot_refresh_token"):
         return ok(name, f"{where}: its bot token expired; the bot refreshes it at the next use")
-    return fail(name, f"{where}: Slack refused its bot token ({error})",
+    return fail(name, f"{where}: Slack refused its bot token ({refused})",
                 f"a workspace admin reinstalls the app at {settings.PUBLIC_URL}{INSTALL_PATH}")

@@ -21,7 +21,7 @@ import aiohttp
 from slack_sdk.web.async_client import AsyncWebClient
 
 from imagine_bot.bots.slack import blocks
-from imagine_bot.bots.slack.frontend import SlackError, slack_error_code
+from imagine_bot.bots.slack.errors import SlackError, slack_error_code
 from imagine_bot.bots.slack.handlers import NOT_ALLOWED, SlackHandlers, _team_of, reply_to
 from imagine_bot.core.chat import messages
 from imagine_bot.core.errors import ImagineError, UserInputError
@@ -103,10 +103,11 @@ class SlackRemix:
             if not files:
                 raise UserInputError(messages.no_images_to_remix())
             self.core.check_can_submit(await self.handlers.actor(body, user, channel, check_admin=False), edit=True)
+            await self.core.check_reply(reply_to(body, channel, None))  # before the form: can the result go there?
         except ImagineError as error:
             await self.handlers._reply(await self.handlers.api(body), user, channel, response_url, error.user_message)
             return
-        meta = {"channel": channel, "thread_ts": message.get("thread_ts") or message.get("ts"),
+        meta: dict[str, Any] = {"channel": channel, "thread_ts": message.get("thread_ts") or message.get("ts"),
                 "files": files, "response_url": response_url}
         while len(json.dumps(meta)) > METADATA_MAX and len(meta["files"]) > 1:
             meta["files"] = meta["files"][:-1]  # keep what fits (the first images matter most)
@@ -117,6 +118,7 @@ class SlackRemix:
         try:
             original = self.core.check_can_vary(await self.handlers.actor(body, user, channel, check_admin=True),
                                                 job_id)
+            await self.core.check_reply(reply_to(body, channel, None))
         except ImagineError as error:
             await self.handlers._reply(await self.handlers.api(body), user, channel, response_url, error.user_message)
             return
@@ -146,7 +148,7 @@ class SlackRemix:
         except ImagineError as error:
             await self.handlers._reply(await self.handlers.api(body), user, channel, response_url, error.user_message)
             return
-        await self.handlers._after_submit(job)
+        log.info("job %s: vary of %s by %s", job.id, job_id, user)
 
     async def submit(self, body: dict[str, Any], view: dict[str, Any], meta: dict[str, Any], prompt: str,
                      chosen: dict[str, str]) -> None:
@@ -168,7 +170,7 @@ class SlackRemix:
         except ImagineError as error:
             await self.handlers._reply(api, user, channel, response_url, error.user_message)
             return
-        await self.handlers._after_submit(job)
+        log.info("job %s: remix%s by %s", job.id, f" of {meta['job_id']}" if meta.get("job_id") else "", user)
 
     async def _download(self, api: AsyncWebClient | None, name: str, url: str) -> Reference:
         """A private Slack file, fetched with the workspace's bot token (never the user's): its bytes for the core."""

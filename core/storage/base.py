@@ -24,6 +24,7 @@ from typing import Any, Protocol, runtime_checkable
 import sqlite_utils
 
 from imagine_bot.core.access.identity import UserRef
+from imagine_bot.core.access.places import PlacePrefs
 from imagine_bot.core.credits.ledger import Balance, Ledger, LedgerEntry
 from imagine_bot.core.jobs.model import Job, JobRequest, JobState, JobStore
 from imagine_bot.core.storage.db import transaction
@@ -91,6 +92,74 @@ class JobRepository(Protocol):
 
     def recent(self, account: str | None = None, *, limit: int = 20,
                states: Iterable[JobState] | None = None) -> list[Job]: ...
+
+
+class PlaceStore(Protocol):
+    """Bans and preferences per server or workspace (``core.access.places``)."""
+
+    def is_banned(self, place: str, account: str) -> bool: ...
+
+    def ban(self, place: str, account: str, *, actor: str) -> bool: ...
+
+    def unban(self, place: str, account: str) -> bool: ...
+
+    def banned(self, place: str) -> list[str]: ...
+
+    def prefs(self, place: str) -> PlacePrefs: ...
+
+    def set_channels(self, place: str, channels: tuple[str, ...], *, actor: str) -> PlacePrefs: ...
+
+    def set_defaults(self, place: str, defaults: dict[str, str | None], *, actor: str) -> PlacePrefs: ...
+
+
+class RelayStore(Protocol):
+    """Callbacks passed between processes (``core.jobs.relay``); ids only grow."""
+
+    def last_id(self) -> int: ...
+
+    def put(self, task_id: str, final: str | None, origin: str) -> None: ...
+
+    def after(self, seen: int, origin: str) -> list[tuple[int, str, str | None]]: ...
+
+    def prune(self, before: datetime) -> int: ...
+
+
+class ThumbnailIndex(Protocol):
+    """One small WebP per delivered job (``core.media.thumbnails``)."""
+
+    def put(self, job_id: str, webp: bytes, width: int, height: int) -> None: ...
+
+    def get(self, job_id: str) -> tuple[bytes, int, int] | None: ...
+
+    def delete_before(self, cutoff: datetime) -> int: ...
+
+
+class LinkStore(Protocol):
+    """The dashboard's one-time sign-in links, by hash (``core.web.dashboard.auth``)."""
+
+    def add(self, token_hash: str, *, scope: str | None, actor: str, now: datetime, expires: datetime) -> None: ...
+
+    def use(self, token_hash: str, now: datetime, *, forget_before: datetime) -> tuple[str, str | None] | None: ...
+
+
+class Stores(Protocol):
+    """Every store of one database, and its keys (``core.storage.sqlite.SqliteStores`` is one)."""
+
+    def secret(self, name: str) -> bytes: ...
+
+    def ping(self) -> None: ...
+
+    @property
+    def places(self) -> PlaceStore: ...
+
+    @property
+    def relay(self) -> RelayStore: ...
+
+    @property
+    def thumbnails(self) -> ThumbnailIndex: ...
+
+    @property
+    def dashboard_links(self) -> LinkStore: ...
 
 
 @runtime_checkable

@@ -166,6 +166,8 @@ class Installations:
 
 def installed_places(db: sqlite_utils.Database, platform: str | None = None) -> list[InstalledPlace]:
     """Every workspace or organisation the bot is installed in (reads no token), newest first."""
+    if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'installations'").fetchone() is None:
+        return []  # a database older than the table (read without migrating it)
     where, args = ("WHERE platform = ?", [platform]) if platform else ("", [])
     rows = db.execute(
         f"""SELECT platform, org, workspace, max(org_wide), max(name), count(*), min(installed_at), max(updated_at),

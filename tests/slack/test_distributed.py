@@ -27,7 +27,6 @@ from imagine_bot.core.jobs.model import JobState
 from imagine_bot.core.ops.doctor import Status, render
 from imagine_bot.core.ops.logs import setup_logging
 from imagine_bot.core.storage.installations import installed_places
-from imagine_bot.core.web.dashboard import DashboardAuth
 from imagine_bot.core.web.server import build_web_app
 from tests.conftest import until
 
@@ -49,9 +48,6 @@ def channel_of(call: Any) -> str | None:
     return call.params.get("channel") or call.params.get("channel_id")
 
 
-def undelivered(slack: SlackHarness, cause: str) -> float:
-    return slack.core.metrics.registry.get_sample_value(
-        "imagine_jobs_billed_undelivered_total", {"platform": "slack", "cause": cause}) or 0.0
 
 
 @pytest.fixture
@@ -207,7 +203,7 @@ async def test_jobs_in_flight_at_an_uninstall_end_refunded_posting_nothing(
         assert (running.state, running.error_code) == (JobState.FAILED, "app_removed")
         assert (queued.state, queued.error_code) == (JobState.FAILED, "app_removed")
         assert sandbox.requests["createTask"] == 1  # the queued one never reached the gateway
-        assert undelivered(slack, "app_removed") == 1  # the gateway billed the running one
+        assert slack.core.jobs.billed_not_delivered() == (18, 1)  # the gateway billed the running one
         for who in ("U9", "U8"):
             assert slack.core.ledger.balance(UserRef("slack", T2, who)).balance == 180  # refunded
         assert [c for c in fake.calls if c.at > gone and c.team == T2] == []  # nothing posted with a dead token
@@ -407,7 +403,7 @@ async def test_the_dashboard_shows_operators_where_the_app_is_installed(distribu
     async with SlackHarness.open(settings, fake, port=port) as slack:
         await slack.install(TEAM)
         await slack.install(T2)
-        auth = DashboardAuth(slack.core.db)
+        auth = slack.core.dashboard_auth
         for scope, shown in ((None, True), (f"slack:{T2}", False)):  # an operator; a workspace's admin
             async with httpx.AsyncClient(base_url=slack.base_url) as http:
                 link = auth.mint(slack.base_url, actor="cli:op", scope=scope)
