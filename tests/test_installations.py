@@ -10,7 +10,16 @@ from cryptography.fernet import Fernet
 
 from imagine_bot.core.errors import ConfigError
 from imagine_bot.core.storage.db import open_db
-from imagine_bot.core.storage.installations import InstallationRow, Installations, OAuthStates, installed_places
+from imagine_bot.core.storage.installations import (
+    InstallationRow,
+    installed_places,
+)
+from imagine_bot.core.storage.installations import (
+    SqliteInstallations as Installations,
+)
+from imagine_bot.core.storage.installations import (
+    SqliteOAuthStates as OAuthStates,
+)
 from imagine_bot.core.storage.secretbox import SecretBox
 
 KEY = Fernet.generate_key().decode()

@@ -20,9 +20,10 @@ from imagine_bot.bots.slack.service import INSTALL_PATH, REDIRECT_PATH, check_di
 from imagine_bot.core.errors import ConfigError
 from imagine_bot.core.ops.doctor import Check, fail, ok, warn
 from imagine_bot.core.settings import Settings
-from imagine_bot.core.storage.db import read_only
-from imagine_bot.core.storage.installations import Installations, InstalledPlace, installed_places
+from imagine_bot.core.storage.base import InstallationStore
+from imagine_bot.core.storage.installations import InstalledPlace
 from imagine_bot.core.storage.secretbox import MAKE_KEY, SecretBox
+from imagine_bot.core.storage.sqlite import SqliteStores
 
 #: oauth.v2.access answers that mean the app's client id and secret were accepted (only the code is wrong)
 CODE_REFUSED = frozenset({"invalid_code", "invalid_grant", "code_already_used", "code_expired"})
@@ -157,9 +158,9 @@ async def _install_page(settings: Settings, http: httpx.AsyncClient) -> list[Che
 
 
 async def _workspaces(settings: Settings, http: httpx.AsyncClient, box: SecretBox) -> list[Check]:
-    with read_only(settings.IMAGINE_DB_PATH) as db:  # no migration, no lock
-        places = installed_places(db, PLATFORM) if db is not None else []
-        if db is None or not places:
+    with SqliteStores.read_only(settings) as stores:  # no migration, no lock
+        places = stores.installed_places(PLATFORM) if stores is not None else []
+        if stores is None or not places:
             return [warn("Slack workspaces", "not installed in any workspace yet",
                          f"a workspace admin opens {settings.PUBLIC_URL}{INSTALL_PATH} and allows the app")]
         shown = ", ".join(f"{p.name or '?'} ({p.org + ', whole organisation' if p.org_wide else p.workspace})"
@@ -169,13 +170,13 @@ async def _workspaces(settings: Settings, http: httpx.AsyncClient, box: SecretBo
         if plain and box.sealing:
             checks.append(warn("Slack tokens", f"{len(plain)} installation(s) stored before SLACK_TOKEN_KEY was set "
                                "are unencrypted", "they are encrypted at the next start of the bot"))
-        installations = Installations(db, box, PLATFORM)
+        installations = stores.installations(PLATFORM, box)
         for place in places[:TRIED]:
             checks.append(await _try_token(settings, http, installations, place))
         return checks
 
 
-async def _try_token(settings: Settings, http: httpx.AsyncClient, installations: Installations,
+async def _try_token(settings: Settings, http: httpx.AsyncClient, installations: InstallationStore,
                      place: InstalledPlace) -> Check:
     where = place.org if place.org_wide else place.workspace
     name = f"Slack {place.name or where}"

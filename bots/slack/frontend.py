@@ -308,15 +308,15 @@ class SlackFrontEnd:
         self._unpostable[job.id] = "app_removed"
         log.warning("job %s: workspace %s removed the app: no message is posted for it", job.id,
                     job.requester.workspace)
-        fresh = self.core.jobs.find(job.id)
+        fresh = self.core.find_job(job.id)
         if fresh is not None and fresh.state is JobState.QUEUED:
-            await self.core.orchestrator.cancel(job.id, AppRemoved(
+            await self.core.cancel(job.id, AppRemoved(
                 f"slack workspace {job.requester.workspace} removed the app before the job was sent"))
 
     # ------------------------------------------------------------------ the progress message
     def _data(self, job: Job) -> dict[str, Any]:
         """The job's front-end state, fresh from the database (the event's copy may predate an update)."""
-        fresh = self.core.jobs.find(job.id)
+        fresh = self.core.find_job(job.id)
         return (fresh or job).reply.data
 
     def _message(self, job: Job) -> _Message | None:
@@ -333,7 +333,7 @@ class SlackFrontEnd:
         response = await client.chat_postMessage(
             channel=job.reply.channel, unfurl_links=False, unfurl_media=False, **thread, **payload)
         message = self._messages[job.id] = _Message(str(response["channel"]), str(response["ts"]))
-        self.core.jobs.set_reply_data(job.id, progress_channel=message.channel, progress_ts=message.ts)
+        self.core.set_reply_data(job.id, progress_channel=message.channel, progress_ts=message.ts)
         return message
 
     async def _show(self, job: Job, text: str) -> None:
@@ -362,11 +362,11 @@ class SlackFrontEnd:
             # nothing went to the gateway yet (the check could not tell, or the bot left since): stop the job,
             # refunded, and the requester hears why privately. The state is read and the job cancelled with
             # no await between: a job still queued has no createTask on the wire.
-            fresh = self.core.jobs.find(job.id)
+            fresh = self.core.find_job(job.id)
             if message is None and fresh is not None and fresh.state is JobState.QUEUED:
                 log.warning("job %s: cannot post the progress message in %s (%s): stopped before it was sent",
                             job.id, where, code)
-                await self.core.orchestrator.cancel(job.id, self.cannot_answer(code, where))
+                await self.core.cancel(job.id, self.cannot_answer(code, where))
                 return
             # its task is (or may be) at the gateway, billed: the image goes to the requester by DM
             log.warning("job %s: %s refuses status messages (%s); the result will go to the requester's direct "
@@ -400,7 +400,7 @@ class SlackFrontEnd:
                         file_ids = await self._upload_once(job, clients, images, self._caption(job, balance, moved),
                                                            live, thread,
                                                            list(event.receipt.get("pending_file_ids") or []))
-                        self.core.jobs.set_reply_data(job.id, file_ids=file_ids, thread_ts=live.ts)
+                        self.core.set_reply_data(job.id, file_ids=file_ids, thread_ts=live.ts)
                 except SlackError as exc:
                     refused = slack_error_code(exc)
                     if refused not in CHANNEL_ERRORS or moved:
@@ -415,7 +415,7 @@ class SlackFrontEnd:
                 live = await self._move_to_requester(job, clients)
                 file_ids = await self._upload_once(job, clients, images, self._caption(job, balance, moved), live,
                                                    live.ts, [])
-                self.core.jobs.set_reply_data(job.id, file_ids=file_ids, thread_ts=live.ts)
+                self.core.set_reply_data(job.id, file_ids=file_ids, thread_ts=live.ts)
         except SlackError as exc:
             code = slack_error_code(exc)
             if code in CHANNEL_ERRORS:  # neither where it was asked nor by direct message
@@ -432,7 +432,7 @@ class SlackFrontEnd:
         else:
             shown = blocks.delivered(job.requester.user, caption, job.id, file_ids=file_ids, prompt=job.prompt)
             result = partial(self._show_result, job, live, file_ids, shown, in_thread)
-        self.core.orchestrator.outbox.put(job.id, result, pace=partial(self.pace, job), final=True)
+        self.core.post_final(job.id, result, pace=partial(self.pace, job))
 
     @staticmethod
     def _caption(job: Job, balance: int, moved: bool) -> str:
@@ -447,7 +447,7 @@ class SlackFrontEnd:
             channel=str(opened["channel"]["id"]), unfurl_links=False, unfurl_media=False,
             **blocks.status(job.requester.user, messages.delivered_elsewhere(job.reply.channel)))
         message = self._messages[job.id] = _Message(str(response["channel"]), str(response["ts"]))
-        self.core.jobs.set_reply_data(job.id, progress_channel=message.channel, progress_ts=message.ts,
+        self.core.set_reply_data(job.id, progress_channel=message.channel, progress_ts=message.ts,
                                       moved_from=job.reply.channel)
         return message
 

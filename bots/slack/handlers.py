@@ -43,7 +43,7 @@ from imagine_bot.core.chat import messages
 from imagine_bot.core.chat.admin import CommandReply
 from imagine_bot.core.chat.commands import dispatch
 from imagine_bot.core.errors import AppRemoved, ImagineError
-from imagine_bot.core.jobs.model import Job, JobState, ReplyTo
+from imagine_bot.core.jobs.model import Job, ReplyTo
 
 log = logging.getLogger(__name__)
 
@@ -199,11 +199,9 @@ class SlackHandlers:
             return
         log.warning("slack: %s %s: its installation is deleted, nothing more is posted there", where, what)
         ended = 0
-        for job in self.core.jobs.active():
-            if job.platform != "slack" or job.state is not JobState.QUEUED or job.owner != self.core.orchestrator.owner:
-                continue
+        for job in self.core.unsent_jobs("slack"):
             if await self.frontend.clients(job) is None:  # its workspace has no installation left
-                await self.core.orchestrator.cancel(job.id, AppRemoved(f"slack workspace {where} {what}"))
+                await self.core.cancel(job.id, AppRemoved(f"slack workspace {where} {what}"))
                 ended += 1
         if ended:
             log.warning("slack: ended %d job(s) of %s before they reached the gateway", ended, where)
@@ -343,7 +341,7 @@ class SlackHandlers:
                                                                       ts=data["progress_ts"]))
             for file_id in data.get("file_ids") or []:  # the file: its reply in the thread and the image itself
                 problems += await self._quietly(owner.api.files_delete(file=file_id))
-        self.core.jobs.set_reply_data(job.id, deleted=True)  # the App Home tab no longer shows it
+        self.core.set_reply_data(job.id, deleted=True)  # the App Home tab no longer shows it
         log.info("job %s deleted by %s%s", job.id, user, f" with problems {problems}" if problems else "")
         text = messages.deleted() if not problems else (
             f"I could not delete everything: Slack said `{', '.join(problems)}`.")

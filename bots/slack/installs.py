@@ -34,7 +34,8 @@ from slack_sdk.oauth.state_store.async_state_store import AsyncOAuthStateStore
 from slack_sdk.oauth.token_rotation.async_rotator import AsyncTokenRotator
 from slack_sdk.web.async_client import AsyncWebClient
 
-from imagine_bot.core.storage.installations import InstallationRow, Installations, OAuthStates
+from imagine_bot.core.storage.base import InstallationStore, OAuthStateStore
+from imagine_bot.core.storage.installations import InstallationRow
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +81,9 @@ def _expires_at(installation: Installation | Bot) -> int | None:
 
 
 class SlackInstallationStore(AsyncInstallationStore):
-    """``AsyncInstallationStore`` over ``core.storage.Installations`` (the ``slack`` rows)."""
+    """``AsyncInstallationStore`` over the core's ``InstallationStore`` (the ``slack`` rows)."""
 
-    def __init__(self, installations: Installations) -> None:
+    def __init__(self, installations: InstallationStore) -> None:
         self.installations = installations
 
     @property
@@ -164,10 +165,10 @@ class SlackInstallationStore(AsyncInstallationStore):
 
 
 class SlackStateStore(AsyncOAuthStateStore):
-    """``AsyncOAuthStateStore`` over ``core.storage.OAuthStates``: a random state per install flow, good once
+    """``AsyncOAuthStateStore`` over the core's ``OAuthStateStore``: a random state per install flow, good once
     for ``expiration_seconds``."""
 
-    def __init__(self, states: OAuthStates, expiration_seconds: int) -> None:
+    def __init__(self, states: OAuthStateStore, expiration_seconds: int) -> None:
         self.states = states
         self.expiration_seconds = expiration_seconds
 

@@ -44,7 +44,6 @@ from imagine_bot.core.app import ImagineCore
 from imagine_bot.core.chat import messages
 from imagine_bot.core.errors import ConfigError
 from imagine_bot.core.settings import Settings
-from imagine_bot.core.storage.installations import Installations, OAuthStates, installed_places
 from imagine_bot.core.storage.secretbox import MAKE_KEY, SecretBox
 
 log = logging.getLogger(__name__)
@@ -135,7 +134,7 @@ class SlackService:
         self._closed = False
         self._socket: AsyncSocketModeHandler | None = None
         self.box = SecretBox(_secret(settings.SLACK_TOKEN_KEY), setting="SLACK_TOKEN_KEY")
-        self.installations = Installations(core.db, self.box, PLATFORM)
+        self.installations = core.stores.installations(PLATFORM, self.box)
 
         self.session = aiohttp.ClientSession()
         self.factory = ClientFactory(settings.SLACK_API_URL, self.session)
@@ -187,7 +186,7 @@ class SlackService:
             redirect_uri=f"{settings.PUBLIC_URL}{REDIRECT_PATH}", install_path=INSTALL_PATH,
             redirect_uri_path=REDIRECT_PATH, authorization_url=authorize_url(settings.SLACK_API_URL),
             installation_store=self.store,
-            state_store=SlackStateStore(OAuthStates(self.core.db, PLATFORM), STATE_TTL_S),
+            state_store=SlackStateStore(self.core.stores.oauth_states(PLATFORM), STATE_TTL_S),
             state_expiration_seconds=STATE_TTL_S, token_rotation_expiration_minutes=REFRESH_BEFORE_MIN, logger=log,
         )
         authorize = AsyncInstallationStoreAuthorize(
@@ -218,7 +217,7 @@ class SlackService:
         response = await self.app.oauth_flow.handle_callback(await to_bolt_request(request))
         if response.status == 200:
             log.info("slack: installed through Add to Slack (%d workspace(s) or organisation(s) now)",
-                     len(installed_places(self.core.db, PLATFORM)))
+                     len(self.core.stores.installed_places(PLATFORM)))
         else:
             log.warning("slack: an install failed at the redirect (HTTP %d)", response.status)
         return await to_aiohttp_response(response)
@@ -252,7 +251,7 @@ class SlackService:
                         "make a key with %s", self.settings.IMAGINE_DB_PATH, MAKE_KEY)
         elif resealed := self.installations.reseal():
             log.info("slack: sealed the tokens of %d installation(s) stored before SLACK_TOKEN_KEY was set", resealed)
-        places = installed_places(self.core.db, PLATFORM)
+        places = self.core.stores.installed_places(PLATFORM)
         if places:  # the key must open the stored tokens: fail now, naming SLACK_TOKEN_KEY, not at a request
             self.installations.latest(org=places[0].org, workspace=places[0].workspace)
         log.info("slack: distributed mode, installed in %d workspace(s) or organisation(s); more install at %s%s",

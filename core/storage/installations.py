@@ -4,10 +4,11 @@ A chat app distributed through its platform's OAuth flow ("Add to Slack") is ins
 each workspace, or once for a whole organisation. Each installation is a row keyed by platform,
 organisation (``org``, '' when none), workspace (``workspace``, '' for an organisation-wide installation)
 and installer; the platform's own record rides along as JSON (``data``) and the tokens sit in their own
-columns, sealed by a ``SecretBox`` when the operator gave a key. Nothing here knows a platform: the front
+columns, sealed by a ``SecretBox`` when the operator gave a key. ``SqliteStores.installations(platform,
+box)`` builds the store (``core.storage.base.InstallationStore``). Nothing here knows a platform: the front
 end turns its SDK's records into ``InstallationRow`` and back.
 
-``OAuthStates`` holds the ``state`` of each install flow begun: issued with an expiry, consumed at most
+``SqliteOAuthStates`` holds the ``state`` of each install flow begun: issued with an expiry, consumed at most
 once (a compare-and-set ``DELETE``), so a replayed or forged redirect is refused by every process sharing
 the database.
 """
@@ -73,7 +74,7 @@ def _time(raw: str) -> datetime:
     return datetime.fromisoformat(raw).astimezone(UTC)
 
 
-class Installations:
+class SqliteInstallations:
     """The installations of one platform, their tokens sealed and opened by ``box``."""
 
     def __init__(self, db: sqlite_utils.Database, box: SecretBox, platform: str) -> None:
@@ -123,13 +124,15 @@ class Installations:
             return 0
         changed = 0
         with transaction(self.db):
-            rows = self.db.execute(f"SELECT rowid, {', '.join(TOKEN_FIELDS)} FROM installations WHERE platform = ?",
-                                   [self.platform]).fetchall()
-            for rowid, *values in rows:
+            rows = self.db.execute(f"SELECT org, workspace, installer, {', '.join(TOKEN_FIELDS)} FROM installations "
+                                   "WHERE platform = ?", [self.platform]).fetchall()
+            for org, workspace, installer, *values in rows:
                 plain = {n: v for n, v in zip(TOKEN_FIELDS, values, strict=True) if v and not self.box.is_sealed(v)}
                 if plain:
-                    self.db.execute(f"UPDATE installations SET {', '.join(f'{n} = ?' for n in plain)} WHERE rowid = ?",
-                                    [*(self.box.seal(v) for v in plain.values()), rowid])
+                    self.db.execute(f"UPDATE installations SET {', '.join(f'{n} = ?' for n in plain)} "
+                                    "WHERE platform = ? AND org = ? AND workspace = ? AND installer = ?",
+                                    [*(self.box.seal(v) for v in plain.values()), self.platform, org, workspace,
+                                     installer])
                     changed += 1
         return changed
 
@@ -179,7 +182,7 @@ def installed_places(db: sqlite_utils.Database, platform: str | None = None) -> 
             for p, o, w, ow, n, count, first, last, plain in rows]
 
 
-class OAuthStates:
+class SqliteOAuthStates:
     """One-time states of the install flows of one platform: issued with an expiry, consumed at most once."""
 
     def __init__(self, db: sqlite_utils.Database, platform: str) -> None:

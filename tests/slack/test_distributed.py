@@ -26,7 +26,6 @@ from imagine_bot.core.errors import ConfigError
 from imagine_bot.core.jobs.model import JobState
 from imagine_bot.core.ops.doctor import Status, render
 from imagine_bot.core.ops.logs import setup_logging
-from imagine_bot.core.storage.installations import installed_places
 from imagine_bot.core.web.server import build_web_app
 from tests.conftest import until
 
@@ -70,8 +69,8 @@ async def test_two_workspaces_install_with_add_to_slack_and_each_job_uses_its_ow
         for team in (TEAM, T2):
             page = await slack.install(team)
             assert page.status_code == 200 and "Thank you!" in page.text
-        assert sorted(p.workspace for p in installed_places(slack.core.db, "slack")) == [TEAM, T2]
-        assert all(p.sealed for p in installed_places(slack.core.db))  # SLACK_TOKEN_KEY is set
+        assert sorted(p.workspace for p in slack.core.stores.installed_places("slack")) == [TEAM, T2]
+        assert all(p.sealed for p in slack.core.stores.installed_places())  # SLACK_TOKEN_KEY is set
         [approval] = {a["scope"] for a in fake.authorizations}
         assert set(approval.split(",")) == set(fake.scopes)
         [token1], [token2] = fake.tokens_of(TEAM), fake.tokens_of(T2)
@@ -136,7 +135,7 @@ async def test_an_install_needs_the_browser_that_began_it_and_a_state_works_once
     async with SlackHarness.open(settings, fake_slack, port=port) as slack:
         other_browser = await slack.install(TEAM, keep_cookie=False)
         assert other_browser.status_code == 400
-        assert installed_places(slack.core.db) == [] and fake_slack.tokens_of(TEAM) == []
+        assert slack.core.stores.installed_places() == [] and fake_slack.tokens_of(TEAM) == []
 
         page = await slack.http.get(f"{slack.base_url}/slack/install", params={"team": TEAM})
         cookie = page.headers["set-cookie"].split(";")[0]
@@ -144,7 +143,7 @@ async def test_an_install_needs_the_browser_that_began_it_and_a_state_works_once
         forged = await slack.http.get(f"{settings.PUBLIC_URL}/slack/oauth_redirect",
                                       params={"code": "code-made-up", "state": state}, headers={"Cookie": cookie})
         assert forged.status_code == 401  # the state is spent on the forged code: it works once
-        assert installed_places(slack.core.db) == []
+        assert slack.core.stores.installed_places() == []
 
 
 async def test_app_uninstalled_forgets_the_workspace_and_nothing_more_is_sent_there(
@@ -159,7 +158,7 @@ async def test_app_uninstalled_forgets_the_workspace_and_nothing_more_is_sent_th
         [token2] = fake.tokens_of(T2)
 
         await slack.uninstall(T2)
-        assert [p.workspace for p in installed_places(slack.core.db)] == [TEAM]
+        assert [p.workspace for p in slack.core.stores.installed_places()] == [TEAM]
         gone = fake.calls[-1].at
         _, url = await slack.slash("a second cat", team=T2, user="U9", channel="C2")
         assert PLEASE_INSTALL in (await fake.wait_response(url))["text"]
@@ -264,7 +263,7 @@ async def test_an_enterprise_grid_org_wide_install_serves_each_of_its_workspaces
     async with SlackHarness.open(settings, fake, port=port) as slack:
         page = await slack.install("E0001")
         assert page.status_code == 200
-        [org] = installed_places(slack.core.db)
+        [org] = slack.core.stores.installed_places()
         assert (org.org, org.workspace, org.org_wide, org.name) == ("E0001", "", True, "Big Org")
         [org_token] = fake.tokens_of("E0001")
 
@@ -284,7 +283,7 @@ async def test_an_enterprise_grid_org_wide_install_serves_each_of_its_workspaces
         assert jobs["T0102"].reply.data["enterprise_id"] == "E0001"
 
         await slack.uninstall("E0001", enterprise="E0001", org_wide=True)
-        assert installed_places(slack.core.db) == []
+        assert slack.core.stores.installed_places() == []
 
 
 async def test_installs_and_a_job_in_flight_survive_a_restart(distributed_settings, two_workspaces, sandbox):

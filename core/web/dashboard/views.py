@@ -27,7 +27,6 @@ from aiohttp import web
 
 from imagine_bot.core.jobs.model import JobState
 from imagine_bot.core.storage.dashboard import Filter, Queries, message_link
-from imagine_bot.core.storage.installations import installed_places
 from imagine_bot.core.web.dashboard.auth import COOKIE, DashboardAuth, Session
 from imagine_bot.core.web.dashboard.charts import bar_chart
 
@@ -181,7 +180,7 @@ async def usage(request: web.Request) -> web.Response:
     undelivered = dash.queries.billed_not_delivered(f) if operator else None
     reconciliation = dash.queries.reconciliation(f.days) if operator and f.scope is None else None
     # where the app is installed (distributed mode): operators only, no token is read
-    installed = installed_places(dash.core.db) if operator else []
+    installed = dash.core.stores.installed_places() if operator else []
     return _page(request, "usage.html", **_common(session, f, "usage"), chart=chart,
                  total=sum(v for _, v in per_day), by_scope=dash.queries.spend_by(f, "scope"),
                  by_channel=dash.queries.spend_by(f, "channel"), top_users=dash.queries.spend_by(f, "account", 10),
