@@ -42,7 +42,7 @@ def configured_services(settings: Settings, only: list[str] | None) -> dict[str,
     """The front ends whose credentials are set (limited by ``--only``)."""
     wanted = set(only or ("slack", "discord"))
     factories: dict[str, ServiceFactory] = {}
-    if "slack" in wanted and settings.SLACK_BOT_TOKEN:
+    if "slack" in wanted and (settings.SLACK_BOT_TOKEN or settings.SLACK_CLIENT_ID):
         from imagine_bot.bots.slack import SlackService
 
         factories["slack"] = SlackService

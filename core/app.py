@@ -237,6 +237,12 @@ class ImagineCore:
         """A job as stored now; ``NotFound`` (with a message for the user) if unknown."""
         return self.jobs.get(job_id)
 
+    def unsent_jobs(self, platform: str) -> list[Job]:
+        """Front ends: ``platform``'s jobs this process holds that have not gone to the gateway yet (queued):
+        those ``cancel`` ends with nothing billed (a workspace that removed the app, ...)."""
+        return [job for job in self.jobs.active() if job.platform == platform and job.state is JobState.QUEUED
+                and job.owner == self.orchestrator.owner]
+
     def set_reply_data(self, job_id: str, **data: Any) -> Job:
         """Front ends: merge their own state into the job's reply address (message ids, ...), kept across
         restarts."""

@@ -93,6 +93,11 @@ class Settings(BaseSettings):
     SLACK_API_URL: str = "https://slack.com/api/"
     SLACK_RESULT_IN_THREAD: bool = False
     SLACK_ALLOWED_TEAMS: CsvList = Field(default_factory=list)
+    #: distributed mode ("Add to Slack" in many workspaces): the app's client id and secret, no bot token
+    SLACK_CLIENT_ID: str | None = None
+    SLACK_CLIENT_SECRET: SecretStr | None = None
+    #: the key that seals the installed workspaces' tokens in the database (a Fernet key)
+    SLACK_TOKEN_KEY: SecretStr | None = None
 
     # --- Discord
     DISCORD_TOKEN: SecretStr | None = None
@@ -253,7 +258,8 @@ class Settings(BaseSettings):
     def secrets(self) -> list[str]:
         """Every secret value, for log redaction."""
         values = [self.MODKIE_API_KEY, self.MODKIE_WEBHOOK_SECRET, self.SLACK_BOT_TOKEN, self.SLACK_APP_TOKEN,
-                  self.SLACK_SIGNING_SECRET, self.DISCORD_TOKEN, self.METRICS_TOKEN]
+                  self.SLACK_SIGNING_SECRET, self.SLACK_CLIENT_SECRET, self.SLACK_TOKEN_KEY, self.DISCORD_TOKEN,
+                  self.METRICS_TOKEN]
         return [v.get_secret_value() for v in values if v is not None and v.get_secret_value()]
 
 

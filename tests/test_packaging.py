@@ -72,7 +72,8 @@ def test_wheel_installs_under_one_name_and_runs(tmp_path):
     tops = {name.split("/")[0] for name in zipfile.ZipFile(wheel).namelist()}
     assert "core" not in tops and "bots" not in tops
     assert "imagine_bot" in tops
-    assert "imagine_bot/bots/slack/manifest.yml" in zipfile.ZipFile(wheel).namelist()
+    assert {"imagine_bot/bots/slack/manifest.yml", "imagine_bot/bots/slack/manifest-distributed.yml"} <= set(
+        zipfile.ZipFile(wheel).namelist())
 
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(with_pip=True).create(env_dir)

@@ -56,8 +56,8 @@ async def run_checks(settings: Settings) -> list[Check]:
         from imagine_bot.bots.discord.doctor import discord_checks
 
         checks += await discord_checks(settings, http)
-        if settings.SLACK_BOT_TOKEN is None and settings.DISCORD_TOKEN is None:
-            checks.append(fail("front ends", "neither SLACK_BOT_TOKEN nor DISCORD_TOKEN is set",
+        if settings.SLACK_BOT_TOKEN is None and not settings.SLACK_CLIENT_ID and settings.DISCORD_TOKEN is None:
+            checks.append(fail("front ends", "neither SLACK_BOT_TOKEN (or SLACK_CLIENT_ID) nor DISCORD_TOKEN is set",
                                "set one of them (see docs/slack.md, docs/discord.md); `imagine-bot chat` "
                                "needs neither"))
         checks += await check_public_url(settings, http)

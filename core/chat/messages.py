@@ -118,6 +118,12 @@ def refs_need_public_url() -> str:
             "and PUBLIC_URL is not set. An admin must set PUBLIC_URL (see the README). Nothing was charged.")
 
 
+def not_installed(install_url: str) -> str:
+    """The answer to a request from a workspace the bot is not installed in (never was, or was removed)."""
+    return (f"The image bot is not installed in this workspace, or it was removed. A workspace admin can add it "
+            f"at {install_url}. Nothing was charged.")
+
+
 def queued(job: Job, position: int) -> str:
     ahead = position - 1
     who = "you are next" if ahead == 0 else f"{ahead} ahead of you"

@@ -45,26 +45,26 @@ async def interactive(slack: SlackHarness, payload: dict[str, Any]) -> httpx.Res
 
 
 async def shortcut(slack: SlackHarness, message: dict[str, Any], *, user: str = "U1",
-                   channel: str = "C1") -> tuple[httpx.Response, str]:
+                   channel: str = "C1", team: str = TEAM) -> tuple[httpx.Response, str]:
     response_url = slack.fake.response_url()
     payload = {
         "type": "message_action", "callback_id": "remix_with_imagine", "trigger_id": f"trig.{next(_ids)}",
-        "action_ts": f"{time.time():.6f}", "team": {"id": TEAM, "domain": "fake"},
-        "user": {"id": user, "username": user.lower(), "team_id": TEAM}, "channel": {"id": channel, "name": "art"},
+        "action_ts": f"{time.time():.6f}", "team": {"id": team, "domain": "fake"},
+        "user": {"id": user, "username": user.lower(), "team_id": team}, "channel": {"id": channel, "name": "art"},
         "message_ts": message["ts"], "message": message, "response_url": response_url, "api_app_id": "A0001",
     }
     return await interactive(slack, payload), response_url
 
 
-async def submit(slack: SlackHarness, view: dict[str, Any], prompt: str, *, user: str = "U1",
+async def submit(slack: SlackHarness, view: dict[str, Any], prompt: str, *, user: str = "U1", team: str = TEAM,
                  **choices: str) -> httpx.Response:
     values: dict[str, Any] = {"prompt": {"prompt": {"type": "plain_text_input", "value": prompt}}}
     for name, value in choices.items():
         values[name] = {name: {"type": "static_select", "selected_option": {
             "text": {"type": "plain_text", "text": value}, "value": value}}}
     payload = {
-        "type": "view_submission", "team": {"id": TEAM, "domain": "fake"},
-        "user": {"id": user, "username": user.lower(), "team_id": TEAM}, "api_app_id": "A0001",
+        "type": "view_submission", "team": {"id": team, "domain": "fake"},
+        "user": {"id": user, "username": user.lower(), "team_id": team}, "api_app_id": "A0001",
         "trigger_id": f"trig.{next(_ids)}",
         "view": {**view, "state": {"values": values}},
     }

@@ -3,7 +3,8 @@
     GET  /admin/login?t=TOKEN   a page with a "Sign in" button (POSTs the token: link previews cannot use it)
     POST /admin/login           redeems the one-time link, sets the session cookie, goes to /admin/usage
     GET  /admin/usage           spend per day (chart), per scope, per channel, top users, budgets, balance;
-                                operators: billed but not delivered, and the day by day reconciliation
+                                operators: billed but not delivered, the day by day reconciliation, and the
+                                workspaces that installed the app
     GET  /admin/jobs            recent jobs (filters: days, state, platform, text), failures by cause (chart)
     GET  /admin/gallery         thumbnails of delivered images with prompt, who, where and a link to the message
     GET  /admin/thumbs/{id}.webp
@@ -196,10 +197,13 @@ async def usage(request: web.Request) -> web.Response:
     # the gateway account is the operator's: what it billed for nothing, and the balance against the spend
     undelivered = dash.queries.billed_not_delivered(f) if operator else None
     reconciliation = dash.queries.reconciliation(f.days) if operator and f.scope is None else None
+    # where the app is installed (distributed mode): operators only, no token is read
+    installed = dash.core.stores.installed_places() if operator else []
     return _page(request, "usage.html", **_common(request, session, f, "usage"), chart=chart,
                  total=sum(v for _, v in per_day), by_scope=dash.queries.spend_by(f, "scope"),
                  by_channel=dash.queries.spend_by(f, "channel"), top_users=dash.queries.spend_by(f, "account", 10),
-                 budgets=budgets, gateway=gateway, undelivered=undelivered, reconciliation=reconciliation)
+                 budgets=budgets, gateway=gateway, undelivered=undelivered, reconciliation=reconciliation,
+                 installed=installed)
 
 
 async def jobs(request: web.Request) -> web.Response:
