@@ -262,11 +262,12 @@ async def test_one_request_delivered_twice_at_once_to_two_processes_makes_one_jo
         async def main() -> str:
             async with ImagineCore.open(settings) as core:
                 # the first write this process makes is the submit's transaction: by then it has looked
-                core.db.conn.set_trace_callback(lambda sql: began[n].set() if sql.startswith("BEGIN") else None)
+                core.stores.db.conn.set_trace_callback(
+                    lambda sql: began[n].set() if sql.startswith("BEGIN IMMEDIATE") else None)
                 opened[n].set()
                 await asyncio.to_thread(go.wait, 10)
                 job = await core.imagine(ALICE, REPLY, "asked once", dedupe_key="slack:T1:trigger-9")
-                core.db.conn.set_trace_callback(None)
+                core.stores.db.conn.set_trace_callback(None)
                 return job.id
 
         return asyncio.run(main())
@@ -300,15 +301,15 @@ async def test_fail_and_refund_acts_only_for_the_jobs_owner_and_only_once(core, 
     row = core.jobs.get(job.id)
     error = JobFailedByOperator("failed by hand")
     with pytest.raises(LeaseLost):  # not the owner: nothing changes
-        fail_and_refund(core.db, core.jobs, core.ledger, row, error, owner="someone-else")
+        fail_and_refund(core.store, row, error, owner="someone-else")
     assert core.jobs.get(job.id).state is JobState.RUNNING and core.ledger.balance(ALICE).held == 18
-    failed, refunded = fail_and_refund(core.db, core.jobs, core.ledger, row, error, owner="operator:1")
+    failed, refunded = fail_and_refund(core.store, row, error, owner="operator:1")
     assert refunded and failed.state is JobState.FAILED and failed.finished_at is not None
     assert (failed.error_code, failed.error_message, failed.notice_pending) == ("failed_by_operator", "failed by hand",
                                                                                 False)
     assert core.ledger.balance(ALICE).held == 0
     with pytest.raises(LeaseLost):  # a second time: the job is no longer what it was
-        fail_and_refund(core.db, core.jobs, core.ledger, row, error, owner="operator:1")
+        fail_and_refund(core.store, row, error, owner="operator:1")
     assert "already settled" not in caplog.text
 
 
@@ -319,7 +320,7 @@ async def test_failing_a_job_whose_hold_was_already_settled_refunds_nothing_and_
     await core.orchestrator.stop()
     core.ledger.capture(job.id)  # settled behind its back
     core.jobs.claim(job.id, "operator:1", utcnow() + timedelta(seconds=60))
-    failed, refunded = fail_and_refund(core.db, core.jobs, core.ledger, core.jobs.get(job.id),
+    failed, refunded = fail_and_refund(core.store, core.jobs.get(job.id),
                                        JobFailedByOperator("late"), owner="operator:1")
     assert failed.state is JobState.FAILED and refunded is False
     assert core.ledger.balance(ALICE).balance == 180 - 18  # the capture stands: nothing refunded twice
