@@ -52,9 +52,9 @@ bench: $(STAMP)
 constraints: $(STAMP)
 	$(BIN)/python scripts/constraints.py --upgrade
 
-## mutate: mutation testing of the money code (mutmut; about an hour on 2 cores, not in CI): the share killed
+## mutate: mutation testing of the money code (mutmut; 40 minutes or more on 2 cores, not in CI): the share killed
 mutate: $(STAMP)
-	$(BIN)/python -c "import mutmut" 2>/dev/null || $(BIN)/pip install --quiet "mutmut==3.8.1"
+	$(BIN)/python -c "import mutmut, pytest_timeout" 2>/dev/null || $(BIN)/pip install --quiet "mutmut==3.8.1" "pytest-timeout==2.4.0"
 	$(BIN)/python scripts/mutate.py
 
 ## container-test: build the image with docker or podman, run it as the README says, check what operators rely on

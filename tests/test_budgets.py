@@ -363,3 +363,19 @@ def test_a_member_cap_on_a_budget_that_never_refills_counts_all_time(books):
         books.job(0, "j2")
     assert "it does not refill by itself" in refused.value.user_message
     books.job(1, "j3")  # another member has their own 36
+
+
+def test_every_budget_change_is_in_the_audit_trail_with_who_made_it(books):
+    books.budgets.set_amount(GUILD, 36, actor="discord:1")
+    books.budgets.set_amount(GUILD, None, actor="discord:1", period="week")
+    books.budgets.set_amount(GUILD, None, actor="discord:2", unlimited=True)
+    books.budgets.set_member_cap(GUILD, 0, actor="discord:3")  # members may spend nothing of it for now
+    books.budgets.set_member_cap(GUILD, MAX_CREDITS_CHANGE, actor="discord:3")
+    books.budgets.set_member_cap(GUILD, None, actor="discord:4")
+    with pytest.raises(UserInputError):
+        books.budgets.set_member_cap(GUILD, MAX_CREDITS_CHANGE + 1, actor="discord:4")
+    rows = books.db.execute("SELECT actor, note FROM budget_ledger WHERE scope = ? AND kind = 'set' ORDER BY id",
+                            [GUILD]).fetchall()
+    assert rows == [("discord:1", "budget 36 per month"), ("discord:1", "budget the default per week"),
+                    ("discord:2", "budget unlimited per week"), ("discord:3", "member cap 0"),
+                    ("discord:3", f"member cap {MAX_CREDITS_CHANGE}"), ("discord:4", "member cap none")]

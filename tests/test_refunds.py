@@ -164,6 +164,7 @@ async def test_any_other_front_end_error_fails_the_delivery_at_once_and_refunds(
     job = await run_one(core)
     assert_refunded(core, fe, job, "delivery_failed")
     assert fe.attempts == 1  # not a blip: not handed again
+    assert not (core.settings.spool_dir / job.id).exists()  # its downloaded image goes with it
     assert "could not deliver: KeyError" in job.error_message
 
 
@@ -220,10 +221,10 @@ async def test_cancel_stops_the_worker_refunds_once_and_fetches_nothing_more(cor
 
 
 async def test_an_on_failure_hook_that_raises_does_not_stop_the_refund_or_the_message(core, tmp_path, caplog):
-    told: list[ImagineError] = []
+    told: list[tuple[str, ImagineError]] = []
 
     def broken_hook(job: Job, error: ImagineError) -> None:
-        told.append(error)
+        told.append((job.id, error))
         raise RuntimeError("the alert could not be sent")
 
     core.orchestrator.on_failure = broken_hook
@@ -231,7 +232,7 @@ async def test_an_on_failure_hook_that_raises_does_not_stop_the_refund_or_the_me
     core.register(fe)
     job = await run_one(core, "a broken dream sandbox:fail")
     assert_refunded(core, fe, job, "generation_failed")
-    assert [e.code for e in told] == ["generation_failed"]
+    assert [(job_id, e.code) for job_id, e in told] == [(job.id, "generation_failed")]
     assert f"on_failure hook failed for job {job.id}" in caplog.text
 
 

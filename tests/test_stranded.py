@@ -45,6 +45,8 @@ async def test_jobs_fail_refunds_and_the_user_is_told_when_the_platform_runs(mak
     async with ImagineCore.open(settings) as core:
         row = core.jobs.get(job_id)
         assert (row.state, row.error_code, row.notice_pending) == (JobState.FAILED, "failed_by_operator", True)
+        assert row.error_message.startswith("failed by ") and row.error_message.endswith(
+            " with `imagine-bot jobs fail` (was queued)")
         assert core.ledger.balance(SLACK_USER).available == 180
         assert core.ledger.verify() == []
         fe = slack_recorder(tmp_path)
