@@ -139,3 +139,15 @@ async def test_a_halted_process_keeps_its_leases_until_they_expire(make_settings
         assert row.owner == a.orchestrator.owner and not row.state.final
         assert await b.start() == 0  # the lease is live: B must wait for it to expire
         assert a.orchestrator.in_flight == 0
+
+
+async def test_releasing_some_leases_leaves_the_others(core, tmp_path):
+    core.register(recorder(tmp_path, core))
+    jobs = [await core.imagine(UserRef("terminal", "local", f"r{n}"), REPLY, f"held {n} sandbox:slow")
+            for n in range(3)]
+    owner = core.orchestrator.owner
+    assert core.jobs.release_leases(owner, [jobs[1].id]) == 1  # one worker died: free that one only
+    assert [core.jobs.get(j.id).owner for j in jobs] == [owner, None, owner]
+    assert core.jobs.release_leases(owner, []) == 0
+    assert core.jobs.release_leases(owner) == 2  # stopping: every other one
+    assert [core.jobs.get(j.id).owner for j in jobs] == [None, None, None]

@@ -347,3 +347,27 @@ async def test_failures_the_operator_must_see_are_logged_as_errors_others_as_war
     crashed = await run_one(core)  # a bug ("error"): an error
     levels = {r.getMessage().split(":")[0]: r.levelname for r in caplog.records if " failed: " in r.getMessage()}
     assert levels == {f"job {failed.id} failed": "WARNING", f"job {crashed.id} failed": "ERROR"}
+
+
+async def test_the_first_retry_of_a_delivery_waits_the_first_backoff(core, tmp_path):
+    core.orchestrator.delivery_backoff_s = (0.01, 3600.0)  # were the second step taken first, this would hang
+    fe = Recorder(tmp_path, core)
+    fe.raising = [TimeoutError("read timed out")]
+    core.register(fe)
+    job = await run_one(core)
+    assert job.state is JobState.DELIVERED and fe.attempts == 2
+
+
+async def test_a_delivery_taken_over_during_its_backoff_is_not_posted_again_here(core, tmp_path):
+    core.orchestrator.delivery_backoff_s = (1.0,)
+    fe = Recorder(tmp_path, core)
+    fe.raising = [ConnectionError("connection reset")]
+    core.register(fe)
+    job = await core.imagine(ALICE, REPLY, "a lighthouse")
+    await asyncio.wait_for(fe.delivering.wait(), 10)
+    # while this process waits to post again, its lease expired and another process took the job
+    core.jobs.update(job.id, owner="other-process", lease_until=utcnow() + timedelta(seconds=60))
+    await asyncio.wait_for(core.orchestrator.wait_idle(), 20)
+    row = core.jobs.get(job.id)
+    assert (row.state, row.owner) == (JobState.DELIVERING, "other-process")  # the new owner posts it
+    assert fe.attempts == 1 and core.ledger.balance(ALICE).held == 18  # not posted twice, nothing settled here
