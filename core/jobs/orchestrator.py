@@ -14,7 +14,7 @@ no path charges twice, and a job that never delivered is never charged. A refuse
 (``CaptureRefused``, logged), never "delivered".
 
 Several processes may share the database (a rolling deploy, a double start). Each job is owned by one
-process through a lease (``core.leases``): this orchestrator claims jobs nobody holds, renews its
+process through a lease (``core.jobs.leases``): this orchestrator claims jobs nobody holds, renews its
 leases while it works, and takes over a job only once its owner's lease expired (the periodic sweep).
 Every state change is a compare-and-set on the expected state and owner (``JobRepository.transition``); a
 lost race raises ``LeaseLost`` and the local worker stops without touching money.
