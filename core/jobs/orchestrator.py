@@ -313,6 +313,7 @@ class Orchestrator:
             if not running_here:
                 error = JobFailedByOperator(f"job {job.id} stranded: no {job.platform} front end ran for it "
                                             f"within JOB_TIMEOUT_S ({self.job_timeout_s:.0f}s)")
+                await self._bill_check(claimed)
                 await self._fail(job.id, error, notice_pending=True)
                 continue
             if job.owner is not None:
@@ -325,6 +326,17 @@ class Orchestrator:
             started += 1
         await self._tell_pending()
         return started
+
+    async def _bill_check(self, job: Job) -> None:
+        """Before a job at the gateway is failed without being followed (stranded): ask the gateway whether
+        it made (and billed) the image, so that the job counts as billed but not delivered if it did."""
+        if not job.task_id or job.billed_at is not None or job.state is not JobState.RUNNING:
+            return
+        try:
+            self._billed(job, await self.gateway.record_info(job.task_id))
+        except (GatewayError, LeaseLost, DatabaseBusy) as error:
+            log.warning("job %s: could not tell whether the gateway billed task %s (%s)", job.id, job.task_id,
+                        error.admin_message)
 
     async def _tell_pending(self) -> None:
         """Failures decided while the job's front end was not running (an operator, a stranded job)."""
