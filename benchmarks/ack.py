@@ -132,7 +132,7 @@ async def settle(core: Any, timeout: float = 90.0) -> None:  # noqa: ASYNC109
 
 async def drain_jobs(core: Any, timeout: float) -> bool:  # noqa: ASYNC109
     """``drain``, but waiting for the jobs only (not for the status messages the outbox still paces)."""
-    from imagine_bot.core.jobs.admission import RateLimiter, SlidingWindow
+    from imagine_bot.core.jobs.ratelimit import RateLimiter, SlidingWindow
 
     orchestrator = core.orchestrator
     orchestrator.admission.max_active = 1_000_000
@@ -170,7 +170,7 @@ def phase_result(n: int, burst: dict[str, Any], **extra: Any) -> dict[str, Any]:
 
 def _jobs(core: Any, like: str, state: str | None = None) -> int:
     sql = "SELECT COUNT(*) FROM jobs WHERE account LIKE ?" + (" AND state = ?" if state else "")
-    return int(core.db.execute(sql, (like, state) if state else (like,)).fetchone()[0])
+    return int(core.stores.db.execute(sql, (like, state) if state else (like,)).fetchone()[0])
 
 
 @contextlib.asynccontextmanager

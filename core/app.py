@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import sqlite_utils
 
 from imagine_bot.core import __version__
 from imagine_bot.core.access.authority import GLOBAL, Actor, scope_noun
@@ -30,23 +29,31 @@ from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.chat import messages
 from imagine_bot.core.chat.parsing import ParsedPrompt, parse_imagine, take_images
 from imagine_bot.core.credits.budgets import BudgetStatus, spend_csv
-from imagine_bot.core.credits.ledger import Balance, build_ledger
+from imagine_bot.core.credits.ledger import Balance
 from imagine_bot.core.credits.prices import Prices
-from imagine_bot.core.errors import ConfigError, NotAllowedHere, NotFound, PermissionDenied, UserInputError
+from imagine_bot.core.errors import (
+    ConfigError,
+    ImagineError,
+    NotAllowedHere,
+    NotFound,
+    PermissionDenied,
+    UserInputError,
+)
 from imagine_bot.core.frontend import FrontEnd, OperatorNotifier
 from imagine_bot.core.gateway import GatewayClient
 from imagine_bot.core.gateway.balance import GatewayAccount
 from imagine_bot.core.gateway.catalog import ModelSpec, edit_model, get_model
-from imagine_bot.core.jobs.model import Job, JobRequest, JobState, JobStore, ReplyTo
+from imagine_bot.core.jobs.model import Job, JobRequest, JobState, ReplyTo
 from imagine_bot.core.jobs.orchestrator import Orchestrator
+from imagine_bot.core.jobs.outbox import UNPACED, PaceOf, Send
 from imagine_bot.core.jobs.relay import CallbackRelay
 from imagine_bot.core.media.references import Reference, ReferenceChecker
 from imagine_bot.core.media.refstore import RefStore
 from imagine_bot.core.media.thumbnails import ThumbnailStore
 from imagine_bot.core.ops.alerts import Alerts
 from imagine_bot.core.settings import Settings
-from imagine_bot.core.storage.base import SqliteStore, Store
-from imagine_bot.core.storage.db import open_db, utcnow
+from imagine_bot.core.storage.base import Stores
+from imagine_bot.core.storage.db import utcnow
 from imagine_bot.core.storage.sqlite import SqliteStores
 from imagine_bot.core.web.dashboard.auth import dashboard_auth
 from imagine_bot.core.web.metrics import Metrics
@@ -85,13 +92,14 @@ def _shown(path: Path) -> str:
 
 
 class ImagineCore:
-    def __init__(self, settings: Settings, *, db: sqlite_utils.Database, gateway: GatewayClient,
+    def __init__(self, settings: Settings, *, stores: Stores, gateway: GatewayClient,
                  model: ModelSpec, http: httpx.AsyncClient, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
-        self.db = db
-        #: every store of this database (core/storage/): the only door to SQL
-        self.stores = SqliteStores(db)
+        #: every store of the database (core/storage/): the only door to SQL, and the transaction that
+        #: spans them (``store`` is the same object, seen as the credits and jobs the orchestrator needs)
+        self.stores = stores
+        self.store = stores
         self.thumbnails = ThumbnailStore(self.stores.thumbnails, settings.THUMBNAIL_KEEP_DAYS)
         self.model = model
         #: the model for jobs with reference images (Vary, Remix, attachments)
@@ -104,22 +112,18 @@ class ImagineCore:
             u for u in (settings.DISCORD_API_BASE, settings.SLACK_API_URL, gateway.base_url, settings.PUBLIC_URL or "")
             if u.startswith(("http://", "https://"))])
         self._cleanup: asyncio.Task[None] | None = None
-        self.jobs = JobStore(db)
-        self.ledger = build_ledger(db, settings)
-        self.budgets = self.ledger.budgets
+        self.jobs = stores.jobs
+        self.ledger = stores.ledger
+        self.budgets = stores.ledger.budgets
         self.admins = frozenset(settings.ADMINS)
         self.places = self.stores.places
         self.dashboard_auth = dashboard_auth(self.stores)
-        #: the state seam (core/storage/base.py): everything kept, behind one interface
-        self.store: Store = SqliteStore(db, self.ledger, self.jobs)
         self.alerts = Alerts(settings.ADMINS)
-        self.account = GatewayAccount(db, gateway, self.alerts, cost=model.cost,
+        self.account = GatewayAccount(stores.gateway_account, stores.jobs, gateway, self.alerts, cost=model.cost,
                                       check_every_s=settings.GATEWAY_BALANCE_CHECK_S,
                                       undelivered_alert_credits=settings.UNDELIVERED_ALERT_CREDITS)
         self.orchestrator = Orchestrator(
-            db=db,
-            jobs=self.jobs,
-            ledger=self.ledger,
+            store=stores,
             gateway=gateway,
             model=model,
             spool=settings.spool_dir,
@@ -146,16 +150,20 @@ class ImagineCore:
 
     @classmethod
     @asynccontextmanager
-    async def open(cls, settings: Settings, *, http: httpx.AsyncClient | None = None) -> AsyncIterator[ImagineCore]:
-        """Build the core. With ``MODKIE_BASE_URL=sandbox`` the sandbox gateway runs in-process."""
+    async def open(cls, settings: Settings, *, http: httpx.AsyncClient | None = None,
+                   need_gateway: bool = True) -> AsyncIterator[ImagineCore]:
+        """Build the core. With ``MODKIE_BASE_URL=sandbox`` the sandbox gateway runs in-process.
+
+        ``need_gateway`` False (``imagine-bot dashboard``: it reads the database, makes no image) opens it
+        without a ModKie key too; ``settings.gateway_usable`` then says the gateway is not to be asked."""
         async with AsyncExitStack() as stack:
             base_url = settings.MODKIE_BASE_URL
             api_key = settings.MODKIE_API_KEY.get_secret_value() if settings.MODKIE_API_KEY else None
-            if not settings.sandbox and not api_key:
+            if not settings.gateway_usable and need_gateway:
                 raise ConfigError("MODKIE_API_KEY", "is not set: put your ModKie key in .env, or use "
                                   "MODKIE_BASE_URL=sandbox (or --sandbox) to try the bot without one")
-            db = open_db(settings.IMAGINE_DB_PATH, busy_timeout_s=settings.DB_BUSY_TIMEOUT_S)
-            stack.callback(db.conn.close)
+            stores = SqliteStores.open(settings, busy_timeout_s=settings.DB_BUSY_TIMEOUT_S)
+            stack.callback(stores.close)
             log.info("database %s (images wait for delivery in %s)", _shown(settings.IMAGINE_DB_PATH),
                      _shown(settings.spool_dir))
             if settings.sandbox:
@@ -186,7 +194,7 @@ class ImagineCore:
                                     on_request=metrics.gateway_request, on_balance=metrics.balance,
                                     max_in_flight=HTTP_POOL)
             model = get_model(settings.MODKIE_MODEL, settings.MODKIE_ASPECT_RATIOS)
-            core = cls(settings, db=db, gateway=gateway, model=model, http=http, metrics=metrics)
+            core = cls(settings, stores=stores, gateway=gateway, model=model, http=http, metrics=metrics)
             stack.push_async_callback(core.close)
             stack.push_async_callback(core.account.stop)
             stack.push_async_callback(core.orchestrator.stop)
@@ -220,6 +228,35 @@ class ImagineCore:
         if the job is delivered again (after a crash or a takeover): see ``FrontEnd``.
         """
         return self.jobs.record_receipt(job_id, **ids)
+
+    def find_job(self, job_id: str) -> Job | None:
+        """A job as stored now (None if unknown): front ends read a job's latest state and reply data here."""
+        return self.jobs.find(job_id)
+
+    def job(self, job_id: str) -> Job:
+        """A job as stored now; ``NotFound`` (with a message for the user) if unknown."""
+        return self.jobs.get(job_id)
+
+    def unsent_jobs(self, platform: str) -> list[Job]:
+        """Front ends: ``platform``'s jobs this process holds that have not gone to the gateway yet (queued):
+        those ``cancel`` ends with nothing billed (a workspace that removed the app, ...)."""
+        return [job for job in self.jobs.active() if job.platform == platform and job.state is JobState.QUEUED
+                and job.owner == self.orchestrator.owner]
+
+    def set_reply_data(self, job_id: str, **data: Any) -> Job:
+        """Front ends: merge their own state into the job's reply address (message ids, ...), kept across
+        restarts."""
+        return self.jobs.set_reply_data(job_id, **data)
+
+    async def cancel(self, job_id: str, error: ImagineError) -> None:
+        """Front ends: stop a job that cannot go on (the bot cannot post in its channel, ...): it fails,
+        refunded, and its user is told ``error``'s message."""
+        await self.orchestrator.cancel(job_id, error)
+
+    def post_final(self, job_id: str, send: Send, *, pace: PaceOf = UNPACED) -> None:
+        """Front ends: queue a job's last status edit (the result) behind any edit still in flight; never
+        waits (``core.jobs.outbox``)."""
+        self.orchestrator.outbox.put(job_id, send, pace=pace, final=True)
 
     async def close(self) -> None:
         await self.relay.stop()
@@ -274,12 +311,15 @@ class ImagineCore:
         a bare Slack ``UserRef`` acts in its workspace and the reply's channel.
 
         With ``references`` the job is an edit on ``edit_model``: every reference is checked (count, type,
-        size) before anything is reserved."""
+        size) before anything is reserved. Its aspect ratio, unless typed (``--ar``) or given in ``defaults``,
+        is the supported one nearest to the first reference's shape (rather than a place's or the model's
+        default: an edit keeps the shape of the image it edits)."""
         actor = Actor.of(requester, reply.channel)
         if dedupe_key and (existing := self.jobs.by_dedupe_key(dedupe_key)) is not None:
             return existing  # a redelivered request: no second check, no second job
         self.check_place(actor)
         parsed = self.parse(text, {**self.place_defaults(actor), **(defaults or {})})
+        params = parsed.params
         model = self.edit_model if references else self.model
         priced = self._priced(model)
         image_urls: list[str] = []
@@ -287,9 +327,14 @@ class ImagineCore:
             self.orchestrator.precheck(actor.user, priced["cost"])  # cheap refusals before any fetching
             self.budgets.check(self.scopes(actor), actor.key, priced["cost"])
             await self.check_reply(reply)
-            image_urls = await self.references.prepare(model, references)
+            prepared = await self.references.prepare(model, references)
+            image_urls = prepared.image_urls
+            # no --ar typed and none chosen by the caller (Vary keeps the original's): the reference's shape
+            ratio_given = "aspect_ratio" in parsed.flagged or "aspect_ratio" in (defaults or {})
+            if not ratio_given and prepared.first_size is not None:
+                params = {**params, "aspect_ratio": model.nearest_aspect_ratio(*prepared.first_size)}
         return await self.orchestrator.submit(JobRequest(
-            requester=actor.user, reply=reply, prompt=parsed.prompt, params=parsed.params,
+            requester=actor.user, reply=reply, prompt=parsed.prompt, params=params,
             dedupe_key=dedupe_key, extra_input=self._inputs(actor, extra_input), scopes=self.scopes(actor),
             parent_id=parent_id, image_urls=tuple(image_urls), **priced,
         ))

@@ -38,11 +38,11 @@ async def test_a_submit_reads_no_job_row_before_it_returns(core, tmp_path: Path)
     core.register(TerminalFrontEnd(tmp_path / "out", Console(file=io.StringIO()), bar=False))
     await core.imagine(ALICE, REPLY, "warm up")  # first statements, caches
     statements: list[str] = []
-    core.db.conn.set_trace_callback(statements.append)
+    core.stores.db.conn.set_trace_callback(statements.append)
     try:
         job = await core.imagine(ALICE, REPLY, "a lighthouse at dusk")
     finally:
-        core.db.conn.set_trace_callback(None)
+        core.stores.db.conn.set_trace_callback(None)
     assert job.prompt == "a lighthouse at dusk"
     whole_rows = [s for s in statements if s.startswith("SELECT * FROM jobs WHERE id")]
     assert whole_rows == []

@@ -6,20 +6,31 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import os
+import queue
 import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
 from datetime import timedelta
+from pathlib import Path
+from typing import Any
 
 import httpx
 from PIL import Image
 from rich.console import Console
 
 from imagine_bot.bots.cli.main import main
+from imagine_bot.bots.dashboard import serve_dashboard
 from imagine_bot.core.access.authority import Actor
 from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.app import ImagineCore
 from imagine_bot.core.chat.commands import dispatch
 from imagine_bot.core.gateway import TaskStage
 from imagine_bot.core.jobs.model import ReplyTo
+from imagine_bot.core.settings import load_settings
 from imagine_bot.core.storage.dashboard import Queries
 from imagine_bot.core.storage.db import iso, open_db, transaction, utcnow
 from imagine_bot.core.storage.sqlite import SqliteStores
@@ -33,9 +44,13 @@ NOBODY = {"resolve_user": lambda raw: None}
 LINK = re.compile(r"(http://\S+/admin/login\?t=[\w-]+)")
 
 
+def _stores(db: Any) -> SqliteStores:
+    return SqliteStores(db, load_settings(_env_file=None))
+
+
 def test_links_work_once_and_only_in_time(tmp_path):
     db = open_db(tmp_path / "d.db")
-    auth = dashboard_auth(SqliteStores(db))
+    auth = dashboard_auth(_stores(db))
     link = auth.mint("http://bot", actor="cli:op", scope="discord:1")
     token = link.split("t=")[1]
     assert len(token) >= 40 and token not in str(list(db.query("SELECT * FROM dashboard_links")))  # stored hashed
@@ -49,15 +64,15 @@ def test_links_work_once_and_only_in_time(tmp_path):
 
 def test_session_cookie_is_signed(tmp_path):
     db = open_db(tmp_path / "d.db")
-    auth = dashboard_auth(SqliteStores(db))
+    auth = dashboard_auth(_stores(db))
     session = auth.redeem(auth.mint("http://bot", actor="discord:5", scope="discord:1").split("t=")[1])
     cookie = auth.cookie(session)
-    assert dashboard_auth(SqliteStores(db)).session(cookie) == session  # another process (same database) agrees
+    assert dashboard_auth(_stores(db)).session(cookie) == session  # another process (same database) agrees
     signature = cookie.split(".")[1]
     widened = auth.cookie(Session("discord:5", None, session.expires)).split(".")[0]
     assert auth.session(f"{widened}.{signature}") is None  # a scope changed by hand does not verify
     assert auth.session(cookie[:-2] + "xx") is None and auth.session(None) is None
-    assert dashboard_auth(SqliteStores(open_db(tmp_path / "other.db"))).session(cookie) is None  # another key
+    assert dashboard_auth(_stores(open_db(tmp_path / "other.db"))).session(cookie) is None  # another key
 
 
 async def test_the_chat_command_gives_operators_everything_and_community_admins_their_place(make_settings):
@@ -74,7 +89,7 @@ async def test_the_chat_command_gives_operators_everything_and_community_admins_
         member = Actor(UserRef("discord", "-", "43"), place="discord:77")
         reply = await dispatch(core, member, "admin dashboard", ReplyTo("discord", "c1"), **NOBODY)
         assert not LINK.search(reply.text)
-        assert core.db.execute("SELECT COUNT(*) FROM dashboard_links").fetchone()[0] == 2
+        assert core.stores.db.execute("SELECT COUNT(*) FROM dashboard_links").fetchone()[0] == 2
 
 
 def test_dashboard_link_on_the_command_line(tmp_path, monkeypatch, capsys):
@@ -91,7 +106,7 @@ def test_dashboard_link_on_the_command_line(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr()
     link = out.out.strip().splitlines()[0]
     assert link.startswith("https://imagine.example.com/admin/login?t=") and "10 minutes" in out.err
-    assert dashboard_auth(SqliteStores(open_db(tmp_path / "cli.db"))).redeem(link.split("t=")[1]).scope is None
+    assert dashboard_auth(_stores(open_db(tmp_path / "cli.db"))).redeem(link.split("t=")[1]).scope is None
 
 
 async def test_a_delivered_job_keeps_a_small_webp_thumbnail(core, tmp_path):
@@ -110,8 +125,8 @@ async def test_thumbnails_are_kept_for_the_retention_only(make_settings, tmp_pat
     async with ImagineCore.open(make_settings(THUMBNAIL_KEEP_DAYS=3)) as core:
         core.register(recorder(tmp_path))
         old = await run_one(core, "an old one")
-        with transaction(core.db):
-            core.db.execute("UPDATE thumbnails SET created_at = ? WHERE job_id = ?",
+        with transaction(core.stores.db):
+            core.stores.db.execute("UPDATE thumbnails SET created_at = ? WHERE job_id = ?",
                             [iso(utcnow() - timedelta(days=4)), old.id])
         new = await run_one(core, "a new one")  # storing a thumbnail prunes the expired ones
         assert core.thumbnails.get(old.id) is None and core.thumbnails.get(new.id) is not None
@@ -165,6 +180,77 @@ async def test_link_preview_does_not_use_up_the_link(core):
         await runner.cleanup()
 
 
+async def test_the_dashboard_alone_needs_no_chat_token_and_no_key(tmp_path):
+    """`imagine-bot dashboard`: the web server alone on the checkout's database, a one-time link printed;
+    no Slack or Discord token, no ModKie key (and so no call to the gateway for a balance)."""
+    settings = load_settings(_env_file=None, IMAGINE_DATA_DIR=tmp_path, HTTP_HOST="127.0.0.1", HTTP_PORT=0)
+    assert not settings.gateway_usable and settings.SLACK_BOT_TOKEN is None and settings.DISCORD_TOKEN is None
+    said: list[str] = []
+    links: asyncio.Queue[str] = asyncio.Queue()
+    stop = asyncio.Event()
+    server = asyncio.create_task(serve_dashboard(settings, actor="cli:ann", stop=stop, ready=links.put_nowait,
+                                                 say=said.append))
+    try:
+        link = await asyncio.wait_for(links.get(), 30)
+        base = link.split("/admin/")[0]
+        assert link in said and any(f"{base}/admin" in line for line in said)
+        async with httpx.AsyncClient() as http:
+            assert (await http.get(f"{base}/healthz")).json()["ok"] is True
+            assert (await http.get(f"{base}/metrics")).status_code == 200
+            signed = await http.post(f"{base}/admin/login", data={"t": link.split("t=")[1]})
+            assert signed.status_code == 303
+            usage = await http.get(f"{base}/admin/usage")
+            assert usage.status_code == 200 and "cli:ann" in usage.text
+            assert "no MODKIE_API_KEY" in usage.text  # no balance read from a gateway it has no key for
+            assert (await http.post(f"{base}/admin/login", data={"t": link.split("t=")[1]})).status_code == 403
+    finally:
+        stop.set()
+        assert await asyncio.wait_for(server, 30) == 0
+
+
+def test_the_dashboard_command_prints_a_link_that_works_and_stops_on_sigterm(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MODKIE_", "SLACK_", "DISCORD_", "IMAGINE_"))}
+    env.update(HTTP_HOST="127.0.0.1", HTTP_PORT="0", IMAGINE_USER="ann")
+    with subprocess.Popen([str(Path(sys.executable).parent / "imagine-bot"), "dashboard"], cwd=tmp_path, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        lines: queue.Queue[str] = queue.Queue()
+        reader = threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True)
+        reader.start()
+        try:
+            link = ""
+            while not link:
+                found = LINK.search(lines.get(timeout=60))
+                link = found.group(1) if found else ""
+            base = link.split("/admin/")[0]
+            with httpx.Client() as http:
+                assert http.get(f"{base}/healthz").status_code == 200
+                assert http.post(f"{base}/admin/login", data={"t": link.split("t=")[1]}).status_code == 303
+                assert http.get(f"{base}/admin/jobs").status_code == 200
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(timeout=60)
+            reader.join(timeout=10)
+        assert code == 0, proc.stderr.read()
+    assert (tmp_path / "data" / "imagine-bot.db").exists() and not list(tmp_path.glob("*.db"))
+
+
+def test_dashboard_link_says_when_no_server_answers(tmp_path, monkeypatch, capsys):
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("IMAGINE_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("HTTP_PORT", str(port))
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        assert main(["dashboard-link"]) == 0
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    err = capsys.readouterr().err
+    assert f"Nothing answers at http://127.0.0.1:{port}" in err and "imagine-bot dashboard" in err
+
+
 async def _signed_in_page(core, path: str, scope: str | None = None) -> str:
     runner, port = await start_web(build_web_app(core), "127.0.0.1", 0)
     base = f"http://127.0.0.1:{port}"
@@ -177,6 +263,19 @@ async def _signed_in_page(core, path: str, scope: str | None = None) -> str:
             return page.text
     finally:
         await runner.cleanup()
+
+
+async def test_the_sandbox_balance_is_marked_pretend(tmp_path, core):
+    sandboxed = load_settings(_env_file=None, MODKIE_BASE_URL="sandbox", IMAGINE_DATA_DIR=tmp_path / "sb")
+    async with ImagineCore.open(sandboxed) as in_sandbox:
+        page = await _signed_in_page(in_sandbox, "/admin/usage")
+    balance = re.search(r'id="gateway-balance">(\d+)<', page)
+    assert balance and int(balance.group(1)) > 0
+    assert 'id="pretend"' in page and "no real account" in page
+    # a gateway with a key (the test's sandbox server stands in for ModKie)
+    real = await _signed_in_page(core, "/admin/usage")
+    assert re.search(r'id="gateway-balance">\d+<', real) and 'id="pretend"' not in real
+    assert f"at {core.settings.MODKIE_BASE_URL}" in real
 
 
 def _row(page: str, day: str) -> list[str]:

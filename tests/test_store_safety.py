@@ -17,12 +17,13 @@ from imagine_bot.bots.cli.main import main
 from imagine_bot.bots.terminal import TerminalFrontEnd
 from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.app import ImagineCore
-from imagine_bot.core.credits.budgets import Budgets
-from imagine_bot.core.credits.ledger import Ledger
 from imagine_bot.core.errors import UserInputError
-from imagine_bot.core.jobs.model import JobRequest, JobState, JobStore, ReplyTo
+from imagine_bot.core.jobs.model import JobRequest, JobState, ReplyTo
 from imagine_bot.core.settings import load_settings
+from imagine_bot.core.storage.budgets import SqliteBudgets as Budgets
 from imagine_bot.core.storage.db import open_db, transaction
+from imagine_bot.core.storage.jobs import SqliteJobStore as JobStore
+from imagine_bot.core.storage.ledger import SqliteLedger as Ledger
 from tests.conftest import until
 
 ALICE = UserRef("terminal", "local", "alice")
@@ -95,7 +96,7 @@ def test_budgets_and_member_caps_beyond_reason_are_refused_in_plain_words(tmp_pa
 
 def test_the_spool_is_an_absolute_path_whatever_the_working_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    settings = load_settings(_env_file=None, IMAGINE_DB_PATH="data/bot.db")
+    settings = load_settings(_env_file=None, IMAGINE_DB_PATH="bot.db")  # under the default data folder, ./data
     assert settings.spool_dir.is_absolute()
     assert settings.spool_dir == tmp_path / "data" / "bot-files"
     (tmp_path / "elsewhere").mkdir()

@@ -118,7 +118,7 @@ class DiscordFrontEnd:
                     "job %s: could not update the Discord message: %s", job.id, error)
             return
         if job.id not in self._saved and data.message_id is None and message.get("id"):
-            self.core.jobs.set_reply_data(job.id, message_id=str(message["id"]))
+            self.core.set_reply_data(job.id, message_id=str(message["id"]))
         self._saved.add(job.id)
 
     # ------------------------------------------------------------------ results
@@ -153,13 +153,13 @@ class DiscordFrontEnd:
             else:
                 self._posted(job, str(message["id"]), "interaction")
                 return
-        message = await self._post_in_channel(job, data, content, embed=embed, files=_files(uploads),
-                                              view=result_view(job.id))
-        self._posted(job, str(message.id), "channel")
+        posted = await self._post_in_channel(job, data, content, embed=embed, files=_files(uploads),
+                                             view=result_view(job.id))
+        self._posted(job, str(posted.id), "channel")
 
     def _posted(self, job: Job, message_id: str, where: str) -> None:
         self.core.record_receipt(job.id, message_id=message_id, delivered_in=where)  # first: see FrontEnd
-        self.core.jobs.set_reply_data(job.id, message_id=message_id, delivered_in=where)
+        self.core.set_reply_data(job.id, message_id=message_id, delivered_in=where)
         self._saved.discard(job.id)
 
     def _fit(self, event: Delivered, limit: int) -> tuple[list[images.Upload], list[tuple[str, str | None]]]:

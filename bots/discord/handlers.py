@@ -170,7 +170,7 @@ class Handlers:
     async def reroll(self, interaction: discord.Interaction, job_id: str) -> None:
         who = actor_of(interaction)
         try:
-            self.core.jobs.get(job_id)
+            self.core.job(job_id)
             self._check_can_start(who)
         except ImagineError as error:
             await reply_private(interaction, error.user_message)

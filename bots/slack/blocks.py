@@ -1,6 +1,6 @@
 """Block Kit layouts around the core's texts. Pure functions: job and text in, Slack payload out.
 
-The wording is the core's (``core.messages``); this module adds only layout, the requester's mention
+The wording is the core's (``core.chat.messages``); this module adds only layout, the requester's mention
 and the buttons. Every core text is escaped here, since it may echo a prompt.
 """
 
@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from imagine_bot.bots.slack.mentions import escape, mention
+from imagine_bot.core.chat import messages
 from imagine_bot.core.chat.messages import quote_prompt
 
 #: Buttons are handled by action id; the job id travels in the button's value (see ``handlers``).
@@ -83,10 +84,13 @@ def delivered(user_id: str, caption: str, job_id: str, *, file_ids: Sequence[str
 def _select(name: str, label: str, choices: Sequence[str], chosen: str | None) -> Payload:
     options = [{"text": {"type": "plain_text", "text": c}, "value": c} for c in choices]
     element: Payload = {"type": "static_select", "action_id": name, "options": options}
+    block: Payload = {"type": "input", "block_id": name, "optional": True,
+                      "label": {"type": "plain_text", "text": label}, "element": element}
     if chosen is not None and chosen in choices:
         element["initial_option"] = options[list(choices).index(chosen)]
-    return {"type": "input", "block_id": name, "optional": True, "label": {"type": "plain_text", "text": label},
-            "element": element}
+    elif name == "aspect_ratio":  # left empty, an edit keeps its image's shape
+        block["hint"] = {"type": "plain_text", "text": messages.same_shape_hint()}
+    return block
 
 
 def remix_modal(metadata: str, choices: dict[str, Sequence[str]], chosen: dict[str, str], *, prompt: str = "",

@@ -25,7 +25,7 @@ Community admins of this server or workspace (and operators)::
     /imagine admin report [scope]                       this place's spend per member and channel (CSV)
     /imagine admin dashboard                            a one-time link to the /admin dashboard (this place)
 
-The core decides who may do what (``ImagineCore`` and ``core.authority``); a front end passes an ``Actor``
+The core decides who may do what (``ImagineCore`` and ``core.access.authority``); a front end passes an ``Actor``
 with the platform facts it vouches for. User mentions are resolved by the front end's ``resolve_user``;
 everything else, wording included, is here. Errors come back as a private reply, never as an exception.
 """

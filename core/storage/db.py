@@ -17,6 +17,7 @@ from pathlib import Path
 import sqlite_utils
 
 from imagine_bot.core.errors import DatabaseBusy, DataNotWritable
+from imagine_bot.core.storage.errors import StoreClosed
 
 log = logging.getLogger(__name__)
 
@@ -244,6 +245,35 @@ def m090_billed_not_delivered(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE gateway_account ADD COLUMN undelivered_told_day TEXT")
 
 
+@migration
+def m100_installations(db: sqlite_utils.Database) -> None:
+    """A chat app installed by the admins of many workspaces (core/storage/installations.py): one row per
+    installer of each workspace or organisation, tokens sealed with the operator's key; and the one-time
+    states of the install flows (each consumed once, before it expires)."""
+    db.execute(
+        """
+        CREATE TABLE installations (
+            platform TEXT NOT NULL,
+            org TEXT NOT NULL DEFAULT '',        -- the organisation (Slack Enterprise Grid); '' when none
+            workspace TEXT NOT NULL DEFAULT '',  -- the workspace; '' for an organisation-wide installation
+            installer TEXT NOT NULL DEFAULT '',  -- the user who installed it; '' when unknown
+            org_wide INTEGER NOT NULL DEFAULT 0,
+            name TEXT NOT NULL DEFAULT '',       -- the workspace's (or organisation's) name, for people
+            data TEXT NOT NULL,                  -- JSON: the platform's installation record, without tokens
+            bot_token TEXT,                      -- tokens: 'enc1:' + Fernet token, or plain without a key
+            bot_refresh_token TEXT,
+            user_token TEXT,
+            user_refresh_token TEXT,
+            installed_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            PRIMARY KEY (platform, org, workspace, installer)
+        )
+        """
+    )
+    db.execute("CREATE INDEX installations_workspace ON installations(platform, workspace, installed_at)")
+    db.execute("CREATE TABLE oauth_states (state TEXT PRIMARY KEY, platform TEXT NOT NULL, expires_at TEXT NOT NULL)")
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -303,6 +333,20 @@ def inspect_database(path: Path) -> set[str]:
         conn.close()
 
 
+@contextmanager
+def read_only(path: Path) -> Iterator[sqlite_utils.Database | None]:
+    """The database at ``path`` for reading only (no migration, no write lock; ``imagine-bot doctor``), or
+    None when there is no database file yet."""
+    if str(path) == ":memory:" or not Path(path).exists():
+        yield None
+        return
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    try:
+        yield sqlite_utils.Database(conn)
+    finally:
+        conn.close()
+
+
 def check_writable(path: Path) -> None:
     """Create the database's folder and make sure this user may write there (SQLite adds -wal and -shm
     files beside the database), else one ``DataNotWritable`` line instead of SQLite's traceback."""
@@ -345,7 +389,14 @@ def migrate(db: sqlite_utils.Database) -> None:
         for name, fn in MIGRATIONS:
             if name not in done:
                 fn(db)
-                db.execute("INSERT INTO _migrations VALUES (?, ?)", [name, iso(utcnow())])
+                db.execute("INSERT INTO _migrations (name, applied_at) VALUES (?, ?)", [name, iso(utcnow())])
+
+
+def _in_transaction(conn: sqlite3.Connection) -> bool:
+    try:
+        return conn.in_transaction
+    except sqlite3.ProgrammingError as exc:  # the connection was closed (the process is stopping)
+        raise StoreClosed(str(exc)) from exc
 
 
 @contextmanager
@@ -356,11 +407,13 @@ def transaction(db: sqlite_utils.Database) -> Iterator[sqlite3.Connection]:
     ``DatabaseBusy`` (transient: nothing was written).
     """
     conn = db.conn
-    if conn.in_transaction:
+    if _in_transaction(conn):
         yield conn
         return
     try:
         conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.ProgrammingError as exc:  # the connection was closed
+        raise StoreClosed(str(exc)) from exc
     except sqlite3.OperationalError as exc:
         if getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY:
             raise DatabaseBusy(f"the database's write lock stayed taken by another connection ({exc})") from exc
@@ -383,10 +436,13 @@ def snapshot(db: sqlite_utils.Database) -> Iterator[sqlite3.Connection]:
     """A consistent read of several tables that takes no write lock (a deferred transaction: with WAL,
     readers never wait for the writer and never make it wait). Nested use joins the outer transaction."""
     conn = db.conn
-    if conn.in_transaction:
+    if _in_transaction(conn):
         yield conn
         return
-    conn.execute("BEGIN")
+    try:
+        conn.execute("BEGIN")
+    except sqlite3.ProgrammingError as exc:  # the connection was closed
+        raise StoreClosed(str(exc)) from exc
     try:
         yield conn
     finally:

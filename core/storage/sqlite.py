@@ -1,25 +1,69 @@
-"""The SQLite stores of one database file, built together: what ``ImagineCore`` and the command line use.
+"""The SQLite stores of one database file, built together: the one builder ``ImagineCore``, the command line
+and the tests use (``SqliteStores.open(settings)``).
 
 Each store is the SQLite implementation of a protocol in ``core.storage.base``; domain code is typed by
-those protocols, never by these classes.
+those protocols, never by these classes. The credits are built here with their budgets, from the settings,
+so no command moves a user's credits without the budgets that move with them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from datetime import datetime
 from functools import cached_property
 
 import sqlite_utils
 
+from imagine_bot.core.settings import Settings
+from imagine_bot.core.storage.budgets import SqliteBudgets
 from imagine_bot.core.storage.dashboard import Queries, SqliteLinkStore
+from imagine_bot.core.storage.db import CLI_BUSY_TIMEOUT_S, open_db, read_only, transaction, utcnow
+from imagine_bot.core.storage.gateway_account import SqliteGatewayAccount
+from imagine_bot.core.storage.installations import (
+    InstalledPlace,
+    SqliteInstallations,
+    SqliteOAuthStates,
+    installed_places,
+)
+from imagine_bot.core.storage.jobs import SqliteJobStore
+from imagine_bot.core.storage.ledger import SqliteLedger
 from imagine_bot.core.storage.places import SqlitePlaces
 from imagine_bot.core.storage.relay import SqliteRelayStore
+from imagine_bot.core.storage.secretbox import SecretBox
 from imagine_bot.core.storage.secrets import load_secret
 from imagine_bot.core.storage.thumbnails import SqliteThumbnailIndex
 
 
 class SqliteStores:
-    def __init__(self, db: sqlite_utils.Database) -> None:
+    """Every store of one SQLite database (``IMAGINE_DB_PATH``), shared by the processes of one machine."""
+
+    def __init__(self, db: sqlite_utils.Database, settings: Settings, *,
+                 clock: Callable[[], datetime] = utcnow) -> None:
         self.db = db
+        self.settings = settings
+        self.clock = clock
+
+    @classmethod
+    def open(cls, settings: Settings, *, busy_timeout_s: float = CLI_BUSY_TIMEOUT_S,
+             clock: Callable[[], datetime] = utcnow) -> SqliteStores:
+        """Open (creating and migrating if needed) the database of ``settings``."""
+        return cls(open_db(settings.IMAGINE_DB_PATH, busy_timeout_s=busy_timeout_s), settings, clock=clock)
+
+    @classmethod
+    @contextmanager
+    def read_only(cls, settings: Settings) -> Iterator[SqliteStores | None]:
+        """The stores of ``settings``' database for reading only (no migration, no write lock: ``imagine-bot
+        doctor``), or None when the database does not exist yet."""
+        with read_only(settings.IMAGINE_DB_PATH) as db:
+            yield None if db is None else cls(db, settings)
+
+    def close(self) -> None:
+        self.db.conn.close()
+
+    def transaction(self) -> AbstractContextManager[object]:
+        """One short write transaction that every store call inside joins (all or nothing)."""
+        return transaction(self.db)
 
     def secret(self, name: str) -> bytes:
         """A key the bot made once and keeps (``refs``: /refs/ URLs; ``dashboard``: session cookies)."""
@@ -28,6 +72,23 @@ class SqliteStores:
     def ping(self) -> None:
         """Raise if the database cannot be reached (``/healthz``)."""
         self.db.execute("SELECT 1").fetchone()
+
+    @cached_property
+    def ledger(self) -> SqliteLedger:
+        """The credits as the bot runs them: the user ledger with the budgets over it, from the settings."""
+        s = self.settings
+        budgets = SqliteBudgets(self.db, default_amount=s.DEFAULT_SCOPE_BUDGET, period=s.SCOPE_BUDGET_PERIOD,
+                                cap=s.SPEND_CAP, cap_period=s.SPEND_CAP_PERIOD, clock=self.clock)
+        return SqliteLedger(self.db, budgets=budgets, allowance=s.CREDITS_ALLOWANCE, period=s.CREDITS_PERIOD,
+                            clock=self.clock)
+
+    @cached_property
+    def jobs(self) -> SqliteJobStore:
+        return SqliteJobStore(self.db)
+
+    @cached_property
+    def gateway_account(self) -> SqliteGatewayAccount:
+        return SqliteGatewayAccount(self.db)
 
     @cached_property
     def places(self) -> SqlitePlaces:
@@ -48,3 +109,12 @@ class SqliteStores:
     @cached_property
     def dashboard(self) -> Queries:
         return Queries(self.db)
+
+    def installations(self, platform: str, box: SecretBox) -> SqliteInstallations:
+        return SqliteInstallations(self.db, box, platform)
+
+    def oauth_states(self, platform: str) -> SqliteOAuthStates:
+        return SqliteOAuthStates(self.db, platform)
+
+    def installed_places(self, platform: str | None = None) -> list[InstalledPlace]:
+        return installed_places(self.db, platform)
