@@ -266,7 +266,7 @@ class Orchestrator:
             return existing
         log.info("job %s accepted for %s (%s)", job.id, job.requester.key, job.params)
         await self._publish(Accepted(job))
-        if self.jobs.get(job.id).state is JobState.QUEUED:  # a front end may cancel on Accepted
+        if self.jobs.state(job.id) is JobState.QUEUED:  # a front end may cancel on Accepted
             self._start(job)
         return job
 

@@ -77,6 +77,12 @@ _ACTIVE = tuple(s.value for s in ACTIVE_STATES)
 _ACTIVE_MARKS = ",".join("?" * len(_ACTIVE))
 
 
+#: the columns ``insert`` leaves to their defaults
+_EMPTY_ROW: dict[str, Any] = dict.fromkeys((
+    "task_id", "result_urls", "files", "error_code", "error_message", "submitted_at", "finished_at", "receipt",
+    "billed_at", "gateway_cost"), None) | {"notice_pending": 0}
+
+
 class SqliteJobStore:
     """Job rows. Every write is one short transaction; the caller may wrap several in ``Store.transaction``."""
 
@@ -116,13 +122,21 @@ class SqliteJobStore:
             if request.dedupe_key is None:
                 raise
             raise DuplicateRequest(f"a job for request {request.dedupe_key} exists already ({exc})") from exc
-        return self.get(row["id"])
+        # the job as inserted (every other column starts empty), without reading the row back
+        return _row_to_job({**_EMPTY_ROW, **row})
 
     def get(self, job_id: str) -> Job:
         rows = list(self.db.query("SELECT * FROM jobs WHERE id = ?", [job_id]))
         if not rows:
             raise NotFound(f"no job {job_id}", user_message="I could not find that image job.")
         return _row_to_job(rows[0])
+
+    def state(self, job_id: str) -> JobState:
+        """The job's state alone (no row to build)."""
+        row = self.db.execute("SELECT state FROM jobs WHERE id = ?", [job_id]).fetchone()
+        if row is None:
+            raise NotFound(f"no job {job_id}", user_message="I could not find that image job.")
+        return JobState(row[0])
 
     def find(self, job_id: str) -> Job | None:
         rows = list(self.db.query("SELECT * FROM jobs WHERE id = ?", [job_id]))
