@@ -28,8 +28,9 @@ from imagine_bot.core import __version__
 from imagine_bot.core.access.authority import GLOBAL, Actor, scope_noun
 from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.access.places import Places
-from imagine_bot.core.chat import messages
-from imagine_bot.core.chat.parsing import ParsedPrompt, parse_imagine
+from imagine_bot.core.chat import messages, presets
+from imagine_bot.core.chat.parsing import ParsedPrompt, check_banned, parse_imagine, take_preset
+from imagine_bot.core.chat.presets import Preset
 from imagine_bot.core.credits.budgets import Budgets, BudgetStatus, spend_csv
 from imagine_bot.core.credits.ledger import Balance, Ledger
 from imagine_bot.core.credits.prices import Prices
@@ -48,6 +49,7 @@ from imagine_bot.core.ops.alerts import Alerts
 from imagine_bot.core.settings import Settings
 from imagine_bot.core.storage.base import SqliteStore, Store
 from imagine_bot.core.storage.db import BOT_BUSY_TIMEOUT_S, open_db, utcnow
+from imagine_bot.core.storage.presets import PresetStore
 from imagine_bot.core.web.dashboard.auth import DashboardAuth
 from imagine_bot.core.web.metrics import Metrics
 
@@ -65,6 +67,17 @@ class CreditsInfo:
     active: list[Job]
     #: the budget of the server or workspace asked from (None in DMs and the terminal)
     budget: BudgetStatus | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """An ``/imagine`` read and checked, before anything is reserved: the prompt the gateway gets (a preset's
+    template filled in), the model inputs, the preset used and its reference images."""
+
+    prompt: str
+    params: dict[str, str]
+    preset: Preset | None = None
+    references: tuple[Reference, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +122,7 @@ class ImagineCore:
                                cap=settings.SPEND_CAP, cap_period=settings.SPEND_CAP_PERIOD)
         self.ledger.budgets = self.budgets
         self.places = Places(db)
+        self.presets = PresetStore(db)
         #: the state seam (core/storage/base.py): everything kept, behind one interface
         self.store: Store = SqliteStore(db, self.ledger, self.jobs)
         self.alerts = Alerts(settings.ADMINS)
@@ -259,21 +273,56 @@ class ImagineCore:
         actor = Actor.of(who)
         return self.places.prefs(actor.place).defaults if actor.place else {}
 
+    def prepare(self, who: UserRef | Actor, text: str, *, defaults: dict[str, str] | None = None,
+                preset: str | None = None, channel_preset: bool = False) -> Prepared:
+        """Read an ``/imagine``: flags, the preset (``--preset NAME`` typed, else ``preset``, else with
+        ``channel_preset`` the channel's default; ``none`` turns presets off) and its template, changing
+        nothing. Raises ``UserInputError`` with the reason (an unknown preset lists the ones there are).
+
+        Options, weakest first: the model's defaults, the place's, the preset's, ``defaults`` (a front end's
+        own options), the flags typed in the text."""
+        actor = Actor.of(who)
+        text, typed = take_preset(text)
+        name = typed or preset
+        chosen: Preset | None = None
+        if name is None and channel_preset and actor.channel_scope:
+            default = self.presets.channel_default(actor.channel_scope)
+            chosen = self.preset_named(actor, default) if default else None
+            if default and chosen is None:
+                log.warning("channel %s: its default preset %s no longer exists", actor.channel_scope, default)
+        elif name is not None and name.strip().lower() != presets.NONE:
+            chosen = self.preset_named(actor, name.strip().lower())
+            if chosen is None:
+                raise UserInputError(messages.unknown_preset(name, [p.name for p in self.presets_here(actor)]))
+        base = {**self.place_defaults(actor), **(chosen.defaults if chosen else {}), **(defaults or {})}
+        parsed = self.parse(text, base)
+        if chosen is None:
+            return Prepared(parsed.prompt, parsed.params)
+        prompt = presets.fill(chosen, parsed.prompt, self.model.max_prompt_chars)
+        images = tuple(Reference(name=f"image {n} of the preset {chosen.name}", url=url)
+                       for n, url in enumerate(chosen.images, 1))
+        return Prepared(prompt, parsed.params, chosen, images)
+
     async def imagine(self, requester: UserRef | Actor, reply: ReplyTo, text: str, *, dedupe_key: str | None = None,
                       defaults: dict[str, str] | None = None, extra_input: dict[str, Any] | None = None,
-                      references: Sequence[Reference] = (), parent_id: str | None = None) -> Job:
+                      references: Sequence[Reference] = (), parent_id: str | None = None,
+                      preset: str | None = None, channel_preset: bool = False) -> Job:
         """Parse chat text and submit the job. Raises ``ImagineError`` with a message for the user.
 
         ``requester`` is best an ``Actor`` (its place and channel decide the budgets and the place's rules);
         a bare Slack ``UserRef`` acts in its workspace and the reply's channel.
 
-        With ``references`` the job is an edit on ``edit_model``: every reference is checked (count, type,
-        size) before anything is reserved."""
+        ``preset`` and ``channel_preset``: see ``prepare`` (an ``/imagine`` passes ``channel_preset``; Vary
+        and Remix do not, their prompt is already made).
+
+        With ``references`` (or a preset's images) the job is an edit on ``edit_model``: every reference is
+        checked (count, type, size) before anything is reserved."""
         actor = Actor.of(requester, reply.channel)
         if dedupe_key and (existing := self.jobs.by_dedupe_key(dedupe_key)) is not None:
             return existing  # a redelivered request: no second check, no second job
         self.check_place(actor)
-        parsed = self.parse(text, {**self.place_defaults(actor), **(defaults or {})})
+        prepared = self.prepare(actor, text, defaults=defaults, preset=preset, channel_preset=channel_preset)
+        references = [*prepared.references, *references]
         model = self.edit_model if references else self.model
         priced = self._priced(model)
         image_urls: list[str] = []
@@ -282,9 +331,10 @@ class ImagineCore:
             self.budgets.check(self.scopes(actor), actor.key, priced["cost"])
             image_urls = await self.references.prepare(model, references)
         return await self.orchestrator.submit(JobRequest(
-            requester=actor.user, reply=reply, prompt=parsed.prompt, params=parsed.params,
+            requester=actor.user, reply=reply, prompt=prepared.prompt, params=prepared.params,
             dedupe_key=dedupe_key, extra_input=self._inputs(actor, extra_input), scopes=self.scopes(actor),
-            parent_id=parent_id, image_urls=tuple(image_urls), **priced,
+            parent_id=parent_id, image_urls=tuple(image_urls),
+            preset=prepared.preset.name if prepared.preset else None, **priced,
         ))
 
     def result_reference(self, who: UserRef | Actor, job_id: str) -> tuple[Job, Reference]:
@@ -343,7 +393,8 @@ class ImagineCore:
         return await self.orchestrator.submit(JobRequest(
             requester=actor.user, reply=reply, prompt=original.prompt, params=params,
             dedupe_key=dedupe_key, parent_id=original.id, extra_input=self._inputs(actor, extra),
-            scopes=self.scopes(actor), image_urls=original.image_urls, **self._priced(model),
+            scopes=self.scopes(actor), image_urls=original.image_urls, preset=original.preset,
+            **self._priced(model),
         ))
 
     def _inputs(self, actor: Actor, extra: dict[str, Any] | None) -> dict[str, Any]:
@@ -520,6 +571,93 @@ class ImagineCore:
                 valid = ", ".join(spec.choices) if spec else "aspect_ratio, quality"
                 raise UserInputError(f"`{value}` is not a valid {name.replace('_', ' ')}: use one of {valid}.")
         return self.places.set_defaults(place, defaults, actor=who.key).defaults
+
+    # ------------------------------------------------------------------ brand presets
+    def presets_here(self, who: UserRef | Actor) -> list[Preset]:
+        """The presets a user may name where they act: their place's, and the global ones it does not shadow."""
+        actor = Actor.of(who)
+        found: dict[str, Preset] = {}
+        for preset in self.presets.in_scopes([GLOBAL, *([actor.place] if actor.place else [])]):
+            if preset.name not in found or preset.scope != GLOBAL:
+                found[preset.name] = preset
+        return sorted(found.values(), key=lambda p: p.name)
+
+    def preset_named(self, who: UserRef | Actor, name: str) -> Preset | None:
+        actor = Actor.of(who)
+        return (self.presets.get(actor.place, name) if actor.place else None) or self.presets.get(GLOBAL, name)
+
+    def channel_preset(self, who: UserRef | Actor) -> str | None:
+        """The name of the preset the actor's channel uses by default (None: none)."""
+        actor = Actor.of(who)
+        return self.presets.channel_default(actor.channel_scope) if actor.channel_scope else None
+
+    def _preset_scope(self, actor: Actor, everywhere: bool, what: str) -> str:
+        """Where a preset change applies: ``global`` (operators only; also an operator acting from no place)
+        or the place the actor manages."""
+        if everywhere or actor.place is None:
+            self._require_operator(actor, what)
+            return GLOBAL
+        return self._require_manager(actor, what)
+
+    def admin_preset_set(self, actor: UserRef | Actor, name: str, template: str, *,
+                         defaults: dict[str, str] | None = None, images: Sequence[str] = (),
+                         everywhere: bool = False) -> Preset:
+        """Create or replace a preset of the actor's place (``everywhere``: a global one, operators only)."""
+        who = Actor.of(actor)
+        scope = self._preset_scope(who, everywhere, f"preset set {name}")
+        name = presets.check_name(name)
+        text = presets.check_template(template, self.model.max_prompt_chars)
+        check_banned(text, self.settings.BANNED_WORDS)  # the template's words meet the banned words too
+        chosen = {k: v for k, v in (defaults or {}).items() if v}
+        for key, value in chosen.items():
+            spec = next((s for s in self.model.inputs if s.name == key), None)
+            if spec is None or value not in spec.choices:
+                raise UserInputError(f"`{value}` is not a valid {key.replace('_', ' ')}"
+                                     + (f": use one of {', '.join(spec.choices)}." if spec else "."))
+        for url in images:
+            if not url.lower().startswith(("http://", "https://")):
+                raise UserInputError(f"`--image` takes the URL of an image (https://...), not `{url[:60]}`.")
+        if len(images) > presets.MAX_IMAGES:
+            raise UserInputError(f"A preset takes at most {presets.MAX_IMAGES} images.")
+        saved = self.presets.put(Preset(scope, name, text, chosen, tuple(images)), actor=who.key)
+        log.info("%s saved preset %s in %s", who.key, name, scope)
+        return saved
+
+    def admin_preset_remove(self, actor: UserRef | Actor, name: str, *, everywhere: bool = False) -> list[str]:
+        """Remove a preset; returns the channels whose default it was (they have none now)."""
+        who = Actor.of(actor)
+        scope = self._preset_scope(who, everywhere, f"preset remove {name}")
+        key = name.strip().lower()
+        gone, channels = self.presets.remove(scope, key)
+        if not gone:
+            raise UserInputError(messages.unknown_preset(name, [p.name for p in self.presets_here(who)
+                                                                if p.scope == scope]).replace(
+                " Nothing was charged.", " Nothing was changed."))
+        log.info("%s removed preset %s in %s", who.key, key, scope)
+        return channels
+
+    def admin_preset_default(self, actor: UserRef | Actor, name: str | None) -> Preset | None:
+        """The preset every ``/imagine`` in the actor's channel uses (None or ``none``: no default)."""
+        who = Actor.of(actor)
+        self._require_manager(who, "preset default")
+        if who.channel_scope is None:
+            raise UserInputError("Use `admin preset default` in the channel you mean.")
+        key = None if name is None or name.strip().lower() == presets.NONE else name.strip().lower()
+        chosen = self.preset_named(who, key) if key else None
+        if key and chosen is None:
+            raise UserInputError(messages.unknown_preset(name or "", [p.name for p in self.presets_here(who)]).replace(
+                " Nothing was charged.", " Nothing was changed."))
+        self.presets.set_channel_default(who.channel_scope, key, actor=who.key)
+        return chosen
+
+    def admin_presets(self, actor: UserRef | Actor) -> tuple[list[Preset], dict[str, str]]:
+        """For ``admin preset list``: the presets here and which channel uses which by default."""
+        who = Actor.of(actor)
+        if who.place is None:
+            self._require_operator(who, "preset list")
+            return self.presets_here(who), {}
+        place = self._require_manager(who, "preset list")
+        return self.presets_here(who), self.presets.channel_defaults(place)
 
     def admin_member_cap(self, actor: UserRef | Actor, cap: int | None) -> BudgetStatus:
         """At most ``cap`` credits of the place's budget per member per period (None: no cap). Lowers only."""

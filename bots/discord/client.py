@@ -2,7 +2,7 @@
 
 Commands (choices come from the model catalog)::
 
-    /imagine prompt:<text> [aspect_ratio:<choice>] [quality:<choice>] [image..image4:<attachment>]
+    /imagine prompt:<text> [aspect_ratio:<choice>] [quality:<choice>] [preset:<name>] [image..image4:<attachment>]
     message context menu "Remix with imagine"             an edit of the message's images (a modal asks)
     /credits
     /help
@@ -12,6 +12,8 @@ Commands (choices come from the model catalog)::
     /imagine-admin report [scope:<s>|all]                          this server's spend (CSV)
     /imagine-admin ban|unban user:<user>                           this server only
     /imagine-admin channels [which:here|all] · defaults · member-cap
+    /imagine-admin preset set name:<word> template:<text with {prompt}> [aspect_ratio] [quality] [image_url..]
+    /imagine-admin preset list · remove name:<name> · default name:<name|none>    brand presets
 
 The admin group is guild-only and hidden from members without Manage Server (``default_permissions``);
 that only hides it: the core decides, and Manage Server never lets anyone mint credits.
@@ -191,18 +193,20 @@ def build_commands(model: ModelSpec) -> list[app_commands.Command[Any, ..., Any]
         aspect_ratio=f"{ratio.help or 'shape of the image'} (default {ratio.default})",
         quality=f"{quality.help or 'quality'} (default {quality.default})",
         image="An image to edit: the job uses the edit model with your images as references",
+        preset="A brand preset of this server (none: not even this channel's default)",
         image2="Another reference image", image3="Another reference image", image4="Another reference image",
     )
     @app_commands.choices(
         aspect_ratio=[app_commands.Choice(name=c, value=c) for c in ratio.choices],
         quality=[app_commands.Choice(name=c, value=c) for c in quality.choices],
     )
+    @app_commands.autocomplete(preset=_preset_choices)
     async def imagine(interaction: discord.Interaction, prompt: str, aspect_ratio: str | None = None,
-                      quality: str | None = None, image: discord.Attachment | None = None,
+                      quality: str | None = None, preset: str | None = None, image: discord.Attachment | None = None,
                       image2: discord.Attachment | None = None, image3: discord.Attachment | None = None,
                       image4: discord.Attachment | None = None) -> None:
         images = [a for a in (image, image2, image3, image4) if a is not None]
-        await _handlers(interaction).imagine(interaction, prompt, aspect_ratio, quality, images)
+        await _handlers(interaction).imagine(interaction, prompt, aspect_ratio, quality, images, preset=preset)
 
     async def remix_message(interaction: discord.Interaction, message: discord.Message) -> None:
         await _handlers(interaction).remix_message(interaction, message)
@@ -286,7 +290,54 @@ def build_commands(model: ModelSpec) -> list[app_commands.Command[Any, ..., Any]
     async def dashboard(interaction: discord.Interaction) -> None:
         await _handlers(interaction).admin(interaction, "admin dashboard")
 
+    presets = app_commands.Group(name="preset", description="Brand presets: prompt templates of this server",
+                                 parent=admin)
+
+    @presets.command(name="set", description="Create or replace a brand preset of this server")
+    @app_commands.describe(name="one short word, like brand", template="the prompt, with {prompt} where the "
+                           "user's words go", aspect_ratio="default aspect ratio (a user's flag wins)",
+                           quality="default quality (a user's flag wins)",
+                           image_url="a brand style image (public https URL): jobs become edits of it",
+                           image_url2="another style image", everywhere="operators: a preset of every server")
+    @app_commands.rename(everywhere="global")
+    @app_commands.choices(
+        aspect_ratio=[app_commands.Choice(name=c, value=c) for c in ratio.choices],
+        quality=[app_commands.Choice(name=c, value=c) for c in quality.choices],
+    )
+    async def preset_set(interaction: discord.Interaction, name: str, template: str, aspect_ratio: str | None = None,
+                         quality: str | None = None, image_url: str | None = None, image_url2: str | None = None,
+                         everywhere: bool = False) -> None:
+        defaults = {k: v for k, v in (("aspect_ratio", aspect_ratio), ("quality", quality)) if v}
+        images = [u for u in (image_url, image_url2) if u]
+        await _handlers(interaction).preset_set(interaction, name, template, defaults, images, everywhere)
+
+    @presets.command(name="list", description="The brand presets of this server")
+    async def preset_list(interaction: discord.Interaction) -> None:
+        await _handlers(interaction).preset_list(interaction)
+
+    @presets.command(name="remove", description="Remove a brand preset")
+    @app_commands.rename(everywhere="global")
+    @app_commands.describe(everywhere="operators: remove the global preset of that name")
+    @app_commands.autocomplete(name=_preset_choices)
+    async def preset_remove(interaction: discord.Interaction, name: str, everywhere: bool = False) -> None:
+        await _handlers(interaction).preset_remove(interaction, name, everywhere)
+
+    @presets.command(name="default", description="The preset every /imagine in this channel uses (none: no default)")
+    @app_commands.autocomplete(name=_preset_choices)
+    async def preset_default(interaction: discord.Interaction, name: str) -> None:
+        await _handlers(interaction).preset_default(interaction, name)
+
     return [imagine, credits_, help_, admin, remix_menu]
+
+
+async def _preset_choices(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+    """Autocomplete: the presets of this server (and the global ones) starting with what was typed, and
+    ``none`` (no preset, not even the channel's default)."""
+    handlers = interaction.client.handlers  # type: ignore[attr-defined]
+    if handlers is None:
+        return []
+    names = handlers.preset_names(interaction, current)
+    return [app_commands.Choice(name=label, value=value) for label, value in names]
 
 
 # ---------------------------------------------------------------------- command sync

@@ -215,6 +215,8 @@ def delivered_embed(job: Job, balance: int, image_url: str | None) -> discord.Em
     """The result card: the core's words for the prompt and parameters, laid out as fields."""
     embed = discord.Embed(colour=EMBED_COLOUR)
     embed.add_field(name="Prompt", value=f"`{messages.quote_prompt(job.prompt, 1000)}`", inline=False)
+    if job.preset:
+        embed.add_field(name="Preset", value=job.preset, inline=True)
     embed.add_field(name="Parameters", value=messages.describe_params(job.params) or "default", inline=True)
     embed.add_field(name="Requested by", value=f"<@{job.requester.user}>", inline=True)
     embed.add_field(name="Cost", value=f"{job.cost} credits", inline=True)

@@ -80,23 +80,25 @@ class Handlers:
 
     # ------------------------------------------------------------------ jobs
     async def imagine(self, interaction: discord.Interaction, prompt: str, aspect_ratio: str | None,
-                      quality: str | None, attachments: list[discord.Attachment] | None = None) -> None:
+                      quality: str | None, attachments: list[discord.Attachment] | None = None, *,
+                      preset: str | None = None) -> None:
         """``/imagine``; with attachments, an edit of them (their public CDN URLs go to the gateway as they
-        are, after the core has checked their type and size)."""
+        are, after the core has checked their type and size). ``preset`` names a brand preset (``none``: not
+        even the channel's default)."""
         who = actor_of(interaction)
         # explicit options are defaults: a flag typed in the prompt (--ar 16:9) wins over them
         defaults = {name: value for name, value in (("aspect_ratio", aspect_ratio), ("quality", quality)) if value}
         references = [Reference(name=a.filename, url=a.url) for a in attachments or []]
         try:
-            self.core.parse(prompt, defaults)
-            self.core.check_can_submit(who, edit=bool(references))
+            prepared = self.core.prepare(who, prompt, defaults=defaults, preset=preset, channel_preset=True)
+            self.core.check_can_submit(who, edit=bool(references or prepared.references))
         except ImagineError as error:
             await reply_private(interaction, error.user_message)
             return
         extra = {"nsfw_checker": not channel_is_nsfw(interaction)}
         await self._start_job(interaction, lambda reply: self.core.imagine(
             who, reply, prompt, dedupe_key=f"discord:{interaction.id}", defaults=defaults, extra_input=extra,
-            references=references))
+            references=references, preset=preset, channel_preset=True))
 
     async def remix_message(self, interaction: discord.Interaction, message: discord.Message) -> None:
         """The message context menu: a modal for the prompt, then an edit of the message's images here."""
@@ -228,6 +230,53 @@ class Handlers:
     async def help(self, interaction: discord.Interaction) -> None:
         admin = self.core.is_admin(actor_of(interaction))
         await reply_private(interaction, messages.help_text(self.core.model, admin=admin, slash=True))
+
+    # ------------------------------------------------------------------ brand presets
+    def preset_names(self, interaction: discord.Interaction, typed: str) -> list[tuple[str, str]]:
+        """Autocomplete choices (label, value): the presets here starting with ``typed``, then ``none``."""
+        who = actor_of(interaction)
+        typed = typed.strip().lower()
+        default = self.core.channel_preset(who)
+        choices = [(f"{p.name} (this channel's default)" if p.name == default else p.name, p.name)
+                   for p in self.core.presets_here(who) if p.name.startswith(typed)]
+        if "none".startswith(typed):
+            choices.append(("none (no preset)", "none"))
+        return choices[:25]
+
+    async def _answer_admin(self, interaction: discord.Interaction, work: Callable[[], str]) -> None:
+        """An admin change the core makes at once: its answer, or its refusal, only the admin sees."""
+        try:
+            text = work()
+        except ImagineError as error:
+            text = error.user_message
+        await reply_private(interaction, text)
+
+    async def preset_set(self, interaction: discord.Interaction, name: str, template: str, defaults: dict[str, str],
+                         images: list[str], everywhere: bool) -> None:
+        def work() -> str:
+            saved = self.core.admin_preset_set(actor_of(interaction), name, template, defaults=defaults,
+                                               images=images, everywhere=everywhere)
+            return messages.preset_saved(saved.name, saved.scope)
+
+        await self._answer_admin(interaction, work)
+
+    async def preset_list(self, interaction: discord.Interaction) -> None:
+        usage = "Add one with `/imagine-admin preset set`."
+        await self._answer_admin(interaction, lambda: commands.preset_list(self.core, actor_of(interaction), usage))
+
+    async def preset_remove(self, interaction: discord.Interaction, name: str, everywhere: bool) -> None:
+        def work() -> str:
+            channels = self.core.admin_preset_remove(actor_of(interaction), name, everywhere=everywhere)
+            return messages.preset_removed(name.strip().lower(), channels)
+
+        await self._answer_admin(interaction, work)
+
+    async def preset_default(self, interaction: discord.Interaction, name: str) -> None:
+        def work() -> str:
+            chosen = self.core.admin_preset_default(actor_of(interaction), name)
+            return messages.preset_default_set(chosen.name if chosen else None)
+
+        await self._answer_admin(interaction, work)
 
     # ------------------------------------------------------------------ admins
     async def admin(self, interaction: discord.Interaction, text: str, *users: discord.abc.User) -> None:

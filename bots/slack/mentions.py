@@ -78,10 +78,11 @@ def user_resolver(team_id: str) -> Callable[[str], UserRef | None]:
 def command_text(text: str) -> str:
     """The slash command text as ``dispatch`` wants it.
 
-    Admin commands keep Slack's tokens (they name users by mention); anything else, a prompt above all,
-    is turned into plain text so that the image service sees ``salt & pepper``, not ``salt &amp; pepper``.
+    Admin commands keep Slack's tokens (they name users by mention), except ``admin preset``, whose template
+    is a prompt; anything else, a prompt above all, is turned into plain text so that the image service sees
+    ``salt & pepper``, not ``salt &amp; pepper``.
     """
     words = text.split()
-    if words and words[0].lower() == "admin":
+    if words and words[0].lower() == "admin" and not (len(words) > 1 and words[1].lower() in ("preset", "presets")):
         return " ".join(words)
     return to_plain(text)

@@ -24,6 +24,11 @@ Community admins of this server or workspace (and operators)::
     /imagine admin budget [scope]                       this place's budget
     /imagine admin report [scope]                       this place's spend per member and channel (CSV)
     /imagine admin dashboard                            a one-time link to the /admin dashboard (this place)
+    /imagine admin preset set NAME "TEMPLATE with {prompt}" [--ar R] [--quality Q] [--image URL ...] [--global]
+    /imagine admin preset list | remove NAME [--global] | default NAME|none     brand presets (``--global``:
+                                                        operators, for every place)
+
+Users pick a preset with ``/imagine --preset NAME <prompt>``; a channel's default applies unless ``--preset none``.
 
 The core decides who may do what (``ImagineCore`` and ``core.authority``); a front end passes an ``Actor``
 with the platform facts it vouches for. User mentions are resolved by the front end's ``resolve_user``;
@@ -39,7 +44,7 @@ from dataclasses import dataclass
 from imagine_bot.core.access.authority import Actor, parse_scope
 from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.app import ImagineCore
-from imagine_bot.core.chat import messages
+from imagine_bot.core.chat import messages, presets
 from imagine_bot.core.chat.parsing import take_images
 from imagine_bot.core.credits.ledger import PERIODS
 from imagine_bot.core.errors import ImagineError, PermissionDenied, UserInputError
@@ -72,7 +77,7 @@ class CommandReply:
 ADMIN_USAGE = (
     "Admin commands: `admin ban|unban <user>`, `admin channels [here|all|#channel ...]`, "
     "`admin defaults [--ar R] [--quality Q|reset]`, `admin member-cap <credits|none>`, `admin budget`, "
-    "`admin report`, `admin dashboard`; "
+    "`admin report`, `admin dashboard`, `admin preset set|list|remove|default`; "
     "operators also `admin grant <user> <credits> [note]`, `admin allowance <user> <credits|default>`, "
     "`admin show|history <user>`, `admin budget set <here|scope> <credits|default|unlimited> [--period month]`, "
     "`admin report all`."
@@ -105,7 +110,8 @@ async def dispatch(core: ImagineCore, requester: UserRef | Actor, text: str, rep
             return CommandReply(messages.command_word_usage(words, command=command, admin=core.is_admin(actor)))
         text, images = take_images(text)
         references = [resolve_image(raw) for raw in images]
-        job = await core.imagine(actor, reply, text, dedupe_key=dedupe_key, references=references)
+        job = await core.imagine(actor, reply, text, dedupe_key=dedupe_key, references=references,
+                                 channel_preset=True)
         return CommandReply(messages.accepted(job), job=job)
     except ImagineError as error:
         return CommandReply(error.user_message)
@@ -276,8 +282,48 @@ def _dashboard(core: ImagineCore, actor: Actor, args: list[str], resolve: Resolv
     return CommandReply(messages.dashboard_link(url, scope))
 
 
+PRESET_USAGE = ('Usage: `admin preset set NAME "TEMPLATE with {prompt}" [--ar R] [--quality Q] [--image URL ...]`, '
+                '`admin preset list`, `admin preset remove NAME`, `admin preset default NAME|none` (in a channel); '
+                "operators add `--global` for a preset of every place.")
+
+
+def preset_list(core: ImagineCore, actor: Actor, usage: str = PRESET_USAGE) -> str:
+    """``admin preset list``: every preset here, its options and the channels that use it by default."""
+    found, defaults_in = core.admin_presets(actor)
+    if not found:
+        return "No presets here yet. " + usage
+    lines = [messages.preset_line(p.name, p.template, dict(p.defaults), len(p.images), p.scope,
+                                  sorted(c for c, n in defaults_in.items() if n == p.name)) for p in found]
+    return "Presets here:\n" + "\n".join(lines)
+
+
+def _preset(core: ImagineCore, actor: Actor, args: list[str], resolve: ResolveUser) -> CommandReply:
+    action = args[0].lower() if args else ""
+    rest = args[1:]
+    everywhere = any(a.lower() == "--global" for a in rest)
+    named = [a for a in rest if a.lower() != "--global"]
+    if action == "set":
+        spec = presets.read_set(rest)
+        defaults: dict[str, str] = {}
+        if spec.flags:
+            unset = {"aspect_ratio": "", "quality": ""}  # tells the flags given from those not given
+            defaults = {k: v for k, v in core.parse("preset " + spec.flags, unset).params.items() if k in unset and v}
+        saved = core.admin_preset_set(actor, spec.name, spec.template, defaults=defaults, images=spec.images,
+                                      everywhere=spec.everywhere)
+        return CommandReply(messages.preset_saved(saved.name, saved.scope))
+    if action == "list" and not named:
+        return CommandReply(preset_list(core, actor))
+    if action == "remove" and len(named) == 1:
+        channels = core.admin_preset_remove(actor, named[0], everywhere=everywhere)
+        return CommandReply(messages.preset_removed(named[0].lower(), channels))
+    if action == "default" and len(named) == 1 and not everywhere:
+        chosen = core.admin_preset_default(actor, named[0])
+        return CommandReply(messages.preset_default_set(chosen.name if chosen else None))
+    raise UserInputError(PRESET_USAGE)
+
+
 _ADMIN: dict[str, Handler] = {
     "grant": _grant, "allowance": _allowance, "show": _show, "history": _history, "report": _report,
     "budget": _budget, "ban": _ban, "unban": _unban, "channels": _channels, "defaults": _defaults,
-    "member-cap": _member_cap, "dashboard": _dashboard,
+    "member-cap": _member_cap, "dashboard": _dashboard, "preset": _preset, "presets": _preset,
 }

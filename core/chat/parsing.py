@@ -20,6 +20,7 @@ from imagine_bot.core.gateway.catalog import InputSpec, ModelSpec
 _DASHES = re.compile(r"(?<!\S)[\u2014\u2013\u2012\u2015\u2212]{1,2}(?=[A-Za-z])")
 _FLAG = re.compile(r"^--([A-Za-z][\w-]*)(?:=(.*))?$", re.DOTALL)
 _IMAGE_FLAG = re.compile(r"(?<!\S)--(?:image|img)(?:=|\s+)(\S+)", re.IGNORECASE)
+_PRESET_FLAG = re.compile(r"(?<!\S)--preset(?:=|\s+|$)(\S*)", re.IGNORECASE)
 _RATIO_SEP = re.compile(r"^\s*(\d+)\s*[:x×/]\s*(\d+)\s*$", re.IGNORECASE)
 
 
@@ -121,6 +122,19 @@ def take_images(text: str) -> tuple[str, list[str]]:
     if not images:
         return text, []
     return _IMAGE_FLAG.sub(" ", cleaned).strip(), images
+
+
+def take_preset(text: str) -> tuple[str, str | None]:
+    """Split ``--preset NAME`` (also ``--preset=NAME``) out of chat text: the rest and the name as typed."""
+    cleaned = _clean(text)
+    found = [m.group(1).strip("<>\"'`") for m in _PRESET_FLAG.finditer(cleaned)]
+    if not found:
+        return text, None
+    if len(found) > 1:
+        raise UserInputError("The preset is given twice. Give it once.")
+    if not found[0] or found[0].startswith("--"):
+        raise UserInputError("`--preset` needs a name (or `none`).")
+    return _PRESET_FLAG.sub(" ", cleaned).strip(), found[0]
 
 
 def check_banned(prompt: str, banned_words: Iterable[str]) -> None:

@@ -94,6 +94,8 @@ class JobRequest:
     image_urls: tuple[str, ...] = ()
     #: what a text-to-image job costs now, when this job's price differs (said in the reply)
     text_cost: int | None = None
+    #: the brand preset whose template made the prompt (``core.chat.presets``), named in the caption
+    preset: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +128,7 @@ class Job:
     receipt: dict[str, Any] = field(default_factory=dict)
     image_urls: tuple[str, ...] = ()
     text_cost: int | None = None
+    preset: str | None = None
 
     @property
     def platform(self) -> str:
@@ -186,6 +189,7 @@ def _row_to_job(row: dict[str, Any]) -> Job:
         receipt=json.loads(row.get("receipt") or "{}"),
         image_urls=tuple(json.loads(row.get("image_urls") or "[]")),
         text_cost=row.get("text_cost"),
+        preset=row.get("preset"),
         owner=row.get("owner"),
         lease_until=_dt(row.get("lease_until")),
         notice_pending=bool(row.get("notice_pending")),
@@ -221,6 +225,7 @@ class JobStore:
             "parent_id": request.parent_id,
             "image_urls": json.dumps(list(request.image_urls)) if request.image_urls else None,
             "text_cost": request.text_cost,
+            "preset": request.preset,
             "created_at": now,
             "updated_at": now,
             "owner": owner,

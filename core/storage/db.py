@@ -229,6 +229,32 @@ def m080_callback_relay(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX callback_relay_received ON callback_relay(received_at)")
 
 
+
+@migration
+def m090_presets(db: sqlite_utils.Database) -> None:
+    """Brand presets (core/chat/presets.py, stored by core/storage/presets.py): named prompt templates of a
+    server or workspace (or ``global``, the operators'), the preset a channel uses by default, and the preset
+    a job was made with (named in its caption)."""
+    db.execute(
+        """
+        CREATE TABLE presets (
+            scope TEXT NOT NULL,               -- discord:GUILD, slack:TEAM, or global
+            name TEXT NOT NULL,                -- one short lowercase word
+            template TEXT NOT NULL,            -- the prompt, with {prompt} where the user's words go
+            aspect_ratio TEXT,                 -- defaults a flag the user types still overrides
+            quality TEXT,
+            images TEXT,                       -- JSON list of reference image URLs (an edit), or NULL
+            updated_by TEXT,
+            updated_at TEXT NOT NULL,
+            PRIMARY KEY (scope, name)
+        )
+        """
+    )
+    db.execute("CREATE TABLE channel_presets (channel TEXT PRIMARY KEY, preset TEXT NOT NULL, updated_by TEXT,"
+               " updated_at TEXT NOT NULL)")
+    db.execute("ALTER TABLE jobs ADD COLUMN preset TEXT")
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
