@@ -39,6 +39,8 @@ from imagine_bot.core.frontend import FrontEnd, OperatorNotifier
 from imagine_bot.core.gateway import GatewayClient
 from imagine_bot.core.gateway.balance import GatewayAccount
 from imagine_bot.core.gateway.catalog import ModelSpec, edit_model, get_model
+from imagine_bot.core.jobs.approvals import Approvals
+from imagine_bot.core.jobs.leases import new_owner_id
 from imagine_bot.core.jobs.model import Job, JobRequest, JobState, JobStore, ReplyTo
 from imagine_bot.core.jobs.orchestrator import Orchestrator
 from imagine_bot.core.jobs.relay import CallbackRelay
@@ -47,6 +49,7 @@ from imagine_bot.core.media.refstore import RefStore, load_secret
 from imagine_bot.core.media.thumbnails import ThumbnailStore
 from imagine_bot.core.ops.alerts import Alerts
 from imagine_bot.core.settings import Settings
+from imagine_bot.core.storage.approvals import Approval, ApprovalStore
 from imagine_bot.core.storage.base import SqliteStore, Store
 from imagine_bot.core.storage.db import BOT_BUSY_TIMEOUT_S, open_db, utcnow
 from imagine_bot.core.storage.presets import PresetStore
@@ -128,6 +131,10 @@ class ImagineCore:
         self.alerts = Alerts(settings.ADMINS)
         self.account = GatewayAccount(db, gateway, self.alerts, cost=model.cost,
                                       check_every_s=settings.GATEWAY_BALANCE_CHECK_S)
+        owner = new_owner_id()
+        #: approval before an image goes public, in channels with reviewers (core/jobs/approvals.py)
+        self.approvals = Approvals(ApprovalStore(db), self.jobs, self.ledger, expire_h=settings.APPROVAL_EXPIRE_H,
+                                   owner=owner)
         self.orchestrator = Orchestrator(
             db=db,
             jobs=self.jobs,
@@ -149,6 +156,8 @@ class ImagineCore:
             resolve_refs=self.refs.resolve,
             lease_s=settings.JOB_LEASE_S,
             thumbnails=self.thumbnails,
+            owner=owner,
+            approvals=self.approvals,
         )
         #: callbacks received here for tasks tracked by another process on the same database, and back
         self.relay = CallbackRelay(db, self.orchestrator)
@@ -218,6 +227,7 @@ class ImagineCore:
         count = await self.orchestrator.resume()
         if count:
             log.info("resumed %d job(s) left in flight", count)
+        await self.approvals.start()  # reviews, approved posts and notices left undone by an earlier process
         self.account.start()  # ... and reads it again every GATEWAY_BALANCE_CHECK_S
         return count
 
@@ -228,6 +238,11 @@ class ImagineCore:
         if the job is delivered again (after a crash or a takeover): see ``FrontEnd``.
         """
         return self.jobs.record_receipt(job_id, **ids)
+
+    def record_review_receipt(self, job_id: str, **ids: Any) -> Approval:
+        """Front ends: as ``record_receipt``, for the steps of an approval (``ReviewRequested``, ``Approved``):
+        merged into the approval's receipt, handed back in the event if the step is tried again."""
+        return self.approvals.store.record_receipt(job_id, **ids)
 
     async def close(self) -> None:
         await self.relay.stop()
@@ -244,7 +259,8 @@ class ImagineCore:
 
     async def _cleanup_loop(self) -> None:
         while True:
-            active = frozenset(job.id for job in self.jobs.active())
+            # the images of jobs in flight, and of approvals still to post, stay in the spool
+            active = frozenset(job.id for job in self.jobs.active()) | self.approvals.store.waiting_jobs()
             try:
                 await asyncio.to_thread(self.refs.cleanup, active)
             except OSError:
@@ -334,7 +350,8 @@ class ImagineCore:
             requester=actor.user, reply=reply, prompt=prepared.prompt, params=prepared.params,
             dedupe_key=dedupe_key, extra_input=self._inputs(actor, extra_input), scopes=self.scopes(actor),
             parent_id=parent_id, image_urls=tuple(image_urls),
-            preset=prepared.preset.name if prepared.preset else None, **priced,
+            preset=prepared.preset.name if prepared.preset else None, review=self.approvals.reviewers_for(actor),
+            **priced,
         ))
 
     def result_reference(self, who: UserRef | Actor, job_id: str) -> tuple[Job, Reference]:
@@ -394,7 +411,7 @@ class ImagineCore:
             requester=actor.user, reply=reply, prompt=original.prompt, params=params,
             dedupe_key=dedupe_key, parent_id=original.id, extra_input=self._inputs(actor, extra),
             scopes=self.scopes(actor), image_urls=original.image_urls, preset=original.preset,
-            **self._priced(model),
+            review=self.approvals.reviewers_for(actor), **self._priced(model),
         ))
 
     def _inputs(self, actor: Actor, extra: dict[str, Any] | None) -> dict[str, Any]:
@@ -658,6 +675,46 @@ class ImagineCore:
             return self.presets_here(who), {}
         place = self._require_manager(who, "preset list")
         return self.presets_here(who), self.presets.channel_defaults(place)
+
+    # ------------------------------------------------------------------ approvals
+    def review_needed(self, who: UserRef | Actor) -> bool:
+        """Whether an image asked by ``who`` where they are goes to reviewers before the channel."""
+        return bool(self.approvals.reviewers_for(Actor.of(who)))
+
+    def admin_approvals(self, actor: UserRef | Actor, reviewers: Sequence[UserRef] | None) -> tuple[str, ...]:
+        """Approvals on (with these reviewers) or off (None) in the actor's channel; returns the reviewers now.
+        For the community admins of the place and operators."""
+        who = Actor.of(actor)
+        self._require_manager(who, "approvals")
+        if who.channel_scope is None:
+            raise UserInputError("Use `admin approvals` in the channel you mean.")
+        if reviewers is not None:
+            if not reviewers:
+                raise UserInputError("Name the reviewers: `admin approvals on @reviewer [@reviewer2 ...]`.")
+            self.approvals.store.set_reviewers(who.channel_scope, [r.key for r in reviewers], actor=who.key)
+            log.info("%s turned approvals on in %s: %s", who.key, who.channel_scope, [r.key for r in reviewers])
+        elif self.approvals.reviewers_for(who):
+            self.approvals.store.set_reviewers(who.channel_scope, [], actor=who.key)
+            log.info("%s turned approvals off in %s", who.key, who.channel_scope)
+        return self.approvals.reviewers_for(who)
+
+    def approvals_here(self, actor: UserRef | Actor) -> tuple[str, ...]:
+        who = Actor.of(actor)
+        self._require_manager(who, "approvals")
+        return self.approvals.reviewers_for(who)
+
+    def check_can_decide(self, actor: UserRef | Actor, job_id: str) -> None:
+        """Raise the refusal an Approve or Reject by ``actor`` would meet (not a reviewer, their own image,
+        already decided), changing nothing: front ends ask before they open the rejection form."""
+        who = Actor.of(actor)
+        self.approvals.check(who, job_id, operator=self.is_operator(who))
+
+    async def decide(self, actor: UserRef | Actor, job_id: str, *, approve: bool, reason: str | None = None) -> str:
+        """Approve (the image is posted in its channel before this returns) or reject (``reason``) an image
+        waiting for review; the text for whoever pressed. Raises ``ImagineError`` with the refusal."""
+        who = Actor.of(actor)
+        return await self.approvals.decide(who, job_id, approve=approve, reason=reason,
+                                           operator=self.is_operator(who))
 
     def admin_member_cap(self, actor: UserRef | Actor, cap: int | None) -> BudgetStatus:
         """At most ``cap`` credits of the place's budget per member per period (None: no cap). Lowers only."""

@@ -22,6 +22,7 @@ neither text ever contains the API key or a platform token.
     ├── ShuttingDown                the process is draining (SIGTERM): new commands are refused
     ├── CaptureRefused              the ledger refused to charge a delivered job (a bug: logged loudly)
     ├── LeaseLost                   another process owns the job now: the local worker stops quietly
+    ├── ReviewClosed                an approval already decided (or expired): says by whom and when
     └── GatewayError                anything from the image gateway
         ├── GatewayAuthError        401: bad or missing key
         ├── GatewayOutOfCredits     402 / 433: the gateway account or key is out of credits
@@ -207,6 +208,15 @@ class LeaseLost(ImagineError):
     the local worker stops without touching money or telling anyone."""
 
     code = "lease_lost"
+
+
+class ReviewClosed(ImagineError):
+    """A press on Approve or Reject of an image already decided or expired: the message says what happened."""
+
+    code = "review_closed"
+
+    def __init__(self, user_message: str) -> None:
+        super().__init__(user_message, user_message=user_message)
 
 
 class GatewayError(ImagineError):

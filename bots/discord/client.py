@@ -14,6 +14,7 @@ Commands (choices come from the model catalog)::
     /imagine-admin channels [which:here|all] · defaults · member-cap
     /imagine-admin preset set name:<word> template:<text with {prompt}> [aspect_ratio] [quality] [image_url..]
     /imagine-admin preset list · remove name:<name> · default name:<name|none>    brand presets
+    /imagine-admin approvals [mode:on|off] [reviewer..reviewer3:<user>]    review before this channel
 
 The admin group is guild-only and hidden from members without Manage Server (``default_permissions``);
 that only hides it: the core decides, and Manage Server never lets anyone mint credits.
@@ -121,12 +122,16 @@ class ImagineClient(discord.AutoShardedClient):
         log.info("Discord shard %d of %s ready", shard_id, self.shard_count)
 
     async def on_interaction(self, interaction: discord.Interaction) -> None:
-        """Remix modals are answered here, from their custom id (no modal object is kept: restart-proof)."""
+        """Remix and rejection forms are answered here, from their custom id (no modal object is kept:
+        restart-proof)."""
         data = interaction.data if isinstance(interaction.data, dict) else {}
         custom_id = str(data.get("custom_id") or "")
-        if (interaction.type is discord.InteractionType.modal_submit and self.handlers is not None
-                and custom_id.startswith("imagine:remix-")):
+        if interaction.type is not discord.InteractionType.modal_submit or self.handlers is None:
+            return
+        if custom_id.startswith("imagine:remix-"):
             await self.handlers.remix_submitted(interaction, custom_id)
+        elif custom_id.startswith("imagine:reject-form:"):
+            await self.handlers.reject_submitted(interaction, custom_id)
 
     async def on_ready(self) -> None:
         log.info("connected to Discord as %s (application %s), shards %s of %s", self.user, self.application_id,
@@ -289,6 +294,17 @@ def build_commands(model: ModelSpec) -> list[app_commands.Command[Any, ..., Any]
     @admin.command(name="dashboard", description="A one-time link to the web dashboard of this server")
     async def dashboard(interaction: discord.Interaction) -> None:
         await _handlers(interaction).admin(interaction, "admin dashboard")
+
+    @admin.command(name="approvals", description="Images made in this channel go to reviewers before the channel")
+    @app_commands.describe(mode="on (with the reviewers) or off; empty: show", reviewer="who may approve",
+                           reviewer2="another reviewer", reviewer3="another reviewer")
+    @app_commands.choices(mode=[app_commands.Choice(name="on", value="on"),
+                                app_commands.Choice(name="off", value="off")])
+    async def approvals(interaction: discord.Interaction, mode: str | None = None,
+                        reviewer: discord.User | None = None, reviewer2: discord.User | None = None,
+                        reviewer3: discord.User | None = None) -> None:
+        reviewers = [u for u in (reviewer, reviewer2, reviewer3) if u is not None]
+        await _handlers(interaction).approvals(interaction, mode, reviewers)
 
     presets = app_commands.Group(name="preset", description="Brand presets: prompt templates of this server",
                                  parent=admin)

@@ -17,7 +17,17 @@ from typing import Any
 import discord
 
 from imagine_bot.bots.discord.hook import ReplyData
-from imagine_bot.bots.discord.modals import FOR_JOB, FOR_MESSAGE, for_job, for_message, read_submission, remix_modal
+from imagine_bot.bots.discord.modals import (
+    FOR_JOB,
+    FOR_MESSAGE,
+    REJECT_FORM,
+    for_job,
+    for_message,
+    read_reason,
+    read_submission,
+    reject_modal,
+    remix_modal,
+)
 from imagine_bot.core.access.authority import Actor, place_key
 from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.app import ImagineCore
@@ -202,7 +212,8 @@ class Handlers:
 
     async def _start_job(self, interaction: discord.Interaction,
                          submit: Callable[[ReplyTo], Awaitable[Job]]) -> None:
-        await interaction.response.defer(thinking=True)
+        # in a channel with approvals the whole job stays private until a reviewer approves the image
+        await interaction.response.defer(thinking=True, ephemeral=self.core.review_needed(actor_of(interaction)))
         # from Discord creating the interaction to our answer (Discord allows 3 s)
         self.core.metrics.ack("discord", (discord.utils.utcnow() - interaction.created_at).total_seconds())
         reply = ReplyTo("discord", str(interaction.channel_id), ReplyData.from_interaction(interaction).to_dict())
@@ -230,6 +241,51 @@ class Handlers:
     async def help(self, interaction: discord.Interaction) -> None:
         admin = self.core.is_admin(actor_of(interaction))
         await reply_private(interaction, messages.help_text(self.core.model, admin=admin, slash=True))
+
+    # ------------------------------------------------------------------ approvals
+    async def approve(self, interaction: discord.Interaction, job_id: str) -> None:
+        """Approve, pressed in a review DM: the image goes to its channel (posted before we answer)."""
+        await self._decide(interaction, job_id, approve=True)
+
+    async def reject(self, interaction: discord.Interaction, job_id: str) -> None:
+        """Reject: the form for the reason, unless the press would be refused anyway (then say why)."""
+        try:
+            self.core.check_can_decide(actor_of(interaction), job_id)
+        except ImagineError as error:
+            await reply_private(interaction, error.user_message)
+            return
+        await interaction.response.send_modal(reject_modal(job_id, messages.reject_reason_needed()))
+
+    async def reject_submitted(self, interaction: discord.Interaction, custom_id: str) -> None:
+        """The rejection form came back (from this process or an earlier one)."""
+        match = REJECT_FORM.match(custom_id)
+        if match is None:
+            return
+        data = interaction.data if isinstance(interaction.data, dict) else {}
+        await self._decide(interaction, match["job_id"], approve=False, reason=read_reason(dict(data)))
+
+    async def _decide(self, interaction: discord.Interaction, job_id: str, *, approve: bool,
+                      reason: str | None = None) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)  # a post in the channel may take a while
+        try:
+            text = await self.core.decide(actor_of(interaction), job_id, approve=approve, reason=reason)
+        except ImagineError as error:
+            text = error.user_message
+        await interaction.followup.send(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
+
+    async def approvals(self, interaction: discord.Interaction, mode: str | None,
+                        reviewers: list[discord.abc.User]) -> None:
+        def work() -> str:
+            who = actor_of(interaction)
+            if mode == "on":
+                now = self.core.admin_approvals(who, [user_ref(u) for u in reviewers])
+            elif mode == "off":
+                now = self.core.admin_approvals(who, None)
+            else:
+                now = self.core.approvals_here(who)
+            return messages.approvals_set(now, self.core.settings.APPROVAL_EXPIRE_H)
+
+        await self._answer_admin(interaction, work)
 
     # ------------------------------------------------------------------ brand presets
     def preset_names(self, interaction: discord.Interaction, typed: str) -> list[tuple[str, str]]:

@@ -17,6 +17,7 @@ _TOKEN = re.compile(r"<([^<>]*)>")
 _USER_MENTION = re.compile(r"^<@([UW][A-Z0-9]+)(?:\|[^<>]*)?>$")
 _BARE_USER_ID = re.compile(r"^[UW][A-Z0-9]{4,}$")
 _ESCAPED_USER_MENTION = re.compile(r"&lt;@([UW][A-Z0-9]+)(?:\|[^&<>]*)?&gt;")
+_ESCAPED_CHANNEL_MENTION = re.compile(r"&lt;#([CGD][A-Z0-9]+)(?:\|[^&<>]*)?&gt;")
 
 
 def escape(text: str) -> str:
@@ -25,12 +26,14 @@ def escape(text: str) -> str:
 
 
 def escape_keep_user_mentions(text: str) -> str:
-    """``escape``, except that plain user mentions (``<@U123>``) still show as names.
+    """``escape``, except that plain user mentions (``<@U123>``) still show as names and channel mentions
+    (``<#C123>``) as links.
 
-    Only for ephemeral replies (they never notify anyone); special mentions such as ``<!channel>``
-    stay escaped.
+    Only for private messages (ephemeral replies, the bot's DMs: they notify nobody else); special
+    mentions such as ``<!channel>`` stay escaped.
     """
-    return _ESCAPED_USER_MENTION.sub(lambda m: f"<@{m.group(1)}>", escape(text))
+    kept = _ESCAPED_USER_MENTION.sub(lambda m: f"<@{m.group(1)}>", escape(text))
+    return _ESCAPED_CHANNEL_MENTION.sub(lambda m: f"<#{m.group(1)}>", kept)
 
 
 def unescape(text: str) -> str:

@@ -28,6 +28,8 @@ Community admins of this server or workspace (and operators)::
     /imagine admin preset list | remove NAME [--global] | default NAME|none     brand presets (``--global``:
                                                         operators, for every place)
 
+    /imagine admin approvals on @reviewer [@reviewer2 ...] | off    in this channel, images go to a reviewer first
+
 Users pick a preset with ``/imagine --preset NAME <prompt>``; a channel's default applies unless ``--preset none``.
 
 The core decides who may do what (``ImagineCore`` and ``core.authority``); a front end passes an ``Actor``
@@ -77,7 +79,8 @@ class CommandReply:
 ADMIN_USAGE = (
     "Admin commands: `admin ban|unban <user>`, `admin channels [here|all|#channel ...]`, "
     "`admin defaults [--ar R] [--quality Q|reset]`, `admin member-cap <credits|none>`, `admin budget`, "
-    "`admin report`, `admin dashboard`, `admin preset set|list|remove|default`; "
+    "`admin report`, `admin dashboard`, `admin preset set|list|remove|default`, "
+    "`admin approvals on @reviewer ...|off`; "
     "operators also `admin grant <user> <credits> [note]`, `admin allowance <user> <credits|default>`, "
     "`admin show|history <user>`, `admin budget set <here|scope> <credits|default|unlimited> [--period month]`, "
     "`admin report all`."
@@ -322,8 +325,25 @@ def _preset(core: ImagineCore, actor: Actor, args: list[str], resolve: ResolveUs
     raise UserInputError(PRESET_USAGE)
 
 
+def _approvals(core: ImagineCore, actor: Actor, args: list[str], resolve: ResolveUser) -> CommandReply:
+    usage = "Usage: `admin approvals on @reviewer [@reviewer2 ...]` or `admin approvals off`, in the channel."
+    action = args[0].lower() if args else ""
+    if action == "on":
+        if len(args) < 2:
+            raise UserInputError(usage)
+        reviewers = core.admin_approvals(actor, [_target(raw, resolve) for raw in args[1:]])
+    elif action == "off" and len(args) == 1:
+        reviewers = core.admin_approvals(actor, None)
+    elif not args:
+        reviewers = core.approvals_here(actor)
+    else:
+        raise UserInputError(usage)
+    return CommandReply(messages.approvals_set(reviewers, core.settings.APPROVAL_EXPIRE_H))
+
+
 _ADMIN: dict[str, Handler] = {
     "grant": _grant, "allowance": _allowance, "show": _show, "history": _history, "report": _report,
     "budget": _budget, "ban": _ban, "unban": _unban, "channels": _channels, "defaults": _defaults,
     "member-cap": _member_cap, "dashboard": _dashboard, "preset": _preset, "presets": _preset,
+    "approvals": _approvals,
 }

@@ -330,6 +330,117 @@ def preset_default_set(name: str | None) -> str:
             "`--preset none` (or names another preset).")
 
 
+# ---------------------------------------------------------------------- approvals
+def _who(keys: tuple[str, ...] | list[str]) -> str:
+    names = [mention(k) for k in keys]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+
+
+def approvals_set(reviewers: tuple[str, ...], hours: float) -> str:
+    if not reviewers:
+        return "Approvals are off in this channel: images are posted here as soon as they are made."
+    return (f"Approvals are on in this channel: an image made here is shown to its requester and sent to "
+            f"{_who(reviewers)} first, and posted here only once one of them approves it (or never, if nobody "
+            f"decides within {hours:g} hours).")
+
+
+def review_coming(job: Job) -> str:
+    """What the requester is told when the job is accepted in a channel with approvals."""
+    return accepted(job) + " This channel has approvals: you will see the image first, then it goes to review."
+
+
+def sent_for_review(job: Job, channel: str) -> str:
+    return (f"Sent for review: it will be posted in <#{channel}> once {_who(job.review)} approves it. "
+            f"You were charged when it was made: the image is yours either way.")
+
+
+def review_request(job: Job, channel: str, hours: float) -> str:
+    """The reviewer's DM, above the image and the Approve and Reject buttons."""
+    return (f"{mention(job.requester.key)} asked for this image in <#{channel}>:\n`{quote_prompt(job.prompt)}`\n"
+            f"{describe_job(job)} · {job.cost} credits\nWithout a decision it expires in {hours:g} hours.")
+
+
+def approved_by(reviewer: str) -> str:
+    return f"approved by {mention(reviewer)}"
+
+
+def approved_caption(job: Job, balance: int, reviewer: str) -> str:
+    return delivered(job, balance) + "\n" + approved_by(reviewer)
+
+
+def review_buttons_text(channel: str) -> str:
+    """Beside the reviewer's Approve and Reject buttons."""
+    return f"Approve it to post it in <#{channel}>, or reject it with a reason."
+
+
+def review_approved(channel: str, *, own: bool = False) -> str:
+    first = "You are the only reviewer here, so you may approve your own image. " if own else ""
+    return f"{first}Approved: it is posted in <#{channel}>."
+
+
+def review_approved_soon(channel: str, *, own: bool = False) -> str:
+    first = "You are the only reviewer here, so you may approve your own image. " if own else ""
+    return f"{first}Approved: it will be posted in <#{channel}> in a moment."
+
+
+def review_approved_not_posted(channel: str, problem: str) -> str:
+    return f"Approved, but it is not posted in <#{channel}> yet. {problem}"
+
+
+def review_retrying() -> str:
+    return "The chat service did not answer; I will try again in a minute."
+
+
+def review_refused() -> str:
+    return "The chat service refused the post; press Approve again to try once more."
+
+
+def review_rejected(requester: str, *, own: bool = False) -> str:
+    first = "You are the only reviewer here, so you may reject your own image. " if own else ""
+    return f"{first}Rejected: {mention(requester)} has been told why. The channel sees nothing."
+
+
+def review_decided(state: str, by: str | None, reason: str | None, when: datetime | None) -> str:
+    at = f" on {when:%Y-%m-%d at %H:%M} UTC" if when else ""
+    if state == "expired":
+        return f"This review expired{at}: nobody decided in time, and it was not posted."
+    what = f"{state} by {mention(by)}" if by else state
+    because = f" ({quote_prompt(reason, 200)})" if reason else ""
+    return f"This image was already {what}{at}{because}. The first decision counts."
+
+
+def review_cannot_post(channel: str) -> str:
+    return (f"I cannot post in <#{channel}>: make sure I am in that channel and may post there (in Slack, "
+            "`/invite` me), then press Approve again.")
+
+
+def review_own_image() -> str:
+    return ("You asked for this image, so you cannot approve or reject it yourself: another reviewer of this "
+            "channel decides.")
+
+
+def review_not_reviewer(channel: str) -> str:
+    return f"Only the reviewers of <#{channel}> (or the bot's operators) can approve or reject this image."
+
+
+def review_gone() -> str:
+    return "I no longer know this review."
+
+
+def review_rejected_to_requester(job: Job, channel: str, reviewer: str, reason: str) -> str:
+    return (f"{mention(reviewer)} rejected your image `{quote_prompt(job.prompt, 120)}` for <#{channel}>: "
+            f"{quote_prompt(reason, 500)}. It was not posted there.")
+
+
+def review_expired_to_requester(job: Job, channel: str, hours: float) -> str:
+    return (f"Nobody reviewed your image `{quote_prompt(job.prompt, 120)}` for <#{channel}> within {hours:g} "
+            "hours, so it was not posted there. You still have it here.")
+
+
+def reject_reason_needed() -> str:
+    return "Say why, so the requester knows what to change."
+
+
 # ---------------------------------------------------------------------- to the operators (DMs)
 def operator_paused(detail: str) -> str:
     return ("imagine-bot: new images are paused because the ModKie account is out of credits "

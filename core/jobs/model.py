@@ -96,6 +96,8 @@ class JobRequest:
     text_cost: int | None = None
     #: the brand preset whose template made the prompt (``core.chat.presets``), named in the caption
     preset: str | None = None
+    #: who must approve the result before it goes to the channel (``core.jobs.approvals``); empty: nobody
+    review: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +131,8 @@ class Job:
     image_urls: tuple[str, ...] = ()
     text_cost: int | None = None
     preset: str | None = None
+    #: reviewers of the result: it is shown to the requester privately and posted only once approved
+    review: tuple[str, ...] = ()
 
     @property
     def platform(self) -> str:
@@ -190,6 +194,7 @@ def _row_to_job(row: dict[str, Any]) -> Job:
         image_urls=tuple(json.loads(row.get("image_urls") or "[]")),
         text_cost=row.get("text_cost"),
         preset=row.get("preset"),
+        review=tuple(json.loads(row.get("review") or "[]")),
         owner=row.get("owner"),
         lease_until=_dt(row.get("lease_until")),
         notice_pending=bool(row.get("notice_pending")),
@@ -226,6 +231,7 @@ class JobStore:
             "image_urls": json.dumps(list(request.image_urls)) if request.image_urls else None,
             "text_cost": request.text_cost,
             "preset": request.preset,
+            "review": json.dumps(list(request.review)) if request.review else None,
             "created_at": now,
             "updated_at": now,
             "owner": owner,

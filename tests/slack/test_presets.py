@@ -3,7 +3,7 @@ users pick one (or get the channel's default), and createTask gets what the pres
 
 from __future__ import annotations
 
-from imagine_bot.bots.slack.mentions import escape
+from imagine_bot.bots.slack.mentions import escape_keep_user_mentions
 from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.chat import messages
 from imagine_bot.core.jobs.model import JobState
@@ -23,8 +23,8 @@ async def _answer(slack: SlackHarness, text: str, *, user: str = BOSS, channel: 
 
 
 def shown(text: str) -> str:
-    """A core text as Slack shows it (escaped)."""
-    return escape(text)
+    """A core text as Slack shows it in a private answer (escaped, mentions kept)."""
+    return escape_keep_user_mentions(text)
 
 
 async def _made(slack: SlackHarness, sandbox, text: str, *, channel: str = "C1") -> tuple[dict, str]:
@@ -61,7 +61,7 @@ async def test_presets_applied_defaulted_and_turned_off_through_slack(slack: Sla
     assert sent["prompt"] == "a kite"
 
     listed = await _answer(slack, "admin preset list")
-    assert "`brand`" in listed and "aspect ratio 16:9" in listed and "default in &lt;#C1&gt;" in listed
+    assert "`brand`" in listed and "aspect ratio 16:9" in listed and "default in <#C1>" in listed
 
 
 async def test_preset_refusals_through_slack(slack: SlackHarness, sandbox):
