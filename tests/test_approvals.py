@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 from datetime import timedelta
 
+import httpx
 import pytest
 from rich.console import Console
 
@@ -19,6 +20,8 @@ from imagine_bot.core.errors import PermissionDenied, ReviewClosed
 from imagine_bot.core.events import Approved, Delivered, Rejected, ReviewExpired, ReviewRequested
 from imagine_bot.core.jobs.model import JobState, ReplyTo
 from imagine_bot.core.storage.db import utcnow
+from imagine_bot.core.web.dashboard import DashboardAuth
+from imagine_bot.core.web.server import build_web_app, start_web
 
 TEAM = "T1"
 PLACE = f"slack:{TEAM}"
@@ -184,3 +187,26 @@ async def test_the_first_decision_wins_between_processes(make_settings, tmp_path
         decided = other.approvals.store.get(job_id)
         assert (decided.state, decided.decided_by, decided.reason) == ("approved", REV.key, None)
         assert not recorder.of(Rejected, job_id)
+
+
+async def test_the_dashboard_jobs_page_shows_each_approval(make_settings, tmp_path):
+    async with open_core(make_settings, tmp_path) as core:
+        await started(core, tmp_path)
+        await say(core, BOSS, "admin approvals on <@UREV>")
+        approved, rejected, pending = [await made_for_review(core) for _ in range(3)]
+        await core.decide(REV, approved, approve=True)
+        await core.decide(REV, rejected, approve=False, reason="the logo is <cropped>")
+        runner, port = await start_web(build_web_app(core), "127.0.0.1", 0)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            async with httpx.AsyncClient() as http:
+                link = DashboardAuth(core.db).mint(base, actor="cli:op", scope=None)
+                await http.post(f"{base}/admin/login", data={"t": link.split("t=")[1]})
+                page = (await http.get(f"{base}/admin/jobs")).text
+        finally:
+            await runner.cleanup()
+    rows = {job_id: row for row in page.split("<tr") for job_id in (approved, rejected, pending) if job_id in row}
+    assert ">approved</span> by slack:T1:UREV" in rows[approved]
+    assert ">rejected</span> by slack:T1:UREV: <span class=\"reason\">the logo is &lt;cropped&gt;</span>" in (
+        rows[rejected])
+    assert ">pending</span>" in rows[pending] and "reviewers: slack:T1:UREV" in rows[pending]

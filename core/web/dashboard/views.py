@@ -3,7 +3,8 @@
     GET  /admin/login?t=TOKEN   a page with a "Sign in" button (POSTs the token: link previews cannot use it)
     POST /admin/login           redeems the one-time link, sets the session cookie, goes to /admin/usage
     GET  /admin/usage           spend per day (chart), per scope, per channel, top users, budgets, balance
-    GET  /admin/jobs            recent jobs (filters: days, state, platform, text), failures by cause (chart)
+    GET  /admin/jobs            recent jobs (filters: days, state, platform, text) with their approvals (state,
+                                reviewer, reason), failures by cause (chart)
     GET  /admin/gallery         thumbnails of delivered images with prompt, who, where and a link to the message
     GET  /admin/thumbs/{id}.webp
     POST /admin/logout
@@ -185,7 +186,9 @@ async def jobs(request: web.Request) -> web.Response:
     f = _filter(request, session)
     causes = dash.queries.failures_by_cause(f)
     chart = bar_chart(causes, title="Failures by cause", unit=" jobs") if causes else None
-    return _page(request, "jobs.html", **_common(session, f, "jobs"), jobs=dash.queries.recent_jobs(f),
+    found = dash.queries.recent_jobs(f)
+    approvals = dash.core.approvals.store.for_jobs(j.id for j in found)
+    return _page(request, "jobs.html", **_common(session, f, "jobs"), jobs=found, approvals=approvals,
                  chart=chart, causes=causes, states=[s.value for s in JobState])
 
 
