@@ -235,7 +235,7 @@ class DiscordFrontEnd:
         """A note to the requester only (a rejection, an expiry, a late failure)."""
         await self._send_dm(job.requester.user, f"a note on job {job.id}", text)
 
-    def _card(self, job: Job, files: tuple[ImageFile, ...], balance: int,
+    def _card(self, job: Job, files: tuple[ImageFile, ...], balance: int | None,
               limit: int) -> tuple[list[images.Upload], discord.Embed, list[str]]:
         uploads, notes = self._fit(job, files, limit)
         if not uploads and not any(url for _, url in notes):
@@ -269,8 +269,8 @@ class DiscordFrontEnd:
         a blip is raised after the others, to be tried again."""
         job = event.job
         text = messages.review_request(job, job.reply.channel, self.core.settings.APPROVAL_EXPIRE_H)
-        uploads, embed, notes = await asyncio.to_thread(self._card, job, event.images, self.core.ledger.balance(
-            job.requester).available, DEFAULT_ATTACHMENT_LIMIT)
+        uploads, embed, notes = await asyncio.to_thread(self._card, job, event.images, None,
+                                                        DEFAULT_ATTACHMENT_LIMIT)
         blip: DeliveryError | None = None
         for reviewer in event.reviewers:
             key = f"review:{reviewer.user}"
@@ -337,8 +337,9 @@ def _retry_after(error: discord.HTTPException) -> float:
         return 1.0
 
 
-def delivered_embed(job: Job, balance: int, image_url: str | None) -> discord.Embed:
-    """The result card: the core's words for the prompt and parameters, laid out as fields."""
+def delivered_embed(job: Job, balance: int | None, image_url: str | None) -> discord.Embed:
+    """The result card: the core's words for the prompt and parameters, laid out as fields (the requester's
+    balance left unless ``balance`` is None: a reviewer's copy)."""
     embed = discord.Embed(colour=EMBED_COLOUR)
     embed.add_field(name="Prompt", value=f"`{messages.quote_prompt(job.prompt, 1000)}`", inline=False)
     if job.preset:
@@ -346,7 +347,8 @@ def delivered_embed(job: Job, balance: int, image_url: str | None) -> discord.Em
     embed.add_field(name="Parameters", value=messages.describe_params(job.params) or "default", inline=True)
     embed.add_field(name="Requested by", value=f"<@{job.requester.user}>", inline=True)
     embed.add_field(name="Cost", value=f"{job.cost} credits", inline=True)
-    embed.add_field(name="Balance left", value=f"{balance} credits", inline=True)
+    if balance is not None:
+        embed.add_field(name="Balance left", value=f"{balance} credits", inline=True)
     embed.set_footer(text=f"{messages.elapsed(job.elapsed_s)} · {job.id}")
     if image_url:
         embed.set_image(url=image_url)

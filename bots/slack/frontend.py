@@ -80,6 +80,9 @@ REFUSALS = frozenset({"invalid_auth", "not_authed", "account_inactive", "token_r
                       "missing_scope", "no_permission", "invalid_arguments", "invalid_blocks", "msg_too_long",
                       "file_too_large", "not_allowed", "team_access_not_granted", "ekm_access_denied"})
 
+#: conversations.open answers meaning this reviewer cannot be sent a DM at all (skipped, never retried)
+UNREACHABLE = frozenset({"user_not_found", "user_disabled", "cannot_dm_bot", "messages_tab_disabled"})
+
 #: chat.update is Tier 3: about 50 a minute per workspace, with short bursts
 EDITS_PER_MIN = 50.0
 EDIT_BURST = 5
@@ -380,7 +383,7 @@ class SlackFrontEnd:
     def _failure(exc: SlackError, what: str) -> DeliveryError:
         """A Slack error as the core's: a refusal that will not pass, or a blip worth trying again."""
         code = slack_error_code(exc)
-        if code in REFUSALS or code in CHANNEL_ERRORS:
+        if code in REFUSALS or code in CHANNEL_ERRORS or code in UNREACHABLE:
             return DeliveryError(f"Slack refused {what}: {code}")
         return DeliveryInterrupted(f"Slack failed {what}: {code}")
 

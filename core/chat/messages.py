@@ -331,17 +331,18 @@ def preset_default_set(name: str | None) -> str:
 
 
 # ---------------------------------------------------------------------- approvals
-def _who(keys: tuple[str, ...] | list[str]) -> str:
+def _who(keys: tuple[str, ...] | list[str], joiner: str = "or") -> str:
     names = [mention(k) for k in keys]
-    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + f" {joiner} " + names[-1]
 
 
 def approvals_set(reviewers: tuple[str, ...], hours: float) -> str:
     if not reviewers:
         return "Approvals are off in this channel: images are posted here as soon as they are made."
+    who = "one of them approves" if len(reviewers) > 1 else "they approve"
     return (f"Approvals are on in this channel: an image made here is shown to its requester and sent to "
-            f"{_who(reviewers)} first, and posted here only once one of them approves it (or never, if nobody "
-            f"decides within {hours:g} hours).")
+            f"{_who(reviewers, 'and')} first, and posted here only once {who} it (or never, if nobody decides "
+            f"within {hours:g} hours).")
 
 
 def review_coming(job: Job) -> str:
@@ -434,7 +435,7 @@ def review_rejected_to_requester(job: Job, channel: str, reviewer: str, reason: 
 
 def review_expired_to_requester(job: Job, channel: str, hours: float) -> str:
     return (f"Nobody reviewed your image `{quote_prompt(job.prompt, 120)}` for <#{channel}> within {hours:g} "
-            "hours, so it was not posted there. You still have it here.")
+            "hours, so it was not posted there.")
 
 
 def reject_reason_needed() -> str:

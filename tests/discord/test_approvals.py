@@ -80,6 +80,8 @@ async def test_an_approval_round_across_a_restart(fake, discord_settings, sandbo
             assert dm["attachments"] and f"<@{DAVE}> asked for this image in <#{CHANNEL}>" in dm["content"]
             ids = [c["custom_id"] for row in dm["components"] for c in row["components"]]
             assert ids == [f"imagine:approve:{job.id}", f"imagine:reject:{job.id}"]
+            fields = [f["name"] for f in dm["embeds"][0]["fields"]]
+            assert "Requested by" in fields and "Balance left" not in fields  # not the requester's balance
         assert _channel_posts(bot) == []  # the channel saw nothing
         bob_dm, carol_dm = _review_dm(bot, BOB, job), _review_dm(bot, CAROL, job)
 
@@ -156,3 +158,17 @@ async def test_decisions_left_unposted_by_a_stopped_process_are_finished_once_at
         assert store.get(posted.id).posted_at is not None and store.get(unposted.id).posted_at is not None
         (post,) = _channel_posts(bot)  # the second one only, once
         assert f"imagine:reroll:{unposted.id}" in str(post.json["components"])
+
+
+async def test_a_reviewer_who_cannot_be_reached_is_skipped_and_the_others_get_it(fake, discord_settings, sandbox):
+    fake.dm_channels[BOB] = "777777777777777777"
+    fake.fail("POST", r"/channels/777777777777777777/messages", 403,
+              {"message": "Cannot send messages to this user", "code": 50007}, times=None)
+    async with live_bot(fake, discord_settings()) as bot:
+        await _approvals_on(bot, BOB, CAROL)
+        job, _ = await _make(bot, "a poster")
+        assert _review_dm(bot, CAROL, job)["attachments"]
+        approval = bot.core.approvals.store.get(job.id)
+        assert approval.notified_at is not None and f"review:{BOB}" not in approval.receipt
+        await bot.core.approvals.run_due()  # nothing left to do: Bob is not tried again
+        assert len(fake.find("POST", r"/channels/777777777777777777/messages")) == 1
