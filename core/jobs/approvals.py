@@ -24,7 +24,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import mimetypes
+from collections.abc import Coroutine
 from datetime import datetime, timedelta
+from typing import Any
 
 from imagine_bot.core.access.authority import Actor
 from imagine_bot.core.access.identity import UserRef
@@ -61,7 +63,7 @@ class Approvals:
         self.sweep_every_s = sweep_every_s
         self.lease_s = lease_s
         self.frontends: dict[str, FrontEnd] = {}
-        self._tasks: set[asyncio.Task[str | None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._sweeper: asyncio.Task[None] | None = None
         self._stopped = False
 
@@ -80,9 +82,11 @@ class Approvals:
 
     def kick(self, job_id: str) -> None:
         """Do the approval's next step now, in the background (the sweep does it if this process stops)."""
-        if self._stopped:
-            return
-        task = asyncio.create_task(self._step(job_id), name=f"approval-{job_id}")
+        if not self._stopped:
+            self._track(self._step(job_id), f"approval-{job_id}")
+
+    def _track(self, work: Coroutine[Any, Any, Any], name: str) -> None:
+        task = asyncio.create_task(work, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -238,20 +242,23 @@ class Approvals:
             await self._step(approval.job_id)
 
     async def start(self) -> None:
-        """Finish what earlier processes left, then sweep every ``sweep_every_s``."""
+        """Finish what earlier processes left (in the background, at once), then sweep every
+        ``sweep_every_s``."""
         if self._sweeper is None and not self._stopped:
+            self._track(self._sweep_once(), "approvals-resume")
+            self._sweeper = asyncio.create_task(self._sweep(), name="approvals-sweep")
+
+    async def _sweep_once(self) -> None:
+        try:
             await self.expire_due()
             await self.run_due()
-            self._sweeper = asyncio.create_task(self._sweep(), name="approvals-sweep")
+        except Exception:
+            log.exception("approvals sweep failed; trying again")
 
     async def _sweep(self) -> None:
         while True:
             await asyncio.sleep(self.sweep_every_s)
-            try:
-                await self.expire_due()
-                await self.run_due()
-            except Exception:
-                log.exception("approvals sweep failed; trying again")
+            await self._sweep_once()
 
     @property
     def busy(self) -> bool:

@@ -174,7 +174,7 @@ async def test_an_approved_post_cut_short_is_finished_after_a_restart_never_post
         assert slack.core.approvals.store.get(job.id).posted_at is None
 
     async with SlackHarness.open(settings, fake_slack) as slack:  # the next start finishes it
-        await slack.settle()
+        await slack.core.approvals.wait_idle()
         assert slack.core.approvals.store.get(job.id).posted_at is not None
         (post,) = _posts_in(slack, "C1")
         assert len(_uploads_to(slack, "C1")) == 1  # not uploaded again
