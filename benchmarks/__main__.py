@@ -163,9 +163,9 @@ def machine_line(info: dict[str, Any], quick: bool) -> str:
 
 
 def write_docs(text: str) -> bool:
-    """Put the table between the markers in docs/benchmarks.md and in the README."""
+    """Put the table between the markers in docs/benchmarks.md (the one place the figures are kept)."""
     written = False
-    for path in (DOCS, ROOT / "README.md"):
+    for path in (DOCS,):
         if not path.exists():
             continue
         doc = path.read_text()

@@ -41,6 +41,7 @@ async def _spawn(*args: str, max_active: int) -> asyncio.subprocess.Process:
 
 
 async def rolling(jobs: int, workdir: Path) -> dict[str, Any]:
+    from imagine_bot.core.credits.budgets import Budgets
     from imagine_bot.core.credits.ledger import Ledger
     from imagine_bot.core.jobs.model import JobState, JobStore
     from imagine_bot.core.sandbox import SandboxGateway
@@ -73,7 +74,7 @@ async def rolling(jobs: int, workdir: Path) -> dict[str, Any]:
         lines = [line.split() for line in text.splitlines()]
         posts = Counter(line[0] for line in lines)
         posters = Counter(line[1] for line in lines)
-        ledger = Ledger(store.db, allowance=10_000, period="month")
+        ledger = Ledger(store.db, budgets=Budgets(store.db, default_amount=None), allowance=10_000, period="month")
         settled = Counter((e.job_id, e.kind) for e in ledger.history(limit=100_000)
                           if e.kind in ("capture", "release"))
     finally:
@@ -114,10 +115,12 @@ def _report_loop(db: str, stop: Any, runs: Any) -> None:
 
 def _seed(db: Path) -> None:
     from imagine_bot.core.access.identity import UserRef
+    from imagine_bot.core.credits.budgets import Budgets
     from imagine_bot.core.credits.ledger import Ledger
     from imagine_bot.core.storage.db import open_db
 
-    ledger = Ledger(open_db(db), allowance=180, period="month")
+    opened = open_db(db)
+    ledger = Ledger(opened, budgets=Budgets(opened, default_amount=None), allowance=180, period="month")
     for n in range(REPORT_ACCOUNTS):
         ledger.grant(UserRef("terminal", "local", f"seed{n:05d}"), 10, actor="bench")
     ledger.db.conn.close()

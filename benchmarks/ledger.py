@@ -31,10 +31,12 @@ TIMEOUT_S = 120
 
 
 def _ledger(path: str) -> Any:
+    from imagine_bot.core.credits.budgets import Budgets
     from imagine_bot.core.credits.ledger import Ledger
     from imagine_bot.core.storage.db import open_db
 
-    return Ledger(open_db(path), allowance=ALLOWANCE, period="never")
+    db = open_db(path)
+    return Ledger(db, budgets=Budgets(db, default_amount=None), allowance=ALLOWANCE, period="never")
 
 
 def _users() -> list[Any]:

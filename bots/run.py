@@ -66,10 +66,11 @@ async def run(settings: Settings, *, only: list[str] | None = None,
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, RuntimeError):  # not the main thread (tests) or not POSIX
             pass
-    if settings.MODKIE_TIMEOUT_S > settings.DRAIN_S:
-        log.warning("MODKIE_TIMEOUT_S (%.0fs) is longer than DRAIN_S (%.0fs): a createTask still in flight when a "
-                    "drain ends is refunded by the next process although the gateway may bill it; keep "
-                    "MODKIE_TIMEOUT_S at or below DRAIN_S", settings.MODKIE_TIMEOUT_S, settings.DRAIN_S)
+    if settings.create_task_timeout_s < settings.MODKIE_TIMEOUT_S:
+        log.warning("MODKIE_TIMEOUT_S (%.0fs) is longer than 3/4 of DRAIN_S (%.0fs): a createTask call is cut after "
+                    "%.1fs so that a drain never ends in the middle of one, and a job whose createTask is cut is "
+                    "refunded although the gateway may bill it; raise DRAIN_S or lower MODKIE_TIMEOUT_S",
+                    settings.MODKIE_TIMEOUT_S, settings.DRAIN_S, settings.create_task_timeout_s)
     async with ImagineCore.open(settings) as core:
         web_app = build_web_app(core)
         services = [factory(core, settings, web_app) for factory in factories.values()]

@@ -27,12 +27,11 @@ import sqlite_utils
 from imagine_bot.core import __version__
 from imagine_bot.core.access.authority import GLOBAL, Actor, scope_noun
 from imagine_bot.core.access.identity import UserRef
-from imagine_bot.core.access.places import Places
 from imagine_bot.core.chat import messages, presets
-from imagine_bot.core.chat.parsing import ParsedPrompt, check_banned, parse_imagine, take_preset
+from imagine_bot.core.chat.parsing import ParsedPrompt, check_banned, parse_imagine, take_images, take_preset
 from imagine_bot.core.chat.presets import Preset
-from imagine_bot.core.credits.budgets import Budgets, BudgetStatus, spend_csv
-from imagine_bot.core.credits.ledger import Balance, Ledger
+from imagine_bot.core.credits.budgets import BudgetStatus, spend_csv
+from imagine_bot.core.credits.ledger import Balance, build_ledger
 from imagine_bot.core.credits.prices import Prices
 from imagine_bot.core.errors import ConfigError, NotAllowedHere, NotFound, PermissionDenied, UserInputError
 from imagine_bot.core.frontend import FrontEnd, OperatorNotifier
@@ -45,15 +44,15 @@ from imagine_bot.core.jobs.model import Job, JobRequest, JobState, JobStore, Rep
 from imagine_bot.core.jobs.orchestrator import Orchestrator
 from imagine_bot.core.jobs.relay import CallbackRelay
 from imagine_bot.core.media.references import Reference, ReferenceChecker
-from imagine_bot.core.media.refstore import RefStore, load_secret
+from imagine_bot.core.media.refstore import RefStore
 from imagine_bot.core.media.thumbnails import ThumbnailStore
 from imagine_bot.core.ops.alerts import Alerts
 from imagine_bot.core.settings import Settings
-from imagine_bot.core.storage.approvals import Approval, ApprovalStore
+from imagine_bot.core.storage.approvals import Approval
 from imagine_bot.core.storage.base import SqliteStore, Store
-from imagine_bot.core.storage.db import BOT_BUSY_TIMEOUT_S, open_db, utcnow
-from imagine_bot.core.storage.presets import PresetStore
-from imagine_bot.core.web.dashboard.auth import DashboardAuth
+from imagine_bot.core.storage.db import open_db, utcnow
+from imagine_bot.core.storage.sqlite import SqliteStores
+from imagine_bot.core.web.dashboard.auth import dashboard_auth
 from imagine_bot.core.web.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -105,36 +104,38 @@ class ImagineCore:
                  model: ModelSpec, http: httpx.AsyncClient, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
-        self.thumbnails = ThumbnailStore(db, settings.THUMBNAIL_KEEP_DAYS)
         self.db = db
+        #: every store of this database (core/storage/): the only door to SQL
+        self.stores = SqliteStores(db)
+        self.thumbnails = ThumbnailStore(self.stores.thumbnails, settings.THUMBNAIL_KEEP_DAYS)
         self.model = model
         #: the model for jobs with reference images (Vary, Remix, attachments)
         self.edit_model = edit_model(model)
         self.gateway = gateway
         self.prices = Prices(gateway)
-        self.refs = RefStore(settings.refs_dir, settings.spool_dir, load_secret(db), base_url=settings.PUBLIC_URL,
-                             keep_days=settings.REFS_KEEP_DAYS)
-        self.references = ReferenceChecker(self.refs, http, trusted_hosts=[
-            httpx.URL(u).host for u in (settings.DISCORD_API_BASE, settings.SLACK_API_URL, gateway.base_url,
-                                        settings.PUBLIC_URL or "") if u.startswith(("http://", "https://"))])
+        self.refs = RefStore(settings.refs_dir, settings.spool_dir, self.stores.secret("refs"),
+                             base_url=settings.PUBLIC_URL, keep_days=settings.REFS_KEEP_DAYS)
+        self.references = ReferenceChecker(self.refs, http, trusted_origins=[
+            u for u in (settings.DISCORD_API_BASE, settings.SLACK_API_URL, gateway.base_url, settings.PUBLIC_URL or "")
+            if u.startswith(("http://", "https://"))])
         self._cleanup: asyncio.Task[None] | None = None
         self.jobs = JobStore(db)
-        self.ledger = Ledger(db, allowance=settings.CREDITS_ALLOWANCE, period=settings.CREDITS_PERIOD)
+        self.ledger = build_ledger(db, settings)
+        self.budgets = self.ledger.budgets
         self.admins = frozenset(settings.ADMINS)
-        self.budgets = Budgets(db, default_amount=settings.DEFAULT_SCOPE_BUDGET, period=settings.SCOPE_BUDGET_PERIOD,
-                               cap=settings.SPEND_CAP, cap_period=settings.SPEND_CAP_PERIOD)
-        self.ledger.budgets = self.budgets
-        self.places = Places(db)
-        self.presets = PresetStore(db)
+        self.places = self.stores.places
+        self.presets = self.stores.presets
+        self.dashboard_auth = dashboard_auth(self.stores)
         #: the state seam (core/storage/base.py): everything kept, behind one interface
         self.store: Store = SqliteStore(db, self.ledger, self.jobs)
         self.alerts = Alerts(settings.ADMINS)
         self.account = GatewayAccount(db, gateway, self.alerts, cost=model.cost,
-                                      check_every_s=settings.GATEWAY_BALANCE_CHECK_S)
+                                      check_every_s=settings.GATEWAY_BALANCE_CHECK_S,
+                                      undelivered_alert_credits=settings.UNDELIVERED_ALERT_CREDITS)
         owner = new_owner_id()
         #: approval before an image goes public, in channels with reviewers (core/jobs/approvals.py)
-        self.approvals = Approvals(ApprovalStore(db), self.jobs, self.ledger, expire_h=settings.APPROVAL_EXPIRE_H,
-                                   owner=owner)
+        self.approvals = Approvals(self.stores.approvals, self.jobs, self.ledger,
+                                   expire_h=settings.APPROVAL_EXPIRE_H, owner=owner)
         self.orchestrator = Orchestrator(
             db=db,
             jobs=self.jobs,
@@ -156,12 +157,14 @@ class ImagineCore:
             resolve_refs=self.refs.resolve,
             lease_s=settings.JOB_LEASE_S,
             thumbnails=self.thumbnails,
+            on_failure=self.account.on_job_failed,
             owner=owner,
             approvals=self.approvals,
         )
         #: callbacks received here for tasks tracked by another process on the same database, and back
-        self.relay = CallbackRelay(db, self.orchestrator)
-        self.orchestrator.on_failure = self.account.on_error
+        self.relay = CallbackRelay(self.stores.relay, self.orchestrator)
+        # read from the job rows when scraped: every process on the database reports the same total
+        self.metrics.watch_billed(lambda: self.jobs.billed_not_delivered()[0])
 
     @classmethod
     @asynccontextmanager
@@ -173,7 +176,7 @@ class ImagineCore:
             if not settings.sandbox and not api_key:
                 raise ConfigError("MODKIE_API_KEY", "is not set: put your ModKie key in .env, or use "
                                   "MODKIE_BASE_URL=sandbox (or --sandbox) to try the bot without one")
-            db = open_db(settings.IMAGINE_DB_PATH, busy_timeout_s=BOT_BUSY_TIMEOUT_S)
+            db = open_db(settings.IMAGINE_DB_PATH, busy_timeout_s=settings.DB_BUSY_TIMEOUT_S)
             stack.callback(db.conn.close)
             log.info("database %s (images wait for delivery in %s)", _shown(settings.IMAGINE_DB_PATH),
                      _shown(settings.spool_dir))
@@ -201,6 +204,7 @@ class ImagineCore:
             gateway = GatewayClient(http, base_url=base_url, api_key=api_key,
                                     max_download_bytes=settings.max_download_bytes,
                                     request_timeout=settings.MODKIE_TIMEOUT_S,
+                                    create_timeout=settings.create_task_timeout_s,
                                     on_request=metrics.gateway_request, on_balance=metrics.balance,
                                     max_in_flight=HTTP_POOL)
             model = get_model(settings.MODKIE_MODEL, settings.MODKIE_ASPECT_RATIOS)
@@ -223,6 +227,7 @@ class ImagineCore:
         if self._cleanup is None:
             self._cleanup = asyncio.create_task(self._cleanup_loop(), name="refs-cleanup")
         await self.account.refresh()  # the gateway balance: pauses new jobs if it cannot pay for one
+        self.account.check_undelivered()  # undelivered credits of today that nobody was told about yet
         self.relay.start()
         count = await self.orchestrator.resume()
         if count:
@@ -345,6 +350,7 @@ class ImagineCore:
         if references:
             self.orchestrator.precheck(actor.user, priced["cost"])  # cheap refusals before any fetching
             self.budgets.check(self.scopes(actor), actor.key, priced["cost"])
+            await self.check_reply(reply)
             image_urls = await self.references.prepare(model, references)
         return await self.orchestrator.submit(JobRequest(
             requester=actor.user, reply=reply, prompt=prepared.prompt, params=prepared.params,
@@ -353,6 +359,11 @@ class ImagineCore:
             preset=prepared.preset.name if prepared.preset else None, review=self.approvals.reviewers_for(actor),
             **priced,
         ))
+
+    async def check_reply(self, reply: ReplyTo) -> None:
+        """Raise ``CannotAnswerHere`` if the front end cannot post at ``reply`` (a Slack channel the bot is
+        not in). ``submit`` asks too; a front end asks early to refuse before a form or a download."""
+        await self.orchestrator.check_reply(reply)
 
     def result_reference(self, who: UserRef | Actor, job_id: str) -> tuple[Job, Reference]:
         """A delivered job's first image as a reference, if ``who`` may use it (the requester, an operator
@@ -450,6 +461,16 @@ class ImagineCore:
                 raise NotAllowedHere(f"{actor.key} asked in channel {actor.channel}", user_message=(
                     f"In this {scope_noun(actor.place)} I make images only in {where}."))
         self.account.check()
+
+    def check_imagine(self, requester: UserRef | Actor, text: str) -> None:
+        """Raise the refusal ``/imagine <text>`` would meet at once (place, prompt and flags, job limit, balance,
+        budgets), changing nothing: for a front end that answers these in its ack and takes the job itself
+        after asking its platform something (``check_reply``)."""
+        actor = Actor.of(requester)
+        prompt, images = take_images(text)
+        self.check_place(actor)
+        prepared = self.prepare(actor, prompt, channel_preset=True)  # the preset too (an unknown one, too long)
+        self.check_can_submit(actor, edit=bool(images or prepared.references))
 
     def check_can_submit(self, requester: UserRef | Actor, *, edit: bool = False) -> None:
         """Raise the refusal an ``imagine`` (an edit, with ``edit``) by this user would meet (place, job limit,
@@ -727,7 +748,7 @@ class ImagineCore:
         community admin's own server or workspace otherwise."""
         who = Actor.of(actor)
         scope = None if self.is_operator(who) else self._require_manager(who, "dashboard")
-        return DashboardAuth(self.db).mint(self.settings.web_url, actor=who.key, scope=scope), scope
+        return self.dashboard_auth.mint(self.settings.web_url, actor=who.key, scope=scope), scope
 
     def now(self) -> datetime:
         """The current time (UTC), for messages that mention times."""

@@ -8,10 +8,12 @@ neither text ever contains the API key or a platform token.
     ├── ConfigError                 a setting is missing or wrong (fails at start, one line)
     │   └── DataNotWritable         the database's folder cannot be written (a root-owned /data mount)
     ├── UserInputError              a malformed flag, unknown value, empty or refused prompt
+    │   └── NumberRefused           a typed number that is not a whole number in its range (or too long)
     ├── PermissionDenied            an admin command from a non-admin
     ├── InsufficientCredits         the balance does not cover the job
     ├── BudgetExhausted             a server, workspace, channel or the global budget does not cover it
     ├── NotAllowedHere              banned in this server, a channel the bot does not answer in, ...
+    ├── CannotAnswerHere            the front end cannot post where it was asked (not in that channel, ...)
     ├── GatewayPaused               new jobs wait: the gateway account is out of credits (or refused the key)
     ├── TooManyActiveJobs           the per-user limit of jobs in flight
     ├── NotFound                    an unknown job or account
@@ -22,6 +24,7 @@ neither text ever contains the API key or a platform token.
     ├── ShuttingDown                the process is draining (SIGTERM): new commands are refused
     ├── CaptureRefused              the ledger refused to charge a delivered job (a bug: logged loudly)
     ├── LeaseLost                   another process owns the job now: the local worker stops quietly
+    ├── DatabaseBusy                another process held the write lock past the busy timeout (try again)
     ├── ReviewClosed                an approval already decided (or expired): says by whom and when
     └── GatewayError                anything from the image gateway
         ├── GatewayAuthError        401: bad or missing key
@@ -40,7 +43,9 @@ neither text ever contains the API key or a platform token.
 One predicate decides "try again later": ``is_transient(error)`` (the ``retryable`` flag). Transport
 trouble (timeouts, refused connections), 5xx, 429, 455, a 401 (a key rotation in progress) and an answer
 we cannot read are transient; a ``fail`` state, 501, an envelope 408, bad input and an unknown task are
-not. Only idempotent calls (recordInfo, downloads, balance) are repeated on it; createTask never is.
+not. Only idempotent calls (recordInfo, downloads, balance) are repeated on it; createTask never is, unless
+its request never left (``GatewayError.unsent``: the connection never opened). A chat-API blip while posting
+(``DeliveryInterrupted``) and a busy database (``DatabaseBusy``) are transient too.
 """
 
 from __future__ import annotations
@@ -93,6 +98,18 @@ class UserInputError(ImagineError):
         super().__init__(user_message, user_message=user_message)
 
 
+class NumberRefused(UserInputError):
+    """A number a user typed (credits, a limit, a port) that is not a whole number from ``low`` to ``high``,
+    or is too long to read at all: refused in one line, before ``int()`` ever sees a huge token."""
+
+    code = "invalid_number"
+
+    def __init__(self, raw: str, label: str, low: int, high: int) -> None:
+        shown = " ".join(raw.split())
+        shown = shown if len(shown) <= 20 else shown[:20] + "…"
+        super().__init__(f"{label}: `{shown}` is not a whole number from {low:,} to {high:,}.")
+
+
 class PermissionDenied(ImagineError):
     code = "permission_denied"
     default_user_message = "Sorry, only image-bot admins can do that. Nothing was changed."
@@ -141,6 +158,15 @@ class BudgetExhausted(ImagineError):
 class NotAllowedHere(ImagineError):
     code = "not_allowed_here"
     default_user_message = "The image bot is not available to you here."
+
+
+class CannotAnswerHere(ImagineError):
+    """The front end cannot post where the command was given (the bot is not a member of that channel, the
+    channel is archived, a direct message between other people): refused before anything is reserved or
+    sent to the gateway. The front end words ``user_message`` with ``messages.cannot_answer_here``."""
+
+    code = "cannot_answer_here"
+    default_user_message = "I can't post here. Nothing was charged."
 
 
 class GatewayPaused(ImagineError):
@@ -210,6 +236,15 @@ class LeaseLost(ImagineError):
     code = "lease_lost"
 
 
+class DatabaseBusy(ImagineError):
+    """A write waited ``DB_BUSY_TIMEOUT_S`` for the write lock another process holds (an admin command, a
+    long report): nothing was written; the same write may be tried again later."""
+
+    code = "database_busy"
+    retryable = True
+    default_user_message = "The bot is very busy right now; please try again in a moment. Nothing was charged."
+
+
 class ReviewClosed(ImagineError):
     """A press on Approve or Reject of an image already decided or expired: the message says what happened."""
 
@@ -222,6 +257,8 @@ class ReviewClosed(ImagineError):
 class GatewayError(ImagineError):
     code = "gateway_error"
     default_user_message = "The image service had a problem. Your credits were refunded; please try again."
+    #: the request never left: its connection never opened, so the gateway saw nothing (and bills nothing)
+    unsent: bool = False
 
     def __init__(
         self,

@@ -24,6 +24,15 @@ class FrontEnd(Protocol):
     - Optionally ``pace(job) -> Pace``: the budget a job's status messages share (a workspace's edit rate
       limit), the least time between two statuses of one job, and how often to refresh a progress
       status with nothing new. Without it statuses are not paced.
+    - Optionally ``async check_reply(reply: ReplyTo) -> None``: raise ``CannotAnswerHere`` when the front end
+      cannot post where it was asked (Slack: a channel the bot is not in). The core calls it before it
+      reserves anything or sends anything to the gateway, so that a job is only taken where its result
+      can be posted. It runs before the command is answered: keep it quick (cached, time-bounded) and let
+      a job through when it cannot tell. Without it every reply address is taken as reachable (Discord:
+      an interaction's response always is).
+    - Where the job was asked may refuse later (the bot removed from the channel, the channel archived):
+      a job whose task went to the gateway is billed, so ``Delivered`` must still reach the requester
+      (privately: a direct message) rather than raise; raise only when nothing can reach them.
 
     Delivery is at-least-once, so posting must be idempotent. ``Delivered`` may be handed again for the
     same job: after a crash between the post and the charge, or when another process takes the job over

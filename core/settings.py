@@ -17,6 +17,9 @@ from imagine_bot.core.errors import ConfigError
 from imagine_bot.core.media.netaddr import is_loopback_host
 
 SANDBOX = "sandbox"
+#: the share of DRAIN_S one whole createTask call may take, so that a drain never ends in the middle of one
+#: (the rest is for saving its answer and the last status messages)
+CREATE_TASK_SHARE_OF_DRAIN = 0.75
 
 CsvList = Annotated[list[str], NoDecode]
 
@@ -34,12 +37,16 @@ class Settings(BaseSettings):
     MODKIE_WEBHOOK_SECRET: SecretStr | None = None
     MODKIE_NSFW_CHECKER: bool = True
     GATEWAY_BALANCE_CHECK_S: float = Field(default=300.0, gt=0)
+    #: operators get one DM a day once the credits billed for images never delivered reach this (0: never)
+    UNDELIVERED_ALERT_CREDITS: int = Field(default=90, ge=0)
     MAX_DOWNLOAD_MB: float = Field(default=25, gt=0)
     MODKIE_TIMEOUT_S: float = Field(default=15.0, gt=0)
 
     # --- storage: a relative IMAGINE_DB_PATH is taken under IMAGINE_DATA_DIR (the image sets /data)
     IMAGINE_DATA_DIR: Path = Path(".")
     IMAGINE_DB_PATH: Path = Path("imagine-bot.db")
+    #: how long one write waits for another process's write lock before it counts as busy (and is retried)
+    DB_BUSY_TIMEOUT_S: float = Field(default=5.0, gt=0)
 
     # --- the one web server (callbacks, /healthz, Slack HTTP mode)
     HTTP_HOST: str = "0.0.0.0"
@@ -51,8 +58,8 @@ class Settings(BaseSettings):
     #: days a delivered job's thumbnail is kept for the dashboard's gallery (0: keep none)
     THUMBNAIL_KEEP_DAYS: int = Field(default=30, ge=0)
 
-    # --- credits and limits
-    CREDITS_ALLOWANCE: int = Field(default=180, ge=0)
+    # --- credits and limits (an amount of credits is at most 10^9, as for grants: ledger.MAX_CREDITS_CHANGE)
+    CREDITS_ALLOWANCE: int = Field(default=180, ge=0, le=1_000_000_000)
     CREDITS_PERIOD: Literal["day", "week", "month", "never"] = "month"
     MAX_ACTIVE_JOBS_PER_USER: int = Field(default=2, ge=1)
     MAX_ACTIVE_JOBS: int = Field(default=32, ge=1)
@@ -67,9 +74,9 @@ class Settings(BaseSettings):
     JOB_LEASE_S: float = Field(default=30.0, gt=0)
 
     # --- budgets above the user (core/credits/budgets.py)
-    DEFAULT_SCOPE_BUDGET: int | None = Field(default=None, ge=0)
+    DEFAULT_SCOPE_BUDGET: int | None = Field(default=None, ge=0, le=1_000_000_000)
     SCOPE_BUDGET_PERIOD: Literal["day", "week", "month", "never"] = "month"
-    SPEND_CAP: int | None = Field(default=None, ge=0)
+    SPEND_CAP: int | None = Field(default=None, ge=0, le=1_000_000_000)
     SPEND_CAP_PERIOD: Literal["day", "week", "month"] = "month"
 
     # --- people and moderation
@@ -193,6 +200,14 @@ class Settings(BaseSettings):
     @property
     def callback_url(self) -> str | None:
         return f"{self.PUBLIC_URL}/callbacks/modkie" if self.PUBLIC_URL else None
+
+    @property
+    def create_task_timeout_s(self) -> float:
+        """The longest one whole createTask call may take (connection retries and every phase of the request
+        included): MODKIE_TIMEOUT_S, but below DRAIN_S, so a drain always outlasts a createTask in flight."""
+        if self.DRAIN_S <= 0:  # no drain to wait for it
+            return self.MODKIE_TIMEOUT_S
+        return min(self.MODKIE_TIMEOUT_S, CREATE_TASK_SHARE_OF_DRAIN * self.DRAIN_S)
 
     @property
     def max_download_bytes(self) -> int:

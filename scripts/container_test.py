@@ -1,17 +1,17 @@
 #!/usr/bin/env python3
-"""``make container-test``: build the image and run the README's Docker section, command by command, checking
+"""``make container-test``: build the image and run docs/deployment.md's Docker section, command by command, checking
 what an operator relies on. Prints each check as it passes; exits 1 on the first that fails.
 
 - The engine is Docker when a Docker daemon answers, else podman (installed from Debian when missing and
-  this runs as root). Under podman, the README's ``docker`` is podman with ``--format docker`` on build (so
+  this runs as root). Under podman, the deployment guide's ``docker`` is podman with ``--format docker`` on build (so
   the HEALTHCHECK is kept) and settings that fit this machine (``podman_conf``).
 - The base image (the Dockerfile's ``FROM``) is pulled; where it cannot be (no Docker Hub here), a stand-in
   is built from Debian packages with mmdebstrap (python3, python3-venv, python3-pip), given the base's name,
   and kept for the next run. The output says so.
-- The README's commands run in a scratch copy of the repository (its ``.env`` is not yours), with the
-  README's own names: containers ``imagine-bot`` and ``imagine-sandbox``, the volume ``imagine-data`` and
+- The deployment guide's commands run in a scratch copy of the repository (its ``.env`` is not yours), with the
+  guide's own names: containers ``imagine-bot`` and ``imagine-sandbox``, the volume ``imagine-data`` and
   the folder ``/srv/imagine-bot``, all removed before and after. Only ``.env`` is filled in (a Slack token
-  and signing secret, Slack's address pointed at a closed local port) as the README tells the reader to.
+  and signing secret, Slack's address pointed at a closed local port) as the guide tells the reader to.
 - "SKIPPED: <reason>", exit 0, only when this machine cannot run a container at all.
 """
 
@@ -75,7 +75,7 @@ class Engine:
         return sh([self.name, *args], timeout=timeout, check=check, env=self.env)
 
     def shell_prelude(self) -> str:
-        """Bash functions that make the README's `docker` (and `sudo`, as root) mean this engine."""
+        """Bash functions that make the deployment guide's `docker` (and `sudo`, as root) mean this engine."""
         lines = []
         if self.name == "podman":
             lines.append('docker() { if [ "$1" = build ]; then shift; podman build --format docker "$@"; '
@@ -240,10 +240,10 @@ def wait_http(url: str, within_s: float, engine: Engine, container: str) -> floa
 
 
 def readme_commands() -> list[str]:
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "docs" / "deployment.md").read_text()
     match = re.search(r"<!-- container-test:start -->(.*?)<!-- container-test:end -->", text, re.S)
     if not match:
-        raise CheckFailed("README.md has no <!-- container-test:start/end --> section")
+        raise CheckFailed("docs/deployment.md has no <!-- container-test:start/end --> section")
     commands = []
     for block in re.findall(r"```sh\n(.*?)```", match.group(1), re.S):
         commands += [line for line in block.splitlines() if line.strip()]
@@ -258,7 +258,7 @@ def cleanup(engine: Engine) -> None:
 
 
 def scratch_copy() -> Path:
-    """The repository's files (tracked and new, not ignored) in a scratch folder: the README's `cp .env.example
+    """The repository's files (tracked and new, not ignored) in a scratch folder: the guide's `cp .env.example
     .env` must not overwrite a developer's own `.env`."""
     listed = sh(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT).stdout
     work = Path(tempfile.mkdtemp(prefix="imagine-container-test-"))
@@ -312,10 +312,10 @@ def run_readme(engine: Engine) -> None:
     done: list[str] = []
 
     def step(pattern: str) -> str:
-        """The next README command, which must match `pattern` (the README and this script move together)."""
+        """The next command of the guide, which must match `pattern` (the guide and this script move together)."""
         line = commands[len(done)]
         if not re.search(pattern, line):
-            raise CheckFailed(f"README command {len(done) + 1} is `{line}`; this check expected /{pattern}/")
+            raise CheckFailed(f"deployment guide command {len(done) + 1} is `{line}`; this check expected /{pattern}/")
         done.append(line)
         return line
 
@@ -341,7 +341,7 @@ def run_readme(engine: Engine) -> None:
             raise CheckFailed(f"no image saved:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
         passed(f"a sandbox image made inside the container: {saved.group(1)}", seconds)
 
-        # 3. the README's --env-file run keeps its database in the volume
+        # 3. the deployment guide's --env-file run keeps its database in the volume
         run.command(step(r"^cp \.env\.example \.env"))
         fill_env(work / ".env")
         run.command(step(r"^docker run -d --name imagine-bot --env-file \.env -p 3000:3000 -v imagine-data:/data "
@@ -369,7 +369,7 @@ def run_readme(engine: Engine) -> None:
             raise CheckFailed(f"after the container is gone the volume holds {in_volume}")
         passed(f"the database is in the volume {VOLUME} after the container is removed: {' '.join(in_volume)}")
 
-        # 4. an unwritable /data: one line naming the path and the fix; then the README's chown makes it work
+        # 4. an unwritable /data: one line naming the path and the fix; then the deployment guide's chown makes it work
         chown = step(r"^sudo mkdir -p /srv/imagine-bot && sudo chown -R 10001 /srv/imagine-bot$")
         bind_run = step(r"^docker run -d --name imagine-bot --env-file \.env -p 3000:3000 -v /srv/imagine-bot:/data "
                         r"imagine-bot$")
@@ -390,7 +390,7 @@ def run_readme(engine: Engine) -> None:
         up = wait_http(f"http://127.0.0.1:{run.host_port('3000')}/healthz", 90, engine, BOT)
         if not (Path(BIND) / "imagine-bot.db").exists():
             raise CheckFailed(f"no {BIND}/imagine-bot.db after the chown")
-        passed(f"after the README's chown the bind-mounted folder works: {BIND}/imagine-bot.db", up)
+        passed(f"after the deployment guide's chown the bind-mounted folder works: {BIND}/imagine-bot.db", up)
         engine("stop", BOT)
         engine("rm", "-f", BOT)
 
@@ -400,14 +400,14 @@ def run_readme(engine: Engine) -> None:
         passed("`imagine-bot sandbox` answers /healthz through the published port", up)
         run.stop(step(r"^docker stop imagine-sandbox$"), SANDBOX)
         if len(done) != len(commands):
-            raise CheckFailed(f"README commands this check did not run: {commands[len(done):]}")
-        passed(f"every command of the README's Docker section ran ({len(commands)})")
+            raise CheckFailed(f"commands of docs/deployment.md this check did not run: {commands[len(done):]}")
+        passed(f"every command of the Docker section of docs/deployment.md ran ({len(commands)})")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
 def fill_env(env_file: Path) -> None:
-    """What the README asks the reader to fill in: a front end (Slack in HTTP mode, its API at a closed port,
+    """What the guide asks the reader to fill in: a front end (Slack in HTTP mode, its API at a closed port,
     so no network is needed), nothing else; the rest stays as .env.example has it."""
     values = {"SLACK_BOT_TOKEN": "xoxb-container-test", "SLACK_SIGNING_SECRET": "container-test-signing-secret",
               "SLACK_API_URL": "http://127.0.0.1:9/api/"}
@@ -438,7 +438,7 @@ def check_health(engine: Engine, container: str) -> None:
 
 
 def main() -> int:
-    say("container-test: build the image and run the README's Docker section")
+    say("container-test: build the image and run the Docker section of docs/deployment.md")
     try:
         engine = find_engine()
         say(f"engine: {engine.name} ({engine('--version').stdout.strip()})")

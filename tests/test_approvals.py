@@ -20,7 +20,6 @@ from imagine_bot.core.errors import PermissionDenied, ReviewClosed
 from imagine_bot.core.events import Approved, Delivered, Rejected, ReviewExpired, ReviewRequested
 from imagine_bot.core.jobs.model import JobState, ReplyTo
 from imagine_bot.core.storage.db import utcnow
-from imagine_bot.core.web.dashboard import DashboardAuth
 from imagine_bot.core.web.server import build_web_app, start_web
 
 TEAM = "T1"
@@ -200,7 +199,7 @@ async def test_the_dashboard_jobs_page_shows_each_approval(make_settings, tmp_pa
         base = f"http://127.0.0.1:{port}"
         try:
             async with httpx.AsyncClient() as http:
-                link = DashboardAuth(core.db).mint(base, actor="cli:op", scope=None)
+                link = core.dashboard_auth.mint(base, actor="cli:op", scope=None)
                 await http.post(f"{base}/admin/login", data={"t": link.split("t=")[1]})
                 page = (await http.get(f"{base}/admin/jobs")).text
         finally:

@@ -105,3 +105,38 @@ async def test_a_callback_before_the_tracker_waits_is_remembered(make_settings, 
             assert sandbox.requests["recordInfo"] == 1
         finally:
             await runner.cleanup()
+
+
+def settled(core, job) -> list[str]:
+    """The ledger entries of one job, by kind."""
+    return sorted(e.kind for e in core.ledger.history(job.requester) if e.job_id == job.id)
+
+
+@pytest.mark.parametrize("fault", [{"status": 503}, {"hang": 2}, {"status": 429, "headers": {"Retry-After": "0"}}],
+                         ids=["503", "read-timeout", "429"])
+async def test_a_result_host_blip_is_asked_again_and_the_image_delivered(make_settings, sandbox, tmp_path, fault):
+    """The gateway billed the task: a result host that fails more times than the client's own attempts (4)
+    is asked again with backoff until JOB_TIMEOUT_S; the image is delivered and charged once."""
+    async with ImagineCore.open(make_settings(MODKIE_TIMEOUT_S=0.2)) as core:
+        core.gateway.backoff_base = 0.01
+        core.register(TerminalFrontEnd(tmp_path / "out", Console(file=io.StringIO()), bar=False, core=core))
+        sandbox.inject("download", **fault, times=9)
+        job = await core.imagine(ALICE, REPLY, "through the result host's blip")
+        await asyncio.wait_for(core.orchestrator.wait_idle(), 30)
+        row = core.jobs.get(job.id)
+        assert row.state is JobState.DELIVERED, (row.error_code, row.error_message)
+        assert sandbox.requests["download"] == 10 and sandbox.requests["createTask"] == 1
+        assert settled(core, row) == ["capture", "reserve"]
+        assert core.ledger.balance(ALICE).balance == 180 - 18 and core.ledger.verify() == []
+
+
+async def test_a_result_the_host_refuses_for_good_is_not_asked_again(make_settings, sandbox, tmp_path):
+    async with ImagineCore.open(make_settings()) as core:
+        core.register(TerminalFrontEnd(tmp_path / "out", Console(file=io.StringIO()), bar=False, core=core))
+        sandbox.inject("download", status=403, times=50)
+        job = await core.imagine(ALICE, REPLY, "a result nobody may fetch")
+        await asyncio.wait_for(core.orchestrator.wait_idle(), 30)
+        row = core.jobs.get(job.id)
+        assert (row.state, row.error_code) == (JobState.FAILED, "download_failed")
+        assert sandbox.requests["download"] == 1
+        assert settled(core, row) == ["release", "reserve"]

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from imagine_bot.bots.cli.main import main
 from imagine_bot.bots.terminal import TerminalFrontEnd
 from imagine_bot.core.access.authority import Actor
 from imagine_bot.core.access.identity import UserRef
@@ -20,6 +21,7 @@ from imagine_bot.core.credits.ledger import Ledger
 from imagine_bot.core.errors import BudgetExhausted, ImagineError
 from imagine_bot.core.jobs.model import JobState, ReplyTo
 from imagine_bot.core.storage.db import open_db
+from tests.conftest import until
 
 GUILD = "discord:900"
 USERS = [UserRef("discord", "-", str(n)) for n in range(101, 106)]
@@ -99,8 +101,9 @@ async def test_community_admins_choose_channels_and_defaults_but_never_budgets(m
 
 def test_budgets_reset_at_the_period_boundary(tmp_path: Path):
     now = [datetime(2026, 11, 30, 23, 0, tzinfo=UTC)]
-    ledger = Ledger(open_db(tmp_path / "b.db"), allowance=1000, period="never", clock=lambda: now[0])
-    ledger.budgets = Budgets(ledger.db, default_amount=36, clock=lambda: now[0])
+    db = open_db(tmp_path / "b.db")
+    ledger = Ledger(db, budgets=Budgets(db, default_amount=36, clock=lambda: now[0]), allowance=1000, period="never",
+                    clock=lambda: now[0])
     for n in range(2):
         ledger.reserve(USERS[n], f"j{n}", 18, scopes=(GUILD,))
         ledger.capture(f"j{n}")
@@ -112,3 +115,58 @@ def test_budgets_reset_at_the_period_boundary(tmp_path: Path):
     assert (status.spent, status.held, status.remaining) == (0, 18, 18)
     assert ledger.verify() == []
     ledger.db.conn.close()
+
+
+# ---------------------------------------------------------------------- the command line moves budgets too
+async def test_jobs_fail_on_the_command_line_releases_the_budget_holds_too(make_settings, frontend, capsys):
+    """``imagine-bot jobs fail`` used to build a ledger without its budgets: the user was refunded and the
+    channel's, server's and global holds stayed for good (each budget 18 smaller), unseen by verify."""
+    settings = make_settings()
+    channel = f"{GUILD}#C7"
+    async with ImagineCore.open(settings) as core:
+        core.register(frontend)
+        core.budgets.set_amount(channel, 100, actor="cli:test")
+        job = await core.imagine(actor(0, "C7"), ReplyTo("discord", "C7"), "a stranded one sandbox:slow")
+        await until(lambda: core.jobs.get(job.id).state is JobState.RUNNING)
+        assert {b.scope: b.held for b in core.budgets.all()} == {channel: 18, GUILD: 18, "global": 18}
+        await core.orchestrator.stop()  # the process goes away: the job stays running, its lease released
+
+    db = str(settings.IMAGINE_DB_PATH)
+    assert main(["--db", db, "jobs", "fail", job.id]) == 0
+    assert f"{job.id} failed and refunded 18 credits" in capsys.readouterr().out
+    async with ImagineCore.open(settings) as core:
+        assert core.jobs.get(job.id).state is JobState.FAILED
+        account = core.ledger.balance(USERS[0])
+        assert (account.balance, account.held) == (180, 0)
+        assert {b.scope: (b.held, b.spent) for b in core.budgets.all()} == {
+            channel: (0, 0), GUILD: (0, 0), "global": (0, 0)}
+        assert core.budgets.status(channel).remaining == 100
+    assert main(["--db", db, "credits", "verify"]) == 0
+    assert "every hold belongs to an image in progress" in capsys.readouterr().out
+
+
+async def test_verify_reports_holds_that_no_active_job_owns(make_settings, frontend, capsys):
+    settings = make_settings()
+    async with ImagineCore.open(settings) as core:
+        core.register(frontend)
+        running = await core.imagine(actor(0), ReplyTo("discord", "C1"), "still going sandbox:slow")
+        await until(lambda: core.jobs.get(running.id).state is JobState.RUNNING)
+        await core.orchestrator.stop()
+        db = str(settings.IMAGINE_DB_PATH)
+        assert main(["--db", db, "credits", "verify"]) == 0  # a job in progress owns its holds
+        capsys.readouterr()
+
+        # a budget hold left behind by a job that is gone (as `jobs fail` used to leave them), on purpose
+        core.budgets.reserve((GUILD,), "jgone", USERS[1].key, "C1", 18)
+        # ... and a user's hold whose job never existed
+        core.ledger.reserve(USERS[2], "jghost", 18)
+        assert core.ledger.verify() == []  # every sum agrees: only the owners are missing
+
+    assert main(["--db", db, "credits", "verify"]) == 1
+    out = capsys.readouterr().out
+    assert f"budget {GUILD}: 18 credits held for job jgone ({USERS[1].key}), which is not a known job" in out
+    assert "budget global: 18 credits held for job jgone" in out
+    assert f"{USERS[2].key}: 18 credits held for job jghost, which is not a known job" in out
+    assert "budget global: 18 credits held for job jghost" in out
+    assert "4 hold(s) owned by no active job" in out
+    assert running.id not in out

@@ -55,7 +55,8 @@ def test_no_key_outside_the_sandbox_says_how_in_one_line(tmp_path):
 @pytest.mark.parametrize(
     ("name", "value"),
     [("CREDITS_PERIOD", "yearly"), ("HTTP_PORT", "99999"), ("ADMINS", "bob"), ("MODKIE_MODEL", "nope/1"),
-     ("MODKIE_ASPECT_RATIOS", "5:4"), ("MODKIE_BASE_URL", "ftp://x")],
+     ("MODKIE_ASPECT_RATIOS", "5:4"), ("MODKIE_BASE_URL", "ftp://x"), ("CREDITS_ALLOWANCE", str(10**40)),
+     ("SPEND_CAP", str(10**40)), ("DEFAULT_SCOPE_BUDGET", "1000000001")],
 )
 def test_bad_setting_fails_at_start_naming_it(tmp_path, name, value):
     result = cli("--sandbox" if name != "MODKIE_BASE_URL" else "-v", "imagine", "a cat", env={name: value},
@@ -171,8 +172,8 @@ def test_budget_commands_and_verify_covers_budgets(tmp_path, capsys, monkeypatch
     assert "not a scope" in capsys.readouterr().err
 
     # two jobs in that server, one charged and one refunded, as the bot would do them
-    ledger = Ledger(open_db(db), allowance=180, period="month")
-    ledger.budgets = Budgets(ledger.db, default_amount=None)
+    opened = open_db(db)
+    ledger = Ledger(opened, budgets=Budgets(opened, default_amount=None), allowance=180, period="month")
     for job in ("j1", "j2"):
         ledger.reserve(UserRef("discord", "-", "42"), job, 18, scopes=("discord:123456",), channel="777")
     ledger.capture("j1")
@@ -200,3 +201,29 @@ def test_budget_commands_and_verify_covers_budgets(tmp_path, capsys, monkeypatch
     out = capsys.readouterr().out
     assert "ModKie account: 5 credits" in out and "DEGRADED: new images are paused (out of credits" in out
     ledger.db.conn.close()
+
+
+HUGE = str(10**40)
+
+
+@pytest.mark.parametrize("args", [
+    ["budget", "set", "discord:123456", HUGE], ["credits", "allowance", "bob", HUGE],
+    ["credits", "grant", "bob", HUGE], ["credits", "grant", "bob", "9" * 5000],
+    ["credits", "history", "--limit", HUGE], ["jobs", "list", "--limit", "9" * 5000], ["sandbox", "--port", HUGE],
+])
+def test_numbers_past_reason_get_one_plain_line(tmp_path, capsys, args):
+    assert main(["--db", str(tmp_path / "n.db"), *args]) == 1
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    assert captured.out == "" and len(lines) == 1, captured.err
+    assert lines[0].startswith("imagine-bot: ") and "is not a whole number from" in lines[0]
+
+
+def test_numbers_past_reason_on_the_real_command_line(tmp_path):
+    budget = cli("budget", "set", "discord:123456", HUGE, cwd=tmp_path)
+    assert budget.returncode == 1 and budget.stdout == ""
+    assert budget.stderr == ("imagine-bot: Credits: `10000000000000000000…` is not a whole number from 0 to "
+                             "1,000,000,000.\n")
+    ratio = cli("--sandbox", "imagine", f"a cat --ar {'1' * 5000}:1", cwd=tmp_path)
+    assert ratio.returncode == 1 and "Traceback" not in ratio.stderr, ratio.stderr
+    assert "is not a valid aspect ratio" in ratio.stdout and "16:9" in ratio.stdout

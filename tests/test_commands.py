@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -90,6 +91,27 @@ async def test_admin_commands_for_admins(make_settings):
         reply = await say(core, server_admin, "admin grant @bob 5")
         assert reply.text.startswith("Only the bot's operators can do that") and "Nothing was changed" in reply.text
         assert core.ledger.history(UserRef("terminal", "local", "bob")) == []
+        assert core.ledger.verify() == []
+
+
+HUGE = str(10**40)
+LONG = "7" * 5000  # past Python's 4300-digit limit for int()
+
+
+@pytest.mark.parametrize("text", [
+    f"admin grant @alice {HUGE}", f"admin grant @alice -{HUGE}", f"admin grant @alice {LONG}",
+    f"admin allowance @alice {HUGE}", f"admin budget set discord:42 {HUGE}", f"admin budget set discord:42 {LONG}",
+    f"admin member-cap {HUGE}", f"admin member-cap {LONG}", "admin member-cap 1000000001",
+])
+async def test_numbers_past_reason_get_one_plain_line_and_change_nothing(make_settings, text):
+    from imagine_bot.core.app import ImagineCore
+
+    async with ImagineCore.open(make_settings(ADMINS="terminal:root")) as core:
+        operator = Actor(ADMIN, place="discord:42", channel="C1")
+        reply = await say(core, operator, text)
+        assert reply.text.startswith("Credits: `") and "is not a whole number from" in reply.text, reply.text
+        assert "1,000,000,000." in reply.text and "\n" not in reply.text and len(reply.text) < 120
+        assert core.ledger.history(ALICE) == [] and core.budgets.all() == []
         assert core.ledger.verify() == []
 
 

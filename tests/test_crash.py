@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from imagine_bot.core.credits.budgets import Budgets
 from imagine_bot.core.credits.ledger import Ledger
 from imagine_bot.core.jobs.model import JobState, JobStore
 from imagine_bot.core.sandbox import SandboxGateway
@@ -77,7 +78,7 @@ async def test_kill_9_at_random_points_then_restart_delivers_each_job_once(tmp_p
         # tasks already at the gateway were resumed, never resent: at most one createTask per job
         assert gateway.requests["createTask"] <= JOBS
         assert len({j.task_id for j in jobs if j.task_id}) == len([j for j in jobs if j.task_id])
-        ledger = Ledger(store.db, allowance=10_000, period="month")
+        ledger = Ledger(store.db, budgets=Budgets(store.db, default_amount=None), allowance=10_000, period="month")
         assert ledger.verify() == []
         charged = sum(-e.delta_balance for e in ledger.history(limit=1000) if e.kind == "capture")
         assert charged == 18 * sum(1 for j in jobs if j.state is JobState.DELIVERED)

@@ -3,6 +3,7 @@ thumbnails and their retention. (tests/test_dashboard_browser.py drives the page
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 import re
@@ -10,18 +11,22 @@ from datetime import timedelta
 
 import httpx
 from PIL import Image
+from rich.console import Console
 
 from imagine_bot.bots.cli.main import main
 from imagine_bot.core.access.authority import Actor
 from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.app import ImagineCore
 from imagine_bot.core.chat.commands import dispatch
+from imagine_bot.core.gateway import TaskStage
 from imagine_bot.core.jobs.model import ReplyTo
+from imagine_bot.core.storage.dashboard import Queries
 from imagine_bot.core.storage.db import iso, open_db, transaction, utcnow
-from imagine_bot.core.web.dashboard import DashboardAuth, Session
+from imagine_bot.core.storage.sqlite import SqliteStores
+from imagine_bot.core.web.dashboard.auth import Session, dashboard_auth
 from imagine_bot.core.web.server import build_web_app, start_web
 
-from .test_orchestrator import ALICE, recorder, run_one
+from .test_orchestrator import ALICE, RefusingFrontEnd, recorder, run_one
 
 OPERATOR = UserRef("terminal", "local", "root")
 NOBODY = {"resolve_user": lambda raw: None}
@@ -30,7 +35,7 @@ LINK = re.compile(r"(http://\S+/admin/login\?t=[\w-]+)")
 
 def test_links_work_once_and_only_in_time(tmp_path):
     db = open_db(tmp_path / "d.db")
-    auth = DashboardAuth(db)
+    auth = dashboard_auth(SqliteStores(db))
     link = auth.mint("http://bot", actor="cli:op", scope="discord:1")
     token = link.split("t=")[1]
     assert len(token) >= 40 and token not in str(list(db.query("SELECT * FROM dashboard_links")))  # stored hashed
@@ -44,27 +49,27 @@ def test_links_work_once_and_only_in_time(tmp_path):
 
 def test_session_cookie_is_signed(tmp_path):
     db = open_db(tmp_path / "d.db")
-    auth = DashboardAuth(db)
+    auth = dashboard_auth(SqliteStores(db))
     session = auth.redeem(auth.mint("http://bot", actor="discord:5", scope="discord:1").split("t=")[1])
     cookie = auth.cookie(session)
-    assert DashboardAuth(db).session(cookie) == session  # another process (same database) agrees
+    assert dashboard_auth(SqliteStores(db)).session(cookie) == session  # another process (same database) agrees
     signature = cookie.split(".")[1]
     widened = auth.cookie(Session("discord:5", None, session.expires)).split(".")[0]
     assert auth.session(f"{widened}.{signature}") is None  # a scope changed by hand does not verify
     assert auth.session(cookie[:-2] + "xx") is None and auth.session(None) is None
-    assert DashboardAuth(open_db(tmp_path / "other.db")).session(cookie) is None  # another key
+    assert dashboard_auth(SqliteStores(open_db(tmp_path / "other.db"))).session(cookie) is None  # another key
 
 
 async def test_the_chat_command_gives_operators_everything_and_community_admins_their_place(make_settings):
     async with ImagineCore.open(make_settings(ADMINS="terminal:root")) as core:
         reply = await dispatch(core, OPERATOR, "admin dashboard", ReplyTo("terminal", "chat"), **NOBODY)
         assert reply.ephemeral and "every server and workspace" in reply.text
-        assert DashboardAuth(core.db).redeem(LINK.search(reply.text).group(1).split("t=")[1]).scope is None
+        assert core.dashboard_auth.redeem(LINK.search(reply.text).group(1).split("t=")[1]).scope is None
 
         admin = Actor(UserRef("discord", "-", "42"), place="discord:77", community_admin=True)
         reply = await dispatch(core, admin, "admin dashboard", ReplyTo("discord", "c1"), **NOBODY)
         assert "`discord:77` only" in reply.text
-        assert DashboardAuth(core.db).redeem(LINK.search(reply.text).group(1).split("t=")[1]).scope == "discord:77"
+        assert core.dashboard_auth.redeem(LINK.search(reply.text).group(1).split("t=")[1]).scope == "discord:77"
 
         member = Actor(UserRef("discord", "-", "43"), place="discord:77")
         reply = await dispatch(core, member, "admin dashboard", ReplyTo("discord", "c1"), **NOBODY)
@@ -86,7 +91,7 @@ def test_dashboard_link_on_the_command_line(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr()
     link = out.out.strip().splitlines()[0]
     assert link.startswith("https://imagine.example.com/admin/login?t=") and "10 minutes" in out.err
-    assert DashboardAuth(open_db(tmp_path / "cli.db")).redeem(link.split("t=")[1]).scope is None
+    assert dashboard_auth(SqliteStores(open_db(tmp_path / "cli.db"))).redeem(link.split("t=")[1]).scope is None
 
 
 async def test_a_delivered_job_keeps_a_small_webp_thumbnail(core, tmp_path):
@@ -147,7 +152,7 @@ async def test_link_preview_does_not_use_up_the_link(core):
     """A chat app fetching the link for a preview (GET) must not sign anyone in or spend the link."""
     runner, port = await start_web(build_web_app(core), "127.0.0.1", 0)
     base = f"http://127.0.0.1:{port}"
-    link = DashboardAuth(core.db).mint(base, actor="cli:op", scope=None)
+    link = core.dashboard_auth.mint(base, actor="cli:op", scope=None)
     try:
         async with httpx.AsyncClient() as http:
             preview = await http.get(link)
@@ -158,3 +163,66 @@ async def test_link_preview_does_not_use_up_the_link(core):
             assert (await http.get(f"{base}/admin/usage")).status_code == 200
     finally:
         await runner.cleanup()
+
+
+async def _signed_in_page(core, path: str, scope: str | None = None) -> str:
+    runner, port = await start_web(build_web_app(core), "127.0.0.1", 0)
+    base = f"http://127.0.0.1:{port}"
+    token = core.dashboard_auth.mint(base, actor="cli:op", scope=scope).split("t=")[1]
+    try:
+        async with httpx.AsyncClient(base_url=base) as http:
+            assert (await http.post("/admin/login", data={"t": token})).status_code == 303
+            page = await http.get(path)
+            assert page.status_code == 200
+            return page.text
+    finally:
+        await runner.cleanup()
+
+
+def _row(page: str, day: str) -> list[str]:
+    table = page.split('id="reconciliation"', 1)[1].split("</table>", 1)[0]
+    row = table.split(f"<tr><td>{day}</td>", 1)[1].split("</tr>", 1)[0]
+    return re.findall(r'<td class="num[^"]*">([^<]*)</td>', row)
+
+
+async def test_the_usage_page_reconciles_the_gateway_balance_with_what_was_delivered(core, tmp_path, sandbox):
+    """The balance drop of the day beside what delivered images were charged: the difference is what the
+    gateway billed for an image nobody received, plus another user of the same key."""
+    await core.start()  # the balance is read at start: the first reading
+    start = sandbox.credits
+    core.register(recorder(tmp_path))
+    delivered = await run_one(core, "a lighthouse, delivered")
+    core.register(RefusingFrontEnd(tmp_path / "out", Console(file=io.StringIO()), bar=False))
+    sandbox.costs[core.model.id] = 20  # the gateway's price moved after the job was priced (18)
+    lost = await run_one(core, "a lighthouse, billed and lost")
+    sandbox.costs[core.model.id] = 18
+    assert delivered.state.value == "delivered" and lost.state.value == "failed"
+    assert (lost.gateway_cost, lost.cost) == (20, 18)  # what the gateway said it charged (consumeCredits)
+
+    # someone else on the same API key makes an image
+    task = await core.gateway.create_task(core.model.id, {"prompt": "elsewhere", "aspect_ratio": "1:1",
+                                                          "quality": "basic"}, None)
+    async with asyncio.timeout(10):
+        while (await core.gateway.record_info(task)).stage is not TaskStage.SUCCESS:  # noqa: ASYNC110 - polled, as the bot does
+            await asyncio.sleep(0.02)
+    assert await core.read_balance() == start - 18 - 20 - 18  # the second reading
+
+    page = await _signed_in_page(core, "/admin/usage")
+    today = utcnow().date().isoformat()
+    assert _row(page, today) == ["56", "18", "20", "38"]  # drop, captured, billed not delivered, difference
+    assert re.search(r'id="billed-not-delivered">20<', page)
+
+    # a community admin sees their place's spend, never the operator's account
+    page = await _signed_in_page(core, "/admin/usage", scope="discord:77")
+    assert 'id="reconciliation"' not in page and 'id="billed-not-delivered"' not in page
+
+
+def test_a_top_up_is_not_a_spend(tmp_path):
+    db = open_db(tmp_path / "d.db")
+    midnight = utcnow().replace(hour=0, minute=0, second=0, microsecond=0)
+    with transaction(db):
+        for minute, balance in ((1, 500), (2, 464), (3, 1464), (4, 1446)):  # spend, a top-up, spend
+            db.execute("INSERT INTO gateway_balance_log (ts, balance) VALUES (?, ?)",
+                       [iso(midnight + timedelta(minutes=minute)), balance])
+    [day] = Queries(db).reconciliation(7)
+    assert (day.day, day.balance_drop, day.captured, day.difference) == (midnight.date(), 36 + 18, 0, 54)

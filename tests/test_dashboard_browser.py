@@ -25,7 +25,6 @@ from imagine_bot.core.app import ImagineCore
 from imagine_bot.core.events import Delivered, JobEvent
 from imagine_bot.core.jobs.model import ReplyTo
 from imagine_bot.core.storage.db import iso, transaction, utcnow
-from imagine_bot.core.web.dashboard import DashboardAuth
 from imagine_bot.core.web.server import build_web_app, start_web
 
 CHROMIUM = next((p for p in (shutil.which("chromium"), shutil.which("chromium-browser"), "/usr/bin/chromium")
@@ -178,7 +177,7 @@ async def sign_in(browser: Browser, link: str) -> None:
 
 async def test_sign_in_with_a_link_see_the_chart_and_thumbnails(site, browser, shots):
     core, base = site["core"], site["base"]
-    link = DashboardAuth(core.db).mint(base, actor="cli:operator", scope=None)
+    link = core.dashboard_auth.mint(base, actor="cli:operator", scope=None)
     await sign_in(browser, link)
     assert browser.url == f"{base}/admin/usage"
     # the chart: one bar a day for 30 days, several of them non-empty; the totals add up
@@ -220,7 +219,7 @@ async def test_sign_in_with_a_link_see_the_chart_and_thumbnails(site, browser, s
 
 async def test_an_expired_or_reused_link_is_refused(site, browser):
     core, base = site["core"], site["base"]
-    auth = DashboardAuth(core.db)
+    auth = core.dashboard_auth
     link = auth.mint(base, actor="cli:operator", scope=None)
     await sign_in(browser, link)
     assert browser.url.endswith("/admin/usage")

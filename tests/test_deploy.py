@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from imagine_bot.core.credits.budgets import Budgets
 from imagine_bot.core.credits.ledger import Ledger
 from imagine_bot.core.jobs.model import JobState, JobStore
 from imagine_bot.core.sandbox import SandboxGateway
@@ -70,7 +71,7 @@ async def test_sigterm_mid_way_with_a_second_process_on_the_same_file(tmp_path):
         assert all(posts[j.id] == 1 for j in jobs) and len(posted) == JOBS  # exactly one post per job
         posters = Counter(pid for _, pid in posted)
         assert posters[str(a.pid)] and posters[str(b.pid)], posters  # both processes delivered some
-        ledger = Ledger(store.db, allowance=10_000, period="month")
+        ledger = Ledger(store.db, budgets=Budgets(store.db, default_amount=None), allowance=10_000, period="month")
         settled = Counter((e.job_id, e.kind) for e in ledger.history(limit=10_000) if e.kind in ("capture", "release"))
         assert all(settled[(j.id, "capture")] == 1 and settled[(j.id, "release")] == 0 for j in jobs)
         assert ledger.verify() == []

@@ -192,6 +192,15 @@ async def test_slack_missing_scope_is_named(install, fakes):
     assert check.detail == "the token lacks files:write" and "reinstall" in check.fix
 
 
+async def test_an_install_from_the_old_manifest_is_told_the_channel_check_scopes(install, fakes):
+    """Without them the bot cannot tell, before a job is taken, whether it may post where it was asked."""
+    slack, _ = fakes
+    read = ("channels:read", "groups:read", "im:read", "mpim:read")
+    slack.scopes = [s for s in slack.scopes if s not in read]
+    check = only_failure(await run_checks(install()), "Slack scopes")
+    assert check.detail == "the token lacks channels:read, groups:read, im:read, mpim:read"
+
+
 async def test_slack_without_a_way_in(install):
     check = only_failure(await run_checks(install(SLACK_APP_TOKEN="")), "Slack mode")
     assert "SLACK_SIGNING_SECRET" in check.fix

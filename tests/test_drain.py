@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import socket
 
 import pytest
 from rich.console import Console
@@ -16,6 +17,7 @@ from imagine_bot.core.app import ImagineCore
 from imagine_bot.core.errors import ShuttingDown
 from imagine_bot.core.events import Delivered
 from imagine_bot.core.jobs.model import JobState, ReplyTo
+from imagine_bot.core.sandbox import SandboxGateway
 from tests.conftest import until
 
 ALICE = UserRef("terminal", "local", "alice")
@@ -101,3 +103,83 @@ async def test_waiting_and_tracking_jobs_are_left_at_once_for_the_next_owner(mak
         with pytest.raises(ShuttingDown) as refused:
             await core.imagine(ALICE, REPLY, "one more")
         assert refused.value.user_message.startswith("The bot is restarting")
+
+
+class Door:
+    """The gateway's port while the gateway cannot be reached: a listening socket whose accept queue is
+    full, so a connection attempt hangs (its SYN is dropped) until the door closes, when it is refused.
+    Either way the request never leaves the bot."""
+
+    def __init__(self) -> None:
+        self.socket = socket.socket()
+        self.socket.bind(("127.0.0.1", 0))
+        self.socket.listen(0)
+        self.port = self.socket.getsockname()[1]
+        self._queued = [socket.create_connection(("127.0.0.1", self.port))]  # fills the accept queue
+        late = socket.socket()
+        late.setblocking(False)
+        late.connect_ex(("127.0.0.1", self.port))  # and one more half-open, for good measure
+        self._queued.append(late)
+
+    def close(self) -> None:
+        for s in (*self._queued, self.socket):
+            s.close()
+
+
+async def test_a_create_task_never_sent_is_not_tried_again_while_draining_and_goes_back_to_the_queue(
+        make_settings, tmp_path):
+    """The gateway cannot be reached (createTask's connection never opens) and SIGTERM comes meanwhile: no
+    new createTask attempt starts once the drain began; the job goes back to ``queued`` with its lease
+    released and nothing charged, and the next owner submits it (once) and delivers it."""
+    door = Door()
+    settings = make_settings(MODKIE_BASE_URL=f"http://127.0.0.1:{door.port}", MODKIE_TIMEOUT_S=30, DRAIN_S=10)
+    gateway = SandboxGateway(delays={"waiting": 0.02, "queuing": 0.02, "generating": 0.04}, image_scale=0.125)
+    try:
+        async with ImagineCore.open(settings) as core:
+            core.gateway.backoff_base = 0.01  # the client would try again at once
+            core.register(recorder(tmp_path, core))
+            job = await core.imagine(ALICE, REPLY, "a gateway out of reach")
+            await until(lambda: core.jobs.get(job.id).state is JobState.SUBMITTING
+                        and core.gateway.requests_sent["createTask"] == 1)  # connecting
+            draining = asyncio.create_task(core.orchestrator.drain(settings.DRAIN_S))
+            await asyncio.sleep(0)  # the drain has begun
+            door.close()  # the connection attempt is refused: createTask never left
+            await draining
+            row = core.jobs.get(job.id)
+            assert (row.state, row.owner, row.task_id) == (JobState.QUEUED, None, None), row.error_message
+            assert core.gateway.requests_sent["createTask"] == 1  # no attempt after the drain began
+            account = core.ledger.balance(ALICE)
+            assert (account.balance, account.held) == (180, 18)  # nothing charged, nothing refunded
+            assert {e.kind for e in core.ledger.history(ALICE) if e.job_id == job.id} == {"reserve"}
+        await gateway.start(port=door.port)  # the gateway is back: the next owner takes the job
+        async with ImagineCore.open(settings) as core:
+            core.register(recorder(tmp_path, core))
+            await core.start()
+            await until(lambda: core.jobs.get(job.id).state is JobState.DELIVERED)
+            assert gateway.requests["createTask"] == 1
+            assert sorted(e.kind for e in core.ledger.history(ALICE) if e.job_id == job.id) == ["capture", "reserve"]
+            assert core.ledger.verify() == []
+    finally:
+        door.close()
+        await gateway.stop()
+
+
+async def test_a_create_task_call_ends_before_the_drain_does_whatever_the_request_timeout(
+        make_settings, sandbox, tmp_path):
+    """httpx's timeouts apply per phase (and MODKIE_TIMEOUT_S may be set above DRAIN_S), so one attempt
+    could outlast the drain; the whole createTask call is bounded below DRAIN_S. A gateway that does not
+    answer in time: the call ends by itself within the drain (an unknown outcome: failed, refunded and the
+    user told, as any createTask timeout), instead of being cut when DRAIN_S ends and left ``submitting``."""
+    settings = make_settings(MODKIE_TIMEOUT_S=60, DRAIN_S=2)
+    async with ImagineCore.open(settings) as core:
+        fe = recorder(tmp_path, core)
+        core.register(fe)
+        sandbox.inject("createTask", hang=60)  # answers, but far too slowly
+        job = await core.imagine(ALICE, REPLY, "a gateway that takes its time")
+        await until(lambda: sandbox.requests["createTask"] == 1)  # on the wire
+        await core.orchestrator.drain(settings.DRAIN_S)
+        row = core.jobs.get(job.id)
+        assert (row.state, row.error_code) == (JobState.FAILED, "timed_out"), (row.state, row.error_message)
+        assert sandbox.requests["createTask"] == 1
+        assert sorted(e.kind for e in core.ledger.history(ALICE) if e.job_id == job.id) == ["release", "reserve"]
+        assert core.ledger.balance(ALICE).available == 180 and core.ledger.verify() == []

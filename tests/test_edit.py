@@ -3,9 +3,13 @@ with signed expiring tokens, fetched by the sandbox gateway, priced from the gat
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
+import struct
+import threading
 import time
+import zlib
 from pathlib import Path
 
 import httpx
@@ -15,12 +19,14 @@ from PIL import Image
 from imagine_bot.bots.terminal import TerminalFrontEnd
 from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.app import ImagineCore
+from imagine_bot.core.chat import messages
 from imagine_bot.core.credits.prices import parse_costs
 from imagine_bot.core.errors import UserInputError
 from imagine_bot.core.events import Delivered
 from imagine_bot.core.gateway.catalog import SEEDREAM_45_EDIT
 from imagine_bot.core.jobs.model import JobState, ReplyTo
-from imagine_bot.core.media.references import Reference
+from imagine_bot.core.media.references import Reference, ReferenceChecker
+from imagine_bot.core.media.refstore import RefStore
 from imagine_bot.core.web.server import build_web_app, start_web
 
 ME = UserRef("terminal", "local", "ann")
@@ -146,6 +152,86 @@ async def test_a_large_decodable_reference_is_shrunk_and_served(make_settings, s
         assert kept.stat().st_size <= 10 * 1024 * 1024
     finally:
         await close()
+
+
+def png_bomb(width: int, height: int, pad_to: int = 11 * 1024 * 1024) -> bytes:
+    """A PNG whose header says ``width`` x ``height`` (8-bit RGB), with a few rows of pixels and padding past
+    10 MB after IEND: built in milliseconds, yet a decoder would allocate the whole image."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    head = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * (width * 3 + 1) * 4)) + chunk(b"IEND", b""))
+    return head + b"\0" * (pad_to - len(head))
+
+
+@pytest.mark.parametrize("size", [(13300, 13300), (8000, 8000), (40000, 1001)])
+async def test_a_decompression_bomb_is_refused_on_its_header(make_settings, sandbox, size):
+    """13300x13300 (177 megapixels) took 1.4 GB to shrink; 8000x8000 is under Pillow's own warning and
+    still 64 megapixels. Both are refused from the header, before any pixel is decoded."""
+    core, _frontend, _port, close = await open_served(make_settings())
+    try:
+        bomb = png_bomb(*size)
+        assert len(bomb) > 10 * 1024 * 1024  # too large to pass as it is: it would have to be shrunk
+        with pytest.raises(UserInputError) as refused:
+            await core.imagine(ME, REPLY, "make it winter", references=[Reference("bomb.png", data=bomb)])
+        assert messages.reference_too_many_pixels("bomb.png", size, 40_000_000) in refused.value.user_message
+        assert f"{size[0]:,}×{size[1]:,} pixels" in refused.value.user_message
+        assert core.ledger.balance(ME).available == 180 and not list(core.refs.folder.glob("*"))
+        assert sandbox.requests["createTask"] == 0
+    finally:
+        await close()
+
+
+def test_imaging_reads_sizes_from_the_header_and_never_decodes_past_the_bound():
+    from imagine_bot.core.media.imaging import MAX_PIXELS, image_size, shrink
+
+    assert image_size(png_bomb(13300, 13300)) == (13300, 13300)
+    assert image_size(png_bomb(20000, 20000)) == (20000, 20000)  # past Pillow's own hard bound, still read
+    assert image_size(b"\x89PNG\r\n\x1a\n" + b"x" * 64) is None and image_size(b"text") is None
+    assert shrink(png_bomb(8000, 8000), 1024 * 1024) is None  # shrink itself refuses, whoever calls it
+    assert MAX_PIXELS == 40_000_000
+    for fmt in ("JPEG", "WEBP"):
+        out = io.BytesIO()
+        Image.new("RGB", (123, 45)).save(out, format=fmt)
+        assert image_size(out.getvalue()) == (123, 45)
+
+
+async def test_large_references_are_shrunk_one_at_a_time(tmp_path, monkeypatch):
+    from imagine_bot.core.media import references
+
+    real_shrink = references.shrink
+    lock = threading.Lock()
+    running = [0]
+    most = [0]
+
+    def counting_shrink(data: bytes, limit: int) -> bytes | None:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        try:
+            return real_shrink(data, limit)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(references, "shrink", counting_shrink)
+    images = []
+    for _ in range(4):
+        noisy = Image.frombytes("RGB", (800, 800), os.urandom(800 * 800 * 3))
+        out = io.BytesIO()
+        noisy.save(out, format="PNG", compress_level=0)
+        images.append(out.getvalue())
+    store = RefStore(tmp_path / "refs", tmp_path / "spool", b"k" * 32, base_url="http://127.0.0.1:9")
+    async with httpx.AsyncClient() as http:
+        checker = ReferenceChecker(store, http, max_bytes=500_000)
+        urls = await checker.prepare(SEEDREAM_45_EDIT, [Reference(f"{n}.png", data=d) for n, d in enumerate(images)])
+        # and two jobs at once share the same one-at-a-time
+        more = await asyncio.gather(*(checker.prepare(SEEDREAM_45_EDIT, [Reference("x.png", data=d)])
+                                      for d in images[:2]))
+    assert len(urls) == 4 and all(u.startswith("ref:up:") for u in urls) and len(more) == 2
+    assert all(p.stat().st_size <= 500_000 for p in store.folder.iterdir())
+    assert most[0] == 1
 
 
 async def test_without_public_url_a_private_image_gets_a_plain_answer(core):

@@ -277,6 +277,54 @@ async def test_create_task_connect_error_is_retried() -> None:
     assert len(calls) == 2
 
 
+async def test_create_task_never_sent_is_not_tried_again_once_told_to_stop() -> None:
+    """A drain begins while createTask waits to try a refused connection again: no new attempt, and the error
+    says the request never left (``unsent``)."""
+    calls: list[int] = []
+    stop = asyncio.Event()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(1)
+        raise httpx.ConnectError("connection refused", request=request)
+
+    async def drain_begins_meanwhile(seconds: float) -> None:
+        stop.set()
+
+    client = mock_client(handler, sleep=drain_begins_meanwhile)
+    with pytest.raises(GatewayServerError) as raised:
+        await client.create_task(MODEL, inputs(), stop=stop)
+    assert raised.value.unsent and len(calls) == 1
+    with pytest.raises(GatewayServerError):  # already stopping: one attempt, no backoff
+        await client.create_task(MODEL, inputs(), stop=stop)
+    assert len(calls) == 2
+
+
+async def test_create_task_is_bounded_as_a_whole(gateway: SandboxGateway,
+                                                 make_client: Callable[..., GatewayClient]) -> None:
+    """httpx's timeouts are per phase; ``create_timeout`` bounds the whole call (an unknown outcome: the
+    request reached the gateway, so it is not ``unsent`` and not sent again)."""
+    client = make_client(gateway.base_url, request_timeout=30.0, create_timeout=0.3)
+    gateway.inject("createTask", hang=10)
+    with pytest.raises(GatewayTimeout) as raised:
+        await client.create_task(MODEL, inputs())
+    assert not raised.value.unsent and raised.value.retryable
+    assert gateway.requests["createTask"] == 1
+
+
+async def test_create_task_does_not_back_off_past_its_bound() -> None:
+    calls: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(1)
+        raise httpx.ConnectError("connection refused", request=request)
+
+    # a first wait drawn from 0 to 1e9 s: longer than what is left of 0.5 s (but for a 1 in 2e9 chance)
+    client = mock_client(handler, create_timeout=0.5, backoff_base=1e9, backoff_cap=1e9)
+    with pytest.raises(GatewayServerError) as raised:
+        await client.create_task(MODEL, inputs())
+    assert raised.value.unsent and len(calls) == 1
+
+
 @pytest.mark.parametrize("exc", [httpx.ReadTimeout, httpx.ReadError, httpx.RemoteProtocolError])
 async def test_create_task_is_not_resent_once_it_may_have_arrived(exc: type[httpx.HTTPError]) -> None:
     calls: list[int] = []

@@ -1,29 +1,42 @@
-"""Hardening: result downloads, the gateway address, the database file's mode, and callbacks.
+"""Hardening: result downloads, reference URLs, the gateway address, the database file's mode, and callbacks.
 
 Result downloads go only to public addresses, on the URL and on every redirect hop, unless the gateway
 itself is local. The sandbox is on 127.0.0.1, so these tests tell the client to act as for a non-local
 gateway (``allow_private_results = False``): its own origin stays trusted, anything else inward is refused,
-and the job fails with a message and a refund."""
+and the job fails with a message and a refund.
+
+Reference URLs (``--image``, attachments) follow the same rule on every hop, with real servers on 127.0.0.1:
+the first one stands for a place the bot trusts (configured as its Discord address), and redirects to an
+open port, a closed port, localhost, the metadata service or a private address all get the same answer."""
 
 from __future__ import annotations
 
 import asyncio
 import io
 import json
+import socket
 import stat
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
 import pytest
+from aiohttp import web
+from PIL import Image
 from rich.console import Console
 
 from imagine_bot.bots.terminal import TerminalFrontEnd
 from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.app import ImagineCore
-from imagine_bot.core.errors import ConfigError, DownloadError
+from imagine_bot.core.chat import messages
+from imagine_bot.core.errors import ConfigError, DownloadError, UserInputError
 from imagine_bot.core.events import Failed, Progress
+from imagine_bot.core.gateway.catalog import SEEDREAM_45_EDIT
 from imagine_bot.core.jobs.model import JobState, ReplyTo
 from imagine_bot.core.media.netaddr import is_public_address
+from imagine_bot.core.media.references import MAX_REDIRECTS, Reference, ReferenceChecker
+from imagine_bot.core.media.refstore import RefStore
 from imagine_bot.core.settings import load_settings
 from imagine_bot.core.storage.db import open_db
 from imagine_bot.core.web.server import build_web_app, start_web
@@ -86,6 +99,110 @@ async def test_a_local_gateway_may_hand_out_local_urls(core, tmp_path: Path):
 ])
 def test_which_addresses_count_as_public(address: str, public: bool):
     assert is_public_address(address) is public
+
+
+# ---------------------------------------------------------------------- reference URLs: every hop
+def _png() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (64, 48), (30, 140, 200)).save(out, format="PNG")
+    return out.getvalue()
+
+
+@asynccontextmanager
+async def _site(routes: dict[str, tuple[int, dict[str, str], bytes]]) -> AsyncIterator[tuple[str, list[str]]]:
+    """A web server on 127.0.0.1 answering ``routes`` (path: status, headers, body); yields its base URL and
+    the paths it was asked for."""
+    asked: list[str] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        asked.append(request.path)
+        status, headers, body = routes.get(request.path, (404, {}, b""))
+        return web.Response(status=status, headers=headers, body=body)
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", answer)
+    runner, port = await start_web(app, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{port}", asked
+    finally:
+        await runner.cleanup()
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+NOT_PUBLIC = messages.references_refused([messages.reference_not_public("photo.png")])
+
+
+@pytest.mark.parametrize("target", ["an open port", "a closed port", "localhost", "the metadata service",
+                                    "a private address", "a relative path to a closed port"])
+async def test_a_reference_redirected_inward_gets_one_answer_whatever_is_there(make_settings, target: str):
+    async with _site({"/secret.png": (200, {"Content-Type": "image/png"}, _png())}) as (inner, inner_asked):
+        inner_port = inner.rsplit(":", 1)[1]
+        closed = _closed_port()
+        location = {
+            "an open port": f"{inner}/secret.png",
+            "a closed port": f"http://127.0.0.1:{closed}/x.png",
+            "localhost": f"http://localhost:{inner_port}/secret.png",
+            "the metadata service": METADATA,
+            "a private address": "http://10.1.2.3/x.png",
+            "a relative path to a closed port": f"//127.0.0.1:{closed}/x.png",
+        }[target]
+        async with _site({"/photo.png": (302, {"Location": location}, b"")}) as (cdn, cdn_asked):
+            # the first host is one the bot trusts (its configured Discord address, as for attachments)
+            async with ImagineCore.open(make_settings(DISCORD_API_BASE=f"{cdn}/api/v10")) as core:
+                with pytest.raises(UserInputError) as refused:
+                    await core.imagine(ALICE, ReplyTo("terminal", "t"), "make it winter",
+                                       references=[Reference("photo.png", url=f"{cdn}/photo.png")])
+                assert core.ledger.balance(ALICE).available == 180
+    # the same words for an open port, a closed one and an address that answers nothing: no port scan
+    assert refused.value.user_message == NOT_PUBLIC
+    assert cdn_asked == ["/photo.png"] and inner_asked == []  # the hop inward was never made
+
+
+async def test_redirects_between_allowed_places_are_followed_and_counted(make_settings):
+    routes: dict[str, tuple[int, dict[str, str], bytes]] = {
+        "/a.png": (302, {"Location": "/b.png"}, b""), "/b.png": (301, {"Location": "/c.png"}, b""),
+        "/c.png": (200, {"Content-Type": "image/png"}, _png()),
+        **{f"/loop{n}": (302, {"Location": f"/loop{n + 1}"}, b"") for n in range(MAX_REDIRECTS + 2)},
+    }
+    async with _site(routes) as (cdn, asked), ImagineCore.open(
+            make_settings(DISCORD_API_BASE=f"{cdn}/api/v10")) as core:
+        urls = await core.references.prepare(SEEDREAM_45_EDIT, [Reference("a.png", url=f"{cdn}/a.png")])
+        assert urls == [f"{cdn}/a.png"] and asked == ["/a.png", "/b.png", "/c.png"]
+        with pytest.raises(UserInputError, match=f"more than {MAX_REDIRECTS} redirects"):
+            await core.references.prepare(SEEDREAM_45_EDIT, [Reference("loop", url=f"{cdn}/loop0")])
+
+
+async def test_trust_is_for_an_origin_not_every_port_of_its_host(core):
+    """The sandbox gateway is trusted at 127.0.0.1:its port; another port on 127.0.0.1 is not."""
+    assert httpx.URL(core.gateway.base_url).host == "127.0.0.1"
+    url = f"http://127.0.0.1:{_closed_port()}/photo.png"
+    with pytest.raises(UserInputError) as refused:
+        await core.references.prepare(SEEDREAM_45_EDIT, [Reference("photo.png", url=url)])
+    assert refused.value.user_message == NOT_PUBLIC
+
+
+async def test_names_that_do_not_resolve_are_refused_like_private_ones(tmp_path: Path):
+    asked: list[str] = []
+
+    async def resolve(host: str, port: int) -> list[str]:
+        asked.append(host)
+        if host == "intranet.example":
+            return ["10.0.0.7"]
+        raise OSError(f"{host}: no such name")
+
+    store = RefStore(tmp_path / "refs", tmp_path / "spool", b"k" * 32)
+    async with httpx.AsyncClient() as http:
+        checker = ReferenceChecker(store, http, resolve=resolve)
+        for url in ("http://photos.invalid/photo.png", "http://intranet.example/photo.png"):
+            with pytest.raises(UserInputError) as refused:
+                await checker.prepare(SEEDREAM_45_EDIT, [Reference("photo.png", url=url)])
+            assert refused.value.user_message == NOT_PUBLIC
+    assert asked == ["photos.invalid", "intranet.example"]
 
 
 # ---------------------------------------------------------------------- the key never travels in clear
@@ -237,5 +354,55 @@ async def test_several_processes_tell_the_operators_once_per_pause(make_settings
         accounts[3].on_error(GatewayOutOfCredits("createTask: HTTP 402"))  # a second pause is told again
         await accounts[3].alerts.wait_sent()
         assert sum(len(n.said) for n in notebooks) == 3
+        for account in accounts:
+            account.db.conn.close()
+
+
+async def test_several_processes_tell_the_operators_once_a_day_of_undelivered_credits(make_settings, tmp_path: Path):
+    from datetime import timedelta
+
+    from imagine_bot.core.gateway.balance import GatewayAccount
+    from imagine_bot.core.ops.alerts import Alerts
+    from imagine_bot.core.storage.db import iso, transaction, utcnow
+
+    from .test_orchestrator import RefusingFrontEnd
+
+    settings = make_settings(ADMINS="slack:T1:UOPS", UNDELIVERED_ALERT_CREDITS=36)
+    async with ImagineCore.open(settings) as core:
+        core.register(RefusingFrontEnd(tmp_path / "out", Console(file=io.StringIO()), bar=False))
+        for n in range(2):  # two images the gateway finished and billed, which could not be posted
+            job = await core.imagine(UserRef("terminal", "local", f"u{n}"), ReplyTo("terminal", "t"), f"lost {n}")
+            await core.orchestrator.wait_idle()
+            assert core.jobs.get(job.id).billed_at is not None
+        await core.alerts.wait_sent()  # (nobody registered to tell in this core)
+
+        now = [utcnow()]
+        notebooks = [_Notebook() for _ in range(4)]
+        accounts = []
+        for notebook in notebooks:  # four processes on one database, each with its own alerts
+            alerts = Alerts(settings.ADMINS)
+            alerts.register(notebook)
+            accounts.append(GatewayAccount(open_db(settings.IMAGINE_DB_PATH), core.gateway, alerts, cost=18,
+                                           check_every_s=300, undelivered_alert_credits=36, clock=lambda: now[0]))
+
+        async def check_all() -> int:
+            for account in accounts:
+                account.check_undelivered()
+                account.check_undelivered()
+            for account in accounts:
+                await account.alerts.wait_sent()
+            return sum(len(n.said) for n in notebooks)
+
+        assert core.db.execute("SELECT undelivered_told_day FROM gateway_account").fetchone()[0] == (
+            now[0].date().isoformat())  # the core itself claimed today when its second job failed
+        assert await check_all() == 0  # ... so no other process tells again
+
+        now[0] += timedelta(days=1)  # tomorrow: yesterday's failures do not count
+        assert await check_all() == 0
+        with transaction(core.db):  # ... two failures tomorrow do
+            core.db.execute("UPDATE jobs SET finished_at = ? WHERE billed_at IS NOT NULL", [iso(now[0])])
+        assert await check_all() == 1
+        [said] = [line for n in notebooks for line in n.said]
+        assert said.startswith("slack:T1:UOPS: ") and "36 credits for 2 images that were never delivered" in said
         for account in accounts:
             account.db.conn.close()

@@ -15,7 +15,9 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from imagine_bot.core.access.identity import UserRef
-from imagine_bot.core.credits.ledger import PERIODS, Ledger, describe_refill
+from imagine_bot.core.credits.budgets import Budgets
+from imagine_bot.core.credits.ledger import Ledger
+from imagine_bot.core.credits.periods import PERIODS, describe_refill
 from imagine_bot.core.errors import ConfigError, InsufficientCredits, NotFound, UserInputError
 from imagine_bot.core.storage.db import open_db, transaction
 
@@ -55,7 +57,8 @@ LedgerFactory = Callable[..., Ledger]
 @pytest.fixture
 def make(db: sqlite_utils.Database, clock: Clock) -> LedgerFactory:
     def factory(*, allowance: int = 180, period: str = "month") -> Ledger:
-        return Ledger(db, allowance=allowance, period=period, clock=clock)
+        return Ledger(db, budgets=Budgets(db, default_amount=None, clock=clock), allowance=allowance, period=period,
+                      clock=clock)
 
     return factory
 
@@ -197,9 +200,9 @@ def test_negative_cost_is_a_bug(ledger: Ledger) -> None:
 
 def test_bad_configuration_fails_naming_the_setting(db: sqlite_utils.Database) -> None:
     with pytest.raises(ConfigError, match="CREDITS_PERIOD"):
-        Ledger(db, allowance=180, period="fortnight")
+        Ledger(db, budgets=Budgets(db, default_amount=None), allowance=180, period="fortnight")
     with pytest.raises(ConfigError, match="CREDITS_ALLOWANCE"):
-        Ledger(db, allowance=-1, period="day")
+        Ledger(db, budgets=Budgets(db, default_amount=None), allowance=-1, period="day")
 
 
 # --- refills
@@ -446,7 +449,7 @@ class LedgerMachine(RuleBasedStateMachine):
         super().__init__()
         self.db = open_db(":memory:")
         self.clock = Clock()
-        self.ledger = Ledger(self.db, allowance=50, period="day", clock=self.clock)
+        self.ledger = self._ledger(50, "day")
         self.open: dict[str, tuple[str, int]] = {}  # reserved job -> (account, cost)
         self.settled: set[str] = set()
 
@@ -454,7 +457,11 @@ class LedgerMachine(RuleBasedStateMachine):
         self.db.conn.close()
 
     def _use(self, period: str, allowance: int) -> None:
-        self.ledger = Ledger(self.db, allowance=allowance, period=period, clock=self.clock)
+        self.ledger = self._ledger(allowance, period)
+
+    def _ledger(self, allowance: int, period: str) -> Ledger:
+        return Ledger(self.db, budgets=Budgets(self.db, default_amount=None, clock=self.clock), allowance=allowance,
+                      period=period, clock=self.clock)
 
     @initialize(period=st.sampled_from(PERIODS), allowance=st.integers(0, 100))
     def configure(self, period: str, allowance: int) -> None:

@@ -30,7 +30,8 @@ TIMEOUT_S = 30
 
 
 def _ledger(path: str) -> Ledger:
-    return Ledger(open_db(path), allowance=10 * COST, period="never")
+    db = open_db(path)
+    return Ledger(db, budgets=Budgets(db, default_amount=None), allowance=10 * COST, period="never")
 
 
 def _reserve_worker(ledger: Ledger, start: Callable[[], None], job_ids: list[str]) -> tuple[list[str], int]:
@@ -124,13 +125,7 @@ def test_concurrent_reservations_never_overspend(tmp_path: Path) -> None:
 GUILD = "discord:900"
 
 
-def _with_budgets(ledger: Ledger) -> Ledger:
-    ledger.budgets = Budgets(ledger.db, default_amount=None)
-    return ledger
-
-
 def _budget_worker(ledger: Ledger, start: Callable[[], None], jobs: list[tuple[str, str]]) -> tuple[list[str], int]:
-    _with_budgets(ledger)
     won, refused = [], 0
     start()
     for user, job_id in jobs:
@@ -143,7 +138,6 @@ def _budget_worker(ledger: Ledger, start: Callable[[], None], jobs: list[tuple[s
 
 
 def _capture_worker(ledger: Ledger, start: Callable[[], None], jobs: list[str]) -> list[str]:
-    _with_budgets(ledger)
     start()
     return [job_id for job_id in jobs if ledger.capture(job_id)]
 
@@ -152,8 +146,7 @@ def _capture_worker(ledger: Ledger, start: Callable[[], None], jobs: list[str]) 
 @pytest.mark.parametrize("budget", [36, 360])
 def test_a_server_budget_holds_against_50_jobs_from_4_processes(tmp_path: Path, budget: int) -> None:
     path = str(tmp_path / "budget-race.db")
-    ledger = _with_budgets(_ledger(path))
-    assert ledger.budgets is not None
+    ledger = _ledger(path)
     ledger.budgets.set_amount(GUILD, budget, actor="cli:test", period="month")
 
     # 50 jobs of 18 from 25 different users (each could afford them), spread over 4 processes

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from imagine_bot.core.chat.parsing import parse_imagine
-from imagine_bot.core.errors import ConfigError, UserInputError
+from imagine_bot.core.chat.parsing import parse_imagine, whole_number
+from imagine_bot.core.errors import ConfigError, NumberRefused, UserInputError
 from imagine_bot.core.gateway.catalog import SEEDREAM_45, get_model
 
 MODEL = SEEDREAM_45
@@ -116,3 +116,29 @@ def test_any_input_parses_or_raises_our_error(text):
     assert parsed.params["aspect_ratio"] in MODEL.input("aspect_ratio").choices
     assert parsed.params["quality"] in MODEL.input("quality").choices
     assert len(parsed.prompt) <= MODEL.max_prompt_chars
+
+
+@pytest.mark.parametrize("ratio", ["1" * 5000 + ":1", "16:" + "9" * 5000, "1" * 5 + ":9"])
+def test_an_aspect_ratio_of_thousands_of_digits_is_refused_in_plain_words(ratio):
+    with pytest.raises(UserInputError) as refused:
+        parse(f"a cat --ar {ratio}")
+    assert "is not a valid aspect ratio" in refused.value.user_message and len(refused.value.user_message) < 200
+    assert parse(f"a cat --ar {'0' * 5000}16:0009").params["aspect_ratio"] == "16:9"  # zeros are no digits
+
+
+@pytest.mark.parametrize(("raw", "low", "high", "expected"), [
+    ("90", 0, 100, 90), ("1,000", 0, 10**9, 1000), ("1_000", 0, 10**9, 1000), (" -50 ", -100, 100, -50),
+    ("+7", 0, 10, 7), ("1000000000", 0, 10**9, 10**9), ("-1000000000", -(10**9), 10**9, -(10**9)),
+])
+def test_whole_numbers_as_typed(raw, low, high, expected):
+    assert whole_number(raw, "Credits", low, high) == expected
+
+
+@pytest.mark.parametrize("raw", ["", "lots", "1e9", "1.5", "0x10", "--", "١٢", "1000000001", "-1", str(10**40),
+                                 "9" * 5000, "1,000,000,000,000,000,000,000"])
+def test_whole_numbers_out_of_reason_are_refused_in_one_line(raw):
+    with pytest.raises(NumberRefused) as refused:
+        whole_number(raw, "Credits", 0, 10**9)
+    text = refused.value.user_message
+    assert text.startswith("Credits: `") and text.endswith("is not a whole number from 0 to 1,000,000,000.")
+    assert len(text) < 100 and "\n" not in text

@@ -178,26 +178,24 @@ async def test_who_may_change_presets(marketing):
     assert core.preset_named(OTHER_ADMIN, "brand").template == "{prompt}, global"
 
 
-async def _image_server(data: bytes):
-    async def brand(_request: web.Request) -> web.Response:
-        return web.Response(body=data, content_type="image/png")
-
-    app = web.Application()
-    app.router.add_get("/brand.png", brand)
-    return await start_web(app, "127.0.0.1", 0)
-
-
 async def test_a_preset_with_brand_images_makes_an_edit_with_them(marketing, sandbox):
     core = marketing
     out = io.BytesIO()
     Image.new("RGB", (64, 64), (0, 128, 128)).save(out, format="PNG")
-    runner, port = await _image_server(out.getvalue())
-    web_runner, web_port = await start_web(build_web_app(core), "127.0.0.1", 0)
+
+    async def brand(_request: web.Request) -> web.Response:
+        return web.Response(body=out.getvalue(), content_type="image/png")
+
+    # the brand image is served beside /refs/ (an origin the bot trusts, as PUBLIC_URL would be)
+    app = build_web_app(core)
+    app.router.add_get("/brand.png", brand)
+    web_runner, web_port = await start_web(app, "127.0.0.1", 0)
     core.serve_refs_at(f"http://127.0.0.1:{web_port}")
     try:
-        url = f"http://127.0.0.1:{port}/brand.png"
+        url = f"http://127.0.0.1:{web_port}/brand.png"
         await say(core, WS_ADMIN, f'admin preset set style "{{prompt}} in our style" --image {url}')
         reply = await say(core, ANN, "a lamp --preset style")
+        assert reply.job is not None, reply.text
         await core.orchestrator.wait_idle()
         job = core.jobs.get(reply.job.id)
         assert job.model == "seedream/4.5-edit"
@@ -205,5 +203,4 @@ async def test_a_preset_with_brand_images_makes_an_edit_with_them(marketing, san
         assert sent["image_urls"] == [url] and sent["prompt"] == "a lamp in our style"
         assert core.ledger.balance(ANN.user).balance == 180 - job.cost
     finally:
-        await runner.cleanup()
         await web_runner.cleanup()

@@ -22,8 +22,10 @@ from imagine_bot.bots.cli.common import local_user
 from imagine_bot.core.access.authority import parse_scope
 from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.chat import messages
-from imagine_bot.core.credits.budgets import Budgets, spend_csv
-from imagine_bot.core.credits.ledger import Ledger, describe_refill
+from imagine_bot.core.chat.parsing import whole_number
+from imagine_bot.core.credits.budgets import MAX_CREDITS_CHANGE, spend_csv
+from imagine_bot.core.credits.ledger import Ledger, build_ledger
+from imagine_bot.core.credits.periods import describe_refill, period_start
 from imagine_bot.core.credits.refunds import fail_stranded
 from imagine_bot.core.errors import UserInputError
 from imagine_bot.core.gateway.balance import AccountState, read_state
@@ -45,16 +47,21 @@ def _user(raw: str) -> UserRef:
 
 
 def _ledger(settings: Settings) -> Ledger:
-    """The ledger with the budgets over it (as the bot runs it), so ``verify`` checks both."""
-    ledger = Ledger(open_db(settings.IMAGINE_DB_PATH), allowance=settings.CREDITS_ALLOWANCE,
-                    period=settings.CREDITS_PERIOD)
-    ledger.budgets = _budgets(settings, ledger)
-    return ledger
+    """The ledger with the budgets over it, built as the bot builds them (``build_ledger``)."""
+    return build_ledger(open_db(settings.IMAGINE_DB_PATH), settings)
 
 
-def _budgets(settings: Settings, ledger: Ledger) -> Budgets:
-    return Budgets(ledger.db, default_amount=settings.DEFAULT_SCOPE_BUDGET, period=settings.SCOPE_BUDGET_PERIOD,
-                   cap=settings.SPEND_CAP, cap_period=settings.SPEND_CAP_PERIOD)
+#: the most rows ``--limit`` shows
+MAX_LIMIT = 100_000
+
+
+def _credits(raw: str, *, signed: bool = False) -> int:
+    """Credits as typed (numbers are read by the core's one parser: a plain line for 10^40, no traceback)."""
+    return whole_number(raw, "Credits", -MAX_CREDITS_CHANGE if signed else 0, MAX_CREDITS_CHANGE)
+
+
+def _limit(raw: str) -> int:
+    return whole_number(raw, "--limit", 1, MAX_LIMIT)
 
 
 def _scope(raw: str) -> str:
@@ -80,31 +87,41 @@ def credits_cmd(args: argparse.Namespace, settings: Settings) -> int:
         console.print(table)
         console.print(_gateway_line(read_state(ledger.db)), highlight=False)
     elif args.action == "grant":
-        b = ledger.grant(_user(args.user), args.amount, actor=_actor(), note=args.note)
+        b = ledger.grant(_user(args.user), _credits(args.amount, signed=True), actor=_actor(), note=args.note)
         console.print(f"{b.account}: {b.available} available ({b.balance} balance, {b.held} held)")
     elif args.action == "allowance":
-        value = None if args.amount == "default" else int(args.amount)
+        value = None if args.amount == "default" else _credits(args.amount)
         b = ledger.set_allowance(_user(args.user), value, actor=_actor())
         console.print(f"{b.account}: allowance {b.allowance} per {b.period}")
     elif args.action == "history":
         table = Table("when", "account", "kind", "Δ balance", "Δ held", "balance", "job", "by", "note")
-        for e in ledger.history(_user(args.user) if args.user else None, limit=args.limit):
+        for e in ledger.history(_user(args.user) if args.user else None, limit=_limit(args.limit)):
             table.add_row(f"{e.ts:%Y-%m-%d %H:%M:%S}", e.account, e.kind, f"{e.delta_balance:+d}",
                           f"{e.delta_held:+d}", str(e.balance_after), e.job_id or "", e.actor or "", e.note or "")
         console.print(table)
     elif args.action == "report":
         text = ledger.report_csv()
+        jobs = JobStore(ledger.db)
+        undelivered = messages.billed_not_delivered_line(
+            jobs.billed_not_delivered(), jobs.billed_not_delivered(since=period_start(utcnow(), "day")))
         if args.out:
             args.out.write_text(text)
             console.print(f"wrote {args.out}")
+            console.print(undelivered, highlight=False)
         else:
             sys.stdout.write(text)
+            print(undelivered, file=sys.stderr)  # stdout stays plain CSV
     elif args.action == "verify":
-        drift = ledger.verify()
-        for line in drift:
-            console.print(line, style="red")
-        console.print("ledger and balances agree" if not drift else f"{len(drift)} account(s) drifted")
-        return 1 if drift else 0
+        drift, orphans = ledger.verify(), ledger.orphan_holds()
+        for line in drift + orphans:
+            console.print(line, style="red", highlight=False)
+        if drift:
+            console.print(f"{len(drift)} account(s) drifted")
+        if orphans:
+            console.print(f"{len(orphans)} hold(s) owned by no active job")
+        if not drift and not orphans:
+            console.print("ledger and balances agree; every hold belongs to an image in progress")
+        return 1 if drift or orphans else 0
     return 0
 
 
@@ -125,12 +142,10 @@ def _gateway_line(state: AccountState) -> str:
 
 def budget_cmd(args: argparse.Namespace, settings: Settings) -> int:
     console = _console()
-    ledger = _ledger(settings)
-    budgets = ledger.budgets
-    assert budgets is not None
+    budgets = _ledger(settings).budgets
     if args.action == "set":
         raw = args.amount.lower()
-        amount = None if raw in ("default", "unlimited") else int(raw)
+        amount = None if raw in ("default", "unlimited") else _credits(raw)
         status = budgets.set_amount(_scope(args.scope), amount, actor=_actor(), period=args.period,
                                     unlimited=raw == "unlimited")
         console.print(messages.budget_line(status).replace("`", ""), highlight=False)
@@ -171,8 +186,7 @@ def jobs_cmd(args: argparse.Namespace, settings: Settings) -> int:
     db = open_db(settings.IMAGINE_DB_PATH)
     store = JobStore(db)
     if args.action == "fail":
-        ledger = Ledger(db, allowance=settings.CREDITS_ALLOWANCE, period=settings.CREDITS_PERIOD)
-        job = fail_stranded(db, store, ledger, args.job_id, actor=f"{_actor()}:{os.getpid()}")
+        job = fail_stranded(db, store, build_ledger(db, settings), args.job_id, actor=f"{_actor()}:{os.getpid()}")
         console.print(f"{job.id} failed and refunded {job.cost} credits to {job.requester.key}; they will be "
                       f"told when the {job.platform} front end runs", highlight=False)
         return 0
@@ -191,7 +205,7 @@ def jobs_cmd(args: argparse.Namespace, settings: Settings) -> int:
     states = [JobState(args.state)] if args.state else None
     table = Table("id", "created", "account", "state", "owner (lease)", "cost", "prompt", "error")
     now = utcnow()
-    for job in store.recent(_user(args.user).key if args.user else None, limit=args.limit, states=states):
+    for job in store.recent(_user(args.user).key if args.user else None, limit=_limit(args.limit), states=states):
         lease = _lease(job.owner, job.lease_until, now) if not job.state.final else (job.owner or "")
         table.add_row(job.id, f"{job.created_at:%Y-%m-%d %H:%M}", job.requester.key, job.state.value, lease,
                       str(job.cost), job.prompt[:50], job.error_code or "")
@@ -201,13 +215,15 @@ def jobs_cmd(args: argparse.Namespace, settings: Settings) -> int:
 
 def dashboard_link_cmd(args: argparse.Namespace, settings: Settings) -> int:
     from imagine_bot.core.access.authority import parse_scope
-    from imagine_bot.core.web.dashboard import DashboardAuth
+    from imagine_bot.core.storage.sqlite import SqliteStores
+    from imagine_bot.core.web.dashboard.auth import dashboard_auth
 
     try:
         scope = parse_scope(args.scope) if args.scope else None
     except ValueError as exc:
         raise UserInputError(str(exc)) from None
-    url = DashboardAuth(open_db(settings.IMAGINE_DB_PATH)).mint(settings.web_url, actor=_actor(), scope=scope)
+    auth = dashboard_auth(SqliteStores(open_db(settings.IMAGINE_DB_PATH)))
+    url = auth.mint(settings.web_url, actor=_actor(), scope=scope)
     print(url)
     print(f"Works once, within 10 minutes; shows {scope or 'every server and workspace'}.", file=sys.stderr)
     return 0
@@ -222,14 +238,14 @@ def add_admin_parsers(sub: Any) -> None:
     a.add_argument("user", nargs="?")
     a = actions.add_parser("grant", help="grant credits (negative to revoke)")
     a.add_argument("user")
-    a.add_argument("amount", type=int)
+    a.add_argument("amount")
     a.add_argument("--note")
     a = actions.add_parser("allowance", help="set a user's allowance per period, or 'default'")
     a.add_argument("user")
     a.add_argument("amount")
     a = actions.add_parser("history", help="the audit trail, newest first")
     a.add_argument("user", nargs="?")
-    a.add_argument("--limit", type=int, default=50)
+    a.add_argument("--limit", default="50")
     a = actions.add_parser("report", help="usage report as CSV")
     a.add_argument("--out", type=Path)
     actions.add_parser("verify", help="check every balance against its ledger")
@@ -257,7 +273,7 @@ def add_admin_parsers(sub: Any) -> None:
     a = actions.add_parser("list")
     a.add_argument("--user")
     a.add_argument("--state", choices=[s.value for s in JobState])
-    a.add_argument("--limit", type=int, default=30)
+    a.add_argument("--limit", default="30")
     a = actions.add_parser("show")
     a.add_argument("job_id")
     a = actions.add_parser("fail", help="fail and refund a stranded job (its user is told when the bot runs)")

@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sandbox", help="serve the sandbox gateway alone")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8787)
+    p.add_argument("--port", default="8787")
     p.add_argument("--delay-scale", type=float, default=1.0, help="multiply the state delays")
     p.add_argument("--dialect", choices=["kie", "modkie"], default="kie", help="answer in kie's or ModKie's shape")
 
@@ -171,10 +171,12 @@ def _run_async(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "chat":
         return asyncio.run(until_sigterm(terminal.chat(settings, local_user())))
     if args.command == "sandbox":
+        from imagine_bot.core.chat.parsing import whole_number
         from imagine_bot.core.sandbox.server import DEFAULT_DELAYS, serve_forever
 
+        port = whole_number(args.port, "--port", 0, 65535)
         delays = {state: seconds * args.delay_scale for state, seconds in DEFAULT_DELAYS.items()}
-        return asyncio.run(until_sigterm(serve_forever(args.host, args.port, delays=delays, dialect=args.dialect)))
+        return asyncio.run(until_sigterm(serve_forever(args.host, port, delays=delays, dialect=args.dialect)))
     if args.command == "run":
         from imagine_bot.bots.run import run
 

@@ -91,7 +91,7 @@ def invite(client_id: str | int) -> str:
 async def invite_url(settings: Settings, client_id: str | None = None) -> int:
     if client_id is None:
         _token(settings)
-        from imagine_bot.bots.discord.client import discord
+        import discord
 
         client = discord.Client(intents=discord.Intents.none())
         try:

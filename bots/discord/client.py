@@ -42,8 +42,11 @@ from discord.gateway import DiscordWebSocket
 
 from imagine_bot.bots.discord import wording
 from imagine_bot.bots.discord.buttons import DYNAMIC_ITEMS
-from imagine_bot.bots.discord.handlers import Handlers, reply_private
+from imagine_bot.bots.discord.handlers import Handlers, reply_private, user_ref
+from imagine_bot.core.access.authority import Actor
 from imagine_bot.core.app import ImagineCore
+from imagine_bot.core.chat import admin as admin_ops
+from imagine_bot.core.credits.budgets import MAX_CREDITS_CHANGE
 from imagine_bot.core.errors import ConfigError, ImagineError
 from imagine_bot.core.gateway.catalog import ModelSpec
 from imagine_bot.core.settings import Settings
@@ -124,7 +127,7 @@ class ImagineClient(discord.AutoShardedClient):
     async def on_interaction(self, interaction: discord.Interaction) -> None:
         """Remix and rejection forms are answered here, from their custom id (no modal object is kept:
         restart-proof)."""
-        data = interaction.data if isinstance(interaction.data, dict) else {}
+        data: dict[str, Any] = dict(interaction.data) if isinstance(interaction.data, dict) else {}
         custom_id = str(data.get("custom_id") or "")
         if interaction.type is not discord.InteractionType.modal_submit or self.handlers is None:
             return
@@ -179,7 +182,7 @@ class ImagineClient(discord.AutoShardedClient):
 
 
 def _handlers(interaction: discord.Interaction) -> Handlers:
-    handlers = interaction.client.handlers  # type: ignore[attr-defined]
+    handlers: Handlers | None = interaction.client.handlers  # type: ignore[attr-defined]
     assert handlers is not None, "this client has no core"
     return handlers
 
@@ -232,21 +235,26 @@ def build_commands(model: ModelSpec) -> list[app_commands.Command[Any, ..., Any]
 
     @admin.command(name="grant", description="Operators: grant credits to someone (negative to revoke)")
     @app_commands.describe(user="who gets them", credits="how many (negative to revoke)", note="why, for the log")
-    async def grant(interaction: discord.Interaction, user: discord.User, credits: int,
+    async def grant(interaction: discord.Interaction, user: discord.User,
+                    credits: app_commands.Range[int, -MAX_CREDITS_CHANGE, MAX_CREDITS_CHANGE],
                     note: str | None = None) -> None:
-        await _handlers(interaction).admin(interaction, f"admin grant <@{user.id}> {credits} {note or ''}", user)
+        target, shown = user_ref(user), f"<@{user.id}>"
+        await _handlers(interaction).admin(interaction, "grant", lambda core, actor: admin_ops.grant(
+            core, actor, target, credits, note, shown=shown))
 
     @admin.command(name="allowance", description="Operators: set someone's allowance per period")
     @app_commands.describe(user="whose allowance", credits="credits per period; leave empty for the default")
     async def allowance(interaction: discord.Interaction, user: discord.User,
                         credits: app_commands.Range[int, 0, 1_000_000] | None = None) -> None:
-        value = "default" if credits is None else str(credits)
-        await _handlers(interaction).admin(interaction, f"admin allowance <@{user.id}> {value}", user)
+        target, shown = user_ref(user), f"<@{user.id}>"
+        await _handlers(interaction).admin(interaction, "allowance", lambda core, actor: admin_ops.allowance(
+            core, actor, target, credits, shown=shown))
 
     @admin.command(name="report", description="This server's spend per member and channel (CSV)")
     @app_commands.describe(scope="operators: another scope (discord:ID, slack:TEAM) or 'all' for every account")
     async def report(interaction: discord.Interaction, scope: str | None = None) -> None:
-        await _handlers(interaction).admin(interaction, f"admin report {scope or ''}")
+        await _handlers(interaction).admin(interaction, "report",
+                                          lambda core, actor: admin_ops.report(core, actor, scope or None))
 
     @admin.command(name="budget", description="This server's image budget; operators may set it")
     @app_commands.describe(credits="operators: the budget per period (empty: just show it)",
@@ -254,25 +262,34 @@ def build_commands(model: ModelSpec) -> list[app_commands.Command[Any, ..., Any]
     @app_commands.choices(period=[app_commands.Choice(name=p, value=p) for p in ("day", "week", "month", "never")])
     async def budget(interaction: discord.Interaction, credits: app_commands.Range[int, 0, 100_000_000] | None = None,
                      period: str | None = None, scope: str | None = None) -> None:
-        if credits is None:
-            text = f"admin budget {scope or ''}"
-        else:
-            text = f"admin budget set {scope or 'here'} {credits}" + (f" --period {period}" if period else "")
-        await _handlers(interaction).admin(interaction, text)
+        def operation(core: ImagineCore, actor: Actor) -> admin_ops.CommandReply:
+            if credits is None:
+                return admin_ops.budget_show(core, actor, scope or None)
+            return admin_ops.budget_set(core, actor, scope or "here", credits, period=period)
+
+        await _handlers(interaction).admin(interaction, "budget", operation)
 
     @admin.command(name="ban", description="Turn the image bot off for a member in this server")
     async def ban(interaction: discord.Interaction, user: discord.User) -> None:
-        await _handlers(interaction).admin(interaction, f"admin ban <@{user.id}>", user)
+        target, shown = user_ref(user), f"<@{user.id}>"
+        await _handlers(interaction).admin(interaction, "ban", lambda core, actor: admin_ops.ban(
+            core, actor, target, shown=shown))
 
     @admin.command(name="unban", description="Turn the image bot back on for a member in this server")
     async def unban(interaction: discord.Interaction, user: discord.User) -> None:
-        await _handlers(interaction).admin(interaction, f"admin unban <@{user.id}>", user)
+        target, shown = user_ref(user), f"<@{user.id}>"
+        await _handlers(interaction).admin(interaction, "unban", lambda core, actor: admin_ops.ban(
+            core, actor, target, shown=shown, banned=False))
 
     @admin.command(name="channels", description="The channels the bot answers in, in this server")
     @app_commands.choices(which=[app_commands.Choice(name="only this channel", value="here"),
                                  app_commands.Choice(name="every channel", value="all")])
     async def channels(interaction: discord.Interaction, which: str | None = None) -> None:
-        await _handlers(interaction).admin(interaction, f"admin channels {which or ''}")
+        def operation(core: ImagineCore, actor: Actor) -> admin_ops.CommandReply:
+            chosen = None if which is None else admin_ops.this_channel(actor) if which == "here" else ()
+            return admin_ops.channels(core, actor, chosen)
+
+        await _handlers(interaction).admin(interaction, "channels", operation)
 
     @admin.command(name="defaults", description="Default aspect ratio and quality in this server")
     @app_commands.choices(
@@ -281,19 +298,21 @@ def build_commands(model: ModelSpec) -> list[app_commands.Command[Any, ..., Any]
     )
     async def defaults(interaction: discord.Interaction, aspect_ratio: str | None = None,
                        quality: str | None = None, reset: bool = False) -> None:
-        flags = "reset" if reset else " ".join(f"--{k} {v}" for k, v in (("ar", aspect_ratio), ("quality", quality))
-                                               if v)
-        await _handlers(interaction).admin(interaction, f"admin defaults {flags}")
+        chosen: dict[str, str | None] = {"aspect_ratio": aspect_ratio, "quality": quality}
+        changes = dict(admin_ops.RESET_DEFAULTS) if reset else {k: v for k, v in chosen.items() if v}
+        await _handlers(interaction).admin(interaction, "defaults",
+                                          lambda core, actor: admin_ops.defaults(core, actor, changes))
 
     @admin.command(name="member-cap", description="Most one member may spend of this server's budget per period")
     @app_commands.describe(credits="credits per member per period; empty: no cap")
     async def member_cap(interaction: discord.Interaction,
                          credits: app_commands.Range[int, 0, 100_000_000] | None = None) -> None:
-        await _handlers(interaction).admin(interaction, f"admin member-cap {'none' if credits is None else credits}")
+        await _handlers(interaction).admin(interaction, "member-cap",
+                                          lambda core, actor: admin_ops.member_cap(core, actor, credits))
 
     @admin.command(name="dashboard", description="A one-time link to the web dashboard of this server")
     async def dashboard(interaction: discord.Interaction) -> None:
-        await _handlers(interaction).admin(interaction, "admin dashboard")
+        await _handlers(interaction).admin(interaction, "dashboard", admin_ops.dashboard)
 
     @admin.command(name="approvals", description="Images made in this channel go to reviewers before the channel")
     @app_commands.describe(mode="on (with the reviewers) or off; empty: show", reviewer="who may approve",
@@ -303,8 +322,9 @@ def build_commands(model: ModelSpec) -> list[app_commands.Command[Any, ..., Any]
     async def approvals(interaction: discord.Interaction, mode: str | None = None,
                         reviewer: discord.User | None = None, reviewer2: discord.User | None = None,
                         reviewer3: discord.User | None = None) -> None:
-        reviewers = [u for u in (reviewer, reviewer2, reviewer3) if u is not None]
-        await _handlers(interaction).approvals(interaction, mode, reviewers)
+        chosen = [user_ref(u) for u in (reviewer, reviewer2, reviewer3) if u is not None]
+        await _handlers(interaction).admin(interaction, "approvals", lambda core, actor: admin_ops.approvals(
+            core, actor, None if mode == "off" else chosen, show=mode is None))
 
     presets = app_commands.Group(name="preset", description="Brand presets: prompt templates of this server",
                                  parent=admin)
@@ -325,23 +345,27 @@ def build_commands(model: ModelSpec) -> list[app_commands.Command[Any, ..., Any]
                          everywhere: bool = False) -> None:
         defaults = {k: v for k, v in (("aspect_ratio", aspect_ratio), ("quality", quality)) if v}
         images = [u for u in (image_url, image_url2) if u]
-        await _handlers(interaction).preset_set(interaction, name, template, defaults, images, everywhere)
+        await _handlers(interaction).admin(interaction, "preset set", lambda core, actor: admin_ops.preset_set(
+            core, actor, name, template, defaults, images, everywhere=everywhere))
 
     @presets.command(name="list", description="The brand presets of this server")
     async def preset_list(interaction: discord.Interaction) -> None:
-        await _handlers(interaction).preset_list(interaction)
+        await _handlers(interaction).admin(interaction, "preset list", lambda core, actor: admin_ops.preset_list(
+            core, actor, usage="Add one with `/imagine-admin preset set`."))
 
     @presets.command(name="remove", description="Remove a brand preset")
     @app_commands.rename(everywhere="global")
     @app_commands.describe(everywhere="operators: remove the global preset of that name")
     @app_commands.autocomplete(name=_preset_choices)
     async def preset_remove(interaction: discord.Interaction, name: str, everywhere: bool = False) -> None:
-        await _handlers(interaction).preset_remove(interaction, name, everywhere)
+        await _handlers(interaction).admin(interaction, "preset remove", lambda core, actor: admin_ops.preset_remove(
+            core, actor, name, everywhere=everywhere))
 
     @presets.command(name="default", description="The preset every /imagine in this channel uses (none: no default)")
     @app_commands.autocomplete(name=_preset_choices)
     async def preset_default(interaction: discord.Interaction, name: str) -> None:
-        await _handlers(interaction).preset_default(interaction, name)
+        await _handlers(interaction).admin(interaction, "preset default",
+                                           lambda core, actor: admin_ops.preset_default(core, actor, name))
 
     return [imagine, credits_, help_, admin, remix_menu]
 

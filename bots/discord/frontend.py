@@ -9,7 +9,8 @@
   balance left) and the Reroll and Delete buttons. An image larger than the interaction's attachment
   limit is re-encoded to fit, or linked. If the interaction token is too old (15 minutes, with a
   margin) or Discord refuses the edit, the result is posted in the channel instead, mentioning the
-  requester. If nothing can be posted, ``DeliveryError`` is raised and the core refunds.
+  requester. If nothing can be posted, ``DeliveryError`` is raised and the core refunds; a dropped
+  connection or a 5xx is ``DeliveryInterrupted`` instead, and the core hands the result again.
 - ``Failed``: the placeholder says why (sent by the outbox as the job's final status: never dropped).
 
 Delivery happens once: the message id is recorded as the job's receipt the moment Discord returns it,
@@ -64,6 +65,10 @@ from imagine_bot.core.jobs.outbox import Pace
 log = logging.getLogger(__name__)
 
 EMBED_COLOUR = discord.Colour.blurple()
+
+#: transport trouble discord.py lets through (it retries only a few resets itself): the request may or may
+#: not have reached Discord, so a delivery it hits is a blip (``DeliveryInterrupted``), never a refusal
+_DROPPED = (aiohttp.ClientError, OSError, TimeoutError)
 
 
 #: status edits across every job: well under Discord's global 50 requests a second per bot
@@ -170,6 +175,11 @@ class DiscordFrontEnd:
             except discord.HTTPException as error:
                 log.log(logging.INFO if token_gone(error) else logging.WARNING,
                         "job %s: could not edit the interaction response (%s); posting in the channel", job.id, error)
+            except _DROPPED as error:
+                # the edit may have landed: not a refusal, and no channel post (that could show it twice). The
+                # core hands Delivered again, which edits the same @original: it cannot post twice
+                raise DeliveryInterrupted(f"job {job.id}: the connection dropped while editing the interaction "
+                                          f"response: {type(error).__name__}: {error}") from error
             else:
                 self._posted(job, str(message["id"]), "interaction")
                 return
@@ -323,7 +333,7 @@ class DiscordFrontEnd:
         except discord.HTTPException as error:
             failure = DeliveryInterrupted if error.status >= 500 or error.status == 429 else DeliveryError
             raise failure(f"could not post job {job.id} in channel {data.channel_id}: {error}") from error
-        except (aiohttp.ClientError, TimeoutError) as error:
+        except _DROPPED as error:
             raise DeliveryInterrupted(f"could not post job {job.id} in channel {data.channel_id}: "
                                       f"{type(error).__name__}: {error}") from error
 

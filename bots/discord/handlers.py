@@ -31,7 +31,7 @@ from imagine_bot.bots.discord.modals import (
 from imagine_bot.core.access.authority import Actor, place_key
 from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.app import ImagineCore
-from imagine_bot.core.chat import commands, messages
+from imagine_bot.core.chat import admin, messages
 from imagine_bot.core.errors import ImagineError, UserInputError
 from imagine_bot.core.jobs.model import Job, ReplyTo
 from imagine_bot.core.media.references import Reference
@@ -134,7 +134,7 @@ class Handlers:
 
     async def remix_submitted(self, interaction: discord.Interaction, custom_id: str) -> None:
         """A Remix modal came back (from this process or an earlier one): the edit, in this channel."""
-        data = interaction.data if isinstance(interaction.data, dict) else {}
+        data: dict[str, Any] = dict(interaction.data) if isinstance(interaction.data, dict) else {}
         prompt, values = read_submission(dict(data), self.core.model)
         who = actor_of(interaction)
         job_match, message_match = FOR_JOB.match(custom_id), FOR_MESSAGE.match(custom_id)
@@ -273,20 +273,6 @@ class Handlers:
             text = error.user_message
         await interaction.followup.send(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
 
-    async def approvals(self, interaction: discord.Interaction, mode: str | None,
-                        reviewers: list[discord.abc.User]) -> None:
-        def work() -> str:
-            who = actor_of(interaction)
-            if mode == "on":
-                now = self.core.admin_approvals(who, [user_ref(u) for u in reviewers])
-            elif mode == "off":
-                now = self.core.admin_approvals(who, None)
-            else:
-                now = self.core.approvals_here(who)
-            return messages.approvals_set(now, self.core.settings.APPROVAL_EXPIRE_H)
-
-        await self._answer_admin(interaction, work)
-
     # ------------------------------------------------------------------ brand presets
     def preset_names(self, interaction: discord.Interaction, typed: str) -> list[tuple[str, str]]:
         """Autocomplete choices (label, value): the presets here starting with ``typed``, then ``none``."""
@@ -299,49 +285,12 @@ class Handlers:
             choices.append(("none (no preset)", "none"))
         return choices[:25]
 
-    async def _answer_admin(self, interaction: discord.Interaction, work: Callable[[], str]) -> None:
-        """An admin change the core makes at once: its answer, or its refusal, only the admin sees."""
-        try:
-            text = work()
-        except ImagineError as error:
-            text = error.user_message
-        await reply_private(interaction, text)
-
-    async def preset_set(self, interaction: discord.Interaction, name: str, template: str, defaults: dict[str, str],
-                         images: list[str], everywhere: bool) -> None:
-        def work() -> str:
-            saved = self.core.admin_preset_set(actor_of(interaction), name, template, defaults=defaults,
-                                               images=images, everywhere=everywhere)
-            return messages.preset_saved(saved.name, saved.scope)
-
-        await self._answer_admin(interaction, work)
-
-    async def preset_list(self, interaction: discord.Interaction) -> None:
-        usage = "Add one with `/imagine-admin preset set`."
-        await self._answer_admin(interaction, lambda: commands.preset_list(self.core, actor_of(interaction), usage))
-
-    async def preset_remove(self, interaction: discord.Interaction, name: str, everywhere: bool) -> None:
-        def work() -> str:
-            channels = self.core.admin_preset_remove(actor_of(interaction), name, everywhere=everywhere)
-            return messages.preset_removed(name.strip().lower(), channels)
-
-        await self._answer_admin(interaction, work)
-
-    async def preset_default(self, interaction: discord.Interaction, name: str) -> None:
-        def work() -> str:
-            chosen = self.core.admin_preset_default(actor_of(interaction), name)
-            return messages.preset_default_set(chosen.name if chosen else None)
-
-        await self._answer_admin(interaction, work)
-
     # ------------------------------------------------------------------ admins
-    async def admin(self, interaction: discord.Interaction, text: str, *users: discord.abc.User) -> None:
-        """An ``/imagine-admin`` subcommand, as the core's text command (one set of rules for every front
-        end); users are passed as mentions. The answer, and any CSV, only the admin sees."""
-        known = {f"<@{u.id}>": user_ref(u) for u in users}
-        answer = await commands.dispatch(self.core, actor_of(interaction), text,
-                                         ReplyTo("discord", str(interaction.channel_id)),
-                                         resolve_user=lambda raw: known.get(raw.replace("<@!", "<@")))
+    async def admin(self, interaction: discord.Interaction, what: str, operation: admin.Operation) -> None:
+        """An ``/imagine-admin`` subcommand: its typed options call the core's admin operation directly
+        (``core.chat.admin``: one set of rules and words for every front end). The answer, and any CSV,
+        only the admin sees."""
+        answer = admin.run(self.core, actor_of(interaction), operation, what=what)
         file = None
         if answer.attachment is not None:
             name, content = answer.attachment

@@ -110,7 +110,7 @@ def reject_modal(metadata: str, hint: str) -> Payload:
 def _select(name: str, label: str, choices: Sequence[str], chosen: str | None) -> Payload:
     options = [{"text": {"type": "plain_text", "text": c}, "value": c} for c in choices]
     element: Payload = {"type": "static_select", "action_id": name, "options": options}
-    if chosen in choices:
+    if chosen is not None and chosen in choices:
         element["initial_option"] = options[list(choices).index(chosen)]
     return {"type": "input", "block_id": name, "optional": True, "label": {"type": "plain_text", "text": label},
             "element": element}

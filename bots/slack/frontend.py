@@ -13,6 +13,16 @@ One progress message per job, posted in the channel and edited in place as the j
                  thread and the message keeps only the caption and buttons.
     Failed    -> chat.update        "@requester Could not make ...", or the slash command's response_url
 
+Before a job is taken (``check_reply``, called by the core before it reserves anything or sends anything
+to the gateway) ``conversations.info`` says whether the bot can post where it was asked: a member of the
+channel, not archived, or its own direct message with the requester. Otherwise the requester is told
+privately how to add the bot, and nothing is charged or sent. A "yes" is cached per channel for
+``CHANNEL_OK_S`` and dropped the moment Slack refuses a post there; when Slack does not answer in time
+the job goes ahead, and a first post refused while the job still waits to be sent stops it, refunded.
+If the channel refuses once the task was sent (the bot removed mid-job, the channel archived), the
+result goes to the requester's direct message with the bot instead (``conversations.open``): billed
+tasks are delivered and charged, never refunded for where they were asked.
+
 In a channel with approvals (``job.review``) nothing goes to the channel until a reviewer approves:
 
     Accepted..Progress -> once, privately through the response_url ("Got it ... goes to review")
@@ -36,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
@@ -52,7 +63,7 @@ from imagine_bot.bots.slack.mentions import escape, escape_keep_user_mentions
 from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.app import ImagineCore
 from imagine_bot.core.chat import messages
-from imagine_bot.core.errors import ChatRateLimited, DeliveryError, DeliveryInterrupted
+from imagine_bot.core.errors import CannotAnswerHere, ChatRateLimited, DeliveryError, DeliveryInterrupted
 from imagine_bot.core.events import (
     Accepted,
     Approved,
@@ -66,7 +77,7 @@ from imagine_bot.core.events import (
     ReviewExpired,
     ReviewRequested,
 )
-from imagine_bot.core.jobs.model import Job, JobState
+from imagine_bot.core.jobs.model import Job, JobState, ReplyTo
 from imagine_bot.core.jobs.outbox import Pace
 
 log = logging.getLogger(__name__)
@@ -82,6 +93,17 @@ REFUSALS = frozenset({"invalid_auth", "not_authed", "account_inactive", "token_r
 
 #: conversations.open answers meaning this reviewer cannot be sent a DM at all (skipped, never retried)
 UNREACHABLE = frozenset({"user_not_found", "user_disabled", "cannot_dm_bot", "messages_tab_disabled"})
+
+#: how long "the bot can post in this channel" (conversations.info) is trusted; dropped at once when Slack
+#: refuses a post there
+CHANNEL_OK_S = 300.0
+#: when conversations.info does not answer (timeout, 429, an install without its scopes), jobs in that
+#: channel go ahead for this long before it is asked again
+CHANNEL_UNKNOWN_S = 30.0
+#: the most conversations.info may add to a slash command's answer (Slack wants the ack within 3 s)
+CHANNEL_CHECK_TIMEOUT_S = 1.5
+#: channels remembered at most (expired ones are dropped past this)
+CHANNELS_KEPT = 10_000
 
 #: chat.update is Tier 3: about 50 a minute per workspace, with short bursts
 EDITS_PER_MIN = 50.0
@@ -108,11 +130,6 @@ def _retry_after(headers: Any) -> float:
             except ValueError:
                 break
     return 1.0
-
-
-def invite_advice(bot_name: str) -> str:
-    return (f"I'm not a member of this channel, so I can't post the image here. Type `/invite @{bot_name}` "
-            "in the channel, then try again. Nothing was charged.")
 
 
 async def respond_ephemeral(session: aiohttp.ClientSession, response_url: str, text: str) -> bool:
@@ -166,6 +183,10 @@ class SlackFrontEnd:
         self.bot_name = "imagine"
         self._messages: dict[str, _Message] = {}
         self._unpostable: dict[str, str] = {}
+        #: channel -> until when (monotonic) jobs asked there are taken without asking conversations.info
+        self._channels: dict[str, float] = {}
+        self._asking: dict[str, asyncio.Future[messages.Unanswerable | None]] = {}
+        self.channel_check_timeout_s = CHANNEL_CHECK_TIMEOUT_S
 
     # ------------------------------------------------------------------ the FrontEnd protocol
     def pace(self, job: Job) -> Pace:
@@ -216,14 +237,79 @@ class SlackFrontEnd:
             except SlackError as exc:
                 log.warning("could not tell operator %s: %s", operator.key, slack_error_code(exc))
 
-    # ------------------------------------------------------------------ for the handlers and the service
-    def channel_failure(self, code: str) -> DeliveryError:
-        return DeliveryError(f"Slack refused to post: {code}", user_message=invite_advice(self.bot_name))
+    # ------------------------------------------------------------------ before a job is taken
+    def channel_known(self, channel: str) -> bool:
+        """Whether ``check_reply`` can answer for ``channel`` without asking Slack (a fresh answer)."""
+        return self._channels.get(channel, 0.0) > time.monotonic()
+
+    async def check_reply(self, reply: ReplyTo) -> None:
+        """Raise ``CannotAnswerHere`` when the bot cannot post in ``reply.channel`` (``FrontEnd``): the core
+        asks before it reserves anything or sends anything to the gateway."""
+        channel = reply.channel
+        if self.channel_known(channel):
+            return
+        asking = self._asking.get(channel)
+        if asking is None:  # one conversations.info for a burst of commands in one channel
+            asking = self._asking[channel] = asyncio.ensure_future(self._refusal(channel))
+            asking.add_done_callback(lambda done: self._asking.pop(channel, None) if self._asking.get(channel)
+                                     is done else None)
+        why = await asyncio.shield(asking)  # a waiter that goes away does not cut the others' answer
+        if why is not None:
+            raise CannotAnswerHere(f"slack: cannot post in {channel} ({why})",
+                                   user_message=messages.cannot_answer_here(why, self.bot_name))
+
+    async def _refusal(self, channel: str) -> messages.Unanswerable | None:
+        """Why the bot cannot post in ``channel`` (conversations.info), or None: it can, or Slack cannot tell."""
+        try:
+            async with asyncio.timeout(self.channel_check_timeout_s):  # no rate-limit retry on this client
+                answer = await self.edits.conversations_info(channel=channel)
+        except SlackApiError as exc:
+            if slack_error_code(exc) == "channel_not_found":  # private, or a DM between other people
+                return "others_dm" if channel.startswith("D") else "not_member"
+            self._cannot_tell(channel, exc)
+            return None
+        except SlackError as exc:
+            self._cannot_tell(channel, exc)
+            return None
+        info = answer.get("channel") or {}
+        if info.get("is_archived"):
+            return "archived"
+        if not (info.get("is_member") or info.get("is_im") or info.get("is_mpim")):
+            return "not_member"
+        self._trust(channel, CHANNEL_OK_S)
+        return None
+
+    def _cannot_tell(self, channel: str, exc: BaseException) -> None:
+        code = slack_error_code(exc)
+        hint = (": add channels:read, groups:read, im:read and mpim:read to the app and reinstall it"
+                if code == "missing_scope" else "")
+        log.warning("slack: conversations.info for %s failed (%s); taking jobs there for %.0fs without knowing "
+                    "whether the bot can post%s", channel, code, CHANNEL_UNKNOWN_S, hint)
+        self._trust(channel, CHANNEL_UNKNOWN_S)
+
+    def _trust(self, channel: str, seconds: float) -> None:
+        now = time.monotonic()
+        if len(self._channels) >= CHANNELS_KEPT:
+            self._channels = {c: until for c, until in self._channels.items() if until > now}
+        self._channels[channel] = now + seconds
+
+    def _refused(self, channel: str) -> None:
+        """Slack refused a post in ``channel``: the next job asked there is checked again."""
+        self._channels.pop(channel, None)
+
+    def cannot_answer(self, code: str, channel: str) -> CannotAnswerHere:
+        """Slack refused a post in ``channel`` with ``code`` (one of ``CHANNEL_ERRORS``): the error to stop a
+        job with, worded as ``check_reply`` words it."""
+        why: messages.Unanswerable = ("archived" if code == "is_archived" else
+                                      "others_dm" if channel.startswith("D") else "not_member")
+        return CannotAnswerHere(f"Slack refused to post in {channel}: {code}",
+                                user_message=messages.cannot_answer_here(why, self.bot_name))
 
     async def close(self) -> None:
         """Forget the cached message addresses (jobs stay in the database; a restart picks them up)."""
         self._messages.clear()
         self._unpostable.clear()
+        self._channels.clear()
 
     # ------------------------------------------------------------------ the progress message
     def _data(self, job: Job) -> dict[str, Any]:
@@ -261,17 +347,24 @@ class SlackFrontEnd:
                 await _status_call(self.edits.chat_update(channel=message.channel, ts=message.ts, **payload))
         except SlackError as exc:
             code = slack_error_code(exc)
-            if message is not None or code not in CHANNEL_ERRORS:
+            if code not in CHANNEL_ERRORS:
                 log.warning("job %s: status message failed: %s", job.id, code)
                 return
-            log.warning("job %s: cannot post the progress message in %s: %s", job.id, job.reply.channel, code)
-            self._unpostable[job.id] = code
-            # the bot cannot post here: stop the job now (refunded; the requester hears why privately),
-            # unless its createTask is on the wire (cutting it could leave a task nobody receives): then
-            # its delivery fails the same way, refunded, with the same advice
+            self._unpostable[job.id] = code  # no more statuses for this job here, and its result goes by DM
+            where = message.channel if message is not None else job.reply.channel
+            self._refused(where)
+            # nothing went to the gateway yet (the check could not tell, or the bot left since): stop the job,
+            # refunded, and the requester hears why privately. The state is read and the job cancelled with
+            # no await between: a job still queued has no createTask on the wire.
             fresh = self.core.jobs.find(job.id)
-            if fresh is not None and fresh.state is not JobState.SUBMITTING:
-                await self.core.orchestrator.cancel(job.id, self.channel_failure(code))
+            if message is None and fresh is not None and fresh.state is JobState.QUEUED:
+                log.warning("job %s: cannot post the progress message in %s (%s): stopped before it was sent",
+                            job.id, where, code)
+                await self.core.orchestrator.cancel(job.id, self.cannot_answer(code, where))
+                return
+            # its task is (or may be) at the gateway, billed: the image goes to the requester by DM
+            log.warning("job %s: %s refuses status messages (%s); the result will go to the requester's direct "
+                        "messages", job.id, where, code)
 
     # ------------------------------------------------------------------ the end of a job
     async def _deliver(self, event: Delivered, images: tuple[ImageFile, ...], balance: int) -> None:
@@ -280,24 +373,46 @@ class SlackFrontEnd:
         Turning the progress message into the result (the image inline, or caption and buttons only) is the
         final status edit: the outbox sends it after any edit still in flight, and the job does not wait."""
         job = event.job
-        caption = messages.delivered(job, balance)
         data = self._data(job)
         # a receipt: an earlier attempt uploaded them (and died before the charge): never upload twice
         file_ids: list[str] = list(event.receipt.get("file_ids") or data.get("file_ids") or [])
+        moved = bool(data.get("moved_from"))  # an earlier attempt moved the result to the requester's DM
+        # the channel refused this job's statuses: straight to the DM (unless an upload is already there)
+        refused = None if moved or file_ids else self._unpostable.get(job.id)
         try:
-            live = self._message(job) or await self._post(job, blocks.status(job.requester.user,
-                                                                             messages.accepted(job)))
-            if not file_ids:  # not uploaded by a previous process that stopped right after
-                file_ids = await self._upload_once(job, images, caption, live, data.get("in_thread_of") or live.ts,
-                                                   list(event.receipt.get("pending_file_ids") or []))
+            if refused is None:
+                try:
+                    live = self._message(job) or await self._post(job, blocks.status(job.requester.user,
+                                                                                     messages.accepted(job)))
+                    if not file_ids:  # not uploaded by a previous process that stopped right after
+                        thread = live.ts if moved else data.get("in_thread_of") or live.ts
+                        file_ids = await self._upload_once(job, images, self._caption(job, balance, moved), live,
+                                                           thread, list(event.receipt.get("pending_file_ids") or []))
+                        self.core.jobs.set_reply_data(job.id, file_ids=file_ids, thread_ts=live.ts)
+                except SlackError as exc:
+                    refused = slack_error_code(exc)
+                    if refused not in CHANNEL_ERRORS or moved:
+                        raise
+            if refused is not None:
+                # the channel refuses now (the bot was removed, the channel archived), but the task was sent
+                # and billed: the image goes to the requester's direct messages, delivered and charged
+                self._refused(job.reply.channel)
+                log.warning("job %s: %s refuses the result (%s): sending it to %s by direct message", job.id,
+                            job.reply.channel, refused, job.requester.key)
+                moved = True
+                live = await self._move_to_requester(job)
+                file_ids = await self._upload_once(job, images, self._caption(job, balance, moved), live, live.ts,
+                                                   [])
                 self.core.jobs.set_reply_data(job.id, file_ids=file_ids, thread_ts=live.ts)
         except SlackError as exc:
             code = slack_error_code(exc)
-            if code in CHANNEL_ERRORS:
-                raise self.channel_failure(code) from exc
+            if code in CHANNEL_ERRORS:  # neither where it was asked nor by direct message
+                raise DeliveryError(f"Slack refused the result in {job.reply.channel} and by DM: {code}",
+                                    user_message=messages.undeliverable()) from exc
             if code in REFUSALS:
                 raise DeliveryError(f"Slack upload failed: {code}") from exc
             raise DeliveryInterrupted(f"Slack upload failed: {code}") from exc  # a blip: the core tries again
+        caption = self._caption(job, balance, moved)
         in_thread = blocks.delivered(job.requester.user, caption, job.id)
         if self.result_in_thread or not file_ids:
             result = partial(self._final, job, live, in_thread)
@@ -305,6 +420,23 @@ class SlackFrontEnd:
             shown = blocks.delivered(job.requester.user, caption, job.id, file_ids=file_ids, prompt=job.prompt)
             result = partial(self._show_result, job, live, file_ids, shown, in_thread)
         self.core.orchestrator.outbox.put(job.id, result, pace=partial(self.pace, job), final=True)
+
+    @staticmethod
+    def _caption(job: Job, balance: int, moved: bool) -> str:
+        caption = messages.delivered(job, balance)
+        return f"{messages.delivered_elsewhere(job.reply.channel)}\n{caption}" if moved else caption
+
+    async def _move_to_requester(self, job: Job) -> _Message:
+        """The job's message, anew in the requester's direct message with the bot (``conversations.open``),
+        recorded as the job's message at once: a later attempt delivers there too."""
+        opened = await self.client.conversations_open(users=job.requester.user)
+        response = await self.client.chat_postMessage(
+            channel=str(opened["channel"]["id"]), unfurl_links=False, unfurl_media=False,
+            **blocks.status(job.requester.user, messages.delivered_elsewhere(job.reply.channel)))
+        message = self._messages[job.id] = _Message(str(response["channel"]), str(response["ts"]))
+        self.core.jobs.set_reply_data(job.id, progress_channel=message.channel, progress_ts=message.ts,
+                                      moved_from=job.reply.channel)
+        return message
 
     async def _upload_once(self, job: Job, images: tuple[ImageFile, ...], caption: str, live: _Message,
                            thread_ts: str, pending: list[str]) -> list[str]:

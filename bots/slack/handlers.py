@@ -3,10 +3,11 @@
 A slash command is answered in the ack itself when the answer is at hand (help, balances, refusals,
 admin commands: database work only), as Bolt's own examples do (``await ack(text)``); a job's answer is
 its progress message. Only what takes time goes on after an empty ack (with
-``process_before_response=False`` in the background): a CSV upload, or an admin check that must ask
-Slack's users.info first; those answer through the response_url. Listeners keep no state of their own:
-the buttons are handled by action id and carry the job id in their value, so they keep working across
-restarts.
+``process_before_response=False`` in the background): a CSV upload, an admin check that must ask
+Slack's users.info first, or a prompt in a channel the bot has not checked lately (``conversations.info``:
+may it post there? see ``SlackFrontEnd.check_reply``); those answer through the response_url. Listeners
+keep no state of their own: the buttons are handled by action id and carry the job id in their value, so
+they keep working across restarts.
 """
 
 from __future__ import annotations
@@ -23,13 +24,15 @@ from slack_bolt.app.async_app import AsyncApp
 from slack_sdk.errors import SlackApiError
 
 from imagine_bot.bots.slack import blocks
-from imagine_bot.bots.slack.frontend import SlackError, SlackFrontEnd, respond_ephemeral, slack_error_code
+from imagine_bot.bots.slack.errors import SlackError, slack_error_code
+from imagine_bot.bots.slack.frontend import SlackFrontEnd, respond_ephemeral
 from imagine_bot.bots.slack.mentions import command_text, escape, escape_keep_user_mentions, user_resolver
 from imagine_bot.core.access.authority import Actor, place_key
 from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.app import ImagineCore
 from imagine_bot.core.chat import messages
-from imagine_bot.core.chat.commands import CommandReply, dispatch
+from imagine_bot.core.chat.admin import CommandReply
+from imagine_bot.core.chat.commands import dispatch
 from imagine_bot.core.errors import ImagineError
 from imagine_bot.core.jobs.model import Job, ReplyTo
 
@@ -191,7 +194,8 @@ class SlackHandlers:
 
     # ------------------------------------------------------------------ the work
     async def answer_now(self, body: dict[str, Any]) -> CommandReply | None:
-        """The answer to a slash command, for the ack: None when it needs Slack's users.info first."""
+        """The answer to a slash command, for the ack: None when it needs Slack's users.info first, or a
+        prompt needs conversations.info first (the bot has not checked that channel lately)."""
         team, user, channel = _team_of(body), body["user_id"], body["channel_id"]
         if not self.allowed(team):
             return CommandReply(NOT_ALLOWED)
@@ -199,6 +203,14 @@ class SlackHandlers:
         first = text.split()[0].lower() if text.split() else ""
         known = self.admin_known(team, user)
         if first == "admin" and not known:
+            return None
+        if first and first not in messages.COMMAND_WORDS and not self.frontend.channel_known(channel):
+            # a prompt where the bot has not checked lately that it may post: its plain refusals (credits,
+            # flags, ...) in the ack, and Slack is asked (conversations.info) after it
+            try:
+                self.core.check_imagine(await self.actor(team, user, channel, check_admin=False), text)
+            except ImagineError as error:
+                return CommandReply(error.user_message)
             return None
         # help shows the admin part to admins Slack has already named (ADMINS always); not worth a wait
         check_admin = first == "admin" or (first in ("help", "") and known)

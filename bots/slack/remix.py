@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 
 from imagine_bot.bots.slack import blocks
-from imagine_bot.bots.slack.frontend import SlackError, slack_error_code
+from imagine_bot.bots.slack.errors import SlackError, slack_error_code
 from imagine_bot.bots.slack.handlers import NOT_ALLOWED, SlackHandlers, _team_of
 from imagine_bot.core.chat import messages
 from imagine_bot.core.errors import ImagineError, UserInputError
@@ -104,6 +104,7 @@ class SlackRemix:
             if not files:
                 raise UserInputError(messages.no_images_to_remix())
             self.core.check_can_submit(await self.handlers.actor(team, user, channel, check_admin=False), edit=True)
+            await self.core.check_reply(ReplyTo("slack", channel))  # before the form: can the result go there?
         except ImagineError as error:
             await self.handlers._reply(user, channel, response_url, error.user_message)
             return
@@ -118,6 +119,7 @@ class SlackRemix:
         try:
             original = self.core.check_can_vary(await self.handlers.actor(team, user, channel, check_admin=True),
                                                 job_id)
+            await self.core.check_reply(ReplyTo("slack", channel))
         except ImagineError as error:
             await self.handlers._reply(user, channel, response_url, error.user_message)
             return
@@ -144,7 +146,7 @@ class SlackRemix:
         except ImagineError as error:
             await self.handlers._reply(user, channel, response_url, error.user_message)
             return
-        await self.handlers._after_submit(job)
+        log.info("job %s: vary of %s by %s", job.id, job_id, user)
 
     async def submit(self, body: dict[str, Any], view: dict[str, Any], meta: dict[str, Any], prompt: str,
                      chosen: dict[str, str]) -> None:
@@ -166,7 +168,7 @@ class SlackRemix:
         except ImagineError as error:
             await self.handlers._reply(user, channel, response_url, error.user_message)
             return
-        await self.handlers._after_submit(job)
+        log.info("job %s: remix%s by %s", job.id, f" of {meta['job_id']}" if meta.get("job_id") else "", user)
 
     async def _download(self, name: str, url: str) -> Reference:
         """A private Slack file, fetched with the bot token (never the user's): its bytes for the core."""

@@ -26,7 +26,8 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 )
 from slack_sdk.web.async_client import AsyncWebClient
 
-from imagine_bot.bots.slack.frontend import SlackError, SlackFrontEnd, slack_error_code
+from imagine_bot.bots.slack.errors import SlackError, slack_error_code
+from imagine_bot.bots.slack.frontend import SlackFrontEnd
 from imagine_bot.bots.slack.handlers import SlackHandlers
 from imagine_bot.bots.slack.remix import SlackRemix
 from imagine_bot.core.app import ImagineCore
@@ -122,7 +123,7 @@ class SlackService:
             log.info("slack: signed in as @%s in %s (%s mode)", auth.get("user"), auth.get("team"), self.mode)
         if self.mode == "socket":
             self._socket = self.socket_handler()
-            await self._socket.connect_async()
+            await self._socket.connect_async()  # type: ignore[no-untyped-call]
 
     def socket_handler(self) -> AsyncSocketModeHandler:
         """The Socket Mode connection (built at start: it opens its own session and tasks)."""
@@ -142,7 +143,7 @@ class SlackService:
 async def close_socket_handler(handler: AsyncSocketModeHandler) -> None:
     """Close a Socket Mode handler and wait for its background tasks, which ``close`` only cancels."""
     client = handler.client
-    await handler.close_async()
+    await handler.close_async()  # type: ignore[no-untyped-call]
     tasks = [t for t in (client.message_processor, client.current_session_monitor, client.message_receiver)
              if isinstance(t, asyncio.Future)]
     await asyncio.gather(*tasks, return_exceptions=True)

@@ -22,7 +22,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from imagine_bot.bots.slack.errors import SlackError, slack_error_code
 from imagine_bot.bots.slack.inline import WAITS, shared_in
-from imagine_bot.core.errors import DeliveryError
+from imagine_bot.core.errors import DeliveryInterrupted
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +83,10 @@ async def shared(client: AsyncWebClient, file_ids: Sequence[str], channel: str,
                  waits: Sequence[float] = WAITS) -> bool | None:
     """Whether Slack shared every file in ``channel`` (``files.info``, looking again with ``waits`` while
     Slack may still be processing them): True; False when a file is unknown or never shows up shared;
-    None when the token lacks ``files:read`` (nobody can tell). Any other error raises ``DeliveryError``:
-    "not uploaded" is never guessed."""
+    None when the token lacks ``files:read`` (nobody can tell). Any other error raises
+    ``DeliveryInterrupted``: "not uploaded" is never guessed, and the answer may come on the next attempt,
+    which asks again about the same pending file ids (a refusal here would refund an image already in the
+    channel)."""
     pending = list(file_ids)
     for wait in (0.0, *waits):
         if wait:
@@ -98,8 +100,8 @@ async def shared(client: AsyncWebClient, file_ids: Sequence[str], channel: str,
                     return False
                 if code == "missing_scope":
                     return None
-                raise DeliveryError(f"Slack files.info failed ({code}): cannot tell whether {file_id} was "
-                                    "uploaded") from exc
+                raise DeliveryInterrupted(f"Slack files.info failed ({code}): cannot tell whether {file_id} "
+                                          "was uploaded") from exc
             if shared_in(info.get("file") or {}, channel):
                 pending.remove(file_id)
         if not pending:

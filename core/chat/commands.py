@@ -41,16 +41,17 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 
-from imagine_bot.core.access.authority import Actor, parse_scope
+from imagine_bot.core.access.authority import Actor
 from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.app import ImagineCore
-from imagine_bot.core.chat import messages, presets
-from imagine_bot.core.chat.parsing import take_images
-from imagine_bot.core.credits.ledger import PERIODS
+from imagine_bot.core.chat import admin, messages, presets
+from imagine_bot.core.chat.admin import CommandReply
+from imagine_bot.core.chat.parsing import take_images, whole_number
+from imagine_bot.core.credits.budgets import MAX_CREDITS_CHANGE
+from imagine_bot.core.credits.periods import PERIODS
 from imagine_bot.core.errors import ImagineError, PermissionDenied, UserInputError
-from imagine_bot.core.jobs.model import Job, ReplyTo
+from imagine_bot.core.jobs.model import ReplyTo
 from imagine_bot.core.media.references import Reference
 
 ResolveUser = Callable[[str], UserRef | None]
@@ -63,17 +64,6 @@ def url_reference(raw: str) -> Reference:
     if not raw.lower().startswith(("http://", "https://")):
         raise UserInputError(f"`--image` takes the URL of an image (https://...), not `{raw[:60]}`.")
     return Reference(name=raw, url=raw)
-
-
-@dataclass(frozen=True, slots=True)
-class CommandReply:
-    text: str
-    #: only the requester sees it
-    ephemeral: bool = True
-    #: a file to attach: (filename, content)
-    attachment: tuple[str, bytes] | None = None
-    #: the job an ``/imagine <prompt>`` started (its progress arrives as job events)
-    job: Job | None = None
 
 
 ADMIN_USAGE = (
@@ -127,11 +117,9 @@ def _target(raw: str, resolve_user: ResolveUser) -> UserRef:
     return user
 
 
-def _amount(raw: str) -> int:
-    try:
-        return int(raw.replace(",", "").replace("_", ""))
-    except ValueError:
-        raise UserInputError(f"`{raw[:20]}` is not a whole number of credits.") from None
+def _amount(raw: str, *, signed: bool = False) -> int:
+    """Credits as typed: a grant may be negative (a revoke), an allowance, budget or cap may not."""
+    return whole_number(raw, "Credits", -MAX_CREDITS_CHANGE if signed else 0, MAX_CREDITS_CHANGE)
 
 
 def _need(args: list[str], count: int, usage: str) -> None:
@@ -139,71 +127,38 @@ def _need(args: list[str], count: int, usage: str) -> None:
         raise UserInputError(f"Usage: {usage}")
 
 
-def _scope(raw: str, actor: Actor) -> str:
-    if raw.lower() == "here":
-        if actor.place is None:
-            raise UserInputError("`here` means this server or workspace: use it there, or name a scope.")
-        return actor.place
-    if raw.lower() == "channel":
-        if actor.channel_scope is None:
-            raise UserInputError("`channel` means this channel of a server or workspace: use it there.")
-        return actor.channel_scope
-    try:
-        return parse_scope(raw)
-    except ValueError as exc:
-        raise UserInputError(str(exc)) from None
-
-
 # ---------------------------------------------------------------------- operators
 def _grant(core: ImagineCore, actor: Actor, args: list[str], resolve: ResolveUser) -> CommandReply:
     _need(args, 2, "admin grant <user> <credits> [note]")
-    target = _target(args[0], resolve)
-    amount = _amount(args[1])
-    balance = core.admin_grant(actor, target, amount, note=" ".join(args[2:]) or None)
-    return CommandReply(messages.granted(args[0], amount, balance))
+    return admin.grant(core, actor, _target(args[0], resolve), _amount(args[1], signed=True),
+                       " ".join(args[2:]) or None, shown=args[0])
 
 
 def _allowance(core: ImagineCore, actor: Actor, args: list[str], resolve: ResolveUser) -> CommandReply:
     _need(args, 2, "admin allowance <user> <credits|default>")
-    target = _target(args[0], resolve)
     value = None if args[1].lower() == "default" else _amount(args[1])
-    balance = core.admin_allowance(actor, target, value)
-    return CommandReply(messages.allowance_set(args[0], balance))
+    return admin.allowance(core, actor, _target(args[0], resolve), value, shown=args[0])
 
 
 def _show(core: ImagineCore, actor: Actor, args: list[str], resolve: ResolveUser) -> CommandReply:
     _need(args, 1, "admin show <user>")
-    core.admin_history_allowed(actor)
-    info = core.credits(_target(args[0], resolve))
-    return CommandReply(f"{args[0]}: " + messages.credits(info.balance, len(info.active), core.now()))
+    return admin.show(core, actor, _target(args[0], resolve), shown=args[0])
 
 
 def _history(core: ImagineCore, actor: Actor, args: list[str], resolve: ResolveUser) -> CommandReply:
     _need(args, 1, "admin history <user>")
-    core.admin_history_allowed(actor)
-    entries = core.ledger.history(_target(args[0], resolve), limit=15)
-    if not entries:
-        return CommandReply(f"No ledger entries for {args[0]} yet.")
-    lines = [f"{e.ts:%Y-%m-%d %H:%M} {e.kind:<8} {e.delta_balance:+5d} balance {e.balance_after:>5}"
-             f"{' job ' + e.job_id if e.job_id else ''}{' by ' + e.actor if e.actor else ''}" for e in entries]
-    return CommandReply(f"Last {len(lines)} entries for {args[0]}:\n```\n" + "\n".join(lines) + "\n```")
+    return admin.history(core, actor, _target(args[0], resolve), shown=args[0])
 
 
 def _report(core: ImagineCore, actor: Actor, args: list[str], resolve: ResolveUser) -> CommandReply:
-    if (args and args[0].lower() == "all") or (not args and actor.place is None):
-        csv_text = core.admin_report(actor)
-        rows = max(0, csv_text.count("\n") - 1)
-        return CommandReply(f"Usage report: {rows} account(s).",
-                            attachment=(f"imagine-usage-{core.now():%Y%m%d}.csv", csv_text.encode()))
-    report = core.admin_scope_report(actor, _scope(args[0], actor) if args else None)
-    return CommandReply(report.summary, attachment=(report.filename, report.csv.encode()))
+    return admin.report(core, actor, args[0] if args else None)
 
 
 def _budget(core: ImagineCore, actor: Actor, args: list[str], resolve: ResolveUser) -> CommandReply:
     if args and args[0].lower() == "set":
         usage = "admin budget set <here|channel|scope> <credits|default|unlimited> [--period day|week|month|never]"
         _need(args, 3, usage)
-        scope, raw = _scope(args[1], actor), args[2].lower()
+        raw = args[2].lower()
         period = None
         rest = args[3:]
         if rest:
@@ -213,22 +168,14 @@ def _budget(core: ImagineCore, actor: Actor, args: list[str], resolve: ResolveUs
                 raise UserInputError(f"Usage: {usage}")
             period = value
         amount = None if raw in ("default", "unlimited") else _amount(raw)
-        status = core.admin_budget_set(actor, scope, amount, period=period, unlimited=raw == "unlimited")
-        return CommandReply("Budget set: " + messages.budget_line(status))
-    shown = core.admin_budget_show(actor, _scope(args[0], actor) if args else None)
-    return CommandReply("\n".join(messages.budget_line(b) for b in shown) or "No budgets yet.")
+        return admin.budget_set(core, actor, args[1], amount, period=period, unlimited=raw == "unlimited")
+    return admin.budget_show(core, actor, args[0] if args else None)
 
 
 # ---------------------------------------------------------------------- community admins (and operators)
 def _ban(core: ImagineCore, actor: Actor, args: list[str], resolve: ResolveUser, *, ban: bool = True) -> CommandReply:
     _need(args, 1, f"admin {'ban' if ban else 'unban'} <user>")
-    target = _target(args[0], resolve)
-    changed = core.admin_ban(actor, target, ban=ban)
-    if ban:
-        return CommandReply(f"{args[0]} can no longer use the image bot here." if changed
-                            else f"{args[0]} was already banned here.")
-    return CommandReply(f"{args[0]} can use the image bot here again." if changed
-                        else f"{args[0]} was not banned here.")
+    return admin.ban(core, actor, _target(args[0], resolve), shown=args[0], banned=ban)
 
 
 def _unban(core: ImagineCore, actor: Actor, args: list[str], resolve: ResolveUser) -> CommandReply:
@@ -237,67 +184,34 @@ def _unban(core: ImagineCore, actor: Actor, args: list[str], resolve: ResolveUse
 
 def _channels(core: ImagineCore, actor: Actor, args: list[str], resolve: ResolveUser) -> CommandReply:
     if not args:
-        current = core.places.prefs(actor.place).channels if actor.place else ()
-        where = ", ".join(f"<#{c}>" for c in current) or "every channel"
-        return CommandReply(f"I answer in {where}. Change it with `admin channels here`, `admin channels all` "
-                            "or `admin channels #a #b`.")
+        return admin.channels(core, actor, None)
     if args[0].lower() == "all":
         chosen: tuple[str, ...] = ()
     elif args[0].lower() == "here":
-        if actor.channel is None:
-            raise UserInputError("Use `admin channels here` in the channel you mean.")
-        chosen = (actor.channel,)
+        chosen = admin.this_channel(actor)
     else:
         found = [CHANNEL_MENTION.match(a) for a in args]
         if not all(found):
             raise UserInputError("Name channels as #mentions, or say `here` or `all`.")
         chosen = tuple(m.group(1) for m in found if m)
-    done = core.admin_channels(actor, chosen)
-    return CommandReply("I now answer in " + (", ".join(f"<#{c}>" for c in done) or "every channel") + " here.")
+    return admin.channels(core, actor, chosen)
 
 
 def _defaults(core: ImagineCore, actor: Actor, args: list[str], resolve: ResolveUser) -> CommandReply:
     if args and args[0].lower() == "reset":
-        changes: dict[str, str | None] = {"aspect_ratio": None, "quality": None}
-    else:
-        unset = {"aspect_ratio": "", "quality": ""}  # tells the flags given from those not given
-        parsed = core.parse("defaults " + " ".join(args), unset)
-        changes = {k: v for k, v in parsed.params.items() if k in unset and v}
-        if not changes:
-            current = core.place_defaults(actor)
-            shown = messages.describe_params(dict(current)) or "the model's defaults"
-            return CommandReply(f"Default options here: {shown}. Change them with "
-                                "`admin defaults --ar 16:9 --quality high`, or `admin defaults reset`.")
-    done = core.admin_defaults(actor, changes)
-    shown = messages.describe_params(dict(done)) or "the model's defaults"
-    return CommandReply(f"Default options here: {shown}.")
+        return admin.defaults(core, actor, dict(admin.RESET_DEFAULTS))
+    unset = {"aspect_ratio": "", "quality": ""}  # tells the flags given from those not given
+    parsed = core.parse("defaults " + " ".join(args), unset)
+    return admin.defaults(core, actor, {k: v for k, v in parsed.params.items() if k in unset and v})
 
 
 def _member_cap(core: ImagineCore, actor: Actor, args: list[str], resolve: ResolveUser) -> CommandReply:
     _need(args, 1, "admin member-cap <credits|none>")
-    cap = None if args[0].lower() in ("none", "off") else _amount(args[0])
-    status = core.admin_member_cap(actor, cap)
-    return CommandReply("Member cap set: " + messages.budget_line(status))
+    return admin.member_cap(core, actor, None if args[0].lower() in ("none", "off") else _amount(args[0]))
 
 
 def _dashboard(core: ImagineCore, actor: Actor, args: list[str], resolve: ResolveUser) -> CommandReply:
-    url, scope = core.dashboard_link(actor)
-    return CommandReply(messages.dashboard_link(url, scope))
-
-
-PRESET_USAGE = ('Usage: `admin preset set NAME "TEMPLATE with {prompt}" [--ar R] [--quality Q] [--image URL ...]`, '
-                '`admin preset list`, `admin preset remove NAME`, `admin preset default NAME|none` (in a channel); '
-                "operators add `--global` for a preset of every place.")
-
-
-def preset_list(core: ImagineCore, actor: Actor, usage: str = PRESET_USAGE) -> str:
-    """``admin preset list``: every preset here, its options and the channels that use it by default."""
-    found, defaults_in = core.admin_presets(actor)
-    if not found:
-        return "No presets here yet. " + usage
-    lines = [messages.preset_line(p.name, p.template, dict(p.defaults), len(p.images), p.scope,
-                                  sorted(c for c, n in defaults_in.items() if n == p.name)) for p in found]
-    return "Presets here:\n" + "\n".join(lines)
+    return admin.dashboard(core, actor)
 
 
 def _preset(core: ImagineCore, actor: Actor, args: list[str], resolve: ResolveUser) -> CommandReply:
@@ -311,34 +225,27 @@ def _preset(core: ImagineCore, actor: Actor, args: list[str], resolve: ResolveUs
         if spec.flags:
             unset = {"aspect_ratio": "", "quality": ""}  # tells the flags given from those not given
             defaults = {k: v for k, v in core.parse("preset " + spec.flags, unset).params.items() if k in unset and v}
-        saved = core.admin_preset_set(actor, spec.name, spec.template, defaults=defaults, images=spec.images,
-                                      everywhere=spec.everywhere)
-        return CommandReply(messages.preset_saved(saved.name, saved.scope))
+        return admin.preset_set(core, actor, spec.name, spec.template, defaults, spec.images,
+                                everywhere=spec.everywhere)
     if action == "list" and not named:
-        return CommandReply(preset_list(core, actor))
+        return admin.preset_list(core, actor)
     if action == "remove" and len(named) == 1:
-        channels = core.admin_preset_remove(actor, named[0], everywhere=everywhere)
-        return CommandReply(messages.preset_removed(named[0].lower(), channels))
+        return admin.preset_remove(core, actor, named[0], everywhere=everywhere)
     if action == "default" and len(named) == 1 and not everywhere:
-        chosen = core.admin_preset_default(actor, named[0])
-        return CommandReply(messages.preset_default_set(chosen.name if chosen else None))
-    raise UserInputError(PRESET_USAGE)
+        return admin.preset_default(core, actor, named[0])
+    raise UserInputError(admin.PRESET_USAGE)
 
 
 def _approvals(core: ImagineCore, actor: Actor, args: list[str], resolve: ResolveUser) -> CommandReply:
     usage = "Usage: `admin approvals on @reviewer [@reviewer2 ...]` or `admin approvals off`, in the channel."
     action = args[0].lower() if args else ""
-    if action == "on":
-        if len(args) < 2:
-            raise UserInputError(usage)
-        reviewers = core.admin_approvals(actor, [_target(raw, resolve) for raw in args[1:]])
-    elif action == "off" and len(args) == 1:
-        reviewers = core.admin_approvals(actor, None)
-    elif not args:
-        reviewers = core.approvals_here(actor)
-    else:
-        raise UserInputError(usage)
-    return CommandReply(messages.approvals_set(reviewers, core.settings.APPROVAL_EXPIRE_H))
+    if action == "on" and len(args) >= 2:
+        return admin.approvals(core, actor, [_target(raw, resolve) for raw in args[1:]])
+    if action == "off" and len(args) == 1:
+        return admin.approvals(core, actor, None)
+    if not args:
+        return admin.approvals(core, actor, None, show=True)
+    raise UserInputError(usage)
 
 
 _ADMIN: dict[str, Handler] = {

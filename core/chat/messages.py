@@ -8,12 +8,13 @@ Prompts are echoed through ``quote_prompt``; front ends still disable mentions o
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from imagine_bot.core.access.authority import scope_noun
 from imagine_bot.core.chat.parsing import usage
-from imagine_bot.core.credits.budgets import BudgetStatus, period_name, refill_words
-from imagine_bot.core.credits.ledger import Balance, describe_refill
+from imagine_bot.core.credits.budgets import BudgetStatus
+from imagine_bot.core.credits.ledger import Balance
+from imagine_bot.core.credits.periods import describe_refill, period_name, refill_words
 from imagine_bot.core.errors import ImagineError
 from imagine_bot.core.gateway.catalog import ModelSpec
 from imagine_bot.core.jobs.model import Job
@@ -87,6 +88,18 @@ def reference_unreachable(name: str, why: str) -> str:
     return f"I could not fetch `{quote_prompt(name, 80)}` ({why})."
 
 
+def reference_not_public(name: str) -> str:
+    """The one answer for a URL, or any redirect hop of it, that is not a public address (private, loopback,
+    link-local, or a name that does not resolve): the same words whatever is there."""
+    return reference_unreachable(name, "not a public address")
+
+
+def reference_too_many_pixels(name: str, size: tuple[int, int], limit: int) -> str:
+    width, height = size
+    return (f"`{quote_prompt(name, 80)}` is {width:,}×{height:,} pixels ({width * height / 1e6:.0f} megapixels); "
+            f"I can shrink images of up to {limit / 1e6:.0f} megapixels.")
+
+
 def reference_gone() -> str:
     return ("That image is no longer kept (results are kept for a limited time), so it cannot be used "
             "again. Nothing was charged.")
@@ -130,6 +143,37 @@ def failed(job: Job, error: ImagineError, refunded: bool) -> str:
     if refunded and "refund" not in text and "nothing was charged" not in text.lower():
         text += " Your credits were refunded."
     return f"Could not make `{quote_prompt(job.prompt, 120)}`: {text}"
+
+
+# ---------------------------------------------------------------------- where the bot can answer
+#: why a front end cannot answer where it was asked: a channel it is not in, an archived one, a direct
+#: message between other people
+Unanswerable = Literal["not_member", "archived", "others_dm"]
+
+
+def cannot_answer_here(why: Unanswerable, bot_name: str) -> str:
+    """Said privately, before anything is reserved or sent, when the bot cannot post where it was asked."""
+    invite = f"`/invite @{bot_name}`"
+    if why == "archived":
+        text = (f"This channel is archived, so I can't post an image in it. Ask in a channel I'm in "
+                f"(type {invite} in a channel to add me).")
+    elif why == "others_dm":
+        text = (f"I can't post in a direct message between other people. Ask in your direct messages with me, "
+                f"or in a channel: type {invite} there first.")
+    else:
+        text = (f"I'm not a member of this channel, so I can't post an image here. Type {invite} in the "
+                "channel, then try again.")
+    return f"{text} Nothing was charged."
+
+
+def delivered_elsewhere(channel: str) -> str:
+    """The note on a result sent by direct message because the channel refused it after the job was sent."""
+    return (f"I can no longer post in <#{channel}> (I was removed from it, or it was archived), "
+            "so here is your image.")
+
+
+def undeliverable() -> str:
+    return "I made the image but could post it neither where you asked nor in a direct message to you."
 
 
 def credits(balance: Balance, active: int, now: datetime, budget: BudgetStatus | None = None) -> str:
@@ -458,3 +502,21 @@ def operator_gateway_error(code: str, detail: str) -> str:
             "gateway_feature_disabled": "says this model is not enabled for the account (505)"}.get(code, code)
     return (f"imagine-bot: the image service {what}. Jobs fail and are refunded until it is fixed. "
             f"Detail: {detail[:300]}")
+
+
+def _images(n: int) -> str:
+    return f"{n} image{'' if n == 1 else 's'}"
+
+
+def operator_undelivered(credits: int, jobs: int, threshold: int) -> str:
+    return (f"imagine-bot: today the image service charged the ModKie account {credits} credits for "
+            f"{_images(jobs)} that were never delivered (the gateway finished them, then posting failed; "
+            f"their users were refunded). This passes UNDELIVERED_ALERT_CREDITS ({threshold}); you are told "
+            "once a day. `imagine-bot jobs list --state failed` shows why they failed; the dashboard's usage "
+            "page has the day by day reconciliation.")
+
+
+def billed_not_delivered_line(total: tuple[int, int], today: tuple[int, int]) -> str:
+    """``credits report``: what the gateway billed for images nobody received, in all and today (UTC)."""
+    return (f"Billed but not delivered: {total[0]} credits ({_images(total[1])}) in all, {today[0]} credits "
+            f"({_images(today[1])}) today: the gateway charged for them, their users were refunded.")

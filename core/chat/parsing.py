@@ -5,6 +5,8 @@
 - Every flag has aliases (``--ar``/``--aspect``, ``--quality``/``--q``), taken from the model catalog.
 - Anything wrong (an unknown flag, a missing or bad value, a flag twice, an empty or too long prompt, a
   banned word) raises ``UserInputError`` whose message lists what is valid. Nothing else is ever raised.
+- ``whole_number`` reads every number a user types anywhere (credits in chat and on the command line, a
+  ``--limit``): bounded in length before ``int()`` and in value after it, refused in one plain line.
 """
 
 from __future__ import annotations
@@ -14,14 +16,33 @@ import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from imagine_bot.core.errors import UserInputError
+from imagine_bot.core.errors import NumberRefused, UserInputError
 from imagine_bot.core.gateway.catalog import InputSpec, ModelSpec
 
 _DASHES = re.compile(r"(?<!\S)[\u2014\u2013\u2012\u2015\u2212]{1,2}(?=[A-Za-z])")
 _FLAG = re.compile(r"^--([A-Za-z][\w-]*)(?:=(.*))?$", re.DOTALL)
 _IMAGE_FLAG = re.compile(r"(?<!\S)--(?:image|img)(?:=|\s+)(\S+)", re.IGNORECASE)
 _PRESET_FLAG = re.compile(r"(?<!\S)--preset(?:=|\s+|$)(\S*)", re.IGNORECASE)
-_RATIO_SEP = re.compile(r"^\s*(\d+)\s*[:x×/]\s*(\d+)\s*$", re.IGNORECASE)
+#: a side of a ratio has at most 4 digits after any leading zeros: a longer one is no ratio we offer (and
+#: never reaches ``int()``, which refuses more than 4300 digits with a ValueError of its own)
+_RATIO_SEP = re.compile(r"^\s*0*(\d{1,4})\s*[:x×/]\s*0*(\d{1,4})\s*$", re.IGNORECASE)
+#: the longest number read at all: "-1,000,000,000" and room to spare; a longer token is refused unread
+MAX_NUMBER_CHARS = 20
+_WHOLE = re.compile(r"[+-]?[0-9]+")
+
+
+def whole_number(raw: str, label: str, low: int, high: int) -> int:
+    """A whole number a user typed (``1000``, ``1,000``, ``1_000``, ``-50``) from ``low`` to ``high``, or
+    ``NumberRefused``. The token's length is checked before ``int()``, so neither a 5,000-digit token (past
+    Python's limit) nor 10^40 (past SQLite's integers) gets further than a one-line answer."""
+    text = raw.strip()
+    digits = text.replace(",", "").replace("_", "")
+    if len(text) > MAX_NUMBER_CHARS or not _WHOLE.fullmatch(digits):
+        raise NumberRefused(raw, label, low, high)
+    value = int(digits)
+    if not low <= value <= high:
+        raise NumberRefused(raw, label, low, high)
+    return value
 
 
 @dataclass(frozen=True, slots=True)

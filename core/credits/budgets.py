@@ -31,14 +31,17 @@ from typing import Any
 import sqlite_utils
 
 from imagine_bot.core.access.authority import GLOBAL, scope_noun
-from imagine_bot.core.credits.ledger import MONTHS, PERIODS, WEEKDAYS, next_boundary, period_start
+from imagine_bot.core.credits.periods import PERIODS, next_boundary, period_name, period_start, refill_words
 from imagine_bot.core.errors import BudgetExhausted, UserInputError
+from imagine_bot.core.jobs.model import ACTIVE_STATES
 from imagine_bot.core.storage.db import iso, transaction, utcnow
 
 #: stored amount meaning "explicitly unlimited" (NULL means "the default")
 UNLIMITED = -1
-MONTH_NAMES = ("January", "February", "March", "April", "May", "June", "July", "August", "September",
-               "October", "November", "December")
+#: the most credits any amount may be: one grant, revoke or allowance (``credits.ledger``), a budget or a
+#: member cap. Far beyond any real use, and far below SQLite's 64-bit integers (a bigger number is refused
+#: in plain words, not an OverflowError); the number parser in front (``chat.parsing.whole_number``) uses it
+MAX_CREDITS_CHANGE = 1_000_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,25 +62,6 @@ class BudgetStatus:
     @property
     def remaining(self) -> int | None:
         return None if self.amount is None else max(0, self.amount - self.spent - self.held)
-
-
-def period_name(period: str, start: datetime | None) -> str:
-    """``for November``, ``for today``, ``for this week``; empty for ``never``."""
-    if start is None or period == "never":
-        return ""
-    if period == "month":
-        return f"for {MONTH_NAMES[start.month - 1]}"
-    return "for today" if period == "day" else "for this week"
-
-
-def refill_words(period: str, when: datetime | None) -> str:
-    """``it refills on 1 Dec`` (or at midnight UTC, or on Mon 30 Nov); what never refills says so."""
-    if when is None:
-        return "it does not refill by itself; an operator can raise it"
-    if period == "day":
-        return "it refills at 00:00 UTC"
-    day = f"{when.day} {MONTHS[when.month - 1]}"
-    return f"it refills on {day}" if period == "month" else f"it refills on {WEEKDAYS[when.weekday()]} {day}"
 
 
 SPEND_FIELDS = ("scope", "account", "channel", "credits_spent", "images")
@@ -247,8 +231,8 @@ class Budgets:
         ``unlimited``: no limit). The global cap is a setting (``SPEND_CAP``), not set here."""
         if scope == GLOBAL:
             raise UserInputError("The global cap is the SPEND_CAP setting; change it there and restart.")
-        if amount is not None and amount < 0:
-            raise UserInputError("A budget must be 0 or more credits.")
+        if amount is not None and not 0 <= amount <= MAX_CREDITS_CHANGE:
+            raise UserInputError(f"A budget must be from 0 to {MAX_CREDITS_CHANGE:,} credits. Nothing was changed.")
         if period is not None and period not in PERIODS:
             raise UserInputError(f"A budget period is one of {', '.join(PERIODS)}.")
         now = self._now()
@@ -266,8 +250,9 @@ class Budgets:
 
     def set_member_cap(self, scope: str, cap: int | None, *, actor: str) -> BudgetStatus:
         """What one member may spend of the scope's budget per period (None: no cap)."""
-        if cap is not None and cap < 0:
-            raise UserInputError("A member cap must be 0 or more credits.")
+        if cap is not None and not 0 <= cap <= MAX_CREDITS_CHANGE:
+            raise UserInputError(f"A member cap must be from 0 to {MAX_CREDITS_CHANGE:,} credits. "
+                                 "Nothing was changed.")
         now = self._now()
         with transaction(self.db):
             self._touch(scope, now)
@@ -292,3 +277,20 @@ class Budgets:
         ).fetchall()
         return [f"budget {scope}: spent {spent} but its rows sum to {s_spent}; held {held} but they sum to {s_held}"
                 for scope, spent, held, s_spent, s_held in rows if spent != s_spent or held != s_held]
+
+    def orphan_holds(self) -> list[str]:
+        """One line per budget hold that no active job owns: its job ended (or never existed) without the
+        hold being captured or released, so the budget stays that much smaller for good."""
+        rows = self.db.execute(
+            "SELECT r.scope, r.job_id, r.delta_held, r.account, j.state FROM budget_ledger r"
+            " LEFT JOIN jobs j ON j.id = r.job_id WHERE r.kind = 'reserve' AND r.job_id IS NOT NULL"
+            " AND NOT EXISTS (SELECT 1 FROM budget_ledger s WHERE s.job_id = r.job_id AND s.scope = r.scope"
+            " AND s.kind IN ('capture', 'release'))"
+            f" AND (j.id IS NULL OR j.state NOT IN ({_ACTIVE_MARKS})) ORDER BY r.id", list(_ACTIVE)).fetchall()
+        return [f"budget {scope}: {held} credits held for job {job_id} ({account or '?'}), which is "
+                f"{state or 'not a known job'}: nothing will ever release them"
+                for scope, job_id, held, account, state in rows]
+
+
+_ACTIVE = tuple(s.value for s in ACTIVE_STATES)
+_ACTIVE_MARKS = ",".join("?" * len(_ACTIVE))

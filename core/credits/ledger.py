@@ -52,22 +52,21 @@ import csv
 import io
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import sqlite_utils
 
 from imagine_bot.core.access.identity import UserRef
+from imagine_bot.core.credits.budgets import MAX_CREDITS_CHANGE, Budgets
+from imagine_bot.core.credits.periods import ADJECTIVES, PERIODS, describe_refill, next_boundary, period_start
 from imagine_bot.core.errors import ConfigError, InsufficientCredits, NotFound, UserInputError
+from imagine_bot.core.jobs.model import ACTIVE_STATES
 from imagine_bot.core.storage.db import iso, snapshot, transaction, utcnow
 
 if TYPE_CHECKING:
-    from imagine_bot.core.credits.budgets import Budgets
+    from imagine_bot.core.settings import Settings
 
-PERIODS = ("day", "week", "month", "never")
-ADJECTIVES = {"day": "daily", "week": "weekly", "month": "monthly"}
-WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")  # not strftime: no locale surprises
-MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 ENTRY_COLUMNS = (
     "id", "ts", "account", "kind", "delta_balance", "delta_held", "balance_after", "held_after", "job_id",
     "actor", "note",
@@ -76,11 +75,7 @@ REPORT_FIELDS = (
     "account", "balance", "held", "allowance",
     "granted", "refilled", "spent", "jobs_charged", "jobs_refunded",
 )
-
-
-#: the most credits one grant, revoke or allowance may move: far beyond any real use, and far below
-#: SQLite's 64-bit integers (a bigger number is refused in plain words, not an OverflowError)
-MAX_CREDITS_CHANGE = 1_000_000_000
+_ACTIVE = tuple(s.value for s in ACTIVE_STATES)
 
 
 def _check_size(amount: int) -> None:
@@ -134,58 +129,20 @@ class _Account:
     period_start: datetime | None
 
 
-# --- periods
-
-
-def period_start(now: datetime, period: str) -> datetime | None:
-    """The start of the allowance period containing ``now`` (None for ``never``)."""
-    midnight = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    if period == "day":
-        return midnight
-    if period == "week":
-        return midnight - timedelta(days=midnight.weekday())
-    if period == "month":
-        return midnight.replace(day=1)
-    return None
-
-
-def next_boundary(start: datetime, period: str) -> datetime | None:
-    """The first period boundary after the period containing ``start`` (None for ``never``)."""
-    begin = period_start(start, period)
-    if begin is None:
-        return None
-    if period == "day":
-        return begin + timedelta(days=1)
-    if period == "week":
-        return begin + timedelta(weeks=1)
-    return (begin + timedelta(days=32)).replace(day=1)
-
-
-def _plural(n: int, unit: str) -> str:
-    return f"{n} {unit}{'' if n == 1 else 's'}"
-
-
-def describe_refill(next_refill: datetime | None, now: datetime) -> str | None:
-    """Plain words for when the allowance refills, e.g. ``"in 3 hours"`` or
-    ``"on Mon 1 Dec at 00:00 UTC (in 6 days)"``; None when it never does."""
-    if next_refill is None:
-        return None
-    when = next_refill.astimezone(UTC)
-    seconds = (when - now).total_seconds()
-    if seconds <= 0:
-        return "now"
-    if seconds < 60:
-        return "in under a minute"
-    if seconds < 3600:
-        return "in " + _plural(max(1, round(seconds / 60)), "minute")
-    if seconds < 86400:
-        return "in " + _plural(round(seconds / 3600), "hour")
-    year = f" {when.year}" if when.year != now.astimezone(UTC).year else ""
-    day = f"{WEEKDAYS[when.weekday()]} {when.day} {MONTHS[when.month - 1]}{year} at {when:%H:%M} UTC"
-    return f"on {day} (in {_plural(round(seconds / 86400), 'day')})"
-
-
 # --- the ledger
+
+
+def build_ledger(db: sqlite_utils.Database, settings: Settings, *,
+                 clock: Callable[[], datetime] = utcnow) -> Ledger:
+    """The credits as the bot runs them: the user ledger with the budgets over it, from the settings.
+
+    The one place both are built (``ImagineCore`` and every ``imagine-bot`` admin command), so no command
+    moves a user's credits without the budgets that moved with them.
+    """
+    budgets = Budgets(db, default_amount=settings.DEFAULT_SCOPE_BUDGET, period=settings.SCOPE_BUDGET_PERIOD,
+                      cap=settings.SPEND_CAP, cap_period=settings.SPEND_CAP_PERIOD, clock=clock)
+    return Ledger(db, budgets=budgets, allowance=settings.CREDITS_ALLOWANCE, period=settings.CREDITS_PERIOD,
+                  clock=clock)
 
 
 class Ledger:
@@ -195,6 +152,7 @@ class Ledger:
         self,
         db: sqlite_utils.Database,
         *,
+        budgets: Budgets,
         allowance: int,
         period: str,
         clock: Callable[[], datetime] = utcnow,
@@ -203,12 +161,14 @@ class Ledger:
             raise ConfigError("CREDITS_PERIOD", f"must be one of {', '.join(PERIODS)}, not {period!r}")
         if allowance < 0:
             raise ConfigError("CREDITS_ALLOWANCE", "must be 0 or more")
+        if budgets.db is not db:
+            raise ValueError("the ledger and its budgets must share one database (one transaction moves both)")
         self.db = db
         self.allowance = allowance
         self.period = period
         self.clock = clock
-        #: budgets above the user, moved in the same transactions (None: user balances only)
-        self.budgets: Budgets | None = None
+        #: the budgets above the user, moved in the same transactions (on the same database)
+        self.budgets = budgets
 
     # --- reading and writing rows (always inside a transaction)
 
@@ -333,8 +293,7 @@ class Ledger:
                 nxt = self._balance(acct).next_refill
                 raise InsufficientCredits(balance=available, cost=cost, next_refill=describe_refill(nxt, now))
             self._write(who.key, now, "reserve", delta_held=cost, job_id=job_id)
-            if self.budgets is not None:
-                self.budgets.reserve(scopes, job_id, who.key, channel, cost)
+            self.budgets.reserve(scopes, job_id, who.key, channel, cost)
             return self._balance(self._must_load(who.key))
 
     def capture(self, job_id: str) -> bool:
@@ -365,8 +324,7 @@ class Ledger:
             self._refill(self._must_load(key), now)
             self._write(key, now, kind, delta_balance=-cost if kind == "capture" else 0, delta_held=-cost,
                         job_id=job_id)
-            if self.budgets is not None:
-                self.budgets.settle(job_id, kind)
+            self.budgets.settle(job_id, kind)
             return True
 
     def grant(self, who: UserRef, amount: int, *, actor: str, note: str | None = None) -> Balance:
@@ -487,9 +445,7 @@ class Ledger:
             GROUP BY a.account ORDER BY a.account
             """
         ).fetchall()
-        problems = []
-        if self.budgets is not None:
-            problems += self.budgets.verify()
+        problems = self.budgets.verify()
         for key, balance, held, sum_balance, sum_held in rows:
             if balance != sum_balance or held != sum_held:
                 problems.append(
@@ -497,3 +453,16 @@ class Ledger:
                     f" held {held} but the ledger sums to {sum_held}"
                 )
         return problems
+
+    def orphan_holds(self) -> list[str]:
+        """One line per hold that no active job owns, on a user's account or on a budget: its job ended (or
+        never existed) without the hold being captured or released, so those credits stay held for good."""
+        rows = self.db.execute(
+            "SELECT r.account, r.job_id, r.delta_held, j.state FROM ledger r LEFT JOIN jobs j ON j.id = r.job_id"
+            " WHERE r.kind = 'reserve' AND r.job_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM ledger s"
+            " WHERE s.job_id = r.job_id AND s.kind IN ('capture', 'release'))"
+            f" AND (j.id IS NULL OR j.state NOT IN ({','.join('?' * len(_ACTIVE))})) ORDER BY r.id",
+            list(_ACTIVE)).fetchall()
+        problems = [f"{account}: {held} credits held for job {job_id}, which is {state or 'not a known job'}:"
+                    " nothing will ever release them" for account, job_id, held, state in rows]
+        return problems + self.budgets.orphan_holds()

@@ -11,7 +11,13 @@ A 401 (the key) or 505 (the model is not enabled for the account) alerts the ope
 most once an hour per cause; they fail the job (refunded) but do not pause.
 
 The state is kept in the ``gateway_account`` row, so every process, the command line and dashboards
-(``snapshot``) see the same thing.
+(``snapshot``) see the same thing. Every balance read is also kept in ``gateway_balance_log`` (for
+``BALANCE_LOG_DAYS``): the dashboard sets each day's drop beside what delivered jobs were charged.
+
+Billed but not delivered: a job whose task the gateway reported successful (so it charged the account)
+but which then failed is counted from the job rows (``JobStore.billed_not_delivered``). When today's
+total reaches ``UNDELIVERED_ALERT_CREDITS`` the operators get one DM (``check_undelivered``, after every
+such failure and every balance read), once a day however many processes share the database.
 """
 
 from __future__ import annotations
@@ -20,11 +26,12 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 import sqlite_utils
 
 from imagine_bot.core.chat import messages
+from imagine_bot.core.credits.periods import period_start
 from imagine_bot.core.errors import (
     GatewayAuthError,
     GatewayError,
@@ -34,13 +41,17 @@ from imagine_bot.core.errors import (
     ImagineError,
 )
 from imagine_bot.core.gateway import GatewayClient
+from imagine_bot.core.jobs.model import Job, JobStore
 from imagine_bot.core.ops.alerts import Alerts
 from imagine_bot.core.storage.db import iso, transaction, utcnow
 
 log = logging.getLogger(__name__)
 
 OUT_OF_CREDITS = "out_of_credits"
+UNDELIVERED = "billed_not_delivered"
 PAUSED_RECHECK_S = 30.0
+#: balance readings older than this are dropped (the dashboard shows 90 days at most)
+BALANCE_LOG_DAYS = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,12 +81,16 @@ def read_state(db: sqlite_utils.Database) -> AccountState:
 
 class GatewayAccount:
     def __init__(self, db: sqlite_utils.Database, gateway: GatewayClient, alerts: Alerts, *, cost: int,
-                 check_every_s: float, clock: Callable[[], datetime] = utcnow) -> None:
+                 check_every_s: float, undelivered_alert_credits: int = 0,
+                 clock: Callable[[], datetime] = utcnow) -> None:
         self.db = db
         self.gateway = gateway
         self.alerts = alerts
         self.cost = cost
         self.check_every_s = check_every_s
+        #: tell the operators when today's billed-but-not-delivered credits reach this (0: never)
+        self.undelivered_alert_credits = undelivered_alert_credits
+        self.jobs = JobStore(db)
         self.clock = clock
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -130,6 +145,34 @@ class GatewayAccount:
             self.alerts.clear("resumed")
             self.alerts.alert("resumed", messages.operator_resumed(balance))
 
+    # ------------------------------------------------------------------ billed but not delivered
+    def check_undelivered(self) -> bool:
+        """Tell the operators (once a day, whichever process gets there first) when the credits the gateway
+        billed today for images nobody received reach ``undelivered_alert_credits``. True if told now."""
+        if not self.undelivered_alert_credits:
+            return False
+        now = self.clock()
+        midnight = period_start(now, "day")
+        credits, jobs = self.jobs.billed_not_delivered(since=midnight)
+        if credits < self.undelivered_alert_credits:
+            return False
+        day = now.astimezone(UTC).date().isoformat()
+        if not self._transition("undelivered_told_day = ?", [day, day],
+                                "(undelivered_told_day IS NULL OR undelivered_told_day <> ?)"):
+            return False
+        log.error("billed but not delivered today: %d credits (%d jobs), at or over UNDELIVERED_ALERT_CREDITS (%d)",
+                  credits, jobs, self.undelivered_alert_credits)
+        self.alerts.clear(UNDELIVERED)  # once a day, however soon after yesterday's
+        self.alerts.alert(UNDELIVERED, messages.operator_undelivered(credits, jobs, self.undelivered_alert_credits))
+        return True
+
+    def on_job_failed(self, job: Job, error: ImagineError) -> None:
+        """A job failed (the orchestrator's hook): gateway errors as ``on_error``; one the gateway had billed
+        adds to today's undelivered credits."""
+        self.on_error(error)
+        if job.billed_at is not None:
+            self.check_undelivered()
+
     def on_error(self, error: ImagineError) -> None:
         """A job met a gateway error: out of credits pauses; a bad key or a disabled model alerts (hourly)."""
         if isinstance(error, GatewayOutOfCredits):
@@ -149,7 +192,12 @@ class GatewayAccount:
             log.warning("could not read the gateway balance: %s", error.admin_message)
             self.on_error(error)
             return None
-        self._save(balance=balance, checked_at=iso(self.clock()))
+        now = self.clock()
+        with transaction(self.db):
+            self._save(balance=balance, checked_at=iso(now))
+            self.db.execute("INSERT INTO gateway_balance_log (ts, balance) VALUES (?, ?)", [iso(now), balance])
+            self.db.execute("DELETE FROM gateway_balance_log WHERE ts < ?",
+                            [iso(now - timedelta(days=BALANCE_LOG_DAYS))])
         if balance < self.cost:
             self.pause(OUT_OF_CREDITS, f"the balance is {balance} credits, less than one image ({self.cost})")
         else:
@@ -167,6 +215,10 @@ class GatewayAccount:
                 pass
             self._wake.clear()
             await self.refresh()
+            try:  # failures another process (or `imagine-bot jobs fail`) decided count too
+                self.check_undelivered()
+            except Exception:
+                log.exception("could not check the undelivered credits")
 
     def start(self) -> None:
         if self._task is None:

@@ -15,7 +15,9 @@ Contract points this module follows:
 - record_info, download and credit are idempotent, so they are retried on what ``errors.is_transient``
   calls transient, with full-jitter exponential backoff that honours ``Retry-After``.
   ``create_task`` is never re-sent once a request may have reached the gateway (double submit = double
-  spend): only a connection that never opened is retried. A 429 goes back to the caller (the
+  spend): only a connection that never opened is retried, and not once the caller says stop (a drain:
+  the error then carries ``unsent``). The whole call, retries and every phase of each request included, is
+  bounded by ``create_timeout`` (httpx's timeouts are per phase). A 429 goes back to the caller (the
   orchestrator's admission line, where the job keeps its place).
 - ``download`` sends the key only to the gateway's own origin, streams with a size cap and accepts only
   images (by content type, or by file signature when the type is missing or generic). Unless the gateway
@@ -58,7 +60,7 @@ from imagine_bot.core.errors import (
     UnknownTask,
     is_transient,
 )
-from imagine_bot.core.media.netaddr import Resolver, is_loopback_host, non_public_addresses, system_resolve
+from imagine_bot.core.media.netaddr import Resolver, is_loopback_host, non_public_addresses, origin, system_resolve
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +181,7 @@ class GatewayClient:
         max_in_flight: int = 100,
         allow_private_results: bool | None = None,
         resolve: Resolver = system_resolve,
+        create_timeout: float | None = None,
     ) -> None:
         self._http = http
         self.base_url = base_url.rstrip("/")
@@ -187,11 +190,15 @@ class GatewayClient:
         self.retries = max(1, retries)
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
+        self.request_timeout = request_timeout
         self._timeout = httpx.Timeout(request_timeout)
+        #: the longest a whole ``create_task`` call may take, connection retries and every phase included
+        #: (httpx's timeouts are per phase: connect, write and read could each take ``request_timeout``)
+        self.create_timeout = request_timeout if create_timeout is None else create_timeout
         self._sleep = sleep
         self.capability = capability
         self.requests_sent: collections.Counter[str] = collections.Counter()
-        self._origin = _origin(httpx.URL(self.base_url))
+        self._origin = origin(httpx.URL(self.base_url))
         #: result URLs may point at non-public addresses only when the gateway itself is local (the sandbox)
         self.allow_private_results = (is_loopback_host(httpx.URL(self.base_url).host)
                                       if allow_private_results is None else allow_private_results)
@@ -216,23 +223,35 @@ class GatewayClient:
 
     # ------------------------------------------------------------------ public API
     @_keyless
-    async def create_task(self, model: str, input: dict[str, Any], callback_url: str | None = None) -> str:
-        """Submit a job; returns the gateway's task id. Never re-sent once it may have reached the gateway."""
+    async def create_task(self, model: str, input: dict[str, Any], callback_url: str | None = None, *,
+                          stop: asyncio.Event | None = None) -> str:
+        """Submit a job; returns the gateway's task id. Never re-sent once it may have reached the gateway.
+
+        The whole call takes at most ``create_timeout``. A connection that never opened is tried again,
+        unless ``stop`` is set (the process is draining): then the error is raised at once, with
+        ``unsent`` set, and the caller knows the gateway saw nothing."""
         body: dict[str, Any] = {"model": model, "input": input}
         if callback_url:
             body["callBackUrl"] = callback_url
         if self.capability:
             body["capability"] = self.capability
+        deadline = time.monotonic() + self.create_timeout
         attempt = 0
         while True:
+            left = max(0.0, deadline - time.monotonic())
             try:
-                data = await self._call(CREATE_TASK, "POST", "/api/v1/jobs/createTask", json=body)
+                async with asyncio.timeout(left):
+                    data = await self._call(CREATE_TASK, "POST", "/api/v1/jobs/createTask", json=body,
+                                            phases=httpx.Timeout(min(self.request_timeout, left)))
                 break
+            except TimeoutError as exc:  # the whole call's bound: the request may have reached the gateway
+                raise GatewayTimeout(f"{CREATE_TASK}: no answer within {self.create_timeout:.1f}s",
+                                     transport=True) from exc
             except _NotSent as error:  # the connection never opened: nothing reached the gateway
                 attempt += 1
-                if attempt >= self.retries:
+                if (attempt >= self.retries or (stop is not None and stop.is_set())
+                        or not await self._backoff(CREATE_TASK, attempt, error.error, until=deadline, stop=stop)):
                     raise error.error from error.__cause__
-                await self._backoff(CREATE_TASK, attempt, error.error)
         task_id = data.get("taskId") if isinstance(data, dict) else None
         if not isinstance(task_id, str) or not task_id:
             raise GatewayProtocolError(f"createTask answered without a taskId (data: {_short(data)})",
@@ -319,7 +338,7 @@ class GatewayClient:
             raise DownloadError(f"result URL is not a URL: {_short(url)}") from exc
         if parsed.scheme not in ("http", "https"):
             raise DownloadError(f"result URL is not http(s): {_short(url)}")
-        own_origin = _origin(parsed) == self._origin
+        own_origin = origin(parsed) == self._origin
         return await self._retrying(DOWNLOAD, lambda: self._download_once(parsed, own_origin))
 
     def failure(self, record: TaskRecord) -> GatewayError:
@@ -338,13 +357,14 @@ class GatewayClient:
             headers["Authorization"] = f"Bearer {self._api_key}"
         return headers
 
-    async def _call(self, endpoint: str, method: str, path: str, **kwargs: Any) -> Any:
+    async def _call(self, endpoint: str, method: str, path: str, *, phases: httpx.Timeout | None = None,
+                    **kwargs: Any) -> Any:
         """One request to the jobs API; returns the envelope's ``data`` or raises a mapped error."""
         self.requests_sent[endpoint] += 1
         try:
             async with self._slots:
                 response = await self._http.request(method, self.base_url + path, headers=self._headers(),
-                                                    timeout=self._timeout, **kwargs)
+                                                    timeout=phases or self._timeout, **kwargs)
         except httpx.HTTPError as exc:
             self._observe(endpoint, "transport")
             raise _transport_error(endpoint, exc) from exc
@@ -455,18 +475,31 @@ class GatewayClient:
             if attempt >= self.retries or not await self._backoff(endpoint, attempt, failure):
                 raise failure from cause
 
-    async def _backoff(self, endpoint: str, attempt: int, error: GatewayError) -> bool:
-        """Sleep before attempt ``attempt + 1``; False when ``Retry-After`` asks for longer than the cap."""
+    async def _backoff(self, endpoint: str, attempt: int, error: GatewayError, *, until: float | None = None,
+                       stop: asyncio.Event | None = None) -> bool:
+        """Sleep before attempt ``attempt + 1``; False when ``Retry-After`` asks for longer than the cap, when
+        the wait would end past ``until`` (monotonic) or when ``stop`` is set meanwhile."""
         delay = self._random.uniform(0, min(self.backoff_cap, self.backoff_base * 2 ** (attempt - 1)))
         retry_after = getattr(error, "retry_after", None)
         if retry_after is not None:
             if retry_after > self.backoff_cap:
                 return False  # the caller decides what to do with a long wait (the error carries it)
             delay = max(delay, retry_after)
+        if until is not None and time.monotonic() + delay >= until:
+            return False
         log.info("%s: %s, retrying in %.2fs (attempt %d of %d)", endpoint, error.code, delay, attempt + 1,
                  self.retries)
-        await self._sleep(delay)
-        return True
+        if stop is None:
+            await self._sleep(delay)
+            return True
+        sleeping = asyncio.ensure_future(self._sleep(delay))
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait((sleeping, stopping), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeping.cancel()
+            stopping.cancel()
+        return not stop.is_set()
 
     # ------------------------------------------------------------------ downloads
     async def _download_once(self, url: httpx.URL, own_origin: bool) -> Download:
@@ -480,7 +513,7 @@ class GatewayClient:
                 await self._check_address(url)
                 host = url.host
                 async with self._slots, self._http.stream(
-                        "GET", url, headers=self._headers(auth=_origin(url) == self._origin), timeout=self._timeout,
+                        "GET", url, headers=self._headers(auth=origin(url) == self._origin), timeout=self._timeout,
                         follow_redirects=False) as response:
                     if response.is_redirect:
                         url = _redirect_target(url, response)
@@ -514,7 +547,7 @@ class GatewayClient:
         """Refuse a download (or redirect hop) to a non-public address: loopback, private, link-local (the
         metadata service), ... The gateway's own origin is trusted, and everything is allowed when the
         gateway itself is local (``allow_private_results``: the sandbox and tests)."""
-        if self.allow_private_results or _origin(url) == self._origin:
+        if self.allow_private_results or origin(url) == self._origin:
             return
         port = url.port or {"http": 80, "https": 443}.get(url.scheme, 443)
         inward = await non_public_addresses(url.host, port, self._resolve)
@@ -577,6 +610,7 @@ def _transport_error(endpoint: str, exc: httpx.HTTPError) -> Exception:
     else:
         error = GatewayServerError(f"{endpoint}: transport error ({detail})")
     if isinstance(exc, _NOT_SENT):
+        error.unsent = True
         return _NotSent(error)
     return error
 
@@ -642,11 +676,6 @@ def _redirect_target(url: httpx.URL, response: httpx.Response) -> httpx.URL:
     if not location or target.scheme not in ("http", "https"):
         raise DownloadError(f"download from {url.host}: redirect to {_short(location, 80)!r}, not http(s)")
     return target
-
-
-def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
-    default = {"http": 80, "https": 443}.get(url.scheme)
-    return url.scheme, url.host.lower(), url.port or default
 
 
 def _as_int(value: Any) -> int | None:

@@ -36,7 +36,8 @@ from imagine_bot.core.errors import DeliveryError, ImagineError, NotFound, Permi
 from imagine_bot.core.events import Approved, ImageFile, Rejected, ReviewExpired, ReviewRequested
 from imagine_bot.core.frontend import FrontEnd
 from imagine_bot.core.jobs.model import Job, JobStore
-from imagine_bot.core.storage.approvals import APPROVED, EXPIRED, PENDING, REJECTED, Approval, ApprovalStore
+from imagine_bot.core.storage.approvals import APPROVED, EXPIRED, PENDING, REJECTED, Approval
+from imagine_bot.core.storage.base import ApprovalStore
 from imagine_bot.core.storage.db import utcnow
 
 log = logging.getLogger(__name__)

@@ -130,6 +130,9 @@ class Job:
     receipt: dict[str, Any] = field(default_factory=dict)
     image_urls: tuple[str, ...] = ()
     text_cost: int | None = None
+    #: when the gateway reported the task succeeded (it charges the account then) and what it charged
+    billed_at: datetime | None = None
+    gateway_cost: int | None = None
     preset: str | None = None
     #: reviewers of the result: it is shown to the requester privately and posted only once approved
     review: tuple[str, ...] = ()
@@ -198,6 +201,8 @@ def _row_to_job(row: dict[str, Any]) -> Job:
         owner=row.get("owner"),
         lease_until=_dt(row.get("lease_until")),
         notice_pending=bool(row.get("notice_pending")),
+        billed_at=_dt(row.get("billed_at")),
+        gateway_cost=row.get("gateway_cost"),
     )
 
 
@@ -375,6 +380,18 @@ class JobStore:
             receipt = {**json.loads(row[0] or "{}"), **ids}
             self.db.execute("UPDATE jobs SET receipt = ? WHERE id = ?", [json.dumps(receipt), job_id])
         return self.get(job_id)
+
+    def billed_not_delivered(self, since: datetime | None = None) -> tuple[int, int]:
+        """Credits the gateway billed for jobs that then failed (nobody received the image; the user was
+        refunded), and how many jobs: all of them, or those that ended since ``since``."""
+        sql = ("SELECT COALESCE(SUM(gateway_cost), 0), COUNT(*) FROM jobs"
+               " WHERE billed_at IS NOT NULL AND state = 'failed'")
+        args: list[Any] = []
+        if since is not None:
+            sql += " AND finished_at >= ?"
+            args.append(iso(since))
+        row = self.db.execute(sql, args).fetchone()
+        return int(row[0]), int(row[1])
 
     def active(self, account: str | None = None) -> list[Job]:
         states = [s.value for s in ACTIVE_STATES]

@@ -21,7 +21,9 @@ lost race raises ``LeaseLost`` and the local worker stops without touching money
 
 Stopping: ``drain`` (SIGTERM) refuses new jobs, stops the jobs that can be picked up anywhere (waiting,
 tracking, downloading), lets createTask calls and deliveries in flight finish up to ``DRAIN_S``, then
-``stop`` releases every lease for the next owner.
+``stop`` releases every lease for the next owner. A createTask call is bounded below ``DRAIN_S`` as a
+whole, and one whose connection never opened is not tried again once the drain began: its job goes back
+to ``queued``, nothing sent, nothing charged.
 """
 
 from __future__ import annotations
@@ -32,19 +34,22 @@ import mimetypes
 import shutil
 import sqlite3
 import time
-from collections.abc import Callable, KeysView
+from collections.abc import Awaitable, Callable, KeysView
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 import sqlite_utils
 
 from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.chat.parsing import check_banned
-from imagine_bot.core.credits.ledger import Ledger, describe_refill
+from imagine_bot.core.credits.ledger import Ledger
+from imagine_bot.core.credits.periods import describe_refill
 from imagine_bot.core.credits.refunds import fail_and_refund
 from imagine_bot.core.errors import (
     CaptureRefused,
+    DatabaseBusy,
     DeliveryError,
     DeliveryInterrupted,
     GatewayError,
@@ -69,13 +74,15 @@ from imagine_bot.core.gateway.catalog import CATALOG, ModelSpec
 from imagine_bot.core.jobs.admission import Admission, RateLimiter
 from imagine_bot.core.jobs.approvals import Approvals
 from imagine_bot.core.jobs.leases import LeaseClock, new_owner_id
-from imagine_bot.core.jobs.model import Job, JobRequest, JobState, JobStore, new_job_id
+from imagine_bot.core.jobs.model import Job, JobRequest, JobState, JobStore, ReplyTo, new_job_id
 from imagine_bot.core.jobs.outbox import UNPACED, Outbox, Refresh, Send
 from imagine_bot.core.media.thumbnails import ThumbnailStore
 from imagine_bot.core.storage.db import transaction, utcnow
 from imagine_bot.core.web.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: a new task may be unknown to recordInfo for a while (gateway contract: about 90 s)
 UNKNOWN_TASK_GRACE_S = 90.0
@@ -93,6 +100,8 @@ DRAIN_FINISHES = ("submitting", "delivering")
 DELIVERY_BACKOFF_S = (2.0, 4.0, 8.0, 16.0, 30.0)
 #: callback hints wake a task's tracker at most this often
 URGENT_EVERY_S = 3.0
+#: longest wait between two tries of saving an accepted task's id while the database is busy
+SAVE_BACKOFF_CAP_S = 2.0
 
 
 class _Drained(Exception):
@@ -125,6 +134,7 @@ class Orchestrator:
         owner: str | None = None,
         thumbnails: ThumbnailStore | None = None,
         delivery_retry_s: float = 300.0,
+        on_failure: Callable[[Job, ImagineError], None] | None = None,
         approvals: Approvals | None = None,
     ) -> None:
         self.db = db
@@ -167,10 +177,13 @@ class Orchestrator:
         self.account_webhook = False
         self._early: dict[str, float] = {}  # task id -> when a callback came before its tracker waited
         self._phase: dict[str, str] = {}  # job id -> waiting | submitting | tracking | downloading | delivering
-        #: told of every job failure (the gateway account pauses on 402/433, alerts on 401/505)
-        self.on_failure: Callable[[ImagineError], None] | None = None
+        #: told of every job failure, with the failed row (the gateway account pauses on 402/433, alerts on
+        #: 401/505, and counts what was billed but not delivered)
+        self.on_failure = on_failure
         self._accepting = True
         self._draining = False
+        #: set when a drain begins: a createTask that could not connect is not tried again
+        self._drain_begun = asyncio.Event()
         self._stopped = False
         self.owner = owner or new_owner_id()
         self.leases = LeaseClock(lease_s)
@@ -221,6 +234,14 @@ class Orchestrator:
             raise InsufficientCredits(balance=balance.available, cost=cost,
                                       next_refill=describe_refill(balance.next_refill, utcnow()))
 
+    async def check_reply(self, reply: ReplyTo) -> None:
+        """Raise ``CannotAnswerHere`` when the front end of ``reply`` says it cannot post there (``FrontEnd``:
+        the optional ``check_reply``); front ends without one answer everywhere."""
+        frontend = self.frontends.get(reply.platform)
+        check: Callable[[ReplyTo], Awaitable[None]] | None = getattr(frontend, "check_reply", None)
+        if check is not None:
+            await check(reply)
+
     async def submit(self, request: JobRequest) -> Job:
         """Reserve credits, record the job and start it. Raises a user-facing ``ImagineError``."""
         if not self._accepting:
@@ -231,6 +252,9 @@ class Orchestrator:
                 log.info("redelivered request %s: job %s already exists", request.dedupe_key, existing.id)
                 return existing
         check_banned(request.prompt, self.banned_words)
+        await self.check_reply(request.reply)  # nothing is reserved or sent where the result cannot go
+        if not self._accepting:  # a drain began while the front end was asked
+            raise ShuttingDown("refused a new job: the process is stopping")
         job_id = new_job_id()
         model = request.model or self.model.id
         cost = self.model.cost if request.cost is None else request.cost
@@ -343,6 +367,7 @@ class Orchestrator:
         ``timeout_s``), leave everything else for the next owner, then ``stop``."""
         self._accepting = False
         self._draining = True
+        self._drain_begun.set()
         for job_id, task in list(self._tasks.items()):
             if self._phase.get(job_id) not in DRAIN_FINISHES:
                 task.cancel()  # waiting, tracking or downloading: safe to pick up anywhere
@@ -484,6 +509,8 @@ class Orchestrator:
             log.info("job %s left for the next owner (draining at %s)", job_id, drained)
         except LeaseLost as lost:
             log.info("job %s: %s; stopping here", job_id, lost.admin_message)
+        except DatabaseBusy as busy:  # not the job's fault: it resumes from its row (the housekeeper frees it)
+            log.error("job %s: %s; left as it is, to resume", job_id, busy.admin_message)
         except ImagineError as error:
             await self._fail(job_id, error)
         except Exception as exc:  # a bug: still refund and tell the user
@@ -514,8 +541,16 @@ class Orchestrator:
             job = self._move(job, JobState.SUBMITTING)
             try:
                 task_id = await self.gateway.create_task(
-                    job.model, inputs, None if self.account_webhook else self.callback_url)
-            except (GatewayRateLimited, GatewayMaintenance) as error:
+                    job.model, inputs, None if self.account_webhook else self.callback_url,
+                    stop=self._drain_begun)
+            except GatewayError as error:
+                if error.unsent and self._draining:
+                    # the request never left and the process is stopping: no new attempt (a drain must not
+                    # start a createTask it may have to cut); the job is back in line for the next owner
+                    self._move(job, JobState.QUEUED)
+                    raise _Drained("submitting (createTask not sent)") from error
+                if not isinstance(error, (GatewayRateLimited, GatewayMaintenance)):
+                    raise
                 # not accepted by the gateway: back to admission, at the head of the line (the job keeps
                 # its place), and nobody is admitted until the gateway's Retry-After has passed
                 job = self._move(job, JobState.QUEUED)
@@ -527,10 +562,29 @@ class Orchestrator:
                             _retry_after(error))
                 refused = True
                 continue
-            job = self._move(job, JobState.RUNNING, task_id=task_id, submitted_at=utcnow())
+            # in the log first: the gateway bills this task, and the row may not take its id at once
             log.info("job %s submitted as task %s", job.id, task_id)
+            job = await self._save_task_id(job, task_id)
             await self._publish(Progress(job, "submitted", job.elapsed_s))
             return job
+
+    async def _save_task_id(self, job: Job, task_id: str) -> Job:
+        """Record the task the gateway accepted (and will bill). A write lock held elsewhere past the busy
+        timeout (``DatabaseBusy``, transient) is waited out, however long: never a reason to fail the job or
+        to lose its task id. Only another owner (``LeaseLost``) or a stop ends the wait."""
+        submitted_at = utcnow()
+        troubles = 0
+        while True:
+            try:
+                return self._move(job, JobState.RUNNING, task_id=task_id, submitted_at=submitted_at)
+            except ImagineError as error:
+                if not is_transient(error):
+                    raise
+                troubles += 1
+                wait = min(SAVE_BACKOFF_CAP_S, 0.05 * 2 ** min(troubles, 6))
+                log.warning("job %s: could not save its task %s yet (%s); trying again in %.2fs", job.id, task_id,
+                            error.admin_message, wait)
+                await asyncio.sleep(wait)
 
     def _next_interval(self, age_s: float) -> float:
         """Poll politely (gateway contract): fast at first, slower as the job ages, capped."""
@@ -607,25 +661,56 @@ class Orchestrator:
             if deferred is not None:
                 deferred.cancel()
 
+    def _billed(self, job: Job, record: TaskRecord) -> Job:
+        """The gateway said the task succeeded: it has charged the account (``consumeCredits``, else the
+        job's price). Kept on the row at once, so that if the image then never reaches anyone the job is
+        counted as billed but not delivered, by whichever process ends it."""
+        if job.billed_at is not None or record.stage is not TaskStage.SUCCESS:
+            return job
+        cost = job.cost if record.consume_credits is None else record.consume_credits
+        return self._move(job, job.state, billed_at=utcnow(), gateway_cost=cost)
+
     async def _download(self, job: Job, record: TaskRecord) -> Job:
+        job = self._billed(job, record)
         if not record.result_urls:
             raise GatewayProtocolError(f"task {job.task_id} succeeded without result URLs")
         folder = self.spool / job.id
         folder.mkdir(parents=True, exist_ok=True)
         files: list[Path] = []
         for n, url in enumerate(record.result_urls):
-            result = await self.gateway.download(url)
+            result = await self._patiently(job, "download", partial(self.gateway.download, url))
             ext = mimetypes.guess_extension(result.content_type.split(";")[0].strip()) or ".png"
             path = folder / f"{job.id}-{n}{ext}"
             path.write_bytes(result.content)
             files.append(path)
         return self._move(job, JobState.DELIVERING, result_urls=list(record.result_urls), files=files)
 
+    async def _patiently(self, job: Job, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """An idempotent gateway request about a task the gateway has billed (a result download, a
+        recordInfo): a blip (``is_transient``: 5xx, 429, a timeout, a dropped connection) is tried again,
+        with backoff up to ``POLL_MAX_INTERVAL_S`` (or the error's Retry-After), for up to ``JOB_TIMEOUT_S``,
+        as the tracker does for recordInfo; result URLs stay valid for hours."""
+        deadline = self.monotonic() + self.job_timeout_s
+        troubles = 0
+        while True:
+            try:
+                return await call()
+            except GatewayError as error:
+                left = deadline - self.monotonic()
+                if not is_transient(error) or left <= 0:
+                    raise
+                troubles += 1
+                wait = min(self.poll_max_interval_s, self.poll_interval_s * 2 ** min(troubles, 6))
+                wait = min(max(wait, getattr(error, "retry_after", None) or 0.0), left)
+                log.warning("job %s: %s trouble (%s), trying again in %.1fs", job.id, what, error.admin_message, wait)
+                await asyncio.sleep(wait)
+
     async def _deliver(self, job: Job, gateway_done: float | None = None) -> None:
         if not job.files or not all(p.exists() for p in job.files):
             if not job.task_id:
                 raise DeliveryError(f"job {job.id} has neither files nor a task id")
-            record = await self.gateway.record_info(job.task_id)  # files lost: fetch them again
+            # files lost: fetch them again
+            record = await self._patiently(job, "recordInfo", partial(self.gateway.record_info, job.task_id))
             job = await self._download(job, record)
         images = tuple(ImageFile(p, mimetypes.guess_type(p.name)[0] or "image/png", p.stat().st_size)
                        for p in job.files)
@@ -705,11 +790,14 @@ class Orchestrator:
         except LeaseLost:
             log.info("job %s was taken over before it could be failed here", job_id)
             return
+        except DatabaseBusy as busy:  # nothing written: the job resumes from its row, where it was
+            log.error("job %s: could not record its failure (%s); left as it is", job_id, busy.admin_message)
+            return
         shutil.rmtree(self.spool / job_id, ignore_errors=True)
         self.metrics.failed(job.platform)
         if self.on_failure is not None:
             try:
-                self.on_failure(error)
+                self.on_failure(job, error)
             except Exception:
                 log.exception("on_failure hook failed for job %s", job_id)
         if not notice_pending:

@@ -19,11 +19,10 @@ import secrets
 from dataclasses import asdict
 from datetime import timedelta
 
-import sqlite_utils
-
 from imagine_bot.core.gateway import TaskRecord, TaskStage
 from imagine_bot.core.jobs.orchestrator import Orchestrator
-from imagine_bot.core.storage.db import iso, transaction, utcnow
+from imagine_bot.core.storage.base import RelayStore
+from imagine_bot.core.storage.db import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -43,30 +42,24 @@ def record_from_json(raw: str) -> TaskRecord:
 class CallbackRelay:
     """Passes callbacks between the processes that share one database."""
 
-    def __init__(self, db: sqlite_utils.Database, orchestrator: Orchestrator, *,
-                 every_s: float = RELAY_EVERY_S) -> None:
-        self.db = db
+    def __init__(self, store: RelayStore, orchestrator: Orchestrator, *, every_s: float = RELAY_EVERY_S) -> None:
+        self.store = store
         self.orchestrator = orchestrator
         self.every_s = every_s
         self.origin = secrets.token_hex(6)
-        row = db.execute("SELECT MAX(id) FROM callback_relay").fetchone()
-        self._seen = int(row[0] or 0)
+        self._seen = store.last_id()
         self._task: asyncio.Task[None] | None = None
 
     def publish(self, task_id: str, final: TaskRecord | None) -> None:
         """A callback for a task this process does not track: leave it for the one that does."""
-        with transaction(self.db):
-            self.db.execute(
-                "INSERT INTO callback_relay (task_id, final, origin, received_at) VALUES (?, ?, ?, ?)",
-                [task_id, record_to_json(final) if final is not None else None, self.origin, iso(utcnow())])
+        self.store.put(task_id, record_to_json(final) if final is not None else None, self.origin)
 
     def poll_once(self) -> int:
         """Hand the callbacks other processes received to this one's trackers; returns how many woke one."""
-        rows = self.db.execute("SELECT id, task_id, final FROM callback_relay WHERE id > ? AND origin != ? "
-                               "ORDER BY id", [self._seen, self.origin]).fetchall()
+        rows = self.store.after(self._seen, self.origin)
         woke = 0
         for row_id, task_id, final in rows:
-            self._seen = max(self._seen, int(row_id))
+            self._seen = max(self._seen, row_id)
             try:
                 record = record_from_json(final) if final else None
             except (ValueError, TypeError, KeyError):
@@ -76,9 +69,7 @@ class CallbackRelay:
                 woke += self.orchestrator.notify(task_id, record)
         if rows:
             # the highest id so far is still seen by max(); rows older than KEEP_S are of no use to anyone
-            with transaction(self.db):
-                self.db.execute("DELETE FROM callback_relay WHERE received_at < ?",
-                                [iso(utcnow() - timedelta(seconds=KEEP_S))])
+            self.store.prune(utcnow() - timedelta(seconds=KEEP_S))
         return woke
 
     def start(self) -> None:

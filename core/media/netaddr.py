@@ -14,6 +14,8 @@ import ipaddress
 import socket
 from collections.abc import Awaitable, Callable
 
+import httpx
+
 
 def is_loopback_host(host: str) -> bool:
     """``localhost``, 127.0.0.0/8 or ::1."""
@@ -38,6 +40,14 @@ def is_public_address(address: str) -> bool:
 
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]
+#: scheme, host and port: what trust is given to (a host name alone would trust every port on it)
+Origin = tuple[str, str, int | None]
+
+
+def origin(url: httpx.URL) -> Origin:
+    """The origin of ``url``, its default port filled in (``https://a.example`` is ``https://a.example:443``)."""
+    default = {"http": 80, "https": 443}.get(url.scheme)
+    return url.scheme, url.host.lower(), url.port or default
 
 
 async def system_resolve(host: str, port: int) -> list[str]:

@@ -31,12 +31,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import sqlite_utils
-
 from imagine_bot.core.chat import messages
 from imagine_bot.core.errors import ImagineError, NotFound, UserInputError
 from imagine_bot.core.media.imaging import sniff
-from imagine_bot.core.storage.db import transaction
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +42,9 @@ REF_PREFIX = "ref:"
 _UPLOAD = re.compile(r"^up:([0-9a-f]{32})$")
 _RESULT = re.compile(r"^job:(j[0-9a-f]{4,32}):(\d{1,2})$")
 _SIG_BYTES = 24
+#: a token is far shorter than this (a key, an expiry, 32 characters of signature); longer is refused unread
+_TOKEN_MAX_CHARS = 200
+_EXPIRES = re.compile(r"^[0-9]{1,12}$")
 
 
 class RefRefused(ImagineError):
@@ -63,20 +63,19 @@ class RefFile:
     content_type: str
 
 
+def same_secret(given: str, expected: str) -> bool:
+    """Whether text from a request (a token, a cookie, an Authorization header) is what it should be, in
+    constant time. Compared as bytes: ``hmac.compare_digest`` raises TypeError on a str with non-ASCII
+    characters (a 500 for a forged token), and aiohttp hands over undecodable bytes as lone surrogates."""
+    return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass"))
+
+
 def _b64(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
 def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-def load_secret(db: sqlite_utils.Database, name: str = "refs") -> bytes:
-    """The signing secret named ``name``, made (32 random bytes) the first time and kept in the database."""
-    with transaction(db):
-        db.execute("INSERT OR IGNORE INTO app_secrets (name, value) VALUES (?, ?)", [name, secrets.token_hex(32)])
-        row = db.execute("SELECT value FROM app_secrets WHERE name = ?", [name]).fetchone()
-    return bytes.fromhex(row[0])
 
 
 class RefStore:
@@ -143,11 +142,13 @@ class RefStore:
         """The file a token names, or ``RefRefused`` (403 forged or malformed, 410 expired, 404 gone)."""
         try:
             raw_key, raw_expires, signature = token.split(".")
+            if len(token) > _TOKEN_MAX_CHARS or not _EXPIRES.match(raw_expires):
+                raise ValueError("malformed")
             key = _unb64(raw_key).decode()
             expires = int(raw_expires)
         except (ValueError, binascii.Error, UnicodeDecodeError):
             raise RefRefused(403, "malformed token") from None
-        if not hmac.compare_digest(signature, self._sign(key, expires)):
+        if not same_secret(signature, self._sign(key, expires)):
             raise RefRefused(403, "bad signature")
         if expires < self.clock():
             raise RefRefused(410, "expired")

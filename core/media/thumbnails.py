@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-import sqlite_utils
 from PIL import Image
 
-from imagine_bot.core.storage.db import iso, transaction, utcnow
+from imagine_bot.core.storage.base import ThumbnailIndex
+from imagine_bot.core.storage.db import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +41,8 @@ def make_thumbnail(path: Path, size: int = THUMB_SIZE) -> Thumbnail:
 
 
 class ThumbnailStore:
-    def __init__(self, db: sqlite_utils.Database, keep_days: int) -> None:
-        self.db = db
+    def __init__(self, index: ThumbnailIndex, keep_days: int) -> None:
+        self.index = index
         self.keep_days = keep_days
 
     async def save(self, job_id: str, path: Path) -> bool:
@@ -54,17 +54,13 @@ class ThumbnailStore:
         return True
 
     def put(self, job_id: str, thumb: Thumbnail) -> None:
-        with transaction(self.db):
-            self.db.execute("INSERT OR REPLACE INTO thumbnails (job_id, webp, width, height, created_at) "
-                            "VALUES (?, ?, ?, ?, ?)", [job_id, thumb.webp, thumb.width, thumb.height, iso(utcnow())])
+        self.index.put(job_id, thumb.webp, thumb.width, thumb.height)
         self.prune()
 
     def get(self, job_id: str) -> Thumbnail | None:
-        row = self.db.execute("SELECT webp, width, height FROM thumbnails WHERE job_id = ?", [job_id]).fetchone()
-        return Thumbnail(bytes(row[0]), int(row[1]), int(row[2])) if row else None
+        row = self.index.get(job_id)
+        return Thumbnail(*row) if row else None
 
     def prune(self) -> int:
         """Drop thumbnails older than the retention; returns how many."""
-        cutoff = iso(utcnow() - timedelta(days=self.keep_days))
-        with transaction(self.db):
-            return int(self.db.execute("DELETE FROM thumbnails WHERE created_at < ?", [cutoff]).rowcount)
+        return self.index.delete_before(utcnow() - timedelta(days=self.keep_days))

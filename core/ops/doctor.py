@@ -8,7 +8,6 @@ database, spool, gateway, ``PUBLIC_URL``); the Slack and Discord front ends add 
 
 from __future__ import annotations
 
-import sqlite3
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from imagine_bot.core.gateway import GatewayClient
 from imagine_bot.core.gateway.webhooks import WebhookState, register_account_webhook
 from imagine_bot.core.media.netaddr import is_loopback_host
 from imagine_bot.core.settings import Settings
-from imagine_bot.core.storage.db import MIGRATIONS
+from imagine_bot.core.storage.db import MIGRATIONS, DatabaseUnopenable, DatabaseUnwritable, inspect_database
 
 #: below this gateway balance the doctor warns (about 20 images of 18 credits)
 LOW_BALANCE = 360
@@ -89,22 +88,14 @@ def check_database(path: Path) -> list[Check]:
                          f"create {parent} and let the bot's user write to it, or set IMAGINE_DB_PATH")]
         return [warn(name, f"{path} does not exist yet; it is created at the first start")]
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=5)
-    except sqlite3.Error as exc:
+        applied = inspect_database(path)
+    except DatabaseUnopenable as exc:
         return [fail(name, f"{path} cannot be opened for writing ({exc})",
                      f"let the bot's user read and write {path} and its folder, or set IMAGINE_DB_PATH")]
-    checks: list[Check] = []
-    try:
-        conn.execute("BEGIN IMMEDIATE")  # takes the write lock: the file and its folder are writable
-        conn.execute("ROLLBACK")
-        checks.append(ok(name, f"{path} opens and is writable"))
-        has_table = conn.execute("SELECT 1 FROM sqlite_master WHERE name = '_migrations'").fetchone()
-        applied = {row[0] for row in conn.execute("SELECT name FROM _migrations")} if has_table else set()
-    except sqlite3.Error as exc:
+    except DatabaseUnwritable as exc:
         return [fail(name, f"{path} is not a writable SQLite database ({exc})",
                      f"check the file's permissions and that {path} is the bot's database")]
-    finally:
-        conn.close()
+    checks = [ok(name, f"{path} opens and is writable")]
     known = [n for n, _ in MIGRATIONS]
     pending = [n for n in known if n not in applied]
     unknown = sorted(applied - set(known))

@@ -1,5 +1,6 @@
-"""Approvals in SQLite: the reviewers of each channel (``approval_channels``) and one row per finished job that
-waits for, or had, a decision (``approvals``). The rules and the steps are ``core.jobs.approvals``.
+"""Approvals in SQLite (``core.storage.base.ApprovalStore``): the reviewers of each channel
+(``approval_channels``) and one row per finished job that waits for, or had, a decision (``approvals``).
+The rules and the steps are ``core.jobs.approvals``.
 
 Every change is a compare-and-set, so several processes on one database agree: a decision is taken only
 from ``pending`` (the first wins), expiry likewise, and the steps after it (reviewers told, the channel post,
@@ -63,7 +64,7 @@ def _approval(row: dict[str, Any]) -> Approval:
         posted_at=_dt(row["posted_at"]), told_at=_dt(row["told_at"]), receipt=json.loads(row["receipt"] or "{}"))
 
 
-class ApprovalStore:
+class SqliteApprovals:
     def __init__(self, db: sqlite_utils.Database) -> None:
         self.db = db
 

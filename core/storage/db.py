@@ -16,7 +16,7 @@ from pathlib import Path
 
 import sqlite_utils
 
-from imagine_bot.core.errors import DataNotWritable
+from imagine_bot.core.errors import DatabaseBusy, DataNotWritable
 
 log = logging.getLogger(__name__)
 
@@ -229,9 +229,23 @@ def m080_callback_relay(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX callback_relay_received ON callback_relay(received_at)")
 
 
+@migration
+def m090_billed_not_delivered(db: sqlite_utils.Database) -> None:
+    """What the gateway billed: the moment it reported a job's task succeeded (it charges the account on
+    success) and what it charged, so a job that then fails (billed, never delivered) is counted by every
+    process and after restarts; the gateway balance as read over time, for the per-day reconciliation; the
+    day the operators were last told about undelivered credits (compare-and-set: one DM a day)."""
+    db.execute("ALTER TABLE jobs ADD COLUMN billed_at TEXT")          # NULL: the gateway never said success
+    db.execute("ALTER TABLE jobs ADD COLUMN gateway_cost INTEGER")    # consumeCredits, else the job's price
+    db.execute("CREATE INDEX jobs_undelivered ON jobs(finished_at) WHERE billed_at IS NOT NULL AND state = 'failed'")
+    db.execute("CREATE TABLE gateway_balance_log (id INTEGER PRIMARY KEY AUTOINCREMENT, ts TEXT NOT NULL,"
+               " balance INTEGER NOT NULL)")
+    db.execute("CREATE INDEX gateway_balance_log_ts ON gateway_balance_log(ts)")
+    db.execute("ALTER TABLE gateway_account ADD COLUMN undelivered_told_day TEXT")
+
 
 @migration
-def m090_presets(db: sqlite_utils.Database) -> None:
+def m100_presets(db: sqlite_utils.Database) -> None:
     """Brand presets (core/chat/presets.py, stored by core/storage/presets.py): named prompt templates of a
     server or workspace (or ``global``, the operators'), the preset a channel uses by default, and the preset
     a job was made with (named in its caption)."""
@@ -255,9 +269,8 @@ def m090_presets(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE jobs ADD COLUMN preset TEXT")
 
 
-
 @migration
-def m091_approvals(db: sqlite_utils.Database) -> None:
+def m101_approvals(db: sqlite_utils.Database) -> None:
     """Approval before an image goes public (core/jobs/approvals.py, stored by core/storage/approvals.py): the
     reviewers of a channel, the reviewers a job waits for (set when it is asked), and one approval per
     finished job: its decision and the steps done since (reviewers told, the channel post, the requester told)."""
@@ -296,9 +309,9 @@ def iso(ts: datetime) -> str:
     return ts.astimezone(UTC).isoformat(timespec="milliseconds")
 
 
-#: how long a statement waits for another process's write lock: short for the bot (its event loop must not
-#: freeze behind an admin command; every write is one short transaction), longer for the command line
-BOT_BUSY_TIMEOUT_S = 5.0
+#: how long a statement waits for another process's write lock: the bot's is short (``DB_BUSY_TIMEOUT_S``,
+#: 5 s: its event loop must not freeze behind an admin command; every write is one short transaction), the
+#: command line's longer
 CLI_BUSY_TIMEOUT_S = 30.0
 
 
@@ -319,6 +332,32 @@ def open_db(path: Path | str, *, busy_timeout_s: float = CLI_BUSY_TIMEOUT_S) -> 
     db = sqlite_utils.Database(conn)
     migrate(db)
     return db
+
+
+class DatabaseUnopenable(Exception):
+    """The file cannot be opened for reading and writing."""
+
+
+class DatabaseUnwritable(Exception):
+    """The file opens but is not a writable SQLite database."""
+
+
+def inspect_database(path: Path) -> set[str]:
+    """The migrations applied to the database at ``path``, after checking it can take the write lock; the
+    database is neither created nor migrated (``imagine-bot doctor``)."""
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=5)
+    except sqlite3.Error as exc:
+        raise DatabaseUnopenable(str(exc)) from exc
+    try:
+        conn.execute("BEGIN IMMEDIATE")  # takes the write lock: the file and its folder are writable
+        conn.execute("ROLLBACK")
+        has_table = conn.execute("SELECT 1 FROM sqlite_master WHERE name = '_migrations'").fetchone()
+        return {row[0] for row in conn.execute("SELECT name FROM _migrations")} if has_table else set()
+    except sqlite3.Error as exc:
+        raise DatabaseUnwritable(str(exc)) from exc
+    finally:
+        conn.close()
 
 
 def check_writable(path: Path) -> None:
@@ -370,13 +409,19 @@ def migrate(db: sqlite_utils.Database) -> None:
 def transaction(db: sqlite_utils.Database) -> Iterator[sqlite3.Connection]:
     """One short write transaction, taken with BEGIN IMMEDIATE so writers queue instead of deadlocking.
 
-    Nested use joins the outer transaction.
+    Nested use joins the outer transaction. A write lock held elsewhere past the busy timeout raises
+    ``DatabaseBusy`` (transient: nothing was written).
     """
     conn = db.conn
     if conn.in_transaction:
         yield conn
         return
-    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:
+        if getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY:
+            raise DatabaseBusy(f"the database's write lock stayed taken by another connection ({exc})") from exc
+        raise
     try:
         yield conn
     except BaseException:

@@ -1,5 +1,6 @@
-"""Brand presets in SQLite: tables ``presets`` (one row per place and name; ``global`` for the operators')
-and ``channel_presets`` (the preset a channel uses by default). The rules are ``core.chat.presets``."""
+"""Brand presets in SQLite (``core.storage.base.PresetStore``): tables ``presets`` (one row per place and
+name; ``global`` for the operators') and ``channel_presets`` (the preset a channel uses by default). The
+rules are ``core.chat.presets``."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ def _preset(row: tuple[Any, ...]) -> Preset:
                   datetime.fromisoformat(at) if at else None)
 
 
-class PresetStore:
+class SqlitePresets:
     def __init__(self, db: sqlite_utils.Database) -> None:
         self.db = db
 

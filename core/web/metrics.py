@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 #: accepted -> delivered: seconds to minutes
 JOB_BUCKETS = (1, 2.5, 5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 300, 600, float("inf"))
@@ -53,6 +55,11 @@ class Metrics:
         self.jobs_in_flight.set_function(in_flight)
         self.queue_depth.set_function(queued)
 
+    def watch_billed(self, read: Callable[[], float]) -> None:
+        """``imagine_billed_not_delivered_credits_total``, read when scraped (from the job rows, so every
+        process sharing the database reports the same figure, and it survives restarts)."""
+        self.registry.register(_BilledNotDelivered(read))
+
     def gateway_request(self, endpoint: str, code: str) -> None:
         self.gateway_requests.labels(endpoint=endpoint, code=code).inc()
 
@@ -80,3 +87,18 @@ class Metrics:
     def render(self) -> tuple[bytes, str]:
         """The text exposition and its content type."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class _BilledNotDelivered(Collector):
+    NAME = "imagine_billed_not_delivered_credits"
+    HELP = ("Credits the gateway charged for jobs it reported successful that then failed (never delivered; "
+            "the user was refunded)")
+
+    def __init__(self, read: Callable[[], float]) -> None:
+        self.read = read
+
+    def describe(self) -> list[CounterMetricFamily]:
+        return [CounterMetricFamily(self.NAME, self.HELP)]
+
+    def collect(self) -> list[CounterMetricFamily]:
+        return [CounterMetricFamily(self.NAME, self.HELP, value=self.read())]

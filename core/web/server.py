@@ -12,7 +12,6 @@ It is answered at once, so the gateway never waits on us.
 
 from __future__ import annotations
 
-import hmac
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -24,7 +23,7 @@ from imagine_bot.core.app import ImagineCore
 from imagine_bot.core.errors import GatewayProtocolError, PermissionDenied
 from imagine_bot.core.gateway import read_callback
 from imagine_bot.core.gateway.callbacks import MAX_CALLBACK_BYTES
-from imagine_bot.core.media.refstore import RefRefused
+from imagine_bot.core.media.refstore import RefRefused, same_secret
 from imagine_bot.core.web.dashboard import add_dashboard
 
 log = logging.getLogger(__name__)
@@ -67,13 +66,26 @@ async def serve_ref(request: web.Request) -> web.StreamResponse:
     })
 
 
+def may_read_metrics(request: web.Request) -> bool:
+    """``METRICS_TOKEN`` unset, or the request carries it as a bearer token: who may read ``/metrics``, and
+    the gateway balance wherever else it shows."""
+    token = request.app[CORE_KEY].settings.METRICS_TOKEN
+    if token is None:
+        return True
+    return same_secret(request.headers.get("Authorization", ""), f"Bearer {token.get_secret_value()}")
+
+
 async def healthz(request: web.Request) -> web.Response:
+    """Up or down, for load balancers and orchestrators. The gateway account's balance is the operator's
+    business: shown only to a request that could read ``/metrics`` (``may_read_metrics``)."""
     core = request.app[CORE_KEY]
     try:
         core.store.ping()
     except Exception as exc:  # the database is the one thing we cannot work without
         return web.json_response({"ok": False, "error": type(exc).__name__}, status=503)
     gateway = core.account.snapshot()
+    if not may_read_metrics(request):
+        gateway.pop("balance", None)
     return web.json_response({
         "ok": True,
         # degraded (not down): new jobs are paused while the gateway account cannot pay for them
@@ -88,12 +100,9 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     core = request.app[CORE_KEY]
-    token = core.settings.METRICS_TOKEN
-    if token is not None:
-        given = request.headers.get("Authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {token.get_secret_value()}".encode()):
-            return web.Response(status=401, text="a bearer token is required (METRICS_TOKEN)\n",
-                                headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
+    if not may_read_metrics(request):
+        return web.Response(status=401, text="a bearer token is required (METRICS_TOKEN)\n",
+                            headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
     body, content_type = core.metrics.render()
     response = web.Response(body=body)
     response.headers["Content-Type"] = content_type

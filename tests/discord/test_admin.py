@@ -170,6 +170,23 @@ async def test_a_server_budget_of_36_allows_exactly_two_jobs(open_bot):
         assert bot.core.ledger.balance(discord_user(CAROL)).balance == 180 - 18
 
 
+async def test_numbers_past_reason_from_discord_get_a_plain_refusal(open_bot):
+    """Discord keeps its own number options within their ranges, but a payload is the client's to write: a
+    budget, member cap or grant of 10^40 reaches the core as it is, and the core refuses it in one line."""
+    huge = 10**40
+    async with open_bot(ADMINS=f"discord:{OPERATOR}") as bot:
+        for sub, options, users in (
+            ("budget", [{"name": "credits", "type": 4, "value": huge}], ()),
+            ("member-cap", [{"name": "credits", "type": 4, "value": huge}], ()),
+            ("grant", [_user_option(BOB), {"name": "credits", "type": 4, "value": huge}], (BOB,)),
+            ("grant", [_user_option(BOB), {"name": "credits", "type": 4, "value": -huge}], (BOB,)),
+        ):
+            answer = await _private_answer(bot, bot.admin(sub, OPERATOR, options, resolved_users=users))
+            assert "1,000,000,000" in answer["content"] and "Nothing was changed." in answer["content"], answer
+            assert "\n" not in answer["content"] and "went wrong" not in answer["content"]
+        assert bot.core.budgets.all() == [] and bot.core.ledger.history(discord_user(BOB)) == []
+
+
 async def test_credits_and_help_answer_privately(open_bot):
     async with open_bot() as bot:
         answer = await _private_answer(bot, bot.command("credits", ALICE))

@@ -42,3 +42,26 @@ async def test_a_forbidden_result_post_is_refunded_at_once(open_bot):
         account = bot.core.ledger.balance(job.requester)
         assert account.held == 0 and account.balance == 180
         assert bot.core.ledger.verify() == []
+
+
+async def test_a_dropped_connection_during_the_result_edit_is_retried_on_the_same_message(open_bot):
+    """Discord applied the result edit of ``@original`` but the connection dropped before its answer
+    (aiohttp sees the server disconnect): a blip, not a refusal. The core hands ``Delivered`` again, which
+    edits the same ``@original`` (it cannot post twice): delivered, charged once, never a failure edit."""
+    async with open_bot() as bot:
+        bot.core.orchestrator.delivery_backoff_s = (0.05,)
+        bot.fake.drop("PATCH", r"/webhooks/\d+/[^/]+/messages/@original", where=lambda c: bool(c.files))
+        sent = bot.imagine(ALICE, "post me through a dropped connection")
+        await bot.final_edit(sent)
+        await bot.idle()
+        job = bot.core.jobs.recent(discord_user(ALICE).key, limit=1)[0]
+        assert job.state is JobState.DELIVERED, (job.error_code, job.error_message)
+        results = [c for c in bot.edits(sent) if c.files]
+        assert [c.status for c in results] == [0, 200]  # the dropped edit, then the same edit again
+        assert not any(str(c.content or "").startswith("Could not make") for c in bot.edits(sent))
+        assert not bot.fake.find("POST", r"/channels/\d+/messages")  # nothing posted in the channel
+        [message] = [m for m, files in bot.fake.files.items() if files]  # one message shows the image
+        assert job.receipt["message_id"] == message and job.receipt["delivered_in"] == "interaction"
+        kinds = sorted(e.kind for e in bot.core.ledger.history(job.requester) if e.job_id == job.id)
+        assert kinds == ["capture", "reserve"]
+        assert bot.core.ledger.verify() == []

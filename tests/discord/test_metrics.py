@@ -18,7 +18,6 @@ async def test_imagine_ack_and_credits_by_server(open_bot):
 
 
 async def test_imagine_admin_dashboard_is_a_private_link_to_this_server_only(open_bot):
-    from imagine_bot.core.web.dashboard import DashboardAuth
 
     from .test_admin import MANAGE_GUILD, _private_answer
 
@@ -26,6 +25,6 @@ async def test_imagine_admin_dashboard_is_a_private_link_to_this_server_only(ope
         answer = await _private_answer(bot, bot.admin("dashboard", ALICE, permissions=MANAGE_GUILD))
         assert "`discord:424242424242424242` only" in answer["content"]
         token = answer["content"].split("/admin/login?t=")[1].split()[0]
-        assert DashboardAuth(bot.core.db).redeem(token).scope == "discord:424242424242424242"
+        assert bot.core.dashboard_auth.redeem(token).scope == "discord:424242424242424242"
         refused = await _private_answer(bot, bot.admin("dashboard", ALICE))  # without Manage Server
         assert "/admin/login" not in refused["content"]

@@ -149,6 +149,7 @@ class FakeDiscord:
         self.guild_details: dict[str, dict[str, Any]] = {}
         self._failures: list[_Failure] = []
         self._slow: list[tuple[str, re.Pattern[str], float, Callable[[Call], bool] | None]] = []
+        self._drops: list[list[Any]] = []  # [method, pattern, where, times left]
         self._unblock = asyncio.Event()
         self._changed = asyncio.Event()
         self._runner: web.AppRunner | None = None
@@ -238,6 +239,11 @@ class FakeDiscord:
         ``Call.answered_at`` is when the answer went out."""
         self._slow.append((method, re.compile(pattern), seconds, where))
 
+    def drop(self, method: str, pattern: str, *, times: int = 1, where: Callable[[Call], bool] | None = None) -> None:
+        """The next ``times`` calls matching ``method``, the path regex (and ``where``) are DONE, but the
+        connection is cut before the answer goes out (a dropped connection: the client never hears back)."""
+        self._drops.append([method, re.compile(pattern), where, times])
+
     def register_interaction(self, payload: dict[str, Any]) -> None:
         """Remember an interaction sent to the bot, as Discord does, so its webhook knows its messages."""
         message = payload.get("message") or {}
@@ -323,6 +329,15 @@ class FakeDiscord:
                 call.response = json.loads(response.body)  # type: ignore[arg-type]
             except (TypeError, ValueError):
                 call.response = None
+        for drop in self._drops:
+            method, pattern, where, times = drop
+            if times > 0 and method == call.method and pattern.search(path) and (where is None or where(call)):
+                drop[3] -= 1
+                call.status = 0  # done, but nobody heard the answer
+                self._record(call)
+                assert request.transport is not None
+                request.transport.abort()  # the connection drops before the answer
+                raise asyncio.CancelledError
         self._record(call)
         return response
 

@@ -3,7 +3,7 @@
 Point ``AsyncWebClient(base_url=fake.api_url)`` (or ``SLACK_API_URL``) at it. It serves:
 
 - ``/api/<method>``: ``auth.test``, ``chat.postMessage``, ``chat.update``, ``chat.postEphemeral``,
-  ``chat.delete``, ``views.publish``, ``conversations.open``, ``files.getUploadURLExternal``,
+  ``chat.delete``, ``views.publish``, ``conversations.open``, ``conversations.info``, ``files.getUploadURLExternal``,
   ``files.completeUploadExternal``, ``files.info``, ``files.delete``, ``apps.connections.open``,
   ``users.info`` (workspace admins and owners are the ids in ``fake.workspace_admins`` /
   ``fake.workspace_owners``). Params
@@ -22,6 +22,17 @@ Point ``AsyncWebClient(base_url=fake.api_url)`` (or ``SLACK_API_URL``) at it. It
 - ``/response/<id>``: a response_url (records the JSON posted to it); ``fake.response_url(id)`` makes one.
 - ``/socket``: a Socket Mode websocket (``apps.connections.open`` hands out its URL); ``send_envelope``
   pushes a request to the connected app and returns its ack.
+
+Conversations, as the bot sees them: every id is a channel the bot is in (``C…`` public, ``G…`` private) or,
+for ``D…``, its own direct message with a user, unless ``fake.conversation(id, member=False, archived=True,
+...)`` says otherwise (``fake.remove_bot(id)`` and ``fake.archive(id)`` change one mid-test).
+``conversations.info`` answers like Slack (``is_member``, ``is_archived``, ``is_im`` with its ``user``;
+``channel_not_found`` for a private conversation the bot is not in, such as a DM between other people;
+``missing_scope`` without the ``channels:read`` / ``groups:read`` / ``im:read`` / ``mpim:read`` scope the
+conversation needs); ``conversations.open`` opens the bot's DM with a user (``D`` + the user id's digits).
+``chat.postMessage``, ``chat.update`` and ``files.completeUploadExternal`` (with a ``channel_id``) in a
+conversation the bot cannot post in answer ``channel_not_found`` (private, not a member), ``is_archived``
+or ``not_in_channel``.
 
 ``fake.fail("chat.postMessage", "not_in_channel")`` makes the next call of that method answer
 ``{"ok": false, "error": "not_in_channel"}``; ``fake.lose_answer("files.completeUploadExternal")`` does
@@ -61,6 +72,31 @@ class Call:
 
 
 @dataclass
+class Conversation:
+    """A conversation as the bot sees it."""
+
+    id: str
+    #: ``channel`` (public), ``group`` (private channel), ``im`` (a direct message), ``mpim`` (a group DM)
+    kind: str
+    #: the bot is in it (an ``im``: it is the bot's own DM with ``user``)
+    member: bool = True
+    archived: bool = False
+    #: an ``im``: the person the bot talks with
+    user: str | None = None
+
+    @property
+    def private(self) -> bool:
+        """Hidden from a bot that is not in it (Slack answers ``channel_not_found``)."""
+        return self.kind != "channel"
+
+
+#: the scope conversations.info needs for each kind of conversation
+READ_SCOPES = {"channel": "channels:read", "group": "groups:read", "im": "im:read", "mpim": "mpim:read"}
+#: methods that post in a conversation, and the parameter naming it
+POSTING = {"chat.postMessage": "channel", "chat.update": "channel", "files.completeUploadExternal": "channel_id"}
+
+
+@dataclass
 class Message:
     channel: str
     ts: str
@@ -75,7 +111,8 @@ class FakeSlackAPI:
     def __init__(self, *, bot_token: str = "xoxb-test-token", app_token: str = "xapp-test-token",
                  team_id: str = "T0001", bot_user_id: str = "UBOT", bot_name: str = "imagine",
                  scopes: tuple[str, ...] = ("commands", "chat:write", "files:write", "files:read", "im:write",
-                                          "users:read")) -> None:
+                                          "users:read", "channels:read", "groups:read", "im:read",
+                                          "mpim:read")) -> None:
         self.bot_token = bot_token
         self.app_token = app_token
         self.team_id = team_id
@@ -85,6 +122,8 @@ class FakeSlackAPI:
         self.scopes = list(scopes)
         self.calls: list[Call] = []
         self.messages: dict[str, Message] = {}
+        #: conversations set up by the test (any other id: see the module docstring)
+        self.conversations: dict[str, Conversation] = {}
         self.uploads: dict[str, bytes] = {}
         self.files: dict[str, dict[str, Any]] = {}
         #: files users shared (``add_file``), and every download of one: (file id, Authorization header)
@@ -154,6 +193,38 @@ class FakeSlackAPI:
     def fail(self, method: str, error: str, times: int = 1) -> None:
         """The next ``times`` calls of ``method`` answer ``{"ok": false, "error": error}``."""
         self._failures[method].extend([error] * times)
+
+    def conversation(self, channel: str, *, kind: str | None = None, member: bool = True, archived: bool = False,
+                     user: str | None = None) -> Conversation:
+        """Set up a conversation: ``member=False`` for a channel the bot was not invited to, or (``D…``) a
+        direct message between other people; ``archived=True`` for an archived channel."""
+        conversation = Conversation(channel, kind or _kind(channel), member=member, archived=archived, user=user)
+        self.conversations[channel] = conversation
+        return conversation
+
+    def remove_bot(self, channel: str) -> None:
+        """The bot is removed from ``channel`` (``/kick @imagine``): it can no longer post there."""
+        self._conversation(channel).member = False
+
+    def archive(self, channel: str) -> None:
+        self._conversation(channel).archived = True
+
+    def _conversation(self, channel: str) -> Conversation:
+        if channel not in self.conversations:
+            self.conversations[channel] = Conversation(channel, _kind(channel))
+        return self.conversations[channel]
+
+    def _cannot_post(self, method: str, params: dict[str, Any]) -> str | None:
+        """Slack's error for a post in a conversation the bot cannot post in, or None."""
+        channel = params.get(POSTING.get(method, ""))
+        if not channel:
+            return None
+        conversation = self._conversation(str(channel))
+        if not conversation.member and conversation.private:
+            return "channel_not_found"
+        if conversation.archived:
+            return "is_archived"
+        return None if conversation.member else "not_in_channel"
 
     def rate_limit(self, method: str, retry_after: float, times: int = 1) -> None:
         """The next ``times`` calls of ``method`` answer HTTP 429 ``ratelimited`` with this Retry-After, and
@@ -262,6 +333,9 @@ class FakeSlackAPI:
         handler = getattr(self, "_" + method.replace(".", "_"), None)
         if handler is None:
             return web.json_response({"ok": False, "error": "unknown_method"})
+        refused = self._cannot_post(method, params)
+        if refused:
+            return web.json_response({"ok": False, "error": refused})
         if method in ("chat.postMessage", "chat.update", "views.publish"):
             errors = self._block_errors(params, method)
             if errors:
@@ -401,7 +475,30 @@ class FakeSlackAPI:
                                      "is_primary_owner": False, "is_bot": False}}
 
     def _conversations_open(self, params: dict[str, Any]) -> dict[str, Any]:
-        return {"ok": True, "channel": {"id": "D" + str(params.get("users", "")).lstrip("UW")}}
+        user = str(params.get("users", ""))
+        channel = "D" + user.lstrip("UW")
+        self.conversations.setdefault(channel, Conversation(channel, "im", user=user))
+        return {"ok": True, "channel": {"id": channel}}
+
+    def _conversations_info(self, params: dict[str, Any]) -> dict[str, Any]:
+        channel = str(params.get("channel", ""))
+        conversation = self._conversation(channel)
+        needed = READ_SCOPES[conversation.kind]
+        if needed not in self.scopes:
+            return {"ok": False, "error": "missing_scope", "needed": needed, "provided": ",".join(self.scopes)}
+        if conversation.private and not conversation.member:
+            return {"ok": False, "error": "channel_not_found"}
+        if conversation.kind == "im":
+            return {"ok": True, "channel": {"id": channel, "created": 1_700_000_000, "is_im": True,
+                                            "is_org_shared": False, "user": conversation.user or "U0",
+                                            "is_user_deleted": False, "priority": 0}}
+        kind = conversation.kind
+        return {"ok": True, "channel": {
+            "id": channel, "name": f"channel-{channel.lower()}", "is_channel": kind == "channel",
+            "is_group": kind == "group", "is_im": False, "is_mpim": kind == "mpim", "is_private": kind != "channel",
+            "created": 1_700_000_000, "is_archived": conversation.archived, "is_general": False,
+            "is_shared": False, "is_ext_shared": False, "is_org_shared": False, "is_member": conversation.member,
+            "name_normalized": f"channel-{channel.lower()}", "creator": "U0"}}
 
     def _files_getUploadURLExternal(self, params: dict[str, Any]) -> dict[str, Any]:
         file_id = f"F{next(self._file_ids):07d}"
@@ -506,3 +603,8 @@ def _slack_files(node: Any, pointer: str) -> list[tuple[str, str]]:
         for i, value in enumerate(node):
             found += _slack_files(value, f"{pointer}/{i}")
     return found
+
+
+def _kind(channel: str) -> str:
+    """A conversation's kind from its id: ``C…`` public, ``G…`` private, ``D…`` a direct message."""
+    return {"G": "group", "D": "im"}.get(channel[:1], "channel")

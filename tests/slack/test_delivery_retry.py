@@ -1,6 +1,7 @@
 """A Slack blip while posting a finished image (5xx, internal_error, ratelimited) is not a failure: the core
 hands ``Delivered`` again, with the receipt, until ``DELIVERY_RETRY_S``; the image is shared once and
-charged once. A refusal for good (the bot is not in the channel) is refunded at once."""
+charged once. A refusal for good (the app lacks a scope) is refunded at once; a channel that refuses the
+result goes to the requester's DM instead (``test_channel_check``)."""
 
 from __future__ import annotations
 
@@ -42,15 +43,15 @@ async def test_a_blip_at_upload_is_retried_and_the_image_is_shared_and_charged_o
     assert slack.core.ledger.verify() == []
 
 
-async def test_not_in_channel_at_upload_is_not_retried(slack: SlackHarness):
+async def test_a_refusal_for_good_at_upload_is_not_retried(slack: SlackHarness):
     quick_retries(slack)
-    slack.fake.fail(RESERVE, "not_in_channel")
+    slack.fake.fail(RESERVE, "missing_scope")  # the app lacks files:write: no later try can pass
     await slack.slash("a lighthouse at dusk")
     await slack.settle()
     [job] = slack.core.jobs.recent()
     assert job.state is JobState.FAILED and job.error_code == "delivery_failed"
     assert len(slack.fake.calls_to(RESERVE)) == 1  # refused for good: asked once
-    assert "/invite @imagine" in slack.fake.calls_to("chat.update")[-1].params["text"]
+    assert "could not post it here" in slack.fake.calls_to("chat.update")[-1].params["text"]
     account = slack.core.ledger.balance(U1)
     assert (account.balance, account.held) == (180, 0)
     assert slack.core.ledger.verify() == []

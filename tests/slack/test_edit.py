@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import logging
 import time
 import urllib.parse
 from pathlib import Path
@@ -163,6 +164,33 @@ async def test_vary_and_remix_buttons_for_the_requester_only(slack, sandbox):
     assert remixed.prompt == "a paper boat in a storm" and remixed.parent_id == original.id
     assert remixed.state is JobState.DELIVERED and remixed.model == EDIT
     assert slack.core.ledger.balance(alice).balance == 180 - 3 * 18
+
+
+async def test_vary_and_remix_log_no_error(slack, sandbox, caplog):
+    """Every Vary press and Remix submission used to log an AttributeError (``_after_submit``, removed
+    earlier) after the job was made: the press must be quiet in the logs, and the job made once."""
+    serve_refs(slack)
+    await slack.slash("a paper boat")
+    await slack.settle()
+    alice = UserRef("slack", TEAM, "U1")
+    (original,) = slack.core.jobs.recent(alice.key)
+    caplog.set_level(logging.INFO)
+    caplog.clear()
+
+    await slack.press("imagine_vary", original.id, user="U1")
+    await slack.settle()
+    await slack.press("imagine_remix", original.id, user="U1")
+    await slack.fake.wait_for("views.open")
+    await submit(slack, slack.fake.views[-1], "a paper boat at night")
+    await slack.settle()
+
+    made = slack.core.jobs.recent(alice.key, limit=3)
+    assert [j.prompt for j in made] == ["a paper boat at night", "a paper boat", "a paper boat"]
+    assert all(j.state is JobState.DELIVERED for j in made) and made[0].parent_id == made[1].parent_id == original.id
+    problems = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert problems == [], [r.getMessage() for r in problems]
+    assert any(r.getMessage() == f"job {made[1].id}: vary of {original.id} by U1" for r in caplog.records)
+    assert any(r.getMessage() == f"job {made[0].id}: remix of {original.id} by U1" for r in caplog.records)
 
 
 def test_the_manifest_has_the_shortcut_and_files_read():

@@ -13,6 +13,7 @@ from imagine_bot.bots.slack.mentions import escape
 from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.chat import messages
 from imagine_bot.core.jobs.model import JobState
+from tests.conftest import until
 
 from .conftest import TEAM, SlackHarness, of_type, valid_blocks
 
@@ -29,6 +30,8 @@ async def test_ack_is_immediate_then_progress_is_edited_in_place_then_the_image_
 
     assert response.status_code == 200
     assert ack_s < 3.0  # Slack's own limit for acknowledging a slash command
+    # the first prompt in a channel is taken just after the ack (conversations.info: may the bot post here?)
+    await until(lambda: slack.core.jobs.recent())
     [job] = slack.core.jobs.recent()
     assert not slack.core.jobs.get(job.id).state.final  # the answer came before the job was done
 
@@ -93,23 +96,6 @@ async def test_gateway_failure_edits_the_progress_message_and_charges_nothing(sl
     assert not slack.fake.calls_to("files.completeUploadExternal")
     account = slack.core.ledger.balance(U1)
     assert (account.balance, account.held) == (180, 0)
-
-
-async def test_not_in_channel_tells_the_user_to_invite_the_bot_and_releases_the_credits(slack: SlackHarness):
-    slack.fake.fail("chat.postMessage", "not_in_channel", times=5)  # Slack keeps saying so
-    response, response_url = await slack.slash("a quiet harbour")
-    assert response.status_code == 200
-    answer = await slack.fake.wait_response(response_url)
-    await slack.settle()
-
-    assert answer["response_type"] == "ephemeral"
-    assert "/invite @imagine" in answer["text"]
-    [job] = slack.core.jobs.recent()
-    assert job.state is JobState.FAILED and job.error_code == "delivery_failed"
-    account = slack.core.ledger.balance(U1)
-    assert (account.balance, account.held) == (180, 0)
-    assert not slack.fake.calls_to("chat.update")
-    assert slack.core.ledger.verify() == []
 
 
 async def test_a_retried_delivery_makes_no_second_job(slack: SlackHarness):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 
 from imagine_bot.core.jobs.model import JobState
+from tests.conftest import until
 
 from .conftest import SlackHarness
 
@@ -19,8 +20,8 @@ async def three_jobs(slack: SlackHarness) -> list[str]:
     for n, user in enumerate(USERS):
         response, _ = await slack.slash(f"short job {n}", user=user)
         assert response.status_code == 200
+    await until(lambda: len(slack.core.jobs.recent()) == 3)  # the first is taken just after its ack
     jobs = slack.core.jobs.recent()
-    assert len(jobs) == 3
     return [job.id for job in jobs]
 
 

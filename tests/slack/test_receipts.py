@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from imagine_bot.core.errors import DeliveryError
+from imagine_bot.core.errors import DeliveryInterrupted
 from imagine_bot.core.events import Delivered, ImageFile
 from imagine_bot.core.jobs.model import Job, JobState
 
@@ -87,6 +87,28 @@ async def test_a_lost_complete_answer_is_checked_with_files_info_not_uploaded_ag
     assert slack.core.ledger.verify() == []
 
 
+async def test_a_lost_complete_answer_and_a_files_info_blip_end_delivered_and_charged_once(slack: SlackHarness):
+    """Slack shared the file, its answer to completeUploadExternal was lost and files.info then failed once:
+    nobody can tell yet, so it is a blip (``DeliveryInterrupted``), not a refusal. The core hands the delivery
+    again with the pending file ids, files.info finds the file shared: delivered with that one image, charged
+    once, nothing uploaded again, no failure said."""
+    slack.core.orchestrator.delivery_backoff_s = (0.05,)
+    slack.fake.lose_answer(COMPLETE)
+    slack.fake.fail("files.info", "internal_error")
+    await slack.slash("answer lost, then files.info down")
+    await slack.settle()
+    [job] = slack.core.jobs.recent()
+    assert job.state is JobState.DELIVERED, (job.error_code, job.error_message)
+    assert [c.status for c in slack.fake.calls_to(COMPLETE)] == [500]
+    assert len(slack.fake.calls_to(RESERVE)) == 1
+    [file_id] = shared_in_c1(slack)
+    assert job.receipt["file_ids"] == [file_id] and shown(slack, job) == [file_id]
+    assert not any("Could not" in (c.params.get("text") or "") for c in slack.fake.calls_to("chat.update"))
+    assert sorted(e.kind for e in slack.core.ledger.history(job.requester) if e.job_id == job.id) == [
+        "capture", "reserve"]
+    assert slack.core.ledger.verify() == []
+
+
 async def test_a_retry_after_a_lost_complete_answer_finishes_without_uploading(slack: SlackHarness):
     """The answer to completeUploadExternal was lost and files.info could not tell at that moment: the
     delivery raises (nothing guessed); handed again with the recorded receipt, it finds the file shared and
@@ -95,7 +117,7 @@ async def test_a_retry_after_a_lost_complete_answer_finishes_without_uploading(s
     first_upload = shared_in_c1(slack)
     slack.fake.lose_answer(COMPLETE)
     slack.fake.fail("files.info", "internal_error")
-    with pytest.raises(DeliveryError):
+    with pytest.raises(DeliveryInterrupted):  # a blip: the core hands it again
         await slack.service.frontend.publish(Delivered(job, (image,), 162, dict(job.receipt)))
     receipt = slack.core.jobs.get(job.id).receipt
     [pending] = receipt["pending_file_ids"]
@@ -131,7 +153,7 @@ async def test_files_info_failing_on_a_retry_raises_and_uploads_nothing(slack: S
     slack.core.record_receipt(job.id, pending_file_ids=[earlier])
     reserves = len(slack.fake.calls_to(RESERVE))
     slack.fake.fail("files.info", "internal_error")
-    with pytest.raises(DeliveryError, match=r"files\.info failed"):
+    with pytest.raises(DeliveryInterrupted, match=r"files\.info failed"):
         await slack.service.frontend.publish(Delivered(slack.core.jobs.get(job.id), (image,), 162,
                                                        dict(slack.core.jobs.get(job.id).receipt)))
     assert len(slack.fake.calls_to(RESERVE)) == reserves

@@ -43,6 +43,7 @@ def test_the_manifest_is_package_data_with_the_command_scopes_and_event():
     text = importlib.resources.files("imagine_bot.bots.slack").joinpath("manifest.yml").read_text()
     for needle in ("command: /imagine", "usage_hint:", "should_escape: true", "home_tab_enabled: true",
                    "socket_mode_enabled: true", "- app_home_opened", "- commands", "- chat:write",
-                   "- files:write", "- files:read", "- im:write"):
+                   "- files:write", "- files:read", "- im:write", "- channels:read", "- groups:read",
+                   "- im:read", "- mpim:read"):
         assert needle in text, needle
     assert "- chat:write.public" not in text

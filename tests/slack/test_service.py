@@ -107,18 +107,6 @@ async def test_socket_mode_end_to_end_against_the_fake(slack_settings, fake_slac
             await service.stop()
 
 
-async def test_an_upload_refused_for_the_channel_refunds_and_says_how_to_fix_it(slack: SlackHarness):
-    slack.fake.fail("files.getUploadURLExternal", "not_in_channel")
-    await slack.slash("a lighthouse at dusk")
-    await slack.settle()
-    [job] = slack.core.jobs.recent()
-    assert job.state is JobState.FAILED and job.error_code == "delivery_failed"
-    last = slack.fake.calls_to("chat.update")[-1].params["text"]
-    assert "/invite @imagine" in last and "Could not make" in last
-    account = slack.core.ledger.balance(U1)
-    assert (account.balance, account.held) == (180, 0)
-
-
 async def test_an_upload_error_that_outlasts_delivery_retry_s_refunds_with_the_core_wording(slack: SlackHarness):
     """A blip that does not pass (Slack keeps answering internal_error) is retried until DELIVERY_RETRY_S,
     then the job is failed and refunded in plain words."""

@@ -14,13 +14,13 @@ import hmac
 import json
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-import sqlite_utils
-
-from imagine_bot.core.media.refstore import _b64, _unb64, load_secret
-from imagine_bot.core.storage.db import iso, transaction, utcnow
+from imagine_bot.core.media.refstore import _b64, _unb64, same_secret
+from imagine_bot.core.storage.base import LinkStore, Stores
+from imagine_bot.core.storage.db import utcnow
 
 LINK_TTL = timedelta(minutes=10)
 SESSION_TTL_S = 8 * 3600
@@ -40,12 +40,14 @@ class Session:
 
 
 def _hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 class DashboardAuth:
-    def __init__(self, db: sqlite_utils.Database) -> None:
-        self.db = db
+    def __init__(self, links: LinkStore, secret: Callable[[], bytes]) -> None:
+        self.links = links
+        #: the cookie signing key, read from the database the first time a cookie is made or read
+        self._load_secret = secret
         self._key: bytes | None = None
 
     # ------------------------------------------------------------------ links
@@ -53,30 +55,21 @@ class DashboardAuth:
         """A one-time sign-in link for ``actor`` seeing ``scope`` (None: everything)."""
         token = secrets.token_urlsafe(32)
         now = now or utcnow()
-        with transaction(self.db):
-            self.db.execute("INSERT INTO dashboard_links (token_hash, scope, actor, created_at, expires_at) "
-                            "VALUES (?, ?, ?, ?, ?)", [_hash(token), scope, actor, iso(now), iso(now + LINK_TTL)])
+        self.links.add(_hash(token), scope=scope, actor=actor, now=now, expires=now + LINK_TTL)
         return f"{base_url.rstrip('/')}/admin/login?t={token}"
 
     def redeem(self, token: str) -> Session | None:
         """The session a link opens, once: None when it is unknown, expired or used already."""
         now = utcnow()
-        with transaction(self.db):
-            row = self.db.execute("SELECT actor, scope FROM dashboard_links WHERE token_hash = ? AND used_at IS NULL "
-                                  "AND expires_at > ?", [_hash(token), iso(now)]).fetchone()
-            if row is None:
-                return None
-            used = self.db.execute("UPDATE dashboard_links SET used_at = ? WHERE token_hash = ? AND used_at IS NULL",
-                                   [iso(now), _hash(token)])
-            if used.rowcount != 1:
-                return None
-            self.db.execute("DELETE FROM dashboard_links WHERE expires_at < ?", [iso(now - timedelta(days=1))])
-        return Session(str(row[0]), row[1], int(time.time()) + SESSION_TTL_S)
+        found = self.links.use(_hash(token), now, forget_before=now - timedelta(days=1))
+        if found is None:
+            return None
+        return Session(found[0], found[1], int(time.time()) + SESSION_TTL_S)
 
     # ------------------------------------------------------------------ cookies
     def _secret(self) -> bytes:
         if self._key is None:
-            self._key = load_secret(self.db, "dashboard")
+            self._key = self._load_secret()
         return self._key
 
     def cookie(self, session: Session) -> str:
@@ -89,8 +82,9 @@ class DashboardAuth:
         if not cookie or "." not in cookie:
             return None
         payload, _, signature = cookie.partition(".")
-        expected = _b64(hmac.new(self._secret(), payload.encode(), hashlib.sha256).digest())
-        if not hmac.compare_digest(signature, expected):
+        # whatever a client sent: aiohttp hands undecodable bytes over as lone surrogates
+        expected = _b64(hmac.new(self._secret(), payload.encode("utf-8", "surrogatepass"), hashlib.sha256).digest())
+        if not same_secret(signature, expected):
             return None
         try:
             data = json.loads(_unb64(payload))
@@ -98,3 +92,8 @@ class DashboardAuth:
         except (ValueError, KeyError, TypeError):
             return None
         return session if session.expires > time.time() else None
+
+
+def dashboard_auth(stores: Stores) -> DashboardAuth:
+    """Sign-in links and cookies over ``stores`` (the links' table and the ``dashboard`` key)."""
+    return DashboardAuth(stores.dashboard_links, lambda: stores.secret("dashboard"))

@@ -2,7 +2,8 @@
 
     GET  /admin/login?t=TOKEN   a page with a "Sign in" button (POSTs the token: link previews cannot use it)
     POST /admin/login           redeems the one-time link, sets the session cookie, goes to /admin/usage
-    GET  /admin/usage           spend per day (chart), per scope, per channel, top users, budgets, balance
+    GET  /admin/usage           spend per day (chart), per scope, per channel, top users, budgets, balance;
+                                operators: billed but not delivered, and the day by day reconciliation
     GET  /admin/jobs            recent jobs (filters: days, state, platform, text) with their approvals (state,
                                 reviewer, reason), failures by cause (chart)
     GET  /admin/gallery         thumbnails of delivered images with prompt, who, where and a link to the message
@@ -25,9 +26,9 @@ import jinja2
 from aiohttp import web
 
 from imagine_bot.core.jobs.model import JobState
+from imagine_bot.core.storage.dashboard import Filter, Queries, message_link
 from imagine_bot.core.web.dashboard.auth import COOKIE, DashboardAuth, Session
 from imagine_bot.core.web.dashboard.charts import bar_chart
-from imagine_bot.core.web.dashboard.queries import Filter, Queries, message_link
 
 if TYPE_CHECKING:
     from imagine_bot.core.app import ImagineCore
@@ -63,7 +64,7 @@ DASHBOARD_KEY: web.AppKey[Dashboard] = web.AppKey("dashboard", Dashboard)
 def add_dashboard(app: web.Application, core: ImagineCore) -> None:
     env = jinja2.Environment(loader=jinja2.PackageLoader("imagine_bot.core.web.dashboard", "templates"),
                              autoescape=True, undefined=jinja2.StrictUndefined)
-    app[DASHBOARD_KEY] = Dashboard(core, DashboardAuth(core.db), Queries(core.db), env)
+    app[DASHBOARD_KEY] = Dashboard(core, core.dashboard_auth, core.stores.dashboard, env)
     app.router.add_get("/admin", home)
     app.router.add_get("/admin/", home)
     app.router.add_get("/admin/login", login_page)
@@ -173,11 +174,15 @@ async def usage(request: web.Request) -> web.Response:
                       title=f"Credits spent per day, last {f.days} days", label_every=max(1, len(per_day) // 8))
     budgets = [b for b in dash.core.budgets.all()
                if f.scope is None or b.scope == f.scope or b.scope.startswith(f.scope + "#")]
-    balance = await dash.gateway_balance() if session.scope is None else None
+    operator = session.scope is None
+    balance = await dash.gateway_balance() if operator else None
+    # the gateway account is the operator's: what it billed for nothing, and the balance against the spend
+    undelivered = dash.queries.billed_not_delivered(f) if operator else None
+    reconciliation = dash.queries.reconciliation(f.days) if operator and f.scope is None else None
     return _page(request, "usage.html", **_common(session, f, "usage"), chart=chart,
                  total=sum(v for _, v in per_day), by_scope=dash.queries.spend_by(f, "scope"),
                  by_channel=dash.queries.spend_by(f, "channel"), top_users=dash.queries.spend_by(f, "account", 10),
-                 budgets=budgets, balance=balance)
+                 budgets=budgets, balance=balance, undelivered=undelivered, reconciliation=reconciliation)
 
 
 async def jobs(request: web.Request) -> web.Response:

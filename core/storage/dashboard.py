@@ -1,18 +1,24 @@
 """What the dashboard shows, read from the database and always limited to the viewer's scope.
 
 Spend is what delivered jobs cost (the ledger captures a job's cost exactly when it is delivered).
+
+Reconciliation (operators): per day, the drop of the gateway balance (from the readings the bot keeps,
+``core.gateway.balance``) beside the credits captured for delivered jobs and those the gateway billed
+for jobs never delivered; what remains is spent by something else on the same key (or a price that
+differs).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
+from itertools import pairwise
 from typing import Any
 
 import sqlite_utils
 
 from imagine_bot.core.jobs.model import SCOPE_SQL, Job, JobStore
-from imagine_bot.core.storage.db import iso, utcnow
+from imagine_bot.core.storage.db import iso, transaction, utcnow
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +52,32 @@ class Filter:
         return " AND ".join(sql), args
 
 
+@dataclass(frozen=True, slots=True)
+class ReconciledDay:
+    """One day (UTC) of the gateway account. ``balance_drop`` is the sum of the falls between consecutive
+    balance readings ending that day (a top-up is not a spend: rises are left out); None: no readings."""
+
+    day: date
+    balance_drop: int | None
+    captured: int
+    undelivered: int
+
+    @property
+    def difference(self) -> int | None:
+        """The drop that delivered jobs do not explain (billed-but-not-delivered, other users of the key)."""
+        return None if self.balance_drop is None else self.balance_drop - self.captured
+
+
+def balance_readings(db: sqlite_utils.Database, since: datetime) -> list[tuple[datetime, int]]:
+    """The gateway balance as the bot read it (``core.gateway.balance``) since ``since``, with the last
+    reading before it, oldest first."""
+    rows = db.execute(
+        "SELECT ts, balance FROM (SELECT ts, balance, id FROM gateway_balance_log WHERE ts < ?"
+        " ORDER BY ts DESC, id DESC LIMIT 1) UNION ALL SELECT ts, balance FROM gateway_balance_log WHERE ts >= ?"
+        " ORDER BY ts", [iso(since), iso(since)]).fetchall()
+    return [(datetime.fromisoformat(ts), int(balance)) for ts, balance in rows]
+
+
 class Queries:
     def __init__(self, db: sqlite_utils.Database) -> None:
         self.db = db
@@ -72,6 +104,34 @@ class Queries:
         return self._rows(f"SELECT {expr} AS name, SUM(jobs.cost) AS credits, COUNT(*) AS images FROM jobs "
                           f"WHERE jobs.state = 'delivered' AND {where} GROUP BY name ORDER BY credits DESC, name "
                           f"LIMIT ?", [*args, limit])
+
+    def billed_not_delivered(self, f: Filter) -> tuple[int, int]:
+        """Credits the gateway billed for jobs that then failed in this period, and how many jobs."""
+        where, args = f.where(time_column="jobs.finished_at")
+        row = self.db.execute(f"SELECT COALESCE(SUM(jobs.gateway_cost), 0), COUNT(*) FROM jobs WHERE "
+                              f"jobs.state = 'failed' AND jobs.billed_at IS NOT NULL AND {where}", args).fetchone()
+        return int(row[0]), int(row[1])
+
+    def reconciliation(self, days: int) -> list[ReconciledDay]:
+        """The last ``days`` days of the whole gateway account (every place), newest first; days with
+        neither a reading nor a finished job are left out."""
+        today = utcnow().date()
+        first = today - timedelta(days=days - 1)
+        since = datetime(first.year, first.month, first.day, tzinfo=UTC)
+        drops: dict[date, int] = {}
+        readings = balance_readings(self.db, since)
+        for (_, before), (at, after) in pairwise(readings):
+            drops[at.date()] = drops.get(at.date(), 0) + max(0, before - after)
+        sums: dict[str, dict[date, int]] = {}
+        for name, cond, column in (("captured", "jobs.state = 'delivered'", "jobs.cost"),
+                                   ("undelivered", "jobs.state = 'failed' AND jobs.billed_at IS NOT NULL",
+                                    "jobs.gateway_cost")):
+            rows = self._rows(f"SELECT substr(jobs.finished_at, 1, 10) AS day, SUM({column}) AS credits FROM jobs "
+                              f"WHERE {cond} AND jobs.finished_at >= ? GROUP BY day", [iso(since)])
+            sums[name] = {date.fromisoformat(r["day"]): int(r["credits"] or 0) for r in rows}
+        shown = sorted({d for d in (*drops, *sums["captured"], *sums["undelivered"]) if d >= first}, reverse=True)
+        return [ReconciledDay(d, drops.get(d), sums["captured"].get(d, 0), sums["undelivered"].get(d, 0))
+                for d in shown]
 
     # ------------------------------------------------------------------ jobs
     def recent_jobs(self, f: Filter, limit: int = 100) -> list[Job]:
@@ -114,3 +174,30 @@ def message_link(job: Job) -> str | None:
         if ts:
             return f"https://slack.com/archives/{channel}/p{str(ts).replace('.', '')}"
     return None
+
+
+class SqliteLinkStore:
+    """One-time sign-in links (``dashboard_links``), kept as hashes only (``core.web.dashboard.auth``)."""
+
+    def __init__(self, db: sqlite_utils.Database) -> None:
+        self.db = db
+
+    def add(self, token_hash: str, *, scope: str | None, actor: str, now: datetime, expires: datetime) -> None:
+        with transaction(self.db):
+            self.db.execute("INSERT INTO dashboard_links (token_hash, scope, actor, created_at, expires_at) "
+                            "VALUES (?, ?, ?, ?, ?)", [token_hash, scope, actor, iso(now), iso(expires)])
+
+    def use(self, token_hash: str, now: datetime, *, forget_before: datetime) -> tuple[str, str | None] | None:
+        """Mark a live, unused link used, once: its (actor, scope), or None. Links expired before
+        ``forget_before`` are deleted on the way."""
+        with transaction(self.db):
+            row = self.db.execute("SELECT actor, scope FROM dashboard_links WHERE token_hash = ? AND used_at IS NULL "
+                                  "AND expires_at > ?", [token_hash, iso(now)]).fetchone()
+            if row is None:
+                return None
+            used = self.db.execute("UPDATE dashboard_links SET used_at = ? WHERE token_hash = ? AND used_at IS NULL",
+                                   [iso(now), token_hash])
+            if used.rowcount != 1:
+                return None
+            self.db.execute("DELETE FROM dashboard_links WHERE expires_at < ?", [iso(forget_before)])
+        return str(row[0]), row[1]

@@ -1,0 +1,63 @@
+"""The places' rows (``place_bans``, ``place_prefs``): what a community admin chose for their own server or
+workspace (``core.access.places``)."""
+
+from __future__ import annotations
+
+import sqlite_utils
+
+from imagine_bot.core.access.places import PlacePrefs
+from imagine_bot.core.storage.db import iso, transaction, utcnow
+
+
+class SqlitePlaces:
+    def __init__(self, db: sqlite_utils.Database) -> None:
+        self.db = db
+
+    # ------------------------------------------------------------------ bans
+    def is_banned(self, place: str, account: str) -> bool:
+        row = self.db.execute("SELECT 1 FROM place_bans WHERE place = ? AND account = ?", [place, account]).fetchone()
+        return row is not None
+
+    def ban(self, place: str, account: str, *, actor: str) -> bool:
+        """True if newly banned."""
+        with transaction(self.db):
+            cursor = self.db.execute("INSERT OR IGNORE INTO place_bans (place, account, actor, ts) VALUES (?, ?, ?, ?)",
+                                     [place, account, actor, iso(utcnow())])
+            return cursor.rowcount == 1
+
+    def unban(self, place: str, account: str) -> bool:
+        """True if there was a ban to lift."""
+        with transaction(self.db):
+            cursor = self.db.execute("DELETE FROM place_bans WHERE place = ? AND account = ?", [place, account])
+            return cursor.rowcount == 1
+
+    def banned(self, place: str) -> list[str]:
+        rows = self.db.execute("SELECT account FROM place_bans WHERE place = ? ORDER BY ts", [place]).fetchall()
+        return [r[0] for r in rows]
+
+    # ------------------------------------------------------------------ preferences
+    def prefs(self, place: str) -> PlacePrefs:
+        row = self.db.execute("SELECT channels, aspect_ratio, quality FROM place_prefs WHERE place = ?",
+                              [place]).fetchone()
+        if row is None:
+            return PlacePrefs(place)
+        channels = tuple(c for c in (row[0] or "").split(",") if c)
+        defaults = {k: v for k, v in (("aspect_ratio", row[1]), ("quality", row[2])) if v}
+        return PlacePrefs(place, channels, defaults)
+
+    def _set(self, place: str, actor: str, **values: str | None) -> PlacePrefs:
+        with transaction(self.db):
+            self.db.execute("INSERT OR IGNORE INTO place_prefs (place, updated_at) VALUES (?, ?)",
+                            [place, iso(utcnow())])
+            cols = ", ".join(f"{k} = ?" for k in values)
+            self.db.execute(f"UPDATE place_prefs SET {cols}, updated_by = ?, updated_at = ? WHERE place = ?",
+                            [*values.values(), actor, iso(utcnow()), place])
+        return self.prefs(place)
+
+    def set_channels(self, place: str, channels: tuple[str, ...], *, actor: str) -> PlacePrefs:
+        """The channels the bot answers in (empty: all)."""
+        return self._set(place, actor, channels=",".join(channels) or None)
+
+    def set_defaults(self, place: str, defaults: dict[str, str | None], *, actor: str) -> PlacePrefs:
+        """Default ``aspect_ratio`` and ``quality`` (None: back to the model's default)."""
+        return self._set(place, actor, **{k: v for k, v in defaults.items() if k in ("aspect_ratio", "quality")})

@@ -1,0 +1,27 @@
+"""The thumbnails' table: one small WebP per delivered job (``core.media.thumbnails`` makes them)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import sqlite_utils
+
+from imagine_bot.core.storage.db import iso, transaction, utcnow
+
+
+class SqliteThumbnailIndex:
+    def __init__(self, db: sqlite_utils.Database) -> None:
+        self.db = db
+
+    def put(self, job_id: str, webp: bytes, width: int, height: int) -> None:
+        with transaction(self.db):
+            self.db.execute("INSERT OR REPLACE INTO thumbnails (job_id, webp, width, height, created_at) "
+                            "VALUES (?, ?, ?, ?, ?)", [job_id, webp, width, height, iso(utcnow())])
+
+    def get(self, job_id: str) -> tuple[bytes, int, int] | None:
+        row = self.db.execute("SELECT webp, width, height FROM thumbnails WHERE job_id = ?", [job_id]).fetchone()
+        return (bytes(row[0]), int(row[1]), int(row[2])) if row else None
+
+    def delete_before(self, cutoff: datetime) -> int:
+        with transaction(self.db):
+            return int(self.db.execute("DELETE FROM thumbnails WHERE created_at < ?", [iso(cutoff)]).rowcount)
