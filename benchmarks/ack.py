@@ -204,9 +204,10 @@ async def slack_burst(n: int, workdir: Path) -> dict[str, Any]:
                         await asyncio.wait_for(service.handlers.wait_idle(), 60)
                     except TimeoutError:
                         pass
-                    jobs = core.db.execute("SELECT COUNT(*) FROM jobs WHERE account LIKE 'slack:%:U0%'").fetchone()[0]
+                    jobs = core.stores.db.execute(
+                        "SELECT COUNT(*) FROM jobs WHERE account LIKE 'slack:%:U0%'").fetchone()[0]
                     drained = await drain(core)
-                    delivered = core.db.execute("SELECT COUNT(*) FROM jobs WHERE account LIKE 'slack:%:U0%' "
+                    delivered = core.stores.db.execute("SELECT COUNT(*) FROM jobs WHERE account LIKE 'slack:%:U0%' "
                                                 "AND state = 'delivered'").fetchone()[0]
                     calls = (await slack.ask({"op": "calls"}))["calls"]
                 finally:

@@ -41,11 +41,12 @@ async def _spawn(*args: str, max_active: int) -> asyncio.subprocess.Process:
 
 
 async def rolling(jobs: int, workdir: Path) -> dict[str, Any]:
-    from imagine_bot.core.credits.budgets import Budgets
-    from imagine_bot.core.credits.ledger import Ledger
-    from imagine_bot.core.jobs.model import JobState, JobStore
+    from imagine_bot.core.jobs.model import JobState
     from imagine_bot.core.sandbox import SandboxGateway
+    from imagine_bot.core.storage.budgets import SqliteBudgets as Budgets
     from imagine_bot.core.storage.db import open_db
+    from imagine_bot.core.storage.jobs import SqliteJobStore as JobStore
+    from imagine_bot.core.storage.ledger import SqliteLedger as Ledger
 
     gateway = SandboxGateway(delays={"waiting": 0.5, "queuing": 0.5, "generating": 1.0}, image_scale=0.05)
     url = await gateway.start()
@@ -115,9 +116,9 @@ def _report_loop(db: str, stop: Any, runs: Any) -> None:
 
 def _seed(db: Path) -> None:
     from imagine_bot.core.access.identity import UserRef
-    from imagine_bot.core.credits.budgets import Budgets
-    from imagine_bot.core.credits.ledger import Ledger
+    from imagine_bot.core.storage.budgets import SqliteBudgets as Budgets
     from imagine_bot.core.storage.db import open_db
+    from imagine_bot.core.storage.ledger import SqliteLedger as Ledger
 
     opened = open_db(db)
     ledger = Ledger(opened, budgets=Budgets(opened, default_amount=None), allowance=180, period="month")

@@ -120,7 +120,7 @@ async def main(quick: bool) -> dict[str, Any]:
                             except TimeoutError:
                                 finals_done = False
                             finals_after = time.time() - last_delivery
-                        rows = core.db.execute("SELECT id, task_id, state FROM jobs").fetchall()
+                        rows = core.stores.db.execute("SELECT id, task_id, state FROM jobs").fetchall()
                         outbox = core.orchestrator.outbox
                         coalesced, sent = outbox.coalesced, outbox.sent
                     finally:

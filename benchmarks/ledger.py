@@ -31,9 +31,9 @@ TIMEOUT_S = 120
 
 
 def _ledger(path: str) -> Any:
-    from imagine_bot.core.credits.budgets import Budgets
-    from imagine_bot.core.credits.ledger import Ledger
+    from imagine_bot.core.storage.budgets import SqliteBudgets as Budgets
     from imagine_bot.core.storage.db import open_db
+    from imagine_bot.core.storage.ledger import SqliteLedger as Ledger
 
     db = open_db(path)
     return Ledger(db, budgets=Budgets(db, default_amount=None), allowance=ALLOWANCE, period="never")

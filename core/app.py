@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import sqlite_utils
 
 from imagine_bot.core import __version__
 from imagine_bot.core.access.authority import GLOBAL, Actor, scope_noun
@@ -31,17 +30,25 @@ from imagine_bot.core.chat import messages, presets
 from imagine_bot.core.chat.parsing import ParsedPrompt, check_banned, parse_imagine, take_images, take_preset
 from imagine_bot.core.chat.presets import Preset
 from imagine_bot.core.credits.budgets import BudgetStatus, spend_csv
-from imagine_bot.core.credits.ledger import Balance, build_ledger
+from imagine_bot.core.credits.ledger import Balance
 from imagine_bot.core.credits.prices import Prices
-from imagine_bot.core.errors import ConfigError, NotAllowedHere, NotFound, PermissionDenied, UserInputError
+from imagine_bot.core.errors import (
+    ConfigError,
+    ImagineError,
+    NotAllowedHere,
+    NotFound,
+    PermissionDenied,
+    UserInputError,
+)
 from imagine_bot.core.frontend import FrontEnd, OperatorNotifier
 from imagine_bot.core.gateway import GatewayClient
 from imagine_bot.core.gateway.balance import GatewayAccount
 from imagine_bot.core.gateway.catalog import ModelSpec, edit_model, get_model
 from imagine_bot.core.jobs.approvals import Approvals
 from imagine_bot.core.jobs.leases import new_owner_id
-from imagine_bot.core.jobs.model import Job, JobRequest, JobState, JobStore, ReplyTo
+from imagine_bot.core.jobs.model import Job, JobRequest, JobState, ReplyTo
 from imagine_bot.core.jobs.orchestrator import Orchestrator
+from imagine_bot.core.jobs.outbox import UNPACED, PaceOf, Send
 from imagine_bot.core.jobs.relay import CallbackRelay
 from imagine_bot.core.media.references import Reference, ReferenceChecker
 from imagine_bot.core.media.refstore import RefStore
@@ -49,8 +56,8 @@ from imagine_bot.core.media.thumbnails import ThumbnailStore
 from imagine_bot.core.ops.alerts import Alerts
 from imagine_bot.core.settings import Settings
 from imagine_bot.core.storage.approvals import Approval
-from imagine_bot.core.storage.base import SqliteStore, Store
-from imagine_bot.core.storage.db import open_db, utcnow
+from imagine_bot.core.storage.base import Stores
+from imagine_bot.core.storage.db import utcnow
 from imagine_bot.core.storage.sqlite import SqliteStores
 from imagine_bot.core.web.dashboard.auth import dashboard_auth
 from imagine_bot.core.web.metrics import Metrics
@@ -100,13 +107,14 @@ def _shown(path: Path) -> str:
 
 
 class ImagineCore:
-    def __init__(self, settings: Settings, *, db: sqlite_utils.Database, gateway: GatewayClient,
+    def __init__(self, settings: Settings, *, stores: Stores, gateway: GatewayClient,
                  model: ModelSpec, http: httpx.AsyncClient, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
-        self.db = db
-        #: every store of this database (core/storage/): the only door to SQL
-        self.stores = SqliteStores(db)
+        #: every store of the database (core/storage/): the only door to SQL, and the transaction that
+        #: spans them (``store`` is the same object, seen as the credits and jobs the orchestrator needs)
+        self.stores = stores
+        self.store = stores
         self.thumbnails = ThumbnailStore(self.stores.thumbnails, settings.THUMBNAIL_KEEP_DAYS)
         self.model = model
         #: the model for jobs with reference images (Vary, Remix, attachments)
@@ -119,17 +127,15 @@ class ImagineCore:
             u for u in (settings.DISCORD_API_BASE, settings.SLACK_API_URL, gateway.base_url, settings.PUBLIC_URL or "")
             if u.startswith(("http://", "https://"))])
         self._cleanup: asyncio.Task[None] | None = None
-        self.jobs = JobStore(db)
-        self.ledger = build_ledger(db, settings)
-        self.budgets = self.ledger.budgets
+        self.jobs = stores.jobs
+        self.ledger = stores.ledger
+        self.budgets = stores.ledger.budgets
         self.admins = frozenset(settings.ADMINS)
         self.places = self.stores.places
         self.presets = self.stores.presets
         self.dashboard_auth = dashboard_auth(self.stores)
-        #: the state seam (core/storage/base.py): everything kept, behind one interface
-        self.store: Store = SqliteStore(db, self.ledger, self.jobs)
         self.alerts = Alerts(settings.ADMINS)
-        self.account = GatewayAccount(db, gateway, self.alerts, cost=model.cost,
+        self.account = GatewayAccount(stores.gateway_account, stores.jobs, gateway, self.alerts, cost=model.cost,
                                       check_every_s=settings.GATEWAY_BALANCE_CHECK_S,
                                       undelivered_alert_credits=settings.UNDELIVERED_ALERT_CREDITS)
         owner = new_owner_id()
@@ -137,9 +143,7 @@ class ImagineCore:
         self.approvals = Approvals(self.stores.approvals, self.jobs, self.ledger,
                                    expire_h=settings.APPROVAL_EXPIRE_H, owner=owner)
         self.orchestrator = Orchestrator(
-            db=db,
-            jobs=self.jobs,
-            ledger=self.ledger,
+            store=stores,
             gateway=gateway,
             model=model,
             spool=settings.spool_dir,
@@ -176,8 +180,8 @@ class ImagineCore:
             if not settings.sandbox and not api_key:
                 raise ConfigError("MODKIE_API_KEY", "is not set: put your ModKie key in .env, or use "
                                   "MODKIE_BASE_URL=sandbox (or --sandbox) to try the bot without one")
-            db = open_db(settings.IMAGINE_DB_PATH, busy_timeout_s=settings.DB_BUSY_TIMEOUT_S)
-            stack.callback(db.conn.close)
+            stores = SqliteStores.open(settings, busy_timeout_s=settings.DB_BUSY_TIMEOUT_S)
+            stack.callback(stores.close)
             log.info("database %s (images wait for delivery in %s)", _shown(settings.IMAGINE_DB_PATH),
                      _shown(settings.spool_dir))
             if settings.sandbox:
@@ -208,7 +212,7 @@ class ImagineCore:
                                     on_request=metrics.gateway_request, on_balance=metrics.balance,
                                     max_in_flight=HTTP_POOL)
             model = get_model(settings.MODKIE_MODEL, settings.MODKIE_ASPECT_RATIOS)
-            core = cls(settings, db=db, gateway=gateway, model=model, http=http, metrics=metrics)
+            core = cls(settings, stores=stores, gateway=gateway, model=model, http=http, metrics=metrics)
             stack.push_async_callback(core.close)
             stack.push_async_callback(core.account.stop)
             stack.push_async_callback(core.orchestrator.stop)
@@ -248,6 +252,29 @@ class ImagineCore:
         """Front ends: as ``record_receipt``, for the steps of an approval (``ReviewRequested``, ``Approved``):
         merged into the approval's receipt, handed back in the event if the step is tried again."""
         return self.approvals.store.record_receipt(job_id, **ids)
+
+    def find_job(self, job_id: str) -> Job | None:
+        """A job as stored now (None if unknown): front ends read a job's latest state and reply data here."""
+        return self.jobs.find(job_id)
+
+    def job(self, job_id: str) -> Job:
+        """A job as stored now; ``NotFound`` (with a message for the user) if unknown."""
+        return self.jobs.get(job_id)
+
+    def set_reply_data(self, job_id: str, **data: Any) -> Job:
+        """Front ends: merge their own state into the job's reply address (message ids, ...), kept across
+        restarts."""
+        return self.jobs.set_reply_data(job_id, **data)
+
+    async def cancel(self, job_id: str, error: ImagineError) -> None:
+        """Front ends: stop a job that cannot go on (the bot cannot post in its channel, ...): it fails,
+        refunded, and its user is told ``error``'s message."""
+        await self.orchestrator.cancel(job_id, error)
+
+    def post_final(self, job_id: str, send: Send, *, pace: PaceOf = UNPACED) -> None:
+        """Front ends: queue a job's last status edit (the result) behind any edit still in flight; never
+        waits (``core.jobs.outbox``)."""
+        self.orchestrator.outbox.put(job_id, send, pace=pace, final=True)
 
     async def close(self) -> None:
         await self.relay.stop()

@@ -16,11 +16,11 @@ from imagine_bot.bots.terminal import TerminalFrontEnd
 from imagine_bot.core.access.authority import Actor
 from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.app import ImagineCore
-from imagine_bot.core.credits.budgets import Budgets
-from imagine_bot.core.credits.ledger import Ledger
 from imagine_bot.core.errors import BudgetExhausted, ImagineError
 from imagine_bot.core.jobs.model import JobState, ReplyTo
+from imagine_bot.core.storage.budgets import SqliteBudgets as Budgets
 from imagine_bot.core.storage.db import open_db
+from imagine_bot.core.storage.ledger import SqliteLedger as Ledger
 from tests.conftest import until
 
 GUILD = "discord:900"

@@ -160,9 +160,9 @@ def test_sandbox_edit_of_the_demo_output_works_from_the_command_line(tmp_path):
 
 def test_budget_commands_and_verify_covers_budgets(tmp_path, capsys, monkeypatch):
     from imagine_bot.core.access.identity import UserRef
-    from imagine_bot.core.credits.budgets import Budgets
-    from imagine_bot.core.credits.ledger import Ledger
+    from imagine_bot.core.storage.budgets import SqliteBudgets as Budgets
     from imagine_bot.core.storage.db import open_db
+    from imagine_bot.core.storage.ledger import SqliteLedger as Ledger
 
     monkeypatch.setenv("IMAGINE_USER", "ops")
     db = str(tmp_path / "budget.db")

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from imagine_bot.core.credits.budgets import Budgets
-from imagine_bot.core.credits.ledger import Ledger
-from imagine_bot.core.jobs.model import JobState, JobStore
+from imagine_bot.core.jobs.model import JobState
 from imagine_bot.core.sandbox import SandboxGateway
+from imagine_bot.core.storage.budgets import SqliteBudgets as Budgets
 from imagine_bot.core.storage.db import open_db
+from imagine_bot.core.storage.jobs import SqliteJobStore as JobStore
+from imagine_bot.core.storage.ledger import SqliteLedger as Ledger
 
 ROOT = Path(__file__).resolve().parents[1]
 JOBS = 32

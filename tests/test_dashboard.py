@@ -8,6 +8,7 @@ import io
 import logging
 import re
 from datetime import timedelta
+from typing import Any
 
 import httpx
 from PIL import Image
@@ -20,6 +21,7 @@ from imagine_bot.core.app import ImagineCore
 from imagine_bot.core.chat.commands import dispatch
 from imagine_bot.core.gateway import TaskStage
 from imagine_bot.core.jobs.model import ReplyTo
+from imagine_bot.core.settings import load_settings
 from imagine_bot.core.storage.dashboard import Queries
 from imagine_bot.core.storage.db import iso, open_db, transaction, utcnow
 from imagine_bot.core.storage.sqlite import SqliteStores
@@ -33,9 +35,13 @@ NOBODY = {"resolve_user": lambda raw: None}
 LINK = re.compile(r"(http://\S+/admin/login\?t=[\w-]+)")
 
 
+def _stores(db: Any) -> SqliteStores:
+    return SqliteStores(db, load_settings(_env_file=None))
+
+
 def test_links_work_once_and_only_in_time(tmp_path):
     db = open_db(tmp_path / "d.db")
-    auth = dashboard_auth(SqliteStores(db))
+    auth = dashboard_auth(_stores(db))
     link = auth.mint("http://bot", actor="cli:op", scope="discord:1")
     token = link.split("t=")[1]
     assert len(token) >= 40 and token not in str(list(db.query("SELECT * FROM dashboard_links")))  # stored hashed
@@ -49,15 +55,15 @@ def test_links_work_once_and_only_in_time(tmp_path):
 
 def test_session_cookie_is_signed(tmp_path):
     db = open_db(tmp_path / "d.db")
-    auth = dashboard_auth(SqliteStores(db))
+    auth = dashboard_auth(_stores(db))
     session = auth.redeem(auth.mint("http://bot", actor="discord:5", scope="discord:1").split("t=")[1])
     cookie = auth.cookie(session)
-    assert dashboard_auth(SqliteStores(db)).session(cookie) == session  # another process (same database) agrees
+    assert dashboard_auth(_stores(db)).session(cookie) == session  # another process (same database) agrees
     signature = cookie.split(".")[1]
     widened = auth.cookie(Session("discord:5", None, session.expires)).split(".")[0]
     assert auth.session(f"{widened}.{signature}") is None  # a scope changed by hand does not verify
     assert auth.session(cookie[:-2] + "xx") is None and auth.session(None) is None
-    assert dashboard_auth(SqliteStores(open_db(tmp_path / "other.db"))).session(cookie) is None  # another key
+    assert dashboard_auth(_stores(open_db(tmp_path / "other.db"))).session(cookie) is None  # another key
 
 
 async def test_the_chat_command_gives_operators_everything_and_community_admins_their_place(make_settings):
@@ -74,7 +80,7 @@ async def test_the_chat_command_gives_operators_everything_and_community_admins_
         member = Actor(UserRef("discord", "-", "43"), place="discord:77")
         reply = await dispatch(core, member, "admin dashboard", ReplyTo("discord", "c1"), **NOBODY)
         assert not LINK.search(reply.text)
-        assert core.db.execute("SELECT COUNT(*) FROM dashboard_links").fetchone()[0] == 2
+        assert core.stores.db.execute("SELECT COUNT(*) FROM dashboard_links").fetchone()[0] == 2
 
 
 def test_dashboard_link_on_the_command_line(tmp_path, monkeypatch, capsys):
@@ -91,7 +97,7 @@ def test_dashboard_link_on_the_command_line(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr()
     link = out.out.strip().splitlines()[0]
     assert link.startswith("https://imagine.example.com/admin/login?t=") and "10 minutes" in out.err
-    assert dashboard_auth(SqliteStores(open_db(tmp_path / "cli.db"))).redeem(link.split("t=")[1]).scope is None
+    assert dashboard_auth(_stores(open_db(tmp_path / "cli.db"))).redeem(link.split("t=")[1]).scope is None
 
 
 async def test_a_delivered_job_keeps_a_small_webp_thumbnail(core, tmp_path):
@@ -110,8 +116,8 @@ async def test_thumbnails_are_kept_for_the_retention_only(make_settings, tmp_pat
     async with ImagineCore.open(make_settings(THUMBNAIL_KEEP_DAYS=3)) as core:
         core.register(recorder(tmp_path))
         old = await run_one(core, "an old one")
-        with transaction(core.db):
-            core.db.execute("UPDATE thumbnails SET created_at = ? WHERE job_id = ?",
+        with transaction(core.stores.db):
+            core.stores.db.execute("UPDATE thumbnails SET created_at = ? WHERE job_id = ?",
                             [iso(utcnow() - timedelta(days=4)), old.id])
         new = await run_one(core, "a new one")  # storing a thumbnail prunes the expired ones
         assert core.thumbnails.get(old.id) is None and core.thumbnails.get(new.id) is not None

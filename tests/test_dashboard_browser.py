@@ -99,10 +99,11 @@ async def site(make_settings) -> AsyncIterator[dict[str, Any]]:
         for (actor, reply), prompt in PROMPTS:
             jobs.append(await core.imagine(actor, reply, prompt))
         await core.orchestrator.wait_idle()
-        with transaction(core.db):  # spread them over the last days, so the chart has a shape
+        with transaction(core.stores.db):  # spread them over the last days, so the chart has a shape
             for n, job in enumerate(jobs):
                 when = iso(utcnow() - timedelta(days=(n * 3) % 11, hours=n))
-                core.db.execute("UPDATE jobs SET created_at = ?, finished_at = ? WHERE id = ?", [when, when, job.id])
+                core.stores.db.execute("UPDATE jobs SET created_at = ?, finished_at = ? WHERE id = ?",
+                                       [when, when, job.id])
         runner, port = await start_web(build_web_app(core), "127.0.0.1", 0)
         core.settings = core.settings.model_copy(update={"HTTP_PORT": port, "HTTP_HOST": "127.0.0.1"})
         try:

@@ -39,6 +39,7 @@ from imagine_bot.core.media.references import MAX_REDIRECTS, Reference, Referenc
 from imagine_bot.core.media.refstore import RefStore
 from imagine_bot.core.settings import load_settings
 from imagine_bot.core.storage.db import open_db
+from imagine_bot.core.storage.sqlite import SqliteStores
 from imagine_bot.core.web.server import build_web_app, start_web
 
 ALICE = UserRef("terminal", "local", "alice")
@@ -334,7 +335,8 @@ async def test_several_processes_tell_the_operators_once_per_pause(make_settings
         for notebook in notebooks:  # four processes on one database, each with its own alerts
             alerts = Alerts(settings.ADMINS)
             alerts.register(notebook)
-            accounts.append(GatewayAccount(open_db(settings.IMAGINE_DB_PATH), core.gateway, alerts, cost=18,
+            stores = SqliteStores.open(settings)
+            accounts.append(GatewayAccount(stores.gateway_account, stores.jobs, core.gateway, alerts, cost=18,
                                            check_every_s=300))
         for account in accounts:
             account.on_error(GatewayOutOfCredits("createTask: HTTP 402"))
@@ -355,7 +357,7 @@ async def test_several_processes_tell_the_operators_once_per_pause(make_settings
         await accounts[3].alerts.wait_sent()
         assert sum(len(n.said) for n in notebooks) == 3
         for account in accounts:
-            account.db.conn.close()
+            account.store.db.conn.close()
 
 
 async def test_several_processes_tell_the_operators_once_a_day_of_undelivered_credits(make_settings, tmp_path: Path):
@@ -382,7 +384,8 @@ async def test_several_processes_tell_the_operators_once_a_day_of_undelivered_cr
         for notebook in notebooks:  # four processes on one database, each with its own alerts
             alerts = Alerts(settings.ADMINS)
             alerts.register(notebook)
-            accounts.append(GatewayAccount(open_db(settings.IMAGINE_DB_PATH), core.gateway, alerts, cost=18,
+            stores = SqliteStores.open(settings)
+            accounts.append(GatewayAccount(stores.gateway_account, stores.jobs, core.gateway, alerts, cost=18,
                                            check_every_s=300, undelivered_alert_credits=36, clock=lambda: now[0]))
 
         async def check_all() -> int:
@@ -393,16 +396,16 @@ async def test_several_processes_tell_the_operators_once_a_day_of_undelivered_cr
                 await account.alerts.wait_sent()
             return sum(len(n.said) for n in notebooks)
 
-        assert core.db.execute("SELECT undelivered_told_day FROM gateway_account").fetchone()[0] == (
+        assert core.stores.db.execute("SELECT undelivered_told_day FROM gateway_account").fetchone()[0] == (
             now[0].date().isoformat())  # the core itself claimed today when its second job failed
         assert await check_all() == 0  # ... so no other process tells again
 
         now[0] += timedelta(days=1)  # tomorrow: yesterday's failures do not count
         assert await check_all() == 0
-        with transaction(core.db):  # ... two failures tomorrow do
-            core.db.execute("UPDATE jobs SET finished_at = ? WHERE billed_at IS NOT NULL", [iso(now[0])])
+        with transaction(core.stores.db):  # ... two failures tomorrow do
+            core.stores.db.execute("UPDATE jobs SET finished_at = ? WHERE billed_at IS NOT NULL", [iso(now[0])])
         assert await check_all() == 1
         [said] = [line for n in notebooks for line in n.said]
         assert said.startswith("slack:T1:UOPS: ") and "36 credits for 2 images that were never delivered" in said
         for account in accounts:
-            account.db.conn.close()
+            account.store.db.conn.close()

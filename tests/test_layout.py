@@ -7,6 +7,8 @@ import ast
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = {"core": "imagine_bot.core", "bots": "imagine_bot.bots"}
 
@@ -108,3 +110,34 @@ def test_core_knows_no_chat_platform() -> None:
 def test_core_top_level_is_small() -> None:
     top = sorted(p.name for p in (ROOT / "core").glob("*.py"))
     assert len(top) <= 12, top
+
+
+SQL = re.compile(r"^\s*(import sqlite3|import sqlite_utils|from sqlite_utils|import psycopg|from psycopg)"
+                 r"|\b(INSERT INTO|DELETE FROM|BEGIN IMMEDIATE|SELECT \S+.* FROM|UPDATE \w+ SET)\b", re.M)
+#: the database helpers' transactions called as functions (``transaction(db)``), not ``Stores.transaction()``
+RAW_TRANSACTION = re.compile(r"(?<![.\w])(?<!def )(transaction|snapshot)\("
+                             r"|^\s*from imagine_bot\.core\.storage\.db import .*\b(transaction|snapshot|open_db)\b",
+                             re.M)
+
+
+def _outside_storage(top: str, pattern: re.Pattern[str]) -> list[str]:
+    return sorted(str(p.relative_to(ROOT)) for p in (ROOT / top).rglob("*.py")
+                  if "storage" not in p.relative_to(ROOT).parts and pattern.search(p.read_text()))
+
+
+@pytest.mark.parametrize("top", ["core", "bots"])
+def test_all_sql_lives_in_core_storage(top: str) -> None:
+    assert _outside_storage(top, SQL) == []
+
+
+@pytest.mark.parametrize("top", ["core", "bots"])
+def test_transactions_are_taken_only_in_core_storage(top: str) -> None:
+    """Domain code spans stores with ``Stores.transaction()``; the database's own helpers stay in storage."""
+    assert _outside_storage(top, RAW_TRANSACTION) == []
+
+
+def test_the_checks_see_sql_and_raw_transactions() -> None:
+    assert SQL.search('db.execute("SELECT balance FROM accounts")') and SQL.search("import sqlite3\n")
+    assert not SQL.search("select the model from the catalog")
+    assert RAW_TRANSACTION.search("    with transaction(db):")
+    assert not RAW_TRANSACTION.search("    with self.store.transaction():")

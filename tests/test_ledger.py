@@ -15,11 +15,11 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from imagine_bot.core.access.identity import UserRef
-from imagine_bot.core.credits.budgets import Budgets
-from imagine_bot.core.credits.ledger import Ledger
 from imagine_bot.core.credits.periods import PERIODS, describe_refill
 from imagine_bot.core.errors import ConfigError, InsufficientCredits, NotFound, UserInputError
+from imagine_bot.core.storage.budgets import SqliteBudgets as Budgets
 from imagine_bot.core.storage.db import open_db, transaction
+from imagine_bot.core.storage.ledger import SqliteLedger as Ledger
 
 ALICE = UserRef("slack", "T1", "UALICE")
 BOB = UserRef("discord", "-", "4242")

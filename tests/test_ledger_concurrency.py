@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 
 from imagine_bot.core.access.identity import UserRef
-from imagine_bot.core.credits.budgets import Budgets
-from imagine_bot.core.credits.ledger import Ledger
 from imagine_bot.core.errors import BudgetExhausted, InsufficientCredits
+from imagine_bot.core.storage.budgets import SqliteBudgets as Budgets
 from imagine_bot.core.storage.db import open_db
+from imagine_bot.core.storage.ledger import SqliteLedger as Ledger
 
 WHO = UserRef("slack", "T1", "URACE")
 COST = 18

@@ -13,8 +13,9 @@ from imagine_bot.bots.terminal import TerminalFrontEnd
 from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.app import ImagineCore
 from imagine_bot.core.events import Delivered
-from imagine_bot.core.jobs.model import JobState, JobStore, ReplyTo
+from imagine_bot.core.jobs.model import JobState, ReplyTo
 from imagine_bot.core.storage.db import open_db
+from imagine_bot.core.storage.jobs import SqliteJobStore as JobStore
 
 ALICE = UserRef("terminal", "local", "alice")
 REPLY = ReplyTo("terminal", "test")

@@ -7,13 +7,14 @@ import pytest
 
 from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.jobs.model import JobRequest, ReplyTo
-from imagine_bot.core.storage.base import CreditStore, JobRepository, SqliteStore, Store
+from imagine_bot.core.storage.base import CreditStore, JobRepository, Store
+from imagine_bot.core.storage.sqlite import SqliteStores
 
 ALICE = UserRef("terminal", "local", "alice")
 
 
 def test_the_core_keeps_its_state_behind_the_store(core):
-    assert isinstance(core.store, SqliteStore) and isinstance(core.store, Store)
+    assert isinstance(core.store, SqliteStores) and isinstance(core.store, Store)
     assert isinstance(core.store.ledger, CreditStore) and isinstance(core.store.jobs, JobRepository)
     # the orchestrator works on the very objects the store holds
     assert core.store.ledger is core.orchestrator.ledger and core.store.jobs is core.orchestrator.jobs

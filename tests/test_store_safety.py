@@ -17,12 +17,13 @@ from imagine_bot.bots.cli.main import main
 from imagine_bot.bots.terminal import TerminalFrontEnd
 from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.app import ImagineCore
-from imagine_bot.core.credits.budgets import Budgets
-from imagine_bot.core.credits.ledger import Ledger
 from imagine_bot.core.errors import UserInputError
-from imagine_bot.core.jobs.model import JobRequest, JobState, JobStore, ReplyTo
+from imagine_bot.core.jobs.model import JobRequest, JobState, ReplyTo
 from imagine_bot.core.settings import load_settings
+from imagine_bot.core.storage.budgets import SqliteBudgets as Budgets
 from imagine_bot.core.storage.db import open_db, transaction
+from imagine_bot.core.storage.jobs import SqliteJobStore as JobStore
+from imagine_bot.core.storage.ledger import SqliteLedger as Ledger
 from tests.conftest import until
 
 ALICE = UserRef("terminal", "local", "alice")

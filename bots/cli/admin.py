@@ -24,14 +24,15 @@ from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.chat import messages
 from imagine_bot.core.chat.parsing import whole_number
 from imagine_bot.core.credits.budgets import MAX_CREDITS_CHANGE, spend_csv
-from imagine_bot.core.credits.ledger import Ledger, build_ledger
 from imagine_bot.core.credits.periods import describe_refill, period_start
 from imagine_bot.core.credits.refunds import fail_stranded
 from imagine_bot.core.errors import UserInputError
-from imagine_bot.core.gateway.balance import AccountState, read_state
-from imagine_bot.core.jobs.model import JobState, JobStore
+from imagine_bot.core.gateway.balance import AccountState
+from imagine_bot.core.jobs.model import JobState
 from imagine_bot.core.settings import Settings
-from imagine_bot.core.storage.db import open_db, utcnow
+from imagine_bot.core.storage.base import Stores
+from imagine_bot.core.storage.db import utcnow
+from imagine_bot.core.storage.sqlite import SqliteStores
 
 
 def _console() -> Console:
@@ -46,9 +47,9 @@ def _user(raw: str) -> UserRef:
         raise UserInputError(str(exc)) from None
 
 
-def _ledger(settings: Settings) -> Ledger:
-    """The ledger with the budgets over it, built as the bot builds them (``build_ledger``)."""
-    return build_ledger(open_db(settings.IMAGINE_DB_PATH), settings)
+def _stores(settings: Settings) -> Stores:
+    """The database's stores, built as the bot builds them (the ledger with the budgets over it)."""
+    return SqliteStores.open(settings)
 
 
 #: the most rows ``--limit`` shows
@@ -77,7 +78,8 @@ def _actor() -> str:
 
 def credits_cmd(args: argparse.Namespace, settings: Settings) -> int:
     console = _console()
-    ledger = _ledger(settings)
+    stores = _stores(settings)
+    ledger = stores.ledger
     if args.action == "show":
         balances = [ledger.balance(_user(args.user))] if args.user else ledger.accounts()
         table = Table("account", "available", "held", "balance", "allowance", "next refill")
@@ -85,7 +87,7 @@ def credits_cmd(args: argparse.Namespace, settings: Settings) -> int:
             table.add_row(b.account, str(b.available), str(b.held), str(b.balance),
                           f"{b.allowance}/{b.period}", describe_refill(b.next_refill, utcnow()) or "never")
         console.print(table)
-        console.print(_gateway_line(read_state(ledger.db)), highlight=False)
+        console.print(_gateway_line(stores.gateway_account.read()), highlight=False)
     elif args.action == "grant":
         b = ledger.grant(_user(args.user), _credits(args.amount, signed=True), actor=_actor(), note=args.note)
         console.print(f"{b.account}: {b.available} available ({b.balance} balance, {b.held} held)")
@@ -101,7 +103,7 @@ def credits_cmd(args: argparse.Namespace, settings: Settings) -> int:
         console.print(table)
     elif args.action == "report":
         text = ledger.report_csv()
-        jobs = JobStore(ledger.db)
+        jobs = stores.jobs
         undelivered = messages.billed_not_delivered_line(
             jobs.billed_not_delivered(), jobs.billed_not_delivered(since=period_start(utcnow(), "day")))
         if args.out:
@@ -142,7 +144,7 @@ def _gateway_line(state: AccountState) -> str:
 
 def budget_cmd(args: argparse.Namespace, settings: Settings) -> int:
     console = _console()
-    budgets = _ledger(settings).budgets
+    budgets = _stores(settings).ledger.budgets
     if args.action == "set":
         raw = args.amount.lower()
         amount = None if raw in ("default", "unlimited") else _credits(raw)
@@ -183,10 +185,10 @@ def _lease(owner: str | None, until: datetime | None, now: datetime) -> str:
 
 def jobs_cmd(args: argparse.Namespace, settings: Settings) -> int:
     console = _console()
-    db = open_db(settings.IMAGINE_DB_PATH)
-    store = JobStore(db)
+    stores = _stores(settings)
+    store = stores.jobs
     if args.action == "fail":
-        job = fail_stranded(db, store, build_ledger(db, settings), args.job_id, actor=f"{_actor()}:{os.getpid()}")
+        job = fail_stranded(stores, args.job_id, actor=f"{_actor()}:{os.getpid()}")
         console.print(f"{job.id} failed and refunded {job.cost} credits to {job.requester.key}; they will be "
                       f"told when the {job.platform} front end runs", highlight=False)
         return 0
@@ -215,14 +217,13 @@ def jobs_cmd(args: argparse.Namespace, settings: Settings) -> int:
 
 def dashboard_link_cmd(args: argparse.Namespace, settings: Settings) -> int:
     from imagine_bot.core.access.authority import parse_scope
-    from imagine_bot.core.storage.sqlite import SqliteStores
     from imagine_bot.core.web.dashboard.auth import dashboard_auth
 
     try:
         scope = parse_scope(args.scope) if args.scope else None
     except ValueError as exc:
         raise UserInputError(str(exc)) from None
-    auth = dashboard_auth(SqliteStores(open_db(settings.IMAGINE_DB_PATH)))
+    auth = dashboard_auth(_stores(settings))
     url = auth.mint(settings.web_url, actor=_actor(), scope=scope)
     print(url)
     print(f"Works once, within 10 minutes; shows {scope or 'every server and workspace'}.", file=sys.stderr)

@@ -299,7 +299,8 @@ def build_commands(model: ModelSpec) -> list[app_commands.Command[Any, ..., Any]
     async def defaults(interaction: discord.Interaction, aspect_ratio: str | None = None,
                        quality: str | None = None, reset: bool = False) -> None:
         chosen: dict[str, str | None] = {"aspect_ratio": aspect_ratio, "quality": quality}
-        changes = dict(admin_ops.RESET_DEFAULTS) if reset else {k: v for k, v in chosen.items() if v}
+        changes: dict[str, str | None] = (dict(admin_ops.RESET_DEFAULTS) if reset
+                                          else {k: v for k, v in chosen.items() if v})
         await _handlers(interaction).admin(interaction, "defaults",
                                           lambda core, actor: admin_ops.defaults(core, actor, changes))
 

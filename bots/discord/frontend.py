@@ -148,7 +148,7 @@ class DiscordFrontEnd:
                     "job %s: could not update the Discord message: %s", job.id, error)
             return
         if job.id not in self._saved and data.message_id is None and message.get("id"):
-            self.core.jobs.set_reply_data(job.id, message_id=str(message["id"]))
+            self.core.set_reply_data(job.id, message_id=str(message["id"]))
         self._saved.add(job.id)
 
     # ------------------------------------------------------------------ results
@@ -183,13 +183,13 @@ class DiscordFrontEnd:
             else:
                 self._posted(job, str(message["id"]), "interaction")
                 return
-        message = await self._post_in_channel(job, data, content, embed=embed, files=_files(uploads),
-                                              view=result_view(job.id))
-        self._posted(job, str(message.id), "channel")
+        posted = await self._post_in_channel(job, data, content, embed=embed, files=_files(uploads),
+                                             view=result_view(job.id))
+        self._posted(job, str(posted.id), "channel")
 
     def _posted(self, job: Job, message_id: str, where: str) -> None:
         self.core.record_receipt(job.id, message_id=message_id, delivered_in=where)  # first: see FrontEnd
-        self.core.jobs.set_reply_data(job.id, message_id=message_id, delivered_in=where)
+        self.core.set_reply_data(job.id, message_id=message_id, delivered_in=where)
         self._saved.discard(job.id)
 
     def _fit(self, job: Job, files: tuple[ImageFile, ...],
@@ -319,7 +319,7 @@ class DiscordFrontEnd:
             raise DeliveryError(error.admin_message, user_message=messages.review_cannot_post(
                 job.reply.channel)) from error
         self.core.record_review_receipt(job.id, post_message_id=str(message.id))  # first: see FrontEnd
-        self.core.jobs.set_reply_data(job.id, message_id=str(message.id), delivered_in="channel")
+        self.core.set_reply_data(job.id, message_id=str(message.id), delivered_in="channel")
 
     async def _post_in_channel(self, job: Job, data: ReplyData, content: str | None, **parts: Any) -> discord.Message:
         """A channel message mentioning the requester (the one mention that may ping)."""

@@ -182,7 +182,7 @@ class Handlers:
     async def reroll(self, interaction: discord.Interaction, job_id: str) -> None:
         who = actor_of(interaction)
         try:
-            self.core.jobs.get(job_id)
+            self.core.job(job_id)
             self._check_can_start(who)
         except ImagineError as error:
             await reply_private(interaction, error.user_message)
@@ -261,8 +261,8 @@ class Handlers:
         match = REJECT_FORM.match(custom_id)
         if match is None:
             return
-        data = interaction.data if isinstance(interaction.data, dict) else {}
-        await self._decide(interaction, match["job_id"], approve=False, reason=read_reason(dict(data)))
+        data: dict[str, Any] = dict(interaction.data) if isinstance(interaction.data, dict) else {}
+        await self._decide(interaction, match["job_id"], approve=False, reason=read_reason(data))
 
     async def _decide(self, interaction: discord.Interaction, job_id: str, *, approve: bool,
                       reason: str | None = None) -> None:

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import discord
 from discord.http import handle_message_parameters
 from discord.utils import MISSING
 from discord.webhook.async_ import async_context
+
+if TYPE_CHECKING:  # discord.types imports discord at run time: a cycle
+    from discord.types.message import Message as MessagePayload
 
 #: the interaction token lives 15 minutes; past this age a job's messages go to the channel instead
 TOKEN_SAFE_AGE_S = 14 * 60
@@ -83,7 +86,7 @@ class InteractionHook:
 
     async def edit_original(self, *, content: str | None = MISSING, embed: discord.Embed | None = MISSING,
                             attachments: list[discord.File] = MISSING, view: discord.ui.View | None = MISSING,
-                            allowed_mentions: discord.AllowedMentions | None = None) -> dict[str, Any]:
+                            allowed_mentions: discord.AllowedMentions | None = None) -> MessagePayload:
         """Edit the original response; returns the message payload. Raises ``discord.HTTPException``."""
         with handle_message_parameters(
             content=content, embed=embed, attachments=attachments, view=view,

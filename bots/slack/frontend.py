@@ -78,7 +78,7 @@ from imagine_bot.core.events import (
     ReviewRequested,
 )
 from imagine_bot.core.jobs.model import Job, JobState, ReplyTo
-from imagine_bot.core.jobs.outbox import Pace
+from imagine_bot.core.jobs.outbox import Pace, Send
 
 log = logging.getLogger(__name__)
 
@@ -314,7 +314,7 @@ class SlackFrontEnd:
     # ------------------------------------------------------------------ the progress message
     def _data(self, job: Job) -> dict[str, Any]:
         """The job's front-end state, fresh from the database (the event's copy may predate an update)."""
-        fresh = self.core.jobs.find(job.id)
+        fresh = self.core.find_job(job.id)
         return (fresh or job).reply.data
 
     def _message(self, job: Job) -> _Message | None:
@@ -331,7 +331,7 @@ class SlackFrontEnd:
         response = await (client or self.client).chat_postMessage(
             channel=job.reply.channel, unfurl_links=False, unfurl_media=False, **thread, **payload)
         message = self._messages[job.id] = _Message(str(response["channel"]), str(response["ts"]))
-        self.core.jobs.set_reply_data(job.id, progress_channel=message.channel, progress_ts=message.ts)
+        self.core.set_reply_data(job.id, progress_channel=message.channel, progress_ts=message.ts)
         return message
 
     async def _show(self, job: Job, text: str) -> None:
@@ -356,11 +356,11 @@ class SlackFrontEnd:
             # nothing went to the gateway yet (the check could not tell, or the bot left since): stop the job,
             # refunded, and the requester hears why privately. The state is read and the job cancelled with
             # no await between: a job still queued has no createTask on the wire.
-            fresh = self.core.jobs.find(job.id)
+            fresh = self.core.find_job(job.id)
             if message is None and fresh is not None and fresh.state is JobState.QUEUED:
                 log.warning("job %s: cannot post the progress message in %s (%s): stopped before it was sent",
                             job.id, where, code)
-                await self.core.orchestrator.cancel(job.id, self.cannot_answer(code, where))
+                await self.core.cancel(job.id, self.cannot_answer(code, where))
                 return
             # its task is (or may be) at the gateway, billed: the image goes to the requester by DM
             log.warning("job %s: %s refuses status messages (%s); the result will go to the requester's direct "
@@ -388,7 +388,7 @@ class SlackFrontEnd:
                         thread = live.ts if moved else data.get("in_thread_of") or live.ts
                         file_ids = await self._upload_once(job, images, self._caption(job, balance, moved), live,
                                                            thread, list(event.receipt.get("pending_file_ids") or []))
-                        self.core.jobs.set_reply_data(job.id, file_ids=file_ids, thread_ts=live.ts)
+                        self.core.set_reply_data(job.id, file_ids=file_ids, thread_ts=live.ts)
                 except SlackError as exc:
                     refused = slack_error_code(exc)
                     if refused not in CHANNEL_ERRORS or moved:
@@ -403,7 +403,7 @@ class SlackFrontEnd:
                 live = await self._move_to_requester(job)
                 file_ids = await self._upload_once(job, images, self._caption(job, balance, moved), live, live.ts,
                                                    [])
-                self.core.jobs.set_reply_data(job.id, file_ids=file_ids, thread_ts=live.ts)
+                self.core.set_reply_data(job.id, file_ids=file_ids, thread_ts=live.ts)
         except SlackError as exc:
             code = slack_error_code(exc)
             if code in CHANNEL_ERRORS:  # neither where it was asked nor by direct message
@@ -414,12 +414,13 @@ class SlackFrontEnd:
             raise DeliveryInterrupted(f"Slack upload failed: {code}") from exc  # a blip: the core tries again
         caption = self._caption(job, balance, moved)
         in_thread = blocks.delivered(job.requester.user, caption, job.id)
+        result: Send
         if self.result_in_thread or not file_ids:
-            result = partial(self._final, job, live, in_thread)
+            result = partial(self._final_edit, job, live, in_thread)
         else:
             shown = blocks.delivered(job.requester.user, caption, job.id, file_ids=file_ids, prompt=job.prompt)
             result = partial(self._show_result, job, live, file_ids, shown, in_thread)
-        self.core.orchestrator.outbox.put(job.id, result, pace=partial(self.pace, job), final=True)
+        self.core.post_final(job.id, result, pace=partial(self.pace, job))
 
     @staticmethod
     def _caption(job: Job, balance: int, moved: bool) -> str:
@@ -434,7 +435,7 @@ class SlackFrontEnd:
             channel=str(opened["channel"]["id"]), unfurl_links=False, unfurl_media=False,
             **blocks.status(job.requester.user, messages.delivered_elsewhere(job.reply.channel)))
         message = self._messages[job.id] = _Message(str(response["channel"]), str(response["ts"]))
-        self.core.jobs.set_reply_data(job.id, progress_channel=message.channel, progress_ts=message.ts,
+        self.core.set_reply_data(job.id, progress_channel=message.channel, progress_ts=message.ts,
                                       moved_from=job.reply.channel)
         return message
 
@@ -505,14 +506,14 @@ class SlackFrontEnd:
                                                      text=escape_keep_user_mentions(text))
             except SlackError as exc:
                 log.warning("job %s: could not tell the requester privately: %s", job.id, slack_error_code(exc))
-        self.core.jobs.set_reply_data(job.id, told_privately=True)
+        self.core.set_reply_data(job.id, told_privately=True)
 
     async def _dm(self, user: str) -> str:
         opened = await self.client.conversations_open(users=user)
         return str(opened["channel"]["id"])
 
     @staticmethod
-    def _failure(exc: SlackError, what: str) -> DeliveryError:
+    def _failure(exc: BaseException, what: str) -> DeliveryError:
         """A Slack error as the core's: a refusal that will not pass, or a blip worth trying again."""
         code = slack_error_code(exc)
         if code in REFUSALS or code in CHANNEL_ERRORS or code in UNREACHABLE:
@@ -533,7 +534,7 @@ class SlackFrontEnd:
                                           partial(self.core.record_receipt, job.id), first={"dm": dm})
         except SlackError as exc:
             raise self._failure(exc, "the requester's copy") from exc
-        self.core.jobs.set_reply_data(job.id, file_ids=file_ids, review_dm=dm)
+        self.core.set_reply_data(job.id, file_ids=file_ids, review_dm=dm)
 
     async def _request_reviews(self, event: ReviewRequested) -> None:
         """Each reviewer: the image into their DM (with who asked, where, the prompt), then the buttons. A
@@ -609,7 +610,7 @@ class SlackFrontEnd:
             raise self._failure(exc, "the approved image") from exc
         record(done=True)
         earlier = list(self._data(job).get("file_ids") or [])
-        self.core.jobs.set_reply_data(job.id, progress_channel=post["channel"], progress_ts=post["ts"],
+        self.core.set_reply_data(job.id, progress_channel=post["channel"], progress_ts=post["ts"],
                                       file_ids=[*post["file_ids"], *earlier], thread_ts=post["ts"])
 
     async def _tell_requester(self, job: Job, text: str) -> None:
@@ -640,6 +641,9 @@ class SlackFrontEnd:
             return False
         self._messages.pop(job.id, None)
         return True
+
+    async def _final_edit(self, job: Job, message: _Message, payload: dict[str, Any]) -> None:
+        await self._final(job, message, payload)
 
     async def _fail(self, job: Job, text: str) -> None:
         """Sent by the outbox: edit the progress message, else answer privately through the response_url."""

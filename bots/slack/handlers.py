@@ -280,7 +280,7 @@ class SlackHandlers:
                                                                     ts=data["progress_ts"]))
         for file_id in data.get("file_ids") or []:  # the file: its reply in the thread and the image itself
             problems += await self._quietly(self.client.files_delete(file=file_id))
-        self.core.jobs.set_reply_data(job.id, deleted=True)  # the App Home tab no longer shows it
+        self.core.set_reply_data(job.id, deleted=True)  # the App Home tab no longer shows it
         log.info("job %s deleted by %s%s", job.id, user, f" with problems {problems}" if problems else "")
         text = messages.deleted() if not problems else (
             f"I could not delete everything: Slack said `{', '.join(problems)}`.")

@@ -108,7 +108,7 @@ class SlackRemix:
         except ImagineError as error:
             await self.handlers._reply(user, channel, response_url, error.user_message)
             return
-        meta = {"channel": channel, "thread_ts": message.get("thread_ts") or message.get("ts"),
+        meta: dict[str, Any] = {"channel": channel, "thread_ts": message.get("thread_ts") or message.get("ts"),
                 "files": files, "response_url": response_url}
         while len(json.dumps(meta)) > METADATA_MAX and len(meta["files"]) > 1:
             meta["files"] = meta["files"][:-1]  # keep what fits (the first images matter most)

@@ -3,7 +3,7 @@
 A job runs only when the user's balance **and** every budget over it cover its cost. Each budget is a row
 of ``budgets`` (scope, amount per period, ``spent`` and ``held`` this period) with an append-only
 ``budget_ledger``, moved by the user ledger's own reserve, capture and release in the same transaction
-(``Ledger`` calls ``reserve`` and ``settle`` here), so a budget never drifts from the money: ``verify``
+(``BudgetStore``; SQLite: ``core.storage.budgets``), so a budget never drifts from the money: ``verify``
 sums the rows like the user ledger does.
 
 Scopes (see ``core.authority``):
@@ -23,18 +23,9 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
-
-import sqlite_utils
-
-from imagine_bot.core.access.authority import GLOBAL, scope_noun
-from imagine_bot.core.credits.periods import PERIODS, next_boundary, period_name, period_start, refill_words
-from imagine_bot.core.errors import BudgetExhausted, UserInputError
-from imagine_bot.core.jobs.model import ACTIVE_STATES
-from imagine_bot.core.storage.db import iso, transaction, utcnow
 
 #: stored amount meaning "explicitly unlimited" (NULL means "the default")
 UNLIMITED = -1
@@ -68,229 +59,9 @@ SPEND_FIELDS = ("scope", "account", "channel", "credits_spent", "images")
 
 
 def spend_csv(rows: list[dict[str, Any]]) -> str:
-    """``Budgets.spend_rows`` as CSV text, header first."""
+    """``BudgetStore.spend_rows`` as CSV text, header first."""
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=SPEND_FIELDS)
     writer.writeheader()
     writer.writerows(rows)
     return out.getvalue()
-
-
-class Budgets:
-    def __init__(self, db: sqlite_utils.Database, *, default_amount: int | None, period: str = "month",
-                 cap: int | None = None, cap_period: str = "month",
-                 clock: Callable[[], datetime] = utcnow) -> None:
-        for name, value in (("SCOPE_BUDGET_PERIOD", period), ("SPEND_CAP_PERIOD", cap_period)):
-            if value not in PERIODS:
-                raise ValueError(f"{name} must be one of {', '.join(PERIODS)}")
-        self.db = db
-        self.default_amount = default_amount
-        self.period = period
-        self.cap = cap
-        self.cap_period = cap_period
-        self.clock = clock
-
-    def _now(self) -> datetime:
-        now = self.clock()
-        return now.replace(tzinfo=UTC) if now.tzinfo is None else now.astimezone(UTC)
-
-    # ------------------------------------------------------------------ rows
-    def _row(self, scope: str) -> dict[str, Any] | None:
-        rows = list(self.db.query("SELECT * FROM budgets WHERE scope = ?", [scope]))
-        return rows[0] if rows else None
-
-    def _amount(self, row: dict[str, Any]) -> tuple[int | None, bool]:
-        """The effective amount (None: unlimited) and whether it is the default."""
-        if row["scope"] == GLOBAL:
-            return self.cap, True
-        if row["amount"] is None:
-            return self.default_amount, True
-        return (None if row["amount"] == UNLIMITED else int(row["amount"])), False
-
-    def _status(self, row: dict[str, Any]) -> BudgetStatus:
-        amount, default = self._amount(row)
-        start = datetime.fromisoformat(row["period_start"]) if row["period_start"] else None
-        nxt = next_boundary(start, row["period"]) if start is not None else None
-        return BudgetStatus(row["scope"], amount, row["period"], row["spent"], row["held"], start, nxt,
-                            row["member_cap"], default)
-
-    def _touch(self, scope: str, now: datetime) -> dict[str, Any]:
-        """The budget row, created on first use, with a due period reset applied."""
-        row = self._row(scope)
-        wanted = self.cap_period if scope == GLOBAL else None
-        if row is None:
-            period = wanted or self.period
-            start = period_start(now, period)
-            self.db.execute(
-                "INSERT INTO budgets (scope, amount, period, period_start, spent, held, member_cap, updated_at)"
-                " VALUES (?, NULL, ?, ?, 0, 0, NULL, ?)",
-                [scope, period, None if start is None else iso(start), iso(now)])
-            row = self._row(scope)
-            assert row is not None
-            return row
-        if wanted and row["period"] != wanted:  # SPEND_CAP_PERIOD changed: start a period of the new kind
-            self.db.execute("UPDATE budgets SET period = ?, period_start = NULL WHERE scope = ?", [wanted, scope])
-            row = {**row, "period": wanted, "period_start": None}
-        start = datetime.fromisoformat(row["period_start"]) if row["period_start"] else None
-        boundary = next_boundary(start, row["period"]) if start is not None else None
-        if row["period"] != "never" and (start is None or (boundary is not None and now >= boundary)):
-            new_start = period_start(now, row["period"])
-            assert new_start is not None
-            self.db.execute("UPDATE budgets SET period_start = ? WHERE scope = ?", [iso(new_start), scope])
-            if row["spent"]:
-                self._write(scope, now, "reset", delta_spent=-row["spent"], note=f"new {row['period']}")
-            row = self._row(scope)
-            assert row is not None
-        return row
-
-    def _write(self, scope: str, now: datetime, kind: str, *, delta_spent: int = 0, delta_held: int = 0,
-               job_id: str | None = None, account: str | None = None, channel: str | None = None,
-               actor: str | None = None, note: str | None = None) -> None:
-        spent, held = self.db.execute(
-            "UPDATE budgets SET spent = spent + ?, held = held + ?, updated_at = ? WHERE scope = ?"
-            " RETURNING spent, held", [delta_spent, delta_held, iso(now), scope]).fetchone()
-        self.db.execute(
-            "INSERT INTO budget_ledger (ts, scope, kind, delta_spent, delta_held, spent_after, held_after, job_id,"
-            " account, channel, actor, note) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [iso(now), scope, kind, delta_spent, delta_held, spent, held, job_id, account, channel, actor, note])
-
-    def _member_spend(self, scope: str, account: str, since: datetime | None) -> int:
-        row = self.db.execute(
-            "SELECT COALESCE(SUM(delta_held), 0) FROM budget_ledger WHERE scope = ? AND account = ?"
-            " AND kind IN ('reserve', 'release') AND ts >= ?",
-            [scope, account, iso(since) if since else ""]).fetchone()
-        return max(0, int(row[0]))
-
-    # ------------------------------------------------------------------ money (inside the ledger's transaction)
-    def reserve(self, scopes: Sequence[str], job_id: str, account: str, channel: str | None, cost: int) -> None:
-        """Hold ``cost`` on the global budget and every scope given (a channel only if it has a budget);
-        raise ``BudgetExhausted`` naming the first that cannot cover it. Joins the caller's transaction."""
-        now = self._now()
-        with transaction(self.db):
-            wanted = [s for s in scopes if "#" not in s or self._row(s) is not None]
-            for scope in [*wanted, GLOBAL]:
-                row = self._touch(scope, now)
-                status = self._status(row)
-                if status.remaining is not None and status.remaining < cost:
-                    raise BudgetExhausted(scope=scope, noun=scope_noun(scope), remaining=status.remaining,
-                                          cost=cost, period=period_name(status.period, status.period_start),
-                                          refill=refill_words(status.period, status.next_reset))
-                if status.member_cap is not None:
-                    used = self._member_spend(scope, account, status.period_start)
-                    if used + cost > status.member_cap:
-                        raise BudgetExhausted(scope=scope, noun=scope_noun(scope), remaining=status.member_cap - used,
-                                              cost=cost, period=period_name(status.period, status.period_start),
-                                              refill=refill_words(status.period, status.next_reset),
-                                              member_cap=status.member_cap)
-            for scope in [*wanted, GLOBAL]:
-                self._write(scope, now, "reserve", delta_held=cost, job_id=job_id, account=account, channel=channel)
-
-    def check(self, scopes: Sequence[str], account: str, cost: int) -> None:
-        """Raise the ``BudgetExhausted`` a reservation would meet now, changing nothing."""
-        with transaction(self.db):
-            self.db.execute("SAVEPOINT budget_check")
-            try:
-                self.reserve(scopes, "-precheck-", account, None, cost)
-            finally:
-                self.db.execute("ROLLBACK TO budget_check")
-                self.db.execute("RELEASE budget_check")
-
-    def settle(self, job_id: str, kind: str) -> None:
-        """Capture or release every budget hold of a job that has not been settled yet."""
-        now = self._now()
-        with transaction(self.db):
-            held = self.db.execute(
-                "SELECT r.scope, r.delta_held, r.account, r.channel FROM budget_ledger r WHERE r.job_id = ?"
-                " AND r.kind = 'reserve' AND NOT EXISTS (SELECT 1 FROM budget_ledger s WHERE s.job_id = r.job_id"
-                " AND s.scope = r.scope AND s.kind IN ('capture', 'release'))", [job_id]).fetchall()
-            for scope, cost, account, channel in held:
-                self._write(scope, now, kind, delta_spent=cost if kind == "capture" else 0, delta_held=-cost,
-                            job_id=job_id, account=account, channel=channel)
-
-    # ------------------------------------------------------------------ reading and setting
-    def status(self, scope: str) -> BudgetStatus:
-        """A budget as of now (created on first look, so a place shows its default)."""
-        with transaction(self.db):
-            return self._status(self._touch(scope, self._now()))
-
-    def all(self) -> list[BudgetStatus]:
-        now = self._now()
-        with transaction(self.db):
-            scopes = [r[0] for r in self.db.execute("SELECT scope FROM budgets ORDER BY scope").fetchall()]
-            return [self._status(self._touch(s, now)) for s in scopes]
-
-    def job_scopes(self, job_id: str) -> list[str]:
-        """The scopes a job was reserved against (its place first)."""
-        rows = self.db.execute("SELECT scope FROM budget_ledger WHERE job_id = ? AND kind = 'reserve' ORDER BY id",
-                               [job_id]).fetchall()
-        return [r[0] for r in rows]
-
-    def set_amount(self, scope: str, amount: int | None, *, actor: str, period: str | None = None,
-                   unlimited: bool = False) -> BudgetStatus:
-        """Operators only (the caller checks): set a scope's amount per period (None: back to the default;
-        ``unlimited``: no limit). The global cap is a setting (``SPEND_CAP``), not set here."""
-        if scope == GLOBAL:
-            raise UserInputError("The global cap is the SPEND_CAP setting; change it there and restart.")
-        if amount is not None and not 0 <= amount <= MAX_CREDITS_CHANGE:
-            raise UserInputError(f"A budget must be from 0 to {MAX_CREDITS_CHANGE:,} credits. Nothing was changed.")
-        if period is not None and period not in PERIODS:
-            raise UserInputError(f"A budget period is one of {', '.join(PERIODS)}.")
-        now = self._now()
-        with transaction(self.db):
-            row = self._touch(scope, now)
-            stored = UNLIMITED if unlimited else amount
-            self.db.execute("UPDATE budgets SET amount = ? WHERE scope = ?", [stored, scope])
-            if period is not None and period != row["period"]:
-                start = period_start(now, period)
-                self.db.execute("UPDATE budgets SET period = ?, period_start = ? WHERE scope = ?",
-                                [period, None if start is None else iso(start), scope])
-            shown = "unlimited" if unlimited else ("the default" if amount is None else str(amount))
-            self._write(scope, now, "set", actor=actor, note=f"budget {shown} per {period or row['period']}")
-            return self._status(self._touch(scope, now))
-
-    def set_member_cap(self, scope: str, cap: int | None, *, actor: str) -> BudgetStatus:
-        """What one member may spend of the scope's budget per period (None: no cap)."""
-        if cap is not None and not 0 <= cap <= MAX_CREDITS_CHANGE:
-            raise UserInputError(f"A member cap must be from 0 to {MAX_CREDITS_CHANGE:,} credits. "
-                                 "Nothing was changed.")
-        now = self._now()
-        with transaction(self.db):
-            self._touch(scope, now)
-            self.db.execute("UPDATE budgets SET member_cap = ? WHERE scope = ?", [cap, scope])
-            self._write(scope, now, "set", actor=actor, note=f"member cap {'none' if cap is None else cap}")
-            return self._status(self._touch(scope, now))
-
-    def spend_rows(self, scope: str, since: datetime | None) -> list[dict[str, Any]]:
-        """Credits captured in ``scope`` since ``since``, per account and channel (most first)."""
-        rows = self.db.execute(
-            "SELECT account, COALESCE(channel, ''), SUM(delta_spent), COUNT(*) FROM budget_ledger"
-            " WHERE scope = ? AND kind = 'capture' AND ts >= ? GROUP BY account, channel"
-            " ORDER BY SUM(delta_spent) DESC, account",
-            [scope, iso(since) if since else ""]).fetchall()
-        return [{"scope": scope, "account": a, "channel": c, "credits_spent": s, "images": n} for a, c, s, n in rows]
-
-    def verify(self) -> list[str]:
-        """One line per budget whose spent or held differs from the sum of its rows."""
-        rows = self.db.execute(
-            "SELECT b.scope, b.spent, b.held, COALESCE(SUM(l.delta_spent), 0), COALESCE(SUM(l.delta_held), 0)"
-            " FROM budgets b LEFT JOIN budget_ledger l ON l.scope = b.scope GROUP BY b.scope ORDER BY b.scope"
-        ).fetchall()
-        return [f"budget {scope}: spent {spent} but its rows sum to {s_spent}; held {held} but they sum to {s_held}"
-                for scope, spent, held, s_spent, s_held in rows if spent != s_spent or held != s_held]
-
-    def orphan_holds(self) -> list[str]:
-        """One line per budget hold that no active job owns: its job ended (or never existed) without the
-        hold being captured or released, so the budget stays that much smaller for good."""
-        rows = self.db.execute(
-            "SELECT r.scope, r.job_id, r.delta_held, r.account, j.state FROM budget_ledger r"
-            " LEFT JOIN jobs j ON j.id = r.job_id WHERE r.kind = 'reserve' AND r.job_id IS NOT NULL"
-            " AND NOT EXISTS (SELECT 1 FROM budget_ledger s WHERE s.job_id = r.job_id AND s.scope = r.scope"
-            " AND s.kind IN ('capture', 'release'))"
-            f" AND (j.id IS NULL OR j.state NOT IN ({_ACTIVE_MARKS})) ORDER BY r.id", list(_ACTIVE)).fetchall()
-        return [f"budget {scope}: {held} credits held for job {job_id} ({account or '?'}), which is "
-                f"{state or 'not a known job'}: nothing will ever release them"
-                for scope, job_id, held, account, state in rows]
-
-
-_ACTIVE = tuple(s.value for s in ACTIVE_STATES)
-_ACTIVE_MARKS = ",".join("?" * len(_ACTIVE))

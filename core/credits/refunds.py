@@ -10,46 +10,44 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-import sqlite_utils
-
-from imagine_bot.core.credits.ledger import Ledger
 from imagine_bot.core.errors import ImagineError, JobFailedByOperator, UserInputError
-from imagine_bot.core.jobs.model import Job, JobState, JobStore
-from imagine_bot.core.storage.db import iso, transaction, utcnow
+from imagine_bot.core.jobs.model import Job, JobState
+from imagine_bot.core.storage.base import Store
+from imagine_bot.core.storage.db import iso, utcnow
 
 log = logging.getLogger(__name__)
 
 
-def fail_and_refund(db: sqlite_utils.Database, jobs: JobStore, ledger: Ledger, job: Job, error: ImagineError, *,
-                    owner: str | None, notice_pending: bool = False) -> tuple[Job, bool]:
+def fail_and_refund(store: Store, job: Job, error: ImagineError, *, owner: str | None,
+                    notice_pending: bool = False) -> tuple[Job, bool]:
     """Move ``job`` (as last read, in ``job.state``) to ``failed`` and release its hold.
 
     Returns the failed row and whether credits were refunded (False: the hold was already settled, which
     is logged as an error: it should not happen).
     """
-    with transaction(db):
-        failed = jobs.transition(job.id, job.state, JobState.FAILED, owner=owner, error_code=error.code,
+    with store.transaction():
+        failed = store.jobs.transition(job.id, job.state, JobState.FAILED, owner=owner, error_code=error.code,
                                  error_message=error.admin_message[:1000], finished_at=utcnow(),
                                  notice_pending=int(notice_pending))
-        refunded = ledger.release(job.id)
+        refunded = store.ledger.release(job.id)
     if not refunded:
         log.error("job %s failed (%s) but its credit hold was already settled: nothing refunded", job.id,
                   error.code)
     return failed, refunded
 
 
-def fail_stranded(db: sqlite_utils.Database, jobs: JobStore, ledger: Ledger, job_id: str, *, actor: str) -> Job:
+def fail_stranded(store: Store, job_id: str, *, actor: str) -> Job:
     """``imagine-bot jobs fail JOB_ID``: end a job nobody is working on, refund it, and leave a notice so
     the requester is told when the job's front end runs. Refused while a live process holds the job."""
-    job = jobs.get(job_id)
+    job = store.jobs.get(job_id)
     if job.state.final:
         raise UserInputError(f"Job {job_id} is already {job.state.value}; nothing was changed.")
     now = utcnow()
-    claimed = jobs.claim(job_id, actor, now + timedelta(seconds=60), now=now)
+    claimed = store.jobs.claim(job_id, actor, now + timedelta(seconds=60), now=now)
     if claimed is None:
         until = iso(job.lease_until) if job.lease_until else "?"
         raise UserInputError(f"Job {job_id} is being worked on by {job.owner} (lease until {until}). Stop that "
                              "process, or wait until its lease expires; nothing was changed.")
     error = JobFailedByOperator(f"failed by {actor} with `imagine-bot jobs fail` (was {job.state.value})")
-    failed, _ = fail_and_refund(db, jobs, ledger, claimed, error, owner=actor, notice_pending=True)
+    failed, _ = fail_and_refund(store, claimed, error, owner=actor, notice_pending=True)
     return failed

@@ -10,12 +10,12 @@ submissions resume by themselves. Jobs already at the gateway go on.
 A 401 (the key) or 505 (the model is not enabled for the account) alerts the operators the same way, at
 most once an hour per cause; they fail the job (refunded) but do not pause.
 
-The state is kept in the ``gateway_account`` row, so every process, the command line and dashboards
-(``snapshot``) see the same thing. Every balance read is also kept in ``gateway_balance_log`` (for
-``BALANCE_LOG_DAYS``): the dashboard sets each day's drop beside what delivered jobs were charged.
+The state is kept in one shared row (``GatewayAccountStore``: ``core.storage.gateway_account``), so every
+process, the command line and dashboards (``snapshot``) see the same thing. Every balance read is also
+kept (for ``BALANCE_LOG_DAYS``): the dashboard sets each day's drop beside what delivered jobs were charged.
 
 Billed but not delivered: a job whose task the gateway reported successful (so it charged the account)
-but which then failed is counted from the job rows (``JobStore.billed_not_delivered``). When today's
+but which then failed is counted from the job rows (``JobRepository.billed_not_delivered``). When today's
 total reaches ``UNDELIVERED_ALERT_CREDITS`` the operators get one DM (``check_undelivered``, after every
 such failure and every balance read), once a day however many processes share the database.
 """
@@ -27,8 +27,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-
-import sqlite_utils
+from typing import TYPE_CHECKING
 
 from imagine_bot.core.chat import messages
 from imagine_bot.core.credits.periods import period_start
@@ -41,9 +40,12 @@ from imagine_bot.core.errors import (
     ImagineError,
 )
 from imagine_bot.core.gateway import GatewayClient
-from imagine_bot.core.jobs.model import Job, JobStore
+from imagine_bot.core.jobs.model import Job
 from imagine_bot.core.ops.alerts import Alerts
-from imagine_bot.core.storage.db import iso, transaction, utcnow
+from imagine_bot.core.storage.db import iso, utcnow
+
+if TYPE_CHECKING:  # the store protocols name AccountState: imported for types only
+    from imagine_bot.core.storage.base import GatewayAccountStore, JobRepository
 
 log = logging.getLogger(__name__)
 
@@ -69,28 +71,18 @@ class AccountState:
         return "degraded" if self.paused else "ok"
 
 
-def read_state(db: sqlite_utils.Database) -> AccountState:
-    """The gateway account as last recorded by a running bot (for the CLI and dashboards)."""
-    row = db.execute("SELECT balance, checked_at, paused, paused_since, detail FROM gateway_account WHERE id = 1"
-                     ).fetchone()
-    if row is None:
-        return AccountState(None, None, None, None, None)
-    return AccountState(row[0], datetime.fromisoformat(row[1]) if row[1] else None, row[2],
-                        datetime.fromisoformat(row[3]) if row[3] else None, row[4])
-
-
 class GatewayAccount:
-    def __init__(self, db: sqlite_utils.Database, gateway: GatewayClient, alerts: Alerts, *, cost: int,
-                 check_every_s: float, undelivered_alert_credits: int = 0,
+    def __init__(self, store: GatewayAccountStore, jobs: JobRepository, gateway: GatewayClient, alerts: Alerts, *,
+                 cost: int, check_every_s: float, undelivered_alert_credits: int = 0,
                  clock: Callable[[], datetime] = utcnow) -> None:
-        self.db = db
+        self.store = store
+        self.jobs = jobs
         self.gateway = gateway
         self.alerts = alerts
         self.cost = cost
         self.check_every_s = check_every_s
         #: tell the operators when today's billed-but-not-delivered credits reach this (0: never)
         self.undelivered_alert_credits = undelivered_alert_credits
-        self.jobs = JobStore(db)
         self.clock = clock
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -99,7 +91,7 @@ class GatewayAccount:
 
     # ------------------------------------------------------------------ state
     def state(self) -> AccountState:
-        return read_state(self.db)
+        return self.store.read()
 
     def snapshot(self) -> dict[str, object]:
         """Plain values for ``/healthz``, metrics and dashboards."""
@@ -108,12 +100,6 @@ class GatewayAccount:
                 "checked_at": state.checked_at and iso(state.checked_at),
                 "paused_since": state.paused_since and iso(state.paused_since)}
 
-    def _save(self, **values: object) -> None:
-        with transaction(self.db):
-            self.db.execute("INSERT OR IGNORE INTO gateway_account (id) VALUES (1)")
-            cols = ", ".join(f"{k} = ?" for k in values)
-            self.db.execute(f"UPDATE gateway_account SET {cols} WHERE id = 1", list(values.values()))
-
     def check(self) -> None:
         """Raise ``GatewayPaused`` while new jobs are paused."""
         state = self.state()
@@ -121,26 +107,19 @@ class GatewayAccount:
             raise GatewayPaused(f"submissions paused: {state.paused} ({state.detail})")
 
     # ------------------------------------------------------------------ pausing
-    def _transition(self, set_sql: str, values: list[object], when: str) -> bool:
-        """Compare-and-set on the shared row: True only for the one process that made the change, so that
-        with several processes on one database the operators still hear once per pause."""
-        with transaction(self.db):
-            self.db.execute("INSERT OR IGNORE INTO gateway_account (id) VALUES (1)")
-            cursor = self.db.execute(f"UPDATE gateway_account SET {set_sql} WHERE id = 1 AND {when}", values)
-            return cursor.rowcount == 1
-
+    # each change is a compare-and-set on the shared row (True only for the one process that made it), so
+    # that with several processes on one database the operators still hear once per pause
     def pause(self, cause: str, detail: str) -> None:
         self.resumed.clear()
         self._wake.set()  # recheck soon
-        if self._transition("paused = ?, paused_since = ?, detail = ?", [cause, iso(self.clock()), detail[:500]],
-                            "paused IS NULL"):
+        if self.store.pause(cause, self.clock(), detail[:500]):
             log.error("pausing new jobs: the gateway account is %s (%s)", cause.replace("_", " "), detail)
             self.alerts.clear(cause)  # once per pause, however soon after the last one
             self.alerts.alert(cause, messages.operator_paused(detail))
 
     def resume(self, balance: int) -> None:
         self.resumed.set()
-        if self._transition("paused = NULL, paused_since = NULL, detail = NULL", [], "paused IS NOT NULL"):
+        if self.store.resume():
             log.warning("resuming new jobs: the gateway account has %d credits again", balance)
             self.alerts.clear("resumed")
             self.alerts.alert("resumed", messages.operator_resumed(balance))
@@ -157,8 +136,7 @@ class GatewayAccount:
         if credits < self.undelivered_alert_credits:
             return False
         day = now.astimezone(UTC).date().isoformat()
-        if not self._transition("undelivered_told_day = ?", [day, day],
-                                "(undelivered_told_day IS NULL OR undelivered_told_day <> ?)"):
+        if not self.store.mark_undelivered_told(day):
             return False
         log.error("billed but not delivered today: %d credits (%d jobs), at or over UNDELIVERED_ALERT_CREDITS (%d)",
                   credits, jobs, self.undelivered_alert_credits)
@@ -193,11 +171,7 @@ class GatewayAccount:
             self.on_error(error)
             return None
         now = self.clock()
-        with transaction(self.db):
-            self._save(balance=balance, checked_at=iso(now))
-            self.db.execute("INSERT INTO gateway_balance_log (ts, balance) VALUES (?, ?)", [iso(now), balance])
-            self.db.execute("DELETE FROM gateway_balance_log WHERE ts < ?",
-                            [iso(now - timedelta(days=BALANCE_LOG_DAYS))])
+        self.store.record_balance(balance, now, forget_before=now - timedelta(days=BALANCE_LOG_DAYS))
         if balance < self.cost:
             self.pause(OUT_OF_CREDITS, f"the balance is {balance} credits, less than one image ({self.cost})")
         else:

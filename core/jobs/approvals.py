@@ -31,13 +31,12 @@ from typing import Any
 from imagine_bot.core.access.authority import Actor
 from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.chat import messages
-from imagine_bot.core.credits.ledger import Ledger
 from imagine_bot.core.errors import DeliveryError, ImagineError, NotFound, PermissionDenied, ReviewClosed, is_transient
 from imagine_bot.core.events import Approved, ImageFile, Rejected, ReviewExpired, ReviewRequested
 from imagine_bot.core.frontend import FrontEnd
-from imagine_bot.core.jobs.model import Job, JobStore
+from imagine_bot.core.jobs.model import Job
 from imagine_bot.core.storage.approvals import APPROVED, EXPIRED, PENDING, REJECTED, Approval
-from imagine_bot.core.storage.base import ApprovalStore
+from imagine_bot.core.storage.base import ApprovalStore, CreditStore, JobRepository
 from imagine_bot.core.storage.db import utcnow
 
 log = logging.getLogger(__name__)
@@ -54,7 +53,7 @@ def channel_of(job: Job) -> str:
 
 
 class Approvals:
-    def __init__(self, store: ApprovalStore, jobs: JobStore, ledger: Ledger, *, expire_h: float, owner: str,
+    def __init__(self, store: ApprovalStore, jobs: JobRepository, ledger: CreditStore, *, expire_h: float, owner: str,
                  sweep_every_s: float = SWEEP_EVERY_S, lease_s: float = STEP_LEASE_S) -> None:
         self.store = store
         self.jobs = jobs

@@ -1,9 +1,9 @@
 """Job ownership across processes: who owns a job, for how long, and the housekeeping loop.
 
 One process works on a job at a time. Each process has an ``owner`` id (``host:pid:random``); it claims
-a job with a compare-and-set ``UPDATE`` on the job row (``JobStore.claim``), renews the leases it holds
-every third of ``lease_s`` (``JobStore.renew``) and releases them when it stops
-(``JobStore.release_leases``). A job whose owner died keeps its lease until ``lease_until`` passes; then
+a job with a compare-and-set ``UPDATE`` on the job row (``JobRepository.claim``), renews the leases it holds
+every third of ``lease_s`` (``JobRepository.renew``) and releases them when it stops
+(``JobRepository.release_leases``). A job whose owner died keeps its lease until ``lease_until`` passes; then
 the next sweep of any running process takes it over. A process that finds it no longer holds a job
 (its lease expired while it was stalled, and another process took the job) stops its local worker.
 """

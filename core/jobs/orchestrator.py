@@ -16,7 +16,7 @@ no path charges twice, and a job that never delivered is never charged. A refuse
 Several processes may share the database (a rolling deploy, a double start). Each job is owned by one
 process through a lease (``core.leases``): this orchestrator claims jobs nobody holds, renews its
 leases while it works, and takes over a job only once its owner's lease expired (the periodic sweep).
-Every state change is a compare-and-set on the expected state and owner (``JobStore.transition``); a
+Every state change is a compare-and-set on the expected state and owner (``JobRepository.transition``); a
 lost race raises ``LeaseLost`` and the local worker stops without touching money.
 
 Stopping: ``drain`` (SIGTERM) refuses new jobs, stops the jobs that can be picked up anywhere (waiting,
@@ -32,7 +32,6 @@ import asyncio
 import logging
 import mimetypes
 import shutil
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable, KeysView
 from dataclasses import replace
@@ -40,11 +39,8 @@ from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
-import sqlite_utils
-
 from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.chat.parsing import check_banned
-from imagine_bot.core.credits.ledger import Ledger
 from imagine_bot.core.credits.periods import describe_refill
 from imagine_bot.core.credits.refunds import fail_and_refund
 from imagine_bot.core.errors import (
@@ -74,10 +70,12 @@ from imagine_bot.core.gateway.catalog import CATALOG, ModelSpec
 from imagine_bot.core.jobs.admission import Admission, RateLimiter
 from imagine_bot.core.jobs.approvals import Approvals
 from imagine_bot.core.jobs.leases import LeaseClock, new_owner_id
-from imagine_bot.core.jobs.model import Job, JobRequest, JobState, JobStore, ReplyTo, new_job_id
+from imagine_bot.core.jobs.model import Job, JobRequest, JobState, ReplyTo, new_job_id
 from imagine_bot.core.jobs.outbox import UNPACED, Outbox, Refresh, Send
 from imagine_bot.core.media.thumbnails import ThumbnailStore
-from imagine_bot.core.storage.db import transaction, utcnow
+from imagine_bot.core.storage.base import Store
+from imagine_bot.core.storage.db import utcnow
+from imagine_bot.core.storage.errors import DuplicateRequest, StoreClosed
 from imagine_bot.core.web.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -112,9 +110,7 @@ class Orchestrator:
     def __init__(
         self,
         *,
-        db: sqlite_utils.Database,
-        jobs: JobStore,
-        ledger: Ledger,
+        store: Store,
         gateway: GatewayClient,
         model: ModelSpec,
         spool: Path,
@@ -137,9 +133,10 @@ class Orchestrator:
         on_failure: Callable[[Job, ImagineError], None] | None = None,
         approvals: Approvals | None = None,
     ) -> None:
-        self.db = db
-        self.jobs = jobs
-        self.ledger = ledger
+        #: the credits and the jobs, and the transaction that spans them
+        self.store = store
+        self.jobs = store.jobs
+        self.ledger = store.ledger
         self.gateway = gateway
         self.model = model
         self.spool = spool
@@ -259,14 +256,14 @@ class Orchestrator:
         model = request.model or self.model.id
         cost = self.model.cost if request.cost is None else request.cost
         try:
-            with transaction(self.db):
+            with self.store.transaction():
                 if self.jobs.count_active(request.requester.key) >= self.max_active_per_user:
                     raise TooManyActiveJobs(self.max_active_per_user)
                 self.ledger.reserve(request.requester, job_id, cost, scopes=request.scopes,
                                     channel=request.reply.channel)
                 job = self.jobs.insert(request, model=model, cost=cost, job_id=job_id,
                                        owner=self.owner, lease_until=self.leases.until())
-        except sqlite3.IntegrityError:
+        except DuplicateRequest:
             # the same request arrived twice at once: the other delivery made the job
             existing = self.jobs.by_dedupe_key(request.dedupe_key or "")
             if existing is None:
@@ -402,7 +399,7 @@ class Orchestrator:
             await self.approvals.stop()
         try:
             released = self.jobs.release_leases(self.owner)
-        except sqlite3.ProgrammingError:  # the database is already closed
+        except StoreClosed:  # the database is already closed
             return
         if released:
             log.info("released %d job(s) for the next owner", released)
@@ -715,7 +712,7 @@ class Orchestrator:
         images = tuple(ImageFile(p, mimetypes.guess_type(p.name)[0] or "image/png", p.stat().st_size)
                        for p in job.files)
         job = await self._post_result(job, images)
-        with transaction(self.db):
+        with self.store.transaction():
             job = self._move(job, JobState.DELIVERED, finished_at=utcnow())
             if not self.ledger.capture(job.id):  # rolls the "delivered" back: never delivered uncharged
                 raise CaptureRefused(f"job {job.id} was delivered but the ledger refused to charge it "
@@ -785,7 +782,7 @@ class Orchestrator:
                                                 "gateway_feature_disabled", "error") else logging.WARNING
         log.log(level, "job %s failed: %s (%s)", job_id, error.admin_message, error.code)
         try:
-            job, refunded = fail_and_refund(self.db, self.jobs, self.ledger, current, error, owner=self.owner,
+            job, refunded = fail_and_refund(self.store, current, error, owner=self.owner,
                                             notice_pending=notice_pending)
         except LeaseLost:
             log.info("job %s was taken over before it could be failed here", job_id)

@@ -1,1 +1,37 @@
-"""All SQL: the database, migrations, and the store interfaces with their SQLite implementation."""
+"""All SQL: the database, migrations, and the store interfaces with their SQLite implementation.
+
+``base`` holds the store protocols domain code is typed by; ``sqlite.SqliteStores`` builds every SQLite
+store of one database (``SqliteStores.open(settings)``: the bot, the command line and the tests); ``db``
+opens and migrates the file and holds the transaction helpers; one module per concern holds its store
+class (``ledger``, ``budgets``, ``jobs``, ``gateway_account``, ``places``, ``relay``, ``thumbnails``,
+``secrets``, ``dashboard``). Nothing outside this package imports ``sqlite3`` or ``sqlite_utils``, writes
+SQL, or calls ``transaction``/``snapshot`` (``tests/test_layout.py`` checks it).
+
+The rules every store class keeps, so that another database (PostgreSQL) can run the same classes behind
+an adapter with the same four entry points:
+
+1. **Four entry points only.** Every statement goes through the ``db`` object it was given:
+   ``db.execute(sql, params)`` (returns a DB-API cursor: ``fetchone``, ``fetchall``, ``rowcount``) and
+   ``db.query(sql, params)`` (yields each row as a ``dict``); every write is inside
+   ``with transaction(db):`` and a consistent multi-statement read inside ``with snapshot(db):`` (both
+   from ``core.storage.db``; nested use joins the outer one). Nothing else of sqlite-utils or sqlite3
+   (no ``db[table].insert``, no ``db.conn``) outside ``db.py`` and ``SqliteStores``.
+2. **Placeholders are ``?``**, positional, params a list; table and column names are never user input
+   (f-strings only join known column names and ``?`` marks).
+3. **Portable SQL**, the subset SQLite (3.35+) and PostgreSQL both accept: ``INSERT ... ON CONFLICT (...)
+   DO NOTHING`` / ``DO UPDATE SET col = excluded.col`` (never ``INSERT OR IGNORE/REPLACE``), ``RETURNING``,
+   ``COALESCE``, ``CASE``, ``substr``, ``SAVEPOINT`` / ``ROLLBACK TO`` / ``RELEASE``; no SQLite-only
+   functions (``julianday``, ``strftime``, ``datetime()``, ``ifnull``, ``instr``, ``json_extract``), no
+   ``rowid``; the column ``accounts."user"`` is quoted (a reserved word in PostgreSQL). The one exception
+   is named in ``jobs``: ``SCOPE_SQL`` and ``CHANNEL_SQL`` (JSON and string functions differ), which
+   another dialect spells its own way.
+4. **Times are ISO 8601 text in UTC** (``iso()``, millisecond precision), compared as text; booleans are
+   integers 0/1; JSON is text.
+5. **Transactions are short and owned by the store**: each public method is one transaction of its own
+   (joining a caller's), and money moves (reserve, capture, release) move the balance and every budget in
+   that one transaction. What spans stores (reserve + insert the job, delivered + capture, failed +
+   release) is ``Stores.transaction()``. A busy lock raises ``core.errors.DatabaseBusy``; a closed
+   database ``core.storage.errors.StoreClosed``; a taken dedupe key ``DuplicateRequest``.
+6. **Migrations** are numbered functions in ``db.py`` (SQLite DDL); another database keeps its own list
+   with the same names, tables and columns.
+"""

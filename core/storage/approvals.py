@@ -81,16 +81,18 @@ class SqliteApprovals:
             if not chosen:
                 self.db.execute("DELETE FROM approval_channels WHERE channel = ?", [channel])
             else:
-                self.db.execute("INSERT OR REPLACE INTO approval_channels (channel, reviewers, updated_by, updated_at)"
-                                " VALUES (?, ?, ?, ?)", [channel, json.dumps(chosen), actor, iso(utcnow())])
+                self.db.execute("INSERT INTO approval_channels (channel, reviewers, updated_by, updated_at) VALUES "
+                                "(?, ?, ?, ?) ON CONFLICT (channel) DO UPDATE SET reviewers = excluded.reviewers, "
+                                "updated_by = excluded.updated_by, updated_at = excluded.updated_at",
+                                [channel, json.dumps(chosen), actor, iso(utcnow())])
 
     # ------------------------------------------------------------------ approvals
     def open(self, job_id: str, channel: str, reviewers: tuple[str, ...], expires_at: datetime) -> None:
         """A finished job's approval, pending (joins the caller's transaction: the job's ``delivered``)."""
         now = iso(utcnow())
         with transaction(self.db):
-            self.db.execute("INSERT OR IGNORE INTO approvals (job_id, channel, reviewers, state, created_at, "
-                            "expires_at) VALUES (?, ?, ?, ?, ?, ?)",
+            self.db.execute("INSERT INTO approvals (job_id, channel, reviewers, state, created_at, expires_at) "
+                            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (job_id) DO NOTHING",
                             [job_id, channel, json.dumps(list(reviewers)), PENDING, now, iso(expires_at)])
 
     def get(self, job_id: str) -> Approval | None:

@@ -1,52 +1,101 @@
-"""The state seam: what the bot keeps (credits and jobs), behind one small interface.
+"""The state seam: what the bot keeps, behind one small interface per concern.
 
-Everything that must survive a restart or be shared between processes is in two stores: the credit
-``Ledger`` (tables ``accounts`` and ``ledger``) and the ``JobStore`` (table ``jobs``), written in short
-transactions. Today both are SQLite (``sqlite_utils``, WAL, ``BEGIN IMMEDIATE``): several
-``imagine-bot run`` processes on one machine may share the file. Across machines the state needs a
-networked database; PostgreSQL would be a second implementation of the ``Store`` protocol below, in one
-new module, with the same three tables, claiming jobs with ``SELECT ... FOR UPDATE SKIP LOCKED`` (see
-``docs/scaling.md``). Nothing else would change: the orchestrator, the front ends and the admin commands
-use only what these protocols name.
+Everything that must survive a restart or be shared between processes is in these stores: the credits
+(``CreditStore``: accounts and their append-only ledger, with the ``BudgetStore`` over them), the jobs
+(``JobRepository``), the gateway account (``GatewayAccountStore``), the places' bans and preferences,
+the callback relay, the thumbnails, the dashboard's sign-in links and queries, and the keys the bot makes
+for itself. ``Stores`` bundles every store of one database and the one transaction that spans them.
 
-``SqliteStore`` is today's implementation: it only bundles the existing ``Ledger`` and ``JobStore`` (no
-behaviour changes); ``ImagineCore.store`` is one, and mypy checks that it satisfies ``Store``.
+Domain code (``core.app``, ``core.jobs.orchestrator``, ``core.credits.refunds``, ``core.gateway.balance``,
+``core.chat``) is typed by these protocols only. Today's implementation is SQLite
+(``core.storage.sqlite.SqliteStores``, WAL, ``BEGIN IMMEDIATE``): several ``imagine-bot run`` processes on
+one machine may share the file. Across machines the state needs a networked database; PostgreSQL would be
+a second implementation of ``Stores`` (the rules a store keeps are in ``core.storage``'s docstring),
+claiming jobs with ``SELECT ... FOR UPDATE SKIP LOCKED`` (see ``docs/scaling.md``). Nothing else would
+change.
+
+Transactions: every store method is one short transaction of its own, and joins the caller's when called
+inside ``Stores.transaction()``. Money moves are one transaction each *inside* the credit store: reserve,
+capture and release move the user's balance and every budget over the job together. What spans stores
+(reserve + insert the job, mark delivered + capture, mark failed + release) is one ``transaction()``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol, runtime_checkable
-
-import sqlite_utils
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.access.places import PlacePrefs
 from imagine_bot.core.chat.presets import Preset
-from imagine_bot.core.credits.ledger import Balance, Ledger, LedgerEntry
-from imagine_bot.core.jobs.model import Job, JobRequest, JobState, JobStore
+from imagine_bot.core.credits.budgets import BudgetStatus
+from imagine_bot.core.credits.ledger import Balance, LedgerEntry
+from imagine_bot.core.gateway.balance import AccountState
+from imagine_bot.core.jobs.model import Job, JobRequest, JobState
 from imagine_bot.core.storage.approvals import Approval
-from imagine_bot.core.storage.db import transaction
+
+if TYPE_CHECKING:
+    from imagine_bot.core.storage.dashboard import Queries
+
+
+@runtime_checkable
+class BudgetStore(Protocol):
+    """Budgets above the user (``core.credits.budgets``): per place, per channel, and the global cap."""
+
+    def reserve(self, scopes: Sequence[str], job_id: str, account: str, channel: str | None, cost: int) -> None:
+        """Hold ``cost`` on every budget over the job; joins the caller's (the ledger's) transaction."""
+        ...
+
+    def check(self, scopes: Sequence[str], account: str, cost: int) -> None:
+        """Raise the ``BudgetExhausted`` a reservation would meet now, changing nothing."""
+        ...
+
+    def settle(self, job_id: str, kind: str) -> None: ...
+
+    def status(self, scope: str) -> BudgetStatus: ...
+
+    def all(self) -> list[BudgetStatus]: ...
+
+    def job_scopes(self, job_id: str) -> list[str]: ...
+
+    def set_amount(self, scope: str, amount: int | None, *, actor: str, period: str | None = None,
+                   unlimited: bool = False) -> BudgetStatus: ...
+
+    def set_member_cap(self, scope: str, cap: int | None, *, actor: str) -> BudgetStatus: ...
+
+    def spend_rows(self, scope: str, since: datetime | None) -> list[dict[str, Any]]: ...
+
+    def verify(self) -> list[str]: ...
+
+    def orphan_holds(self) -> list[str]: ...
 
 
 @runtime_checkable
 class CreditStore(Protocol):
     """Credits: balances, and the reserve -> capture | release life of each job's cost (each at most once)."""
 
+    @property
+    def budgets(self) -> BudgetStore:
+        """The budgets over the users, moved in the same transactions as their balances."""
+        ...
+
     def balance(self, who: UserRef) -> Balance: ...
 
     def reserve(self, who: UserRef, job_id: str, cost: int, *, scopes: tuple[str, ...] = (),
                 channel: str | None = None) -> Balance:
         """Hold ``cost`` on the user's balance and, in the same transaction, on every budget over the job
-        (``scopes`` and the global cap: ``core.budgets``); refuse if any cannot cover it."""
+        (``scopes`` and the global cap); refuse if any cannot cover it."""
         ...
 
-    def capture(self, job_id: str) -> bool: ...
+    def capture(self, job_id: str) -> bool:
+        """Charge a delivered job (balance and budgets, one transaction); False if already settled."""
+        ...
 
-    def release(self, job_id: str) -> bool: ...
+    def release(self, job_id: str) -> bool:
+        """Give a failed job's hold back (balance and budgets, one transaction); False if already settled."""
+        ...
 
     def grant(self, who: UserRef, amount: int, *, actor: str, note: str | None = None) -> Balance: ...
 
@@ -54,9 +103,15 @@ class CreditStore(Protocol):
 
     def history(self, who: UserRef | None = None, *, limit: int = 50) -> list[LedgerEntry]: ...
 
+    def accounts(self) -> list[Balance]: ...
+
     def report_rows(self, since: datetime | None = None) -> list[dict[str, object]]: ...
 
+    def report_csv(self, since: datetime | None = None) -> str: ...
+
     def verify(self) -> list[str]: ...
+
+    def orphan_holds(self) -> list[str]: ...
 
 
 @runtime_checkable
@@ -64,7 +119,10 @@ class JobRepository(Protocol):
     """Job rows: one per request, moved along ``JobState`` one saved step at a time."""
 
     def insert(self, request: JobRequest, *, model: str, cost: int, job_id: str | None = None,
-               owner: str | None = None, lease_until: datetime | None = None) -> Job: ...
+               owner: str | None = None, lease_until: datetime | None = None) -> Job:
+        """Record a new ``queued`` job; ``DuplicateRequest`` (``core.storage.errors``) if its dedupe key
+        is taken."""
+        ...
 
     def get(self, job_id: str) -> Job: ...
 
@@ -86,7 +144,19 @@ class JobRepository(Protocol):
 
     def renew(self, owner: str, until: datetime) -> set[str]: ...
 
-    def release_leases(self, owner: str, job_ids: Iterable[str] | None = None) -> int: ...
+    def release_leases(self, owner: str, job_ids: Iterable[str] | None = None) -> int:
+        """``StoreClosed`` (``core.storage.errors``) once the database is closed."""
+        ...
+
+    def pending_notices(self, platforms: Iterable[str]) -> list[Job]: ...
+
+    def take_notice(self, job_id: str) -> bool: ...
+
+    def set_reply_data(self, job_id: str, **data: Any) -> Job: ...
+
+    def record_receipt(self, job_id: str, **ids: Any) -> Job: ...
+
+    def billed_not_delivered(self, since: datetime | None = None) -> tuple[int, int]: ...
 
     def active(self, account: str | None = None) -> list[Job]: ...
 
@@ -94,6 +164,21 @@ class JobRepository(Protocol):
 
     def recent(self, account: str | None = None, *, limit: int = 20,
                states: Iterable[JobState] | None = None) -> list[Job]: ...
+
+
+class GatewayAccountStore(Protocol):
+    """The operator's gateway account as every process sees it (``core.gateway.balance``). Each change is a
+    compare-and-set: True only for the one process that made it."""
+
+    def read(self) -> AccountState: ...
+
+    def record_balance(self, balance: int, now: datetime, *, forget_before: datetime) -> None: ...
+
+    def pause(self, cause: str, since: datetime, detail: str) -> bool: ...
+
+    def resume(self) -> bool: ...
+
+    def mark_undelivered_told(self, day: str) -> bool: ...
 
 
 class PlaceStore(Protocol):
@@ -193,12 +278,36 @@ class LinkStore(Protocol):
     def use(self, token_hash: str, now: datetime, *, forget_before: datetime) -> tuple[str, str | None] | None: ...
 
 
-class Stores(Protocol):
+@runtime_checkable
+class Store(Protocol):
+    """The credits and the jobs, and one transaction that spans them (reserve + insert, capture + delivered,
+    fail + release): what the orchestrator needs."""
+
+    @property
+    def ledger(self) -> CreditStore: ...
+
+    @property
+    def jobs(self) -> JobRepository: ...
+
+    def transaction(self) -> AbstractContextManager[object]:
+        """One short write transaction; every store call inside it joins it (all or nothing)."""
+        ...
+
+    def ping(self) -> None:
+        """Raise if the database cannot be reached (``/healthz``)."""
+        ...
+
+
+@runtime_checkable
+class Stores(Store, Protocol):
     """Every store of one database, and its keys (``core.storage.sqlite.SqliteStores`` is one)."""
 
     def secret(self, name: str) -> bytes: ...
 
-    def ping(self) -> None: ...
+    def close(self) -> None: ...
+
+    @property
+    def gateway_account(self) -> GatewayAccountStore: ...
 
     @property
     def places(self) -> PlaceStore: ...
@@ -218,34 +327,5 @@ class Stores(Protocol):
     @property
     def dashboard_links(self) -> LinkStore: ...
 
-
-@runtime_checkable
-class Store(Protocol):
-    """Both stores, and one transaction that spans them (reserve + insert, capture + delivered, ...)."""
-
     @property
-    def ledger(self) -> CreditStore: ...
-
-    @property
-    def jobs(self) -> JobRepository: ...
-
-    def transaction(self) -> AbstractContextManager[object]: ...
-
-    def ping(self) -> None:
-        """Raise if the database cannot be reached (``/healthz``)."""
-        ...
-
-
-@dataclass(frozen=True, slots=True)
-class SqliteStore:
-    """Today's store: one SQLite file (``IMAGINE_DB_PATH``), shared by the processes of one machine."""
-
-    db: sqlite_utils.Database
-    ledger: Ledger
-    jobs: JobStore
-
-    def transaction(self) -> AbstractContextManager[object]:
-        return transaction(self.db)
-
-    def ping(self) -> None:
-        self.db.execute("SELECT 1").fetchone()
+    def dashboard(self) -> Queries: ...

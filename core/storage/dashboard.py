@@ -17,8 +17,9 @@ from typing import Any
 
 import sqlite_utils
 
-from imagine_bot.core.jobs.model import SCOPE_SQL, Job, JobStore
+from imagine_bot.core.jobs.model import Job
 from imagine_bot.core.storage.db import iso, transaction, utcnow
+from imagine_bot.core.storage.jobs import CHANNEL_SQL, SCOPE_SQL, SqliteJobStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +82,7 @@ def balance_readings(db: sqlite_utils.Database, since: datetime) -> list[tuple[d
 class Queries:
     def __init__(self, db: sqlite_utils.Database) -> None:
         self.db = db
-        self.jobs = JobStore(db)
+        self.jobs = SqliteJobStore(db)
 
     def _rows(self, sql: str, args: list[Any]) -> list[dict[str, Any]]:
         return list(self.db.query(sql, args))
@@ -98,7 +99,7 @@ class Queries:
 
     def spend_by(self, f: Filter, column: str, limit: int = 20) -> list[dict[str, Any]]:
         """Credits and images per ``scope``, ``channel`` or ``account``, most spent first."""
-        expr = {"scope": SCOPE_SQL, "channel": f"({SCOPE_SQL}) || '#' || json_extract(jobs.reply, '$.channel')",
+        expr = {"scope": SCOPE_SQL, "channel": f"({SCOPE_SQL}) || '#' || {CHANNEL_SQL}",
                 "account": "jobs.account"}[column]
         where, args = f.where(time_column="jobs.finished_at")
         return self._rows(f"SELECT {expr} AS name, SUM(jobs.cost) AS credits, COUNT(*) AS images FROM jobs "

@@ -17,6 +17,7 @@ from pathlib import Path
 import sqlite_utils
 
 from imagine_bot.core.errors import DatabaseBusy, DataNotWritable
+from imagine_bot.core.storage.errors import StoreClosed
 
 log = logging.getLogger(__name__)
 
@@ -402,7 +403,14 @@ def migrate(db: sqlite_utils.Database) -> None:
         for name, fn in MIGRATIONS:
             if name not in done:
                 fn(db)
-                db.execute("INSERT INTO _migrations VALUES (?, ?)", [name, iso(utcnow())])
+                db.execute("INSERT INTO _migrations (name, applied_at) VALUES (?, ?)", [name, iso(utcnow())])
+
+
+def _in_transaction(conn: sqlite3.Connection) -> bool:
+    try:
+        return conn.in_transaction
+    except sqlite3.ProgrammingError as exc:  # the connection was closed (the process is stopping)
+        raise StoreClosed(str(exc)) from exc
 
 
 @contextmanager
@@ -413,11 +421,13 @@ def transaction(db: sqlite_utils.Database) -> Iterator[sqlite3.Connection]:
     ``DatabaseBusy`` (transient: nothing was written).
     """
     conn = db.conn
-    if conn.in_transaction:
+    if _in_transaction(conn):
         yield conn
         return
     try:
         conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.ProgrammingError as exc:  # the connection was closed
+        raise StoreClosed(str(exc)) from exc
     except sqlite3.OperationalError as exc:
         if getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY:
             raise DatabaseBusy(f"the database's write lock stayed taken by another connection ({exc})") from exc
@@ -440,10 +450,13 @@ def snapshot(db: sqlite_utils.Database) -> Iterator[sqlite3.Connection]:
     """A consistent read of several tables that takes no write lock (a deferred transaction: with WAL,
     readers never wait for the writer and never make it wait). Nested use joins the outer transaction."""
     conn = db.conn
-    if conn.in_transaction:
+    if _in_transaction(conn):
         yield conn
         return
-    conn.execute("BEGIN")
+    try:
+        conn.execute("BEGIN")
+    except sqlite3.ProgrammingError as exc:  # the connection was closed
+        raise StoreClosed(str(exc)) from exc
     try:
         yield conn
     finally:

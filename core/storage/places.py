@@ -21,8 +21,8 @@ class SqlitePlaces:
     def ban(self, place: str, account: str, *, actor: str) -> bool:
         """True if newly banned."""
         with transaction(self.db):
-            cursor = self.db.execute("INSERT OR IGNORE INTO place_bans (place, account, actor, ts) VALUES (?, ?, ?, ?)",
-                                     [place, account, actor, iso(utcnow())])
+            cursor = self.db.execute("INSERT INTO place_bans (place, account, actor, ts) VALUES (?, ?, ?, ?)"
+                                     " ON CONFLICT (place, account) DO NOTHING", [place, account, actor, iso(utcnow())])
             return cursor.rowcount == 1
 
     def unban(self, place: str, account: str) -> bool:
@@ -47,7 +47,7 @@ class SqlitePlaces:
 
     def _set(self, place: str, actor: str, **values: str | None) -> PlacePrefs:
         with transaction(self.db):
-            self.db.execute("INSERT OR IGNORE INTO place_prefs (place, updated_at) VALUES (?, ?)",
+            self.db.execute("INSERT INTO place_prefs (place, updated_at) VALUES (?, ?) ON CONFLICT (place) DO NOTHING",
                             [place, iso(utcnow())])
             cols = ", ".join(f"{k} = ?" for k in values)
             self.db.execute(f"UPDATE place_prefs SET {cols}, updated_by = ?, updated_at = ? WHERE place = ?",

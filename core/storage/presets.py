@@ -44,7 +44,10 @@ class SqlitePresets:
         """Create or replace the preset of that scope and name."""
         with transaction(self.db):
             self.db.execute(
-                f"INSERT OR REPLACE INTO presets ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO presets ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (scope, name) DO "
+                "UPDATE SET template = excluded.template, aspect_ratio = excluded.aspect_ratio, "
+                "quality = excluded.quality, images = excluded.images, updated_by = excluded.updated_by, "
+                "updated_at = excluded.updated_at",
                 [preset.scope, preset.name, preset.template, preset.defaults.get("aspect_ratio"),
                  preset.defaults.get("quality"), json.dumps(list(preset.images)) if preset.images else None,
                  actor, iso(utcnow())])
@@ -74,8 +77,10 @@ class SqlitePresets:
             if name is None:
                 self.db.execute("DELETE FROM channel_presets WHERE channel = ?", [channel])
             else:
-                self.db.execute("INSERT OR REPLACE INTO channel_presets (channel, preset, updated_by, updated_at)"
-                                " VALUES (?, ?, ?, ?)", [channel, name, actor, iso(utcnow())])
+                self.db.execute("INSERT INTO channel_presets (channel, preset, updated_by, updated_at) VALUES "
+                                "(?, ?, ?, ?) ON CONFLICT (channel) DO UPDATE SET preset = excluded.preset, "
+                                "updated_by = excluded.updated_by, updated_at = excluded.updated_at",
+                                [channel, name, actor, iso(utcnow())])
 
     def channel_defaults(self, place: str) -> dict[str, str]:
         """Channel id -> preset name, for every channel of ``place`` with a default."""

@@ -12,6 +12,7 @@ from imagine_bot.core.storage.db import transaction
 def load_secret(db: sqlite_utils.Database, name: str = "refs") -> bytes:
     """The key called ``name``, made on first use; every process on the database shares it."""
     with transaction(db):
-        db.execute("INSERT OR IGNORE INTO app_secrets (name, value) VALUES (?, ?)", [name, secrets.token_hex(32)])
+        db.execute("INSERT INTO app_secrets (name, value) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
+                   [name, secrets.token_hex(32)])
         row = db.execute("SELECT value FROM app_secrets WHERE name = ?", [name]).fetchone()
     return bytes.fromhex(row[0])

@@ -1,17 +1,28 @@
-"""The SQLite stores of one database file, built together: what ``ImagineCore`` and the command line use.
+"""The SQLite stores of one database file, built together: the one builder ``ImagineCore``, the command line
+and the tests use (``SqliteStores.open(settings)``).
 
 Each store is the SQLite implementation of a protocol in ``core.storage.base``; domain code is typed by
-those protocols, never by these classes.
+those protocols, never by these classes. The credits are built here with their budgets, from the settings,
+so no command moves a user's credits without the budgets that move with them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from datetime import datetime
 from functools import cached_property
 
 import sqlite_utils
 
+from imagine_bot.core.settings import Settings
 from imagine_bot.core.storage.approvals import SqliteApprovals
+from imagine_bot.core.storage.budgets import SqliteBudgets
 from imagine_bot.core.storage.dashboard import Queries, SqliteLinkStore
+from imagine_bot.core.storage.db import CLI_BUSY_TIMEOUT_S, open_db, transaction, utcnow
+from imagine_bot.core.storage.gateway_account import SqliteGatewayAccount
+from imagine_bot.core.storage.jobs import SqliteJobStore
+from imagine_bot.core.storage.ledger import SqliteLedger
 from imagine_bot.core.storage.places import SqlitePlaces
 from imagine_bot.core.storage.presets import SqlitePresets
 from imagine_bot.core.storage.relay import SqliteRelayStore
@@ -20,8 +31,26 @@ from imagine_bot.core.storage.thumbnails import SqliteThumbnailIndex
 
 
 class SqliteStores:
-    def __init__(self, db: sqlite_utils.Database) -> None:
+    """Every store of one SQLite database (``IMAGINE_DB_PATH``), shared by the processes of one machine."""
+
+    def __init__(self, db: sqlite_utils.Database, settings: Settings, *,
+                 clock: Callable[[], datetime] = utcnow) -> None:
         self.db = db
+        self.settings = settings
+        self.clock = clock
+
+    @classmethod
+    def open(cls, settings: Settings, *, busy_timeout_s: float = CLI_BUSY_TIMEOUT_S,
+             clock: Callable[[], datetime] = utcnow) -> SqliteStores:
+        """Open (creating and migrating if needed) the database of ``settings``."""
+        return cls(open_db(settings.IMAGINE_DB_PATH, busy_timeout_s=busy_timeout_s), settings, clock=clock)
+
+    def close(self) -> None:
+        self.db.conn.close()
+
+    def transaction(self) -> AbstractContextManager[object]:
+        """One short write transaction that every store call inside joins (all or nothing)."""
+        return transaction(self.db)
 
     def secret(self, name: str) -> bytes:
         """A key the bot made once and keeps (``refs``: /refs/ URLs; ``dashboard``: session cookies)."""
@@ -30,6 +59,23 @@ class SqliteStores:
     def ping(self) -> None:
         """Raise if the database cannot be reached (``/healthz``)."""
         self.db.execute("SELECT 1").fetchone()
+
+    @cached_property
+    def ledger(self) -> SqliteLedger:
+        """The credits as the bot runs them: the user ledger with the budgets over it, from the settings."""
+        s = self.settings
+        budgets = SqliteBudgets(self.db, default_amount=s.DEFAULT_SCOPE_BUDGET, period=s.SCOPE_BUDGET_PERIOD,
+                                cap=s.SPEND_CAP, cap_period=s.SPEND_CAP_PERIOD, clock=self.clock)
+        return SqliteLedger(self.db, budgets=budgets, allowance=s.CREDITS_ALLOWANCE, period=s.CREDITS_PERIOD,
+                            clock=self.clock)
+
+    @cached_property
+    def jobs(self) -> SqliteJobStore:
+        return SqliteJobStore(self.db)
+
+    @cached_property
+    def gateway_account(self) -> SqliteGatewayAccount:
+        return SqliteGatewayAccount(self.db)
 
     @cached_property
     def places(self) -> SqlitePlaces:

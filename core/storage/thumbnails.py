@@ -15,8 +15,10 @@ class SqliteThumbnailIndex:
 
     def put(self, job_id: str, webp: bytes, width: int, height: int) -> None:
         with transaction(self.db):
-            self.db.execute("INSERT OR REPLACE INTO thumbnails (job_id, webp, width, height, created_at) "
-                            "VALUES (?, ?, ?, ?, ?)", [job_id, webp, width, height, iso(utcnow())])
+            self.db.execute("INSERT INTO thumbnails (job_id, webp, width, height, created_at) VALUES (?, ?, ?, ?, ?)"
+                            " ON CONFLICT (job_id) DO UPDATE SET webp = excluded.webp, width = excluded.width,"
+                            " height = excluded.height, created_at = excluded.created_at",
+                            [job_id, webp, width, height, iso(utcnow())])
 
     def get(self, job_id: str) -> tuple[bytes, int, int] | None:
         row = self.db.execute("SELECT webp, width, height FROM thumbnails WHERE job_id = ?", [job_id]).fetchone()

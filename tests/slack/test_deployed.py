@@ -15,9 +15,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from imagine_bot.core.jobs.model import JobState, JobStore
+from imagine_bot.core.jobs.model import JobState
 from imagine_bot.core.sandbox import SandboxGateway
 from imagine_bot.core.storage.db import open_db
+from imagine_bot.core.storage.jobs import SqliteJobStore as JobStore
 from tests.fakes.slack_api import FakeSlackAPI
 from tests.slack.conftest import BOT_TOKEN, SIGNING_SECRET, TEAM, sign
 

@@ -1,0 +1,360 @@
+"""The credit ledger's tables (``accounts``, ``ledger``): the model is ``core.credits.ledger``'s docstring.
+
+Every change is one short ``transaction`` that reads the account, checks, updates it, appends to the
+ledger and moves every budget over the job (``SqliteBudgets``, same database); called inside a caller's
+transaction (``Store.transaction``), it joins it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlite_utils
+
+from imagine_bot.core.access.identity import UserRef
+from imagine_bot.core.credits.ledger import REPORT_FIELDS, Balance, LedgerEntry, check_size, report_csv
+from imagine_bot.core.credits.periods import ADJECTIVES, PERIODS, describe_refill, next_boundary, period_start
+from imagine_bot.core.errors import ConfigError, InsufficientCredits, NotFound, UserInputError
+from imagine_bot.core.jobs.model import ACTIVE_STATES
+from imagine_bot.core.storage.budgets import SqliteBudgets
+from imagine_bot.core.storage.db import iso, snapshot, transaction, utcnow
+
+ENTRY_COLUMNS = (
+    "id", "ts", "account", "kind", "delta_balance", "delta_held", "balance_after", "held_after", "job_id",
+    "actor", "note",
+)
+_ACTIVE = tuple(s.value for s in ACTIVE_STATES)
+
+
+@dataclass(frozen=True, slots=True)
+class _Account:
+    """The stored account row (``allowance`` is the per-user override, None for the default)."""
+
+    account: str
+    balance: int
+    held: int
+    allowance: int | None
+    period_start: datetime | None
+
+
+
+class SqliteLedger:
+    """Credit accounts and their ledger (see ``core.credits.ledger`` for the model)."""
+
+    def __init__(
+        self,
+        db: sqlite_utils.Database,
+        *,
+        budgets: SqliteBudgets,
+        allowance: int,
+        period: str,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        if period not in PERIODS:
+            raise ConfigError("CREDITS_PERIOD", f"must be one of {', '.join(PERIODS)}, not {period!r}")
+        if allowance < 0:
+            raise ConfigError("CREDITS_ALLOWANCE", "must be 0 or more")
+        if budgets.db is not db:
+            raise ValueError("the ledger and its budgets must share one database (one transaction moves both)")
+        self.db = db
+        self.allowance = allowance
+        self.period = period
+        self.clock = clock
+        #: the budgets above the user, moved in the same transactions (on the same database)
+        self.budgets = budgets
+
+    # --- reading and writing rows (always inside a transaction)
+
+    def _now(self) -> datetime:
+        now = self.clock()
+        return now.replace(tzinfo=UTC) if now.tzinfo is None else now.astimezone(UTC)
+
+    def _load(self, key: str) -> _Account | None:
+        row = self.db.execute(
+            "SELECT account, balance, held, allowance, period_start FROM accounts WHERE account = ?", [key]
+        ).fetchone()
+        if row is None:
+            return None
+        start = datetime.fromisoformat(row[4]) if row[4] else None
+        return _Account(row[0], row[1], row[2], row[3], start)
+
+    def _allowance(self, acct: _Account) -> int:
+        return self.allowance if acct.allowance is None else acct.allowance
+
+    def _write(
+        self,
+        key: str,
+        now: datetime,
+        kind: str,
+        *,
+        delta_balance: int = 0,
+        delta_held: int = 0,
+        job_id: str | None = None,
+        actor: str | None = None,
+        note: str | None = None,
+    ) -> None:
+        """Apply one change to an account and append its ledger row."""
+        balance, held = self.db.execute(
+            "UPDATE accounts SET balance = balance + ?, held = held + ?, updated_at = ? WHERE account = ?"
+            " RETURNING balance, held",
+            [delta_balance, delta_held, iso(now), key],
+        ).fetchone()
+        self.db.execute(
+            "INSERT INTO ledger (ts, account, kind, delta_balance, delta_held, balance_after, held_after,"
+            " job_id, actor, note) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [iso(now), key, kind, delta_balance, delta_held, balance, held, job_id, actor, note],
+        )
+
+    def _refill_due(self, acct: _Account, now: datetime) -> bool:
+        if self.period == "never":
+            return False
+        if acct.period_start is None:
+            return True
+        boundary = next_boundary(acct.period_start, self.period)
+        return boundary is not None and now >= boundary
+
+    def _refill(self, acct: _Account, now: datetime) -> _Account:
+        """Top the balance up to the allowance if a period boundary has passed since the last refill."""
+        if not self._refill_due(acct, now):
+            return acct
+        start = period_start(now, self.period)
+        assert start is not None
+        self.db.execute("UPDATE accounts SET period_start = ? WHERE account = ?", [iso(start), acct.account])
+        amount = max(0, self._allowance(acct) - acct.balance)
+        if amount:
+            note = f"{ADJECTIVES[self.period]} allowance"
+            self._write(acct.account, now, "refill", delta_balance=amount, note=note)
+        return self._must_load(acct.account)
+
+    def _must_load(self, key: str) -> _Account:
+        acct = self._load(key)
+        if acct is None:
+            raise NotFound(f"no credit account {key!r}", user_message="I could not find that account.")
+        return acct
+
+    def _touch(self, who: UserRef, now: datetime) -> _Account:
+        """Load the account, opening it with its allowance on first use, and apply a due refill."""
+        acct = self._load(who.key)
+        if acct is not None:
+            return self._refill(acct, now)
+        start = period_start(now, self.period)
+        self.db.execute(
+            "INSERT INTO accounts (account, platform, workspace, \"user\", balance, held, allowance,"
+            " period_start, created_at, updated_at) VALUES (?, ?, ?, ?, 0, 0, NULL, ?, ?, ?)",
+            [who.key, who.platform, who.workspace, who.user, None if start is None else iso(start), iso(now),
+             iso(now)],
+        )
+        self._write(who.key, now, "refill", delta_balance=self.allowance, note="new account")
+        return self._must_load(who.key)
+
+    def _balance(self, acct: _Account) -> Balance:
+        allowance = self._allowance(acct)
+        nxt = None
+        if self.period != "never" and allowance > 0 and acct.period_start is not None:
+            nxt = next_boundary(acct.period_start, self.period)
+        return Balance(acct.account, acct.balance, acct.held, allowance, self.period, nxt)
+
+    # --- the API
+
+    def balance(self, who: UserRef) -> Balance:
+        """The user's balance now (opens the account and applies a due refill).
+
+        A plain read, taking no write lock, unless the account must be opened or refilled."""
+        now = self._now()
+        acct = self._load(who.key)
+        if acct is not None and not self._refill_due(acct, now):
+            return self._balance(acct)
+        with transaction(self.db):
+            return self._balance(self._touch(who, self._now()))
+
+    def reserve(self, who: UserRef, job_id: str, cost: int, *, scopes: tuple[str, ...] = (),
+                channel: str | None = None) -> Balance:
+        """Hold ``cost`` credits for ``job_id``; raises ``InsufficientCredits`` when available < cost,
+        and ``BudgetExhausted`` when a budget over the user (``scopes``, and the global cap) cannot cover it.
+
+        Reserving a job that was already reserved changes nothing and returns the current balance.
+        """
+        if cost < 0:
+            raise ValueError(f"a job cannot cost {cost} credits")
+        now = self._now()
+        with transaction(self.db):
+            acct = self._touch(who, now)
+            if self._entry(job_id, "reserve") is not None:
+                return self._balance(acct)
+            available = acct.balance - acct.held
+            if available < cost:
+                nxt = self._balance(acct).next_refill
+                raise InsufficientCredits(balance=available, cost=cost, next_refill=describe_refill(nxt, now))
+            self._write(who.key, now, "reserve", delta_held=cost, job_id=job_id)
+            self.budgets.reserve(scopes, job_id, who.key, channel, cost)
+            return self._balance(self._must_load(who.key))
+
+    def capture(self, job_id: str) -> bool:
+        """Charge a delivered job its held cost. False (and no change) if it was already captured or
+        released; ``NotFound`` if it was never reserved."""
+        return self._settle(job_id, "capture")
+
+    def release(self, job_id: str) -> bool:
+        """Give a failed job's hold back. False (and no change) if it was already captured or
+        released; ``NotFound`` if it was never reserved."""
+        return self._settle(job_id, "release")
+
+    def _entry(self, job_id: str, kind: str) -> tuple[str, int] | None:
+        row = self.db.execute(
+            "SELECT account, delta_held FROM ledger WHERE job_id = ? AND kind = ?", [job_id, kind]
+        ).fetchone()
+        return None if row is None else (row[0], row[1])
+
+    def _settle(self, job_id: str, kind: str) -> bool:
+        now = self._now()
+        with transaction(self.db):
+            reserved = self._entry(job_id, "reserve")
+            if reserved is None:
+                raise NotFound(f"job {job_id!r} has no credit reservation")
+            if self._entry(job_id, "capture") or self._entry(job_id, "release"):
+                return False
+            key, cost = reserved
+            self._refill(self._must_load(key), now)
+            self._write(key, now, kind, delta_balance=-cost if kind == "capture" else 0, delta_held=-cost,
+                        job_id=job_id)
+            self.budgets.settle(job_id, kind)
+            return True
+
+    def grant(self, who: UserRef, amount: int, *, actor: str, note: str | None = None) -> Balance:
+        """Give ``amount`` credits (a ``grant`` row), or take them back when negative (an ``adjust`` row).
+
+        A revoke may leave the balance no lower than the credits on hold; a larger one is refused.
+        """
+        if amount == 0:
+            raise UserInputError("Grant a number of credits other than 0 (negative to take credits back).")
+        check_size(amount)
+        now = self._now()
+        with transaction(self.db):
+            acct = self._touch(who, now)
+            revocable = acct.balance - acct.held
+            if amount < 0 and -amount > revocable:
+                raise UserInputError(
+                    f"Cannot take back {-amount} credits: {who.key} has {acct.balance}"
+                    f" with {acct.held} held by images in progress, so at most {revocable} can be taken back."
+                    " Nothing was changed."
+                )
+            kind = "grant" if amount > 0 else "adjust"
+            self._write(who.key, now, kind, delta_balance=amount, actor=actor, note=note)
+            return self._balance(self._must_load(who.key))
+
+    def set_allowance(self, who: UserRef, allowance: int | None, *, actor: str) -> Balance:
+        """Set a per-user allowance (None: back to the default), noted in an ``adjust`` row.
+
+        A raise is added at once, never past the new allowance; a cut takes nothing back.
+        """
+        if allowance is not None and allowance < 0:
+            raise UserInputError("An allowance must be 0 or more credits.")
+        if allowance is not None:
+            check_size(allowance)
+        now = self._now()
+        with transaction(self.db):
+            acct = self._touch(who, now)
+            old = self._allowance(acct)
+            new = self.allowance if allowance is None else allowance
+            self.db.execute("UPDATE accounts SET allowance = ? WHERE account = ?", [allowance, who.key])
+            default = " (the default)" if allowance is None else ""
+            self._write(who.key, now, "adjust", actor=actor, note=f"allowance {old} -> {new}{default}")
+            top_up = max(0, min(new - old, new - acct.balance))
+            if top_up:
+                raised = "allowance raised"
+                self._write(who.key, now, "refill", delta_balance=top_up, actor=actor, note=raised)
+            return self._balance(self._must_load(who.key))
+
+    def history(self, who: UserRef | None = None, *, limit: int = 50) -> list[LedgerEntry]:
+        """Ledger rows, newest first, for one user or everyone. Opens no account."""
+        sql = f"SELECT {', '.join(ENTRY_COLUMNS)} FROM ledger"
+        params: list[Any] = []
+        if who is not None:
+            sql += " WHERE account = ?"
+            params.append(who.key)
+        sql += " ORDER BY id DESC LIMIT ?"
+        params.append(max(0, limit))
+        entries = []
+        for values in self.db.execute(sql, params).fetchall():
+            row = dict(zip(ENTRY_COLUMNS, values, strict=True))
+            row["ts"] = datetime.fromisoformat(row["ts"])
+            entries.append(LedgerEntry(**row))
+        return entries
+
+    def accounts(self) -> list[Balance]:
+        """Every account as of now (applying due refills), in key order."""
+        now = self._now()
+        with snapshot(self.db):  # a read: the write lock only when a refill is due
+            keys = [r[0] for r in self.db.execute("SELECT account FROM accounts ORDER BY account").fetchall()]
+            loaded = [self._must_load(key) for key in keys]
+        if not any(self._refill_due(acct, now) for acct in loaded):
+            return [self._balance(acct) for acct in loaded]
+        with transaction(self.db):
+            return [self._balance(self._refill(self._must_load(key), now)) for key in keys]
+
+    def report_rows(self, since: datetime | None = None) -> list[dict[str, object]]:
+        """Per account: current balance, held and allowance, and the totals since ``since`` (all time
+        when None) of credits granted (net of revokes), refilled and spent, and jobs charged and refunded."""
+        totals: dict[str, dict[str, int]] = {}
+        self.accounts()  # applies refills that are due (a short write, only then)
+        with snapshot(self.db):  # one consistent read of balances and totals, no write lock
+            balances = self.accounts()
+            rows = self.db.execute(
+                """
+                SELECT account,
+                    COALESCE(SUM(CASE WHEN kind IN ('grant', 'adjust') THEN delta_balance END), 0),
+                    COALESCE(SUM(CASE WHEN kind = 'refill' THEN delta_balance END), 0),
+                    COALESCE(-SUM(CASE WHEN kind = 'capture' THEN delta_balance END), 0),
+                    COUNT(CASE WHEN kind = 'capture' THEN 1 END),
+                    COUNT(CASE WHEN kind = 'release' THEN 1 END)
+                FROM ledger WHERE ts >= ? GROUP BY account
+                """,
+                [iso(since) if since is not None else ""],
+            ).fetchall()
+        for key, *sums in rows:
+            totals[key] = dict(zip(REPORT_FIELDS[4:], sums, strict=True))
+        zero = dict.fromkeys(REPORT_FIELDS[4:], 0)
+        return [
+            {"account": b.account, "balance": b.balance, "held": b.held, "allowance": b.allowance,
+             **totals.get(b.account, zero)}
+            for b in balances
+        ]
+
+    def report_csv(self, since: datetime | None = None) -> str:
+        """``report_rows`` as CSV text, header row first."""
+        return report_csv(self.report_rows(since))
+
+    def verify(self) -> list[str]:
+        """One plain line per account whose balance or held differs from the sum of its ledger deltas."""
+        rows = self.db.execute(
+            """
+            SELECT a.account, a.balance, a.held,
+                COALESCE(SUM(l.delta_balance), 0), COALESCE(SUM(l.delta_held), 0)
+            FROM accounts a LEFT JOIN ledger l ON l.account = a.account
+            GROUP BY a.account ORDER BY a.account
+            """
+        ).fetchall()
+        problems = self.budgets.verify()
+        for key, balance, held, sum_balance, sum_held in rows:
+            if balance != sum_balance or held != sum_held:
+                problems.append(
+                    f"{key}: balance {balance} but the ledger sums to {sum_balance};"
+                    f" held {held} but the ledger sums to {sum_held}"
+                )
+        return problems
+
+    def orphan_holds(self) -> list[str]:
+        """One line per hold that no active job owns, on a user's account or on a budget: its job ended (or
+        never existed) without the hold being captured or released, so those credits stay held for good."""
+        rows = self.db.execute(
+            "SELECT r.account, r.job_id, r.delta_held, j.state FROM ledger r LEFT JOIN jobs j ON j.id = r.job_id"
+            " WHERE r.kind = 'reserve' AND r.job_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM ledger s"
+            " WHERE s.job_id = r.job_id AND s.kind IN ('capture', 'release'))"
+            f" AND (j.id IS NULL OR j.state NOT IN ({','.join('?' * len(_ACTIVE))})) ORDER BY r.id",
+            list(_ACTIVE)).fetchall()
+        problems = [f"{account}: {held} credits held for job {job_id}, which is {state or 'not a known job'}:"
+                    " nothing will ever release them" for account, job_id, held, state in rows]
+        return problems + self.budgets.orphan_holds()
