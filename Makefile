@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench run sandbox clean screenshots constraints container-test
+.PHONY: demo dashboard test lint bench run sandbox clean screenshots constraints container-test
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,9 +17,14 @@ $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 	  { echo "constraints.txt does not fit pyproject.toml: installing without it"; $(BIN)/pip install --quiet -e '.[dev]'; }
 	touch $(STAMP)
 
-## demo: one real /imagine end to end on the embedded sandbox gateway (no keys, no network)
+## demo: one real /imagine end to end on the embedded sandbox gateway (no keys, no network); the image is
+## saved in out/ (and as out/latest.png), the credits in data/imagine-bot.db, which every later command uses
 demo: $(STAMP)
-	IMAGINE_DB_PATH=$${IMAGINE_DB_PATH:-./demo.db} $(BIN)/imagine-bot --sandbox imagine "a lighthouse at dusk --ar 16:9" </dev/null
+	$(BIN)/imagine-bot --sandbox imagine "a lighthouse at dusk --ar 16:9" </dev/null
+
+## dashboard: the /admin dashboard alone (no Slack or Discord token needed); prints a one-time sign-in link
+dashboard: $(STAMP)
+	$(BIN)/imagine-bot dashboard
 
 ## test: lint and the whole suite
 test: $(STAMP)
@@ -33,9 +38,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check . || true
 
-## screenshots: the dashboard screenshots in docs/ (README), taken by its browser test in headless Chromium
+## screenshots: the dashboard screenshots in docs/ (a laptop's and a phone's), taken by its browser tests in
+## headless Chromium
 screenshots: $(STAMP)
-	IMAGINE_SCREENSHOTS=docs $(BIN)/python -m pytest -q tests/test_dashboard_browser.py -k sign_in
+	IMAGINE_SCREENSHOTS=docs $(BIN)/python -m pytest -q tests/test_dashboard_browser.py -k "sign_in or fits_phones_and_laptops[375]"
 
 ## bench: print measured figures (see benchmarks/)
 bench: $(STAMP)
@@ -55,5 +61,6 @@ run: $(STAMP)
 sandbox: $(STAMP)
 	$(BIN)/imagine-bot sandbox --port 8787
 
+## clean: the venv, caches, images (out/) and everything the bot keeps (data/: the database, spool, sandbox)
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache out demo.db*
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache out data

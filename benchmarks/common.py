@@ -408,7 +408,7 @@ async def drain(core: Any, timeout: float = 60.0) -> bool:  # noqa: ASYNC109
     finishes soon, and wait for them, so that nothing is cut off in the middle of a gateway request at
     shutdown. False if they did not finish. (Only for clean-up: no figure is measured while draining; a
     poll already waiting for its slot keeps it, later polls take the new, unbounded limiter.)"""
-    from imagine_bot.core.jobs.admission import RateLimiter, SlidingWindow
+    from imagine_bot.core.jobs.ratelimit import RateLimiter, SlidingWindow
 
     admission = core.orchestrator.admission
     admission.max_active = 1_000_000

@@ -42,7 +42,7 @@ def configured_services(settings: Settings, only: list[str] | None) -> dict[str,
     """The front ends whose credentials are set (limited by ``--only``)."""
     wanted = set(only or ("slack", "discord"))
     factories: dict[str, ServiceFactory] = {}
-    if "slack" in wanted and settings.SLACK_BOT_TOKEN:
+    if "slack" in wanted and (settings.SLACK_BOT_TOKEN or settings.SLACK_CLIENT_ID):
         from imagine_bot.bots.slack import SlackService
 
         factories["slack"] = SlackService
@@ -52,7 +52,9 @@ def configured_services(settings: Settings, only: list[str] | None) -> dict[str,
         factories["discord"] = DiscordService
     if not factories:
         names = " or ".join(f"{n.upper()}_{'BOT_TOKEN' if n == 'slack' else 'TOKEN'}" for n in sorted(wanted))
-        raise ConfigError(names.split(" or ")[0], f"no front end is configured: set {names} (see README)")
+        raise ConfigError(names.split(" or ")[0], f"no front end is configured: set {names} (see docs/slack.md, "
+                          "docs/discord.md). Without one, `imagine-bot chat` is the bot in this terminal and "
+                          "`imagine-bot dashboard` serves the dashboard alone")
     return factories
 
 

@@ -87,6 +87,8 @@ class Prepared:
     params: dict[str, str]
     preset: Preset | None = None
     references: tuple[Reference, ...] = ()
+    #: the inputs someone chose (a typed flag, the caller's ``defaults``, the preset), not a default
+    chosen: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,12 +174,16 @@ class ImagineCore:
 
     @classmethod
     @asynccontextmanager
-    async def open(cls, settings: Settings, *, http: httpx.AsyncClient | None = None) -> AsyncIterator[ImagineCore]:
-        """Build the core. With ``MODKIE_BASE_URL=sandbox`` the sandbox gateway runs in-process."""
+    async def open(cls, settings: Settings, *, http: httpx.AsyncClient | None = None,
+                   need_gateway: bool = True) -> AsyncIterator[ImagineCore]:
+        """Build the core. With ``MODKIE_BASE_URL=sandbox`` the sandbox gateway runs in-process.
+
+        ``need_gateway`` False (``imagine-bot dashboard``: it reads the database, makes no image) opens it
+        without a ModKie key too; ``settings.gateway_usable`` then says the gateway is not to be asked."""
         async with AsyncExitStack() as stack:
             base_url = settings.MODKIE_BASE_URL
             api_key = settings.MODKIE_API_KEY.get_secret_value() if settings.MODKIE_API_KEY else None
-            if not settings.sandbox and not api_key:
+            if not settings.gateway_usable and need_gateway:
                 raise ConfigError("MODKIE_API_KEY", "is not set: put your ModKie key in .env, or use "
                                   "MODKIE_BASE_URL=sandbox (or --sandbox) to try the bot without one")
             stores = SqliteStores.open(settings, busy_timeout_s=settings.DB_BUSY_TIMEOUT_S)
@@ -260,6 +266,12 @@ class ImagineCore:
     def job(self, job_id: str) -> Job:
         """A job as stored now; ``NotFound`` (with a message for the user) if unknown."""
         return self.jobs.get(job_id)
+
+    def unsent_jobs(self, platform: str) -> list[Job]:
+        """Front ends: ``platform``'s jobs this process holds that have not gone to the gateway yet (queued):
+        those ``cancel`` ends with nothing billed (a workspace that removed the app, ...)."""
+        return [job for job in self.jobs.active() if job.platform == platform and job.state is JobState.QUEUED
+                and job.owner == self.orchestrator.owner]
 
     def set_reply_data(self, job_id: str, **data: Any) -> Job:
         """Front ends: merge their own state into the job's reply address (message ids, ...), kept across
@@ -344,12 +356,13 @@ class ImagineCore:
                 raise UserInputError(messages.unknown_preset(name, [p.name for p in self.presets_here(actor)]))
         base = {**self.place_defaults(actor), **(chosen.defaults if chosen else {}), **(defaults or {})}
         parsed = self.parse(text, base)
+        given = parsed.flagged | frozenset(defaults or {}) | frozenset(chosen.defaults if chosen else {})
         if chosen is None:
-            return Prepared(parsed.prompt, parsed.params)
+            return Prepared(parsed.prompt, parsed.params, chosen=given)
         prompt = presets.fill(chosen, parsed.prompt, self.model.max_prompt_chars)
         images = tuple(Reference(name=f"image {n} of the preset {chosen.name}", url=url)
                        for n, url in enumerate(chosen.images, 1))
-        return Prepared(prompt, parsed.params, chosen, images)
+        return Prepared(prompt, parsed.params, chosen, images, given)
 
     async def imagine(self, requester: UserRef | Actor, reply: ReplyTo, text: str, *, dedupe_key: str | None = None,
                       defaults: dict[str, str] | None = None, extra_input: dict[str, Any] | None = None,
@@ -364,13 +377,16 @@ class ImagineCore:
         and Remix do not, their prompt is already made).
 
         With ``references`` (or a preset's images) the job is an edit on ``edit_model``: every reference is
-        checked (count, type, size) before anything is reserved."""
+        checked (count, type, size) before anything is reserved. Its aspect ratio, unless typed (``--ar``),
+        given in ``defaults`` or set by the preset, is the supported one nearest to the first reference's
+        shape (rather than a place's or the model's default: an edit keeps the shape of the image it edits)."""
         actor = Actor.of(requester, reply.channel)
         if dedupe_key and (existing := self.jobs.by_dedupe_key(dedupe_key)) is not None:
             return existing  # a redelivered request: no second check, no second job
         self.check_place(actor)
-        prepared = self.prepare(actor, text, defaults=defaults, preset=preset, channel_preset=channel_preset)
-        references = [*prepared.references, *references]
+        asked = self.prepare(actor, text, defaults=defaults, preset=preset, channel_preset=channel_preset)
+        params = asked.params
+        references = [*asked.references, *references]
         model = self.edit_model if references else self.model
         priced = self._priced(model)
         image_urls: list[str] = []
@@ -378,12 +394,18 @@ class ImagineCore:
             self.orchestrator.precheck(actor.user, priced["cost"])  # cheap refusals before any fetching
             self.budgets.check(self.scopes(actor), actor.key, priced["cost"])
             await self.check_reply(reply)
-            image_urls = await self.references.prepare(model, references)
+            prepared = await self.references.prepare(model, references)
+            image_urls = prepared.image_urls
+            # no --ar typed and none chosen by the caller (Vary keeps the original's) nor the preset: the
+            # reference's shape
+            ratio_given = "aspect_ratio" in asked.chosen
+            if not ratio_given and prepared.first_size is not None:
+                params = {**params, "aspect_ratio": model.nearest_aspect_ratio(*prepared.first_size)}
         return await self.orchestrator.submit(JobRequest(
-            requester=actor.user, reply=reply, prompt=prepared.prompt, params=prepared.params,
+            requester=actor.user, reply=reply, prompt=asked.prompt, params=params,
             dedupe_key=dedupe_key, extra_input=self._inputs(actor, extra_input), scopes=self.scopes(actor),
             parent_id=parent_id, image_urls=tuple(image_urls),
-            preset=prepared.preset.name if prepared.preset else None, review=self.approvals.reviewers_for(actor),
+            preset=asked.preset.name if asked.preset else None, review=self.approvals.reviewers_for(actor),
             **priced,
         ))
 

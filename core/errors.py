@@ -18,6 +18,8 @@ neither text ever contains the API key or a platform token.
     ├── TooManyActiveJobs           the per-user limit of jobs in flight
     ├── NotFound                    an unknown job or account
     ├── DeliveryError               the chat platform refused the result (bot not in channel, ...)
+    │   ├── DeliveryInterrupted     a chat-API blip while posting: posted again, with the same receipt
+    │   └── AppRemoved              the workspace removed the app: nobody can be told, nothing is posted
     ├── ChatRateLimited             a chat platform said 429 to a status edit (carries retry_after)
     ├── JobInterrupted              a restart hit a moment whose outcome cannot be known
     ├── JobFailedByOperator         ``imagine-bot jobs fail`` or a stranded job past JOB_TIMEOUT_S
@@ -199,6 +201,14 @@ class DeliveryInterrupted(DeliveryError):
     orchestrator posts again, with the same receipt, for up to ``DELIVERY_RETRY_S`` before it refunds."""
 
     retryable = True
+
+
+class AppRemoved(DeliveryError):
+    """The workspace (or organisation) the job belongs to removed the app, or its token was revoked: the
+    job ends refunded and nothing is posted (there is no token left to post with, nor anyone to tell)."""
+
+    code = "app_removed"
+    default_user_message = "The image bot was removed from this workspace, so I could not post the image."
 
 
 class JobInterrupted(ImagineError):

@@ -17,6 +17,8 @@ from imagine_bot.core.errors import ConfigError
 from imagine_bot.core.media.netaddr import is_loopback_host
 
 SANDBOX = "sandbox"
+#: read after the environment, from the current folder
+ENV_FILE = ".env"
 #: the share of DRAIN_S one whole createTask call may take, so that a drain never ends in the middle of one
 #: (the rest is for saving its answer and the last status messages)
 CREATE_TASK_SHARE_OF_DRAIN = 0.75
@@ -26,7 +28,7 @@ CsvList = Annotated[list[str], NoDecode]
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=True
+        env_file=ENV_FILE, env_file_encoding="utf-8", extra="ignore", case_sensitive=True
     )
 
     # --- the image gateway
@@ -42,8 +44,9 @@ class Settings(BaseSettings):
     MAX_DOWNLOAD_MB: float = Field(default=25, gt=0)
     MODKIE_TIMEOUT_S: float = Field(default=15.0, gt=0)
 
-    # --- storage: a relative IMAGINE_DB_PATH is taken under IMAGINE_DATA_DIR (the image sets /data)
-    IMAGINE_DATA_DIR: Path = Path(".")
+    # --- storage: everything the bot keeps sits in IMAGINE_DATA_DIR (./data in a checkout; the image sets /data);
+    # a relative IMAGINE_DB_PATH is taken under it, and the spool, references and sandbox state sit beside it
+    IMAGINE_DATA_DIR: Path = Path("data")
     IMAGINE_DB_PATH: Path = Path("imagine-bot.db")
     #: how long one write waits for another process's write lock before it counts as busy (and is retried)
     DB_BUSY_TIMEOUT_S: float = Field(default=5.0, gt=0)
@@ -92,6 +95,11 @@ class Settings(BaseSettings):
     SLACK_API_URL: str = "https://slack.com/api/"
     SLACK_RESULT_IN_THREAD: bool = False
     SLACK_ALLOWED_TEAMS: CsvList = Field(default_factory=list)
+    #: distributed mode ("Add to Slack" in many workspaces): the app's client id and secret, no bot token
+    SLACK_CLIENT_ID: str | None = None
+    SLACK_CLIENT_SECRET: SecretStr | None = None
+    #: the key that seals the installed workspaces' tokens in the database (a Fernet key)
+    SLACK_TOKEN_KEY: SecretStr | None = None
 
     # --- Discord
     DISCORD_TOKEN: SecretStr | None = None
@@ -194,6 +202,16 @@ class Settings(BaseSettings):
         return self.MODKIE_BASE_URL == SANDBOX
 
     @property
+    def gateway_usable(self) -> bool:
+        """Whether the gateway can be asked anything: the embedded sandbox, or a key for the real one."""
+        return self.sandbox or bool(self.MODKIE_API_KEY and self.MODKIE_API_KEY.get_secret_value())
+
+    @property
+    def gateway_name(self) -> str:
+        """The gateway in use, as people should read it: its address, or the embedded sandbox."""
+        return "the embedded sandbox gateway" if self.sandbox else self.MODKIE_BASE_URL
+
+    @property
     def discord_shard_ids(self) -> list[int] | None:
         return [int(s) for s in self.DISCORD_SHARD_IDS] or None
 
@@ -242,7 +260,8 @@ class Settings(BaseSettings):
     def secrets(self) -> list[str]:
         """Every secret value, for log redaction."""
         values = [self.MODKIE_API_KEY, self.MODKIE_WEBHOOK_SECRET, self.SLACK_BOT_TOKEN, self.SLACK_APP_TOKEN,
-                  self.SLACK_SIGNING_SECRET, self.DISCORD_TOKEN, self.METRICS_TOKEN]
+                  self.SLACK_SIGNING_SECRET, self.SLACK_CLIENT_SECRET, self.SLACK_TOKEN_KEY, self.DISCORD_TOKEN,
+                  self.METRICS_TOKEN]
         return [v.get_secret_value() for v in values if v is not None and v.get_secret_value()]
 
 

@@ -408,9 +408,10 @@ def run_readme(engine: Engine) -> None:
 
 def fill_env(env_file: Path) -> None:
     """What the guide asks the reader to fill in: a front end (Slack in HTTP mode, its API at a closed port,
-    so no network is needed), nothing else; the rest stays as .env.example has it."""
+    so no network is needed) and, for MODKIE_*, the embedded sandbox (no key, no network); the rest stays as
+    .env.example has it."""
     values = {"SLACK_BOT_TOKEN": "xoxb-container-test", "SLACK_SIGNING_SECRET": "container-test-signing-secret",
-              "SLACK_API_URL": "http://127.0.0.1:9/api/"}
+              "SLACK_API_URL": "http://127.0.0.1:9/api/", "MODKIE_BASE_URL": "sandbox"}
     text = env_file.read_text()
     for name, value in values.items():
         text, count = re.subn(rf"^{name}=.*$", f"{name}={value}", text, flags=re.M)

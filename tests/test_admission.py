@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from imagine_bot.core.jobs.admission import Admission, SlidingWindow, TokenBucket
+from imagine_bot.core.jobs.admission import Admission
+from imagine_bot.core.jobs.ratelimit import SlidingWindow, TokenBucket
 
 
 def test_token_bucket_allows_a_burst_then_the_rate():
@@ -85,7 +86,7 @@ async def test_rate_limit_holds_the_head_of_the_queue():
 async def test_rate_limiter_serves_urgent_callers_first_within_the_rate():
     import time
 
-    from imagine_bot.core.jobs.admission import RateLimiter
+    from imagine_bot.core.jobs.ratelimit import RateLimiter
 
     limiter = RateLimiter(rate=50, burst=2)
     order: list[str] = []
@@ -109,7 +110,7 @@ async def test_rate_limiter_serves_urgent_callers_first_within_the_rate():
 
 
 async def test_confirmations_may_use_the_reserve_that_routine_polls_leave():
-    from imagine_bot.core.jobs.admission import RateLimiter
+    from imagine_bot.core.jobs.ratelimit import RateLimiter
 
     limiter = RateLimiter(rate=5, burst=2, urgent_burst=5)
     routine = [asyncio.create_task(limiter.acquire()) for _ in range(3)]

@@ -28,7 +28,7 @@ def cli(*args: str, stdin: str | None = None, env: dict[str, str] | None = None,
 def test_imagine_in_the_sandbox_makes_a_real_png(tmp_path):
     result = cli("--sandbox", "imagine", "a lighthouse at dusk --ar 9:16", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    saved = [line.split(" ", 1)[1] for line in result.stdout.splitlines() if line.startswith("saved ")]
+    saved = [line.split()[1] for line in result.stdout.splitlines() if line.startswith("saved ")]
     assert len(saved) == 1 and Path(saved[0]).parent == tmp_path / "out"
     with Image.open(saved[0]) as img:
         assert img.format == "PNG" and img.height > img.width
@@ -85,10 +85,33 @@ def test_chat_transcript(tmp_path):
     assert "Commands:" in out
 
 
+def test_whoever_runs_the_terminal_chat_is_an_operator(tmp_path):
+    """The README: whoever runs the command line is an operator, so `/imagine admin ...` works in `chat`
+    without being listed in ADMINS; a report it attaches lands in out/, not loose in the checkout."""
+    script = ("/imagine admin grant dave 50 welcome\n/imagine admin show dave\n/imagine admin report all\n"
+              "/imagine admin budget set discord:123 900\n/quit\n")
+    result = cli("--sandbox", "chat", stdin=script, env={"IMAGINE_USER": "carol"}, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "admins can do that" not in result.stdout and "operators can do that" not in result.stdout
+    assert "230" in result.stdout  # dave: 180 + 50
+    (report,) = (tmp_path / "out").glob("*.csv")
+    assert "terminal:dave" in report.read_text() and not list(tmp_path.glob("*.csv"))
+    shown = cli("credits", "history", "dave", cwd=tmp_path)
+    assert "terminal:carol" in shown.stdout and "welcome" in shown.stdout  # the grant, by the local user
+    budget = cli("budget", "show", "discord:123", cwd=tmp_path)
+    assert "900" in budget.stdout
+    # whoever runs it: another local user is an operator of their own chat too
+    other = cli("--sandbox", "chat", stdin="/imagine admin grant erin 5\n/quit\n", env={"IMAGINE_USER": "dave"},
+                cwd=tmp_path)
+    assert "erin" in other.stdout and "can do that" not in other.stdout
+
+
 def test_run_without_front_ends_says_what_to_set(tmp_path):
     result = cli("--sandbox", "run", cwd=tmp_path)
     assert result.returncode == 2
     assert "SLACK_BOT_TOKEN" in result.stderr and "DISCORD_TOKEN" in result.stderr
+    # and what works without either: the terminal chat and the dashboard alone
+    assert "imagine-bot chat" in result.stderr and "imagine-bot dashboard" in result.stderr
 
 
 def test_admin_credits_commands(tmp_path, capsys, monkeypatch):
@@ -143,17 +166,28 @@ def test_global_options_may_stand_after_the_command():
     assert hoist_global_options(["imagine", "--", "--sandbox"]) == ["imagine", "--", "--sandbox"]
 
 
-def test_sandbox_edit_of_the_demo_output_works_from_the_command_line(tmp_path):
+def _saved(result: subprocess.CompletedProcess) -> str:
+    return next(line.split()[1] for line in result.stdout.splitlines() if line.startswith("saved "))
+
+
+def test_an_edit_of_the_last_image_keeps_its_shape_and_is_charged_in_the_same_database(tmp_path):
     first = cli("--sandbox", "imagine", "a lighthouse at dusk --ar 16:9", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
-    made = next(line.split(" ", 1)[1] for line in first.stdout.splitlines() if line.startswith("saved "))
-    relative = Path(made).relative_to(tmp_path)  # as the README shows it: out/<job>-0.png
-    edit = cli("--sandbox", "imagine", "as a watercolour", "--image", str(relative), cwd=tmp_path)
+    made = _saved(first)
+    # the last image also has a name that never changes, for the next command to use as written
+    assert (tmp_path / "out" / "latest.png").read_bytes() == Path(made).read_bytes()
+    assert "You have 162 credits" in first.stdout
+    edit = cli("--sandbox", "imagine", "as a watercolour", "--image", "out/latest.png", cwd=tmp_path)
     assert edit.returncode == 0, edit.stdout + edit.stderr
-    assert "an edit of 1 reference image" in edit.stdout
-    saved = next(line.split(" ", 1)[1] for line in edit.stdout.splitlines() if line.startswith("saved "))
+    assert "an edit of 1 reference image" in edit.stdout and "aspect ratio 16:9" in edit.stdout
+    saved = _saved(edit)
     with Image.open(made) as before, Image.open(saved) as after:
-        assert after.size == (1024, 1024) and before.size != after.size
+        assert before.size == after.size == (1024, 576)  # no --ar: the reference's shape, not a 1:1 square
+    assert "You have 162 credits" not in edit.stdout and "You have 144 credits" in edit.stdout  # one database
+    assert (tmp_path / "out" / "latest.png").read_bytes() == Path(saved).read_bytes()
+    square = cli("--sandbox", "imagine", "as a mosaic --ar 1:1", "--image", "out/latest.png", cwd=tmp_path)
+    with Image.open(_saved(square)) as typed:
+        assert typed.size == (1024, 1024)  # a typed --ar still wins
     missing = cli("--sandbox", "imagine", "as a watercolour", "--image", "out/nope.png", cwd=tmp_path)
     assert missing.returncode == 1 and "I cannot read the image `out/nope.png`" in missing.stdout
 

@@ -48,7 +48,7 @@ def test_every_setting_is_in_env_example_and_the_configuration_guide():
 def test_env_example_holds_no_secrets():
     for line in ENV_EXAMPLE.splitlines():
         if re.match(r"^(MODKIE_API_KEY|MODKIE_WEBHOOK_SECRET|SLACK_BOT_TOKEN|SLACK_APP_TOKEN|SLACK_SIGNING_SECRET|"
-                    r"DISCORD_TOKEN)=", line):
+                    r"SLACK_CLIENT_SECRET|SLACK_TOKEN_KEY|DISCORD_TOKEN)=", line):
             assert line.endswith("="), line
 
 

@@ -6,8 +6,16 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import os
+import queue
 import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -15,6 +23,7 @@ from PIL import Image
 from rich.console import Console
 
 from imagine_bot.bots.cli.main import main
+from imagine_bot.bots.dashboard import serve_dashboard
 from imagine_bot.core.access.authority import Actor
 from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.app import ImagineCore
@@ -171,6 +180,77 @@ async def test_link_preview_does_not_use_up_the_link(core):
         await runner.cleanup()
 
 
+async def test_the_dashboard_alone_needs_no_chat_token_and_no_key(tmp_path):
+    """`imagine-bot dashboard`: the web server alone on the checkout's database, a one-time link printed;
+    no Slack or Discord token, no ModKie key (and so no call to the gateway for a balance)."""
+    settings = load_settings(_env_file=None, IMAGINE_DATA_DIR=tmp_path, HTTP_HOST="127.0.0.1", HTTP_PORT=0)
+    assert not settings.gateway_usable and settings.SLACK_BOT_TOKEN is None and settings.DISCORD_TOKEN is None
+    said: list[str] = []
+    links: asyncio.Queue[str] = asyncio.Queue()
+    stop = asyncio.Event()
+    server = asyncio.create_task(serve_dashboard(settings, actor="cli:ann", stop=stop, ready=links.put_nowait,
+                                                 say=said.append))
+    try:
+        link = await asyncio.wait_for(links.get(), 30)
+        base = link.split("/admin/")[0]
+        assert link in said and any(f"{base}/admin" in line for line in said)
+        async with httpx.AsyncClient() as http:
+            assert (await http.get(f"{base}/healthz")).json()["ok"] is True
+            assert (await http.get(f"{base}/metrics")).status_code == 200
+            signed = await http.post(f"{base}/admin/login", data={"t": link.split("t=")[1]})
+            assert signed.status_code == 303
+            usage = await http.get(f"{base}/admin/usage")
+            assert usage.status_code == 200 and "cli:ann" in usage.text
+            assert "no MODKIE_API_KEY" in usage.text  # no balance read from a gateway it has no key for
+            assert (await http.post(f"{base}/admin/login", data={"t": link.split("t=")[1]})).status_code == 403
+    finally:
+        stop.set()
+        assert await asyncio.wait_for(server, 30) == 0
+
+
+def test_the_dashboard_command_prints_a_link_that_works_and_stops_on_sigterm(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MODKIE_", "SLACK_", "DISCORD_", "IMAGINE_"))}
+    env.update(HTTP_HOST="127.0.0.1", HTTP_PORT="0", IMAGINE_USER="ann")
+    with subprocess.Popen([str(Path(sys.executable).parent / "imagine-bot"), "dashboard"], cwd=tmp_path, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        lines: queue.Queue[str] = queue.Queue()
+        reader = threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True)
+        reader.start()
+        try:
+            link = ""
+            while not link:
+                found = LINK.search(lines.get(timeout=60))
+                link = found.group(1) if found else ""
+            base = link.split("/admin/")[0]
+            with httpx.Client() as http:
+                assert http.get(f"{base}/healthz").status_code == 200
+                assert http.post(f"{base}/admin/login", data={"t": link.split("t=")[1]}).status_code == 303
+                assert http.get(f"{base}/admin/jobs").status_code == 200
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(timeout=60)
+            reader.join(timeout=10)
+        assert code == 0, proc.stderr.read()
+    assert (tmp_path / "data" / "imagine-bot.db").exists() and not list(tmp_path.glob("*.db"))
+
+
+def test_dashboard_link_says_when_no_server_answers(tmp_path, monkeypatch, capsys):
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("IMAGINE_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("HTTP_PORT", str(port))
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        assert main(["dashboard-link"]) == 0
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    err = capsys.readouterr().err
+    assert f"Nothing answers at http://127.0.0.1:{port}" in err and "imagine-bot dashboard" in err
+
+
 async def _signed_in_page(core, path: str, scope: str | None = None) -> str:
     runner, port = await start_web(build_web_app(core), "127.0.0.1", 0)
     base = f"http://127.0.0.1:{port}"
@@ -183,6 +263,19 @@ async def _signed_in_page(core, path: str, scope: str | None = None) -> str:
             return page.text
     finally:
         await runner.cleanup()
+
+
+async def test_the_sandbox_balance_is_marked_pretend(tmp_path, core):
+    sandboxed = load_settings(_env_file=None, MODKIE_BASE_URL="sandbox", IMAGINE_DATA_DIR=tmp_path / "sb")
+    async with ImagineCore.open(sandboxed) as in_sandbox:
+        page = await _signed_in_page(in_sandbox, "/admin/usage")
+    balance = re.search(r'id="gateway-balance">(\d+)<', page)
+    assert balance and int(balance.group(1)) > 0
+    assert 'id="pretend"' in page and "no real account" in page
+    # a gateway with a key (the test's sandbox server stands in for ModKie)
+    real = await _signed_in_page(core, "/admin/usage")
+    assert re.search(r'id="gateway-balance">\d+<', real) and 'id="pretend"' not in real
+    assert f"at {core.settings.MODKIE_BASE_URL}" in real
 
 
 def _row(page: str, day: str) -> list[str]:

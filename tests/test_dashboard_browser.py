@@ -1,7 +1,8 @@
 """The /admin dashboard in a real browser: headless Chromium (Debian's chromium + chromium-driver) driven
-by Selenium, against the real web server, core and sandbox gateway. It takes the screenshots the README
-shows: into docs/ with ``make screenshots`` (``IMAGINE_SCREENSHOTS=docs``), else into the test's temporary
-folder, so that a test run leaves the work tree as it was.
+by Selenium, against the real web server, core and sandbox gateway, on a laptop's screen and, emulated,
+on phones of 360 to 420 px. It takes the screenshots the docs show: into docs/ with ``make screenshots``
+(``IMAGINE_SCREENSHOTS=docs``), else into the test's temporary folder, so that a test run leaves the work
+tree as it was.
 
 Skipped only where no Chromium can be found (``.ci/run`` installs it).
 """
@@ -37,12 +38,20 @@ pytestmark = pytest.mark.skipif(
            "(.ci/run installs them)")
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
+#: read when the module is collected: the suite's autouse fixture clears every IMAGINE_* variable before a test
+TO_DOCS = os.environ.get("IMAGINE_SCREENSHOTS") == "docs"
 
 
 @pytest.fixture
 def shots(tmp_path) -> Path:
     """Where the screenshots go: docs/ for ``make screenshots``, else a temporary folder."""
-    return DOCS if os.environ.get("IMAGINE_SCREENSHOTS") == "docs" else tmp_path
+    return DOCS if TO_DOCS else tmp_path
+@pytest.fixture
+async def sandbox(make_sandbox):
+    """The sandbox at half size (not the suite's eighth): thumbnails as sharp as real ones, for the screenshots."""
+    return await make_sandbox(image_scale=0.5)
+
+
 ART_CLUB, PHOTO_LAB, TEAM = "900000000000000001", "900000000000000002", "T0DESIGN"
 
 
@@ -215,7 +224,7 @@ async def test_sign_in_with_a_link_see_the_chart_and_thumbnails(site, browser, s
     assert "state=failed" in browser.url
     assert [row.split()[0] for row in await browser.texts("#jobs tr.job")] == [site["jobs"][-1].id]
     await browser.get(f"{base}/admin/jobs?q=fox")
-    assert [t for t in await browser.texts("#jobs tr.job td:nth-child(6)")] == ["a fox in the snow"]
+    assert [t for t in await browser.texts("#jobs tr.job td.prompt")] == ["a fox in the snow"]
 
 
 async def test_an_expired_or_reused_link_is_refused(site, browser):
@@ -263,3 +272,98 @@ async def test_a_community_admin_sees_only_their_own_server(site, browser):
         assert (await http.get(f"{base}/admin/thumbs/{other.id}.webp")).status_code == 404
         mine = await http.get(f"{base}/admin/thumbs/{own.id}.webp")
         assert mine.status_code == 200 and mine.content[8:12] == b"WEBP"
+
+
+# a JS helper: the number of lines the text of an element takes
+LINES = ("const r = document.createRange(); r.selectNodeContents(arguments[0]);"
+         "return new Set([...r.getClientRects()].filter(c => c.width > 0).map(c => Math.round(c.top))).size;")
+# elements that stick out of the screen on the right, outside a frame that scrolls on its own (.table-wrap)
+STICKING_OUT = ("return [...document.body.querySelectorAll('*')].filter(e => !e.closest('.table-wrap') &&"
+                " e.getBoundingClientRect().right > window.innerWidth + 1).map(e => e.tagName + '#' + e.id + '.' +"
+                " e.className)")
+
+
+async def layout(browser: Browser) -> dict[str, Any]:
+    return await browser.script(
+        "const h = document.querySelector('header.top');"
+        "return {scroll: document.documentElement.scrollWidth, inner: window.innerWidth,"
+        " header: h ? h.getBoundingClientRect().height : 0, main: document.querySelector('main, .message')"
+        ".getBoundingClientRect().width}")
+
+
+@pytest.mark.parametrize("width", [360, 375, 420, 1280])
+async def test_every_page_fits_phones_and_laptops(site, browser, shots, width):
+    """Sign-in links arrive in chat, often on a phone: no page scrolls sideways from 360 px up, the header
+    stays two short rows on a phone and one on a laptop, tables scroll or stack inside the page, the
+    gallery's cards are one size, and the filters look like controls."""
+    core, base = site["core"], site["base"]
+    phone = width < 640
+    if phone:  # a phone's viewport: the page's <meta viewport> honoured, scrollbars overlaid (they take no width)
+        await browser.run(browser.driver.execute_cdp_cmd, "Emulation.setDeviceMetricsOverride",
+                          {"width": width, "height": 800, "deviceScaleFactor": 2, "mobile": True})
+    else:
+        await browser.run(browser.driver.set_window_size, width, 1000)
+    link = core.dashboard_auth.mint(base, actor="cli:operator-with-a-long-name", scope=None)
+    await browser.get(link)
+    measured = await layout(browser)  # the sign-in page
+    assert measured["inner"] == width and measured["scroll"] <= width, measured
+    await browser.click("#sign-in")
+    for page in ("usage", "jobs", "gallery"):
+        await browser.get(f"{base}/admin/{page}")
+        measured = await layout(browser)
+        assert await browser.script(STICKING_OUT) == [], page
+        # a phone zooms out a page that is too wide (innerWidth grows): the viewport must stay the screen's
+        assert measured["inner"] == width and measured["scroll"] <= width, (page, measured)
+        # the header: two rows on a phone (brand and pages; who and sign out), one on a laptop
+        assert measured["header"] <= (100 if phone else 60), (page, measured)
+        if not phone:  # the column uses the laptop's width instead of leaving wide empty margins
+            assert measured["main"] >= 0.9 * width, (page, measured)
+        if width == 375 and page == "usage":  # docs/dashboard-phone.png (`make screenshots`)
+            await browser.run(browser.driver.save_screenshot, str(shots / "dashboard-phone.png"))
+
+    await browser.get(f"{base}/admin/jobs")
+    from selenium.webdriver.common.by import By
+
+    cells = await browser.run(browser.driver.find_elements, By.CSS_SELECTOR, "#jobs tr.job td:nth-child(2) span")
+    for cell in cells:  # a timestamp is never broken over lines
+        assert await browser.run(browser.driver.execute_script, LINES, cell) == 1
+    prompts = await browser.run(browser.driver.find_elements, By.CSS_SELECTOR, "#jobs tr.job td.prompt .text")
+    for cell in prompts:  # our prompts are short: one line on a laptop, at most two on a phone
+        assert await browser.run(browser.driver.execute_script, LINES, cell) <= (2 if phone else 1)
+
+    await browser.get(f"{base}/admin/gallery")
+    boxes = await browser.script("return [...document.querySelectorAll('#gallery figure')].map(f => {"
+                                 "const r = f.getBoundingClientRect(), i = f.querySelector('img')"
+                                 ".getBoundingClientRect(); return [Math.round(r.top), Math.round(r.height),"
+                                 " Math.round(i.width), Math.round(i.height)]})")
+    assert len(boxes) == 8
+    assert len({(w, h) for _, _, w, h in boxes}) == 1 and boxes[0][2] == boxes[0][3]  # one square size
+    rows: dict[int, set[int]] = {}
+    for top, height, _, _ in boxes:
+        rows.setdefault(top, set()).add(height)
+    assert all(len(heights) == 1 for heights in rows.values()), rows  # no ragged rows
+    assert len(next(iter(rows.values()))) == 1 and len(rows) <= (4 if phone else 2)
+
+    # the filter controls are styled alike: same height, rounded, the button in the accent colour
+    style = await browser.script(
+        "const s = e => getComputedStyle(document.querySelector(e));"
+        "return ['#scope', 'select[name=days]', '#filter'].map(e => [s(e).borderRadius,"
+        " Math.round(document.querySelector(e).getBoundingClientRect().height), s(e).backgroundColor])")
+    assert all(radius != "0px" for radius, _, _ in style), style
+    assert len({height for _, height, _ in style}) == 1 and style[0][1] >= 34, style
+    assert style[2][2] not in (style[0][2], "rgba(0, 0, 0, 0)"), style
+
+
+async def test_an_unknown_scope_says_so(site, browser):
+    core, base = site["core"], site["base"]
+    await sign_in(browser, core.dashboard_auth.mint(base, actor="cli:operator", scope=None))
+    for page in ("usage", "jobs", "gallery"):
+        await browser.get(f"{base}/admin/{page}?scope=slack:NOPE")
+        notice = await browser.texts("#scope-notice")
+        assert notice and "slack:NOPE" in notice[0] and "not a server or workspace this bot knows" in notice[0]
+        assert f"discord:{ART_CLUB}" in notice[0]  # and which ones it does know
+    await browser.get(f"{base}/admin/usage?scope=discord:{ART_CLUB}")
+    assert not await browser.texts("#scope-notice")
+    assert await browser.texts("#by-scope td:first-child") == [f"discord:{ART_CLUB}"]
+    options = await browser.script("return [...document.querySelectorAll('#known-scopes option')].map(o => o.value)")
+    assert {f"discord:{ART_CLUB}", f"discord:{PHOTO_LAB}", f"slack:{TEAM}"} <= set(options)

@@ -7,6 +7,7 @@ import json
 import logging
 import sqlite3
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,12 +18,13 @@ from imagine_bot.bots.discord.doctor import expected_commands
 from imagine_bot.bots.slack.doctor import manifest_scopes
 from imagine_bot.core.app import ImagineCore
 from imagine_bot.core.ops.doctor import Check, Status, exit_code, render
-from imagine_bot.core.settings import Settings
+from imagine_bot.core.settings import Settings, load_settings
 from imagine_bot.core.web.server import build_web_app, start_web
 from tests.conftest import TEST_API_KEY
 from tests.fakes.discord_api import FakeDiscord
 from tests.fakes.slack_api import FakeSlackAPI
 
+ROOT = Path(__file__).resolve().parents[1]
 ALL = 0x400 | 0x800 | 0x4000 | 0x8000 | 0x10000
 
 
@@ -255,3 +257,37 @@ def test_render_marks_and_fix_lines():
     text = render([ok("a", "fine"), warn("b", "hmm", "do b"), fail("c", "broken", "do c")])
     assert text.splitlines() == ["[ ok ] a: fine", "[warn] b: hmm", "       fix: do b", "[FAIL] c: broken",
                                  "       fix: do c", "1 passed, 1 warning(s), 1 failure(s)"]
+
+
+def test_a_copied_env_example_with_a_key_uses_the_real_gateway(tmp_path):
+    """Follow the Slack or Discord steps: `cp .env.example .env`, add MODKIE_API_KEY. That is the real
+    gateway; the sandbox is only what --sandbox or an explicit MODKIE_BASE_URL=sandbox asks for."""
+    example = (ROOT / ".env.example").read_text()
+    (tmp_path / ".env").write_text(example.replace("\nMODKIE_API_KEY=\n", "\nMODKIE_API_KEY=mk-live-0123456789\n"))
+    settings = load_settings()  # reads ./.env, as every command does
+    assert settings.MODKIE_API_KEY is not None and not settings.sandbox
+    assert settings.MODKIE_BASE_URL == "https://modkie.com" and settings.gateway_name == "https://modkie.com"
+    assert load_settings(MODKIE_BASE_URL="sandbox").sandbox  # --sandbox, for one command
+    (tmp_path / ".env").write_text(example)
+    assert not load_settings().sandbox and not load_settings().gateway_usable  # no key: commands say so
+
+
+async def test_doctor_names_the_gateway_and_warns_when_the_sandbox_hides_a_key(install):
+    [real] = by_name(await run_checks(install()))["gateway"]
+    assert real.status is Status.PASS and real.detail.startswith(f"{install.gateway.base_url}: key accepted")
+    [hidden] = by_name(await run_checks(install(MODKIE_BASE_URL="sandbox")))["gateway"]
+    assert hidden.status is Status.WARN and "embedded sandbox" in hidden.detail
+    assert "MODKIE_API_KEY is set" in hidden.detail and "MODKIE_BASE_URL=sandbox" in (hidden.fix or "")
+    [plain] = by_name(await run_checks(install(MODKIE_BASE_URL="sandbox", MODKIE_API_KEY="")))["gateway"]
+    assert plain.status is Status.PASS and "embedded sandbox" in plain.detail
+    [missing] = by_name(await run_checks(install(MODKIE_BASE_URL="https://modkie.com", MODKIE_API_KEY="")))["gateway"]
+    assert missing.status is Status.FAIL and missing.detail.startswith("https://modkie.com: MODKIE_API_KEY")
+
+
+def test_doctor_says_where_the_settings_came_from(tmp_path, capsys):
+    main(["doctor"])  # no .env here (the tests run in a temporary folder)
+    out = capsys.readouterr().out
+    assert f"[ ok ] settings: parsed (the environment only: there is no .env in {tmp_path})" in out
+    (tmp_path / ".env").write_text("CREDITS_ALLOWANCE=90\n")
+    main(["doctor"])
+    assert f"[ ok ] settings: parsed (the environment, then {tmp_path / '.env'})" in capsys.readouterr().out

@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from imagine_bot.bots.terminal import TerminalFrontEnd
+from imagine_bot.core.access.authority import Actor
 from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.app import ImagineCore
 from imagine_bot.core.chat import messages
@@ -225,7 +226,8 @@ async def test_large_references_are_shrunk_one_at_a_time(tmp_path, monkeypatch):
     store = RefStore(tmp_path / "refs", tmp_path / "spool", b"k" * 32, base_url="http://127.0.0.1:9")
     async with httpx.AsyncClient() as http:
         checker = ReferenceChecker(store, http, max_bytes=500_000)
-        urls = await checker.prepare(SEEDREAM_45_EDIT, [Reference(f"{n}.png", data=d) for n, d in enumerate(images)])
+        urls = (await checker.prepare(SEEDREAM_45_EDIT, [Reference(f"{n}.png", data=d)
+                                                         for n, d in enumerate(images)])).image_urls
         # and two jobs at once share the same one-at-a-time
         more = await asyncio.gather(*(checker.prepare(SEEDREAM_45_EDIT, [Reference("x.png", data=d)])
                                       for d in images[:2]))
@@ -314,3 +316,44 @@ async def test_a_typed_url_to_a_private_address_is_not_fetched(core, url):
         await core.imagine(ME, REPLY, "make it winter", references=[Reference(url, url=url)])
     assert "not a public address" in refused.value.user_message
     assert core.ledger.balance(ME).available == 180
+
+
+async def test_an_edit_without_ar_keeps_the_shape_of_its_first_reference(make_settings, sandbox):
+    """No --ar: the supported ratio nearest to the first reference (a place's default does not square it);
+    a typed --ar, or the ratio Vary carries over, still wins."""
+    core, _frontend, _port, close = await open_served(make_settings(
+        MODKIE_ASPECT_RATIOS="1:1,16:9,9:16,4:3", MAX_ACTIVE_JOBS_PER_USER=10, CREDITS_ALLOWANCE=1000))
+    try:
+        shapes = {(1920, 1080): "16:9", (1000, 1800): "9:16", (1000, 760): "4:3", (500, 480): "1:1",
+                  (3000, 1000): "16:9"}
+        for size, expected in shapes.items():
+            refs = [Reference("a.png", data=png(size=size)), Reference("b.png", data=png(size=(100, 400)))]
+            job = await core.imagine(ME, REPLY, "make it winter", references=refs)
+            assert job.params["aspect_ratio"] == expected, size
+        place = "discord:77"
+        core.admin_defaults(Actor(UserRef("discord", "-", "1"), place=place, community_admin=True),
+                            {"aspect_ratio": "1:1"})
+        member = Actor(UserRef("discord", "-", "2"), place=place, channel="c1")
+        there = await core.imagine(member, REPLY, "make it winter", references=[Reference("a.png", data=png(
+            size=(1920, 1080)))])
+        assert there.params["aspect_ratio"] == "16:9"  # the place's default is for new images, not edits
+        assert (await core.imagine(member, REPLY, "a new one")).params["aspect_ratio"] == "1:1"
+        typed = await core.imagine(ME, REPLY, "make it winter --ar 1:1", references=[Reference("a.png", data=png(
+            size=(1920, 1080)))])
+        assert typed.params["aspect_ratio"] == "1:1"
+        await core.orchestrator.wait_idle()
+        assert sandbox.tasks[core.jobs.get(typed.id).task_id].input["aspect_ratio"] == "1:1"
+        wide = core.jobs.get(job.id)
+        assert sandbox.tasks[wide.task_id].input["aspect_ratio"] == "16:9"  # what the gateway was asked for
+    finally:
+        await close()
+
+
+def test_the_nearest_ratio_is_nearest_in_shape():
+    from imagine_bot.core.gateway.catalog import SEEDREAM_45
+
+    assert SEEDREAM_45.nearest_aspect_ratio(1024, 576) == "16:9"
+    assert SEEDREAM_45.nearest_aspect_ratio(576, 1024) == "9:16"
+    assert SEEDREAM_45.nearest_aspect_ratio(1000, 1000) == "1:1"
+    assert SEEDREAM_45.nearest_aspect_ratio(1000, 740) == "16:9"  # 4:3 is not offered; 1.35 is nearer 1.78
+    assert SEEDREAM_45.nearest_aspect_ratio(0, 10) == "1:1"

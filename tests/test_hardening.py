@@ -172,7 +172,7 @@ async def test_redirects_between_allowed_places_are_followed_and_counted(make_se
     }
     async with _site(routes) as (cdn, asked), ImagineCore.open(
             make_settings(DISCORD_API_BASE=f"{cdn}/api/v10")) as core:
-        urls = await core.references.prepare(SEEDREAM_45_EDIT, [Reference("a.png", url=f"{cdn}/a.png")])
+        urls = (await core.references.prepare(SEEDREAM_45_EDIT, [Reference("a.png", url=f"{cdn}/a.png")])).image_urls
         assert urls == [f"{cdn}/a.png"] and asked == ["/a.png", "/b.png", "/c.png"]
         with pytest.raises(UserInputError, match=f"more than {MAX_REDIRECTS} redirects"):
             await core.references.prepare(SEEDREAM_45_EDIT, [Reference("loop", url=f"{cdn}/loop0")])

@@ -57,8 +57,12 @@ def test_the_readme_docker_run_keeps_the_database_in_the_volume(monkeypatch):
 
 
 def test_relative_paths_are_under_the_data_dir_and_absolute_ones_stay(tmp_path):
-    # default: the current folder (resolved when read, so a later chdir or thread cannot move it)
-    assert load_settings(_env_file=None).IMAGINE_DB_PATH == Path("imagine-bot.db").resolve()
+    # default: ./data (resolved when read, so a later chdir or thread cannot move it), with everything else the
+    # bot keeps beside the database in that one folder
+    default = load_settings(_env_file=None)
+    data = Path("data").resolve()
+    assert default.IMAGINE_DB_PATH == data / "imagine-bot.db"
+    assert {default.spool_dir.parent, default.refs_dir.parent, default.sandbox_state_path.parent} == {data}
     settings = load_settings(_env_file=None, IMAGINE_DATA_DIR=tmp_path, IMAGINE_DB_PATH="./bot.db")
     assert settings.IMAGINE_DB_PATH == tmp_path / "bot.db"
     absolute = load_settings(_env_file=None, IMAGINE_DATA_DIR=tmp_path, IMAGINE_DB_PATH="/srv/x.db")

@@ -352,3 +352,22 @@ def test_render_is_deterministic_per_prompt() -> None:
     assert a != render_png("a blue fox", "1:1", "basic", 0.125)
     long_prompt = render_png("word " * 600, "4:3", "basic", 0.125)  # wrapped and truncated, still a PNG
     assert long_prompt.startswith(b"\x89PNG")
+
+
+def test_an_edit_shows_no_fragment_of_the_old_caption() -> None:
+    """A plain grey sandbox image with a tall caption (a long prompt), edited with a short prompt at the same
+    shape: above the new, one-line caption the edit is as plain as the reference was."""
+    from PIL import ImageStat
+
+    from imagine_bot.core.sandbox import render
+
+    reference = Image.new("RGBA", image_size("16:9", "basic", 0.5), (128, 128, 128, 255))
+    old_top = render._caption(reference, "a lighthouse at dusk on a cliff over a stormy sea " * 6)
+    edited = render.render_edit_png([render._png(reference, old_top)], "ink", "16:9", "basic", scale=0.5)
+    with Image.open(io.BytesIO(edited)) as image:
+        assert image.size == reference.size
+        new_top = render._caption(Image.new("RGBA", image.size), "ink")
+        assert old_top < new_top  # the old band was taller: without care, its top lines would show
+        above = image.convert("L").crop((0, 0, image.width, new_top))
+        low, high = ImageStat.Stat(above).extrema[0]
+        assert high - low <= 2, f"pixel values {low}..{high} above the caption: a fragment of the old one"

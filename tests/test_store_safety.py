@@ -96,7 +96,7 @@ def test_budgets_and_member_caps_beyond_reason_are_refused_in_plain_words(tmp_pa
 
 def test_the_spool_is_an_absolute_path_whatever_the_working_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    settings = load_settings(_env_file=None, IMAGINE_DB_PATH="data/bot.db")
+    settings = load_settings(_env_file=None, IMAGINE_DB_PATH="bot.db")  # under the default data folder, ./data
     assert settings.spool_dir.is_absolute()
     assert settings.spool_dir == tmp_path / "data" / "bot-files"
     (tmp_path / "elsewhere").mkdir()

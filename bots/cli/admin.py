@@ -227,7 +227,21 @@ def dashboard_link_cmd(args: argparse.Namespace, settings: Settings) -> int:
     url = auth.mint(settings.web_url, actor=_actor(), scope=scope)
     print(url)
     print(f"Works once, within 10 minutes; shows {scope or 'every server and workspace'}.", file=sys.stderr)
+    local = settings.model_copy(update={"PUBLIC_URL": None}).web_url
+    if not _answers(f"{local}/healthz"):
+        print(f"Nothing answers at {local} yet: the link works once `imagine-bot run` is running, or run "
+              "`imagine-bot dashboard` instead (the dashboard alone, with its own link).", file=sys.stderr)
     return 0
+
+
+def _answers(url: str) -> bool:
+    """Whether this machine's web server is up (the link is useless while it is not)."""
+    import httpx
+
+    try:
+        return httpx.get(url, timeout=2.0).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def add_admin_parsers(sub: Any) -> None:

@@ -8,6 +8,8 @@ Exit status 0 only when no check failed (warnings are fine).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 
 from imagine_bot.core import __version__
@@ -23,7 +25,14 @@ from imagine_bot.core.ops.doctor import (
     fail,
     ok,
 )
-from imagine_bot.core.settings import Settings
+from imagine_bot.core.settings import ENV_FILE, Settings
+
+
+def settings_source(env_file: Path = Path(ENV_FILE)) -> str:
+    """Where the settings came from: the environment, and ``.env`` only when there is one."""
+    if env_file.is_file():
+        return f"parsed (the environment, then {env_file.resolve()})"
+    return f"parsed (the environment only: there is no {env_file.name} in {Path.cwd()})"
 
 
 def settings_failed(error: ConfigError) -> list[Check]:
@@ -32,7 +41,7 @@ def settings_failed(error: ConfigError) -> list[Check]:
 
 
 async def run_checks(settings: Settings) -> list[Check]:
-    checks = [ok("settings", "parsed (environment and .env)")]
+    checks = [ok("settings", settings_source())]
     checks += check_database(settings.IMAGINE_DB_PATH)
     checks.append(check_spool(settings.spool_dir))
     async with httpx.AsyncClient(headers={"User-Agent": f"imagine-bot/{__version__} (doctor)"}) as http:
@@ -47,8 +56,8 @@ async def run_checks(settings: Settings) -> list[Check]:
         from imagine_bot.bots.discord.doctor import discord_checks
 
         checks += await discord_checks(settings, http)
-        if settings.SLACK_BOT_TOKEN is None and settings.DISCORD_TOKEN is None:
-            checks.append(fail("front ends", "neither SLACK_BOT_TOKEN nor DISCORD_TOKEN is set",
+        if settings.SLACK_BOT_TOKEN is None and not settings.SLACK_CLIENT_ID and settings.DISCORD_TOKEN is None:
+            checks.append(fail("front ends", "neither SLACK_BOT_TOKEN (or SLACK_CLIENT_ID) nor DISCORD_TOKEN is set",
                                "set one of them (see docs/slack.md, docs/discord.md); `imagine-bot chat` "
                                "needs neither"))
         checks += await check_public_url(settings, http)

@@ -9,6 +9,7 @@
     imagine-bot jobs list|show ...
     imagine-bot discord sync|invite-url
     imagine-bot doctor                        check the install against the real services
+    imagine-bot dashboard                     the /admin dashboard alone, with a one-time sign-in link
     imagine-bot dashboard-link [--scope S]    a one-time sign-in link to the /admin dashboard
 
 Configuration comes from the environment and ``.env`` (see ``.env.example``). A bad setting ends the
@@ -39,8 +40,8 @@ def _settings(args: argparse.Namespace) -> Settings:
     overrides: dict[str, object] = {}
     if args.sandbox:
         overrides["MODKIE_BASE_URL"] = SANDBOX
-    if args.db:
-        overrides["IMAGINE_DB_PATH"] = args.db
+    if args.db:  # a path typed on the command line means from here, not from IMAGINE_DATA_DIR
+        overrides["IMAGINE_DB_PATH"] = args.db.expanduser().resolve()
     return load_settings(**overrides)
 
 
@@ -61,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("chat", help="a terminal chat front end: /imagine, /credits, /help")
 
     sub.add_parser("doctor", help="check settings, database, gateway, Slack, Discord and PUBLIC_URL")
+
+    sub.add_parser("dashboard", help="serve the /admin dashboard, /metrics and /healthz alone (no chat token, "
+                   "no ModKie key needed) and print a one-time sign-in link")
 
     p = sub.add_parser("run", help="run the chat bots with the callback server and /healthz")
     p.add_argument("--only", choices=["slack", "discord"], action="append", help="run only this front end")
@@ -111,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = _settings(args)
         # their output is for people
-        quiet = args.command in ("imagine", "chat", "credits", "jobs", "discord", "dashboard-link")
+        quiet = args.command in ("imagine", "chat", "credits", "jobs", "discord", "dashboard-link", "dashboard")
         setup_logging("DEBUG" if args.verbose else ("WARNING" if quiet else settings.LOG_LEVEL), settings.secrets())
         return int(args.func(args, settings) or 0) if hasattr(args, "func") else _run_async(args, settings)
     except ConfigError as error:
@@ -177,6 +181,10 @@ def _run_async(args: argparse.Namespace, settings: Settings) -> int:
         port = whole_number(args.port, "--port", 0, 65535)
         delays = {state: seconds * args.delay_scale for state, seconds in DEFAULT_DELAYS.items()}
         return asyncio.run(until_sigterm(serve_forever(args.host, port, delays=delays, dialect=args.dialect)))
+    if args.command == "dashboard":
+        from imagine_bot.bots.dashboard import serve_dashboard
+
+        return asyncio.run(serve_dashboard(settings, actor=f"cli:{local_user()}"))
     if args.command == "run":
         from imagine_bot.bots.run import run
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import discord
 
+from imagine_bot.core.chat import messages
 from imagine_bot.core.gateway.catalog import ModelSpec
 
 #: Discord's limit for a text input
@@ -36,9 +37,12 @@ def for_message(channel_id: int | str, message_id: int | str) -> str:
 
 def remix_modal(model: ModelSpec, custom_id: str, *, prompt: str | None = None,
                 defaults: dict[str, str] | None = None, title: str = "Remix with imagine") -> discord.ui.Modal:
-    """The modal to send (already stopped: discord.py keeps no copy; ``on_interaction`` reads the answer)."""
+    """The modal to send (already stopped: discord.py keeps no copy; ``on_interaction`` reads the answer).
+
+    The aspect ratio is preselected only when ``defaults`` give one (a result's): left empty, the edit keeps
+    the shape of the image it edits."""
     modal = discord.ui.Modal(title=title, custom_id=custom_id, timeout=None)
-    chosen = {**model.defaults(), **(defaults or {})}
+    chosen = {**{k: v for k, v in model.defaults().items() if k != "aspect_ratio"}, **(defaults or {})}
     modal.add_item(discord.ui.Label(text="Prompt", component=discord.ui.TextInput(
         style=discord.TextStyle.paragraph, required=True, default=prompt,
         max_length=min(model.max_prompt_chars, TEXT_INPUT_MAX), custom_id=PROMPT_ID,
@@ -48,8 +52,9 @@ def remix_modal(model: ModelSpec, custom_id: str, *, prompt: str | None = None,
             custom_id=f"imagine:remix:{spec.name}", required=False, min_values=0, max_values=1,
             options=[discord.SelectOption(label=c, value=c, default=c == chosen.get(spec.name))
                      for c in spec.choices])
+        shape = spec.name == "aspect_ratio" and spec.name not in chosen
         modal.add_item(discord.ui.Label(text=spec.name.replace("_", " ").capitalize(), component=select,
-                                        description=spec.help or None))
+                                        description=messages.same_shape_hint() if shape else spec.help or None))
     modal.stop()
     return modal
 

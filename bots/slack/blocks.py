@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from imagine_bot.bots.slack.mentions import escape, escape_keep_user_mentions, mention
+from imagine_bot.core.chat import messages
 from imagine_bot.core.chat.messages import quote_prompt
 
 #: Buttons are handled by action id; the job id travels in the button's value (see ``handlers``).
@@ -110,10 +111,13 @@ def reject_modal(metadata: str, hint: str) -> Payload:
 def _select(name: str, label: str, choices: Sequence[str], chosen: str | None) -> Payload:
     options = [{"text": {"type": "plain_text", "text": c}, "value": c} for c in choices]
     element: Payload = {"type": "static_select", "action_id": name, "options": options}
+    block: Payload = {"type": "input", "block_id": name, "optional": True,
+                      "label": {"type": "plain_text", "text": label}, "element": element}
     if chosen is not None and chosen in choices:
         element["initial_option"] = options[list(choices).index(chosen)]
-    return {"type": "input", "block_id": name, "optional": True, "label": {"type": "plain_text", "text": label},
-            "element": element}
+    elif name == "aspect_ratio":  # left empty, an edit keeps its image's shape
+        block["hint"] = {"type": "plain_text", "text": messages.same_shape_hint()}
+    return block
 
 
 def remix_modal(metadata: str, choices: dict[str, Sequence[str]], chosen: dict[str, str], *, prompt: str = "",

@@ -39,7 +39,14 @@ Each event is one call; when it goes out is the core's outbox's business (``core
 of a workspace shares its chat.update budget (``pace``), a newer status replaces a waiting one, a 429
 waits Retry-After without holding up any job, and the final edit (done or failed) is never dropped.
 Everything needed after a restart (channel, message ts, the uploaded file ids, the slash command's
-response_url) lives in ``ReplyTo.data``.
+response_url, the workspace and its Enterprise Grid organisation) lives in ``ReplyTo.data``.
+
+Every call is made with the token of the job's workspace (``workspaces``: one token, or each workspace's
+installation in distributed mode), looked up when the call is made, so a job resumed after a restart, or
+taken over by another process, finds its token in the database. A workspace that removed the app gets
+nothing more: a job still waiting for the gateway is cancelled (refunded, never sent), a later one ends at
+its delivery (``AppRemoved``: refunded, and counted as billed but not delivered when the gateway billed
+it), and no status or failure is posted.
 """
 
 from __future__ import annotations
@@ -60,10 +67,11 @@ from slack_sdk.webhook.async_client import AsyncWebhookClient
 from imagine_bot.bots.slack import blocks, inline, upload
 from imagine_bot.bots.slack.errors import SlackError, slack_error_code
 from imagine_bot.bots.slack.mentions import escape, escape_keep_user_mentions
+from imagine_bot.bots.slack.workspaces import Clients, Workspaces
 from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.app import ImagineCore
 from imagine_bot.core.chat import messages
-from imagine_bot.core.errors import CannotAnswerHere, ChatRateLimited, DeliveryError, DeliveryInterrupted
+from imagine_bot.core.errors import AppRemoved, CannotAnswerHere, ChatRateLimited, DeliveryError, DeliveryInterrupted
 from imagine_bot.core.events import (
     Accepted,
     Approved,
@@ -147,6 +155,11 @@ async def respond_ephemeral(session: aiohttp.ClientSession, response_url: str, t
     return True
 
 
+def enterprise_of(job: Job) -> str | None:
+    """The Enterprise Grid organisation of the job's workspace (None outside Grid)."""
+    return job.reply.data.get("enterprise_id") or None
+
+
 @dataclass(frozen=True, slots=True)
 class _Message:
     """A job's progress message: where it is."""
@@ -158,22 +171,22 @@ class _Message:
 class SlackFrontEnd:
     """Renders job events as Slack messages; the core's outbox decides when status messages go out.
 
-    Two Web API clients share one session: ``client`` (deliveries, the handlers) lets slack_sdk retry a
-    429 after Retry-After; ``edits`` (status messages) has no rate-limit retry, so that a 429 never
-    sleeps inside a call: it becomes ``ChatRateLimited`` and the outbox waits, for the whole workspace.
+    Each workspace has two Web API clients sharing one session (``workspaces``): ``api`` (deliveries, the
+    handlers) lets slack_sdk retry a 429 after Retry-After; ``edits`` (status messages) has no rate-limit
+    retry, so that a 429 never sleeps inside a call: it becomes ``ChatRateLimited`` and the outbox waits,
+    for the whole workspace.
     """
 
     platform = "slack"
 
-    def __init__(self, core: ImagineCore, client: AsyncWebClient, session: aiohttp.ClientSession, *,
-                 edits: AsyncWebClient | None = None, min_edit_interval: float = 1.0, tick_s: float = 10.0,
+    def __init__(self, core: ImagineCore, workspaces: Workspaces, session: aiohttp.ClientSession, *,
+                 min_edit_interval: float = 1.0, tick_s: float = 10.0,
                  edits_per_min: float = EDITS_PER_MIN, posts_per_s: float = POSTS_PER_S,
                  result_in_thread: bool = False, inline_waits: tuple[float, ...] = inline.WAITS) -> None:
         self.core = core
         self.result_in_thread = result_in_thread
         self.inline_waits = inline_waits
-        self.client = client
-        self.edits = edits or client
+        self.workspaces = workspaces
         self.session = session
         self.min_edit_interval = min_edit_interval
         self.tick_s = tick_s
@@ -183,9 +196,10 @@ class SlackFrontEnd:
         self.bot_name = "imagine"
         self._messages: dict[str, _Message] = {}
         self._unpostable: dict[str, str] = {}
-        #: channel -> until when (monotonic) jobs asked there are taken without asking conversations.info
-        self._channels: dict[str, float] = {}
-        self._asking: dict[str, asyncio.Future[messages.Unanswerable | None]] = {}
+        #: (workspace, channel) -> until when (monotonic) jobs asked there are taken without asking
+        #: conversations.info (a channel shared between workspaces has a bot of each)
+        self._channels: dict[tuple[str, str], float] = {}
+        self._asking: dict[tuple[str, str], asyncio.Future[messages.Unanswerable | None]] = {}
         self.channel_check_timeout_s = CHANNEL_CHECK_TIMEOUT_S
 
     # ------------------------------------------------------------------ the FrontEnd protocol
@@ -232,70 +246,80 @@ class SlackFrontEnd:
         """A direct message to each operator (``slack:TEAM:USER`` in ``ADMINS``) this bot can reach."""
         for operator in operators:
             try:
-                opened = await self.client.conversations_open(users=operator.user)
-                await self.client.chat_postMessage(channel=opened["channel"]["id"], text=escape(text))
+                clients = await self.workspaces.clients(operator.workspace)
+                if clients is None:
+                    log.warning("could not tell operator %s: the app is not installed in %s", operator.key,
+                                operator.workspace)
+                    continue
+                opened = await clients.api.conversations_open(users=operator.user)
+                await clients.api.chat_postMessage(channel=opened["channel"]["id"], text=escape(text))
             except SlackError as exc:
                 log.warning("could not tell operator %s: %s", operator.key, slack_error_code(exc))
 
     # ------------------------------------------------------------------ before a job is taken
-    def channel_known(self, channel: str) -> bool:
+    def channel_known(self, team: str, channel: str) -> bool:
         """Whether ``check_reply`` can answer for ``channel`` without asking Slack (a fresh answer)."""
-        return self._channels.get(channel, 0.0) > time.monotonic()
+        return self._channels.get((team, channel), 0.0) > time.monotonic()
 
     async def check_reply(self, reply: ReplyTo) -> None:
         """Raise ``CannotAnswerHere`` when the bot cannot post in ``reply.channel`` (``FrontEnd``): the core
         asks before it reserves anything or sends anything to the gateway."""
-        channel = reply.channel
-        if self.channel_known(channel):
+        channel, team = reply.channel, str(reply.data.get("team_id") or "")
+        key = (team, channel)
+        if self.channel_known(team, channel):
             return
-        asking = self._asking.get(channel)
+        clients = await self.workspaces.clients(team, reply.data.get("enterprise_id") or None)
+        if clients is None:  # not installed there (any more): its first status ends the job, nothing sent
+            return
+        asking = self._asking.get(key)
         if asking is None:  # one conversations.info for a burst of commands in one channel
-            asking = self._asking[channel] = asyncio.ensure_future(self._refusal(channel))
-            asking.add_done_callback(lambda done: self._asking.pop(channel, None) if self._asking.get(channel)
+            asking = self._asking[key] = asyncio.ensure_future(self._refusal(clients, key))
+            asking.add_done_callback(lambda done: self._asking.pop(key, None) if self._asking.get(key)
                                      is done else None)
         why = await asyncio.shield(asking)  # a waiter that goes away does not cut the others' answer
         if why is not None:
             raise CannotAnswerHere(f"slack: cannot post in {channel} ({why})",
                                    user_message=messages.cannot_answer_here(why, self.bot_name))
 
-    async def _refusal(self, channel: str) -> messages.Unanswerable | None:
-        """Why the bot cannot post in ``channel`` (conversations.info), or None: it can, or Slack cannot tell."""
+    async def _refusal(self, clients: Clients, key: tuple[str, str]) -> messages.Unanswerable | None:
+        """Why the bot cannot post in the channel (conversations.info), or None: it can, or Slack cannot tell."""
+        channel = key[1]
         try:
             async with asyncio.timeout(self.channel_check_timeout_s):  # no rate-limit retry on this client
-                answer = await self.edits.conversations_info(channel=channel)
+                answer = await clients.edits.conversations_info(channel=channel)
         except SlackApiError as exc:
             if slack_error_code(exc) == "channel_not_found":  # private, or a DM between other people
                 return "others_dm" if channel.startswith("D") else "not_member"
-            self._cannot_tell(channel, exc)
+            self._cannot_tell(key, exc)
             return None
         except SlackError as exc:
-            self._cannot_tell(channel, exc)
+            self._cannot_tell(key, exc)
             return None
         info = answer.get("channel") or {}
         if info.get("is_archived"):
             return "archived"
         if not (info.get("is_member") or info.get("is_im") or info.get("is_mpim")):
             return "not_member"
-        self._trust(channel, CHANNEL_OK_S)
+        self._trust(key, CHANNEL_OK_S)
         return None
 
-    def _cannot_tell(self, channel: str, exc: BaseException) -> None:
+    def _cannot_tell(self, key: tuple[str, str], exc: BaseException) -> None:
         code = slack_error_code(exc)
         hint = (": add channels:read, groups:read, im:read and mpim:read to the app and reinstall it"
                 if code == "missing_scope" else "")
         log.warning("slack: conversations.info for %s failed (%s); taking jobs there for %.0fs without knowing "
-                    "whether the bot can post%s", channel, code, CHANNEL_UNKNOWN_S, hint)
-        self._trust(channel, CHANNEL_UNKNOWN_S)
+                    "whether the bot can post%s", key[1], code, CHANNEL_UNKNOWN_S, hint)
+        self._trust(key, CHANNEL_UNKNOWN_S)
 
-    def _trust(self, channel: str, seconds: float) -> None:
+    def _trust(self, key: tuple[str, str], seconds: float) -> None:
         now = time.monotonic()
         if len(self._channels) >= CHANNELS_KEPT:
             self._channels = {c: until for c, until in self._channels.items() if until > now}
-        self._channels[channel] = now + seconds
+        self._channels[key] = now + seconds
 
-    def _refused(self, channel: str) -> None:
-        """Slack refused a post in ``channel``: the next job asked there is checked again."""
-        self._channels.pop(channel, None)
+    def _refused(self, job: Job, channel: str) -> None:
+        """Slack refused a post in ``channel`` (of ``job``'s workspace): the next job asked there is checked again."""
+        self._channels.pop((job.requester.workspace, channel), None)
 
     def cannot_answer(self, code: str, channel: str) -> CannotAnswerHere:
         """Slack refused a post in ``channel`` with ``code`` (one of ``CHANNEL_ERRORS``): the error to stop a
@@ -311,6 +335,24 @@ class SlackFrontEnd:
         self._unpostable.clear()
         self._channels.clear()
 
+    # ------------------------------------------------------------------ the workspace's token
+    async def clients(self, job: Job) -> Clients | None:
+        """The job's workspace's clients; None when the workspace removed the app."""
+        return await self.workspaces.clients(job.requester.workspace, enterprise_of(job))
+
+    async def _gone(self, job: Job) -> None:
+        """A status for a workspace that removed the app: post nothing; a job not yet sent to the gateway
+        is cancelled (refunded, never billed), any other ends at its delivery."""
+        if job.id in self._unpostable:
+            return
+        self._unpostable[job.id] = "app_removed"
+        log.warning("job %s: workspace %s removed the app: no message is posted for it", job.id,
+                    job.requester.workspace)
+        fresh = self.core.find_job(job.id)
+        if fresh is not None and fresh.state is JobState.QUEUED:
+            await self.core.cancel(job.id, AppRemoved(
+                f"slack workspace {job.requester.workspace} removed the app before the job was sent"))
+
     # ------------------------------------------------------------------ the progress message
     def _data(self, job: Job) -> dict[str, Any]:
         """The job's front-end state, fresh from the database (the event's copy may predate an update)."""
@@ -325,10 +367,10 @@ class SlackFrontEnd:
                 message = self._messages[job.id] = _Message(data["progress_channel"], data["progress_ts"])
         return message
 
-    async def _post(self, job: Job, payload: dict[str, Any], client: AsyncWebClient | None = None) -> _Message:
+    async def _post(self, job: Job, payload: dict[str, Any], client: AsyncWebClient) -> _Message:
         # a job asked from a message (the Remix shortcut) answers in that message's thread
         thread = {"thread_ts": job.reply.data["in_thread_of"]} if job.reply.data.get("in_thread_of") else {}
-        response = await (client or self.client).chat_postMessage(
+        response = await client.chat_postMessage(
             channel=job.reply.channel, unfurl_links=False, unfurl_media=False, **thread, **payload)
         message = self._messages[job.id] = _Message(str(response["channel"]), str(response["ts"]))
         self.core.set_reply_data(job.id, progress_channel=message.channel, progress_ts=message.ts)
@@ -338,13 +380,17 @@ class SlackFrontEnd:
         """A status: edit the progress message, or post it if there is none yet (one call; the outbox paces)."""
         if job.id in self._unpostable:
             return
+        clients = await self.clients(job)
+        if clients is None:
+            await self._gone(job)
+            return
         payload = blocks.status(job.requester.user, text)
         message = self._message(job)
         try:
             if message is None:
-                await _status_call(self._post(job, payload, self.edits))
+                await _status_call(self._post(job, payload, clients.edits))
             else:
-                await _status_call(self.edits.chat_update(channel=message.channel, ts=message.ts, **payload))
+                await _status_call(clients.edits.chat_update(channel=message.channel, ts=message.ts, **payload))
         except SlackError as exc:
             code = slack_error_code(exc)
             if code not in CHANNEL_ERRORS:
@@ -352,7 +398,7 @@ class SlackFrontEnd:
                 return
             self._unpostable[job.id] = code  # no more statuses for this job here, and its result goes by DM
             where = message.channel if message is not None else job.reply.channel
-            self._refused(where)
+            self._refused(job, where)
             # nothing went to the gateway yet (the check could not tell, or the bot left since): stop the job,
             # refunded, and the requester hears why privately. The state is read and the job cancelled with
             # no await between: a job still queued has no createTask on the wire.
@@ -373,6 +419,10 @@ class SlackFrontEnd:
         Turning the progress message into the result (the image inline, or caption and buttons only) is the
         final status edit: the outbox sends it after any edit still in flight, and the job does not wait."""
         job = event.job
+        clients = await self.clients(job)
+        if clients is None:  # nothing is posted with a dead token
+            raise AppRemoved(f"slack workspace {job.requester.workspace} removed the app (its installation and "
+                             "token are gone)")
         data = self._data(job)
         # a receipt: an earlier attempt uploaded them (and died before the charge): never upload twice
         file_ids: list[str] = list(event.receipt.get("file_ids") or data.get("file_ids") or [])
@@ -383,11 +433,13 @@ class SlackFrontEnd:
             if refused is None:
                 try:
                     live = self._message(job) or await self._post(job, blocks.status(job.requester.user,
-                                                                                     messages.accepted(job)))
+                                                                                     messages.accepted(job)),
+                                                                  clients.api)
                     if not file_ids:  # not uploaded by a previous process that stopped right after
                         thread = live.ts if moved else data.get("in_thread_of") or live.ts
-                        file_ids = await self._upload_once(job, images, self._caption(job, balance, moved), live,
-                                                           thread, list(event.receipt.get("pending_file_ids") or []))
+                        file_ids = await self._upload_once(job, clients, images, self._caption(job, balance, moved),
+                                                           live, thread,
+                                                           list(event.receipt.get("pending_file_ids") or []))
                         self.core.set_reply_data(job.id, file_ids=file_ids, thread_ts=live.ts)
                 except SlackError as exc:
                     refused = slack_error_code(exc)
@@ -396,13 +448,13 @@ class SlackFrontEnd:
             if refused is not None:
                 # the channel refuses now (the bot was removed, the channel archived), but the task was sent
                 # and billed: the image goes to the requester's direct messages, delivered and charged
-                self._refused(job.reply.channel)
+                self._refused(job, job.reply.channel)
                 log.warning("job %s: %s refuses the result (%s): sending it to %s by direct message", job.id,
                             job.reply.channel, refused, job.requester.key)
                 moved = True
-                live = await self._move_to_requester(job)
-                file_ids = await self._upload_once(job, images, self._caption(job, balance, moved), live, live.ts,
-                                                   [])
+                live = await self._move_to_requester(job, clients)
+                file_ids = await self._upload_once(job, clients, images, self._caption(job, balance, moved), live,
+                                                   live.ts, [])
                 self.core.set_reply_data(job.id, file_ids=file_ids, thread_ts=live.ts)
         except SlackError as exc:
             code = slack_error_code(exc)
@@ -427,11 +479,11 @@ class SlackFrontEnd:
         caption = messages.delivered(job, balance)
         return f"{messages.delivered_elsewhere(job.reply.channel)}\n{caption}" if moved else caption
 
-    async def _move_to_requester(self, job: Job) -> _Message:
+    async def _move_to_requester(self, job: Job, clients: Clients) -> _Message:
         """The job's message, anew in the requester's direct message with the bot (``conversations.open``),
         recorded as the job's message at once: a later attempt delivers there too."""
-        opened = await self.client.conversations_open(users=job.requester.user)
-        response = await self.client.chat_postMessage(
+        opened = await clients.api.conversations_open(users=job.requester.user)
+        response = await clients.api.chat_postMessage(
             channel=str(opened["channel"]["id"]), unfurl_links=False, unfurl_media=False,
             **blocks.status(job.requester.user, messages.delivered_elsewhere(job.reply.channel)))
         message = self._messages[job.id] = _Message(str(response["channel"]), str(response["ts"]))
@@ -439,24 +491,24 @@ class SlackFrontEnd:
                                       moved_from=job.reply.channel)
         return message
 
-    async def _upload_once(self, job: Job, images: tuple[ImageFile, ...], caption: str, live: _Message,
-                           thread_ts: str, pending: list[str]) -> list[str]:
+    async def _upload_once(self, job: Job, clients: Clients, images: tuple[ImageFile, ...], caption: str,
+                           live: _Message, thread_ts: str, pending: list[str]) -> list[str]:
         """Upload the images into the thread, the file ids in the receipt before they are shared (``upload``).
 
         ``pending``: ids an earlier attempt reserved without seeing the upload complete. Shared in the
         channel, they are the delivery; unknown or never shared, the upload starts anew."""
         comment = blocks.status(job.requester.user, caption)["text"] if self.result_in_thread else None
-        return await self._upload(job, images, live.channel, thread_ts, comment, pending,
+        return await self._upload(clients.api, job, images, live.channel, thread_ts, comment, pending,
                                   partial(self.core.record_receipt, job.id), first={"channel": live.channel,
                                                                                    "ts": live.ts})
 
-    async def _upload(self, job: Job, images: tuple[ImageFile, ...], channel: str, thread_ts: str | None,
-                      comment: str | None, pending: list[str], record: Callable[..., object], *,
-                      first: dict[str, Any] | None = None) -> list[str]:
+    async def _upload(self, client: AsyncWebClient, job: Job, images: tuple[ImageFile, ...], channel: str,
+                      thread_ts: str | None, comment: str | None, pending: list[str], record: Callable[..., object],
+                      *, first: dict[str, Any] | None = None) -> list[str]:
         """Upload the images into ``channel`` (a thread, a DM) at most once: ``record`` keeps the file ids
         before they are shared (``pending_file_ids``, with ``first``) and once they are (``file_ids``)."""
         if pending:
-            done = await upload.shared(self.client, pending, channel, self.inline_waits)
+            done = await upload.shared(client, pending, channel, self.inline_waits)
             if done:
                 log.info("job %s: files %s were shared before the last attempt stopped: not uploading again",
                          job.id, pending)
@@ -469,29 +521,36 @@ class SlackFrontEnd:
         title = messages.quote_prompt(job.prompt, 80)
         files = [upload.NewFile(image.filename, await asyncio.to_thread(image.read_bytes), title,
                                 messages.quote_prompt(job.prompt, 1000)) for image in images]
-        reserved = await upload.reserve(self.client, files)
+        reserved = await upload.reserve(client, files)
         file_ids = [r.file_id for r in reserved]
         record(pending_file_ids=file_ids, **(first or {}))  # first
         for one in reserved:
-            await upload.send(self.client, self.session, one)
+            await upload.send(client, self.session, one)
         where: dict[str, Any] = {"thread_ts": thread_ts} if thread_ts else {}
         if comment:
             where["initial_comment"] = comment
         try:
-            await self.client.files_completeUploadExternal(
+            await client.files_completeUploadExternal(
                 files=[{"id": r.file_id, "title": r.file.title} for r in reserved], channel_id=channel, **where)
         except SlackError as exc:
             if not upload.answer_lost(exc):
                 raise
             code = slack_error_code(exc)
             log.warning("job %s: no answer from files.completeUploadExternal (%s): asking files.info", job.id, code)
-            if not await upload.shared(self.client, file_ids, channel, self.inline_waits):
+            if not await upload.shared(client, file_ids, channel, self.inline_waits):
                 raise DeliveryInterrupted(f"Slack upload: files.completeUploadExternal failed ({code}) and files.info "
                                           "does not show the files shared") from exc
         record(file_ids=file_ids)
         return file_ids
 
     # ------------------------------------------------------------------ channels with approvals
+    async def _api(self, job: Job) -> AsyncWebClient:
+        """The Web API client of the job's workspace (``AppRemoved`` when it removed the app)."""
+        clients = await self.clients(job)
+        if clients is None:
+            raise AppRemoved(f"slack workspace {job.requester.workspace} removed the app")
+        return clients.api
+
     async def _review_status(self, job: Job) -> None:
         """A job whose image goes to review first: its requester hears about it once, privately; the channel
         sees nothing (a status skipped by the outbox for a newer one is said by the newer one)."""
@@ -502,14 +561,15 @@ class SlackFrontEnd:
         url = data.get("response_url")
         if not (url and await respond_ephemeral(self.session, url, text)):
             try:
-                await self.client.chat_postEphemeral(channel=job.reply.channel, user=job.requester.user,
-                                                     text=escape_keep_user_mentions(text))
-            except SlackError as exc:
+                await (await self._api(job)).chat_postEphemeral(channel=job.reply.channel, user=job.requester.user,
+                                                                text=escape_keep_user_mentions(text))
+            except (*SlackError, AppRemoved) as exc:
                 log.warning("job %s: could not tell the requester privately: %s", job.id, slack_error_code(exc))
         self.core.set_reply_data(job.id, told_privately=True)
 
-    async def _dm(self, user: str) -> str:
-        opened = await self.client.conversations_open(users=user)
+    @staticmethod
+    async def _dm(api: AsyncWebClient, user: str) -> str:
+        opened = await api.conversations_open(users=user)
         return str(opened["channel"]["id"])
 
     @staticmethod
@@ -527,9 +587,10 @@ class SlackFrontEnd:
         if event.receipt.get("file_ids"):
             return  # shown before the last attempt stopped
         caption = messages.delivered(job, event.balance) + "\n" + messages.sent_for_review(job, job.reply.channel)
+        api = await self._api(job)
         try:
-            dm = event.receipt.get("dm") or await self._dm(job.requester.user)
-            file_ids = await self._upload(job, event.images, dm, None, escape_keep_user_mentions(caption),
+            dm = event.receipt.get("dm") or await self._dm(api, job.requester.user)
+            file_ids = await self._upload(api, job, event.images, dm, None, escape_keep_user_mentions(caption),
                                           list(event.receipt.get("pending_file_ids") or []),
                                           partial(self.core.record_receipt, job.id), first={"dm": dm})
         except SlackError as exc:
@@ -541,6 +602,7 @@ class SlackFrontEnd:
         reviewer Slack refuses is skipped; a blip is raised after the others, to be tried again."""
         job = event.job
         text = messages.review_request(job, job.reply.channel, self.core.settings.APPROVAL_EXPIRE_H)
+        api = await self._api(job)
         blip: DeliveryError | None = None
         for reviewer in event.reviewers:
             if reviewer.platform != "slack":
@@ -556,12 +618,12 @@ class SlackFrontEnd:
 
             try:
                 if not done.get("dm"):
-                    record(dm=await self._dm(reviewer.user))
+                    record(dm=await self._dm(api, reviewer.user))
                 if not done.get("file_ids"):
-                    await self._upload(job, event.images, done["dm"], None, escape_keep_user_mentions(text),
+                    await self._upload(api, job, event.images, done["dm"], None, escape_keep_user_mentions(text),
                                        list(done.get("pending_file_ids") or []), record)
                 buttons = blocks.review(messages.review_buttons_text(job.reply.channel), job.id)
-                answer = await self.client.chat_postMessage(channel=done["dm"], **buttons)
+                answer = await api.chat_postMessage(channel=done["dm"], **buttons)
                 record(ts=str(answer["ts"]))
             except SlackError as exc:
                 failure = self._failure(exc, f"the review DM to {reviewer.user}")
@@ -587,20 +649,21 @@ class SlackFrontEnd:
 
         caption = messages.delivered(job, event.balance)
         approved = messages.approved_by(event.reviewer.key)
+        api = await self._api(job)
         try:
             if not post.get("ts"):
-                answer = await self.client.chat_postMessage(
+                answer = await api.chat_postMessage(
                     channel=job.reply.channel, unfurl_links=False, unfurl_media=False,
                     **blocks.delivered(job.requester.user, caption, job.id, approved_by=approved))
                 record(channel=str(answer["channel"]), ts=str(answer["ts"]))
             if not post.get("file_ids"):
-                await self._upload(job, event.images, post["channel"], post["ts"], None,
+                await self._upload(api, job, event.images, post["channel"], post["ts"], None,
                                    list(post.get("pending_file_ids") or []), record)
             in_thread = blocks.delivered(job.requester.user, caption, job.id, approved_by=approved)
             if not self.result_in_thread:
                 shown = blocks.delivered(job.requester.user, caption, job.id, file_ids=post["file_ids"],
                                          prompt=job.prompt, approved_by=approved)
-                await inline.show_result(self.client, post["channel"], post["ts"], post["file_ids"], shown,
+                await inline.show_result(api, post["channel"], post["ts"], post["file_ids"], shown,
                                          in_thread, self.inline_waits)
         except SlackError as exc:
             code = slack_error_code(exc)
@@ -615,17 +678,22 @@ class SlackFrontEnd:
 
     async def _tell_requester(self, job: Job, text: str) -> None:
         """A DM to the requester (a rejection, an expiry)."""
+        api = await self._api(job)
         try:
-            await self.client.chat_postMessage(channel=await self._dm(job.requester.user),
-                                               text=escape_keep_user_mentions(text))
+            await api.chat_postMessage(channel=await self._dm(api, job.requester.user),
+                                       text=escape_keep_user_mentions(text))
         except SlackError as exc:
             raise self._failure(exc, "the note to the requester") from exc
 
     async def _show_result(self, job: Job, message: _Message, file_ids: list[str], shown: dict[str, Any],
                            in_thread: dict[str, Any]) -> None:
         """The result edit with the image inline (sent by the outbox; a 429 is raised for it to retry)."""
+        clients = await self.clients(job)
+        if clients is None:
+            log.warning("job %s: workspace %s removed the app before the result edit", job.id, job.requester.workspace)
+            return
         try:
-            await _status_call(inline.show_result(self.edits, message.channel, message.ts, file_ids, shown,
+            await _status_call(inline.show_result(clients.edits, message.channel, message.ts, file_ids, shown,
                                                   in_thread, self.inline_waits))
         except SlackError as exc:  # the images are posted; only the buttons are missing
             log.warning("job %s: final edit failed: %s", job.id, slack_error_code(exc))
@@ -634,8 +702,12 @@ class SlackFrontEnd:
 
     async def _final(self, job: Job, message: _Message, payload: dict[str, Any]) -> bool:
         """The last edit of the progress message (a 429 is raised for the outbox to retry)."""
+        clients = await self.clients(job)
+        if clients is None:
+            log.warning("job %s: workspace %s removed the app before the last edit", job.id, job.requester.workspace)
+            return False
         try:
-            await _status_call(self.edits.chat_update(channel=message.channel, ts=message.ts, **payload))
+            await _status_call(clients.edits.chat_update(channel=message.channel, ts=message.ts, **payload))
         except SlackError as exc:
             log.warning("job %s: final edit failed: %s", job.id, slack_error_code(exc))
             return False
@@ -646,8 +718,13 @@ class SlackFrontEnd:
         await self._final(job, message, payload)
 
     async def _fail(self, job: Job, text: str) -> None:
-        """Sent by the outbox: edit the progress message, else answer privately through the response_url."""
+        """Sent by the outbox: edit the progress message, else answer privately through the response_url;
+        nothing at all in a workspace that removed the app."""
         self._unpostable.pop(job.id, None)
+        if await self.clients(job) is None:
+            log.warning("job %s ended; workspace %s removed the app, so nobody is told", job.id,
+                        job.requester.workspace)
+            return
         message = self._message(job)
         if message is not None and await self._final(job, message, blocks.status(job.requester.user, text)):
             return

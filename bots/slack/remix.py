@@ -18,13 +18,13 @@ import logging
 from typing import Any
 
 import aiohttp
+from slack_sdk.web.async_client import AsyncWebClient
 
 from imagine_bot.bots.slack import blocks
 from imagine_bot.bots.slack.errors import SlackError, slack_error_code
-from imagine_bot.bots.slack.handlers import NOT_ALLOWED, SlackHandlers, _team_of
+from imagine_bot.bots.slack.handlers import NOT_ALLOWED, SlackHandlers, _team_of, reply_to
 from imagine_bot.core.chat import messages
 from imagine_bot.core.errors import ImagineError, UserInputError
-from imagine_bot.core.jobs.model import ReplyTo
 from imagine_bot.core.media.references import FETCH_CAP_BYTES, Reference
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,6 @@ class SlackRemix:
     def __init__(self, handlers: SlackHandlers) -> None:
         self.handlers = handlers
         self.core = handlers.core
-        self.client = handlers.client
         self.session: aiohttp.ClientSession = handlers.frontend.session
 
     def register(self, app: Any) -> None:
@@ -103,10 +102,10 @@ class SlackRemix:
                 raise UserInputError(NOT_ALLOWED)
             if not files:
                 raise UserInputError(messages.no_images_to_remix())
-            self.core.check_can_submit(await self.handlers.actor(team, user, channel, check_admin=False), edit=True)
-            await self.core.check_reply(ReplyTo("slack", channel))  # before the form: can the result go there?
+            self.core.check_can_submit(await self.handlers.actor(body, user, channel, check_admin=False), edit=True)
+            await self.core.check_reply(reply_to(body, channel, None))  # before the form: can the result go there?
         except ImagineError as error:
-            await self.handlers._reply(user, channel, response_url, error.user_message)
+            await self.handlers._reply(await self.handlers.api(body), user, channel, response_url, error.user_message)
             return
         meta: dict[str, Any] = {"channel": channel, "thread_ts": message.get("thread_ts") or message.get("ts"),
                 "files": files, "response_url": response_url}
@@ -115,13 +114,13 @@ class SlackRemix:
         await self._open(body, meta, prompt="", chosen={})
 
     async def open_for_job(self, body: dict[str, Any], job_id: str) -> None:
-        team, user, channel, response_url = self._where(body)
+        _, user, channel, response_url = self._where(body)
         try:
-            original = self.core.check_can_vary(await self.handlers.actor(team, user, channel, check_admin=True),
+            original = self.core.check_can_vary(await self.handlers.actor(body, user, channel, check_admin=True),
                                                 job_id)
-            await self.core.check_reply(ReplyTo("slack", channel))
+            await self.core.check_reply(reply_to(body, channel, None))
         except ImagineError as error:
-            await self.handlers._reply(user, channel, response_url, error.user_message)
+            await self.handlers._reply(await self.handlers.api(body), user, channel, response_url, error.user_message)
             return
         chosen = {k: str(v) for k, v in original.params.items() if k in ("aspect_ratio", "quality")}
         await self._open(body, {"channel": channel, "job_id": job_id, "response_url": response_url},
@@ -129,22 +128,27 @@ class SlackRemix:
 
     async def _open(self, body: dict[str, Any], meta: dict[str, Any], *, prompt: str, chosen: dict[str, str]) -> None:
         model = self.core.model
+        # no aspect ratio preselected unless the result's: left empty, the edit keeps the image's shape
+        preset = {k: v for k, v in model.defaults().items() if k != "aspect_ratio"}
         view = blocks.remix_modal(json.dumps(meta), {s.name: s.choices for s in model.inputs},
-                                  {**model.defaults(), **chosen}, prompt=prompt, max_prompt=model.max_prompt_chars)
+                                  {**preset, **chosen}, prompt=prompt, max_prompt=model.max_prompt_chars)
+        api = await self.handlers.api(body)
+        if api is None:
+            return
         try:
-            await self.client.views_open(trigger_id=body["trigger_id"], view=view)
+            await api.views_open(trigger_id=body["trigger_id"], view=view)
         except SlackError as exc:
             log.warning("slack: could not open the remix modal: %s", slack_error_code(exc))
 
     async def vary(self, body: dict[str, Any], job_id: str) -> None:
         team, user, channel, response_url = self._where(body)
-        reply = ReplyTo("slack", channel, data={"response_url": response_url} if response_url else {})
+        reply = reply_to(body, channel, response_url)
         trigger = body.get("trigger_id")
         try:
-            actor = await self.handlers.actor(team, user, channel, check_admin=True)
+            actor = await self.handlers.actor(body, user, channel, check_admin=True)
             job = await self.core.vary(actor, job_id, reply, dedupe_key=f"slack:{team}:{trigger}" if trigger else None)
         except ImagineError as error:
-            await self.handlers._reply(user, channel, response_url, error.user_message)
+            await self.handlers._reply(await self.handlers.api(body), user, channel, response_url, error.user_message)
             return
         log.info("job %s: vary of %s by %s", job.id, job_id, user)
 
@@ -152,27 +156,27 @@ class SlackRemix:
                      chosen: dict[str, str]) -> None:
         team, user = _team_of(body), body["user"]["id"]
         channel, response_url = str(meta.get("channel") or ""), meta.get("response_url")
-        data: dict[str, Any] = {"response_url": response_url} if response_url else {}
         dedupe = f"slack:{team}:view:{view.get('id')}:{view.get('hash', '')}"
+        api = await self.handlers.api(body)
         try:
-            actor = await self.handlers.actor(team, user, channel, check_admin=bool(meta.get("job_id")))
+            actor = await self.handlers.actor(body, user, channel, check_admin=bool(meta.get("job_id")))
             if meta.get("job_id"):
-                job = await self.core.vary(actor, str(meta["job_id"]), ReplyTo("slack", channel, data=data),
+                job = await self.core.vary(actor, str(meta["job_id"]), reply_to(body, channel, response_url),
                                            prompt=prompt, defaults=chosen, dedupe_key=dedupe)
             else:
-                data["in_thread_of"] = meta.get("thread_ts")
                 self.core.check_can_submit(actor, edit=True)  # before downloading anything
-                references = [await self._download(f["name"], f["url"]) for f in meta.get("files") or []]
-                job = await self.core.imagine(actor, ReplyTo("slack", channel, data=data), prompt,
+                references = [await self._download(api, f["name"], f["url"]) for f in meta.get("files") or []]
+                job = await self.core.imagine(actor, reply_to(body, channel, response_url,
+                                                              in_thread_of=meta.get("thread_ts")), prompt,
                                               defaults=chosen, references=references, dedupe_key=dedupe)
         except ImagineError as error:
-            await self.handlers._reply(user, channel, response_url, error.user_message)
+            await self.handlers._reply(api, user, channel, response_url, error.user_message)
             return
         log.info("job %s: remix%s by %s", job.id, f" of {meta['job_id']}" if meta.get("job_id") else "", user)
 
-    async def _download(self, name: str, url: str) -> Reference:
-        """A private Slack file, fetched with the bot token (never the user's): its bytes for the core."""
-        headers = {"Authorization": f"Bearer {self.client.token}"}
+    async def _download(self, api: AsyncWebClient | None, name: str, url: str) -> Reference:
+        """A private Slack file, fetched with the workspace's bot token (never the user's): its bytes for the core."""
+        headers = {"Authorization": f"Bearer {api.token}"} if api is not None else {}
         try:
             async with self.session.get(url, headers=headers, allow_redirects=True) as response:
                 if response.status != 200:

@@ -4,7 +4,8 @@ It proves the core is platform-free, serves ``imagine-bot imagine`` and ``imagin
 recording front end tests and benchmarks use (``events`` keeps every event it was given).
 
 Delivery is idempotent (the ``FrontEnd`` contract): once the images are saved, the paths are recorded as
-the job's receipt; a ``Delivered`` handed again with that receipt saves nothing twice.
+the job's receipt; a ``Delivered`` handed again with that receipt saves nothing twice. The last image saved
+is also ``out/latest.png``, a name that never changes (``--image out/latest.png`` edits it).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from PIL import Image
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
@@ -29,9 +31,27 @@ from imagine_bot.core.events import (
     ReviewRequested,
 )
 from imagine_bot.core.events import Progress as ProgressEvent
+from imagine_bot.core.media.imaging import sniff
 
 if TYPE_CHECKING:
     from imagine_bot.core.app import ImagineCore
+
+
+#: the last image saved, under a name that does not change: ``--image out/latest.png`` edits it
+LATEST = "latest.png"
+
+
+def _save_png(source: Path, target: Path) -> None:
+    """``source`` as a PNG at ``target`` (copied as it is when it is one already), replaced atomically."""
+    partial = target.with_name(f".{target.name}.partial")
+    with source.open("rb") as handle:
+        is_png = sniff(handle.read(16)) == "image/png"
+    if is_png:
+        shutil.copyfile(source, partial)
+    else:
+        with Image.open(source) as image:
+            image.save(partial, format="PNG")
+    partial.replace(target)
 
 
 class TerminalFrontEnd:
@@ -89,14 +109,18 @@ class TerminalFrontEnd:
                     target = self.out_dir / image.filename
                     shutil.copyfile(image.path, target)
                     paths.append(target.resolve())
+                latest = self.out_dir / LATEST
+                if paths:
+                    _save_png(paths[-1], latest)
                 if self.core is not None:
                     self.core.record_receipt(job.id, saved=[str(p) for p in paths])
                 self.saved[job.id] = paths
                 if self._progress is not None and job.id in self._bars:
                     self._progress.update(self._bars[job.id], completed=100, visible=False)
                 self.console.print(messages.delivered(job, balance), highlight=False, markup=False)
-                for path in paths:
-                    self.console.print(f"saved {path}", highlight=False, markup=False)
+                for n, path in enumerate(paths, 1):
+                    also = f" (also {latest})" if n == len(paths) else ""
+                    self.console.print(f"saved {path}{also}", highlight=False, markup=False)
             case Failed(error=error, refunded=refunded):
                 if self._progress is not None and job.id in self._bars:
                     self._progress.update(self._bars[job.id], visible=False)

@@ -107,16 +107,31 @@ async def imagine_once(settings: Settings, text: str, out_dir: Path, user: str,
         return 0 if delivered else 1
 
 
-async def chat(settings: Settings, user: str) -> int:
-    """A terminal chat front end reading lines from stdin: the same commands as the bots."""
+def _write(path: Path, content: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
+
+
+def as_operator(settings: Settings, me: UserRef) -> Settings:
+    """The settings of a terminal session: whoever runs the command line is an operator (they own the
+    database and the key), so ``/imagine admin ...`` works for them as the README says."""
+    return settings if me.key in settings.ADMINS else settings.model_copy(
+        update={"ADMINS": [*settings.ADMINS, me.key]})
+
+
+async def chat(settings: Settings, user: str, out_dir: Path = Path("out")) -> int:
+    """A terminal chat front end reading lines from stdin: the same commands as the bots. The local user
+    is an operator (``as_operator``)."""
     console = Console(soft_wrap=True)
     me = UserRef("terminal", "local", user)
+    settings = as_operator(settings, me)
     async with ImagineCore.open(settings) as core, serving_refs(core, settings):
-        frontend = TerminalFrontEnd(Path("out"), console, bar=False, core=core)
+        frontend = TerminalFrontEnd(out_dir, console, bar=False, core=core)
         core.register(frontend)
         await core.start()
-        console.print(f"imagine-bot chat as {me.key}. Try: /imagine a lighthouse at dusk --ar 16:9 "
-                      "· /imagine make it winter --image out/<file>.png · /credits · /help · /quit", highlight=False)
+        console.print(f"imagine-bot chat as {me.key} (an operator). Try: /imagine a lighthouse at dusk --ar 16:9 "
+                      "· /imagine make it winter --image out/latest.png · /credits · /imagine admin ... · /help "
+                      "· /quit", highlight=False)
         lines = _stdin_lines()
         while True:
             line = await lines.get()
@@ -140,7 +155,8 @@ async def chat(settings: Settings, user: str) -> int:
                 console.print(reply.text, highlight=False, markup=False)
             if reply.attachment:
                 name, content = reply.attachment
-                await asyncio.to_thread(Path(name).write_bytes, content)
-                console.print(f"saved {name}", highlight=False)
+                saved = out_dir / Path(name).name  # beside the images, never loose in the current folder
+                await asyncio.to_thread(_write, saved, content)
+                console.print(f"saved {saved}", highlight=False)
         await core.orchestrator.wait_idle()
     return 0

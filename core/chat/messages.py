@@ -110,6 +110,11 @@ def references_refused(problems: list[str]) -> str:
         problems) + " Nothing was charged."
 
 
+def same_shape_hint() -> str:
+    """Under a Remix form's aspect ratio, when none is preselected: an edit keeps its image's shape."""
+    return "Leave empty to keep the image's shape"
+
+
 def no_images_to_remix() -> str:
     return "That message has no image I can remix (JPEG, PNG or WebP). Nothing was charged."
 
@@ -117,6 +122,12 @@ def no_images_to_remix() -> str:
 def refs_need_public_url() -> str:
     return ("This image must be served from the bot's own web server for the image service to fetch it, "
             "and PUBLIC_URL is not set. An admin must set PUBLIC_URL (see the README). Nothing was charged.")
+
+
+def not_installed(install_url: str) -> str:
+    """The answer to a request from a workspace the bot is not installed in (never was, or was removed)."""
+    return (f"The image bot is not installed in this workspace, or it was removed. A workspace admin can add it "
+            f"at {install_url}. Nothing was charged.")
 
 
 def queued(job: Job, position: int) -> str:

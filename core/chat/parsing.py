@@ -49,6 +49,8 @@ def whole_number(raw: str, label: str, low: int, high: int) -> int:
 class ParsedPrompt:
     prompt: str
     params: dict[str, str]
+    #: the inputs the text itself set with a flag (the rest came from defaults)
+    flagged: frozenset[str] = frozenset()
 
 
 def usage(model: ModelSpec) -> str:
@@ -133,7 +135,7 @@ def parse_imagine(text: str, model: ModelSpec, *, banned_words: Iterable[str] = 
             f"The prompt is {len(prompt)} characters long; the limit is {model.max_prompt_chars}. Please shorten it."
         )
     check_banned(prompt, banned_words)
-    return ParsedPrompt(prompt, {**model.defaults(), **(defaults or {}), **params})
+    return ParsedPrompt(prompt, {**model.defaults(), **(defaults or {}), **params}, frozenset(params))
 
 
 def take_images(text: str) -> tuple[str, list[str]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
@@ -48,6 +49,20 @@ class ModelSpec:
 
     def defaults(self) -> dict[str, str]:
         return {spec.name: spec.default for spec in self.inputs}
+
+    def nearest_aspect_ratio(self, width: int, height: int) -> str:
+        """The offered aspect ratio closest in shape to ``width`` x ``height`` (an edit without ``--ar`` keeps
+        its reference's shape). Shapes are compared on a log scale, so 2:1 is as far from 1:1 as 1:2 is."""
+        spec = self.input("aspect_ratio")
+        if width <= 0 or height <= 0:
+            return spec.default
+        shape = math.log(width / height)
+
+        def distance(ratio: str) -> float:
+            w, h = (int(part) for part in ratio.split(":"))
+            return abs(math.log(w / h) - shape)
+
+        return min(spec.choices, key=distance)
 
     def with_aspect_ratios(self, ratios: Iterable[str]) -> ModelSpec:
         ratios = tuple(ratios)

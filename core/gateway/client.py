@@ -61,6 +61,7 @@ from imagine_bot.core.errors import (
     is_transient,
 )
 from imagine_bot.core.media.netaddr import Resolver, is_loopback_host, non_public_addresses, origin, system_resolve
+from imagine_bot.core.ops.logs import redactable
 
 log = logging.getLogger(__name__)
 
@@ -414,7 +415,7 @@ class GatewayClient:
 
     def _scrub(self, text: str) -> str:
         """Remove the API key from text that came from outside (a server echoing it back)."""
-        if self._api_key and self._api_key in text:
+        if redactable(self._api_key) and self._api_key and self._api_key in text:
             text = text.replace(self._api_key, "***")
         return text
 

@@ -67,11 +67,12 @@ from imagine_bot.core.events import Accepted, Delivered, Failed, ImageFile, JobE
 from imagine_bot.core.frontend import FrontEnd
 from imagine_bot.core.gateway import GatewayClient, TaskRecord, TaskStage
 from imagine_bot.core.gateway.catalog import CATALOG, ModelSpec
-from imagine_bot.core.jobs.admission import Admission, RateLimiter
+from imagine_bot.core.jobs.admission import Admission
 from imagine_bot.core.jobs.approvals import Approvals
 from imagine_bot.core.jobs.leases import LeaseClock, new_owner_id
 from imagine_bot.core.jobs.model import Job, JobRequest, JobState, ReplyTo, new_job_id
 from imagine_bot.core.jobs.outbox import UNPACED, Outbox, Refresh, Send
+from imagine_bot.core.jobs.ratelimit import RateLimiter
 from imagine_bot.core.media.thumbnails import ThumbnailStore
 from imagine_bot.core.storage.base import Store
 from imagine_bot.core.storage.db import utcnow

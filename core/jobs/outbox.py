@@ -34,7 +34,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from imagine_bot.core.errors import ChatRateLimited
-from imagine_bot.core.jobs.admission import RateLimiter
+from imagine_bot.core.jobs.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
 

@@ -50,6 +50,15 @@ class Reference:
     key: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """Checked references: what goes in ``image_urls``, and the first one's (width, height) when readable
+    (an edit without ``--ar`` takes the supported aspect ratio nearest to it)."""
+
+    image_urls: list[str]
+    first_size: tuple[int, int] | None
+
+
 class _Refused(Exception):
     def __init__(self, text: str) -> None:
         super().__init__(text)
@@ -73,8 +82,9 @@ class ReferenceChecker:
         #: shrinking decodes a whole image: one at a time, so that many large references cannot add up
         self._shrinking = asyncio.Lock()
 
-    async def prepare(self, model: ModelSpec, references: Sequence[Reference]) -> list[str]:
-        """The ``image_urls`` for ``references``, or ``UserInputError`` naming every refused one."""
+    async def prepare(self, model: ModelSpec, references: Sequence[Reference]) -> Prepared:
+        """The ``image_urls`` for ``references`` and the first one's size, or ``UserInputError`` naming every
+        refused one."""
         low, high = model.references
         if not low <= len(references) <= high:
             raise UserInputError(messages.reference_count(len(references), low, high))
@@ -85,21 +95,24 @@ class ReferenceChecker:
         for result in results:
             if isinstance(result, BaseException):
                 raise result
-        return [r for r in results if isinstance(r, str)]
+        checked = [r for r in results if isinstance(r, tuple)]
+        return Prepared([url for url, _ in checked], checked[0][1] if checked else None)
 
-    async def _one(self, ref: Reference) -> str:
+    async def _one(self, ref: Reference) -> tuple[str, tuple[int, int] | None]:
+        """The reference's ``image_urls`` entry and its size (width, height; None if unreadable)."""
         if ref.key is not None:
-            if self.store.path(ref.key) is None:
+            path = self.store.path(ref.key)
+            if path is None:
                 raise _Refused(messages.reference_gone())
             self._need_public_url()
-            return REF_PREFIX + ref.key
+            return REF_PREFIX + ref.key, await asyncio.to_thread(lambda: image_size(path.read_bytes()))
         if ref.data is not None:
-            return await self._keep(ref, ref.data)
+            return await self._keep(ref, ref.data), image_size(ref.data)
         assert ref.url is not None
         data, complete = await self._fetch(ref)
         if complete and len(data) <= self.max_bytes:
-            return ref.url  # public and fine as it is: the gateway fetches it itself
-        return await self._keep(ref, data if complete else None)
+            return ref.url, image_size(data)  # public and fine as it is: the gateway fetches it itself
+        return await self._keep(ref, data if complete else None), image_size(data) if complete else None
 
     async def _keep(self, ref: Reference, data: bytes | None) -> str:
         """Store bytes (shrunk if too large) to serve them from ``/refs/``."""

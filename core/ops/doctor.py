@@ -133,12 +133,19 @@ def _write_probe(folder: Path) -> OSError | None:
 
 # ---------------------------------------------------------------------- gateway
 async def check_gateway(settings: Settings, gateway: GatewayClient | None) -> list[Check]:
+    """Always names the gateway in use: its address, or the embedded sandbox (with a warning when a key is set
+    too: the images would be placeholders although the operator meant the real service)."""
     name = "gateway"
     if settings.sandbox:
+        if settings.MODKIE_API_KEY is not None and settings.MODKIE_API_KEY.get_secret_value():
+            return [warn(name, "the embedded sandbox gateway, although MODKIE_API_KEY is set: images are "
+                         "placeholders and no real credits are spent",
+                         "to use the real gateway, remove MODKIE_BASE_URL=sandbox (from .env or the environment) "
+                         "and --sandbox")]
         return [ok(name, "the embedded sandbox gateway (no key, no network, no credits spent)")]
     if gateway is None:
-        return [fail(name, "MODKIE_API_KEY is not set",
-                     "put your ModKie API key in .env as MODKIE_API_KEY (or MODKIE_BASE_URL=sandbox to try it)")]
+        return [fail(name, f"{settings.MODKIE_BASE_URL}: MODKIE_API_KEY is not set",
+                     "put your ModKie API key in .env as MODKIE_API_KEY (or use --sandbox to try the bot without)")]
     checks: list[Check] = []
     try:
         balance = await gateway.credit()
@@ -151,10 +158,10 @@ async def check_gateway(settings: Settings, gateway: GatewayClient | None) -> li
         return [fail(name, f"{gateway.base_url} did not answer the balance request ({exc.code}: "
                      f"{exc.admin_message})", "check MODKIE_BASE_URL and that this machine reaches it")]
     if balance < LOW_BALANCE:
-        checks.append(warn(name, f"key accepted; balance {balance} credits (below {LOW_BALANCE})",
+        checks.append(warn(name, f"{gateway.base_url}: key accepted; balance {balance} credits (below {LOW_BALANCE})",
                            "top up the gateway account: jobs fail when it reaches 0"))
     else:
-        checks.append(ok(name, f"key accepted; balance {balance} credits"))
+        checks.append(ok(name, f"{gateway.base_url}: key accepted; balance {balance} credits"))
     try:
         models = await gateway.models()
     except GatewayError as exc:

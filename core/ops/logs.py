@@ -5,11 +5,20 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
+#: shorter values are not redacted: no real key or token is that short, and replacing a word such as the
+#: sandbox's placeholder key ``sandbox`` wherever it appears garbles messages ("***: generation failed")
+MIN_SECRET_CHARS = 8
+
+
+def redactable(secret: str | None) -> bool:
+    """Whether ``secret`` is hidden from logs and messages: a real key or token, not a common word."""
+    return bool(secret) and len(secret or "") >= MIN_SECRET_CHARS
+
 
 class RedactSecrets(logging.Filter):
     def __init__(self, secrets: Iterable[str]) -> None:
         super().__init__()
-        self.secrets = [s for s in secrets if s and len(s) >= 4]
+        self.secrets = [s for s in secrets if redactable(s)]
 
     def _clean(self, text: str) -> str:
         for secret in self.secrets:

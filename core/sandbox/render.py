@@ -14,10 +14,13 @@ import random
 import textwrap
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
+from PIL.PngImagePlugin import PngInfo
 
 LONG_SIDE = {"basic": 1024, "high": 2048}
 MIN_SIDE = 64
 MAX_TEXT_LINES = 6
+#: the PNG text chunk that says where a sandbox image's caption band starts (its first row)
+CAPTION_TOP = "imagine-sandbox-caption-top"
 
 
 def image_size(aspect_ratio: str, quality: str, scale: float = 1.0) -> tuple[int, int]:
@@ -42,9 +45,15 @@ def render_png(prompt: str, aspect_ratio: str, quality: str, scale: float = 1.0)
     rng = random.Random(hashlib.sha256(prompt.encode("utf-8")).digest())
     image = _gradient(width, height, _colour(rng), _colour(rng))
     _shapes(image, rng)
-    _caption(image, prompt)
+    return _png(image, _caption(image, prompt))
+
+
+def _png(image: Image.Image, caption_top: int) -> bytes:
+    """The PNG, with where its caption band starts in a text chunk (an edit of it leaves the band out)."""
+    info = PngInfo()
+    info.add_text(CAPTION_TOP, str(caption_top))
     out = io.BytesIO()
-    image.convert("RGB").save(out, format="PNG", compress_level=1)
+    image.convert("RGB").save(out, format="PNG", compress_level=1, pnginfo=info)
     return out.getvalue()
 
 
@@ -74,7 +83,8 @@ def _shapes(image: Image.Image, rng: random.Random) -> None:
     image.alpha_composite(overlay)
 
 
-def _caption(image: Image.Image, prompt: str) -> None:
+def _caption(image: Image.Image, prompt: str) -> int:
+    """Draw the prompt on a band along the bottom; returns the band's first row."""
     width, height = image.size
     font_size = max(8, width // 40)
     font = ImageFont.load_default(size=font_size)
@@ -92,19 +102,21 @@ def _caption(image: Image.Image, prompt: str) -> None:
     for n, line in enumerate(lines):
         draw.text((pad, top + pad + n * line_height), line, font=font, fill=(255, 255, 255, 235))
     image.alpha_composite(overlay)
+    return top
 
 
 def render_edit_png(references: list[bytes], prompt: str, aspect_ratio: str, quality: str,
                     scale: float = 1.0) -> bytes:
-    """The sandbox's "edit": the first reference cropped to the shape, recoloured with two colours taken
-    from the prompt (its shapes stay recognisable), the other references as thumbnails along the top, and
-    the prompt as a caption. Visibly derived from the references, deterministic per input."""
+    """The sandbox's "edit": the first reference (without its caption, when it is a sandbox image) cropped
+    to the shape, recoloured with two colours taken from the prompt (its shapes stay recognisable), the
+    other references as thumbnails along the top, and the new prompt as the only caption. Visibly derived
+    from the references, deterministic per input."""
     width, height = image_size(aspect_ratio, quality, scale)
     rng = random.Random(hashlib.sha256(prompt.encode("utf-8")).digest())
     dark, light = _colour(rng), _colour(rng)
     dark = tuple(c // 3 for c in dark)  # type: ignore[assignment]
     light = tuple(128 + c // 2 for c in light)  # type: ignore[assignment]
-    first = _open(references[0]) if references else None
+    first = _open(references[0], without_caption=True) if references else None
     if first is None:
         image = _gradient(width, height, dark, light)
     else:
@@ -122,15 +134,20 @@ def render_edit_png(references: list[bytes], prompt: str, aspect_ratio: str, qua
         if x + thumb > width:
             break
         image.alpha_composite(tile, (x, 4))
-    _caption(image, prompt)
-    out = io.BytesIO()
-    image.convert("RGB").save(out, format="PNG", compress_level=1)
-    return out.getvalue()
+    return _png(image, _caption(image, prompt))
 
 
-def _open(data: bytes) -> Image.Image | None:
+def _open(data: bytes, *, without_caption: bool = False) -> Image.Image | None:
+    """The image in ``data`` as RGB; ``without_caption``: cut off the caption band of a sandbox image (its
+    text chunk says where it starts), so that an edit shows no fragment of the old prompt."""
     try:
         with Image.open(io.BytesIO(data)) as opened:
-            return opened.convert("RGB")
+            image = opened.convert("RGB")
+            top = str(getattr(opened, "text", {}).get(CAPTION_TOP, "")) if without_caption else ""
     except (OSError, ValueError, Image.DecompressionBombError):
         return None
+    if top.isdigit() and 0 < int(top) < image.height:
+        cropped = image.crop((0, 0, image.width, int(top)))
+        image.close()
+        return cropped
+    return image

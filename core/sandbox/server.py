@@ -41,9 +41,10 @@ Magic words, for staging by hand (anywhere in the prompt):
 
 Faults for tests: ``inject(endpoint, ...)`` queues one fault for the next ``times`` calls of an endpoint:
 a raw HTTP status, an envelope ``code`` in a 200 body, a raw ``body``, extra ``headers``, a ``hang`` (sleep
-that long before answering) or, for recordInfo, a reported ``state``. For the ``callback`` endpoint the
-fault changes the outgoing callback (``body``, ``code``, ``state``, ``hang`` before sending); for the
-``webhook`` endpoint, the outgoing account webhook (``body``, ``state``, ``hang``).
+that long before answering) or, for recordInfo, a reported ``state``; ``clear_faults`` drops the ones
+left. For the ``callback`` endpoint the fault changes the outgoing callback (``body``, ``code``, ``state``,
+``hang`` before sending); for the ``webhook`` endpoint, the outgoing account webhook (``body``, ``state``,
+``hang``).
 """
 
 from __future__ import annotations
@@ -273,6 +274,13 @@ class SandboxGateway:
         if times < 1:
             raise ValueError("times must be at least 1")
         self._faults[endpoint].append(Fault(status, code, msg, body, dict(headers or {}), hang, state, times))
+
+    def clear_faults(self, endpoint: str | None = None) -> None:
+        """Drop the faults still queued for ``endpoint`` (all endpoints: None), e.g. to release a task held
+        in ``generating`` by ``inject("recordInfo", state="generating", times=...)``."""
+        for name, queue in self._faults.items():
+            if endpoint is None or name == endpoint:
+                queue.clear()
 
     def _take_fault(self, endpoint: str) -> Fault | None:
         queue = self._faults.get(endpoint)

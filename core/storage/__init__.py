@@ -4,8 +4,9 @@
 store of one database (``SqliteStores.open(settings)``: the bot, the command line and the tests); ``db``
 opens and migrates the file and holds the transaction helpers; one module per concern holds its store
 class (``ledger``, ``budgets``, ``jobs``, ``gateway_account``, ``places``, ``relay``, ``thumbnails``,
-``secrets``, ``dashboard``). Nothing outside this package imports ``sqlite3`` or ``sqlite_utils``, writes
-SQL, or calls ``transaction``/``snapshot`` (``tests/test_layout.py`` checks it).
+``secrets``, ``dashboard``, ``installations`` with its ``secretbox``). Nothing outside this package
+imports ``sqlite3`` or ``sqlite_utils``, writes SQL, or calls ``transaction``/``snapshot``
+(``tests/test_layout.py`` checks it).
 
 The rules every store class keeps, so that another database (PostgreSQL) can run the same classes behind
 an adapter with the same four entry points:

@@ -3,8 +3,9 @@
 Everything that must survive a restart or be shared between processes is in these stores: the credits
 (``CreditStore``: accounts and their append-only ledger, with the ``BudgetStore`` over them), the jobs
 (``JobRepository``), the gateway account (``GatewayAccountStore``), the places' bans and preferences,
-the callback relay, the thumbnails, the dashboard's sign-in links and queries, and the keys the bot makes
-for itself. ``Stores`` bundles every store of one database and the one transaction that spans them.
+the callback relay, the thumbnails, the dashboard's sign-in links and queries, the installations of a chat
+app distributed to many workspaces (and its install flows' states), and the keys the bot makes for
+itself. ``Stores`` bundles every store of one database and the one transaction that spans them.
 
 Domain code (``core.app``, ``core.jobs.orchestrator``, ``core.credits.refunds``, ``core.gateway.balance``,
 ``core.chat``) is typed by these protocols only. Today's implementation is SQLite
@@ -35,6 +36,8 @@ from imagine_bot.core.credits.ledger import Balance, LedgerEntry
 from imagine_bot.core.gateway.balance import AccountState
 from imagine_bot.core.jobs.model import Job, JobRequest, JobState
 from imagine_bot.core.storage.approvals import Approval
+from imagine_bot.core.storage.installations import InstallationRow, InstalledPlace
+from imagine_bot.core.storage.secretbox import SecretBox
 
 if TYPE_CHECKING:
     from imagine_bot.core.storage.dashboard import Queries
@@ -278,6 +281,30 @@ class LinkStore(Protocol):
     def use(self, token_hash: str, now: datetime, *, forget_before: datetime) -> tuple[str, str | None] | None: ...
 
 
+class InstallationStore(Protocol):
+    """A chat app's installations in many workspaces, tokens sealed (``core.storage.installations``)."""
+
+    def save(self, row: InstallationRow) -> None: ...
+
+    def latest(self, *, org: str | None, workspace: str, installer: str | None = None,
+               with_token: str | None = None) -> InstallationRow | None: ...
+
+    def clear_tokens(self, *, org: str | None, workspace: str, names: Iterable[str],
+                     installer: str | None = None) -> int: ...
+
+    def delete(self, *, org: str | None, workspace: str, installer: str | None = None) -> int: ...
+
+    def reseal(self) -> int: ...
+
+
+class OAuthStateStore(Protocol):
+    """The one-time states of an install flow: issued with an expiry, consumed at most once."""
+
+    def issue(self, state: str, ttl_s: float) -> None: ...
+
+    def consume(self, state: str) -> bool: ...
+
+
 @runtime_checkable
 class Store(Protocol):
     """The credits and the jobs, and one transaction that spans them (reserve + insert, capture + delivered,
@@ -329,3 +356,13 @@ class Stores(Store, Protocol):
 
     @property
     def dashboard(self) -> Queries: ...
+
+    def installations(self, platform: str, box: SecretBox) -> InstallationStore:
+        """``platform``'s installations (distributed chat apps), their tokens sealed and opened by ``box``."""
+        ...
+
+    def oauth_states(self, platform: str) -> OAuthStateStore: ...
+
+    def installed_places(self, platform: str | None = None) -> list[InstalledPlace]:
+        """Where the app is installed, for people (doctor, dashboard): reads no token."""
+        ...

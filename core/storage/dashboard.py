@@ -155,6 +155,18 @@ class Queries:
                           [*args, limit])
         return [self.jobs.get(r["id"]) for r in rows]
 
+    # ------------------------------------------------------------------ scopes
+    def known_scopes(self, limit: int = 200) -> list[str]:
+        """The servers and workspaces the bot knows: where jobs were made, or a budget was set."""
+        rows = self._rows(f"SELECT DISTINCT {SCOPE_SQL} AS scope FROM jobs UNION SELECT scope FROM budgets "
+                          "WHERE scope != 'global' AND instr(scope, '#') = 0 ORDER BY scope LIMIT ?", [limit])
+        return [str(r["scope"]) for r in rows if r["scope"]]
+
+    def scope_known(self, scope: str) -> bool:
+        row = self.db.execute(f"SELECT EXISTS (SELECT 1 FROM jobs WHERE ({SCOPE_SQL}) = ?) OR EXISTS "
+                              "(SELECT 1 FROM budgets WHERE scope = ?)", [scope, scope]).fetchone()
+        return bool(row[0])
+
     def scope_of(self, job_id: str) -> str | None:
         row = self.db.execute(f"SELECT {SCOPE_SQL} FROM jobs WHERE jobs.id = ?", [job_id]).fetchone()
         return None if row is None else str(row[0])

@@ -246,7 +246,36 @@ def m090_billed_not_delivered(db: sqlite_utils.Database) -> None:
 
 
 @migration
-def m100_presets(db: sqlite_utils.Database) -> None:
+def m100_installations(db: sqlite_utils.Database) -> None:
+    """A chat app installed by the admins of many workspaces (core/storage/installations.py): one row per
+    installer of each workspace or organisation, tokens sealed with the operator's key; and the one-time
+    states of the install flows (each consumed once, before it expires)."""
+    db.execute(
+        """
+        CREATE TABLE installations (
+            platform TEXT NOT NULL,
+            org TEXT NOT NULL DEFAULT '',        -- the organisation (Slack Enterprise Grid); '' when none
+            workspace TEXT NOT NULL DEFAULT '',  -- the workspace; '' for an organisation-wide installation
+            installer TEXT NOT NULL DEFAULT '',  -- the user who installed it; '' when unknown
+            org_wide INTEGER NOT NULL DEFAULT 0,
+            name TEXT NOT NULL DEFAULT '',       -- the workspace's (or organisation's) name, for people
+            data TEXT NOT NULL,                  -- JSON: the platform's installation record, without tokens
+            bot_token TEXT,                      -- tokens: 'enc1:' + Fernet token, or plain without a key
+            bot_refresh_token TEXT,
+            user_token TEXT,
+            user_refresh_token TEXT,
+            installed_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            PRIMARY KEY (platform, org, workspace, installer)
+        )
+        """
+    )
+    db.execute("CREATE INDEX installations_workspace ON installations(platform, workspace, installed_at)")
+    db.execute("CREATE TABLE oauth_states (state TEXT PRIMARY KEY, platform TEXT NOT NULL, expires_at TEXT NOT NULL)")
+
+
+@migration
+def m110_presets(db: sqlite_utils.Database) -> None:
     """Brand presets (core/chat/presets.py, stored by core/storage/presets.py): named prompt templates of a
     server or workspace (or ``global``, the operators'), the preset a channel uses by default, and the preset
     a job was made with (named in its caption)."""
@@ -271,7 +300,7 @@ def m100_presets(db: sqlite_utils.Database) -> None:
 
 
 @migration
-def m101_approvals(db: sqlite_utils.Database) -> None:
+def m111_approvals(db: sqlite_utils.Database) -> None:
     """Approval before an image goes public (core/jobs/approvals.py, stored by core/storage/approvals.py): the
     reviewers of a channel, the reviewers a job waits for (set when it is asked), and one approval per
     finished job: its decision and the steps done since (reviewers told, the channel post, the requester told)."""
@@ -357,6 +386,20 @@ def inspect_database(path: Path) -> set[str]:
         return {row[0] for row in conn.execute("SELECT name FROM _migrations")} if has_table else set()
     except sqlite3.Error as exc:
         raise DatabaseUnwritable(str(exc)) from exc
+    finally:
+        conn.close()
+
+
+@contextmanager
+def read_only(path: Path) -> Iterator[sqlite_utils.Database | None]:
+    """The database at ``path`` for reading only (no migration, no write lock; ``imagine-bot doctor``), or
+    None when there is no database file yet."""
+    if str(path) == ":memory:" or not Path(path).exists():
+        yield None
+        return
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    try:
+        yield sqlite_utils.Database(conn)
     finally:
         conn.close()
 

@@ -8,8 +8,8 @@ so no command moves a user's credits without the budgets that move with them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime
 from functools import cached_property
 
@@ -19,13 +19,20 @@ from imagine_bot.core.settings import Settings
 from imagine_bot.core.storage.approvals import SqliteApprovals
 from imagine_bot.core.storage.budgets import SqliteBudgets
 from imagine_bot.core.storage.dashboard import Queries, SqliteLinkStore
-from imagine_bot.core.storage.db import CLI_BUSY_TIMEOUT_S, open_db, transaction, utcnow
+from imagine_bot.core.storage.db import CLI_BUSY_TIMEOUT_S, open_db, read_only, transaction, utcnow
 from imagine_bot.core.storage.gateway_account import SqliteGatewayAccount
+from imagine_bot.core.storage.installations import (
+    InstalledPlace,
+    SqliteInstallations,
+    SqliteOAuthStates,
+    installed_places,
+)
 from imagine_bot.core.storage.jobs import SqliteJobStore
 from imagine_bot.core.storage.ledger import SqliteLedger
 from imagine_bot.core.storage.places import SqlitePlaces
 from imagine_bot.core.storage.presets import SqlitePresets
 from imagine_bot.core.storage.relay import SqliteRelayStore
+from imagine_bot.core.storage.secretbox import SecretBox
 from imagine_bot.core.storage.secrets import load_secret
 from imagine_bot.core.storage.thumbnails import SqliteThumbnailIndex
 
@@ -44,6 +51,14 @@ class SqliteStores:
              clock: Callable[[], datetime] = utcnow) -> SqliteStores:
         """Open (creating and migrating if needed) the database of ``settings``."""
         return cls(open_db(settings.IMAGINE_DB_PATH, busy_timeout_s=busy_timeout_s), settings, clock=clock)
+
+    @classmethod
+    @contextmanager
+    def read_only(cls, settings: Settings) -> Iterator[SqliteStores | None]:
+        """The stores of ``settings``' database for reading only (no migration, no write lock: ``imagine-bot
+        doctor``), or None when the database does not exist yet."""
+        with read_only(settings.IMAGINE_DB_PATH) as db:
+            yield None if db is None else cls(db, settings)
 
     def close(self) -> None:
         self.db.conn.close()
@@ -104,3 +119,12 @@ class SqliteStores:
     @cached_property
     def dashboard(self) -> Queries:
         return Queries(self.db)
+
+    def installations(self, platform: str, box: SecretBox) -> SqliteInstallations:
+        return SqliteInstallations(self.db, box, platform)
+
+    def oauth_states(self, platform: str) -> SqliteOAuthStates:
+        return SqliteOAuthStates(self.db, platform)
+
+    def installed_places(self, platform: str | None = None) -> list[InstalledPlace]:
+        return installed_places(self.db, platform)

@@ -17,9 +17,9 @@ from .conftest import ALICE, CAROL, Bot, discord_user
 EDIT = "seedream/4.5-edit"
 
 
-def png(colour: tuple[int, int, int]) -> bytes:
+def png(colour: tuple[int, int, int], size: tuple[int, int] = (80, 60)) -> bytes:
     out = io.BytesIO()
-    Image.new("RGB", (80, 60), colour).save(out, format="PNG")
+    Image.new("RGB", size, colour).save(out, format="PNG")
     return out.getvalue()
 
 
@@ -109,6 +109,27 @@ async def test_remix_with_imagine_on_a_message_runs_an_edit_in_that_channel(open
         assert job.params["aspect_ratio"] == "9:16" and job.params["quality"] == "basic"
         assert sandbox.tasks[job.task_id].input["image_urls"] == [photo["url"]]
         assert final.files[0].data == sandbox.tasks[job.task_id].images[0]
+
+
+async def test_a_remix_form_left_without_a_ratio_keeps_the_image_shape(open_bot, sandbox):
+    """The form preselects no aspect ratio for a message's images (it would square a wide photo): left
+    empty, the edit takes the supported ratio nearest to the image's."""
+    async with open_bot() as bot:
+        photo = bot.fake.add_attachment("wide.png", png((30, 160, 60), size=(192, 100)))
+        message = bot.fake.user_message(bot.interactions.channel_id, CAROL, [photo], content="a wide shot")
+        modal = (await bot.callback(bot.send(bot.interactions.message_command("Remix with imagine", ALICE,
+                                                                               message)))).json["data"]
+        ratio = next(row for row in modal["components"]
+                     if row["component"]["custom_id"] == "imagine:remix:aspect_ratio")
+        assert not any(option.get("default") for option in ratio["component"]["options"])
+        assert "keep the image's shape" in ratio["description"]
+        submitted = bot.send(bot.interactions.modal_submit(modal["custom_id"], ALICE, {
+            "imagine:remix:prompt": "as a neon sign", "imagine:remix:aspect_ratio": [],
+            "imagine:remix:quality": []}))
+        await bot.final_edit(submitted)
+        await bot.idle()
+        (job,) = bot.core.jobs.recent(discord_user(ALICE).key)
+        assert job.params["aspect_ratio"] == "16:9" and sandbox.tasks[job.task_id].input["aspect_ratio"] == "16:9"
 
 
 async def test_remix_menu_on_a_message_without_images_says_so(open_bot, sandbox):

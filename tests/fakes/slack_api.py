@@ -7,8 +7,18 @@ Point ``AsyncWebClient(base_url=fake.api_url)`` (or ``SLACK_API_URL``) at it. It
   ``files.completeUploadExternal``, ``files.info``, ``files.delete``, ``apps.connections.open``,
   ``users.info`` (workspace admins and owners are the ids in ``fake.workspace_admins`` /
   ``fake.workspace_owners``). Params
-  are read from the query string, a form or a JSON body, like Slack. A wrong bot token answers
-  ``invalid_auth``.
+  are read from the query string, a form or a JSON body, like Slack. Every call records the token it
+  used (``Call.token``) and the workspace that token belongs to (``Call.team``). An unknown bot token
+  answers ``invalid_auth``, a revoked one ``token_revoked``, an expired one ``token_expired``.
+- Distribution ("Add to Slack"), like Slack's: ``GET /oauth/v2/authorize`` (``authorize_url``) is the
+  page where an admin approves the app: it answers with a redirect to the app's ``redirect_uri`` with a
+  one-time ``code`` and the app's ``state``. The workspace approving is the ``team`` parameter (a
+  workspace added with ``add_workspace``, or an Enterprise Grid organisation added with ``add_org``: an
+  organisation-wide install), else ``fake.team_id``. ``oauth.v2.access`` (the app's client id and secret in
+  HTTP basic auth, as slack_sdk sends them) exchanges a code for a new bot token of that workspace
+  (``grant_type=authorization_code``), or, with ``fake.token_rotation``, a refresh token for a new pair
+  (``grant_type=refresh_token``; a refresh token works once). ``fake.lifetimes`` lists the ``expires_in``
+  of the next tokens issued (then 12 hours). ``fake.uninstall(team)`` revokes a workspace's tokens.
 - Blocks (``chat.postMessage``, ``chat.update``, ``views.publish``) are checked with slack_sdk's own Block
   Kit models, and every ``slack_file`` must name a file that exists, is not deleted and (in messages) is
   shared in that channel; otherwise the call answers ``invalid_blocks`` with Slack's ``errors`` list.
@@ -48,9 +58,11 @@ called ``n`` times.
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 import json
 import time
+import urllib.parse
 import uuid
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
@@ -69,6 +81,36 @@ class Call:
     token: str | None = None
     done_at: float | None = None
     status: int = 200
+    #: the workspace the call's bot token belongs to (the organisation, for an organisation-wide token)
+    team: str | None = None
+
+
+@dataclass
+class Workspace:
+    team_id: str
+    name: str
+    enterprise_id: str | None = None
+
+
+@dataclass
+class Grant:
+    """A bot token Slack issued: for a workspace, or for a whole organisation (``org_wide``)."""
+
+    token: str
+    team_id: str | None
+    team_name: str | None
+    enterprise_id: str | None
+    enterprise_name: str | None
+    org_wide: bool
+    bot_user_id: str
+    scopes: list[str]
+    expires_at: float | None = None
+    refresh_token: str | None = None
+    revoked: bool = False
+
+    @property
+    def where(self) -> str:
+        return str(self.enterprise_id if self.org_wide else self.team_id)
 
 
 @dataclass
@@ -149,8 +191,26 @@ class FakeSlackAPI:
         self._file_ids = itertools.count(1)
         self._sockets: list[web.WebSocketResponse] = []
         self._acks: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._grant: Grant | None = None  # the token of the call being answered
         self._runner: web.AppRunner | None = None
         self.base_url = ""
+        #: workspaces and Enterprise Grid organisations that may install the app
+        self.workspaces: dict[str, Workspace] = {team_id: Workspace(team_id, "Fake Team")}
+        self.orgs: dict[str, str] = {}
+        #: the bot tokens issued, the default one first
+        self.grants: dict[str, Grant] = {bot_token: Grant(bot_token, team_id, "Fake Team", None, None, False,
+                                                          bot_user_id, self.scopes)}
+        #: the app's OAuth credentials and redirect URLs (None: any redirect_uri)
+        self.client_id = "1111.2222"
+        self.client_secret = "fake-client-secret"
+        self.redirect_urls: list[str] | None = None
+        self.token_rotation = False
+        self.lifetimes: deque[int] = deque()
+        #: every visit to the authorize page (its parameters)
+        self.authorizations: list[dict[str, str]] = []
+        self._codes: dict[str, tuple[str, str | None]] = {}
+        self._refresh: dict[str, str] = {}  # refresh token -> the bot token it refreshes
+        self._tokens = itertools.count(1)
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> str:
@@ -160,6 +220,7 @@ class FakeSlackAPI:
         app.router.add_get("/files-pri/{file_id}/{name}", self._private_file)
         app.router.add_post("/response/{rid}", self._response)
         app.router.add_get("/socket", self._socket)
+        app.router.add_get("/oauth/v2/authorize", self._authorize)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -185,6 +246,113 @@ class FakeSlackAPI:
     @property
     def api_url(self) -> str:
         return f"{self.base_url}/api/"
+
+    @property
+    def authorize_url(self) -> str:
+        return f"{self.base_url}/oauth/v2/authorize"
+
+    # ------------------------------------------------------------------ distribution
+    def add_workspace(self, team_id: str, name: str | None = None, enterprise_id: str | None = None) -> Workspace:
+        self.workspaces[team_id] = Workspace(team_id, name or f"Workspace {team_id}", enterprise_id)
+        return self.workspaces[team_id]
+
+    def add_org(self, enterprise_id: str, name: str, teams: list[str]) -> None:
+        """An Enterprise Grid organisation and its workspaces."""
+        self.orgs[enterprise_id] = name
+        for team in teams:
+            self.add_workspace(team, enterprise_id=enterprise_id)
+
+    def tokens_of(self, where: str) -> list[str]:
+        """Every bot token ``oauth.v2.access`` issued for a workspace (or, for an organisation id,
+        organisation-wide), oldest first."""
+        return [g.token for g in self.grants.values() if g.where == where and g.token != self.bot_token]
+
+    def uninstall(self, where: str) -> None:
+        """The app removed from a workspace or organisation: its tokens and refresh tokens stop working."""
+        for grant in self.grants.values():
+            if grant.where == where:
+                grant.revoked = True
+                if grant.refresh_token:
+                    self._refresh.pop(grant.refresh_token, None)
+
+    async def _authorize(self, request: web.Request) -> web.Response:
+        """The page where an admin approves the app: straight back to the app with a code and the state."""
+        params = dict(request.query)
+        self.authorizations.append(params)
+        if params.get("client_id") != self.client_id:
+            return web.Response(status=400, text="invalid_client_id")
+        redirect = params.get("redirect_uri")
+        if self.redirect_urls is not None and redirect not in self.redirect_urls:
+            return web.Response(status=400, text="bad_redirect_uri")
+        target = params.get("team") or self.team_id
+        if target not in self.workspaces and target not in self.orgs:
+            return web.Response(status=400, text="unknown team")
+        code = f"code-{uuid.uuid4().hex[:16]}"
+        self._codes[code] = (target, redirect)
+        query = urllib.parse.urlencode({"code": code, "state": params.get("state", "")})
+        raise web.HTTPFound(f"{redirect}?{query}")
+
+    def _issue(self, *, team: Workspace | None, enterprise_id: str | None, org_wide: bool,
+               scopes: list[str], bot_user_id: str | None = None) -> Grant:
+        n = next(self._tokens)
+        where = enterprise_id if org_wide else (team.team_id if team else "")
+        lifetime = (self.lifetimes.popleft() if self.lifetimes else 43200) if self.token_rotation else None
+        grant = Grant(token=("xoxe.xoxb-" if self.token_rotation else "xoxb-") + f"{where}-{n}-{uuid.uuid4().hex[:8]}",
+                      team_id=None if org_wide else (team.team_id if team else None),
+                      team_name=None if org_wide else (team.name if team else None),
+                      enterprise_id=enterprise_id, enterprise_name=self.orgs.get(enterprise_id or ""),
+                      org_wide=org_wide, bot_user_id=bot_user_id or f"UB{where}", scopes=scopes,
+                      expires_at=time.time() + lifetime if lifetime else None,
+                      refresh_token=f"xoxe-1-{uuid.uuid4().hex}" if self.token_rotation else None)
+        self.grants[grant.token] = grant
+        if grant.refresh_token:
+            self._refresh[grant.refresh_token] = grant.token
+        return grant
+
+    def _oauth_v2_access(self, params: dict[str, Any], client: tuple[str, str] | None) -> dict[str, Any]:
+        client_id, secret = client or (params.get("client_id"), params.get("client_secret"))
+        if client_id != self.client_id:
+            return {"ok": False, "error": "invalid_client_id"}
+        if secret != self.client_secret:
+            return {"ok": False, "error": "bad_client_secret"}
+        if params.get("grant_type") == "refresh_token":
+            old_token = self._refresh.pop(str(params.get("refresh_token")), None)  # works once
+            if old_token is None:
+                return {"ok": False, "error": "invalid_refresh_token"}
+            old = self.grants[old_token]
+            team = self.workspaces.get(old.team_id or "")
+            grant = self._issue(team=team, enterprise_id=old.enterprise_id, org_wide=old.org_wide,
+                                scopes=old.scopes, bot_user_id=old.bot_user_id)
+            return {"ok": True, "token_type": "bot", "access_token": grant.token, "scope": ",".join(grant.scopes),
+                    "refresh_token": grant.refresh_token,
+                    "expires_in": int((grant.expires_at or time.time()) - time.time()) if grant.expires_at else None,
+                    **self._where_fields(grant)}
+        redirect = params.get("redirect_uri")
+        if self.redirect_urls is not None and redirect and redirect not in self.redirect_urls:
+            return {"ok": False, "error": "bad_redirect_uri"}
+        issued = self._codes.pop(str(params.get("code")), None)  # a code works once
+        if issued is None:
+            return {"ok": False, "error": "invalid_code"}
+        target, asked_redirect = issued
+        if asked_redirect and redirect != asked_redirect:
+            return {"ok": False, "error": "bad_redirect_uri"}
+        org_wide = target in self.orgs
+        team = None if org_wide else self.workspaces[target]
+        grant = self._issue(team=team, enterprise_id=target if org_wide else team.enterprise_id if team else None,
+                            org_wide=org_wide, scopes=list(self.scopes))
+        answer: dict[str, Any] = {
+            "ok": True, "app_id": "A0001", "token_type": "bot", "access_token": grant.token,
+            "scope": ",".join(grant.scopes), "bot_user_id": grant.bot_user_id,
+            "authed_user": {"id": f"UINSTALLER{target}"}, **self._where_fields(grant)}
+        if grant.refresh_token and grant.expires_at:
+            answer.update(refresh_token=grant.refresh_token, expires_in=int(grant.expires_at - time.time()))
+        return answer
+
+    def _where_fields(self, grant: Grant) -> dict[str, Any]:
+        return {"team": None if grant.org_wide else {"id": grant.team_id, "name": grant.team_name},
+                "enterprise": ({"id": grant.enterprise_id, "name": grant.enterprise_name} if grant.enterprise_id
+                               else None),
+                "is_enterprise_install": grant.org_wide}
 
     def response_url(self, rid: str | None = None) -> str:
         return f"{self.base_url}/response/{rid or uuid.uuid4().hex[:12]}"
@@ -305,9 +473,17 @@ class FakeSlackAPI:
         params = await self._params(request)
         auth = request.headers.get("Authorization", "")
         token = auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else params.get("token")
-        call = Call(method, params, token=token)
+        client: tuple[str, str] | None = None
+        if auth.startswith("Basic "):
+            client_id, _, secret = base64.b64decode(auth.removeprefix("Basic ")).decode().partition(":")
+            client, token = (client_id, secret), None
+        grant = self.grants.get(token or "")
+        call = Call(method, params, token=token, team=grant.where if grant else None)
         await self._record(call)
         try:
+            if method == "oauth.v2.access":  # the app's credentials, no token
+                await self._delay(method)
+                return web.json_response(self._oauth_v2_access(params, client))
             return await self._answer(call, token)
         finally:
             call.done_at = time.monotonic()
@@ -315,19 +491,25 @@ class FakeSlackAPI:
 
     async def _answer(self, call: Call, token: str | None) -> web.Response:
         method, params = call.method, call.params
-        expected = self.app_token if method == "apps.connections.open" else self.bot_token
-        if token != expected:
-            return web.json_response({"ok": False, "error": "invalid_auth"})
+        if method == "apps.connections.open":
+            if token != self.app_token:
+                return web.json_response({"ok": False, "error": "invalid_auth"})
+            grant = None
+        else:
+            grant = self.grants.get(token or "")
+            if grant is None:
+                return web.json_response({"ok": False, "error": "invalid_auth"})
+            if grant.revoked:
+                return web.json_response({"ok": False, "error": "token_revoked"})
+            if grant.expires_at is not None and grant.expires_at < time.time():
+                return web.json_response({"ok": False, "error": "token_expired"})
+        self._grant = grant
         retry_after = self._throttled(method)
         if retry_after is not None:
             call.status = 429
             return web.json_response({"ok": False, "error": "ratelimited"}, status=429,
                                      headers={"Retry-After": str(max(1, round(retry_after)))})
-        if self._delays.get(method):
-            try:
-                await asyncio.wait_for(self._unblock.wait(), self._delays[method])
-            except TimeoutError:
-                pass
+        await self._delay(method)
         if self._failures[method]:
             return web.json_response({"ok": False, "error": self._failures[method].popleft()})
         handler = getattr(self, "_" + method.replace(".", "_"), None)
@@ -341,13 +523,21 @@ class FakeSlackAPI:
             if errors:
                 return web.json_response({"ok": False, "error": "invalid_blocks", "errors": errors,
                                           "response_metadata": {"messages": [f"[ERROR] {e}" for e in errors]}})
-        scopes = {"x-oauth-scopes": ",".join(self.scopes)} if token == self.bot_token else {}
+        granted = self.scopes if token == self.bot_token else grant.scopes if grant is not None else None
+        scopes = {"x-oauth-scopes": ",".join(granted)} if granted is not None else {}
         answer = handler(params)
         if self._lost[method]:
             self._lost[method] -= 1
             call.status = 500
             return web.json_response({"ok": False, "error": "internal_error"}, status=500)
         return web.json_response(answer, headers=scopes)
+
+    async def _delay(self, method: str) -> None:
+        if self._delays.get(method):
+            try:
+                await asyncio.wait_for(self._unblock.wait(), self._delays[method])
+            except TimeoutError:
+                pass
 
     # ------------------------------------------------------------------ Block Kit checks
     def _block_errors(self, params: dict[str, Any], method: str) -> list[str]:
@@ -399,9 +589,12 @@ class FakeSlackAPI:
         return json.loads(raw) if isinstance(raw, str) else raw
 
     def _auth_test(self, params: dict[str, Any]) -> dict[str, Any]:
-        return {"ok": True, "url": "https://fake.slack.com/", "team": "Fake Team", "user": self.bot_name,
-                "team_id": self.team_id, "user_id": self.bot_user_id, "bot_id": "B0001",
-                "is_enterprise_install": False}
+        grant = self._grant
+        assert grant is not None
+        return {"ok": True, "url": "https://fake.slack.com/", "team": grant.team_name or grant.enterprise_name,
+                "user": self.bot_name, "team_id": grant.team_id or grant.enterprise_id, "user_id": grant.bot_user_id,
+                "bot_id": f"B{grant.where}", "enterprise_id": grant.enterprise_id,
+                "is_enterprise_install": grant.org_wide}
 
     def _chat_postMessage(self, params: dict[str, Any]) -> dict[str, Any]:
         channel, ts = params["channel"], self._next_ts()
@@ -452,7 +645,8 @@ class FakeSlackAPI:
     async def _private_file(self, request: web.Request) -> web.Response:
         """Slack answers a request without the bot token with its HTML sign-in page, not a 401."""
         self.file_downloads.append((request.match_info["file_id"], request.headers.get("Authorization", "")))
-        if request.headers.get("Authorization") != f"Bearer {self.bot_token}":
+        grant = self.grants.get(request.headers.get("Authorization", "").removeprefix("Bearer "))
+        if grant is None or grant.revoked:
             return web.Response(text="<!DOCTYPE html><html>sign in</html>", content_type="text/html")
         data = self.private_files.get(request.match_info["file_id"])
         if data is None:
@@ -470,7 +664,8 @@ class FakeSlackAPI:
         if not user:
             return {"ok": False, "error": "user_not_found"}
         owner = user in self.workspace_owners
-        return {"ok": True, "user": {"id": user, "team_id": self.team_id, "name": user.lower(), "deleted": False,
+        team = self._grant.team_id if self._grant is not None else self.team_id
+        return {"ok": True, "user": {"id": user, "team_id": team, "name": user.lower(), "deleted": False,
                                      "is_admin": owner or user in self.workspace_admins, "is_owner": owner,
                                      "is_primary_owner": False, "is_bot": False}}
 

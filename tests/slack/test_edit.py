@@ -26,9 +26,9 @@ EDIT = "seedream/4.5-edit"
 _ids = itertools.count(1)
 
 
-def png(colour: tuple[int, int, int]) -> bytes:
+def png(colour: tuple[int, int, int], size: tuple[int, int] = (80, 60)) -> bytes:
     out = io.BytesIO()
-    Image.new("RGB", (80, 60), colour).save(out, format="PNG")
+    Image.new("RGB", size, colour).save(out, format="PNG")
     return out.getvalue()
 
 
@@ -45,26 +45,26 @@ async def interactive(slack: SlackHarness, payload: dict[str, Any]) -> httpx.Res
 
 
 async def shortcut(slack: SlackHarness, message: dict[str, Any], *, user: str = "U1",
-                   channel: str = "C1") -> tuple[httpx.Response, str]:
+                   channel: str = "C1", team: str = TEAM) -> tuple[httpx.Response, str]:
     response_url = slack.fake.response_url()
     payload = {
         "type": "message_action", "callback_id": "remix_with_imagine", "trigger_id": f"trig.{next(_ids)}",
-        "action_ts": f"{time.time():.6f}", "team": {"id": TEAM, "domain": "fake"},
-        "user": {"id": user, "username": user.lower(), "team_id": TEAM}, "channel": {"id": channel, "name": "art"},
+        "action_ts": f"{time.time():.6f}", "team": {"id": team, "domain": "fake"},
+        "user": {"id": user, "username": user.lower(), "team_id": team}, "channel": {"id": channel, "name": "art"},
         "message_ts": message["ts"], "message": message, "response_url": response_url, "api_app_id": "A0001",
     }
     return await interactive(slack, payload), response_url
 
 
-async def submit(slack: SlackHarness, view: dict[str, Any], prompt: str, *, user: str = "U1",
+async def submit(slack: SlackHarness, view: dict[str, Any], prompt: str, *, user: str = "U1", team: str = TEAM,
                  **choices: str) -> httpx.Response:
     values: dict[str, Any] = {"prompt": {"prompt": {"type": "plain_text_input", "value": prompt}}}
     for name, value in choices.items():
         values[name] = {name: {"type": "static_select", "selected_option": {
             "text": {"type": "plain_text", "text": value}, "value": value}}}
     payload = {
-        "type": "view_submission", "team": {"id": TEAM, "domain": "fake"},
-        "user": {"id": user, "username": user.lower(), "team_id": TEAM}, "api_app_id": "A0001",
+        "type": "view_submission", "team": {"id": team, "domain": "fake"},
+        "user": {"id": user, "username": user.lower(), "team_id": team}, "api_app_id": "A0001",
         "trigger_id": f"trig.{next(_ids)}",
         "view": {**view, "state": {"values": values}},
     }
@@ -107,6 +107,24 @@ async def test_remix_shortcut_edits_the_message_images_in_its_thread(slack, sand
         assert (await http.get(forged)).status_code == 403
         slack.core.refs.clock = lambda: time.time() + 3601
         assert (await http.get(url)).status_code == 410
+
+
+async def test_a_remix_form_left_without_a_ratio_keeps_the_image_shape(slack, sandbox):
+    """The form preselects no aspect ratio for a message's images (it would square a wide photo): left
+    empty, the edit takes the supported ratio nearest to the image's."""
+    serve_refs(slack)
+    photo = slack.fake.add_file("wide.png", png((20, 120, 220), size=(192, 100)))
+    await shortcut(slack, {"type": "message", "ts": "1700000000.000200", "user": "U2", "text": "", "files": [photo]})
+    await slack.fake.wait_for("views.open")
+    view = slack.fake.views[-1]
+    ratio, quality = view["blocks"][1], view["blocks"][2]
+    assert "initial_option" not in ratio["element"] and "keep the image's shape" in ratio["hint"]["text"]
+    assert quality["element"]["initial_option"]["value"] == "basic"
+    answer = await submit(slack, view, "as a postcard", quality="basic")
+    assert answer.status_code == 200
+    await slack.settle()
+    (job,) = slack.core.jobs.recent(UserRef("slack", TEAM, "U1").key)
+    assert job.params["aspect_ratio"] == "16:9" and sandbox.tasks[job.task_id].input["aspect_ratio"] == "16:9"
 
 
 async def test_remix_shortcut_without_public_url_says_an_admin_must_set_it(slack, sandbox):

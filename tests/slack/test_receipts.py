@@ -135,7 +135,7 @@ async def test_a_retry_after_a_crash_before_complete_uploads_once(slack: SlackHa
     """The receipt names a file id reserved by an attempt that died before completeUploadExternal: Slack
     never shared it, so the retry uploads once, anew, and shows the new file."""
     job, image = await delivered_then_forgotten(slack)
-    reserved = await slack.service.frontend.client.files_getUploadURLExternal(filename="x.png", length=3)
+    reserved = await slack.service.client.files_getUploadURLExternal(filename="x.png", length=3)
     slack.core.record_receipt(job.id, pending_file_ids=[reserved["file_id"]])
     completes = len(slack.fake.calls_to(COMPLETE))
 

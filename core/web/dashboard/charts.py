@@ -7,15 +7,18 @@ from collections.abc import Sequence
 from markupsafe import Markup, escape
 
 WIDTH, HEIGHT, PAD_LEFT, PAD_BOTTOM, PAD_TOP = 720, 220, 44, 36, 12
+MAX_BAR = 56
 
 
-def bar_chart(points: Sequence[tuple[str, int]], *, title: str, unit: str = "", label_every: int = 1) -> Markup:
-    """Vertical bars, one per point, with the largest value marked on the axis."""
+def bar_chart(points: Sequence[tuple[str, int]], *, title: str, unit: str = "", label_every: int = 1,
+              dates: bool = False) -> Markup:
+    """Vertical bars, one per point, with the largest value marked on the axis. ``dates``: the labels are
+    days, of which a phone shows every other one (the stylesheet's ``.chart.dates``)."""
     top = max((v for _, v in points), default=0) or 1
     inner_w, inner_h = WIDTH - PAD_LEFT - 8, HEIGHT - PAD_BOTTOM - PAD_TOP
     step = inner_w / max(1, len(points))
-    bar_w = max(1.0, step * 0.72)
-    parts = [f'<svg class="chart" role="img" viewBox="0 0 {WIDTH} {HEIGHT}" xmlns="http://www.w3.org/2000/svg">',
+    bar_w = max(1.0, min(step * 0.72, MAX_BAR))  # a few bars stay bars, not blocks
+    parts = [f'<svg class="chart{" dates" if dates else ""}" role="img" viewBox="0 0 {WIDTH} {HEIGHT}" xmlns="http://www.w3.org/2000/svg">',
              f"<title>{escape(title)}</title>",
              f'<line x1="{PAD_LEFT}" y1="{PAD_TOP}" x2="{PAD_LEFT}" y2="{HEIGHT - PAD_BOTTOM}" class="axis"/>',
              f'<line x1="{PAD_LEFT}" y1="{HEIGHT - PAD_BOTTOM}" x2="{WIDTH - 8}" y2="{HEIGHT - PAD_BOTTOM}" '
@@ -30,6 +33,6 @@ def bar_chart(points: Sequence[tuple[str, int]], *, title: str, unit: str = "", 
                      f"<title>{escape(label)}: {value}{escape(unit)}</title></rect>")
         if n % label_every == 0:
             parts.append(f'<text x="{x + bar_w / 2:.1f}" y="{HEIGHT - PAD_BOTTOM + 14}" text-anchor="middle" '
-                         f'class="tick">{escape(label)}</text>')
+                         f'class="tick x">{escape(label)}</text>')
     parts.append("</svg>")
     return Markup("".join(parts))

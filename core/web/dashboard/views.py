@@ -3,7 +3,8 @@
     GET  /admin/login?t=TOKEN   a page with a "Sign in" button (POSTs the token: link previews cannot use it)
     POST /admin/login           redeems the one-time link, sets the session cookie, goes to /admin/usage
     GET  /admin/usage           spend per day (chart), per scope, per channel, top users, budgets, balance;
-                                operators: billed but not delivered, and the day by day reconciliation
+                                operators: billed but not delivered, the day by day reconciliation, and the
+                                workspaces that installed the app
     GET  /admin/jobs            recent jobs (filters: days, state, platform, text) with their approvals (state,
                                 reviewer, reason), failures by cause (chart)
     GET  /admin/gallery         thumbnails of delivered images with prompt, who, where and a link to the message
@@ -48,7 +49,10 @@ class Dashboard:
     balance_read_at: float = field(default=-math.inf)
 
     async def gateway_balance(self) -> float | None:
-        """The last balance the gateway reported; read again when older than a minute."""
+        """The last balance the gateway reported; read again when older than a minute. None without a
+        gateway to ask (``imagine-bot dashboard`` with no key): nothing is sent anywhere then."""
+        if not self.core.settings.gateway_usable:
+            return None
         gauge = self.core.metrics.last_balance()
         if math.isnan(gauge) or time.monotonic() - self.balance_read_at > BALANCE_MAX_AGE_S:
             self.balance_read_at = time.monotonic()
@@ -160,8 +164,18 @@ def _filter(request: web.Request, session: Session) -> Filter:
                   platform=q.get("platform") or None, text=(q.get("q") or "").strip()[:100] or None)
 
 
-def _common(session: Session, f: Filter, page: str) -> dict[str, Any]:
-    return {"session": session, "f": f, "page": page, "periods": PERIODS, "token": None}
+def _common(request: web.Request, session: Session, f: Filter, page: str) -> dict[str, Any]:
+    """What every page shows: the header, the filters (with the scopes to pick from) and, for a scope the
+    bot has never seen, a notice that says so instead of a page of zeros."""
+    dash = request.app[DASHBOARD_KEY]
+    known = dash.queries.known_scopes() if session.scope is None else []
+    notice = None
+    if session.scope is None and f.scope is not None and not dash.queries.scope_known(f.scope):
+        notice = (f"{f.scope} is not a server or workspace this bot knows: no job was made there and it has no "
+                  "budget. Check the id (discord:SERVER_ID, slack:TEAM_ID)" +
+                  (f", or pick one of: {', '.join(known[:8])}{' ...' if len(known) > 8 else ''}." if known else "."))
+    return {"session": session, "f": f, "page": page, "periods": PERIODS, "token": None, "known_scopes": known,
+            "scope_notice": notice}
 
 
 # ---------------------------------------------------------------------- pages
@@ -171,18 +185,26 @@ async def usage(request: web.Request) -> web.Response:
     f = _filter(request, session)
     per_day = dash.queries.spend_per_day(f)
     chart = bar_chart([(d.strftime("%d %b"), v) for d, v in per_day], unit=" credits",
-                      title=f"Credits spent per day, last {f.days} days", label_every=max(1, len(per_day) // 8))
+                      title=f"Credits spent per day, last {f.days} days", label_every=max(1, len(per_day) // 8),
+                      dates=True)
     budgets = [b for b in dash.core.budgets.all()
                if f.scope is None or b.scope == f.scope or b.scope.startswith(f.scope + "#")]
     operator = session.scope is None
-    balance = await dash.gateway_balance() if operator else None
+    settings = dash.core.settings
+    gateway = None
+    if operator:  # the operator's own account: not a community admin's to see
+        gateway = {"balance": await dash.gateway_balance(), "pretend": settings.sandbox,
+                   "usable": settings.gateway_usable, "name": settings.gateway_name}
     # the gateway account is the operator's: what it billed for nothing, and the balance against the spend
     undelivered = dash.queries.billed_not_delivered(f) if operator else None
     reconciliation = dash.queries.reconciliation(f.days) if operator and f.scope is None else None
-    return _page(request, "usage.html", **_common(session, f, "usage"), chart=chart,
+    # where the app is installed (distributed mode): operators only, no token is read
+    installed = dash.core.stores.installed_places() if operator else []
+    return _page(request, "usage.html", **_common(request, session, f, "usage"), chart=chart,
                  total=sum(v for _, v in per_day), by_scope=dash.queries.spend_by(f, "scope"),
                  by_channel=dash.queries.spend_by(f, "channel"), top_users=dash.queries.spend_by(f, "account", 10),
-                 budgets=budgets, balance=balance, undelivered=undelivered, reconciliation=reconciliation)
+                 budgets=budgets, gateway=gateway, undelivered=undelivered, reconciliation=reconciliation,
+                 installed=installed)
 
 
 async def jobs(request: web.Request) -> web.Response:
@@ -193,7 +215,7 @@ async def jobs(request: web.Request) -> web.Response:
     chart = bar_chart(causes, title="Failures by cause", unit=" jobs") if causes else None
     found = dash.queries.recent_jobs(f)
     approvals = dash.core.approvals.store.for_jobs(j.id for j in found)
-    return _page(request, "jobs.html", **_common(session, f, "jobs"), jobs=found, approvals=approvals,
+    return _page(request, "jobs.html", **_common(request, session, f, "jobs"), jobs=found, approvals=approvals,
                  chart=chart, causes=causes, states=[s.value for s in JobState])
 
 
@@ -202,7 +224,7 @@ async def gallery(request: web.Request) -> web.Response:
     dash = request.app[DASHBOARD_KEY]
     f = _filter(request, session)
     items = [(job, message_link(job)) for job in dash.queries.gallery(f)]
-    return _page(request, "gallery.html", **_common(session, f, "gallery"), items=items,
+    return _page(request, "gallery.html", **_common(request, session, f, "gallery"), items=items,
                  keep_days=dash.core.settings.THUMBNAIL_KEEP_DAYS)
 
 

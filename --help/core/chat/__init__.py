@@ -1,0 +1,1 @@
+"""Platform-neutral chat: command parsing, the text commands, and every message users read."""

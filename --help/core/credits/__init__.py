@@ -1,0 +1,1 @@
+"""Money rules: the credit ledger, budgets, prices, refunds and the period calendar."""

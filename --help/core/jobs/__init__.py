@@ -1,0 +1,1 @@
+"""The job pipeline: the job model, orchestrator, admission, outbox, leases and the callback relay."""

@@ -1,0 +1,1 @@
+"""Images: reference checks, the signed reference store, imaging, thumbnails, address rules."""

@@ -1,0 +1,1 @@
+"""Operating the bot: doctor checks, operator alerts, logging."""

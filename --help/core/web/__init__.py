@@ -1,0 +1,1 @@
+"""The bot's own web server: callbacks, /healthz, /metrics, /refs and the admin dashboard."""
