@@ -138,7 +138,7 @@ class InsufficientCredits(ImagineError):
 
 
 class BudgetExhausted(ImagineError):
-    """A budget above the user (``core.budgets``) cannot cover the job. Names the limit that stopped it."""
+    """A budget above the user (``core.credits.budgets``) cannot cover the job. Names the limit that stopped it."""
 
     code = "budget_exhausted"
 

@@ -1,6 +1,6 @@
 """Block Kit layouts around the core's texts. Pure functions: job and text in, Slack payload out.
 
-The wording is the core's (``core.messages``); this module adds only layout, the requester's mention
+The wording is the core's (``core.chat.messages``); this module adds only layout, the requester's mention
 and the buttons. Every core text is escaped here, since it may echo a prompt.
 """
 

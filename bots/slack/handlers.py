@@ -44,7 +44,7 @@ from imagine_bot.core.chat import messages
 from imagine_bot.core.chat.admin import CommandReply
 from imagine_bot.core.chat.commands import dispatch
 from imagine_bot.core.errors import AppRemoved, ImagineError
-from imagine_bot.core.jobs.model import Job, ReplyTo
+from imagine_bot.core.jobs.model import Job, JobState, ReplyTo
 
 log = logging.getLogger(__name__)
 
@@ -225,6 +225,11 @@ class SlackHandlers:
         ended = 0
         for job in self.core.unsent_jobs("slack"):
             if await self.frontend.clients(job) is None:  # its workspace has no installation left
+                # read again, with no await before the cancel: ending an earlier job may have freed a slot,
+                # and a job sent meanwhile is billed (it ends at its delivery, counted), never cut here
+                fresh = self.core.find_job(job.id)
+                if fresh is None or fresh.state is not JobState.QUEUED:
+                    continue
                 await self.core.cancel(job.id, AppRemoved(f"slack workspace {where} {what}"))
                 ended += 1
         if ended:

@@ -64,7 +64,7 @@ def mention(user_id: str) -> str:
 
 
 def user_resolver(team_id: str) -> Callable[[str], UserRef | None]:
-    """A ``resolve_user`` for ``core.commands.dispatch``: ``<@U123|name>``, ``<@U123>`` or ``U123``."""
+    """A ``resolve_user`` for ``core.chat.commands.dispatch``: ``<@U123|name>``, ``<@U123>`` or ``U123``."""
 
     def resolve(raw: str) -> UserRef | None:
         raw = raw.strip()

@@ -32,7 +32,7 @@ Community admins of this server or workspace (and operators)::
 
 Users pick a preset with ``/imagine --preset NAME <prompt>``; a channel's default applies unless ``--preset none``.
 
-The core decides who may do what (``ImagineCore`` and ``core.authority``); a front end passes an ``Actor``
+The core decides who may do what (``ImagineCore`` and ``core.access.authority``); a front end passes an ``Actor``
 with the platform facts it vouches for. User mentions are resolved by the front end's ``resolve_user``;
 everything else, wording included, is here. Errors come back as a private reply, never as an exception.
 """

@@ -81,12 +81,12 @@ class JobRequest:
     parent_id: str | None = None
     #: extra gateway inputs decided by the front end (Discord: nsfw_checker for non-NSFW channels)
     extra_input: dict[str, Any] = field(default_factory=dict)
-    #: the budgets over the job besides the global cap (``core.budgets``): its server or workspace, a channel
+    #: the budgets over the job besides the global cap (``core.credits.budgets``): its server or workspace, a channel
     scopes: tuple[str, ...] = ()
     #: the gateway model and its price (None: the configured text-to-image model at its price)
     model: str | None = None
     cost: int | None = None
-    #: reference images for an edit: public URLs, or ``ref:<key>`` for images we serve (``core.refs``)
+    #: reference images for an edit: public URLs, or ``ref:<key>`` for images we serve (``core.media.refstore``)
     image_urls: tuple[str, ...] = ()
     #: what a text-to-image job costs now, when this job's price differs (said in the reply)
     text_cost: int | None = None

@@ -14,7 +14,7 @@ no path charges twice, and a job that never delivered is never charged. A refuse
 (``CaptureRefused``, logged), never "delivered".
 
 Several processes may share the database (a rolling deploy, a double start). Each job is owned by one
-process through a lease (``core.leases``): this orchestrator claims jobs nobody holds, renews its
+process through a lease (``core.jobs.leases``): this orchestrator claims jobs nobody holds, renews its
 leases while it works, and takes over a job only once its owner's lease expired (the periodic sweep).
 Every state change is a compare-and-set on the expected state and owner (``JobRepository.transition``); a
 lost race raises ``LeaseLost`` and the local worker stops without touching money.
@@ -319,6 +319,7 @@ class Orchestrator:
             if not running_here:
                 error = JobFailedByOperator(f"job {job.id} stranded: no {job.platform} front end ran for it "
                                             f"within JOB_TIMEOUT_S ({self.job_timeout_s:.0f}s)")
+                await self._bill_check(claimed)
                 await self._fail(job.id, error, notice_pending=True)
                 continue
             if job.owner is not None:
@@ -331,6 +332,17 @@ class Orchestrator:
             started += 1
         await self._tell_pending()
         return started
+
+    async def _bill_check(self, job: Job) -> None:
+        """Before a job at the gateway is failed without being followed (stranded): ask the gateway whether
+        it made (and billed) the image, so that the job counts as billed but not delivered if it did."""
+        if not job.task_id or job.billed_at is not None or job.state is not JobState.RUNNING:
+            return
+        try:
+            self._billed(job, await self.gateway.record_info(job.task_id))
+        except (GatewayError, LeaseLost, DatabaseBusy) as error:
+            log.warning("job %s: could not tell whether the gateway billed task %s (%s)", job.id, job.task_id,
+                        error.admin_message)
 
     async def _tell_pending(self) -> None:
         """Failures decided while the job's front end was not running (an operator, a stranded job)."""
