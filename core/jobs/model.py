@@ -90,6 +90,10 @@ class JobRequest:
     image_urls: tuple[str, ...] = ()
     #: what a text-to-image job costs now, when this job's price differs (said in the reply)
     text_cost: int | None = None
+    #: the brand preset whose template made the prompt (``core.chat.presets``), named in the caption
+    preset: str | None = None
+    #: who must approve the result before it goes to the channel (``core.jobs.approvals``); empty: nobody
+    review: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +129,9 @@ class Job:
     #: when the gateway reported the task succeeded (it charges the account then) and what it charged
     billed_at: datetime | None = None
     gateway_cost: int | None = None
+    preset: str | None = None
+    #: reviewers of the result: it is shown to the requester privately and posted only once approved
+    review: tuple[str, ...] = ()
 
     @property
     def platform(self) -> str:

@@ -68,6 +68,7 @@ from imagine_bot.core.frontend import FrontEnd
 from imagine_bot.core.gateway import GatewayClient, TaskRecord, TaskStage
 from imagine_bot.core.gateway.catalog import CATALOG, ModelSpec
 from imagine_bot.core.jobs.admission import Admission
+from imagine_bot.core.jobs.approvals import Approvals
 from imagine_bot.core.jobs.leases import LeaseClock, new_owner_id
 from imagine_bot.core.jobs.model import Job, JobRequest, JobState, ReplyTo, new_job_id
 from imagine_bot.core.jobs.outbox import UNPACED, Outbox, Refresh, Send
@@ -131,6 +132,7 @@ class Orchestrator:
         thumbnails: ThumbnailStore | None = None,
         delivery_retry_s: float = 300.0,
         on_failure: Callable[[Job, ImagineError], None] | None = None,
+        approvals: Approvals | None = None,
     ) -> None:
         #: the credits and the jobs, and the transaction that spans them
         self.store = store
@@ -150,6 +152,8 @@ class Orchestrator:
         self.monotonic = monotonic
         self.metrics = metrics or Metrics()
         self.thumbnails = thumbnails
+        #: results of jobs with reviewers (``Job.review``) open an approval when they are delivered
+        self.approvals = approvals
         self.metrics.watch(lambda: self.in_flight, lambda: self.admission.waiting)
         #: turns a job's stored references (``ref:<key>``) into URLs the gateway can fetch (``RefStore``)
         self.resolve_refs = resolve_refs or (lambda urls: list(urls))
@@ -186,6 +190,8 @@ class Orchestrator:
     # ------------------------------------------------------------------ front ends
     def register(self, frontend: FrontEnd) -> None:
         self.frontends[frontend.platform] = frontend
+        if self.approvals is not None:
+            self.approvals.register(frontend)
 
     async def _publish(self, event: JobEvent) -> None:
         """Deliver now (awaited: errors mean "not delivered", the caller refunds); hand anything else to
@@ -402,6 +408,8 @@ class Orchestrator:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.outbox.close()
+        if self.approvals is not None:
+            await self.approvals.stop()
         try:
             released = self.jobs.release_leases(self.owner)
         except StoreClosed:  # the database is already closed
@@ -411,9 +419,11 @@ class Orchestrator:
 
     async def wait_idle(self) -> None:
         """Wait until no job is in flight and no status waits in the outbox (tests, the CLI)."""
-        while self._tasks or self.outbox.busy:
+        while self._tasks or self.outbox.busy or (self.approvals is not None and self.approvals.busy):
             await asyncio.gather(*list(self._tasks.values()), return_exceptions=True)
             await self.outbox.wait_idle()
+            if self.approvals is not None:
+                await self.approvals.wait_idle()
 
     async def cancel(self, job_id: str, error: ImagineError) -> None:
         """Stop a job that cannot go on (its front end cannot post in the channel, ...): refund and report."""
@@ -722,7 +732,11 @@ class Orchestrator:
                                      "(already captured or released)",
                                      user_message="Your image was posted, but I could not settle its cost. "
                                                   "An admin has been told.")
+            if job.review and self.approvals is not None:  # shown to the requester only: now the reviewers
+                self.approvals.opened(job)
         log.info("job %s delivered and charged %d", job.id, job.cost)
+        if job.review and self.approvals is not None:
+            self.approvals.kick(job.id)
         self.metrics.delivered(job.platform, job.scope, job.cost, job.elapsed_s,
                                None if gateway_done is None else time.monotonic() - gateway_done)
         # the images stay in the spool for the Vary and Remix buttons (``RefStore.cleanup`` ends them)
