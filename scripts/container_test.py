@@ -12,7 +12,8 @@ what an operator relies on. Prints each check as it passes; exits 1 on the first
   guide's own names: containers ``imagine-bot`` and ``imagine-sandbox``, the volume ``imagine-data`` and
   the folder ``/srv/imagine-bot``, all removed before and after. Only ``.env`` is filled in (a Slack token
   and signing secret, Slack's address pointed at a closed local port) as the guide tells the reader to.
-- "SKIPPED: <reason>", exit 0, only when this machine cannot run a container at all.
+- "SKIPPED: <reason>", exit 0, only when this machine cannot run a container at all; under ``CI=true`` that
+  is a failure (exit 1): CI must run what it claims to.
 """
 
 from __future__ import annotations
@@ -450,6 +451,10 @@ def main() -> int:
         finally:
             cleanup(engine)
     except Skip as reason:
+        if os.environ.get("CI", "").strip().lower() in ("true", "1", "yes"):
+            say(f"FAIL no container could run, and a skip fails under CI=true: {reason}")
+            say(f"container-test: {Run.checks} passed, 1 failed")
+            return 1
         say(f"container-test: SKIPPED: {reason}")
         return 0
     except (CheckFailed, subprocess.TimeoutExpired) as failure:

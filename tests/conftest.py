@@ -20,6 +20,9 @@ from imagine_bot.core.settings import Settings, load_settings
 TEST_API_KEY = "mk-test-secret-key-0123456789"
 FAST_DELAYS = {"waiting": 0.02, "queuing": 0.02, "generating": 0.04}
 
+#: under CI=true a skip fails (tests/no_skips_in_ci.py); pytester runs the suite's own plugins in tests
+pytest_plugins = ["tests.no_skips_in_ci", "pytester"]
+
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -13,10 +13,11 @@ from rich.console import Console
 
 from imagine_bot.bots.cli.main import main
 from imagine_bot.bots.terminal import TerminalFrontEnd
-from imagine_bot.core.access.authority import Actor
+from imagine_bot.core.access.authority import GLOBAL, Actor
 from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.app import ImagineCore
-from imagine_bot.core.errors import BudgetExhausted, ImagineError
+from imagine_bot.core.credits.budgets import MAX_CREDITS_CHANGE
+from imagine_bot.core.errors import BudgetExhausted, ImagineError, UserInputError
 from imagine_bot.core.jobs.model import JobState, ReplyTo
 from imagine_bot.core.storage.budgets import SqliteBudgets as Budgets
 from imagine_bot.core.storage.db import open_db
@@ -170,3 +171,211 @@ async def test_verify_reports_holds_that_no_active_job_owns(make_settings, front
     assert "budget global: 18 credits held for job jghost" in out
     assert "4 hold(s) owned by no active job" in out
     assert running.id not in out
+
+
+# --- member caps: what counts, and for how long
+
+
+class Books:
+    """A ledger with budgets on a clock the test moves (a fresh ``Budgets`` is a restart with new settings)."""
+
+    def __init__(self, path: Path, now: datetime, **budget_settings) -> None:
+        self.now = now
+        self.db = open_db(path)
+        self.restart(**budget_settings)
+
+    def restart(self, **budget_settings) -> Budgets:
+        settings = {"default_amount": None, **budget_settings}
+        self.budgets = Budgets(self.db, clock=lambda: self.now, **settings)
+        self.ledger = Ledger(self.db, budgets=self.budgets, allowance=10_000, period="never", clock=lambda: self.now)
+        return self.budgets
+
+    def job(self, user: int, job_id: str, outcome: str = "capture", scope: str = GUILD) -> None:
+        self.ledger.reserve(USERS[user], job_id, 18, scopes=(scope,))
+        if outcome == "capture":
+            self.ledger.capture(job_id)
+        elif outcome == "release":
+            self.ledger.release(job_id)
+
+
+@pytest.fixture
+def books(tmp_path: Path):
+    made = Books(tmp_path / "books.db", datetime(2026, 11, 30, 12, 0, tzinfo=UTC))
+    yield made
+    assert made.ledger.verify() == []
+    made.ledger.db.conn.close()
+
+
+async def test_a_refunded_job_gives_the_member_their_share_back(make_settings, frontend):
+    async with ImagineCore.open(make_settings()) as core:
+        core.register(frontend)
+        core.admin_member_cap(actor(4, admin=True), 36)
+        failed = await make(core, actor(0), "a broken dream sandbox:fail")
+        assert failed.state is JobState.FAILED  # refunded: it uses none of the member's 36
+        assert (await make(core, actor(0))).state is JobState.DELIVERED
+        assert (await make(core, actor(0))).state is JobState.DELIVERED
+        with pytest.raises(BudgetExhausted, match="You have used your share of this server's image budget"):
+            await make(core, actor(0))
+        assert (await make(core, actor(1))).state is JobState.DELIVERED  # a cap per member, not for all
+        assert core.ledger.balance(USERS[0]).balance == 180 - 36 and core.ledger.verify() == []
+
+
+def test_a_job_in_flight_counts_against_the_member_cap_until_it_is_settled(books):
+    books.budgets.set_member_cap(GUILD, 36, actor="discord:admin")
+    books.job(0, "j0", outcome="hold")
+    books.job(0, "j1", outcome="hold")
+    with pytest.raises(BudgetExhausted) as refused:
+        books.job(0, "j2")
+    assert refused.value.remaining == 0 and refused.value.scope == GUILD
+    books.ledger.release("j1")  # j1 failed: its share comes back
+    books.job(0, "j2")
+    books.ledger.capture("j0")  # j0 delivered: its share stays used
+    with pytest.raises(BudgetExhausted):
+        books.job(0, "j3")
+
+
+def test_a_member_cap_counts_this_period_only(books):
+    books.budgets.set_member_cap(GUILD, 36, actor="discord:admin")
+    books.job(0, "nov-1")
+    books.job(0, "nov-2")
+    with pytest.raises(BudgetExhausted, match=r"for November .*; it refills on 1 Dec"):
+        books.job(0, "nov-3")
+    books.now = datetime(2026, 12, 1, 0, 0, 1, tzinfo=UTC)
+    books.job(0, "dec-1")  # a new month: November's spend no longer counts
+    books.job(0, "dec-2")
+    with pytest.raises(BudgetExhausted, match="for December"):
+        books.job(0, "dec-3")
+    assert books.budgets.status(GUILD).spent == 36
+
+
+def test_changing_a_budgets_period_starts_a_period_of_the_new_kind(books):
+    books.budgets.set_amount(GUILD, 36, actor="discord:1")  # per month, the default period
+    books.job(0, "j0")
+    books.job(1, "j1")
+    with pytest.raises(BudgetExhausted, match="for November"):
+        books.job(2, "j2")
+    status = books.budgets.set_amount(GUILD, 36, actor="discord:1", period="day")
+    assert (status.period, status.period_start, status.next_reset) == (
+        "day", datetime(2026, 11, 30, tzinfo=UTC), datetime(2026, 12, 1, tzinfo=UTC))
+    with pytest.raises(BudgetExhausted, match="for today is used up; it refills at 00:00 UTC"):
+        books.job(2, "j2")  # today's spend stays spent
+    books.now = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
+    books.job(2, "j2")
+    books.now = datetime(2026, 12, 2, 9, 0, tzinfo=UTC)  # and again the day after: daily now
+    assert books.budgets.status(GUILD).spent == 0
+    never = books.budgets.set_amount(GUILD, 18, actor="discord:1", period="never")
+    assert (never.period, never.next_reset) == ("never", None)
+    books.job(3, "j3")
+    books.now = datetime(2027, 6, 1, tzinfo=UTC)
+    with pytest.raises(BudgetExhausted, match="it does not refill by itself"):
+        books.job(3, "j4")
+
+
+def test_changing_spend_cap_period_starts_a_period_of_the_new_kind(books):
+    books.restart(cap=36, cap_period="month")
+    books.job(0, "j0", scope="discord:1")
+    books.job(1, "j1", scope="slack:T1")  # the cap covers every place
+    with pytest.raises(BudgetExhausted, match="This bot's image budget for November is used up"):
+        books.job(2, "j2", scope="slack:T1")
+    books.restart(cap=36, cap_period="day")  # SPEND_CAP_PERIOD=day, then a restart
+    status = books.budgets.status(GLOBAL)
+    assert (status.period, status.spent, status.next_reset) == ("day", 0, datetime(2026, 12, 1, tzinfo=UTC))
+    books.job(2, "j2")
+    books.job(3, "j3")
+    with pytest.raises(BudgetExhausted, match="for today is used up"):
+        books.job(4, "j4")
+    books.now = datetime(2026, 12, 1, 0, 0, 1, tzinfo=UTC)
+    books.job(4, "j4")
+
+
+@pytest.mark.parametrize(("change", "refusal"), [
+    (lambda b: b.set_amount(GLOBAL, 100, actor="op"), "The global cap is the SPEND_CAP setting"),
+    (lambda b: b.set_amount(GUILD, -1, actor="op"), "A budget must be from 0 to"),
+    (lambda b: b.set_amount(GUILD, 100, actor="op", period="fortnight"),
+     "A budget period is one of day, week, month, never."),
+    (lambda b: b.set_member_cap(GUILD, -18, actor="admin"), "A member cap must be from 0 to"),
+])
+def test_refused_budget_changes_change_nothing(books, change, refusal):
+    books.budgets.set_amount(GUILD, 36, actor="op")
+    books.budgets.set_member_cap(GUILD, 18, actor="admin")
+    before = (books.budgets.status(GUILD), books.budgets.status(GLOBAL))
+    with pytest.raises(UserInputError) as refused:
+        change(books.budgets)
+    assert refused.value.user_message.startswith(refusal)
+    assert (books.budgets.status(GUILD), books.budgets.status(GLOBAL)) == before
+    books.job(0, "j0")  # the member cap of 18 still holds
+    with pytest.raises(BudgetExhausted, match="your share"):
+        books.job(0, "j1")
+
+
+@pytest.mark.parametrize(("setting", "kwargs"), [
+    ("SCOPE_BUDGET_PERIOD", {"period": "fortnight"}), ("SPEND_CAP_PERIOD", {"cap_period": "hourly"}),
+])
+def test_a_bad_period_setting_is_refused_naming_it(tmp_path: Path, setting, kwargs):
+    db = open_db(tmp_path / "b.db")
+    with pytest.raises(ValueError, match=f"{setting} must be one of day, week, month, never"):
+        Budgets(db, default_amount=None, **kwargs)
+    db.conn.close()
+
+
+def test_check_raises_what_a_reservation_would_meet_and_changes_nothing(books):
+    books.budgets.set_amount(GUILD, 36, actor="op")
+    books.budgets.set_member_cap(GUILD, 18, actor="admin")
+    books.budgets.check((GUILD,), USERS[0].key, 18)  # room: no refusal
+    books.job(0, "j0", outcome="hold")
+    before = (books.budgets.status(GUILD), books.budgets.status(GLOBAL))
+    with pytest.raises(BudgetExhausted, match="your share") as refused:
+        books.budgets.check((GUILD,), USERS[0].key, 18)  # the member's share is held
+    assert (refused.value.scope, refused.value.remaining) == (GUILD, 0)
+    with pytest.raises(BudgetExhausted, match=r"\(18 credits left, an image costs 36\)"):
+        books.budgets.check((GUILD,), USERS[1].key, 36)  # the server's budget
+    books.budgets.check((GUILD,), USERS[1].key, 18)
+    assert (books.budgets.status(GUILD), books.budgets.status(GLOBAL)) == before  # nothing held by a check
+    books.job(1, "j1")  # the 18 left are still there to reserve
+    assert books.budgets.status(GUILD).remaining == 0
+
+
+def test_a_budget_of_zero_stops_a_place_and_unlimited_lifts_every_limit(books):
+    stopped = books.budgets.set_amount(GUILD, 0, actor="op")  # the operator stops a place for now
+    assert (stopped.amount, stopped.remaining, stopped.default) == (0, 0, False)
+    with pytest.raises(BudgetExhausted, match="This server's image budget for November is used up"):
+        books.job(0, "j0")
+    books.restart(default_amount=18)  # DEFAULT_SCOPE_BUDGET=18 for the other places
+    lifted = books.budgets.set_amount(GUILD, None, actor="op", unlimited=True)
+    assert (lifted.amount, lifted.remaining, lifted.default) == (None, None, False)
+    for n in range(3):
+        books.job(n, f"j{n}")  # no limit here, though the default elsewhere is 18
+    back = books.budgets.set_amount(GUILD, None, actor="op")  # back to the default
+    assert (back.amount, back.default) == (18, True)
+    most = books.budgets.set_amount(GUILD, MAX_CREDITS_CHANGE, actor="op")  # the largest budget there is
+    assert most.amount == MAX_CREDITS_CHANGE
+    with pytest.raises(UserInputError):
+        books.budgets.set_amount(GUILD, MAX_CREDITS_CHANGE + 1, actor="op")
+
+
+def test_a_member_cap_on_a_budget_that_never_refills_counts_all_time(books):
+    books.budgets.set_amount(GUILD, 1000, actor="op", period="never")
+    books.budgets.set_member_cap(GUILD, 36, actor="admin")
+    books.job(0, "j0")
+    books.now = datetime(2027, 6, 1, tzinfo=UTC)  # months later: still the same budget
+    books.job(0, "j1")
+    with pytest.raises(BudgetExhausted, match="your share") as refused:
+        books.job(0, "j2")
+    assert "it does not refill by itself" in refused.value.user_message
+    books.job(1, "j3")  # another member has their own 36
+
+
+def test_every_budget_change_is_in_the_audit_trail_with_who_made_it(books):
+    books.budgets.set_amount(GUILD, 36, actor="discord:1")
+    books.budgets.set_amount(GUILD, None, actor="discord:1", period="week")
+    books.budgets.set_amount(GUILD, None, actor="discord:2", unlimited=True)
+    books.budgets.set_member_cap(GUILD, 0, actor="discord:3")  # members may spend nothing of it for now
+    books.budgets.set_member_cap(GUILD, MAX_CREDITS_CHANGE, actor="discord:3")
+    books.budgets.set_member_cap(GUILD, None, actor="discord:4")
+    with pytest.raises(UserInputError):
+        books.budgets.set_member_cap(GUILD, MAX_CREDITS_CHANGE + 1, actor="discord:4")
+    rows = books.db.execute("SELECT actor, note FROM budget_ledger WHERE scope = ? AND kind = 'set' ORDER BY id",
+                            [GUILD]).fetchall()
+    assert rows == [("discord:1", "budget 36 per month"), ("discord:1", "budget the default per week"),
+                    ("discord:2", "budget unlimited per week"), ("discord:3", "member cap 0"),
+                    ("discord:3", f"member cap {MAX_CREDITS_CHANGE}"), ("discord:4", "member cap none")]

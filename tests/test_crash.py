@@ -19,6 +19,7 @@ from imagine_bot.core.storage.budgets import SqliteBudgets as Budgets
 from imagine_bot.core.storage.db import open_db
 from imagine_bot.core.storage.jobs import SqliteJobStore as JobStore
 from imagine_bot.core.storage.ledger import SqliteLedger as Ledger
+from tests.conftest import until
 
 ROOT = Path(__file__).resolve().parents[1]
 JOBS = 32
@@ -50,15 +51,19 @@ async def test_kill_9_at_random_points_then_restart_delivers_each_job_once(tmp_p
         line = await asyncio.wait_for(first.stdout.readline(), timeout=30)
         assert line.strip() == b"submitted", (await first.stderr.read()).decode()[-2000:]
         proc = first
-        for _ in range(5):  # five kills, each at a random moment
-            await asyncio.sleep(rng.uniform(0.2, 1.2))
+        for kill in range(5):  # five kills, each at a random moment, and one while a job is being delivered
+            if kill == 2:
+                await until(lambda: any(j.state is JobState.DELIVERING for j in store.recent(limit=100)),
+                            within=30)
+            else:
+                await asyncio.sleep(rng.uniform(0.2, 1.2))
             seen_states.update(j.state for j in store.recent(limit=100))
             await _kill(proc)
             proc = await _spawn(db, url, "resume")
         _, err = await asyncio.wait_for(proc.communicate(), timeout=90)
         assert proc.returncode == 0, err.decode()[-2000:]
         # the kills caught jobs waiting, at the gateway and being delivered
-        assert seen_states[JobState.QUEUED] and seen_states[JobState.RUNNING], seen_states
+        assert all(seen_states[s] for s in (JobState.QUEUED, JobState.RUNNING, JobState.DELIVERING)), seen_states
 
         jobs = store.recent(limit=100)
         assert len(jobs) == JOBS

@@ -4,7 +4,7 @@ on phones of 360 to 420 px. It takes the screenshots the docs show: into docs/ w
 (``IMAGINE_SCREENSHOTS=docs``), else into the test's temporary folder, so that a test run leaves the work
 tree as it was.
 
-Skipped only where no Chromium can be found (``.ci/run`` installs it).
+Skipped only where no Chromium can be found (``.ci/tools`` installs it; under ``CI=true`` the skip fails).
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""The gateway client against a real sandbox gateway (and ``httpx.MockTransport`` for dialect oddities)."""
+"""The gateway client against a real sandbox gateway (its fault injection for odd answers and headers);
+``httpx.MockTransport`` only where the sandbox cannot stand in: hosts elsewhere (the key and redirects across
+origins, non-public addresses by name), transport errors mid-request and a body streamed without end."""
 
 from __future__ import annotations
 
@@ -360,14 +362,14 @@ async def test_record_info_429_is_retried(gateway: SandboxGateway, client: Gatew
     assert gateway.requests["recordInfo"] == 2 and sleeps.calls[0] >= 2
 
 
-async def test_record_info_429_http_date_retry_after() -> None:
+async def test_record_info_429_http_date_retry_after(gateway: SandboxGateway, client: GatewayClient,
+                                                     sleeps: RecordingSleep) -> None:
+    task_id = await client.create_task(MODEL, inputs())
     later = email.utils.formatdate(time.time() + 8, usegmt=True)
-    answers = [httpx.Response(429, headers={"Retry-After": later}, json={"code": 429, "msg": "slow down"}),
-               httpx.Response(200, json={"code": 200, "msg": "success", "data": {"taskId": "t", "state": "waiting"}})]
-    sleep = RecordingSleep()
-    client = mock_client(lambda request: answers.pop(0), sleep=sleep)
-    assert (await client.record_info("t")).stage is TaskStage.WAITING
-    assert len(sleep.calls) == 1 and 6 <= sleep.calls[0] <= 8
+    gateway.inject("recordInfo", status=429, code=429, headers={"Retry-After": later})
+    assert (await client.record_info(task_id)).task_id == task_id
+    assert gateway.requests["recordInfo"] == 2
+    assert len(sleeps.calls) == 1 and 6 <= sleeps.calls[0] <= 8
 
 
 @pytest.mark.parametrize("fault", [{"code": 455}, {"status": 455}, {"status": 500}, {"status": 503},
@@ -619,18 +621,27 @@ async def test_endless_redirects_are_refused() -> None:
 
 
 # ---------------------------------------------------------------------------------------------- ModKie oddities
-async def test_modkie_dialect_oddities(caplog: pytest.LogCaptureFixture) -> None:
-    answers = {
-        "t-ok": {"code": 200, "message": "success", "data": {
+async def test_modkie_dialect_oddities(make_gateway: Callable[..., Awaitable[SandboxGateway]],
+                                       make_client: Callable[..., GatewayClient],
+                                       caplog: pytest.LogCaptureFixture) -> None:
+    """Answers a ModKie gateway may give (a ModKie-dialect sandbox, its bodies replaced where they are odd):
+    ``message`` for ``msg``, numbers as strings or floats, ``completed``/``failed``, a state nobody knows."""
+    gateway = await make_gateway(dialect="modkie")
+    client = make_client(gateway.base_url)
+    answers = [
+        {"code": 200, "message": "success", "data": {
             "taskId": "t-ok", "state": "completed", "resultJson": {"resultUrls": ["https://cdn.example.com/1.png"]},
             "failMsg": None, "failCode": None, "consumeCredits": "18", "remainedCredits": 82.0, "progress": 100}},
-        "t-odd": {"code": 200, "message": "success", "data": {"taskId": "t-odd", "state": "rendering",
-                                                              "resultJson": None, "progress": 42.4}},
-        "t-bad": {"code": 422, "message": "input.prompt is required"},
-        "t-fail": {"code": 200, "message": "success", "data": {"taskId": "t-fail", "state": "failed",
-                                                               "failCode": 400, "failMsg": ""}},
-    }
-    client = mock_client(lambda request: httpx.Response(200, json=answers[request.url.params["taskId"]]))
+        {"code": 200, "message": "success", "data": {"taskId": "t-odd", "state": "rendering",
+                                                     "resultJson": None, "progress": 42.4}},
+        {"code": 200, "message": "success", "data": {"taskId": "t-odd", "state": "rendering",
+                                                     "resultJson": None, "progress": 42.4}},
+        {"code": 200, "message": "success", "data": {"taskId": "t-fail", "state": "failed",
+                                                     "failCode": 400, "failMsg": ""}},
+        {"code": 422, "message": "input.prompt is required"},
+    ]
+    for answer in answers:  # one per recordInfo, in this order
+        gateway.inject("recordInfo", body=json.dumps(answer).encode())
 
     ok = await client.record_info("t-ok")
     assert ok == TaskRecord("t-ok", TaskStage.SUCCESS, "completed", ("https://cdn.example.com/1.png",),
@@ -647,6 +658,7 @@ async def test_modkie_dialect_oddities(caplog: pytest.LogCaptureFixture) -> None
     with pytest.raises(GatewayInvalidInput) as caught:
         await client.record_info("t-bad")
     assert "input.prompt is required" in caught.value.user_message
+    assert gateway.requests["recordInfo"] == len(answers)
 
 
 async def test_credit_reads_the_balance(gateway: SandboxGateway, client: GatewayClient) -> None:

@@ -30,17 +30,6 @@ def recorder(tmp_path, core=None, name="out"):
 
 
 
-def crash(core: ImagineCore) -> None:
-    """The process dies (kill -9): its workers and lease renewals stop, its leases stay until they expire."""
-    orch = core.orchestrator
-    orch._stopped = True  # what a dead process does: nothing more
-    if orch._housekeeper is not None:
-        orch._housekeeper.cancel()
-    for task in list(orch._tasks.values()):
-        task.cancel()
-    orch.owner = "dead-process"  # its final stop() must not release anything either
-
-
 async def test_a_second_process_takes_only_what_the_first_abandons(make_settings, make_sandbox, tmp_path):
     sandbox = await make_sandbox(delays={"waiting": 1.0, "queuing": 1.0, "generating": 1.0})
     settings = make_settings(JOB_LEASE_S=0.6, MAX_ACTIVE_JOBS_PER_USER=10, MODKIE_BASE_URL=sandbox.base_url)
@@ -57,7 +46,7 @@ async def test_a_second_process_takes_only_what_the_first_abandons(make_settings
         assert all(a.jobs.get(j.id).owner == a.orchestrator.owner for j in jobs)
         owner_a = a.orchestrator.owner
         # A dies mid-way: B takes every job over once A's leases expired
-        crash(a)
+        await a.orchestrator.halt()  # as kill -9 would: no more renewals, its leases left to expire
         await until(lambda: all(b.jobs.get(j.id).state.final for j in jobs), within=30)
         rows = [b.jobs.get(j.id) for j in jobs]
         assert [(r.state, r.owner) for r in rows] == [(JobState.DELIVERED, b.orchestrator.owner)] * 4, rows
@@ -127,14 +116,38 @@ async def test_a_refused_capture_is_an_error_never_delivered(core, tmp_path, cap
 async def test_nothing_starts_after_stop(core, tmp_path):
     core.register(recorder(tmp_path, core))
     await core.start()
+    queued = await core.imagine(UserRef("terminal", "local", "early"), REPLY, "left queued sandbox:slow")
     await core.orchestrator.stop()
     with pytest.raises(ShuttingDown) as refused:
         await core.imagine(UserRef("terminal", "local", "late"), REPLY, "too late")
     assert "restarting" in refused.value.user_message
-    # a job that slipped in (a submit racing the stop) is not started, and its lease is released at once
-    orch = core.orchestrator
-    orch._accepting = True
-    job = await core.imagine(UserRef("terminal", "local", "late"), REPLY, "raced the stop")
-    assert not orch.in_flight and await orch.resume() == 0
-    row = core.jobs.get(job.id)
-    assert row.state is JobState.QUEUED and row.owner is None
+    # a stopped orchestrator takes up nothing more, and its jobs are free for the next owner at once
+    assert await core.orchestrator.resume() == 0 and not core.orchestrator.in_flight
+    row = core.jobs.get(queued.id)
+    assert not row.state.final and row.owner is None
+
+
+async def test_a_halted_process_keeps_its_leases_until_they_expire(make_settings, tmp_path):
+    settings = make_settings(JOB_LEASE_S=30)
+    async with ImagineCore.open(settings) as a, ImagineCore.open(settings) as b:
+        a.register(recorder(tmp_path, a, "a"))
+        b.register(recorder(tmp_path, b, "b"))
+        job = await a.imagine(UserRef("terminal", "local", "halted"), REPLY, "held sandbox:slow")
+        await a.orchestrator.halt()
+        await a.orchestrator.stop()  # its closing stop releases nothing either
+        row = b.jobs.get(job.id)
+        assert row.owner == a.orchestrator.owner and not row.state.final
+        assert await b.start() == 0  # the lease is live: B must wait for it to expire
+        assert a.orchestrator.in_flight == 0
+
+
+async def test_releasing_some_leases_leaves_the_others(core, tmp_path):
+    core.register(recorder(tmp_path, core))
+    jobs = [await core.imagine(UserRef("terminal", "local", f"r{n}"), REPLY, f"held {n} sandbox:slow")
+            for n in range(3)]
+    owner = core.orchestrator.owner
+    assert core.jobs.release_leases(owner, [jobs[1].id]) == 1  # one worker died: free that one only
+    assert [core.jobs.get(j.id).owner for j in jobs] == [owner, None, owner]
+    assert core.jobs.release_leases(owner, []) == 0
+    assert core.jobs.release_leases(owner) == 2  # stopping: every other one
+    assert [core.jobs.get(j.id).owner for j in jobs] == [None, None, None]

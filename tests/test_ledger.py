@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from imagine_bot.core.access.identity import UserRef
+from imagine_bot.core.credits.budgets import MAX_CREDITS_CHANGE
 from imagine_bot.core.credits.periods import PERIODS, describe_refill
 from imagine_bot.core.errors import ConfigError, InsufficientCredits, NotFound, UserInputError
 from imagine_bot.core.storage.budgets import SqliteBudgets as Budgets
@@ -301,7 +302,9 @@ def test_grant_and_revoke(ledger: Ledger) -> None:
     ledger.reserve(ALICE, "j1", 18)
     with pytest.raises(UserInputError) as caught:
         ledger.grant(ALICE, -213, actor="slack:T1:UADMIN")
-    assert "at most 212 can be taken back" in caught.value.user_message
+    assert caught.value.user_message == (
+        f"Cannot take back 213 credits: {ALICE.key} has 230 with 18 held by images in progress, so at most 212"
+        " can be taken back. Nothing was changed.")
     b = ledger.grant(ALICE, -212, actor="slack:T1:UADMIN", note="oops")
     assert (b.balance, b.held, b.available) == (18, 18, 0)
     revoke, grant = ledger.history(ALICE)[0], ledger.history(ALICE)[2]
@@ -313,8 +316,20 @@ def test_grant_and_revoke(ledger: Ledger) -> None:
 
 
 def test_grant_of_zero_is_refused(ledger: Ledger) -> None:
-    with pytest.raises(UserInputError):
+    with pytest.raises(UserInputError) as caught:
         ledger.grant(ALICE, 0, actor="admin")
+    assert caught.value.user_message == "Grant a number of credits other than 0 (negative to take credits back)."
+
+
+def test_grants_of_one_credit_and_of_the_most_one_change_may_move(ledger: Ledger) -> None:
+    assert ledger.grant(ALICE, 1, actor="admin").balance == 181
+    assert ledger.history(ALICE)[0].kind == "grant"
+    assert ledger.grant(ALICE, MAX_CREDITS_CHANGE, actor="admin").balance == 181 + MAX_CREDITS_CHANGE
+    with pytest.raises(UserInputError) as caught:
+        ledger.grant(ALICE, MAX_CREDITS_CHANGE + 1, actor="admin")
+    assert caught.value.user_message == (
+        f"{MAX_CREDITS_CHANGE + 1:,} credits is more than one change may move (at most {MAX_CREDITS_CHANGE:,})."
+        " Nothing was changed.")
 
 
 def test_set_allowance_raise_adds_the_raise_now(ledger: Ledger) -> None:

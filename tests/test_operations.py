@@ -9,10 +9,12 @@ import io
 import logging
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -22,10 +24,8 @@ from rich.console import Console
 from imagine_bot.bots.terminal import TerminalFrontEnd
 from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.app import ImagineCore
-from imagine_bot.core.errors import DataNotWritable
 from imagine_bot.core.jobs.model import JobState, ReplyTo
 from imagine_bot.core.settings import load_settings
-from imagine_bot.core.storage.db import open_db
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = Path(sys.executable).parent / "imagine-bot"
@@ -90,16 +90,44 @@ def test_a_data_folder_that_cannot_be_written_is_one_line_naming_it_and_the_fix(
     assert str(blocker / "imagine-bot.db") in lines[0] and "chown" in lines[0] and "IMAGINE_DB_PATH" in lines[0]
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere; make container-test checks uid 10001")
+NOBODY = 65534
+REFUSE_READ_ONLY = """
+import sys
+from imagine_bot.core.storage.db import open_db
+from imagine_bot.core.errors import DataNotWritable
+try:
+    open_db(sys.argv[1])
+except DataNotWritable as refused:
+    print(refused)
+    sys.exit(2)
+"""
+
+
 def test_a_read_only_folder_is_refused_before_sqlite_is_asked(tmp_path):
-    folder = tmp_path / "ro"
+    """As a user who may not write there: root may write anywhere, so as root the check runs as ``nobody``
+    (setpriv drops every privilege), as the image's uid 10001 would."""
+    as_root = os.geteuid() == 0
+    base = Path(tempfile.mkdtemp(prefix="imagine-ro-")) if as_root else tmp_path
+    folder = base / "ro"
     folder.mkdir()
-    folder.chmod(0o555)
     try:
-        with pytest.raises(DataNotWritable, match="chown -R"):
-            open_db(folder / "imagine-bot.db")
+        if as_root:
+            os.chown(base, NOBODY, NOBODY)
+            os.chown(folder, NOBODY, NOBODY)
+            base.chmod(0o755)
+        folder.chmod(0o555)
+        command = [sys.executable, "-c", REFUSE_READ_ONLY, str(folder / "imagine-bot.db")]
+        if as_root:
+            command = [shutil.which("setpriv") or "setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}",
+                       "--clear-groups", "--inh-caps=-all", "--", *command]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=base)
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert "chown -R" in result.stdout and str(folder) in result.stdout
+        assert not (folder / "imagine-bot.db").exists()
     finally:
         folder.chmod(0o755)
+        if as_root:
+            shutil.rmtree(base)
 
 
 async def test_the_embedded_sandbox_keeps_its_tasks_so_a_job_in_flight_resumes(tmp_path, caplog):

@@ -10,7 +10,7 @@ import asyncio
 import time
 
 from imagine_bot.core.errors import ChatRateLimited
-from imagine_bot.core.jobs.outbox import Outbox, Pace
+from imagine_bot.core.jobs.outbox import FINAL_ATTEMPTS, Outbox, Pace
 
 FAST = Pace("w1", rate_per_s=1000.0, burst=1000, min_interval_s=0.0)
 
@@ -172,4 +172,43 @@ async def test_shutting_down_sends_the_final_statuses_and_drops_the_rest():
     outbox.put("j2", chat.send("j2 failed"), pace=pace, final=True)
     await asyncio.wait_for(outbox.flush_finals(), 5)
     assert sorted(chat.texts) == ["j1 first", "j2 failed", "j2 first"]
+    await outbox.close()
+
+
+async def test_a_final_status_rate_limited_eight_times_is_given_up_and_logged(caplog):
+    outbox, chat = Outbox(), Channel()
+    tries: list[float] = []
+
+    async def always_limited() -> None:
+        tries.append(time.monotonic())
+        raise ChatRateLimited(0.01)
+
+    outbox.put("j1", always_limited, pace=FAST, final=True)
+    await asyncio.wait_for(outbox.wait_idle(), 5)
+    assert len(tries) == FINAL_ATTEMPTS == 8
+    assert "job j1: final status not sent after 8 rate-limited attempts" in caplog.text
+    assert not outbox.pending("j1") and outbox.sent == 0
+    outbox.put("j2", chat.send("the next job"), pace=FAST)  # the budget is not stuck
+    await asyncio.wait_for(outbox.wait_idle(), 5)
+    assert chat.texts == ["the next job"]
+
+
+async def test_a_status_that_fails_otherwise_is_logged_and_not_tried_again(caplog):
+    outbox, chat = Outbox(), Channel()
+    tries: list[str] = []
+
+    def failing(text: str):
+        async def send() -> None:
+            tries.append(text)
+            raise RuntimeError("channel_not_found")
+        return send
+
+    outbox.put("j1", failing("failed"), pace=FAST, final=True)
+    outbox.put("j2", failing("progress"), pace=FAST)
+    await asyncio.wait_for(outbox.wait_idle(), 5)
+    assert sorted(tries) == ["failed", "progress"]  # once each: only a 429 is tried again
+    assert caplog.text.count("status message failed") == 2 and outbox.sent == 0
+    outbox.put("j2", chat.send("a later status"), pace=FAST)  # the job's outbox goes on
+    await asyncio.wait_for(outbox.wait_idle(), 5)
+    assert chat.texts == ["a later status"]
     await outbox.close()

@@ -15,6 +15,7 @@ from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.app import ImagineCore
 from imagine_bot.core.events import Failed
 from imagine_bot.core.jobs.model import JobState, ReplyTo
+from imagine_bot.core.storage.db import iso
 from tests.conftest import until
 
 SLACK_USER = UserRef("slack", "T1", "U1")
@@ -45,6 +46,8 @@ async def test_jobs_fail_refunds_and_the_user_is_told_when_the_platform_runs(mak
     async with ImagineCore.open(settings) as core:
         row = core.jobs.get(job_id)
         assert (row.state, row.error_code, row.notice_pending) == (JobState.FAILED, "failed_by_operator", True)
+        assert row.error_message.startswith("failed by ") and row.error_message.endswith(
+            " with `imagine-bot jobs fail` (was queued)")
         assert core.ledger.balance(SLACK_USER).available == 180
         assert core.ledger.verify() == []
         fe = slack_recorder(tmp_path)
@@ -73,7 +76,9 @@ async def test_jobs_fail_refuses_a_job_a_live_process_holds_and_jobs_list_shows_
         core.register(slack_recorder(tmp_path))
         job = await core.imagine(SLACK_USER, ReplyTo("slack", "C1"), "busy sandbox:slow")
         assert await asyncio.to_thread(main, ["--db", db, "jobs", "fail", job.id]) == 1
-        assert "being worked on by " + core.orchestrator.owner in capsys.readouterr().err
+        lease = iso(core.jobs.get(job.id).lease_until)
+        assert (f"Job {job.id} is being worked on by {core.orchestrator.owner} (lease until {lease}). Stop that "
+                "process, or wait until its lease expires; nothing was changed.") in capsys.readouterr().err
         assert await asyncio.to_thread(main, ["--db", db, "jobs", "list"]) == 0
         listing = capsys.readouterr().out
         assert core.orchestrator.owner in listing and "s left" in listing

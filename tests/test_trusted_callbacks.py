@@ -152,7 +152,7 @@ async def running(bot: Bot, sandbox: SandboxGateway, prompt: str) -> Job:
     """
     bot.core.orchestrator.account_webhook = True
     job = await bot.core.imagine(ALICE, REPLY, prompt)
-    await until(lambda: bot.core.jobs.get(job.id).task_id in bot.core.orchestrator._wakeups)
+    await until(lambda: bot.core.jobs.get(job.id).task_id in bot.core.orchestrator.tracking)
     job = bot.core.jobs.get(job.id)
     task = sandbox.tasks[job.task_id]
     loop = asyncio.get_running_loop()

@@ -126,6 +126,11 @@ class SlackHandlers:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
+    @property
+    def busy(self) -> int:
+        """Listeners running now."""
+        return len(self._running)
+
     async def wait_idle(self) -> None:
         """Wait until no listener is running (tests)."""
         while self._running:

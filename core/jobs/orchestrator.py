@@ -183,6 +183,7 @@ class Orchestrator:
         #: set when a drain begins: a createTask that could not connect is not tried again
         self._drain_begun = asyncio.Event()
         self._stopped = False
+        self._halted = False
         self.owner = owner or new_owner_id()
         self.leases = LeaseClock(lease_s)
         self._housekeeper: asyncio.Task[None] | None = None
@@ -198,6 +199,9 @@ class Orchestrator:
         the outbox, which sends it in the background: the job never waits on a chat API for a status."""
         frontend = self.frontends.get(event.job.platform)
         if frontend is None:
+            if isinstance(event, Delivered):  # nothing posted is nothing delivered: refunded, never charged
+                raise DeliveryError(f"no {event.job.platform} front end in this process to deliver job "
+                                    f"{event.job.id}")
             log.warning("no front end for %s to publish %s of job %s", event.job.platform,
                         type(event).__name__, event.job.id)
             return
@@ -395,6 +399,19 @@ class Orchestrator:
             log.warning("draining: %d final status message(s) not sent", self.outbox.busy)
         await self.stop()
 
+    async def halt(self) -> None:
+        """Stop at once, as a process killed with SIGKILL does: the workers, the lease renewals and the
+        sweeps end and nothing more is written. The jobs stay as they are and keep this process's leases
+        until they expire; only then may another process take them over. ``stop`` after it releases
+        nothing. For a process that must not touch the database any more, and for tests of a crash."""
+        self._halted = True
+        self._accepting = False
+        self._stopped = True
+        tasks = [t for t in (self._housekeeper, *self._tasks.values()) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     async def stop(self) -> None:
         """Stop taking jobs, cancel the workers and release every lease; rows stay as they are, for the
         next owner (this process after a restart, or another one) to pick up."""
@@ -410,6 +427,8 @@ class Orchestrator:
         await self.outbox.close()
         if self.approvals is not None:
             await self.approvals.stop()
+        if self._halted:
+            return
         try:
             released = self.jobs.release_leases(self.owner)
         except StoreClosed:  # the database is already closed

@@ -1,6 +1,8 @@
 """Discord test harness: the fake Discord API, a core on the sandbox gateway, and the real discord.py
-client logged in against the fake. Interactions are raw Discord payloads dispatched through the
-client's own state (``parse_interaction_create``), so the real CommandTree and dynamic items run.
+client connected to the fake as ``imagine-bot run`` connects (REST login, then the gateway websocket:
+HELLO, IDENTIFY, READY). Interactions are raw Discord payloads sent as the gateway's
+``INTERACTION_CREATE`` dispatches over that websocket, so discord.py's own parsing, CommandTree and
+dynamic items run, and nothing here reaches into discord.py's internals.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ def discord_user(user_id: str) -> UserRef:
 
 @dataclass
 class Bot:
-    """One running bot process: core + Discord service, logged in (REST only) against the fake."""
+    """One running bot process: core + Discord service, connected to the fake's REST API and gateway."""
 
     fake: FakeDiscord
     core: ImagineCore
@@ -70,33 +72,34 @@ class Bot:
     def client(self) -> discord.Client:
         return self.service.client
 
-    def send(self, payload: dict[str, Any]) -> dict[str, Any]:
-        """Deliver an interaction as the gateway would; returns it (its ``token`` names its webhook)."""
-        self.fake.register_interaction(payload)
-        payload["_sent_at"] = time.monotonic()
-        self.client._connection.parse_interaction_create(payload)  # type: ignore[arg-type]
+    async def send(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """Send an interaction as Discord does, an ``INTERACTION_CREATE`` dispatch on the gateway websocket;
+        returns it (its ``token`` names its webhook; ``_sent_at``, added after sending, is when it went)."""
+        sent_at = time.monotonic()
+        await self.fake.dispatch("INTERACTION_CREATE", payload)
+        payload["_sent_at"] = sent_at
         return payload
 
-    def imagine(self, user: str, prompt: str, **kw: Any) -> dict[str, Any]:
+    async def imagine(self, user: str, prompt: str, **kw: Any) -> dict[str, Any]:
         options = [{"name": "prompt", "type": 3, "value": prompt}]
         for name in ("aspect_ratio", "quality"):
             if name in kw:
                 options.append({"name": name, "type": 3, "value": kw.pop(name)})
-        return self.send(self.interactions.command("imagine", user, options, **kw))
+        return await self.send(self.interactions.command("imagine", user, options, **kw))
 
-    def command(self, name: str, user: str, options: list[dict[str, Any]] | None = None,
-                **kw: Any) -> dict[str, Any]:
-        return self.send(self.interactions.command(name, user, options, **kw))
+    async def command(self, name: str, user: str, options: list[dict[str, Any]] | None = None,
+                      **kw: Any) -> dict[str, Any]:
+        return await self.send(self.interactions.command(name, user, options, **kw))
 
-    def admin(self, sub: str, user: str, options: list[dict[str, Any]] | None = None,
-              resolved_users: tuple[str, ...] = (), **kw: Any) -> dict[str, Any]:
+    async def admin(self, sub: str, user: str, options: list[dict[str, Any]] | None = None,
+                    resolved_users: tuple[str, ...] = (), **kw: Any) -> dict[str, Any]:
         resolved = {"users": {u: {"id": u, "username": f"user{u[-4:]}", "discriminator": "0", "avatar": None,
                                   "global_name": None} for u in resolved_users}} if resolved_users else None
-        return self.send(self.interactions.command(
+        return await self.send(self.interactions.command(
             "imagine-admin", user, [{"name": sub, "type": 1, "options": options or []}], resolved=resolved, **kw))
 
-    def press(self, custom_id: str, user: str, message: dict[str, Any], **kw: Any) -> dict[str, Any]:
-        return self.send(self.interactions.component(custom_id, user, message, **kw))
+    async def press(self, custom_id: str, user: str, message: dict[str, Any], **kw: Any) -> dict[str, Any]:
+        return await self.send(self.interactions.component(custom_id, user, message, **kw))
 
     # --- what the fake saw for one interaction
     async def callback(self, payload: dict[str, Any]) -> Call:
@@ -130,11 +133,12 @@ def open_bot(fake: FakeDiscord, discord_settings: Callable[..., Settings]):
                     edit_interval: float = EDIT_INTERVAL, **overrides: Any) -> AsyncIterator[Bot]:
         settings = discord_settings(**overrides)
         async with ImagineCore.open(settings) as core:
-            service = DiscordService(core, settings, edit_interval=edit_interval, guild_ready_timeout=0.0)
+            service = DiscordService(core, settings, edit_interval=edit_interval, sync=False,
+                                     guild_ready_timeout=0.0)
             bot = Bot(fake, core, service, InteractionFactory(fake.app_id, guild_id=guild_id, nsfw=nsfw,
                                                               channel_id="555555555555555555"))
             try:
-                await service.client.login(fake.token)
+                await service.start()
                 await core.start()
                 yield bot
             finally:

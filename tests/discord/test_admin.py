@@ -38,19 +38,19 @@ def _report_rows(answer: dict) -> list[dict]:
 
 async def test_a_member_without_rights_is_refused_and_nothing_changes(open_bot):
     async with open_bot() as bot:
-        sent = bot.admin("grant", ALICE, [_user_option(BOB), {"name": "credits", "type": 4, "value": 90}],
+        sent = await bot.admin("grant", ALICE, [_user_option(BOB), {"name": "credits", "type": 4, "value": 90}],
                          resolved_users=(BOB,))
         answer = await _private_answer(bot, sent)
         assert answer["content"] == "Sorry, only image-bot admins can do that. Nothing was changed."
         assert bot.core.ledger.history(discord_user(BOB)) == []
-        report = bot.admin("report", ALICE)
+        report = await bot.admin("report", ALICE)
         answer = await _private_answer(bot, report)
         assert "only image-bot admins" in answer["content"] and not answer["_files"]
 
 
 async def test_admins_listed_in_ADMINS_may_grant(open_bot):
     async with open_bot(ADMINS=f"discord:{ALICE}") as bot:
-        sent = bot.admin("grant", ALICE, [_user_option(BOB), {"name": "credits", "type": 4, "value": 90},
+        sent = await bot.admin("grant", ALICE, [_user_option(BOB), {"name": "credits", "type": 4, "value": 90},
                                           {"name": "note", "type": 3, "value": "prize"}], resolved_users=(BOB,))
         answer = await _private_answer(bot, sent)
         balance = bot.core.ledger.balance(discord_user(BOB))
@@ -67,7 +67,7 @@ async def test_manage_server_never_mints_nor_reads_other_places(open_bot):
         for sub, options in (("grant", [_user_option(ALICE), {"name": "credits", "type": 4, "value": 1_000_000}]),
                              ("grant", [_user_option(BOB), {"name": "credits", "type": 4, "value": 90}]),
                              ("allowance", [_user_option(ALICE), {"name": "credits", "type": 4, "value": 999_999}])):
-            answer = await _private_answer(bot, bot.admin(sub, ALICE, options, resolved_users=(ALICE, BOB),
+            answer = await _private_answer(bot, await bot.admin(sub, ALICE, options, resolved_users=(ALICE, BOB),
                                                           permissions=MANAGE_GUILD))
             assert answer["content"].startswith("Only the bot's operators can do that")
             assert "Nothing was changed" in answer["content"]
@@ -76,14 +76,14 @@ async def test_manage_server_never_mints_nor_reads_other_places(open_bot):
             assert bot.core.ledger.balance(discord_user(who)).allowance == 180
 
         # a budget is the operator's too
-        budget = bot.admin("budget", ALICE, [{"name": "credits", "type": 4, "value": 100_000}],
+        budget = await bot.admin("budget", ALICE, [{"name": "credits", "type": 4, "value": 100_000}],
                            permissions=MANAGE_GUILD)
         assert (await _private_answer(bot, budget))["content"].startswith("Only the bot's operators")
         assert bot.core.budgets.status(f"discord:{GUILD}").amount is None
 
         # someone else's server, a Slack workspace, every account: refused, no file
         for scope in (f"discord:{OTHER_GUILD}", "slack:T0001", "all", "global"):
-            report = bot.admin("report", ALICE, [{"name": "scope", "type": 3, "value": scope}],
+            report = await bot.admin("report", ALICE, [{"name": "scope", "type": 3, "value": scope}],
                                permissions=MANAGE_GUILD)
             answer = await _private_answer(bot, report)
             assert not answer["_files"], scope
@@ -91,20 +91,20 @@ async def test_manage_server_never_mints_nor_reads_other_places(open_bot):
 
         # the same member in a server they do not manage is nobody special
         bot.interactions.guild_id = OTHER_GUILD
-        answer = await _private_answer(bot, bot.admin("report", ALICE))
+        answer = await _private_answer(bot, await bot.admin("report", ALICE))
         assert answer["content"] == "Sorry, only image-bot admins can do that. Nothing was changed."
         assert bot.core.ledger.verify() == []
 
 
 async def test_a_community_admin_reads_their_own_servers_report(open_bot):
     async with open_bot() as bot:
-        await bot.final_edit(bot.imagine(BOB, "a red kite"))
+        await bot.final_edit(await bot.imagine(BOB, "a red kite"))
         await bot.idle()
         bot.interactions.guild_id = OTHER_GUILD
-        await bot.final_edit(bot.imagine(CAROL, "a blue heron"))
+        await bot.final_edit(await bot.imagine(CAROL, "a blue heron"))
         await bot.idle()
         bot.interactions.guild_id = GUILD
-        answer = await _private_answer(bot, bot.admin("report", ALICE, permissions=MANAGE_GUILD))
+        answer = await _private_answer(bot, await bot.admin("report", ALICE, permissions=MANAGE_GUILD))
         assert answer["content"].startswith("This server spent 18 credits for ")
         assert f"<@{BOB}> 18 (1 image)" in answer["content"] and "By channel: <#555555555555555555> 18" in answer[
             "content"]
@@ -114,16 +114,16 @@ async def test_a_community_admin_reads_their_own_servers_report(open_bot):
 
 async def test_a_community_admin_bans_a_member_in_their_server_only(open_bot):
     async with open_bot() as bot:
-        answer = await _private_answer(bot, bot.admin("ban", ALICE, [_user_option(BOB)], resolved_users=(BOB,),
+        answer = await _private_answer(bot, await bot.admin("ban", ALICE, [_user_option(BOB)], resolved_users=(BOB,),
                                                       permissions=MANAGE_GUILD))
         assert answer["content"] == f"<@{BOB}> can no longer use the image bot here."
 
-        refused = bot.imagine(BOB, "a banned fox")
+        refused = await bot.imagine(BOB, "a banned fox")
         answer = await _private_answer(bot, refused)
         assert answer["content"] == "A server admin has turned the image bot off for you here."
 
         bot.interactions.guild_id = OTHER_GUILD  # another server: the ban does not reach
-        elsewhere = bot.imagine(BOB, "a free fox")
+        elsewhere = await bot.imagine(BOB, "a free fox")
         await bot.final_edit(elsewhere)
         await bot.idle()
         jobs = bot.core.jobs.recent(discord_user(BOB).key)
@@ -131,7 +131,7 @@ async def test_a_community_admin_bans_a_member_in_their_server_only(open_bot):
         assert bot.core.ledger.balance(discord_user(BOB)).balance == 180 - 18
 
         # and a member with Manage Server in the other server cannot lift a ban in the first
-        answer = await _private_answer(bot, bot.admin("unban", CAROL, [_user_option(BOB)], resolved_users=(BOB,),
+        answer = await _private_answer(bot, await bot.admin("unban", CAROL, [_user_option(BOB)], resolved_users=(BOB,),
                                                       permissions=MANAGE_GUILD))
         assert answer["content"] == f"<@{BOB}> was not banned here."
         assert bot.core.places.is_banned(f"discord:{GUILD}", discord_user(BOB).key)
@@ -139,14 +139,14 @@ async def test_a_community_admin_bans_a_member_in_their_server_only(open_bot):
 
 async def test_a_server_budget_of_36_allows_exactly_two_jobs(open_bot):
     async with open_bot(ADMINS=f"discord:{OPERATOR}") as bot:
-        answer = await _private_answer(bot, bot.admin("budget", OPERATOR, [
+        answer = await _private_answer(bot, await bot.admin("budget", OPERATOR, [
             {"name": "credits", "type": 4, "value": 36}, {"name": "period", "type": 3, "value": "month"}]))
         assert answer["content"].startswith(f"Budget set: `discord:{GUILD}`: 36 per month")
 
         for user, prompt in ((ALICE, "first light"), (BOB, "second light")):
-            await bot.final_edit(bot.imagine(user, prompt))
+            await bot.final_edit(await bot.imagine(user, prompt))
             await bot.idle()
-        refused = bot.imagine(CAROL, "third light")
+        refused = await bot.imagine(CAROL, "third light")
         answer = await _private_answer(bot, refused)
         assert answer["content"].startswith("This server's image budget for ")
         assert "is used up; it refills on 1 " in answer["content"] and "Nothing was charged" in answer["content"]
@@ -159,13 +159,13 @@ async def test_a_server_budget_of_36_allows_exactly_two_jobs(open_bot):
         assert bot.core.ledger.verify() == []
 
         # /credits shows the balance and what the server has left
-        answer = await _private_answer(bot, bot.command("credits", CAROL))
+        answer = await _private_answer(bot, await bot.command("credits", CAROL))
         assert answer["content"].startswith("You have 180 credits.")
         assert "This server has 0 of 36 image credits left for " in answer["content"]
 
         # a server elsewhere is not held back by this one's budget
         bot.interactions.guild_id = OTHER_GUILD
-        await bot.final_edit(bot.imagine(CAROL, "third light elsewhere"))
+        await bot.final_edit(await bot.imagine(CAROL, "third light elsewhere"))
         await bot.idle()
         assert bot.core.ledger.balance(discord_user(CAROL)).balance == 180 - 18
 
@@ -181,7 +181,7 @@ async def test_numbers_past_reason_from_discord_get_a_plain_refusal(open_bot):
             ("grant", [_user_option(BOB), {"name": "credits", "type": 4, "value": huge}], (BOB,)),
             ("grant", [_user_option(BOB), {"name": "credits", "type": 4, "value": -huge}], (BOB,)),
         ):
-            answer = await _private_answer(bot, bot.admin(sub, OPERATOR, options, resolved_users=users))
+            answer = await _private_answer(bot, await bot.admin(sub, OPERATOR, options, resolved_users=users))
             assert "1,000,000,000" in answer["content"] and "Nothing was changed." in answer["content"], answer
             assert "\n" not in answer["content"] and "went wrong" not in answer["content"]
         assert bot.core.budgets.all() == [] and bot.core.ledger.history(discord_user(BOB)) == []
@@ -189,15 +189,15 @@ async def test_numbers_past_reason_from_discord_get_a_plain_refusal(open_bot):
 
 async def test_credits_and_help_answer_privately(open_bot):
     async with open_bot() as bot:
-        answer = await _private_answer(bot, bot.command("credits", ALICE))
+        answer = await _private_answer(bot, await bot.command("credits", ALICE))
         assert answer["content"].startswith("You have 180 credits.")
 
-        answer = await _private_answer(bot, bot.command("help", ALICE))
+        answer = await _private_answer(bot, await bot.command("help", ALICE))
         assert "/imagine <prompt>" in answer["content"] and "/credits" in answer["content"]
         assert "--ar" in answer["content"]
         assert "/imagine-admin" not in answer["content"]
 
-        answer = await _private_answer(bot, bot.command("help", BOB, permissions=MANAGE_GUILD))
+        answer = await _private_answer(bot, await bot.command("help", BOB, permissions=MANAGE_GUILD))
         assert "/imagine-admin ban" in answer["content"]
 
 

@@ -14,7 +14,7 @@ async def test_a_5xx_on_the_result_post_is_retried_and_posted_and_charged_once(o
         bot.core.orchestrator.delivery_backoff_s = (0.05,)
         # 503: discord.py does not retry it itself (it does 500/502/504), so the core must
         bot.fake.fail("POST", r"/channels/\d+/messages", 503, times=1)
-        sent = bot.imagine(ALICE, "post me after a blip", created=old_interaction_time(16))
+        sent = await bot.imagine(ALICE, "post me after a blip", created=old_interaction_time(16))
         channel = sent["channel"]["id"]
         await bot.fake.wait_for("POST", rf"/channels/{channel}/messages")
         await bot.idle()
@@ -34,7 +34,7 @@ async def test_a_forbidden_result_post_is_refunded_at_once(open_bot):
         bot.core.orchestrator.delivery_backoff_s = (0.05,)
         bot.fake.fail("POST", r"/channels/\d+/messages", 403, {"message": "Missing Permissions", "code": 50013},
                       times=1)
-        sent = bot.imagine(ALICE, "nowhere to post", created=old_interaction_time(16))
+        sent = await bot.imagine(ALICE, "nowhere to post", created=old_interaction_time(16))
         await bot.fake.wait_for("POST", rf"/channels/{sent['channel']['id']}/messages")
         await bot.idle()
         job = bot.core.jobs.recent(discord_user(ALICE).key, limit=1)[0]
@@ -51,7 +51,7 @@ async def test_a_dropped_connection_during_the_result_edit_is_retried_on_the_sam
     async with open_bot() as bot:
         bot.core.orchestrator.delivery_backoff_s = (0.05,)
         bot.fake.drop("PATCH", r"/webhooks/\d+/[^/]+/messages/@original", where=lambda c: bool(c.files))
-        sent = bot.imagine(ALICE, "post me through a dropped connection")
+        sent = await bot.imagine(ALICE, "post me through a dropped connection")
         await bot.final_edit(sent)
         await bot.idle()
         job = bot.core.jobs.recent(discord_user(ALICE).key, limit=1)[0]

@@ -34,13 +34,13 @@ async def serving_refs(bot: Bot) -> AsyncIterator[None]:
         await runner.cleanup()
 
 
-def imagine_with(bot: Bot, user: str, prompt: str, attachments: list[dict]) -> dict:
+async def imagine_with(bot: Bot, user: str, prompt: str, attachments: list[dict]) -> dict:
     options = [{"name": "prompt", "type": 3, "value": prompt}]
     resolved: dict = {"attachments": {}}
     for name, attachment in zip(("image", "image2", "image3", "image4"), attachments, strict=False):
         options.append({"name": name, "type": 11, "value": attachment["id"]})
         resolved["attachments"][attachment["id"]] = attachment
-    return bot.send(bot.interactions.command("imagine", user, options, resolved=resolved))
+    return await bot.send(bot.interactions.command("imagine", user, options, resolved=resolved))
 
 
 def buttons(call) -> list[str]:
@@ -50,7 +50,7 @@ def buttons(call) -> list[str]:
 async def test_imagine_with_one_attachment_is_an_edit_of_it(open_bot, sandbox):
     async with open_bot() as bot:
         attachment = bot.fake.add_attachment("cat.png", png((200, 40, 40)))
-        sent = imagine_with(bot, ALICE, "make it winter", [attachment])
+        sent = await imagine_with(bot, ALICE, "make it winter", [attachment])
         final = await bot.final_edit(sent)
         await bot.idle()
         (job,) = bot.core.jobs.recent(discord_user(ALICE).key)
@@ -66,7 +66,7 @@ async def test_imagine_with_one_attachment_is_an_edit_of_it(open_bot, sandbox):
 async def test_four_attachments_go_to_the_gateway_in_order(open_bot, sandbox):
     async with open_bot() as bot:
         attachments = [bot.fake.add_attachment(f"{n}.png", png((60 * n, 90, 30))) for n in range(4)]
-        sent = imagine_with(bot, ALICE, "a collage --ar 16:9", attachments)
+        sent = await imagine_with(bot, ALICE, "a collage --ar 16:9", attachments)
         await bot.final_edit(sent)
         await bot.idle()
         (job,) = bot.core.jobs.recent(discord_user(ALICE).key)
@@ -78,7 +78,7 @@ async def test_four_attachments_go_to_the_gateway_in_order(open_bot, sandbox):
 async def test_a_text_file_attachment_is_refused_before_any_charge(open_bot, sandbox):
     async with open_bot() as bot:
         attachment = bot.fake.add_attachment("notes.png", b"not an image at all, only words\n" * 20, "image/png")
-        sent = imagine_with(bot, ALICE, "make it winter", [attachment])
+        sent = await imagine_with(bot, ALICE, "make it winter", [attachment])
         followup = (await bot.fake.wait_for("POST", rf"/webhooks/\d+/{sent['token']}$"))[0]
         assert "`notes.png` is text, not a JPEG, PNG or WebP image" in followup.json["content"]
         assert followup.json["flags"] & 64  # only the requester sees it
@@ -90,14 +90,14 @@ async def test_remix_with_imagine_on_a_message_runs_an_edit_in_that_channel(open
     async with open_bot() as bot:
         photo = bot.fake.add_attachment("photo.png", png((30, 160, 60)))
         message = bot.fake.user_message(bot.interactions.channel_id, CAROL, [photo], content="our product shot")
-        menu = bot.send(bot.interactions.message_command("Remix with imagine", ALICE, message))
+        menu = await bot.send(bot.interactions.message_command("Remix with imagine", ALICE, message))
         opened = await bot.callback(menu)
         assert opened.json["type"] == 9  # a modal
         modal = opened.json["data"]
         ids = [row["component"]["custom_id"] for row in modal["components"]]
         assert ids == ["imagine:remix:prompt", "imagine:remix:aspect_ratio", "imagine:remix:quality"]
 
-        submitted = bot.send(bot.interactions.modal_submit(modal["custom_id"], ALICE, {
+        submitted = await bot.send(bot.interactions.modal_submit(modal["custom_id"], ALICE, {
             "imagine:remix:prompt": "as a neon sign", "imagine:remix:aspect_ratio": ["9:16"],
             "imagine:remix:quality": [],
         }))
@@ -135,7 +135,7 @@ async def test_a_remix_form_left_without_a_ratio_keeps_the_image_shape(open_bot,
 async def test_remix_menu_on_a_message_without_images_says_so(open_bot, sandbox):
     async with open_bot() as bot:
         message = bot.fake.user_message(bot.interactions.channel_id, CAROL, [], content="just words")
-        menu = bot.send(bot.interactions.message_command("Remix with imagine", ALICE, message))
+        menu = await bot.send(bot.interactions.message_command("Remix with imagine", ALICE, message))
         answer = await bot.callback(menu)
         assert answer.json["type"] == 4 and answer.json["data"]["flags"] & 64
         assert "no image I can remix" in answer.json["data"]["content"]
@@ -143,19 +143,19 @@ async def test_remix_menu_on_a_message_without_images_says_so(open_bot, sandbox)
 
 async def test_vary_and_remix_work_after_a_restart_for_the_requester_only(open_bot, sandbox):
     async with open_bot() as first:
-        sent = first.imagine(ALICE, "a red kite over hills --ar 16:9")
+        sent = await first.imagine(ALICE, "a red kite over hills --ar 16:9")
         await first.final_edit(sent)
         await first.idle()
         (original,) = first.core.jobs.recent(discord_user(ALICE).key)
         message = dict(first.fake.messages[original.reply.data["message_id"]])
 
     async with open_bot() as bot, serving_refs(bot):  # a new process, same database and spool
-        stranger = bot.press(f"imagine:vary:{original.id}", CAROL, message)
+        stranger = await bot.press(f"imagine:vary:{original.id}", CAROL, message)
         refusal = await bot.callback(stranger)
         assert refusal.json["type"] == 4 and refusal.json["data"]["flags"] & 64
         assert "Only the person who asked for this image" in refusal.json["data"]["content"]
 
-        pressed = bot.press(f"imagine:vary:{original.id}", ALICE, message)
+        pressed = await bot.press(f"imagine:vary:{original.id}", ALICE, message)
         assert (await bot.callback(pressed)).json["type"] == 5
         await bot.final_edit(pressed)
         await bot.idle()
@@ -165,12 +165,12 @@ async def test_vary_and_remix_work_after_a_restart_for_the_requester_only(open_b
         (url,) = sandbox.tasks[varied.task_id].input["image_urls"]
         assert "/refs/" in url and (url, 200) in sandbox.fetched  # our own result, served signed
 
-        remix = bot.press(f"imagine:remix:{original.id}", ALICE, message)
+        remix = await bot.press(f"imagine:remix:{original.id}", ALICE, message)
         modal = (await bot.callback(remix)).json
         assert modal["type"] == 9
         prompt_input = modal["data"]["components"][0]["component"]
         assert prompt_input["value"] == original.prompt  # the original prompt, to change
-        submitted = bot.send(bot.interactions.modal_submit(modal["data"]["custom_id"], ALICE, {
+        submitted = await bot.send(bot.interactions.modal_submit(modal["data"]["custom_id"], ALICE, {
             "imagine:remix:prompt": "a red kite over hills in winter", "imagine:remix:aspect_ratio": ["16:9"],
             "imagine:remix:quality": ["basic"],
         }))
@@ -188,12 +188,12 @@ async def test_a_remix_form_opened_before_a_restart_works_after_it(open_bot, san
     async with open_bot() as first:
         photo = first.fake.add_attachment("photo.png", png((90, 30, 160)))
         message = first.fake.user_message(first.interactions.channel_id, CAROL, [photo])
-        modal = (await first.callback(first.send(first.interactions.message_command(
+        modal = (await first.callback(await first.send(first.interactions.message_command(
             "Remix with imagine", ALICE, message)))).json["data"]
         assert modal["custom_id"] == f"imagine:remix-msg:{first.interactions.channel_id}:{message['id']}"
 
     async with open_bot() as bot:  # a new process: it never saw the modal
-        submitted = bot.send(bot.interactions.modal_submit(modal["custom_id"], ALICE, {
+        submitted = await bot.send(bot.interactions.modal_submit(modal["custom_id"], ALICE, {
             "imagine:remix:prompt": "in the snow", "imagine:remix:aspect_ratio": ["1:1"]}))
         await bot.final_edit(submitted)
         await bot.idle()
@@ -205,7 +205,7 @@ async def test_a_remix_form_opened_before_a_restart_works_after_it(open_bot, san
 async def test_a_12_mb_attachment_is_refused_before_any_charge(open_bot, sandbox):
     async with open_bot() as bot:  # no PUBLIC_URL: the bot cannot serve a shrunk copy
         big = bot.fake.add_attachment("huge.png", b"\x89PNG\r\n\x1a\n" + bytes(12 * 1024 * 1024))
-        sent = imagine_with(bot, ALICE, "make it winter", [big])
+        sent = await imagine_with(bot, ALICE, "make it winter", [big])
         followup = (await bot.fake.wait_for("POST", rf"/webhooks/\d+/{sent['token']}$"))[0]
         assert "`huge.png` is 12.0 MB; the limit is 10.0 MB" in followup.json["content"]
         assert followup.json["flags"] & 64 and sandbox.requests["createTask"] == 0
@@ -216,9 +216,9 @@ async def test_a_message_with_fifteen_images_is_remixed_with_the_first_fourteen(
     async with open_bot() as bot:
         photos = [bot.fake.add_attachment(f"{n}.png", png((n * 10, 0, 0))) for n in range(15)]
         message = bot.fake.user_message(bot.interactions.channel_id, CAROL, photos)
-        modal = (await bot.callback(bot.send(bot.interactions.message_command(
+        modal = (await bot.callback(await bot.send(bot.interactions.message_command(
             "Remix with imagine", ALICE, message)))).json["data"]
-        submitted = bot.send(bot.interactions.modal_submit(modal["custom_id"], ALICE, {
+        submitted = await bot.send(bot.interactions.modal_submit(modal["custom_id"], ALICE, {
             "imagine:remix:prompt": "all of them"}))
         await bot.final_edit(submitted)
         await bot.idle()

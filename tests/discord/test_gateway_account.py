@@ -30,26 +30,35 @@ async def test_402_pauses_tells_operators_once_and_resumes_on_refill(open_bot, s
                 health = (await http.get(f"http://127.0.0.1:{port}/healthz")).json()
                 assert health["status"] == "ok"
 
-                await bot.final_edit(bot.imagine(ALICE, "before the drought"))
+                await bot.final_edit(await bot.imagine(ALICE, "before the drought"))
                 await bot.idle()
 
                 sandbox.credits = 0  # the operator's ModKie account is empty: createTask answers 402
                 # whichever notices first pauses new jobs: this job's createTask (a 402: the job fails and is
                 # refunded) or the balance read every 0.2 s (the job is refused before anything is reserved);
                 # the createTask path alone, with no balance reads racing it: tests/slack/test_gateway_account.py
-                hit = bot.imagine(ALICE, "hits the 402")
-                await bot.callback(hit)
+                hit = await bot.imagine(ALICE, "hits the 402")
+                answer = await bot.callback(hit)
                 await bot.idle()
                 jobs = bot.core.jobs.recent()
-                if len(jobs) == 2:
-                    assert jobs[0].error_code == "gateway_out_of_credits"
+                if len(jobs) == 2:  # its createTask noticed: the job failed, refunded, told in its response
+                    assert answer.json["type"] == 5
+                    assert jobs[0].error_code == "gateway_out_of_credits" and jobs[0].state.final
                     failed = await bot.final_edit(hit)
                     assert "image budget is used up for now" in failed.json["content"]
+                else:  # the balance read noticed first: refused privately, before anything was reserved
+                    assert len(jobs) == 1
+                    if answer.json["type"] == 4:  # before the answer
+                        refusal = answer.json["data"]
+                    else:  # between the public answer and the job: the placeholder goes, a private followup
+                        await bot.fake.wait_for("DELETE", rf"/webhooks/\d+/{hit['token']}/messages/@original")
+                        refusal = (await bot.fake.wait_for("POST", rf"/webhooks/\d+/{hit['token']}$"))[0].json
+                    assert refusal["flags"] & 64 and refusal["content"].startswith(PAUSED_TEXT)
                 created = len(jobs)
 
                 # while paused: refused privately before anything is reserved or sent
                 for user in (BOB, CAROL, ALICE):
-                    assert (await _private(bot, bot.imagine(user, "while paused"))).startswith(PAUSED_TEXT)
+                    assert (await _private(bot, await bot.imagine(user, "while paused"))).startswith(PAUSED_TEXT)
                 await bot.idle()
                 assert sandbox.requests["createTask"] == created  # nothing was sent while paused
                 assert [bot.core.ledger.balance(discord_user(u)).balance for u in (ALICE, BOB, CAROL)] == [
@@ -69,7 +78,7 @@ async def test_402_pauses_tells_operators_once_and_resumes_on_refill(open_bot, s
 
                 sandbox.credits = 10_000  # refilled: submissions resume by themselves
                 await asyncio.wait_for(bot.core.account.resumed.wait(), 10)
-                await bot.final_edit(bot.imagine(BOB, "after the rain"))
+                await bot.final_edit(await bot.imagine(BOB, "after the rain"))
                 await bot.idle()
                 assert bot.core.ledger.balance(discord_user(BOB)).balance == 180 - 18
                 assert (await http.get(f"http://127.0.0.1:{port}/healthz")).json()["status"] == "ok"

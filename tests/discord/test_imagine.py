@@ -18,12 +18,12 @@ from .conftest import ALICE, EDIT_INTERVAL, discord_user
 
 async def test_imagine_defers_at_once_then_edits_in_the_image_with_embed_and_buttons(open_bot, sandbox):
     async with open_bot() as bot:
-        sent = bot.imagine(ALICE, "a lighthouse at dusk", aspect_ratio="16:9")
+        sent = await bot.imagine(ALICE, "a lighthouse at dusk", aspect_ratio="16:9")
 
         callback = await bot.callback(sent)
         assert callback.json["type"] == 5  # DEFERRED_CHANNEL_MESSAGE_WITH_SOURCE, public
         assert not (callback.json.get("data") or {}).get("flags")
-        assert callback.at - sent["_sent_at"] < 1.0
+        assert callback.at - sent["_sent_at"] < 3.0  # Discord's own limit for the first answer
 
         final = await bot.final_edit(sent)
         await bot.idle()
@@ -75,7 +75,7 @@ async def test_imagine_defers_at_once_then_edits_in_the_image_with_embed_and_but
 
 async def test_status_edits_are_throttled_and_in_order_and_the_final_edit_is_never_dropped(open_bot):
     async with open_bot() as bot:
-        sent = bot.imagine(ALICE, "a slow sunrise sandbox:slow")
+        sent = await bot.imagine(ALICE, "a slow sunrise sandbox:slow")
         final = await bot.final_edit(sent)
         await bot.idle()
 
@@ -102,7 +102,7 @@ async def test_status_edits_are_throttled_and_in_order_and_the_final_edit_is_nev
 async def test_flag_in_the_prompt_wins_and_nsfw_checker_follows_the_operator(open_bot, sandbox, nsfw, unfiltered,
                                                                                checker):
     async with open_bot(nsfw=nsfw, DISCORD_NSFW_CHANNELS_UNFILTERED=unfiltered) as bot:
-        sent = bot.imagine(ALICE, "a fox in snow --ar 9:16", aspect_ratio="16:9", quality="high")
+        sent = await bot.imagine(ALICE, "a fox in snow --ar 9:16", aspect_ratio="16:9", quality="high")
         await bot.final_edit(sent)
         await bot.idle()
         job = bot.core.jobs.recent(discord_user(ALICE).key, limit=1)[0]
@@ -114,7 +114,7 @@ async def test_flag_in_the_prompt_wins_and_nsfw_checker_follows_the_operator(ope
 
 async def test_invalid_aspect_ratio_is_refused_privately_and_nothing_is_charged(open_bot, sandbox):
     async with open_bot() as bot:
-        sent = bot.imagine(ALICE, "a fox --ar 7:3")
+        sent = await bot.imagine(ALICE, "a fox --ar 7:3")
         callback = await bot.callback(sent)
         assert callback.json["type"] == 4  # answered at once, no public placeholder
         assert callback.json["data"]["flags"] & 64  # ephemeral
@@ -128,7 +128,7 @@ async def test_invalid_aspect_ratio_is_refused_privately_and_nothing_is_charged(
 
 async def test_a_failed_job_is_refunded_and_the_failure_edited_in(open_bot):
     async with open_bot() as bot:
-        sent = bot.imagine(ALICE, "a broken dream sandbox:fail")
+        sent = await bot.imagine(ALICE, "a broken dream sandbox:fail")
         final = await bot.final_edit(sent)
         await bot.idle()
         job = bot.core.jobs.recent(discord_user(ALICE).key, limit=1)[0]
@@ -143,7 +143,7 @@ async def test_a_failed_job_is_refunded_and_the_failure_edited_in(open_bot):
 
 async def test_insufficient_credits_are_refused_privately_before_any_placeholder(open_bot, sandbox):
     async with open_bot(CREDITS_ALLOWANCE=10) as bot:
-        sent = bot.imagine(ALICE, "a castle")
+        sent = await bot.imagine(ALICE, "a castle")
         callback = await bot.callback(sent)
         assert callback.json["type"] == 4 and callback.json["data"]["flags"] & 64
         assert callback.json["data"]["content"].startswith("Not enough credits: this image costs 18 and you have 10.")
@@ -153,8 +153,8 @@ async def test_insufficient_credits_are_refused_privately_before_any_placeholder
 async def test_a_refusal_after_the_public_defer_removes_the_placeholder_and_answers_privately(open_bot):
     # two commands at once with room for one job: both pass the early checks, the core refuses the second
     async with open_bot(MAX_ACTIVE_JOBS_PER_USER=1) as bot:
-        first = bot.imagine(ALICE, "first sandbox:slow")
-        second = bot.imagine(ALICE, "second")
+        first = await bot.imagine(ALICE, "first sandbox:slow")
+        second = await bot.imagine(ALICE, "second")
         assert (await bot.callback(first)).json["type"] == 5
         assert (await bot.callback(second)).json["type"] == 5
         deleted = await bot.fake.wait_for("DELETE", rf"/webhooks/\d+/{second['token']}/messages/@original")
@@ -171,14 +171,14 @@ async def test_a_refusal_after_the_public_defer_removes_the_placeholder_and_answ
 
 async def test_direct_messages_are_refused_unless_allowed(open_bot):
     async with open_bot(guild_id=None) as bot:
-        sent = bot.imagine(ALICE, "a fox")
+        sent = await bot.imagine(ALICE, "a fox")
         callback = await bot.callback(sent)
         assert callback.json["type"] == 4 and callback.json["data"]["flags"] & 64
         assert "server" in callback.json["data"]["content"]
         assert bot.core.jobs.recent() == []
 
     async with open_bot(guild_id=None, DISCORD_ALLOW_DMS=True) as bot:
-        sent = bot.imagine(ALICE, "a fox in a DM")
+        sent = await bot.imagine(ALICE, "a fox in a DM")
         final = await bot.final_edit(sent)
         await bot.idle()
         assert final.files

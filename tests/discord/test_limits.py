@@ -21,7 +21,7 @@ def _assert_channel_post_mentions_only_the_requester(call, user_id: str) -> None
 
 async def test_a_job_finishing_after_the_token_expired_is_posted_in_the_channel(open_bot, sandbox):
     async with open_bot() as bot:
-        sent = bot.imagine(ALICE, "a late owl", created=old_interaction_time(16))
+        sent = await bot.imagine(ALICE, "a late owl", created=old_interaction_time(16))
         post = (await bot.fake.wait_for("POST", rf"/channels/{sent['channel']['id']}/messages"))[0]
         await bot.idle()
         job = bot.core.jobs.recent(discord_user(ALICE).key, limit=1)[0]
@@ -38,7 +38,7 @@ async def test_a_job_finishing_after_the_token_expired_is_posted_in_the_channel(
 async def test_a_refused_token_falls_back_to_the_channel(open_bot):
     async with open_bot() as bot:
         bot.fake.fail("PATCH", r"/webhooks/.*/messages/@original", 401, invalid_webhook_token(), times=None)
-        sent = bot.imagine(ALICE, "an expired token")
+        sent = await bot.imagine(ALICE, "an expired token")
         post = (await bot.fake.wait_for("POST", rf"/channels/{sent['channel']['id']}/messages"))[0]
         await bot.idle()
         job = bot.core.jobs.recent(discord_user(ALICE).key, limit=1)[0]
@@ -50,7 +50,7 @@ async def test_a_refused_token_falls_back_to_the_channel(open_bot):
 
 async def test_a_failure_after_the_token_expired_is_said_in_the_channel(open_bot):
     async with open_bot() as bot:
-        sent = bot.imagine(ALICE, "late and broken sandbox:fail", created=old_interaction_time(20))
+        sent = await bot.imagine(ALICE, "late and broken sandbox:fail", created=old_interaction_time(20))
         post = (await bot.fake.wait_for("POST", rf"/channels/{sent['channel']['id']}/messages"))[0]
         await bot.idle()
     _assert_channel_post_mentions_only_the_requester(post, ALICE)
@@ -62,7 +62,7 @@ async def test_when_nothing_can_be_posted_the_job_is_refunded(open_bot):
         bot.fake.fail("PATCH", r"/webhooks/.*/messages/@original", 401, invalid_webhook_token(), times=None)
         bot.fake.fail("POST", r"/channels/\d+/messages", 403, {"message": "Missing Access", "code": 50001},
                       times=None)
-        bot.imagine(ALICE, "nowhere to go")
+        await bot.imagine(ALICE, "nowhere to go")
         await bot.fake.wait_for("POST", r"/channels/\d+/messages", count=2)  # the result, then the failure
         await bot.idle()
         job = bot.core.jobs.recent(discord_user(ALICE).key, limit=1)[0]
@@ -76,7 +76,7 @@ async def test_an_image_over_the_attachment_limit_is_re_encoded_to_fit(open_bot)
     png = render_png(prompt, "1:1", "basic", 0.125)
     limit = len(png) - 1
     async with open_bot() as bot:
-        sent = bot.imagine(ALICE, prompt, size_limit=limit)
+        sent = await bot.imagine(ALICE, prompt, size_limit=limit)
         final = await bot.final_edit(sent)
         await bot.idle()
     (upload,) = final.files
@@ -89,7 +89,7 @@ async def test_an_image_over_the_attachment_limit_is_re_encoded_to_fit(open_bot)
 
 async def test_an_image_that_cannot_fit_is_linked(open_bot, sandbox):
     async with open_bot() as bot:
-        sent = bot.imagine(ALICE, "a huge mural", size_limit=200)
+        sent = await bot.imagine(ALICE, "a huge mural", size_limit=200)
         final = await bot.final_edit(sent)
         await bot.idle()
         job = bot.core.jobs.recent(discord_user(ALICE).key, limit=1)[0]

@@ -33,7 +33,7 @@ async def test_every_job_reaches_the_gateway_while_the_status_edits_hang(open_bo
 
         bot.core.gateway.create_task = noting
         for n in range(3):
-            bot.imagine(ALICE, f"short job {n}")
+            await bot.imagine(ALICE, f"short job {n}")
         await asyncio.wait_for(three.wait(), 4.0)
         assert sandbox.requests["createTask"] == 3
         # one after the other through the single slot, while not one status edit has been answered

@@ -23,7 +23,7 @@ def an_image(tmp_path) -> ImageFile:
 async def test_a_delivery_handed_again_with_its_receipt_posts_nothing_twice(open_bot, tmp_path, where):
     async with open_bot() as bot:
         created = {"created": old_interaction_time(16)} if where == "channel" else {}
-        sent = bot.imagine(ALICE, "post me once", **created)
+        sent = await bot.imagine(ALICE, "post me once", **created)
         if where == "channel":
             await bot.fake.wait_for("POST", rf"/channels/{sent['channel']['id']}/messages")
         else:

@@ -9,6 +9,7 @@ import logging
 import socket
 
 import discord
+import httpx
 import pytest
 
 from imagine_bot.bots.discord import DiscordService
@@ -24,9 +25,10 @@ from imagine_bot.bots.discord.cli import (
 from imagine_bot.bots.run import run
 from imagine_bot.core.app import ImagineCore
 from imagine_bot.core.errors import ConfigError
+from imagine_bot.core.jobs.model import JobState
 from tests.fakes.discord_api import InteractionFactory
 
-from .conftest import ALICE
+from .conftest import ALICE, discord_user
 
 GUILDS_INTENT = 1 << 0
 
@@ -125,12 +127,19 @@ def test_cli_invite_url_with_client_id_needs_no_network(capsys, make_settings):
 
 @contextlib.asynccontextmanager
 async def running(settings, *, within: float = 20):
-    """``imagine-bot run --only discord`` in the background, until the block ends (then it must exit 0)."""
+    """``imagine-bot run --only discord`` in the background, until the block ends (then it must exit 0);
+    gives the web server's port."""
     stop, started = asyncio.Event(), asyncio.Event()
-    runner = asyncio.create_task(run(settings, only=["discord"], stop=stop, ready=lambda _port: started.set()))
+    ports: list[int] = []
+
+    def ready(port: int) -> None:
+        ports.append(port)
+        started.set()
+
+    runner = asyncio.create_task(run(settings, only=["discord"], stop=stop, ready=ready))
     try:
         await asyncio.wait_for(started.wait(), within)
-        yield
+        yield ports[0]
     finally:
         stop.set()
         assert await asyncio.wait_for(runner, 20) == 0
@@ -143,10 +152,23 @@ async def imagine_and_wait(fake, prompt: str) -> None:
     await fake.wait_for("PATCH", rf"/webhooks/\d+/{payload['token']}/messages/@original", where=lambda c: bool(c.files))
 
 
-async def test_imagine_bot_run_only_discord(fake, discord_settings):
-    async with running(discord_settings()):
+async def test_imagine_bot_run_only_discord(fake, discord_settings, caplog):
+    caplog.set_level(logging.INFO, logger="imagine_bot.bots.run")
+    # Slack is configured too (at a closed port: were it started, it would fail), but --only discord
+    settings = discord_settings(SLACK_BOT_TOKEN="xoxb-" + "1" * 40, SLACK_SIGNING_SECRET="s" * 32,
+                                SLACK_API_URL=f"http://127.0.0.1:{free_port()}/api/")
+    async with running(settings) as port:
+        async with httpx.AsyncClient() as http:
+            health = (await http.get(f"http://127.0.0.1:{port}/healthz")).json()
+        assert health["discord"]["ready"] is True and "slack" not in health
         await imagine_and_wait(fake, "a harbour at night")
     await fake.wait_gateway_closed()
+    assert "imagine-bot running: discord; 0 job(s) resumed" in caplog.text
+    # the image was delivered and charged once
+    async with ImagineCore.open(settings) as core:
+        (job,) = core.jobs.recent(discord_user(ALICE).key)
+        assert job.state is JobState.DELIVERED
+        assert core.ledger.balance(discord_user(ALICE)).balance == 180 - 18 and core.ledger.verify() == []
 
 
 def free_port() -> int:

@@ -74,10 +74,6 @@ async def healthz(base: str) -> dict[str, Any]:
     return answer.json()
 
 
-def test_the_guild_ids_fall_on_their_shards() -> None:
-    assert (int(G0) >> 22) % 2 == 0 and (int(G1) >> 22) % 2 == 1
-
-
 async def test_two_shards_in_one_process(fake: FakeDiscord, discord_settings: Callable[..., Settings]):
     async with bot_process(discord_settings()) as (core, service, base):
         # Discord's recommendation was followed: two connections, each identified as its shard

@@ -31,8 +31,9 @@ The gateway (``/gateway-ws``), sharded like Discord's: ``GET /gateway/bot`` reco
 constructor argument, default 1). Each connection gets HELLO (op 10); its IDENTIFY (op 2) is recorded
 with the ``shard: [id, count]`` it names (none: shard 0 of 1), and READY names that shard and lists, as
 unavailable, the guilds the shard owns (``guilds``: ``(guild_id >> 22) % count == id``), each followed by
-a GUILD_CREATE. Heartbeats are acknowledged. ``await fake.dispatch(event, data)`` sends a dispatch on the
-shard that owns ``data["guild_id"]`` (DMs: shard 0), as Discord routes them; ``shard=`` picks one.
+a GUILD_CREATE (``join_guild`` sends one later, as an invite does). Heartbeats are acknowledged.
+``await fake.dispatch(event, data)`` sends a dispatch on the shard that owns ``data["guild_id"]`` (DMs:
+shard 0), as Discord routes them; ``shard=`` picks one. Tests send every interaction this way.
 
 Synchronisation is by events: ``await fake.wait_for(...)`` returns once matching calls have been
 recorded (past ones count), never by sleeping.
@@ -623,6 +624,15 @@ class FakeDiscord:
         shard = self.shard_of(data.get("guild_id")) if shard is None else shard
         await self._send_dispatch(event, data, shard=shard)
         return shard
+
+    async def join_guild(self, guild_id: str) -> int:
+        """The bot is added to a server (someone used the invite): its GUILD_CREATE on the shard that owns it,
+        as Discord sends it (without ``unavailable``, which marks a server of READY coming online); returns
+        the shard."""
+        self.guilds = (*self.guilds, str(guild_id))
+        payload = _guild(str(guild_id))
+        del payload["unavailable"]
+        return await self.dispatch("GUILD_CREATE", payload)
 
     async def wait_identified(self, count: int, within: float = 10.0) -> None:
         """Wait until ``count`` shards have sent IDENTIFY."""

@@ -85,7 +85,7 @@ class SlackHarness:
 
     async def settle(self) -> None:
         """Wait until every listener and every job has finished."""
-        while (self.service.handlers._running or self.core.orchestrator.in_flight
+        while (self.service.handlers.busy or self.core.orchestrator.in_flight
                or self.core.orchestrator.outbox.busy):
             await self.service.handlers.wait_idle()
             await self.core.orchestrator.wait_idle()

@@ -6,8 +6,6 @@ The issue's scenario: ``MAX_ACTIVE_JOBS=1``, three short jobs, and a fake Slack 
 
 from __future__ import annotations
 
-import asyncio
-
 from imagine_bot.core.jobs.model import JobState
 from tests.conftest import until
 
@@ -25,9 +23,9 @@ async def three_jobs(slack: SlackHarness) -> list[str]:
     return [job.id for job in jobs]
 
 
-async def jobs_done(slack: SlackHarness, within: float) -> None:
-    """Wait for the job coroutines only (not for the outbox)."""
-    await asyncio.wait_for(asyncio.gather(*slack.core.orchestrator._tasks.values()), within)
+async def jobs_done(slack: SlackHarness, job_ids: list[str], within: float) -> None:
+    """Wait for the jobs only (not for the outbox): every one delivered or failed."""
+    await until(lambda: all(slack.core.jobs.get(j).state.final for j in job_ids), within)
 
 
 async def test_jobs_are_delivered_while_a_slow_chat_update_is_still_blocked(slack_settings, fake_slack):
@@ -35,7 +33,7 @@ async def test_jobs_are_delivered_while_a_slow_chat_update_is_still_blocked(slac
     async with SlackHarness.open(slack_settings(MAX_ACTIVE_JOBS=1), fake_slack, min_edit_interval=0.0) as slack:
         job_ids = await three_jobs(slack)
         await fake_slack.wait_for("files.completeUploadExternal", count=3, timeout=4)
-        await jobs_done(slack, 4)
+        await jobs_done(slack, job_ids, 4)
         # all three delivered and charged, one after the other through the single gateway slot ...
         assert [slack.core.jobs.get(j).state for j in job_ids] == [JobState.DELIVERED] * 3
         assert slack.core.ledger.verify() == []
@@ -56,8 +54,10 @@ async def test_a_429_on_chat_update_holds_up_no_job_and_the_workspace_waits_retr
         assert limited.status == 429
         uploads = fake_slack.calls_to("files.completeUploadExternal")
         assert len(uploads) == 3
-        # every image was posted within the Retry-After: nothing slept inside a job on the 429
-        assert all(u.done_at is not None and u.done_at < limited.at + 1.9 for u in uploads)
+        # every image was posted before the workspace's next edit (which waited out Retry-After): nothing
+        # slept inside a job on the 429
+        retried = next(u for u in updates if u.status == 200 and u.at > limited.at)
+        assert all(u.done_at is not None and u.done_at < retried.at for u in uploads)
         # the workspace waited: Slack said 429 only to the edit that hit the limit (and at most one
         # already on its way); every later edit came after Retry-After
         refused = [u for u in updates if u.status == 429]
