@@ -26,8 +26,9 @@ import httpx
 from imagine_bot.core import __version__
 from imagine_bot.core.access.authority import GLOBAL, Actor, scope_noun
 from imagine_bot.core.access.identity import UserRef
-from imagine_bot.core.chat import messages
-from imagine_bot.core.chat.parsing import ParsedPrompt, parse_imagine, take_images
+from imagine_bot.core.chat import messages, presets
+from imagine_bot.core.chat.parsing import ParsedPrompt, check_banned, parse_imagine, take_images, take_preset
+from imagine_bot.core.chat.presets import Preset
 from imagine_bot.core.credits.budgets import BudgetStatus, spend_csv
 from imagine_bot.core.credits.ledger import Balance
 from imagine_bot.core.credits.prices import Prices
@@ -43,6 +44,8 @@ from imagine_bot.core.frontend import FrontEnd, OperatorNotifier
 from imagine_bot.core.gateway import GatewayClient
 from imagine_bot.core.gateway.balance import GatewayAccount
 from imagine_bot.core.gateway.catalog import ModelSpec, edit_model, get_model
+from imagine_bot.core.jobs.approvals import Approvals
+from imagine_bot.core.jobs.leases import new_owner_id
 from imagine_bot.core.jobs.model import Job, JobRequest, JobState, ReplyTo
 from imagine_bot.core.jobs.orchestrator import Orchestrator
 from imagine_bot.core.jobs.outbox import UNPACED, PaceOf, Send
@@ -52,6 +55,7 @@ from imagine_bot.core.media.refstore import RefStore
 from imagine_bot.core.media.thumbnails import ThumbnailStore
 from imagine_bot.core.ops.alerts import Alerts
 from imagine_bot.core.settings import Settings
+from imagine_bot.core.storage.approvals import Approval
 from imagine_bot.core.storage.base import Stores
 from imagine_bot.core.storage.db import utcnow
 from imagine_bot.core.storage.sqlite import SqliteStores
@@ -72,6 +76,19 @@ class CreditsInfo:
     active: list[Job]
     #: the budget of the server or workspace asked from (None in DMs and the terminal)
     budget: BudgetStatus | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """An ``/imagine`` read and checked, before anything is reserved: the prompt the gateway gets (a preset's
+    template filled in), the model inputs, the preset used and its reference images."""
+
+    prompt: str
+    params: dict[str, str]
+    preset: Preset | None = None
+    references: tuple[Reference, ...] = ()
+    #: the inputs someone chose (a typed flag, the caller's ``defaults``, the preset), not a default
+    chosen: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,11 +134,16 @@ class ImagineCore:
         self.budgets = stores.ledger.budgets
         self.admins = frozenset(settings.ADMINS)
         self.places = self.stores.places
+        self.presets = self.stores.presets
         self.dashboard_auth = dashboard_auth(self.stores)
         self.alerts = Alerts(settings.ADMINS)
         self.account = GatewayAccount(stores.gateway_account, stores.jobs, gateway, self.alerts, cost=model.cost,
                                       check_every_s=settings.GATEWAY_BALANCE_CHECK_S,
                                       undelivered_alert_credits=settings.UNDELIVERED_ALERT_CREDITS)
+        owner = new_owner_id()
+        #: approval before an image goes public, in channels with reviewers (core/jobs/approvals.py)
+        self.approvals = Approvals(self.stores.approvals, self.jobs, self.ledger,
+                                   expire_h=settings.APPROVAL_EXPIRE_H, owner=owner)
         self.orchestrator = Orchestrator(
             store=stores,
             gateway=gateway,
@@ -142,6 +164,8 @@ class ImagineCore:
             lease_s=settings.JOB_LEASE_S,
             thumbnails=self.thumbnails,
             on_failure=self.account.on_job_failed,
+            owner=owner,
+            approvals=self.approvals,
         )
         #: callbacks received here for tasks tracked by another process on the same database, and back
         self.relay = CallbackRelay(self.stores.relay, self.orchestrator)
@@ -218,6 +242,7 @@ class ImagineCore:
         count = await self.orchestrator.resume()
         if count:
             log.info("resumed %d job(s) left in flight", count)
+        await self.approvals.start()  # reviews, approved posts and notices left undone by an earlier process
         self.account.start()  # ... and reads it again every GATEWAY_BALANCE_CHECK_S
         return count
 
@@ -228,6 +253,11 @@ class ImagineCore:
         if the job is delivered again (after a crash or a takeover): see ``FrontEnd``.
         """
         return self.jobs.record_receipt(job_id, **ids)
+
+    def record_review_receipt(self, job_id: str, **ids: Any) -> Approval:
+        """Front ends: as ``record_receipt``, for the steps of an approval (``ReviewRequested``, ``Approved``):
+        merged into the approval's receipt, handed back in the event if the step is tried again."""
+        return self.approvals.store.record_receipt(job_id, **ids)
 
     def find_job(self, job_id: str) -> Job | None:
         """A job as stored now (None if unknown): front ends read a job's latest state and reply data here."""
@@ -273,7 +303,8 @@ class ImagineCore:
 
     async def _cleanup_loop(self) -> None:
         while True:
-            active = frozenset(job.id for job in self.jobs.active())
+            # the images of jobs in flight, and of approvals still to post, stay in the spool
+            active = frozenset(job.id for job in self.jobs.active()) | self.approvals.store.waiting_jobs()
             try:
                 await asyncio.to_thread(self.refs.cleanup, active)
             except OSError:
@@ -302,24 +333,60 @@ class ImagineCore:
         actor = Actor.of(who)
         return self.places.prefs(actor.place).defaults if actor.place else {}
 
+    def prepare(self, who: UserRef | Actor, text: str, *, defaults: dict[str, str] | None = None,
+                preset: str | None = None, channel_preset: bool = False) -> Prepared:
+        """Read an ``/imagine``: flags, the preset (``--preset NAME`` typed, else ``preset``, else with
+        ``channel_preset`` the channel's default; ``none`` turns presets off) and its template, changing
+        nothing. Raises ``UserInputError`` with the reason (an unknown preset lists the ones there are).
+
+        Options, weakest first: the model's defaults, the place's, the preset's, ``defaults`` (a front end's
+        own options), the flags typed in the text."""
+        actor = Actor.of(who)
+        text, typed = take_preset(text)
+        name = typed or preset
+        chosen: Preset | None = None
+        if name is None and channel_preset and actor.channel_scope:
+            default = self.presets.channel_default(actor.channel_scope)
+            chosen = self.preset_named(actor, default) if default else None
+            if default and chosen is None:
+                log.warning("channel %s: its default preset %s no longer exists", actor.channel_scope, default)
+        elif name is not None and name.strip().lower() != presets.NONE:
+            chosen = self.preset_named(actor, name.strip().lower())
+            if chosen is None:
+                raise UserInputError(messages.unknown_preset(name, [p.name for p in self.presets_here(actor)]))
+        base = {**self.place_defaults(actor), **(chosen.defaults if chosen else {}), **(defaults or {})}
+        parsed = self.parse(text, base)
+        given = parsed.flagged | frozenset(defaults or {}) | frozenset(chosen.defaults if chosen else {})
+        if chosen is None:
+            return Prepared(parsed.prompt, parsed.params, chosen=given)
+        prompt = presets.fill(chosen, parsed.prompt, self.model.max_prompt_chars)
+        images = tuple(Reference(name=f"image {n} of the preset {chosen.name}", url=url)
+                       for n, url in enumerate(chosen.images, 1))
+        return Prepared(prompt, parsed.params, chosen, images, given)
+
     async def imagine(self, requester: UserRef | Actor, reply: ReplyTo, text: str, *, dedupe_key: str | None = None,
                       defaults: dict[str, str] | None = None, extra_input: dict[str, Any] | None = None,
-                      references: Sequence[Reference] = (), parent_id: str | None = None) -> Job:
+                      references: Sequence[Reference] = (), parent_id: str | None = None,
+                      preset: str | None = None, channel_preset: bool = False) -> Job:
         """Parse chat text and submit the job. Raises ``ImagineError`` with a message for the user.
 
         ``requester`` is best an ``Actor`` (its place and channel decide the budgets and the place's rules);
         a bare Slack ``UserRef`` acts in its workspace and the reply's channel.
 
-        With ``references`` the job is an edit on ``edit_model``: every reference is checked (count, type,
-        size) before anything is reserved. Its aspect ratio, unless typed (``--ar``) or given in ``defaults``,
-        is the supported one nearest to the first reference's shape (rather than a place's or the model's
-        default: an edit keeps the shape of the image it edits)."""
+        ``preset`` and ``channel_preset``: see ``prepare`` (an ``/imagine`` passes ``channel_preset``; Vary
+        and Remix do not, their prompt is already made).
+
+        With ``references`` (or a preset's images) the job is an edit on ``edit_model``: every reference is
+        checked (count, type, size) before anything is reserved. Its aspect ratio, unless typed (``--ar``),
+        given in ``defaults`` or set by the preset, is the supported one nearest to the first reference's
+        shape (rather than a place's or the model's default: an edit keeps the shape of the image it edits)."""
         actor = Actor.of(requester, reply.channel)
         if dedupe_key and (existing := self.jobs.by_dedupe_key(dedupe_key)) is not None:
             return existing  # a redelivered request: no second check, no second job
         self.check_place(actor)
-        parsed = self.parse(text, {**self.place_defaults(actor), **(defaults or {})})
-        params = parsed.params
+        asked = self.prepare(actor, text, defaults=defaults, preset=preset, channel_preset=channel_preset)
+        params = asked.params
+        references = [*asked.references, *references]
         model = self.edit_model if references else self.model
         priced = self._priced(model)
         image_urls: list[str] = []
@@ -329,14 +396,17 @@ class ImagineCore:
             await self.check_reply(reply)
             prepared = await self.references.prepare(model, references)
             image_urls = prepared.image_urls
-            # no --ar typed and none chosen by the caller (Vary keeps the original's): the reference's shape
-            ratio_given = "aspect_ratio" in parsed.flagged or "aspect_ratio" in (defaults or {})
+            # no --ar typed and none chosen by the caller (Vary keeps the original's) nor the preset: the
+            # reference's shape
+            ratio_given = "aspect_ratio" in asked.chosen
             if not ratio_given and prepared.first_size is not None:
                 params = {**params, "aspect_ratio": model.nearest_aspect_ratio(*prepared.first_size)}
         return await self.orchestrator.submit(JobRequest(
-            requester=actor.user, reply=reply, prompt=parsed.prompt, params=params,
+            requester=actor.user, reply=reply, prompt=asked.prompt, params=params,
             dedupe_key=dedupe_key, extra_input=self._inputs(actor, extra_input), scopes=self.scopes(actor),
-            parent_id=parent_id, image_urls=tuple(image_urls), **priced,
+            parent_id=parent_id, image_urls=tuple(image_urls),
+            preset=asked.preset.name if asked.preset else None, review=self.approvals.reviewers_for(actor),
+            **priced,
         ))
 
     async def check_reply(self, reply: ReplyTo) -> None:
@@ -400,7 +470,8 @@ class ImagineCore:
         return await self.orchestrator.submit(JobRequest(
             requester=actor.user, reply=reply, prompt=original.prompt, params=params,
             dedupe_key=dedupe_key, parent_id=original.id, extra_input=self._inputs(actor, extra),
-            scopes=self.scopes(actor), image_urls=original.image_urls, **self._priced(model),
+            scopes=self.scopes(actor), image_urls=original.image_urls, preset=original.preset,
+            review=self.approvals.reviewers_for(actor), **self._priced(model),
         ))
 
     def _inputs(self, actor: Actor, extra: dict[str, Any] | None) -> dict[str, Any]:
@@ -447,8 +518,8 @@ class ImagineCore:
         actor = Actor.of(requester)
         prompt, images = take_images(text)
         self.check_place(actor)
-        self.parse(prompt, self.place_defaults(actor))
-        self.check_can_submit(actor, edit=bool(images))
+        prepared = self.prepare(actor, prompt, channel_preset=True)  # the preset too (an unknown one, too long)
+        self.check_can_submit(actor, edit=bool(images or prepared.references))
 
     def check_can_submit(self, requester: UserRef | Actor, *, edit: bool = False) -> None:
         """Raise the refusal an ``imagine`` (an edit, with ``edit``) by this user would meet (place, job limit,
@@ -587,6 +658,133 @@ class ImagineCore:
                 valid = ", ".join(spec.choices) if spec else "aspect_ratio, quality"
                 raise UserInputError(f"`{value}` is not a valid {name.replace('_', ' ')}: use one of {valid}.")
         return self.places.set_defaults(place, defaults, actor=who.key).defaults
+
+    # ------------------------------------------------------------------ brand presets
+    def presets_here(self, who: UserRef | Actor) -> list[Preset]:
+        """The presets a user may name where they act: their place's, and the global ones it does not shadow."""
+        actor = Actor.of(who)
+        found: dict[str, Preset] = {}
+        for preset in self.presets.in_scopes([GLOBAL, *([actor.place] if actor.place else [])]):
+            if preset.name not in found or preset.scope != GLOBAL:
+                found[preset.name] = preset
+        return sorted(found.values(), key=lambda p: p.name)
+
+    def preset_named(self, who: UserRef | Actor, name: str) -> Preset | None:
+        actor = Actor.of(who)
+        return (self.presets.get(actor.place, name) if actor.place else None) or self.presets.get(GLOBAL, name)
+
+    def channel_preset(self, who: UserRef | Actor) -> str | None:
+        """The name of the preset the actor's channel uses by default (None: none)."""
+        actor = Actor.of(who)
+        return self.presets.channel_default(actor.channel_scope) if actor.channel_scope else None
+
+    def _preset_scope(self, actor: Actor, everywhere: bool, what: str) -> str:
+        """Where a preset change applies: ``global`` (operators only; also an operator acting from no place)
+        or the place the actor manages."""
+        if everywhere or actor.place is None:
+            self._require_operator(actor, what)
+            return GLOBAL
+        return self._require_manager(actor, what)
+
+    def admin_preset_set(self, actor: UserRef | Actor, name: str, template: str, *,
+                         defaults: dict[str, str] | None = None, images: Sequence[str] = (),
+                         everywhere: bool = False) -> Preset:
+        """Create or replace a preset of the actor's place (``everywhere``: a global one, operators only)."""
+        who = Actor.of(actor)
+        scope = self._preset_scope(who, everywhere, f"preset set {name}")
+        name = presets.check_name(name)
+        text = presets.check_template(template, self.model.max_prompt_chars)
+        check_banned(text, self.settings.BANNED_WORDS)  # the template's words meet the banned words too
+        chosen = {k: v for k, v in (defaults or {}).items() if v}
+        for key, value in chosen.items():
+            spec = next((s for s in self.model.inputs if s.name == key), None)
+            if spec is None or value not in spec.choices:
+                raise UserInputError(f"`{value}` is not a valid {key.replace('_', ' ')}"
+                                     + (f": use one of {', '.join(spec.choices)}." if spec else "."))
+        for url in images:
+            if not url.lower().startswith(("http://", "https://")):
+                raise UserInputError(f"`--image` takes the URL of an image (https://...), not `{url[:60]}`.")
+        if len(images) > presets.MAX_IMAGES:
+            raise UserInputError(f"A preset takes at most {presets.MAX_IMAGES} images.")
+        saved = self.presets.put(Preset(scope, name, text, chosen, tuple(images)), actor=who.key)
+        log.info("%s saved preset %s in %s", who.key, name, scope)
+        return saved
+
+    def admin_preset_remove(self, actor: UserRef | Actor, name: str, *, everywhere: bool = False) -> list[str]:
+        """Remove a preset; returns the channels whose default it was (they have none now)."""
+        who = Actor.of(actor)
+        scope = self._preset_scope(who, everywhere, f"preset remove {name}")
+        key = name.strip().lower()
+        gone, channels = self.presets.remove(scope, key)
+        if not gone:
+            raise UserInputError(messages.unknown_preset(name, [p.name for p in self.presets_here(who)
+                                                                if p.scope == scope]).replace(
+                " Nothing was charged.", " Nothing was changed."))
+        log.info("%s removed preset %s in %s", who.key, key, scope)
+        return channels
+
+    def admin_preset_default(self, actor: UserRef | Actor, name: str | None) -> Preset | None:
+        """The preset every ``/imagine`` in the actor's channel uses (None or ``none``: no default)."""
+        who = Actor.of(actor)
+        self._require_manager(who, "preset default")
+        if who.channel_scope is None:
+            raise UserInputError("Use `admin preset default` in the channel you mean.")
+        key = None if name is None or name.strip().lower() == presets.NONE else name.strip().lower()
+        chosen = self.preset_named(who, key) if key else None
+        if key and chosen is None:
+            raise UserInputError(messages.unknown_preset(name or "", [p.name for p in self.presets_here(who)]).replace(
+                " Nothing was charged.", " Nothing was changed."))
+        self.presets.set_channel_default(who.channel_scope, key, actor=who.key)
+        return chosen
+
+    def admin_presets(self, actor: UserRef | Actor) -> tuple[list[Preset], dict[str, str]]:
+        """For ``admin preset list``: the presets here and which channel uses which by default."""
+        who = Actor.of(actor)
+        if who.place is None:
+            self._require_operator(who, "preset list")
+            return self.presets_here(who), {}
+        place = self._require_manager(who, "preset list")
+        return self.presets_here(who), self.presets.channel_defaults(place)
+
+    # ------------------------------------------------------------------ approvals
+    def review_needed(self, who: UserRef | Actor) -> bool:
+        """Whether an image asked by ``who`` where they are goes to reviewers before the channel."""
+        return bool(self.approvals.reviewers_for(Actor.of(who)))
+
+    def admin_approvals(self, actor: UserRef | Actor, reviewers: Sequence[UserRef] | None) -> tuple[str, ...]:
+        """Approvals on (with these reviewers) or off (None) in the actor's channel; returns the reviewers now.
+        For the community admins of the place and operators."""
+        who = Actor.of(actor)
+        self._require_manager(who, "approvals")
+        if who.channel_scope is None:
+            raise UserInputError("Use `admin approvals` in the channel you mean.")
+        if reviewers is not None:
+            if not reviewers:
+                raise UserInputError("Name the reviewers: `admin approvals on @reviewer [@reviewer2 ...]`.")
+            self.approvals.store.set_reviewers(who.channel_scope, [r.key for r in reviewers], actor=who.key)
+            log.info("%s turned approvals on in %s: %s", who.key, who.channel_scope, [r.key for r in reviewers])
+        elif self.approvals.reviewers_for(who):
+            self.approvals.store.set_reviewers(who.channel_scope, [], actor=who.key)
+            log.info("%s turned approvals off in %s", who.key, who.channel_scope)
+        return self.approvals.reviewers_for(who)
+
+    def approvals_here(self, actor: UserRef | Actor) -> tuple[str, ...]:
+        who = Actor.of(actor)
+        self._require_manager(who, "approvals")
+        return self.approvals.reviewers_for(who)
+
+    def check_can_decide(self, actor: UserRef | Actor, job_id: str) -> None:
+        """Raise the refusal an Approve or Reject by ``actor`` would meet (not a reviewer, their own image,
+        already decided), changing nothing: front ends ask before they open the rejection form."""
+        who = Actor.of(actor)
+        self.approvals.check(who, job_id, operator=self.is_operator(who))
+
+    async def decide(self, actor: UserRef | Actor, job_id: str, *, approve: bool, reason: str | None = None) -> str:
+        """Approve (the image is posted in its channel before this returns) or reject (``reason``) an image
+        waiting for review; the text for whoever pressed. Raises ``ImagineError`` with the refusal."""
+        who = Actor.of(actor)
+        return await self.approvals.decide(who, job_id, approve=approve, reason=reason,
+                                           operator=self.is_operator(who))
 
     def admin_member_cap(self, actor: UserRef | Actor, cap: int | None) -> BudgetStatus:
         """At most ``cap`` credits of the place's budget per member per period (None: no cap). Lowers only."""

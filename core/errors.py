@@ -27,6 +27,7 @@ neither text ever contains the API key or a platform token.
     ├── CaptureRefused              the ledger refused to charge a delivered job (a bug: logged loudly)
     ├── LeaseLost                   another process owns the job now: the local worker stops quietly
     ├── DatabaseBusy                another process held the write lock past the busy timeout (try again)
+    ├── ReviewClosed                an approval already decided (or expired): says by whom and when
     └── GatewayError                anything from the image gateway
         ├── GatewayAuthError        401: bad or missing key
         ├── GatewayOutOfCredits     402 / 433: the gateway account or key is out of credits
@@ -137,7 +138,7 @@ class InsufficientCredits(ImagineError):
 
 
 class BudgetExhausted(ImagineError):
-    """A budget above the user (``core.budgets``) cannot cover the job. Names the limit that stopped it."""
+    """A budget above the user (``core.credits.budgets``) cannot cover the job. Names the limit that stopped it."""
 
     code = "budget_exhausted"
 
@@ -252,6 +253,15 @@ class DatabaseBusy(ImagineError):
     code = "database_busy"
     retryable = True
     default_user_message = "The bot is very busy right now; please try again in a moment. Nothing was charged."
+
+
+class ReviewClosed(ImagineError):
+    """A press on Approve or Reject of an image already decided or expired: the message says what happened."""
+
+    code = "review_closed"
+
+    def __init__(self, user_message: str) -> None:
+        super().__init__(user_message, user_message=user_message)
 
 
 class GatewayError(ImagineError):

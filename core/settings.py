@@ -85,6 +85,8 @@ class Settings(BaseSettings):
     # --- people and moderation
     ADMINS: CsvList = Field(default_factory=list)
     BANNED_WORDS: CsvList = Field(default_factory=list)
+    #: hours an image waits for a reviewer's decision in a channel with approvals before it expires
+    APPROVAL_EXPIRE_H: float = Field(default=72.0, gt=0)
 
     # --- Slack
     SLACK_BOT_TOKEN: SecretStr | None = None

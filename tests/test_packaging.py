@@ -46,7 +46,7 @@ def test_the_build_prints_no_warning(tmp_path):
     said = built.stdout + built.stderr
     assert "Warning" not in said and "absent from the `packages`" not in said, said[-3000:]
     wheel = next(tmp_path.glob("*.whl"))
-    assert "imagine_bot/core/dashboard/templates/base.html" in zipfile.ZipFile(wheel).namelist()
+    assert "imagine_bot/core/web/dashboard/templates/base.html" in zipfile.ZipFile(wheel).namelist()
 
 
 def test_no_absolute_import_of_the_bare_folder_names():

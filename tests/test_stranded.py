@@ -16,6 +16,7 @@ from imagine_bot.core.app import ImagineCore
 from imagine_bot.core.events import Failed
 from imagine_bot.core.jobs.model import JobState, ReplyTo
 from imagine_bot.core.storage.db import iso
+from tests.conftest import until
 
 SLACK_USER = UserRef("slack", "T1", "U1")
 
@@ -100,3 +101,28 @@ async def test_jobs_of_a_platform_not_running_are_failed_after_the_job_timeout(m
         row = core.jobs.get(job_id)
         assert (row.state, row.error_code, row.notice_pending) == (JobState.FAILED, "failed_by_operator", True)
         assert core.ledger.balance(SLACK_USER).available == 180
+
+
+async def test_a_stranded_job_the_gateway_billed_is_counted_as_billed_not_delivered(make_settings, tmp_path):
+    """A job left at the gateway (running) by a platform that never came back: the gateway made and billed
+    its image, nobody received it. The sweep that fails it asks the gateway first, so the operator sees it."""
+    settings = make_settings()
+    async with ImagineCore.open(settings) as core:
+        core.register(slack_recorder(tmp_path))
+        job = await core.imagine(SLACK_USER, ReplyTo("slack", "C1"), "left at the gateway")
+        await until(lambda: core.jobs.get(job.id).state is JobState.RUNNING)
+        task_id = core.jobs.get(job.id).task_id
+    async with ImagineCore.open(make_settings(JOB_TIMEOUT_S=0.5)) as core:
+        assert task_id is not None
+        # the gateway made the image (and billed it); a task's state there signals nothing
+        while (await core.gateway.record_info(task_id)).stage.value != "success":  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.6)  # stranded: older than JOB_TIMEOUT_S
+        core.register(TerminalFrontEnd(tmp_path / "out", Console(file=io.StringIO()), bar=False))
+        await core.start()
+        await core.orchestrator.wait_idle()
+        row = core.jobs.get(job.id)
+        assert (row.state, row.error_code) == (JobState.FAILED, "failed_by_operator")
+        assert core.ledger.balance(SLACK_USER).available == 180  # refunded
+        assert (row.billed_at is not None, row.gateway_cost) == (True, 18)
+        assert core.jobs.billed_not_delivered() == (18, 1)

@@ -1,4 +1,5 @@
-"""The Reroll, Vary, Remix and Delete buttons under every image.
+"""The Reroll, Vary, Remix and Delete buttons under every image, and the Approve and Reject buttons of a
+review DM.
 
 They are discord.py ``DynamicItem`` buttons: the job id is in the ``custom_id``
 (``imagine:reroll:j0123abcd``), and the client registers the classes at start
@@ -17,6 +18,8 @@ REROLL_TEMPLATE = r"imagine:reroll:(?P<job_id>j[0-9a-f]+)"
 DELETE_TEMPLATE = r"imagine:delete:(?P<job_id>j[0-9a-f]+)"
 VARY_TEMPLATE = r"imagine:vary:(?P<job_id>j[0-9a-f]+)"
 REMIX_TEMPLATE = r"imagine:remix:(?P<job_id>j[0-9a-f]+)"
+APPROVE_TEMPLATE = r"imagine:approve:(?P<job_id>j[0-9a-f]+)"
+REJECT_TEMPLATE = r"imagine:reject:(?P<job_id>j[0-9a-f]+)"
 
 
 class RerollButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=REROLL_TEMPLATE):
@@ -83,8 +86,50 @@ class RemixButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=REMIX
         await interaction.client.handlers.remix_result(interaction, self.job_id)  # type: ignore[attr-defined]
 
 
+class ApproveButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=APPROVE_TEMPLATE):
+    """A reviewer's Approve: the image goes to its channel."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(discord.ui.Button(label="Approve", style=discord.ButtonStyle.success,
+                                           emoji="\N{WHITE HEAVY CHECK MARK}", custom_id=f"imagine:approve:{job_id}"))
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any],
+                             match: re.Match[str], /) -> ApproveButton:
+        return cls(match["job_id"])
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        await interaction.client.handlers.approve(interaction, self.job_id)  # type: ignore[attr-defined]
+
+
+class RejectButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=REJECT_TEMPLATE):
+    """A reviewer's Reject: a form for the reason, then the requester is told."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(discord.ui.Button(label="Reject", style=discord.ButtonStyle.danger,
+                                           emoji="\N{CROSS MARK}", custom_id=f"imagine:reject:{job_id}"))
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any],
+                             match: re.Match[str], /) -> RejectButton:
+        return cls(match["job_id"])
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        await interaction.client.handlers.reject(interaction, self.job_id)  # type: ignore[attr-defined]
+
+
 #: every button class, registered by the client at start so old messages keep working
-DYNAMIC_ITEMS = (RerollButton, VaryButton, RemixButton, DeleteButton)
+DYNAMIC_ITEMS = (RerollButton, VaryButton, RemixButton, DeleteButton, ApproveButton, RejectButton)
+
+
+def review_view(job_id: str) -> discord.ui.View:
+    """A reviewer's buttons for one image waiting for approval."""
+    view = discord.ui.View(timeout=None)
+    view.add_item(ApproveButton(job_id))
+    view.add_item(RejectButton(job_id))
+    return view
 
 
 def result_view(job_id: str) -> discord.ui.View:

@@ -2,7 +2,7 @@
 
 Commands (choices come from the model catalog)::
 
-    /imagine prompt:<text> [aspect_ratio:<choice>] [quality:<choice>] [image..image4:<attachment>]
+    /imagine prompt:<text> [aspect_ratio:<choice>] [quality:<choice>] [preset:<name>] [image..image4:<attachment>]
     message context menu "Remix with imagine"             an edit of the message's images (a modal asks)
     /credits
     /help
@@ -12,6 +12,9 @@ Commands (choices come from the model catalog)::
     /imagine-admin report [scope:<s>|all]                          this server's spend (CSV)
     /imagine-admin ban|unban user:<user>                           this server only
     /imagine-admin channels [which:here|all] · defaults · member-cap
+    /imagine-admin preset set name:<word> template:<text with {prompt}> [aspect_ratio] [quality] [image_url..]
+    /imagine-admin preset list · remove name:<name> · default name:<name|none>    brand presets
+    /imagine-admin approvals [mode:on|off] [reviewer..reviewer3:<user>]    review before this channel
 
 The admin group is guild-only and hidden from members without Manage Server (``default_permissions``);
 that only hides it: the core decides, and Manage Server never lets anyone mint credits.
@@ -122,12 +125,16 @@ class ImagineClient(discord.AutoShardedClient):
         log.info("Discord shard %d of %s ready", shard_id, self.shard_count)
 
     async def on_interaction(self, interaction: discord.Interaction) -> None:
-        """Remix modals are answered here, from their custom id (no modal object is kept: restart-proof)."""
+        """Remix and rejection forms are answered here, from their custom id (no modal object is kept:
+        restart-proof)."""
         data: dict[str, Any] = dict(interaction.data) if isinstance(interaction.data, dict) else {}
         custom_id = str(data.get("custom_id") or "")
-        if (interaction.type is discord.InteractionType.modal_submit and self.handlers is not None
-                and custom_id.startswith("imagine:remix-")):
+        if interaction.type is not discord.InteractionType.modal_submit or self.handlers is None:
+            return
+        if custom_id.startswith("imagine:remix-"):
             await self.handlers.remix_submitted(interaction, custom_id)
+        elif custom_id.startswith("imagine:reject-form:"):
+            await self.handlers.reject_submitted(interaction, custom_id)
 
     async def on_ready(self) -> None:
         log.info("connected to Discord as %s (application %s), shards %s of %s", self.user, self.application_id,
@@ -194,18 +201,20 @@ def build_commands(model: ModelSpec) -> list[app_commands.Command[Any, ..., Any]
         aspect_ratio=f"{ratio.help or 'shape of the image'} (default {ratio.default})",
         quality=f"{quality.help or 'quality'} (default {quality.default})",
         image="An image to edit: the job uses the edit model with your images as references",
+        preset="A brand preset of this server (none: not even this channel's default)",
         image2="Another reference image", image3="Another reference image", image4="Another reference image",
     )
     @app_commands.choices(
         aspect_ratio=[app_commands.Choice(name=c, value=c) for c in ratio.choices],
         quality=[app_commands.Choice(name=c, value=c) for c in quality.choices],
     )
+    @app_commands.autocomplete(preset=_preset_choices)
     async def imagine(interaction: discord.Interaction, prompt: str, aspect_ratio: str | None = None,
-                      quality: str | None = None, image: discord.Attachment | None = None,
+                      quality: str | None = None, preset: str | None = None, image: discord.Attachment | None = None,
                       image2: discord.Attachment | None = None, image3: discord.Attachment | None = None,
                       image4: discord.Attachment | None = None) -> None:
         images = [a for a in (image, image2, image3, image4) if a is not None]
-        await _handlers(interaction).imagine(interaction, prompt, aspect_ratio, quality, images)
+        await _handlers(interaction).imagine(interaction, prompt, aspect_ratio, quality, images, preset=preset)
 
     async def remix_message(interaction: discord.Interaction, message: discord.Message) -> None:
         await _handlers(interaction).remix_message(interaction, message)
@@ -306,7 +315,70 @@ def build_commands(model: ModelSpec) -> list[app_commands.Command[Any, ..., Any]
     async def dashboard(interaction: discord.Interaction) -> None:
         await _handlers(interaction).admin(interaction, "dashboard", admin_ops.dashboard)
 
+    @admin.command(name="approvals", description="Images made in this channel go to reviewers before the channel")
+    @app_commands.describe(mode="on (with the reviewers) or off; empty: show", reviewer="who may approve",
+                           reviewer2="another reviewer", reviewer3="another reviewer")
+    @app_commands.choices(mode=[app_commands.Choice(name="on", value="on"),
+                                app_commands.Choice(name="off", value="off")])
+    async def approvals(interaction: discord.Interaction, mode: str | None = None,
+                        reviewer: discord.User | None = None, reviewer2: discord.User | None = None,
+                        reviewer3: discord.User | None = None) -> None:
+        chosen = [user_ref(u) for u in (reviewer, reviewer2, reviewer3) if u is not None]
+        await _handlers(interaction).admin(interaction, "approvals", lambda core, actor: admin_ops.approvals(
+            core, actor, None if mode == "off" else chosen, show=mode is None))
+
+    presets = app_commands.Group(name="preset", description="Brand presets: prompt templates of this server",
+                                 parent=admin)
+
+    @presets.command(name="set", description="Create or replace a brand preset of this server")
+    @app_commands.describe(name="one short word, like brand", template="the prompt, with {prompt} where the "
+                           "user's words go", aspect_ratio="default aspect ratio (a user's flag wins)",
+                           quality="default quality (a user's flag wins)",
+                           image_url="a brand style image (public https URL): jobs become edits of it",
+                           image_url2="another style image", everywhere="operators: a preset of every server")
+    @app_commands.rename(everywhere="global")
+    @app_commands.choices(
+        aspect_ratio=[app_commands.Choice(name=c, value=c) for c in ratio.choices],
+        quality=[app_commands.Choice(name=c, value=c) for c in quality.choices],
+    )
+    async def preset_set(interaction: discord.Interaction, name: str, template: str, aspect_ratio: str | None = None,
+                         quality: str | None = None, image_url: str | None = None, image_url2: str | None = None,
+                         everywhere: bool = False) -> None:
+        defaults = {k: v for k, v in (("aspect_ratio", aspect_ratio), ("quality", quality)) if v}
+        images = [u for u in (image_url, image_url2) if u]
+        await _handlers(interaction).admin(interaction, "preset set", lambda core, actor: admin_ops.preset_set(
+            core, actor, name, template, defaults, images, everywhere=everywhere))
+
+    @presets.command(name="list", description="The brand presets of this server")
+    async def preset_list(interaction: discord.Interaction) -> None:
+        await _handlers(interaction).admin(interaction, "preset list", lambda core, actor: admin_ops.preset_list(
+            core, actor, usage="Add one with `/imagine-admin preset set`."))
+
+    @presets.command(name="remove", description="Remove a brand preset")
+    @app_commands.rename(everywhere="global")
+    @app_commands.describe(everywhere="operators: remove the global preset of that name")
+    @app_commands.autocomplete(name=_preset_choices)
+    async def preset_remove(interaction: discord.Interaction, name: str, everywhere: bool = False) -> None:
+        await _handlers(interaction).admin(interaction, "preset remove", lambda core, actor: admin_ops.preset_remove(
+            core, actor, name, everywhere=everywhere))
+
+    @presets.command(name="default", description="The preset every /imagine in this channel uses (none: no default)")
+    @app_commands.autocomplete(name=_preset_choices)
+    async def preset_default(interaction: discord.Interaction, name: str) -> None:
+        await _handlers(interaction).admin(interaction, "preset default",
+                                           lambda core, actor: admin_ops.preset_default(core, actor, name))
+
     return [imagine, credits_, help_, admin, remix_menu]
+
+
+async def _preset_choices(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+    """Autocomplete: the presets of this server (and the global ones) starting with what was typed, and
+    ``none`` (no preset, not even the channel's default)."""
+    handlers = interaction.client.handlers  # type: ignore[attr-defined]
+    if handlers is None:
+        return []
+    names = handlers.preset_names(interaction, current)
+    return [app_commands.Choice(name=label, value=value) for label, value in names]
 
 
 # ---------------------------------------------------------------------- command sync

@@ -17,7 +17,14 @@ Delivery happens once: the message id is recorded as the job's receipt the momen
 and a ``Delivered`` handed again with that receipt (a crash between the post and the charge) posts
 nothing.
 
-Only the requester mention of a channel fallback may ping; every other message allows no mentions.
+In a channel with approvals (``job.review``) the interaction was deferred privately (ephemeral), so every
+status and the result are the requester's only: ``Delivered`` becomes the image with "Sent for review" in
+that ephemeral response (a DM when the token is too old). ``ReviewRequested`` DMs each reviewer the image
+with Approve and Reject; ``Approved`` posts it in the channel as any result (image, embed, buttons),
+"approved by @reviewer"; ``Rejected`` and ``ReviewExpired`` are DMs to the requester. Message ids are
+recorded as the approval's receipt the moment Discord returns them, so nothing is sent twice.
+
+Only the requester mention of a channel post may ping; every other message allows no mentions.
 """
 
 from __future__ import annotations
@@ -33,13 +40,25 @@ import aiohttp
 import discord
 
 from imagine_bot.bots.discord import images, wording
-from imagine_bot.bots.discord.buttons import result_view
-from imagine_bot.bots.discord.hook import InteractionHook, ReplyData, token_gone
+from imagine_bot.bots.discord.buttons import result_view, review_view
+from imagine_bot.bots.discord.hook import DEFAULT_ATTACHMENT_LIMIT, InteractionHook, ReplyData, token_gone
 from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.app import ImagineCore
 from imagine_bot.core.chat import messages
 from imagine_bot.core.errors import ChatRateLimited, DeliveryError, DeliveryInterrupted
-from imagine_bot.core.events import Accepted, Delivered, Failed, JobEvent, Progress, Queued
+from imagine_bot.core.events import (
+    Accepted,
+    Approved,
+    Delivered,
+    Failed,
+    ImageFile,
+    JobEvent,
+    Progress,
+    Queued,
+    Rejected,
+    ReviewExpired,
+    ReviewRequested,
+)
 from imagine_bot.core.jobs.model import Job
 from imagine_bot.core.jobs.outbox import Pace
 
@@ -75,15 +94,26 @@ class DiscordFrontEnd:
         job = event.job
         match event:
             case Accepted():
-                await self._status(job, messages.accepted(job))
+                await self._status(job, messages.review_coming(job) if job.review else messages.accepted(job))
             case Queued(position=position):
                 await self._status(job, messages.queued(job, position))
             case Progress(stage=stage, elapsed_s=elapsed_s, percent=percent):
                 await self._status(job, messages.progress(job, stage, elapsed_s, percent))
+            case Delivered() if job.review:
+                await self._deliver_privately(event)
             case Delivered():
                 await self._deliver(event)
             case Failed(error=error, refunded=refunded):
                 await self._say(job, messages.failed(job, error, refunded))
+            case ReviewRequested():
+                await self._request_reviews(event)
+            case Approved():
+                await self._post_approved(event)
+            case Rejected(reviewer=reviewer, reason=reason):
+                await self._dm(job, messages.review_rejected_to_requester(job, job.reply.channel, reviewer.key,
+                                                                          reason))
+            case ReviewExpired(hours=hours):
+                await self._dm(job, messages.review_expired_to_requester(job, job.reply.channel, hours))
             case _:
                 raise TypeError(f"unknown job event {type(event).__name__}")
 
@@ -131,7 +161,7 @@ class DiscordFrontEnd:
                      event.receipt["message_id"], event.receipt.get("delivered_in"))
             return
         data = ReplyData.from_dict(job.reply.data)
-        uploads, notes = await asyncio.to_thread(self._fit, event, data.attachment_size_limit)
+        uploads, notes = await asyncio.to_thread(self._fit, job, event.images, data.attachment_size_limit)
         if not uploads and not any(url for _, url in notes):
             raise DeliveryError(f"job {job.id}: no image fits {data.attachment_size_limit} bytes and no URL to link")
         image_url = f"attachment://{uploads[0].filename}" if uploads else next(url for _, url in notes if url)
@@ -162,24 +192,26 @@ class DiscordFrontEnd:
         self.core.set_reply_data(job.id, message_id=message_id, delivered_in=where)
         self._saved.discard(job.id)
 
-    def _fit(self, event: Delivered, limit: int) -> tuple[list[images.Upload], list[tuple[str, str | None]]]:
+    def _fit(self, job: Job, files: tuple[ImageFile, ...],
+             limit: int) -> tuple[list[images.Upload], list[tuple[str, str | None]]]:
         """The uploads that fit, and a note (with the gateway URL, if any) for each image that does not."""
         uploads: list[images.Upload] = []
         notes: list[tuple[str, str | None]] = []
-        for n, image in enumerate(event.images):
+        for n, image in enumerate(files):
             data = image.read_bytes()
             upload = images.fit(image.filename, data, image.content_type, limit)
             if upload is not None:
                 uploads.append(upload)
                 continue
-            url = event.job.result_urls[n] if n < len(event.job.result_urls) else None
+            url = job.result_urls[n] if n < len(job.result_urls) else None
             log.info("job %s: %s (%d bytes) does not fit %d bytes even re-encoded; linking it",
-                     event.job.id, image.filename, len(data), limit)
+                     job.id, image.filename, len(data), limit)
             notes.append((wording.too_large(image.filename, len(data), limit, url), url))
         return uploads, notes
 
     async def _say(self, job: Job, text: str) -> None:
-        """A final text (a failure): edit the placeholder, or post in the channel when the token is gone."""
+        """A final text (a failure): edit the placeholder, or post in the channel when the token is gone (a DM
+        for a job of a channel with approvals: nothing of it goes to the channel)."""
         self._saved.discard(job.id)
         data = ReplyData.from_dict(job.reply.data)
         if data.token_usable(self.clock()):
@@ -191,9 +223,103 @@ class DiscordFrontEnd:
                     log.warning("job %s: could not post the failure: %s", job.id, error)
                     return
         try:
-            await self._post_in_channel(job, data, text)
+            if job.review:
+                await self._dm(job, text)
+            else:
+                await self._post_in_channel(job, data, text)
         except DeliveryError as error:
             log.warning("job %s: could not post the failure: %s", job.id, error.admin_message)
+
+    # ------------------------------------------------------------------ channels with approvals
+    async def _send_dm(self, user_id: str, what: str, content: str | None, **parts: Any) -> discord.Message:
+        try:
+            channel = await self.client.create_dm(discord.Object(int(user_id)))
+            return await channel.send(content, allowed_mentions=discord.AllowedMentions.none(), **parts)
+        except discord.HTTPException as error:
+            failure = DeliveryInterrupted if error.status >= 500 or error.status == 429 else DeliveryError
+            raise failure(f"could not send {what} to {user_id}: {error}") from error
+        except (aiohttp.ClientError, TimeoutError) as error:
+            raise DeliveryInterrupted(f"could not send {what} to {user_id}: {type(error).__name__}") from error
+
+    async def _dm(self, job: Job, text: str) -> None:
+        """A note to the requester only (a rejection, an expiry, a late failure)."""
+        await self._send_dm(job.requester.user, f"a note on job {job.id}", text)
+
+    def _card(self, job: Job, files: tuple[ImageFile, ...], balance: int | None,
+              limit: int) -> tuple[list[images.Upload], discord.Embed, list[str]]:
+        uploads, notes = self._fit(job, files, limit)
+        if not uploads and not any(url for _, url in notes):
+            raise DeliveryError(f"job {job.id}: no image fits {limit} bytes and no URL to link")
+        image_url = f"attachment://{uploads[0].filename}" if uploads else next(url for _, url in notes if url)
+        return uploads, delivered_embed(job, balance, image_url), [text for text, _ in notes]
+
+    async def _deliver_privately(self, event: Delivered) -> None:
+        """The image for the requester only, "Sent for review": the ephemeral response, else a DM."""
+        job = event.job
+        if event.receipt.get("message_id"):
+            return  # shown before the last attempt stopped
+        data = ReplyData.from_dict(job.reply.data)
+        uploads, embed, notes = await asyncio.to_thread(self._card, job, event.images, event.balance,
+                                                        data.attachment_size_limit)
+        content = "\n".join([messages.sent_for_review(job, job.reply.channel), *notes])
+        if data.token_usable(self.clock()):
+            try:
+                message = await self._hook(data).edit_original(content=content, embed=embed,
+                                                               attachments=_files(uploads), view=None)
+            except discord.HTTPException as error:
+                log.info("job %s: could not edit the private response (%s); sending a DM", job.id, error)
+            else:
+                self._posted(job, str(message["id"]), "private")
+                return
+        sent = await self._send_dm(job.requester.user, f"job {job.id}", content, embed=embed, files=_files(uploads))
+        self._posted(job, str(sent.id), "dm")
+
+    async def _request_reviews(self, event: ReviewRequested) -> None:
+        """Each reviewer: a DM with the image and Approve / Reject. One Discord refuses (DMs closed) is skipped;
+        a blip is raised after the others, to be tried again."""
+        job = event.job
+        text = messages.review_request(job, job.reply.channel, self.core.settings.APPROVAL_EXPIRE_H)
+        uploads, embed, notes = await asyncio.to_thread(self._card, job, event.images, None,
+                                                        DEFAULT_ATTACHMENT_LIMIT)
+        blip: DeliveryError | None = None
+        for reviewer in event.reviewers:
+            key = f"review:{reviewer.user}"
+            if reviewer.platform != "discord" or event.receipt.get(key):
+                continue
+            try:
+                sent = await self._send_dm(reviewer.user, f"the review of job {job.id}",
+                                           "\n".join([text, messages.review_buttons_text(job.reply.channel), *notes]),
+                                           embed=embed, files=_files(uploads), view=review_view(job.id))
+            except DeliveryError as error:
+                if error.retryable:
+                    blip = error
+                else:
+                    log.warning("job %s: cannot send the review to %s: %s", job.id, reviewer.key,
+                                error.admin_message)
+                continue
+            self.core.record_review_receipt(job.id, **{key: str(sent.id)})
+        if blip is not None:
+            raise blip
+
+    async def _post_approved(self, event: Approved) -> None:
+        """The approved image in its channel as any result (image, embed, buttons), "approved by @reviewer"."""
+        job = event.job
+        if event.receipt.get("post_message_id"):
+            return
+        data = ReplyData.from_dict(job.reply.data)
+        uploads, embed, notes = await asyncio.to_thread(self._card, job, event.images, event.balance,
+                                                        data.attachment_size_limit)
+        content = "\n".join([messages.approved_by(event.reviewer.key), *notes])
+        try:
+            message = await self._post_in_channel(job, data, content, embed=embed, files=_files(uploads),
+                                                  view=result_view(job.id))
+        except DeliveryError as error:
+            if error.retryable:
+                raise
+            raise DeliveryError(error.admin_message, user_message=messages.review_cannot_post(
+                job.reply.channel)) from error
+        self.core.record_review_receipt(job.id, post_message_id=str(message.id))  # first: see FrontEnd
+        self.core.set_reply_data(job.id, message_id=str(message.id), delivered_in="channel")
 
     async def _post_in_channel(self, job: Job, data: ReplyData, content: str | None, **parts: Any) -> discord.Message:
         """A channel message mentioning the requester (the one mention that may ping)."""
@@ -221,14 +347,18 @@ def _retry_after(error: discord.HTTPException) -> float:
         return 1.0
 
 
-def delivered_embed(job: Job, balance: int, image_url: str | None) -> discord.Embed:
-    """The result card: the core's words for the prompt and parameters, laid out as fields."""
+def delivered_embed(job: Job, balance: int | None, image_url: str | None) -> discord.Embed:
+    """The result card: the core's words for the prompt and parameters, laid out as fields (the requester's
+    balance left unless ``balance`` is None: a reviewer's copy)."""
     embed = discord.Embed(colour=EMBED_COLOUR)
     embed.add_field(name="Prompt", value=f"`{messages.quote_prompt(job.prompt, 1000)}`", inline=False)
+    if job.preset:
+        embed.add_field(name="Preset", value=job.preset, inline=True)
     embed.add_field(name="Parameters", value=messages.describe_params(job.params) or "default", inline=True)
     embed.add_field(name="Requested by", value=f"<@{job.requester.user}>", inline=True)
     embed.add_field(name="Cost", value=f"{job.cost} credits", inline=True)
-    embed.add_field(name="Balance left", value=f"{balance} credits", inline=True)
+    if balance is not None:
+        embed.add_field(name="Balance left", value=f"{balance} credits", inline=True)
     embed.set_footer(text=f"{messages.elapsed(job.elapsed_s)} · {job.id}")
     if image_url:
         embed.set_image(url=image_url)

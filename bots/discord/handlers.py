@@ -17,7 +17,17 @@ from typing import Any
 import discord
 
 from imagine_bot.bots.discord.hook import ReplyData
-from imagine_bot.bots.discord.modals import FOR_JOB, FOR_MESSAGE, for_job, for_message, read_submission, remix_modal
+from imagine_bot.bots.discord.modals import (
+    FOR_JOB,
+    FOR_MESSAGE,
+    REJECT_FORM,
+    for_job,
+    for_message,
+    read_reason,
+    read_submission,
+    reject_modal,
+    remix_modal,
+)
 from imagine_bot.core.access.authority import Actor, place_key
 from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.app import ImagineCore
@@ -80,23 +90,25 @@ class Handlers:
 
     # ------------------------------------------------------------------ jobs
     async def imagine(self, interaction: discord.Interaction, prompt: str, aspect_ratio: str | None,
-                      quality: str | None, attachments: list[discord.Attachment] | None = None) -> None:
+                      quality: str | None, attachments: list[discord.Attachment] | None = None, *,
+                      preset: str | None = None) -> None:
         """``/imagine``; with attachments, an edit of them (their public CDN URLs go to the gateway as they
-        are, after the core has checked their type and size)."""
+        are, after the core has checked their type and size). ``preset`` names a brand preset (``none``: not
+        even the channel's default)."""
         who = actor_of(interaction)
         # explicit options are defaults: a flag typed in the prompt (--ar 16:9) wins over them
         defaults = {name: value for name, value in (("aspect_ratio", aspect_ratio), ("quality", quality)) if value}
         references = [Reference(name=a.filename, url=a.url) for a in attachments or []]
         try:
-            self.core.parse(prompt, defaults)
-            self.core.check_can_submit(who, edit=bool(references))
+            prepared = self.core.prepare(who, prompt, defaults=defaults, preset=preset, channel_preset=True)
+            self.core.check_can_submit(who, edit=bool(references or prepared.references))
         except ImagineError as error:
             await reply_private(interaction, error.user_message)
             return
         extra = {"nsfw_checker": not channel_is_nsfw(interaction)}
         await self._start_job(interaction, lambda reply: self.core.imagine(
             who, reply, prompt, dedupe_key=f"discord:{interaction.id}", defaults=defaults, extra_input=extra,
-            references=references))
+            references=references, preset=preset, channel_preset=True))
 
     async def remix_message(self, interaction: discord.Interaction, message: discord.Message) -> None:
         """The message context menu: a modal for the prompt, then an edit of the message's images here."""
@@ -200,7 +212,8 @@ class Handlers:
 
     async def _start_job(self, interaction: discord.Interaction,
                          submit: Callable[[ReplyTo], Awaitable[Job]]) -> None:
-        await interaction.response.defer(thinking=True)
+        # in a channel with approvals the whole job stays private until a reviewer approves the image
+        await interaction.response.defer(thinking=True, ephemeral=self.core.review_needed(actor_of(interaction)))
         # from Discord creating the interaction to our answer (Discord allows 3 s)
         self.core.metrics.ack("discord", (discord.utils.utcnow() - interaction.created_at).total_seconds())
         reply = ReplyTo("discord", str(interaction.channel_id), ReplyData.from_interaction(interaction).to_dict())
@@ -228,6 +241,49 @@ class Handlers:
     async def help(self, interaction: discord.Interaction) -> None:
         admin = self.core.is_admin(actor_of(interaction))
         await reply_private(interaction, messages.help_text(self.core.model, admin=admin, slash=True))
+
+    # ------------------------------------------------------------------ approvals
+    async def approve(self, interaction: discord.Interaction, job_id: str) -> None:
+        """Approve, pressed in a review DM: the image goes to its channel (posted before we answer)."""
+        await self._decide(interaction, job_id, approve=True)
+
+    async def reject(self, interaction: discord.Interaction, job_id: str) -> None:
+        """Reject: the form for the reason, unless the press would be refused anyway (then say why)."""
+        try:
+            self.core.check_can_decide(actor_of(interaction), job_id)
+        except ImagineError as error:
+            await reply_private(interaction, error.user_message)
+            return
+        await interaction.response.send_modal(reject_modal(job_id, messages.reject_reason_needed()))
+
+    async def reject_submitted(self, interaction: discord.Interaction, custom_id: str) -> None:
+        """The rejection form came back (from this process or an earlier one)."""
+        match = REJECT_FORM.match(custom_id)
+        if match is None:
+            return
+        data: dict[str, Any] = dict(interaction.data) if isinstance(interaction.data, dict) else {}
+        await self._decide(interaction, match["job_id"], approve=False, reason=read_reason(data))
+
+    async def _decide(self, interaction: discord.Interaction, job_id: str, *, approve: bool,
+                      reason: str | None = None) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)  # a post in the channel may take a while
+        try:
+            text = await self.core.decide(actor_of(interaction), job_id, approve=approve, reason=reason)
+        except ImagineError as error:
+            text = error.user_message
+        await interaction.followup.send(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
+
+    # ------------------------------------------------------------------ brand presets
+    def preset_names(self, interaction: discord.Interaction, typed: str) -> list[tuple[str, str]]:
+        """Autocomplete choices (label, value): the presets here starting with ``typed``, then ``none``."""
+        who = actor_of(interaction)
+        typed = typed.strip().lower()
+        default = self.core.channel_preset(who)
+        choices = [(f"{p.name} (this channel's default)" if p.name == default else p.name, p.name)
+                   for p in self.core.presets_here(who) if p.name.startswith(typed)]
+        if "none".startswith(typed):
+            choices.append(("none (no preset)", "none"))
+        return choices[:25]
 
     # ------------------------------------------------------------------ admins
     async def admin(self, interaction: discord.Interaction, what: str, operation: admin.Operation) -> None:

@@ -22,6 +22,9 @@ TEXT_INPUT_MAX = 4000
 PROMPT_ID = "imagine:remix:prompt"
 FOR_JOB = re.compile(r"^imagine:remix-job:(?P<job_id>j[0-9a-f]+)$")
 FOR_MESSAGE = re.compile(r"^imagine:remix-msg:(?P<channel_id>\d+):(?P<message_id>\d+)$")
+#: the rejection form a reviewer's Reject opens (the job in its custom id) and its one text input
+REJECT_FORM = re.compile(r"^imagine:reject-form:(?P<job_id>j[0-9a-f]+)$")
+REASON_ID = "imagine:reject:reason"
 
 
 def for_job(job_id: str) -> str:
@@ -54,6 +57,23 @@ def remix_modal(model: ModelSpec, custom_id: str, *, prompt: str | None = None,
                                         description=messages.same_shape_hint() if shape else spec.help or None))
     modal.stop()
     return modal
+
+
+def reject_modal(job_id: str, hint: str) -> discord.ui.Modal:
+    """The reason for a rejection (already stopped, like the Remix modal: ``on_interaction`` reads it)."""
+    modal = discord.ui.Modal(title="Reject this image", custom_id=f"imagine:reject-form:{job_id}", timeout=None)
+    modal.add_item(discord.ui.Label(text="Reason", description=hint[:100], component=discord.ui.TextInput(
+        style=discord.TextStyle.paragraph, required=True, max_length=500, custom_id=REASON_ID)))
+    modal.stop()
+    return modal
+
+
+def read_reason(data: dict[str, Any]) -> str:
+    """The reason typed in a submitted rejection form."""
+    for component in _walk(data.get("components") or []):
+        if component.get("custom_id") == REASON_ID:
+            return str(component.get("value") or "").strip()
+    return ""
 
 
 def _walk(components: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -1,6 +1,6 @@
-"""The few user-facing texts only Discord needs (everything else comes from ``core.messages``).
+"""The few user-facing texts only Discord needs (everything else comes from ``core.chat.messages``).
 
-Kept in one place so that they can move into ``core.messages`` if another front end needs them.
+Kept in one place so that they can move into ``core.chat.messages`` if another front end needs them.
 """
 
 from __future__ import annotations

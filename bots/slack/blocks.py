@@ -1,6 +1,6 @@
 """Block Kit layouts around the core's texts. Pure functions: job and text in, Slack payload out.
 
-The wording is the core's (``core.messages``); this module adds only layout, the requester's mention
+The wording is the core's (``core.chat.messages``); this module adds only layout, the requester's mention
 and the buttons. Every core text is escaped here, since it may echo a prompt.
 """
 
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from imagine_bot.bots.slack.mentions import escape, mention
+from imagine_bot.bots.slack.mentions import escape, escape_keep_user_mentions, mention
 from imagine_bot.core.chat import messages
 from imagine_bot.core.chat.messages import quote_prompt
 
@@ -20,6 +20,10 @@ ACTION_REROLL = "imagine_reroll"
 ACTION_DELETE = "imagine_delete"
 ACTION_VARY = "imagine_vary"
 ACTION_REMIX = "imagine_remix"
+#: a reviewer's buttons in the review DM (the job id in their value) and the form Reject opens
+ACTION_APPROVE = "imagine_approve"
+ACTION_REJECT = "imagine_reject"
+VIEW_REJECT = "imagine_reject_modal"
 #: the message shortcut (manifest) and the modal it and the Remix button open
 SHORTCUT_REMIX = "remix_with_imagine"
 VIEW_REMIX = "imagine_remix_modal"
@@ -73,12 +77,35 @@ def result_actions(job_id: str) -> Payload:
 
 
 def delivered(user_id: str, caption: str, job_id: str, *, file_ids: Sequence[str] = (),
-              prompt: str = "") -> Payload:
+              prompt: str = "", approved_by: str | None = None) -> Payload:
     """The result message: the caption, the images inline (when ``file_ids`` are given; without them the
-    images are in the thread) and the buttons."""
+    images are in the thread) and the buttons. ``approved_by``: the core's line naming the reviewer."""
     body = f"{mention(user_id)} {escape(caption)}"
+    if approved_by:
+        body += "\n" + escape_keep_user_mentions(approved_by)
     images = [image(file_id, prompt) for file_id in file_ids]
     return {"text": body, "blocks": [_section(body), *images, result_actions(job_id)]}
+
+
+def review(text: str, job_id: str) -> Payload:
+    """The reviewer's message in the review DM: the core's text and the Approve and Reject buttons."""
+    body = escape_keep_user_mentions(text)
+    return {"text": body, "blocks": [_section(body), {
+        "type": "actions", "block_id": f"imagine_review_{job_id}", "elements": [
+            _button("Approve", ACTION_APPROVE, job_id, style="primary"),
+            _button("Reject", ACTION_REJECT, job_id, style="danger"),
+        ]}]}
+
+
+def reject_modal(metadata: str, hint: str) -> Payload:
+    """The form Reject opens: the reason (required). ``metadata`` says which image; callback ``VIEW_REJECT``."""
+    return {"type": "modal", "callback_id": VIEW_REJECT, "private_metadata": metadata,
+            "title": {"type": "plain_text", "text": "Reject this image"},
+            "submit": {"type": "plain_text", "text": "Reject"}, "close": {"type": "plain_text", "text": "Cancel"},
+            "blocks": [{"type": "input", "block_id": "reason", "label": {"type": "plain_text", "text": "Reason"},
+                        "hint": {"type": "plain_text", "text": hint[:150]},
+                        "element": {"type": "plain_text_input", "action_id": "reason", "multiline": True,
+                                    "max_length": 500}}]}
 
 
 def _select(name: str, label: str, choices: Sequence[str], chosen: str | None) -> Payload:

@@ -23,6 +23,18 @@ If the channel refuses once the task was sent (the bot removed mid-job, the chan
 result goes to the requester's direct message with the bot instead (``conversations.open``): billed
 tasks are delivered and charged, never refunded for where they were asked.
 
+In a channel with approvals (``job.review``) nothing goes to the channel until a reviewer approves:
+
+    Accepted..Progress -> once, privately through the response_url ("Got it ... goes to review")
+    Delivered       -> the image uploaded into the requester's DM with the bot, "Sent for review"
+    ReviewRequested -> each reviewer: the image uploaded into their DM, then Approve / Reject buttons
+    Approved        -> in the channel as any result (message, upload into its thread, the image inline,
+                       the buttons), "approved by @reviewer"
+    Rejected, ReviewExpired -> a DM to the requester
+
+Each step records its ids first (the job's or the approval's receipt), so a step handed again finishes
+what is missing and never posts twice.
+
 Each event is one call; when it goes out is the core's outbox's business (``core/jobs/outbox.py``): every job
 of a workspace shares its chat.update budget (``pace``), a newer status replaces a waiting one, a 429
 waits Retry-After without holding up any job, and the final edit (done or failed) is never dropped.
@@ -42,7 +54,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -60,7 +72,19 @@ from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.app import ImagineCore
 from imagine_bot.core.chat import messages
 from imagine_bot.core.errors import AppRemoved, CannotAnswerHere, ChatRateLimited, DeliveryError, DeliveryInterrupted
-from imagine_bot.core.events import Accepted, Delivered, Failed, ImageFile, JobEvent, Progress, Queued
+from imagine_bot.core.events import (
+    Accepted,
+    Approved,
+    Delivered,
+    Failed,
+    ImageFile,
+    JobEvent,
+    Progress,
+    Queued,
+    Rejected,
+    ReviewExpired,
+    ReviewRequested,
+)
 from imagine_bot.core.jobs.model import Job, JobState, ReplyTo
 from imagine_bot.core.jobs.outbox import Pace, Send
 
@@ -74,6 +98,9 @@ CHANNEL_ERRORS = frozenset({"not_in_channel", "channel_not_found", "is_archived"
 REFUSALS = frozenset({"invalid_auth", "not_authed", "account_inactive", "token_revoked", "token_expired",
                       "missing_scope", "no_permission", "invalid_arguments", "invalid_blocks", "msg_too_long",
                       "file_too_large", "not_allowed", "team_access_not_granted", "ekm_access_denied"})
+
+#: conversations.open answers meaning this reviewer cannot be sent a DM at all (skipped, never retried)
+UNREACHABLE = frozenset({"user_not_found", "user_disabled", "cannot_dm_bot", "messages_tab_disabled"})
 
 #: how long "the bot can post in this channel" (conversations.info) is trusted; dropped at once when Slack
 #: refuses a post there
@@ -188,6 +215,19 @@ class SlackFrontEnd:
     async def publish(self, event: JobEvent) -> None:
         job = event.job
         match event:
+            case Accepted() | Queued() | Progress() if job.review:
+                await self._review_status(job)
+            case Delivered() if job.review:
+                await self._deliver_privately(event)
+            case ReviewRequested():
+                await self._request_reviews(event)
+            case Approved():
+                await self._post_approved(event)
+            case Rejected(reviewer=reviewer, reason=reason):
+                await self._tell_requester(job, messages.review_rejected_to_requester(
+                    job, job.reply.channel, reviewer.key, reason))
+            case ReviewExpired(hours=hours):
+                await self._tell_requester(job, messages.review_expired_to_requester(job, job.reply.channel, hours))
             case Accepted():
                 await self._show(job, messages.accepted(job))
             case Queued(position=position):
@@ -457,13 +497,22 @@ class SlackFrontEnd:
 
         ``pending``: ids an earlier attempt reserved without seeing the upload complete. Shared in the
         channel, they are the delivery; unknown or never shared, the upload starts anew."""
-        client = clients.api
+        comment = blocks.status(job.requester.user, caption)["text"] if self.result_in_thread else None
+        return await self._upload(clients.api, job, images, live.channel, thread_ts, comment, pending,
+                                  partial(self.core.record_receipt, job.id), first={"channel": live.channel,
+                                                                                   "ts": live.ts})
+
+    async def _upload(self, client: AsyncWebClient, job: Job, images: tuple[ImageFile, ...], channel: str,
+                      thread_ts: str | None, comment: str | None, pending: list[str], record: Callable[..., object],
+                      *, first: dict[str, Any] | None = None) -> list[str]:
+        """Upload the images into ``channel`` (a thread, a DM) at most once: ``record`` keeps the file ids
+        before they are shared (``pending_file_ids``, with ``first``) and once they are (``file_ids``)."""
         if pending:
-            done = await upload.shared(client, pending, live.channel, self.inline_waits)
+            done = await upload.shared(client, pending, channel, self.inline_waits)
             if done:
                 log.info("job %s: files %s were shared before the last attempt stopped: not uploading again",
                          job.id, pending)
-                self.core.record_receipt(job.id, file_ids=pending)
+                record(file_ids=pending)
                 return pending
             if done is None:
                 log.warning("job %s: cannot tell whether files %s were shared (the token lacks files:read): "
@@ -474,25 +523,167 @@ class SlackFrontEnd:
                                 messages.quote_prompt(job.prompt, 1000)) for image in images]
         reserved = await upload.reserve(client, files)
         file_ids = [r.file_id for r in reserved]
-        self.core.record_receipt(job.id, pending_file_ids=file_ids, channel=live.channel, ts=live.ts)  # first
+        record(pending_file_ids=file_ids, **(first or {}))  # first
         for one in reserved:
             await upload.send(client, self.session, one)
-        comment = ({"initial_comment": blocks.status(job.requester.user, caption)["text"]}
-                   if self.result_in_thread else {})  # inline, the caption is on the result itself
+        where: dict[str, Any] = {"thread_ts": thread_ts} if thread_ts else {}
+        if comment:
+            where["initial_comment"] = comment
         try:
             await client.files_completeUploadExternal(
-                files=[{"id": r.file_id, "title": r.file.title} for r in reserved], channel_id=live.channel,
-                thread_ts=thread_ts, **comment)
+                files=[{"id": r.file_id, "title": r.file.title} for r in reserved], channel_id=channel, **where)
         except SlackError as exc:
             if not upload.answer_lost(exc):
                 raise
             code = slack_error_code(exc)
             log.warning("job %s: no answer from files.completeUploadExternal (%s): asking files.info", job.id, code)
-            if not await upload.shared(client, file_ids, live.channel, self.inline_waits):
+            if not await upload.shared(client, file_ids, channel, self.inline_waits):
                 raise DeliveryInterrupted(f"Slack upload: files.completeUploadExternal failed ({code}) and files.info "
-                                    "does not show the files shared") from exc
-        self.core.record_receipt(job.id, file_ids=file_ids)
+                                          "does not show the files shared") from exc
+        record(file_ids=file_ids)
         return file_ids
+
+    # ------------------------------------------------------------------ channels with approvals
+    async def _api(self, job: Job) -> AsyncWebClient:
+        """The Web API client of the job's workspace (``AppRemoved`` when it removed the app)."""
+        clients = await self.clients(job)
+        if clients is None:
+            raise AppRemoved(f"slack workspace {job.requester.workspace} removed the app")
+        return clients.api
+
+    async def _review_status(self, job: Job) -> None:
+        """A job whose image goes to review first: its requester hears about it once, privately; the channel
+        sees nothing (a status skipped by the outbox for a newer one is said by the newer one)."""
+        data = self._data(job)
+        if data.get("told_privately"):
+            return
+        text = messages.review_coming(job)
+        url = data.get("response_url")
+        if not (url and await respond_ephemeral(self.session, url, text)):
+            try:
+                await (await self._api(job)).chat_postEphemeral(channel=job.reply.channel, user=job.requester.user,
+                                                                text=escape_keep_user_mentions(text))
+            except (*SlackError, AppRemoved) as exc:
+                log.warning("job %s: could not tell the requester privately: %s", job.id, slack_error_code(exc))
+        self.core.set_reply_data(job.id, told_privately=True)
+
+    @staticmethod
+    async def _dm(api: AsyncWebClient, user: str) -> str:
+        opened = await api.conversations_open(users=user)
+        return str(opened["channel"]["id"])
+
+    @staticmethod
+    def _failure(exc: BaseException, what: str) -> DeliveryError:
+        """A Slack error as the core's: a refusal that will not pass, or a blip worth trying again."""
+        code = slack_error_code(exc)
+        if code in REFUSALS or code in CHANNEL_ERRORS or code in UNREACHABLE:
+            return DeliveryError(f"Slack refused {what}: {code}")
+        return DeliveryInterrupted(f"Slack failed {what}: {code}")
+
+    async def _deliver_privately(self, event: Delivered) -> None:
+        """The image to the requester only: uploaded into their DM with the bot, with the caption and "Sent for
+        review". Raises like any delivery (a DM that cannot be made is refunded)."""
+        job = event.job
+        if event.receipt.get("file_ids"):
+            return  # shown before the last attempt stopped
+        caption = messages.delivered(job, event.balance) + "\n" + messages.sent_for_review(job, job.reply.channel)
+        api = await self._api(job)
+        try:
+            dm = event.receipt.get("dm") or await self._dm(api, job.requester.user)
+            file_ids = await self._upload(api, job, event.images, dm, None, escape_keep_user_mentions(caption),
+                                          list(event.receipt.get("pending_file_ids") or []),
+                                          partial(self.core.record_receipt, job.id), first={"dm": dm})
+        except SlackError as exc:
+            raise self._failure(exc, "the requester's copy") from exc
+        self.core.set_reply_data(job.id, file_ids=file_ids, review_dm=dm)
+
+    async def _request_reviews(self, event: ReviewRequested) -> None:
+        """Each reviewer: the image into their DM (with who asked, where, the prompt), then the buttons. A
+        reviewer Slack refuses is skipped; a blip is raised after the others, to be tried again."""
+        job = event.job
+        text = messages.review_request(job, job.reply.channel, self.core.settings.APPROVAL_EXPIRE_H)
+        api = await self._api(job)
+        blip: DeliveryError | None = None
+        for reviewer in event.reviewers:
+            if reviewer.platform != "slack":
+                continue
+            key = f"review:{reviewer.user}"
+            done: dict[str, Any] = dict(event.receipt.get(key) or {})
+            if done.get("ts"):
+                continue
+
+            def record(key: str = key, done: dict[str, Any] = done, **ids: Any) -> None:
+                done.update(ids)
+                self.core.record_review_receipt(job.id, **{key: dict(done)})
+
+            try:
+                if not done.get("dm"):
+                    record(dm=await self._dm(api, reviewer.user))
+                if not done.get("file_ids"):
+                    await self._upload(api, job, event.images, done["dm"], None, escape_keep_user_mentions(text),
+                                       list(done.get("pending_file_ids") or []), record)
+                buttons = blocks.review(messages.review_buttons_text(job.reply.channel), job.id)
+                answer = await api.chat_postMessage(channel=done["dm"], **buttons)
+                record(ts=str(answer["ts"]))
+            except SlackError as exc:
+                failure = self._failure(exc, f"the review DM to {reviewer.user}")
+                if failure.retryable:
+                    blip = failure
+                else:
+                    log.warning("job %s: cannot send the review to %s: %s", job.id, reviewer.key,
+                                failure.admin_message)
+        if blip is not None:
+            raise blip
+
+    async def _post_approved(self, event: Approved) -> None:
+        """The approved image in the channel, as any result: a message, the image uploaded into its thread,
+        then the message edited into the result (the image inline, the caption, the buttons)."""
+        job = event.job
+        post: dict[str, Any] = dict(event.receipt.get("post") or {})
+        if post.get("done"):
+            return
+
+        def record(**ids: Any) -> None:
+            post.update(ids)
+            self.core.record_review_receipt(job.id, post=dict(post))
+
+        caption = messages.delivered(job, event.balance)
+        approved = messages.approved_by(event.reviewer.key)
+        api = await self._api(job)
+        try:
+            if not post.get("ts"):
+                answer = await api.chat_postMessage(
+                    channel=job.reply.channel, unfurl_links=False, unfurl_media=False,
+                    **blocks.delivered(job.requester.user, caption, job.id, approved_by=approved))
+                record(channel=str(answer["channel"]), ts=str(answer["ts"]))
+            if not post.get("file_ids"):
+                await self._upload(api, job, event.images, post["channel"], post["ts"], None,
+                                   list(post.get("pending_file_ids") or []), record)
+            in_thread = blocks.delivered(job.requester.user, caption, job.id, approved_by=approved)
+            if not self.result_in_thread:
+                shown = blocks.delivered(job.requester.user, caption, job.id, file_ids=post["file_ids"],
+                                         prompt=job.prompt, approved_by=approved)
+                await inline.show_result(api, post["channel"], post["ts"], post["file_ids"], shown,
+                                         in_thread, self.inline_waits)
+        except SlackError as exc:
+            code = slack_error_code(exc)
+            if code in CHANNEL_ERRORS:
+                raise DeliveryError(f"Slack refused to post the approved image: {code}", user_message=(
+                    messages.review_cannot_post(job.reply.channel))) from exc
+            raise self._failure(exc, "the approved image") from exc
+        record(done=True)
+        earlier = list(self._data(job).get("file_ids") or [])
+        self.core.set_reply_data(job.id, progress_channel=post["channel"], progress_ts=post["ts"],
+                                      file_ids=[*post["file_ids"], *earlier], thread_ts=post["ts"])
+
+    async def _tell_requester(self, job: Job, text: str) -> None:
+        """A DM to the requester (a rejection, an expiry)."""
+        api = await self._api(job)
+        try:
+            await api.chat_postMessage(channel=await self._dm(api, job.requester.user),
+                                       text=escape_keep_user_mentions(text))
+        except SlackError as exc:
+            raise self._failure(exc, "the note to the requester") from exc
 
     async def _show_result(self, job: Job, message: _Message, file_ids: list[str], shown: dict[str, Any],
                            in_thread: dict[str, Any]) -> None:

@@ -19,6 +19,7 @@ gateway yet (``on_uninstalled``).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import time
@@ -43,7 +44,7 @@ from imagine_bot.core.chat import messages
 from imagine_bot.core.chat.admin import CommandReply
 from imagine_bot.core.chat.commands import dispatch
 from imagine_bot.core.errors import AppRemoved, ImagineError
-from imagine_bot.core.jobs.model import Job, ReplyTo
+from imagine_bot.core.jobs.model import Job, JobState, ReplyTo
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,9 @@ class SlackHandlers:
         app.command(re.compile(r"^/"))(self.on_command)  # /imagine, whatever the workspace named it
         app.action(blocks.ACTION_REROLL)(self.on_reroll)
         app.action(blocks.ACTION_DELETE)(self.on_delete)
+        app.action(blocks.ACTION_APPROVE)(self.on_approve)
+        app.action(blocks.ACTION_REJECT)(self.on_reject)
+        app.view(blocks.VIEW_REJECT)(self.on_reject_submit)
         app.event("app_home_opened")(self.on_home_opened)
 
     def register_uninstalls(self, app: AsyncApp, store: AsyncInstallationStore) -> None:
@@ -174,6 +178,26 @@ class SlackHandlers:
         await ack()
         await self._guarded("delete", self.delete(body, str(action.get("value", ""))))
 
+    async def on_approve(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
+        await ack()
+        await self._guarded("approve", self.decide(body, str(action.get("value", "")), approve=True))
+
+    async def on_reject(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
+        await ack()
+        await self._guarded("reject", self.open_reject(body, str(action.get("value", ""))))
+
+    async def on_reject_submit(self, ack: Any, body: dict[str, Any], view: dict[str, Any]) -> None:
+        values = view.get("state", {}).get("values", {})
+        reason = str((values.get("reason", {}).get("reason") or {}).get("value") or "").strip()
+        if not reason:
+            await ack(response_action="errors", errors={"reason": messages.reject_reason_needed()})
+            return
+        await ack()
+        meta = json.loads(view.get("private_metadata") or "{}")
+        body = {**body, "channel": {"id": meta.get("channel")}, "response_url": meta.get("response_url")}
+        await self._guarded("reject submit", self.decide(body, str(meta.get("job_id", "")), approve=False,
+                                                          reason=reason))
+
     async def on_home_opened(self, body: dict[str, Any], event: dict[str, Any]) -> None:
         if event.get("tab", "home") != "home":
             return
@@ -206,6 +230,11 @@ class SlackHandlers:
         ended = 0
         for job in self.core.unsent_jobs("slack"):
             if await self.frontend.clients(job) is None:  # its workspace has no installation left
+                # read again, with no await before the cancel: ending an earlier job may have freed a slot,
+                # and a job sent meanwhile is billed (it ends at its delivery, counted), never cut here
+                fresh = self.core.find_job(job.id)
+                if fresh is None or fresh.state is not JobState.QUEUED:
+                    continue
                 await self.core.cancel(job.id, AppRemoved(f"slack workspace {where} {what}"))
                 ended += 1
         if ended:
@@ -351,6 +380,38 @@ class SlackHandlers:
         text = messages.deleted() if not problems else (
             f"I could not delete everything: Slack said `{', '.join(problems)}`.")
         await self._reply(api, user, channel, response_url, text)
+
+    async def decide(self, body: dict[str, Any], job_id: str, *, approve: bool, reason: str | None = None) -> None:
+        """Approve or Reject pressed in a review DM (or the rejection form sent): the core decides, the reviewer
+        hears the outcome privately."""
+        user = body["user"]["id"]
+        channel = str((body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id") or "")
+        try:
+            actor = await self.actor(body, user, channel, check_admin=False)
+            text = await self.core.decide(actor, job_id, approve=approve, reason=reason)
+        except ImagineError as error:
+            text = error.user_message
+        await self._reply(await self.api(body), user, channel, body.get("response_url"), text)
+
+    async def open_reject(self, body: dict[str, Any], job_id: str) -> None:
+        """Reject: the form for the reason, unless the press would be refused anyway (then say why)."""
+        user = body["user"]["id"]
+        channel = str((body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id") or "")
+        response_url = body.get("response_url")
+        api = await self.api(body)
+        try:
+            self.core.check_can_decide(await self.actor(body, user, channel, check_admin=False), job_id)
+        except ImagineError as error:
+            await self._reply(api, user, channel, response_url, error.user_message)
+            return
+        if api is None:
+            return
+        meta = json.dumps({"job_id": job_id, "channel": channel, "response_url": response_url})
+        try:
+            await api.views_open(trigger_id=body["trigger_id"],
+                                 view=blocks.reject_modal(meta, messages.reject_reason_needed()))
+        except SlackError as exc:
+            log.warning("slack: could not open the rejection form: %s", slack_error_code(exc))
 
     async def publish_home(self, who: UserRef, enterprise: str | None = None) -> None:
         """The App Home tab, with thumbnails of the user's last images; without them if Slack refuses one."""

@@ -17,6 +17,7 @@ _TOKEN = re.compile(r"<([^<>]*)>")
 _USER_MENTION = re.compile(r"^<@([UW][A-Z0-9]+)(?:\|[^<>]*)?>$")
 _BARE_USER_ID = re.compile(r"^[UW][A-Z0-9]{4,}$")
 _ESCAPED_USER_MENTION = re.compile(r"&lt;@([UW][A-Z0-9]+)(?:\|[^&<>]*)?&gt;")
+_ESCAPED_CHANNEL_MENTION = re.compile(r"&lt;#([CGD][A-Z0-9]+)(?:\|[^&<>]*)?&gt;")
 
 
 def escape(text: str) -> str:
@@ -25,12 +26,14 @@ def escape(text: str) -> str:
 
 
 def escape_keep_user_mentions(text: str) -> str:
-    """``escape``, except that plain user mentions (``<@U123>``) still show as names.
+    """``escape``, except that plain user mentions (``<@U123>``) still show as names and channel mentions
+    (``<#C123>``) as links.
 
-    Only for ephemeral replies (they never notify anyone); special mentions such as ``<!channel>``
-    stay escaped.
+    Only for private messages (ephemeral replies, the bot's DMs: they notify nobody else); special
+    mentions such as ``<!channel>`` stay escaped.
     """
-    return _ESCAPED_USER_MENTION.sub(lambda m: f"<@{m.group(1)}>", escape(text))
+    kept = _ESCAPED_USER_MENTION.sub(lambda m: f"<@{m.group(1)}>", escape(text))
+    return _ESCAPED_CHANNEL_MENTION.sub(lambda m: f"<#{m.group(1)}>", kept)
 
 
 def unescape(text: str) -> str:
@@ -61,7 +64,7 @@ def mention(user_id: str) -> str:
 
 
 def user_resolver(team_id: str) -> Callable[[str], UserRef | None]:
-    """A ``resolve_user`` for ``core.commands.dispatch``: ``<@U123|name>``, ``<@U123>`` or ``U123``."""
+    """A ``resolve_user`` for ``core.chat.commands.dispatch``: ``<@U123|name>``, ``<@U123>`` or ``U123``."""
 
     def resolve(raw: str) -> UserRef | None:
         raw = raw.strip()
@@ -78,10 +81,11 @@ def user_resolver(team_id: str) -> Callable[[str], UserRef | None]:
 def command_text(text: str) -> str:
     """The slash command text as ``dispatch`` wants it.
 
-    Admin commands keep Slack's tokens (they name users by mention); anything else, a prompt above all,
-    is turned into plain text so that the image service sees ``salt & pepper``, not ``salt &amp; pepper``.
+    Admin commands keep Slack's tokens (they name users by mention), except ``admin preset``, whose template
+    is a prompt; anything else, a prompt above all, is turned into plain text so that the image service sees
+    ``salt & pepper``, not ``salt &amp; pepper``.
     """
     words = text.split()
-    if words and words[0].lower() == "admin":
+    if words and words[0].lower() == "admin" and not (len(words) > 1 and words[1].lower() in ("preset", "presets")):
         return " ".join(words)
     return to_plain(text)

@@ -19,7 +19,17 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
 from imagine_bot.core.chat import messages
-from imagine_bot.core.events import Accepted, Delivered, Failed, JobEvent, Queued
+from imagine_bot.core.events import (
+    Accepted,
+    Approved,
+    Delivered,
+    Failed,
+    JobEvent,
+    Queued,
+    Rejected,
+    ReviewExpired,
+    ReviewRequested,
+)
 from imagine_bot.core.events import Progress as ProgressEvent
 from imagine_bot.core.media.imaging import sniff
 
@@ -116,5 +126,17 @@ class TerminalFrontEnd:
                     self._progress.update(self._bars[job.id], visible=False)
                 self.console.print(messages.failed(job, error, refunded), style="red", highlight=False,
                                    markup=False)
+            case ReviewRequested(reviewers=reviewers):  # the terminal has no channels: only shown
+                self.console.print(f"{job.id} sent for review to {', '.join(r.key for r in reviewers)}",
+                                   highlight=False, markup=False)
+            case Approved(balance=balance, reviewer=reviewer):
+                self.console.print(messages.approved_caption(job, balance, reviewer.key), highlight=False,
+                                   markup=False)
+            case Rejected(reviewer=reviewer, reason=reason):
+                self.console.print(messages.review_rejected_to_requester(job, job.reply.channel, reviewer.key,
+                                                                         reason), highlight=False, markup=False)
+            case ReviewExpired(hours=hours):
+                self.console.print(messages.review_expired_to_requester(job, job.reply.channel, hours),
+                                   highlight=False, markup=False)
             case _:
                 raise TypeError(f"unknown job event {type(event).__name__}")

@@ -8,7 +8,7 @@ directly with its own values, never rebuilding a text command. Who may do what i
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from imagine_bot.core.access.authority import Actor, parse_scope
@@ -162,3 +162,44 @@ def member_cap(core: ImagineCore, actor: Actor, cap: int | None) -> CommandReply
 def dashboard(core: ImagineCore, actor: Actor) -> CommandReply:
     url, scope = core.dashboard_link(actor)
     return CommandReply(messages.dashboard_link(url, scope))
+
+
+# ---------------------------------------------------------------------- brand presets (core.chat.presets)
+PRESET_USAGE = ('Usage: `admin preset set NAME "TEMPLATE with {prompt}" [--ar R] [--quality Q] [--image URL ...]`, '
+                '`admin preset list`, `admin preset remove NAME`, `admin preset default NAME|none` (in a channel); '
+                "operators add `--global` for a preset of every place.")
+
+
+def preset_set(core: ImagineCore, actor: Actor, name: str, template: str, defaults: dict[str, str],
+               images: Sequence[str], *, everywhere: bool = False) -> CommandReply:
+    saved = core.admin_preset_set(actor, name, template, defaults=defaults, images=images, everywhere=everywhere)
+    return CommandReply(messages.preset_saved(saved.name, saved.scope))
+
+
+def preset_list(core: ImagineCore, actor: Actor, *, usage: str = PRESET_USAGE) -> CommandReply:
+    """Every preset here, its options and the channels that use it by default."""
+    found, defaults_in = core.admin_presets(actor)
+    if not found:
+        return CommandReply("No presets here yet. " + usage)
+    lines = [messages.preset_line(p.name, p.template, dict(p.defaults), len(p.images), p.scope,
+                                  sorted(c for c, n in defaults_in.items() if n == p.name)) for p in found]
+    return CommandReply("Presets here:\n" + "\n".join(lines))
+
+
+def preset_remove(core: ImagineCore, actor: Actor, name: str, *, everywhere: bool = False) -> CommandReply:
+    channels = core.admin_preset_remove(actor, name, everywhere=everywhere)
+    return CommandReply(messages.preset_removed(name.strip().lower(), channels))
+
+
+def preset_default(core: ImagineCore, actor: Actor, name: str) -> CommandReply:
+    """The preset of the actor's channel (``none``: no default)."""
+    chosen = core.admin_preset_default(actor, name)
+    return CommandReply(messages.preset_default_set(chosen.name if chosen else None))
+
+
+# ---------------------------------------------------------------------- approvals (core.jobs.approvals)
+def approvals(core: ImagineCore, actor: Actor, reviewers: Sequence[UserRef] | None, *,
+              show: bool = False) -> CommandReply:
+    """Approvals in the actor's channel: on with ``reviewers``, off (None), or ``show`` who reviews there."""
+    now = core.approvals_here(actor) if show else core.admin_approvals(actor, reviewers)
+    return CommandReply(messages.approvals_set(now, core.settings.APPROVAL_EXPIRE_H))

@@ -24,8 +24,15 @@ Community admins of this server or workspace (and operators)::
     /imagine admin budget [scope]                       this place's budget
     /imagine admin report [scope]                       this place's spend per member and channel (CSV)
     /imagine admin dashboard                            a one-time link to the /admin dashboard (this place)
+    /imagine admin preset set NAME "TEMPLATE with {prompt}" [--ar R] [--quality Q] [--image URL ...] [--global]
+    /imagine admin preset list | remove NAME [--global] | default NAME|none     brand presets (``--global``:
+                                                        operators, for every place)
 
-The core decides who may do what (``ImagineCore`` and ``core.authority``); a front end passes an ``Actor``
+    /imagine admin approvals on @reviewer [@reviewer2 ...] | off    in this channel, images go to a reviewer first
+
+Users pick a preset with ``/imagine --preset NAME <prompt>``; a channel's default applies unless ``--preset none``.
+
+The core decides who may do what (``ImagineCore`` and ``core.access.authority``); a front end passes an ``Actor``
 with the platform facts it vouches for. User mentions are resolved by the front end's ``resolve_user``;
 everything else, wording included, is here. Errors come back as a private reply, never as an exception.
 """
@@ -38,7 +45,7 @@ from collections.abc import Callable
 from imagine_bot.core.access.authority import Actor
 from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.app import ImagineCore
-from imagine_bot.core.chat import admin, messages
+from imagine_bot.core.chat import admin, messages, presets
 from imagine_bot.core.chat.admin import CommandReply
 from imagine_bot.core.chat.parsing import take_images, whole_number
 from imagine_bot.core.credits.budgets import MAX_CREDITS_CHANGE
@@ -62,7 +69,8 @@ def url_reference(raw: str) -> Reference:
 ADMIN_USAGE = (
     "Admin commands: `admin ban|unban <user>`, `admin channels [here|all|#channel ...]`, "
     "`admin defaults [--ar R] [--quality Q|reset]`, `admin member-cap <credits|none>`, `admin budget`, "
-    "`admin report`, `admin dashboard`; "
+    "`admin report`, `admin dashboard`, `admin preset set|list|remove|default`, "
+    "`admin approvals on @reviewer ...|off`; "
     "operators also `admin grant <user> <credits> [note]`, `admin allowance <user> <credits|default>`, "
     "`admin show|history <user>`, `admin budget set <here|scope> <credits|default|unlimited> [--period month]`, "
     "`admin report all`."
@@ -95,7 +103,8 @@ async def dispatch(core: ImagineCore, requester: UserRef | Actor, text: str, rep
             return CommandReply(messages.command_word_usage(words, command=command, admin=core.is_admin(actor)))
         text, images = take_images(text)
         references = [resolve_image(raw) for raw in images]
-        job = await core.imagine(actor, reply, text, dedupe_key=dedupe_key, references=references)
+        job = await core.imagine(actor, reply, text, dedupe_key=dedupe_key, references=references,
+                                 channel_preset=True)
         return CommandReply(messages.accepted(job), job=job)
     except ImagineError as error:
         return CommandReply(error.user_message)
@@ -205,8 +214,43 @@ def _dashboard(core: ImagineCore, actor: Actor, args: list[str], resolve: Resolv
     return admin.dashboard(core, actor)
 
 
+def _preset(core: ImagineCore, actor: Actor, args: list[str], resolve: ResolveUser) -> CommandReply:
+    action = args[0].lower() if args else ""
+    rest = args[1:]
+    everywhere = any(a.lower() == "--global" for a in rest)
+    named = [a for a in rest if a.lower() != "--global"]
+    if action == "set":
+        spec = presets.read_set(rest)
+        defaults: dict[str, str] = {}
+        if spec.flags:
+            unset = {"aspect_ratio": "", "quality": ""}  # tells the flags given from those not given
+            defaults = {k: v for k, v in core.parse("preset " + spec.flags, unset).params.items() if k in unset and v}
+        return admin.preset_set(core, actor, spec.name, spec.template, defaults, spec.images,
+                                everywhere=spec.everywhere)
+    if action == "list" and not named:
+        return admin.preset_list(core, actor)
+    if action == "remove" and len(named) == 1:
+        return admin.preset_remove(core, actor, named[0], everywhere=everywhere)
+    if action == "default" and len(named) == 1 and not everywhere:
+        return admin.preset_default(core, actor, named[0])
+    raise UserInputError(admin.PRESET_USAGE)
+
+
+def _approvals(core: ImagineCore, actor: Actor, args: list[str], resolve: ResolveUser) -> CommandReply:
+    usage = "Usage: `admin approvals on @reviewer [@reviewer2 ...]` or `admin approvals off`, in the channel."
+    action = args[0].lower() if args else ""
+    if action == "on" and len(args) >= 2:
+        return admin.approvals(core, actor, [_target(raw, resolve) for raw in args[1:]])
+    if action == "off" and len(args) == 1:
+        return admin.approvals(core, actor, None)
+    if not args:
+        return admin.approvals(core, actor, None, show=True)
+    raise UserInputError(usage)
+
+
 _ADMIN: dict[str, Handler] = {
     "grant": _grant, "allowance": _allowance, "show": _show, "history": _history, "report": _report,
     "budget": _budget, "ban": _ban, "unban": _unban, "channels": _channels, "defaults": _defaults,
-    "member-cap": _member_cap, "dashboard": _dashboard,
+    "member-cap": _member_cap, "dashboard": _dashboard, "preset": _preset, "presets": _preset,
+    "approvals": _approvals,
 }

@@ -37,13 +37,19 @@ def describe_params(params: dict[str, object]) -> str:
     return ", ".join(shown)
 
 
+def describe_job(job: Job) -> str:
+    """The options of a job as its messages name them: ``preset brand, aspect ratio 16:9, quality basic``."""
+    what = describe_params(job.params)
+    return f"preset {job.preset}, {what}" if job.preset else what
+
+
 def elapsed(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 60}m {seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
 def accepted(job: Job) -> str:
-    what = describe_params(job.params)
+    what = describe_job(job)
     if job.image_urls:
         count = len(job.image_urls)
         what = f"an edit of {count} reference image{'s' if count != 1 else ''}, {what}"
@@ -138,7 +144,7 @@ def progress(job: Job, stage: str, elapsed_s: float, percent: int | None = None)
 
 def delivered(job: Job, balance: int) -> str:
     return (
-        f"`{quote_prompt(job.prompt)}`\n{describe_params(job.params)} · {job.cost} credits"
+        f"`{quote_prompt(job.prompt)}`\n{describe_job(job)} · {job.cost} credits"
         f" · {balance} left · {elapsed(job.elapsed_s)}"
     )
 
@@ -257,19 +263,22 @@ def help_text(model: ModelSpec, *, command: str = "/imagine", admin: bool = Fals
     if slash:
         lines.append("The aspect_ratio and quality options work too (a flag typed in the prompt wins). "
                      "Attach up to four images (image..image4) to edit them, or use Remix with imagine on a "
-                     "message with images. /credits shows your balance; /help shows this. Every image has "
-                     "Reroll, Vary, Remix and Delete buttons.")
+                     "message with images; the preset option picks a brand preset. /credits shows your balance; "
+                     "/help shows this. Every image has Reroll, Vary, Remix and Delete buttons.")
         if admin:
             lines.append("Server admins: /imagine-admin ban|unban @user · channels · defaults · member-cap · "
-                         "budget · report. Operators also: /imagine-admin grant @user 90 (negative to revoke) · "
+                         "budget · report · preset set|list|remove|default. "
+                         "Operators also: /imagine-admin grant @user 90 (negative to revoke) · "
                          "allowance @user 360 · budget with credits")
         return "\n".join(lines)
-    lines.append(f"Add --image <url> (up to 14) to edit images. {command} credits shows your balance; "
+    lines.append(f"Add --image <url> (up to 14) to edit images, --preset <name> to use a brand preset "
+                 f"(--preset none: not even the channel's default). {command} credits shows your balance; "
                  f"{command} help shows this.")
     if admin:
         lines.append(
             f"Workspace admins: {command} admin ban|unban @user · admin channels here|all · "
-            f"admin defaults --ar 16:9 --quality high · admin member-cap 90|none · admin budget · admin report. "
+            f"admin defaults --ar 16:9 --quality high · admin member-cap 90|none · admin budget · admin report · "
+            f"admin preset set brand \"{{prompt}}, our house style\" --ar 16:9 · admin preset list|remove|default. "
             f"Operators also: {command} admin grant @user 90 (negative to revoke) · "
             f"admin allowance @user 360 (or `default`) · admin budget set here 900 --period month · admin report all"
         )
@@ -315,6 +324,177 @@ def dashboard_link(url: str, scope: str | None) -> str:
     where = "every server and workspace" if scope is None else f"`{scope}` only"
     return (f"Your dashboard link ({where}): {url}\nIt works once, within 10 minutes, and only for you: "
             "do not share it.")
+
+
+# ---------------------------------------------------------------------- brand presets
+def preset_bad_name(raw: str) -> str:
+    return (f"`{quote_prompt(raw, 40)}` is not a preset name. A preset name is one short word: letters, digits, "
+            "`-` or `_`, up to 24 characters (and not `none`), like `brand` or `launch-2025`. Nothing was changed.")
+
+
+def preset_no_slot() -> str:
+    return ("A preset's template needs `{prompt}` where the user's words go, like "
+            "`\"{prompt}, studio light, our brand colours\"`. Nothing was changed.")
+
+
+def preset_template_too_long(fixed: int, limit: int) -> str:
+    return (f"This template is {fixed} characters without the user's words; the image service takes at most "
+            f"{limit} in all, so no prompt would fit. Shorten it. Nothing was changed.")
+
+
+def preset_prompt_too_long(name: str, length: int, limit: int, room: int) -> str:
+    return (f"With the preset `{name}` the prompt is {length} characters; the image service takes at most {limit}. "
+            f"Keep your words to {room} characters. Nothing was charged.")
+
+
+def unknown_preset(name: str, names: list[str]) -> str:
+    known = ", ".join(f"`{n}`" for n in names)
+    there = f"The presets here are {known}." if names else "There are no presets here yet."
+    return f"There is no preset `{quote_prompt(name, 40)}` here. {there} Nothing was charged."
+
+
+def preset_line(name: str, template: str, params: dict[str, object], images: int, scope: str,
+                default_in: list[str]) -> str:
+    """One preset in ``admin preset list``."""
+    extra = [describe_params(params)] if params else []
+    if images:
+        extra.append(f"{images} reference image{'s' if images != 1 else ''}")
+    if scope == "global":
+        extra.append("global")
+    if default_in:
+        extra.append("default in " + ", ".join(f"<#{c}>" for c in default_in))
+    return f"`{name}`: `{quote_prompt(template, 200)}`" + (f" ({'; '.join(extra)})" if extra else "")
+
+
+def preset_saved(name: str, scope: str) -> str:
+    where = "every server and workspace" if scope == "global" else f"this {scope_noun(scope)}"
+    return (f"Preset `{name}` saved for {where}. Use it with `/imagine --preset {name} <prompt>`, or make it a "
+            f"channel's default with `admin preset default {name}` there.")
+
+
+def preset_removed(name: str, channels: list[str]) -> str:
+    where = (" It was the default in " + ", ".join(f"<#{c}>" for c in channels) + ", which now have none."
+             if channels else "")
+    return f"Preset `{name}` removed.{where}"
+
+
+def preset_default_set(name: str | None) -> str:
+    if name is None:
+        return "This channel has no default preset now."
+    return (f"Every /imagine in this channel now uses the preset `{name}`, unless the user adds "
+            "`--preset none` (or names another preset).")
+
+
+# ---------------------------------------------------------------------- approvals
+def _who(keys: tuple[str, ...] | list[str], joiner: str = "or") -> str:
+    names = [mention(k) for k in keys]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + f" {joiner} " + names[-1]
+
+
+def approvals_set(reviewers: tuple[str, ...], hours: float) -> str:
+    if not reviewers:
+        return "Approvals are off in this channel: images are posted here as soon as they are made."
+    who = "one of them approves" if len(reviewers) > 1 else "they approve"
+    return (f"Approvals are on in this channel: an image made here is shown to its requester and sent to "
+            f"{_who(reviewers, 'and')} first, and posted here only once {who} it (or never, if nobody decides "
+            f"within {hours:g} hours).")
+
+
+def review_coming(job: Job) -> str:
+    """What the requester is told when the job is accepted in a channel with approvals."""
+    return accepted(job) + " This channel has approvals: you will see the image first, then it goes to review."
+
+
+def sent_for_review(job: Job, channel: str) -> str:
+    return (f"Sent for review: it will be posted in <#{channel}> once {_who(job.review)} approves it. "
+            f"You were charged when it was made: the image is yours either way.")
+
+
+def review_request(job: Job, channel: str, hours: float) -> str:
+    """The reviewer's DM, above the image and the Approve and Reject buttons."""
+    return (f"{mention(job.requester.key)} asked for this image in <#{channel}>:\n`{quote_prompt(job.prompt)}`\n"
+            f"{describe_job(job)} · {job.cost} credits\nWithout a decision it expires in {hours:g} hours.")
+
+
+def approved_by(reviewer: str) -> str:
+    return f"approved by {mention(reviewer)}"
+
+
+def approved_caption(job: Job, balance: int, reviewer: str) -> str:
+    return delivered(job, balance) + "\n" + approved_by(reviewer)
+
+
+def review_buttons_text(channel: str) -> str:
+    """Beside the reviewer's Approve and Reject buttons."""
+    return f"Approve it to post it in <#{channel}>, or reject it with a reason."
+
+
+def review_approved(channel: str, *, own: bool = False) -> str:
+    first = "You are the only reviewer here, so you may approve your own image. " if own else ""
+    return f"{first}Approved: it is posted in <#{channel}>."
+
+
+def review_approved_soon(channel: str, *, own: bool = False) -> str:
+    first = "You are the only reviewer here, so you may approve your own image. " if own else ""
+    return f"{first}Approved: it will be posted in <#{channel}> in a moment."
+
+
+def review_approved_not_posted(channel: str, problem: str) -> str:
+    return f"Approved, but it is not posted in <#{channel}> yet. {problem}"
+
+
+def review_retrying() -> str:
+    return "The chat service did not answer; I will try again in a minute."
+
+
+def review_refused() -> str:
+    return "The chat service refused the post; press Approve again to try once more."
+
+
+def review_rejected(requester: str, *, own: bool = False) -> str:
+    first = "You are the only reviewer here, so you may reject your own image. " if own else ""
+    return f"{first}Rejected: {mention(requester)} has been told why. The channel sees nothing."
+
+
+def review_decided(state: str, by: str | None, reason: str | None, when: datetime | None) -> str:
+    at = f" on {when:%Y-%m-%d at %H:%M} UTC" if when else ""
+    if state == "expired":
+        return f"This review expired{at}: nobody decided in time, and it was not posted."
+    what = f"{state} by {mention(by)}" if by else state
+    because = f" ({quote_prompt(reason, 200)})" if reason else ""
+    return f"This image was already {what}{at}{because}. The first decision counts."
+
+
+def review_cannot_post(channel: str) -> str:
+    return (f"I cannot post in <#{channel}>: make sure I am in that channel and may post there (in Slack, "
+            "`/invite` me), then press Approve again.")
+
+
+def review_own_image() -> str:
+    return ("You asked for this image, so you cannot approve or reject it yourself: another reviewer of this "
+            "channel decides.")
+
+
+def review_not_reviewer(channel: str) -> str:
+    return f"Only the reviewers of <#{channel}> (or the bot's operators) can approve or reject this image."
+
+
+def review_gone() -> str:
+    return "I no longer know this review."
+
+
+def review_rejected_to_requester(job: Job, channel: str, reviewer: str, reason: str) -> str:
+    return (f"{mention(reviewer)} rejected your image `{quote_prompt(job.prompt, 120)}` for <#{channel}>: "
+            f"{quote_prompt(reason, 500)}. It was not posted there.")
+
+
+def review_expired_to_requester(job: Job, channel: str, hours: float) -> str:
+    return (f"Nobody reviewed your image `{quote_prompt(job.prompt, 120)}` for <#{channel}> within {hours:g} "
+            "hours, so it was not posted there.")
+
+
+def reject_reason_needed() -> str:
+    return "Say why, so the requester knows what to change."
 
 
 # ---------------------------------------------------------------------- to the operators (DMs)

@@ -22,6 +22,7 @@ from imagine_bot.core.gateway.catalog import InputSpec, ModelSpec
 _DASHES = re.compile(r"(?<!\S)[\u2014\u2013\u2012\u2015\u2212]{1,2}(?=[A-Za-z])")
 _FLAG = re.compile(r"^--([A-Za-z][\w-]*)(?:=(.*))?$", re.DOTALL)
 _IMAGE_FLAG = re.compile(r"(?<!\S)--(?:image|img)(?:=|\s+)(\S+)", re.IGNORECASE)
+_PRESET_FLAG = re.compile(r"(?<!\S)--preset(?:=|\s+|$)(\S*)", re.IGNORECASE)
 #: a side of a ratio has at most 4 digits after any leading zeros: a longer one is no ratio we offer (and
 #: never reaches ``int()``, which refuses more than 4300 digits with a ValueError of its own)
 _RATIO_SEP = re.compile(r"^\s*0*(\d{1,4})\s*[:x×/]\s*0*(\d{1,4})\s*$", re.IGNORECASE)
@@ -144,6 +145,19 @@ def take_images(text: str) -> tuple[str, list[str]]:
     if not images:
         return text, []
     return _IMAGE_FLAG.sub(" ", cleaned).strip(), images
+
+
+def take_preset(text: str) -> tuple[str, str | None]:
+    """Split ``--preset NAME`` (also ``--preset=NAME``) out of chat text: the rest and the name as typed."""
+    cleaned = _clean(text)
+    found = [m.group(1).strip("<>\"'`") for m in _PRESET_FLAG.finditer(cleaned)]
+    if not found:
+        return text, None
+    if len(found) > 1:
+        raise UserInputError("The preset is given twice. Give it once.")
+    if not found[0] or found[0].startswith("--"):
+        raise UserInputError("`--preset` needs a name (or `none`).")
+    return _PRESET_FLAG.sub(" ", cleaned).strip(), found[0]
 
 
 def check_banned(prompt: str, banned_words: Iterable[str]) -> None:

@@ -6,7 +6,7 @@ of ``budgets`` (scope, amount per period, ``spent`` and ``held`` this period) wi
 (``BudgetStore``; SQLite: ``core.storage.budgets``), so a budget never drifts from the money: ``verify``
 sums the rows like the user ledger does.
 
-Scopes (see ``core.authority``):
+Scopes (see ``core.access.authority``):
 
 - ``global``: every job. Its amount is ``SPEND_CAP`` per ``SPEND_CAP_PERIOD`` (unset: unlimited, spend
   still counted), so the operator's account is protected even from their own settings;

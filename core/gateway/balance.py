@@ -3,7 +3,7 @@
 The balance (``GET /api/v1/chat/credit``) is read at start and every ``GATEWAY_BALANCE_CHECK_S``. When it
 cannot cover one job, or ``createTask`` answers 402/433 (``GatewayOutOfCredits``), new submissions are
 *paused*: users get a plain message (``GatewayPaused``) and nothing is charged, the operators are told once
-by DM (``core.alerts``), ``/healthz`` says ``degraded`` and ``imagine-bot credits show`` says why. While
+by DM (``core.ops.alerts``), ``/healthz`` says ``degraded`` and ``imagine-bot credits show`` says why. While
 paused the balance is read every ``min(30 s, GATEWAY_BALANCE_CHECK_S)``; once it covers a job again,
 submissions resume by themselves. Jobs already at the gateway go on.
 

@@ -327,7 +327,7 @@ class GatewayClient:
 
     @_keyless
     async def models_raw(self) -> Any:
-        """The gateway's model list, as sent (its shape is not published: ``core.prices`` reads it)."""
+        """The gateway's model list, as sent (its shape is not published: ``core.credits.prices`` reads it)."""
         return await self._retrying(MODELS, lambda: self._call(MODELS, "GET", "/api/v1/models"))
 
     @_keyless

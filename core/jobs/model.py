@@ -81,15 +81,19 @@ class JobRequest:
     parent_id: str | None = None
     #: extra gateway inputs decided by the front end (Discord: nsfw_checker for non-NSFW channels)
     extra_input: dict[str, Any] = field(default_factory=dict)
-    #: the budgets over the job besides the global cap (``core.budgets``): its server or workspace, a channel
+    #: the budgets over the job besides the global cap (``core.credits.budgets``): its server or workspace, a channel
     scopes: tuple[str, ...] = ()
     #: the gateway model and its price (None: the configured text-to-image model at its price)
     model: str | None = None
     cost: int | None = None
-    #: reference images for an edit: public URLs, or ``ref:<key>`` for images we serve (``core.refs``)
+    #: reference images for an edit: public URLs, or ``ref:<key>`` for images we serve (``core.media.refstore``)
     image_urls: tuple[str, ...] = ()
     #: what a text-to-image job costs now, when this job's price differs (said in the reply)
     text_cost: int | None = None
+    #: the brand preset whose template made the prompt (``core.chat.presets``), named in the caption
+    preset: str | None = None
+    #: who must approve the result before it goes to the channel (``core.jobs.approvals``); empty: nobody
+    review: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +129,9 @@ class Job:
     #: when the gateway reported the task succeeded (it charges the account then) and what it charged
     billed_at: datetime | None = None
     gateway_cost: int | None = None
+    preset: str | None = None
+    #: reviewers of the result: it is shown to the requester privately and posted only once approved
+    review: tuple[str, ...] = ()
 
     @property
     def platform(self) -> str:

@@ -14,7 +14,7 @@ no path charges twice, and a job that never delivered is never charged. A refuse
 (``CaptureRefused``, logged), never "delivered".
 
 Several processes may share the database (a rolling deploy, a double start). Each job is owned by one
-process through a lease (``core.leases``): this orchestrator claims jobs nobody holds, renews its
+process through a lease (``core.jobs.leases``): this orchestrator claims jobs nobody holds, renews its
 leases while it works, and takes over a job only once its owner's lease expired (the periodic sweep).
 Every state change is a compare-and-set on the expected state and owner (``JobRepository.transition``); a
 lost race raises ``LeaseLost`` and the local worker stops without touching money.
@@ -68,6 +68,7 @@ from imagine_bot.core.frontend import FrontEnd
 from imagine_bot.core.gateway import GatewayClient, TaskRecord, TaskStage
 from imagine_bot.core.gateway.catalog import CATALOG, ModelSpec
 from imagine_bot.core.jobs.admission import Admission
+from imagine_bot.core.jobs.approvals import Approvals
 from imagine_bot.core.jobs.leases import LeaseClock, new_owner_id
 from imagine_bot.core.jobs.model import Job, JobRequest, JobState, ReplyTo, new_job_id
 from imagine_bot.core.jobs.outbox import UNPACED, Outbox, Refresh, Send
@@ -131,6 +132,7 @@ class Orchestrator:
         thumbnails: ThumbnailStore | None = None,
         delivery_retry_s: float = 300.0,
         on_failure: Callable[[Job, ImagineError], None] | None = None,
+        approvals: Approvals | None = None,
     ) -> None:
         #: the credits and the jobs, and the transaction that spans them
         self.store = store
@@ -150,6 +152,8 @@ class Orchestrator:
         self.monotonic = monotonic
         self.metrics = metrics or Metrics()
         self.thumbnails = thumbnails
+        #: results of jobs with reviewers (``Job.review``) open an approval when they are delivered
+        self.approvals = approvals
         self.metrics.watch(lambda: self.in_flight, lambda: self.admission.waiting)
         #: turns a job's stored references (``ref:<key>``) into URLs the gateway can fetch (``RefStore``)
         self.resolve_refs = resolve_refs or (lambda urls: list(urls))
@@ -187,6 +191,8 @@ class Orchestrator:
     # ------------------------------------------------------------------ front ends
     def register(self, frontend: FrontEnd) -> None:
         self.frontends[frontend.platform] = frontend
+        if self.approvals is not None:
+            self.approvals.register(frontend)
 
     async def _publish(self, event: JobEvent) -> None:
         """Deliver now (awaited: errors mean "not delivered", the caller refunds); hand anything else to
@@ -270,7 +276,7 @@ class Orchestrator:
             return existing
         log.info("job %s accepted for %s (%s)", job.id, job.requester.key, job.params)
         await self._publish(Accepted(job))
-        if self.jobs.get(job.id).state is JobState.QUEUED:  # a front end may cancel on Accepted
+        if self.jobs.state(job.id) is JobState.QUEUED:  # a front end may cancel on Accepted
             self._start(job)
         return job
 
@@ -317,6 +323,7 @@ class Orchestrator:
             if not running_here:
                 error = JobFailedByOperator(f"job {job.id} stranded: no {job.platform} front end ran for it "
                                             f"within JOB_TIMEOUT_S ({self.job_timeout_s:.0f}s)")
+                await self._bill_check(claimed)
                 await self._fail(job.id, error, notice_pending=True)
                 continue
             if job.owner is not None:
@@ -329,6 +336,17 @@ class Orchestrator:
             started += 1
         await self._tell_pending()
         return started
+
+    async def _bill_check(self, job: Job) -> None:
+        """Before a job at the gateway is failed without being followed (stranded): ask the gateway whether
+        it made (and billed) the image, so that the job counts as billed but not delivered if it did."""
+        if not job.task_id or job.billed_at is not None or job.state is not JobState.RUNNING:
+            return
+        try:
+            self._billed(job, await self.gateway.record_info(job.task_id))
+        except (GatewayError, LeaseLost, DatabaseBusy) as error:
+            log.warning("job %s: could not tell whether the gateway billed task %s (%s)", job.id, job.task_id,
+                        error.admin_message)
 
     async def _tell_pending(self) -> None:
         """Failures decided while the job's front end was not running (an operator, a stranded job)."""
@@ -407,6 +425,8 @@ class Orchestrator:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.outbox.close()
+        if self.approvals is not None:
+            await self.approvals.stop()
         if self._halted:
             return
         try:
@@ -418,9 +438,11 @@ class Orchestrator:
 
     async def wait_idle(self) -> None:
         """Wait until no job is in flight and no status waits in the outbox (tests, the CLI)."""
-        while self._tasks or self.outbox.busy:
+        while self._tasks or self.outbox.busy or (self.approvals is not None and self.approvals.busy):
             await asyncio.gather(*list(self._tasks.values()), return_exceptions=True)
             await self.outbox.wait_idle()
+            if self.approvals is not None:
+                await self.approvals.wait_idle()
 
     async def cancel(self, job_id: str, error: ImagineError) -> None:
         """Stop a job that cannot go on (its front end cannot post in the channel, ...): refund and report."""
@@ -729,7 +751,11 @@ class Orchestrator:
                                      "(already captured or released)",
                                      user_message="Your image was posted, but I could not settle its cost. "
                                                   "An admin has been told.")
+            if job.review and self.approvals is not None:  # shown to the requester only: now the reviewers
+                self.approvals.opened(job)
         log.info("job %s delivered and charged %d", job.id, job.cost)
+        if job.review and self.approvals is not None:
+            self.approvals.kick(job.id)
         self.metrics.delivered(job.platform, job.scope, job.cost, job.elapsed_s,
                                None if gateway_done is None else time.monotonic() - gateway_done)
         # the images stay in the spool for the Vary and Remix buttons (``RefStore.cleanup`` ends them)

@@ -108,7 +108,9 @@ class Outbox:
         """Queue ``send`` as the job's newest status (never waits)."""
         box = self._boxes.get(job_id)
         if box is None:
-            box = self._boxes[job_id] = _Box(job_id, pace, _resolve(pace))
+            # a pace to look up (a front end may read the job's row for it) waits for the worker: ``put``
+            # runs before a command is acknowledged, the worker after
+            box = self._boxes[job_id] = _Box(job_id, pace, pace if isinstance(pace, Pace) else UNPACED)
         if box.closed or (box.held and not final):
             return
         if box.pending is not None:

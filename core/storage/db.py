@@ -274,6 +274,63 @@ def m100_installations(db: sqlite_utils.Database) -> None:
     db.execute("CREATE TABLE oauth_states (state TEXT PRIMARY KEY, platform TEXT NOT NULL, expires_at TEXT NOT NULL)")
 
 
+@migration
+def m110_presets(db: sqlite_utils.Database) -> None:
+    """Brand presets (core/chat/presets.py, stored by core/storage/presets.py): named prompt templates of a
+    server or workspace (or ``global``, the operators'), the preset a channel uses by default, and the preset
+    a job was made with (named in its caption)."""
+    db.execute(
+        """
+        CREATE TABLE presets (
+            scope TEXT NOT NULL,               -- discord:GUILD, slack:TEAM, or global
+            name TEXT NOT NULL,                -- one short lowercase word
+            template TEXT NOT NULL,            -- the prompt, with {prompt} where the user's words go
+            aspect_ratio TEXT,                 -- defaults a flag the user types still overrides
+            quality TEXT,
+            images TEXT,                       -- JSON list of reference image URLs (an edit), or NULL
+            updated_by TEXT,
+            updated_at TEXT NOT NULL,
+            PRIMARY KEY (scope, name)
+        )
+        """
+    )
+    db.execute("CREATE TABLE channel_presets (channel TEXT PRIMARY KEY, preset TEXT NOT NULL, updated_by TEXT,"
+               " updated_at TEXT NOT NULL)")
+    db.execute("ALTER TABLE jobs ADD COLUMN preset TEXT")
+
+
+@migration
+def m111_approvals(db: sqlite_utils.Database) -> None:
+    """Approval before an image goes public (core/jobs/approvals.py, stored by core/storage/approvals.py): the
+    reviewers of a channel, the reviewers a job waits for (set when it is asked), and one approval per
+    finished job: its decision and the steps done since (reviewers told, the channel post, the requester told)."""
+    db.execute("ALTER TABLE jobs ADD COLUMN review TEXT")  # JSON list of reviewer keys; NULL: posted at once
+    db.execute("CREATE TABLE approval_channels (channel TEXT PRIMARY KEY, reviewers TEXT NOT NULL,"
+               " updated_by TEXT, updated_at TEXT NOT NULL)")
+    db.execute(
+        """
+        CREATE TABLE approvals (
+            job_id TEXT PRIMARY KEY REFERENCES jobs(id),
+            channel TEXT NOT NULL,             -- place#CHANNEL the image would be posted in
+            reviewers TEXT NOT NULL,           -- JSON list of user keys who may decide
+            state TEXT NOT NULL CHECK (state IN ('pending', 'approved', 'rejected', 'expired')),
+            created_at TEXT NOT NULL,
+            expires_at TEXT NOT NULL,
+            decided_by TEXT,
+            decided_at TEXT,
+            reason TEXT,                       -- a rejection's reason
+            notified_at TEXT,                  -- every reviewer was sent the image (or could not be)
+            posted_at TEXT,                    -- approved: posted in the channel
+            told_at TEXT,                      -- rejected or expired: the requester was told
+            receipt TEXT,                      -- JSON: what the front end recorded (review DMs, the channel post)
+            lease_owner TEXT,                  -- the process doing the next step, until lease_until
+            lease_until TEXT
+        )
+        """
+    )
+    db.execute("CREATE INDEX approvals_state ON approvals(state, expires_at)")
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 

@@ -63,6 +63,8 @@ def _row_to_job(row: dict[str, Any]) -> Job:
         receipt=json.loads(row.get("receipt") or "{}"),
         image_urls=tuple(json.loads(row.get("image_urls") or "[]")),
         text_cost=row.get("text_cost"),
+        preset=row.get("preset"),
+        review=tuple(json.loads(row.get("review") or "[]")),
         owner=row.get("owner"),
         lease_until=_dt(row.get("lease_until")),
         notice_pending=bool(row.get("notice_pending")),
@@ -75,6 +77,12 @@ def _row_to_job(row: dict[str, Any]) -> Job:
 
 _ACTIVE = tuple(s.value for s in ACTIVE_STATES)
 _ACTIVE_MARKS = ",".join("?" * len(_ACTIVE))
+
+
+#: the columns ``insert`` leaves to their defaults
+_EMPTY_ROW: dict[str, Any] = dict.fromkeys((
+    "task_id", "result_urls", "files", "error_code", "error_message", "submitted_at", "finished_at", "receipt",
+    "billed_at", "gateway_cost"), None) | {"notice_pending": 0}
 
 
 class SqliteJobStore:
@@ -102,6 +110,8 @@ class SqliteJobStore:
             "parent_id": request.parent_id,
             "image_urls": json.dumps(list(request.image_urls)) if request.image_urls else None,
             "text_cost": request.text_cost,
+            "preset": request.preset,
+            "review": json.dumps(list(request.review)) if request.review else None,
             "created_at": now,
             "updated_at": now,
             "owner": owner,
@@ -116,13 +126,21 @@ class SqliteJobStore:
             if request.dedupe_key is None:
                 raise
             raise DuplicateRequest(f"a job for request {request.dedupe_key} exists already ({exc})") from exc
-        return self.get(row["id"])
+        # the job as inserted (every other column starts empty), without reading the row back
+        return _row_to_job({**_EMPTY_ROW, **row})
 
     def get(self, job_id: str) -> Job:
         rows = list(self.db.query("SELECT * FROM jobs WHERE id = ?", [job_id]))
         if not rows:
             raise NotFound(f"no job {job_id}", user_message="I could not find that image job.")
         return _row_to_job(rows[0])
+
+    def state(self, job_id: str) -> JobState:
+        """The job's state alone (no row to build)."""
+        row = self.db.execute("SELECT state FROM jobs WHERE id = ?", [job_id]).fetchone()
+        if row is None:
+            raise NotFound(f"no job {job_id}", user_message="I could not find that image job.")
+        return JobState(row[0])
 
     def find(self, job_id: str) -> Job | None:
         rows = list(self.db.query("SELECT * FROM jobs WHERE id = ?", [job_id]))

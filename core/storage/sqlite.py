@@ -16,6 +16,7 @@ from functools import cached_property
 import sqlite_utils
 
 from imagine_bot.core.settings import Settings
+from imagine_bot.core.storage.approvals import SqliteApprovals
 from imagine_bot.core.storage.budgets import SqliteBudgets
 from imagine_bot.core.storage.dashboard import Queries, SqliteLinkStore
 from imagine_bot.core.storage.db import CLI_BUSY_TIMEOUT_S, open_db, read_only, transaction, utcnow
@@ -29,6 +30,7 @@ from imagine_bot.core.storage.installations import (
 from imagine_bot.core.storage.jobs import SqliteJobStore
 from imagine_bot.core.storage.ledger import SqliteLedger
 from imagine_bot.core.storage.places import SqlitePlaces
+from imagine_bot.core.storage.presets import SqlitePresets
 from imagine_bot.core.storage.relay import SqliteRelayStore
 from imagine_bot.core.storage.secretbox import SecretBox
 from imagine_bot.core.storage.secrets import load_secret
@@ -93,6 +95,14 @@ class SqliteStores:
     @cached_property
     def places(self) -> SqlitePlaces:
         return SqlitePlaces(self.db)
+
+    @cached_property
+    def presets(self) -> SqlitePresets:
+        return SqlitePresets(self.db)
+
+    @cached_property
+    def approvals(self) -> SqliteApprovals:
+        return SqliteApprovals(self.db)
 
     @cached_property
     def relay(self) -> SqliteRelayStore:

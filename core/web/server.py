@@ -1,7 +1,7 @@
 """The one web server: ``/healthz``, ``/metrics`` (Prometheus; a bearer token when ``METRICS_TOKEN`` is
 set), ``/callbacks/modkie`` (gateway callbacks), ``/refs/<token>`` (reference images for the gateway, see
-``core.refs``), the ``/admin`` dashboard (``core/dashboard``) and, when a front end adds them, its own routes
-(Slack's ``/slack/events`` in HTTP mode).
+``core.media.refstore``), the ``/admin`` dashboard (``core/web/dashboard``) and, when a front end adds
+them, its own routes (Slack's ``/slack/events`` in HTTP mode).
 
 A callback wakes the job's tracker. Most callbacks are hints, confirmed with recordInfo before anything
 is delivered or charged; a ModKie account webhook signed over its whole body with a final state carries

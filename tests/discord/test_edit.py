@@ -117,13 +117,13 @@ async def test_a_remix_form_left_without_a_ratio_keeps_the_image_shape(open_bot,
     async with open_bot() as bot:
         photo = bot.fake.add_attachment("wide.png", png((30, 160, 60), size=(192, 100)))
         message = bot.fake.user_message(bot.interactions.channel_id, CAROL, [photo], content="a wide shot")
-        modal = (await bot.callback(bot.send(bot.interactions.message_command("Remix with imagine", ALICE,
-                                                                               message)))).json["data"]
+        menu = await bot.send(bot.interactions.message_command("Remix with imagine", ALICE, message))
+        modal = (await bot.callback(menu)).json["data"]
         ratio = next(row for row in modal["components"]
                      if row["component"]["custom_id"] == "imagine:remix:aspect_ratio")
         assert not any(option.get("default") for option in ratio["component"]["options"])
         assert "keep the image's shape" in ratio["description"]
-        submitted = bot.send(bot.interactions.modal_submit(modal["custom_id"], ALICE, {
+        submitted = await bot.send(bot.interactions.modal_submit(modal["custom_id"], ALICE, {
             "imagine:remix:prompt": "as a neon sign", "imagine:remix:aspect_ratio": [],
             "imagine:remix:quality": []}))
         await bot.final_edit(submitted)

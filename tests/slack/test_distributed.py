@@ -209,6 +209,52 @@ async def test_jobs_in_flight_at_an_uninstall_end_refunded_posting_nothing(
         assert not fake.calls_to("files.getUploadURLExternal")
 
 
+async def test_an_uninstall_ends_only_jobs_still_unsent_when_it_reaches_them(
+        distributed_settings, two_workspaces, sandbox):
+    """The uninstall ends its workspace's queued jobs one by one; a job that went to the gateway meanwhile
+    (a slot freed while an earlier one was being ended) is billed: it is not cut and refunded unseen, it
+    ends at its delivery and is counted as billed but not delivered."""
+    fake = two_workspaces
+    settings, port = distributed_settings(MAX_ACTIVE_JOBS=1)
+    # a job's next status waits its turn (Slack's pace): the uninstall, not a status, meets the second job
+    async with SlackHarness.open(settings, fake, port=port, tick_s=3600, min_edit_interval=3.0) as slack:
+        await slack.install(TEAM)
+        await slack.install(T2)
+        sandbox.inject("recordInfo", state="generating", times=1_000_000)  # holds the only slot
+        await slack.slash("a cat elsewhere", team=TEAM, user="U1", channel="C1")
+        await until(lambda: any(j.state is JobState.RUNNING for j in slack.core.jobs.recent()))
+        await slack.slash("a first queued cat", team=T2, user="U9", channel="C2")
+        await until(lambda: len(slack.core.jobs.recent()) == 2)
+        await slack.slash("a second queued cat", team=T2, user="U8", channel="C2")
+        await until(lambda: len(slack.core.jobs.recent()) == 3)
+        elsewhere, first, second = sorted(slack.core.jobs.recent(), key=lambda j: j.created_at)
+        await slack.core.orchestrator.outbox.wait_idle()
+
+        cancel = slack.core.cancel
+
+        async def cancel_while_the_slot_frees(job_id, error):
+            await cancel(job_id, error)
+            if job_id == first.id:  # the job elsewhere finishes meanwhile: the next queued one is sent
+                sandbox.clear_faults()
+                slack.core.orchestrator.notify(str(slack.core.jobs.get(elsewhere.id).task_id))
+                await until(lambda: slack.core.jobs.get(second.id).state is JobState.RUNNING)
+
+        slack.core.cancel = cancel_while_the_slot_frees
+        fake.uninstall(T2)
+        await slack.event({"type": "app_uninstalled"}, team=T2)
+        await slack.settle()
+
+        first, second = slack.core.jobs.get(first.id), slack.core.jobs.get(second.id)
+        assert slack.core.jobs.get(elsewhere.id).state is JobState.DELIVERED
+        assert (first.state, first.error_code, first.task_id) == (JobState.FAILED, "app_removed", None)
+        assert sandbox.requests["createTask"] == 2  # the one elsewhere and the second queued one
+        # the second was billed at the gateway: followed to its end, and the operator sees it
+        assert (second.state, second.error_code) == (JobState.FAILED, "app_removed")
+        assert second.billed_at is not None
+        assert slack.core.jobs.billed_not_delivered() == (18, 1)
+        assert slack.core.ledger.balance(UserRef("slack", T2, "U8")).balance == 180  # refunded all the same
+
+
 async def test_a_rotating_token_is_refreshed_once_before_it_expires_and_used(distributed_settings, fake_slack):
     fake = fake_slack
     fake.token_rotation = True

@@ -69,7 +69,7 @@ async def test_socket_mode_is_picked_with_an_app_token_and_registers_the_same_ha
             assert EVENTS_PATH in routes(http_app) and EVENTS_PATH not in routes(socket_app)
             assert listener_names(socket_service) == listener_names(http_service) == sorted(
                 ["on_command", "on_reroll", "on_delete", "on_home_opened", "on_shortcut", "on_vary", "on_remix",
-                 "on_submit"])
+                 "on_submit", "on_approve", "on_reject", "on_reject_submit"])
             handler = socket_service.socket_handler()  # built, not connected
             try:
                 assert handler.app is socket_service.app and handler.app_token == APP_TOKEN

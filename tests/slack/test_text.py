@@ -26,8 +26,10 @@ def test_escaped_text_has_no_slack_tokens_and_round_trips(text: str):
     assert unescape(escaped) == text
 
 
-def test_escape_keeps_only_plain_user_mentions():
+def test_escape_keeps_only_plain_user_and_channel_mentions():
     assert escape_keep_user_mentions("to <@U3|carol> and <!channel>") == "to <@U3> and &lt;!channel&gt;"
+    assert escape_keep_user_mentions("posted in <#C1> <#C2|art>, not <!here>") == (
+        "posted in <#C1> <#C2>, not &lt;!here&gt;")
 
 
 def test_slack_tokens_become_plain_words():

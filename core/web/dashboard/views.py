@@ -5,7 +5,8 @@
     GET  /admin/usage           spend per day (chart), per scope, per channel, top users, budgets, balance;
                                 operators: billed but not delivered, the day by day reconciliation, and the
                                 workspaces that installed the app
-    GET  /admin/jobs            recent jobs (filters: days, state, platform, text), failures by cause (chart)
+    GET  /admin/jobs            recent jobs (filters: days, state, platform, text) with their approvals (state,
+                                reviewer, reason), failures by cause (chart)
     GET  /admin/gallery         thumbnails of delivered images with prompt, who, where and a link to the message
     GET  /admin/thumbs/{id}.webp
     POST /admin/logout
@@ -212,7 +213,9 @@ async def jobs(request: web.Request) -> web.Response:
     f = _filter(request, session)
     causes = dash.queries.failures_by_cause(f)
     chart = bar_chart(causes, title="Failures by cause", unit=" jobs") if causes else None
-    return _page(request, "jobs.html", **_common(request, session, f, "jobs"), jobs=dash.queries.recent_jobs(f),
+    found = dash.queries.recent_jobs(f)
+    approvals = dash.core.approvals.store.for_jobs(j.id for j in found)
+    return _page(request, "jobs.html", **_common(request, session, f, "jobs"), jobs=found, approvals=approvals,
                  chart=chart, causes=causes, states=[s.value for s in JobState])
 
 

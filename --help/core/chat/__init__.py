@@ -1,1 +1,0 @@
-"""Platform-neutral chat: command parsing, the text commands, and every message users read."""

@@ -1,1 +1,0 @@
-"""Money rules: the credit ledger, budgets, prices, refunds and the period calendar."""

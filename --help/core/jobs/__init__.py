@@ -1,1 +1,0 @@
-"""The job pipeline: the job model, orchestrator, admission, outbox, leases and the callback relay."""

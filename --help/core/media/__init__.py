@@ -1,1 +1,0 @@
-"""Images: reference checks, the signed reference store, imaging, thumbnails, address rules."""

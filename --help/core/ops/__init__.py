@@ -1,1 +1,0 @@
-"""Operating the bot: doctor checks, operator alerts, logging."""

@@ -1,0 +1,69 @@
+"""The work a command does before it is acknowledged (issue 22): only what decides the answer.
+
+Deterministic measures, not timings: which statements a submit runs, and what ``Outbox.put`` calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from pathlib import Path
+
+from rich.console import Console
+
+from imagine_bot.bots.terminal import TerminalFrontEnd
+from imagine_bot.core.access.identity import UserRef
+from imagine_bot.core.jobs.model import JobRequest, ReplyTo
+from imagine_bot.core.jobs.outbox import Outbox, Pace
+
+ALICE = UserRef("terminal", "local", "alice")
+REPLY = ReplyTo("terminal", "test")
+
+
+def test_insert_returns_the_job_exactly_as_stored(core):
+    """``insert`` builds the job from what it wrote instead of reading the row back: every column of the
+    table must come out the same as a read (a new column with a default would show here)."""
+    request = JobRequest(requester=ALICE, reply=ReplyTo("terminal", "t", data={"k": "v"}), prompt="a fox",
+                         params={"aspect_ratio": "16:9"}, dedupe_key="d1", extra_input={"nsfw_checker": True})
+    with core.store.transaction():
+        core.ledger.reserve(ALICE, "j-inserted", 18)
+        inserted = core.jobs.insert(request, model="m", cost=18, job_id="j-inserted", owner="me",
+                                    lease_until=core.orchestrator.leases.until())
+    assert inserted == core.jobs.get("j-inserted")
+
+
+async def test_a_submit_reads_no_job_row_before_it_returns(core, tmp_path: Path):
+    """Accepting a job writes its row and reads nothing of it back (the state check after Accepted reads
+    the state alone); each whole-row read costs a row's JSON parsing per command in a burst."""
+    core.register(TerminalFrontEnd(tmp_path / "out", Console(file=io.StringIO()), bar=False))
+    await core.imagine(ALICE, REPLY, "warm up")  # first statements, caches
+    statements: list[str] = []
+    core.stores.db.conn.set_trace_callback(statements.append)
+    try:
+        job = await core.imagine(ALICE, REPLY, "a lighthouse at dusk")
+    finally:
+        core.stores.db.conn.set_trace_callback(None)
+    assert job.prompt == "a lighthouse at dusk"
+    whole_rows = [s for s in statements if s.startswith("SELECT * FROM jobs WHERE id")]
+    assert whole_rows == []
+    assert sum(s == "COMMIT" for s in statements) == 1  # one write transaction: reserve and record
+    await core.orchestrator.wait_idle()
+
+
+async def test_put_leaves_the_pace_lookup_to_the_worker():
+    """``put`` runs before the command is acknowledged: a pace the front end must look up (Slack reads
+    the job's row to know whether its message exists) is looked up when the status goes out, not there."""
+    outbox, looked_up, sent = Outbox(), [], asyncio.Event()
+
+    def pace() -> Pace:
+        looked_up.append(True)
+        return Pace("w1", rate_per_s=1000.0, burst=1000, min_interval_s=0.0)
+
+    async def send() -> None:
+        sent.set()
+
+    outbox.put("j1", send, pace=pace)
+    assert looked_up == []
+    await asyncio.wait_for(sent.wait(), 5)
+    assert looked_up  # the worker did, before sending
+    await outbox.wait_idle()
