@@ -12,7 +12,8 @@ COPY pyproject.toml README.md ./
 COPY imagine_bot ./imagine_bot
 COPY core ./core
 COPY bots ./bots
-RUN /opt/venv/bin/pip install --no-compile -c constraints.txt .
+# with the postgres extra: one image runs on SQLite (the default) or PostgreSQL (DATABASE_URL)
+RUN /opt/venv/bin/pip install --no-compile -c constraints.txt '.[postgres]'
 
 FROM python:3.11.14-slim-bookworm
 # a relative IMAGINE_DB_PATH (the default, and .env.example's) is taken under IMAGINE_DATA_DIR: the volume

@@ -13,6 +13,7 @@ the bot's figures.
 #: benchmark name -> module (each module has ``run(quick: bool) -> dict``)
 BENCHMARKS = {
     "ack": "benchmarks.ack",
+    "claim": "benchmarks.claim",
     "delivery": "benchmarks.delivery",
     "deploy": "benchmarks.deploy",
     "headofline": "benchmarks.headofline",

@@ -188,8 +188,8 @@ class ImagineCore:
                                   "MODKIE_BASE_URL=sandbox (or --sandbox) to try the bot without one")
             stores = SqliteStores.open(settings, busy_timeout_s=settings.DB_BUSY_TIMEOUT_S)
             stack.callback(stores.close)
-            log.info("database %s (images wait for delivery in %s)", _shown(settings.IMAGINE_DB_PATH),
-                     _shown(settings.spool_dir))
+            where = settings.database_label if settings.database_url else _shown(settings.IMAGINE_DB_PATH)
+            log.info("database %s (images wait for delivery in %s)", where, _shown(settings.spool_dir))
             if settings.sandbox:
                 from imagine_bot.core.sandbox import SandboxGateway
 

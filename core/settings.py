@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from imagine_bot.core.errors import ConfigError
 from imagine_bot.core.media.netaddr import is_loopback_host
+from imagine_bot.core.storage.url import DatabaseUrl
 
 SANDBOX = "sandbox"
 #: read after the environment, from the current folder
@@ -50,6 +51,11 @@ class Settings(BaseSettings):
     IMAGINE_DB_PATH: Path = Path("imagine-bot.db")
     #: how long one write waits for another process's write lock before it counts as busy (and is retried)
     DB_BUSY_TIMEOUT_S: float = Field(default=5.0, gt=0)
+    #: PostgreSQL instead of the SQLite file (postgresql://user:password@host:5432/dbname): several hosts,
+    #: one ledger. Each host keeps its own IMAGINE_DATA_DIR (the images waiting for delivery)
+    DATABASE_URL: SecretStr | None = None
+    #: connections each process keeps to PostgreSQL at most
+    DATABASE_POOL_SIZE: int = Field(default=8, ge=1, le=100)
 
     # --- the one web server (callbacks, /healthz, Slack HTTP mode)
     HTTP_HOST: str = "0.0.0.0"
@@ -135,6 +141,13 @@ class Settings(BaseSettings):
             # the same place whatever the working directory of a later process or thread
             self.IMAGINE_DB_PATH = self.IMAGINE_DB_PATH.expanduser().resolve()
         return self
+
+    @field_validator("DATABASE_URL")
+    @classmethod
+    def _check_database_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            DatabaseUrl.parse(value.get_secret_value())  # its words never include the password
+        return value
 
     @field_validator("ADMINS", "BANNED_WORDS", "MODKIE_ASPECT_RATIOS", "DISCORD_GUILD_IDS", "DISCORD_SHARD_IDS",
                      "DISCORD_ALLOWED_GUILDS", "SLACK_ALLOWED_TEAMS", mode="before")
@@ -257,12 +270,27 @@ class Settings(BaseSettings):
             return None
         return self.IMAGINE_DB_PATH.parent / (self.IMAGINE_DB_PATH.stem + "-sandbox.json")
 
+    @property
+    def database_url(self) -> DatabaseUrl | None:
+        """``DATABASE_URL`` (None: SQLite at ``IMAGINE_DB_PATH``); its ``str()`` hides the password."""
+        return None if self.DATABASE_URL is None else DatabaseUrl.parse(self.DATABASE_URL.get_secret_value())
+
+    @property
+    def database_label(self) -> str:
+        """Where the data is, for people: the SQLite file, or the PostgreSQL URL without its password."""
+        url = self.database_url
+        return str(self.IMAGINE_DB_PATH) if url is None else url.redacted
+
     def secrets(self) -> list[str]:
         """Every secret value, for log redaction."""
         values = [self.MODKIE_API_KEY, self.MODKIE_WEBHOOK_SECRET, self.SLACK_BOT_TOKEN, self.SLACK_APP_TOKEN,
                   self.SLACK_SIGNING_SECRET, self.SLACK_CLIENT_SECRET, self.SLACK_TOKEN_KEY, self.DISCORD_TOKEN,
                   self.METRICS_TOKEN]
-        return [v.get_secret_value() for v in values if v is not None and v.get_secret_value()]
+        found = [v.get_secret_value() for v in values if v is not None and v.get_secret_value()]
+        url = self.database_url
+        if url is not None and url.password:
+            found.append(url.password)
+        return found
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -26,6 +26,8 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[1]
+#: extras the image installs too (``pip install '.[postgres]'``): pinned like the dependencies
+RUNTIME_EXTRAS = ("postgres",)
 HEADER = """\
 # The exact versions of imagine-bot's runtime dependencies that the Docker image installs
 # (`pip install -c constraints.txt .`). Written by scripts/constraints.py: `make test` adds a pin for a
@@ -34,8 +36,11 @@ HEADER = """\
 
 
 def runtime_closure(pyproject: Path) -> dict[str, tuple[str, SpecifierSet]]:
-    """Every package the runtime dependencies need: name -> (installed version, all ranges asked of it)."""
-    roots = tomllib.loads(pyproject.read_text())["project"]["dependencies"]
+    """Every package the runtime dependencies (and the ``RUNTIME_EXTRAS``) need: name -> (installed
+    version, all ranges asked of it)."""
+    project = tomllib.loads(pyproject.read_text())["project"]
+    extras = project.get("optional-dependencies", {})
+    roots = [*project["dependencies"], *(raw for extra in RUNTIME_EXTRAS for raw in extras.get(extra, []))]
     found: dict[str, tuple[str, SpecifierSet]] = {}
     todo = [Requirement(raw) for raw in roots]
     while todo:

@@ -400,6 +400,11 @@ def run_readme(engine: Engine) -> None:
         up = wait_http(f"http://127.0.0.1:{run.host_port('8787')}/healthz", 60, engine, SANDBOX)
         passed("`imagine-bot sandbox` answers /healthz through the published port", up)
         run.stop(step(r"^docker stop imagine-sandbox$"), SANDBOX)
+
+        # 6. one image for SQLite and PostgreSQL: the postgres extra's driver is in it (DATABASE_URL)
+        driver = engine("run", "--rm", IMAGE, "python", "-c",
+                        "import psycopg, psycopg_pool; print(psycopg.__version__, psycopg.pq.__impl__)").stdout
+        passed(f"the image has psycopg {driver.strip()} and psycopg_pool, for DATABASE_URL")
         if len(done) != len(commands):
             raise CheckFailed(f"commands of docs/deployment.md this check did not run: {commands[len(done):]}")
         passed(f"every command of the Docker section of docs/deployment.md ran ({len(commands)})")

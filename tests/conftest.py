@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,8 @@ import pytest
 from imagine_bot.core.app import ImagineCore
 from imagine_bot.core.sandbox import SandboxGateway
 from imagine_bot.core.settings import Settings, load_settings
+from tests import pg
+from tests.pg import PgCluster
 
 TEST_API_KEY = "mk-test-secret-key-0123456789"
 FAST_DELAYS = {"waiting": 0.02, "queuing": 0.02, "generating": 0.04}
@@ -29,7 +31,7 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No developer .env or exported setting leaks into a test."""
     for name in list(os.environ):
         if name.startswith(("MODKIE_", "SLACK_", "DISCORD_", "CREDITS_", "IMAGINE_", "HTTP_", "MAX_",
-                            "POLL_", "JOB_", "PUBLIC_URL", "ADMINS", "BANNED_WORDS")):
+                            "POLL_", "JOB_", "PUBLIC_URL", "ADMINS", "BANNED_WORDS", "DATABASE_")):
             monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)
 
@@ -87,3 +89,70 @@ async def until(predicate: Callable[[], object], within: float = 10.0) -> None:
     async with asyncio.timeout(within):
         while not predicate():  # noqa: ASYNC110 - a database row has no event to wait on
             await asyncio.sleep(0.005)
+
+
+# ---------------------------------------------------------------------- PostgreSQL
+
+_PG_SKIPPED: list[str] = []
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PgCluster]:
+    """One throwaway PostgreSQL cluster for the whole session (``tests/pg.py``). Without the server binaries
+    the PostgreSQL tests are skipped with the reason, and named at the end of the run; under ``CI=true``
+    they fail instead: CI installs the binaries (``.ci/run``), so a skip there would hide a missing step."""
+    reason = pg.missing_reason()
+    if reason is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true: {reason}", pytrace=False)
+        _PG_SKIPPED.append(reason)
+        pytest.skip(reason)
+    cluster = pg.PgCluster().start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def pg_url(pg_cluster: PgCluster) -> Iterator[str]:
+    """A fresh, empty database of the session's cluster: its ``postgresql://`` URL."""
+    url = pg_cluster.create_database()
+    yield url
+    pg_cluster.drop_database(url)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _PG_SKIPPED:
+        terminalreporter.write_line(f"NOTE: {_PG_SKIPPED[0]}", yellow=True, bold=True)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test on both databases: ``postgres`` sets ``DATABASE_URL`` to a fresh database of the session's
+    cluster, which every ``make_settings``/``load_settings`` after it reads. A module opts in with
+    ``pytestmark = pytest.mark.usefixtures("backend")``."""
+    if request.param == "postgres":
+        monkeypatch.setenv("DATABASE_URL", request.getfixturevalue("pg_url"))
+    return str(request.param)
+
+
+def db_args(settings: Settings) -> list[str]:
+    """The command line's option for the database of ``settings``: ``--db FILE`` on SQLite; nothing on
+    PostgreSQL (``DATABASE_URL``, which ``--db`` would override)."""
+    return [] if settings.database_url else ["--db", str(settings.IMAGINE_DB_PATH)]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """An empty, migrated database of each kind, for the stores' contract tests."""
+    if request.param == "postgres":
+        from imagine_bot.core.storage.postgres import open_postgres
+
+        db: Any = open_postgres(request.getfixturevalue("pg_url"), busy_timeout_s=5)
+    else:
+        from imagine_bot.core.storage.db import open_db
+
+        db = open_db(":memory:")
+    yield db
+    db.close()

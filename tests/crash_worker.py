@@ -5,7 +5,11 @@ killed; ``... resume`` resumes what is left (taking over the jobs of a killed pr
 expired: ``JOB_LEASE_S`` is 1 s here), delivers and exits when no job is left in flight. ``... serve N``
 submits N jobs, prints ``submitted`` and, on SIGTERM, drains as ``imagine-bot run`` does (``DRAIN_S``)
 and exits 0; ``... follow`` is a second process on the same file that works on whatever it may claim
-and exits when no job is left in flight. The channel line is ``JOB_ID PID`` (who posted). The "channel" is the file
+and exits when no job is left in flight. The channel line is ``JOB_ID PID`` (who posted).
+
+With ``DATABASE_URL`` set (PostgreSQL) and ``CRASH_HOST_DIR``, the process is a host of its own: its data
+folder (the spool of images waiting for delivery) is that folder, shared with no other process, as on two
+machines; ``DB`` then only names the shared channel. The "channel" is the file
 ``DB.deliveries`` (one job id a line). It keeps the ``FrontEnd`` contract the way a chat front end must:
 right after a post it records a receipt with the core, and a ``Delivered`` handed again with that receipt
 (after a crash between post and charge, or a takeover by another process) is not posted again.
@@ -51,7 +55,8 @@ async def main(db: str, gateway: str, mode: str, count: int) -> None:
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     settings = load_settings(_env_file=None, MODKIE_BASE_URL=gateway, MODKIE_API_KEY="crash-test-key",
-                             IMAGINE_DB_PATH=db, POLL_INTERVAL_S=0.05, POLL_MAX_INTERVAL_S=0.1, JOB_TIMEOUT_S=60,
+                             IMAGINE_DB_PATH=Path(os.environ.get("CRASH_HOST_DIR") or Path(db).parent) / Path(db).name,
+                             POLL_INTERVAL_S=0.05, POLL_MAX_INTERVAL_S=0.1, JOB_TIMEOUT_S=60,
                              MAX_ACTIVE_JOBS_PER_USER=1000, CREATE_RATE_PER_10S=1000,
                              CREDITS_ALLOWANCE=10_000, JOB_LEASE_S=1.0, DRAIN_S=15,
                              MAX_ACTIVE_JOBS=int(os.environ.get("CRASH_MAX_ACTIVE", "8")))

@@ -22,6 +22,9 @@ from imagine_bot.core.jobs.model import JobState, ReplyTo
 from imagine_bot.core.storage.db import utcnow
 from imagine_bot.core.web.server import build_web_app, start_web
 
+# every test here runs on SQLite and on PostgreSQL (conftest's ``backend``)
+pytestmark = pytest.mark.usefixtures("backend")
+
 TEAM = "T1"
 PLACE = f"slack:{TEAM}"
 

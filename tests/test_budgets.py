@@ -22,7 +22,10 @@ from imagine_bot.core.jobs.model import JobState, ReplyTo
 from imagine_bot.core.storage.budgets import SqliteBudgets as Budgets
 from imagine_bot.core.storage.db import open_db
 from imagine_bot.core.storage.ledger import SqliteLedger as Ledger
-from tests.conftest import until
+from tests.conftest import db_args, until
+
+# every test here runs on SQLite and on PostgreSQL (conftest's ``backend``)
+pytestmark = pytest.mark.usefixtures("backend")
 
 GUILD = "discord:900"
 USERS = [UserRef("discord", "-", str(n)) for n in range(101, 106)]
@@ -132,8 +135,8 @@ async def test_jobs_fail_on_the_command_line_releases_the_budget_holds_too(make_
         assert {b.scope: b.held for b in core.budgets.all()} == {channel: 18, GUILD: 18, "global": 18}
         await core.orchestrator.stop()  # the process goes away: the job stays running, its lease released
 
-    db = str(settings.IMAGINE_DB_PATH)
-    assert main(["--db", db, "jobs", "fail", job.id]) == 0
+    db = db_args(settings)
+    assert main([*db, "jobs", "fail", job.id]) == 0
     assert f"{job.id} failed and refunded 18 credits" in capsys.readouterr().out
     async with ImagineCore.open(settings) as core:
         assert core.jobs.get(job.id).state is JobState.FAILED
@@ -142,7 +145,7 @@ async def test_jobs_fail_on_the_command_line_releases_the_budget_holds_too(make_
         assert {b.scope: (b.held, b.spent) for b in core.budgets.all()} == {
             channel: (0, 0), GUILD: (0, 0), "global": (0, 0)}
         assert core.budgets.status(channel).remaining == 100
-    assert main(["--db", db, "credits", "verify"]) == 0
+    assert main([*db, "credits", "verify"]) == 0
     assert "every hold belongs to an image in progress" in capsys.readouterr().out
 
 
@@ -153,8 +156,8 @@ async def test_verify_reports_holds_that_no_active_job_owns(make_settings, front
         running = await core.imagine(actor(0), ReplyTo("discord", "C1"), "still going sandbox:slow")
         await until(lambda: core.jobs.get(running.id).state is JobState.RUNNING)
         await core.orchestrator.stop()
-        db = str(settings.IMAGINE_DB_PATH)
-        assert main(["--db", db, "credits", "verify"]) == 0  # a job in progress owns its holds
+        db = db_args(settings)
+        assert main([*db, "credits", "verify"]) == 0  # a job in progress owns its holds
         capsys.readouterr()
 
         # a budget hold left behind by a job that is gone (as `jobs fail` used to leave them), on purpose
@@ -163,7 +166,7 @@ async def test_verify_reports_holds_that_no_active_job_owns(make_settings, front
         core.ledger.reserve(USERS[2], "jghost", 18)
         assert core.ledger.verify() == []  # every sum agrees: only the owners are missing
 
-    assert main(["--db", db, "credits", "verify"]) == 1
+    assert main([*db, "credits", "verify"]) == 1
     out = capsys.readouterr().out
     assert f"budget {GUILD}: 18 credits held for job jgone ({USERS[1].key}), which is not a known job" in out
     assert "budget global: 18 credits held for job jgone" in out

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from imagine_bot.bots.cli.main import main
+from imagine_bot.core.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = Path(sys.executable).parent / "imagine-bot"
@@ -114,23 +115,28 @@ def test_run_without_front_ends_says_what_to_set(tmp_path):
     assert "imagine-bot chat" in result.stderr and "imagine-bot dashboard" in result.stderr
 
 
-def test_admin_credits_commands(tmp_path, capsys, monkeypatch):
+def _on(backend: str, path: str) -> list[str]:
+    """The command line's database: ``--db FILE`` for SQLite; nothing for PostgreSQL (``DATABASE_URL``)."""
+    return ["--db", path] if backend == "sqlite" else []
+
+
+def test_admin_credits_commands(tmp_path, capsys, monkeypatch, backend):
     monkeypatch.setenv("IMAGINE_USER", "ops")
-    db = str(tmp_path / "admin.db")
-    assert main(["--db", db, "credits", "grant", "discord:42", "90", "--note", "welcome"]) == 0
+    db = _on(backend, str(tmp_path / "admin.db"))
+    assert main([*db, "credits", "grant", "discord:42", "90", "--note", "welcome"]) == 0
     assert "discord:42: 270 available" in capsys.readouterr().out
-    assert main(["--db", db, "credits", "allowance", "slack:T1:U1", "360"]) == 0
-    assert main(["--db", db, "credits", "history", "discord:42"]) == 0
+    assert main([*db, "credits", "allowance", "slack:T1:U1", "360"]) == 0
+    assert main([*db, "credits", "history", "discord:42"]) == 0
     out = capsys.readouterr().out
     assert "grant" in out and "cli:ops" in out and "welcome" in out
-    assert main(["--db", db, "credits", "report"]) == 0
+    assert main([*db, "credits", "report"]) == 0
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert {r["account"] for r in rows} == {"discord:42", "slack:T1:U1"}
-    assert main(["--db", db, "credits", "verify"]) == 0
-    assert main(["--db", db, "credits", "grant", "discord:42", "-1000"]) == 1
+    assert main([*db, "credits", "verify"]) == 0
+    assert main([*db, "credits", "grant", "discord:42", "-1000"]) == 1
     assert "at most" in capsys.readouterr().err
-    assert main(["--db", db, "jobs", "list"]) == 0
-    assert main(["--db", db, "jobs", "show", "jnope"]) == 1
+    assert main([*db, "jobs", "list"]) == 0
+    assert main([*db, "jobs", "show", "jnope"]) == 1
 
 
 def test_sandbox_command_serves_the_gateway_contract(tmp_path):
@@ -192,49 +198,50 @@ def test_an_edit_of_the_last_image_keeps_its_shape_and_is_charged_in_the_same_da
     assert missing.returncode == 1 and "I cannot read the image `out/nope.png`" in missing.stdout
 
 
-def test_budget_commands_and_verify_covers_budgets(tmp_path, capsys, monkeypatch):
+def test_budget_commands_and_verify_covers_budgets(tmp_path, capsys, monkeypatch, backend):
     from imagine_bot.core.access.identity import UserRef
     from imagine_bot.core.storage.budgets import SqliteBudgets as Budgets
-    from imagine_bot.core.storage.db import open_db
     from imagine_bot.core.storage.ledger import SqliteLedger as Ledger
+    from imagine_bot.core.storage.sqlite import SqliteStores
 
     monkeypatch.setenv("IMAGINE_USER", "ops")
-    db = str(tmp_path / "budget.db")
-    assert main(["--db", db, "budget", "set", "discord:123456", "900", "--period", "month"]) == 0
+    path = str(tmp_path / "budget.db")
+    db = _on(backend, path)
+    assert main([*db, "budget", "set", "discord:123456", "900", "--period", "month"]) == 0
     assert "discord:123456: 900 per month, 0 spent" in capsys.readouterr().out
-    assert main(["--db", db, "budget", "set", "not-a-scope", "5"]) == 1
+    assert main([*db, "budget", "set", "not-a-scope", "5"]) == 1
     assert "not a scope" in capsys.readouterr().err
 
     # two jobs in that server, one charged and one refunded, as the bot would do them
-    opened = open_db(db)
+    opened = SqliteStores.open(load_settings(_env_file=None, IMAGINE_DB_PATH=path)).db  # the same database
     ledger = Ledger(opened, budgets=Budgets(opened, default_amount=None), allowance=180, period="month")
     for job in ("j1", "j2"):
         ledger.reserve(UserRef("discord", "-", "42"), job, 18, scopes=("discord:123456",), channel="777")
     ledger.capture("j1")
     ledger.release("j2")
 
-    assert main(["--db", db, "budget", "show"]) == 0
+    assert main([*db, "budget", "show"]) == 0
     out = capsys.readouterr().out
     assert "discord:123456" in out and "882" in out and "global" in out
-    assert main(["--db", db, "budget", "report", "discord:123456"]) == 0
+    assert main([*db, "budget", "report", "discord:123456"]) == 0
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert [(r["account"], r["channel"], r["credits_spent"], r["images"]) for r in rows] == [
         ("discord:42", "777", "18", "1")]
-    assert main(["--db", db, "credits", "verify"]) == 0
+    assert main([*db, "credits", "verify"]) == 0
     capsys.readouterr()
 
     ledger.db.execute("UPDATE budgets SET spent = spent - 18 WHERE scope = 'discord:123456'")  # drift
-    assert main(["--db", db, "credits", "verify"]) == 1
+    assert main([*db, "credits", "verify"]) == 1
     assert "budget discord:123456: spent 0 but its rows sum to 18" in capsys.readouterr().out
 
-    assert main(["--db", db, "credits", "show"]) == 0
+    assert main([*db, "credits", "show"]) == 0
     assert "ModKie account: not read yet" in capsys.readouterr().out
     ledger.db.execute("INSERT INTO gateway_account (id, balance, checked_at, paused, detail) VALUES"
                       " (1, 5, '2026-01-01T00:00:00+00:00', 'out_of_credits', 'HTTP 402')")
-    assert main(["--db", db, "credits", "show"]) == 0
+    assert main([*db, "credits", "show"]) == 0
     out = capsys.readouterr().out
     assert "ModKie account: 5 credits" in out and "DEGRADED: new images are paused (out of credits" in out
-    ledger.db.conn.close()
+    opened.close()
 
 
 HUGE = str(10**40)
@@ -261,3 +268,11 @@ def test_numbers_past_reason_on_the_real_command_line(tmp_path):
     ratio = cli("--sandbox", "imagine", f"a cat --ar {'1' * 5000}:1", cwd=tmp_path)
     assert ratio.returncode == 1 and "Traceback" not in ratio.stderr, ratio.stderr
     assert "is not a valid aspect ratio" in ratio.stdout and "16:9" in ratio.stdout
+
+
+def test_db_names_an_sqlite_file_even_where_database_url_is_set(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DATABASE_URL", "postgresql://bot:pw@127.0.0.1:9/nowhere")  # unreachable
+    assert main(["credits", "show"]) == 2
+    assert "cannot connect to PostgreSQL at 127.0.0.1:9" in capsys.readouterr().err
+    assert main(["--db", str(tmp_path / "local.db"), "credits", "grant", "bob", "5"]) == 0
+    assert (tmp_path / "local.db").exists()

@@ -9,7 +9,9 @@ import sys
 import tomllib
 from pathlib import Path
 
-from imagine_bot.core.settings import Settings
+import yaml
+
+from imagine_bot.core.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
@@ -75,7 +77,10 @@ def test_every_runtime_dependency_is_pinned_for_the_image():
     result = constraints("--check")
     assert result.returncode == 0, result.stdout + result.stderr
     pins = (ROOT / "constraints.txt").read_text()
-    for raw in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    # the image installs the postgres extra too (one image for SQLite and PostgreSQL)
+    assert re.search(r"pip install [^\n]*-c constraints\.txt '\.\[postgres\]'", DOCKERFILE)
+    for raw in [*project["dependencies"], *project["optional-dependencies"]["postgres"]]:
         name = re.split(r"[<>=!~\[; ]", raw, maxsplit=1)[0].lower().replace(".", "-").replace("_", "-")
         assert re.search(rf"^{re.escape(name)}==\S+$", pins, re.M), f"{name} is not pinned in constraints.txt"
 
@@ -93,3 +98,28 @@ def test_a_dependency_added_to_pyproject_is_reported_then_pinned(tmp_path):
     assert constraints(*paths).returncode == 0
     assert re.search(r"^pytest==\S+$", (tmp_path / "constraints.txt").read_text(), re.M)
     assert constraints("--check", *paths).returncode == 0
+
+
+def test_compose_runs_two_replicas_on_one_postgresql_behind_one_port():
+    """compose.yaml: PostgreSQL, the sandbox gateway, two bot replicas (each its own data volume, each half
+    the key's rates, the same database) and one balancer whose upstreams are exactly the replicas' ports."""
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    services = compose["services"]
+    assert {"postgres", "sandbox", "bot-1", "bot-2", "balancer"} <= set(services)
+    bots = [services["bot-1"], services["bot-2"]]
+    ports = set()
+    for bot in bots:
+        env = bot["environment"]
+        assert env["DATABASE_URL"].startswith("postgresql://imagine:${POSTGRES_PASSWORD}@postgres:5432/")
+        assert bot["depends_on"]["postgres"]["condition"] == "service_healthy"
+        assert load_settings(_env_file=None, **{k: v for k, v in env.items() if k != "DATABASE_URL"})  # valid
+        assert int(env["CREATE_RATE_PER_10S"]) * len(bots) <= 18 and float(env["POLL_RATE_PER_S"]) * len(bots) <= 8
+        assert bot["network_mode"] == "service:sandbox"
+        ports.add(int(env["HTTP_PORT"]))
+    assert len(ports) == 2
+    assert len({bot["volumes"][0].split(":")[0] for bot in bots}) == 2  # nothing on disk is shared
+    assert {b["environment"]["DISCORD_SHARD_IDS"] for b in bots} == {"0", "1"}
+    nginx = (ROOT / "deploy" / "nginx.conf").read_text()
+    assert {int(p) for p in re.findall(r"server sandbox:(\d+)", nginx)} == ports
+    assert services["balancer"]["ports"] == ["3000:8080"] and "listen 8080;" in nginx
+    assert "--host" in services["sandbox"]["command"] and "8787" in services["sandbox"]["command"]

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from PIL import Image
 from rich.console import Console
 
@@ -38,6 +39,9 @@ from imagine_bot.core.web.dashboard.auth import Session, dashboard_auth
 from imagine_bot.core.web.server import build_web_app, start_web
 
 from .test_orchestrator import ALICE, RefusingFrontEnd, recorder, run_one
+
+# every test here runs on SQLite and on PostgreSQL (conftest's ``backend``)
+pytestmark = pytest.mark.usefixtures("backend")
 
 OPERATOR = UserRef("terminal", "local", "root")
 NOBODY = {"resolve_user": lambda raw: None}
@@ -106,7 +110,8 @@ def test_dashboard_link_on_the_command_line(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr()
     link = out.out.strip().splitlines()[0]
     assert link.startswith("https://imagine.example.com/admin/login?t=") and "10 minutes" in out.err
-    assert dashboard_auth(_stores(open_db(tmp_path / "cli.db"))).redeem(link.split("t=")[1]).scope is None
+    stores = SqliteStores.open(load_settings(_env_file=None))  # the database the command used (either kind)
+    assert dashboard_auth(stores).redeem(link.split("t=")[1]).scope is None
 
 
 async def test_a_delivered_job_keeps_a_small_webp_thumbnail(core, tmp_path):
@@ -231,7 +236,10 @@ def test_the_dashboard_command_prints_a_link_that_works_and_stops_on_sigterm(tmp
             code = proc.wait(timeout=60)
             reader.join(timeout=10)
         assert code == 0, proc.stderr.read()
-    assert (tmp_path / "data" / "imagine-bot.db").exists() and not list(tmp_path.glob("*.db"))
+    if env.get("DATABASE_URL"):  # on PostgreSQL no database file is made at all
+        assert not list(tmp_path.rglob("*.db"))
+    else:
+        assert (tmp_path / "data" / "imagine-bot.db").exists() and not list(tmp_path.glob("*.db"))
 
 
 def test_dashboard_link_says_when_no_server_answers(tmp_path, monkeypatch, capsys):

@@ -19,35 +19,38 @@ import pytest
 from imagine_bot.core.jobs.model import JobState
 from imagine_bot.core.sandbox import SandboxGateway
 from imagine_bot.core.storage.budgets import SqliteBudgets as Budgets
-from imagine_bot.core.storage.db import open_db
-from imagine_bot.core.storage.jobs import SqliteJobStore as JobStore
 from imagine_bot.core.storage.ledger import SqliteLedger as Ledger
 from tests.conftest import until
+from tests.test_crash import open_stores
 
 ROOT = Path(__file__).resolve().parents[1]
 JOBS = 20
 
 
-async def _spawn(*args: str) -> asyncio.subprocess.Process:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+async def _spawn(*args: str, host: Path | None = None) -> asyncio.subprocess.Process:
+    """A bot process; with ``host`` (PostgreSQL) a machine of its own: its data folder is ``host``."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **({"CRASH_HOST_DIR": str(host)} if host else {})}
     return await asyncio.create_subprocess_exec(sys.executable, "-m", "tests.crash_worker", *args, cwd=ROOT, env=env,
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
 
 
 @pytest.mark.slow
-async def test_sigterm_mid_way_with_a_second_process_on_the_same_file(tmp_path):
+async def test_sigterm_mid_way_with_a_second_process_on_the_same_file(tmp_path, backend):
+    """On PostgreSQL, A and B are two hosts: each its own data folder."""
     gateway = SandboxGateway(delays={"waiting": 0.6, "queuing": 0.6, "generating": 1.2}, image_scale=0.1)
     url = await gateway.start()
     gateway.inject("createTask", hang=0.4, times=1000)  # createTask takes a while: SIGTERM lands in some
     db = str(tmp_path / "deploy.db")
-    store = JobStore(open_db(db))
+    stores = open_stores(db)
+    store = stores.jobs
+    hosts = (tmp_path / "host-a", tmp_path / "host-b") if backend == "postgres" else (None, None)
     procs: list[asyncio.subprocess.Process] = []
     try:
-        a = await _spawn(db, url, "serve", str(JOBS))
+        a = await _spawn(db, url, "serve", str(JOBS), host=hosts[0])
         procs.append(a)
         line = await asyncio.wait_for(a.stdout.readline(), timeout=30)
         assert line.strip() == b"submitted", (await a.stderr.read()).decode()[-2000:]
-        b = await _spawn(db, url, "follow")
+        b = await _spawn(db, url, "follow", host=hosts[1])
         procs.append(b)
         # mid-way: some delivered, some at the gateway, some still waiting for a slot
         await until(lambda: sum(j.state is JobState.DELIVERED for j in store.recent(limit=100)) >= 3, within=60)
@@ -72,7 +75,7 @@ async def test_sigterm_mid_way_with_a_second_process_on_the_same_file(tmp_path):
         assert all(posts[j.id] == 1 for j in jobs) and len(posted) == JOBS  # exactly one post per job
         posters = Counter(pid for _, pid in posted)
         assert posters[str(a.pid)] and posters[str(b.pid)], posters  # both processes delivered some
-        ledger = Ledger(store.db, budgets=Budgets(store.db, default_amount=None), allowance=10_000, period="month")
+        ledger = Ledger(stores.db, budgets=Budgets(stores.db, default_amount=None), allowance=10_000, period="month")
         settled = Counter((e.job_id, e.kind) for e in ledger.history(limit=10_000) if e.kind in ("capture", "release"))
         assert all(settled[(j.id, "capture")] == 1 and settled[(j.id, "release")] == 0 for j in jobs)
         assert ledger.verify() == []
@@ -82,4 +85,5 @@ async def test_sigterm_mid_way_with_a_second_process_on_the_same_file(tmp_path):
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
+        stores.close()
         await gateway.stop()

@@ -34,13 +34,21 @@ def row(workspace: str = "T1", *, org: str = "", installer: str = "U1", token: s
 
 
 @pytest.fixture
-def db(tmp_path):
+def db(database):
+    """The tests here run on SQLite and on PostgreSQL (``database`` in conftest)."""
+    return database
+
+
+@pytest.fixture
+def file_db(tmp_path):
+    """An SQLite file (a test that reads the bytes at rest)."""
     db = open_db(tmp_path / "i.db")
     yield db
-    db.conn.close()
+    db.close()
 
 
-def test_tokens_are_sealed_at_rest_and_opened_on_read(db, tmp_path):
+def test_tokens_are_sealed_at_rest_and_opened_on_read(file_db, tmp_path):
+    db = file_db
     store = Installations(db, SecretBox(KEY, setting="SLACK_TOKEN_KEY"), "slack")
     store.save(row())
     db.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")

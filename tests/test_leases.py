@@ -22,6 +22,9 @@ from imagine_bot.core.jobs.model import JobState, ReplyTo
 from imagine_bot.core.storage.db import utcnow
 from tests.conftest import until
 
+# every test here runs on SQLite and on PostgreSQL (conftest's ``backend``)
+pytestmark = pytest.mark.usefixtures("backend")
+
 REPLY = ReplyTo("terminal", "test")
 
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 import csv
 import io
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
-import sqlite_utils
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
@@ -19,7 +18,7 @@ from imagine_bot.core.credits.budgets import MAX_CREDITS_CHANGE
 from imagine_bot.core.credits.periods import PERIODS, describe_refill
 from imagine_bot.core.errors import ConfigError, InsufficientCredits, NotFound, UserInputError
 from imagine_bot.core.storage.budgets import SqliteBudgets as Budgets
-from imagine_bot.core.storage.db import open_db, transaction
+from imagine_bot.core.storage.db import Database, open_db, transaction
 from imagine_bot.core.storage.ledger import SqliteLedger as Ledger
 
 ALICE = UserRef("slack", "T1", "UALICE")
@@ -41,10 +40,9 @@ class Clock:
 
 
 @pytest.fixture
-def db() -> Iterator[sqlite_utils.Database]:
-    database = open_db(":memory:")
-    yield database
-    database.conn.close()
+def db(database: Database) -> Database:
+    """Every test here runs on SQLite and on PostgreSQL (``database`` in conftest)."""
+    return database
 
 
 @pytest.fixture
@@ -56,7 +54,7 @@ LedgerFactory = Callable[..., Ledger]
 
 
 @pytest.fixture
-def make(db: sqlite_utils.Database, clock: Clock) -> LedgerFactory:
+def make(db: Database, clock: Clock) -> LedgerFactory:
     def factory(*, allowance: int = 180, period: str = "month") -> Ledger:
         return Ledger(db, budgets=Budgets(db, default_amount=None, clock=clock), allowance=allowance, period=period,
                       clock=clock)
@@ -172,7 +170,7 @@ def test_settling_an_unknown_job_is_not_found(ledger: Ledger) -> None:
         ledger.release("nope")
 
 
-def test_the_database_itself_forbids_a_second_capture(ledger: Ledger, db: sqlite_utils.Database) -> None:
+def test_the_database_itself_forbids_a_second_capture(ledger: Ledger, db: Database) -> None:
     spend(ledger, ALICE, "j1", 18)
     with pytest.raises(sqlite3.IntegrityError):
         db.execute(
@@ -182,7 +180,7 @@ def test_the_database_itself_forbids_a_second_capture(ledger: Ledger, db: sqlite
         )
 
 
-def test_reserve_joins_the_callers_transaction(ledger: Ledger, db: sqlite_utils.Database) -> None:
+def test_reserve_joins_the_callers_transaction(ledger: Ledger, db: Database) -> None:
     ledger.balance(ALICE)
     with pytest.raises(RuntimeError), transaction(db):
         ledger.reserve(ALICE, "j1", 18)
@@ -199,7 +197,7 @@ def test_negative_cost_is_a_bug(ledger: Ledger) -> None:
         ledger.reserve(ALICE, "j1", -1)
 
 
-def test_bad_configuration_fails_naming_the_setting(db: sqlite_utils.Database) -> None:
+def test_bad_configuration_fails_naming_the_setting(db: Database) -> None:
     with pytest.raises(ConfigError, match="CREDITS_PERIOD"):
         Ledger(db, budgets=Budgets(db, default_amount=None), allowance=180, period="fortnight")
     with pytest.raises(ConfigError, match="CREDITS_ALLOWANCE"):
@@ -418,7 +416,7 @@ def test_report_csv_header_when_empty(ledger: Ledger) -> None:
         "account,balance,held,allowance,granted,refilled,spent,jobs_charged,jobs_refunded"]
 
 
-def test_verify_reports_drift(ledger: Ledger, db: sqlite_utils.Database) -> None:
+def test_verify_reports_drift(ledger: Ledger, db: Database) -> None:
     ledger.reserve(ALICE, "j1", 18)
     ledger.balance(BOB)
     assert ledger.verify() == []

@@ -1,7 +1,8 @@
 """Many processes, one account: the ledger never hands out more than the balance, nor charges twice.
 
-Four processes (spawned, so nothing is shared but the database file) each open their own connection
-and start together on a barrier. 50 reservations of 18 race for a balance of 180: exactly 10 win.
+Four processes (spawned, so nothing is shared but the database: the SQLite file, or a PostgreSQL server
+as four hosts would share it) each open their own connection and start together on a barrier. 50
+reservations of 18 race for a balance of 180: exactly 10 win.
 Then every process tries to capture 6 of the winners and release the other 4: each job is settled
 exactly once.
 """
@@ -20,8 +21,9 @@ import pytest
 from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.errors import BudgetExhausted, InsufficientCredits
 from imagine_bot.core.storage.budgets import SqliteBudgets as Budgets
-from imagine_bot.core.storage.db import open_db
+from imagine_bot.core.storage.db import Database, open_db
 from imagine_bot.core.storage.ledger import SqliteLedger as Ledger
+from imagine_bot.core.storage.postgres import open_postgres
 
 WHO = UserRef("slack", "T1", "URACE")
 COST = 18
@@ -29,8 +31,9 @@ PROCESSES = 4
 TIMEOUT_S = 30
 
 
-def _ledger(path: str) -> Ledger:
-    db = open_db(path)
+def _ledger(where: str) -> Ledger:
+    """The ledger on ``where``: an SQLite file, or a ``postgresql://`` URL."""
+    db: Database = open_postgres(where) if where.startswith("postgresql://") else open_db(where)
     return Ledger(db, budgets=Budgets(db, default_amount=None), allowance=10 * COST, period="never")
 
 
@@ -62,7 +65,7 @@ def _child(path: str, target: Callable[..., Any], args: tuple[Any, ...], barrier
         try:
             value = target(ledger, lambda: barrier.wait(TIMEOUT_S), *args)
         finally:
-            ledger.db.conn.close()
+            ledger.db.close()
         results.put(("ok", value))
     except BaseException:
         barrier.abort()  # let the others stop waiting
@@ -94,9 +97,15 @@ def _check_books(ledger: Ledger) -> None:
     assert all(balance - held >= 0 and held >= 0 for balance, held in rows.fetchall())
 
 
+@pytest.fixture
+def where(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """The shared database: an SQLite file, or (``backend`` postgres) the test's PostgreSQL database."""
+    return str(tmp_path / "race.db") if backend == "sqlite" else str(request.getfixturevalue("pg_url"))
+
+
 @pytest.mark.slow
-def test_concurrent_reservations_never_overspend(tmp_path: Path) -> None:
-    path = str(tmp_path / "race.db")
+def test_concurrent_reservations_never_overspend(where: str) -> None:
+    path = where
     ledger = _ledger(path)
     assert ledger.balance(WHO).balance == 180  # open the account before the race
 
@@ -118,7 +127,7 @@ def test_concurrent_reservations_never_overspend(tmp_path: Path) -> None:
     kinds = ledger.db.execute("SELECT kind, COUNT(*) FROM ledger GROUP BY kind ORDER BY kind").fetchall()
     assert kinds == [("capture", 6), ("refill", 1), ("release", 4), ("reserve", 10)]
     _check_books(ledger)
-    ledger.db.conn.close()
+    ledger.db.close()
 
 
 # ---------------------------------------------------------------------- budgets over many users
@@ -144,8 +153,8 @@ def _capture_worker(ledger: Ledger, start: Callable[[], None], jobs: list[str]) 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("budget", [36, 360])
-def test_a_server_budget_holds_against_50_jobs_from_4_processes(tmp_path: Path, budget: int) -> None:
-    path = str(tmp_path / "budget-race.db")
+def test_a_server_budget_holds_against_50_jobs_from_4_processes(where: str, budget: int) -> None:
+    path = where
     ledger = _ledger(path)
     ledger.budgets.set_amount(GUILD, budget, actor="cli:test", period="month")
 
@@ -165,4 +174,4 @@ def test_a_server_budget_holds_against_50_jobs_from_4_processes(tmp_path: Path, 
     charged = ledger.db.execute("SELECT -SUM(delta_balance) FROM ledger WHERE kind = 'capture'").fetchone()[0]
     assert charged == status.spent  # users paid exactly what the server's budget counts, nobody for a refusal
     assert ledger.verify() == []
-    ledger.db.conn.close()
+    ledger.db.close()

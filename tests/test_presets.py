@@ -19,6 +19,9 @@ from imagine_bot.core.chat.commands import dispatch
 from imagine_bot.core.jobs.model import JobState, ReplyTo
 from imagine_bot.core.web.server import build_web_app, start_web
 
+# every test here runs on SQLite and on PostgreSQL (conftest's ``backend``)
+pytestmark = pytest.mark.usefixtures("backend")
+
 OPERATOR = UserRef("terminal", "local", "root")
 TEAM, OTHER_TEAM = "T1", "T2"
 ANN = Actor(UserRef("slack", TEAM, "UANN"), place=f"slack:{TEAM}", channel="CMKT")

@@ -10,6 +10,9 @@ from imagine_bot.core.jobs.model import JobRequest, ReplyTo
 from imagine_bot.core.storage.base import CreditStore, JobRepository, Store
 from imagine_bot.core.storage.sqlite import SqliteStores
 
+# every test here runs on SQLite and on PostgreSQL (conftest's ``backend``)
+pytestmark = pytest.mark.usefixtures("backend")
+
 ALICE = UserRef("terminal", "local", "alice")
 
 
@@ -36,3 +39,9 @@ def test_one_transaction_spans_credits_and_jobs(core):
         store.jobs.insert(request, model="m", cost=18, job_id="j-kept")
     assert store.jobs.get("j-kept").cost == 18 and store.ledger.balance(ALICE).held == 18
     assert store.ledger.verify() == []
+
+
+def test_empty_lists_ask_for_nothing_on_either_database(core):
+    """``IN ()`` is SQLite's only: an empty list of ids or states is answered without a query."""
+    assert core.store.jobs.release_leases(core.orchestrator.owner, []) == 0
+    assert core.store.jobs.recent(states=[]) == []

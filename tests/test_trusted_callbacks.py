@@ -227,9 +227,24 @@ async def test_a_callback_landing_on_another_process_reaches_the_tracker(make_se
     """Two processes on one database behind one load balancer: the gateway's webhook reaches B, the job's
     tracker runs in A. B relays it through the database; A acts on it within about a second (not at the
     45 s fallback): a signed final one with no recordInfo, a hint with one."""
+    await _relayed(make_settings, tmp_path, sandbox, secret)
+
+
+@pytest.mark.parametrize("secret", [SECRET, None], ids=["signed final", "unsigned hint"])
+async def test_on_postgresql_the_relayed_callback_wakes_the_tracker_with_no_poll(make_settings, tmp_path, sandbox,
+                                                                                 secret, pg_url, monkeypatch):
+    """The same on two hosts sharing PostgreSQL, with the relay's poll an hour apart: only NOTIFY can have
+    woken A (SQLite has no such push: there the poll above does it)."""
+    monkeypatch.setenv("DATABASE_URL", pg_url)
+    await _relayed(make_settings, tmp_path, sandbox, secret, relay_every_s=3600)
+
+
+async def _relayed(make_settings, tmp_path, sandbox, secret, *, relay_every_s: float | None = None) -> None:
     overrides = {"MODKIE_WEBHOOK_SECRET": secret} if secret else {}
     async with ImagineCore.open(make_settings(**overrides)) as a, ImagineCore.open(make_settings(**overrides)) as b:
         runners = [await start_web(build_web_app(core), "127.0.0.1", 0) for core in (a, b)]
+        if relay_every_s is not None:
+            a.relay.every_s = b.relay.every_s = relay_every_s
         try:
             for core in (a, b):
                 core.register(recorder(tmp_path / core.orchestrator.owner.replace(":", "-")))

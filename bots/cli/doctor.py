@@ -18,10 +18,10 @@ from imagine_bot.core.gateway import GatewayClient
 from imagine_bot.core.ops.doctor import (
     Check,
     check_account_webhook,
-    check_database,
     check_gateway,
     check_public_url,
     check_spool,
+    check_storage,
     fail,
     ok,
 )
@@ -42,7 +42,7 @@ def settings_failed(error: ConfigError) -> list[Check]:
 
 async def run_checks(settings: Settings) -> list[Check]:
     checks = [ok("settings", settings_source())]
-    checks += check_database(settings.IMAGINE_DB_PATH)
+    checks += check_storage(settings)
     checks.append(check_spool(settings.spool_dir))
     async with httpx.AsyncClient(headers={"User-Agent": f"imagine-bot/{__version__} (doctor)"}) as http:
         key = settings.MODKIE_API_KEY.get_secret_value() if settings.MODKIE_API_KEY else None

@@ -11,6 +11,7 @@
     imagine-bot doctor                        check the install against the real services
     imagine-bot dashboard                     the /admin dashboard alone, with a one-time sign-in link
     imagine-bot dashboard-link [--scope S]    a one-time sign-in link to the /admin dashboard
+    imagine-bot db copy --to postgresql://... copy the SQLite database into an empty PostgreSQL one
 
 Configuration comes from the environment and ``.env`` (see ``.env.example``). A bad setting ends the
 command with one line naming it, exit status 2.
@@ -40,8 +41,9 @@ def _settings(args: argparse.Namespace) -> Settings:
     overrides: dict[str, object] = {}
     if args.sandbox:
         overrides["MODKIE_BASE_URL"] = SANDBOX
-    if args.db:  # a path typed on the command line means from here, not from IMAGINE_DATA_DIR
+    if args.db:  # this SQLite file (from here, not from IMAGINE_DATA_DIR), even where DATABASE_URL is set
         overrides["IMAGINE_DB_PATH"] = args.db.expanduser().resolve()
+        overrides["DATABASE_URL"] = ""
     return load_settings(**overrides)
 
 
@@ -49,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imagine-bot", description="Text-to-image from chat, with credits.")
     parser.add_argument("--sandbox", action="store_true",
                         help="use the embedded sandbox gateway (no key, no network, no credits spent)")
-    parser.add_argument("--db", type=Path, help="SQLite database path (default: IMAGINE_DB_PATH)")
+    parser.add_argument("--db", type=Path,
+                        help="SQLite database path (default: DATABASE_URL if set, else IMAGINE_DB_PATH)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -82,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     from imagine_bot.bots.discord.cli import add_discord_parsers
 
     add_discord_parsers(sub)
+
+    from imagine_bot.bots.cli.db import add_db_parsers
+
+    add_db_parsers(sub)
     return parser
 
 
@@ -115,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = _settings(args)
         # their output is for people
-        quiet = args.command in ("imagine", "chat", "credits", "jobs", "discord", "dashboard-link", "dashboard")
+        quiet = args.command in ("imagine", "chat", "credits", "jobs", "discord", "dashboard-link", "dashboard", "db")
         setup_logging("DEBUG" if args.verbose else ("WARNING" if quiet else settings.LOG_LEVEL), settings.secrets())
         return int(args.func(args, settings) or 0) if hasattr(args, "func") else _run_async(args, settings)
     except ConfigError as error:

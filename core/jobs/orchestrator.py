@@ -735,10 +735,11 @@ class Orchestrator:
                 await asyncio.sleep(wait)
 
     async def _deliver(self, job: Job, gateway_done: float | None = None) -> None:
-        if not job.files or not all(p.exists() for p in job.files):
+        if not job.files or not all(p.is_relative_to(self.spool) and p.exists() for p in job.files):
             if not job.task_id:
                 raise DeliveryError(f"job {job.id} has neither files nor a task id")
-            # files lost: fetch them again
+            # files lost, or in another host's data folder (a job taken over; nothing on disk is shared between
+            # hosts on PostgreSQL): fetch them again into ours
             record = await self._patiently(job, "recordInfo", partial(self.gateway.record_info, job.task_id))
             job = await self._download(job, record)
         images = tuple(ImageFile(p, mimetypes.guess_type(p.name)[0] or "image/png", p.stat().st_size)

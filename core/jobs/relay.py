@@ -7,15 +7,19 @@ insert: the task id and, for a verified final account webhook, its answer). Ever
 rows it has not seen yet once a second (``RELAY_EVERY_S``, one indexed query however many jobs are in
 flight) and hands each one to its orchestrator's ``notify``, exactly as if it had arrived there: a final
 answer is delivered with no recordInfo, a hint is confirmed with one. Rows older than ``KEEP_S`` are
-deleted. With PostgreSQL this table would be read with ``LISTEN/NOTIFY`` instead (docs/scaling.md).
+deleted. On PostgreSQL a new row also wakes every other process at once (``LISTEN``/``NOTIFY``): the
+callback is handed over in milliseconds, and the poll stays as the fallback (a notification lost to a
+reconnection, or PgBouncer in transaction mode, which cannot ``LISTEN``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import secrets
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import timedelta
 
@@ -49,6 +53,8 @@ class CallbackRelay:
         self.origin = secrets.token_hex(6)
         self._seen = store.last_id()
         self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._stop_listening: Callable[[], None] | None = None
 
     def publish(self, task_id: str, final: TaskRecord | None) -> None:
         """A callback for a task this process does not track: leave it for the one that does."""
@@ -74,9 +80,18 @@ class CallbackRelay:
 
     def start(self) -> None:
         if self._task is None:
+            loop = asyncio.get_running_loop()
+
+            def wake() -> None:  # from the listening thread
+                loop.call_soon_threadsafe(self._wake.set)
+
+            self._stop_listening = self.store.listen(wake)
             self._task = asyncio.create_task(self._run(), name="callback-relay")
 
     async def stop(self) -> None:
+        if self._stop_listening is not None:
+            await asyncio.to_thread(self._stop_listening)
+            self._stop_listening = None
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -84,7 +99,13 @@ class CallbackRelay:
 
     async def _run(self) -> None:
         while True:
-            await asyncio.sleep(self.every_s)
+            # woken by a notification (PostgreSQL), else every ``every_s``: polling stays the fallback.
+            # (asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancel that arrives as the
+            # event is set, and stop() would then wait for this task for ever)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.every_s):
+                    await self._wake.wait()
+            self._wake.clear()
             try:
                 woke = self.poll_once()
             except Exception:

@@ -23,6 +23,7 @@ from imagine_bot.core.gateway.webhooks import WebhookState, register_account_web
 from imagine_bot.core.media.netaddr import is_loopback_host
 from imagine_bot.core.settings import Settings
 from imagine_bot.core.storage.db import MIGRATIONS, DatabaseUnopenable, DatabaseUnwritable, inspect_database
+from imagine_bot.core.storage.url import DatabaseUrl
 
 #: below this gateway balance the doctor warns (about 20 images of 18 credits)
 LOW_BALANCE = 360
@@ -106,6 +107,48 @@ def check_database(path: Path) -> list[Check]:
     elif pending:
         checks.append(warn("migrations", f"{len(pending)} pending ({', '.join(pending)})",
                            "they are applied at the next start (any imagine-bot command that opens the database)"))
+    else:
+        checks.append(ok("migrations", f"all {len(known)} applied"))
+    return checks
+
+
+def check_storage(settings: Settings) -> list[Check]:
+    """The database the settings name: PostgreSQL at ``DATABASE_URL``, else the SQLite file."""
+    url = settings.database_url
+    return check_database(settings.IMAGINE_DB_PATH) if url is None else check_postgres(url)
+
+
+def check_postgres(url: DatabaseUrl) -> list[Check]:
+    """Reachable with these credentials, a server version the migrations are written for, writable (not a
+    standby), and the migrations this version knows (read, never applied). The password is never shown."""
+    name = "database"
+    try:
+        from imagine_bot.core.storage import postgres
+    except ImportError as exc:
+        return [fail(name, f"DATABASE_URL is set but {exc.name} is not installed",
+                     "pip install 'imagine-bot[postgres]' (the container image has it)")]
+    try:
+        facts = postgres.inspect_postgres(url)
+    except postgres.ServerUnreachable as exc:
+        return [fail(name, f"cannot connect to PostgreSQL at {url.host}: {exc}",
+                     "check DATABASE_URL (host, port, user, password, database) and that the server accepts "
+                     "connections from this host")]
+    where = f"PostgreSQL {facts.version} at {url.host}, database {url.dbname} ({url.redacted})"
+    if facts.version_num < postgres.MIN_SERVER_VERSION:
+        return [fail(name, f"{where}: too old", f"use PostgreSQL {postgres.MIN_SERVER_VERSION // 10000} or later")]
+    if facts.read_only:
+        return [fail(name, f"{where} is read-only (a standby?)", "point DATABASE_URL at the primary server")]
+    checks = [ok(name, f"{where} is reachable and takes writes")]
+    known = [n for n, _ in postgres.MIGRATIONS]
+    pending = [n for n in known if n not in facts.applied]
+    unknown = sorted(facts.applied - set(known))
+    if unknown:
+        checks.append(fail("migrations", f"the database has migrations this version does not know: "
+                           f"{', '.join(unknown)}", "run the imagine-bot version that wrote this database, "
+                           "or upgrade this one"))
+    elif pending:
+        checks.append(warn("migrations", f"{len(pending)} pending ({', '.join(pending)})",
+                           "they are applied at the next start, under a lock (any host; the others wait)"))
     else:
         checks.append(ok("migrations", f"all {len(known)} applied"))
     return checks

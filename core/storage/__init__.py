@@ -33,6 +33,12 @@ an adapter with the same four entry points:
    that one transaction. What spans stores (reserve + insert the job, delivered + capture, failed +
    release) is ``Stores.transaction()``. A busy lock raises ``core.errors.DatabaseBusy``; a closed
    database ``core.storage.errors.StoreClosed``; a taken dedupe key ``DuplicateRequest``.
-6. **Migrations** are numbered functions in ``db.py`` (SQLite DDL); another database keeps its own list
-   with the same names, tables and columns.
+6. **Migrations** are numbered functions in ``db.py`` (SQLite DDL); PostgreSQL keeps its own list with the
+   same names, tables and columns (``postgres.MIGRATIONS``; ``tests/test_postgres.py`` compares them).
+
+PostgreSQL is that other database (``DATABASE_URL``): ``postgres.PgDatabase`` has the four entry points
+(``?`` becomes ``%s``; ``transaction`` takes an advisory write lock, SQLite's ``BEGIN IMMEDIATE``), so the
+store classes above run on it unchanged; ``open_database`` picks. Its migrations define ``instr`` and
+``json_extract`` as SQL functions, so ``SCOPE_SQL`` and ``CHANNEL_SQL`` run there as written. The only
+dialect helpers are ``db.skip_locked`` (claims), ``db.notify``/``db.listen`` (the relay's wake-up).
 """

@@ -15,9 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import sqlite_utils
-
-from imagine_bot.core.storage.db import iso, transaction, utcnow
+from imagine_bot.core.storage.db import Database, iso, transaction, utcnow
 
 PENDING, APPROVED, REJECTED, EXPIRED = "pending", "approved", "rejected", "expired"
 
@@ -65,7 +63,7 @@ def _approval(row: dict[str, Any]) -> Approval:
 
 
 class SqliteApprovals:
-    def __init__(self, db: sqlite_utils.Database) -> None:
+    def __init__(self, db: Database) -> None:
         self.db = db
 
     # ------------------------------------------------------------------ channels

@@ -8,12 +8,11 @@ app distributed to many workspaces (and its install flows' states), and the keys
 itself. ``Stores`` bundles every store of one database and the one transaction that spans them.
 
 Domain code (``core.app``, ``core.jobs.orchestrator``, ``core.credits.refunds``, ``core.gateway.balance``,
-``core.chat``) is typed by these protocols only. Today's implementation is SQLite
-(``core.storage.sqlite.SqliteStores``, WAL, ``BEGIN IMMEDIATE``): several ``imagine-bot run`` processes on
-one machine may share the file. Across machines the state needs a networked database; PostgreSQL would be
-a second implementation of ``Stores`` (the rules a store keeps are in ``core.storage``'s docstring),
-claiming jobs with ``SELECT ... FOR UPDATE SKIP LOCKED`` (see ``docs/scaling.md``). Nothing else would
-change.
+``core.chat``) is typed by these protocols only. One set of store classes implements them
+(``core.storage.sqlite.SqliteStores`` builds them): on SQLite (WAL, ``BEGIN IMMEDIATE``), where several
+``imagine-bot run`` processes on one machine share the file, or, with ``DATABASE_URL``, on PostgreSQL through
+``core.storage.postgres.PgDatabase`` (the same entry points; an advisory write lock; claims with
+``FOR UPDATE SKIP LOCKED``), where processes on several machines share it (``docs/scaling.md``).
 
 Transactions: every store method is one short transaction of its own, and joins the caller's when called
 inside ``Stores.transaction()``. Money moves are one transaction each *inside* the credit store: reserve,
@@ -23,7 +22,7 @@ capture and release move the user's balance and every budget over the job togeth
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -265,6 +264,10 @@ class RelayStore(Protocol):
     def after(self, seen: int, origin: str) -> list[tuple[int, str, str | None]]: ...
 
     def prune(self, before: datetime) -> int: ...
+
+    def listen(self, wake: Callable[[], None]) -> Callable[[], None] | None:
+        """Call ``wake()`` (from another thread) when a row is put; the stopper, or None: poll only."""
+        ...
 
 
 class ThumbnailIndex(Protocol):

@@ -10,14 +10,12 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-import sqlite_utils
-
 from imagine_bot.core.access.authority import GLOBAL, scope_noun
 from imagine_bot.core.credits.budgets import MAX_CREDITS_CHANGE, UNLIMITED, BudgetStatus
 from imagine_bot.core.credits.periods import PERIODS, next_boundary, period_name, period_start, refill_words
 from imagine_bot.core.errors import BudgetExhausted, UserInputError
 from imagine_bot.core.jobs.model import ACTIVE_STATES
-from imagine_bot.core.storage.db import iso, transaction, utcnow
+from imagine_bot.core.storage.db import Database, iso, transaction, utcnow
 
 _ACTIVE = tuple(s.value for s in ACTIVE_STATES)
 _ACTIVE_MARKS = ",".join("?" * len(_ACTIVE))
@@ -26,7 +24,7 @@ _ACTIVE_MARKS = ",".join("?" * len(_ACTIVE))
 class SqliteBudgets:
     """The budgets' rows (``budgets``, ``budget_ledger``): see ``core.credits.budgets`` for the rules."""
 
-    def __init__(self, db: sqlite_utils.Database, *, default_amount: int | None, period: str = "month",
+    def __init__(self, db: Database, *, default_amount: int | None, period: str = "month",
                  cap: int | None = None, cap_period: str = "month",
                  clock: Callable[[], datetime] = utcnow) -> None:
         for name, value in (("SCOPE_BUDGET_PERIOD", period), ("SPEND_CAP_PERIOD", cap_period)):

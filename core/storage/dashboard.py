@@ -15,10 +15,8 @@ from datetime import UTC, date, datetime, timedelta
 from itertools import pairwise
 from typing import Any
 
-import sqlite_utils
-
 from imagine_bot.core.jobs.model import Job
-from imagine_bot.core.storage.db import iso, transaction, utcnow
+from imagine_bot.core.storage.db import Database, iso, transaction, utcnow
 from imagine_bot.core.storage.jobs import CHANNEL_SQL, SCOPE_SQL, SqliteJobStore
 
 
@@ -69,18 +67,19 @@ class ReconciledDay:
         return None if self.balance_drop is None else self.balance_drop - self.captured
 
 
-def balance_readings(db: sqlite_utils.Database, since: datetime) -> list[tuple[datetime, int]]:
+def balance_readings(db: Database, since: datetime) -> list[tuple[datetime, int]]:
     """The gateway balance as the bot read it (``core.gateway.balance``) since ``since``, with the last
     reading before it, oldest first."""
     rows = db.execute(
         "SELECT ts, balance FROM (SELECT ts, balance, id FROM gateway_balance_log WHERE ts < ?"
-        " ORDER BY ts DESC, id DESC LIMIT 1) UNION ALL SELECT ts, balance FROM gateway_balance_log WHERE ts >= ?"
+        " ORDER BY ts DESC, id DESC LIMIT 1) AS earlier UNION ALL SELECT ts, balance FROM gateway_balance_log"
+        " WHERE ts >= ?"
         " ORDER BY ts", [iso(since), iso(since)]).fetchall()
     return [(datetime.fromisoformat(ts), int(balance)) for ts, balance in rows]
 
 
 class Queries:
-    def __init__(self, db: sqlite_utils.Database) -> None:
+    def __init__(self, db: Database) -> None:
         self.db = db
         self.jobs = SqliteJobStore(db)
 
@@ -192,7 +191,7 @@ def message_link(job: Job) -> str | None:
 class SqliteLinkStore:
     """One-time sign-in links (``dashboard_links``), kept as hashes only (``core.web.dashboard.auth``)."""
 
-    def __init__(self, db: sqlite_utils.Database) -> None:
+    def __init__(self, db: Database) -> None:
         self.db = db
 
     def add(self, token_hash: str, *, scope: str | None, actor: str, now: datetime, expires: datetime) -> None:

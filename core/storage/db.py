@@ -1,7 +1,9 @@
-"""SQLite through sqlite-utils: opening, numbered migrations, and short IMMEDIATE transactions.
+"""The database: opening, numbered migrations, and short IMMEDIATE transactions.
 
-One database file holds accounts, the append-only credit ledger and jobs. WAL mode lets readers run
-beside the one writer; every change is one short ``BEGIN IMMEDIATE`` transaction (``transaction``).
+SQLite through sqlite-utils by default: one database file holds accounts, the append-only credit ledger and
+jobs. WAL mode lets readers run beside the one writer; every change is one short ``BEGIN IMMEDIATE``
+transaction (``transaction``). With ``DATABASE_URL`` the same stores run on PostgreSQL
+(``core.storage.postgres.PgDatabase``, same entry points; ``open_database`` chooses).
 """
 
 from __future__ import annotations
@@ -13,13 +15,23 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeAlias
 
 import sqlite_utils
 
-from imagine_bot.core.errors import DatabaseBusy, DataNotWritable
+from imagine_bot.core.errors import ConfigError, DatabaseBusy, DataNotWritable
 from imagine_bot.core.storage.errors import StoreClosed
 
+if TYPE_CHECKING:
+    from imagine_bot.core.settings import Settings
+    from imagine_bot.core.storage.postgres import PgDatabase
+
 log = logging.getLogger(__name__)
+
+#: what the stores are given: the SQLite file, or PostgreSQL behind the same entry points
+Database: TypeAlias = "sqlite_utils.Database | PgDatabase"
+#: a constraint refused a write (unique, check, foreign key), on either database (PostgreSQL's is a subclass)
+IntegrityError = sqlite3.IntegrityError
 
 Migration = Callable[[sqlite_utils.Database], None]
 MIGRATIONS: list[tuple[str, Migration]] = []
@@ -364,6 +376,47 @@ def open_db(path: Path | str, *, busy_timeout_s: float = CLI_BUSY_TIMEOUT_S) -> 
     return db
 
 
+def open_database(settings: Settings, *, busy_timeout_s: float = CLI_BUSY_TIMEOUT_S) -> Database:
+    """The database the settings name, opened and migrated: PostgreSQL at ``DATABASE_URL`` when set (an
+    unreachable server is a ``ConfigError`` naming its host and the cause, never the password), else the
+    SQLite file at ``IMAGINE_DB_PATH``."""
+    url = settings.database_url
+    if url is None:
+        return open_db(settings.IMAGINE_DB_PATH, busy_timeout_s=busy_timeout_s)
+    try:
+        from imagine_bot.core.storage.postgres import open_postgres
+    except ImportError as exc:
+        raise ConfigError("DATABASE_URL", f"PostgreSQL needs the postgres extra ({exc.name} is not installed): "
+                                          "pip install 'imagine-bot[postgres]'") from None
+    return open_postgres(url, busy_timeout_s=busy_timeout_s, pool_size=settings.DATABASE_POOL_SIZE)
+
+
+def is_postgres(db: Database) -> bool:
+    return not isinstance(db, sqlite_utils.Database)
+
+
+def skip_locked(db: Database) -> str:
+    """What ends a ``SELECT`` of rows to take (claims) so that rows another connection is taking are skipped,
+    not waited for: PostgreSQL's ``FOR UPDATE SKIP LOCKED``; nothing on SQLite, where one writer at a time
+    never meets a locked row."""
+    return " FOR UPDATE SKIP LOCKED" if is_postgres(db) else ""
+
+
+def notify(db: Database, channel: str) -> None:
+    """Tell the processes listening on ``channel`` (PostgreSQL's ``NOTIFY``, sent at commit); SQLite has no
+    such thing: they find the change when they next poll."""
+    if not isinstance(db, sqlite_utils.Database):
+        db.notify(channel)
+
+
+def listen(db: Database, channel: str, wake: Callable[[], None]) -> Callable[[], None] | None:
+    """Call ``wake()`` from a thread on each ``notify(db, channel)`` of any process (PostgreSQL's ``LISTEN``);
+    returns the function that stops it, or None where the database cannot push (SQLite: poll)."""
+    if isinstance(db, sqlite_utils.Database):
+        return None
+    return db.listen(channel, wake)
+
+
 class DatabaseUnopenable(Exception):
     """The file cannot be opened for reading and writing."""
 
@@ -402,6 +455,40 @@ def read_only(path: Path) -> Iterator[sqlite_utils.Database | None]:
         yield sqlite_utils.Database(conn)
     finally:
         conn.close()
+
+
+@contextmanager
+def read_only_database(settings: Settings) -> Iterator[Database | None]:
+    """The database ``settings`` name, for reading only (no migration, no write lock; ``imagine-bot doctor``),
+    or None when there is none yet: no SQLite file, or a PostgreSQL server that cannot be reached (the
+    database check says why)."""
+    url = settings.database_url
+    if url is None:
+        with read_only(settings.IMAGINE_DB_PATH) as db:
+            yield db
+        return
+    try:
+        from imagine_bot.core.storage.postgres import PgDatabase
+    except ImportError:
+        yield None
+        return
+    try:
+        pg = PgDatabase(url, busy_timeout_s=5, pool_size=1, connect_timeout_s=5).open()
+    except ConfigError:
+        yield None
+        return
+    try:
+        yield pg
+    finally:
+        pg.close()
+
+
+def has_table(db: Database, name: str) -> bool:
+    """Whether the table exists (a database opened without migrating it)."""
+    if isinstance(db, sqlite_utils.Database):
+        row = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", [name]).fetchone()
+        return row is not None
+    return bool(db.execute("SELECT to_regclass(?) IS NOT NULL", [name]).fetchone()[0])
 
 
 def check_writable(path: Path) -> None:
@@ -457,12 +544,17 @@ def _in_transaction(conn: sqlite3.Connection) -> bool:
 
 
 @contextmanager
-def transaction(db: sqlite_utils.Database) -> Iterator[sqlite3.Connection]:
-    """One short write transaction, taken with BEGIN IMMEDIATE so writers queue instead of deadlocking.
+def transaction(db: Database) -> Iterator[object]:
+    """One short write transaction, taken with BEGIN IMMEDIATE so writers queue instead of deadlocking
+    (PostgreSQL: the same, with an advisory lock: ``PgDatabase.transaction``).
 
     Nested use joins the outer transaction. A write lock held elsewhere past the busy timeout raises
     ``DatabaseBusy`` (transient: nothing was written).
     """
+    if not isinstance(db, sqlite_utils.Database):
+        with db.transaction():
+            yield db
+        return
     conn = db.conn
     if _in_transaction(conn):
         yield conn
@@ -489,9 +581,14 @@ def transaction(db: sqlite_utils.Database) -> Iterator[sqlite3.Connection]:
 
 
 @contextmanager
-def snapshot(db: sqlite_utils.Database) -> Iterator[sqlite3.Connection]:
+def snapshot(db: Database) -> Iterator[object]:
     """A consistent read of several tables that takes no write lock (a deferred transaction: with WAL,
-    readers never wait for the writer and never make it wait). Nested use joins the outer transaction."""
+    readers never wait for the writer and never make it wait; PostgreSQL: ``REPEATABLE READ``). Nested use
+    joins the outer transaction."""
+    if not isinstance(db, sqlite_utils.Database):
+        with db.snapshot():
+            yield db
+        return
     conn = db.conn
     if _in_transaction(conn):
         yield conn

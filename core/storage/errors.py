@@ -1,4 +1,4 @@
-"""What a store raises besides the core's errors, the same for every database (SQLite today)."""
+"""What a store raises besides the core's errors, the same for every database (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 from datetime import datetime
 
-import sqlite_utils
-
 from imagine_bot.core.gateway.balance import AccountState
-from imagine_bot.core.storage.db import iso, transaction
+from imagine_bot.core.storage.db import Database, iso, transaction
 
 
 class SqliteGatewayAccount:
-    def __init__(self, db: sqlite_utils.Database) -> None:
+    def __init__(self, db: Database) -> None:
         self.db = db
 
     def read(self) -> AccountState:

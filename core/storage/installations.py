@@ -22,9 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import sqlite_utils
-
-from imagine_bot.core.storage.db import iso, transaction, utcnow
+from imagine_bot.core.storage.db import Database, has_table, iso, transaction, utcnow
 from imagine_bot.core.storage.secretbox import SecretBox
 
 log = logging.getLogger(__name__)
@@ -77,7 +75,7 @@ def _time(raw: str) -> datetime:
 class SqliteInstallations:
     """The installations of one platform, their tokens sealed and opened by ``box``."""
 
-    def __init__(self, db: sqlite_utils.Database, box: SecretBox, platform: str) -> None:
+    def __init__(self, db: Database, box: SecretBox, platform: str) -> None:
         self.db = db
         self.box = box
         self.platform = platform
@@ -167,9 +165,9 @@ class SqliteInstallations:
         return " AND ".join(sql), args
 
 
-def installed_places(db: sqlite_utils.Database, platform: str | None = None) -> list[InstalledPlace]:
+def installed_places(db: Database, platform: str | None = None) -> list[InstalledPlace]:
     """Every workspace or organisation the bot is installed in (reads no token), newest first."""
-    if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'installations'").fetchone() is None:
+    if not has_table(db, "installations"):
         return []  # a database older than the table (read without migrating it)
     where, args = ("WHERE platform = ?", [platform]) if platform else ("", [])
     rows = db.execute(
@@ -185,7 +183,7 @@ def installed_places(db: sqlite_utils.Database, platform: str | None = None) -> 
 class SqliteOAuthStates:
     """One-time states of the install flows of one platform: issued with an expiry, consumed at most once."""
 
-    def __init__(self, db: sqlite_utils.Database, platform: str) -> None:
+    def __init__(self, db: Database, platform: str) -> None:
         self.db = db
         self.platform = platform
 

@@ -14,12 +14,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import sqlite_utils
-
 from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.errors import LeaseLost, NotFound
 from imagine_bot.core.jobs.model import ACTIVE_STATES, Job, JobRequest, JobState, ReplyTo, new_job_id
-from imagine_bot.core.storage.db import iso, transaction, utcnow
+from imagine_bot.core.storage.db import Database, iso, skip_locked, transaction, utcnow
 from imagine_bot.core.storage.errors import DuplicateRequest
 
 # The only SQL here in SQLite's own dialect (``json_extract``, ``instr``): another database's store gives its
@@ -88,7 +86,7 @@ _EMPTY_ROW: dict[str, Any] = dict.fromkeys((
 class SqliteJobStore:
     """Job rows. Every write is one short transaction; the caller may wrap several in ``Store.transaction``."""
 
-    def __init__(self, db: sqlite_utils.Database) -> None:
+    def __init__(self, db: Database) -> None:
         self.db = db
 
     def insert(self, request: JobRequest, *, model: str, cost: int, job_id: str | None = None,
@@ -205,10 +203,13 @@ class SqliteJobStore:
         """Take an active job that nobody holds (no owner, or an expired lease), or renew our own.
         None when another process holds it or it is final."""
         now = now or utcnow()
-        sql = (f"UPDATE jobs SET owner = ?, lease_until = ? WHERE id = ? AND state IN ({_ACTIVE_MARKS})"
-               " AND (owner IS NULL OR owner = ? OR lease_until IS NULL OR lease_until < ?)")
-        with transaction(self.db):
-            taken = self.db.execute(sql, [owner, iso(until), job_id, *_ACTIVE, owner, iso(now)]).rowcount == 1
+        # one statement, atomic on its own (a caller's transaction is joined). On PostgreSQL the row another
+        # host is claiming this very moment is skipped, not waited for (``FOR UPDATE SKIP LOCKED``): its claim
+        # wins, and this process's event loop never blocks on a row lock
+        sql = (f"UPDATE jobs SET owner = ?, lease_until = ? WHERE id = (SELECT id FROM jobs WHERE id = ?"
+               f" AND state IN ({_ACTIVE_MARKS}) AND (owner IS NULL OR owner = ? OR lease_until IS NULL"
+               f" OR lease_until < ?){skip_locked(self.db)})")
+        taken = self.db.execute(sql, [owner, iso(until), job_id, *_ACTIVE, owner, iso(now)]).rowcount == 1
         return self.get(job_id) if taken else None
 
     def claimable(self, *, now: datetime | None = None) -> list[Job]:
@@ -232,6 +233,8 @@ class SqliteJobStore:
         args: list[Any] = [owner, *_ACTIVE]
         if job_ids is not None:
             ids = list(job_ids)
+            if not ids:  # nothing to give up (and ``IN ()`` is SQLite's only, not PostgreSQL's)
+                return 0
             sql += f" AND id IN ({','.join('?' * len(ids))})"
             args.extend(ids)
         with transaction(self.db):
@@ -308,6 +311,8 @@ class SqliteJobStore:
             args.append(account)
         if states is not None:
             vals = [s.value for s in states]
+            if not vals:  # no state asked for: no job (``IN ()`` is SQLite's only)
+                return []
             sql += f" AND state IN ({','.join('?' * len(vals))})"
             args.extend(vals)
         sql += " ORDER BY created_at DESC LIMIT ?"

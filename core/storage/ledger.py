@@ -12,15 +12,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import sqlite_utils
-
 from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.credits.ledger import REPORT_FIELDS, Balance, LedgerEntry, check_size, report_csv
 from imagine_bot.core.credits.periods import ADJECTIVES, PERIODS, describe_refill, next_boundary, period_start
 from imagine_bot.core.errors import ConfigError, InsufficientCredits, NotFound, UserInputError
 from imagine_bot.core.jobs.model import ACTIVE_STATES
 from imagine_bot.core.storage.budgets import SqliteBudgets
-from imagine_bot.core.storage.db import iso, snapshot, transaction, utcnow
+from imagine_bot.core.storage.db import Database, iso, snapshot, transaction, utcnow
 
 ENTRY_COLUMNS = (
     "id", "ts", "account", "kind", "delta_balance", "delta_held", "balance_after", "held_after", "job_id",
@@ -46,7 +44,7 @@ class SqliteLedger:
 
     def __init__(
         self,
-        db: sqlite_utils.Database,
+        db: Database,
         *,
         budgets: SqliteBudgets,
         allowance: int,

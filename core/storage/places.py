@@ -3,14 +3,12 @@ workspace (``core.access.places``)."""
 
 from __future__ import annotations
 
-import sqlite_utils
-
 from imagine_bot.core.access.places import PlacePrefs
-from imagine_bot.core.storage.db import iso, transaction, utcnow
+from imagine_bot.core.storage.db import Database, iso, transaction, utcnow
 
 
 class SqlitePlaces:
-    def __init__(self, db: sqlite_utils.Database) -> None:
+    def __init__(self, db: Database) -> None:
         self.db = db
 
     # ------------------------------------------------------------------ bans

@@ -8,10 +8,8 @@ import json
 from datetime import datetime
 from typing import Any
 
-import sqlite_utils
-
 from imagine_bot.core.chat.presets import Preset
-from imagine_bot.core.storage.db import iso, transaction, utcnow
+from imagine_bot.core.storage.db import Database, iso, transaction, utcnow
 
 _COLUMNS = "scope, name, template, aspect_ratio, quality, images, updated_by, updated_at"
 
@@ -24,7 +22,7 @@ def _preset(row: tuple[Any, ...]) -> Preset:
 
 
 class SqlitePresets:
-    def __init__(self, db: sqlite_utils.Database) -> None:
+    def __init__(self, db: Database) -> None:
         self.db = db
 
     def get(self, scope: str, name: str) -> Preset | None:

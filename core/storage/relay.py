@@ -1,17 +1,20 @@
 """The callback relay's table (``callback_relay``): callbacks one process received for a task another
-process tracks (``core.jobs.relay``)."""
+process tracks (``core.jobs.relay``). On PostgreSQL each new row also wakes the other processes at once
+(``NOTIFY imagine_relay``); they poll as well, so a lost notification (a reconnection, PgBouncer) only
+delays a callback to the next poll."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 
-import sqlite_utils
+from imagine_bot.core.storage.db import Database, iso, listen, notify, transaction, utcnow
 
-from imagine_bot.core.storage.db import iso, transaction, utcnow
+CHANNEL = "imagine_relay"
 
 
 class SqliteRelayStore:
-    def __init__(self, db: sqlite_utils.Database) -> None:
+    def __init__(self, db: Database) -> None:
         self.db = db
 
     def last_id(self) -> int:
@@ -23,6 +26,11 @@ class SqliteRelayStore:
             self.db.execute(
                 "INSERT INTO callback_relay (task_id, final, origin, received_at) VALUES (?, ?, ?, ?)",
                 [task_id, final, origin, iso(utcnow())])
+            notify(self.db, CHANNEL)
+
+    def listen(self, wake: Callable[[], None]) -> Callable[[], None] | None:
+        """Call ``wake()`` (from another thread) whenever a process puts a row; None: no push here, poll."""
+        return listen(self.db, CHANNEL, wake)
 
     def after(self, seen: int, origin: str) -> list[tuple[int, str, str | None]]:
         """Rows newer than ``seen`` that another process put: (id, task id, final answer as JSON or None)."""

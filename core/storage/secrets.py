@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import secrets
 
-import sqlite_utils
-
-from imagine_bot.core.storage.db import transaction
+from imagine_bot.core.storage.db import Database, transaction
 
 
-def load_secret(db: sqlite_utils.Database, name: str = "refs") -> bytes:
+def load_secret(db: Database, name: str = "refs") -> bytes:
     """The key called ``name``, made on first use; every process on the database shares it."""
     with transaction(db):
         db.execute("INSERT INTO app_secrets (name, value) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",

@@ -1,9 +1,12 @@
-"""The SQLite stores of one database file, built together: the one builder ``ImagineCore``, the command line
-and the tests use (``SqliteStores.open(settings)``).
+"""The stores of one database, built together: the one builder ``ImagineCore``, the command line and the
+tests use (``SqliteStores.open(settings)``).
 
-Each store is the SQLite implementation of a protocol in ``core.storage.base``; domain code is typed by
-those protocols, never by these classes. The credits are built here with their budgets, from the settings,
-so no command moves a user's credits without the budgets that move with them.
+Each store implements a protocol in ``core.storage.base``; domain code is typed by those protocols, never
+by these classes. The same classes run on the SQLite file and, with ``DATABASE_URL``, on PostgreSQL: their
+portable SQL goes through the database object they are given (``sqlite_utils.Database``, or
+``core.storage.postgres.PgDatabase`` with the same entry points); ``open`` chooses from the settings. The
+credits are built here with their budgets, from the settings, so no command moves a user's credits without
+the budgets that move with them.
 """
 
 from __future__ import annotations
@@ -13,13 +16,18 @@ from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime
 from functools import cached_property
 
-import sqlite_utils
-
 from imagine_bot.core.settings import Settings
 from imagine_bot.core.storage.approvals import SqliteApprovals
 from imagine_bot.core.storage.budgets import SqliteBudgets
 from imagine_bot.core.storage.dashboard import Queries, SqliteLinkStore
-from imagine_bot.core.storage.db import CLI_BUSY_TIMEOUT_S, open_db, read_only, transaction, utcnow
+from imagine_bot.core.storage.db import (
+    CLI_BUSY_TIMEOUT_S,
+    Database,
+    open_database,
+    read_only_database,
+    transaction,
+    utcnow,
+)
 from imagine_bot.core.storage.gateway_account import SqliteGatewayAccount
 from imagine_bot.core.storage.installations import (
     InstalledPlace,
@@ -38,9 +46,10 @@ from imagine_bot.core.storage.thumbnails import SqliteThumbnailIndex
 
 
 class SqliteStores:
-    """Every store of one SQLite database (``IMAGINE_DB_PATH``), shared by the processes of one machine."""
+    """Every store of one database: the SQLite file (``IMAGINE_DB_PATH``), shared by the processes of one
+    machine, or PostgreSQL (``DATABASE_URL``), shared by every host."""
 
-    def __init__(self, db: sqlite_utils.Database, settings: Settings, *,
+    def __init__(self, db: Database, settings: Settings, *,
                  clock: Callable[[], datetime] = utcnow) -> None:
         self.db = db
         self.settings = settings
@@ -49,19 +58,20 @@ class SqliteStores:
     @classmethod
     def open(cls, settings: Settings, *, busy_timeout_s: float = CLI_BUSY_TIMEOUT_S,
              clock: Callable[[], datetime] = utcnow) -> SqliteStores:
-        """Open (creating and migrating if needed) the database of ``settings``."""
-        return cls(open_db(settings.IMAGINE_DB_PATH, busy_timeout_s=busy_timeout_s), settings, clock=clock)
+        """Open (creating and migrating if needed) the database of ``settings``: PostgreSQL at ``DATABASE_URL``
+        when set (``ConfigError`` naming the host and the cause if it cannot be reached), else SQLite."""
+        return cls(open_database(settings, busy_timeout_s=busy_timeout_s), settings, clock=clock)
 
     @classmethod
     @contextmanager
     def read_only(cls, settings: Settings) -> Iterator[SqliteStores | None]:
         """The stores of ``settings``' database for reading only (no migration, no write lock: ``imagine-bot
         doctor``), or None when the database does not exist yet."""
-        with read_only(settings.IMAGINE_DB_PATH) as db:
+        with read_only_database(settings) as db:
             yield None if db is None else cls(db, settings)
 
     def close(self) -> None:
-        self.db.conn.close()
+        self.db.close()
 
     def transaction(self) -> AbstractContextManager[object]:
         """One short write transaction that every store call inside joins (all or nothing)."""

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from datetime import datetime
 
-import sqlite_utils
-
-from imagine_bot.core.storage.db import iso, transaction, utcnow
+from imagine_bot.core.storage.db import Database, iso, transaction, utcnow
 
 
 class SqliteThumbnailIndex:
-    def __init__(self, db: sqlite_utils.Database) -> None:
+    def __init__(self, db: Database) -> None:
         self.db = db
 
     def put(self, job_id: str, webp: bytes, width: int, height: int) -> None:
