@@ -20,6 +20,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+#: the builds write into the checkout (build/, the egg-info, the sdist's staging folder imagine_bot-0.1.0/,
+#: which git does not ignore): one after the other, and never while tests/test_first_hour.py copies it
+CHECKOUT = pytest.mark.xdist_group("checkout")
 
 
 def _declared_packages() -> set[str]:
@@ -39,6 +42,7 @@ def test_every_source_folder_is_a_declared_package():
     assert found == _declared_packages()
 
 
+@CHECKOUT
 def test_the_build_prints_no_warning(tmp_path):
     built = subprocess.run([sys.executable, "-m", "build", "--no-isolation", "--wheel", "--outdir", str(tmp_path),
                             str(ROOT)], capture_output=True, text=True, timeout=240)
@@ -63,6 +67,7 @@ def test_no_absolute_import_of_the_bare_folder_names():
 
 
 @pytest.mark.slow
+@CHECKOUT
 def test_wheel_installs_under_one_name_and_runs(tmp_path):
     dist = tmp_path / "dist"
     subprocess.run([sys.executable, "-m", "build", "--no-isolation", "--outdir", str(dist), str(ROOT)],
