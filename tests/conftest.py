@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import hypothesis
 import pytest
 
 from imagine_bot.core.app import ImagineCore
@@ -24,6 +25,13 @@ FAST_DELAYS = {"waiting": 0.02, "queuing": 0.02, "generating": 0.04}
 
 #: under CI=true a skip fails (tests/no_skips_in_ci.py); pytester runs the suite's own plugins in tests
 pytest_plugins = ["tests.no_skips_in_ci", "pytester"]
+
+# no wall-clock bound in a test, hypothesis's either: its 200 ms deadline per example (and its health check of
+# slow data generation) trip on a busy machine, with the suite's workers sharing 2 cores
+hypothesis.settings.register_profile("suite", deadline=None,
+                                     suppress_health_check=[hypothesis.HealthCheck.too_slow])
+hypothesis.settings.load_profile("suite")
+
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
     """``-n auto`` (pyproject.toml's addopts): two workers a core. Most of the suite's time is waiting (on
