@@ -402,11 +402,14 @@ def skip_locked(db: Database) -> str:
     return " FOR UPDATE SKIP LOCKED" if is_postgres(db) else ""
 
 
-def for_update(db: Database) -> str:
+def for_update(db: Database, of: str | None = None) -> str:
     """What ends a ``SELECT`` of the rows a money transaction (``transaction(db, rows=True)``) reads to decide
     and then changes: PostgreSQL's ``FOR UPDATE`` (the row stays locked until the commit, so no other
-    transaction changes it in between); nothing on SQLite, where the one writer holds the whole file."""
-    return " FOR UPDATE" if is_postgres(db) else ""
+    transaction changes it in between; ``of``: only the rows of that table or alias of a join); nothing on
+    SQLite, where the one writer holds the whole file."""
+    if not is_postgres(db):
+        return ""
+    return f" FOR UPDATE OF {of}" if of else " FOR UPDATE"
 
 
 def later(db: Database, sql: str, params: Sequence[Any]) -> None:

@@ -213,11 +213,16 @@ class SqliteLedger:
     def _settle(self, job_id: str, kind: str) -> bool:
         now = self._now()
         with transaction(self.db, rows=True):
-            reserved = self._entry(job_id, "reserve")
-            if reserved is None:
+            # the reservation and its account, the account locked first: a settlement of the same job waits
+            # here, then sees ours (PostgreSQL gives the locked row as it is after the wait)
+            row = self.db.execute(
+                "SELECT l.delta_held, a.account, a.balance, a.held, a.allowance, a.period_start FROM ledger l"
+                " JOIN accounts a ON a.account = l.account WHERE l.job_id = ? AND l.kind = 'reserve'"
+                + for_update(self.db, of="a"), [job_id]).fetchone()
+            if row is None:
                 raise NotFound(f"job {job_id!r} has no credit reservation")
-            key, cost = reserved
-            acct = self._must_load(key)  # locked first: a settlement of the same job waits here, then sees ours
+            cost, key = row[0], row[1]
+            acct = _Account(key, row[2], row[3], row[4], datetime.fromisoformat(row[5]) if row[5] else None)
             if self.db.execute("SELECT 1 FROM ledger WHERE job_id = ? AND kind IN ('capture', 'release')",
                                [job_id]).fetchone():
                 return False

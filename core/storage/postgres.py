@@ -312,9 +312,8 @@ class PgDatabase:
         if state.conn is not None:
             if state.locked == "shared" and mode == "exclusive":
                 raise RuntimeError("a transaction that needs the write lock alone, inside a money transaction")
-            if state.locked is None:
-                with _errors(self.url):
-                    state.conn.execute(self._lock[mode])
+            if state.locked is None:  # sent ahead of the next statement
+                state.pending.append((self._lock[mode], []))
                 state.locked = mode
             yield self
             return
@@ -334,13 +333,9 @@ class PgDatabase:
     def _session(self, begin: str, *, locked: str | None) -> Iterator[None]:
         state = self._state
         with _errors(self.url), self.pool.connection() as conn:
-            try:
-                conn.execute(begin)
-            except psycopg.Error:  # the write lock not had in time (DatabaseBusy): end the transaction begun
-                if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-                    conn.execute("ROLLBACK")
-                raise
-            state.conn, state.locked = conn, locked
+            # BEGIN (and the write lock) go out with the first statement: a round trip fewer; the lock not had
+            # in time raises there, inside the transaction, which then rolls back
+            state.conn, state.locked, state.pending = conn, locked, [(begin, [])]
             try:
                 yield
             except BaseException:
@@ -372,6 +367,10 @@ class PgDatabase:
         if conn is None:
             raise RuntimeError("copy_rows runs inside transaction(db)")
         names = pgsql.SQL(", ").join(pgsql.Identifier(c) for c in columns)
+        if self._state.pending:
+            pending, self._state.pending = self._state.pending, []
+            with _errors(self.url):
+                conn.execute(self._inline(conn, pending))
         with _errors(self.url), conn.cursor() as cur, cur.copy(
                 pgsql.SQL("COPY {} ({}) FROM STDIN").format(pgsql.Identifier(table), names)) as copy:
             for row in rows:
