@@ -15,7 +15,7 @@ from imagine_bot.core.credits.budgets import MAX_CREDITS_CHANGE, UNLIMITED, Budg
 from imagine_bot.core.credits.periods import PERIODS, next_boundary, period_name, period_start, refill_words
 from imagine_bot.core.errors import BudgetExhausted, UserInputError
 from imagine_bot.core.jobs.model import ACTIVE_STATES
-from imagine_bot.core.storage.db import Database, iso, transaction, utcnow
+from imagine_bot.core.storage.db import Database, for_update, iso, later, transaction, utcnow
 
 _ACTIVE = tuple(s.value for s in ACTIVE_STATES)
 _ACTIVE_MARKS = ",".join("?" * len(_ACTIVE))
@@ -43,7 +43,8 @@ class SqliteBudgets:
 
     # ------------------------------------------------------------------ rows
     def _row(self, scope: str) -> dict[str, Any] | None:
-        rows = list(self.db.query("SELECT * FROM budgets WHERE scope = ?", [scope]))
+        """The budget's row; inside a transaction locked until its end (PostgreSQL: ``FOR UPDATE``)."""
+        rows = list(self.db.query("SELECT * FROM budgets WHERE scope = ?" + for_update(self.db), [scope]))
         return rows[0] if rows else None
 
     def _amount(self, row: dict[str, Any]) -> tuple[int | None, bool]:
@@ -70,7 +71,7 @@ class SqliteBudgets:
             start = period_start(now, period)
             self.db.execute(
                 "INSERT INTO budgets (scope, amount, period, period_start, spent, held, member_cap, updated_at)"
-                " VALUES (?, NULL, ?, ?, 0, 0, NULL, ?)",
+                " VALUES (?, NULL, ?, ?, 0, 0, NULL, ?) ON CONFLICT (scope) DO NOTHING",
                 [scope, period, None if start is None else iso(start), iso(now)])
             row = self._row(scope)
             assert row is not None
@@ -93,13 +94,15 @@ class SqliteBudgets:
     def _write(self, scope: str, now: datetime, kind: str, *, delta_spent: int = 0, delta_held: int = 0,
                job_id: str | None = None, account: str | None = None, channel: str | None = None,
                actor: str | None = None, note: str | None = None) -> None:
-        spent, held = self.db.execute(
-            "UPDATE budgets SET spent = spent + ?, held = held + ?, updated_at = ? WHERE scope = ?"
-            " RETURNING spent, held", [delta_spent, delta_held, iso(now), scope]).fetchone()
-        self.db.execute(
-            "INSERT INTO budget_ledger (ts, scope, kind, delta_spent, delta_held, spent_after, held_after, job_id,"
-            " account, channel, actor, note) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [iso(now), scope, kind, delta_spent, delta_held, spent, held, job_id, account, channel, actor, note])
+        """Apply one change to a budget and append its row (with the totals after it); nothing reads their
+        results (``later``: on PostgreSQL they go out with the transaction's next statement)."""
+        later(self.db, "UPDATE budgets SET spent = spent + ?, held = held + ?, updated_at = ? WHERE scope = ?",
+              [delta_spent, delta_held, iso(now), scope])
+        later(self.db,
+              "INSERT INTO budget_ledger (ts, scope, kind, delta_spent, delta_held, spent_after, held_after, job_id,"
+              " account, channel, actor, note) SELECT ?, scope, ?, ?, ?, spent, held, ?, ?, ?, ?, ? FROM budgets"
+              " WHERE scope = ?",
+              [iso(now), kind, delta_spent, delta_held, job_id, account, channel, actor, note, scope])
 
     def _member_spend(self, scope: str, account: str, since: datetime | None) -> int:
         row = self.db.execute(
@@ -113,7 +116,7 @@ class SqliteBudgets:
         """Hold ``cost`` on the global budget and every scope given (a channel only if it has a budget);
         raise ``BudgetExhausted`` naming the first that cannot cover it. Joins the caller's transaction."""
         now = self._now()
-        with transaction(self.db):
+        with transaction(self.db, rows=True):
             wanted = [s for s in scopes if "#" not in s or self._row(s) is not None]
             for scope in [*wanted, GLOBAL]:
                 row = self._touch(scope, now)
@@ -134,7 +137,7 @@ class SqliteBudgets:
 
     def check(self, scopes: Sequence[str], account: str, cost: int) -> None:
         """Raise the ``BudgetExhausted`` a reservation would meet now, changing nothing."""
-        with transaction(self.db):
+        with transaction(self.db, rows=True):
             self.db.execute("SAVEPOINT budget_check")
             try:
                 self.reserve(scopes, "-precheck-", account, None, cost)
@@ -145,11 +148,11 @@ class SqliteBudgets:
     def settle(self, job_id: str, kind: str) -> None:
         """Capture or release every budget hold of a job that has not been settled yet."""
         now = self._now()
-        with transaction(self.db):
+        with transaction(self.db, rows=True):
             held = self.db.execute(
                 "SELECT r.scope, r.delta_held, r.account, r.channel FROM budget_ledger r WHERE r.job_id = ?"
                 " AND r.kind = 'reserve' AND NOT EXISTS (SELECT 1 FROM budget_ledger s WHERE s.job_id = r.job_id"
-                " AND s.scope = r.scope AND s.kind IN ('capture', 'release'))", [job_id]).fetchall()
+                " AND s.scope = r.scope AND s.kind IN ('capture', 'release')) ORDER BY r.id", [job_id]).fetchall()
             for scope, cost, account, channel in held:
                 self._write(scope, now, kind, delta_spent=cost if kind == "capture" else 0, delta_held=-cost,
                             job_id=job_id, account=account, channel=channel)
