@@ -67,3 +67,38 @@ async def test_put_leaves_the_pace_lookup_to_the_worker():
     await asyncio.wait_for(sent.wait(), 5)
     assert looked_up  # the worker did, before sending
     await outbox.wait_idle()
+
+
+class Statuses:
+    """A front end that notes the statuses it is given."""
+
+    platform = "terminal"
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    async def publish(self, event: object) -> None:
+        self.events.append(type(event).__name__)
+
+
+async def test_a_jobs_work_waits_until_no_command_is_being_answered(core, sandbox):
+    """Accepted while another command waits for its ack (a burst): the job is reserved and recorded at
+    once, but its worker (createTask) and its status message go only once that command is answered."""
+    statuses = Statuses()
+    core.register(statuses)
+    lull = core.orchestrator.lull
+    lull.most_s = 3600.0  # only the end of the command lets the work go
+    with core.answering():  # another command of the burst, not answered yet
+        job = await core.imagine(ALICE, REPLY, "a lighthouse at dusk")
+        assert core.ledger.balance(ALICE).held == job.cost  # reserved and recorded before its own ack
+        for _ in range(50):
+            await asyncio.sleep(0)
+        await asyncio.sleep(0.2)
+        assert sandbox.requests["createTask"] == 0
+        assert statuses.events == []
+        assert core.jobs.state(job.id).value == "queued"
+        assert lull.waiting == 2  # the job's worker and its Accepted status
+    await core.orchestrator.wait_idle()
+    assert core.jobs.state(job.id).value == "delivered"
+    assert sandbox.requests["createTask"] == 1
+    assert statuses.events[0] == "Accepted"

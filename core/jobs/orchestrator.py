@@ -70,6 +70,7 @@ from imagine_bot.core.gateway.catalog import CATALOG, ModelSpec
 from imagine_bot.core.jobs.admission import Admission
 from imagine_bot.core.jobs.approvals import Approvals
 from imagine_bot.core.jobs.leases import LeaseClock, new_owner_id
+from imagine_bot.core.jobs.lull import Lull
 from imagine_bot.core.jobs.model import Job, JobRequest, JobState, ReplyTo, new_job_id
 from imagine_bot.core.jobs.outbox import UNPACED, Outbox, Refresh, Send
 from imagine_bot.core.jobs.ratelimit import RateLimiter
@@ -162,7 +163,9 @@ class Orchestrator:
         # ~10 recordInfo/s; callback confirmations may use a second's worth at once
         self.poll_limiter = RateLimiter(poll_rate_per_s, burst=2, urgent_burst=max(2, int(poll_rate_per_s)))
         self.frontends: dict[str, FrontEnd] = {}
-        self.outbox = Outbox(monotonic)
+        #: what follows an ack (a job's worker, its status messages) waits while commands are being decided
+        self.lull = Lull()
+        self.outbox = Outbox(monotonic, lull=self.lull)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._wakeups: dict[str, asyncio.Event] = {}
         #: final answers from verified account webhooks, for the trackers they woke (no recordInfo needed)
@@ -228,6 +231,7 @@ class Orchestrator:
         For front ends that must decide before they acknowledge (Discord: private or public reply);
         ``submit`` still enforces both atomically.
         """
+        self.lull.touch()
         if self.jobs.count_active(requester.key) >= self.max_active_per_user:
             raise TooManyActiveJobs(self.max_active_per_user)
         cost = self.model.cost if cost is None else cost
@@ -245,7 +249,10 @@ class Orchestrator:
             await check(reply)
 
     async def submit(self, request: JobRequest) -> Job:
-        """Reserve credits, record the job and start it. Raises a user-facing ``ImagineError``."""
+        """Reserve credits, record the job and start it. Raises a user-facing ``ImagineError``.
+
+        The job's worker starts once commands stop arriving (``Lull``): nothing it does decides the answer."""
+        self.lull.touch()
         if not self._accepting:
             raise ShuttingDown("refused a new job: the process is stopping")
         if request.dedupe_key:
@@ -515,6 +522,7 @@ class Orchestrator:
         self._phase[job.id] = phase
 
     async def _run(self, job_id: str) -> None:
+        await self.lull.wait()  # after the acks of the commands being decided now
         job = self.jobs.get(job_id)
         gateway_done: float | None = None  # when the gateway said success (for the delivery overhead)
         try:
