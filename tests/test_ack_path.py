@@ -102,3 +102,25 @@ async def test_a_jobs_work_waits_until_no_command_is_being_answered(core, sandbo
     assert core.jobs.state(job.id).value == "delivered"
     assert sandbox.requests["createTask"] == 1
     assert statuses.events[0] == "Accepted"
+
+
+def test_a_reservation_reads_the_account_and_its_budgets_once_each(core):
+    """Before the ack (issue 22): a reservation against a place and a channel with a budget, for an account
+    that exists, is one read of the account, one of its reservation (a second reserve of a job changes
+    nothing), one of every budget over it, and an update and an insert for the account and for the
+    budgets; no row is read back."""
+    bob = UserRef("slack", "T1", "U1")
+    core.budgets.set_amount("slack:T1#C1", 1000, actor="test")
+    core.ledger.reserve(bob, "j-first", 18, scopes=("slack:T1", "slack:T1#C1"), channel="C1")  # opens it
+    statements: list[str] = []
+    core.stores.db.conn.set_trace_callback(statements.append)
+    try:
+        balance = core.ledger.reserve(bob, "j-second", 18, scopes=("slack:T1", "slack:T1#C1"), channel="C1")
+    finally:
+        core.stores.db.conn.set_trace_callback(None)
+    work = [s.split()[0] for s in statements if s not in ("BEGIN IMMEDIATE", "COMMIT")]
+    assert work == ["SELECT", "SELECT", "UPDATE", "INSERT", "SELECT", "UPDATE", "INSERT"], statements
+    assert (balance.balance, balance.held) == (180, 36)
+    assert core.budgets.job_scopes("j-second") == ["slack:T1", "slack:T1#C1", "global"]
+    assert [core.budgets.status(s).held for s in ("slack:T1", "slack:T1#C1", "global")] == [36, 36, 36]
+    assert core.ledger.verify() == []

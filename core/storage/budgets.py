@@ -19,6 +19,9 @@ from imagine_bot.core.storage.db import Database, iso, transaction, utcnow
 
 _ACTIVE = tuple(s.value for s in ACTIVE_STATES)
 _ACTIVE_MARKS = ",".join("?" * len(_ACTIVE))
+_COLUMNS = ("scope", "amount", "period", "period_start", "spent", "held", "member_cap", "updated_at")
+_SELECT = f"SELECT {', '.join(_COLUMNS)} FROM budgets"
+_LEDGER_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
 
 class SqliteBudgets:
@@ -43,8 +46,13 @@ class SqliteBudgets:
 
     # ------------------------------------------------------------------ rows
     def _row(self, scope: str) -> dict[str, Any] | None:
-        rows = list(self.db.query("SELECT * FROM budgets WHERE scope = ?", [scope]))
-        return rows[0] if rows else None
+        return self._rows([scope]).get(scope)
+
+    def _rows(self, scopes: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The budget rows of ``scopes`` that exist, by scope, in one statement."""
+        marks = ", ".join("?" * len(scopes))
+        found = self.db.execute(f"{_SELECT} WHERE scope IN ({marks})", list(scopes)).fetchall()
+        return {row[0]: dict(zip(_COLUMNS, row, strict=True)) for row in found}
 
     def _amount(self, row: dict[str, Any]) -> tuple[int | None, bool]:
         """The effective amount (None: unlimited) and whether it is the default."""
@@ -61,9 +69,10 @@ class SqliteBudgets:
         return BudgetStatus(row["scope"], amount, row["period"], row["spent"], row["held"], start, nxt,
                             row["member_cap"], default)
 
-    def _touch(self, scope: str, now: datetime) -> dict[str, Any]:
-        """The budget row, created on first use, with a due period reset applied."""
-        row = self._row(scope)
+    def _touch(self, scope: str, now: datetime, rows: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+        """The budget row, created on first use, with a due period reset applied (``rows``: the rows of
+        ``_rows`` read just before, in the same transaction)."""
+        row = self._row(scope) if rows is None else rows.get(scope)
         wanted = self.cap_period if scope == GLOBAL else None
         if row is None:
             period = wanted or self.period
@@ -114,9 +123,10 @@ class SqliteBudgets:
         raise ``BudgetExhausted`` naming the first that cannot cover it. Joins the caller's transaction."""
         now = self._now()
         with transaction(self.db):
-            wanted = [s for s in scopes if "#" not in s or self._row(s) is not None]
-            for scope in [*wanted, GLOBAL]:
-                row = self._touch(scope, now)
+            rows = self._rows([*scopes, GLOBAL])  # one read of every budget over the job
+            wanted = [*(s for s in scopes if "#" not in s or s in rows), GLOBAL]
+            for scope in wanted:
+                row = self._touch(scope, now, rows)
                 status = self._status(row)
                 if status.remaining is not None and status.remaining < cost:
                     raise BudgetExhausted(scope=scope, noun=scope_noun(scope), remaining=status.remaining,
@@ -129,8 +139,23 @@ class SqliteBudgets:
                                               cost=cost, period=period_name(status.period, status.period_start),
                                               refill=refill_words(status.period, status.next_reset),
                                               member_cap=status.member_cap)
-            for scope in [*wanted, GLOBAL]:
-                self._write(scope, now, "reserve", delta_held=cost, job_id=job_id, account=account, channel=channel)
+            self._hold(wanted, now, cost, job_id, account, channel)
+
+    def _hold(self, scopes: list[str], now: datetime, cost: int, job_id: str, account: str,
+              channel: str | None) -> None:
+        """``_write`` of a reservation on every scope at once: one update and one insert of a row each, in
+        the order of ``scopes`` (``job_scopes`` reads them back in that order)."""
+        marks = ", ".join("?" * len(scopes))
+        after = {scope: (spent, held) for scope, spent, held in self.db.execute(
+            f"UPDATE budgets SET held = held + ?, updated_at = ? WHERE scope IN ({marks}) RETURNING scope, spent, held",
+            [cost, iso(now), *scopes]).fetchall()}
+        values: list[Any] = []
+        for scope in scopes:
+            spent, held = after[scope]
+            values += [iso(now), scope, "reserve", 0, cost, spent, held, job_id, account, channel, None, None]
+        self.db.execute(
+            "INSERT INTO budget_ledger (ts, scope, kind, delta_spent, delta_held, spent_after, held_after, job_id,"
+            f" account, channel, actor, note) VALUES {', '.join([_LEDGER_ROW] * len(scopes))}", values)
 
     def check(self, scopes: Sequence[str], account: str, cost: int) -> None:
         """Raise the ``BudgetExhausted`` a reservation would meet now, changing nothing."""

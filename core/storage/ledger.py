@@ -8,7 +8,7 @@ transaction (``Store.transaction``), it joins it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -93,8 +93,8 @@ class SqliteLedger:
         job_id: str | None = None,
         actor: str | None = None,
         note: str | None = None,
-    ) -> None:
-        """Apply one change to an account and append its ledger row."""
+    ) -> tuple[int, int]:
+        """Apply one change to an account and append its ledger row; the account's balance and held after it."""
         balance, held = self.db.execute(
             "UPDATE accounts SET balance = balance + ?, held = held + ?, updated_at = ? WHERE account = ?"
             " RETURNING balance, held",
@@ -105,6 +105,7 @@ class SqliteLedger:
             " job_id, actor, note) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [iso(now), key, kind, delta_balance, delta_held, balance, held, job_id, actor, note],
         )
+        return int(balance), int(held)
 
     def _refill_due(self, acct: _Account, now: datetime) -> bool:
         if self.period == "never":
@@ -121,11 +122,13 @@ class SqliteLedger:
         start = period_start(now, self.period)
         assert start is not None
         self.db.execute("UPDATE accounts SET period_start = ? WHERE account = ?", [iso(start), acct.account])
+        acct = replace(acct, period_start=start)
         amount = max(0, self._allowance(acct) - acct.balance)
         if amount:
             note = f"{ADJECTIVES[self.period]} allowance"
-            self._write(acct.account, now, "refill", delta_balance=amount, note=note)
-        return self._must_load(acct.account)
+            balance, held = self._write(acct.account, now, "refill", delta_balance=amount, note=note)
+            acct = replace(acct, balance=balance, held=held)
+        return acct
 
     def _must_load(self, key: str) -> _Account:
         acct = self._load(key)
@@ -145,8 +148,8 @@ class SqliteLedger:
             [who.key, who.platform, who.workspace, who.user, None if start is None else iso(start), iso(now),
              iso(now)],
         )
-        self._write(who.key, now, "refill", delta_balance=self.allowance, note="new account")
-        return self._must_load(who.key)
+        balance, held = self._write(who.key, now, "refill", delta_balance=self.allowance, note="new account")
+        return _Account(who.key, balance, held, None, start)
 
     def _balance(self, acct: _Account) -> Balance:
         allowance = self._allowance(acct)
@@ -186,9 +189,9 @@ class SqliteLedger:
             if available < cost:
                 nxt = self._balance(acct).next_refill
                 raise InsufficientCredits(balance=available, cost=cost, next_refill=describe_refill(nxt, now))
-            self._write(who.key, now, "reserve", delta_held=cost, job_id=job_id)
+            balance, held = self._write(who.key, now, "reserve", delta_held=cost, job_id=job_id)
             self.budgets.reserve(scopes, job_id, who.key, channel, cost)
-            return self._balance(self._must_load(who.key))
+            return self._balance(replace(acct, balance=balance, held=held))
 
     def capture(self, job_id: str) -> bool:
         """Charge a delivered job its held cost. False (and no change) if it was already captured or
