@@ -104,6 +104,10 @@ URGENT_EVERY_S = 3.0
 SAVE_BACKOFF_CAP_S = 2.0
 
 
+#: a submit waiting for its batch's transaction: told its job or refusal, and how to reserve and record it
+_Waiting = tuple[asyncio.Future[Job], Callable[[], Job]]
+
+
 class _Drained(Exception):
     """Internal: the process is draining and this job is left for the next owner at a safe point."""
 
@@ -166,6 +170,9 @@ class Orchestrator:
         #: what follows an ack (a job's worker, its status messages) waits while commands are being decided
         self.lull = Lull()
         self.outbox = Outbox(monotonic, lull=self.lull)
+        #: submits waiting to be reserved and recorded together (``_together``)
+        self._batch: list[_Waiting] = []
+        self._submitting = 0  # submits waiting for their batch (``wait_idle`` waits for them too)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._wakeups: dict[str, asyncio.Event] = {}
         #: final answers from verified account webhooks, for the trackers they woke (no recordInfo needed)
@@ -267,14 +274,15 @@ class Orchestrator:
         job_id = new_job_id()
         model = request.model or self.model.id
         cost = self.model.cost if request.cost is None else request.cost
+        self._submitting += 1
         try:
-            with self.store.transaction():
-                if self.jobs.count_active(request.requester.key) >= self.max_active_per_user:
-                    raise TooManyActiveJobs(self.max_active_per_user)
-                self.ledger.reserve(request.requester, job_id, cost, scopes=request.scopes,
-                                    channel=request.reply.channel)
-                job = self.jobs.insert(request, model=model, cost=cost, job_id=job_id,
-                                       owner=self.owner, lease_until=self.leases.until())
+            return await self._accept(request, job_id, model, cost)
+        finally:
+            self._submitting -= 1
+
+    async def _accept(self, request: JobRequest, job_id: str, model: str, cost: int) -> Job:
+        try:
+            job = await self._together(partial(self._record, request, job_id, model, cost))
         except DuplicateRequest:
             # the same request arrived twice at once: the other delivery made the job
             existing = self.jobs.by_dedupe_key(request.dedupe_key or "")
@@ -286,6 +294,60 @@ class Orchestrator:
         if self.jobs.state(job.id) is JobState.QUEUED:  # a front end may cancel on Accepted
             self._start(job)
         return job
+
+    def _record(self, request: JobRequest, job_id: str, model: str, cost: int) -> Job:
+        """Reserve and record one job (inside the batch's transaction): the limit, the credits and every
+        budget are checked against what the submits before it in the batch already hold."""
+        if self.jobs.count_active(request.requester.key) >= self.max_active_per_user:
+            raise TooManyActiveJobs(self.max_active_per_user)
+        self.ledger.reserve(request.requester, job_id, cost, scopes=request.scopes, channel=request.reply.channel)
+        return self.jobs.insert(request, model=model, cost=cost, job_id=job_id, owner=self.owner,
+                                lease_until=self.leases.until())
+
+    async def _together(self, record: Callable[[], Job]) -> Job:
+        """Reserve and record with the other submits of this turn of the event loop: one write transaction
+        for all (a burst's commands arrive together), a savepoint each, so a refusal undoes its own part only.
+        Every submit hears its answer after the one COMMIT: a reservation is durable before its ack, and a
+        refusal is decided before it."""
+        loop = asyncio.get_running_loop()
+        told: asyncio.Future[Job] = loop.create_future()
+        self._batch.append((told, record))
+        if len(self._batch) == 1:
+            loop.call_soon(self._record_batch)
+        return await told
+
+    def _record_batch(self) -> None:
+        batch, self._batch = self._batch, []
+        self._tell(batch, self._commit(batch))
+
+    def _commit(self, batch: list[_Waiting]) -> list[Job | Exception]:
+        outcomes: list[Job | Exception] = []
+        try:
+            with self.store.transaction():
+                for _, record in batch:
+                    if len(batch) == 1:  # alone: its error undoes the whole transaction
+                        outcomes.append(record())
+                        continue
+                    try:
+                        with self.store.savepoint():
+                            outcomes.append(record())
+                    except Exception as refused:  # a refusal (or a duplicate): its part only is undone
+                        outcomes.append(refused)
+        except Exception as failed:  # nothing of the batch was written (the write lock not had, the COMMIT)
+            outcomes = [failed] * len(batch)
+        return outcomes
+
+    def _tell(self, batch: list[_Waiting], outcomes: list[Job | Exception]) -> None:
+        """After the COMMIT: each submit hears its job or its refusal."""
+        for (told, _), outcome in zip(batch, outcomes, strict=True):
+            if told.cancelled():  # its command went away meanwhile: the job is recorded, so it is started
+                if isinstance(outcome, Job):
+                    log.warning("job %s recorded after its submit was cancelled; starting it", outcome.id)
+                    self._start(outcome)
+            elif isinstance(outcome, Exception):
+                told.set_exception(outcome)
+            else:
+                told.set_result(outcome)
 
     def _start(self, job: Job) -> None:
         if self._stopped:  # a submit that raced a stop: leave the job to the next owner at once
@@ -445,7 +507,10 @@ class Orchestrator:
 
     async def wait_idle(self) -> None:
         """Wait until no job is in flight and no status waits in the outbox (tests, the CLI)."""
-        while self._tasks or self.outbox.busy or (self.approvals is not None and self.approvals.busy):
+        while (self._tasks or self._submitting or self.outbox.busy
+               or (self.approvals is not None and self.approvals.busy)):
+            if self._submitting:  # told at the next turn of the loop, then started
+                await asyncio.sleep(0)
             await asyncio.gather(*list(self._tasks.values()), return_exceptions=True)
             await self.outbox.wait_idle()
             if self.approvals is not None:

@@ -581,6 +581,21 @@ def transaction(db: Database) -> Iterator[object]:
 
 
 @contextmanager
+def savepoint(db: Database, name: str = "part") -> Iterator[None]:
+    """A part of the current transaction that an error undoes alone (``SAVEPOINT``; the same on PostgreSQL,
+    where it also ends the aborted state a failed statement leaves): the error is raised, the transaction
+    goes on."""
+    db.execute(f"SAVEPOINT {name}")
+    try:
+        yield
+    except BaseException:
+        db.execute(f"ROLLBACK TO {name}")
+        db.execute(f"RELEASE {name}")
+        raise
+    db.execute(f"RELEASE {name}")
+
+
+@contextmanager
 def snapshot(db: Database) -> Iterator[object]:
     """A consistent read of several tables that takes no write lock (a deferred transaction: with WAL,
     readers never wait for the writer and never make it wait; PostgreSQL: ``REPEATABLE READ``). Nested use
