@@ -11,7 +11,9 @@ Every step is persisted before the next begins, so a restart resumes each job fr
 Money: ``reserve`` with the job insert, ``capture`` with the ``delivered`` state, ``release`` with the
 ``failed`` state, each in one transaction. The ledger refuses a second capture or release of a job, so
 no path charges twice, and a job that never delivered is never charged. A refused capture is an error
-(``CaptureRefused``, logged), never "delivered".
+(``CaptureRefused``, logged), never "delivered". Submits arriving in the same turn of the event loop (a
+burst) share one reserve-and-record transaction, a savepoint each (``_together``), and each is told after
+its COMMIT; their workers start once the burst's commands are answered (``core.jobs.lull``).
 
 Several processes may share the database (a rolling deploy, a double start). Each job is owned by one
 process through a lease (``core.jobs.leases``): this orchestrator claims jobs nobody holds, renews its
