@@ -99,6 +99,30 @@ def drift(path: str, expected_pairs: int) -> dict[str, Any]:
     return {"clean": all(v == 0 for v in checks.values()), **checks, "first_problems": problems[:3]}
 
 
+def round_trips(url: str) -> int:
+    """The queries one reserve+capture pair sends to PostgreSQL (each a round trip to the server), counted
+    on psycopg's cursor: a figure the machine's load does not move."""
+    import psycopg
+
+    sent = 0
+    execute = psycopg.Cursor.execute
+
+    def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
+        nonlocal sent
+        sent += 1
+        return execute(self, *args, **kwargs)
+
+    ledger = _ledger(url)
+    try:
+        pairs(ledger, "warm", 1, 0)
+        psycopg.Cursor.execute = counted  # type: ignore[method-assign]
+        pairs(ledger, "counted", 1, 0)
+    finally:
+        psycopg.Cursor.execute = execute  # type: ignore[method-assign]
+        ledger.db.close()
+    return sent
+
+
 def measure(path: str, single_n: int, per_process: int) -> dict[str, Any]:
     """One process, then ``PROCESSES`` at once, on the database at ``path``; then the drift check."""
     ledger = _ledger(path)
@@ -149,6 +173,9 @@ def run(quick: bool) -> dict[str, Any]:
     ]
     if "skipped" in pg:
         figures.append(fig("ledger on PostgreSQL", f"not measured: {pg['skipped']}", "", None))
+    if "round_trips" in pg:
+        figures.append(fig("round trips to PostgreSQL a reserve+capture pair", str(pg["round_trips"]), "", None,
+                           round_trips=pg["round_trips"]))
     for mode, words in (("durable", "commits flushed (the server's defaults)"),
                         ("async_commit", "synchronous_commit=off (SQLite's synchronous=NORMAL)")):
         if mode not in pg:
@@ -183,6 +210,7 @@ def postgres(quick: bool) -> dict[str, Any]:
         results["server"] = str(cluster.bindir)
         say(f"PostgreSQL ({cluster.bindir}), durable defaults")
         results["durable"] = measure(cluster.create_database("bench"), single_n, per_process)
+        results["round_trips"] = round_trips(cluster.create_database("trips"))
         cluster.admin("ALTER SYSTEM SET synchronous_commit = off")
         cluster.admin("SELECT pg_reload_conf()")
         say("PostgreSQL, synchronous_commit=off")

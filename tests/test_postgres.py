@@ -198,9 +198,9 @@ def test_write_transactions_run_one_at_a_time_like_sqlites(pg_url):
         order: list[str] = []
 
         def second() -> None:
-            with transaction(db):
-                order.append("second begins")
+            with transaction(db):  # BEGIN and the lock go out with its first statement
                 db.execute("UPDATE t SET v = 1 WHERE k = 'b'")
+                order.append("second wrote")
 
         with transaction(db):
             db.execute("UPDATE t SET v = 1 WHERE k = 'a'")
@@ -212,7 +212,7 @@ def test_write_transactions_run_one_at_a_time_like_sqlites(pg_url):
             assert order == []
             order.append("first commits")
         thread.join()
-        assert order == ["first commits", "second begins"]
+        assert order == ["first commits", "second wrote"]
         assert db.execute("SELECT SUM(v) FROM t").fetchone() == (2,)
     finally:
         db.close()
@@ -402,3 +402,128 @@ async def test_the_start_logs_where_the_data_is_without_the_password(make_settin
         assert pg_cluster.password not in repr(core.settings) and pg_cluster.password not in repr(core.stores.db)
     assert f"database postgresql://imagine:***@127.0.0.1:{pg_cluster.port}/" in caplog.text
     assert pg_cluster.password not in caplog.text
+
+
+# ---------------------------------------------------------------------- money transactions: row locks
+
+
+def _money(db, pause_in_budgets: threading.Event | None = None, paused: threading.Event | None = None):
+    """A ledger on ``db`` whose budgets' clock, read inside the money transaction once the account row is
+    locked, can hold the transaction open there (``paused`` set, then waiting for ``pause_in_budgets``)."""
+    from datetime import UTC, datetime
+
+    from imagine_bot.core.storage.budgets import SqliteBudgets
+    from imagine_bot.core.storage.ledger import SqliteLedger
+
+    def clock() -> datetime:
+        if pause_in_budgets is not None and threading.current_thread().name == "paused":
+            assert paused is not None
+            paused.set()
+            assert pause_in_budgets.wait(30), "the test never let the paused transaction go on"
+        return datetime.now(UTC)
+
+    budgets = SqliteBudgets(db, default_amount=None, clock=clock)
+    return SqliteLedger(db, budgets=budgets, allowance=100, period="never")
+
+
+def _in_thread(name: str, fn) -> tuple[threading.Thread, list]:
+    out: list = []
+
+    def run() -> None:
+        try:
+            out.append(fn())
+        except BaseException as exc:  # handed to the test
+            out.append(exc)
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    return thread, out
+
+
+def test_reservations_of_different_users_run_side_by_side(pg_url):
+    """A money transaction takes the write lock shared and locks its account's row: another user's
+    reservation is not queued behind it (with the lock exclusive, as every write took it before, the
+    second would wait for the first's commit, which here waits for the second: it would never end)."""
+    from imagine_bot.core.access.identity import UserRef
+
+    db = open_postgres(pg_url, busy_timeout_s=20)
+    go, paused = threading.Event(), threading.Event()
+    ledger = _money(db, go, paused)
+    alice, bob = UserRef("slack", "T1", "UALICE"), UserRef("slack", "T1", "UBOB")
+    try:
+        ledger.balance(alice), ledger.balance(bob)
+        first, first_out = _in_thread("paused", lambda: ledger.reserve(alice, "job-a", 18))
+        assert paused.wait(10)
+        second, second_out = _in_thread("second", lambda: ledger.reserve(bob, "job-b", 18))
+        second.join(15)
+        done_while_first_open = not second.is_alive()
+        go.set()
+        first.join(15)
+        second.join(15)
+        assert done_while_first_open, "bob's reservation waited for alice's transaction"
+        assert [b.held for b in first_out + second_out] == [18, 18]
+        assert ledger.verify() == []
+    finally:
+        go.set()
+        db.close()
+
+
+def test_a_capture_and_a_release_of_one_job_at_once_settle_it_once(pg_url):
+    """Two settlements of one job from two hosts at the same moment: the second waits on the account's row,
+    then finds the job settled (without the row locked before the check, both would pass it and the
+    job would be both charged and refunded)."""
+    from imagine_bot.core.access.identity import UserRef
+
+    db = open_postgres(pg_url, busy_timeout_s=20)
+    go, paused = threading.Event(), threading.Event()
+    ledger = _money(db, go, paused)
+    alice = UserRef("slack", "T1", "UALICE")
+    try:
+        ledger.reserve(alice, "job-1", 18)
+        capture, capture_out = _in_thread("paused", lambda: ledger.capture("job-1"))
+        assert paused.wait(10)  # the capture holds the account's row, its budget rows not yet written
+        release, release_out = _in_thread("release", lambda: ledger.release("job-1"))
+        deadline = time.monotonic() + 10
+        while not _a_row_lock_is_awaited(pg_url):
+            assert time.monotonic() < deadline and release.is_alive(), f"the release did not wait: {release_out}"
+            time.sleep(0.02)
+        go.set()
+        capture.join(15), release.join(15)
+        assert capture_out == [True] and release_out == [False]
+        kinds = [e.kind for e in reversed(ledger.history(alice))]
+        assert kinds == ["refill", "reserve", "capture"]
+        assert ledger.balance(alice).balance == 82 and ledger.balance(alice).held == 0
+        assert ledger.verify() == [] and ledger.orphan_holds() == []
+    finally:
+        go.set()
+        db.close()
+
+
+def _a_row_lock_is_awaited(url: str) -> bool:
+    with psycopg.connect(url, autocommit=True) as conn:
+        return bool(conn.execute("SELECT COUNT(*) FROM pg_locks WHERE locktype IN ('transactionid', 'tuple')"
+                                 " AND NOT granted").fetchone()[0])
+
+
+def test_a_write_held_for_the_commit_and_refused_there_leaves_nothing(pgdb):
+    """``later`` writes travel with the commit; one refused there ends the whole transaction."""
+    from imagine_bot.core.storage.db import later
+
+    pgdb.execute("CREATE TABLE t (x BIGINT CHECK (x >= 0))")
+    with pytest.raises(IntegrityError), transaction(pgdb, rows=True):
+        pgdb.execute("INSERT INTO t VALUES (1)")
+        later(pgdb, "INSERT INTO t VALUES (?)", [2])
+        later(pgdb, "INSERT INTO t VALUES (?)", [-1])
+    assert pgdb.execute("SELECT COUNT(*) FROM t").fetchone() == (0,)
+    assert not pgdb.in_transaction
+    with transaction(pgdb, rows=True):  # the connection is fine afterwards; a read sends what waits first
+        later(pgdb, "INSERT INTO t VALUES (?)", [5])
+        assert pgdb.execute("SELECT SUM(x) FROM t").fetchone() == (5,)
+
+
+def test_a_transaction_needing_the_whole_lock_inside_a_money_one_is_refused(pgdb):
+    with pytest.raises(RuntimeError, match="inside a money transaction"), transaction(pgdb, rows=True):
+        with transaction(pgdb):
+            pass
+    with transaction(pgdb), transaction(pgdb, rows=True):  # the other way round joins it
+        pass

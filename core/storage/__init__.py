@@ -31,8 +31,11 @@ an adapter with the same four entry points:
 5. **Transactions are short and owned by the store**: each public method is one transaction of its own
    (joining a caller's), and money moves (reserve, capture, release) move the balance and every budget in
    that one transaction. What spans stores (reserve + insert the job, delivered + capture, failed +
-   release) is ``Stores.transaction()``. A busy lock raises ``core.errors.DatabaseBusy``; a closed
-   database ``core.storage.errors.StoreClosed``; a taken dedupe key ``DuplicateRequest``.
+   release) is ``Stores.transaction()``. The money moves themselves are ``transaction(db, rows=True)``:
+   each row they decide on is read with ``for_update(db)`` (the account, then the budgets), and their
+   writes whose results nobody reads go through ``later(db, ...)`` (PostgreSQL sends them with the
+   commit). A busy lock raises ``core.errors.DatabaseBusy``; a closed database
+   ``core.storage.errors.StoreClosed``; a taken dedupe key ``DuplicateRequest``.
 6. **Migrations** are numbered functions in ``db.py`` (SQLite DDL); PostgreSQL keeps its own list with the
    same names, tables and columns (``postgres.MIGRATIONS``; ``tests/test_postgres.py`` compares them).
 

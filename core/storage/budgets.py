@@ -15,13 +15,12 @@ from imagine_bot.core.credits.budgets import MAX_CREDITS_CHANGE, UNLIMITED, Budg
 from imagine_bot.core.credits.periods import PERIODS, next_boundary, period_name, period_start, refill_words
 from imagine_bot.core.errors import BudgetExhausted, UserInputError
 from imagine_bot.core.jobs.model import ACTIVE_STATES
-from imagine_bot.core.storage.db import Database, iso, transaction, utcnow
+from imagine_bot.core.storage.db import Database, for_update, iso, later, transaction, utcnow
 
 _ACTIVE = tuple(s.value for s in ACTIVE_STATES)
 _ACTIVE_MARKS = ",".join("?" * len(_ACTIVE))
 _COLUMNS = ("scope", "amount", "period", "period_start", "spent", "held", "member_cap", "updated_at")
-_SELECT = f"SELECT {', '.join(_COLUMNS)} FROM budgets"
-_LEDGER_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_SELECT = f"SELECT {', '.join(_COLUMNS)} FROM budgets WHERE scope = ?"
 
 
 class SqliteBudgets:
@@ -46,13 +45,9 @@ class SqliteBudgets:
 
     # ------------------------------------------------------------------ rows
     def _row(self, scope: str) -> dict[str, Any] | None:
-        return self._rows([scope]).get(scope)
-
-    def _rows(self, scopes: Sequence[str]) -> dict[str, dict[str, Any]]:
-        """The budget rows of ``scopes`` that exist, by scope, in one statement."""
-        marks = ", ".join("?" * len(scopes))
-        found = self.db.execute(f"{_SELECT} WHERE scope IN ({marks})", list(scopes)).fetchall()
-        return {row[0]: dict(zip(_COLUMNS, row, strict=True)) for row in found}
+        """The budget's row; inside a transaction locked until its end (PostgreSQL: ``FOR UPDATE``)."""
+        row = self.db.execute(_SELECT + for_update(self.db), [scope]).fetchone()
+        return None if row is None else dict(zip(_COLUMNS, row, strict=True))
 
     def _amount(self, row: dict[str, Any]) -> tuple[int | None, bool]:
         """The effective amount (None: unlimited) and whether it is the default."""
@@ -70,8 +65,8 @@ class SqliteBudgets:
                             row["member_cap"], default)
 
     def _touch(self, scope: str, now: datetime, rows: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
-        """The budget row, created on first use, with a due period reset applied (``rows``: the rows of
-        ``_rows`` read just before, in the same transaction)."""
+        """The budget row, created on first use, with a due period reset applied (``rows``: the rows read
+        just before in the same transaction, by scope; a scope missing there has none)."""
         row = self._row(scope) if rows is None else rows.get(scope)
         wanted = self.cap_period if scope == GLOBAL else None
         if row is None:
@@ -79,7 +74,7 @@ class SqliteBudgets:
             start = period_start(now, period)
             self.db.execute(
                 "INSERT INTO budgets (scope, amount, period, period_start, spent, held, member_cap, updated_at)"
-                " VALUES (?, NULL, ?, ?, 0, 0, NULL, ?)",
+                " VALUES (?, NULL, ?, ?, 0, 0, NULL, ?) ON CONFLICT (scope) DO NOTHING",
                 [scope, period, None if start is None else iso(start), iso(now)])
             row = self._row(scope)
             assert row is not None
@@ -102,13 +97,15 @@ class SqliteBudgets:
     def _write(self, scope: str, now: datetime, kind: str, *, delta_spent: int = 0, delta_held: int = 0,
                job_id: str | None = None, account: str | None = None, channel: str | None = None,
                actor: str | None = None, note: str | None = None) -> None:
-        spent, held = self.db.execute(
-            "UPDATE budgets SET spent = spent + ?, held = held + ?, updated_at = ? WHERE scope = ?"
-            " RETURNING spent, held", [delta_spent, delta_held, iso(now), scope]).fetchone()
-        self.db.execute(
-            "INSERT INTO budget_ledger (ts, scope, kind, delta_spent, delta_held, spent_after, held_after, job_id,"
-            " account, channel, actor, note) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [iso(now), scope, kind, delta_spent, delta_held, spent, held, job_id, account, channel, actor, note])
+        """Apply one change to a budget and append its row (with the totals after it); nothing reads their
+        results (``later``: on PostgreSQL they go out with the transaction's next statement)."""
+        later(self.db, "UPDATE budgets SET spent = spent + ?, held = held + ?, updated_at = ? WHERE scope = ?",
+              [delta_spent, delta_held, iso(now), scope])
+        later(self.db,
+              "INSERT INTO budget_ledger (ts, scope, kind, delta_spent, delta_held, spent_after, held_after, job_id,"
+              " account, channel, actor, note) SELECT ?, scope, ?, ?, ?, spent, held, ?, ?, ?, ?, ? FROM budgets"
+              " WHERE scope = ?",
+              [iso(now), kind, delta_spent, delta_held, job_id, account, channel, actor, note, scope])
 
     def _member_spend(self, scope: str, account: str, since: datetime | None) -> int:
         row = self.db.execute(
@@ -122,10 +119,11 @@ class SqliteBudgets:
         """Hold ``cost`` on the global budget and every scope given (a channel only if it has a budget);
         raise ``BudgetExhausted`` naming the first that cannot cover it. Joins the caller's transaction."""
         now = self._now()
-        with transaction(self.db):
-            rows = self._rows([*scopes, GLOBAL])  # one read of every budget over the job
-            wanted = [*(s for s in scopes if "#" not in s or s in rows), GLOBAL]
-            for scope in wanted:
+        with transaction(self.db, rows=True):
+            # each budget over the job read (and locked) once, in the order settle writes them: place, channel, global
+            rows = {s: row for s in [*scopes, GLOBAL] if (row := self._row(s)) is not None}
+            wanted = [s for s in scopes if "#" not in s or s in rows]
+            for scope in [*wanted, GLOBAL]:
                 row = self._touch(scope, now, rows)
                 status = self._status(row)
                 if status.remaining is not None and status.remaining < cost:
@@ -139,27 +137,12 @@ class SqliteBudgets:
                                               cost=cost, period=period_name(status.period, status.period_start),
                                               refill=refill_words(status.period, status.next_reset),
                                               member_cap=status.member_cap)
-            self._hold(wanted, now, cost, job_id, account, channel)
-
-    def _hold(self, scopes: list[str], now: datetime, cost: int, job_id: str, account: str,
-              channel: str | None) -> None:
-        """``_write`` of a reservation on every scope at once: one update and one insert of a row each, in
-        the order of ``scopes`` (``job_scopes`` reads them back in that order)."""
-        marks = ", ".join("?" * len(scopes))
-        after = {scope: (spent, held) for scope, spent, held in self.db.execute(
-            f"UPDATE budgets SET held = held + ?, updated_at = ? WHERE scope IN ({marks}) RETURNING scope, spent, held",
-            [cost, iso(now), *scopes]).fetchall()}
-        values: list[Any] = []
-        for scope in scopes:
-            spent, held = after[scope]
-            values += [iso(now), scope, "reserve", 0, cost, spent, held, job_id, account, channel, None, None]
-        self.db.execute(
-            "INSERT INTO budget_ledger (ts, scope, kind, delta_spent, delta_held, spent_after, held_after, job_id,"
-            f" account, channel, actor, note) VALUES {', '.join([_LEDGER_ROW] * len(scopes))}", values)
+            for scope in [*wanted, GLOBAL]:
+                self._write(scope, now, "reserve", delta_held=cost, job_id=job_id, account=account, channel=channel)
 
     def check(self, scopes: Sequence[str], account: str, cost: int) -> None:
         """Raise the ``BudgetExhausted`` a reservation would meet now, changing nothing."""
-        with transaction(self.db):
+        with transaction(self.db, rows=True):
             self.db.execute("SAVEPOINT budget_check")
             try:
                 self.reserve(scopes, "-precheck-", account, None, cost)
@@ -170,11 +153,11 @@ class SqliteBudgets:
     def settle(self, job_id: str, kind: str) -> None:
         """Capture or release every budget hold of a job that has not been settled yet."""
         now = self._now()
-        with transaction(self.db):
+        with transaction(self.db, rows=True):
             held = self.db.execute(
                 "SELECT r.scope, r.delta_held, r.account, r.channel FROM budget_ledger r WHERE r.job_id = ?"
                 " AND r.kind = 'reserve' AND NOT EXISTS (SELECT 1 FROM budget_ledger s WHERE s.job_id = r.job_id"
-                " AND s.scope = r.scope AND s.kind IN ('capture', 'release'))", [job_id]).fetchall()
+                " AND s.scope = r.scope AND s.kind IN ('capture', 'release')) ORDER BY r.id", [job_id]).fetchall()
             for scope, cost, account, channel in held:
                 self._write(scope, now, kind, delta_spent=cost if kind == "capture" else 0, delta_held=-cost,
                             job_id=job_id, account=account, channel=channel)

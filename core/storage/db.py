@@ -11,11 +11,11 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import sqlite_utils
 
@@ -402,6 +402,26 @@ def skip_locked(db: Database) -> str:
     return " FOR UPDATE SKIP LOCKED" if is_postgres(db) else ""
 
 
+def for_update(db: Database, of: str | None = None) -> str:
+    """What ends a ``SELECT`` of the rows a money transaction (``transaction(db, rows=True)``) reads to decide
+    and then changes: PostgreSQL's ``FOR UPDATE`` (the row stays locked until the commit, so no other
+    transaction changes it in between; ``of``: only the rows of that table or alias of a join); nothing on
+    SQLite, where the one writer holds the whole file."""
+    if not is_postgres(db):
+        return ""
+    return f" FOR UPDATE OF {of}" if of else " FOR UPDATE"
+
+
+def later(db: Database, sql: str, params: Sequence[Any]) -> None:
+    """A write inside a transaction whose result nobody reads: on PostgreSQL it travels with the
+    transaction's next statement or its ``COMMIT`` (one round trip for all; an error it meets ends the
+    transaction there, as it would have here); on SQLite it runs now."""
+    if isinstance(db, sqlite_utils.Database):
+        db.execute(sql, list(params))
+    else:
+        db.later(sql, params)
+
+
 def notify(db: Database, channel: str) -> None:
     """Tell the processes listening on ``channel`` (PostgreSQL's ``NOTIFY``, sent at commit); SQLite has no
     such thing: they find the change when they next poll."""
@@ -544,15 +564,20 @@ def _in_transaction(conn: sqlite3.Connection) -> bool:
 
 
 @contextmanager
-def transaction(db: Database) -> Iterator[object]:
+def transaction(db: Database, *, rows: bool = False) -> Iterator[object]:
     """One short write transaction, taken with BEGIN IMMEDIATE so writers queue instead of deadlocking
     (PostgreSQL: the same, with an advisory lock: ``PgDatabase.transaction``).
+
+    ``rows=True`` is a money transaction (the ledger's and the budgets' own): on PostgreSQL it takes the
+    write lock shared with the other money transactions, and locks each row it decides on instead
+    (``for_update``), so reservations of different users run side by side; it may write only the
+    accounts, ledger, budgets and budget_ledger tables. On SQLite it is the same ``BEGIN IMMEDIATE``.
 
     Nested use joins the outer transaction. A write lock held elsewhere past the busy timeout raises
     ``DatabaseBusy`` (transient: nothing was written).
     """
     if not isinstance(db, sqlite_utils.Database):
-        with db.transaction():
+        with db.transaction(rows=rows):
             yield db
         return
     conn = db.conn
@@ -588,11 +613,11 @@ def savepoint(db: Database, name: str = "part") -> Iterator[None]:
     db.execute(f"SAVEPOINT {name}")
     try:
         yield
+        db.execute(f"RELEASE {name}")  # on PostgreSQL with the part's writes still to send (``later``)
     except BaseException:
         db.execute(f"ROLLBACK TO {name}")
         db.execute(f"RELEASE {name}")
         raise
-    db.execute(f"RELEASE {name}")
 
 
 @contextmanager

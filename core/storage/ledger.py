@@ -18,7 +18,7 @@ from imagine_bot.core.credits.periods import ADJECTIVES, PERIODS, describe_refil
 from imagine_bot.core.errors import ConfigError, InsufficientCredits, NotFound, UserInputError
 from imagine_bot.core.jobs.model import ACTIVE_STATES
 from imagine_bot.core.storage.budgets import SqliteBudgets
-from imagine_bot.core.storage.db import Database, iso, snapshot, transaction, utcnow
+from imagine_bot.core.storage.db import Database, for_update, iso, later, snapshot, transaction, utcnow
 
 ENTRY_COLUMNS = (
     "id", "ts", "account", "kind", "delta_balance", "delta_held", "balance_after", "held_after", "job_id",
@@ -70,9 +70,12 @@ class SqliteLedger:
         now = self.clock()
         return now.replace(tzinfo=UTC) if now.tzinfo is None else now.astimezone(UTC)
 
-    def _load(self, key: str) -> _Account | None:
+    def _load(self, key: str, *, lock: bool = True) -> _Account | None:
+        """The account row; inside a transaction locked until its end (PostgreSQL: ``FOR UPDATE``), so the
+        balance checked is the balance changed."""
         row = self.db.execute(
-            "SELECT account, balance, held, allowance, period_start FROM accounts WHERE account = ?", [key]
+            "SELECT account, balance, held, allowance, period_start FROM accounts WHERE account = ?"
+            + (for_update(self.db) if lock else ""), [key]
         ).fetchone()
         if row is None:
             return None
@@ -93,19 +96,16 @@ class SqliteLedger:
         job_id: str | None = None,
         actor: str | None = None,
         note: str | None = None,
-    ) -> tuple[int, int]:
-        """Apply one change to an account and append its ledger row; the account's balance and held after it."""
-        balance, held = self.db.execute(
-            "UPDATE accounts SET balance = balance + ?, held = held + ?, updated_at = ? WHERE account = ?"
-            " RETURNING balance, held",
-            [delta_balance, delta_held, iso(now), key],
-        ).fetchone()
-        self.db.execute(
-            "INSERT INTO ledger (ts, account, kind, delta_balance, delta_held, balance_after, held_after,"
-            " job_id, actor, note) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [iso(now), key, kind, delta_balance, delta_held, balance, held, job_id, actor, note],
-        )
-        return int(balance), int(held)
+    ) -> None:
+        """Apply one change to an account and append its ledger row (with the balance after it). Nothing
+        reads their results: on PostgreSQL both go out with the transaction's next statement (``later``)."""
+        later(self.db, "UPDATE accounts SET balance = balance + ?, held = held + ?, updated_at = ? WHERE account = ?",
+              [delta_balance, delta_held, iso(now), key])
+        later(self.db,
+              "INSERT INTO ledger (ts, account, kind, delta_balance, delta_held, balance_after, held_after,"
+              " job_id, actor, note)"
+              " SELECT ?, account, ?, ?, ?, balance, held, ?, ?, ? FROM accounts WHERE account = ?",
+              [iso(now), kind, delta_balance, delta_held, job_id, actor, note, key])
 
     def _refill_due(self, acct: _Account, now: datetime) -> bool:
         if self.period == "never":
@@ -122,13 +122,12 @@ class SqliteLedger:
         start = period_start(now, self.period)
         assert start is not None
         self.db.execute("UPDATE accounts SET period_start = ? WHERE account = ?", [iso(start), acct.account])
-        acct = replace(acct, period_start=start)
         amount = max(0, self._allowance(acct) - acct.balance)
         if amount:
             note = f"{ADJECTIVES[self.period]} allowance"
-            balance, held = self._write(acct.account, now, "refill", delta_balance=amount, note=note)
-            acct = replace(acct, balance=balance, held=held)
-        return acct
+            self._write(acct.account, now, "refill", delta_balance=amount, note=note)
+        # not read back: the row is ours until the commit (locked, or SQLite's one writer)
+        return replace(acct, balance=acct.balance + amount, period_start=start)
 
     def _must_load(self, key: str) -> _Account:
         acct = self._load(key)
@@ -142,14 +141,17 @@ class SqliteLedger:
         if acct is not None:
             return self._refill(acct, now)
         start = period_start(now, self.period)
-        self.db.execute(
+        opened = self.db.execute(  # another transaction opening it at the same moment: theirs counts
             "INSERT INTO accounts (account, platform, workspace, \"user\", balance, held, allowance,"
-            " period_start, created_at, updated_at) VALUES (?, ?, ?, ?, 0, 0, NULL, ?, ?, ?)",
+            " period_start, created_at, updated_at) VALUES (?, ?, ?, ?, 0, 0, NULL, ?, ?, ?)"
+            " ON CONFLICT (account) DO NOTHING",
             [who.key, who.platform, who.workspace, who.user, None if start is None else iso(start), iso(now),
              iso(now)],
-        )
-        balance, held = self._write(who.key, now, "refill", delta_balance=self.allowance, note="new account")
-        return _Account(who.key, balance, held, None, start)
+        ).rowcount == 1
+        if not opened:
+            return self._refill(self._must_load(who.key), now)
+        self._write(who.key, now, "refill", delta_balance=self.allowance, note="new account")
+        return _Account(who.key, self.allowance, 0, None, start)  # as just written: not read back
 
     def _balance(self, acct: _Account) -> Balance:
         allowance = self._allowance(acct)
@@ -165,10 +167,10 @@ class SqliteLedger:
 
         A plain read, taking no write lock, unless the account must be opened or refilled."""
         now = self._now()
-        acct = self._load(who.key)
+        acct = self._load(who.key, lock=False)
         if acct is not None and not self._refill_due(acct, now):
             return self._balance(acct)
-        with transaction(self.db):
+        with transaction(self.db, rows=True):
             return self._balance(self._touch(who, self._now()))
 
     def reserve(self, who: UserRef, job_id: str, cost: int, *, scopes: tuple[str, ...] = (),
@@ -181,7 +183,7 @@ class SqliteLedger:
         if cost < 0:
             raise ValueError(f"a job cannot cost {cost} credits")
         now = self._now()
-        with transaction(self.db):
+        with transaction(self.db, rows=True):  # the account's row and the budgets' rows, locked in that order
             acct = self._touch(who, now)
             if self._entry(job_id, "reserve") is not None:
                 return self._balance(acct)
@@ -189,9 +191,9 @@ class SqliteLedger:
             if available < cost:
                 nxt = self._balance(acct).next_refill
                 raise InsufficientCredits(balance=available, cost=cost, next_refill=describe_refill(nxt, now))
-            balance, held = self._write(who.key, now, "reserve", delta_held=cost, job_id=job_id)
+            self._write(who.key, now, "reserve", delta_held=cost, job_id=job_id)
             self.budgets.reserve(scopes, job_id, who.key, channel, cost)
-            return self._balance(replace(acct, balance=balance, held=held))
+            return self._balance(replace(acct, held=acct.held + cost))  # the row is ours until the commit
 
     def capture(self, job_id: str) -> bool:
         """Charge a delivered job its held cost. False (and no change) if it was already captured or
@@ -211,14 +213,21 @@ class SqliteLedger:
 
     def _settle(self, job_id: str, kind: str) -> bool:
         now = self._now()
-        with transaction(self.db):
-            reserved = self._entry(job_id, "reserve")
-            if reserved is None:
+        with transaction(self.db, rows=True):
+            # the reservation and its account, the account locked first: a settlement of the same job waits
+            # here, then sees ours (PostgreSQL gives the locked row as it is after the wait)
+            row = self.db.execute(
+                "SELECT l.delta_held, a.account, a.balance, a.held, a.allowance, a.period_start FROM ledger l"
+                " JOIN accounts a ON a.account = l.account WHERE l.job_id = ? AND l.kind = 'reserve'"
+                + for_update(self.db, of="a"), [job_id]).fetchone()
+            if row is None:
                 raise NotFound(f"job {job_id!r} has no credit reservation")
-            if self._entry(job_id, "capture") or self._entry(job_id, "release"):
+            cost, key = row[0], row[1]
+            acct = _Account(key, row[2], row[3], row[4], datetime.fromisoformat(row[5]) if row[5] else None)
+            if self.db.execute("SELECT 1 FROM ledger WHERE job_id = ? AND kind IN ('capture', 'release')",
+                               [job_id]).fetchone():
                 return False
-            key, cost = reserved
-            self._refill(self._must_load(key), now)
+            self._refill(acct, now)
             self._write(key, now, kind, delta_balance=-cost if kind == "capture" else 0, delta_held=-cost,
                         job_id=job_id)
             self.budgets.settle(job_id, kind)
@@ -290,7 +299,7 @@ class SqliteLedger:
         now = self._now()
         with snapshot(self.db):  # a read: the write lock only when a refill is due
             keys = [r[0] for r in self.db.execute("SELECT account FROM accounts ORDER BY account").fetchall()]
-            loaded = [self._must_load(key) for key in keys]
+            loaded = [acct for key in keys if (acct := self._load(key, lock=False)) is not None]
         if not any(self._refill_due(acct, now) for acct in loaded):
             return [self._balance(acct) for acct in loaded]
         with transaction(self.db):

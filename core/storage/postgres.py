@@ -14,9 +14,15 @@ is that database on PostgreSQL, through psycopg 3 and a ``psycopg_pool.Connectio
   ``BIGINT`` columns (PostgreSQL's ``numeric``) as an ``int``, a ``bool`` parameter stored as 0 or 1.
 - ``transaction(db)`` is SQLite's ``BEGIN IMMEDIATE``: ``BEGIN`` and ``pg_advisory_xact_lock`` on one
   key, sent together, so that write transactions run one at a time across every process and host, exactly
-  as they do on one SQLite file; the stores' read-check-write steps (a balance checked, then held) keep
-  their meaning with no change. The lock waits ``DB_BUSY_TIMEOUT_S`` (``lock_timeout``), then
-  ``DatabaseBusy``. Nested use joins the outer transaction.
+  as they do on one SQLite file; the stores' read-check-write steps keep their meaning with no change. The
+  money transactions, ``transaction(db, rows=True)`` (reserve, capture, release: the ledger's and the
+  budgets' own), take that key *shared* instead and lock each row they decide on (``SELECT ... FOR
+  UPDATE``: the account first, then the budgets in one order), so reservations of different users run side
+  by side while every other write still runs alone; they write only the money tables. The lock waits
+  ``DB_BUSY_TIMEOUT_S`` (``lock_timeout``), then ``DatabaseBusy``. Nested use joins the outer transaction.
+- ``later(sql, params)`` (``core.storage.db.later``) is a write whose result nobody reads (a ledger row,
+  a balance moved): it is held and sent with the transaction's next statement or its ``COMMIT``, bound on
+  this side into one string (one round trip for all); a write refused there ends the whole transaction.
 - A statement outside a transaction is one atomic statement of its own (autocommit) and takes no lock:
   what a compare-and-set needs (``UPDATE jobs ... WHERE id = ? AND state = ? AND owner = ?``: PostgreSQL
   re-reads the row under its row lock), and how claims skip the rows another host is taking
@@ -185,7 +191,14 @@ class Rows:
 
 class _State(threading.local):
     conn: psycopg.Connection[Any] | None = None
-    locked: bool = False
+    #: the write lock this thread's transaction holds: None (a snapshot), "shared" (a money transaction)
+    #: or "exclusive"
+    locked: str | None = None
+    #: writes whose results nobody reads (``later``), sent with the next statement or the ``COMMIT``
+    pending: list[tuple[str, list[Any]]]
+
+    def __init__(self) -> None:
+        self.pending = []
 
 
 class PgDatabase:
@@ -199,8 +212,9 @@ class PgDatabase:
         self.busy_timeout_s = busy_timeout_s
         self.connect_timeout_s = connect_timeout_s
         self._lock_timeout_ms = max(1, int(busy_timeout_s * 1000))
-        self._begin = (f"BEGIN; SET LOCAL lock_timeout = {self._lock_timeout_ms};"
-                       f" SELECT pg_advisory_xact_lock({WRITE_LOCK})")
+        self._lock = {mode: f"SET LOCAL lock_timeout = {self._lock_timeout_ms}; SELECT {fn}({WRITE_LOCK})"
+                      for mode, fn in (("exclusive", "pg_advisory_xact_lock"),
+                                       ("shared", "pg_advisory_xact_lock_shared"))}
         self._state = _State()
         self.pool = psycopg_pool.ConnectionPool(
             self.url.url, min_size=1, max_size=max(1, pool_size), open=False, timeout=busy_timeout_s,
@@ -239,7 +253,14 @@ class PgDatabase:
     # ------------------------------------------------------------------ statements
     def _run(self, conn: psycopg.Connection[Any], sql: str, params: Sequence[Any] | None, dicts: bool) -> Rows:
         with conn.cursor(row_factory=dict_row if dicts else tuple_row) as cur:
-            cur.execute(translate(sql), list(params or ()))
+            pending = self._state.pending
+            if pending:  # the pending writes and this statement in one string: one round trip; its rows are the last
+                self._state.pending = []
+                cur.execute(self._inline(conn, [*pending, (sql, list(params or ()))]))
+                while cur.nextset():
+                    pass
+            else:
+                cur.execute(translate(sql), list(params or ()))
             rows = cur.fetchall() if cur.description is not None else []
             return Rows(rows, cur.rowcount, cur.description)
 
@@ -247,11 +268,26 @@ class PgDatabase:
         if params is not None and not isinstance(params, Sequence):
             raise TypeError("PostgreSQL statements take positional ? parameters (a list)")
         with _errors(self.url):
-            conn = self._state.conn
-            if conn is not None:
-                return self._run(conn, sql, params, dicts)
+            ours = self._state.conn
+            if ours is not None:
+                return self._run(ours, sql, params, dicts)
             with self.pool.connection() as conn:
                 return self._run(conn, sql, params, dicts)
+
+    def later(self, sql: str, params: Sequence[Any]) -> None:
+        """A write whose result nobody reads: inside a transaction it goes out with the next statement or
+        the ``COMMIT``, in one pipeline (``core.storage.db.later``); outside one it runs now."""
+        if self._state.conn is None:
+            self.execute(sql, params)
+        else:
+            self._state.pending.append((sql, list(params)))
+
+    @staticmethod
+    def _inline(conn: psycopg.Connection[Any], statements: Sequence[tuple[str, list[Any]]]) -> bytes:
+        """Statements with their parameters bound by psycopg on this side (``mogrify``: quoted as the
+        server's literals), joined into one string that goes out as one query: one round trip for all."""
+        binder = psycopg.ClientCursor(conn)
+        return b";\n".join(binder.mogrify(translate(sql), params).encode() for sql, params in statements)
 
     def execute(self, sql: str, params: Sequence[Any] | None = None) -> Rows:
         return self._statement(sql, params, dicts=False)
@@ -265,19 +301,23 @@ class PgDatabase:
         return self._state.conn is not None
 
     @contextmanager
-    def transaction(self) -> Iterator[PgDatabase]:
-        """One write transaction at a time across every process (see the module docstring); nested use
-        joins the outer one (taking the write lock then, inside a snapshot)."""
+    def transaction(self, *, rows: bool = False) -> Iterator[PgDatabase]:
+        """A write transaction: the write lock exclusive (one at a time across every process and host), or
+        with ``rows=True`` shared with the other money transactions, which lock the rows they decide on
+        (see the module docstring). Nested use joins the outer one, taking the write lock then if the outer
+        one is a snapshot; a transaction that needs the lock exclusive inside a shared one is a bug (two
+        such would deadlock), refused."""
         state = self._state
+        mode = "shared" if rows else "exclusive"
         if state.conn is not None:
-            if not state.locked:
-                with _errors(self.url):
-                    state.conn.execute(f"SET LOCAL lock_timeout = {self._lock_timeout_ms};"
-                                       f" SELECT pg_advisory_xact_lock({WRITE_LOCK})")
-                state.locked = True
+            if state.locked == "shared" and mode == "exclusive":
+                raise RuntimeError("a transaction that needs the write lock alone, inside a money transaction")
+            if state.locked is None:  # sent ahead of the next statement
+                state.pending.append((self._lock[mode], []))
+                state.locked = mode
             yield self
             return
-        with self._session(self._begin, locked=True):
+        with self._session(f"BEGIN; {self._lock[mode]}", locked=mode):
             yield self
 
     @contextmanager
@@ -286,20 +326,16 @@ class PgDatabase:
         if self._state.conn is not None:
             yield self
             return
-        with self._session("BEGIN ISOLATION LEVEL REPEATABLE READ", locked=False):
+        with self._session("BEGIN ISOLATION LEVEL REPEATABLE READ", locked=None):
             yield self
 
     @contextmanager
-    def _session(self, begin: str, *, locked: bool) -> Iterator[None]:
+    def _session(self, begin: str, *, locked: str | None) -> Iterator[None]:
         state = self._state
         with _errors(self.url), self.pool.connection() as conn:
-            try:
-                conn.execute(begin)
-            except psycopg.Error:  # the write lock not had in time (DatabaseBusy): end the transaction begun
-                if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-                    conn.execute("ROLLBACK")
-                raise
-            state.conn, state.locked = conn, locked
+            # BEGIN (and the write lock) go out with the first statement: a round trip fewer; the lock not had
+            # in time raises there, inside the transaction, which then rolls back
+            state.conn, state.locked, state.pending = conn, locked, [(begin, [])]
             try:
                 yield
             except BaseException:
@@ -311,9 +347,18 @@ class PgDatabase:
                 raise
             else:
                 state.conn = None
-                conn.execute("COMMIT")
+                if not state.pending:
+                    conn.execute("COMMIT")
+                    return
+                try:  # a pending write refused at the end: nothing of the transaction stays
+                    pending, state.pending = state.pending, []
+                    conn.execute(self._inline(conn, [*pending, ("COMMIT", [])]))
+                except psycopg.Error:
+                    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                        conn.execute("ROLLBACK")
+                    raise
             finally:
-                state.conn, state.locked = None, False
+                state.conn, state.locked, state.pending = None, None, []
 
     def copy_rows(self, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
         """Append ``rows`` to ``table`` with ``COPY`` (the fast path, ``imagine-bot db copy``), inside the
@@ -322,6 +367,10 @@ class PgDatabase:
         if conn is None:
             raise RuntimeError("copy_rows runs inside transaction(db)")
         names = pgsql.SQL(", ").join(pgsql.Identifier(c) for c in columns)
+        if self._state.pending:
+            pending, self._state.pending = self._state.pending, []
+            with _errors(self.url):
+                conn.execute(self._inline(conn, pending))
         with _errors(self.url), conn.cursor() as cur, cur.copy(
                 pgsql.SQL("COPY {} ({}) FROM STDIN").format(pgsql.Identifier(table), names)) as copy:
             for row in rows:
