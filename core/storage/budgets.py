@@ -19,6 +19,8 @@ from imagine_bot.core.storage.db import Database, for_update, iso, later, transa
 
 _ACTIVE = tuple(s.value for s in ACTIVE_STATES)
 _ACTIVE_MARKS = ",".join("?" * len(_ACTIVE))
+_COLUMNS = ("scope", "amount", "period", "period_start", "spent", "held", "member_cap", "updated_at")
+_SELECT = f"SELECT {', '.join(_COLUMNS)} FROM budgets WHERE scope = ?"
 
 
 class SqliteBudgets:
@@ -44,8 +46,8 @@ class SqliteBudgets:
     # ------------------------------------------------------------------ rows
     def _row(self, scope: str) -> dict[str, Any] | None:
         """The budget's row; inside a transaction locked until its end (PostgreSQL: ``FOR UPDATE``)."""
-        rows = list(self.db.query("SELECT * FROM budgets WHERE scope = ?" + for_update(self.db), [scope]))
-        return rows[0] if rows else None
+        row = self.db.execute(_SELECT + for_update(self.db), [scope]).fetchone()
+        return None if row is None else dict(zip(_COLUMNS, row, strict=True))
 
     def _amount(self, row: dict[str, Any]) -> tuple[int | None, bool]:
         """The effective amount (None: unlimited) and whether it is the default."""
@@ -62,9 +64,10 @@ class SqliteBudgets:
         return BudgetStatus(row["scope"], amount, row["period"], row["spent"], row["held"], start, nxt,
                             row["member_cap"], default)
 
-    def _touch(self, scope: str, now: datetime) -> dict[str, Any]:
-        """The budget row, created on first use, with a due period reset applied."""
-        row = self._row(scope)
+    def _touch(self, scope: str, now: datetime, rows: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+        """The budget row, created on first use, with a due period reset applied (``rows``: the rows read
+        just before in the same transaction, by scope; a scope missing there has none)."""
+        row = self._row(scope) if rows is None else rows.get(scope)
         wanted = self.cap_period if scope == GLOBAL else None
         if row is None:
             period = wanted or self.period
@@ -117,9 +120,11 @@ class SqliteBudgets:
         raise ``BudgetExhausted`` naming the first that cannot cover it. Joins the caller's transaction."""
         now = self._now()
         with transaction(self.db, rows=True):
-            wanted = [s for s in scopes if "#" not in s or self._row(s) is not None]
+            # each budget over the job read (and locked) once, in the order settle writes them: place, channel, global
+            rows = {s: row for s in [*scopes, GLOBAL] if (row := self._row(s)) is not None}
+            wanted = [s for s in scopes if "#" not in s or s in rows]
             for scope in [*wanted, GLOBAL]:
-                row = self._touch(scope, now)
+                row = self._touch(scope, now, rows)
                 status = self._status(row)
                 if status.remaining is not None and status.remaining < cost:
                     raise BudgetExhausted(scope=scope, noun=scope_noun(scope), remaining=status.remaining,
