@@ -15,7 +15,7 @@ import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -258,6 +258,12 @@ class ImagineCore:
         """Front ends: as ``record_receipt``, for the steps of an approval (``ReviewRequested``, ``Approved``):
         merged into the approval's receipt, handed back in the event if the step is tried again."""
         return self.approvals.store.record_receipt(job_id, **ids)
+
+    def answering(self) -> AbstractContextManager[None]:
+        """Front ends: answer a command inside this, from its arrival to its ack; the work of jobs already
+        accepted (their workers, their status messages) waits until no command is being answered
+        (``core.jobs.lull``)."""
+        return self.orchestrator.lull.command()
 
     def find_job(self, job_id: str) -> Job | None:
         """A job as stored now (None if unknown): front ends read a job's latest state and reply data here."""

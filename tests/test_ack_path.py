@@ -67,3 +67,64 @@ async def test_put_leaves_the_pace_lookup_to_the_worker():
     await asyncio.wait_for(sent.wait(), 5)
     assert looked_up  # the worker did, before sending
     await outbox.wait_idle()
+
+
+class Statuses:
+    """A front end that notes the statuses it is given."""
+
+    platform = "terminal"
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    async def publish(self, event: object) -> None:
+        self.events.append(type(event).__name__)
+
+
+async def test_a_jobs_work_waits_until_no_command_is_being_answered(core, sandbox):
+    """Accepted while another command waits for its ack (a burst): the job is reserved and recorded at
+    once, but its worker (createTask) and its status message go only once that command is answered."""
+    statuses = Statuses()
+    core.register(statuses)
+    lull = core.orchestrator.lull
+    lull.most_s = 3600.0  # only the end of the command lets the work go
+    with core.answering():  # another command of the burst, not answered yet
+        job = await core.imagine(ALICE, REPLY, "a lighthouse at dusk")
+        assert core.ledger.balance(ALICE).held == job.cost  # reserved and recorded before its own ack
+        for _ in range(50):
+            await asyncio.sleep(0)
+        await asyncio.sleep(0.2)
+        assert sandbox.requests["createTask"] == 0
+        assert statuses.events == []
+        assert core.jobs.state(job.id).value == "queued"
+        assert lull.waiting == 2  # the job's worker and its Accepted status
+    await core.orchestrator.wait_idle()
+    assert core.jobs.state(job.id).value == "delivered"
+    assert sandbox.requests["createTask"] == 1
+    assert statuses.events[0] == "Accepted"
+
+
+def test_a_reservation_reads_the_account_and_each_budget_once(core):
+    """Before the ack (issue 22): a reservation against a place and a channel with a budget, for an account
+    that exists, reads the account once, its reservation once (a second reserve of a job changes nothing)
+    and each budget over it once, then writes; nothing is read back. (With the budgets' query helper and
+    the read-backs it was about 20 statements.)"""
+    bob = UserRef("slack", "T1", "U1")
+    core.budgets.set_amount("slack:T1#C1", 1000, actor="test")
+    core.ledger.reserve(bob, "j-first", 18, scopes=("slack:T1", "slack:T1#C1"), channel="C1")  # opens it
+    statements: list[str] = []
+    core.stores.db.conn.set_trace_callback(statements.append)
+    try:
+        balance = core.ledger.reserve(bob, "j-second", 18, scopes=("slack:T1", "slack:T1#C1"), channel="C1")
+    finally:
+        core.stores.db.conn.set_trace_callback(None)
+    reads = [s for s in statements if s.startswith("SELECT")]
+    # the budgets read at once, then again (locked) only the one with a limit to check: the channel's
+    assert [r.split(" FROM ")[1].split()[0] for r in reads] == ["accounts", "ledger", "budgets", "budgets"], statements
+    assert "IN (" in reads[2] and reads[3].endswith("'slack:T1#C1'"), reads
+    assert not any("SAVEPOINT" in s for s in statements)
+    assert len(statements) <= 14, statements  # BEGIN, 4 reads, 2 writes for the account, 2 a budget (3), COMMIT
+    assert (balance.balance, balance.held) == (180, 36)
+    assert core.budgets.job_scopes("j-second") == ["slack:T1", "slack:T1#C1", "global"]
+    assert [core.budgets.status(s).held for s in ("slack:T1", "slack:T1#C1", "global")] == [36, 36, 36]
+    assert core.ledger.verify() == []

@@ -382,3 +382,24 @@ def test_every_budget_change_is_in_the_audit_trail_with_who_made_it(books):
     assert rows == [("discord:1", "budget 36 per month"), ("discord:1", "budget the default per week"),
                     ("discord:2", "budget unlimited per week"), ("discord:3", "member cap 0"),
                     ("discord:3", f"member cap {MAX_CREDITS_CHANGE}"), ("discord:4", "member cap none")]
+
+
+async def test_one_reservation_holds_every_budget_over_it_in_order(make_settings):
+    """The holds of a reservation are written together (one update and one insert, issue 22): each budget
+    holds the cost once, with its own row, the place first and the global cap last."""
+    async with ImagineCore.open(make_settings()) as core:
+        core.budgets.set_amount(f"{GUILD}#C2", 100, actor="test")
+        core.ledger.reserve(USERS[0], "j1", 18, scopes=(GUILD, f"{GUILD}#C2"), channel="C2")
+        core.ledger.reserve(USERS[1], "j2", 18, scopes=(GUILD, f"{GUILD}#C1"), channel="C1")  # no budget: skipped
+        assert core.budgets.job_scopes("j1") == [GUILD, f"{GUILD}#C2", GLOBAL]
+        assert core.budgets.job_scopes("j2") == [GUILD, GLOBAL]
+        held = {s: core.budgets.status(s).held for s in (GUILD, f"{GUILD}#C2", GLOBAL)}
+        assert held == {GUILD: 36, f"{GUILD}#C2": 18, GLOBAL: 36}
+        after = core.stores.db.execute(
+            "SELECT scope, held_after FROM budget_ledger WHERE job_id = 'j2' ORDER BY id").fetchall()
+        assert [tuple(r) for r in after] == [(GUILD, 36), (GLOBAL, 36)]
+        core.ledger.release("j1")
+        assert [core.budgets.status(s).held for s in (GUILD, f"{GUILD}#C2", GLOBAL)] == [18, 0, 18]
+        core.ledger.capture("j2")
+        assert [core.budgets.status(s).spent for s in (GUILD, f"{GUILD}#C2", GLOBAL)] == [18, 0, 18]
+        assert core.ledger.verify() == [] and core.ledger.orphan_holds() == []

@@ -203,6 +203,18 @@ async def test_an_install_from_the_old_manifest_is_told_the_channel_check_scopes
     assert check.detail == "the token lacks channels:read, groups:read, im:read, mpim:read"
 
 
+async def test_an_install_without_the_history_scopes_is_warned_not_failed(install, fakes):
+    """They only let the bot find its own post whose answer was lost: the bot works without them."""
+    slack, _ = fakes
+    history = ("channels:history", "groups:history", "im:history", "mpim:history")
+    assert set(history) <= set(manifest_scopes())
+    slack.scopes = [s for s in slack.scopes if s not in history]
+    checks = [c for c in await run_checks(install()) if c.name == "Slack scopes"]
+    assert [c.status for c in checks] == [Status.WARN]
+    assert checks[0].detail.startswith("the token lacks channels:history, groups:history, im:history, mpim:history")
+    assert exit_code(checks) == 0
+
+
 async def test_slack_without_a_way_in(install):
     check = only_failure(await run_checks(install(SLACK_APP_TOKEN="")), "Slack mode")
     assert "SLACK_SIGNING_SECRET" in check.fix

@@ -468,6 +468,54 @@ def test_reservations_of_different_users_run_side_by_side(pg_url):
         db.close()
 
 
+def test_a_reservation_holds_no_lock_on_an_unlimited_budget_until_its_commit(pg_url):
+    """Every reservation adds to the global budget; with no cap there is nothing to decide on it, so it is
+    not locked on reading (only its atomic update, sent with the commit, takes the row): a reservation
+    whose transaction is still open does not hold up another user's, even in the same workspace. A
+    limited budget is locked: a second reservation on it waits."""
+    from imagine_bot.core.access.identity import UserRef
+
+    db = open_postgres(pg_url, busy_timeout_s=20)
+    ledger = _money(db)
+    alice, bob, carol = (UserRef("slack", "T1", u) for u in ("UALICE", "UBOB", "UCAROL"))
+    try:
+        for who in (alice, bob, carol):
+            ledger.balance(who)
+        ledger.budgets.set_amount("slack:T1#CLIMITED", 100, actor="test")
+        for scope in ("slack:T1", "global"):  # in use already (a first use inserts the row, locked)
+            ledger.budgets.status(scope)
+        go, inside = threading.Event(), threading.Event()
+
+        def open_reservation() -> None:  # alice's reservation, its transaction kept open
+            with transaction(db, rows=True):
+                ledger.reserve(alice, "job-a", 18, scopes=("slack:T1", "slack:T1#CLIMITED"), channel="CLIMITED")
+                inside.set()
+                assert go.wait(30)
+
+        first, first_out = _in_thread("first", open_reservation)
+        assert inside.wait(10)
+        second, second_out = _in_thread("second", lambda: ledger.reserve(
+            bob, "job-b", 18, scopes=("slack:T1", "slack:T1#COTHER"), channel="COTHER"))
+        second.join(15)
+        unlimited_passed = not second.is_alive()
+        third, third_out = _in_thread("third", lambda: ledger.reserve(
+            carol, "job-c", 18, scopes=("slack:T1", "slack:T1#CLIMITED"), channel="CLIMITED"))
+        deadline = time.monotonic() + 10
+        while not _a_row_lock_is_awaited(pg_url):
+            assert time.monotonic() < deadline and third.is_alive(), f"carol's did not wait: {third_out}"
+            time.sleep(0.02)
+        go.set()
+        for thread in (first, second, third):
+            thread.join(15)
+        assert unlimited_passed, "bob's reservation waited for alice's open transaction"
+        assert first_out == [None] and [b.held for b in second_out + third_out] == [18, 18]
+        assert [ledger.budgets.status(s).held for s in ("global", "slack:T1", "slack:T1#CLIMITED")] == [54, 54, 36]
+        assert ledger.verify() == []
+    finally:
+        go.set()
+        db.close()
+
+
 def test_a_capture_and_a_release_of_one_job_at_once_settle_it_once(pg_url):
     """Two settlements of one job from two hosts at the same moment: the second waits on the account's row,
     then finds the job settled (without the row locked before the check, both would pass it and the

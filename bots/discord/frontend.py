@@ -15,7 +15,11 @@
 
 Delivery happens once: the message id is recorded as the job's receipt the moment Discord returns it,
 and a ``Delivered`` handed again with that receipt (a crash between the post and the charge) posts
-nothing.
+nothing. When the answer itself is lost (the connection dropped, a timeout, a 5xx after Discord made the
+message), there is no id to record: every message the bot creates for a job carries a ``nonce`` made from
+the job and what the message is for (``job_nonce``) with ``enforce_nonce``, so Discord answers the same
+request sent again within a few minutes with the message it already made instead of making a second one.
+The result edit of ``@original`` needs none: editing it again changes the same message.
 
 In a channel with approvals (``job.review``) the interaction was deferred privately (ephemeral), so every
 status and the result are the requester's only: ``Delivered`` becomes the image with "Sent for review" in
@@ -30,6 +34,7 @@ Only the requester mention of a channel post may ping; every other message allow
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import logging
 import time
@@ -69,6 +74,16 @@ EMBED_COLOUR = discord.Colour.blurple()
 #: transport trouble discord.py lets through (it retries only a few resets itself): the request may or may
 #: not have reached Discord, so a delivery it hits is a blip (``DeliveryInterrupted``), never a refusal
 _DROPPED = (aiohttp.ClientError, OSError, TimeoutError)
+
+
+#: Discord takes a nonce of at most 25 characters
+NONCE_LEN = 25
+
+
+def job_nonce(job_id: str, purpose: str) -> str:
+    """The nonce of the message ``purpose`` of job ``job_id`` ("result", "approved", "review:USER", ...): the
+    same on every attempt, in every process, so Discord (``enforce_nonce``) makes the message once."""
+    return "ib" + hashlib.sha256(f"{job_id}:{purpose}".encode()).hexdigest()[:NONCE_LEN - 2]
 
 
 #: status edits across every job: well under Discord's global 50 requests a second per bot
@@ -111,9 +126,9 @@ class DiscordFrontEnd:
                 await self._post_approved(event)
             case Rejected(reviewer=reviewer, reason=reason):
                 await self._dm(job, messages.review_rejected_to_requester(job, job.reply.channel, reviewer.key,
-                                                                          reason))
+                                                                          reason), "rejected")
             case ReviewExpired(hours=hours):
-                await self._dm(job, messages.review_expired_to_requester(job, job.reply.channel, hours))
+                await self._dm(job, messages.review_expired_to_requester(job, job.reply.channel, hours), "expired")
             case _:
                 raise TypeError(f"unknown job event {type(event).__name__}")
 
@@ -183,7 +198,7 @@ class DiscordFrontEnd:
             else:
                 self._posted(job, str(message["id"]), "interaction")
                 return
-        posted = await self._post_in_channel(job, data, content, embed=embed, files=_files(uploads),
+        posted = await self._post_in_channel(job, data, content, "result", embed=embed, files=_files(uploads),
                                              view=result_view(job.id))
         self._posted(job, str(posted.id), "channel")
 
@@ -224,26 +239,28 @@ class DiscordFrontEnd:
                     return
         try:
             if job.review:
-                await self._dm(job, text)
+                await self._dm(job, text, "failed")
             else:
-                await self._post_in_channel(job, data, text)
+                await self._post_in_channel(job, data, text, "failed")
         except DeliveryError as error:
             log.warning("job %s: could not post the failure: %s", job.id, error.admin_message)
 
     # ------------------------------------------------------------------ channels with approvals
-    async def _send_dm(self, user_id: str, what: str, content: str | None, **parts: Any) -> discord.Message:
+    async def _send_dm(self, user_id: str, what: str, content: str | None, nonce: str,
+                       **parts: Any) -> discord.Message:
+        """A DM; ``nonce`` (``job_nonce``) makes a repeat of it within Discord's few minutes the same message."""
         try:
             channel = await self.client.create_dm(discord.Object(int(user_id)))
-            return await channel.send(content, allowed_mentions=discord.AllowedMentions.none(), **parts)
+            return await channel.send(content, allowed_mentions=discord.AllowedMentions.none(), nonce=nonce, **parts)
         except discord.HTTPException as error:
             failure = DeliveryInterrupted if error.status >= 500 or error.status == 429 else DeliveryError
             raise failure(f"could not send {what} to {user_id}: {error}") from error
-        except (aiohttp.ClientError, TimeoutError) as error:
+        except _DROPPED as error:
             raise DeliveryInterrupted(f"could not send {what} to {user_id}: {type(error).__name__}") from error
 
-    async def _dm(self, job: Job, text: str) -> None:
+    async def _dm(self, job: Job, text: str, purpose: str) -> None:
         """A note to the requester only (a rejection, an expiry, a late failure)."""
-        await self._send_dm(job.requester.user, f"a note on job {job.id}", text)
+        await self._send_dm(job.requester.user, f"a note on job {job.id}", text, job_nonce(job.id, purpose))
 
     def _card(self, job: Job, files: tuple[ImageFile, ...], balance: int | None,
               limit: int) -> tuple[list[images.Upload], discord.Embed, list[str]]:
@@ -271,7 +288,8 @@ class DiscordFrontEnd:
             else:
                 self._posted(job, str(message["id"]), "private")
                 return
-        sent = await self._send_dm(job.requester.user, f"job {job.id}", content, embed=embed, files=_files(uploads))
+        sent = await self._send_dm(job.requester.user, f"job {job.id}", content, job_nonce(job.id, "private"),
+                                   embed=embed, files=_files(uploads))
         self._posted(job, str(sent.id), "dm")
 
     async def _request_reviews(self, event: ReviewRequested) -> None:
@@ -289,7 +307,8 @@ class DiscordFrontEnd:
             try:
                 sent = await self._send_dm(reviewer.user, f"the review of job {job.id}",
                                            "\n".join([text, messages.review_buttons_text(job.reply.channel), *notes]),
-                                           embed=embed, files=_files(uploads), view=review_view(job.id))
+                                           job_nonce(job.id, key), embed=embed, files=_files(uploads),
+                                           view=review_view(job.id))
             except DeliveryError as error:
                 if error.retryable:
                     blip = error
@@ -311,8 +330,8 @@ class DiscordFrontEnd:
                                                         data.attachment_size_limit)
         content = "\n".join([messages.approved_by(event.reviewer.key), *notes])
         try:
-            message = await self._post_in_channel(job, data, content, embed=embed, files=_files(uploads),
-                                                  view=result_view(job.id))
+            message = await self._post_in_channel(job, data, content, "approved", embed=embed,
+                                                  files=_files(uploads), view=result_view(job.id))
         except DeliveryError as error:
             if error.retryable:
                 raise
@@ -321,15 +340,18 @@ class DiscordFrontEnd:
         self.core.record_review_receipt(job.id, post_message_id=str(message.id))  # first: see FrontEnd
         self.core.set_reply_data(job.id, message_id=str(message.id), delivered_in="channel")
 
-    async def _post_in_channel(self, job: Job, data: ReplyData, content: str | None, **parts: Any) -> discord.Message:
-        """A channel message mentioning the requester (the one mention that may ping)."""
+    async def _post_in_channel(self, job: Job, data: ReplyData, content: str | None, purpose: str,
+                               **parts: Any) -> discord.Message:
+        """A channel message mentioning the requester (the one mention that may ping), made once per ``purpose``
+        of the job: its nonce (``job_nonce``) makes a repeat within Discord's few minutes the same message."""
         channel = self.client.get_partial_messageable(
             int(data.channel_id), guild_id=int(data.guild_id) if data.guild_id else None)
         requester = discord.Object(int(data.user_id))
         text = f"<@{data.user_id}>" + (f" {content}" if content else "")
         try:
             return await channel.send(text, allowed_mentions=discord.AllowedMentions(
-                everyone=False, roles=False, replied_user=False, users=[requester]), **parts)
+                everyone=False, roles=False, replied_user=False, users=[requester]),
+                nonce=job_nonce(job.id, purpose), **parts)
         except discord.HTTPException as error:
             failure = DeliveryInterrupted if error.status >= 500 or error.status == 429 else DeliveryError
             raise failure(f"could not post job {job.id} in channel {data.channel_id}: {error}") from error

@@ -99,14 +99,16 @@ class Handlers:
         # explicit options are defaults: a flag typed in the prompt (--ar 16:9) wins over them
         defaults = {name: value for name, value in (("aspect_ratio", aspect_ratio), ("quality", quality)) if value}
         references = [Reference(name=a.filename, url=a.url) for a in attachments or []]
-        try:
-            prepared = self.core.prepare(who, prompt, defaults=defaults, preset=preset, channel_preset=True)
-            self.core.check_can_submit(who, edit=bool(references or prepared.references))
-        except ImagineError as error:
-            await reply_private(interaction, error.user_message)
-            return
+        with self.core.answering():  # the work of jobs already accepted waits for this ack
+            try:
+                prepared = self.core.prepare(who, prompt, defaults=defaults, preset=preset, channel_preset=True)
+                self.core.check_can_submit(who, edit=bool(references or prepared.references))
+            except ImagineError as error:
+                await reply_private(interaction, error.user_message)
+                return
+            await self._acknowledge(interaction)
         extra = {"nsfw_checker": not channel_is_nsfw(interaction)}
-        await self._start_job(interaction, lambda reply: self.core.imagine(
+        await self._submit_job(interaction, lambda reply: self.core.imagine(
             who, reply, prompt, dedupe_key=f"discord:{interaction.id}", defaults=defaults, extra_input=extra,
             references=references, preset=preset, channel_preset=True))
 
@@ -212,10 +214,18 @@ class Handlers:
 
     async def _start_job(self, interaction: discord.Interaction,
                          submit: Callable[[ReplyTo], Awaitable[Job]]) -> None:
+        await self._acknowledge(interaction)
+        await self._submit_job(interaction, submit)
+
+    async def _acknowledge(self, interaction: discord.Interaction) -> None:
         # in a channel with approvals the whole job stays private until a reviewer approves the image
         await interaction.response.defer(thinking=True, ephemeral=self.core.review_needed(actor_of(interaction)))
         # from Discord creating the interaction to our answer (Discord allows 3 s)
         self.core.metrics.ack("discord", (discord.utils.utcnow() - interaction.created_at).total_seconds())
+
+    async def _submit_job(self, interaction: discord.Interaction,
+                          submit: Callable[[ReplyTo], Awaitable[Job]]) -> None:
+        """After the ack (the public defer): the job itself; a refusal now withdraws the placeholder."""
         reply = ReplyTo("discord", str(interaction.channel_id), ReplyData.from_interaction(interaction).to_dict())
         try:
             await submit(reply)  # the core publishes Accepted: the front end edits the placeholder

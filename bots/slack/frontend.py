@@ -33,7 +33,9 @@ In a channel with approvals (``job.review``) nothing goes to the channel until a
     Rejected, ReviewExpired -> a DM to the requester
 
 Each step records its ids first (the job's or the approval's receipt), so a step handed again finishes
-what is missing and never posts twice.
+what is missing and never posts twice. A new message whose answer was lost (no ts to record) is found
+before it is posted again: ``posts.post_once`` (the job's metadata on the message, the attempt's start
+recorded first, ``conversations.history`` on the next attempt).
 
 Each event is one call; when it goes out is the core's outbox's business (``core/jobs/outbox.py``): every job
 of a workspace shares its chat.update budget (``pace``), a newer status replaces a waiting one, a 429
@@ -64,7 +66,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
-from imagine_bot.bots.slack import blocks, inline, upload
+from imagine_bot.bots.slack import blocks, inline, posts, upload
 from imagine_bot.bots.slack.errors import SlackError, slack_error_code
 from imagine_bot.bots.slack.mentions import escape, escape_keep_user_mentions
 from imagine_bot.bots.slack.workspaces import Clients, Workspaces
@@ -368,11 +370,14 @@ class SlackFrontEnd:
         return message
 
     async def _post(self, job: Job, payload: dict[str, Any], client: AsyncWebClient) -> _Message:
+        """The job's message, posted once (``posts.post_once``: an attempt whose answer was lost is found)."""
         # a job asked from a message (the Remix shortcut) answers in that message's thread
         thread = {"thread_ts": job.reply.data["in_thread_of"]} if job.reply.data.get("in_thread_of") else {}
-        response = await client.chat_postMessage(
+        channel, ts = await posts.post_once(
+            client, job.id, "progress", started=self._data(job).get("progress_posting"),
+            begin=lambda at: self.core.set_reply_data(job.id, progress_posting=at),
             channel=job.reply.channel, unfurl_links=False, unfurl_media=False, **thread, **payload)
-        message = self._messages[job.id] = _Message(str(response["channel"]), str(response["ts"]))
+        message = self._messages[job.id] = _Message(channel, ts)
         self.core.set_reply_data(job.id, progress_channel=message.channel, progress_ts=message.ts)
         return message
 
@@ -434,7 +439,7 @@ class SlackFrontEnd:
                 try:
                     live = self._message(job) or await self._post(job, blocks.status(job.requester.user,
                                                                                      messages.accepted(job)),
-                                                                  clients.api)
+                                                                  clients.posts)
                     if not file_ids:  # not uploaded by a previous process that stopped right after
                         thread = live.ts if moved else data.get("in_thread_of") or live.ts
                         file_ids = await self._upload_once(job, clients, images, self._caption(job, balance, moved),
@@ -483,10 +488,12 @@ class SlackFrontEnd:
         """The job's message, anew in the requester's direct message with the bot (``conversations.open``),
         recorded as the job's message at once: a later attempt delivers there too."""
         opened = await clients.api.conversations_open(users=job.requester.user)
-        response = await clients.api.chat_postMessage(
+        channel, ts = await posts.post_once(
+            clients.posts, job.id, "moved", started=self._data(job).get("moved_posting"),
+            begin=lambda at: self.core.set_reply_data(job.id, moved_posting=at),
             channel=str(opened["channel"]["id"]), unfurl_links=False, unfurl_media=False,
             **blocks.status(job.requester.user, messages.delivered_elsewhere(job.reply.channel)))
-        message = self._messages[job.id] = _Message(str(response["channel"]), str(response["ts"]))
+        message = self._messages[job.id] = _Message(channel, ts)
         self.core.set_reply_data(job.id, progress_channel=message.channel, progress_ts=message.ts,
                                       moved_from=job.reply.channel)
         return message
@@ -546,10 +553,17 @@ class SlackFrontEnd:
     # ------------------------------------------------------------------ channels with approvals
     async def _api(self, job: Job) -> AsyncWebClient:
         """The Web API client of the job's workspace (``AppRemoved`` when it removed the app)."""
+        return (await self._clients(job)).api
+
+    async def _posts(self, job: Job) -> AsyncWebClient:
+        """The workspace's client for a delivery's new messages (``posts.post_once``)."""
+        return (await self._clients(job)).posts
+
+    async def _clients(self, job: Job) -> Clients:
         clients = await self.clients(job)
         if clients is None:
             raise AppRemoved(f"slack workspace {job.requester.workspace} removed the app")
-        return clients.api
+        return clients
 
     async def _review_status(self, job: Job) -> None:
         """A job whose image goes to review first: its requester hears about it once, privately; the channel
@@ -602,7 +616,7 @@ class SlackFrontEnd:
         reviewer Slack refuses is skipped; a blip is raised after the others, to be tried again."""
         job = event.job
         text = messages.review_request(job, job.reply.channel, self.core.settings.APPROVAL_EXPIRE_H)
-        api = await self._api(job)
+        api, posting = await self._api(job), await self._posts(job)
         blip: DeliveryError | None = None
         for reviewer in event.reviewers:
             if reviewer.platform != "slack":
@@ -623,8 +637,10 @@ class SlackFrontEnd:
                     await self._upload(api, job, event.images, done["dm"], None, escape_keep_user_mentions(text),
                                        list(done.get("pending_file_ids") or []), record)
                 buttons = blocks.review(messages.review_buttons_text(job.reply.channel), job.id)
-                answer = await api.chat_postMessage(channel=done["dm"], **buttons)
-                record(ts=str(answer["ts"]))
+                _, ts = await posts.post_once(posting, job.id, key, started=done.get("started"),
+                                              begin=lambda at, record=record: record(started=at),  # type: ignore[misc]
+                                              channel=done["dm"], **buttons)
+                record(ts=ts)
             except SlackError as exc:
                 failure = self._failure(exc, f"the review DM to {reviewer.user}")
                 if failure.retryable:
@@ -652,10 +668,11 @@ class SlackFrontEnd:
         api = await self._api(job)
         try:
             if not post.get("ts"):
-                answer = await api.chat_postMessage(
-                    channel=job.reply.channel, unfurl_links=False, unfurl_media=False,
-                    **blocks.delivered(job.requester.user, caption, job.id, approved_by=approved))
-                record(channel=str(answer["channel"]), ts=str(answer["ts"]))
+                channel, ts = await posts.post_once(
+                    await self._posts(job), job.id, "approved", started=post.get("started"),
+                    begin=lambda at: record(started=at), channel=job.reply.channel, unfurl_links=False,
+                    unfurl_media=False, **blocks.delivered(job.requester.user, caption, job.id, approved_by=approved))
+                record(channel=channel, ts=ts)
             if not post.get("file_ids"):
                 await self._upload(api, job, event.images, post["channel"], post["ts"], None,
                                    list(post.get("pending_file_ids") or []), record)

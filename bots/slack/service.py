@@ -200,8 +200,9 @@ class SlackService:
     async def handle_http(self, request: web.Request) -> web.Response:
         if self._closed:
             return web.json_response({"ok": False, "error": "stopping"}, status=503)
-        bolt_response = await self.app.async_dispatch(await to_bolt_request(request))
-        return await to_aiohttp_response(bolt_response)
+        with self.core.answering():  # the work of jobs already accepted waits for this answer
+            bolt_response = await self.app.async_dispatch(await to_bolt_request(request))
+            return await to_aiohttp_response(bolt_response)
 
     # ------------------------------------------------------------------ distributed mode: the install flow
     async def handle_install(self, request: web.Request) -> web.Response:
@@ -259,7 +260,7 @@ class SlackService:
 
     def socket_handler(self) -> AsyncSocketModeHandler:
         """The Socket Mode connection (built at start: it opens its own session and tasks)."""
-        return AsyncSocketModeHandler(self.app, self._app_token, web_client=self.client)
+        return SocketHandler(self.app, self._app_token, web_client=self.client, core=self.core)
 
     async def stop(self) -> None:
         """Take no more requests, cancel listeners still running, close every connection."""
@@ -270,6 +271,18 @@ class SlackService:
         await self.handlers.stop()
         await self.frontend.close()
         await self.session.close()
+
+
+class SocketHandler(AsyncSocketModeHandler):
+    """Bolt's Socket Mode handler, each envelope answered inside ``core.answering`` (as HTTP requests are)."""
+
+    def __init__(self, app: AsyncApp, app_token: str | None, *, web_client: Any, core: ImagineCore) -> None:
+        super().__init__(app, app_token, web_client=web_client)
+        self.core = core
+
+    async def handle(self, client: Any, req: Any) -> None:
+        with self.core.answering():
+            await super().handle(client, req)
 
 
 async def close_socket_handler(handler: AsyncSocketModeHandler) -> None:

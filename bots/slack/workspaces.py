@@ -43,10 +43,13 @@ class Clients:
     """One workspace's Web API clients, sharing one session.
 
     ``api`` (deliveries, the listeners) lets slack_sdk retry a 429 after Retry-After; ``edits`` (status
-    messages) has no rate-limit retry, so a 429 never sleeps inside a call (the outbox waits instead)."""
+    messages) has no rate-limit retry, so a 429 never sleeps inside a call (the outbox waits instead);
+    ``posts`` (a delivery's new messages, ``posts.post_once``) is ``api`` without the retry on a dropped
+    connection: a post whose answer was lost is looked for before it is made again, never repeated blindly."""
 
     api: AsyncWebClient
     edits: AsyncWebClient
+    posts: AsyncWebClient
 
     @property
     def token(self) -> str:
@@ -61,16 +64,18 @@ class ClientFactory:
         self.session = session
         self._kept: OrderedDict[str, Clients] = OrderedDict()
 
-    def api(self, token: str | None) -> AsyncWebClient:
+    def api(self, token: str | None, *, reconnect: bool = True) -> AsyncWebClient:
+        """A client that retries a 429 once after Retry-After and (``reconnect``) a dropped connection once."""
+        retries = [AsyncConnectionErrorRetryHandler()] if reconnect else []
         return AsyncWebClient(token=token, base_url=self.base_url, session=self.session, timeout=30,
-                              retry_handlers=[AsyncConnectionErrorRetryHandler(),
-                                              AsyncRateLimitErrorRetryHandler(max_retry_count=1)])
+                              retry_handlers=[*retries, AsyncRateLimitErrorRetryHandler(max_retry_count=1)])
 
     def clients(self, token: str) -> Clients:
         kept = self._kept.get(token)
         if kept is None:
             kept = self._kept[token] = Clients(self.api(token), AsyncWebClient(
-                token=token, base_url=self.base_url, session=self.session, timeout=10, retry_handlers=[]))
+                token=token, base_url=self.base_url, session=self.session, timeout=10, retry_handlers=[]),
+                self.api(token, reconnect=False))
             while len(self._kept) > KEPT_CLIENTS:
                 self._kept.popitem(last=False)
         self._kept.move_to_end(token)

@@ -11,7 +11,9 @@ Every step is persisted before the next begins, so a restart resumes each job fr
 Money: ``reserve`` with the job insert, ``capture`` with the ``delivered`` state, ``release`` with the
 ``failed`` state, each in one transaction. The ledger refuses a second capture or release of a job, so
 no path charges twice, and a job that never delivered is never charged. A refused capture is an error
-(``CaptureRefused``, logged), never "delivered".
+(``CaptureRefused``, logged), never "delivered". Submits arriving in the same turn of the event loop (a
+burst) share one reserve-and-record transaction, a savepoint each (``_together``), and each is told after
+its COMMIT; their workers start once the burst's commands are answered (``core.jobs.lull``).
 
 Several processes may share the database (a rolling deploy, a double start). Each job is owned by one
 process through a lease (``core.jobs.leases``): this orchestrator claims jobs nobody holds, renews its
@@ -70,6 +72,7 @@ from imagine_bot.core.gateway.catalog import CATALOG, ModelSpec
 from imagine_bot.core.jobs.admission import Admission
 from imagine_bot.core.jobs.approvals import Approvals
 from imagine_bot.core.jobs.leases import LeaseClock, new_owner_id
+from imagine_bot.core.jobs.lull import Lull
 from imagine_bot.core.jobs.model import Job, JobRequest, JobState, ReplyTo, new_job_id
 from imagine_bot.core.jobs.outbox import UNPACED, Outbox, Refresh, Send
 from imagine_bot.core.jobs.ratelimit import RateLimiter
@@ -101,6 +104,10 @@ DELIVERY_BACKOFF_S = (2.0, 4.0, 8.0, 16.0, 30.0)
 URGENT_EVERY_S = 3.0
 #: longest wait between two tries of saving an accepted task's id while the database is busy
 SAVE_BACKOFF_CAP_S = 2.0
+
+
+#: a submit waiting for its batch's transaction: told its job or refusal, and how to reserve and record it
+_Waiting = tuple[asyncio.Future[Job], Callable[[], Job]]
 
 
 class _Drained(Exception):
@@ -162,7 +169,12 @@ class Orchestrator:
         # ~10 recordInfo/s; callback confirmations may use a second's worth at once
         self.poll_limiter = RateLimiter(poll_rate_per_s, burst=2, urgent_burst=max(2, int(poll_rate_per_s)))
         self.frontends: dict[str, FrontEnd] = {}
-        self.outbox = Outbox(monotonic)
+        #: what follows an ack (a job's worker, its status messages) waits while commands are being decided
+        self.lull = Lull()
+        self.outbox = Outbox(monotonic, lull=self.lull)
+        #: submits waiting to be reserved and recorded together (``_together``)
+        self._batch: list[_Waiting] = []
+        self._submitting = 0  # submits waiting for their batch (``wait_idle`` waits for them too)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._wakeups: dict[str, asyncio.Event] = {}
         #: final answers from verified account webhooks, for the trackers they woke (no recordInfo needed)
@@ -228,6 +240,7 @@ class Orchestrator:
         For front ends that must decide before they acknowledge (Discord: private or public reply);
         ``submit`` still enforces both atomically.
         """
+        self.lull.touch()
         if self.jobs.count_active(requester.key) >= self.max_active_per_user:
             raise TooManyActiveJobs(self.max_active_per_user)
         cost = self.model.cost if cost is None else cost
@@ -245,7 +258,10 @@ class Orchestrator:
             await check(reply)
 
     async def submit(self, request: JobRequest) -> Job:
-        """Reserve credits, record the job and start it. Raises a user-facing ``ImagineError``."""
+        """Reserve credits, record the job and start it. Raises a user-facing ``ImagineError``.
+
+        The job's worker starts once commands stop arriving (``Lull``): nothing it does decides the answer."""
+        self.lull.touch()
         if not self._accepting:
             raise ShuttingDown("refused a new job: the process is stopping")
         if request.dedupe_key:
@@ -260,14 +276,15 @@ class Orchestrator:
         job_id = new_job_id()
         model = request.model or self.model.id
         cost = self.model.cost if request.cost is None else request.cost
+        self._submitting += 1
         try:
-            with self.store.transaction():
-                if self.jobs.count_active(request.requester.key) >= self.max_active_per_user:
-                    raise TooManyActiveJobs(self.max_active_per_user)
-                self.ledger.reserve(request.requester, job_id, cost, scopes=request.scopes,
-                                    channel=request.reply.channel)
-                job = self.jobs.insert(request, model=model, cost=cost, job_id=job_id,
-                                       owner=self.owner, lease_until=self.leases.until())
+            return await self._accept(request, job_id, model, cost)
+        finally:
+            self._submitting -= 1
+
+    async def _accept(self, request: JobRequest, job_id: str, model: str, cost: int) -> Job:
+        try:
+            job = await self._together(partial(self._record, request, job_id, model, cost))
         except DuplicateRequest:
             # the same request arrived twice at once: the other delivery made the job
             existing = self.jobs.by_dedupe_key(request.dedupe_key or "")
@@ -279,6 +296,60 @@ class Orchestrator:
         if self.jobs.state(job.id) is JobState.QUEUED:  # a front end may cancel on Accepted
             self._start(job)
         return job
+
+    def _record(self, request: JobRequest, job_id: str, model: str, cost: int) -> Job:
+        """Reserve and record one job (inside the batch's transaction): the limit, the credits and every
+        budget are checked against what the submits before it in the batch already hold."""
+        if self.jobs.count_active(request.requester.key) >= self.max_active_per_user:
+            raise TooManyActiveJobs(self.max_active_per_user)
+        self.ledger.reserve(request.requester, job_id, cost, scopes=request.scopes, channel=request.reply.channel)
+        return self.jobs.insert(request, model=model, cost=cost, job_id=job_id, owner=self.owner,
+                                lease_until=self.leases.until())
+
+    async def _together(self, record: Callable[[], Job]) -> Job:
+        """Reserve and record with the other submits of this turn of the event loop: one write transaction
+        for all (a burst's commands arrive together), a savepoint each, so a refusal undoes its own part only.
+        Every submit hears its answer after the one COMMIT: a reservation is durable before its ack, and a
+        refusal is decided before it."""
+        loop = asyncio.get_running_loop()
+        told: asyncio.Future[Job] = loop.create_future()
+        self._batch.append((told, record))
+        if len(self._batch) == 1:
+            loop.call_soon(self._record_batch)
+        return await told
+
+    def _record_batch(self) -> None:
+        batch, self._batch = self._batch, []
+        self._tell(batch, self._commit(batch))
+
+    def _commit(self, batch: list[_Waiting]) -> list[Job | Exception]:
+        outcomes: list[Job | Exception] = []
+        try:
+            with self.store.transaction():
+                for _, record in batch:
+                    if len(batch) == 1:  # alone: its error undoes the whole transaction
+                        outcomes.append(record())
+                        continue
+                    try:
+                        with self.store.savepoint():
+                            outcomes.append(record())
+                    except Exception as refused:  # a refusal (or a duplicate): its part only is undone
+                        outcomes.append(refused)
+        except Exception as failed:  # nothing of the batch was written (the write lock not had, the COMMIT)
+            outcomes = [failed] * len(batch)
+        return outcomes
+
+    def _tell(self, batch: list[_Waiting], outcomes: list[Job | Exception]) -> None:
+        """After the COMMIT: each submit hears its job or its refusal."""
+        for (told, _), outcome in zip(batch, outcomes, strict=True):
+            if told.cancelled():  # its command went away meanwhile: the job is recorded, so it is started
+                if isinstance(outcome, Job):
+                    log.warning("job %s recorded after its submit was cancelled; starting it", outcome.id)
+                    self._start(outcome)
+            elif isinstance(outcome, Exception):
+                told.set_exception(outcome)
+            else:
+                told.set_result(outcome)
 
     def _start(self, job: Job) -> None:
         if self._stopped:  # a submit that raced a stop: leave the job to the next owner at once
@@ -438,7 +509,10 @@ class Orchestrator:
 
     async def wait_idle(self) -> None:
         """Wait until no job is in flight and no status waits in the outbox (tests, the CLI)."""
-        while self._tasks or self.outbox.busy or (self.approvals is not None and self.approvals.busy):
+        while (self._tasks or self._submitting or self.outbox.busy
+               or (self.approvals is not None and self.approvals.busy)):
+            if self._submitting:  # told at the next turn of the loop, then started
+                await asyncio.sleep(0)
             await asyncio.gather(*list(self._tasks.values()), return_exceptions=True)
             await self.outbox.wait_idle()
             if self.approvals is not None:
@@ -515,6 +589,7 @@ class Orchestrator:
         self._phase[job.id] = phase
 
     async def _run(self, job_id: str) -> None:
+        await self.lull.wait()  # after the acks of the commands being decided now
         job = self.jobs.get(job_id)
         gateway_done: float | None = None  # when the gateway said success (for the delivery overhead)
         try:

@@ -2,8 +2,9 @@
 
 The job pipeline never waits on a chat API, except to deliver. The orchestrator *puts* each non-final
 event (``Accepted``, ``Queued``, ``Progress``) here and goes on at once; one worker per job sends it
-when the job's ``Pace`` allows. Written once here, used by every front end, which only renders an event
-and sends it (one chat call, no throttling of its own).
+when the job's ``Pace`` allows, once commands stop arriving (``core.jobs.lull``: a status decides no ack).
+Written once here, used by every front end, which only renders an event and sends it (one chat call, no
+throttling of its own).
 
 - **Latest wins.** A newer status replaces one still waiting; a job has at most one send in flight and
   its sends go out in order, at most one per ``min_interval_s``.
@@ -34,6 +35,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from imagine_bot.core.errors import ChatRateLimited
+from imagine_bot.core.jobs.lull import Lull
 from imagine_bot.core.jobs.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
@@ -93,8 +95,10 @@ class _Box:
 
 
 class Outbox:
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic, *, lull: Lull | None = None) -> None:
         self.clock = clock
+        #: statuses go out once commands stop arriving (``core.jobs.lull``): none decides an ack
+        self.lull = lull or Lull(quiet_s=0.0, most_s=0.0)
         self._boxes: dict[str, _Box] = {}
         self._budgets: dict[str, RateLimiter] = {}
         self._changed = asyncio.Event()
@@ -220,6 +224,9 @@ class Outbox:
                         return
                     if not await self._news_within(box, self.tick_interval(box.pace)) and box.refresh is not None:
                         box.pending = box.refresh(self.clock() - box.made_at)
+                    continue
+                await self.lull.wait()
+                if box.pending is None:
                     continue
                 box.pace = _resolve(box.pace_of)
                 interval = 0.0 if box.final else box.pace.min_interval_s

@@ -327,6 +327,11 @@ class Store(Protocol):
         """One short write transaction; every store call inside it joins it (all or nothing)."""
         ...
 
+    def savepoint(self) -> AbstractContextManager[None]:
+        """Inside ``transaction``: a part that an error undoes alone (the error is raised; the transaction
+        goes on). Several submits share one transaction, each in a savepoint (``Orchestrator.submit``)."""
+        ...
+
     def ping(self) -> None:
         """Raise if the database cannot be reached (``/healthz``)."""
         ...

@@ -19,6 +19,8 @@ from imagine_bot.core.storage.db import Database, for_update, iso, later, transa
 
 _ACTIVE = tuple(s.value for s in ACTIVE_STATES)
 _ACTIVE_MARKS = ",".join("?" * len(_ACTIVE))
+_COLUMNS = ("scope", "amount", "period", "period_start", "spent", "held", "member_cap", "updated_at")
+_SELECT = f"SELECT {', '.join(_COLUMNS)} FROM budgets WHERE scope = ?"
 
 
 class SqliteBudgets:
@@ -44,8 +46,37 @@ class SqliteBudgets:
     # ------------------------------------------------------------------ rows
     def _row(self, scope: str) -> dict[str, Any] | None:
         """The budget's row; inside a transaction locked until its end (PostgreSQL: ``FOR UPDATE``)."""
-        rows = list(self.db.query("SELECT * FROM budgets WHERE scope = ?" + for_update(self.db), [scope]))
-        return rows[0] if rows else None
+        row = self.db.execute(_SELECT + for_update(self.db), [scope]).fetchone()
+        return None if row is None else dict(zip(_COLUMNS, row, strict=True))
+
+    def _rows_to_decide(self, scopes: list[str], now: datetime) -> dict[str, dict[str, Any]]:
+        """The budget rows over a job, by scope, read at once; each that a reservation must decide on (a limit,
+        a member cap, a period to reset) read again locked (``FOR UPDATE``), one by one in the order given
+        (place, channel, global: the order settle writes them in, so two never wait on each other). An
+        unlimited budget is only added to (an atomic ``UPDATE`` sent with the commit): the busiest row, the
+        global budget, stays unlocked until then, and reservations of different users do not queue on it.
+        What could change a limit or a period between the read and the commit (``set_amount``, ...) takes
+        the write lock alone, so it never runs during a money transaction."""
+        marks = ", ".join("?" * len(scopes))
+        found = self.db.execute(f"SELECT {', '.join(_COLUMNS)} FROM budgets WHERE scope IN ({marks})",
+                                scopes).fetchall()
+        rows = {r[0]: dict(zip(_COLUMNS, r, strict=True)) for r in found}
+        for scope in scopes:
+            row = rows.get(scope)
+            if row is not None and self._to_decide(row, now) and (locked := self._row(scope)) is not None:
+                rows[scope] = locked
+        return rows
+
+    def _to_decide(self, row: dict[str, Any], now: datetime) -> bool:
+        """Whether a reservation decides anything on this budget: a limit or a member cap to check, or its
+        period to move on (``_touch``)."""
+        if self._amount(row)[0] is not None or row["member_cap"] is not None:
+            return True
+        if row["scope"] == GLOBAL and row["period"] != self.cap_period:
+            return True
+        start = datetime.fromisoformat(row["period_start"]) if row["period_start"] else None
+        boundary = next_boundary(start, row["period"]) if start is not None else None
+        return row["period"] != "never" and (start is None or (boundary is not None and now >= boundary))
 
     def _amount(self, row: dict[str, Any]) -> tuple[int | None, bool]:
         """The effective amount (None: unlimited) and whether it is the default."""
@@ -62,9 +93,10 @@ class SqliteBudgets:
         return BudgetStatus(row["scope"], amount, row["period"], row["spent"], row["held"], start, nxt,
                             row["member_cap"], default)
 
-    def _touch(self, scope: str, now: datetime) -> dict[str, Any]:
-        """The budget row, created on first use, with a due period reset applied."""
-        row = self._row(scope)
+    def _touch(self, scope: str, now: datetime, rows: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+        """The budget row, created on first use, with a due period reset applied (``rows``: the rows read
+        just before in the same transaction, by scope; a scope missing there has none)."""
+        row = self._row(scope) if rows is None else rows.get(scope)
         wanted = self.cap_period if scope == GLOBAL else None
         if row is None:
             period = wanted or self.period
@@ -117,9 +149,10 @@ class SqliteBudgets:
         raise ``BudgetExhausted`` naming the first that cannot cover it. Joins the caller's transaction."""
         now = self._now()
         with transaction(self.db, rows=True):
-            wanted = [s for s in scopes if "#" not in s or self._row(s) is not None]
+            rows = self._rows_to_decide([*scopes, GLOBAL], now)
+            wanted = [s for s in scopes if "#" not in s or s in rows]
             for scope in [*wanted, GLOBAL]:
-                row = self._touch(scope, now)
+                row = self._touch(scope, now, rows)
                 status = self._status(row)
                 if status.remaining is not None and status.remaining < cost:
                     raise BudgetExhausted(scope=scope, noun=scope_noun(scope), remaining=status.remaining,

@@ -606,6 +606,21 @@ def transaction(db: Database, *, rows: bool = False) -> Iterator[object]:
 
 
 @contextmanager
+def savepoint(db: Database, name: str = "part") -> Iterator[None]:
+    """A part of the current transaction that an error undoes alone (``SAVEPOINT``; the same on PostgreSQL,
+    where it also ends the aborted state a failed statement leaves): the error is raised, the transaction
+    goes on."""
+    db.execute(f"SAVEPOINT {name}")
+    try:
+        yield
+        db.execute(f"RELEASE {name}")  # on PostgreSQL with the part's writes still to send (``later``)
+    except BaseException:
+        db.execute(f"ROLLBACK TO {name}")
+        db.execute(f"RELEASE {name}")
+        raise
+
+
+@contextmanager
 def snapshot(db: Database) -> Iterator[object]:
     """A consistent read of several tables that takes no write lock (a deferred transaction: with WAL,
     readers never wait for the writer and never make it wait; PostgreSQL: ``REPEATABLE READ``). Nested use

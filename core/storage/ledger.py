@@ -126,7 +126,8 @@ class SqliteLedger:
         if amount:
             note = f"{ADJECTIVES[self.period]} allowance"
             self._write(acct.account, now, "refill", delta_balance=amount, note=note)
-        return self._must_load(acct.account)
+        # not read back: the row is ours until the commit (locked, or SQLite's one writer)
+        return replace(acct, balance=acct.balance + amount, period_start=start)
 
     def _must_load(self, key: str) -> _Account:
         acct = self._load(key)
@@ -150,7 +151,7 @@ class SqliteLedger:
         if not opened:
             return self._refill(self._must_load(who.key), now)
         self._write(who.key, now, "refill", delta_balance=self.allowance, note="new account")
-        return self._must_load(who.key)
+        return _Account(who.key, self.allowance, 0, None, start)  # as just written: not read back
 
     def _balance(self, acct: _Account) -> Balance:
         allowance = self._allowance(acct)

@@ -25,6 +25,7 @@ from imagine_bot.core.storage.db import (
     Database,
     open_database,
     read_only_database,
+    savepoint,
     transaction,
     utcnow,
 )
@@ -76,6 +77,10 @@ class SqliteStores:
     def transaction(self) -> AbstractContextManager[object]:
         """One short write transaction that every store call inside joins (all or nothing)."""
         return transaction(self.db)
+
+    def savepoint(self) -> AbstractContextManager[None]:
+        """Inside ``transaction``: a part that an error undoes alone, leaving the rest of the transaction."""
+        return savepoint(self.db)
 
     def secret(self, name: str) -> bytes:
         """A key the bot made once and keeps (``refs``: /refs/ URLs; ``dashboard``: session cookies)."""

@@ -182,3 +182,23 @@ async def test_direct_messages_are_refused_unless_allowed(open_bot):
         final = await bot.final_edit(sent)
         await bot.idle()
         assert final.files
+
+
+async def test_the_refusals_are_checked_while_the_interaction_counts_as_being_answered(open_bot, monkeypatch):
+    """The work of jobs already accepted waits for commands being answered (issue 22): an /imagine is one
+    from its arrival to its defer; its job is submitted after."""
+    async with open_bot() as bot:
+        lull = bot.core.orchestrator.lull
+        checked: list[int] = []
+        check = bot.core.check_can_submit
+
+        def spy(*args, **kwargs):
+            checked.append(lull.answering)
+            return check(*args, **kwargs)
+
+        monkeypatch.setattr(bot.core, "check_can_submit", spy)
+        sent = await bot.imagine(ALICE, "a lighthouse at dusk")
+        await bot.final_edit(sent)
+        await bot.idle()
+        assert checked == [1]
+        assert lull.answering == 0

@@ -19,7 +19,8 @@ Routes (under ``/api/v10``)::
     PATCH  /webhooks/{app}/{token}/messages/{id|@original}  edit (JSON, or multipart payload_json + files[n])
     DELETE /webhooks/{app}/{token}/messages/{id|@original}
     POST   /webhooks/{app}/{token}                        followups
-    POST   /channels/{id}/messages                        channel messages (JSON or multipart)
+    POST   /channels/{id}/messages                        channel messages (JSON or multipart); a ``nonce``
+                                                          with ``enforce_nonce``: see below
     GET|DELETE /channels/{id}/messages/{id}
 
 Outside the API, ``GET /attachments/...`` is the CDN: every uploaded file and every ``add_attachment`` is
@@ -34,6 +35,11 @@ unavailable, the guilds the shard owns (``guilds``: ``(guild_id >> 22) % count =
 a GUILD_CREATE (``join_guild`` sends one later, as an invite does). Heartbeats are acknowledged.
 ``await fake.dispatch(event, data)`` sends a dispatch on the shard that owns ``data["guild_id"]`` (DMs:
 shard 0), as Discord routes them; ``shard=`` picks one. Tests send every interaction this way.
+
+Nonces, like Discord's: a message created with ``nonce`` and ``enforce_nonce: true`` by the same author in
+the same channel as an earlier one with that nonce, within ``nonce_window_s`` (Discord: "the past few
+minutes"), is not created: the earlier message is the answer (``nonce_replays`` counts them). Without
+``enforce_nonce`` a nonce is only echoed in the message. ``fake.forget_nonces()`` plays the window passing.
 
 Synchronisation is by events: ``await fake.wait_for(...)`` returns once matching calls have been
 recorded (past ones count), never by sleeping.
@@ -135,6 +141,10 @@ class FakeDiscord:
         #: what the fake CDN serves: path -> (bytes, content type)
         self.cdn: dict[str, tuple[bytes, str]] = {}
         self.deleted: list[str] = []
+        #: (channel, author, nonce) -> (message id, when made): enforce_nonce within ``nonce_window_s``
+        self.nonces: dict[tuple[str, str, str], tuple[str, float]] = {}
+        self.nonce_window_s = 300.0
+        self.nonce_replays = 0
         self.interactions: dict[str, _Interaction] = {}
         self.expired_tokens: set[str] = set()
         self.identify: dict[str, Any] | None = None
@@ -492,7 +502,24 @@ class FakeDiscord:
 
     async def _channel_message(self, request: web.Request, call: Call, channel: str) -> web.Response:
         self._check_bot_auth(request)
-        return _json_response(self._new_message(channel, call.json or {}, call.files))
+        body = call.json or {}
+        nonce = body.get("nonce")
+        key = (channel, self.bot_id, str(nonce))
+        if nonce is not None and body.get("enforce_nonce"):
+            earlier = self.nonces.get(key)
+            if earlier is not None and time.monotonic() - earlier[1] < self.nonce_window_s \
+                    and earlier[0] in self.messages:
+                self.nonce_replays += 1
+                return _json_response(self.messages[earlier[0]])  # made already: no second message
+        message = self._new_message(channel, body, call.files)
+        if nonce is not None:
+            message["nonce"] = str(nonce)
+            self.nonces[key] = (message["id"], time.monotonic())
+        return _json_response(message)
+
+    def forget_nonces(self) -> None:
+        """The nonce window passed: a nonce seen before makes a new message again."""
+        self.nonces.clear()
 
     async def _open_dm(self, request: web.Request, call: Call) -> web.Response:
         self._check_bot_auth(request)

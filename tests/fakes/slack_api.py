@@ -3,7 +3,8 @@
 Point ``AsyncWebClient(base_url=fake.api_url)`` (or ``SLACK_API_URL``) at it. It serves:
 
 - ``/api/<method>``: ``auth.test``, ``chat.postMessage``, ``chat.update``, ``chat.postEphemeral``,
-  ``chat.delete``, ``views.publish``, ``conversations.open``, ``conversations.info``, ``files.getUploadURLExternal``,
+  ``chat.delete``, ``views.publish``, ``conversations.open``, ``conversations.info``, ``conversations.history``,
+  ``conversations.replies``, ``files.getUploadURLExternal``,
   ``files.completeUploadExternal``, ``files.info``, ``files.delete``, ``apps.connections.open``,
   ``users.info`` (workspace admins and owners are the ids in ``fake.workspace_admins`` /
   ``fake.workspace_owners``). Params
@@ -44,9 +45,18 @@ conversation needs); ``conversations.open`` opens the bot's DM with a user (``D`
 conversation the bot cannot post in answer ``channel_not_found`` (private, not a member), ``is_archived``
 or ``not_in_channel``.
 
+``conversations.history`` (the conversation's top-level messages, newest first) and ``conversations.replies``
+(a thread: its parent, then the replies) answer like Slack: after ``oldest``, ``limit`` per page with a
+``next_cursor``, a message's ``metadata`` (as ``chat.postMessage`` was given it) only with
+``include_all_metadata``; ``missing_scope`` without ``channels:history`` / ``groups:history`` /
+``im:history`` / ``mpim:history`` for the conversation's kind, ``not_in_channel`` (``channel_not_found`` if
+private) where the bot is not a member. Message ts are real times (epoch seconds), as Slack's.
+
 ``fake.fail("chat.postMessage", "not_in_channel")`` makes the next call of that method answer
 ``{"ok": false, "error": "not_in_channel"}``; ``fake.lose_answer("files.completeUploadExternal")`` does
-the next call but answers HTTP 500 (the work done, the answer lost). Rate limits and slowness, like Slack's:
+the next call but answers HTTP 500 (the work done, the answer lost); ``fake.drop_answer("chat.postMessage")``
+does the next call and cuts the connection before any answer (a reset: the client hears nothing).
+Rate limits and slowness, like Slack's:
 ``fake.rate_limit("chat.update", retry_after=2)`` answers HTTP 429 with ``Retry-After``;
 ``fake.tier("chat.update", per_minute=50)`` answers 429 past a rate per workspace (a sliding minute, the
 Retry-After saying when a call would pass); ``fake.slow("chat.update", 5)`` answers after 5 s (the edit
@@ -134,6 +144,9 @@ class Conversation:
 
 #: the scope conversations.info needs for each kind of conversation
 READ_SCOPES = {"channel": "channels:read", "group": "groups:read", "im": "im:read", "mpim": "mpim:read"}
+#: the scope conversations.history and .replies need for each kind of conversation
+HISTORY_SCOPES = {"channel": "channels:history", "group": "groups:history", "im": "im:history",
+                  "mpim": "mpim:history"}
 #: methods that post in a conversation, and the parameter naming it
 POSTING = {"chat.postMessage": "channel", "chat.update": "channel", "files.completeUploadExternal": "channel_id"}
 
@@ -147,6 +160,8 @@ class Message:
     thread_ts: str | None = None
     deleted: bool = False
     history: list[str] = field(default_factory=list)
+    metadata: dict[str, Any] | None = None
+    user: str = "UBOT"
 
 
 class FakeSlackAPI:
@@ -154,7 +169,8 @@ class FakeSlackAPI:
                  team_id: str = "T0001", bot_user_id: str = "UBOT", bot_name: str = "imagine",
                  scopes: tuple[str, ...] = ("commands", "chat:write", "files:write", "files:read", "im:write",
                                           "users:read", "channels:read", "groups:read", "im:read",
-                                          "mpim:read")) -> None:
+                                          "mpim:read", "channels:history", "groups:history", "im:history",
+                                          "mpim:history")) -> None:
         self.bot_token = bot_token
         self.app_token = app_token
         self.team_id = team_id
@@ -185,9 +201,10 @@ class FakeSlackAPI:
         self._limited_until: dict[str, float] = {}
         self._delays: dict[str, float] = {}
         self._lost: dict[str, int] = defaultdict(int)
+        self._dropped: dict[str, int] = defaultdict(int)
+        self._last_ts = 0.0
         self._unblock = asyncio.Event()
         self._changed = asyncio.Condition()
-        self._ts = itertools.count(1)
         self._file_ids = itertools.count(1)
         self._sockets: list[web.WebSocketResponse] = []
         self._acks: dict[str, asyncio.Future[dict[str, Any]]] = {}
@@ -407,6 +424,10 @@ class FakeSlackAPI:
         """Answer ``method`` after ``seconds`` (0: at once again)."""
         self._delays[method] = seconds
 
+    def drop_answer(self, method: str, times: int = 1) -> None:
+        """The next ``times`` calls of ``method`` are DONE, but the connection is cut before the answer."""
+        self._dropped[method] += times
+
     def lose_answer(self, method: str, times: int = 1) -> None:
         """The next ``times`` calls of ``method`` are DONE, but answer HTTP 500 (a lost or broken answer)."""
         self._lost[method] += times
@@ -484,7 +505,14 @@ class FakeSlackAPI:
             if method == "oauth.v2.access":  # the app's credentials, no token
                 await self._delay(method)
                 return web.json_response(self._oauth_v2_access(params, client))
-            return await self._answer(call, token)
+            answer = await self._answer(call, token)
+            if self._dropped[method]:
+                self._dropped[method] -= 1
+                call.status = 0  # done, but nobody heard the answer
+                assert request.transport is not None
+                request.transport.abort()
+                raise asyncio.CancelledError
+            return answer
         finally:
             call.done_at = time.monotonic()
             await self._notify()
@@ -581,7 +609,9 @@ class FakeSlackAPI:
         return True
 
     def _next_ts(self) -> str:
-        return f"{1_700_000_000 + next(self._ts)}.{next(self._ts):06d}"
+        """A new message ts: the time now (epoch seconds, microseconds), always later than the last."""
+        self._last_ts = max(time.time(), self._last_ts + 1e-6)
+        return f"{self._last_ts:.6f}"
 
     @staticmethod
     def _blocks(params: dict[str, Any]) -> list[dict[str, Any]] | None:
@@ -598,12 +628,66 @@ class FakeSlackAPI:
 
     def _chat_postMessage(self, params: dict[str, Any]) -> dict[str, Any]:
         channel, ts = params["channel"], self._next_ts()
-        message = Message(channel, ts, params.get("text", ""), self._blocks(params), params.get("thread_ts"))
+        metadata = params.get("metadata")
+        message = Message(channel, ts, params.get("text", ""), self._blocks(params), params.get("thread_ts"),
+                          metadata=json.loads(metadata) if isinstance(metadata, str) else metadata,
+                          user=self.bot_user_id)
         message.history.append(message.text)
         self.messages[ts] = message
-        return {"ok": True, "channel": channel, "ts": ts,
-                "message": {"type": "message", "user": self.bot_user_id, "bot_id": "B0001", "ts": ts,
-                            "text": message.text, "blocks": message.blocks or []}}
+        return {"ok": True, "channel": channel, "ts": ts, "message": self._shown(message, True)}
+
+    def _shown(self, message: Message, metadata: bool) -> dict[str, Any]:
+        """A message as the Web API shows it (its metadata only when asked for)."""
+        shown = {"type": "message", "user": message.user, "ts": message.ts, "text": message.text,
+                 "blocks": message.blocks or []}
+        if message.user == self.bot_user_id:
+            shown["bot_id"] = "B0001"
+        if message.thread_ts:
+            shown["thread_ts"] = message.thread_ts
+        if metadata and message.metadata:
+            shown["metadata"] = message.metadata
+        return shown
+
+    def posted_in(self, channel: str) -> list[Message]:
+        """The messages in ``channel`` not deleted, oldest first (thread replies too)."""
+        return sorted((m for m in self.messages.values() if m.channel == channel and not m.deleted),
+                      key=lambda m: float(m.ts))
+
+    def _read(self, params: dict[str, Any]) -> tuple[str | None, Conversation]:
+        """The error conversations.history / .replies answer for this conversation, or None."""
+        conversation = self._conversation(str(params.get("channel", "")))
+        if HISTORY_SCOPES[conversation.kind] not in self.scopes:
+            return "missing_scope", conversation
+        if not conversation.member:
+            return ("channel_not_found" if conversation.private else "not_in_channel"), conversation
+        return None, conversation
+
+    def _page(self, found: list[Message], params: dict[str, Any]) -> dict[str, Any]:
+        oldest = float(params.get("oldest") or 0)
+        found = [m for m in found if float(m.ts) > oldest]
+        start, limit = int(params.get("cursor") or 0), int(params.get("limit") or 100)
+        page = found[start:start + limit]
+        more = start + limit < len(found)
+        metadata = str(params.get("include_all_metadata", "")).lower() in ("1", "true")
+        return {"ok": True, "messages": [self._shown(m, metadata) for m in page], "has_more": more,
+                "response_metadata": {"next_cursor": str(start + limit) if more else ""}}
+
+    def _conversations_history(self, params: dict[str, Any]) -> dict[str, Any]:
+        error, conversation = self._read(params)
+        if error:
+            return {"ok": False, "error": error}
+        top = [m for m in self.posted_in(conversation.id) if m.thread_ts in (None, m.ts)]
+        return self._page(top[::-1], params)
+
+    def _conversations_replies(self, params: dict[str, Any]) -> dict[str, Any]:
+        error, conversation = self._read(params)
+        if error:
+            return {"ok": False, "error": error}
+        parent = str(params.get("ts", ""))
+        thread = [m for m in self.posted_in(conversation.id) if m.ts == parent or m.thread_ts == parent]
+        if not thread:
+            return {"ok": False, "error": "thread_not_found"}
+        return self._page(thread, params)
 
     def _chat_update(self, params: dict[str, Any]) -> dict[str, Any]:
         message = self.messages.get(params.get("ts", ""))

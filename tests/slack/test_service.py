@@ -128,3 +128,50 @@ async def test_healthz_lists_the_slack_front_end(slack: SlackHarness):
     url = slack.events_url.replace(EVENTS_PATH, "/healthz")
     body = (await slack.http.get(url)).json()
     assert body["ok"] and "slack" in body["frontends"]
+
+
+def spy_on_submits(core: ImagineCore, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many commands counted as being answered (``core.answering``) at each submit."""
+    seen: list[int] = []
+    submit = core.orchestrator.submit
+
+    async def spy(request):
+        seen.append(core.orchestrator.lull.answering)
+        return await submit(request)
+
+    monkeypatch.setattr(core.orchestrator, "submit", spy)
+    return seen
+
+
+async def test_an_http_slash_command_is_decided_while_it_counts_as_being_answered(slack: SlackHarness, monkeypatch):
+    """The work of jobs already accepted waits for commands being answered (issue 22): a request is one from
+    its arrival to its response (the second command: the first one checks the channel after its ack)."""
+    seen = spy_on_submits(slack.core, monkeypatch)
+    await slack.slash("a lighthouse at dusk")
+    await slack.settle()
+    await slack.slash("a gull at dawn")
+    await slack.settle()
+    assert len(seen) == 2 and seen[-1] == 1
+    assert slack.core.orchestrator.lull.answering == 0
+
+
+async def test_a_socket_mode_slash_command_is_decided_while_it_counts_as_being_answered(
+        slack_settings, fake_slack, monkeypatch):
+    settings = slack_settings(SLACK_APP_TOKEN=APP_TOKEN, SLACK_SIGNING_SECRET=None)
+    async with ImagineCore.open(settings) as core:
+        service = SlackService(core, settings, build_web_app(core), tick_s=0)
+        seen = spy_on_submits(core, monkeypatch)
+        try:
+            await service.start()
+            await fake_slack.wait_socket()
+            for n, text in enumerate(("a lighthouse at dusk", "a gull at dawn")):
+                await fake_slack.send_envelope("slash_commands", {
+                    "team_id": TEAM, "channel_id": "C1", "user_id": "U1", "command": "/imagine", "text": text,
+                    "trigger_id": f"t.socket.{n}", "api_app_id": "A0001", "response_url": fake_slack.response_url()})
+                await service.handlers.wait_idle()
+                await core.orchestrator.wait_idle()
+            assert len(seen) == 2 and seen[-1] == 1
+            assert core.orchestrator.lull.answering == 0
+        finally:
+            await core.orchestrator.stop()
+            await service.stop()

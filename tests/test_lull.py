@@ -1,0 +1,85 @@
+"""The lull (``core.jobs.lull``): work that decides no answer waits while commands are being answered.
+
+No timings are asserted: the waits are driven by commands entered and left, and by turns of the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from imagine_bot.core.jobs.lull import Lull
+
+
+async def turns(n: int = 20) -> None:
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+def start_work(lull: Lull) -> tuple[asyncio.Task[None], asyncio.Event]:
+    """A task that waits on ``lull`` and then sets the event."""
+    went = asyncio.Event()
+
+    async def work() -> None:
+        await lull.wait()
+        went.set()
+
+    return asyncio.create_task(work()), went
+
+
+async def test_nothing_waits_when_no_command_was_seen():
+    lull = Lull()
+    await lull.wait()
+    assert lull.held == 0
+
+
+async def test_a_waiter_is_held_while_a_command_is_answered_and_goes_once_it_is():
+    lull = Lull(quiet_s=0.0, most_s=3600)
+    with lull.command():
+        task, went = start_work(lull)
+        await turns()
+        await asyncio.sleep(0.05)  # timers too: still held, however long the command takes
+        assert not went.is_set() and lull.waiting == 1
+    await asyncio.wait_for(went.wait(), 5)
+    await task
+    assert lull.held == 1 and lull.waiting == 0
+
+
+async def test_a_command_decided_in_the_meantime_holds_the_waiters_again():
+    """``touch`` (a submit, a precheck) counts as a command: the waiters go only after some calm turns."""
+    lull = Lull(quiet_s=0.0, most_s=3600)
+    with lull.command():
+        task, went = start_work(lull)
+        await turns()
+    for _ in range(30):  # a command decided at every turn of the loop: never calm
+        lull.touch()
+        await asyncio.sleep(0)
+    assert not went.is_set()
+    await asyncio.wait_for(went.wait(), 5)
+    await task
+
+
+async def test_steady_commands_hold_work_for_most_s_at_most_and_waiters_keep_their_order():
+    lull = Lull(quiet_s=0.0, most_s=0.05)
+    order: list[int] = []
+
+    async def work(n: int) -> None:
+        await lull.wait()
+        order.append(n)
+
+    with lull.command():  # never answered while the work waits
+        tasks = [asyncio.create_task(work(n)) for n in range(5)]
+        await asyncio.wait_for(asyncio.gather(*tasks), 5)
+    assert order == [0, 1, 2, 3, 4]
+
+
+async def test_release_lets_every_waiter_go_and_a_cancelled_waiter_is_skipped():
+    lull = Lull(quiet_s=3600, most_s=3600)
+    lull.touch()
+    first = asyncio.create_task(lull.wait())
+    second = asyncio.create_task(lull.wait())
+    await turns()
+    first.cancel()
+    await turns()
+    lull.release()
+    await asyncio.wait_for(second, 5)
+    assert first.cancelled() and lull.waiting == 0
