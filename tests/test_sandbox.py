@@ -220,7 +220,10 @@ async def test_magic_slow(http: httpx.AsyncClient, sb: SandboxGateway) -> None:
     assert (await record(http, sb, slow))["data"]["state"] != "success"
 
 
-async def test_credits_charged_once_on_success(http: httpx.AsyncClient, sb: SandboxGateway) -> None:
+async def test_credits_charged_once_on_success(http: httpx.AsyncClient, make_sandbox) -> None:
+    # a task that waits 2 s before it starts: the first look at the balance comes well before its success,
+    # however busy the machine (with the 80 ms of the fast delays, a loaded machine could look after it)
+    sb = await make_sandbox(delays={**DELAYS, "waiting": 2.0})
     task_id = (await create(http, sb, job()))["data"]["taskId"]
     assert (await http.get(f"{sb.base_url}/api/v1/chat/credit")).json()["data"] == 100000
     await walk(http, sb, task_id)
