@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import hypothesis
 import pytest
 
 from imagine_bot.core.app import ImagineCore
@@ -24,6 +25,21 @@ FAST_DELAYS = {"waiting": 0.02, "queuing": 0.02, "generating": 0.04}
 
 #: under CI=true a skip fails (tests/no_skips_in_ci.py); pytester runs the suite's own plugins in tests
 pytest_plugins = ["tests.no_skips_in_ci", "pytester"]
+
+# no wall-clock bound in a test, hypothesis's either: its 200 ms deadline per example (and its health check of
+# slow data generation) trip on a busy machine, with the suite's workers sharing 2 cores
+hypothesis.settings.register_profile("suite", deadline=None,
+                                     suppress_health_check=[hypothesis.HealthCheck.too_slow])
+hypothesis.settings.load_profile("suite")
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    """``-n auto`` (pyproject.toml's addopts): two workers a core. Most of the suite's time is waiting (on
+    subprocesses, local servers, timeouts), not computing, so more workers than cores keep the cores busy.
+    ``PYTEST_XDIST_AUTO_NUM_WORKERS`` (pytest-xdist's own setting) still wins; ``-n0`` runs in this process."""
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return None  # pytest-xdist's own hook reads it
+    return 2 * len(os.sched_getaffinity(0))
 
 
 @pytest.fixture(autouse=True)
@@ -93,19 +109,18 @@ async def until(predicate: Callable[[], object], within: float = 10.0) -> None:
 
 # ---------------------------------------------------------------------- PostgreSQL
 
-_PG_SKIPPED: list[str] = []
-
 
 @pytest.fixture(scope="session")
 def pg_cluster() -> Iterator[PgCluster]:
-    """One throwaway PostgreSQL cluster for the whole session (``tests/pg.py``). Without the server binaries
-    the PostgreSQL tests are skipped with the reason, and named at the end of the run; under ``CI=true``
-    they fail instead: CI installs the binaries (``.ci/run``), so a skip there would hide a missing step."""
+    """One throwaway PostgreSQL cluster for the whole session (``tests/pg.py``): under pytest-xdist, one per
+    worker process that runs a PostgreSQL test (each its own folder and free port). Without the server
+    binaries the PostgreSQL tests are skipped with the reason, and named at the end of the run; under
+    ``CI=true`` they fail instead: CI installs the binaries (``.ci/run``), so a skip there would hide a
+    missing step."""
     reason = pg.missing_reason()
     if reason is not None:
         if os.environ.get("CI") == "true":
             pytest.fail(f"CI=true: {reason}", pytrace=False)
-        _PG_SKIPPED.append(reason)
         pytest.skip(reason)
     cluster = pg.PgCluster().start()
     try:
@@ -123,8 +138,12 @@ def pg_url(pg_cluster: PgCluster) -> Iterator[str]:
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if _PG_SKIPPED:
-        terminalreporter.write_line(f"NOTE: {_PG_SKIPPED[0]}", yellow=True, bold=True)
+    """The note that PostgreSQL tests were skipped, read from the skips' reports: they reach this process
+    from the xdist workers that ran them, as they do without xdist."""
+    reason = pg.missing_reason()
+    if reason is not None and any(reason in str(report.longrepr)
+                                  for report in terminalreporter.stats.get("skipped", [])):
+        terminalreporter.write_line(f"NOTE: {reason}", yellow=True, bold=True)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

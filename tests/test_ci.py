@@ -62,6 +62,20 @@ def test_under_ci_a_skip_fails_with_its_reason(skipping_suite, monkeypatch, valu
     assert "A skip fails under CI=true" in output
 
 
+def test_under_ci_a_skip_fails_in_xdist_workers_too(skipping_suite, monkeypatch):
+    """The suite runs in pytest-xdist workers (pyproject.toml's addopts): the skip fails there, and the
+    failure is what reaches the run's summary and exit code."""
+    monkeypatch.setenv("CI", "true")
+    result = skipping_suite.runpytest_inprocess("-n", "2", "--continue-on-collection-errors")
+    result.assert_outcomes(passed=1, failed=1, errors=2, xfailed=1)
+    assert result.ret == 1
+    output = result.stdout.str()
+    assert "created: 2/2 workers" in output and "[gw0]" in output  # the tests ran in the workers
+    for reason in ("no Chromium here", "root may write anywhere", "no browser"):
+        assert reason in output
+    assert "A skip fails under CI=true" in output
+
+
 def container_test(*, ci: bool, tmp_path: Path) -> subprocess.CompletedProcess[str]:
     """scripts/container_test.py on a PATH with no docker, podman or apt-get: it cannot run a container."""
     empty = tmp_path / "bin"

@@ -22,6 +22,7 @@ import threading
 from pathlib import Path
 
 import httpx
+import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,6 +112,8 @@ def serve_until_the_link_works(command: str, cwd: Path, env: dict[str, str]) -> 
     return "".join(said)
 
 
+# never while tests/test_packaging.py builds in the checkout (its staging folder would be copied half-made)
+@pytest.mark.xdist_group("checkout")
 def test_the_readme_first_section_runs_as_written_in_fresh_shells(tmp_path):
     commands = readme_commands()
     assert commands[:2] == ["make demo", "make test"] and len(commands) >= 3, commands

@@ -73,7 +73,8 @@ def test_without_a_key_tokens_are_plain_and_a_key_seals_them_later(db):
     assert keyed.latest(org=None, workspace="T1").tokens["bot_token"] == TOKEN
 
 
-@pytest.mark.parametrize("key", [None, Fernet.generate_key().decode()])
+# named ids: a random key in a test's id differs between xdist workers, which must collect the same tests
+@pytest.mark.parametrize("key", [None, Fernet.generate_key().decode()], ids=["no-key", "another-key"])
 def test_sealed_tokens_without_their_key_fail_naming_the_setting(db, key):
     Installations(db, SecretBox(KEY, setting="SLACK_TOKEN_KEY"), "slack").save(row())
     with pytest.raises(ConfigError) as caught:

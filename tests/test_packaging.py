@@ -20,6 +20,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+#: the builds write into the checkout (build/, the egg-info, the sdist's staging folder imagine_bot-0.1.0/,
+#: which git does not ignore): one after the other, and never while tests/test_first_hour.py copies it
+CHECKOUT = pytest.mark.xdist_group("checkout")
 
 
 def _declared_packages() -> set[str]:
@@ -39,6 +42,7 @@ def test_every_source_folder_is_a_declared_package():
     assert found == _declared_packages()
 
 
+@CHECKOUT
 def test_the_build_prints_no_warning(tmp_path):
     built = subprocess.run([sys.executable, "-m", "build", "--no-isolation", "--wheel", "--outdir", str(tmp_path),
                             str(ROOT)], capture_output=True, text=True, timeout=240)
@@ -63,6 +67,7 @@ def test_no_absolute_import_of_the_bare_folder_names():
 
 
 @pytest.mark.slow
+@CHECKOUT
 def test_wheel_installs_under_one_name_and_runs(tmp_path):
     dist = tmp_path / "dist"
     subprocess.run([sys.executable, "-m", "build", "--no-isolation", "--outdir", str(dist), str(ROOT)],
@@ -76,14 +81,15 @@ def test_wheel_installs_under_one_name_and_runs(tmp_path):
         zipfile.ZipFile(wheel).namelist())
 
     env_dir = tmp_path / "venv"
-    venv.EnvBuilder(with_pip=True).create(env_dir)
+    venv.EnvBuilder(with_pip=False).create(env_dir)  # no pip of its own (ensurepip takes 8 s of CPU) ...
     py = env_dir / "bin" / "python"
     # the dependencies: this venv's site-packages, reached through a .pth (no network, no index)
     site = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                           check=True, capture_output=True, text=True).stdout.strip()
     Path(site, "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    subprocess.run([str(py), "-m", "pip", "install", "--no-deps", "--no-index", "--quiet", str(wheel)],
-                   check=True, capture_output=True, timeout=120)
+    # ... this venv's pip installs the wheel into it (`--python`: as that interpreter, into its site-packages)
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "--no-deps", "--no-index", "--quiet",
+                    str(wheel)], check=True, capture_output=True, timeout=120)
     # paths named in a .pth are not scanned for .pth files: the repo's editable finder stays out
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
     env["PYTHONNOUSERSITE"] = "1"

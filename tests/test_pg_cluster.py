@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import psycopg
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,7 +37,7 @@ def test_the_server_is_reached_over_tcp_with_a_password(pg_cluster, pg_url):
         raise AssertionError("a wrong password was accepted")
 
 
-def _run_without_binaries(tmp_path: Path, ci: str | None) -> subprocess.CompletedProcess[str]:
+def _run_without_binaries(tmp_path: Path, ci: str | None, workers: str = "0") -> subprocess.CompletedProcess[str]:
     test = tmp_path / "test_needs_pg.py"
     test.write_text("def test_needs_pg(pg_url):\n    assert pg_url\n")
     env = {k: v for k, v in os.environ.items() if k != "CI"}
@@ -45,12 +46,15 @@ def _run_without_binaries(tmp_path: Path, ci: str | None) -> subprocess.Complete
         env["CI"] = ci
     # the suite's conftest loaded as a plugin, on a test file outside the suite
     return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "tests.conftest",
-                           "-c", str(ROOT / "pyproject.toml"), "--rootdir", str(tmp_path), str(test)],
+                           "-c", str(ROOT / "pyproject.toml"), "--rootdir", str(tmp_path), "-n", workers, str(test)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
 
 
-def test_without_the_binaries_a_pg_test_is_skipped_with_a_note(tmp_path):
-    result = _run_without_binaries(tmp_path, None)
+# as one test runs alone (-n0) and as the suite runs (pyproject.toml's addopts): in an xdist worker, whose
+# skip reaches the note through its report
+@pytest.mark.parametrize("workers", ["0", "1"], ids=["alone", "xdist"])
+def test_without_the_binaries_a_pg_test_is_skipped_with_a_note(tmp_path, workers):
+    result = _run_without_binaries(tmp_path, None, workers)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "1 skipped" in result.stdout
     assert "NOTE: PostgreSQL's server binaries are not installed" in result.stdout
