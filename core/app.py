@@ -26,6 +26,7 @@ import httpx
 from imagine_bot.core import __version__
 from imagine_bot.core.access.authority import GLOBAL, Actor, scope_noun
 from imagine_bot.core.access.identity import UserRef
+from imagine_bot.core.access.places import PlacePrefs
 from imagine_bot.core.chat import messages, presets
 from imagine_bot.core.chat.parsing import ParsedPrompt, check_banned, parse_imagine, take_images, take_preset
 from imagine_bot.core.chat.presets import Preset
@@ -340,13 +341,15 @@ class ImagineCore:
         return self.places.prefs(actor.place).defaults if actor.place else {}
 
     def prepare(self, who: UserRef | Actor, text: str, *, defaults: dict[str, str] | None = None,
-                preset: str | None = None, channel_preset: bool = False) -> Prepared:
+                preset: str | None = None, channel_preset: bool = False,
+                place: PlacePrefs | None = None) -> Prepared:
         """Read an ``/imagine``: flags, the preset (``--preset NAME`` typed, else ``preset``, else with
         ``channel_preset`` the channel's default; ``none`` turns presets off) and its template, changing
         nothing. Raises ``UserInputError`` with the reason (an unknown preset lists the ones there are).
 
         Options, weakest first: the model's defaults, the place's, the preset's, ``defaults`` (a front end's
-        own options), the flags typed in the text."""
+        own options), the flags typed in the text. ``place``: the place's preferences as ``check_place`` just
+        read them (None: read here)."""
         actor = Actor.of(who)
         text, typed = take_preset(text)
         name = typed or preset
@@ -360,7 +363,8 @@ class ImagineCore:
             chosen = self.preset_named(actor, name.strip().lower())
             if chosen is None:
                 raise UserInputError(messages.unknown_preset(name, [p.name for p in self.presets_here(actor)]))
-        base = {**self.place_defaults(actor), **(chosen.defaults if chosen else {}), **(defaults or {})}
+        place_defaults = place.defaults if place is not None else self.place_defaults(actor)
+        base = {**place_defaults, **(chosen.defaults if chosen else {}), **(defaults or {})}
         parsed = self.parse(text, base)
         given = parsed.flagged | frozenset(defaults or {}) | frozenset(chosen.defaults if chosen else {})
         if chosen is None:
@@ -389,8 +393,9 @@ class ImagineCore:
         actor = Actor.of(requester, reply.channel)
         if dedupe_key and (existing := self.jobs.by_dedupe_key(dedupe_key)) is not None:
             return existing  # a redelivered request: no second check, no second job
-        self.check_place(actor)
-        asked = self.prepare(actor, text, defaults=defaults, preset=preset, channel_preset=channel_preset)
+        place = self.check_place(actor)
+        asked = self.prepare(actor, text, defaults=defaults, preset=preset, channel_preset=channel_preset,
+                             place=place)
         params = asked.params
         references = [*asked.references, *references]
         model = self.edit_model if references else self.model
@@ -497,9 +502,15 @@ class ImagineCore:
             return ()
         return (actor.place, actor.channel_scope) if actor.channel_scope else (actor.place,)
 
-    def check_place(self, actor: Actor) -> None:
+    def check_place(self, actor: Actor) -> PlacePrefs | None:
         """The place's own refusals, before any charge: not an allowed server or workspace, banned there,
-        a channel the bot does not answer in, or paused submissions."""
+        a channel the bot does not answer in, or paused submissions. Returns the place's preferences, read
+        with its ban in one statement (None: no place), for ``prepare``.
+
+        The ban and the preferences are read every time (an admin's change in any process counts at once);
+        the pause is the gateway account's as this process knows it (``GatewayAccount.check``: a pause made
+        by another process counts within ``ACCOUNT_FRESH_S``)."""
+        rules: PlacePrefs | None = None
         if actor.place is not None:
             platform, _, place_id = actor.place.partition(":")
             allowed = {"discord": self.settings.DISCORD_ALLOWED_GUILDS,
@@ -507,32 +518,46 @@ class ImagineCore:
             if allowed and place_id not in allowed:
                 raise NotAllowedHere(f"{actor.key} in {actor.place}, which is not allowed",
                                      user_message=f"This image bot is not enabled for this {scope_noun(actor.place)}.")
-            if self.places.is_banned(actor.place, actor.key):
+            banned, rules = self.places.rules(actor.place, actor.key)
+            if banned:
                 raise NotAllowedHere(f"{actor.key} is banned in {actor.place}", user_message=(
                     f"A {scope_noun(actor.place)} admin has turned the image bot off for you here."))
-            channels = self.places.prefs(actor.place).channels
+            channels = rules.channels
             if channels and actor.channel not in channels:
                 where = ", ".join(f"<#{c}>" for c in channels)
                 raise NotAllowedHere(f"{actor.key} asked in channel {actor.channel}", user_message=(
                     f"In this {scope_noun(actor.place)} I make images only in {where}."))
         self.account.check()
+        return rules
 
     def check_imagine(self, requester: UserRef | Actor, text: str) -> None:
         """Raise the refusal ``/imagine <text>`` would meet at once (place, prompt and flags, job limit, balance,
         budgets), changing nothing: for a front end that answers these in its ack and takes the job itself
         after asking its platform something (``check_reply``)."""
-        actor = Actor.of(requester)
         prompt, images = take_images(text)
-        self.check_place(actor)
-        prepared = self.prepare(actor, prompt, channel_preset=True)  # the preset too (an unknown one, too long)
-        self.check_can_submit(actor, edit=bool(images or prepared.references))
+        self.prepare_checked(requester, prompt, edit=bool(images))
+
+    def prepare_checked(self, requester: UserRef | Actor, text: str, *, defaults: dict[str, str] | None = None,
+                        preset: str | None = None, edit: bool = False) -> Prepared:
+        """``prepare`` an ``/imagine`` (with the channel's preset) and raise the refusal it would meet at once
+        (place, prompt and flags, preset, job limit, balance, budgets), changing nothing; the place is read
+        once for its rules and its defaults. ``edit``: with references of the front end's own."""
+        actor = Actor.of(requester)
+        place = self.check_place(actor)
+        prepared = self.prepare(actor, text, defaults=defaults, preset=preset, channel_preset=True, place=place)
+        self._check_can_pay(actor, edit=edit or bool(prepared.references))
+        return prepared
 
     def check_can_submit(self, requester: UserRef | Actor, *, edit: bool = False) -> None:
         """Raise the refusal an ``imagine`` (an edit, with ``edit``) by this user would meet (place, job limit,
         balance, budgets), changing nothing."""
         actor = Actor.of(requester)
-        cost = self.cost_of(self.edit_model if edit else self.model)
         self.check_place(actor)
+        self._check_can_pay(actor, edit=edit)
+
+    def _check_can_pay(self, actor: Actor, *, edit: bool) -> None:
+        """The job limit, the balance and the budgets (the place checked already)."""
+        cost = self.cost_of(self.edit_model if edit else self.model)
         self.orchestrator.precheck(actor.user, cost)
         self.budgets.check(self.scopes(actor), actor.key, cost)
 

@@ -9,12 +9,20 @@ import asyncio
 import io
 from pathlib import Path
 
+import pytest
 from rich.console import Console
 
 from imagine_bot.bots.terminal import TerminalFrontEnd
+from imagine_bot.core.access.authority import Actor
 from imagine_bot.core.access.identity import UserRef
-from imagine_bot.core.jobs.model import JobRequest, ReplyTo
+from imagine_bot.core.app import ImagineCore
+from imagine_bot.core.errors import GatewayPaused, NotAllowedHere
+from imagine_bot.core.gateway.balance import ACCOUNT_FRESH_S
+from imagine_bot.core.jobs.model import Job, JobRequest, ReplyTo
 from imagine_bot.core.jobs.outbox import Outbox, Pace
+from imagine_bot.core.storage.db import open_database, utcnow
+from imagine_bot.core.storage.gateway_account import SqliteGatewayAccount
+from imagine_bot.core.storage.places import SqlitePlaces
 
 ALICE = UserRef("terminal", "local", "alice")
 REPLY = ReplyTo("terminal", "test")
@@ -128,3 +136,100 @@ def test_a_reservation_reads_the_account_and_each_budget_once(core):
     assert core.budgets.job_scopes("j-second") == ["slack:T1", "slack:T1#C1", "global"]
     assert [core.budgets.status(s).held for s in ("slack:T1", "slack:T1#C1", "global")] == [36, 36, 36]
     assert core.ledger.verify() == []
+
+
+# ---------------------------------------------------------------------- the place checks (issue 22, round 2)
+SLACK_ACTOR = Actor(UserRef("slack", "T1", "U1"), "slack:T1", "C1")
+IN_C1 = ReplyTo("terminal", "C1")
+
+
+class Clock:
+    """A monotonic clock the test moves."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_command_reads_its_place_once_and_the_gateway_account_once_a_window(core, tmp_path: Path):
+    """Before the ack: the ban and the place's preferences in one statement (they were read in three: the
+    ban, the channels, then the defaults again), the gateway account's pause not read again within
+    ``ACCOUNT_FRESH_S``, and a request's dedupe key looked up by a plain statement (no savepoint)."""
+    core.register(TerminalFrontEnd(tmp_path / "out", Console(file=io.StringIO()), bar=False))
+    core.account.monotonic = clock = Clock()
+    await core.imagine(SLACK_ACTOR, IN_C1, "warm up", dedupe_key="k0")  # reads the account's row
+    statements: list[str] = []
+    core.stores.db.conn.set_trace_callback(statements.append)
+    try:
+        clock.now += ACCOUNT_FRESH_S / 2
+        job = await core.imagine(SLACK_ACTOR, IN_C1, "a lighthouse at dusk", dedupe_key="k1")
+    finally:
+        core.stores.db.conn.set_trace_callback(None)
+    assert job.prompt == "a lighthouse at dusk"
+    before = statements[:statements.index("BEGIN IMMEDIATE")]
+    place = [s for s in before if "place_" in s]
+    assert len(place) == 1 and "place_bans" in place[0] and "place_prefs" in place[0], before
+    assert not any("gateway_account" in s for s in statements), statements
+    assert not any("SAVEPOINT" in s for s in before), before
+    assert len(before) <= 4, before  # the dedupe key (in imagine, then in submit), the place, the reviewers
+    await core.orchestrator.wait_idle()
+
+
+def _other_process(core: ImagineCore) -> tuple[SqlitePlaces, SqliteGatewayAccount]:
+    """The stores as another process (the command line, another bot) sees them: its own connection."""
+    db = open_database(core.settings)
+    return SqlitePlaces(db), SqliteGatewayAccount(db)
+
+
+async def made(core: ImagineCore, prompt: str) -> Job:
+    """A job made and finished (the job limit stays clear)."""
+    job = await core.imagine(SLACK_ACTOR, IN_C1, prompt)
+    await core.orchestrator.wait_idle()
+    return job
+
+
+@pytest.mark.usefixtures("backend")
+async def test_an_admins_change_in_another_process_counts_at_the_next_command(core, tmp_path: Path):
+    """A ban, the channels and the defaults are read at every command (never cached): a change made by
+    another process a moment ago counts at once; a pause made there counts within ``ACCOUNT_FRESH_S``, one
+    made by this process at once."""
+    core.register(TerminalFrontEnd(tmp_path / "out", Console(file=io.StringIO()), bar=False))
+    core.account.monotonic = clock = Clock()
+    places, account = _other_process(core)
+    first = await made(core, "warm up")
+    assert first.params["aspect_ratio"] != "16:9"
+
+    places.set_defaults("slack:T1", {"aspect_ratio": "16:9"}, actor="admin")
+    assert (await made(core, "a fox")).params["aspect_ratio"] == "16:9"
+
+    places.set_channels("slack:T1", ("C2",), actor="admin")
+    with pytest.raises(NotAllowedHere, match="in channel C1"):
+        await core.imagine(SLACK_ACTOR, IN_C1, "a fox")
+    with pytest.raises(NotAllowedHere, match="in channel C1"):
+        core.check_imagine(SLACK_ACTOR, "a fox")
+    places.set_channels("slack:T1", (), actor="admin")
+
+    places.ban("slack:T1", SLACK_ACTOR.key, actor="admin")
+    held = core.ledger.balance(SLACK_ACTOR.user).held
+    with pytest.raises(NotAllowedHere, match="is banned"):
+        await core.imagine(SLACK_ACTOR, IN_C1, "a fox")
+    with pytest.raises(NotAllowedHere, match="is banned"):
+        core.prepare_checked(SLACK_ACTOR, "a fox")
+    assert core.ledger.balance(SLACK_ACTOR.user).held == held  # nothing reserved
+    places.unban("slack:T1", SLACK_ACTOR.key)
+    await made(core, "a fox")
+
+    assert account.pause("out_of_credits", utcnow(), "HTTP 402 (another process)")
+    clock.now += ACCOUNT_FRESH_S  # the state this process read is that old now
+    with pytest.raises(GatewayPaused):
+        await core.imagine(SLACK_ACTOR, IN_C1, "a fox")
+    assert account.resume()
+    core.account.resume(1000)  # this process's own change: at once
+    await made(core, "a fox")
+    core.account.pause("out_of_credits", "HTTP 402")
+    with pytest.raises(GatewayPaused):
+        await core.imagine(SLACK_ACTOR, IN_C1, "a fox")
+    core.account.resume(1000)
+    await core.orchestrator.stop()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import unicodedata
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from imagine_bot.core.chat.parsing import parse_imagine, whole_number
+from imagine_bot.core.chat.parsing import _clean, parse_imagine, whole_number
 from imagine_bot.core.errors import ConfigError, NumberRefused, UserInputError
 from imagine_bot.core.gateway.catalog import SEEDREAM_45, get_model
 
@@ -99,6 +101,16 @@ def test_control_characters_do_not_break_parsing():
     parsed = parse("a\x00 cat\u200b --ar\t16:9")
     assert parsed.params["aspect_ratio"] == "16:9"
     assert "\x00" not in parsed.prompt
+
+
+def test_an_ascii_prompt_is_cleaned_as_any_other():
+    """ASCII text takes a faster path (one regex, issue 22): it must blank exactly what the per-character
+    rule blanks (Unicode categories Cc and Cf), every ASCII character tried, alone and beside others."""
+    every = "".join(chr(c) for c in range(128))
+    by_rule = "".join(" " if unicodedata.category(ch) in ("Cc", "Cf") else ch for ch in every)
+    assert _clean(every) == by_rule
+    assert _clean(every + "\u00e9") == by_rule + "\u00e9"  # the slow path, for the same ASCII part
+    assert _clean("a\tcat\nx\x7f") == "a cat x "
 
 
 flag_words = st.sampled_from(["--ar", "--aspect", "--q", "--quality", "—ar", "–q", "--", "--x", "-ar", "--ar=",

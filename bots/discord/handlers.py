@@ -101,8 +101,7 @@ class Handlers:
         references = [Reference(name=a.filename, url=a.url) for a in attachments or []]
         with self.core.answering():  # the work of jobs already accepted waits for this ack
             try:
-                prepared = self.core.prepare(who, prompt, defaults=defaults, preset=preset, channel_preset=True)
-                self.core.check_can_submit(who, edit=bool(references or prepared.references))
+                self.core.prepare_checked(who, prompt, defaults=defaults, preset=preset, edit=bool(references))
             except ImagineError as error:
                 await reply_private(interaction, error.user_message)
                 return

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from imagine_bot.core.errors import NumberRefused, UserInputError
 from imagine_bot.core.gateway.catalog import InputSpec, ModelSpec
 
+_ASCII_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _DASHES = re.compile(r"(?<!\S)[\u2014\u2013\u2012\u2015\u2212]{1,2}(?=[A-Za-z])")
 _FLAG = re.compile(r"^--([A-Za-z][\w-]*)(?:=(.*))?$", re.DOTALL)
 _IMAGE_FLAG = re.compile(r"(?<!\S)--(?:image|img)(?:=|\s+)(\S+)", re.IGNORECASE)
@@ -63,8 +64,11 @@ def usage(model: ModelSpec) -> str:
 
 def _clean(text: str) -> str:
     # drop control characters (keep newlines and tabs as spaces), normalise dashes typed on phones
-    text = "".join(" " if unicodedata.category(ch) in ("Cc", "Cf") and ch not in "\u200d" else ch
-                   for ch in text)
+    if text.isascii():  # most prompts: ASCII's only control characters (Cc; it has no Cf) in one pass
+        text = _ASCII_CONTROL.sub(" ", text)
+    else:
+        text = "".join(" " if unicodedata.category(ch) in ("Cc", "Cf") and ch not in "\u200d" else ch
+                       for ch in text)
     return _DASHES.sub("--", text)
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -52,6 +53,9 @@ log = logging.getLogger(__name__)
 OUT_OF_CREDITS = "out_of_credits"
 UNDELIVERED = "billed_not_delivered"
 PAUSED_RECHECK_S = 30.0
+#: ``check`` answers from the state read at most this long ago (a burst of commands reads the row once);
+#: a pause or resume made by this process counts at once, one made by another process within this time
+ACCOUNT_FRESH_S = 1.0
 #: balance readings older than this are dropped (the dashboard shows 90 days at most)
 BALANCE_LOG_DAYS = 100
 
@@ -74,7 +78,7 @@ class AccountState:
 class GatewayAccount:
     def __init__(self, store: GatewayAccountStore, jobs: JobRepository, gateway: GatewayClient, alerts: Alerts, *,
                  cost: int, check_every_s: float, undelivered_alert_credits: int = 0,
-                 clock: Callable[[], datetime] = utcnow) -> None:
+                 clock: Callable[[], datetime] = utcnow, monotonic: Callable[[], float] = time.monotonic) -> None:
         self.store = store
         self.jobs = jobs
         self.gateway = gateway
@@ -84,6 +88,9 @@ class GatewayAccount:
         #: tell the operators when today's billed-but-not-delivered credits reach this (0: never)
         self.undelivered_alert_credits = undelivered_alert_credits
         self.clock = clock
+        self.monotonic = monotonic
+        #: the state ``check`` last read, and when (``monotonic``); None: read at the next ``check``
+        self._checked: tuple[AccountState, float] | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         #: set while new jobs are taken (cleared while paused)
@@ -101,8 +108,12 @@ class GatewayAccount:
                 "paused_since": state.paused_since and iso(state.paused_since)}
 
     def check(self) -> None:
-        """Raise ``GatewayPaused`` while new jobs are paused."""
-        state = self.state()
+        """Raise ``GatewayPaused`` while new jobs are paused: as read at most ``ACCOUNT_FRESH_S`` ago (every
+        change this process makes is seen at once; another process's within that time)."""
+        now = self.monotonic()
+        if self._checked is None or now - self._checked[1] >= ACCOUNT_FRESH_S or now < self._checked[1]:
+            self._checked = (self.state(), now)
+        state = self._checked[0]
         if state.paused:
             raise GatewayPaused(f"submissions paused: {state.paused} ({state.detail})")
 
@@ -111,6 +122,7 @@ class GatewayAccount:
     # that with several processes on one database the operators still hear once per pause
     def pause(self, cause: str, detail: str) -> None:
         self.resumed.clear()
+        self._checked = None
         self._wake.set()  # recheck soon
         if self.store.pause(cause, self.clock(), detail[:500]):
             log.error("pausing new jobs: the gateway account is %s (%s)", cause.replace("_", " "), detail)
@@ -119,6 +131,7 @@ class GatewayAccount:
 
     def resume(self, balance: int) -> None:
         self.resumed.set()
+        self._checked = None
         if self.store.resume():
             log.warning("resuming new jobs: the gateway account has %d credits again", balance)
             self.alerts.clear("resumed")

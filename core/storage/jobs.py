@@ -77,12 +77,6 @@ _ACTIVE = tuple(s.value for s in ACTIVE_STATES)
 _ACTIVE_MARKS = ",".join("?" * len(_ACTIVE))
 
 
-#: the columns ``insert`` leaves to their defaults
-_EMPTY_ROW: dict[str, Any] = dict.fromkeys((
-    "task_id", "result_urls", "files", "error_code", "error_message", "submitted_at", "finished_at", "receipt",
-    "billed_at", "gateway_cost"), None) | {"notice_pending": 0}
-
-
 class SqliteJobStore:
     """Job rows. Every write is one short transaction; the caller may wrap several in ``Store.transaction``."""
 
@@ -124,8 +118,15 @@ class SqliteJobStore:
             if request.dedupe_key is None:
                 raise
             raise DuplicateRequest(f"a job for request {request.dedupe_key} exists already ({exc})") from exc
-        # the job as inserted (every other column starts empty), without reading the row back
-        return _row_to_job({**_EMPTY_ROW, **row})
+        # the job as inserted (every other column starts empty), without reading the row back; what the front
+        # end gave (its reply's data, the parameters) as read back from its JSON, the rest as written
+        created = datetime.fromisoformat(now)
+        return Job(id=row["id"], requester=UserRef.parse(row["account"]), reply=ReplyTo.from_json(row["reply"]),
+                   prompt=request.prompt, params=json.loads(row["params"]), model=model, cost=cost,
+                   state=JobState.QUEUED, created_at=created, updated_at=created, dedupe_key=request.dedupe_key,
+                   parent_id=request.parent_id, image_urls=tuple(request.image_urls), text_cost=request.text_cost,
+                   preset=request.preset, review=tuple(request.review), owner=owner,
+                   lease_until=_dt(row["lease_until"]))
 
     def get(self, job_id: str) -> Job:
         rows = list(self.db.query("SELECT * FROM jobs WHERE id = ?", [job_id]))
@@ -145,8 +146,10 @@ class SqliteJobStore:
         return _row_to_job(rows[0]) if rows else None
 
     def by_dedupe_key(self, key: str) -> Job | None:
-        rows = list(self.db.query("SELECT * FROM jobs WHERE dedupe_key = ?", [key]))
-        return _row_to_job(rows[0]) if rows else None
+        """The job of a request already made. Asked before every submit with a key, and nearly always
+        none: one plain statement (``query`` would wrap it in a savepoint), the row read only if found."""
+        row = self.db.execute("SELECT id FROM jobs WHERE dedupe_key = ?", [key]).fetchone()
+        return self.find(row[0]) if row is not None else None
 
     def by_task_id(self, task_id: str) -> Job | None:
         rows = list(self.db.query("SELECT * FROM jobs WHERE task_id = ?", [task_id]))

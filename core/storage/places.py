@@ -3,6 +3,8 @@ workspace (``core.access.places``)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from imagine_bot.core.access.places import PlacePrefs
 from imagine_bot.core.storage.db import Database, iso, transaction, utcnow
 
@@ -33,15 +35,21 @@ class SqlitePlaces:
         rows = self.db.execute("SELECT account FROM place_bans WHERE place = ? ORDER BY ts", [place]).fetchall()
         return [r[0] for r in rows]
 
+    def rules(self, place: str, account: str) -> tuple[bool, PlacePrefs]:
+        """Whether ``account`` is banned in ``place``, and the place's preferences: one statement, read
+        fresh every time (a ban made a moment ago in another process counts at once)."""
+        row = self.db.execute(
+            "SELECT EXISTS (SELECT 1 FROM place_bans WHERE place = ? AND account = ?),"
+            " p.channels, p.aspect_ratio, p.quality"
+            " FROM (SELECT 1 AS one) AS here LEFT JOIN place_prefs p ON p.place = ?", [place, account, place],
+        ).fetchone()
+        return bool(row[0]), _prefs(place, row[1:])
+
     # ------------------------------------------------------------------ preferences
     def prefs(self, place: str) -> PlacePrefs:
         row = self.db.execute("SELECT channels, aspect_ratio, quality FROM place_prefs WHERE place = ?",
                               [place]).fetchone()
-        if row is None:
-            return PlacePrefs(place)
-        channels = tuple(c for c in (row[0] or "").split(",") if c)
-        defaults = {k: v for k, v in (("aspect_ratio", row[1]), ("quality", row[2])) if v}
-        return PlacePrefs(place, channels, defaults)
+        return _prefs(place, row)
 
     def _set(self, place: str, actor: str, **values: str | None) -> PlacePrefs:
         with transaction(self.db):
@@ -59,3 +67,12 @@ class SqlitePlaces:
     def set_defaults(self, place: str, defaults: dict[str, str | None], *, actor: str) -> PlacePrefs:
         """Default ``aspect_ratio`` and ``quality`` (None: back to the model's default)."""
         return self._set(place, actor, **{k: v for k, v in defaults.items() if k in ("aspect_ratio", "quality")})
+
+
+def _prefs(place: str, row: Sequence[str | None] | None) -> PlacePrefs:
+    """The preferences from a ``place_prefs`` row's (channels, aspect_ratio, quality); None: no row."""
+    if row is None:
+        return PlacePrefs(place)
+    channels = tuple(c for c in (row[0] or "").split(",") if c)
+    defaults = {k: v for k, v in (("aspect_ratio", row[1]), ("quality", row[2])) if v}
+    return PlacePrefs(place, channels, defaults)

@@ -190,13 +190,13 @@ async def test_the_refusals_are_checked_while_the_interaction_counts_as_being_an
     async with open_bot() as bot:
         lull = bot.core.orchestrator.lull
         checked: list[int] = []
-        check = bot.core.check_can_submit
+        check = bot.core.prepare_checked  # the refusals and the prompt, the place read once
 
         def spy(*args, **kwargs):
             checked.append(lull.answering)
             return check(*args, **kwargs)
 
-        monkeypatch.setattr(bot.core, "check_can_submit", spy)
+        monkeypatch.setattr(bot.core, "prepare_checked", spy)
         sent = await bot.imagine(ALICE, "a lighthouse at dusk")
         await bot.final_edit(sent)
         await bot.idle()
