@@ -4,6 +4,7 @@ container test fails where it would skip, and .ci/run installs the browser witho
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -70,7 +71,8 @@ def test_under_ci_a_skip_fails_in_xdist_workers_too(skipping_suite, monkeypatch)
     result.assert_outcomes(passed=1, failed=1, errors=2, xfailed=1)
     assert result.ret == 1
     output = result.stdout.str()
-    assert "created: 2/2 workers" in output and "[gw0]" in output  # the tests ran in the workers
+    # the tests ran in the workers (which worker reports a failure depends on how the items were shared)
+    assert "created: 2/2 workers" in output and re.search(r"\[gw[01]\]", output)
     for reason in ("no Chromium here", "root may write anywhere", "no browser"):
         assert reason in output
     assert "A skip fails under CI=true" in output
