@@ -276,7 +276,8 @@ class PgDatabase:
 
     def later(self, sql: str, params: Sequence[Any]) -> None:
         """A write whose result nobody reads: inside a transaction it goes out with the next statement or
-        the ``COMMIT``, in one pipeline (``core.storage.db.later``); outside one it runs now."""
+        the ``COMMIT``, bound into the same query (``_inline``; ``core.storage.db.later``); outside one it runs
+        now."""
         if self._state.conn is None:
             self.execute(sql, params)
         else:
