@@ -266,26 +266,28 @@ async def test_one_request_delivered_twice_at_once_to_two_processes_makes_one_jo
                 core.stores.db.conn.set_trace_callback(
                     lambda sql: began[n].set() if sql.startswith("BEGIN IMMEDIATE") else None)
                 opened[n].set()
-                await asyncio.to_thread(go.wait, 10)
+                await asyncio.to_thread(go.wait, 30)
                 job = await core.imagine(ALICE, REPLY, "asked once", dedupe_key="slack:T1:trigger-9")
                 core.stores.db.conn.set_trace_callback(None)
                 return job.id
 
         return asyncio.run(main())
 
+    # the waits below are guards against a hang, not timings: opening a core in a thread of a loaded machine
+    # once took more than 10 s
     processes = [asyncio.create_task(asyncio.to_thread(process, n)) for n in (0, 1)]
     for event in opened:
-        assert await asyncio.to_thread(event.wait, 10)
+        assert await asyncio.to_thread(event.wait, 30)
     lock = sqlite3.connect(settings.IMAGINE_DB_PATH, isolation_level=None)
     lock.execute("BEGIN IMMEDIATE")  # a third writer holds the database while both look for the job
     go.set()
     try:
         for event in began:
-            assert await asyncio.to_thread(event.wait, 10)
+            assert await asyncio.to_thread(event.wait, 30)
     finally:
         lock.execute("ROLLBACK")
         lock.close()
-    first, second = await asyncio.wait_for(asyncio.gather(*processes), 30)
+    first, second = await asyncio.wait_for(asyncio.gather(*processes), 60)
     assert first == second
     async with ImagineCore.open(settings) as core:
         assert [j.id for j in core.jobs.recent(limit=5)] == [first]
