@@ -377,8 +377,10 @@ async def test_record_info_429_http_date_retry_after(gateway: SandboxGateway, cl
 async def test_record_info_transient_faults_are_retried(
         gateway: SandboxGateway, make_client: Callable[..., GatewayClient], sleeps: RecordingSleep,
         fault: dict[str, Any]) -> None:
-    client = make_client(gateway.base_url, request_timeout=0.2)
-    task_id = await client.create_task(MODEL, inputs())
+    # the short timeout is for the hanging recordInfo only: the task is made with the usual one (a loaded
+    # machine once took longer than 0.2 s to answer the createTask)
+    task_id = await make_client(gateway.base_url).create_task(MODEL, inputs())
+    client = make_client(gateway.base_url, request_timeout=0.5 if "hang" in fault else 5.0)
     gateway.inject("recordInfo", times=2, **fault)
     record = await client.record_info(task_id)
     assert record.task_id == task_id
@@ -397,8 +399,8 @@ async def test_record_info_gives_up_after_retries(gateway: SandboxGateway, clien
 
 
 async def test_record_info_hang_times_out(gateway: SandboxGateway, make_client: Callable[..., GatewayClient]) -> None:
+    task_id = await make_client(gateway.base_url).create_task(MODEL, inputs())
     client = make_client(gateway.base_url, request_timeout=0.1, retries=2)
-    task_id = await client.create_task(MODEL, inputs())
     gateway.inject("recordInfo", hang=10, times=2)
     with pytest.raises(GatewayTimeout):
         await client.record_info(task_id)
@@ -672,7 +674,8 @@ async def test_credit_reads_the_balance(gateway: SandboxGateway, client: Gateway
 async def test_api_key_never_leaks(gateway: SandboxGateway, make_client: Callable[..., GatewayClient],
                                    caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
-    client = make_client(gateway.base_url, request_timeout=0.1, retries=2)
+    # short enough for the hanging faults, long enough for the real requests on a loaded machine
+    client = make_client(gateway.base_url, request_timeout=0.5, retries=2)
     task_id = await client.create_task(MODEL, inputs())
     record, _ = await poll(client, task_id)
     url = record.result_urls[0]
