@@ -4,12 +4,10 @@
 from __future__ import annotations
 
 import io
-import logging
 import sqlite3
 from pathlib import Path
 
 import psycopg
-import pytest
 from rich.console import Console
 
 from imagine_bot.bots.cli.main import main
@@ -19,17 +17,6 @@ from imagine_bot.core.app import ImagineCore
 from imagine_bot.core.jobs.model import JobState, ReplyTo
 from imagine_bot.core.storage.db import open_db
 from imagine_bot.core.storage.postgres import open_postgres
-
-
-@pytest.fixture(autouse=True)
-def _keep_logging():
-    """``main()`` sets up logging on the root logger: put it back afterwards (later tests read caplog)."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-
 
 ALICE = UserRef("terminal", "local", "alice")
 BOB = UserRef("discord", "-", "42")

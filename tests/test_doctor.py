@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -27,15 +26,6 @@ from tests.fakes.slack_api import FakeSlackAPI
 ROOT = Path(__file__).resolve().parents[1]
 ALL = 0x400 | 0x800 | 0x4000 | 0x8000 | 0x10000
 
-
-@pytest.fixture(autouse=True)
-def _keep_logging():
-    """``main()`` sets up logging on the root logger (to the captured stderr): put it back afterwards."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 @pytest.fixture

@@ -28,17 +28,6 @@ from imagine_bot.core.storage.postgres import (
 from imagine_bot.core.storage.url import DatabaseUrl
 
 
-@pytest.fixture(autouse=True)
-def _keep_logging():
-    """``main()`` sets up logging on the root logger: put it back afterwards (later tests read caplog)."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-
-
-
 @pytest.fixture
 def pgdb(pg_url):
     db = open_postgres(pg_url, busy_timeout_s=5)
@@ -392,7 +381,6 @@ def test_a_bad_database_url_stops_the_bot_at_start_in_one_line(case, pg_cluster,
 
 
 async def test_the_start_logs_where_the_data_is_without_the_password(make_settings, pg_cluster, pg_url, caplog):
-    import logging
 
     from imagine_bot.core.app import ImagineCore
 

@@ -96,20 +96,21 @@ def check_database(path: Path) -> list[Check]:
     except DatabaseUnwritable as exc:
         return [fail(name, f"{path} is not a writable SQLite database ({exc})",
                      f"check the file's permissions and that {path} is the bot's database")]
-    checks = [ok(name, f"{path} opens and is writable")]
-    known = [n for n, _ in MIGRATIONS]
+    return [ok(name, f"{path} opens and is writable"),
+            check_migrations([n for n, _ in MIGRATIONS], applied,
+                             "they are applied at the next start (any imagine-bot command that opens the database)")]
+
+
+def check_migrations(known: list[str], applied: set[str], when_pending: str) -> Check:
+    """The migrations this version knows against those the database has applied (read, never applied)."""
     pending = [n for n in known if n not in applied]
     unknown = sorted(applied - set(known))
     if unknown:
-        checks.append(fail("migrations", f"the database has migrations this version does not know: "
-                           f"{', '.join(unknown)}", "run the imagine-bot version that wrote this database, "
-                           "or upgrade this one"))
-    elif pending:
-        checks.append(warn("migrations", f"{len(pending)} pending ({', '.join(pending)})",
-                           "they are applied at the next start (any imagine-bot command that opens the database)"))
-    else:
-        checks.append(ok("migrations", f"all {len(known)} applied"))
-    return checks
+        return fail("migrations", f"the database has migrations this version does not know: {', '.join(unknown)}",
+                    "run the imagine-bot version that wrote this database, or upgrade this one")
+    if pending:
+        return warn("migrations", f"{len(pending)} pending ({', '.join(pending)})", when_pending)
+    return ok("migrations", f"all {len(known)} applied")
 
 
 def check_storage(settings: Settings) -> list[Check]:
@@ -138,20 +139,9 @@ def check_postgres(url: DatabaseUrl) -> list[Check]:
         return [fail(name, f"{where}: too old", f"use PostgreSQL {postgres.MIN_SERVER_VERSION // 10000} or later")]
     if facts.read_only:
         return [fail(name, f"{where} is read-only (a standby?)", "point DATABASE_URL at the primary server")]
-    checks = [ok(name, f"{where} is reachable and takes writes")]
-    known = [n for n, _ in postgres.MIGRATIONS]
-    pending = [n for n in known if n not in facts.applied]
-    unknown = sorted(facts.applied - set(known))
-    if unknown:
-        checks.append(fail("migrations", f"the database has migrations this version does not know: "
-                           f"{', '.join(unknown)}", "run the imagine-bot version that wrote this database, "
-                           "or upgrade this one"))
-    elif pending:
-        checks.append(warn("migrations", f"{len(pending)} pending ({', '.join(pending)})",
-                           "they are applied at the next start, under a lock (any host; the others wait)"))
-    else:
-        checks.append(ok("migrations", f"all {len(known)} applied"))
-    return checks
+    return [ok(name, f"{where} is reachable and takes writes"),
+            check_migrations([n for n, _ in postgres.MIGRATIONS], facts.applied,
+                             "they are applied at the next start, under a lock (any host; the others wait)")]
 
 
 def check_spool(spool: Path) -> Check:
