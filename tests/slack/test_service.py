@@ -135,9 +135,9 @@ def spy_on_submits(core: ImagineCore, monkeypatch: pytest.MonkeyPatch) -> list[i
     seen: list[int] = []
     submit = core.orchestrator.submit
 
-    async def spy(request):
+    async def spy(request, **kwargs):
         seen.append(core.orchestrator.lull.answering)
-        return await submit(request)
+        return await submit(request, **kwargs)
 
     monkeypatch.setattr(core.orchestrator, "submit", spy)
     return seen
