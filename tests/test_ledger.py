@@ -542,3 +542,33 @@ TestLedgerMachine = LedgerMachine.TestCase
 TestLedgerMachine.settings = settings(
     max_examples=75, stateful_step_count=30, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
+
+
+def _rows(db: Database) -> tuple[int, int]:
+    return (db.execute("SELECT COUNT(*) FROM accounts").fetchone()[0],
+            db.execute("SELECT COUNT(*) FROM ledger").fetchone()[0])
+
+
+@pytest.mark.parametrize("period", PERIODS)
+def test_available_is_the_balance_as_it_would_be_and_writes_nothing(make: LedgerFactory, clock: Clock, db: Database,
+                                                                    period: str) -> None:
+    """A precheck before an ack reads ``available``: the balance ``balance`` would give (an account not
+    opened yet with its allowance, a due refill as made), with no write; it was an account opened (and a
+    refill written) in a write transaction of its own, for every first command of a burst."""
+    ledger = make(period=period)
+
+    def same_as_balance(who: UserRef) -> None:
+        before = _rows(db)
+        peeked = ledger.available(who)
+        assert _rows(db) == before  # nothing written
+        assert peeked == ledger.balance(who)  # the balance then opens or refills it, to the same figures
+
+    same_as_balance(ALICE)  # not opened yet
+    ledger.reserve(ALICE, "j1", 150)
+    ledger.capture("j1")
+    same_as_balance(ALICE)  # 30 left
+    clock.advance(days=40)  # past every period's boundary: a refill is due (none for "never")
+    same_as_balance(ALICE)
+    ledger.set_allowance(BOB, 500, actor="admin")
+    clock.advance(days=40)
+    same_as_balance(BOB)  # a per-user allowance

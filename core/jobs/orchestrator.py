@@ -245,7 +245,7 @@ class Orchestrator:
         if self.jobs.count_active(requester.key) >= self.max_active_per_user:
             raise TooManyActiveJobs(self.max_active_per_user)
         cost = self.model.cost if cost is None else cost
-        balance = self.ledger.balance(requester)
+        balance = self.ledger.available(requester)  # a read: the account is opened by the reservation
         if balance.available < cost:
             raise InsufficientCredits(balance=balance.available, cost=cost,
                                       next_refill=describe_refill(balance.next_refill, utcnow()))

@@ -85,6 +85,10 @@ class CreditStore(Protocol):
 
     def balance(self, who: UserRef) -> Balance: ...
 
+    def available(self, who: UserRef) -> Balance:
+        """The balance ``balance`` would give, changing nothing: what a precheck decides on."""
+        ...
+
     def reserve(self, who: UserRef, job_id: str, cost: int, *, scopes: tuple[str, ...] = (),
                 channel: str | None = None) -> Balance:
         """Hold ``cost`` on the user's balance and, in the same transaction, on every budget over the job

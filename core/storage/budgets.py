@@ -57,15 +57,31 @@ class SqliteBudgets:
         global budget, stays unlocked until then, and reservations of different users do not queue on it.
         What could change a limit or a period between the read and the commit (``set_amount``, ...) takes
         the write lock alone, so it never runs during a money transaction."""
-        marks = ", ".join("?" * len(scopes))
-        found = self.db.execute(f"SELECT {', '.join(_COLUMNS)} FROM budgets WHERE scope IN ({marks})",
-                                scopes).fetchall()
-        rows = {r[0]: dict(zip(_COLUMNS, r, strict=True)) for r in found}
+        rows = self._read(scopes)
         for scope in scopes:
             row = rows.get(scope)
             if row is not None and self._to_decide(row, now) and (locked := self._row(scope)) is not None:
                 rows[scope] = locked
         return rows
+
+    def _read(self, scopes: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The rows of these scopes that exist, by scope, in one statement (not locked)."""
+        marks = ", ".join("?" * len(scopes))
+        found = self.db.execute(f"SELECT {', '.join(_COLUMNS)} FROM budgets WHERE scope IN ({marks})",
+                                list(scopes)).fetchall()
+        return {r[0]: dict(zip(_COLUMNS, r, strict=True)) for r in found}
+
+    def _may_refuse(self, scopes: Sequence[str], rows: dict[str, dict[str, Any]]) -> bool:
+        """Whether any budget a reservation over ``scopes`` would hold has a limit or a member cap (``rows``:
+        the rows that exist): an unlimited budget refuses nothing, whatever its period."""
+        for scope in [*scopes, GLOBAL]:
+            row = rows.get(scope)
+            if row is not None:
+                if self._amount(row)[0] is not None or row["member_cap"] is not None:
+                    return True
+            elif "#" not in scope and (self.cap if scope == GLOBAL else self.default_amount) is not None:
+                return True  # a place's budget made on first use, with the default amount (or the cap)
+        return False
 
     def _to_decide(self, row: dict[str, Any], now: datetime) -> bool:
         """Whether a reservation decides anything on this budget: a limit or a member cap to check, or its
@@ -169,7 +185,10 @@ class SqliteBudgets:
                 self._write(scope, now, "reserve", delta_held=cost, job_id=job_id, account=account, channel=channel)
 
     def check(self, scopes: Sequence[str], account: str, cost: int) -> None:
-        """Raise the ``BudgetExhausted`` a reservation would meet now, changing nothing."""
+        """Raise the ``BudgetExhausted`` a reservation would meet now, changing nothing. Where no budget over
+        the job has a limit or a member cap, one read decides (no write lock, no savepoint)."""
+        if not self._may_refuse(scopes, self._read([*scopes, GLOBAL])):
+            return
         with transaction(self.db, rows=True):
             self.db.execute("SAVEPOINT budget_check")
             try:

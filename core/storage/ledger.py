@@ -115,19 +115,28 @@ class SqliteLedger:
         boundary = next_boundary(acct.period_start, self.period)
         return boundary is not None and now >= boundary
 
-    def _refill(self, acct: _Account, now: datetime) -> _Account:
-        """Top the balance up to the allowance if a period boundary has passed since the last refill."""
+    def _refilled(self, acct: _Account, now: datetime) -> tuple[_Account, int]:
+        """The account after its due refill (if one is due), and the credits that refill adds; writes nothing."""
         if not self._refill_due(acct, now):
-            return acct
+            return acct, 0
         start = period_start(now, self.period)
         assert start is not None
-        self.db.execute("UPDATE accounts SET period_start = ? WHERE account = ?", [iso(start), acct.account])
         amount = max(0, self._allowance(acct) - acct.balance)
+        return replace(acct, balance=acct.balance + amount, period_start=start), amount
+
+    def _refill(self, acct: _Account, now: datetime) -> _Account:
+        """Top the balance up to the allowance if a period boundary has passed since the last refill."""
+        refilled, amount = self._refilled(acct, now)
+        if refilled is acct:
+            return acct
+        assert refilled.period_start is not None
+        self.db.execute("UPDATE accounts SET period_start = ? WHERE account = ?",
+                        [iso(refilled.period_start), acct.account])
         if amount:
             note = f"{ADJECTIVES[self.period]} allowance"
             self._write(acct.account, now, "refill", delta_balance=amount, note=note)
         # not read back: the row is ours until the commit (locked, or SQLite's one writer)
-        return replace(acct, balance=acct.balance + amount, period_start=start)
+        return refilled
 
     def _must_load(self, key: str) -> _Account:
         acct = self._load(key)
@@ -172,6 +181,15 @@ class SqliteLedger:
             return self._balance(acct)
         with transaction(self.db, rows=True):
             return self._balance(self._touch(who, self._now()))
+
+    def available(self, who: UserRef) -> Balance:
+        """The balance as ``balance`` would give it, changing nothing (a precheck before an ack): an account
+        not opened yet counts with its allowance, a refill that is due as made. One read, no write lock."""
+        now = self._now()
+        acct = self._load(who.key, lock=False)
+        if acct is None:
+            return self._balance(_Account(who.key, self.allowance, 0, None, period_start(now, self.period)))
+        return self._balance(self._refilled(acct, now)[0])
 
     def reserve(self, who: UserRef, job_id: str, cost: int, *, scopes: tuple[str, ...] = (),
                 channel: str | None = None) -> Balance:
