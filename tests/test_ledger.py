@@ -195,6 +195,24 @@ def test_a_new_accounts_first_reservation_writes_the_rows_it_always_did(ledger: 
     assert ledger.verify() == []
 
 
+@pytest.mark.parametrize("limit", [None, 100])
+def test_the_budget_rows_of_reservations_carry_each_budgets_totals_after(ledger: Ledger, db: Database,
+                                                                         limit: int | None) -> None:
+    """Written from the rows read (SQLite; PostgreSQL: those read ``FOR UPDATE``, a limited budget) or read
+    back (PostgreSQL's unlimited budgets, not locked): the same totals after either way."""
+    if limit is not None:
+        ledger.budgets.set_amount("slack:T1", limit, actor="op")
+    ledger.reserve(ALICE, "j1", 18, scopes=("slack:T1",), new_job=True)
+    ledger.reserve(BOB, "j2", 20, scopes=("slack:T1",))
+    assert ledger.capture("j1")
+    rows = db.execute("SELECT scope, kind, spent_after, held_after FROM budget_ledger WHERE job_id IS NOT NULL"
+                      " ORDER BY id").fetchall()
+    assert [tuple(r) for r in rows] == [
+        ("slack:T1", "reserve", 0, 18), ("global", "reserve", 0, 18), ("slack:T1", "reserve", 0, 38),
+        ("global", "reserve", 0, 38), ("slack:T1", "capture", 18, 20), ("global", "capture", 18, 20)]
+    assert ledger.verify() == []
+
+
 def test_settling_an_unknown_job_is_not_found(ledger: Ledger) -> None:
     with pytest.raises(NotFound):
         ledger.capture("nope")

@@ -147,7 +147,7 @@ class SqliteBudgets:
         one writer, or read ``FOR UPDATE``), the totals after are computed from it instead of read back."""
         later(self.db, "UPDATE budgets SET spent = spent + ?, held = held + ?, updated_at = ? WHERE scope = ?",
               [delta_spent, delta_held, stamp, scope])
-        if row is not None and (row.get(_LOCKED) or not is_postgres(self.db)):
+        if row is not None and self._ours(row):
             later(self.db,
                   "INSERT INTO budget_ledger (ts, scope, kind, delta_spent, delta_held, spent_after, held_after,"
                   " job_id, account, channel, actor, note) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -159,6 +159,33 @@ class SqliteBudgets:
               " account, channel, actor, note) SELECT ?, scope, ?, ?, ?, spent, held, ?, ?, ?, ?, ? FROM budgets"
               " WHERE scope = ?",
               [stamp, kind, delta_spent, delta_held, job_id, account, channel, actor, note, scope])
+
+    def _ours(self, row: dict[str, Any]) -> bool:
+        """Whether a row read in this transaction is the one its commit changes: nothing else can write it
+        until then (SQLite's one writer, or read ``FOR UPDATE``)."""
+        return bool(row.get(_LOCKED)) or not is_postgres(self.db)
+
+    def _hold(self, touched: list[tuple[str, dict[str, Any]]], stamp: str, cost: int, job_id: str, account: str,
+              channel: str | None) -> None:
+        """A reservation's hold on every budget over the job (``touched``: scope and row as read, in order).
+        Every row ours (``_ours``): one ``UPDATE`` of them all and one ``INSERT`` of their rows, in that order,
+        the totals after computed from the rows (no row lock is taken anew, so there is no order to keep);
+        else one budget at a time, in order (place, channel, global)."""
+        if len(touched) == 1 or not all(self._ours(row) for _, row in touched):
+            for scope, row in touched:
+                self._write(scope, stamp, "reserve", delta_held=cost, job_id=job_id, account=account,
+                            channel=channel, row=row)
+            return
+        scopes = [scope for scope, _ in touched]
+        marks = ", ".join("?" * len(scopes))
+        later(self.db, f"UPDATE budgets SET held = held + ?, updated_at = ? WHERE scope IN ({marks})",
+              [cost, stamp, *scopes])
+        params: list[Any] = []
+        for scope, row in touched:
+            params += [stamp, scope, "reserve", 0, cost, row["spent"], row["held"] + cost, job_id, account, channel]
+        later(self.db,
+              "INSERT INTO budget_ledger (ts, scope, kind, delta_spent, delta_held, spent_after, held_after, job_id,"
+              " account, channel) VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(touched)), params)
 
     def _member_spend(self, scope: str, account: str, since: datetime | None) -> int:
         row = self.db.execute(
@@ -193,10 +220,7 @@ class SqliteBudgets:
                                               cost=cost, period=period_name(status.period, status.period_start),
                                               refill=refill_words(status.period, status.next_reset),
                                               member_cap=status.member_cap)
-            stamp = iso(now)
-            for scope, row in touched:
-                self._write(scope, stamp, "reserve", delta_held=cost, job_id=job_id, account=account, channel=channel,
-                            row=row)
+            self._hold(touched, iso(now), cost, job_id, account, channel)
 
     def check(self, scopes: Sequence[str], account: str, cost: int) -> None:
         """Raise the ``BudgetExhausted`` a reservation would meet now, changing nothing."""

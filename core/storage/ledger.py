@@ -38,6 +38,18 @@ class _Account:
     period_start: datetime | None
 
 
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """A ledger row to append: the change and the account after it."""
+
+    after: _Account
+    kind: str
+    delta_balance: int
+    delta_held: int
+    job_id: str | None = None
+    actor: str | None = None
+    note: str | None = None
+
 
 class SqliteLedger:
     """Credit accounts and their ledger (see ``core.credits.ledger`` for the model)."""
@@ -104,17 +116,18 @@ class SqliteLedger:
         later(self.db, "UPDATE accounts SET balance = balance + ?, held = held + ?, updated_at = ? WHERE account = ?",
               [delta_balance, delta_held, stamp, acct.account])
         after = replace(acct, balance=acct.balance + delta_balance, held=acct.held + delta_held)
-        self._append(after, stamp, kind, delta_balance, delta_held, job_id, actor, note)
+        self._append(stamp, _Entry(after, kind, delta_balance, delta_held, job_id, actor, note))
         return after
 
-    def _append(self, after: _Account, stamp: str, kind: str, delta_balance: int, delta_held: int,
-                job_id: str | None = None, actor: str | None = None, note: str | None = None) -> None:
-        """The ledger row of a change already applied to the account (``after``: the account with it)."""
+    def _append(self, stamp: str, *entries: _Entry) -> None:
+        """The ledger rows of changes already applied to the account, in order, in one ``INSERT``."""
+        params: list[Any] = []
+        for e in entries:
+            params += [stamp, e.after.account, e.kind, e.delta_balance, e.delta_held, e.after.balance, e.after.held,
+                       e.job_id, e.actor, e.note]
         later(self.db,
               "INSERT INTO ledger (ts, account, kind, delta_balance, delta_held, balance_after, held_after,"
-              " job_id, actor, note) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-              [stamp, after.account, kind, delta_balance, delta_held, after.balance, after.held, job_id, actor,
-               note])
+              " job_id, actor, note) VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(entries)), params)
 
     def _refill_due(self, acct: _Account, now: datetime) -> bool:
         if self.period == "never":
@@ -138,7 +151,7 @@ class SqliteLedger:
         later(self.db, "UPDATE accounts SET period_start = ?, balance = balance + ?, updated_at = ? WHERE account = ?",
               [iso(start), amount, stamp, acct.account])
         after = replace(acct, balance=acct.balance + amount, period_start=start)
-        self._append(after, stamp, "refill", amount, 0, note=f"{ADJECTIVES[self.period]} allowance")
+        self._append(stamp, _Entry(after, "refill", amount, 0, note=f"{ADJECTIVES[self.period]} allowance"))
         return after
 
     def _must_load(self, key: str) -> _Account:
@@ -172,11 +185,12 @@ class SqliteLedger:
         if not opened:
             return self._refill(self._must_load(who.key), now, stamp), False
         acct = _Account(who.key, self.allowance, 0, None, start)  # as just written: not read back
-        self._append(acct, stamp, "refill", self.allowance, 0, note="new account")
+        refill = _Entry(acct, "refill", self.allowance, 0, note="new account")
         if hold is None:
+            self._append(stamp, refill)
             return acct, False
         acct = replace(acct, held=held)
-        self._append(acct, stamp, "reserve", 0, held, job_id=hold[0])
+        self._append(stamp, refill, _Entry(acct, "reserve", 0, held, job_id=hold[0]))
         return acct, True
 
     def _balance(self, acct: _Account) -> Balance:
