@@ -169,10 +169,11 @@ class SqliteLedger:
 
     def _open(self, who: UserRef, now: datetime, stamp: str, hold: tuple[str, int] | None = None
               ) -> tuple[_Account, bool]:
-        """Open a new account with its allowance in (the row inserted as it ends, its ``refill`` row after);
-        ``hold`` (job id, cost): a reservation the caller knows is new and the allowance covers, held by the
-        same insert (its ``reserve`` row next). Another transaction opening it at the same moment: theirs
-        counts, loaded and refilled as usual, and nothing is held. Returns the account and whether it held."""
+        """Open a new account: its row inserted with its allowance already in (no update after), then its
+        ``refill`` row. ``hold`` (job id, cost): a reservation the caller knows is new and the allowance
+        covers, held by the same insert, its ``reserve`` row written with the refill's. Another transaction
+        opening the account at the same moment: theirs counts, loaded and refilled as usual, and nothing is
+        held here. Returns the account and whether it holds the reservation."""
         start = period_start(now, self.period)
         held = 0 if hold is None else hold[1]
         opened = self.db.execute(
