@@ -257,14 +257,16 @@ class Orchestrator:
         if check is not None:
             await check(reply)
 
-    async def submit(self, request: JobRequest) -> Job:
+    async def submit(self, request: JobRequest, *, looked_up: bool = False) -> Job:
         """Reserve credits, record the job and start it. Raises a user-facing ``ImagineError``.
 
-        The job's worker starts once commands stop arriving (``Lull``): nothing it does decides the answer."""
+        The job's worker starts once commands stop arriving (``Lull``): nothing it does decides the answer.
+        ``looked_up``: the caller found no job with the request's dedupe key, with nothing awaited since (the
+        key is not looked up again; two deliveries at once still make one job: ``DuplicateRequest``)."""
         self.lull.touch()
         if not self._accepting:
             raise ShuttingDown("refused a new job: the process is stopping")
-        if request.dedupe_key:
+        if request.dedupe_key and not looked_up:
             existing = self.jobs.by_dedupe_key(request.dedupe_key)
             if existing is not None:
                 log.info("redelivered request %s: job %s already exists", request.dedupe_key, existing.id)
@@ -293,8 +295,9 @@ class Orchestrator:
             return existing
         log.info("job %s accepted for %s (%s)", job.id, job.requester.key, job.params)
         await self._publish(Accepted(job))
-        if self.jobs.state(job.id) is JobState.QUEUED:  # a front end may cancel on Accepted
-            self._start(job)
+        # started even if a front end cancelled it on Accepted: its worker reads the job's state first and
+        # does nothing for a job that is no longer queued (a read here would cost every command of a burst)
+        self._start(job)
         return job
 
     def _record(self, request: JobRequest, job_id: str, model: str, cost: int) -> Job:
