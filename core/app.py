@@ -16,7 +16,7 @@ import logging
 import os
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractContextManager, AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -90,6 +90,8 @@ class Prepared:
     references: tuple[Reference, ...] = ()
     #: the inputs someone chose (a typed flag, the caller's ``defaults``, the preset), not a default
     chosen: frozenset[str] = frozenset()
+    #: the reviewers of the channel, as read with the place's rules (``prepare_checked``; empty otherwise)
+    reviewers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,6 +261,11 @@ class ImagineCore:
         """Front ends: as ``record_receipt``, for the steps of an approval (``ReviewRequested``, ``Approved``):
         merged into the approval's receipt, handed back in the event if the step is tried again."""
         return self.approvals.store.record_receipt(job_id, **ids)
+
+    async def after_answers(self) -> None:
+        """Front ends: wait here before work that follows an ack but decides none (a submit after a public
+        placeholder): until the commands being answered now are answered (``core.jobs.lull``, 2 s at most)."""
+        await self.orchestrator.after_answers()
 
     def answering(self) -> AbstractContextManager[None]:
         """Front ends: answer a command inside this, from its arrival to its ack; the work of jobs already
@@ -549,7 +556,7 @@ class ImagineCore:
         place = self.check_place(actor)
         prepared = self.prepare(actor, text, defaults=defaults, preset=preset, channel_preset=True, place=place)
         self._check_can_pay(actor, edit=edit or bool(prepared.references))
-        return prepared
+        return replace(prepared, reviewers=place.reviewers) if place is not None and place.reviewers else prepared
 
     def check_can_submit(self, requester: UserRef | Actor, *, edit: bool = False) -> None:
         """Raise the refusal an ``imagine`` (an edit, with ``edit``) by this user would meet (place, job limit,

@@ -175,6 +175,7 @@ class Orchestrator:
         #: submits waiting to be reserved and recorded together (``_together``)
         self._batch: list[_Waiting] = []
         self._submitting = 0  # submits waiting for their batch (``wait_idle`` waits for them too)
+        self._held = 0  # submits about to be made once the commands being answered are (``after_answers``)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._wakeups: dict[str, asyncio.Event] = {}
         #: final answers from verified account webhooks, for the trackers they woke (no recordInfo needed)
@@ -256,6 +257,15 @@ class Orchestrator:
         check: Callable[[ReplyTo], Awaitable[None]] | None = getattr(frontend, "check_reply", None)
         if check is not None:
             await check(reply)
+
+    async def after_answers(self) -> None:
+        """Wait for the lull before a submit that follows an ack (Discord's placeholder): the burst's other
+        commands are answered first. ``wait_idle`` counts the submit as coming."""
+        self._held += 1
+        try:
+            await self.lull.wait()
+        finally:
+            self._held -= 1
 
     async def submit(self, request: JobRequest, *, looked_up: bool = False) -> Job:
         """Reserve credits, record the job and start it. Raises a user-facing ``ImagineError``.
@@ -513,9 +523,11 @@ class Orchestrator:
 
     async def wait_idle(self) -> None:
         """Wait until no job is in flight and no status waits in the outbox (tests, the CLI)."""
-        while (self._tasks or self._submitting or self.outbox.busy
+        while (self._tasks or self._submitting or self._held or self.outbox.busy
                or (self.approvals is not None and self.approvals.busy)):
-            if self._submitting:  # told at the next turn of the loop, then started
+            if self._held:  # let go with them (first in, first out), then they submit
+                await self.lull.wait()
+            if self._submitting or self._held:  # told at the next turn of the loop, then started
                 await asyncio.sleep(0)
             await asyncio.gather(*list(self._tasks.values()), return_exceptions=True)
             await self.outbox.wait_idle()
