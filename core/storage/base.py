@@ -90,9 +90,10 @@ class CreditStore(Protocol):
         ...
 
     def reserve(self, who: UserRef, job_id: str, cost: int, *, scopes: tuple[str, ...] = (),
-                channel: str | None = None) -> Balance:
+                channel: str | None = None, new_job: bool = False) -> Balance:
         """Hold ``cost`` on the user's balance and, in the same transaction, on every budget over the job
-        (``scopes`` and the global cap); refuse if any cannot cover it."""
+        (``scopes`` and the global cap); refuse if any cannot cover it. A job reserved already changes
+        nothing, unless ``new_job`` (the caller made its id just now: not looked up)."""
         ...
 
     def capture(self, job_id: str) -> bool:
