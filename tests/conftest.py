@@ -23,6 +23,8 @@ from tests.pg import PgCluster
 
 TEST_API_KEY = "mk-test-secret-key-0123456789"
 FAST_DELAYS = {"waiting": 0.02, "queuing": 0.02, "generating": 0.04}
+#: the embedded sandbox (``--sandbox`` in a subprocess) at a twentieth of its delays: 0.14 s a job, not 2.8 s
+FAST_SANDBOX_ENV = {"SANDBOX_DELAY_SCALE": "0.05"}
 
 #: under CI=true a skip fails (tests/no_skips_in_ci.py); pytester runs the suite's own plugins in tests
 pytest_plugins = ["tests.no_skips_in_ci", "pytester"]
@@ -59,7 +61,7 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No developer .env or exported setting leaks into a test."""
     for name in list(os.environ):
         if name.startswith(("MODKIE_", "SLACK_", "DISCORD_", "CREDITS_", "IMAGINE_", "HTTP_", "MAX_",
-                            "POLL_", "JOB_", "PUBLIC_URL", "ADMINS", "BANNED_WORDS", "DATABASE_")):
+                            "POLL_", "JOB_", "PUBLIC_URL", "ADMINS", "BANNED_WORDS", "DATABASE_", "SANDBOX_")):
             monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)
 
