@@ -45,6 +45,14 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
     return 2 * len(os.sched_getaffinity(0))
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The ``slow`` tests (several processes: 10 to 40 s each on a busy machine) first, in their order, then
+    the others in theirs: pytest-xdist hands tests out in this order, so the long ones start while the short
+    ones fill the gaps, instead of one starting near the end with the other workers idle."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(autouse=True)
 def _keep_logging() -> Iterator[None]:
     """``main()`` sets up logging on the root logger (to the captured stderr): put it back after every test

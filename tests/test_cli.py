@@ -93,6 +93,7 @@ def test_chat_transcript(tmp_path):
     assert "Commands:" in out
 
 
+@pytest.mark.slow
 def test_whoever_runs_the_terminal_chat_is_an_operator(tmp_path):
     """The README: whoever runs the command line is an operator, so `/imagine admin ...` works in `chat`
     without being listed in ADMINS; a report it attaches lands in out/, not loose in the checkout."""
@@ -183,6 +184,7 @@ def _saved(result: subprocess.CompletedProcess) -> str:
     return next(line.split()[1] for line in result.stdout.splitlines() if line.startswith("saved "))
 
 
+@pytest.mark.slow
 def test_an_edit_of_the_last_image_keeps_its_shape_and_is_charged_in_the_same_database(tmp_path):
     first = cli("--sandbox", "imagine", "a lighthouse at dusk --ar 16:9", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
