@@ -16,7 +16,7 @@ import logging
 import os
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractContextManager, AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ import httpx
 from imagine_bot.core import __version__
 from imagine_bot.core.access.authority import GLOBAL, Actor, scope_noun
 from imagine_bot.core.access.identity import UserRef
-from imagine_bot.core.access.places import PlacePrefs
+from imagine_bot.core.access.places import PlaceRules
 from imagine_bot.core.chat import messages, presets
 from imagine_bot.core.chat.parsing import ParsedPrompt, check_banned, parse_imagine, take_images, take_preset
 from imagine_bot.core.chat.presets import Preset
@@ -92,6 +92,8 @@ class Prepared:
     references: tuple[Reference, ...] = ()
     #: the inputs someone chose (a typed flag, the caller's ``defaults``, the preset), not a default
     chosen: frozenset[str] = frozenset()
+    #: the reviewers of the channel, as read with the place's rules (``prepare_checked``; empty otherwise)
+    reviewers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,6 +265,11 @@ class ImagineCore:
         merged into the approval's receipt, handed back in the event if the step is tried again."""
         return self.approvals.store.record_receipt(job_id, **ids)
 
+    async def after_answers(self) -> None:
+        """Front ends: wait here before work that follows an ack but decides none (a submit after a public
+        placeholder): until the commands being answered now are answered (``core.jobs.lull``, 2 s at most)."""
+        await self.orchestrator.after_answers()
+
     def answering(self) -> AbstractContextManager[None]:
         """Front ends: answer a command inside this, from its arrival to its ack; the work of jobs already
         accepted (their workers, their status messages) waits until no command is being answered
@@ -345,20 +352,20 @@ class ImagineCore:
 
     def prepare(self, who: UserRef | Actor, text: str, *, defaults: dict[str, str] | None = None,
                 preset: str | None = None, channel_preset: bool = False,
-                place: PlacePrefs | None = None) -> Prepared:
+                place: PlaceRules | None = None) -> Prepared:
         """Read an ``/imagine``: flags, the preset (``--preset NAME`` typed, else ``preset``, else with
         ``channel_preset`` the channel's default; ``none`` turns presets off) and its template, changing
         nothing. Raises ``UserInputError`` with the reason (an unknown preset lists the ones there are).
 
         Options, weakest first: the model's defaults, the place's, the preset's, ``defaults`` (a front end's
-        own options), the flags typed in the text. ``place``: the place's preferences as ``check_place`` just
-        read them (None: read here)."""
+        own options), the flags typed in the text. ``place``: the place's rules as ``check_place`` just read
+        them (its defaults and the channel's preset; None: read here)."""
         actor = Actor.of(who)
         text, typed = take_preset(text)
         name = typed or preset
         chosen: Preset | None = None
         if name is None and channel_preset and actor.channel_scope:
-            default = self.presets.channel_default(actor.channel_scope)
+            default = place.channel_preset if place is not None else self.presets.channel_default(actor.channel_scope)
             chosen = self.preset_named(actor, default) if default else None
             if default and chosen is None:
                 log.warning("channel %s: its default preset %s no longer exists", actor.channel_scope, default)
@@ -366,7 +373,7 @@ class ImagineCore:
             chosen = self.preset_named(actor, name.strip().lower())
             if chosen is None:
                 raise UserInputError(messages.unknown_preset(name, [p.name for p in self.presets_here(actor)]))
-        place_defaults = place.defaults if place is not None else self.place_defaults(actor)
+        place_defaults = place.prefs.defaults if place is not None else self.place_defaults(actor)
         base = {**place_defaults, **(chosen.defaults if chosen else {}), **(defaults or {})}
         parsed = self.parse(text, base)
         given = parsed.flagged | frozenset(defaults or {}) | frozenset(chosen.defaults if chosen else {})
@@ -415,13 +422,15 @@ class ImagineCore:
             ratio_given = "aspect_ratio" in asked.chosen
             if not ratio_given and prepared.first_size is not None:
                 params = {**params, "aspect_ratio": model.nearest_aspect_ratio(*prepared.first_size)}
-        return await self.orchestrator.submit(JobRequest(
+        request = JobRequest(
             requester=actor.user, reply=reply, prompt=asked.prompt, params=params,
             dedupe_key=dedupe_key, extra_input=self._inputs(actor, extra_input), scopes=self.scopes(actor),
             parent_id=parent_id, image_urls=tuple(image_urls),
-            preset=asked.preset.name if asked.preset else None, review=self.approvals.reviewers_for(actor),
-            **priced,
-        ))
+            preset=asked.preset.name if asked.preset else None,
+            review=place.reviewers if place is not None else self.approvals.reviewers_for(actor), **priced,
+        )
+        # without references nothing was awaited since the dedupe key was looked up: not again in submit
+        return await self.orchestrator.submit(request, looked_up=not references)
 
     async def check_reply(self, reply: ReplyTo) -> None:
         """Raise ``CannotAnswerHere`` if the front end cannot post at ``reply`` (a Slack channel the bot is
@@ -475,7 +484,7 @@ class ImagineCore:
         ``extra_input`` replaces the original's front-end inputs (the channel may differ: nsfw_checker).
         """
         actor = Actor.of(requester, reply.channel)
-        self.check_place(actor)
+        rules = self.check_place(actor)
         original = self.jobs.get(job_id)
         params = {k: v for k, v in original.params.items() if k in {s.name for s in self.model.inputs}}
         extra = {k: v for k, v in original.params.items() if k not in params}
@@ -485,7 +494,8 @@ class ImagineCore:
             requester=actor.user, reply=reply, prompt=original.prompt, params=params,
             dedupe_key=dedupe_key, parent_id=original.id, extra_input=self._inputs(actor, extra),
             scopes=self.scopes(actor), image_urls=original.image_urls, preset=original.preset,
-            review=self.approvals.reviewers_for(actor), **self._priced(model),
+            review=rules.reviewers if rules is not None else self.approvals.reviewers_for(actor),
+            **self._priced(model),
         ))
 
     def _inputs(self, actor: Actor, extra: dict[str, Any] | None) -> dict[str, Any]:
@@ -505,15 +515,15 @@ class ImagineCore:
             return ()
         return (actor.place, actor.channel_scope) if actor.channel_scope else (actor.place,)
 
-    def check_place(self, actor: Actor) -> PlacePrefs | None:
+    def check_place(self, actor: Actor) -> PlaceRules | None:
         """The place's own refusals, before any charge: not an allowed server or workspace, banned there,
-        a channel the bot does not answer in, or paused submissions. Returns the place's preferences, read
-        with its ban in one statement (None: no place), for ``prepare``.
+        a channel the bot does not answer in, or paused submissions. Returns the place's rules, read in one
+        statement with the channel's default preset and reviewers (None: no place), for ``prepare`` and the job.
 
-        The ban and the preferences are read every time (an admin's change in any process counts at once);
-        the pause is the gateway account's as this process knows it (``GatewayAccount.check``: a pause made
-        by another process counts within ``ACCOUNT_FRESH_S``)."""
-        rules: PlacePrefs | None = None
+        The ban, the preferences and the channel's choices are read every time (an admin's change in any
+        process counts at once); the pause is the gateway account's as this process knows it
+        (``GatewayAccount.check``: a pause made by another process counts within ``ACCOUNT_FRESH_S``)."""
+        rules: PlaceRules | None = None
         if actor.place is not None:
             platform, _, place_id = actor.place.partition(":")
             allowed = {"discord": self.settings.DISCORD_ALLOWED_GUILDS,
@@ -521,11 +531,11 @@ class ImagineCore:
             if allowed and place_id not in allowed:
                 raise NotAllowedHere(f"{actor.key} in {actor.place}, which is not allowed",
                                      user_message=f"This image bot is not enabled for this {scope_noun(actor.place)}.")
-            banned, rules = self.places.rules(actor.place, actor.key)
-            if banned:
+            rules = self.places.rules(actor.place, actor.key, actor.channel_scope)
+            if rules.banned:
                 raise NotAllowedHere(f"{actor.key} is banned in {actor.place}", user_message=(
                     f"A {scope_noun(actor.place)} admin has turned the image bot off for you here."))
-            channels = rules.channels
+            channels = rules.prefs.channels
             if channels and actor.channel not in channels:
                 where = ", ".join(f"<#{c}>" for c in channels)
                 raise NotAllowedHere(f"{actor.key} asked in channel {actor.channel}", user_message=(
@@ -549,7 +559,7 @@ class ImagineCore:
         place = self.check_place(actor)
         prepared = self.prepare(actor, text, defaults=defaults, preset=preset, channel_preset=True, place=place)
         self._check_can_pay(actor, edit=edit or bool(prepared.references))
-        return prepared
+        return replace(prepared, reviewers=place.reviewers) if place is not None and place.reviewers else prepared
 
     def check_can_submit(self, requester: UserRef | Actor, *, edit: bool = False) -> None:
         """Raise the refusal an ``imagine`` (an edit, with ``edit``) by this user would meet (place, job limit,

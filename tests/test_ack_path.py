@@ -17,6 +17,7 @@ from imagine_bot.core.access.authority import Actor
 from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.app import ImagineCore
 from imagine_bot.core.errors import GatewayPaused, NotAllowedHere
+from imagine_bot.core.events import Accepted
 from imagine_bot.core.gateway.balance import ACCOUNT_FRESH_S
 from imagine_bot.core.jobs.model import Job, JobRequest, ReplyTo
 from imagine_bot.core.jobs.outbox import Outbox, Pace
@@ -171,10 +172,43 @@ async def test_a_command_reads_its_place_once_and_the_gateway_account_once_a_win
     before = statements[:statements.index("BEGIN IMMEDIATE")]
     place = [s for s in before if "place_" in s]
     assert len(place) == 1 and "place_bans" in place[0] and "place_prefs" in place[0], before
+    # the channel's default preset and reviewers come with it (they were two more reads)
+    assert "channel_presets" in place[0] and "approval_channels" in place[0], place
+    assert not any("channel_presets" in s or "approval_channels" in s for s in statements if s != place[0])
     assert not any("gateway_account" in s for s in statements), statements
     assert not any("SAVEPOINT" in s for s in before), before
-    assert len(before) <= 4, before  # the dedupe key (in imagine, then in submit), the place, the reviewers
+    assert len([s for s in before if "dedupe_key" in s]) == 1, before  # in imagine; submit trusts it
+    assert len(before) <= 2, before  # the dedupe key and the place
+    # the job's state is not read back before the ack (its worker reads it)
+    assert not any(s.startswith("SELECT state FROM jobs") for s in statements), statements
     await core.orchestrator.wait_idle()
+
+
+class CancelsOnAccepted:
+    """A front end that ends the job it is told of (as Slack does when the bot cannot post there)."""
+
+    platform = "terminal"
+
+    def __init__(self, core: ImagineCore) -> None:
+        self.core = core
+
+    async def publish(self, event: object) -> None:
+        if isinstance(event, Accepted):
+            await self.core.cancel(event.job.id, NotAllowedHere("cannot post there"))
+
+
+async def test_a_job_cancelled_when_accepted_is_not_started(core, sandbox):
+    """The job's state is not read back after Accepted: a job its front end ended then is still handed to a
+    worker, which reads the state first; it never reaches the gateway, and its hold is released once."""
+    core.register(CancelsOnAccepted(core))
+    job = await core.imagine(ALICE, REPLY, "a lighthouse at dusk")
+    await core.orchestrator.wait_idle()
+    assert core.jobs.state(job.id).value == "failed"
+    assert job.id not in core.orchestrator._tasks
+    assert sandbox.requests["createTask"] == 0
+    assert core.ledger.balance(ALICE).held == 0
+    assert [e.kind for e in core.ledger.history(ALICE) if e.job_id == job.id] == ["release", "reserve"]
+
 
 
 def _other_process(core: ImagineCore) -> tuple[SqlitePlaces, SqliteGatewayAccount]:

@@ -101,11 +101,15 @@ class Handlers:
         references = [Reference(name=a.filename, url=a.url) for a in attachments or []]
         with self.core.answering():  # the work of jobs already accepted waits for this ack
             try:
-                self.core.prepare_checked(who, prompt, defaults=defaults, preset=preset, edit=bool(references))
+                prepared = self.core.prepare_checked(who, prompt, defaults=defaults, preset=preset,
+                                                     edit=bool(references))
             except ImagineError as error:
                 await reply_private(interaction, error.user_message)
                 return
-            await self._acknowledge(interaction)
+            await self._acknowledge(interaction, private=bool(prepared.reviewers))
+        # the job itself once the commands arriving with this one are answered too (a burst's defers first);
+        # a refusal then (the balance spent meanwhile) withdraws the placeholder
+        await self.core.after_answers()
         extra = {"nsfw_checker": not channel_is_nsfw(interaction)}
         await self._submit_job(interaction, lambda reply: self.core.imagine(
             who, reply, prompt, dedupe_key=f"discord:{interaction.id}", defaults=defaults, extra_input=extra,
@@ -216,9 +220,12 @@ class Handlers:
         await self._acknowledge(interaction)
         await self._submit_job(interaction, submit)
 
-    async def _acknowledge(self, interaction: discord.Interaction) -> None:
-        # in a channel with approvals the whole job stays private until a reviewer approves the image
-        await interaction.response.defer(thinking=True, ephemeral=self.core.review_needed(actor_of(interaction)))
+    async def _acknowledge(self, interaction: discord.Interaction, *, private: bool | None = None) -> None:
+        """The public placeholder ("thinking..."); ``private``: whether the channel has reviewers, as just read
+        (None: read here). In a channel with approvals the whole job stays private until a reviewer approves."""
+        if private is None:
+            private = self.core.review_needed(actor_of(interaction))
+        await interaction.response.defer(thinking=True, ephemeral=private)
         # from Discord creating the interaction to our answer (Discord allows 3 s)
         self.core.metrics.ack("discord", (discord.utils.utcnow() - interaction.created_at).total_seconds())
 

@@ -16,3 +16,16 @@ class PlacePrefs:
     #: channel ids the bot answers in; empty: every channel
     channels: tuple[str, ...] = ()
     defaults: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class PlaceRules:
+    """What one command in a place is decided by, read fresh in one statement (``PlaceStore.rules``)."""
+
+    prefs: PlacePrefs
+    #: the requester is banned from the bot in this place
+    banned: bool = False
+    #: the name of the preset the command's channel uses by default (None: none)
+    channel_preset: str | None = None
+    #: the channel's reviewers (empty: its images are posted at once)
+    reviewers: tuple[str, ...] = ()

@@ -4,13 +4,16 @@ A burst of commands shares one event loop with the work each accepted job starts
 lease, ``createTask``) and its status messages. Run at once, that work interleaves with the commands still
 waiting for their acknowledgement and pushes every later ack back. So front ends mark each command from its
 arrival to its ack (``command``), the orchestrator marks each command it decides (``touch``: a submit, a
-precheck), and the work that follows an ack waits here (``wait``) until no command is being answered, none
-was decided for ``quiet_s`` and the loop turned ``CALM_TURNS`` times since; or for ``most_s`` at most, so
-that a steady stream of commands never starves the jobs themselves.
+precheck), and the work that follows an ack waits here (``wait``: a job's worker, its statuses, and on
+Discord the submit itself, which follows the placeholder: ``Orchestrator.after_answers``) until no command
+is being answered, none was decided for ``quiet_s`` and the loop turned ``CALM_TURNS`` times since; or for
+``most_s`` at most, so that a steady stream of commands never starves the jobs themselves.
 
-Nothing that decides an answer waits here: a refusal is decided, and a reservation committed, before the
-ack, as before. What waits is only what came after the ack anyway, and it waits in order (first in,
-first out); a job's createTask goes out at most ``most_s`` later than it would have, usually ``quiet_s``.
+Nothing that decides an answer waits here: a refusal is decided before the ack, and on Slack the
+reservation is committed before it, as before (on Discord the precheck decides the refusals before the
+placeholder, and a refusal at the submit withdraws it). What waits is only what came after the ack anyway,
+and it waits in order (first in, first out); a job's createTask goes out at most ``most_s`` later than it
+would have, usually ``quiet_s``.
 """
 
 from __future__ import annotations
@@ -22,8 +25,8 @@ from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-#: no command decided for this long: the burst is over (longer than Bolt's 10 ms ack poll, so that the
-#: last acks of a burst are on the wire before the work behind them starts)
+#: no command decided for this long: the burst is over (the last acks of a burst are on the wire before
+#: the work behind them starts)
 QUIET_S = 0.025
 #: work waits at most this long, however steadily commands keep coming
 MOST_S = 2.0

@@ -175,6 +175,7 @@ class Orchestrator:
         #: submits waiting to be reserved and recorded together (``_together``)
         self._batch: list[_Waiting] = []
         self._submitting = 0  # submits waiting for their batch (``wait_idle`` waits for them too)
+        self._held = 0  # submits about to be made once the commands being answered are (``after_answers``)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._wakeups: dict[str, asyncio.Event] = {}
         #: final answers from verified account webhooks, for the trackers they woke (no recordInfo needed)
@@ -257,14 +258,25 @@ class Orchestrator:
         if check is not None:
             await check(reply)
 
-    async def submit(self, request: JobRequest) -> Job:
+    async def after_answers(self) -> None:
+        """Wait for the lull before a submit that follows an ack (Discord's placeholder): the burst's other
+        commands are answered first. ``wait_idle`` counts the submit as coming."""
+        self._held += 1
+        try:
+            await self.lull.wait()
+        finally:
+            self._held -= 1
+
+    async def submit(self, request: JobRequest, *, looked_up: bool = False) -> Job:
         """Reserve credits, record the job and start it. Raises a user-facing ``ImagineError``.
 
-        The job's worker starts once commands stop arriving (``Lull``): nothing it does decides the answer."""
+        The job's worker starts once commands stop arriving (``Lull``): nothing it does decides the answer.
+        ``looked_up``: the caller found no job with the request's dedupe key, with nothing awaited since (the
+        key is not looked up again; two deliveries at once still make one job: ``DuplicateRequest``)."""
         self.lull.touch()
         if not self._accepting:
             raise ShuttingDown("refused a new job: the process is stopping")
-        if request.dedupe_key:
+        if request.dedupe_key and not looked_up:
             existing = self.jobs.by_dedupe_key(request.dedupe_key)
             if existing is not None:
                 log.info("redelivered request %s: job %s already exists", request.dedupe_key, existing.id)
@@ -293,8 +305,9 @@ class Orchestrator:
             return existing
         log.info("job %s accepted for %s (%s)", job.id, job.requester.key, job.params)
         await self._publish(Accepted(job))
-        if self.jobs.state(job.id) is JobState.QUEUED:  # a front end may cancel on Accepted
-            self._start(job)
+        # started even if a front end cancelled it on Accepted: its worker reads the job's state first and
+        # does nothing for a job that is no longer queued (a read here would cost every command of a burst)
+        self._start(job)
         return job
 
     def _record(self, request: JobRequest, job_id: str, model: str, cost: int) -> Job:
@@ -509,9 +522,11 @@ class Orchestrator:
 
     async def wait_idle(self) -> None:
         """Wait until no job is in flight and no status waits in the outbox (tests, the CLI)."""
-        while (self._tasks or self._submitting or self.outbox.busy
+        while (self._tasks or self._submitting or self._held or self.outbox.busy
                or (self.approvals is not None and self.approvals.busy)):
-            if self._submitting:  # told at the next turn of the loop, then started
+            if self._held:  # let go with them (first in, first out), then they submit
+                await self.lull.wait()
+            if self._submitting or self._held:  # told at the next turn of the loop, then started
                 await asyncio.sleep(0)
             await asyncio.gather(*list(self._tasks.values()), return_exceptions=True)
             await self.outbox.wait_idle()

@@ -28,7 +28,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from imagine_bot.core.access.identity import UserRef
-from imagine_bot.core.access.places import PlacePrefs
+from imagine_bot.core.access.places import PlacePrefs, PlaceRules
 from imagine_bot.core.chat.presets import Preset
 from imagine_bot.core.credits.budgets import BudgetStatus
 from imagine_bot.core.credits.ledger import Balance, LedgerEntry
@@ -192,8 +192,9 @@ class PlaceStore(Protocol):
 
     def is_banned(self, place: str, account: str) -> bool: ...
 
-    def rules(self, place: str, account: str) -> tuple[bool, PlacePrefs]:
-        """(banned, the place's preferences) in one read, never cached: what ``check_place`` decides on."""
+    def rules(self, place: str, account: str, channel: str | None = None) -> PlaceRules:
+        """The ban, the place's preferences and the channel's default preset and reviewers in one read, never
+        cached: what ``check_place`` decides on."""
         ...
 
     def ban(self, place: str, account: str, *, actor: str) -> bool: ...

@@ -370,6 +370,9 @@ def open_db(path: Path | str, *, busy_timeout_s: float = CLI_BUSY_TIMEOUT_S) -> 
             raise _not_writable(Path(path), str(exc)) from None
         raise
     conn.execute("PRAGMA synchronous = NORMAL")
+    # the undo pages of a savepoint (every submit of a grouped batch has one) in memory, not a temporary
+    # file: nothing of the database's own durability depends on them
+    conn.execute("PRAGMA temp_store = MEMORY")
     conn.execute("PRAGMA foreign_keys = ON")
     db = sqlite_utils.Database(conn)
     migrate(db)

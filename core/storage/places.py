@@ -3,9 +3,10 @@ workspace (``core.access.places``)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
-from imagine_bot.core.access.places import PlacePrefs
+from imagine_bot.core.access.places import PlacePrefs, PlaceRules
 from imagine_bot.core.storage.db import Database, iso, transaction, utcnow
 
 
@@ -35,15 +36,21 @@ class SqlitePlaces:
         rows = self.db.execute("SELECT account FROM place_bans WHERE place = ? ORDER BY ts", [place]).fetchall()
         return [r[0] for r in rows]
 
-    def rules(self, place: str, account: str) -> tuple[bool, PlacePrefs]:
-        """Whether ``account`` is banned in ``place``, and the place's preferences: one statement, read
-        fresh every time (a ban made a moment ago in another process counts at once)."""
+    def rules(self, place: str, account: str, channel: str | None = None) -> PlaceRules:
+        """Whether ``account`` is banned in ``place``, the place's preferences and, for ``channel``
+        (``place#CHANNEL``), its default preset and its reviewers: one statement, read fresh every time (a ban
+        or a reviewer set a moment ago in another process counts at once)."""
         row = self.db.execute(
             "SELECT EXISTS (SELECT 1 FROM place_bans WHERE place = ? AND account = ?),"
-            " p.channels, p.aspect_ratio, p.quality"
-            " FROM (SELECT 1 AS one) AS here LEFT JOIN place_prefs p ON p.place = ?", [place, account, place],
+            " p.channels, p.aspect_ratio, p.quality,"
+            " (SELECT preset FROM channel_presets WHERE channel = ?),"
+            " (SELECT reviewers FROM approval_channels WHERE channel = ?)"
+            " FROM (SELECT 1 AS one) AS here LEFT JOIN place_prefs p ON p.place = ?",
+            [place, account, channel, channel, place],
         ).fetchone()
-        return bool(row[0]), _prefs(place, row[1:])
+        return PlaceRules(_prefs(place, row[1:4]), banned=bool(row[0]),
+                          channel_preset=None if row[4] is None else str(row[4]),
+                          reviewers=tuple(json.loads(row[5])) if row[5] else ())
 
     # ------------------------------------------------------------------ preferences
     def prefs(self, place: str) -> PlacePrefs:

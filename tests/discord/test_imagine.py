@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import itertools
 import json
@@ -202,3 +203,22 @@ async def test_the_refusals_are_checked_while_the_interaction_counts_as_being_an
         await bot.idle()
         assert checked == [1]
         assert lull.answering == 0
+
+
+async def test_a_job_is_submitted_once_the_commands_arriving_with_it_are_answered(open_bot, sandbox):
+    """The placeholder (the ack) goes at once; the job itself (reserve, record: work that decides no ack)
+    waits until the other commands being answered are (a burst's defers first, issue 22), then is made."""
+    async with open_bot() as bot:
+        bot.core.orchestrator.lull.most_s = 3600.0  # only the end of the other command lets it go
+        with bot.core.answering():  # another command of the burst, not answered yet
+            sent = await bot.imagine(ALICE, "a lighthouse at dusk")
+            assert (await bot.callback(sent)).json["type"] == 5  # the public placeholder
+            for _ in range(50):
+                await asyncio.sleep(0)
+            await asyncio.sleep(0.2)
+            assert bot.core.jobs.recent() == []  # nothing reserved or recorded yet
+            assert bot.core.orchestrator.lull.waiting == 1
+        await bot.final_edit(sent)
+        await bot.idle()
+        assert [j.state for j in bot.core.jobs.recent()] == [JobState.DELIVERED]
+        assert bot.core.ledger.balance(discord_user(ALICE)).balance == 180 - 18

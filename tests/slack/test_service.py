@@ -135,9 +135,9 @@ def spy_on_submits(core: ImagineCore, monkeypatch: pytest.MonkeyPatch) -> list[i
     seen: list[int] = []
     submit = core.orchestrator.submit
 
-    async def spy(request):
+    async def spy(request, **kwargs):
         seen.append(core.orchestrator.lull.answering)
-        return await submit(request)
+        return await submit(request, **kwargs)
 
     monkeypatch.setattr(core.orchestrator, "submit", spy)
     return seen
@@ -175,3 +175,15 @@ async def test_a_socket_mode_slash_command_is_decided_while_it_counts_as_being_a
         finally:
             await core.orchestrator.stop()
             await service.stop()
+
+
+async def test_the_ack_does_not_wait_for_the_work_after_it(slack: SlackHarness):
+    """Bolt answers a request as its listener returns (``process_before_response=True``: it does not poll
+    for the ack every 10 ms), so every listener returns right after its ack and the work that follows runs
+    in a task of its own: a prompt in a channel the bot has not checked yet is answered while the
+    conversations.info asked after the ack is still unanswered."""
+    slack.fake.slow("conversations.info", 30)
+    response, _ = await slack.slash("a lighthouse at dusk", channel="CNEW")
+    assert response.status_code == 200
+    await slack.fake.wait_for("conversations.info")
+    assert slack.service.handlers.busy == 1  # the command's work, still waiting for Slack
