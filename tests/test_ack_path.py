@@ -132,11 +132,80 @@ def test_a_reservation_reads_the_account_and_each_budget_once(core):
     assert [r.split(" FROM ")[1].split()[0] for r in reads] == ["accounts", "ledger", "budgets", "budgets"], statements
     assert "IN (" in reads[2] and reads[3].endswith("'slack:T1#C1'"), reads
     assert not any("SAVEPOINT" in s for s in statements)
-    assert len(statements) <= 14, statements  # BEGIN, 4 reads, 2 writes for the account, 2 a budget (3), COMMIT
+    assert _read_back(statements) == [], statements
+    # BEGIN, 4 reads, 2 writes for the account, 2 for the budgets (all three at once), COMMIT (was 14: 2 a budget)
+    assert len(statements) == 10, statements
     assert (balance.balance, balance.held) == (180, 36)
     assert core.budgets.job_scopes("j-second") == ["slack:T1", "slack:T1#C1", "global"]
     assert [core.budgets.status(s).held for s in ("slack:T1", "slack:T1#C1", "global")] == [36, 36, 36]
+    assert core.stores.db.execute(  # each row with its budget's totals after it, in order
+        "SELECT scope, kind, delta_held, spent_after, held_after, account, channel FROM budget_ledger"
+        " WHERE job_id = 'j-second' ORDER BY id").fetchall() == [
+        (scope, "reserve", 18, 0, 36, "slack:T1:U1", "C1") for scope in ("slack:T1", "slack:T1#C1", "global")]
     assert core.ledger.verify() == []
+
+    statements.clear()  # a job the caller made just now (the orchestrator's): its reservation not looked up
+    core.stores.db.conn.set_trace_callback(statements.append)
+    try:
+        balance = core.ledger.reserve(bob, "j-third", 18, scopes=("slack:T1", "slack:T1#C1"), channel="C1",
+                                      new_job=True)
+    finally:
+        core.stores.db.conn.set_trace_callback(None)
+    reads = [s.split(" FROM ")[1].split()[0] for s in statements if s.startswith("SELECT")]
+    assert reads == ["accounts", "budgets", "budgets"], statements
+    assert len(statements) == 9, statements
+    assert (balance.balance, balance.held) == (180, 54)
+    assert core.ledger.verify() == []
+
+
+def _read_back(statements: list[str]) -> list[str]:
+    """The writes that read a row back to fill in a ledger row (``INSERT ... SELECT``)."""
+    return [s for s in statements if s.startswith("INSERT") and " SELECT " in s]
+
+
+def test_a_new_accounts_reservation_opens_it_with_its_allowance_and_hold_in(core):
+    """Before the ack, in a burst from new users (issue 22): the account is inserted with its allowance and
+    the job's hold already in (no UPDATE after), its refill and reserve rows written in one statement with
+    their balances (no read back), the job not looked up in the ledger (the caller made its id), the
+    budgets moved at once. Was 14 statements with 4 reads."""
+    scopes = ("slack:T1",)
+    core.ledger.reserve(UserRef("slack", "T1", "U0"), "j-first", 18, scopes=scopes, channel="C1")  # the budgets
+    statements: list[str] = []
+    core.stores.db.conn.set_trace_callback(statements.append)
+    try:
+        balance = core.ledger.reserve(UserRef("slack", "T1", "U2"), "j-new", 18, scopes=scopes, channel="C1",
+                                      new_job=True)
+    finally:
+        core.stores.db.conn.set_trace_callback(None)
+    writes = [s.split()[0] + " " + s.split()[2 if s.startswith("INSERT") else 1] for s in statements
+              if s.startswith(("INSERT", "UPDATE"))]
+    assert writes == [
+        "INSERT accounts", "INSERT ledger", "UPDATE budgets", "INSERT budget_ledger"], statements
+    reads = [s.split(" FROM ")[1].split()[0] for s in statements if s.startswith("SELECT")]
+    assert reads == ["accounts", "budgets"], statements
+    assert _read_back(statements) == [], statements
+    assert len(statements) == 8, statements  # BEGIN, 2 reads, 2 writes for the account, 2 for the budgets, COMMIT
+    assert (balance.balance, balance.held) == (180, 18)
+    history = reversed(core.ledger.history(UserRef("slack", "T1", "U2")))
+    assert [(e.kind, e.balance_after, e.held_after) for e in history] == [("refill", 180, 0), ("reserve", 180, 18)]
+    assert [core.budgets.status(s).held for s in ("slack:T1", "global")] == [36, 36]
+    assert core.ledger.verify() == []
+
+
+async def test_a_submit_tells_the_ledger_its_job_is_new(core, tmp_path: Path):
+    """The orchestrator made the job's id just before reserving: the ledger does not look it up."""
+    core.register(TerminalFrontEnd(tmp_path / "out", Console(file=io.StringIO()), bar=False))
+    statements: list[str] = []
+    core.stores.db.conn.set_trace_callback(statements.append)
+    try:
+        job = await core.imagine(ALICE, REPLY, "a lighthouse at dusk")  # a new account too
+    finally:
+        core.stores.db.conn.set_trace_callback(None)
+    assert core.ledger.balance(ALICE).held == job.cost
+    money = statements[statements.index("BEGIN IMMEDIATE"):statements.index("COMMIT")]
+    assert not any(s.startswith("SELECT") and " FROM ledger " in s for s in money), money
+    assert not any(s.startswith("UPDATE accounts") for s in money), money
+    await core.orchestrator.wait_idle()
 
 
 # ---------------------------------------------------------------------- the place checks (issue 22, round 2)

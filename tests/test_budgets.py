@@ -403,3 +403,22 @@ async def test_one_reservation_holds_every_budget_over_it_in_order(make_settings
         core.ledger.capture("j2")
         assert [core.budgets.status(s).spent for s in (GUILD, f"{GUILD}#C2", GLOBAL)] == [18, 0, 18]
         assert core.ledger.verify() == [] and core.ledger.orphan_holds() == []
+
+
+def test_a_check_where_no_budget_has_a_limit_is_one_read(books):
+    """A precheck before an ack: where no budget over the job has a limit or a member cap, it refuses
+    nothing and is decided by one read, with no write lock and no savepoint (it took both, for every
+    command of a burst); where one has a limit, it still refuses what a reservation would."""
+    statements: list[str] = []
+    books.db.conn.set_trace_callback(statements.append)
+    try:
+        books.budgets.check((GUILD,), USERS[0].key, 18)
+    finally:
+        books.db.conn.set_trace_callback(None)
+    assert len(statements) == 1 and statements[0].startswith("SELECT"), statements
+    books.restart(default_amount=18)  # a place's budget not made yet, with a default of 18
+    with pytest.raises(BudgetExhausted, match=r"\(18 credits left, an image costs 36\)"):
+        books.budgets.check((GUILD,), USERS[0].key, 36)
+    books.restart(default_amount=None, cap=18)  # the global cap
+    with pytest.raises(BudgetExhausted):
+        books.budgets.check((GUILD,), USERS[0].key, 36)

@@ -163,6 +163,56 @@ def test_reserving_a_job_twice_is_a_no_op(ledger: Ledger) -> None:
     assert kinds(ledger, ALICE) == ["refill", "reserve"]
 
 
+def test_a_new_job_is_not_looked_up_but_the_database_still_refuses_a_second_reservation(ledger: Ledger) -> None:
+    """``new_job=True`` (the orchestrator made the id just now) skips the "already reserved?" read; a
+    caller wrong about it meets the unique index, and nothing of that reservation stays."""
+    first = ledger.reserve(ALICE, "j1", 18, new_job=True)
+    with pytest.raises(sqlite3.IntegrityError):
+        ledger.reserve(ALICE, "j1", 18, new_job=True)
+    assert ledger.balance(ALICE) == first
+    assert kinds(ledger, ALICE) == ["refill", "reserve"]
+    assert ledger.verify() == []
+
+
+@pytest.mark.parametrize("new_job", [False, True])
+def test_a_new_accounts_first_reservation_writes_the_rows_it_always_did(ledger: Ledger, db: Database,
+                                                                       new_job: bool) -> None:
+    """A new account is opened with its allowance in (and, for a new job, its hold): the same rows, with
+    the same balances after, as opening it empty and then refilling and reserving."""
+    new: dict[str, bool] = {"new_job": True} if new_job else {}
+    b = ledger.reserve(ALICE, "j1", 18, scopes=("slack:T1",), channel="C1", **new)
+    assert (b.balance, b.held, b.next_refill) == (180, 18, datetime(2025, 12, 1, tzinfo=UTC))
+    rows = [(e.kind, e.delta_balance, e.delta_held, e.balance_after, e.held_after, e.job_id, e.note, e.ts)
+            for e in reversed(ledger.history(ALICE))]
+    assert rows == [("refill", 180, 0, 180, 0, None, "new account", START),
+                    ("reserve", 0, 18, 180, 18, "j1", None, START)]
+    with transaction(db):  # a caller that goes on after a refusal keeps the opening, and nothing held
+        with pytest.raises(InsufficientCredits, match="costs 181 and you have 180"):
+            ledger.reserve(BOB, "j2", 181, **new)
+    assert kinds(ledger, BOB) == ["refill"]
+    assert ledger.balance(BOB).held == 0
+    assert ledger.budgets.status("slack:T1").held == 18
+    assert ledger.verify() == []
+
+
+@pytest.mark.parametrize("limit", [None, 100])
+def test_the_budget_rows_of_reservations_carry_each_budgets_totals_after(ledger: Ledger, db: Database,
+                                                                         limit: int | None) -> None:
+    """Written from the rows read (SQLite; PostgreSQL: those read ``FOR UPDATE``, a limited budget) or read
+    back (PostgreSQL's unlimited budgets, not locked): the same totals after either way."""
+    if limit is not None:
+        ledger.budgets.set_amount("slack:T1", limit, actor="op")
+    ledger.reserve(ALICE, "j1", 18, scopes=("slack:T1",), new_job=True)
+    ledger.reserve(BOB, "j2", 20, scopes=("slack:T1",))
+    assert ledger.capture("j1")
+    rows = db.execute("SELECT scope, kind, spent_after, held_after FROM budget_ledger WHERE job_id IS NOT NULL"
+                      " ORDER BY id").fetchall()
+    assert [tuple(r) for r in rows] == [
+        ("slack:T1", "reserve", 0, 18), ("global", "reserve", 0, 18), ("slack:T1", "reserve", 0, 38),
+        ("global", "reserve", 0, 38), ("slack:T1", "capture", 18, 20), ("global", "capture", 18, 20)]
+    assert ledger.verify() == []
+
+
 def test_settling_an_unknown_job_is_not_found(ledger: Ledger) -> None:
     with pytest.raises(NotFound):
         ledger.capture("nope")
@@ -542,3 +592,33 @@ TestLedgerMachine = LedgerMachine.TestCase
 TestLedgerMachine.settings = settings(
     max_examples=75, stateful_step_count=30, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
+
+
+def _rows(db: Database) -> tuple[int, int]:
+    return (db.execute("SELECT COUNT(*) FROM accounts").fetchone()[0],
+            db.execute("SELECT COUNT(*) FROM ledger").fetchone()[0])
+
+
+@pytest.mark.parametrize("period", PERIODS)
+def test_available_is_the_balance_as_it_would_be_and_writes_nothing(make: LedgerFactory, clock: Clock, db: Database,
+                                                                    period: str) -> None:
+    """A precheck before an ack reads ``available``: the balance ``balance`` would give (an account not
+    opened yet with its allowance, a due refill as made), with no write; it was an account opened (and a
+    refill written) in a write transaction of its own, for every first command of a burst."""
+    ledger = make(period=period)
+
+    def same_as_balance(who: UserRef) -> None:
+        before = _rows(db)
+        peeked = ledger.available(who)
+        assert _rows(db) == before  # nothing written
+        assert peeked == ledger.balance(who)  # the balance then opens or refills it, to the same figures
+
+    same_as_balance(ALICE)  # not opened yet
+    ledger.reserve(ALICE, "j1", 150)
+    ledger.capture("j1")
+    same_as_balance(ALICE)  # 30 left
+    clock.advance(days=40)  # past every period's boundary: a refill is due (none for "never")
+    same_as_balance(ALICE)
+    ledger.set_allowance(BOB, 500, actor="admin")
+    clock.advance(days=40)
+    same_as_balance(BOB)  # a per-user allowance

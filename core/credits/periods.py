@@ -11,6 +11,7 @@ UTC) and ``never``.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 
 PERIODS = ("day", "week", "month", "never")
 ADJECTIVES = {"day": "daily", "week": "weekly", "month": "monthly"}
@@ -32,6 +33,7 @@ def period_start(now: datetime, period: str) -> datetime | None:
     return None
 
 
+@lru_cache(maxsize=64)  # pure, and asked for the same few period starts at every reservation
 def next_boundary(start: datetime, period: str) -> datetime | None:
     """The first period boundary after the period containing ``start`` (None for ``never``)."""
     begin = period_start(start, period)

@@ -245,7 +245,7 @@ class Orchestrator:
         if self.jobs.count_active(requester.key) >= self.max_active_per_user:
             raise TooManyActiveJobs(self.max_active_per_user)
         cost = self.model.cost if cost is None else cost
-        balance = self.ledger.balance(requester)
+        balance = self.ledger.available(requester)  # a read: the account is opened by the reservation
         if balance.available < cost:
             raise InsufficientCredits(balance=balance.available, cost=cost,
                                       next_refill=describe_refill(balance.next_refill, utcnow()))
@@ -315,7 +315,8 @@ class Orchestrator:
         budget are checked against what the submits before it in the batch already hold."""
         if self.jobs.count_active(request.requester.key) >= self.max_active_per_user:
             raise TooManyActiveJobs(self.max_active_per_user)
-        self.ledger.reserve(request.requester, job_id, cost, scopes=request.scopes, channel=request.reply.channel)
+        self.ledger.reserve(request.requester, job_id, cost, scopes=request.scopes, channel=request.reply.channel,
+                            new_job=True)
         return self.jobs.insert(request, model=model, cost=cost, job_id=job_id, owner=self.owner,
                                 lease_until=self.leases.until())
 

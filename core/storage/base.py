@@ -85,10 +85,15 @@ class CreditStore(Protocol):
 
     def balance(self, who: UserRef) -> Balance: ...
 
+    def available(self, who: UserRef) -> Balance:
+        """The balance ``balance`` would give, changing nothing: what a precheck decides on."""
+        ...
+
     def reserve(self, who: UserRef, job_id: str, cost: int, *, scopes: tuple[str, ...] = (),
-                channel: str | None = None) -> Balance:
+                channel: str | None = None, new_job: bool = False) -> Balance:
         """Hold ``cost`` on the user's balance and, in the same transaction, on every budget over the job
-        (``scopes`` and the global cap); refuse if any cannot cover it."""
+        (``scopes`` and the global cap); refuse if any cannot cover it. A job reserved already changes
+        nothing, unless ``new_job`` (the caller made its id just now: not looked up)."""
         ...
 
     def capture(self, job_id: str) -> bool:

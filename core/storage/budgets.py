@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from imagine_bot.core.access.authority import GLOBAL, scope_noun
@@ -15,12 +16,30 @@ from imagine_bot.core.credits.budgets import MAX_CREDITS_CHANGE, UNLIMITED, Budg
 from imagine_bot.core.credits.periods import PERIODS, next_boundary, period_name, period_start, refill_words
 from imagine_bot.core.errors import BudgetExhausted, UserInputError
 from imagine_bot.core.jobs.model import ACTIVE_STATES
-from imagine_bot.core.storage.db import Database, for_update, iso, later, transaction, utcnow
+from imagine_bot.core.storage.db import Database, for_update, is_postgres, iso, later, transaction, utcnow
 
 _ACTIVE = tuple(s.value for s in ACTIVE_STATES)
 _ACTIVE_MARKS = ",".join("?" * len(_ACTIVE))
 _COLUMNS = ("scope", "amount", "period", "period_start", "spent", "held", "member_cap", "updated_at")
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM budgets WHERE scope = ?"
+#: the key a row read locked carries (``_row``): its totals are the ones the commit changes
+_LOCKED = "locked"
+
+
+@lru_cache(maxsize=64)  # the same few period starts are parsed at every reservation
+def _start(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text) if text else None
+
+
+def _reset_due(row: dict[str, Any], now: datetime) -> bool:
+    """Whether the budget's period must move on (a new period began, or it has none yet)."""
+    if row["period"] == "never":
+        return False
+    start = _start(row["period_start"])
+    if start is None:
+        return True
+    boundary = next_boundary(start, row["period"])
+    return boundary is not None and now >= boundary
 
 
 class SqliteBudgets:
@@ -47,7 +66,7 @@ class SqliteBudgets:
     def _row(self, scope: str) -> dict[str, Any] | None:
         """The budget's row; inside a transaction locked until its end (PostgreSQL: ``FOR UPDATE``)."""
         row = self.db.execute(_SELECT + for_update(self.db), [scope]).fetchone()
-        return None if row is None else dict(zip(_COLUMNS, row, strict=True))
+        return None if row is None else {**dict(zip(_COLUMNS, row, strict=True)), _LOCKED: True}
 
     def _rows_to_decide(self, scopes: list[str], now: datetime) -> dict[str, dict[str, Any]]:
         """The budget rows over a job, by scope, read at once; each that a reservation must decide on (a limit,
@@ -57,15 +76,31 @@ class SqliteBudgets:
         global budget, stays unlocked until then, and reservations of different users do not queue on it.
         What could change a limit or a period between the read and the commit (``set_amount``, ...) takes
         the write lock alone, so it never runs during a money transaction."""
-        marks = ", ".join("?" * len(scopes))
-        found = self.db.execute(f"SELECT {', '.join(_COLUMNS)} FROM budgets WHERE scope IN ({marks})",
-                                scopes).fetchall()
-        rows = {r[0]: dict(zip(_COLUMNS, r, strict=True)) for r in found}
+        rows = self._read(scopes)
         for scope in scopes:
             row = rows.get(scope)
             if row is not None and self._to_decide(row, now) and (locked := self._row(scope)) is not None:
                 rows[scope] = locked
         return rows
+
+    def _read(self, scopes: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The rows of these scopes that exist, by scope, in one statement (not locked)."""
+        marks = ", ".join("?" * len(scopes))
+        found = self.db.execute(f"SELECT {', '.join(_COLUMNS)} FROM budgets WHERE scope IN ({marks})",
+                                list(scopes)).fetchall()
+        return {r[0]: dict(zip(_COLUMNS, r, strict=True)) for r in found}
+
+    def _may_refuse(self, scopes: Sequence[str], rows: dict[str, dict[str, Any]]) -> bool:
+        """Whether any budget a reservation over ``scopes`` would hold has a limit or a member cap (``rows``:
+        the rows that exist): an unlimited budget refuses nothing, whatever its period."""
+        for scope in [*scopes, GLOBAL]:
+            row = rows.get(scope)
+            if row is not None:
+                if self._amount(row)[0] is not None or row["member_cap"] is not None:
+                    return True
+            elif "#" not in scope and (self.cap if scope == GLOBAL else self.default_amount) is not None:
+                return True  # a place's budget made on first use, with the default amount (or the cap)
+        return False
 
     def _to_decide(self, row: dict[str, Any], now: datetime) -> bool:
         """Whether a reservation decides anything on this budget: a limit or a member cap to check, or its
@@ -74,9 +109,7 @@ class SqliteBudgets:
             return True
         if row["scope"] == GLOBAL and row["period"] != self.cap_period:
             return True
-        start = datetime.fromisoformat(row["period_start"]) if row["period_start"] else None
-        boundary = next_boundary(start, row["period"]) if start is not None else None
-        return row["period"] != "never" and (start is None or (boundary is not None and now >= boundary))
+        return _reset_due(row, now)
 
     def _amount(self, row: dict[str, Any]) -> tuple[int | None, bool]:
         """The effective amount (None: unlimited) and whether it is the default."""
@@ -88,7 +121,7 @@ class SqliteBudgets:
 
     def _status(self, row: dict[str, Any]) -> BudgetStatus:
         amount, default = self._amount(row)
-        start = datetime.fromisoformat(row["period_start"]) if row["period_start"] else None
+        start = _start(row["period_start"])
         nxt = next_boundary(start, row["period"]) if start is not None else None
         return BudgetStatus(row["scope"], amount, row["period"], row["spent"], row["held"], start, nxt,
                             row["member_cap"], default)
@@ -111,30 +144,64 @@ class SqliteBudgets:
         if wanted and row["period"] != wanted:  # SPEND_CAP_PERIOD changed: start a period of the new kind
             self.db.execute("UPDATE budgets SET period = ?, period_start = NULL WHERE scope = ?", [wanted, scope])
             row = {**row, "period": wanted, "period_start": None}
-        start = datetime.fromisoformat(row["period_start"]) if row["period_start"] else None
-        boundary = next_boundary(start, row["period"]) if start is not None else None
-        if row["period"] != "never" and (start is None or (boundary is not None and now >= boundary)):
+        if _reset_due(row, now):
             new_start = period_start(now, row["period"])
             assert new_start is not None
             self.db.execute("UPDATE budgets SET period_start = ? WHERE scope = ?", [iso(new_start), scope])
             if row["spent"]:
-                self._write(scope, now, "reset", delta_spent=-row["spent"], note=f"new {row['period']}")
+                self._write(scope, iso(now), "reset", delta_spent=-row["spent"], note=f"new {row['period']}")
             row = self._row(scope)
             assert row is not None
         return row
 
-    def _write(self, scope: str, now: datetime, kind: str, *, delta_spent: int = 0, delta_held: int = 0,
+    def _write(self, scope: str, stamp: str, kind: str, *, delta_spent: int = 0, delta_held: int = 0,
                job_id: str | None = None, account: str | None = None, channel: str | None = None,
-               actor: str | None = None, note: str | None = None) -> None:
+               actor: str | None = None, note: str | None = None, row: dict[str, Any] | None = None) -> None:
         """Apply one change to a budget and append its row (with the totals after it); nothing reads their
-        results (``later``: on PostgreSQL they go out with the transaction's next statement)."""
+        results (``later``: on PostgreSQL they go out with the transaction's next statement). ``row``: the
+        budget as read in this transaction, not changed since: where it is ours until the commit (SQLite's
+        one writer, or read ``FOR UPDATE``), the totals after are computed from it instead of read back."""
         later(self.db, "UPDATE budgets SET spent = spent + ?, held = held + ?, updated_at = ? WHERE scope = ?",
-              [delta_spent, delta_held, iso(now), scope])
+              [delta_spent, delta_held, stamp, scope])
+        if row is not None and self._ours(row):
+            later(self.db,
+                  "INSERT INTO budget_ledger (ts, scope, kind, delta_spent, delta_held, spent_after, held_after,"
+                  " job_id, account, channel, actor, note) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                  [stamp, scope, kind, delta_spent, delta_held, row["spent"] + delta_spent, row["held"] + delta_held,
+                   job_id, account, channel, actor, note])
+            return
         later(self.db,
               "INSERT INTO budget_ledger (ts, scope, kind, delta_spent, delta_held, spent_after, held_after, job_id,"
               " account, channel, actor, note) SELECT ?, scope, ?, ?, ?, spent, held, ?, ?, ?, ?, ? FROM budgets"
               " WHERE scope = ?",
-              [iso(now), kind, delta_spent, delta_held, job_id, account, channel, actor, note, scope])
+              [stamp, kind, delta_spent, delta_held, job_id, account, channel, actor, note, scope])
+
+    def _ours(self, row: dict[str, Any]) -> bool:
+        """Whether a row read in this transaction is the one its commit changes: nothing else can write it
+        until then (SQLite's one writer, or read ``FOR UPDATE``)."""
+        return bool(row.get(_LOCKED)) or not is_postgres(self.db)
+
+    def _hold(self, touched: list[tuple[str, dict[str, Any]]], stamp: str, cost: int, job_id: str, account: str,
+              channel: str | None) -> None:
+        """A reservation's hold on every budget over the job (``touched``: scope and row as read, in order).
+        Every row ours (``_ours``): one ``UPDATE`` of them all and one ``INSERT`` of their rows, in that order,
+        the totals after computed from the rows (no row lock is taken anew, so there is no order to keep);
+        else one budget at a time, in order (place, channel, global)."""
+        if len(touched) == 1 or not all(self._ours(row) for _, row in touched):
+            for scope, row in touched:
+                self._write(scope, stamp, "reserve", delta_held=cost, job_id=job_id, account=account,
+                            channel=channel, row=row)
+            return
+        scopes = [scope for scope, _ in touched]
+        marks = ", ".join("?" * len(scopes))
+        later(self.db, f"UPDATE budgets SET held = held + ?, updated_at = ? WHERE scope IN ({marks})",
+              [cost, stamp, *scopes])
+        params: list[Any] = []
+        for scope, row in touched:
+            params += [stamp, scope, "reserve", 0, cost, row["spent"], row["held"] + cost, job_id, account, channel]
+        later(self.db,
+              "INSERT INTO budget_ledger (ts, scope, kind, delta_spent, delta_held, spent_after, held_after, job_id,"
+              " account, channel) VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(touched)), params)
 
     def _member_spend(self, scope: str, account: str, since: datetime | None) -> int:
         row = self.db.execute(
@@ -151,8 +218,12 @@ class SqliteBudgets:
         with transaction(self.db, rows=True):
             rows = self._rows_to_decide([*scopes, GLOBAL], now)
             wanted = [s for s in scopes if "#" not in s or s in rows]
+            touched = []
             for scope in [*wanted, GLOBAL]:
                 row = self._touch(scope, now, rows)
+                touched.append((scope, row))
+                if self._amount(row)[0] is None and row["member_cap"] is None:
+                    continue  # unlimited, no member cap: nothing to check
                 status = self._status(row)
                 if status.remaining is not None and status.remaining < cost:
                     raise BudgetExhausted(scope=scope, noun=scope_noun(scope), remaining=status.remaining,
@@ -165,11 +236,13 @@ class SqliteBudgets:
                                               cost=cost, period=period_name(status.period, status.period_start),
                                               refill=refill_words(status.period, status.next_reset),
                                               member_cap=status.member_cap)
-            for scope in [*wanted, GLOBAL]:
-                self._write(scope, now, "reserve", delta_held=cost, job_id=job_id, account=account, channel=channel)
+            self._hold(touched, iso(now), cost, job_id, account, channel)
 
     def check(self, scopes: Sequence[str], account: str, cost: int) -> None:
-        """Raise the ``BudgetExhausted`` a reservation would meet now, changing nothing."""
+        """Raise the ``BudgetExhausted`` a reservation would meet now, changing nothing. Where no budget over
+        the job has a limit or a member cap, one read decides (no write lock, no savepoint)."""
+        if not self._may_refuse(scopes, self._read([*scopes, GLOBAL])):
+            return
         with transaction(self.db, rows=True):
             self.db.execute("SAVEPOINT budget_check")
             try:
@@ -187,7 +260,7 @@ class SqliteBudgets:
                 " AND r.kind = 'reserve' AND NOT EXISTS (SELECT 1 FROM budget_ledger s WHERE s.job_id = r.job_id"
                 " AND s.scope = r.scope AND s.kind IN ('capture', 'release')) ORDER BY r.id", [job_id]).fetchall()
             for scope, cost, account, channel in held:
-                self._write(scope, now, kind, delta_spent=cost if kind == "capture" else 0, delta_held=-cost,
+                self._write(scope, iso(now), kind, delta_spent=cost if kind == "capture" else 0, delta_held=-cost,
                             job_id=job_id, account=account, channel=channel)
 
     # ------------------------------------------------------------------ reading and setting
@@ -228,7 +301,7 @@ class SqliteBudgets:
                 self.db.execute("UPDATE budgets SET period = ?, period_start = ? WHERE scope = ?",
                                 [period, None if start is None else iso(start), scope])
             shown = "unlimited" if unlimited else ("the default" if amount is None else str(amount))
-            self._write(scope, now, "set", actor=actor, note=f"budget {shown} per {period or row['period']}")
+            self._write(scope, iso(now), "set", actor=actor, note=f"budget {shown} per {period or row['period']}")
             return self._status(self._touch(scope, now))
 
     def set_member_cap(self, scope: str, cap: int | None, *, actor: str) -> BudgetStatus:
@@ -240,7 +313,7 @@ class SqliteBudgets:
         with transaction(self.db):
             self._touch(scope, now)
             self.db.execute("UPDATE budgets SET member_cap = ? WHERE scope = ?", [cap, scope])
-            self._write(scope, now, "set", actor=actor, note=f"member cap {'none' if cap is None else cap}")
+            self._write(scope, iso(now), "set", actor=actor, note=f"member cap {'none' if cap is None else cap}")
             return self._status(self._touch(scope, now))
 
     def spend_rows(self, scope: str, since: datetime | None) -> list[dict[str, Any]]:

@@ -38,6 +38,18 @@ class _Account:
     period_start: datetime | None
 
 
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """A ledger row to append: the change and the account after it."""
+
+    after: _Account
+    kind: str
+    delta_balance: int
+    delta_held: int
+    job_id: str | None = None
+    actor: str | None = None
+    note: str | None = None
+
 
 class SqliteLedger:
     """Credit accounts and their ledger (see ``core.credits.ledger`` for the model)."""
@@ -87,8 +99,8 @@ class SqliteLedger:
 
     def _write(
         self,
-        key: str,
-        now: datetime,
+        acct: _Account,
+        stamp: str,
         kind: str,
         *,
         delta_balance: int = 0,
@@ -96,16 +108,26 @@ class SqliteLedger:
         job_id: str | None = None,
         actor: str | None = None,
         note: str | None = None,
-    ) -> None:
-        """Apply one change to an account and append its ledger row (with the balance after it). Nothing
-        reads their results: on PostgreSQL both go out with the transaction's next statement (``later``)."""
+    ) -> _Account:
+        """Apply one change to an account read in this transaction and append its ledger row; returns the
+        account after it. The balance after is computed here from the row as read: the row is ours until
+        the commit (``FOR UPDATE``, or SQLite's one writer). Nothing reads their results: on PostgreSQL both
+        go out with the transaction's next statement (``later``)."""
         later(self.db, "UPDATE accounts SET balance = balance + ?, held = held + ?, updated_at = ? WHERE account = ?",
-              [delta_balance, delta_held, iso(now), key])
+              [delta_balance, delta_held, stamp, acct.account])
+        after = replace(acct, balance=acct.balance + delta_balance, held=acct.held + delta_held)
+        self._append(stamp, _Entry(after, kind, delta_balance, delta_held, job_id, actor, note))
+        return after
+
+    def _append(self, stamp: str, *entries: _Entry) -> None:
+        """The ledger rows of changes already applied to the account, in order, in one ``INSERT``."""
+        params: list[Any] = []
+        for e in entries:
+            params += [stamp, e.after.account, e.kind, e.delta_balance, e.delta_held, e.after.balance, e.after.held,
+                       e.job_id, e.actor, e.note]
         later(self.db,
               "INSERT INTO ledger (ts, account, kind, delta_balance, delta_held, balance_after, held_after,"
-              " job_id, actor, note)"
-              " SELECT ?, account, ?, ?, ?, balance, held, ?, ?, ? FROM accounts WHERE account = ?",
-              [iso(now), kind, delta_balance, delta_held, job_id, actor, note, key])
+              " job_id, actor, note) VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(entries)), params)
 
     def _refill_due(self, acct: _Account, now: datetime) -> bool:
         if self.period == "never":
@@ -115,19 +137,30 @@ class SqliteLedger:
         boundary = next_boundary(acct.period_start, self.period)
         return boundary is not None and now >= boundary
 
-    def _refill(self, acct: _Account, now: datetime) -> _Account:
-        """Top the balance up to the allowance if a period boundary has passed since the last refill."""
+    def _refilled(self, acct: _Account, now: datetime) -> tuple[_Account, int]:
+        """The account after its due refill (if one is due), and the credits that refill adds; writes nothing."""
         if not self._refill_due(acct, now):
-            return acct
+            return acct, 0
         start = period_start(now, self.period)
         assert start is not None
-        self.db.execute("UPDATE accounts SET period_start = ? WHERE account = ?", [iso(start), acct.account])
         amount = max(0, self._allowance(acct) - acct.balance)
-        if amount:
-            note = f"{ADJECTIVES[self.period]} allowance"
-            self._write(acct.account, now, "refill", delta_balance=amount, note=note)
-        # not read back: the row is ours until the commit (locked, or SQLite's one writer)
-        return replace(acct, balance=acct.balance + amount, period_start=start)
+        return replace(acct, balance=acct.balance + amount, period_start=start), amount
+
+    def _refill(self, acct: _Account, now: datetime, stamp: str) -> _Account:
+        """Top the balance up to the allowance if a period boundary has passed since the last refill; the
+        account after it (not read back: the row is ours until the commit)."""
+        after, amount = self._refilled(acct, now)
+        if after is acct:
+            return acct
+        assert after.period_start is not None
+        start = iso(after.period_start)
+        if not amount:
+            later(self.db, "UPDATE accounts SET period_start = ? WHERE account = ?", [start, acct.account])
+            return after
+        later(self.db, "UPDATE accounts SET period_start = ?, balance = balance + ?, updated_at = ? WHERE account = ?",
+              [start, amount, stamp, acct.account])
+        self._append(stamp, _Entry(after, "refill", amount, 0, note=f"{ADJECTIVES[self.period]} allowance"))
+        return after
 
     def _must_load(self, key: str) -> _Account:
         acct = self._load(key)
@@ -135,23 +168,39 @@ class SqliteLedger:
             raise NotFound(f"no credit account {key!r}", user_message="I could not find that account.")
         return acct
 
-    def _touch(self, who: UserRef, now: datetime) -> _Account:
+    def _touch(self, who: UserRef, now: datetime, stamp: str) -> _Account:
         """Load the account, opening it with its allowance on first use, and apply a due refill."""
         acct = self._load(who.key)
         if acct is not None:
-            return self._refill(acct, now)
+            return self._refill(acct, now, stamp)
+        return self._open(who, now, stamp)[0]
+
+    def _open(self, who: UserRef, now: datetime, stamp: str, hold: tuple[str, int] | None = None
+              ) -> tuple[_Account, bool]:
+        """Open a new account: its row inserted with its allowance already in (no update after), then its
+        ``refill`` row. ``hold`` (job id, cost): a reservation the caller knows is new and the allowance
+        covers, held by the same insert, its ``reserve`` row written with the refill's. Another transaction
+        opening the account at the same moment: theirs counts, loaded and refilled as usual, and nothing is
+        held here. Returns the account and whether it holds the reservation."""
         start = period_start(now, self.period)
-        opened = self.db.execute(  # another transaction opening it at the same moment: theirs counts
+        held = 0 if hold is None else hold[1]
+        opened = self.db.execute(
             "INSERT INTO accounts (account, platform, workspace, \"user\", balance, held, allowance,"
-            " period_start, created_at, updated_at) VALUES (?, ?, ?, ?, 0, 0, NULL, ?, ?, ?)"
+            " period_start, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, NULL, ?, ?, ?)"
             " ON CONFLICT (account) DO NOTHING",
-            [who.key, who.platform, who.workspace, who.user, None if start is None else iso(start), iso(now),
-             iso(now)],
+            [who.key, who.platform, who.workspace, who.user, self.allowance, held,
+             None if start is None else iso(start), stamp, stamp],
         ).rowcount == 1
         if not opened:
-            return self._refill(self._must_load(who.key), now)
-        self._write(who.key, now, "refill", delta_balance=self.allowance, note="new account")
-        return _Account(who.key, self.allowance, 0, None, start)  # as just written: not read back
+            return self._refill(self._must_load(who.key), now, stamp), False
+        acct = _Account(who.key, self.allowance, 0, None, start)  # as just written: not read back
+        refill = _Entry(acct, "refill", self.allowance, 0, note="new account")
+        if hold is None:
+            self._append(stamp, refill)
+            return acct, False
+        acct = replace(acct, held=held)
+        self._append(stamp, refill, _Entry(acct, "reserve", 0, held, job_id=hold[0]))
+        return acct, True
 
     def _balance(self, acct: _Account) -> Balance:
         allowance = self._allowance(acct)
@@ -171,29 +220,49 @@ class SqliteLedger:
         if acct is not None and not self._refill_due(acct, now):
             return self._balance(acct)
         with transaction(self.db, rows=True):
-            return self._balance(self._touch(who, self._now()))
+            now = self._now()
+            return self._balance(self._touch(who, now, iso(now)))
+
+    def available(self, who: UserRef) -> Balance:
+        """The balance as ``balance`` would give it, changing nothing (a precheck before an ack): an account
+        not opened yet counts with its allowance, a refill that is due as made. One read, no write lock."""
+        now = self._now()
+        acct = self._load(who.key, lock=False)
+        if acct is None:
+            return self._balance(_Account(who.key, self.allowance, 0, None, period_start(now, self.period)))
+        return self._balance(self._refilled(acct, now)[0])
 
     def reserve(self, who: UserRef, job_id: str, cost: int, *, scopes: tuple[str, ...] = (),
-                channel: str | None = None) -> Balance:
+                channel: str | None = None, new_job: bool = False) -> Balance:
         """Hold ``cost`` credits for ``job_id``; raises ``InsufficientCredits`` when available < cost,
         and ``BudgetExhausted`` when a budget over the user (``scopes``, and the global cap) cannot cover it.
 
         Reserving a job that was already reserved changes nothing and returns the current balance.
+        ``new_job``: the caller made ``job_id`` just now, so that is not looked up (the unique index
+        ``ledger_job_kind`` still refuses a second reservation).
         """
         if cost < 0:
             raise ValueError(f"a job cannot cost {cost} credits")
         now = self._now()
+        stamp = iso(now)
         with transaction(self.db, rows=True):  # the account's row and the budgets' rows, locked in that order
-            acct = self._touch(who, now)
-            if self._entry(job_id, "reserve") is not None:
-                return self._balance(acct)
-            available = acct.balance - acct.held
-            if available < cost:
-                nxt = self._balance(acct).next_refill
-                raise InsufficientCredits(balance=available, cost=cost, next_refill=describe_refill(nxt, now))
-            self._write(who.key, now, "reserve", delta_held=cost, job_id=job_id)
+            acct = self._load(who.key)
+            held = False
+            if acct is None:
+                hold = (job_id, cost) if new_job and cost <= self.allowance else None
+                acct, held = self._open(who, now, stamp, hold)
+            else:
+                acct = self._refill(acct, now, stamp)
+            if not held:
+                if not new_job and self._entry(job_id, "reserve") is not None:
+                    return self._balance(acct)
+                available = acct.balance - acct.held
+                if available < cost:
+                    nxt = self._balance(acct).next_refill
+                    raise InsufficientCredits(balance=available, cost=cost, next_refill=describe_refill(nxt, now))
+                acct = self._write(acct, stamp, "reserve", delta_held=cost, job_id=job_id)
             self.budgets.reserve(scopes, job_id, who.key, channel, cost)
-            return self._balance(replace(acct, held=acct.held + cost))  # the row is ours until the commit
+            return self._balance(acct)  # the row is ours until the commit
 
     def capture(self, job_id: str) -> bool:
         """Charge a delivered job its held cost. False (and no change) if it was already captured or
@@ -227,8 +296,9 @@ class SqliteLedger:
             if self.db.execute("SELECT 1 FROM ledger WHERE job_id = ? AND kind IN ('capture', 'release')",
                                [job_id]).fetchone():
                 return False
-            self._refill(acct, now)
-            self._write(key, now, kind, delta_balance=-cost if kind == "capture" else 0, delta_held=-cost,
+            stamp = iso(now)
+            acct = self._refill(acct, now, stamp)
+            self._write(acct, stamp, kind, delta_balance=-cost if kind == "capture" else 0, delta_held=-cost,
                         job_id=job_id)
             self.budgets.settle(job_id, kind)
             return True
@@ -243,7 +313,7 @@ class SqliteLedger:
         check_size(amount)
         now = self._now()
         with transaction(self.db):
-            acct = self._touch(who, now)
+            acct = self._touch(who, now, iso(now))
             revocable = acct.balance - acct.held
             if amount < 0 and -amount > revocable:
                 raise UserInputError(
@@ -252,7 +322,7 @@ class SqliteLedger:
                     " Nothing was changed."
                 )
             kind = "grant" if amount > 0 else "adjust"
-            self._write(who.key, now, kind, delta_balance=amount, actor=actor, note=note)
+            self._write(acct, iso(now), kind, delta_balance=amount, actor=actor, note=note)
             return self._balance(self._must_load(who.key))
 
     def set_allowance(self, who: UserRef, allowance: int | None, *, actor: str) -> Balance:
@@ -265,17 +335,18 @@ class SqliteLedger:
         if allowance is not None:
             check_size(allowance)
         now = self._now()
+        stamp = iso(now)
         with transaction(self.db):
-            acct = self._touch(who, now)
+            acct = self._touch(who, now, stamp)
             old = self._allowance(acct)
             new = self.allowance if allowance is None else allowance
             self.db.execute("UPDATE accounts SET allowance = ? WHERE account = ?", [allowance, who.key])
             default = " (the default)" if allowance is None else ""
-            self._write(who.key, now, "adjust", actor=actor, note=f"allowance {old} -> {new}{default}")
+            after = self._write(acct, stamp, "adjust", actor=actor, note=f"allowance {old} -> {new}{default}")
             top_up = max(0, min(new - old, new - acct.balance))
             if top_up:
                 raised = "allowance raised"
-                self._write(who.key, now, "refill", delta_balance=top_up, actor=actor, note=raised)
+                self._write(after, stamp, "refill", delta_balance=top_up, actor=actor, note=raised)
             return self._balance(self._must_load(who.key))
 
     def history(self, who: UserRef | None = None, *, limit: int = 50) -> list[LedgerEntry]:
@@ -303,7 +374,7 @@ class SqliteLedger:
         if not any(self._refill_due(acct, now) for acct in loaded):
             return [self._balance(acct) for acct in loaded]
         with transaction(self.db):
-            return [self._balance(self._refill(self._must_load(key), now)) for key in keys]
+            return [self._balance(self._refill(self._must_load(key), now, iso(now))) for key in keys]
 
     def report_rows(self, since: datetime | None = None) -> list[dict[str, object]]:
         """Per account: current balance, held and allowance, and the totals since ``since`` (all time
