@@ -69,6 +69,8 @@ log = logging.getLogger(__name__)
 CLEANUP_EVERY_S = 3600.0
 #: connections to the gateway at once (the HTTP pool); the gateway client queues further requests itself
 HTTP_POOL = 100
+#: the embedded sandbox's seconds in each stage, times SANDBOX_DELAY_SCALE (the terminal shows each stage)
+SANDBOX_DELAYS = {"waiting": 0.4, "queuing": 0.4, "generating": 2.0}
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,11 +198,12 @@ class ImagineCore:
             if settings.sandbox:
                 from imagine_bot.core.sandbox import SandboxGateway
 
-                sandbox = SandboxGateway(delays={"waiting": 0.4, "queuing": 0.4, "generating": 2.0},
-                                         state_path=settings.sandbox_state_path)
+                delays = {state: seconds * settings.SANDBOX_DELAY_SCALE for state, seconds in SANDBOX_DELAYS.items()}
+                sandbox = SandboxGateway(delays=delays, state_path=settings.sandbox_state_path)
                 base_url = await sandbox.start()
                 # the gateway is in-process: poll it often enough to show every stage
-                settings = settings.model_copy(update={"POLL_INTERVAL_S": min(settings.POLL_INTERVAL_S, 0.4)})
+                shortest = min(delays.values())
+                settings = settings.model_copy(update={"POLL_INTERVAL_S": min(settings.POLL_INTERVAL_S, shortest)})
                 stack.push_async_callback(sandbox.stop)
                 api_key = api_key or "sandbox"
                 log.info("sandbox gateway running at %s (no credits are spent)", base_url)

@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     UNDELIVERED_ALERT_CREDITS: int = Field(default=90, ge=0)
     MAX_DOWNLOAD_MB: float = Field(default=25, gt=0)
     MODKIE_TIMEOUT_S: float = Field(default=15.0, gt=0)
+    #: multiplies the embedded sandbox's stage delays (0.4 s waiting, 0.4 s queuing, 2 s generating): below 1
+    #: a sandbox job finishes sooner (the test suite's command-line tests use 0.05)
+    SANDBOX_DELAY_SCALE: float = Field(default=1.0, gt=0, le=100)
 
     # --- storage: everything the bot keeps sits in IMAGINE_DATA_DIR (./data in a checkout; the image sets /data);
     # a relative IMAGINE_DB_PATH is taken under it, and the spool, references and sandbox state sit beside it

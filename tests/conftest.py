@@ -23,6 +23,8 @@ from tests.pg import PgCluster
 
 TEST_API_KEY = "mk-test-secret-key-0123456789"
 FAST_DELAYS = {"waiting": 0.02, "queuing": 0.02, "generating": 0.04}
+#: the embedded sandbox (``--sandbox`` in a subprocess) at a twentieth of its delays: 0.14 s a job, not 2.8 s
+FAST_SANDBOX_ENV = {"SANDBOX_DELAY_SCALE": "0.05"}
 
 #: under CI=true a skip fails (tests/no_skips_in_ci.py); pytester runs the suite's own plugins in tests
 pytest_plugins = ["tests.no_skips_in_ci", "pytester"]
@@ -43,6 +45,14 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
     return 2 * len(os.sched_getaffinity(0))
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The ``slow`` tests (several processes: 10 to 40 s each on a busy machine) first, in their order, then
+    the others in theirs: pytest-xdist hands tests out in this order, so the long ones start while the short
+    ones fill the gaps, instead of one starting near the end with the other workers idle."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(autouse=True)
 def _keep_logging() -> Iterator[None]:
     """``main()`` sets up logging on the root logger (to the captured stderr): put it back after every test
@@ -59,7 +69,7 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No developer .env or exported setting leaks into a test."""
     for name in list(os.environ):
         if name.startswith(("MODKIE_", "SLACK_", "DISCORD_", "CREDITS_", "IMAGINE_", "HTTP_", "MAX_",
-                            "POLL_", "JOB_", "PUBLIC_URL", "ADMINS", "BANNED_WORDS", "DATABASE_")):
+                            "POLL_", "JOB_", "PUBLIC_URL", "ADMINS", "BANNED_WORDS", "DATABASE_", "SANDBOX_")):
             monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)
 
@@ -95,6 +105,9 @@ def make_settings(tmp_path: Path, sandbox: SandboxGateway) -> Callable[..., Sett
             "IMAGINE_DB_PATH": tmp_path / "imagine.db",
             "POLL_INTERVAL_S": 0.02,
             "POLL_MAX_INTERVAL_S": 0.05,
+            # the real share of 8 recordInfo a second over all jobs held a test's few jobs up (the sandbox's
+            # jobs take 0.08 s); tests/test_orchestrator.py tests the shared rate with its own
+            "POLL_RATE_PER_S": 100,
             "JOB_TIMEOUT_S": 20,
             "HTTP_HOST": "127.0.0.1",
             "HTTP_PORT": 0,

@@ -63,6 +63,7 @@ def test_under_ci_a_skip_fails_with_its_reason(skipping_suite, monkeypatch, valu
     assert "A skip fails under CI=true" in output
 
 
+@pytest.mark.slow
 def test_under_ci_a_skip_fails_in_xdist_workers_too(skipping_suite, monkeypatch):
     """The suite runs in pytest-xdist workers (pyproject.toml's addopts): the skip fails there, and the
     failure is what reaches the run's summary and exit code."""

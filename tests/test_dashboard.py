@@ -213,6 +213,7 @@ async def test_the_dashboard_alone_needs_no_chat_token_and_no_key(tmp_path):
         assert await asyncio.wait_for(server, 30) == 0
 
 
+@pytest.mark.slow
 def test_the_dashboard_command_prints_a_link_that_works_and_stops_on_sigterm(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MODKIE_", "SLACK_", "DISCORD_", "IMAGINE_"))}
     env.update(HTTP_HOST="127.0.0.1", HTTP_PORT="0", IMAGINE_USER="ann")

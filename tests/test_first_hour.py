@@ -4,8 +4,10 @@ in a fresh copy of the repository (its tracked and new files, as a git repositor
 
 "Fresh shell": no virtualenv activated, only the system's PATH, no setting from this process's
 environment; only HTTP_HOST/HTTP_PORT are set, so that `make dashboard` binds a free port on loopback
-instead of 3000. `make test` is the one command not run (it runs this suite); `make demo`'s install step is
-stood in for by a `.venv` of links to this checkout's (the packaging test installs the wheel for real).
+instead of 3000, and SANDBOX_DELAY_SCALE, so that the sandbox's jobs take 0.14 s instead of the demo's
+2.8 s (tests/test_operations.py checks the demo's delays). `make test` is the one command not run (it runs
+this suite); `make demo`'s install step is stood in for by a `.venv` of links to this checkout's (the
+packaging test installs the wheel for real).
 Afterwards `git status` is clean, and `make clean` leaves nothing the bot made.
 """
 
@@ -24,6 +26,8 @@ from pathlib import Path
 import httpx
 import pytest
 from PIL import Image
+
+from tests.conftest import FAST_SANDBOX_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- first-hour:start -->", "<!-- first-hour:end -->"
@@ -69,7 +73,7 @@ def fresh_copy(target: Path) -> None:
 
 def shell_env(home: Path) -> dict[str, str]:
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(home), "LANG": "C.UTF-8", "USER": "newcomer",
-           "HTTP_HOST": "127.0.0.1", "HTTP_PORT": "0"}
+           "HTTP_HOST": "127.0.0.1", "HTTP_PORT": "0", **FAST_SANDBOX_ENV}
     env.update({k: v for k, v in os.environ.items() if k in ("TMPDIR",)})
     return env
 

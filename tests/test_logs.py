@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+import pytest
+
 from imagine_bot.core.ops.logs import RedactSecrets, redactable
 
 
@@ -53,6 +55,7 @@ def test_a_common_word_is_not_a_secret_to_redact():
     assert not redactable("sandbox") and not redactable("") and redactable("mk-live-0123456789abcdef")
 
 
+@pytest.mark.slow
 def test_a_sandbox_failure_reads_as_the_sandbox_wrote_it(tmp_path):
     """What a user of the sandbox sees when a job fails: the gateway's words, not asterisks."""
     from .test_cli import cli

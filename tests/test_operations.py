@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import logging
 import os
 import re
@@ -145,7 +146,9 @@ async def test_the_embedded_sandbox_keeps_its_tasks_so_a_job_in_flight_resumes(t
         assert core.jobs.get(job.id).state is JobState.RUNNING
         # the bot stops mid-job (the embedded sandbox with it) and starts again
     assert f"database {tmp_path / 'imagine-bot.db'}" in caplog.text
-    assert (tmp_path / "imagine-bot-sandbox.json").exists()
+    # the demo's delays (SANDBOX_DELAY_SCALE 1): the terminal has a stage to show for each
+    [saved] = json.loads((tmp_path / "imagine-bot-sandbox.json").read_text())["tasks"]
+    assert saved["delays"] == {"waiting": 0.4, "queuing": 0.4, "generating": 2.0}
     async with ImagineCore.open(settings) as core:
         core.register(TerminalFrontEnd(tmp_path / "out", Console(file=io.StringIO()), bar=False))
         assert await core.start() == 1

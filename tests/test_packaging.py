@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import FAST_SANDBOX_ENV
+
 ROOT = Path(__file__).resolve().parents[1]
 #: the builds write into the checkout (build/, the egg-info, the sdist's staging folder imagine_bot-0.1.0/,
 #: which git does not ignore): one after the other, and never while tests/test_first_hour.py copies it
@@ -106,7 +108,7 @@ def test_wheel_installs_under_one_name_and_runs(tmp_path):
                                text=True, timeout=60).stdout
     assert "imagine" in help_text
     done = subprocess.run([str(exe), "--sandbox", "imagine", "a fox in the snow --ar 9:16"], cwd=work,
-                          env={**env, "IMAGINE_DB_PATH": str(work / "w.db")}, capture_output=True, text=True,
-                          timeout=120, stdin=subprocess.DEVNULL)
+                          env={**env, "IMAGINE_DB_PATH": str(work / "w.db"), **FAST_SANDBOX_ENV}, capture_output=True,
+                          text=True, timeout=120, stdin=subprocess.DEVNULL)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert list((work / "out").glob("*.png"))

@@ -52,6 +52,7 @@ def _run_without_binaries(tmp_path: Path, ci: str | None, workers: str = "0") ->
 
 # as one test runs alone (-n0) and as the suite runs (pyproject.toml's addopts): in an xdist worker, whose
 # skip reaches the note through its report
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", ["0", "1"], ids=["alone", "xdist"])
 def test_without_the_binaries_a_pg_test_is_skipped_with_a_note(tmp_path, workers):
     result = _run_without_binaries(tmp_path, None, workers)
@@ -60,6 +61,7 @@ def test_without_the_binaries_a_pg_test_is_skipped_with_a_note(tmp_path, workers
     assert "NOTE: PostgreSQL's server binaries are not installed" in result.stdout
 
 
+@pytest.mark.slow
 def test_without_the_binaries_under_ci_a_pg_test_fails(tmp_path):
     result = _run_without_binaries(tmp_path, "true")
     assert result.returncode == 1, result.stdout + result.stderr

@@ -90,12 +90,15 @@ async def test_jobs_fail_refuses_a_job_a_live_process_holds_and_jobs_list_shows_
 async def test_jobs_of_a_platform_not_running_are_failed_after_the_job_timeout(make_settings, tmp_path):
     settings = make_settings(JOB_TIMEOUT_S=0.5)
     job_id = await a_slack_job_left_behind(settings, tmp_path)
-    async with ImagineCore.open(settings) as core:
+    # younger than the timeout (an hour here: on a loaded machine opening a core alone can take 0.5 s)
+    async with ImagineCore.open(make_settings(JOB_TIMEOUT_S=3600)) as core:
         core.register(TerminalFrontEnd(tmp_path / "out", Console(file=io.StringIO()), bar=False))
         await core.start()
         await core.orchestrator.wait_idle()  # notices go out through the outbox
         assert core.jobs.get(job_id).state is JobState.QUEUED  # not yet: the platform may come back
-        await asyncio.sleep(0.6)
+    await asyncio.sleep(0.6)
+    async with ImagineCore.open(settings) as core:
+        core.register(TerminalFrontEnd(tmp_path / "out", Console(file=io.StringIO()), bar=False))
         await core.start()
         await core.orchestrator.wait_idle()  # notices go out through the outbox
         row = core.jobs.get(job_id)

@@ -95,6 +95,7 @@ async def test_two_shards_in_one_process(fake: FakeDiscord, discord_settings: Ca
     await fake.wait_gateway_closed()
 
 
+@pytest.mark.slow
 async def test_shards_split_over_two_processes(fake: FakeDiscord, discord_settings: Callable[..., Settings],
                                                tmp_path: Path):
     settings = [discord_settings(DISCORD_SHARD_COUNT="2", DISCORD_SHARD_IDS=str(shard),
