@@ -3,8 +3,8 @@
 A slash command is answered in the ack itself when the answer is at hand (help, balances, refusals,
 admin commands: database work only), as Bolt's own examples do (``await ack(text)``); a job's answer is
 its progress message. Only what takes time goes on after an empty ack, in a task of its own
-(``SlackHandlers.in_background``: Bolt runs with ``process_before_response=True`` and answers as the
-listener returns): a CSV upload, an admin check that must ask Slack's users.info first, or a prompt in a
+(``SlackHandlers.in_background``: the listener returns right after its ack, whichever way Bolt runs it):
+a CSV upload, an admin check that must ask Slack's users.info first, or a prompt in a
 channel the bot has not checked lately (``conversations.info``: may it post there? see
 ``SlackFrontEnd.check_reply``); those answer through the response_url. Listeners
 keep no state of their own: the buttons are handled by action id and carry the job id in their value, so
@@ -138,9 +138,9 @@ class SlackHandlers:
             await asyncio.gather(*list(self._running), return_exceptions=True)
 
     def in_background(self, what: str, work: Coroutine[Any, Any, None]) -> None:
-        """The work that follows a listener's ack, as a task of its own: Bolt answers Slack when the listener
-        returns (``process_before_response=True``: no polling for the ack), so every listener returns right
-        after it acks. An error is logged; ``stop`` cancels the work, ``wait_idle`` waits for it."""
+        """The work that follows a listener's ack, as a task of its own, so that every listener returns right
+        after it acks (with ``process_before_response=True`` Bolt would answer only then). An error is
+        logged; ``stop`` cancels the work, ``wait_idle`` waits for it."""
         task = asyncio.create_task(self._guarded(what, work), name=f"slack {what}")
         self._running.add(task)
         task.add_done_callback(self._running.discard)

@@ -178,10 +178,8 @@ async def test_a_socket_mode_slash_command_is_decided_while_it_counts_as_being_a
 
 
 async def test_the_ack_does_not_wait_for_the_work_after_it(slack: SlackHarness):
-    """Bolt answers a request as its listener returns (``process_before_response=True``: it does not poll
-    for the ack every 10 ms), so every listener returns right after its ack and the work that follows runs
-    in a task of its own: a prompt in a channel the bot has not checked yet is answered while the
-    conversations.info asked after the ack is still unanswered."""
+    """The work after an ack never holds the ack up: a prompt in a channel the bot has not checked yet is
+    answered while the conversations.info asked after the ack is still unanswered."""
     slack.fake.slow("conversations.info", 30)
     response, _ = await slack.slash("a lighthouse at dusk", channel="CNEW")
     assert response.status_code == 200
