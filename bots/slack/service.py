@@ -156,7 +156,7 @@ class SlackService:
             # a workspace with no installation: Bolt answers this and runs no listener
             user_facing_authorize_error_message=messages.not_installed(f"{settings.PUBLIC_URL}{INSTALL_PATH}"),
             # ack first; the listener's work goes on in the background (Bolt polls for the ack every 10 ms;
-            # True, answering as the listener returns, measured more CPU a command in a Socket Mode burst)
+            # True, answering as the listener returns, measured no different in Socket Mode bursts)
             process_before_response=False,
             request_verification_enabled=self.mode == "http",
         )
