@@ -2,11 +2,10 @@
 
 A slash command is answered in the ack itself when the answer is at hand (help, balances, refusals,
 admin commands: database work only), as Bolt's own examples do (``await ack(text)``); a job's answer is
-its progress message. Only what takes time goes on after an empty ack, in a task of its own
-(``SlackHandlers.in_background``: the listener returns right after its ack, whichever way Bolt runs it):
-a CSV upload, an admin check that must ask Slack's users.info first, or a prompt in a
-channel the bot has not checked lately (``conversations.info``: may it post there? see
-``SlackFrontEnd.check_reply``); those answer through the response_url. Listeners
+its progress message. Only what takes time goes on after an empty ack (with
+``process_before_response=False`` in the background): a CSV upload, an admin check that must ask
+Slack's users.info first, or a prompt in a channel the bot has not checked lately (``conversations.info``:
+may it post there? see ``SlackFrontEnd.check_reply``); those answer through the response_url. Listeners
 keep no state of their own: the buttons are handled by action id and carry the job id in their value, so
 they keep working across restarts. Every call is made with the token of the workspace the request came
 from (``Workspaces``), and a job remembers its workspace and Enterprise Grid organisation
@@ -24,7 +23,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable
 from typing import Any
 
 from slack_bolt.app.async_app import AsyncApp
@@ -137,20 +136,17 @@ class SlackHandlers:
         while self._running:
             await asyncio.gather(*list(self._running), return_exceptions=True)
 
-    def in_background(self, what: str, work: Coroutine[Any, Any, None]) -> None:
-        """The work that follows a listener's ack, as a task of its own, so that every listener returns right
-        after it acks (with ``process_before_response=True`` Bolt would answer only then). An error is
-        logged; ``stop`` cancels the work, ``wait_idle`` waits for it."""
-        task = asyncio.create_task(self._guarded(what, work), name=f"slack {what}")
-        self._running.add(task)
-        task.add_done_callback(self._running.discard)
-
-    @staticmethod
-    async def _guarded(what: str, work: Awaitable[None]) -> None:
+    async def _guarded(self, what: str, work: Awaitable[None]) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._running.add(task)
         try:
             await work
         except Exception:
             log.exception("slack %s failed", what)
+        finally:
+            if task is not None:
+                self._running.discard(task)
 
     # ------------------------------------------------------------------ Bolt listeners
     async def on_command(self, ack: Any, body: dict[str, Any]) -> None:
@@ -163,7 +159,7 @@ class SlackHandlers:
         if result is None:  # it takes a users.info call first: answer through the response_url
             await ack()
             self.core.metrics.ack("slack", time.perf_counter() - started)
-            self.in_background("slash command", self.slash_command(body))
+            await self._guarded("slash command", self.slash_command(body))
             return
         if result.job is not None or result.attachment is not None:
             await ack()  # a job: its progress message is the answer; a file: uploaded next
@@ -171,27 +167,24 @@ class SlackHandlers:
             await ack(text=escape_keep_user_mentions(result.text), response_type="ephemeral")
         self.core.metrics.ack("slack", time.perf_counter() - started)
         if result.attachment is not None:
-            self.in_background("slash command", self._send_file(body, result))
-
-    async def _send_file(self, body: dict[str, Any], result: CommandReply) -> None:
-        await self._send_privately(await self.api(body), body["user_id"], body["channel_id"], body.get("response_url"),
-                                   result)
+            await self._guarded("slash command", self._send_privately(
+                await self.api(body), body["user_id"], body["channel_id"], body.get("response_url"), result))
 
     async def on_reroll(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
         await ack()
-        self.in_background("reroll", self.reroll(body, str(action.get("value", ""))))
+        await self._guarded("reroll", self.reroll(body, str(action.get("value", ""))))
 
     async def on_delete(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
         await ack()
-        self.in_background("delete", self.delete(body, str(action.get("value", ""))))
+        await self._guarded("delete", self.delete(body, str(action.get("value", ""))))
 
     async def on_approve(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
         await ack()
-        self.in_background("approve", self.decide(body, str(action.get("value", "")), approve=True))
+        await self._guarded("approve", self.decide(body, str(action.get("value", "")), approve=True))
 
     async def on_reject(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
         await ack()
-        self.in_background("reject", self.open_reject(body, str(action.get("value", ""))))
+        await self._guarded("reject", self.open_reject(body, str(action.get("value", ""))))
 
     async def on_reject_submit(self, ack: Any, body: dict[str, Any], view: dict[str, Any]) -> None:
         values = view.get("state", {}).get("values", {})
@@ -202,21 +195,21 @@ class SlackHandlers:
         await ack()
         meta = json.loads(view.get("private_metadata") or "{}")
         body = {**body, "channel": {"id": meta.get("channel")}, "response_url": meta.get("response_url")}
-        self.in_background("reject submit", self.decide(body, str(meta.get("job_id", "")), approve=False,
+        await self._guarded("reject submit", self.decide(body, str(meta.get("job_id", "")), approve=False,
                                                           reason=reason))
 
     async def on_home_opened(self, body: dict[str, Any], event: dict[str, Any]) -> None:
         if event.get("tab", "home") != "home":
             return
-        self.in_background("app home", self.publish_home(UserRef("slack", _team_of(body), event["user"]),
+        await self._guarded("app home", self.publish_home(UserRef("slack", _team_of(body), event["user"]),
                                                           _enterprise_of(body)))
 
     async def on_uninstalled(self, context: AsyncBoltContext) -> None:
-        self.in_background("app_uninstalled", self._uninstalled(context, "removed the app"))
+        await self._guarded("app_uninstalled", self._uninstalled(context, "removed the app"))
 
     async def on_tokens_revoked(self, event: dict[str, Any], context: AsyncBoltContext) -> None:
         bots = (event.get("tokens") or {}).get("bot") or []
-        self.in_background("tokens_revoked", self._uninstalled(context, "revoked the bot token", event=event,
+        await self._guarded("tokens_revoked", self._uninstalled(context, "revoked the bot token", event=event,
                                                                  whole=False, bot=bool(bots)))
 
     async def _uninstalled(self, context: AsyncBoltContext, what: str, *, event: dict[str, Any] | None = None,

@@ -155,9 +155,7 @@ class SlackService:
             name="imagine-bot", client=self.client, signing_secret=signing_secret, oauth_settings=oauth,
             # a workspace with no installation: Bolt answers this and runs no listener
             user_facing_authorize_error_message=messages.not_installed(f"{settings.PUBLIC_URL}{INSTALL_PATH}"),
-            # ack first; the listener's work goes on in the background (Bolt polls for the ack every 10 ms;
-            # True, answering as the listener returns, measured no different in Socket Mode bursts)
-            process_before_response=False,
+            process_before_response=False,  # ack first; the listener's work goes on in the background
             request_verification_enabled=self.mode == "http",
         )
         self.handlers = SlackHandlers(core, self.frontend)
