@@ -261,6 +261,8 @@ class Orchestrator:
     async def after_answers(self) -> None:
         """Wait for the lull before a submit that follows an ack (Discord's placeholder): the burst's other
         commands are answered first. ``wait_idle`` counts the submit as coming."""
+        if not self._accepting:
+            return  # the submit is refused at once (a drain, a stop)
         self._held += 1
         try:
             await self.lull.wait()
@@ -470,6 +472,8 @@ class Orchestrator:
         for job_id, task in list(self._tasks.items()):
             if self._phase.get(job_id) not in DRAIN_FINISHES:
                 task.cancel()  # waiting, tracking or downloading: safe to pick up anywhere
+        # submits held for a burst's answers (``after_answers``) go now: refused, their users are told so
+        self.lull.release()
         deadline = self.monotonic() + timeout_s
         pending = [t for t in self._tasks.values() if not t.done()]
         if pending:

@@ -96,7 +96,7 @@ class SqliteBudgets:
         for scope in [*scopes, GLOBAL]:
             row = rows.get(scope)
             if row is not None:
-                if self._amount(row)[0] is not None or row["member_cap"] is not None:
+                if self._limited(row):
                     return True
             elif "#" not in scope and (self.cap if scope == GLOBAL else self.default_amount) is not None:
                 return True  # a place's budget made on first use, with the default amount (or the cap)
@@ -105,11 +105,15 @@ class SqliteBudgets:
     def _to_decide(self, row: dict[str, Any], now: datetime) -> bool:
         """Whether a reservation decides anything on this budget: a limit or a member cap to check, or its
         period to move on (``_touch``)."""
-        if self._amount(row)[0] is not None or row["member_cap"] is not None:
+        if self._limited(row):
             return True
         if row["scope"] == GLOBAL and row["period"] != self.cap_period:
             return True
         return _reset_due(row, now)
+
+    def _limited(self, row: dict[str, Any]) -> bool:
+        """Whether the budget can refuse a reservation: it has a limit or a member cap."""
+        return self._amount(row)[0] is not None or row["member_cap"] is not None
 
     def _amount(self, row: dict[str, Any]) -> tuple[int | None, bool]:
         """The effective amount (None: unlimited) and whether it is the default."""
@@ -222,7 +226,7 @@ class SqliteBudgets:
             for scope in [*wanted, GLOBAL]:
                 row = self._touch(scope, now, rows)
                 touched.append((scope, row))
-                if self._amount(row)[0] is None and row["member_cap"] is None:
+                if not self._limited(row):
                     continue  # unlimited, no member cap: nothing to check
                 status = self._status(row)
                 if status.remaining is not None and status.remaining < cost:

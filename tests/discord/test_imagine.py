@@ -222,3 +222,23 @@ async def test_a_job_is_submitted_once_the_commands_arriving_with_it_are_answere
         await bot.idle()
         assert [j.state for j in bot.core.jobs.recent()] == [JobState.DELIVERED]
         assert bot.core.ledger.balance(discord_user(ALICE)).balance == 180 - 18
+
+
+async def test_a_submit_held_for_the_burst_is_refused_and_told_when_a_drain_begins(open_bot, sandbox):
+    """SIGTERM while a job waits for the burst's placeholders: the drain lets it go at once, the submit is
+    refused (the process is stopping), the placeholder is withdrawn and the user told privately; nothing is
+    reserved or sent to the gateway."""
+    async with open_bot() as bot:
+        bot.core.orchestrator.lull.most_s = 3600.0  # only the drain lets it go
+        with bot.core.answering():  # another command of the burst, not answered yet
+            sent = await bot.imagine(ALICE, "a lighthouse at dusk")
+            assert (await bot.callback(sent)).json["type"] == 5
+            await asyncio.sleep(0.1)
+            assert bot.core.orchestrator.lull.waiting == 1
+            await asyncio.wait_for(bot.core.orchestrator.drain(5), 30)
+            await bot.fake.wait_for("DELETE", rf"/webhooks/\d+/{sent['token']}/messages/@original")
+            told = (await bot.fake.wait_for("POST", rf"/webhooks/\d+/{sent['token']}$"))[0].json
+        assert told["flags"] & 64 and told["content"].startswith("The bot is restarting")
+        assert bot.core.jobs.recent() == []
+        assert sandbox.requests["createTask"] == 0
+        assert bot.core.ledger.balance(discord_user(ALICE)).held == 0
