@@ -143,9 +143,8 @@ async def drain_jobs(core: Any, timeout: float) -> bool:  # noqa: ASYNC109
     # Discord's submits follow the burst's placeholders (``after_answers``): made before the jobs are counted
     while (orchestrator._held or orchestrator._submitting) and time.monotonic() < deadline:  # noqa: ASYNC110
         await asyncio.sleep(0.01)  # counters, no event to wait on
-    while orchestrator._tasks and time.monotonic() < deadline:
-        await asyncio.wait(list(orchestrator._tasks.values()), timeout=max(0.0, deadline - time.monotonic()))
-    return not orchestrator._tasks
+    # the jobs running, and those accepted in the burst and queued to start once it is answered
+    return await orchestrator.wait_jobs(max(0.0, deadline - time.monotonic()))
 
 
 async def measured(ask: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:

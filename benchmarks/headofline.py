@@ -111,8 +111,7 @@ async def main(quick: bool) -> dict[str, Any]:
                                 await core.imagine(UserRef("slack", TEAM, f"U{i:05d}"), ReplyTo("slack", "CBENCH"),
                                                    f"head of line {i}")
                                 await asyncio.sleep(SPACING_S)
-                            while core.orchestrator.in_flight:
-                                await asyncio.gather(*core.orchestrator._tasks.values(), return_exceptions=True)
+                            await core.orchestrator.wait_jobs()
                             last_delivery = max(delivered_at.values(), default=time.time())
                             try:
                                 await asyncio.wait_for(core.orchestrator.outbox.wait_idle(), FINALS_WAIT_S)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ from imagine_bot.core.jobs.outbox import Outbox, Pace
 from imagine_bot.core.storage.db import open_database, utcnow
 from imagine_bot.core.storage.gateway_account import SqliteGatewayAccount
 from imagine_bot.core.storage.places import SqlitePlaces
+from tests.conftest import until
 
 ALICE = UserRef("terminal", "local", "alice")
 REPLY = ReplyTo("terminal", "test")
@@ -111,6 +113,96 @@ async def test_a_jobs_work_waits_until_no_command_is_being_answered(core, sandbo
     assert core.jobs.state(job.id).value == "delivered"
     assert sandbox.requests["createTask"] == 1
     assert statuses.events[0] == "Accepted"
+
+
+def count_runs(core: ImagineCore) -> list[str]:
+    """The jobs whose worker this process starts, in the order it starts them."""
+    runs: list[str] = []
+    run = core.orchestrator._run
+
+    async def counted(job_id: str, **kw: bool) -> None:
+        runs.append(job_id)
+        await run(job_id, **kw)
+
+    core.orchestrator._run = counted  # type: ignore[method-assign]
+    return runs
+
+
+async def test_jobs_accepted_during_a_burst_start_once_each_after_it_in_order(core, sandbox):
+    """While commands are being answered, an accepted job gets no task of its own (nor does its first status):
+    one task waits for the lull for all of them and then starts each once, first in, first out. Until then
+    the job counts as in flight here, and a second start of it (a sweep, a redelivery) changes nothing."""
+    statuses = Statuses()
+    core.register(statuses)
+    runs = count_runs(core)
+    orchestrator = core.orchestrator
+    orchestrator.lull.most_s = 3600.0  # only the end of the command lets the work go
+    with core.answering():
+        jobs = [await core.imagine(UserRef("terminal", "local", f"u{n}"), REPLY, f"burst {n}") for n in range(3)]
+        for _ in range(50):
+            await asyncio.sleep(0)
+        assert orchestrator.in_flight == 3 and not orchestrator._tasks  # queued, no task each
+        assert orchestrator.lull.waiting == 2  # one starter for the jobs, one for their statuses
+        orchestrator._start(jobs[0])  # as a sweep or a cancelled submit would
+        assert orchestrator.in_flight == 3
+        assert runs == [] and sandbox.requests["createTask"] == 0 and statuses.events == []
+    await orchestrator.wait_idle()
+    assert runs == [job.id for job in jobs]
+    assert sandbox.requests["createTask"] == 3
+    assert [core.jobs.state(job.id).value for job in jobs] == ["delivered"] * 3
+    assert statuses.events.count("Accepted") == 3
+
+
+async def test_a_drain_leaves_the_jobs_queued_in_a_burst_unstarted_and_claimable(core, sandbox):
+    """A drain during a burst starts none of the jobs queued for its end (as it cancels the workers still
+    waiting): they stay queued, reserved, with no owner, for the next process."""
+    core.register(Statuses())
+    runs = count_runs(core)
+    core.orchestrator.lull.most_s = 3600.0
+    with core.answering():
+        jobs = [await core.imagine(UserRef("terminal", "local", f"u{n}"), REPLY, f"drained {n}") for n in range(2)]
+        await core.orchestrator.drain(5)
+    for _ in range(50):
+        await asyncio.sleep(0)
+    assert runs == [] and sandbox.requests["createTask"] == 0
+    assert core.orchestrator.in_flight == 0
+    rows = [core.jobs.get(job.id) for job in jobs]
+    assert [(row.state.value, row.owner) for row in rows] == [("queued", None)] * 2
+    assert [core.jobs.claim(job.id, "next", utcnow() + timedelta(seconds=30)) is not None for job in jobs] == [True] * 2
+    assert core.ledger.balance(jobs[0].requester).held == jobs[0].cost  # nothing refunded, nothing charged
+
+
+async def test_housekeeping_keeps_a_queued_jobs_lease_and_drops_one_taken_over(make_settings, sandbox):
+    """The lease housekeeping frees the leases of jobs nobody works on here; a job queued for the end of a
+    burst is worked on here (its lease is kept), unless another process has taken it over meanwhile: then
+    it is not started here."""
+    async with ImagineCore.open(make_settings(JOB_LEASE_S=0.3)) as core:
+        core.register(Statuses())
+        await core.start()
+        runs = count_runs(core)
+        orchestrator = core.orchestrator
+        orchestrator.lull.most_s = 3600.0
+        passes: list[set[str]] = []
+        renew = core.jobs.renew
+
+        def counted(owner: str, until: datetime) -> set[str]:
+            held = renew(owner, until)
+            passes.append(held)
+            return held
+
+        core.jobs.renew = counted  # type: ignore[method-assign]
+        with core.answering():
+            kept = await core.imagine(UserRef("terminal", "local", "kept"), REPLY, "kept")
+            taken = await core.imagine(UserRef("terminal", "local", "taken"), REPLY, "taken")
+            core.jobs.update(taken.id, owner="another", lease_until=utcnow() + timedelta(seconds=60))
+            await until(lambda: len(passes) >= 3)
+            assert core.jobs.get(kept.id).owner == orchestrator.owner
+            assert orchestrator.in_flight == 1  # the kept one, still queued
+        await orchestrator.wait_idle()
+        assert runs == [kept.id]
+        assert core.jobs.state(kept.id).value == "delivered"
+        assert [core.jobs.get(taken.id).state.value, core.jobs.get(taken.id).owner] == ["queued", "another"]
+        assert sandbox.requests["createTask"] == 1
 
 
 def test_a_reservation_reads_the_account_and_each_budget_once(core):

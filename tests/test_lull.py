@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 
-from imagine_bot.core.jobs.lull import Lull
+from imagine_bot.core.jobs.lull import Lull, LullQueue
 
 
 async def turns(n: int = 20) -> None:
@@ -83,3 +83,54 @@ async def test_release_lets_every_waiter_go_and_a_cancelled_waiter_is_skipped():
     lull.release()
     await asyncio.wait_for(second, 5)
     assert first.cancelled() and lull.waiting == 0
+
+
+async def test_a_queue_starts_its_work_once_in_order_from_one_task_when_the_lull_comes():
+    lull = Lull(quiet_s=0.0, most_s=3600)
+    started: list[str] = []
+    queue = LullQueue(lull, started.append, name="test")
+    assert not queue.holding  # nothing waits: whoever queues starts the work at once
+    with lull.command():
+        assert queue.holding
+        for key in ("a", "b", "a", "c"):
+            queue.add(key)
+        queue.discard("c")
+        await turns()
+        assert started == [] and len(queue) == 2 and "a" in queue and lull.waiting == 1
+    task = queue.task
+    assert task is not None
+    await asyncio.wait_for(task, 5)
+    assert started == ["a", "b"] and len(queue) == 0 and queue.task is None
+
+
+async def test_under_steady_commands_each_queued_key_waits_its_own_most_s_not_the_first_ones():
+    """A stream of commands that never stops: the first key goes when it has waited ``most_s``, a key that
+    came later only once it has too (as a task each waiting would), not with the first one."""
+    lull = Lull(quiet_s=0.0, most_s=1.0)
+    started: list[str] = []
+    went = asyncio.Queue[str]()
+    queue = LullQueue(lull, went.put_nowait, name="test")
+    with lull.command():  # never answered while the work waits
+        queue.add("first")
+        await asyncio.sleep(0.5)
+        queue.add("later")
+        started.append(await asyncio.wait_for(went.get(), 5))
+        assert started == ["first"] and went.empty()
+        started.append(await asyncio.wait_for(went.get(), 5))
+        assert started == ["first", "later"]
+
+
+async def test_release_starts_every_queued_key_and_clear_starts_none():
+    lull = Lull(quiet_s=3600, most_s=3600)
+    started: list[str] = []
+    released, cleared = LullQueue(lull, started.append, name="r"), LullQueue(lull, started.append, name="c")
+    lull.touch()
+    for key in ("a", "b"):
+        released.add(key)
+    cleared.add("c")
+    await turns()
+    assert cleared.clear() == 1 and cleared.task is None
+    lull.release()
+    await turns()
+    assert started == ["a", "b"] and released.task is None
+

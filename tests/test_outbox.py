@@ -10,6 +10,7 @@ import asyncio
 import time
 
 from imagine_bot.core.errors import ChatRateLimited
+from imagine_bot.core.jobs.lull import Lull
 from imagine_bot.core.jobs.outbox import FINAL_ATTEMPTS, Outbox, Pace
 
 FAST = Pace("w1", rate_per_s=1000.0, burst=1000, min_interval_s=0.0)
@@ -212,3 +213,22 @@ async def test_a_status_that_fails_otherwise_is_logged_and_not_tried_again(caplo
     await asyncio.wait_for(outbox.wait_idle(), 5)
     assert chat.texts == ["a later status"]
     await outbox.close()
+
+
+async def test_statuses_put_during_a_burst_start_from_one_task_after_it_newest_first_and_aborted_ones_never():
+    """While commands are being answered no worker starts per job: one task waits for the lull for all of
+    them; then each job's newest status goes, in the order the jobs came, and a job aborted meanwhile sends
+    nothing."""
+    lull = Lull(quiet_s=0.0, most_s=3600)
+    outbox, chat = Outbox(lull=lull), Channel()
+    with lull.command():
+        for n in range(3):
+            outbox.put(f"j{n}", chat.send(f"accepted {n}"), pace=FAST)
+        outbox.put("j0", chat.send("queued 0"), pace=FAST)
+        outbox.abort("j1")
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert lull.waiting == 1 and chat.started == [] and outbox.busy == 2
+    await outbox.wait_idle()
+    assert chat.texts == ["queued 0", "accepted 2"]
+    assert outbox.coalesced == 2  # accepted 0 replaced, accepted 1 dropped

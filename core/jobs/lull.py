@@ -7,7 +7,10 @@ arrival to its ack (``command``), the orchestrator marks each command it decides
 precheck), and the work that follows an ack waits here (``wait``: a job's worker, its statuses, and on
 Discord the submit itself, which follows the placeholder: ``Orchestrator.after_answers``) until no command
 is being answered, none was decided for ``quiet_s`` and the loop turned ``CALM_TURNS`` times since; or for
-``most_s`` at most, so that a steady stream of commands never starves the jobs themselves.
+``most_s`` at most, so that a steady stream of commands never starves the jobs themselves. Work that comes
+while the lull holds gets no task of its own: a ``LullQueue`` (the orchestrator's jobs, the outbox's first
+statuses) keeps it in order and one task waits here for all of it (a task each cost every command of a
+burst two task starts and two waits).
 
 Nothing that decides an answer waits here: a refusal is decided before the ack, and on Slack the
 reservation is committed before it, as before (on Discord the precheck decides the refusals before the
@@ -22,8 +25,12 @@ import asyncio
 import math
 import time
 from collections import deque
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Hashable, KeysView
+from contextlib import AbstractContextManager
+from types import TracebackType
+from typing import Generic, TypeVar
+
+K = TypeVar("K", bound=Hashable)
 
 #: no command decided for this long: the burst is over (the last acks of a burst are on the wire before
 #: the work behind them starts)
@@ -47,47 +54,59 @@ class Lull:
         self._timer: asyncio.Handle | None = None
         #: waits that were held (for tests and benchmarks)
         self.held = 0
+        #: ``release`` calls so far (a ``LullQueue`` lets all of its work go after one)
+        self.releases = 0
+        self._command = _Answering(self)
 
     def touch(self) -> None:
         """A command is being decided now: hold the work that waits a little longer."""
         self._last = time.monotonic()
         self._touched = True
 
-    @contextmanager
-    def command(self) -> Iterator[None]:
+    def command(self) -> AbstractContextManager[None]:
         """A front end answers a command inside this: nothing waiting here starts until it is answered."""
-        self.answering += 1
-        self.touch()
-        try:
-            yield
-        finally:
-            self.answering -= 1
-            self.touch()
+        return self._command
 
     @property
     def quiet(self) -> bool:
         return not self.answering and time.monotonic() - self._last >= self.quiet_s
 
     @property
+    def holding(self) -> bool:
+        """Whether ``wait`` would wait now: a command is being answered or was decided lately, or others wait."""
+        return bool(self._waiters) or not self.quiet
+
+    @property
     def waiting(self) -> int:
         return sum(not fut.done() for _, fut in self._waiters)
 
-    async def wait(self) -> None:
+    async def wait(self, since: float | None = None) -> None:
         """Return once no command has been answered or decided for ``quiet_s`` and for a few turns of
-        the event loop (at once when none was), or after ``most_s`` at most. Waiters go in the order they came."""
+        the event loop (at once when none was), or after ``most_s`` at most. Waiters go in the order they came.
+
+        ``since``: when the work that waits came (``time.monotonic``), if before now: ``most_s`` counts from
+        then, and it goes in its place among the other waiters."""
         if self.quiet and not self._waiters:
             return
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
-        self._waiters.append((time.monotonic() + self.most_s, fut))
+        deadline = (time.monotonic() if since is None else since) + self.most_s
+        place = len(self._waiters)
+        while place and self._waiters[place - 1][0] > deadline:  # deadlines grow in the order of arrival
+            place -= 1
+        self._waiters.insert(place, (deadline, fut))
         self.held += 1
         if self._timer is None:
             self._calm = 0
+            self._schedule(loop)
+        elif place == 0 and not self.quiet:  # the nearest deadline now: look at it in time
+            self._timer.cancel()
             self._schedule(loop)
         await fut
 
     def release(self) -> None:
         """Let every waiter go now (tests; a stop)."""
+        self.releases += 1
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -126,3 +145,85 @@ class Lull:
             self._timer = loop.call_soon(self._check, loop)
         else:
             self._schedule(loop)
+
+
+class _Answering(AbstractContextManager[None]):
+    """``Lull.command``: one object, no generator (it is entered for every command of a burst)."""
+
+    __slots__ = ("lull",)
+
+    def __init__(self, lull: Lull) -> None:
+        self.lull = lull
+
+    def __enter__(self) -> None:
+        self.lull.answering += 1
+        self.lull.touch()
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        self.lull.answering -= 1
+        self.lull.touch()
+
+
+class LullQueue(Generic[K]):
+    """Work that waits for the lull in one task instead of a task each: a burst's jobs (the orchestrator),
+    their first statuses (the outbox). ``add`` queues a key; ``start`` is called for each key, first in,
+    first out, once the lull comes, or once that key has waited ``most_s`` (a steady stream of commands:
+    each key as its own ``wait`` would have). Whoever queues looks at ``holding`` first: when it is False,
+    nothing waits and the work starts at once."""
+
+    def __init__(self, lull: Lull, start: Callable[[K], None], *, name: str) -> None:
+        self.lull = lull
+        self._start = start
+        self._name = name
+        self._since: dict[K, float] = {}  # key -> when it came, in that order
+        #: the task waiting for the lull (None when nothing is queued)
+        self.task: asyncio.Task[None] | None = None
+
+    @property
+    def holding(self) -> bool:
+        """Whether work coming now must queue: the lull holds, or earlier work is queued (it goes first)."""
+        return bool(self._since) or self.lull.holding
+
+    def add(self, key: K) -> None:
+        self._since.setdefault(key, time.monotonic())
+        if self.task is None:
+            self.task = asyncio.create_task(self._run(), name=self._name)
+
+    def discard(self, key: K) -> None:
+        self._since.pop(key, None)
+
+    def clear(self) -> int:
+        """Start none of the queued work; returns how much there was."""
+        if self.task is not None:
+            self.task.cancel()
+            self.task = None
+        count = len(self._since)
+        self._since.clear()
+        return count
+
+    def keys(self) -> KeysView[K]:
+        return self._since.keys()
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._since
+
+    def __len__(self) -> int:
+        return len(self._since)
+
+    async def _run(self) -> None:
+        try:
+            while self._since:
+                releases = self.lull.releases
+                await self.lull.wait(since=next(iter(self._since.values())))
+                everything = self.lull.quiet or self.lull.releases != releases
+                due = math.inf if everything else time.monotonic() - self.lull.most_s
+                while self._since:
+                    key, since = next(iter(self._since.items()))
+                    if since > due:
+                        break
+                    del self._since[key]
+                    self._start(key)
+        finally:
+            if self.task is asyncio.current_task():
+                self.task = None

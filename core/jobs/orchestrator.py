@@ -72,7 +72,7 @@ from imagine_bot.core.gateway.catalog import CATALOG, ModelSpec
 from imagine_bot.core.jobs.admission import Admission
 from imagine_bot.core.jobs.approvals import Approvals
 from imagine_bot.core.jobs.leases import LeaseClock, new_owner_id
-from imagine_bot.core.jobs.lull import Lull
+from imagine_bot.core.jobs.lull import Lull, LullQueue
 from imagine_bot.core.jobs.model import Job, JobRequest, JobState, ReplyTo, new_job_id
 from imagine_bot.core.jobs.outbox import UNPACED, Outbox, Refresh, Send
 from imagine_bot.core.jobs.ratelimit import RateLimiter
@@ -177,6 +177,10 @@ class Orchestrator:
         self._submitting = 0  # submits waiting for their batch (``wait_idle`` waits for them too)
         self._held = 0  # submits about to be made once the commands being answered are (``after_answers``)
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        #: jobs to start once the commands being answered are (``_start``): one task waits for the lull for
+        #: all of them, instead of a worker each during a burst. A job queued here counts as running here
+        #: (``_here``, ``in_flight``): it is not started twice, nor its lease freed as idle
+        self._queued: LullQueue[str] = LullQueue(self.lull, partial(self._launch, waited=True), name="job-starter")
         self._wakeups: dict[str, asyncio.Event] = {}
         #: final answers from verified account webhooks, for the trackers they woke (no recordInfo needed)
         self._finals: dict[str, TaskRecord] = {}
@@ -371,16 +375,31 @@ class Orchestrator:
         if self._stopped:  # a submit that raced a stop: leave the job to the next owner at once
             self.jobs.release_leases(self.owner, [job.id])
             return
-        if job.id in self._tasks:  # already running here (a sweep picked it up first)
+        if self._here(job.id):  # already running here (a sweep picked it up first)
             return
-        task = asyncio.create_task(self._run(job.id), name=f"job-{job.id}")
-        self._tasks[job.id] = task
+        if self._queued.holding:  # a burst: started with the others once it is answered
+            self._queued.add(job.id)
+            return
+        self._launch(job.id)
 
-        def forget(_: asyncio.Task[None], job_id: str = job.id) -> None:
+    def _here(self, job_id: str) -> bool:
+        """The job runs in this process, or is queued to (``_queued``)."""
+        return job_id in self._tasks or job_id in self._queued
+
+    def _launch(self, job_id: str, *, waited: bool = False) -> None:
+        task = asyncio.create_task(self._run(job_id, waited=waited), name=f"job-{job_id}")
+        self._tasks[job_id] = task
+
+        def forget(_: asyncio.Task[None]) -> None:
             self._tasks.pop(job_id, None)
             self._phase.pop(job_id, None)
 
         task.add_done_callback(forget)
+
+    def _unqueue(self) -> None:
+        """Start none of the queued jobs (a drain, a stop): they stay as they are, for the next owner."""
+        if left := self._queued.clear():
+            log.info("%d job(s) accepted during a burst not started here: left for the next owner", left)
 
     # ------------------------------------------------------------------ lifecycle
     async def resume(self) -> int:
@@ -398,7 +417,7 @@ class Orchestrator:
         started = 0
         now = utcnow()
         for job in self.jobs.claimable(now=now):
-            if job.id in self._tasks or self._stopped or self._draining:
+            if self._here(job.id) or self._stopped or self._draining:
                 continue
             running_here = job.platform in self.frontends
             stranded = (now - job.created_at).total_seconds() > self.job_timeout_s
@@ -448,9 +467,14 @@ class Orchestrator:
             await asyncio.sleep(self.leases.renew_every_s)
             try:
                 held = self.jobs.renew(self.owner, self.leases.until())
-                idle = held - set(self._tasks)
+                idle = held - self._tasks.keys() - self._queued.keys()
                 if idle:  # ours but nobody works on them here (a worker that died): free for any sweep
                     self.jobs.release_leases(self.owner, idle)
+                for job_id in [job_id for job_id in self._queued.keys() if job_id not in held]:
+                    row = self.jobs.find(job_id)
+                    if row is not None and not row.state.final and row.owner != self.owner:
+                        log.warning("job %s is now owned by %s: not starting it here", job_id, row.owner)
+                        self._queued.discard(job_id)
                 for job_id, task in list(self._tasks.items()):
                     if job_id in held or task.done():
                         continue
@@ -472,6 +496,7 @@ class Orchestrator:
         for job_id, task in list(self._tasks.items()):
             if self._phase.get(job_id) not in DRAIN_FINISHES:
                 task.cancel()  # waiting, tracking or downloading: safe to pick up anywhere
+        self._unqueue()  # not started yet: as the waiting ones
         # submits held for a burst's answers (``after_answers``) go now: refused, their users are told so
         self.lull.release()
         deadline = self.monotonic() + timeout_s
@@ -496,6 +521,7 @@ class Orchestrator:
         self._halted = True
         self._accepting = False
         self._stopped = True
+        self._unqueue()
         tasks = [t for t in (self._housekeeper, *self._tasks.values()) if t is not None]
         for task in tasks:
             task.cancel()
@@ -509,6 +535,7 @@ class Orchestrator:
         if self._housekeeper is not None:
             self._housekeeper.cancel()
             await asyncio.gather(self._housekeeper, return_exceptions=True)
+        self._unqueue()
         tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()
@@ -527,19 +554,33 @@ class Orchestrator:
 
     async def wait_idle(self) -> None:
         """Wait until no job is in flight and no status waits in the outbox (tests, the CLI)."""
-        while (self._tasks or self._submitting or self._held or self.outbox.busy
+        while (self.in_flight or self._submitting or self._held or self.outbox.busy
                or (self.approvals is not None and self.approvals.busy)):
             if self._held:  # let go with them (first in, first out), then they submit
                 await self.lull.wait()
             if self._submitting or self._held:  # told at the next turn of the loop, then started
                 await asyncio.sleep(0)
-            await asyncio.gather(*list(self._tasks.values()), return_exceptions=True)
+            await self.wait_jobs()
             await self.outbox.wait_idle()
             if self.approvals is not None:
                 await self.approvals.wait_idle()
 
+    async def wait_jobs(self, timeout_s: float | None = None) -> bool:
+        """Wait until no job runs or is queued to run here (the outbox is not waited for), or ``timeout_s``;
+        True if none is left."""
+        deadline = None if timeout_s is None else self.monotonic() + timeout_s
+        while self.in_flight:
+            starter = self._queued.task
+            workers = [*self._tasks.values(), *([starter] if starter is not None else [])]
+            left = None if deadline is None else deadline - self.monotonic()
+            if left is not None and left <= 0:
+                break
+            await asyncio.wait(workers, timeout=left)
+        return not self.in_flight
+
     async def cancel(self, job_id: str, error: ImagineError) -> None:
         """Stop a job that cannot go on (its front end cannot post in the channel, ...): refund and report."""
+        self._queued.discard(job_id)  # not started yet: it never will be
         task = self._tasks.get(job_id)
         if task is not None and task is not asyncio.current_task():
             task.cancel()
@@ -595,7 +636,8 @@ class Orchestrator:
 
     @property
     def in_flight(self) -> int:
-        return len(self._tasks)
+        """Jobs running here, or queued to (``_queued``)."""
+        return len(self._tasks) + len(self._queued)
 
     # ------------------------------------------------------------------ one job
     def _move(self, job: Job, new: JobState, **fields: object) -> Job:
@@ -608,8 +650,9 @@ class Orchestrator:
             raise _Drained(phase)
         self._phase[job.id] = phase
 
-    async def _run(self, job_id: str) -> None:
-        await self.lull.wait()  # after the acks of the commands being decided now
+    async def _run(self, job_id: str, *, waited: bool = False) -> None:
+        if not waited:  # (a job queued during a burst waited already)
+            await self.lull.wait()  # after the acks of the commands being decided now
         job = self.jobs.get(job_id)
         gateway_done: float | None = None  # when the gateway said success (for the delivery overhead)
         try:

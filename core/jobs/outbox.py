@@ -35,7 +35,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from imagine_bot.core.errors import ChatRateLimited
-from imagine_bot.core.jobs.lull import Lull
+from imagine_bot.core.jobs.lull import Lull, LullQueue
 from imagine_bot.core.jobs.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
@@ -102,6 +102,9 @@ class Outbox:
         self._boxes: dict[str, _Box] = {}
         self._budgets: dict[str, RateLimiter] = {}
         self._changed = asyncio.Event()
+        #: jobs whose worker starts once the commands being answered are: one task waits for the lull for
+        #: all of them, instead of a worker each during a burst
+        self._later: LullQueue[_Box] = LullQueue(self.lull, self._start_later, name="outbox-starter")
         #: statuses sent, and statuses dropped because a newer one replaced them (for tests and benchmarks)
         self.sent = 0
         self.coalesced = 0
@@ -125,8 +128,16 @@ class Outbox:
         box.made_at = self.clock()
         box.attempts = 0
         box.news.set()
-        if box.worker is None:
+        if box.worker is not None or box in self._later:
+            return
+        if self._later.holding:  # a burst: the worker starts with the others once it is answered
+            self._later.add(box)
+        else:
             box.worker = asyncio.create_task(self._work(box), name=f"outbox-{job_id}")
+
+    def _start_later(self, box: _Box) -> None:
+        if self._boxes.get(box.job_id) is box and box.worker is None:  # not aborted meanwhile
+            box.worker = asyncio.create_task(self._work(box, waited=True), name=f"outbox-{box.job_id}")
 
     def hold(self, job_id: str) -> None:
         """The job is being delivered: drop what waits and stop ticking; a send in flight may finish."""
@@ -186,6 +197,9 @@ class Outbox:
     async def close(self) -> None:
         """Cancel every worker (statuses not sent are lost; the jobs themselves are saved)."""
         workers = [box.worker for box in self._boxes.values() if box.worker is not None]
+        if self._later.task is not None:
+            workers.append(self._later.task)
+        self._later.clear()
         self._boxes.clear()
         for worker in workers:
             worker.cancel()
@@ -214,7 +228,8 @@ class Outbox:
         return True
 
     # ------------------------------------------------------------------ one job's worker
-    async def _work(self, box: _Box) -> None:
+    async def _work(self, box: _Box, *, waited: bool = False) -> None:
+        """``waited``: started after the lull (``_start_later``): the first status goes at once."""
         try:
             while True:
                 box.news.clear()
@@ -225,7 +240,10 @@ class Outbox:
                     if not await self._news_within(box, self.tick_interval(box.pace)) and box.refresh is not None:
                         box.pending = box.refresh(self.clock() - box.made_at)
                     continue
-                await self.lull.wait()
+                if waited:
+                    waited = False
+                else:
+                    await self.lull.wait()
                 if box.pending is None:
                     continue
                 box.pace = _resolve(box.pace_of)
