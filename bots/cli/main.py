@@ -195,7 +195,8 @@ def _run_async(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "run":
         from imagine_bot.bots.run import run
 
-        return asyncio.run(run(settings, only=args.only))  # its own SIGTERM handling: a graceful stop
+        # its own SIGTERM handling: a graceful stop; start-up's objects frozen out of the collector's way
+        return asyncio.run(run(settings, only=args.only, freeze=True))
     raise SystemExit(f"unknown command {args.command}")
 
 

@@ -47,3 +47,25 @@ def test_the_manifest_is_package_data_with_the_command_scopes_and_event():
                    "- im:read", "- mpim:read"):
         assert needle in text, needle
     assert "- chat:write.public" not in text
+
+
+async def test_run_freezes_what_start_up_made_once_everything_started_only_when_asked(slack_settings, fake_slack,
+                                                                                         monkeypatch):
+    """``imagine-bot run`` (``freeze=True``): after start-up and before the first command, start-up's objects
+    leave the collector's sight (``gc.freeze``); a ``run`` inside another process (the tests) freezes nothing."""
+    import imagine_bot.bots.run as running
+
+    frozen: list[bool] = []
+    monkeypatch.setattr(running.gc, "freeze", lambda: frozen.append(True))
+    for freeze, expected in ((False, []), (True, [True])):
+        frozen.clear()
+        stop = asyncio.Event()
+        ready: asyncio.Future[list[bool]] = asyncio.get_running_loop().create_future()
+        runner = asyncio.create_task(run(slack_settings(), only=["slack"], stop=stop, freeze=freeze,
+                                         ready=lambda _port, told=ready: told.set_result(list(frozen))))
+        try:
+            assert await asyncio.wait_for(ready, 10) == expected  # by the time it serves
+        finally:
+            stop.set()
+            assert await asyncio.wait_for(runner, 10) == 0
+        assert frozen == expected
