@@ -86,6 +86,18 @@ def test_banned_words_refused_without_echo():
     assert parse("a category of things", banned_words=["gory"]).prompt == "a category of things"
 
 
+def test_each_banned_word_counts_in_a_list_of_many():
+    """The list is matched as one pattern: a word that starts another, a word with regex characters, a
+    blank entry and the words' case change nothing."""
+    words = ["cat", " CATS ", "", "c++", "a.b"]
+    for refused in ("two cats", "a cat", "in c++ please", "A.B testing"):
+        with pytest.raises(UserInputError):
+            parse(refused, banned_words=words)
+    for allowed in ("a catalog", "a scatter plot", "in c please", "axb testing"):
+        assert parse(allowed, banned_words=words).prompt == allowed
+    assert parse("anything", banned_words=["", "  "]).prompt == "anything"
+
+
 def test_widened_aspect_ratios_from_settings():
     wide = get_model(MODEL.id, ["1:1", "21:9", "4:3"])
     assert parse_imagine("a road --ar 21:9", wide).params["aspect_ratio"] == "21:9"

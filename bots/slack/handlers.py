@@ -289,7 +289,8 @@ class SlackHandlers:
         if not self.allowed(team):
             return CommandReply(NOT_ALLOWED)
         text = command_text(body.get("text") or "")
-        first = text.split()[0].lower() if text.split() else ""
+        words = text.split()
+        first = words[0].lower() if words else ""
         known = self.admin_known(team, user)
         if first == "admin" and not known:
             return None

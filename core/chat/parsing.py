@@ -15,6 +15,7 @@ import re
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 
 from imagine_bot.core.errors import NumberRefused, UserInputError
 from imagine_bot.core.gateway.catalog import InputSpec, ModelSpec
@@ -64,11 +65,10 @@ def usage(model: ModelSpec) -> str:
 
 def _clean(text: str) -> str:
     # drop control characters (keep newlines and tabs as spaces), normalise dashes typed on phones
-    if text.isascii():  # most prompts: ASCII's only control characters (Cc; it has no Cf) in one pass
-        text = _ASCII_CONTROL.sub(" ", text)
-    else:
-        text = "".join(" " if unicodedata.category(ch) in ("Cc", "Cf") and ch not in "\u200d" else ch
-                       for ch in text)
+    if text.isascii():  # most prompts: ASCII's only control characters (Cc; it has no Cf) in one pass, and
+        return _ASCII_CONTROL.sub(" ", text)  # no phone dash (every one of them is outside ASCII)
+    text = "".join(" " if unicodedata.category(ch) in ("Cc", "Cf") and ch not in "\u200d" else ch
+                   for ch in text)
     return _DASHES.sub("--", text)
 
 
@@ -87,8 +87,13 @@ def _normalise_value(spec: InputSpec, raw: str) -> str:
 
 
 def _flag_table(model: ModelSpec) -> dict[str, InputSpec]:
+    return _flags_of(model.inputs)
+
+
+@lru_cache(maxsize=32)  # a handful of models: built once each, not at every command
+def _flags_of(inputs: tuple[InputSpec, ...]) -> dict[str, InputSpec]:
     table: dict[str, InputSpec] = {}
-    for spec in model.inputs:
+    for spec in inputs:
         for flag in (*spec.flags, spec.name, spec.name.replace("_", "-")):
             table[flag.lower()] = spec
     return table
@@ -112,7 +117,7 @@ def parse_imagine(text: str, model: ModelSpec, *, banned_words: Iterable[str] = 
         i += 1
         if token == "--":
             raise UserInputError(f"A flag name is missing after `--`. Valid flags: {_valid_flags(model)}.")
-        match = _FLAG.match(token)
+        match = _FLAG.match(token) if token.startswith("--") else None
         if not match:
             words.append(token)
             continue
@@ -166,10 +171,17 @@ def take_preset(text: str) -> tuple[str, str | None]:
 
 def check_banned(prompt: str, banned_words: Iterable[str]) -> None:
     """Refuse a prompt containing a banned word or phrase (whole words, any case); the word is not echoed."""
-    folded = prompt.casefold()
-    for word in banned_words:
-        word = word.strip().casefold()
-        if word and re.search(rf"(?<!\w){re.escape(word)}(?!\w)", folded):
-            raise UserInputError(
-                "This prompt contains a word that is not allowed here. Please rephrase it; nothing was charged."
-            )
+    pattern = _banned(tuple(banned_words))
+    if pattern is not None and pattern.search(prompt.casefold()):
+        raise UserInputError(
+            "This prompt contains a word that is not allowed here. Please rephrase it; nothing was charged."
+        )
+
+
+@lru_cache(maxsize=8)  # the operator's list (BANNED_WORDS): compiled once, not once a word at every command
+def _banned(words: tuple[str, ...]) -> re.Pattern[str] | None:
+    """Any of ``words`` (casefolded) as a whole word or phrase: one pattern for them all."""
+    folded = sorted({word.strip().casefold() for word in words} - {""})
+    if not folded:
+        return None
+    return re.compile(rf"(?<!\w)(?:{'|'.join(re.escape(word) for word in folded)})(?!\w)")

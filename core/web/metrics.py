@@ -35,6 +35,7 @@ class Metrics:
             buckets=FAST_BUCKETS, registry=r)
         self.ack_seconds = Histogram("imagine_ack_seconds", "Seconds to acknowledge a chat command, by platform",
                                      ["platform"], buckets=FAST_BUCKETS, registry=r)
+        self._acks: dict[str, Histogram] = {}
         self.gateway_requests = Counter(
             "imagine_gateway_requests",
             "Requests to the image gateway, by endpoint and answer code (HTTP status, or the envelope code "
@@ -72,7 +73,10 @@ class Metrics:
         return float("nan") if value is None else value
 
     def ack(self, platform: str, seconds: float) -> None:
-        self.ack_seconds.labels(platform=platform).observe(max(0.0, seconds))
+        child = self._acks.get(platform)  # looked up once a platform: this runs for every command
+        if child is None:
+            child = self._acks[platform] = self.ack_seconds.labels(platform=platform)
+        child.observe(max(0.0, seconds))
 
     def delivered(self, platform: str, scope: str, cost: int, job_s: float, overhead_s: float | None) -> None:
         self.jobs.labels(platform=platform, outcome="delivered").inc()
