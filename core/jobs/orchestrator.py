@@ -12,8 +12,9 @@ Money: ``reserve`` with the job insert, ``capture`` with the ``delivered`` state
 ``failed`` state, each in one transaction. The ledger refuses a second capture or release of a job, so
 no path charges twice, and a job that never delivered is never charged. A refused capture is an error
 (``CaptureRefused``, logged), never "delivered". Submits arriving in the same turn of the event loop (a
-burst) share one reserve-and-record transaction, a savepoint each (``_together``), and each is told after
-its COMMIT; their workers start once the burst's commands are answered (``core.jobs.lull``).
+burst) share one reserve-and-record transaction (``_together``): read once and written in a statement per
+table where the batch allows (``_commit_together``), else a savepoint each; each is told after its COMMIT,
+and their workers start once the burst's commands are answered (``core.jobs.lull``).
 
 Several processes may share the database (a rolling deploy, a double start). Each job is owned by one
 process through a lease (``core.jobs.leases``): this orchestrator claims jobs nobody holds, renews its
