@@ -54,6 +54,7 @@ import io
 from dataclasses import dataclass
 from datetime import datetime
 
+from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.credits.budgets import MAX_CREDITS_CHANGE
 from imagine_bot.core.errors import UserInputError
 
@@ -67,6 +68,18 @@ def check_size(amount: int) -> None:
     if abs(amount) > MAX_CREDITS_CHANGE:
         raise UserInputError(f"{amount:,} credits is more than one change may move (at most "
                              f"{MAX_CREDITS_CHANGE:,}). Nothing was changed.")
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """One reservation of a batch (``reserve_many``): a new job's cost on its requester's balance and on the
+    budgets over it (``scopes``, and the global cap)."""
+
+    who: UserRef
+    job_id: str
+    cost: int
+    scopes: tuple[str, ...] = ()
+    channel: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -97,6 +97,17 @@ class JobRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class NewJob:
+    """A job about to be recorded (``JobRepository.insert_many``): the request, its model and price, and the id
+    made for it."""
+
+    request: JobRequest
+    model: str
+    cost: int
+    job_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class Job:
     id: str
     requester: UserRef

@@ -12,8 +12,9 @@ Money: ``reserve`` with the job insert, ``capture`` with the ``delivered`` state
 ``failed`` state, each in one transaction. The ledger refuses a second capture or release of a job, so
 no path charges twice, and a job that never delivered is never charged. A refused capture is an error
 (``CaptureRefused``, logged), never "delivered". Submits arriving in the same turn of the event loop (a
-burst) share one reserve-and-record transaction, a savepoint each (``_together``), and each is told after
-its COMMIT; their workers start once the burst's commands are answered (``core.jobs.lull``).
+burst) share one reserve-and-record transaction (``_together``): read once and written in a statement per
+table where the batch allows (``_commit_together``), else a savepoint each; each is told after its COMMIT,
+and their workers start once the burst's commands are answered (``core.jobs.lull``).
 
 Several processes may share the database (a rolling deploy, a double start). Each job is owned by one
 process through a lease (``core.jobs.leases``): this orchestrator claims jobs nobody holds, renews its
@@ -43,6 +44,7 @@ from typing import TypeVar
 
 from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.chat.parsing import check_banned
+from imagine_bot.core.credits.ledger import Hold
 from imagine_bot.core.credits.periods import describe_refill
 from imagine_bot.core.credits.refunds import fail_and_refund
 from imagine_bot.core.errors import (
@@ -73,7 +75,7 @@ from imagine_bot.core.jobs.admission import Admission
 from imagine_bot.core.jobs.approvals import Approvals
 from imagine_bot.core.jobs.leases import LeaseClock, new_owner_id
 from imagine_bot.core.jobs.lull import Lull, LullQueue
-from imagine_bot.core.jobs.model import Job, JobRequest, JobState, ReplyTo, new_job_id
+from imagine_bot.core.jobs.model import Job, JobRequest, JobState, NewJob, ReplyTo, new_job_id
 from imagine_bot.core.jobs.outbox import UNPACED, Outbox, Refresh, Send
 from imagine_bot.core.jobs.ratelimit import RateLimiter
 from imagine_bot.core.media.thumbnails import ThumbnailStore
@@ -106,8 +108,8 @@ URGENT_EVERY_S = 3.0
 SAVE_BACKOFF_CAP_S = 2.0
 
 
-#: a submit waiting for its batch's transaction: told its job or refusal, and how to reserve and record it
-_Waiting = tuple[asyncio.Future[Job], Callable[[], Job]]
+#: a submit waiting for its batch's transaction: told its job or refusal, and the job to reserve and record
+_Waiting = tuple[asyncio.Future[Job], NewJob]
 
 
 class _Drained(Exception):
@@ -302,7 +304,7 @@ class Orchestrator:
 
     async def _accept(self, request: JobRequest, job_id: str, model: str, cost: int) -> Job:
         try:
-            job = await self._together(partial(self._record, request, job_id, model, cost))
+            job = await self._together(NewJob(request, model, cost, job_id))
         except DuplicateRequest:
             # the same request arrived twice at once: the other delivery made the job
             existing = self.jobs.by_dedupe_key(request.dedupe_key or "")
@@ -316,24 +318,24 @@ class Orchestrator:
         self._start(job)
         return job
 
-    def _record(self, request: JobRequest, job_id: str, model: str, cost: int) -> Job:
+    def _record(self, new: NewJob) -> Job:
         """Reserve and record one job (inside the batch's transaction): the limit, the credits and every
         budget are checked against what the submits before it in the batch already hold."""
+        request = new.request
         if self.jobs.count_active(request.requester.key) >= self.max_active_per_user:
             raise TooManyActiveJobs(self.max_active_per_user)
-        self.ledger.reserve(request.requester, job_id, cost, scopes=request.scopes, channel=request.reply.channel,
-                            new_job=True)
-        return self.jobs.insert(request, model=model, cost=cost, job_id=job_id, owner=self.owner,
+        self.ledger.reserve(request.requester, new.job_id, new.cost, scopes=request.scopes,
+                            channel=request.reply.channel, new_job=True)
+        return self.jobs.insert(request, model=new.model, cost=new.cost, job_id=new.job_id, owner=self.owner,
                                 lease_until=self.leases.until())
 
-    async def _together(self, record: Callable[[], Job]) -> Job:
+    async def _together(self, new: NewJob) -> Job:
         """Reserve and record with the other submits of this turn of the event loop: one write transaction
-        for all (a burst's commands arrive together), a savepoint each, so a refusal undoes its own part only.
-        Every submit hears its answer after the one COMMIT: a reservation is durable before its ack, and a
-        refusal is decided before it."""
+        for all (a burst's commands arrive together). Every submit hears its answer after the one COMMIT: a
+        reservation is durable before its ack, and a refusal is decided before it."""
         loop = asyncio.get_running_loop()
         told: asyncio.Future[Job] = loop.create_future()
-        self._batch.append((told, record))
+        self._batch.append((told, new))
         if len(self._batch) == 1:
             loop.call_soon(self._record_batch)
         return await told
@@ -343,21 +345,60 @@ class Orchestrator:
         self._tell(batch, self._commit(batch))
 
     def _commit(self, batch: list[_Waiting]) -> list[Job | Exception]:
+        """One transaction for the batch: reserved and recorded at once where it can be (``_commit_together``),
+        else one submit at a time, a savepoint each, so that a refusal (or a duplicate) undoes its own part."""
         outcomes: list[Job | Exception] = []
         try:
             with self.store.transaction():
-                for _, record in batch:
+                if len(batch) > 1 and self.ledger.reserves_together:
+                    together = self._commit_together([new for _, new in batch])
+                    if together is not None:
+                        return together
+                for _, new in batch:
                     if len(batch) == 1:  # alone: its error undoes the whole transaction
-                        outcomes.append(record())
+                        outcomes.append(self._record(new))
                         continue
                     try:
                         with self.store.savepoint():
-                            outcomes.append(record())
+                            outcomes.append(self._record(new))
                     except Exception as refused:  # a refusal (or a duplicate): its part only is undone
                         outcomes.append(refused)
         except Exception as failed:  # nothing of the batch was written (the write lock not had, the COMMIT)
             outcomes = [failed] * len(batch)
         return outcomes
+
+    def _commit_together(self, batch: list[NewJob]) -> list[Job | Exception] | None:
+        """The batch in a few statements for all of it (``ledger.reserve_many``, ``jobs.insert_many``), the same
+        rules as ``_record`` decided in memory: a refusal writes nothing. None, with nothing written, where it
+        must go one submit at a time: a user twice or a budget that decides (``reserve_many``), or a redelivery
+        among them (``DuplicateRequest``: its part is undone here, and each submit is recorded on its own)."""
+        keys = [new.request.requester.key for new in batch]
+        if len(set(keys)) < len(keys):
+            return None
+        try:
+            with self.store.savepoint():
+                active = self.jobs.count_active_many(keys)
+                outcomes: list[Job | Exception | None] = [
+                    TooManyActiveJobs(self.max_active_per_user) if active.get(key, 0) >= self.max_active_per_user
+                    else None for key in keys]
+                admitted = [new for new, outcome in zip(batch, outcomes, strict=True) if outcome is None]
+                refusals = self.ledger.reserve_many([
+                    Hold(new.request.requester, new.job_id, new.cost, new.request.scopes, new.request.reply.channel)
+                    for new in admitted]) if admitted else []
+                if refusals is None:
+                    return None
+                reserved = [new for new, refused in zip(admitted, refusals, strict=True) if refused is None]
+                jobs = iter(self.jobs.insert_many(reserved, owner=self.owner, lease_until=self.leases.until())
+                            if reserved else [])
+        except DuplicateRequest:
+            return None
+        answers = iter(refusals)
+        told: list[Job | Exception] = []
+        for outcome in outcomes:  # refused for the job limit, else the ledger's refusal, else the job
+            if outcome is None:
+                outcome = next(answers) or next(jobs)
+            told.append(outcome)
+        return told
 
     def _tell(self, batch: list[_Waiting], outcomes: list[Job | Exception]) -> None:
         """After the COMMIT: each submit hears its job or its refusal."""

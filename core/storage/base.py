@@ -31,9 +31,10 @@ from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.access.places import PlacePrefs, PlaceRules
 from imagine_bot.core.chat.presets import Preset
 from imagine_bot.core.credits.budgets import BudgetStatus
-from imagine_bot.core.credits.ledger import Balance, LedgerEntry
+from imagine_bot.core.credits.ledger import Balance, Hold, LedgerEntry
+from imagine_bot.core.errors import InsufficientCredits
 from imagine_bot.core.gateway.balance import AccountState
-from imagine_bot.core.jobs.model import Job, JobRequest, JobState
+from imagine_bot.core.jobs.model import Job, JobRequest, JobState, NewJob
 from imagine_bot.core.storage.approvals import Approval
 from imagine_bot.core.storage.installations import InstallationRow, InstalledPlace
 from imagine_bot.core.storage.secretbox import SecretBox
@@ -96,6 +97,14 @@ class CreditStore(Protocol):
         nothing, unless ``new_job`` (the caller made its id just now: not looked up)."""
         ...
 
+    #: whether ``reserve_many`` may reserve a batch at once (else it always answers None)
+    reserves_together: bool
+
+    def reserve_many(self, holds: Sequence[Hold]) -> list[InsufficientCredits | None] | None:
+        """Reserve new jobs of different users together, the same rules as ``reserve``: each hold's refusal
+        (None: held), or None, with nothing written, where they must be reserved one at a time."""
+        ...
+
     def capture(self, job_id: str) -> bool:
         """Charge a delivered job (balance and budgets, one transaction); False if already settled."""
         ...
@@ -129,6 +138,11 @@ class JobRepository(Protocol):
                owner: str | None = None, lease_until: datetime | None = None) -> Job:
         """Record a new ``queued`` job; ``DuplicateRequest`` (``core.storage.errors``) if its dedupe key
         is taken."""
+        ...
+
+    def insert_many(self, new: Sequence[NewJob], *, owner: str | None = None,
+                    lease_until: datetime | None = None) -> list[Job]:
+        """Record new ``queued`` jobs at once, all or none (``DuplicateRequest`` as ``insert``)."""
         ...
 
     def get(self, job_id: str) -> Job: ...
@@ -172,6 +186,10 @@ class JobRepository(Protocol):
     def active(self, account: str | None = None) -> list[Job]: ...
 
     def count_active(self, account: str) -> int: ...
+
+    def count_active_many(self, accounts: Sequence[str]) -> dict[str, int]:
+        """``count_active`` of each account (those with none left out), in one read."""
+        ...
 
     def recent(self, account: str | None = None, *, limit: int = 20,
                states: Iterable[JobState] | None = None) -> list[Job]: ...

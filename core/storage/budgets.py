@@ -6,17 +6,20 @@ Moved by the ledger's own reserve, capture and release, inside its transaction (
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
 from imagine_bot.core.access.authority import GLOBAL, scope_noun
 from imagine_bot.core.credits.budgets import MAX_CREDITS_CHANGE, UNLIMITED, BudgetStatus
+from imagine_bot.core.credits.ledger import Hold
 from imagine_bot.core.credits.periods import PERIODS, next_boundary, period_name, period_start, refill_words
 from imagine_bot.core.errors import BudgetExhausted, UserInputError
 from imagine_bot.core.jobs.model import ACTIVE_STATES
-from imagine_bot.core.storage.db import Database, for_update, is_postgres, iso, later, transaction, utcnow
+from imagine_bot.core.storage.db import Database, execute_many, for_update, is_postgres, iso, later, transaction, utcnow
 
 _ACTIVE = tuple(s.value for s in ACTIVE_STATES)
 _ACTIVE_MARKS = ",".join("?" * len(_ACTIVE))
@@ -40,6 +43,14 @@ def _reset_due(row: dict[str, Any], now: datetime) -> bool:
         return True
     boundary = next_boundary(start, row["period"])
     return boundary is not None and now >= boundary
+
+
+@dataclass(frozen=True, slots=True)
+class PlainRows:
+    """``SqliteBudgets.plain_rows``: the budget rows read, by scope, and the scopes of each job of the batch."""
+
+    rows: dict[str, dict[str, Any]]
+    scopes: list[list[str]]
 
 
 class SqliteBudgets:
@@ -241,6 +252,39 @@ class SqliteBudgets:
                                               refill=refill_words(status.period, status.next_reset),
                                               member_cap=status.member_cap)
             self._hold(touched, iso(now), cost, job_id, account, channel)
+
+    def plain_rows(self, scope_lists: Sequence[Sequence[str]], now: datetime) -> PlainRows | None:
+        """For a batch of reservations (``SqliteLedger.reserve_many``): the rows of the budgets over each job,
+        read in one statement, and each job's scopes in the order ``reserve`` holds them, where no budget
+        decides anything: every one made already, none with a limit, a member cap or a period to move on
+        (``_to_decide``). None otherwise: the batch is reserved one job at a time."""
+        rows = self._read(sorted({s for scopes in scope_lists for s in scopes} | {GLOBAL}))
+        touched: list[list[str]] = []
+        for scopes in scope_lists:
+            over = [*(s for s in scopes if "#" not in s or s in rows), GLOBAL]
+            if any(scope not in rows or self._to_decide(rows[scope], now) for scope in over):
+                return None
+            touched.append(over)
+        return PlainRows(rows, touched)
+
+    def hold_many(self, plain: PlainRows, holds: Sequence[tuple[Hold, Sequence[str]]], stamp: str) -> None:
+        """The holds of the reservations of a batch that were made (``holds``, in order, each with its
+        scopes from ``plain_rows``): one ``UPDATE`` for each budget and every ``budget_ledger`` row in
+        one statement, the totals after each computed from the rows as read (ours until the commit)."""
+        totals: Counter[str] = Counter()
+        entries: list[tuple[Any, ...]] = []
+        for hold, scopes in holds:
+            for scope in scopes:
+                row = plain.rows[scope]
+                row["held"] += hold.cost
+                totals[scope] += hold.cost
+                entries.append((stamp, scope, "reserve", 0, hold.cost, row["spent"], row["held"], hold.job_id,
+                                hold.who.key, hold.channel))
+        if totals:
+            execute_many(self.db, "UPDATE budgets SET held = held + ?, updated_at = ? WHERE scope = ?",
+                         [(total, stamp, scope) for scope, total in totals.items()])
+            execute_many(self.db, "INSERT INTO budget_ledger (ts, scope, kind, delta_spent, delta_held, spent_after,"
+                         " held_after, job_id, account, channel) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", entries)
 
     def check(self, scopes: Sequence[str], account: str, cost: int) -> None:
         """Raise the ``BudgetExhausted`` a reservation would meet now, changing nothing. Where no budget over

@@ -425,6 +425,16 @@ def later(db: Database, sql: str, params: Sequence[Any]) -> None:
         db.later(sql, params)
 
 
+def execute_many(db: Database, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+    """One statement run for each row of parameters: on SQLite prepared once (``executemany``), on
+    PostgreSQL one after another."""
+    if isinstance(db, sqlite_utils.Database):
+        db.conn.executemany(sql, rows)
+        return
+    for row in rows:
+        db.execute(sql, row)
+
+
 def notify(db: Database, channel: str) -> None:
     """Tell the processes listening on ``channel`` (PostgreSQL's ``NOTIFY``, sent at commit); SQLite has no
     such thing: they find the change when they next poll."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -16,8 +16,8 @@ from typing import Any
 
 from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.errors import LeaseLost, NotFound
-from imagine_bot.core.jobs.model import ACTIVE_STATES, Job, JobRequest, JobState, ReplyTo, new_job_id
-from imagine_bot.core.storage.db import Database, iso, skip_locked, transaction, utcnow
+from imagine_bot.core.jobs.model import ACTIVE_STATES, Job, JobRequest, JobState, NewJob, ReplyTo, new_job_id
+from imagine_bot.core.storage.db import Database, execute_many, iso, skip_locked, transaction, utcnow
 from imagine_bot.core.storage.errors import DuplicateRequest
 
 # The only SQL here in SQLite's own dialect (``json_extract``, ``instr``): another database's store gives its
@@ -73,6 +73,21 @@ def _row_to_job(row: dict[str, Any]) -> Job:
 
 
 
+_NEW_COLUMNS = ("id", "account", "platform", "reply", "prompt", "params", "model", "cost", "state", "dedupe_key",
+                "parent_id", "image_urls", "text_cost", "preset", "review", "created_at", "updated_at", "owner",
+                "lease_until")
+_INSERT = f"INSERT INTO jobs ({', '.join(_NEW_COLUMNS)}) VALUES ({', '.join('?' * len(_NEW_COLUMNS))})"
+
+
+def _new_row(new: NewJob, now: str, owner: str | None, lease: str | None) -> tuple[Any, ...]:
+    """The values of ``_NEW_COLUMNS`` for a new ``queued`` job."""
+    r = new.request
+    return (new.job_id, r.requester.key, r.reply.platform, r.reply.to_json(), r.prompt,
+            json.dumps({**r.params, **r.extra_input}), new.model, new.cost, JobState.QUEUED.value, r.dedupe_key,
+            r.parent_id, json.dumps(list(r.image_urls)) if r.image_urls else None, r.text_cost, r.preset,
+            json.dumps(list(r.review)) if r.review else None, now, now, owner, lease)
+
+
 _ACTIVE = tuple(s.value for s in ACTIVE_STATES)
 _ACTIVE_MARKS = ",".join("?" * len(_ACTIVE))
 
@@ -87,46 +102,34 @@ class SqliteJobStore:
                owner: str | None = None, lease_until: datetime | None = None) -> Job:
         """Record a new ``queued`` job (owned by ``owner`` when given). Plain SQL: joins the caller's
         transaction (sqlite-utils' ``Table.insert`` would commit it half-way)."""
+        return self.insert_many([NewJob(request, model, cost, job_id or new_job_id())], owner=owner,
+                                lease_until=lease_until)[0]
+
+    def insert_many(self, new: Sequence[NewJob], *, owner: str | None = None,
+                    lease_until: datetime | None = None) -> list[Job]:
+        """Record new ``queued`` jobs in one statement (a batch of submits, ``Orchestrator._commit``); all or
+        none: ``DuplicateRequest`` if a dedupe key among them is taken."""
         now = iso(utcnow())
-        row: dict[str, Any] = {
-            "id": job_id or new_job_id(),
-            "account": request.requester.key,
-            "platform": request.reply.platform,
-            "reply": request.reply.to_json(),
-            "prompt": request.prompt,
-            "params": json.dumps({**request.params, **request.extra_input}),
-            "model": model,
-            "cost": cost,
-            "state": JobState.QUEUED.value,
-            "dedupe_key": request.dedupe_key,
-            "parent_id": request.parent_id,
-            "image_urls": json.dumps(list(request.image_urls)) if request.image_urls else None,
-            "text_cost": request.text_cost,
-            "preset": request.preset,
-            "review": json.dumps(list(request.review)) if request.review else None,
-            "created_at": now,
-            "updated_at": now,
-            "owner": owner,
-            "lease_until": iso(lease_until) if lease_until else None,
-        }
-        cols = ", ".join(row)
+        lease = iso(lease_until) if lease_until else None
+        rows = [_new_row(n, now, owner, lease) for n in new]
         try:
             with transaction(self.db):
-                self.db.execute(f"INSERT INTO jobs ({cols}) VALUES ({', '.join('?' * len(row))})",
-                                list(row.values()))
+                execute_many(self.db, _INSERT, rows)
         except sqlite3.IntegrityError as exc:
-            if request.dedupe_key is None:
+            if all(n.request.dedupe_key is None for n in new):
                 raise
-            raise DuplicateRequest(f"a job for request {request.dedupe_key} exists already ({exc})") from exc
-        # the job as inserted (every other column starts empty), without reading the row back; what the front
-        # end gave (its reply's data, the parameters) as read back from its JSON, the rest as written
+            keys = ", ".join(n.request.dedupe_key or "-" for n in new)
+            raise DuplicateRequest(f"a job for one of the requests {keys} exists already ({exc})") from exc
+        # each job as inserted (every other column starts empty), without reading the rows back; what the
+        # front end gave (its reply's data, the parameters) as read back from its JSON, the rest as written
         created = datetime.fromisoformat(now)
-        return Job(id=row["id"], requester=UserRef.parse(row["account"]), reply=ReplyTo.from_json(row["reply"]),
-                   prompt=request.prompt, params=json.loads(row["params"]), model=model, cost=cost,
-                   state=JobState.QUEUED, created_at=created, updated_at=created, dedupe_key=request.dedupe_key,
-                   parent_id=request.parent_id, image_urls=tuple(request.image_urls), text_cost=request.text_cost,
-                   preset=request.preset, review=tuple(request.review), owner=owner,
-                   lease_until=_dt(row["lease_until"]))
+        owned = _dt(lease)
+        return [Job(id=n.job_id, requester=UserRef.parse(row[1]), reply=ReplyTo.from_json(row[3]),
+                    prompt=n.request.prompt, params=json.loads(row[5]), model=n.model, cost=n.cost,
+                    state=JobState.QUEUED, created_at=created, updated_at=created, dedupe_key=n.request.dedupe_key,
+                    parent_id=n.request.parent_id, image_urls=tuple(n.request.image_urls),
+                    text_cost=n.request.text_cost, preset=n.request.preset, review=tuple(n.request.review),
+                    owner=owner, lease_until=owned) for n, row in zip(new, rows, strict=True)]
 
     def get(self, job_id: str) -> Job:
         rows = list(self.db.query("SELECT * FROM jobs WHERE id = ?", [job_id]))
@@ -305,6 +308,14 @@ class SqliteJobStore:
             f"SELECT COUNT(*) FROM jobs WHERE account = ? AND state IN ({marks})", [account, *states]
         ).fetchone()
         return int(row[0])
+
+    def count_active_many(self, accounts: Sequence[str]) -> dict[str, int]:
+        """``count_active`` of several accounts in one statement (an account with none is left out)."""
+        marks = ", ".join("?" * len(accounts))
+        rows = self.db.execute(
+            f"SELECT account, COUNT(*) FROM jobs WHERE account IN ({marks}) AND state IN ({_ACTIVE_MARKS})"
+            " GROUP BY account", [*accounts, *_ACTIVE]).fetchall()
+        return {r[0]: int(r[1]) for r in rows}
 
     def recent(self, account: str | None = None, *, limit: int = 20,
                states: Iterable[JobState] | None = None) -> list[Job]:

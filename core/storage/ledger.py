@@ -7,18 +7,28 @@ transaction (``Store.transaction``), it joins it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from imagine_bot.core.access.identity import UserRef
-from imagine_bot.core.credits.ledger import REPORT_FIELDS, Balance, LedgerEntry, check_size, report_csv
+from imagine_bot.core.credits.ledger import REPORT_FIELDS, Balance, Hold, LedgerEntry, check_size, report_csv
 from imagine_bot.core.credits.periods import ADJECTIVES, PERIODS, describe_refill, next_boundary, period_start
 from imagine_bot.core.errors import ConfigError, InsufficientCredits, NotFound, UserInputError
 from imagine_bot.core.jobs.model import ACTIVE_STATES
 from imagine_bot.core.storage.budgets import SqliteBudgets
-from imagine_bot.core.storage.db import Database, for_update, iso, later, snapshot, transaction, utcnow
+from imagine_bot.core.storage.db import (
+    Database,
+    execute_many,
+    for_update,
+    is_postgres,
+    iso,
+    later,
+    snapshot,
+    transaction,
+    utcnow,
+)
 
 ENTRY_COLUMNS = (
     "id", "ts", "account", "kind", "delta_balance", "delta_held", "balance_after", "held_after", "job_id",
@@ -51,6 +61,18 @@ class _Entry:
     note: str | None = None
 
 
+def _entry_row(stamp: str, e: _Entry) -> tuple[Any, ...]:
+    """A ledger row's values, in the order of ``_ENTRY_INSERT``'s columns."""
+    return (stamp, e.after.account, e.kind, e.delta_balance, e.delta_held, e.after.balance, e.after.held, e.job_id,
+            e.actor, e.note)
+
+
+_ENTRY_INSERT = ("INSERT INTO ledger (ts, account, kind, delta_balance, delta_held, balance_after, held_after, job_id,"
+                 " actor, note) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+_OPEN = ("INSERT INTO accounts (account, platform, workspace, \"user\", balance, held, allowance, period_start,"
+         " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, NULL, ?, ?, ?)")
+
+
 class SqliteLedger:
     """Credit accounts and their ledger (see ``core.credits.ledger`` for the model)."""
 
@@ -75,6 +97,9 @@ class SqliteLedger:
         self.clock = clock
         #: the budgets above the user, moved in the same transactions (on the same database)
         self.budgets = budgets
+        #: whether ``reserve_many`` can reserve a batch at once (SQLite's one writer; not PostgreSQL, where each
+        #: reservation locks its own rows)
+        self.reserves_together = not is_postgres(db)
 
     # --- reading and writing rows (always inside a transaction)
 
@@ -121,10 +146,7 @@ class SqliteLedger:
 
     def _append(self, stamp: str, *entries: _Entry) -> None:
         """The ledger rows of changes already applied to the account, in order, in one ``INSERT``."""
-        params: list[Any] = []
-        for e in entries:
-            params += [stamp, e.after.account, e.kind, e.delta_balance, e.delta_held, e.after.balance, e.after.held,
-                       e.job_id, e.actor, e.note]
+        params = [value for e in entries for value in _entry_row(stamp, e)]
         later(self.db,
               "INSERT INTO ledger (ts, account, kind, delta_balance, delta_held, balance_after, held_after,"
               " job_id, actor, note) VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(entries)), params)
@@ -185,9 +207,7 @@ class SqliteLedger:
         start = period_start(now, self.period)
         held = 0 if hold is None else hold[1]
         opened = self.db.execute(
-            "INSERT INTO accounts (account, platform, workspace, \"user\", balance, held, allowance,"
-            " period_start, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, NULL, ?, ?, ?)"
-            " ON CONFLICT (account) DO NOTHING",
+            _OPEN + " ON CONFLICT (account) DO NOTHING",
             [who.key, who.platform, who.workspace, who.user, self.allowance, held,
              None if start is None else iso(start), stamp, stamp],
         ).rowcount == 1
@@ -256,13 +276,86 @@ class SqliteLedger:
             if not held:
                 if not new_job and self._entry(job_id, "reserve") is not None:
                     return self._balance(acct)
-                available = acct.balance - acct.held
-                if available < cost:
-                    nxt = self._balance(acct).next_refill
-                    raise InsufficientCredits(balance=available, cost=cost, next_refill=describe_refill(nxt, now))
+                if (refused := self._short(acct, cost, now)) is not None:
+                    raise refused
                 acct = self._write(acct, stamp, "reserve", delta_held=cost, job_id=job_id)
             self.budgets.reserve(scopes, job_id, who.key, channel, cost)
             return self._balance(acct)  # the row is ours until the commit
+
+    def _short(self, acct: _Account, cost: int, now: datetime) -> InsufficientCredits | None:
+        """The refusal of a reservation of ``cost`` on the account as it is (refilled), if it cannot cover it."""
+        available = acct.balance - acct.held
+        if available >= cost:
+            return None
+        nxt = self._balance(acct).next_refill
+        return InsufficientCredits(balance=available, cost=cost, next_refill=describe_refill(nxt, now))
+
+    def reserve_many(self, holds: Sequence[Hold]) -> list[InsufficientCredits | None] | None:
+        """Reserve new jobs of different accounts together (a batch of submits, ``Orchestrator._commit``):
+        the same rules as ``reserve``, decided in memory from rows read once for the batch, and written in a
+        few statements for all of it. Returns each hold's refusal (None: held; a refusal writes nothing).
+
+        Returns None, having written nothing, where the batch must be reserved one by one (``reserve``): on
+        PostgreSQL (each reservation locks its own rows there), with an account twice, or where a budget over
+        a job decides something (a limit, a member cap, a period to move on) or is not made yet. Joins the
+        caller's transaction; SQLite's one writer holds every row read until its commit."""
+        keys = [h.who.key for h in holds]
+        if not holds or not self.reserves_together or len(set(keys)) < len(keys):
+            return None
+        if any(h.cost < 0 for h in holds):
+            raise ValueError("a job cannot cost less than 0 credits")
+        now = self._now()
+        stamp = iso(now)
+        with transaction(self.db, rows=True):
+            budgets = self.budgets.plain_rows([h.scopes for h in holds], now)
+            if budgets is None:
+                return None
+            found = self._load_many(keys)
+            answers: list[InsufficientCredits | None] = []
+            opened: list[tuple[Any, ...]] = []
+            changed: list[tuple[Any, ...]] = []
+            entries: list[_Entry] = []
+            held: list[tuple[Hold, list[str]]] = []
+            for h, scopes in zip(holds, budgets.scopes, strict=True):
+                acct = found.get(h.who.key)
+                if acct is None:  # opened with its allowance, as ``_open`` does
+                    acct = _Account(h.who.key, self.allowance, 0, None, period_start(now, self.period))
+                    if (refused := self._short(acct, h.cost, now)) is None:
+                        start = None if acct.period_start is None else iso(acct.period_start)
+                        opened.append((acct.account, h.who.platform, h.who.workspace, h.who.user, acct.balance,
+                                       h.cost, start, stamp, stamp))
+                        entries.append(_Entry(acct, "refill", self.allowance, 0, note="new account"))
+                else:
+                    acct, amount = self._refilled(acct, now)  # written with the hold, never alone
+                    if (refused := self._short(acct, h.cost, now)) is None:
+                        if amount:
+                            entries.append(_Entry(acct, "refill", amount, 0,
+                                                  note=f"{ADJECTIVES[self.period]} allowance"))
+                        moved = acct.period_start != found[h.who.key].period_start
+                        start = iso(acct.period_start) if moved and acct.period_start is not None else None
+                        changed.append((acct.balance, acct.held + h.cost, start, stamp, acct.account))
+                answers.append(refused)
+                if refused is None:
+                    entries.append(_Entry(replace(acct, held=acct.held + h.cost), "reserve", 0, h.cost,
+                                          job_id=h.job_id))
+                    held.append((h, scopes))
+            if opened:
+                execute_many(self.db, _OPEN, opened)
+            if changed:
+                execute_many(self.db, "UPDATE accounts SET balance = ?, held = ?,"
+                                      " period_start = COALESCE(?, period_start), updated_at = ? WHERE account = ?",
+                             changed)
+            if entries:
+                execute_many(self.db, _ENTRY_INSERT, [_entry_row(stamp, e) for e in entries])
+            self.budgets.hold_many(budgets, held, stamp)
+            return answers
+
+    def _load_many(self, keys: Sequence[str]) -> dict[str, _Account]:
+        """The accounts that exist among ``keys``, in one statement (``reserve_many``: SQLite only)."""
+        marks = ", ".join("?" * len(keys))
+        rows = self.db.execute("SELECT account, balance, held, allowance, period_start FROM accounts"
+                               f" WHERE account IN ({marks})", list(keys)).fetchall()
+        return {r[0]: _Account(r[0], r[1], r[2], r[3], datetime.fromisoformat(r[4]) if r[4] else None) for r in rows}
 
     def capture(self, job_id: str) -> bool:
         """Charge a delivered job its held cost. False (and no change) if it was already captured or

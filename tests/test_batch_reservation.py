@@ -1,0 +1,189 @@
+"""A batch of submits reserved at once (``Orchestrator._commit_together``, ``SqliteLedger.reserve_many``) writes
+exactly what reserving them one at a time writes (issue 22).
+
+The same batches go through both paths on two databases set up alike; the outcomes and every money and job
+row must match (timestamps aside: each path stamps its own). Where the batch path cannot decide a batch (a
+user twice, a budget with a limit, a redelivery), it hands the batch to the one-at-a-time path, with
+nothing written twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+
+from imagine_bot.core.access.authority import GLOBAL
+from imagine_bot.core.access.identity import UserRef
+from imagine_bot.core.app import ImagineCore
+from imagine_bot.core.errors import BudgetExhausted, InsufficientCredits, TooManyActiveJobs
+from imagine_bot.core.jobs.model import Job, JobRequest, NewJob, ReplyTo
+from imagine_bot.core.storage.errors import DuplicateRequest
+
+#: what each path stamps with its own clock, left out of the comparison
+#: (and the owner: each core is a process of its own)
+STAMPS = {"ts", "created_at", "updated_at", "lease_until", "owner"}
+TABLES = {"accounts": "account", "ledger": "id", "budgets": "scope", "budget_ledger": "id", "jobs": "id"}
+PLACE, CHANNEL = "slack:T1", "slack:T1#C1"
+
+
+def user(n: int) -> UserRef:
+    return UserRef("slack", "T1", f"U{n}")
+
+
+def new_job(n: int, job_id: str, *, cost: int = 18, dedupe_key: str | None = None,
+            scopes: tuple[str, ...] = (PLACE, CHANNEL)) -> NewJob:
+    request = JobRequest(requester=user(n), reply=ReplyTo("slack", "C1"), prompt=f"prompt {n}",
+                         params={"aspect_ratio": "1:1"}, dedupe_key=dedupe_key, scopes=scopes)
+    return NewJob(request, "seedream/4.5-text-to-image", cost, job_id)
+
+
+def dump(core: ImagineCore) -> dict[str, list[dict[str, Any]]]:
+    db = core.stores.db
+    return {table: [{k: v for k, v in row.items() if k not in STAMPS}
+                    for row in db.query(f"SELECT * FROM {table} ORDER BY {key}")]  # noqa: S608 (our table names)
+            for table, key in TABLES.items()}
+
+
+def answers(outcomes: list[Job | Exception]) -> list[tuple[str, str]]:
+    return [(type(o).__name__, o.id if isinstance(o, Job) else getattr(o, "user_message", str(o))) for o in outcomes]
+
+
+class Paths:
+    """Two cores on two databases: ``together`` reserves a batch at once where it can, ``one`` never does."""
+
+    def __init__(self, together: ImagineCore, one: ImagineCore) -> None:
+        self.together, self.one = together, one
+        self.used: list[bool] = []  # whether each batch of ``together`` went through the batch path
+        commit_together = together.orchestrator._commit_together
+
+        def counted(batch: list[NewJob]) -> list[Job | Exception] | None:
+            done = commit_together(batch)
+            self.used.append(done is not None)
+            return done
+
+        together.orchestrator._commit_together = counted  # type: ignore[method-assign]
+        one.ledger.reserves_together = False  # type: ignore[misc]
+
+    def both(self) -> Iterator[ImagineCore]:
+        yield self.together
+        yield self.one
+
+    def commit(self, batch: list[NewJob]) -> list[list[tuple[str, str]]]:
+        """The batch through both paths (no worker starts: ``_commit`` only reserves and records)."""
+        told = []
+        for core in self.both():
+            futures: list[Any] = [None] * len(batch)
+            told.append(answers(core.orchestrator._commit(list(zip(futures, batch, strict=True)))))
+        return told
+
+
+@asynccontextmanager
+async def two_paths(make_settings, tmp_path, **settings: Any):
+    async with ImagineCore.open(make_settings(IMAGINE_DB_PATH=tmp_path / "together.db", **settings)) as together, \
+            ImagineCore.open(make_settings(IMAGINE_DB_PATH=tmp_path / "one.db", **settings)) as one:
+        yield Paths(together, one)
+
+
+async def test_a_batch_at_once_writes_what_one_at_a_time_writes(make_settings, tmp_path):
+    async with two_paths(make_settings, tmp_path, MAX_ACTIVE_JOBS_PER_USER=2) as paths:
+        for core in paths.both():  # the same accounts, budgets and jobs in both databases
+            core.ledger.balance(user(0))  # an account with its allowance
+            core.ledger.grant(user(1), -170, actor="test")  # 10 credits left: refused
+            core.ledger.grant(user(2), -175, actor="test")  # 5 left, and a refill due: refilled, then held
+            core.stores.db.execute("UPDATE accounts SET period_start = '2000-01-01T00:00:00.000+00:00'"
+                                   " WHERE account = ?", [user(2).key])
+            core.ledger.balance(user(6))
+            core.stores.db.execute("UPDATE accounts SET period_start = '2000-01-01T00:00:00.000+00:00'"
+                                   " WHERE account = ?", [user(6).key])  # a refill due that adds nothing
+            for scope in (PLACE, CHANNEL):
+                core.budgets.status(scope)  # made, with no limit
+            for k in range(2):  # at the job limit
+                core.orchestrator._commit([(None, new_job(3, f"old-{k}"))])  # type: ignore[list-item]
+        batch = [new_job(0, "j0"), new_job(1, "j1"), new_job(2, "j2"), new_job(3, "j3"), new_job(4, "j4"),
+                 new_job(5, "j5", cost=200), new_job(6, "j6", scopes=(PLACE,)), new_job(7, "j7", dedupe_key="d7")]
+        together, one = paths.commit(batch)
+        assert together == one
+        assert [kind for kind, _ in together] == ["Job", "InsufficientCredits", "Job", "TooManyActiveJobs", "Job",
+                                                  "InsufficientCredits", "Job", "Job"]
+        # a second batch on top: the holds and the job counts of the first are read back
+        together, one = paths.commit([new_job(0, "k0"), new_job(4, "k4", cost=170), new_job(2, "k2")])
+        assert together == one and [kind for kind, _ in together] == ["Job", "InsufficientCredits", "Job"]
+        assert paths.used == [True, True]
+        assert dump(paths.together) == dump(paths.one)
+        ledger = paths.together.ledger
+        assert ledger.verify() == [] and paths.together.budgets.verify() == []
+        assert [ledger.balance(user(n)).held for n in (0, 1, 2, 4, 5)] == [36, 0, 36, 18, 0]
+        assert ledger.balance(user(2)).balance == 180  # refilled once, up to the allowance
+        # 9 jobs held: 2 before, 5 in the first batch, 2 in the second; user 6 asked outside the channel
+        assert paths.together.budgets.status(PLACE).held == 18 * 9
+        assert paths.together.budgets.status(CHANNEL).held == 18 * 8
+
+
+async def test_a_batch_that_needs_deciding_one_by_one_is_handed_over_with_nothing_written(make_settings,
+                                                                                            tmp_path):
+    """A user twice in a batch, a budget with a limit, a redelivered request: each batch goes one submit at a
+    time (a savepoint each), with the same outcome as there, and nothing held twice."""
+    async with two_paths(make_settings, tmp_path, MAX_ACTIVE_JOBS_PER_USER=1, SPEND_CAP=18 * 20) as paths:
+        for core in paths.both():
+            core.orchestrator._commit([(None, new_job(9, "taken", dedupe_key="slack:T1:t1"))])  # type: ignore[list-item]
+        # the global cap has a limit: decided one by one
+        together, one = paths.commit([new_job(0, "a0"), new_job(1, "a1")])
+        assert together == one and [kind for kind, _ in together] == ["Job", "Job"]
+    async with two_paths(make_settings, tmp_path / "b", MAX_ACTIVE_JOBS_PER_USER=1) as paths:
+        for core in paths.both():
+            for scope in (PLACE, CHANNEL):
+                core.budgets.status(scope)
+            core.orchestrator._commit([(None, new_job(9, "taken", dedupe_key="slack:T1:t1"))])  # type: ignore[list-item]
+        # the same user twice: the second meets the job limit the first's job makes
+        together, one = paths.commit([new_job(0, "b0"), new_job(0, "b1")])
+        assert together == one and [kind for kind, _ in together] == ["Job", "TooManyActiveJobs"]
+        # a redelivery of a recorded request among new ones: rolled back at the insert, then one by one
+        together, one = paths.commit([new_job(1, "c1"), new_job(2, "c2", dedupe_key="slack:T1:t1"),
+                                      new_job(3, "c3")])
+        assert together == one and [kind for kind, _ in together] == ["Job", "DuplicateRequest", "Job"]
+        assert paths.used == [False, False]
+        assert dump(paths.together) == dump(paths.one)
+        ledger = paths.together.ledger
+        assert ledger.verify() == [] and ledger.orphan_holds() == []
+        assert [ledger.balance(user(n)).held for n in range(4)] == [18, 18, 0, 18]
+
+
+async def test_a_burst_of_new_users_is_reserved_at_once_and_each_hears_its_answer(make_settings, tmp_path):
+    """Through ``imagine``: a burst of new users goes through the batch path, and a refusal among them (a user
+    with too few credits) is told to that user alone."""
+    async with ImagineCore.open(make_settings(IMAGINE_DB_PATH=tmp_path / "a.db")) as core:
+        core.ledger.grant(user(3), -170, actor="test")
+        for scope in ("slack:T1", GLOBAL):  # made before (by earlier reservations)
+            core.budgets.status(scope)
+        used: list[bool] = []
+        commit_together = core.orchestrator._commit_together
+
+        def counted(batch: list[NewJob]) -> list[Job | Exception] | None:
+            done = commit_together(batch)
+            used.append(done is not None)
+            return done
+
+        core.orchestrator._commit_together = counted  # type: ignore[method-assign]
+        core.orchestrator._start = lambda job: None  # type: ignore[method-assign]  # reserved and recorded only
+        results = await asyncio.gather(*(core.imagine(user(n), ReplyTo("slack", "C1", data={"team_id": "T1"}),
+                                                      f"burst {n}") for n in range(6)), return_exceptions=True)
+        assert used == [True]
+        assert [type(r) for r in results] == [Job, Job, Job, InsufficientCredits, Job, Job]
+        assert isinstance(results[3], InsufficientCredits) and "10" in results[3].user_message
+        assert [core.ledger.balance(user(n)).held for n in range(6)] == [18, 18, 18, 0, 18, 18]
+        assert {core.jobs.get(r.id).requester for r in results if isinstance(r, Job)} == {
+            user(n) for n in (0, 1, 2, 4, 5)}
+        assert core.ledger.verify() == [] and core.budgets.status("global").held == 18 * 5
+
+
+def test_the_refusals_named_here_are_the_ones_the_core_raises():
+    """The outcome names compared above are real classes (a rename would make the comparison vacuous)."""
+    assert {c.__name__ for c in (InsufficientCredits, TooManyActiveJobs, DuplicateRequest, BudgetExhausted)} == {
+        "InsufficientCredits", "TooManyActiveJobs", "DuplicateRequest", "BudgetExhausted"}
+
+
+pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
