@@ -134,3 +134,21 @@ async def test_release_starts_every_queued_key_and_clear_starts_none():
     await turns()
     assert started == ["a", "b"] and released.task is None
 
+
+
+async def test_a_start_that_fails_is_logged_and_the_others_still_start(caplog):
+    lull = Lull(quiet_s=0.0, most_s=3600)
+    started: list[str] = []
+
+    def start(key: str) -> None:
+        if key == "bad":
+            raise RuntimeError("a bug")
+        started.append(key)
+
+    queue = LullQueue(lull, start, name="test")
+    with lull.command():
+        for key in ("a", "bad", "b"):
+            queue.add(key)
+    assert queue.task is not None
+    await asyncio.wait_for(queue.task, 5)
+    assert started == ["a", "b"] and "test: could not start bad" in caplog.text

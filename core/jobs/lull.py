@@ -22,6 +22,7 @@ would have, usually ``quiet_s``.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from collections import deque
@@ -31,6 +32,8 @@ from types import TracebackType
 from typing import Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
+
+log = logging.getLogger(__name__)
 
 #: no command decided for this long: the burst is over (the last acks of a burst are on the wire before
 #: the work behind them starts)
@@ -223,7 +226,10 @@ class LullQueue(Generic[K]):
                     if since > due:
                         break
                     del self._since[key]
-                    self._start(key)
+                    try:
+                        self._start(key)
+                    except Exception:  # a bug: the others still start (a job's lease is freed as idle)
+                        log.exception("%s: could not start %s", self._name, key)
         finally:
             if self.task is asyncio.current_task():
                 self.task = None
