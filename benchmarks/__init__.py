@@ -17,6 +17,7 @@ BENCHMARKS = {
     "delivery": "benchmarks.delivery",
     "deploy": "benchmarks.deploy",
     "headofline": "benchmarks.headofline",
+    "httpclient": "benchmarks.httpclient",
     "inflight": "benchmarks.inflight",
     "ledger": "benchmarks.ledger",
     "naive": "benchmarks.naive",

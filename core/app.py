@@ -45,6 +45,7 @@ from imagine_bot.core.frontend import FrontEnd, OperatorNotifier
 from imagine_bot.core.gateway import GatewayClient
 from imagine_bot.core.gateway.balance import GatewayAccount
 from imagine_bot.core.gateway.catalog import ModelSpec, edit_model, get_model
+from imagine_bot.core.gateway.transport import gateway_http
 from imagine_bot.core.jobs.approvals import Approvals
 from imagine_bot.core.jobs.leases import new_owner_id
 from imagine_bot.core.jobs.model import Job, JobRequest, JobState, ReplyTo
@@ -209,13 +210,8 @@ class ImagineCore:
                 log.info("sandbox gateway running at %s (no credits are spent)", base_url)
             if http is None:
                 http = await stack.enter_async_context(
-                    httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0),
-                                      # keep every pooled connection alive: httpcore compares the *total*
-                                      # with max_keepalive (encode/httpcore#1035) and would churn them
-                                      limits=httpx.Limits(max_connections=HTTP_POOL,
-                                                          max_keepalive_connections=HTTP_POOL),
-                                      headers={"User-Agent": f"imagine-bot/{__version__}"})
-                )
+                    # httpx's API on aiohttp's pool (``core.gateway.transport``: a fraction of httpcore's CPU)
+                    gateway_http(HTTP_POOL, user_agent=f"imagine-bot/{__version__}"))
             metrics = Metrics()
             gateway = GatewayClient(http, base_url=base_url, api_key=api_key,
                                     max_download_bytes=settings.max_download_bytes,
