@@ -106,13 +106,13 @@ async def test_a_queue_starts_its_work_once_in_order_from_one_task_when_the_lull
 async def test_under_steady_commands_each_queued_key_waits_its_own_most_s_not_the_first_ones():
     """A stream of commands that never stops: the first key goes when it has waited ``most_s``, a key that
     came later only once it has too (as a task each waiting would), not with the first one."""
-    lull = Lull(quiet_s=0.0, most_s=1.0)
+    lull = Lull(quiet_s=0.0, most_s=1.6)
     started: list[str] = []
     went = asyncio.Queue[str]()
     queue = LullQueue(lull, went.put_nowait, name="test")
     with lull.command():  # never answered while the work waits
         queue.add("first")
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.8)  # the later key is due 0.8 s after the first: a wide margin on a busy machine
         queue.add("later")
         started.append(await asyncio.wait_for(went.get(), 5))
         assert started == ["first"] and went.empty()
