@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hashlib
 import hmac
 import multiprocessing.connection
@@ -145,6 +146,21 @@ async def drain_jobs(core: Any, timeout: float) -> bool:  # noqa: ASYNC109
         await asyncio.sleep(0.01)  # counters, no event to wait on
     # the jobs running, and those accepted in the burst and queued to start once it is answered
     return await orchestrator.wait_jobs(max(0.0, deadline - time.monotonic()))
+
+
+def freeze_start_up() -> None:
+    """Our phases, like ``imagine-bot run``, keep start-up's objects out of the collector's way
+    (``bots.run.freeze_start_up``); ``thaw`` undoes it after the phase."""
+    from imagine_bot.bots.run import freeze_start_up as freeze
+
+    freeze()
+
+
+def thaw() -> None:
+    """Undo ``freeze_start_up`` with a full collection now, so that the floor's next phase meets the collector
+    as it would alone (not a full collection of what was frozen in the middle of its burst)."""
+    gc.unfreeze()
+    gc.collect()
 
 
 async def measured(ask: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
@@ -367,6 +383,7 @@ async def slack_ours(fake: Helper, api_url: str, n: int, mode: str, rnd: int, wo
         try:
             await service.start()
             await core.start()
+            freeze_start_up()  # as ``imagine-bot run`` does once it has started
 
             def burst(prefix: str) -> Any:
                 op = {"op": "http_burst", "url": url} if mode == "http" else {"op": "socket_burst"}
@@ -384,6 +401,7 @@ async def slack_ours(fake: Helper, api_url: str, n: int, mode: str, rnd: int, wo
             await core.orchestrator.stop()
             await service.stop()
             await runner.cleanup()
+            thaw()
     return phase_result(n, result, jobs_accepted=jobs, all_finished_after=drained, delivered_after=delivered)
 
 
@@ -468,6 +486,7 @@ async def discord_ours(fake: Helper, info: dict[str, str], n: int, rnd: int, wor
         try:
             await service.start()
             await core.start()
+            freeze_start_up()  # as ``imagine-bot run`` does once it has started
 
             def burst(prefix: str) -> Any:
                 return fake.ask({"op": "burst", "side": "ours", "n": n, "prefix": prefix}, timeout=150)
@@ -481,6 +500,7 @@ async def discord_ours(fake: Helper, info: dict[str, str], n: int, rnd: int, wor
         finally:
             await core.orchestrator.stop()
             await service.stop()
+            thaw()
     return phase_result(n, result, dispatch_s=result["sent_s"], jobs_accepted=jobs, all_finished_after=drained,
                         delivered_after=delivered)
 
