@@ -300,10 +300,8 @@ class SqliteLedger:
         a job decides something (a limit, a member cap, a period to move on) or is not made yet. Joins the
         caller's transaction; SQLite's one writer holds every row read until its commit."""
         keys = [h.who.key for h in holds]
-        if not holds or not self.reserves_together or len(set(keys)) < len(keys):
-            return None
-        if any(h.cost < 0 for h in holds):
-            raise ValueError("a job cannot cost less than 0 credits")
+        if not holds or not self.reserves_together or len(set(keys)) < len(keys) or any(h.cost < 0 for h in holds):
+            return None  # (a negative cost: ``reserve`` refuses that one alone)
         now = self._now()
         stamp = iso(now)
         with transaction(self.db, rows=True):
