@@ -372,7 +372,7 @@ class Orchestrator:
     def _commit_together(self, batch: list[NewJob]) -> list[Job | Exception] | None:
         """The batch in a few statements for all of it (``ledger.reserve_many``, ``jobs.insert_many``), the same
         rules as ``_record`` decided in memory: a refusal writes nothing. None, with nothing written, where it
-        must go one submit at a time: a user twice or a budget that decides (``reserve_many``), or a redelivery
+        must go one submit at a time: a user twice or a budget with a member cap (``reserve_many``), or a redelivery
         among them (``DuplicateRequest``: its part is undone here, and each submit is recorded on its own)."""
         keys = [new.request.requester.key for new in batch]
         if len(set(keys)) < len(keys):
