@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -44,7 +45,7 @@ def new_job(n: int, job_id: str, *, cost: int = 18, dedupe_key: str | None = Non
 def dump(core: ImagineCore) -> dict[str, list[dict[str, Any]]]:
     db = core.stores.db
     return {table: [{k: v for k, v in row.items() if k not in STAMPS}
-                    for row in db.query(f"SELECT * FROM {table} ORDER BY {key}")]  # noqa: S608 (our table names)
+                    for row in db.query(f"SELECT * FROM {table} ORDER BY {key}")]
             for table, key in TABLES.items()}
 
 
@@ -127,12 +128,17 @@ async def test_a_batch_that_needs_deciding_one_by_one_is_handed_over_with_nothin
                                                                                             tmp_path):
     """A user twice in a batch, a budget with a limit, a redelivered request: each batch goes one submit at a
     time (a savepoint each), with the same outcome as there, and nothing held twice."""
-    async with two_paths(make_settings, tmp_path, MAX_ACTIVE_JOBS_PER_USER=1, SPEND_CAP=18 * 20) as paths:
+    async with two_paths(make_settings, tmp_path, MAX_ACTIVE_JOBS_PER_USER=1) as paths:
         for core in paths.both():
             core.orchestrator._commit([(None, new_job(9, "taken", dedupe_key="slack:T1:t1"))])  # type: ignore[list-item]
-        # the global cap has a limit: decided one by one
-        together, one = paths.commit([new_job(0, "a0"), new_job(1, "a1")])
+            core.budgets.set_member_cap(PLACE, 18, actor="test")
+        # a member cap on the place: each member's spend is read, one by one (the second member is refused)
+        together, one = paths.commit([new_job(0, "a0"), new_job(9, "a9")])
+        assert together == one and [kind for kind, _ in together] == ["Job", "TooManyActiveJobs"]
+        together, one = paths.commit([new_job(1, "a1"), new_job(2, "a2")])
         assert together == one and [kind for kind, _ in together] == ["Job", "Job"]
+        assert paths.used == [False, False]
+        assert dump(paths.together) == dump(paths.one)
     async with two_paths(make_settings, tmp_path / "b", MAX_ACTIVE_JOBS_PER_USER=1) as paths:
         for core in paths.both():
             for scope in (PLACE, CHANNEL):
@@ -150,6 +156,34 @@ async def test_a_batch_that_needs_deciding_one_by_one_is_handed_over_with_nothin
         ledger = paths.together.ledger
         assert ledger.verify() == [] and ledger.orphan_holds() == []
         assert [ledger.balance(user(n)).held for n in range(4)] == [18, 18, 0, 18]
+
+
+async def test_budget_limits_are_decided_in_the_batch_as_one_at_a_time_decides_them(make_settings, tmp_path):
+    """A spend cap and a place's budget with a limit: each job is checked against what the jobs before it in
+    the batch hold, the first budget that cannot cover it refuses it (its message as one at a time gives
+    it), and a refused job holds nothing."""
+    async with two_paths(make_settings, tmp_path, SPEND_CAP=18 * 6) as paths:
+        for core in paths.both():
+            core.budgets.status(CHANNEL)
+            core.budgets.set_amount(PLACE, 18 * 4, actor="test")  # the place runs out first
+            core.orchestrator._commit([(None, new_job(9, "before"))])  # type: ignore[list-item]
+        together, one = paths.commit([new_job(n, f"j{n}") for n in range(5)])
+        assert together == one
+        assert [kind for kind, _ in together] == ["Job", "Job", "Job", "BudgetExhausted", "BudgetExhausted"]
+        assert "budget" in together[3][1] and "Nothing was charged" in together[3][1]  # as reserve words it
+        # outside the place (another workspace), only the global cap: 2 left of its 6
+        others = [replace(new_job(n, f"o{n}"), request=replace(new_job(n, f"o{n}").request,
+                                                                 requester=UserRef("slack", "T2", f"U{n}"),
+                                                                 scopes=("slack:T2",))) for n in range(3)]
+        for core in paths.both():
+            core.budgets.status("slack:T2")
+        together, one = paths.commit(others)
+        assert together == one and [kind for kind, _ in together] == ["Job", "Job", "BudgetExhausted"]
+        assert paths.used == [True, True]
+        assert dump(paths.together) == dump(paths.one)
+        budgets = paths.together.budgets
+        assert budgets.status(PLACE).held == 18 * 4 and budgets.status(GLOBAL).held == 18 * 6
+        assert paths.together.ledger.verify() == [] and budgets.verify() == []
 
 
 async def test_a_burst_of_new_users_is_reserved_at_once_and_each_hears_its_answer(make_settings, tmp_path):

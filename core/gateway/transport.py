@@ -3,7 +3,7 @@
 Why: measured on this project's 2-core machine, httpcore's pool costs about 2.5 to 5 ms of CPU a request (it
 checks every pooled connection on each request and each response, and its cost grows with the pool),
 aiohttp's about 0.3 ms, and the two together (httpx's API here, aiohttp's pool below) about 0.85 ms
-(``benchmarks/`` and docs/benchmarks.md, "the HTTP client"). With 1,000 jobs finishing within seconds, two
+(``benchmarks/httpclient.py``, docs/benchmarks.md). With 1,000 jobs finishing within seconds, two
 requests a job (createTask, the download) were half the bot's CPU.
 
 The one rule kept with care: which failures mean "the request never left". ``GatewayClient`` resends a
@@ -14,20 +14,19 @@ pool and the connect) maps to those; a connection lost after it was opened, a re
 any other aiohttp error maps to an httpx error that says "maybe sent".
 
 Like httpx: proxies from the environment (``HTTPS_PROXY``, ``HTTP_PROXY``, ``ALL_PROXY``, ``NO_PROXY``, read
-once at start) are honoured, certificates are checked against certifi's, idle connections are kept 5 s.
-(aiohttp's own ``trust_env`` would read them, and look for a ``.netrc``, at every request.)
+once at start) are honoured, certificates are checked as httpx checks them (certifi's, or ``SSL_CERT_FILE``),
+idle connections are kept 5 s. (aiohttp's own ``trust_env`` would read the proxies, and look for a ``.netrc``,
+at every request.)
 """
 
 from __future__ import annotations
 
-import ssl
 import urllib.request
 from collections.abc import AsyncIterator
 from contextlib import contextmanager
 from typing import Any
 
 import aiohttp
-import certifi
 import httpx
 
 #: idle connections are closed after this long (httpx's default keep-alive expiry)
@@ -97,7 +96,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     def _open(self) -> aiohttp.ClientSession:
         if self._session is None:
             connector = aiohttp.TCPConnector(limit=self.max_connections, keepalive_timeout=self.keepalive_s,
-                                             ssl=ssl.create_default_context(cafile=certifi.where()))
+                                             ssl=httpx.create_ssl_context())  # httpx's: certifi, SSL_CERT_FILE
             # no cookies: httpx's client keeps its own jar; every header is the one httpx built
             self._session = aiohttp.ClientSession(connector=connector,
                                                   cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False,

@@ -112,6 +112,12 @@ SAVE_BACKOFF_CAP_S = 2.0
 _Waiting = tuple[asyncio.Future[Job], NewJob]
 
 
+def _spool(path: Path, content: bytes) -> None:
+    """Write a downloaded result into its job's spool folder (made if need be)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
+
+
 class _Drained(Exception):
     """Internal: the process is draining and this job is left for the next owner at a safe point."""
 
@@ -370,7 +376,7 @@ class Orchestrator:
     def _commit_together(self, batch: list[NewJob]) -> list[Job | Exception] | None:
         """The batch in a few statements for all of it (``ledger.reserve_many``, ``jobs.insert_many``), the same
         rules as ``_record`` decided in memory: a refusal writes nothing. None, with nothing written, where it
-        must go one submit at a time: a user twice or a budget that decides (``reserve_many``), or a redelivery
+        must go one submit at a time: a user twice or a budget with a member cap (``reserve_many``), or a redelivery
         among them (``DuplicateRequest``: its part is undone here, and each submit is recorded on its own)."""
         keys = [new.request.requester.key for new in batch]
         if len(set(keys)) < len(keys):
@@ -883,13 +889,12 @@ class Orchestrator:
         if not record.result_urls:
             raise GatewayProtocolError(f"task {job.task_id} succeeded without result URLs")
         folder = self.spool / job.id
-        folder.mkdir(parents=True, exist_ok=True)
         files: list[Path] = []
         for n, url in enumerate(record.result_urls):
             result = await self._patiently(job, "download", partial(self.gateway.download, url))
             ext = mimetypes.guess_extension(result.content_type.split(";")[0].strip()) or ".png"
             path = folder / f"{job.id}-{n}{ext}"
-            path.write_bytes(result.content)
+            await asyncio.to_thread(_spool, path, result.content)  # the disk, off the event loop
             files.append(path)
         return self._move(job, JobState.DELIVERING, result_urls=list(record.result_urls), files=files)
 

@@ -32,7 +32,7 @@ from imagine_bot.core.access.places import PlacePrefs, PlaceRules
 from imagine_bot.core.chat.presets import Preset
 from imagine_bot.core.credits.budgets import BudgetStatus
 from imagine_bot.core.credits.ledger import Balance, Hold, LedgerEntry
-from imagine_bot.core.errors import InsufficientCredits
+from imagine_bot.core.errors import BudgetExhausted, InsufficientCredits
 from imagine_bot.core.gateway.balance import AccountState
 from imagine_bot.core.jobs.model import Job, JobRequest, JobState, NewJob
 from imagine_bot.core.storage.approvals import Approval
@@ -100,7 +100,7 @@ class CreditStore(Protocol):
     #: whether ``reserve_many`` may reserve a batch at once (else it always answers None)
     reserves_together: bool
 
-    def reserve_many(self, holds: Sequence[Hold]) -> list[InsufficientCredits | None] | None:
+    def reserve_many(self, holds: Sequence[Hold]) -> list[InsufficientCredits | BudgetExhausted | None] | None:
         """Reserve new jobs of different users together, the same rules as ``reserve``: each hold's refusal
         (None: held), or None, with nothing written, where they must be reserved one at a time."""
         ...

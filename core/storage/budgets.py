@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
@@ -45,12 +45,24 @@ def _reset_due(row: dict[str, Any], now: datetime) -> bool:
     return boundary is not None and now >= boundary
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PlainRows:
-    """``SqliteBudgets.plain_rows``: the budget rows read, by scope, and the scopes of each job of the batch."""
+    """A batch's budgets (``SqliteBudgets.plain_rows``): the rows read, by scope, as the batch's holds so far
+    leave them; the scopes of each job; and the holds taken (``take``), written by ``hold_many``."""
 
     rows: dict[str, dict[str, Any]]
     scopes: list[list[str]]
+    entries: list[tuple[Any, ...]] = field(default_factory=list)
+    totals: Counter[str] = field(default_factory=Counter)
+
+
+def _short(scope: str, status: BudgetStatus, cost: int) -> BudgetExhausted | None:
+    """The refusal of a budget whose remaining amount cannot cover ``cost`` (None: it can, or no limit)."""
+    if status.remaining is None or status.remaining >= cost:
+        return None
+    return BudgetExhausted(scope=scope, noun=scope_noun(scope), remaining=status.remaining, cost=cost,
+                           period=period_name(status.period, status.period_start),
+                           refill=refill_words(status.period, status.next_reset))
 
 
 class SqliteBudgets:
@@ -240,10 +252,8 @@ class SqliteBudgets:
                 if not self._limited(row):
                     continue  # unlimited, no member cap: nothing to check
                 status = self._status(row)
-                if status.remaining is not None and status.remaining < cost:
-                    raise BudgetExhausted(scope=scope, noun=scope_noun(scope), remaining=status.remaining,
-                                          cost=cost, period=period_name(status.period, status.period_start),
-                                          refill=refill_words(status.period, status.next_reset))
+                if (short := _short(scope, status, cost)) is not None:
+                    raise short
                 if status.member_cap is not None:
                     used = self._member_spend(scope, account, status.period_start)
                     if used + cost > status.member_cap:
@@ -255,36 +265,50 @@ class SqliteBudgets:
 
     def plain_rows(self, scope_lists: Sequence[Sequence[str]], now: datetime) -> PlainRows | None:
         """For a batch of reservations (``SqliteLedger.reserve_many``): the rows of the budgets over each job,
-        read in one statement, and each job's scopes in the order ``reserve`` holds them, where no budget
-        decides anything: every one made already, none with a limit, a member cap or a period to move on
-        (``_to_decide``). None otherwise: the batch is reserved one job at a time."""
+        read in one statement, and each job's scopes in the order ``reserve`` holds them. None where a budget
+        must be decided one job at a time: one not made yet, one with a member cap (its spend is read per
+        member) or with a period to move on (``_one_by_one``); the batch is then reserved one job at a time."""
         rows = self._read(sorted({s for scopes in scope_lists for s in scopes} | {GLOBAL}))
         touched: list[list[str]] = []
         for scopes in scope_lists:
             over = [*(s for s in scopes if "#" not in s or s in rows), GLOBAL]
-            if any(scope not in rows or self._to_decide(rows[scope], now) for scope in over):
+            if any(scope not in rows or self._one_by_one(rows[scope], now) for scope in over):
                 return None
             touched.append(over)
         return PlainRows(rows, touched)
 
-    def hold_many(self, plain: PlainRows, holds: Sequence[tuple[Hold, Sequence[str]]], stamp: str) -> None:
-        """The holds of the reservations of a batch that were made (``holds``, in order, each with its
-        scopes from ``plain_rows``): one ``UPDATE`` for each budget and every ``budget_ledger`` row in
-        one statement, the totals after each computed from the rows as read (ours until the commit)."""
-        totals: Counter[str] = Counter()
-        entries: list[tuple[Any, ...]] = []
-        for hold, scopes in holds:
-            for scope in scopes:
-                row = plain.rows[scope]
-                row["held"] += hold.cost
-                totals[scope] += hold.cost
-                entries.append((stamp, scope, "reserve", 0, hold.cost, row["spent"], row["held"], hold.job_id,
-                                hold.who.key, hold.channel))
-        if totals:
+    def _one_by_one(self, row: dict[str, Any], now: datetime) -> bool:
+        """Whether a batch cannot decide on this budget in memory (``plain_rows``)."""
+        if row["member_cap"] is not None:
+            return True
+        if row["scope"] == GLOBAL and row["period"] != self.cap_period:
+            return True
+        return _reset_due(row, now)
+
+    def take(self, plain: PlainRows, scopes: Sequence[str], hold: Hold, stamp: str) -> BudgetExhausted | None:
+        """One reservation of a batch on its budgets (``scopes`` from ``plain_rows``): the refusal of the first
+        that cannot cover it, as ``reserve`` decides (nothing taken then), else its holds, noted in ``plain``
+        (the rows as this batch leaves them) for ``hold_many``."""
+        for scope in scopes:
+            row = plain.rows[scope]
+            if self._limited(row) and (short := _short(scope, self._status(row), hold.cost)) is not None:
+                return short
+        for scope in scopes:
+            row = plain.rows[scope]
+            row["held"] += hold.cost
+            plain.totals[scope] += hold.cost
+            plain.entries.append((stamp, scope, "reserve", 0, hold.cost, row["spent"], row["held"], hold.job_id,
+                                  hold.who.key, hold.channel))
+        return None
+
+    def hold_many(self, plain: PlainRows, stamp: str) -> None:
+        """Write the holds a batch took (``take``): one ``UPDATE`` for each budget and every ``budget_ledger``
+        row in one statement, the totals after each computed from the rows as read (ours until the commit)."""
+        if plain.totals:
             execute_many(self.db, "UPDATE budgets SET held = held + ?, updated_at = ? WHERE scope = ?",
-                         [(total, stamp, scope) for scope, total in totals.items()])
+                         [(total, stamp, scope) for scope, total in plain.totals.items()])
             execute_many(self.db, "INSERT INTO budget_ledger (ts, scope, kind, delta_spent, delta_held, spent_after,"
-                         " held_after, job_id, account, channel) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", entries)
+                         " held_after, job_id, account, channel) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", plain.entries)
 
     def check(self, scopes: Sequence[str], account: str, cost: int) -> None:
         """Raise the ``BudgetExhausted`` a reservation would meet now, changing nothing. Where no budget over

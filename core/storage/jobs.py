@@ -199,10 +199,12 @@ class SqliteJobStore:
         if owner is not None:
             sql += " AND owner = ?"
             args.append(owner)
-        with transaction(self.db):
-            if self.db.execute(sql, args).rowcount != 1:
-                raise LeaseLost(f"job {job_id}: not {expected.value} and owned by {owner} any more")
-        return self.get(job_id)
+        with transaction(self.db):  # the row as changed comes back with the change (no second read)
+            cursor = self.db.execute(sql + " RETURNING *", args)
+            rows = cursor.fetchall()
+        if len(rows) != 1:
+            raise LeaseLost(f"job {job_id}: not {expected.value} and owned by {owner} any more")
+        return _row_to_job(dict(zip([d[0] for d in cursor.description or ()], rows[0], strict=True)))
 
     # ------------------------------------------------------------------ leases
     def claim(self, job_id: str, owner: str, until: datetime, *, now: datetime | None = None) -> Job | None:

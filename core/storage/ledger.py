@@ -15,7 +15,7 @@ from typing import Any
 from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.credits.ledger import REPORT_FIELDS, Balance, Hold, LedgerEntry, check_size, report_csv
 from imagine_bot.core.credits.periods import ADJECTIVES, PERIODS, describe_refill, next_boundary, period_start
-from imagine_bot.core.errors import ConfigError, InsufficientCredits, NotFound, UserInputError
+from imagine_bot.core.errors import BudgetExhausted, ConfigError, InsufficientCredits, NotFound, UserInputError
 from imagine_bot.core.jobs.model import ACTIVE_STATES
 from imagine_bot.core.storage.budgets import SqliteBudgets
 from imagine_bot.core.storage.db import (
@@ -290,20 +290,20 @@ class SqliteLedger:
         nxt = self._balance(acct).next_refill
         return InsufficientCredits(balance=available, cost=cost, next_refill=describe_refill(nxt, now))
 
-    def reserve_many(self, holds: Sequence[Hold]) -> list[InsufficientCredits | None] | None:
+    def reserve_many(self, holds: Sequence[Hold]) -> list[InsufficientCredits | BudgetExhausted | None] | None:
         """Reserve new jobs of different accounts together (a batch of submits, ``Orchestrator._commit``):
-        the same rules as ``reserve``, decided in memory from rows read once for the batch, and written in a
-        few statements for all of it. Returns each hold's refusal (None: held; a refusal writes nothing).
+        the same rules as ``reserve``, decided in memory from rows read once for the batch (each job against
+        what the jobs before it hold), and written in a few statements for all of it. Returns each hold's
+        refusal (None: held; a refusal writes nothing).
 
         Returns None, having written nothing, where the batch must be reserved one by one (``reserve``): on
         PostgreSQL (each reservation locks its own rows there), with an account twice, or where a budget over
-        a job decides something (a limit, a member cap, a period to move on) or is not made yet. Joins the
-        caller's transaction; SQLite's one writer holds every row read until its commit."""
+        a job must be decided one job at a time (``SqliteBudgets.plain_rows``: not made yet, a member cap, a
+        period to move on). Joins the caller's transaction; SQLite's one writer holds every row read until
+        its commit."""
         keys = [h.who.key for h in holds]
-        if not holds or not self.reserves_together or len(set(keys)) < len(keys):
-            return None
-        if any(h.cost < 0 for h in holds):
-            raise ValueError("a job cannot cost less than 0 credits")
+        if not holds or not self.reserves_together or len(set(keys)) < len(keys) or any(h.cost < 0 for h in holds):
+            return None  # (a negative cost: ``reserve`` refuses that one alone)
         now = self._now()
         stamp = iso(now)
         with transaction(self.db, rows=True):
@@ -311,34 +311,31 @@ class SqliteLedger:
             if budgets is None:
                 return None
             found = self._load_many(keys)
-            answers: list[InsufficientCredits | None] = []
+            answers: list[InsufficientCredits | BudgetExhausted | None] = []
             opened: list[tuple[Any, ...]] = []
             changed: list[tuple[Any, ...]] = []
             entries: list[_Entry] = []
-            held: list[tuple[Hold, list[str]]] = []
+            new_start = period_start(now, self.period)
             for h, scopes in zip(holds, budgets.scopes, strict=True):
-                acct = found.get(h.who.key)
-                if acct is None:  # opened with its allowance, as ``_open`` does
-                    acct = _Account(h.who.key, self.allowance, 0, None, period_start(now, self.period))
-                    if (refused := self._short(acct, h.cost, now)) is None:
-                        start = None if acct.period_start is None else iso(acct.period_start)
-                        opened.append((acct.account, h.who.platform, h.who.workspace, h.who.user, acct.balance,
-                                       h.cost, start, stamp, stamp))
-                        entries.append(_Entry(acct, "refill", self.allowance, 0, note="new account"))
-                else:
-                    acct, amount = self._refilled(acct, now)  # written with the hold, never alone
-                    if (refused := self._short(acct, h.cost, now)) is None:
-                        if amount:
-                            entries.append(_Entry(acct, "refill", amount, 0,
-                                                  note=f"{ADJECTIVES[self.period]} allowance"))
-                        moved = acct.period_start != found[h.who.key].period_start
-                        start = iso(acct.period_start) if moved and acct.period_start is not None else None
-                        changed.append((acct.balance, acct.held + h.cost, start, stamp, acct.account))
+                before = found.get(h.who.key)
+                # the account as ``reserve`` would find it: opened with its allowance, or refilled if due
+                acct, refill = ((_Account(h.who.key, self.allowance, 0, None, new_start), self.allowance)
+                                if before is None else self._refilled(before, now))
+                refused = self._short(acct, h.cost, now) or self.budgets.take(budgets, scopes, h, stamp)
                 answers.append(refused)
-                if refused is None:
-                    entries.append(_Entry(replace(acct, held=acct.held + h.cost), "reserve", 0, h.cost,
-                                          job_id=h.job_id))
-                    held.append((h, scopes))
+                if refused is not None:
+                    continue
+                if before is None:
+                    opened.append((acct.account, h.who.platform, h.who.workspace, h.who.user, acct.balance, h.cost,
+                                   None if new_start is None else iso(new_start), stamp, stamp))
+                    entries.append(_Entry(acct, "refill", refill, 0, note="new account"))
+                else:
+                    if refill:
+                        entries.append(_Entry(acct, "refill", refill, 0, note=f"{ADJECTIVES[self.period]} allowance"))
+                    moved = acct.period_start if acct.period_start != before.period_start else None
+                    changed.append((acct.balance, acct.held + h.cost, iso(moved) if moved is not None else None,
+                                    stamp, acct.account))
+                entries.append(_Entry(replace(acct, held=acct.held + h.cost), "reserve", 0, h.cost, job_id=h.job_id))
             if opened:
                 execute_many(self.db, _OPEN, opened)
             if changed:
@@ -347,7 +344,7 @@ class SqliteLedger:
                              changed)
             if entries:
                 execute_many(self.db, _ENTRY_INSERT, [_entry_row(stamp, e) for e in entries])
-            self.budgets.hold_many(budgets, held, stamp)
+            self.budgets.hold_many(budgets, stamp)
             return answers
 
     def _load_many(self, keys: Sequence[str]) -> dict[str, _Account]:
