@@ -210,9 +210,9 @@ class GatewayClient:
         self._on_request = on_request
         #: told of every balance read
         self._on_balance = on_balance
-        # requests beyond the HTTP pool's size wait here, not in httpcore's pool: its queue is rescanned
-        # for every connection event (quadratic in the queue), which with ~1,000 requests queued at once
-        # (a burst of signed webhooks, each a download) held the event loop for seconds
+        # requests beyond the HTTP pool's size wait here, not in the client's pool (httpcore's, used until
+        # 3 Dec, rescanned its queue for every connection event: with ~1,000 downloads queued at once the
+        # event loop was held for seconds; any injected client may have such a pool)
         self._slots = asyncio.Semaphore(max_in_flight)
 
     def _observe(self, endpoint: str, code: str) -> None:
