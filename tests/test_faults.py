@@ -88,8 +88,7 @@ async def test_fault_is_explained_refunded_and_recorded(make_settings, sandbox, 
 
 
 async def test_transient_429_on_create_is_retried_and_charged_once(make_settings, sandbox, tmp_path):
-    # Retry-After 1 s: the job waits that long in admission each time (a "0" counts as no Retry-After there,
-    # and that is 5 s each)
+    # Retry-After 1 s: the job waits that long in admission each time (the least it waits: a "0" is 1 s too)
     sandbox.inject("createTask", status=429, code=429, headers={"Retry-After": "1"}, times=2)
     async with ImagineCore.open(make_settings()) as core:
         core.gateway.backoff_base = 0.01

@@ -241,3 +241,15 @@ async def test_a_create_task_429_goes_back_to_admission_and_the_job_keeps_its_pl
     created = sorted(sandbox.tasks.values(), key=lambda t: t.created)
     assert [t.input["prompt"] for t in created] == ["first in line", "second in line"]
     assert sandbox.requests["createTask"] == 3
+
+
+def test_a_refused_create_waits_what_the_gateway_says_zero_as_soon_and_none_as_the_default():
+    from imagine_bot.core.errors import GatewayRateLimited
+    from imagine_bot.core.jobs.orchestrator import RETRY_AFTER_DEFAULT_S, RETRY_AFTER_MIN_S, _retry_after
+
+    def refused(after: float | None) -> GatewayRateLimited:
+        return GatewayRateLimited("createTask: HTTP 429", status=429, retry_after=after)
+
+    assert _retry_after(refused(30.0)) == 30.0
+    assert _retry_after(refused(0.0)) == RETRY_AFTER_MIN_S < RETRY_AFTER_DEFAULT_S  # "now", not "no answer"
+    assert _retry_after(refused(None)) == RETRY_AFTER_DEFAULT_S

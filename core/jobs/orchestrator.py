@@ -1018,6 +1018,12 @@ class Orchestrator:
             await self._publish(Failed(job, error, refunded))
 
 
+#: a refused createTask's wait in admission when the gateway names none (``Retry-After``), and the least one
+#: (a ``Retry-After: 0`` is honoured as "soon", never as a tight loop of refusals)
+RETRY_AFTER_DEFAULT_S = 5.0
+RETRY_AFTER_MIN_S = 1.0
+
+
 def _retry_after(error: GatewayError) -> float:
     value = getattr(error, "retry_after", None)
-    return float(value) if value else 5.0
+    return RETRY_AFTER_DEFAULT_S if value is None else max(RETRY_AFTER_MIN_S, float(value))
