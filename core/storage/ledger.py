@@ -62,15 +62,24 @@ class _Entry:
 
 
 def _entry_row(stamp: str, e: _Entry) -> tuple[Any, ...]:
-    """A ledger row's values, in the order of ``_ENTRY_INSERT``'s columns."""
+    """A ledger row's values, in the order of ``_ENTRIES``' columns."""
     return (stamp, e.after.account, e.kind, e.delta_balance, e.delta_held, e.after.balance, e.after.held, e.job_id,
             e.actor, e.note)
 
 
-_ENTRY_INSERT = ("INSERT INTO ledger (ts, account, kind, delta_balance, delta_held, balance_after, held_after, job_id,"
-                 " actor, note) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+#: ledger rows: this, then one ``_ENTRY`` for each row
+_ENTRIES = ("INSERT INTO ledger (ts, account, kind, delta_balance, delta_held, balance_after, held_after, job_id,"
+            " actor, note) VALUES ")
+_ENTRY = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+#: a new account's row (``_open_row``)
 _OPEN = ("INSERT INTO accounts (account, platform, workspace, \"user\", balance, held, allowance, period_start,"
          " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, NULL, ?, ?, ?)")
+
+
+def _open_row(who: UserRef, balance: int, held: int, start: datetime | None, stamp: str) -> tuple[Any, ...]:
+    """A new account's values, in the order of ``_OPEN``'s."""
+    return (who.key, who.platform, who.workspace, who.user, balance, held, None if start is None else iso(start),
+            stamp, stamp)
 
 
 class SqliteLedger:
@@ -147,9 +156,15 @@ class SqliteLedger:
     def _append(self, stamp: str, *entries: _Entry) -> None:
         """The ledger rows of changes already applied to the account, in order, in one ``INSERT``."""
         params = [value for e in entries for value in _entry_row(stamp, e)]
-        later(self.db,
-              "INSERT INTO ledger (ts, account, kind, delta_balance, delta_held, balance_after, held_after,"
-              " job_id, actor, note) VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(entries)), params)
+        later(self.db, _ENTRIES + ", ".join([_ENTRY] * len(entries)), params)
+
+    def _opened(self, acct: _Account) -> _Entry:
+        """The ``refill`` row of a new account (opened with its allowance)."""
+        return _Entry(acct, "refill", self.allowance, 0, note="new account")
+
+    def _refilled_entry(self, acct: _Account, amount: int) -> _Entry:
+        """The ``refill`` row of a period's allowance (``acct``: the account after it)."""
+        return _Entry(acct, "refill", amount, 0, note=f"{ADJECTIVES[self.period]} allowance")
 
     def _refill_due(self, acct: _Account, now: datetime) -> bool:
         if self.period == "never":
@@ -181,7 +196,7 @@ class SqliteLedger:
             return after
         later(self.db, "UPDATE accounts SET period_start = ?, balance = balance + ?, updated_at = ? WHERE account = ?",
               [start, amount, stamp, acct.account])
-        self._append(stamp, _Entry(after, "refill", amount, 0, note=f"{ADJECTIVES[self.period]} allowance"))
+        self._append(stamp, self._refilled_entry(after, amount))
         return after
 
     def _must_load(self, key: str) -> _Account:
@@ -206,15 +221,12 @@ class SqliteLedger:
         held here. Returns the account and whether it holds the reservation."""
         start = period_start(now, self.period)
         held = 0 if hold is None else hold[1]
-        opened = self.db.execute(
-            _OPEN + " ON CONFLICT (account) DO NOTHING",
-            [who.key, who.platform, who.workspace, who.user, self.allowance, held,
-             None if start is None else iso(start), stamp, stamp],
-        ).rowcount == 1
+        opened = self.db.execute(_OPEN + " ON CONFLICT (account) DO NOTHING",
+                                 _open_row(who, self.allowance, held, start, stamp)).rowcount == 1
         if not opened:
             return self._refill(self._must_load(who.key), now, stamp), False
         acct = _Account(who.key, self.allowance, 0, None, start)  # as just written: not read back
-        refill = _Entry(acct, "refill", self.allowance, 0, note="new account")
+        refill = self._opened(acct)
         if hold is None:
             self._append(stamp, refill)
             return acct, False
@@ -319,19 +331,18 @@ class SqliteLedger:
             for h, scopes in zip(holds, budgets.scopes, strict=True):
                 before = found.get(h.who.key)
                 # the account as ``reserve`` would find it: opened with its allowance, or refilled if due
-                acct, refill = ((_Account(h.who.key, self.allowance, 0, None, new_start), self.allowance)
-                                if before is None else self._refilled(before, now))
+                acct, refill = ((_Account(h.who.key, self.allowance, 0, None, new_start), 0) if before is None
+                                else self._refilled(before, now))
                 refused = self._short(acct, h.cost, now) or self.budgets.take(budgets, scopes, h, stamp)
                 answers.append(refused)
                 if refused is not None:
                     continue
                 if before is None:
-                    opened.append((acct.account, h.who.platform, h.who.workspace, h.who.user, acct.balance, h.cost,
-                                   None if new_start is None else iso(new_start), stamp, stamp))
-                    entries.append(_Entry(acct, "refill", refill, 0, note="new account"))
+                    opened.append(_open_row(h.who, acct.balance, h.cost, new_start, stamp))
+                    entries.append(self._opened(acct))
                 else:
                     if refill:
-                        entries.append(_Entry(acct, "refill", refill, 0, note=f"{ADJECTIVES[self.period]} allowance"))
+                        entries.append(self._refilled_entry(acct, refill))
                     moved = acct.period_start if acct.period_start != before.period_start else None
                     changed.append((acct.balance, acct.held + h.cost, iso(moved) if moved is not None else None,
                                     stamp, acct.account))
@@ -343,7 +354,7 @@ class SqliteLedger:
                                       " period_start = COALESCE(?, period_start), updated_at = ? WHERE account = ?",
                              changed)
             if entries:
-                execute_many(self.db, _ENTRY_INSERT, [_entry_row(stamp, e) for e in entries])
+                execute_many(self.db, _ENTRIES + _ENTRY, [_entry_row(stamp, e) for e in entries])
             self.budgets.hold_many(budgets, stamp)
             return answers
 
