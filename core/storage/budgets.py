@@ -45,6 +45,24 @@ def _reset_due(row: dict[str, Any], now: datetime) -> bool:
     return boundary is not None and now >= boundary
 
 
+#: a reservation's budget rows: this, then one ``_HOLD`` for each row (``_hold_row``)
+_HOLDS = ("INSERT INTO budget_ledger (ts, scope, kind, delta_spent, delta_held, spent_after, held_after, job_id,"
+          " account, channel) VALUES ")
+_HOLD = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+
+
+def _hold_row(stamp: str, scope: str, row: dict[str, Any], cost: int, job_id: str, account: str,
+              channel: str | None) -> tuple[Any, ...]:
+    """The ``reserve`` row of a hold of ``cost`` on a budget as read (``row``, before the hold)."""
+    return (stamp, scope, "reserve", 0, cost, row["spent"], row["held"] + cost, job_id, account, channel)
+
+
+def _over(scopes: Sequence[str], rows: dict[str, dict[str, Any]]) -> list[str]:
+    """The budgets a job holds, in order: its place, its channel only if that has a budget (``rows``: the rows
+    that exist), and the global cap."""
+    return [*(s for s in scopes if "#" not in s or s in rows), GLOBAL]
+
+
 @dataclass(slots=True)
 class PlainRows:
     """A batch's budgets (``SqliteBudgets.plain_rows``): the rows read, by scope, as the batch's holds so far
@@ -128,11 +146,12 @@ class SqliteBudgets:
     def _to_decide(self, row: dict[str, Any], now: datetime) -> bool:
         """Whether a reservation decides anything on this budget: a limit or a member cap to check, or its
         period to move on (``_touch``)."""
-        if self._limited(row):
-            return True
-        if row["scope"] == GLOBAL and row["period"] != self.cap_period:
-            return True
-        return _reset_due(row, now)
+        return self._limited(row) or self._period_moves(row, now)
+
+    def _period_moves(self, row: dict[str, Any], now: datetime) -> bool:
+        """Whether a reservation moves the budget's period on (``_touch``): a new period began, or the global
+        cap's kind of period changed (``SPEND_CAP_PERIOD``)."""
+        return (row["scope"] == GLOBAL and row["period"] != self.cap_period) or _reset_due(row, now)
 
     def _limited(self, row: dict[str, Any]) -> bool:
         """Whether the budget can refuse a reservation: it has a limit or a member cap."""
@@ -223,12 +242,9 @@ class SqliteBudgets:
         marks = ", ".join("?" * len(scopes))
         later(self.db, f"UPDATE budgets SET held = held + ?, updated_at = ? WHERE scope IN ({marks})",
               [cost, stamp, *scopes])
-        params: list[Any] = []
-        for scope, row in touched:
-            params += [stamp, scope, "reserve", 0, cost, row["spent"], row["held"] + cost, job_id, account, channel]
-        later(self.db,
-              "INSERT INTO budget_ledger (ts, scope, kind, delta_spent, delta_held, spent_after, held_after, job_id,"
-              " account, channel) VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(touched)), params)
+        params = [value for scope, row in touched
+                  for value in _hold_row(stamp, scope, row, cost, job_id, account, channel)]
+        later(self.db, _HOLDS + ", ".join([_HOLD] * len(touched)), params)
 
     def _member_spend(self, scope: str, account: str, since: datetime | None) -> int:
         row = self.db.execute(
@@ -244,9 +260,8 @@ class SqliteBudgets:
         now = self._now()
         with transaction(self.db, rows=True):
             rows = self._rows_to_decide([*scopes, GLOBAL], now)
-            wanted = [s for s in scopes if "#" not in s or s in rows]
             touched = []
-            for scope in [*wanted, GLOBAL]:
+            for scope in _over(scopes, rows):
                 row = self._touch(scope, now, rows)
                 touched.append((scope, row))
                 if not self._limited(row):
@@ -271,7 +286,7 @@ class SqliteBudgets:
         rows = self._read(sorted({s for scopes in scope_lists for s in scopes} | {GLOBAL}))
         touched: list[list[str]] = []
         for scopes in scope_lists:
-            over = [*(s for s in scopes if "#" not in s or s in rows), GLOBAL]
+            over = _over(scopes, rows)
             if any(scope not in rows or self._one_by_one(rows[scope], now) for scope in over):
                 return None
             touched.append(over)
@@ -279,11 +294,7 @@ class SqliteBudgets:
 
     def _one_by_one(self, row: dict[str, Any], now: datetime) -> bool:
         """Whether a batch cannot decide on this budget in memory (``plain_rows``)."""
-        if row["member_cap"] is not None:
-            return True
-        if row["scope"] == GLOBAL and row["period"] != self.cap_period:
-            return True
-        return _reset_due(row, now)
+        return row["member_cap"] is not None or self._period_moves(row, now)
 
     def take(self, plain: PlainRows, scopes: Sequence[str], hold: Hold, stamp: str) -> BudgetExhausted | None:
         """One reservation of a batch on its budgets (``scopes`` from ``plain_rows``): the refusal of the first
@@ -295,10 +306,9 @@ class SqliteBudgets:
                 return short
         for scope in scopes:
             row = plain.rows[scope]
+            plain.entries.append(_hold_row(stamp, scope, row, hold.cost, hold.job_id, hold.who.key, hold.channel))
             row["held"] += hold.cost
             plain.totals[scope] += hold.cost
-            plain.entries.append((stamp, scope, "reserve", 0, hold.cost, row["spent"], row["held"], hold.job_id,
-                                  hold.who.key, hold.channel))
         return None
 
     def hold_many(self, plain: PlainRows, stamp: str) -> None:
@@ -307,8 +317,7 @@ class SqliteBudgets:
         if plain.totals:
             execute_many(self.db, "UPDATE budgets SET held = held + ?, updated_at = ? WHERE scope = ?",
                          [(total, stamp, scope) for scope, total in plain.totals.items()])
-            execute_many(self.db, "INSERT INTO budget_ledger (ts, scope, kind, delta_spent, delta_held, spent_after,"
-                         " held_after, job_id, account, channel) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", plain.entries)
+            execute_many(self.db, _HOLDS + _HOLD, plain.entries)
 
     def check(self, scopes: Sequence[str], account: str, cost: int) -> None:
         """Raise the ``BudgetExhausted`` a reservation would meet now, changing nothing. Where no budget over
