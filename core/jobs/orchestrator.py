@@ -254,13 +254,17 @@ class Orchestrator:
         ``submit`` still enforces both atomically.
         """
         self.lull.touch()
-        if self.jobs.count_active(requester.key) >= self.max_active_per_user:
-            raise TooManyActiveJobs(self.max_active_per_user)
+        if (over := self._job_limit(self.jobs.count_active(requester.key))) is not None:
+            raise over
         cost = self.model.cost if cost is None else cost
         balance = self.ledger.available(requester)  # a read: the account is opened by the reservation
         if balance.available < cost:
             raise InsufficientCredits(balance=balance.available, cost=cost,
                                       next_refill=describe_refill(balance.next_refill, utcnow()))
+
+    def _job_limit(self, active: int) -> TooManyActiveJobs | None:
+        """The refusal of a new job for a user with ``active`` jobs in flight, if that is the limit already."""
+        return TooManyActiveJobs(self.max_active_per_user) if active >= self.max_active_per_user else None
 
     async def check_reply(self, reply: ReplyTo) -> None:
         """Raise ``CannotAnswerHere`` when the front end of ``reply`` says it cannot post there (``FrontEnd``:
@@ -328,8 +332,8 @@ class Orchestrator:
         """Reserve and record one job (inside the batch's transaction): the limit, the credits and every
         budget are checked against what the submits before it in the batch already hold."""
         request = new.request
-        if self.jobs.count_active(request.requester.key) >= self.max_active_per_user:
-            raise TooManyActiveJobs(self.max_active_per_user)
+        if (over := self._job_limit(self.jobs.count_active(request.requester.key))) is not None:
+            raise over
         self.ledger.reserve(request.requester, new.job_id, new.cost, scopes=request.scopes,
                             channel=request.reply.channel, new_job=True)
         return self.jobs.insert(request, model=new.model, cost=new.cost, job_id=new.job_id, owner=self.owner,
@@ -384,9 +388,7 @@ class Orchestrator:
         try:
             with self.store.savepoint():
                 active = self.jobs.count_active_many(keys)
-                outcomes: list[Job | Exception | None] = [
-                    TooManyActiveJobs(self.max_active_per_user) if active.get(key, 0) >= self.max_active_per_user
-                    else None for key in keys]
+                outcomes: list[Job | Exception | None] = [self._job_limit(active.get(key, 0)) for key in keys]
                 admitted = [new for new, outcome in zip(batch, outcomes, strict=True) if outcome is None]
                 refusals = self.ledger.reserve_many([
                     Hold(new.request.requester, new.job_id, new.cost, new.request.scopes, new.request.reply.channel)
