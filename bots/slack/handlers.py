@@ -136,7 +136,9 @@ class SlackHandlers:
         while self._running:
             await asyncio.gather(*list(self._running), return_exceptions=True)
 
-    async def _guarded(self, what: str, work: Awaitable[None]) -> None:
+    async def guarded(self, what: str, work: Awaitable[None]) -> None:
+        """The work after a listener's ack (the remix listeners' too): an error is logged, ``stop`` cancels
+        it, ``wait_idle`` waits for it."""
         task = asyncio.current_task()
         if task is not None:
             self._running.add(task)
@@ -159,7 +161,7 @@ class SlackHandlers:
         if result is None:  # it takes a users.info call first: answer through the response_url
             await ack()
             self.core.metrics.ack("slack", time.perf_counter() - started)
-            await self._guarded("slash command", self.slash_command(body))
+            await self.guarded("slash command", self.slash_command(body))
             return
         if result.job is not None or result.attachment is not None:
             await ack()  # a job: its progress message is the answer; a file: uploaded next
@@ -167,24 +169,24 @@ class SlackHandlers:
             await ack(text=escape_keep_user_mentions(result.text), response_type="ephemeral")
         self.core.metrics.ack("slack", time.perf_counter() - started)
         if result.attachment is not None:
-            await self._guarded("slash command", self._send_privately(
+            await self.guarded("slash command", self._send_privately(
                 await self.api(body), body["user_id"], body["channel_id"], body.get("response_url"), result))
 
     async def on_reroll(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
         await ack()
-        await self._guarded("reroll", self.reroll(body, str(action.get("value", ""))))
+        await self.guarded("reroll", self.reroll(body, str(action.get("value", ""))))
 
     async def on_delete(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
         await ack()
-        await self._guarded("delete", self.delete(body, str(action.get("value", ""))))
+        await self.guarded("delete", self.delete(body, str(action.get("value", ""))))
 
     async def on_approve(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
         await ack()
-        await self._guarded("approve", self.decide(body, str(action.get("value", "")), approve=True))
+        await self.guarded("approve", self.decide(body, str(action.get("value", "")), approve=True))
 
     async def on_reject(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
         await ack()
-        await self._guarded("reject", self.open_reject(body, str(action.get("value", ""))))
+        await self.guarded("reject", self.open_reject(body, str(action.get("value", ""))))
 
     async def on_reject_submit(self, ack: Any, body: dict[str, Any], view: dict[str, Any]) -> None:
         values = view.get("state", {}).get("values", {})
@@ -195,21 +197,21 @@ class SlackHandlers:
         await ack()
         meta = json.loads(view.get("private_metadata") or "{}")
         body = {**body, "channel": {"id": meta.get("channel")}, "response_url": meta.get("response_url")}
-        await self._guarded("reject submit", self.decide(body, str(meta.get("job_id", "")), approve=False,
+        await self.guarded("reject submit", self.decide(body, str(meta.get("job_id", "")), approve=False,
                                                           reason=reason))
 
     async def on_home_opened(self, body: dict[str, Any], event: dict[str, Any]) -> None:
         if event.get("tab", "home") != "home":
             return
-        await self._guarded("app home", self.publish_home(UserRef("slack", _team_of(body), event["user"]),
+        await self.guarded("app home", self.publish_home(UserRef("slack", _team_of(body), event["user"]),
                                                           _enterprise_of(body)))
 
     async def on_uninstalled(self, context: AsyncBoltContext) -> None:
-        await self._guarded("app_uninstalled", self._uninstalled(context, "removed the app"))
+        await self.guarded("app_uninstalled", self._uninstalled(context, "removed the app"))
 
     async def on_tokens_revoked(self, event: dict[str, Any], context: AsyncBoltContext) -> None:
         bots = (event.get("tokens") or {}).get("bot") or []
-        await self._guarded("tokens_revoked", self._uninstalled(context, "revoked the bot token", event=event,
+        await self.guarded("tokens_revoked", self._uninstalled(context, "revoked the bot token", event=event,
                                                                  whole=False, bot=bool(bots)))
 
     async def _uninstalled(self, context: AsyncBoltContext, what: str, *, event: dict[str, Any] | None = None,
