@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from imagine_bot.core.access.identity import UserRef
+from imagine_bot.core.credits.ledger import Hold
 from imagine_bot.core.errors import BudgetExhausted, InsufficientCredits
 from imagine_bot.core.storage.budgets import SqliteBudgets as Budgets
 from imagine_bot.core.storage.db import Database, open_db
@@ -178,4 +179,53 @@ def test_a_server_budget_holds_against_50_jobs_from_4_processes(where: str, budg
     charged = ledger.db.execute("SELECT -SUM(delta_balance) FROM ledger WHERE kind = 'capture'").fetchone()[0]
     assert charged == status.spent  # users paid exactly what the server's budget counts, nobody for a refusal
     assert ledger.verify() == []
+    ledger.db.close()
+
+
+# ---------------------------------------------------------------------- batches (the orchestrator's burst path)
+def _batch_worker(ledger: Ledger, start: Callable[[], None], batches: list[list[tuple[str, str]]]
+                  ) -> tuple[list[str], int, int]:
+    """Each batch through ``reserve_many``, as ``Orchestrator._commit`` does; one by one where it answers None
+    (PostgreSQL). Returns the jobs held, the refusals and how many batches went through the batch path."""
+    won, refused, together = [], 0, 0
+    start()
+    for batch in batches:
+        holds = [Hold(UserRef("discord", "-", user), job_id, COST, (GUILD,), "555") for user, job_id in batch]
+        answers = ledger.reserve_many(holds)
+        together += answers is not None
+        for hold in holds if answers is None else []:
+            try:
+                ledger.reserve(hold.who, hold.job_id, hold.cost, scopes=hold.scopes, channel=hold.channel)
+                won.append(hold.job_id)
+            except (BudgetExhausted, InsufficientCredits):
+                refused += 1
+        for hold, answer in zip(holds, answers or [], strict=False):
+            if answer is None:
+                won.append(hold.job_id)
+            else:
+                refused += 1
+    return won, refused, together
+
+
+@pytest.mark.slow
+def test_batches_from_4_processes_hold_a_budget_and_every_balance(where: str) -> None:
+    """40 batches of 4 new jobs (8 users, each with room for 10) race for a server budget of 20 jobs: exactly
+    20 are held, each user within their balance, and the books add up."""
+    ledger = _ledger(where)
+    ledger.budgets.set_amount(GUILD, 20 * COST, actor="cli:test", period="month")
+    ledger.budgets.status("global")  # made before, as earlier reservations would have
+    users = [f"{200 + n}" for n in range(8)]
+    batches = [[(users[(b + k) % 8], f"b{b:02}-{k}") for k in range(4)] for b in range(40)]
+    results = _run(where, _batch_worker, [(batches[i::PROCESSES],) for i in range(PROCESSES)])
+    won = [j for w, _, _ in results for j in w]
+    assert len(won) == len(set(won)) == 20
+    assert sum(refused for _, refused, _ in results) == 160 - 20
+    if not where.startswith("postgresql://"):
+        assert sum(together for _, _, together in results) == 40  # every batch at once
+    assert ledger.budgets.status(GUILD).held == 20 * COST
+    for user in users:
+        balance = ledger.balance(UserRef("discord", "-", user))
+        assert 0 <= balance.held <= balance.balance == 180
+    assert sum(ledger.balance(UserRef("discord", "-", u)).held for u in users) == 20 * COST
+    assert ledger.verify() == [] and ledger.budgets.verify() == []
     ledger.db.close()
