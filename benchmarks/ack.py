@@ -148,12 +148,12 @@ async def drain_jobs(core: Any, timeout: float) -> bool:  # noqa: ASYNC109
     return await orchestrator.wait_jobs(max(0.0, deadline - time.monotonic()))
 
 
-def freeze_start_up() -> None:
-    """Our phases, like ``imagine-bot run``, keep start-up's objects out of the collector's way
-    (``bots.run.freeze_start_up``); ``thaw`` undoes it after the phase."""
-    from imagine_bot.bots.run import freeze_start_up as freeze
+def own_collector(core: Any) -> None:
+    """Our phases, like ``imagine-bot run``, keep start-up's objects out of the collector's way and the
+    collector off during a burst (``bots.run.own_collector``); ``thaw`` undoes the freeze after the phase."""
+    from imagine_bot.bots.run import own_collector as own
 
-    freeze()
+    own(core)
 
 
 def thaw() -> None:
@@ -383,7 +383,7 @@ async def slack_ours(fake: Helper, api_url: str, n: int, mode: str, rnd: int, wo
         try:
             await service.start()
             await core.start()
-            freeze_start_up()  # as ``imagine-bot run`` does once it has started
+            own_collector(core)  # as ``imagine-bot run`` does once it has started
 
             def burst(prefix: str) -> Any:
                 op = {"op": "http_burst", "url": url} if mode == "http" else {"op": "socket_burst"}
@@ -486,7 +486,7 @@ async def discord_ours(fake: Helper, info: dict[str, str], n: int, rnd: int, wor
         try:
             await service.start()
             await core.start()
-            freeze_start_up()  # as ``imagine-bot run`` does once it has started
+            own_collector(core)  # as ``imagine-bot run`` does once it has started
 
             def burst(prefix: str) -> Any:
                 return fake.ask({"op": "burst", "side": "ours", "n": n, "prefix": prefix}, timeout=150)

@@ -39,6 +39,13 @@ class Service(Protocol):
 ServiceFactory = Callable[[ImagineCore, Settings, web.Application], Service]
 
 
+def own_collector(core: ImagineCore) -> None:
+    """The process is this bot's alone (``imagine-bot run``): start-up's objects frozen
+    (``freeze_start_up``), and the collector off while a burst of commands is answered (``Lull._pause``)."""
+    freeze_start_up()
+    core.orchestrator.lull.pauses_collector = True
+
+
 def freeze_start_up() -> None:
     """Start-up is over: keep what it made out of the garbage collector's sight for good.
 
@@ -77,7 +84,7 @@ def configured_services(settings: Settings, only: list[str] | None) -> dict[str,
 async def run(settings: Settings, *, only: list[str] | None = None, stop: asyncio.Event | None = None,
               ready: Callable[[int], None] | None = None, freeze: bool = False) -> int:
     """Serve until ``stop`` (or SIGTERM, SIGINT), then drain. ``freeze``: the process is this bot's alone
-    (``imagine-bot run``): ``freeze_start_up`` once everything has started."""
+    (``imagine-bot run``): ``own_collector`` once everything has started."""
     factories = configured_services(settings, only)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -106,7 +113,7 @@ async def run(settings: Settings, *, only: list[str] | None = None, stop: asynci
             core.orchestrator.account_webhook = webhook.registered
             resumed = await core.start()
             if freeze:
-                freeze_start_up()
+                own_collector(core)
             log.info("imagine-bot running: %s; %d job(s) resumed", ", ".join(factories), resumed)
             if ready is not None:
                 ready(port)

@@ -6,6 +6,7 @@ No timings are asserted: the waits are driven by commands entered and left, and 
 from __future__ import annotations
 
 import asyncio
+import gc
 
 from imagine_bot.core.jobs.lull import Lull, LullQueue
 
@@ -152,3 +153,66 @@ async def test_a_start_that_fails_is_logged_and_the_others_still_start(caplog):
     assert queue.task is not None
     await asyncio.wait_for(queue.task, 5)
     assert started == ["a", "b"] and "test: could not start bad" in caplog.text
+
+
+# ---------------------------------------------------------------------- the garbage collector (issue 22)
+
+
+async def wait_for(condition, timeout: float = 5.0) -> None:  # noqa: ASYNC109
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.005)
+
+
+async def test_the_collector_is_off_while_commands_are_answered_and_on_again_at_the_lull():
+    lull = Lull(quiet_s=0.01, most_s=3600)
+    lull.pauses_collector = True
+    assert gc.isenabled()
+    try:
+        with lull.command():
+            assert not gc.isenabled() and lull.collector_paused
+            with lull.command():  # a second command at once: still off, one pause
+                assert not gc.isenabled()
+            await asyncio.sleep(0.05)  # however long the command takes
+            assert not gc.isenabled()
+        await wait_for(gc.isenabled)
+        assert not lull.collector_paused
+        with lull.command():  # the next burst turns it off again
+            assert not gc.isenabled()
+    finally:
+        lull.release()
+    assert gc.isenabled()
+
+
+async def test_the_collector_comes_back_after_most_s_under_a_steady_stream_of_commands():
+    lull = Lull(quiet_s=0.01, most_s=0.1)
+    lull.pauses_collector = True
+    try:
+        with lull.command():
+            assert not gc.isenabled()
+            await wait_for(gc.isenabled)  # a command never answered: on again after most_s
+    finally:
+        lull.release()
+
+
+async def test_the_collector_is_left_alone_unless_asked_and_when_someone_else_turned_it_off():
+    lull = Lull(quiet_s=0.0, most_s=3600)
+    with lull.command():  # not asked (tests, one-shot commands): untouched
+        assert gc.isenabled()
+    lull.pauses_collector = True
+    gc.disable()
+    try:
+        with lull.command():
+            assert not lull.collector_paused
+        await turns()
+        assert not gc.isenabled()  # not turned on by the lull: it did not turn it off
+    finally:
+        gc.enable()
+
+
+def test_a_command_without_an_event_loop_leaves_the_collector_on():
+    lull = Lull()
+    lull.pauses_collector = True
+    with lull.command():
+        assert gc.isenabled()
