@@ -19,7 +19,17 @@ from imagine_bot.core.credits.ledger import Hold
 from imagine_bot.core.credits.periods import PERIODS, next_boundary, period_name, period_start, refill_words
 from imagine_bot.core.errors import BudgetExhausted, UserInputError
 from imagine_bot.core.jobs.model import ACTIVE_STATES
-from imagine_bot.core.storage.db import Database, execute_many, for_update, is_postgres, iso, later, transaction, utcnow
+from imagine_bot.core.storage.db import (
+    Database,
+    execute_many,
+    for_update,
+    insert_rows,
+    is_postgres,
+    iso,
+    later,
+    transaction,
+    utcnow,
+)
 
 _ACTIVE = tuple(s.value for s in ACTIVE_STATES)
 _ACTIVE_MARKS = ",".join("?" * len(_ACTIVE))
@@ -317,7 +327,7 @@ class SqliteBudgets:
         if plain.totals:
             execute_many(self.db, "UPDATE budgets SET held = held + ?, updated_at = ? WHERE scope = ?",
                          [(total, stamp, scope) for scope, total in plain.totals.items()])
-            execute_many(self.db, _HOLDS + _HOLD, plain.entries)
+            insert_rows(self.db, _HOLDS, _HOLD, plain.entries)
 
     def check(self, scopes: Sequence[str], account: str, cost: int) -> None:
         """Raise the ``BudgetExhausted`` a reservation would meet now, changing nothing. Where no budget over

@@ -17,7 +17,7 @@ from typing import Any
 from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.errors import LeaseLost, NotFound
 from imagine_bot.core.jobs.model import ACTIVE_STATES, Job, JobRequest, JobState, NewJob, ReplyTo, new_job_id
-from imagine_bot.core.storage.db import Database, execute_many, iso, skip_locked, transaction, utcnow
+from imagine_bot.core.storage.db import Database, insert_rows, iso, skip_locked, transaction, utcnow
 from imagine_bot.core.storage.errors import DuplicateRequest
 
 # The only SQL here in SQLite's own dialect (``json_extract``, ``instr``): another database's store gives its
@@ -76,7 +76,8 @@ def _row_to_job(row: dict[str, Any]) -> Job:
 _NEW_COLUMNS = ("id", "account", "platform", "reply", "prompt", "params", "model", "cost", "state", "dedupe_key",
                 "parent_id", "image_urls", "text_cost", "preset", "review", "created_at", "updated_at", "owner",
                 "lease_until")
-_INSERT = f"INSERT INTO jobs ({', '.join(_NEW_COLUMNS)}) VALUES ({', '.join('?' * len(_NEW_COLUMNS))})"
+_INSERT = f"INSERT INTO jobs ({', '.join(_NEW_COLUMNS)}) VALUES "
+_MARK = f"({', '.join('?' * len(_NEW_COLUMNS))})"
 
 
 def _new_row(new: NewJob, now: str, owner: str | None, lease: str | None) -> tuple[Any, ...]:
@@ -114,7 +115,7 @@ class SqliteJobStore:
         rows = [_new_row(n, now, owner, lease) for n in new]
         try:
             with transaction(self.db):
-                execute_many(self.db, _INSERT, rows)
+                insert_rows(self.db, _INSERT, _MARK, rows)
         except sqlite3.IntegrityError as exc:
             if all(n.request.dedupe_key is None for n in new):
                 raise

@@ -22,6 +22,7 @@ from imagine_bot.core.storage.db import (
     Database,
     execute_many,
     for_update,
+    insert_rows,
     is_postgres,
     iso,
     later,
@@ -72,8 +73,10 @@ _ENTRIES = ("INSERT INTO ledger (ts, account, kind, delta_balance, delta_held, b
             " actor, note) VALUES ")
 _ENTRY = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 #: a new account's row (``_open_row``)
-_OPEN = ("INSERT INTO accounts (account, platform, workspace, \"user\", balance, held, allowance, period_start,"
-         " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, NULL, ?, ?, ?)")
+_OPENS = ("INSERT INTO accounts (account, platform, workspace, \"user\", balance, held, allowance, period_start,"
+          " created_at, updated_at) VALUES ")
+_OPEN_MARK = "(?, ?, ?, ?, ?, ?, NULL, ?, ?, ?)"
+_OPEN = _OPENS + _OPEN_MARK
 
 
 def _open_row(who: UserRef, balance: int, held: int, start: datetime | None, stamp: str) -> tuple[Any, ...]:
@@ -348,13 +351,13 @@ class SqliteLedger:
                                     stamp, acct.account))
                 entries.append(_Entry(replace(acct, held=acct.held + h.cost), "reserve", 0, h.cost, job_id=h.job_id))
             if opened:
-                execute_many(self.db, _OPEN, opened)
+                insert_rows(self.db, _OPENS, _OPEN_MARK, opened)
             if changed:
                 execute_many(self.db, "UPDATE accounts SET balance = ?, held = ?,"
                                       " period_start = COALESCE(?, period_start), updated_at = ? WHERE account = ?",
                              changed)
             if entries:
-                execute_many(self.db, _ENTRIES + _ENTRY, [_entry_row(stamp, e) for e in entries])
+                insert_rows(self.db, _ENTRIES, _ENTRY, [_entry_row(stamp, e) for e in entries])
             self.budgets.hold_many(budgets, stamp)
             return answers
 
