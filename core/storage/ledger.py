@@ -79,10 +79,13 @@ _OPEN_MARK = "(?, ?, ?, ?, ?, ?, NULL, ?, ?, ?)"
 _OPEN = _OPENS + _OPEN_MARK
 
 
-def _open_row(who: UserRef, balance: int, held: int, start: datetime | None, stamp: str) -> tuple[Any, ...]:
-    """A new account's values, in the order of ``_OPEN``'s."""
-    return (who.key, who.platform, who.workspace, who.user, balance, held, None if start is None else iso(start),
-            stamp, stamp)
+def _open_row(who: UserRef, balance: int, held: int, start: str | None, stamp: str) -> tuple[Any, ...]:
+    """A new account's values, in the order of ``_OPEN``'s (``start``: its period's start, ``iso``)."""
+    return (who.key, who.platform, who.workspace, who.user, balance, held, start, stamp, stamp)
+
+
+def _iso(when: datetime | None) -> str | None:
+    return None if when is None else iso(when)
 
 
 class SqliteLedger:
@@ -225,7 +228,7 @@ class SqliteLedger:
         start = period_start(now, self.period)
         held = 0 if hold is None else hold[1]
         opened = self.db.execute(_OPEN + " ON CONFLICT (account) DO NOTHING",
-                                 _open_row(who, self.allowance, held, start, stamp)).rowcount == 1
+                                 _open_row(who, self.allowance, held, _iso(start), stamp)).rowcount == 1
         if not opened:
             return self._refill(self._must_load(who.key), now, stamp), False
         acct = _Account(who.key, self.allowance, 0, None, start)  # as just written: not read back
@@ -331,25 +334,27 @@ class SqliteLedger:
             changed: list[tuple[Any, ...]] = []
             entries: list[_Entry] = []
             new_start = period_start(now, self.period)
-            for h, scopes in zip(holds, budgets.scopes, strict=True):
-                before = found.get(h.who.key)
+            new_start_iso = _iso(new_start)  # (the same for every account of the batch: written once)
+            take = self.budgets.take
+            for h, key, scopes in zip(holds, keys, budgets.scopes, strict=True):
+                before = found.get(key)
                 # the account as ``reserve`` would find it: opened with its allowance, or refilled if due
-                acct, refill = ((_Account(h.who.key, self.allowance, 0, None, new_start), 0) if before is None
+                acct, refill = ((_Account(key, self.allowance, 0, None, new_start), 0) if before is None
                                 else self._refilled(before, now))
-                refused = self._short(acct, h.cost, now) or self.budgets.take(budgets, scopes, h, stamp)
+                refused = self._short(acct, h.cost, now) or take(budgets, scopes, h, stamp)
                 answers.append(refused)
                 if refused is not None:
                     continue
                 if before is None:
-                    opened.append(_open_row(h.who, acct.balance, h.cost, new_start, stamp))
+                    opened.append(_open_row(h.who, acct.balance, h.cost, new_start_iso, stamp))
                     entries.append(self._opened(acct))
                 else:
                     if refill:
                         entries.append(self._refilled_entry(acct, refill))
                     moved = acct.period_start if acct.period_start != before.period_start else None
-                    changed.append((acct.balance, acct.held + h.cost, iso(moved) if moved is not None else None,
-                                    stamp, acct.account))
-                entries.append(_Entry(replace(acct, held=acct.held + h.cost), "reserve", 0, h.cost, job_id=h.job_id))
+                    changed.append((acct.balance, acct.held + h.cost, _iso(moved), stamp, key))
+                held = _Account(key, acct.balance, acct.held + h.cost, acct.allowance, acct.period_start)
+                entries.append(_Entry(held, "reserve", 0, h.cost, job_id=h.job_id))
             if opened:
                 insert_rows(self.db, _OPENS, _OPEN_MARK, opened)
             if changed:
