@@ -14,6 +14,7 @@ import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -456,7 +457,7 @@ def insert_rows(db: Database, head: str, mark: str, rows: Sequence[Sequence[Any]
             continue
         sql = head + ", ".join([mark] * size)
         while left >= size:
-            execute(sql, [value for row in rows[done:done + size] for value in row])
+            execute(sql, list(chain.from_iterable(rows[done:done + size])))
             done += size
             left -= size
 

@@ -68,6 +68,11 @@ def _entry_row(stamp: str, e: _Entry) -> tuple[Any, ...]:
             e.actor, e.note)
 
 
+def _reserve_row(stamp: str, acct: _Account, cost: int, job_id: str) -> tuple[Any, ...]:
+    """The ``reserve`` row of a hold of ``cost`` (``acct``: the account before it), as ``_entry_row`` gives it."""
+    return (stamp, acct.account, "reserve", 0, cost, acct.balance, acct.held + cost, job_id, None, None)
+
+
 #: ledger rows: this, then one ``_ENTRY`` for each row
 _ENTRIES = ("INSERT INTO ledger (ts, account, kind, delta_balance, delta_held, balance_after, held_after, job_id,"
             " actor, note) VALUES ")
@@ -332,7 +337,7 @@ class SqliteLedger:
             answers: list[InsufficientCredits | BudgetExhausted | None] = []
             opened: list[tuple[Any, ...]] = []
             changed: list[tuple[Any, ...]] = []
-            entries: list[_Entry] = []
+            entries: list[tuple[Any, ...]] = []
             new_start = period_start(now, self.period)
             new_start_iso = _iso(new_start)  # (the same for every account of the batch: written once)
             take = self.budgets.take
@@ -347,14 +352,13 @@ class SqliteLedger:
                     continue
                 if before is None:
                     opened.append(_open_row(h.who, acct.balance, h.cost, new_start_iso, stamp))
-                    entries.append(self._opened(acct))
+                    entries.append(_entry_row(stamp, self._opened(acct)))
                 else:
                     if refill:
-                        entries.append(self._refilled_entry(acct, refill))
+                        entries.append(_entry_row(stamp, self._refilled_entry(acct, refill)))
                     moved = acct.period_start if acct.period_start != before.period_start else None
                     changed.append((acct.balance, acct.held + h.cost, _iso(moved), stamp, key))
-                held = _Account(key, acct.balance, acct.held + h.cost, acct.allowance, acct.period_start)
-                entries.append(_Entry(held, "reserve", 0, h.cost, job_id=h.job_id))
+                entries.append(_reserve_row(stamp, acct, h.cost, h.job_id))
             if opened:
                 insert_rows(self.db, _OPENS, _OPEN_MARK, opened)
             if changed:
@@ -362,7 +366,7 @@ class SqliteLedger:
                                       " period_start = COALESCE(?, period_start), updated_at = ? WHERE account = ?",
                              changed)
             if entries:
-                insert_rows(self.db, _ENTRIES, _ENTRY, [_entry_row(stamp, e) for e in entries])
+                insert_rows(self.db, _ENTRIES, _ENTRY, entries)
             self.budgets.hold_many(budgets, stamp)
             return answers
 
