@@ -173,7 +173,8 @@ async def test_a_jobs_work_waits_until_no_command_is_being_answered(core, sandbo
         assert sandbox.requests["createTask"] == 0
         assert statuses.events == []
         assert core.jobs.state(job.id).value == "queued"
-        assert lull.waiting == 2  # the job's worker and its Accepted status
+        assert lull.waiting == 1  # the job's start, its Accepted status with it
+        assert not core.orchestrator.outbox._boxes  # nothing put for the job yet: put at its start
     await core.orchestrator.wait_idle()
     assert core.jobs.state(job.id).value == "delivered"
     assert sandbox.requests["createTask"] == 1
@@ -207,7 +208,7 @@ async def test_jobs_accepted_during_a_burst_start_once_each_after_it_in_order(co
         for _ in range(50):
             await asyncio.sleep(0)
         assert orchestrator.in_flight == 3 and not orchestrator._tasks  # queued, no task each
-        assert orchestrator.lull.waiting == 2  # one starter for the jobs, one for their statuses
+        assert orchestrator.lull.waiting == 1  # one starter for the jobs (and their Accepted, put as they start)
         orchestrator._start(jobs[0])  # as a sweep or a cancelled submit would
         assert orchestrator.in_flight == 3
         assert runs == [] and sandbox.requests["createTask"] == 0 and statuses.events == []

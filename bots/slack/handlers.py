@@ -2,8 +2,9 @@
 
 A slash command is answered in the ack itself when the answer is at hand (help, balances, refusals,
 admin commands: database work only), as Bolt's own examples do (``await ack(text)``); a job's answer is
-its progress message. Only what takes time goes on after an empty ack (with
-``process_before_response=False`` in the background): a CSV upload, an admin check that must ask
+its progress message. Only what takes time goes on after an empty ack, in a task of its own (``guarded``:
+every listener returns as it acks, and Bolt, with ``process_before_response=True``, sends the ack as the
+listener returns): a CSV upload, an admin check that must ask
 Slack's users.info first, or a prompt in a channel the bot has not checked lately (``conversations.info``:
 may it post there? see ``SlackFrontEnd.check_reply``); those answer through the response_url. Listeners
 keep no state of their own: the buttons are handled by action id and carry the job id in their value, so
@@ -23,7 +24,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Coroutine
 from typing import Any
 
 from slack_bolt.app.async_app import AsyncApp
@@ -136,19 +137,21 @@ class SlackHandlers:
         while self._running:
             await asyncio.gather(*list(self._running), return_exceptions=True)
 
-    async def guarded(self, what: str, work: Awaitable[None]) -> None:
-        """The work after a listener's ack (the remix listeners' too): an error is logged, ``stop`` cancels
+    def guarded(self, what: str, work: Coroutine[Any, Any, None]) -> None:
+        """The work after a listener's ack (the remix listeners' too), in a task of its own: the listener
+        returns at once, and Bolt sends its ack as it returns (``process_before_response=True``: Bolt then
+        awaits the listener instead of polling every 10 ms for its ack). An error is logged, ``stop`` cancels
         it, ``wait_idle`` waits for it."""
-        task = asyncio.current_task()
-        if task is not None:
-            self._running.add(task)
+        task = asyncio.create_task(self._guard(what, work), name=f"slack {what}")
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    @staticmethod
+    async def _guard(what: str, work: Coroutine[Any, Any, None]) -> None:
         try:
             await work
         except Exception:
             log.exception("slack %s failed", what)
-        finally:
-            if task is not None:
-                self._running.discard(task)
 
     # ------------------------------------------------------------------ Bolt listeners
     async def on_command(self, ack: Any, body: dict[str, Any]) -> None:
@@ -161,7 +164,7 @@ class SlackHandlers:
         if result is None:  # it takes a users.info call first: answer through the response_url
             await ack()
             self.core.metrics.ack("slack", time.perf_counter() - started)
-            await self.guarded("slash command", self.slash_command(body))
+            self.guarded("slash command", self.slash_command(body))
             return
         if result.job is not None or result.attachment is not None:
             await ack()  # a job: its progress message is the answer; a file: uploaded next
@@ -169,24 +172,23 @@ class SlackHandlers:
             await ack(text=escape_keep_user_mentions(result.text), response_type="ephemeral")
         self.core.metrics.ack("slack", time.perf_counter() - started)
         if result.attachment is not None:
-            await self.guarded("slash command", self._send_privately(
-                await self.api(body), body["user_id"], body["channel_id"], body.get("response_url"), result))
+            self.guarded("slash command", self._send_result(body, result))
 
     async def on_reroll(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
         await ack()
-        await self.guarded("reroll", self.reroll(body, str(action.get("value", ""))))
+        self.guarded("reroll", self.reroll(body, str(action.get("value", ""))))
 
     async def on_delete(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
         await ack()
-        await self.guarded("delete", self.delete(body, str(action.get("value", ""))))
+        self.guarded("delete", self.delete(body, str(action.get("value", ""))))
 
     async def on_approve(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
         await ack()
-        await self.guarded("approve", self.decide(body, str(action.get("value", "")), approve=True))
+        self.guarded("approve", self.decide(body, str(action.get("value", "")), approve=True))
 
     async def on_reject(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
         await ack()
-        await self.guarded("reject", self.open_reject(body, str(action.get("value", ""))))
+        self.guarded("reject", self.open_reject(body, str(action.get("value", ""))))
 
     async def on_reject_submit(self, ack: Any, body: dict[str, Any], view: dict[str, Any]) -> None:
         values = view.get("state", {}).get("values", {})
@@ -197,21 +199,21 @@ class SlackHandlers:
         await ack()
         meta = json.loads(view.get("private_metadata") or "{}")
         body = {**body, "channel": {"id": meta.get("channel")}, "response_url": meta.get("response_url")}
-        await self.guarded("reject submit", self.decide(body, str(meta.get("job_id", "")), approve=False,
+        self.guarded("reject submit", self.decide(body, str(meta.get("job_id", "")), approve=False,
                                                           reason=reason))
 
     async def on_home_opened(self, body: dict[str, Any], event: dict[str, Any]) -> None:
         if event.get("tab", "home") != "home":
             return
-        await self.guarded("app home", self.publish_home(UserRef("slack", _team_of(body), event["user"]),
+        self.guarded("app home", self.publish_home(UserRef("slack", _team_of(body), event["user"]),
                                                           _enterprise_of(body)))
 
     async def on_uninstalled(self, context: AsyncBoltContext) -> None:
-        await self.guarded("app_uninstalled", self._uninstalled(context, "removed the app"))
+        self.guarded("app_uninstalled", self._uninstalled(context, "removed the app"))
 
     async def on_tokens_revoked(self, event: dict[str, Any], context: AsyncBoltContext) -> None:
         bots = (event.get("tokens") or {}).get("bot") or []
-        await self.guarded("tokens_revoked", self._uninstalled(context, "revoked the bot token", event=event,
+        self.guarded("tokens_revoked", self._uninstalled(context, "revoked the bot token", event=event,
                                                                  whole=False, bot=bool(bots)))
 
     async def _uninstalled(self, context: AsyncBoltContext, what: str, *, event: dict[str, Any] | None = None,
@@ -448,6 +450,11 @@ class SlackHandlers:
             await api.chat_postEphemeral(channel=channel, user=user, text=escape_keep_user_mentions(text))
         except SlackError as exc:
             log.warning("could not answer %s privately: %s", user, slack_error_code(exc))
+
+    async def _send_result(self, body: dict[str, Any], reply: CommandReply) -> None:
+        """``_send_privately`` for a slash command answered in its ack (the upload follows it)."""
+        await self._send_privately(await self.api(body), body["user_id"], body["channel_id"], body.get("response_url"),
+                                   reply)
 
     async def _send_privately(self, api: AsyncWebClient | None, user: str, channel: str, response_url: str | None,
                               reply: CommandReply) -> None:

@@ -62,15 +62,15 @@ class SlackRemix:
     # ------------------------------------------------------------------ Bolt listeners
     async def on_shortcut(self, ack: Any, body: dict[str, Any]) -> None:
         await ack()
-        await self.handlers.guarded("remix shortcut", self.open_for_message(body))
+        self.handlers.guarded("remix shortcut", self.open_for_message(body))
 
     async def on_vary(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
         await ack()
-        await self.handlers.guarded("vary", self.vary(body, str(action.get("value", ""))))
+        self.handlers.guarded("vary", self.vary(body, str(action.get("value", ""))))
 
     async def on_remix(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
         await ack()
-        await self.handlers.guarded("remix", self.open_for_job(body, str(action.get("value", ""))))
+        self.handlers.guarded("remix", self.open_for_job(body, str(action.get("value", ""))))
 
     async def on_submit(self, ack: Any, body: dict[str, Any], view: dict[str, Any]) -> None:
         values = view.get("state", {}).get("values", {})
@@ -85,7 +85,7 @@ class SlackRemix:
             return
         await ack()
         meta = json.loads(view.get("private_metadata") or "{}")
-        await self.handlers.guarded("remix submit", self.submit(body, view, meta, prompt, chosen))
+        self.handlers.guarded("remix submit", self.submit(body, view, meta, prompt, chosen))
 
     # ------------------------------------------------------------------ the work
     def _where(self, body: dict[str, Any]) -> tuple[str, str, str, str | None]:

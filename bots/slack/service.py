@@ -155,7 +155,10 @@ class SlackService:
             name="imagine-bot", client=self.client, signing_secret=signing_secret, oauth_settings=oauth,
             # a workspace with no installation: Bolt answers this and runs no listener
             user_facing_authorize_error_message=messages.not_installed(f"{settings.PUBLIC_URL}{INSTALL_PATH}"),
-            process_before_response=False,  # ack first; the listener's work goes on in the background
+            # every listener returns as it acks (its work after the ack goes on in a task: ``handlers.guarded``),
+            # so Bolt may await it: with False Bolt runs it in a task and polls every 10 ms for its ack, a wakeup
+            # per 10 ms for each command of a burst still waiting for its batch's commit (issue 22)
+            process_before_response=True,
             request_verification_enabled=self.mode == "http",
         )
         self.handlers = SlackHandlers(core, self.frontend)

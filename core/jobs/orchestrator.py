@@ -188,7 +188,9 @@ class Orchestrator:
         #: jobs to start once the commands being answered are (``_start``): one task waits for the lull for
         #: all of them, instead of a worker each during a burst. A job queued here counts as running here
         #: (``_here``, ``in_flight``): it is not started twice, nor its lease freed as idle
-        self._queued: LullQueue[str] = LullQueue(self.lull, partial(self._launch, waited=True), name="job-starter")
+        self._queued: LullQueue[str] = LullQueue(self.lull, self._launch_queued, name="job-starter")
+        #: jobs of a burst whose ``Accepted`` goes out with their start (``_accept``)
+        self._unannounced: dict[str, Job] = {}
         self._wakeups: dict[str, asyncio.Event] = {}
         #: final answers from verified account webhooks, for the trackers they woke (no recordInfo needed)
         self._finals: dict[str, TaskRecord] = {}
@@ -234,6 +236,10 @@ class Orchestrator:
             self.outbox.hold(event.job.id)
             await frontend.publish(event)
             return
+        self._post(frontend, event)
+
+    def _post(self, frontend: FrontEnd, event: JobEvent) -> None:
+        """A status (anything but ``Delivered``) into the outbox."""
         pace_of = getattr(frontend, "pace", None)
         refresh: Refresh | None = None
         if isinstance(event, Progress):
@@ -321,12 +327,33 @@ class Orchestrator:
             if existing is None:
                 raise
             return existing
-        log.info("job %s accepted for %s (%s)", job.id, job.requester.key, job.params)
-        await self._publish(Accepted(job))
-        # started even if a front end cancelled it on Accepted: its worker reads the job's state first and
-        # does nothing for a job that is no longer queued (a read here would cost every command of a burst)
-        self._start(job)
+        if self._queued.holding and not self._stopped and not self._here(job.id):
+            # a burst: its Accepted (its first status waits for the lull in the outbox anyway) and its log
+            # line go with its start, once the burst is answered: none of it decides the ack
+            self._unannounced[job.id] = job
+            self._queued.add(job.id)
+        else:
+            self._announce(job)
+            self._start(job)
         return job
+
+    def _announce(self, job: Job) -> None:
+        """The accepted job's log line and its ``Accepted`` event. It is started even if a front end
+        cancels it on Accepted: its worker reads the job's state first and does nothing for a job that is no
+        longer queued (a read here would cost every command of a burst)."""
+        log.info("job %s accepted for %s (%s)", job.id, job.requester.key, job.params)
+        frontend = self.frontends.get(job.platform)
+        if frontend is None:
+            log.warning("no front end for %s to publish Accepted of job %s", job.platform, job.id)
+            return
+        self._post(frontend, Accepted(job))
+
+    def _launch_queued(self, job_id: str) -> None:
+        """A job queued during a burst (``_start``, ``_accept``), once the burst is answered."""
+        job = self._unannounced.pop(job_id, None)
+        if job is not None:
+            self._announce(job)
+        self._launch(job_id, waited=True)
 
     def _record(self, new: NewJob) -> Job:
         """Reserve and record one job (inside the batch's transaction): the limit, the credits and every
@@ -447,6 +474,7 @@ class Orchestrator:
 
     def _unqueue(self) -> None:
         """Start none of the queued jobs (a drain, a stop): they stay as they are, for the next owner."""
+        self._unannounced.clear()
         if left := self._queued.clear():
             log.info("%d job(s) accepted during a burst not started here: left for the next owner", left)
 
@@ -524,6 +552,7 @@ class Orchestrator:
                     if row is not None and not row.state.final and row.owner != self.owner:
                         log.warning("job %s is now owned by %s: not starting it here", job_id, row.owner)
                         self._queued.discard(job_id)
+                        self._unannounced.pop(job_id, None)
                 for job_id, task in list(self._tasks.items()):
                     if job_id in held or task.done():
                         continue

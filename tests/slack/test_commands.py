@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import time
@@ -68,6 +69,23 @@ async def test_help_credits_and_refusals_are_answered_privately_in_the_ack(slack
     assert "only image-bot admins" in answers["admin grant <@U3> 90"]["text"]  # users.info now cached
     assert {a["response_type"] for a in answers.values()} == {"ephemeral"}
     assert len(slack.fake.calls_to("users.info")) == 1
+
+
+async def test_the_ack_never_waits_for_the_work_after_it(slack: SlackHarness):
+    """Bolt sends a listener's ack as the listener returns (``process_before_response=True``, no polling for
+    it): so every listener returns as it acks, and what follows goes on in a task of its own
+    (``handlers.guarded``). Here that work (users.info, then the answer through the response_url) is stuck
+    for up to a minute: the ack comes back at once all the same, and the answer once Slack replies."""
+    slack.fake.slow("users.info", 60)
+    response, url = await asyncio.wait_for(slack.slash("admin report", user="U2"), 10)
+    assert response.status_code == 200 and response.content == b""
+    assert slack.service.handlers.busy == 1  # the work after the ack: still waiting for users.info
+    assert slack.fake.responses_to(url) == []
+    slack.fake.slow("users.info", 0)
+    slack.fake._unblock.set()  # Slack answers users.info now
+    assert "only image-bot admins" in (await slack.fake.wait_response(url))["text"]
+    await slack.settle()
+    assert slack.service.handlers.busy == 0
 
 
 async def test_admin_commands_refuse_non_admins_and_work_for_admins(slack: SlackHarness):
