@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 from datetime import datetime, timedelta
+from enum import IntEnum
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,7 @@ from imagine_bot.core.events import Accepted
 from imagine_bot.core.gateway.balance import ACCOUNT_FRESH_S
 from imagine_bot.core.jobs.model import Job, JobRequest, ReplyTo
 from imagine_bot.core.jobs.outbox import Outbox, Pace
+from imagine_bot.core.storage import jobs as jobs_store
 from imagine_bot.core.storage.db import open_database, utcnow
 from imagine_bot.core.storage.gateway_account import SqliteGatewayAccount
 from imagine_bot.core.storage.places import SqlitePlaces
@@ -41,6 +44,68 @@ def test_insert_returns_the_job_exactly_as_stored(core):
         inserted = core.jobs.insert(request, model="m", cost=18, job_id="j-inserted", owner="me",
                                     lease_until=core.orchestrator.leases.until())
     assert inserted == core.jobs.get("j-inserted")
+
+
+class _Size(IntEnum):
+    BIG = 2
+
+
+class _Key(str):
+    pass
+
+
+@pytest.mark.parametrize("value", [
+    {}, [], (), {"a": 1, "b": [1, (2, "x")], "c": {"d": None, "e": {}}}, {"f": 1.5, "g": -0.0, "h": 10**30},
+    {"t": True, "u": False, "n": None}, {"s": "é \u2028 \udc80 \"q\""}, ("a", ["b"]),
+    {1: "x"}, {"1": "a", 1: "b"}, {None: 1, True: 2, 2.5: 3}, {"x": float("nan")}, {"x": float("inf")},
+    {"x": _Size.BIG}, {_Key("k"): 1}, {"x": _Key("v")}, {"x": {"y": [{"z": (1.0, -float("inf"))}]}},
+])
+def test_a_new_jobs_json_values_are_what_their_json_reads_back(value):
+    """``insert`` builds its job's reply data and parameters from what it encoded, not by decoding the JSON it
+    wrote: the value must be exactly what decoding gives (types too: a tuple becomes a list, a key a string),
+    never shared with the request, and where it cannot tell (a key not a string, a float not finite, a
+    subclass) the JSON is decoded."""
+    text = json.dumps(value)
+    read = jobs_store._read_back(value, text)
+    assert repr(read) == repr(json.loads(text))
+    if isinstance(value, (dict, list, tuple)):
+        assert read is not value
+    reply = ReplyTo("slack", "C1", data=value)  # type: ignore[arg-type]
+    assert repr(jobs_store._reply_read_back(reply, reply.to_json())) == repr(ReplyTo.from_json(reply.to_json()))
+
+
+@pytest.mark.parametrize("who", [
+    UserRef("slack", "T1", "U1"), UserRef("slack", "T:1", "U1"), UserRef("slack", "T1", "U:1"),
+    UserRef("discord", "-", "1"), UserRef("discord", "G1", "1"), UserRef("discord", "-", "1:2"),
+    UserRef("terminal", "local", "me"), UserRef("terminal", "other", "me"), UserRef("web", "-", "me"),
+    UserRef("slack", "", ""),
+])
+def test_a_new_jobs_requester_is_its_key_read_back(who):
+    """``insert`` gives its job's requester as ``UserRef.parse`` reads the key it wrote, without parsing where
+    the requester is that already: the same user, or the same error."""
+    try:
+        parsed: UserRef | str = UserRef.parse(who.key)
+    except ValueError as refused:
+        parsed = str(refused)
+    try:
+        given: UserRef | str = jobs_store._requester(who, who.key)
+    except ValueError as refused:
+        given = str(refused)
+    assert repr(given) == repr(parsed)
+
+
+def test_insert_returns_odd_values_as_read_back(core):
+    """Reply data and parameters that JSON changes (tuples, keys not strings) come back from ``insert`` as
+    ``get`` reads them."""
+    request = JobRequest(requester=ALICE, reply=ReplyTo("terminal", "t", data={"k": ("v", 1), 2: {"x": [1.5]}}),
+                         prompt="a fox", params={"aspect_ratio": "16:9", "n": (1, 2), "e": _Size.BIG},
+                         extra_input={"nsfw_checker": True, "f": float("inf")})
+    with core.store.transaction():
+        core.ledger.reserve(ALICE, "j-odd", 18)
+        inserted = core.jobs.insert(request, model="m", cost=18, job_id="j-odd")
+    stored = core.jobs.get("j-odd")
+    assert repr(inserted) == repr(stored) and inserted.params is not request.params
+    assert inserted.reply.data == {"k": ["v", 1], "2": {"x": [1.5]}}
 
 
 async def test_a_submit_reads_no_job_row_before_it_returns(core, tmp_path: Path):

@@ -214,6 +214,51 @@ async def test_a_burst_of_new_users_is_reserved_at_once_and_each_hears_its_answe
         assert core.ledger.verify() == [] and core.budgets.status("global").held == 18 * 5
 
 
+async def test_a_large_batch_writes_and_returns_what_one_at_a_time_does(make_settings, tmp_path):
+    """A batch larger than one statement's rows (``insert_rows``: statements of 64, 16, 4 and 1 rows): every row
+    as one at a time writes it, in the same order; each job returned equal to the job read back, with what the
+    front end gave (its reply's data, the parameters) as its JSON reads back; a redelivery in the last statement
+    undoes the whole batch's part."""
+    async with two_paths(make_settings, tmp_path) as paths:
+        for core in paths.both():
+            for scope in (PLACE, CHANNEL):
+                core.budgets.status(scope)
+            core.ledger.balance(user(3))  # an account that exists among new ones
+            core.orchestrator._commit([(None, new_job(200, "taken", dedupe_key="slack:T1:t"))])  # type: ignore[list-item]
+
+        def odd(n: int, job_id: str, **kw: Any) -> NewJob:
+            new = new_job(n, job_id, **kw)
+            reply = ReplyTo("slack", f"C{n % 3}", data={"ts": (n, "x"), 7: {"a": [1.5, None, True]}} if n % 2 else {})
+            request = replace(new.request, reply=reply, params={"aspect_ratio": "1:1", "seed": n, "tags": ("a", "b")},
+                              extra_input={"nsfw": n % 2 == 0}, image_urls=("ref:a", "ref:b") if n % 5 == 0 else (),
+                              review=("slack:T1:R",) if n % 7 == 0 else (), text_cost=9 if n % 5 == 0 else None,
+                              preset="p" if n % 4 == 0 else None, parent_id="parent" if n % 6 == 0 else None)
+            return replace(new, request=request)
+
+        # 64 + 16 + 4 + 4 + 1 + 1 of each table's rows; the last submit a redelivery: all undone, one by one
+        batch = [odd(n, f"r{n}", dedupe_key=f"slack:T1:r{n}") for n in range(89)]
+        together, one = paths.commit([*batch, odd(89, "r89", dedupe_key="slack:T1:t")])
+        assert together == one and together[-1][0] == "DuplicateRequest" and paths.used == [False]
+        batch = [odd(n, f"j{n}", dedupe_key=f"slack:T1:j{n}" if n % 2 else None) for n in range(100, 190)]
+        jobs = {}
+        for core in paths.both():
+            futures: list[Any] = [None] * len(batch)
+            outcomes = core.orchestrator._commit(list(zip(futures, batch, strict=True)))
+            assert all(isinstance(job, Job) and job == core.jobs.get(job.id) for job in outcomes)
+            jobs[core] = [{k: v for k, v in vars_of(job).items() if k not in STAMPS} for job in outcomes]
+        assert paths.used == [False, True]
+        assert jobs[paths.together] == jobs[paths.one]
+        assert jobs[paths.together][1]["reply"].data == {"ts": [101, "x"], "7": {"a": [1.5, None, True]}}
+        assert jobs[paths.together][0]["params"] == {"aspect_ratio": "1:1", "seed": 100, "tags": ["a", "b"],
+                                                     "nsfw": True}
+        assert dump(paths.together) == dump(paths.one)
+        assert paths.together.ledger.verify() == [] and paths.together.budgets.verify() == []
+
+
+def vars_of(job: Job) -> dict[str, Any]:
+    return {name: getattr(job, name) for name in Job.__slots__}
+
+
 def test_the_refusals_named_here_are_the_ones_the_core_raises():
     """The outcome names compared above are real classes (a rename would make the comparison vacuous)."""
     assert {c.__name__ for c in (InsufficientCredits, TooManyActiveJobs, DuplicateRequest, BudgetExhausted)} == {

@@ -19,7 +19,17 @@ from imagine_bot.core.credits.ledger import Hold
 from imagine_bot.core.credits.periods import PERIODS, next_boundary, period_name, period_start, refill_words
 from imagine_bot.core.errors import BudgetExhausted, UserInputError
 from imagine_bot.core.jobs.model import ACTIVE_STATES
-from imagine_bot.core.storage.db import Database, execute_many, for_update, is_postgres, iso, later, transaction, utcnow
+from imagine_bot.core.storage.db import (
+    Database,
+    execute_many,
+    for_update,
+    insert_rows,
+    is_postgres,
+    iso,
+    later,
+    transaction,
+    utcnow,
+)
 
 _ACTIVE = tuple(s.value for s in ACTIVE_STATES)
 _ACTIVE_MARKS = ",".join("?" * len(_ACTIVE))
@@ -70,6 +80,8 @@ class PlainRows:
 
     rows: dict[str, dict[str, Any]]
     scopes: list[list[str]]
+    #: the budgets among ``rows`` that can refuse a hold (``SqliteBudgets._limited``: a limit; a batch changes none)
+    limited: set[str] = field(default_factory=set)
     entries: list[tuple[Any, ...]] = field(default_factory=list)
     totals: Counter[str] = field(default_factory=Counter)
 
@@ -284,13 +296,19 @@ class SqliteBudgets:
         must be decided one job at a time: one not made yet, one with a member cap (its spend is read per
         member) or with a period to move on (``_one_by_one``); the batch is then reserved one job at a time."""
         rows = self._read(sorted({s for scopes in scope_lists for s in scopes} | {GLOBAL}))
+        if any(self._one_by_one(row, now) for row in rows.values()):
+            return None
         touched: list[list[str]] = []
+        seen: dict[tuple[str, ...], list[str]] = {}  # a burst's jobs mostly share their scopes
         for scopes in scope_lists:
-            over = _over(scopes, rows)
-            if any(scope not in rows or self._one_by_one(rows[scope], now) for scope in over):
-                return None
+            key = tuple(scopes)
+            over = seen.get(key)
+            if over is None:
+                over = seen[key] = _over(scopes, rows)
+                if any(scope not in rows for scope in over):
+                    return None
             touched.append(over)
-        return PlainRows(rows, touched)
+        return PlainRows(rows, touched, {scope for scope, row in rows.items() if self._limited(row)})
 
     def _one_by_one(self, row: dict[str, Any], now: datetime) -> bool:
         """Whether a batch cannot decide on this budget in memory (``plain_rows``)."""
@@ -300,15 +318,16 @@ class SqliteBudgets:
         """One reservation of a batch on its budgets (``scopes`` from ``plain_rows``): the refusal of the first
         that cannot cover it, as ``reserve`` decides (nothing taken then), else its holds, noted in ``plain``
         (the rows as this batch leaves them) for ``hold_many``."""
+        cost = hold.cost
         for scope in scopes:
-            row = plain.rows[scope]
-            if self._limited(row) and (short := _short(scope, self._status(row), hold.cost)) is not None:
+            if scope in plain.limited and (short := _short(scope, self._status(plain.rows[scope]), cost)) is not None:
                 return short
+        account = hold.who.key
         for scope in scopes:
             row = plain.rows[scope]
-            plain.entries.append(_hold_row(stamp, scope, row, hold.cost, hold.job_id, hold.who.key, hold.channel))
-            row["held"] += hold.cost
-            plain.totals[scope] += hold.cost
+            plain.entries.append(_hold_row(stamp, scope, row, cost, hold.job_id, account, hold.channel))
+            row["held"] += cost
+            plain.totals[scope] += cost
         return None
 
     def hold_many(self, plain: PlainRows, stamp: str) -> None:
@@ -317,7 +336,7 @@ class SqliteBudgets:
         if plain.totals:
             execute_many(self.db, "UPDATE budgets SET held = held + ?, updated_at = ? WHERE scope = ?",
                          [(total, stamp, scope) for scope, total in plain.totals.items()])
-            execute_many(self.db, _HOLDS + _HOLD, plain.entries)
+            insert_rows(self.db, _HOLDS, _HOLD, plain.entries)
 
     def check(self, scopes: Sequence[str], account: str, cost: int) -> None:
         """Raise the ``BudgetExhausted`` a reservation would meet now, changing nothing. Where no budget over

@@ -14,6 +14,7 @@ import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -433,6 +434,32 @@ def execute_many(db: Database, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         return
     for row in rows:
         db.execute(sql, row)
+
+
+#: the row counts of ``insert_rows``' statements, largest first: few distinct statements (each prepared once and
+#: kept in the connection's statement cache), few statements for a batch
+_CHUNKS = (64, 16, 4, 1)
+
+
+def insert_rows(db: Database, head: str, mark: str, rows: Sequence[Sequence[Any]]) -> None:
+    """``INSERT`` rows in order: ``head`` (``INSERT INTO t (columns) VALUES ``) and ``mark`` (one row's
+    ``(?, ...)``). On SQLite several rows to a statement (64, 16, 4 or 1 of them: one statement's overhead, its
+    statement journal and its ``AUTOINCREMENT`` counter's update for many rows, where ``executemany`` pays them
+    for each row); on PostgreSQL one row a statement, one after another (``execute_many``). As with
+    ``execute_many``, a row refused undoes its own statement only: the caller's transaction undoes the rest."""
+    if not isinstance(db, sqlite_utils.Database):
+        execute_many(db, head + mark, rows)
+        return
+    execute = db.conn.execute
+    done, left = 0, len(rows)
+    for size in _CHUNKS:
+        if left < size:
+            continue
+        sql = head + ", ".join([mark] * size)
+        while left >= size:
+            execute(sql, list(chain.from_iterable(rows[done:done + size])))
+            done += size
+            left -= size
 
 
 def notify(db: Database, channel: str) -> None:

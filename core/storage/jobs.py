@@ -7,6 +7,7 @@ Every state change is ``transition``, a compare-and-set on (id, state, owner); o
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
@@ -17,7 +18,7 @@ from typing import Any
 from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.errors import LeaseLost, NotFound
 from imagine_bot.core.jobs.model import ACTIVE_STATES, Job, JobRequest, JobState, NewJob, ReplyTo, new_job_id
-from imagine_bot.core.storage.db import Database, execute_many, iso, skip_locked, transaction, utcnow
+from imagine_bot.core.storage.db import Database, insert_rows, iso, skip_locked, transaction, utcnow
 from imagine_bot.core.storage.errors import DuplicateRequest
 
 # The only SQL here in SQLite's own dialect (``json_extract``, ``instr``): another database's store gives its
@@ -76,7 +77,8 @@ def _row_to_job(row: dict[str, Any]) -> Job:
 _NEW_COLUMNS = ("id", "account", "platform", "reply", "prompt", "params", "model", "cost", "state", "dedupe_key",
                 "parent_id", "image_urls", "text_cost", "preset", "review", "created_at", "updated_at", "owner",
                 "lease_until")
-_INSERT = f"INSERT INTO jobs ({', '.join(_NEW_COLUMNS)}) VALUES ({', '.join('?' * len(_NEW_COLUMNS))})"
+_INSERT = f"INSERT INTO jobs ({', '.join(_NEW_COLUMNS)}) VALUES "
+_MARK = f"({', '.join('?' * len(_NEW_COLUMNS))})"
 
 
 def _new_row(new: NewJob, now: str, owner: str | None, lease: str | None) -> tuple[Any, ...]:
@@ -86,6 +88,79 @@ def _new_row(new: NewJob, now: str, owner: str | None, lease: str | None) -> tup
             json.dumps({**r.params, **r.extra_input}), new.model, new.cost, JobState.QUEUED.value, r.dedupe_key,
             r.parent_id, json.dumps(list(r.image_urls)) if r.image_urls else None, r.text_cost, r.preset,
             json.dumps(list(r.review)) if r.review else None, now, now, owner, lease)
+
+
+class _NotPlain(Exception):
+    """A value whose JSON may read back as something ``_as_read`` cannot tell without it."""
+
+
+def _as_read(value: Any) -> Any:
+    """What ``json.loads(json.dumps(value))`` gives, without the JSON: a new copy of each dict and list (a tuple
+    becomes a list), the same strings, integers, booleans, None and finite floats (their JSON reads back
+    exactly). ``_NotPlain`` for anything else (a dict key not a string, a float not finite, a subclass, an
+    object ``json.dumps`` refuses): the JSON is read back then."""
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return value
+    if kind is float:
+        if math.isfinite(value):
+            return value
+        raise _NotPlain
+    if kind is dict:
+        out = {}
+        for key, item in value.items():
+            if type(key) is not str:
+                raise _NotPlain
+            of = type(item)
+            out[key] = item if of is str or of is int or of is bool or item is None else _as_read(item)
+        return out
+    if kind is list or kind is tuple:
+        return [_as_read(item) for item in value]
+    raise _NotPlain
+
+
+def _read_back(value: Any, text: str) -> Any:
+    """``value`` as its JSON ``text`` reads back (``_as_read``, else ``json.loads``)."""
+    try:
+        return _as_read(value)
+    except _NotPlain:
+        return json.loads(text)
+
+
+def _reply_read_back(reply: ReplyTo, text: str) -> ReplyTo:
+    """``ReplyTo.from_json(text)``, ``text`` being ``reply``'s JSON (``_as_read`` where it tells)."""
+    if type(reply.platform) is str and type(reply.channel) is str:
+        try:
+            return ReplyTo(reply.platform, reply.channel, _as_read(reply.data) or {})
+        except _NotPlain:
+            pass
+    return ReplyTo.from_json(text)
+
+
+#: the workspace a platform's user key leaves out (``UserRef.parse``)
+_KEYLESS = {"discord": "-", "terminal": "local"}
+
+
+def _requester(who: UserRef, key: str) -> UserRef:
+    """``UserRef.parse(key)``, ``key`` being ``who.key``: ``who`` itself where its key reads back as it (a
+    ``UserRef`` whose parts have no ``:``, with its platform's fixed workspace where the key leaves it out)."""
+    if type(who) is UserRef and ":" not in who.user and (
+            ":" not in who.workspace if who.platform == "slack" else _KEYLESS.get(who.platform) == who.workspace):
+        return who
+    return UserRef.parse(key)
+
+
+def _new_job(new: NewJob, row: tuple[Any, ...], created: datetime, owner: str | None,
+             lease_until: datetime | None) -> Job:
+    """The job of a row ``_new_row`` gave, as ``get`` reads it back (every column not written starts empty),
+    without reading it back: what the front end gave (its reply's data, the parameters) as its JSON reads back,
+    the rest as written."""
+    r = new.request
+    return Job(id=new.job_id, requester=_requester(r.requester, row[1]), reply=_reply_read_back(r.reply, row[3]),
+               prompt=r.prompt, params=_read_back({**r.params, **r.extra_input}, row[5]), model=new.model,
+               cost=new.cost, state=JobState.QUEUED, created_at=created, updated_at=created, dedupe_key=r.dedupe_key,
+               parent_id=r.parent_id, image_urls=tuple(r.image_urls), text_cost=r.text_cost, preset=r.preset,
+               review=tuple(r.review), owner=owner, lease_until=lease_until)
 
 
 _ACTIVE = tuple(s.value for s in ACTIVE_STATES)
@@ -114,22 +189,15 @@ class SqliteJobStore:
         rows = [_new_row(n, now, owner, lease) for n in new]
         try:
             with transaction(self.db):
-                execute_many(self.db, _INSERT, rows)
+                insert_rows(self.db, _INSERT, _MARK, rows)
         except sqlite3.IntegrityError as exc:
             if all(n.request.dedupe_key is None for n in new):
                 raise
             keys = ", ".join(n.request.dedupe_key or "-" for n in new)
             raise DuplicateRequest(f"a job for one of the requests {keys} exists already ({exc})") from exc
-        # each job as inserted (every other column starts empty), without reading the rows back; what the
-        # front end gave (its reply's data, the parameters) as read back from its JSON, the rest as written
         created = datetime.fromisoformat(now)
         owned = _dt(lease)
-        return [Job(id=n.job_id, requester=UserRef.parse(row[1]), reply=ReplyTo.from_json(row[3]),
-                    prompt=n.request.prompt, params=json.loads(row[5]), model=n.model, cost=n.cost,
-                    state=JobState.QUEUED, created_at=created, updated_at=created, dedupe_key=n.request.dedupe_key,
-                    parent_id=n.request.parent_id, image_urls=tuple(n.request.image_urls),
-                    text_cost=n.request.text_cost, preset=n.request.preset, review=tuple(n.request.review),
-                    owner=owner, lease_until=owned) for n, row in zip(new, rows, strict=True)]
+        return [_new_job(n, row, created, owner, owned) for n, row in zip(new, rows, strict=True)]
 
     def get(self, job_id: str) -> Job:
         rows = list(self.db.query("SELECT * FROM jobs WHERE id = ?", [job_id]))

@@ -22,6 +22,7 @@ from imagine_bot.core.storage.db import (
     Database,
     execute_many,
     for_update,
+    insert_rows,
     is_postgres,
     iso,
     later,
@@ -67,19 +68,29 @@ def _entry_row(stamp: str, e: _Entry) -> tuple[Any, ...]:
             e.actor, e.note)
 
 
+def _reserve_row(stamp: str, acct: _Account, cost: int, job_id: str) -> tuple[Any, ...]:
+    """The ``reserve`` row of a hold of ``cost`` (``acct``: the account before it), as ``_entry_row`` gives it."""
+    return (stamp, acct.account, "reserve", 0, cost, acct.balance, acct.held + cost, job_id, None, None)
+
+
 #: ledger rows: this, then one ``_ENTRY`` for each row
 _ENTRIES = ("INSERT INTO ledger (ts, account, kind, delta_balance, delta_held, balance_after, held_after, job_id,"
             " actor, note) VALUES ")
 _ENTRY = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 #: a new account's row (``_open_row``)
-_OPEN = ("INSERT INTO accounts (account, platform, workspace, \"user\", balance, held, allowance, period_start,"
-         " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, NULL, ?, ?, ?)")
+_OPENS = ("INSERT INTO accounts (account, platform, workspace, \"user\", balance, held, allowance, period_start,"
+          " created_at, updated_at) VALUES ")
+_OPEN_MARK = "(?, ?, ?, ?, ?, ?, NULL, ?, ?, ?)"
+_OPEN = _OPENS + _OPEN_MARK
 
 
-def _open_row(who: UserRef, balance: int, held: int, start: datetime | None, stamp: str) -> tuple[Any, ...]:
-    """A new account's values, in the order of ``_OPEN``'s."""
-    return (who.key, who.platform, who.workspace, who.user, balance, held, None if start is None else iso(start),
-            stamp, stamp)
+def _open_row(who: UserRef, balance: int, held: int, start: str | None, stamp: str) -> tuple[Any, ...]:
+    """A new account's values, in the order of ``_OPEN``'s (``start``: its period's start, ``iso``)."""
+    return (who.key, who.platform, who.workspace, who.user, balance, held, start, stamp, stamp)
+
+
+def _iso(when: datetime | None) -> str | None:
+    return None if when is None else iso(when)
 
 
 class SqliteLedger:
@@ -222,7 +233,7 @@ class SqliteLedger:
         start = period_start(now, self.period)
         held = 0 if hold is None else hold[1]
         opened = self.db.execute(_OPEN + " ON CONFLICT (account) DO NOTHING",
-                                 _open_row(who, self.allowance, held, start, stamp)).rowcount == 1
+                                 _open_row(who, self.allowance, held, _iso(start), stamp)).rowcount == 1
         if not opened:
             return self._refill(self._must_load(who.key), now, stamp), False
         acct = _Account(who.key, self.allowance, 0, None, start)  # as just written: not read back
@@ -326,35 +337,36 @@ class SqliteLedger:
             answers: list[InsufficientCredits | BudgetExhausted | None] = []
             opened: list[tuple[Any, ...]] = []
             changed: list[tuple[Any, ...]] = []
-            entries: list[_Entry] = []
+            entries: list[tuple[Any, ...]] = []
             new_start = period_start(now, self.period)
-            for h, scopes in zip(holds, budgets.scopes, strict=True):
-                before = found.get(h.who.key)
+            new_start_iso = _iso(new_start)  # (the same for every account of the batch: written once)
+            take = self.budgets.take
+            for h, key, scopes in zip(holds, keys, budgets.scopes, strict=True):
+                before = found.get(key)
                 # the account as ``reserve`` would find it: opened with its allowance, or refilled if due
-                acct, refill = ((_Account(h.who.key, self.allowance, 0, None, new_start), 0) if before is None
+                acct, refill = ((_Account(key, self.allowance, 0, None, new_start), 0) if before is None
                                 else self._refilled(before, now))
-                refused = self._short(acct, h.cost, now) or self.budgets.take(budgets, scopes, h, stamp)
+                refused = self._short(acct, h.cost, now) or take(budgets, scopes, h, stamp)
                 answers.append(refused)
                 if refused is not None:
                     continue
                 if before is None:
-                    opened.append(_open_row(h.who, acct.balance, h.cost, new_start, stamp))
-                    entries.append(self._opened(acct))
+                    opened.append(_open_row(h.who, acct.balance, h.cost, new_start_iso, stamp))
+                    entries.append(_entry_row(stamp, self._opened(acct)))
                 else:
                     if refill:
-                        entries.append(self._refilled_entry(acct, refill))
+                        entries.append(_entry_row(stamp, self._refilled_entry(acct, refill)))
                     moved = acct.period_start if acct.period_start != before.period_start else None
-                    changed.append((acct.balance, acct.held + h.cost, iso(moved) if moved is not None else None,
-                                    stamp, acct.account))
-                entries.append(_Entry(replace(acct, held=acct.held + h.cost), "reserve", 0, h.cost, job_id=h.job_id))
+                    changed.append((acct.balance, acct.held + h.cost, _iso(moved), stamp, key))
+                entries.append(_reserve_row(stamp, acct, h.cost, h.job_id))
             if opened:
-                execute_many(self.db, _OPEN, opened)
+                insert_rows(self.db, _OPENS, _OPEN_MARK, opened)
             if changed:
                 execute_many(self.db, "UPDATE accounts SET balance = ?, held = ?,"
                                       " period_start = COALESCE(?, period_start), updated_at = ? WHERE account = ?",
                              changed)
             if entries:
-                execute_many(self.db, _ENTRIES + _ENTRY, [_entry_row(stamp, e) for e in entries])
+                insert_rows(self.db, _ENTRIES, _ENTRY, entries)
             self.budgets.hold_many(budgets, stamp)
             return answers
 
