@@ -74,26 +74,6 @@ def test_a_new_jobs_json_values_are_what_their_json_reads_back(value):
     assert repr(jobs_store._reply_read_back(reply, reply.to_json())) == repr(ReplyTo.from_json(reply.to_json()))
 
 
-@pytest.mark.parametrize("who", [
-    UserRef("slack", "T1", "U1"), UserRef("slack", "T:1", "U1"), UserRef("slack", "T1", "U:1"),
-    UserRef("discord", "-", "1"), UserRef("discord", "G1", "1"), UserRef("discord", "-", "1:2"),
-    UserRef("terminal", "local", "me"), UserRef("terminal", "other", "me"), UserRef("web", "-", "me"),
-    UserRef("slack", "", ""),
-])
-def test_a_new_jobs_requester_is_its_key_read_back(who):
-    """``insert`` gives its job's requester as ``UserRef.parse`` reads the key it wrote, without parsing where
-    the requester is that already: the same user, or the same error."""
-    try:
-        parsed: UserRef | str = UserRef.parse(who.key)
-    except ValueError as refused:
-        parsed = str(refused)
-    try:
-        given: UserRef | str = jobs_store._requester(who, who.key)
-    except ValueError as refused:
-        given = str(refused)
-    assert repr(given) == repr(parsed)
-
-
 def test_insert_returns_odd_values_as_read_back(core):
     """Reply data and parameters that JSON changes (tuples, keys not strings) come back from ``insert`` as
     ``get`` reads them."""

@@ -137,26 +137,13 @@ def _reply_read_back(reply: ReplyTo, text: str) -> ReplyTo:
     return ReplyTo.from_json(text)
 
 
-#: the workspace a platform's user key leaves out (``UserRef.parse``)
-_KEYLESS = {"discord": "-", "terminal": "local"}
-
-
-def _requester(who: UserRef, key: str) -> UserRef:
-    """``UserRef.parse(key)``, ``key`` being ``who.key``: ``who`` itself where its key reads back as it (a
-    ``UserRef`` whose parts have no ``:``, with its platform's fixed workspace where the key leaves it out)."""
-    if type(who) is UserRef and ":" not in who.user and (
-            ":" not in who.workspace if who.platform == "slack" else _KEYLESS.get(who.platform) == who.workspace):
-        return who
-    return UserRef.parse(key)
-
-
 def _new_job(new: NewJob, row: tuple[Any, ...], created: datetime, owner: str | None,
              lease_until: datetime | None) -> Job:
     """The job of a row ``_new_row`` gave, as ``get`` reads it back (every column not written starts empty),
     without reading it back: what the front end gave (its reply's data, the parameters) as its JSON reads back,
     the rest as written."""
     r = new.request
-    return Job(id=new.job_id, requester=_requester(r.requester, row[1]), reply=_reply_read_back(r.reply, row[3]),
+    return Job(id=new.job_id, requester=UserRef.parse(row[1]), reply=_reply_read_back(r.reply, row[3]),
                prompt=r.prompt, params=_read_back({**r.params, **r.extra_input}, row[5]), model=new.model,
                cost=new.cost, state=JobState.QUEUED, created_at=created, updated_at=created, dedupe_key=r.dedupe_key,
                parent_id=r.parent_id, image_urls=tuple(r.image_urls), text_cost=r.text_cost, preset=r.preset,
