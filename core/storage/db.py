@@ -439,6 +439,8 @@ def execute_many(db: Database, sql: str, rows: Sequence[Sequence[Any]]) -> None:
 #: the row counts of ``insert_rows``' statements, largest first: few distinct statements (each prepared once and
 #: kept in the connection's statement cache), few statements for a batch
 _CHUNKS = (64, 16, 4, 1)
+#: the most ``?`` one SQLite statement may have (SQLite before 3.32 allowed 999)
+_MAX_MARKS = 32766 if sqlite3.sqlite_version_info >= (3, 32, 0) else 999
 
 
 def insert_rows(db: Database, head: str, mark: str, rows: Sequence[Sequence[Any]]) -> None:
@@ -452,8 +454,9 @@ def insert_rows(db: Database, head: str, mark: str, rows: Sequence[Sequence[Any]
         return
     execute = db.conn.execute
     done, left = 0, len(rows)
+    width = len(rows[0]) if rows else 1
     for size in _CHUNKS:
-        if left < size:
+        if left < size or (size > 1 and size * width > _MAX_MARKS):
             continue
         sql = head + ", ".join([mark] * size)
         while left >= size:
