@@ -236,6 +236,7 @@ class ImagineCore:
         """Resume in-flight jobs of the registered front ends; returns how many. Also reads the gateway's
         prices and starts the hourly cleanup of kept references."""
         await self.prices.refresh()
+        self.stores.start_checkpoints()  # SQLite's log copied back in a thread, not in a commit on this loop
         if self._cleanup is None:
             self._cleanup = asyncio.create_task(self._cleanup_loop(), name="refs-cleanup")
         await self.account.refresh()  # the gateway balance: pauses new jobs if it cannot pay for one

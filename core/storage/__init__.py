@@ -2,7 +2,8 @@
 
 ``base`` holds the store protocols domain code is typed by; ``sqlite.SqliteStores`` builds every SQLite
 store of one database (``SqliteStores.open(settings)``: the bot, the command line and the tests); ``db``
-opens and migrates the file and holds the transaction helpers; one module per concern holds its store
+opens and migrates the file and holds the transaction helpers; ``checkpoints`` keeps the running bot's
+write-ahead log short from a thread of its own; one module per concern holds its store
 class (``ledger``, ``budgets``, ``jobs``, ``gateway_account``, ``places``, ``relay``, ``thumbnails``,
 ``secrets``, ``dashboard``, ``installations`` with its ``secretbox``). Nothing outside this package
 imports ``sqlite3`` or ``sqlite_utils``, writes SQL, or calls ``transaction``/``snapshot``

@@ -371,6 +371,11 @@ class Stores(Store, Protocol):
 
     def secret(self, name: str) -> bytes: ...
 
+    def start_checkpoints(self) -> object | None:
+        """The running bot's database log maintained in the background, if it has one (SQLite's
+        ``checkpoints.Checkpointer``); None where there is none to keep."""
+        ...
+
     def close(self) -> None: ...
 
     @property

@@ -19,10 +19,12 @@ from functools import cached_property
 from imagine_bot.core.settings import Settings
 from imagine_bot.core.storage.approvals import SqliteApprovals
 from imagine_bot.core.storage.budgets import SqliteBudgets
+from imagine_bot.core.storage.checkpoints import BACKSTOP_PAGES, Checkpointer
 from imagine_bot.core.storage.dashboard import Queries, SqliteLinkStore
 from imagine_bot.core.storage.db import (
     CLI_BUSY_TIMEOUT_S,
     Database,
+    is_postgres,
     open_database,
     read_only_database,
     savepoint,
@@ -55,6 +57,7 @@ class SqliteStores:
         self.db = db
         self.settings = settings
         self.clock = clock
+        self._checkpointer: Checkpointer | None = None
 
     @classmethod
     def open(cls, settings: Settings, *, busy_timeout_s: float = CLI_BUSY_TIMEOUT_S,
@@ -71,7 +74,23 @@ class SqliteStores:
         with read_only_database(settings) as db:
             yield None if db is None else cls(db, settings)
 
+    def start_checkpoints(self) -> object | None:
+        """The running bot: the write-ahead log checkpointed in a thread of its own (``checkpoints``), not
+        inside its commits on the event loop. None for PostgreSQL and an in-memory database."""
+        if self._checkpointer is not None or is_postgres(self.db):
+            return self._checkpointer
+        path = str(self.settings.IMAGINE_DB_PATH)
+        if path == ":memory:":
+            return None
+        self.db.execute(f"PRAGMA wal_autocheckpoint = {BACKSTOP_PAGES}")
+        self._checkpointer = Checkpointer(path)
+        self._checkpointer.start()
+        return self._checkpointer
+
     def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
+            self._checkpointer = None
         self.db.close()
 
     def transaction(self) -> AbstractContextManager[object]:

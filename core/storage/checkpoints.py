@@ -1,0 +1,72 @@
+"""The write-ahead log's checkpoints, off the event loop (SQLite only).
+
+In WAL mode every commit appends to ``<db>-wal``; a *checkpoint* copies those pages back into the database
+file and syncs it to disk. By default SQLite runs one inside the commit that takes the log past 1,000 pages,
+on the connection that commits: in the bot that is the event loop's connection, so every few hundred jobs
+one command's commit (and every ack waiting behind it) would also wait for the copy and the ``fsync`` (a few
+ms here, far more on a slow network disk).
+
+``Checkpointer`` does it instead in a thread of its own, on a connection of its own: a ``PASSIVE``
+checkpoint every ``every_s`` (it never waits for a lock, so neither readers nor the writer wait for it;
+whatever a reader still needs is copied next time). The bot's own connection keeps SQLite's automatic
+checkpoint as a backstop only, past ``BACKSTOP_PAGES``. The command line and the tests keep SQLite's
+default: their processes are short.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+#: the bot's connection checkpoints by itself only past this many pages (about 40 MB; SQLite's default 1,000)
+BACKSTOP_PAGES = 10_000
+#: how often the thread checkpoints
+EVERY_S = 1.0
+
+
+class Checkpointer:
+    def __init__(self, path: Path | str, every_s: float = EVERY_S) -> None:
+        self.path = str(path)
+        self.every_s = every_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        #: checkpoints run, and the last one's (pages in the log, pages copied back): tests and ``doctor``
+        self.runs = 0
+        self.last: tuple[int, int] | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="sqlite-checkpoints", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+
+    def _run(self) -> None:
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None, timeout=0.1)
+        except sqlite3.Error as exc:
+            log.warning("could not open %s for checkpoints (%s): the commits checkpoint by themselves", self.path, exc)
+            return
+        try:
+            while not self._stop.wait(self.every_s):
+                self.checkpoint(conn)
+            self.checkpoint(conn)  # what the last commits wrote, before the process ends
+        finally:
+            conn.close()
+
+    def checkpoint(self, conn: sqlite3.Connection) -> None:
+        try:
+            _busy, pages, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.Error as exc:  # another process's checkpoint at the same moment: next time
+            log.debug("checkpoint of %s skipped: %s", self.path, exc)
+            return
+        self.runs += 1
+        self.last = (pages, copied)
