@@ -200,13 +200,13 @@ class SlackHandlers:
         meta = json.loads(view.get("private_metadata") or "{}")
         body = {**body, "channel": {"id": meta.get("channel")}, "response_url": meta.get("response_url")}
         self.guarded("reject submit", self.decide(body, str(meta.get("job_id", "")), approve=False,
-                                                          reason=reason))
+                                                    reason=reason))
 
     async def on_home_opened(self, body: dict[str, Any], event: dict[str, Any]) -> None:
         if event.get("tab", "home") != "home":
             return
         self.guarded("app home", self.publish_home(UserRef("slack", _team_of(body), event["user"]),
-                                                          _enterprise_of(body)))
+                                                   _enterprise_of(body)))
 
     async def on_uninstalled(self, context: AsyncBoltContext) -> None:
         self.guarded("app_uninstalled", self._uninstalled(context, "removed the app"))
@@ -214,7 +214,7 @@ class SlackHandlers:
     async def on_tokens_revoked(self, event: dict[str, Any], context: AsyncBoltContext) -> None:
         bots = (event.get("tokens") or {}).get("bot") or []
         self.guarded("tokens_revoked", self._uninstalled(context, "revoked the bot token", event=event,
-                                                                 whole=False, bot=bool(bots)))
+                                                         whole=False, bot=bool(bots)))
 
     async def _uninstalled(self, context: AsyncBoltContext, what: str, *, event: dict[str, Any] | None = None,
                            whole: bool = True, bot: bool = True) -> None:
