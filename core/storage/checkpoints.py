@@ -11,6 +11,12 @@ checkpoint every ``every_s`` (it never waits for a lock, so neither readers nor 
 whatever a reader still needs is copied next time). The bot's own connection keeps SQLite's automatic
 checkpoint as a backstop only, past ``BACKSTOP_PAGES``. The command line and the tests keep SQLite's
 default: their processes are short.
+
+The log starts again from its beginning only when a commit finds every page copied back, which happens in
+any pause of the writes. Writes that never pause (one-job commits back to back, about 1,400 a second here)
+keep it growing up to the backstop, and the commit that reaches it checkpoints on the loop as before: the
+longest commit in 600 of them was 43-58 ms, once every 10,000 pages, where SQLite's default took 10-13 ms
+every 1,000 pages and 118-206 ms in its worst rounds; the average commit went from 310 to 200 µs.
 """
 
 from __future__ import annotations
