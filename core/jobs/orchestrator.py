@@ -224,22 +224,22 @@ class Orchestrator:
     async def _publish(self, event: JobEvent) -> None:
         """Deliver now (awaited: errors mean "not delivered", the caller refunds); hand anything else to
         the outbox, which sends it in the background: the job never waits on a chat API for a status."""
+        if not isinstance(event, Delivered):
+            self._post(event)
+            return
+        frontend = self.frontends.get(event.job.platform)
+        if frontend is None:  # nothing posted is nothing delivered: refunded, never charged
+            raise DeliveryError(f"no {event.job.platform} front end in this process to deliver job {event.job.id}")
+        self.outbox.hold(event.job.id)
+        await frontend.publish(event)
+
+    def _post(self, event: JobEvent) -> None:
+        """A status (anything but ``Delivered``) into the outbox."""
         frontend = self.frontends.get(event.job.platform)
         if frontend is None:
-            if isinstance(event, Delivered):  # nothing posted is nothing delivered: refunded, never charged
-                raise DeliveryError(f"no {event.job.platform} front end in this process to deliver job "
-                                    f"{event.job.id}")
             log.warning("no front end for %s to publish %s of job %s", event.job.platform,
                         type(event).__name__, event.job.id)
             return
-        if isinstance(event, Delivered):
-            self.outbox.hold(event.job.id)
-            await frontend.publish(event)
-            return
-        self._post(frontend, event)
-
-    def _post(self, frontend: FrontEnd, event: JobEvent) -> None:
-        """A status (anything but ``Delivered``) into the outbox."""
         pace_of = getattr(frontend, "pace", None)
         refresh: Refresh | None = None
         if isinstance(event, Progress):
@@ -328,13 +328,12 @@ class Orchestrator:
                 raise
             return existing
         if self._queued.holding and not self._stopped and not self._here(job.id):
-            # a burst: its Accepted (its first status waits for the lull in the outbox anyway) and its log
-            # line go with its start, once the burst is answered: none of it decides the ack
+            # a burst (``_start`` queues it): its Accepted (its first status waits for the lull in the outbox
+            # anyway) and its log line go with its start, once the burst is answered: none decides the ack
             self._unannounced[job.id] = job
-            self._queued.add(job.id)
         else:
             self._announce(job)
-            self._start(job)
+        self._start(job)
         return job
 
     def _announce(self, job: Job) -> None:
@@ -342,11 +341,7 @@ class Orchestrator:
         cancels it on Accepted: its worker reads the job's state first and does nothing for a job that is no
         longer queued (a read here would cost every command of a burst)."""
         log.info("job %s accepted for %s (%s)", job.id, job.requester.key, job.params)
-        frontend = self.frontends.get(job.platform)
-        if frontend is None:
-            log.warning("no front end for %s to publish Accepted of job %s", job.platform, job.id)
-            return
-        self._post(frontend, Accepted(job))
+        self._post(Accepted(job))
 
     def _launch_queued(self, job_id: str) -> None:
         """A job queued during a burst (``_start``, ``_accept``), once the burst is answered."""
