@@ -203,7 +203,7 @@ class _Answering(AbstractContextManager[None]):
         lull = self.lull
         lull.answering += 1
         lull.touch()
-        if lull.pauses_collector and lull._paused_at is None:
+        if lull.pauses_collector and not lull.collector_paused:
             lull._pause()
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,

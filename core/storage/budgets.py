@@ -26,6 +26,7 @@ from imagine_bot.core.storage.db import (
     insert_rows,
     is_postgres,
     iso,
+    iso_or_none,
     later,
     transaction,
     utcnow,
@@ -195,7 +196,7 @@ class SqliteBudgets:
             self.db.execute(
                 "INSERT INTO budgets (scope, amount, period, period_start, spent, held, member_cap, updated_at)"
                 " VALUES (?, NULL, ?, ?, 0, 0, NULL, ?) ON CONFLICT (scope) DO NOTHING",
-                [scope, period, None if start is None else iso(start), iso(now)])
+                [scope, period, iso_or_none(start), iso(now)])
             row = self._row(scope)
             assert row is not None
             return row
@@ -399,7 +400,7 @@ class SqliteBudgets:
             if period is not None and period != row["period"]:
                 start = period_start(now, period)
                 self.db.execute("UPDATE budgets SET period = ?, period_start = ? WHERE scope = ?",
-                                [period, None if start is None else iso(start), scope])
+                                [period, iso_or_none(start), scope])
             shown = "unlimited" if unlimited else ("the default" if amount is None else str(amount))
             self._write(scope, iso(now), "set", actor=actor, note=f"budget {shown} per {period or row['period']}")
             return self._status(self._touch(scope, now))

@@ -352,6 +352,10 @@ def iso(ts: datetime) -> str:
     return ts.astimezone(UTC).isoformat(timespec="milliseconds")
 
 
+def iso_or_none(ts: datetime | None) -> str | None:
+    return None if ts is None else iso(ts)
+
+
 #: how long a statement waits for another process's write lock: the bot's is short (``DB_BUSY_TIMEOUT_S``,
 #: 5 s: its event loop must not freeze behind an admin command; every write is one short transaction), the
 #: command line's longer

@@ -25,6 +25,7 @@ from imagine_bot.core.storage.db import (
     insert_rows,
     is_postgres,
     iso,
+    iso_or_none,
     later,
     snapshot,
     transaction,
@@ -87,10 +88,6 @@ _OPEN = _OPENS + _OPEN_MARK
 def _open_row(who: UserRef, balance: int, held: int, start: str | None, stamp: str) -> tuple[Any, ...]:
     """A new account's values, in the order of ``_OPEN``'s (``start``: its period's start, ``iso``)."""
     return (who.key, who.platform, who.workspace, who.user, balance, held, start, stamp, stamp)
-
-
-def _iso(when: datetime | None) -> str | None:
-    return None if when is None else iso(when)
 
 
 class SqliteLedger:
@@ -233,7 +230,7 @@ class SqliteLedger:
         start = period_start(now, self.period)
         held = 0 if hold is None else hold[1]
         opened = self.db.execute(_OPEN + " ON CONFLICT (account) DO NOTHING",
-                                 _open_row(who, self.allowance, held, _iso(start), stamp)).rowcount == 1
+                                 _open_row(who, self.allowance, held, iso_or_none(start), stamp)).rowcount == 1
         if not opened:
             return self._refill(self._must_load(who.key), now, stamp), False
         acct = _Account(who.key, self.allowance, 0, None, start)  # as just written: not read back
@@ -339,7 +336,7 @@ class SqliteLedger:
             changed: list[tuple[Any, ...]] = []
             entries: list[tuple[Any, ...]] = []
             new_start = period_start(now, self.period)
-            new_start_iso = _iso(new_start)  # (the same for every account of the batch: written once)
+            new_start_iso = iso_or_none(new_start)  # (the same for every account of the batch: written once)
             take = self.budgets.take
             for h, key, scopes in zip(holds, keys, budgets.scopes, strict=True):
                 before = found.get(key)
@@ -357,7 +354,7 @@ class SqliteLedger:
                     if refill:
                         entries.append(_entry_row(stamp, self._refilled_entry(acct, refill)))
                     moved = acct.period_start if acct.period_start != before.period_start else None
-                    changed.append((acct.balance, acct.held + h.cost, _iso(moved), stamp, key))
+                    changed.append((acct.balance, acct.held + h.cost, iso_or_none(moved), stamp, key))
                 entries.append(_reserve_row(stamp, acct, h.cost, h.job_id))
             if opened:
                 insert_rows(self.db, _OPENS, _OPEN_MARK, opened)
