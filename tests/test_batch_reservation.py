@@ -10,6 +10,7 @@ nothing written twice.
 from __future__ import annotations
 
 import asyncio
+import re
 import sqlite3
 from collections.abc import Iterator
 from contextlib import asynccontextmanager
@@ -18,11 +19,14 @@ from typing import Any
 
 import pytest
 
+from imagine_bot.bots.discord.buttons import REROLL_TEMPLATE
 from imagine_bot.core.access.authority import GLOBAL
 from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.app import ImagineCore
 from imagine_bot.core.errors import BudgetExhausted, InsufficientCredits, TooManyActiveJobs
-from imagine_bot.core.jobs.model import Job, JobRequest, NewJob, ReplyTo
+from imagine_bot.core.jobs.model import Job, JobRequest, NewJob, ReplyTo, new_job_id
+from imagine_bot.core.media import refstore
+from imagine_bot.core.media.refstore import RefStore
 from imagine_bot.core.storage import db as db_module
 from imagine_bot.core.storage.errors import DuplicateRequest
 
@@ -276,3 +280,26 @@ def test_the_refusals_named_here_are_the_ones_the_core_raises():
 
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+
+
+async def test_job_ids_grow_in_the_order_the_jobs_were_made(make_settings, tmp_path):
+    """A job's id starts with the time it was made (issue 22): the indexes keyed by job id (the jobs', the
+    ledger's, the budgets' ledger's) grow at their end, so a batch's commit writes a few pages there, not one of
+    each index per job at random places. Ids stay unique in a burst and are read wherever ids are read."""
+    ids = [new_job_id() for _ in range(20_000)]
+    assert len(set(ids)) == len(ids)
+    assert [i[:12] for i in ids] == sorted(i[:12] for i in ids)  # the millisecond first; at random within it
+    assert len({i[:12] for i in ids}) > 1  # (the loop spans milliseconds: the order above was tested)
+    for job_id in (ids[-1], "j3f9c2a1b7d40"):  # a new id, and one made before ids carried the time
+        assert re.fullmatch(REROLL_TEMPLATE, f"imagine:reroll:{job_id}")
+        assert RefStore.result_key(job_id) == f"job:{job_id}:0" and refstore._RESULT.match(f"job:{job_id}:0")
+    async with ImagineCore.open(make_settings(IMAGINE_DB_PATH=tmp_path / "a.db")) as core:
+        core.orchestrator._start = lambda job: None  # type: ignore[method-assign]  # recorded only
+        bursts = []
+        for burst in range(3):
+            made = await asyncio.gather(*(core.imagine(user(10 * burst + n), ReplyTo("slack", "C1"), f"burst {n}")
+                                          for n in range(5)))
+            bursts.append({job.id for job in made})
+            await asyncio.sleep(0.002)  # the next burst in a later millisecond
+        rows = [r[0] for r in core.stores.db.execute("SELECT id FROM jobs ORDER BY id").fetchall()]
+        assert [set(rows[0:5]), set(rows[5:10]), set(rows[10:15])] == bursts
