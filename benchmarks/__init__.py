@@ -14,6 +14,7 @@ the bot's figures.
 BENCHMARKS = {
     "ack": "benchmarks.ack",
     "claim": "benchmarks.claim",
+    "commit": "benchmarks.commit",
     "delivery": "benchmarks.delivery",
     "deploy": "benchmarks.deploy",
     "headofline": "benchmarks.headofline",

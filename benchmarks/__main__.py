@@ -32,8 +32,8 @@ DOCS = ROOT / "docs" / "benchmarks.md"
 TABLE_START, TABLE_END = "<!-- bench-table:start -->", "<!-- bench-table:end -->"
 #: seconds each benchmark may take before it is stopped (full run; --quick uses a third)
 #: (inflight: two fresh processes of 1,000 jobs; with polling, tracking alone takes 1,000 / POLL_RATE_PER_S s)
-TIME_LIMITS = {"ack": 900, "claim": 420, "delivery": 180, "deploy": 420, "headofline": 300, "httpclient": 240,
-               "inflight": 720, "ledger": 600, "naive": 180}
+TIME_LIMITS = {"ack": 900, "claim": 420, "commit": 180, "delivery": 180, "deploy": 420, "headofline": 300,
+               "httpclient": 240, "inflight": 720, "ledger": 600, "naive": 180}
 SETTING_PREFIXES = ("MODKIE_", "SLACK_", "DISCORD_", "CREDITS_", "IMAGINE_", "HTTP_", "MAX_", "POLL_", "JOB_",
                     "CREATE_RATE", "PUBLIC_URL", "ADMINS", "BANNED_WORDS", "LOG_LEVEL", "DATABASE_")
 
