@@ -51,6 +51,7 @@ async def test_command_words_first_are_never_a_paid_image(core, sandbox):
     # another word first makes it a prompt
     reply = await say(core, ALICE, "a help desk at dawn")
     assert reply.job is not None and reply.job.prompt == "a help desk at dawn"
+    assert reply.text == ""  # the job's Accepted event says "Got it" (no text built for an ack that shows none)
     await core.orchestrator.wait_idle()
 
 

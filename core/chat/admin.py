@@ -21,6 +21,7 @@ from imagine_bot.core.jobs.model import Job
 
 @dataclass(frozen=True, slots=True)
 class CommandReply:
+    #: what to answer; empty for a job (its ``Accepted`` event says "Got it", posted by every front end)
     text: str
     #: only the requester sees it
     ephemeral: bool = True

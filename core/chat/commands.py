@@ -105,7 +105,7 @@ async def dispatch(core: ImagineCore, requester: UserRef | Actor, text: str, rep
         references = [resolve_image(raw) for raw in images]
         job = await core.imagine(actor, reply, text, dedupe_key=dedupe_key, references=references,
                                  channel_preset=True)
-        return CommandReply(messages.accepted(job), job=job)
+        return CommandReply("", job=job)  # its Accepted event tells the user (issue 22: not built for each ack)
     except ImagineError as error:
         return CommandReply(error.user_message)
 
