@@ -300,7 +300,9 @@ async def test_chat_imagine_takes_image_urls_and_refuses_anything_else(make_sett
         reply = await dispatch(core, ME, f"make it winter --image {public} --ar 9:16", REPLY,
                                resolve_user=lambda raw: None)
         assert reply.job is not None and reply.job.image_urls == (public,)  # passed on as it is
-        assert reply.job.params["aspect_ratio"] == "9:16" and "an edit of 1 reference image" in reply.text
+        # the job's Accepted event ("Got it") says it is an edit (the reply itself carries no text for a job)
+        assert reply.job.params["aspect_ratio"] == "9:16"
+        assert "an edit of 1 reference image" in messages.accepted(reply.job)
         await core.orchestrator.wait_idle()
         assert core.jobs.get(reply.job.id).state is JobState.DELIVERED
         refused = await dispatch(core, ME, "make it winter --image photo.png", REPLY, resolve_user=lambda raw: None)
