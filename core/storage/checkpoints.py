@@ -9,8 +9,9 @@ ms here, far more on a slow network disk).
 ``Checkpointer`` does it instead in a thread of its own, on a connection of its own: a ``PASSIVE``
 checkpoint every ``every_s`` (it never waits for a lock, so neither readers nor the writer wait for it;
 whatever a reader still needs is copied next time). The bot's own connection keeps SQLite's automatic
-checkpoint as a backstop only, past ``BACKSTOP_PAGES``. The command line and the tests keep SQLite's
-default: their processes are short.
+checkpoint as a backstop only, past ``BACKSTOP_PAGES``. A core that is started (``ImagineCore.start``:
+the bot, ``imagine-bot imagine`` and ``chat``, the tests that start one) runs the thread; the other commands
+keep SQLite's default: they write little and end soon.
 
 The log starts again from its beginning only when a commit finds every page copied back, which happens in
 any pause of the writes. Writes that never pause (one-job commits back to back, about 1,400 a second here)
@@ -40,7 +41,7 @@ class Checkpointer:
         self.every_s = every_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        #: checkpoints run, and the last one's (pages in the log, pages copied back): tests and ``doctor``
+        #: checkpoints run, and the last one's (pages in the log, pages copied back), for the tests
         self.runs = 0
         self.last: tuple[int, int] | None = None
 
