@@ -633,6 +633,13 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         CREATE INDEX approvals_state ON approvals(state, expires_at);
     """),
+    # fewer index entries a new job and a state change write (SQLite's m112 says why): jobs_lease(state, ...)
+    # serves every lookup by state; jobs_task holds only the jobs with a task id (task_id = ? still uses it)
+    ("m112_jobs_fewer_indexes", """
+        DROP INDEX jobs_state;
+        DROP INDEX jobs_task;
+        CREATE INDEX jobs_task ON jobs(task_id) WHERE task_id IS NOT NULL;
+    """),
 ]
 
 
