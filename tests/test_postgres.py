@@ -12,11 +12,14 @@ import time
 import psycopg
 import pytest
 
+from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.errors import ConfigError, DatabaseBusy
+from imagine_bot.core.jobs.model import JobRequest, ReplyTo
 from imagine_bot.core.settings import load_settings
 from imagine_bot.core.storage import postgres
 from imagine_bot.core.storage.db import MIGRATIONS as SQLITE_MIGRATIONS
 from imagine_bot.core.storage.db import open_database, open_db, snapshot, transaction
+from imagine_bot.core.storage.jobs import SqliteJobStore
 from imagine_bot.core.storage.postgres import (
     IntegrityError,
     PgDatabase,
@@ -26,6 +29,7 @@ from imagine_bot.core.storage.postgres import (
     translate,
 )
 from imagine_bot.core.storage.url import DatabaseUrl
+from tests.test_job_indexes import lookups
 
 
 @pytest.fixture
@@ -99,6 +103,53 @@ def test_every_table_column_and_index_of_sqlite_is_in_postgresql(pgdb):
     assert pg_tables == tables
     pg_indexes = {r[0] for r in pgdb.execute("SELECT indexname FROM pg_indexes WHERE schemaname = 'public'")}
     assert indexes <= pg_indexes, indexes - pg_indexes
+
+
+def _jobs_indexes(db: PgDatabase) -> dict[str, str]:
+    return dict(db.execute("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'jobs'").fetchall())
+
+
+def test_a_new_database_has_no_jobs_state_and_a_partial_jobs_task(pgdb):
+    indexes = _jobs_indexes(pgdb)
+    assert "jobs_state" not in indexes and "jobs_lease" in indexes
+    assert indexes["jobs_task"].endswith("(task_id) WHERE (task_id IS NOT NULL)")
+
+
+def test_m112_changes_the_jobs_indexes_of_a_database_made_before_it(pg_url, monkeypatch):
+    with monkeypatch.context() as m:  # the database as the version before m112 left it
+        before_m112 = [name for name, _ in postgres.MIGRATIONS].index("m112_jobs_fewer_indexes")
+        m.setattr(postgres, "MIGRATIONS", postgres.MIGRATIONS[:before_m112])
+        old = open_postgres(pg_url, busy_timeout_s=5)
+        jobs = SqliteJobStore(old)
+        job = jobs.insert(JobRequest(requester=UserRef("terminal", "local", "alice"), reply=ReplyTo("terminal", "t"),
+                                     prompt="a fox", params={}), model="m", cost=1)
+        jobs.update(job.id, task_id="task-1")
+        before = _jobs_indexes(old)
+        assert "jobs_state" in before and "WHERE" not in before["jobs_task"]
+        old.close()
+    db = open_postgres(pg_url, busy_timeout_s=5)
+    try:
+        assert applied_migrations(db) == {name for name, _ in postgres.MIGRATIONS}
+        after = _jobs_indexes(db)
+        assert "jobs_state" not in after and after["jobs_task"].endswith("WHERE (task_id IS NOT NULL)")
+        found = SqliteJobStore(db).by_task_id("task-1")
+        assert found is not None and found.id == job.id
+    finally:
+        db.close()
+
+
+def test_the_lookups_by_state_and_task_id_can_use_an_index(pgdb):
+    """The statements the job store runs to find jobs by state (the sweep, the leases) and by task id, planned
+    with sequential scans turned off: each goes through ``jobs_lease`` or ``jobs_task``, so the index can serve
+    it (an index that could not would leave a ``Seq Scan on jobs`` in the plan)."""
+    for name, statements in lookups().items():
+        index = "jobs_task" if name == "by_task_id" else "jobs_lease"
+        for sql, params in statements:
+            with transaction(pgdb):
+                pgdb.execute("SET LOCAL enable_seqscan = off")
+                plan = "\n".join(row[0] for row in pgdb.execute("EXPLAIN " + sql, params).fetchall())
+            assert f" {index} on jobs" in plan or f" on {index}" in plan, (name, sql, plan)
+            assert "Seq Scan on jobs" not in plan, (name, sql, plan)
 
 
 def test_the_constraints_that_forbid_a_double_charge_hold(pgdb):
