@@ -185,3 +185,79 @@ async def test_the_ack_does_not_wait_for_the_work_after_it(slack: SlackHarness):
     assert response.status_code == 200
     await slack.fake.wait_for("conversations.info")
     assert slack.service.handlers.busy == 1  # the command's work, still waiting for Slack
+
+
+def _middleware_names(service: SlackService) -> set[str]:
+    return {type(m).__name__ for m in service.app._async_middleware_list}
+
+
+def _bolts_own_context_keys(service: SlackService) -> set[str]:
+    """The keys Bolt's own ``AsyncApp._init_context`` sets on a new request's context."""
+    from slack_bolt.app.async_app import AsyncApp
+    from slack_bolt.request.async_request import AsyncBoltRequest
+
+    request = AsyncBoltRequest(body={"team_id": TEAM, "user_id": "U1", "command": "/imagine"}, mode="socket_mode")
+    before = set(request.context)
+    AsyncApp._init_context(service.app, request)
+    return set(request.context) - before
+
+
+async def test_one_workspace_shares_the_apps_client_with_every_request_and_skips_http_only_checks_on_a_socket(
+        slack_settings, fake_slack):
+    """Bolt builds a Web API client for every request (a third of its own time a request); with one workspace
+    the requests share the app's, set on the context as Bolt would set the rest of it. Socket Mode runs
+    without the middleware of requests that come over HTTP only."""
+    settings = slack_settings(SLACK_APP_TOKEN=APP_TOKEN, SLACK_SIGNING_SECRET=None)
+    async with ImagineCore.open(settings) as core:
+        service = SlackService(core, settings, build_web_app(core), tick_s=0)
+        http_service = SlackService(core, slack_settings(), build_web_app(core))
+        seen: list[dict[str, object]] = []
+
+        @service.app.middleware
+        async def record(context, next):  # Bolt passes its arguments by these names
+            seen.append(dict(context))
+            await next()
+
+        try:
+            await service.start()
+            await fake_slack.wait_socket()
+            ack = await fake_slack.send_envelope("slash_commands", {
+                "team_id": TEAM, "channel_id": "C1", "user_id": "U1", "command": "/imagine",
+                "text": "a lighthouse at dusk", "trigger_id": "t.shared", "api_app_id": "A0001",
+                "response_url": fake_slack.response_url()})
+            assert "envelope_id" in ack
+            await service.handlers.wait_idle()
+            await core.orchestrator.wait_idle()
+            [context] = seen
+            assert context["client"] is service.client and context["token"] == service.client.token
+            assert _bolts_own_context_keys(service) <= set(context)  # nothing of Bolt's own left out
+            [job] = core.jobs.recent()
+            assert job.state is JobState.DELIVERED
+            assert not {"SslCheck", "AsyncSslCheck", "AsyncUrlVerification",
+                        "AsyncAttachingFunctionToken"} & _middleware_names(service)
+            assert {"AsyncSslCheck", "AsyncUrlVerification"} <= _middleware_names(http_service)
+            assert http_service.app.share_client
+        finally:
+            await core.orchestrator.stop()
+            await service.stop()
+            await http_service.stop()
+
+
+async def test_distributed_mode_keeps_a_client_a_request(distributed_settings):
+    """Each request of distributed mode carries its workspace's token on its own client (Bolt's authorize
+    step sets it there), so it never shares the app's."""
+    from slack_bolt.request.async_request import AsyncBoltRequest
+
+    settings, _port = distributed_settings()
+    async with ImagineCore.open(settings) as core:
+        service = SlackService(core, settings, build_web_app(core))
+        try:
+            assert not service.app.share_client
+            clients = []
+            for _ in range(2):
+                request = AsyncBoltRequest(body=f"team_id={TEAM}&user_id=U1&command=%2Fimagine", mode="http")
+                service.app._init_context(request)
+                clients.append(request.context.client)
+            assert service.client not in clients and clients[0] is not clients[1]
+        finally:
+            await service.stop()
