@@ -30,6 +30,7 @@ from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.app.async_app import AsyncApp
 from slack_bolt.authorization.async_authorize import AsyncInstallationStoreAuthorize
+from slack_bolt.logger import get_bolt_app_logger
 from slack_bolt.oauth.async_oauth_settings import AsyncOAuthSettings
 from slack_sdk.errors import SlackApiError
 
@@ -151,8 +152,9 @@ class SlackService:
             self.workspaces = OneWorkspace(one)
         self.frontend = SlackFrontEnd(core, self.workspaces, self.session, min_edit_interval=min_edit_interval,
                                       tick_s=tick_s, result_in_thread=settings.SLACK_RESULT_IN_THREAD, **frontend_kw)
-        self.app = AsyncApp(
+        self.app = BoltApp(
             name="imagine-bot", client=self.client, signing_secret=signing_secret, oauth_settings=oauth,
+            share_client=not self.distributed,
             # a workspace with no installation: Bolt answers this and runs no listener
             user_facing_authorize_error_message=messages.not_installed(f"{settings.PUBLIC_URL}{INSTALL_PATH}"),
             # every listener returns as it acks (its work after the ack goes on in a task: ``handlers.guarded``),
@@ -160,6 +162,9 @@ class SlackService:
             # per 10 ms for each command of a burst still waiting for its batch's commit (issue 22)
             process_before_response=True,
             request_verification_enabled=self.mode == "http",
+            # requests that come over HTTP only (Slack's certificate check, the Events API's URL check)
+            ssl_check_enabled=self.mode == "http", url_verification_enabled=self.mode == "http",
+            attaching_function_token_enabled=False,  # no workflow functions of ours: no token to attach
         )
         self.handlers = SlackHandlers(core, self.frontend)
         self.handlers.register(self.app)
@@ -274,6 +279,34 @@ class SlackService:
         await self.handlers.stop()
         await self.frontend.close()
         await self.session.close()
+
+
+class BoltApp(AsyncApp):
+    """Bolt's ``AsyncApp``, whose requests share the app's own Web API client where one token serves every
+    request (``share_client``: one workspace, by HTTP or Socket Mode).
+
+    Since Bolt 1.15 every request gets a new ``AsyncWebClient`` (so that a listener may change its token
+    without touching the app's): a third of Bolt's own time a request here (30 of 130 µs, a slash command in a
+    tight loop; ``docs/benchmarks.md``, issue 22). No listener of ours uses that client or changes its token
+    (every call goes through ``workspaces``), so one workspace shares the app's. Distributed mode keeps Bolt's
+    client a request: its authorize step sets each request's token on it."""
+
+    def __init__(self, *args: Any, share_client: bool, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.share_client = share_client
+        self._context_logger: logging.Logger | None = None
+
+    def _init_context(self, req: Any) -> None:
+        if not self.share_client:
+            super()._init_context(req)
+            return
+        # what Bolt's ``_init_context`` sets, but the client (tests/test_slack_bolt_app.py compares the keys)
+        if self._context_logger is None:
+            self._context_logger = get_bolt_app_logger(app_name=self.name, base_logger=self._base_logger)
+        req.context["logger"] = self._context_logger
+        req.context["token"] = self._token
+        req.context["client"] = self._async_client
+        req.context["listener_runner"] = self.listener_runner
 
 
 class SocketHandler(AsyncSocketModeHandler):

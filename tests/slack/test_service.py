@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from slack_bolt.listener.async_listener import AsyncListener
 
 from imagine_bot.bots.slack import SlackService
+from imagine_bot.bots.slack.blocks import ACTION_DELETE
+from imagine_bot.bots.slack.handlers import SlashCommands
 from imagine_bot.bots.slack.service import EVENTS_PATH, close_socket_handler
 from imagine_bot.core.access.identity import UserRef
 from imagine_bot.core.app import ImagineCore
@@ -67,8 +70,9 @@ async def test_socket_mode_is_picked_with_an_app_token_and_registers_the_same_ha
         try:
             assert (http_service.mode, socket_service.mode) == ("http", "socket")
             assert EVENTS_PATH in routes(http_app) and EVENTS_PATH not in routes(socket_app)
+            assert "SlashCommands" in _middleware_names(socket_service) & _middleware_names(http_service)
             assert listener_names(socket_service) == listener_names(http_service) == sorted(
-                ["on_command", "on_reroll", "on_delete", "on_home_opened", "on_shortcut", "on_vary", "on_remix",
+                ["on_reroll", "on_delete", "on_home_opened", "on_shortcut", "on_vary", "on_remix",
                  "on_submit", "on_approve", "on_reject", "on_reject_submit"])
             handler = socket_service.socket_handler()  # built, not connected
             try:
@@ -185,3 +189,98 @@ async def test_the_ack_does_not_wait_for_the_work_after_it(slack: SlackHarness):
     assert response.status_code == 200
     await slack.fake.wait_for("conversations.info")
     assert slack.service.handlers.busy == 1  # the command's work, still waiting for Slack
+
+
+def _middleware_names(service: SlackService) -> set[str]:
+    return {type(m).__name__ for m in service.app._async_middleware_list}
+
+
+def _bolts_own_context_keys(service: SlackService) -> set[str]:
+    """The keys Bolt's own ``AsyncApp._init_context`` sets on a new request's context."""
+    from slack_bolt.app.async_app import AsyncApp
+    from slack_bolt.request.async_request import AsyncBoltRequest
+
+    request = AsyncBoltRequest(body={"team_id": TEAM, "user_id": "U1", "command": "/imagine"}, mode="socket_mode")
+    before = set(request.context)
+    AsyncApp._init_context(service.app, request)
+    return set(request.context) - before
+
+
+async def test_a_slash_command_takes_bolts_middleware_path_with_the_apps_own_client(
+        slack_settings, fake_slack, monkeypatch):
+    """Bolt's own time a request, cut where it is spent for nothing here:
+    - a slash command is answered from the chain of middleware (``SlashCommands``): no listener is matched or
+      run for it (a button still is);
+    - with one workspace every request shares the app's Web API client (Bolt builds one a request), set on
+      the context as Bolt would set the rest of it;
+    - Socket Mode runs without the middleware of requests that come over HTTP only."""
+    settings = slack_settings(SLACK_APP_TOKEN=APP_TOKEN, SLACK_SIGNING_SECRET=None)
+    async with ImagineCore.open(settings) as core:
+        service = SlackService(core, settings, build_web_app(core), tick_s=0)
+        http_service = SlackService(core, slack_settings(), build_web_app(core))
+        seen: list[dict[str, object]] = []
+        matched: list[str] = []
+        answer = SlashCommands.async_process
+        matches = AsyncListener.async_matches
+
+        async def spy(self, *, req, resp, next):
+            seen.append(dict(req.context))
+            return await answer(self, req=req, resp=resp, next=next)
+
+        async def matching(self, *, req, resp):
+            matched.append(self.ack_function.__name__)
+            return await matches(self, req=req, resp=resp)
+
+        monkeypatch.setattr(SlashCommands, "async_process", spy)
+        monkeypatch.setattr(AsyncListener, "async_matches", matching)
+        try:
+            await service.start()
+            await fake_slack.wait_socket()
+            ack = await fake_slack.send_envelope("slash_commands", {
+                "team_id": TEAM, "channel_id": "C1", "user_id": "U1", "command": "/imagine",
+                "text": "a lighthouse at dusk", "trigger_id": "t.shared", "api_app_id": "A0001",
+                "response_url": fake_slack.response_url()})
+            assert "envelope_id" in ack
+            await service.handlers.wait_idle()
+            await core.orchestrator.wait_idle()
+            [context] = seen
+            assert context["client"] is service.client and context["token"] == service.client.token
+            assert _bolts_own_context_keys(service) <= set(context)  # nothing of Bolt's own left out
+            [job] = core.jobs.recent()
+            assert job.state is JobState.DELIVERED
+            assert matched == []  # no listener was tried for the command
+            pressed = await fake_slack.send_envelope("interactive", {
+                "type": "block_actions", "team": {"id": TEAM}, "user": {"id": "U1"}, "channel": {"id": "C1"},
+                "api_app_id": "A0001", "trigger_id": "t.press", "response_url": fake_slack.response_url(),
+                "actions": [{"action_id": ACTION_DELETE, "value": job.id, "type": "button"}]})
+            assert "envelope_id" in pressed
+            await service.handlers.wait_idle()
+            assert "on_delete" in matched  # a button still goes through Bolt's listeners
+            assert not {"SslCheck", "AsyncSslCheck", "AsyncUrlVerification",
+                        "AsyncAttachingFunctionToken"} & _middleware_names(service)
+            assert {"AsyncSslCheck", "AsyncUrlVerification"} <= _middleware_names(http_service)
+            assert http_service.app.share_client
+        finally:
+            await core.orchestrator.stop()
+            await service.stop()
+            await http_service.stop()
+
+
+async def test_distributed_mode_keeps_a_client_a_request(distributed_settings):
+    """Each request of distributed mode carries its workspace's token on its own client (Bolt's authorize
+    step sets it there), so it never shares the app's."""
+    from slack_bolt.request.async_request import AsyncBoltRequest
+
+    settings, _port = distributed_settings()
+    async with ImagineCore.open(settings) as core:
+        service = SlackService(core, settings, build_web_app(core))
+        try:
+            assert not service.app.share_client
+            clients = []
+            for _ in range(2):
+                request = AsyncBoltRequest(body=f"team_id={TEAM}&user_id=U1&command=%2Fimagine", mode="http")
+                service.app._init_context(request)
+                clients.append(request.context.client)
+            assert service.client not in clients and clients[0] is not clients[1]
+        finally:
+            await service.stop()
