@@ -236,7 +236,9 @@ class ImagineCore:
         """Resume in-flight jobs of the registered front ends; returns how many. Also reads the gateway's
         prices and starts the hourly cleanup of kept references."""
         await self.prices.refresh()
-        self.stores.start_checkpoints()  # SQLite's log copied back in a thread, not in a commit on this loop
+        # SQLite's log copied back in a thread, not in a commit on this loop, and not while a burst is answered
+        lull = self.orchestrator.lull
+        self.stores.start_checkpoints(hold=lambda: lull.holding)
         if self._cleanup is None:
             self._cleanup = asyncio.create_task(self._cleanup_loop(), name="refs-cleanup")
         await self.account.refresh()  # the gateway balance: pauses new jobs if it cannot pay for one

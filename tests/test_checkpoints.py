@@ -69,3 +69,44 @@ def test_a_database_in_memory_has_no_checkpoints(make_settings):
         assert stores.start_checkpoints() is None
     finally:
         stores.close()
+
+
+async def test_no_checkpoint_while_commands_are_answered_and_one_soon_after(tmp_path, monkeypatch):
+    """``hold`` (the bot: a burst being answered) puts each checkpoint off, looking again every
+    ``HOLD_RETRY_S``; the checkpoint comes once the hold ends, or after ``HOLD_MOST_S`` however long it lasts."""
+    from imagine_bot.core.storage import checkpoints
+
+    monkeypatch.setattr(checkpoints, "HOLD_RETRY_S", 0.005)
+    path = tmp_path / "log.db"
+    bot = fill_log(path)
+    answering = {"now": True}
+    checkpointer = Checkpointer(path, every_s=0.01, hold=lambda: answering["now"])
+    checkpointer.start()
+    try:
+        await until(lambda: checkpointer.held >= 5)
+        assert checkpointer.runs == 0 and checkpointer.last is None  # nothing copied while held
+        answering["now"] = False
+        await until(lambda: checkpointer.runs >= 1)
+        pages, copied = checkpointer.last or (0, 0)
+        assert pages >= PAGES and copied == pages
+    finally:
+        checkpointer.stop()
+    monkeypatch.setattr(checkpoints, "HOLD_MOST_S", 0.05)
+    always = Checkpointer(path, every_s=0.01, hold=lambda: True)
+    always.start()
+    try:
+        await until(lambda: always.runs >= 1)  # commands that never stop still get their log copied back
+        assert always.held >= 1
+    finally:
+        always.stop()
+        bot.close()
+
+
+async def test_a_started_bot_holds_its_checkpoints_while_it_answers_a_command(make_settings):
+    async with ImagineCore.open(make_settings()) as core:
+        await core.start()
+        checkpointer = core.stores.start_checkpoints()
+        assert isinstance(checkpointer, Checkpointer) and checkpointer.hold is not None
+        with core.answering():
+            assert checkpointer.hold()
+        await until(lambda: not checkpointer.hold())  # the lull: a little after the answer

@@ -371,9 +371,9 @@ class Stores(Store, Protocol):
 
     def secret(self, name: str) -> bytes: ...
 
-    def start_checkpoints(self) -> object | None:
+    def start_checkpoints(self, hold: Callable[[], bool] | None = None) -> object | None:
         """The running bot's database log maintained in the background, if it has one (SQLite's
-        ``checkpoints.Checkpointer``); None where there is none to keep."""
+        ``checkpoints.Checkpointer``), waiting while ``hold()`` is True; None where there is none to keep."""
         ...
 
     def close(self) -> None: ...

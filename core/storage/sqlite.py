@@ -74,16 +74,17 @@ class SqliteStores:
         with read_only_database(settings) as db:
             yield None if db is None else cls(db, settings)
 
-    def start_checkpoints(self) -> object | None:
+    def start_checkpoints(self, hold: Callable[[], bool] | None = None) -> object | None:
         """The running bot: the write-ahead log checkpointed in a thread of its own (``checkpoints``), not
-        inside its commits on the event loop. None for PostgreSQL and an in-memory database."""
+        inside its commits on the event loop, and not while ``hold()`` says commands are being answered. None
+        for PostgreSQL and an in-memory database."""
         if self._checkpointer is not None or is_postgres(self.db):
             return self._checkpointer
         path = str(self.settings.IMAGINE_DB_PATH)
         if path == ":memory:":
             return None
         self.db.execute(f"PRAGMA wal_autocheckpoint = {BACKSTOP_PAGES}")
-        self._checkpointer = Checkpointer(path)
+        self._checkpointer = Checkpointer(path, hold=hold)
         self._checkpointer.start()
         return self._checkpointer
 
