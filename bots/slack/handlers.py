@@ -102,10 +102,11 @@ class SlashCommands(AsyncMiddleware):
 
     Registered with ``app.command``, each command would go through that dispatch before our code: every
     listener's matcher tried in turn, then every argument a listener may ask for built twice (a dict of 30
-    objects for the matcher, again for the listener), then the runner's start and completion handlers; 70 of
-    Bolt's 100 µs a request in a tight loop, and more of a burst (issue 22, docs/benchmarks.md). A class
-    middleware is called with the request alone. Bolt answers its own requests the same way (``ssl_check``,
-    ``url_verification``); the buttons, views and events stay Bolt listeners."""
+    objects for the matcher, again for the listener), then the runner's start and completion handlers: 70 of
+    the 100 µs Bolt takes a request in a tight loop (sharing its client, ``BoltApp``), and more in a burst
+    (issue 22, docs/benchmarks.md). A class middleware is called with the request alone. Bolt answers its
+    own requests the same way (``ssl_check``, ``url_verification``); the buttons, views and events stay
+    Bolt listeners."""
 
     def __init__(self, handlers: SlackHandlers) -> None:
         self.handlers = handlers

@@ -300,7 +300,7 @@ class BoltApp(AsyncApp):
         if not self.share_client:
             super()._init_context(req)
             return
-        # what Bolt's ``_init_context`` sets, but the client (tests/test_slack_bolt_app.py compares the keys)
+        # what Bolt's ``_init_context`` sets, but the client (tests/slack/test_service.py compares the keys)
         if self._context_logger is None:
             self._context_logger = get_bolt_app_logger(app_name=self.name, base_logger=self._base_logger)
         req.context["logger"] = self._context_logger
