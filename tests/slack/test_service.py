@@ -256,7 +256,7 @@ async def test_a_slash_command_takes_bolts_middleware_path_with_the_apps_own_cli
             assert "envelope_id" in pressed
             await service.handlers.wait_idle()
             assert "on_delete" in matched  # a button still goes through Bolt's listeners
-            assert not {"SslCheck", "AsyncSslCheck", "AsyncUrlVerification",
+            assert not {"AsyncSslCheck", "AsyncUrlVerification",
                         "AsyncAttachingFunctionToken"} & _middleware_names(service)
             assert {"AsyncSslCheck", "AsyncUrlVerification"} <= _middleware_names(http_service)
             assert http_service.app.share_client
