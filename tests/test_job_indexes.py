@@ -14,6 +14,7 @@ import pytest
 import sqlite_utils
 
 from imagine_bot.core.access.identity import UserRef
+from imagine_bot.core.errors import LeaseLost
 from imagine_bot.core.jobs.model import JobRequest, JobState, ReplyTo
 from imagine_bot.core.storage import db as dbmod
 from imagine_bot.core.storage.db import open_db, utcnow
@@ -107,3 +108,25 @@ def test_the_lookups_by_state_and_task_id_use_an_index():
             assert any(f"USING INDEX {index} " in line for line in plan), (name, sql, plan)
             assert not any(line.startswith("SCAN jobs") for line in plan), (name, sql, plan)
 
+
+
+def test_a_change_that_keeps_the_state_leaves_it_out_of_the_update():
+    """The gateway's bill (``billed_at`` on a running job) keeps the state: the ``UPDATE`` sets only its
+    fields (``jobs_lease``, keyed by the state, is not rewritten), still as a compare-and-set on the state
+    and the owner."""
+    db = open_db(":memory:")
+    jobs = SqliteJobStore(db)
+    job = jobs.insert(_request(1), model="m", cost=1, owner=OWNER, lease_until=utcnow() + timedelta(minutes=1))
+    jobs.transition(job.id, JobState.QUEUED, JobState.SUBMITTING, owner=OWNER)
+    jobs.transition(job.id, JobState.SUBMITTING, JobState.RUNNING, owner=OWNER, task_id="task-1")
+    seen: list[str] = []
+    with db.tracer(lambda sql, params: seen.append(sql)):
+        billed = jobs.transition(job.id, JobState.RUNNING, JobState.RUNNING, owner=OWNER, gateway_cost=18)
+    [update] = [sql for sql in seen if sql.startswith("UPDATE jobs")]
+    assert "state" not in update.split(" WHERE ")[0] and "state = ?" in update.split(" WHERE ")[1]
+    assert billed.state is JobState.RUNNING and billed.gateway_cost == 18
+    with pytest.raises(LeaseLost):  # still a compare-and-set: not from a state the job is not in
+        jobs.transition(job.id, JobState.QUEUED, JobState.QUEUED, owner=OWNER, gateway_cost=1)
+    with pytest.raises(LeaseLost):  # ... nor for another owner
+        jobs.transition(job.id, JobState.RUNNING, JobState.RUNNING, owner="other", gateway_cost=1)
+    assert jobs.get(job.id).gateway_cost == 18

@@ -244,8 +244,10 @@ class SqliteJobStore:
                    **fields: Any) -> Job:
         """Compare-and-set: move the job from ``expected`` to ``new`` only if it is still there and still
         owned by ``owner``; otherwise raise ``LeaseLost`` and change nothing. A final state ends the lease
-        (the owner stays, as a record of who finished the job)."""
-        values = self._values({**fields, "state": new})
+        (the owner stays, as a record of who finished the job). A change that keeps the state (``fields``
+        only: the gateway's bill) leaves ``state`` out of its ``SET``, so that the ``jobs_lease`` index
+        keyed by it is not rewritten."""
+        values = self._values(fields if new is expected and fields else {**fields, "state": new})
         if new.final:
             values["lease_until"] = None
         cols = ", ".join(f"{k} = ?" for k in values)
