@@ -294,15 +294,13 @@ class BoltApp(AsyncApp):
     def __init__(self, *args: Any, share_client: bool, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.share_client = share_client
-        self._context_logger: logging.Logger | None = None
+        self._context_logger = get_bolt_app_logger(app_name=self.name, base_logger=self._base_logger)
 
     def _init_context(self, req: Any) -> None:
         if not self.share_client:
             super()._init_context(req)
             return
         # what Bolt's ``_init_context`` sets, but the client (tests/slack/test_service.py compares the keys)
-        if self._context_logger is None:
-            self._context_logger = get_bolt_app_logger(app_name=self.name, base_logger=self._base_logger)
         req.context["logger"] = self._context_logger
         req.context["token"] = self._token
         req.context["client"] = self._async_client
